@@ -1,0 +1,3 @@
+from agentmx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The command line. This interface is relied on by users and scripts: keep it stable.
+
+agentmx serve [--host H] [--http-port P] [--smtp-port S] [--data-dir D] [--database-url URL] [--domain D]
+agentmx keys create [--name N] [--pod POD_ID] [--inbox INBOX_ID] [--data-dir D | --database-url URL]
+agentmx db upgrade [--data-dir D | --database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from agentmx import __version__
+from agentmx.settings import Settings
+
+
+def _storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data folder (default ./data, or AGENTMX_DATA_DIR)")
+    parser.add_argument("--database-url", help="database URL (default SQLite in the data folder)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents.")
+    parser.add_argument("--version", action="version", version=f"agentmx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API, SMTP listener and job runner")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    serve.add_argument("--smtp-port", type=int, help="SMTP port (default 2525; 0 disables)")
+    serve.add_argument("--domain", help="default inbox domain (default agentmx.localhost)")
+    serve.add_argument("--smtp-relay", help="host:port of an outbound relay (default: deliver to MX)")
+    _storage_args(serve)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key and print its secret")
+    create.add_argument("--name", default="cli", help="a name for the key")
+    create.add_argument("--pod", help="scope the key to this pod id")
+    create.add_argument("--inbox", help="scope the key to this inbox id (its address)")
+    _storage_args(create)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    _storage_args(db_sub.add_parser("upgrade", help="apply migrations"))
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "http_port", "smtp_port", "data_dir", "database_url", "domain", "smtp_relay"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str | None) -> str:
+    from agentmx.db.engine import Database
+    from agentmx.errors import NotFound
+    from agentmx.services import keys
+    from agentmx.services.caller import Caller
+    from agentmx.services.inboxes import get_inbox
+    from agentmx.services.pods import get_pod
+
+    db = Database(settings.effective_database_url)
+    try:
+        async with db.transaction() as s:
+            org = await keys.ensure_organization(s)
+            root = Caller(organization_id=org.id)
+            if inbox:
+                row = await get_inbox(s, root, inbox)
+                inbox, pod = row.id, row.pod_id
+            elif pod:
+                await get_pod(s, root, pod)
+            _, secret = await keys.issue_key(s, organization_id=org.id, name=name, pod_id=pod, inbox_id=inbox)
+        return secret
+    except NotFound as exc:
+        raise SystemExit(f"agentmx: {exc.message}") from exc
+    finally:
+        await db.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from agentmx import server
+
+    server.prepare(settings)
+    if args.command == "serve":
+        try:
+            asyncio.run(server.run(settings))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    if args.command == "keys":
+        secret = asyncio.run(_create_key(settings, args.name, args.pod, args.inbox))
+        print(
+            f"API key ({'inbox ' + args.inbox if args.inbox else 'pod ' + args.pod if args.pod else 'organization'} scope):",
+            file=sys.stderr,
+        )
+        print(secret)
+        return 0
+    if args.command == "db":
+        print("database is up to date", file=sys.stderr)
+        return 0
+    return 2

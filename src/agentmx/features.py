@@ -1,0 +1,12 @@
+"""Every feature module that registers job handlers or background services, imported once at start-up."""
+
+from __future__ import annotations
+
+import importlib
+
+FEATURE_MODULES: list[str] = []
+
+
+def load() -> None:
+    for name in FEATURE_MODULES:
+        importlib.import_module(name)

@@ -1,0 +1,55 @@
+"""The HTTP edge: one FastAPI app, its route table and its error table."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from agentmx import __version__
+from agentmx.http import errors
+from agentmx.http.routes import (
+    api_keys,
+    attachments,
+    domains,
+    drafts,
+    health,
+    inbox_events,
+    inboxes,
+    lists,
+    messages,
+    metrics,
+    organizations,
+    pods,
+    threads,
+    webhooks,
+    websocket,
+)
+from agentmx.services.runtime import Runtime
+
+# The full route table, in matching order. Search and fixed sub-paths are declared by each
+# module before its {id} routes, so an id never swallows them.
+ROUTERS = [
+    health.router,
+    organizations.router,
+    pods.router,
+    inboxes.router,
+    messages.router,
+    threads.router,
+    drafts.router,
+    attachments.router,
+    domains.router,
+    webhooks.router,
+    api_keys.router,
+    lists.router,
+    metrics.router,
+    inbox_events.router,
+    websocket.router,
+]
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    app = FastAPI(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.rt = rt
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

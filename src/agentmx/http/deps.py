@@ -1,0 +1,126 @@
+"""Request dependencies: the runtime, the authenticated caller, query parsing."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from agentmx.errors import ValidationFailed
+from agentmx.services import keys
+from agentmx.services.caller import Caller
+from agentmx.services.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.rt
+
+
+async def resolve_caller(rt: Runtime, authorization: str | None, api_key: str | None = None) -> Caller:
+    secret = api_key if (api_key and not authorization) else keys.parse_bearer(authorization)
+    async with rt.db.read() as session:
+        key = await keys.find_key(session, secret)
+    if keys.needs_used_at(key):
+        async with rt.db.transaction() as session:
+            await keys.touch_key(session, key.id)
+    caller = keys.caller_for(key)
+    limiter = getattr(rt, "rate_limiter", None)
+    if limiter is not None:
+        limiter.check(caller)
+    return caller
+
+
+async def get_caller(request: Request) -> Caller:
+    caller = await resolve_caller(get_runtime(request), request.headers.get("authorization"))
+    request.state.caller = caller
+    return caller
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def query_list(request: Request, name: str) -> list[str] | None:
+    """A list query parameter in any of its forms: JSON array, repeated key, or one bare value."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return None
+    out: list[str] = []
+    for value in values:
+        if value.startswith("["):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValidationFailed(
+                    f"{name} is not a valid JSON array", [{"path": [name], "message": "bad JSON"}]
+                ) from exc
+            if not isinstance(parsed, list):
+                raise ValidationFailed(f"{name} must be a list", [{"path": [name], "message": "not a list"}])
+            out.extend(str(item) for item in parsed)
+        else:
+            out.append(value)
+    return out
+
+
+def query_bool(request: Request, name: str, default: bool = False) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValidationFailed(f"{name} must be true or false", [{"path": [name], "message": "not a boolean"}])
+
+
+def query_int(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name} must be an integer", [{"path": [name], "message": "not an integer"}]
+        ) from exc
+
+
+def query_datetime(request: Request, name: str) -> datetime | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name} must be an ISO-8601 datetime", [{"path": [name], "message": "bad datetime"}]
+        ) from exc
+    if parsed.tzinfo is None:
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+async def json_body(request: Request) -> Any:
+    """The raw JSON body, or None when there is none (the SDK sends no body on some creates)."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("Request body is not valid JSON", [{"path": [], "message": str(exc)}]) from exc
+
+
+def body_object(body: Any) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "Request body must be a JSON object", [{"path": [], "message": "not an object"}]
+        )
+    return body

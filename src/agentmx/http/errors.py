@@ -1,0 +1,101 @@
+"""The HTTP edge's error table: domain errors to status codes and AgentMail's error bodies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agentmx import errors as e
+
+log = logging.getLogger("agentmx.http")
+
+# (status, legacy name) per domain error class; the most specific class wins.
+STATUS: dict[type[e.AgentMXError], tuple[int, str]] = {
+    e.ValidationFailed: (400, "ValidationError"),
+    e.Unauthorized: (401, "UnauthorizedError"),
+    e.MessageRejected: (403, "MessageRejectedError"),
+    e.AlreadyTaken: (403, "IsTakenError"),
+    e.LimitExceeded: (403, "LimitExceededError"),
+    e.Forbidden: (403, "ForbiddenError"),
+    e.NotFound: (404, "NotFoundError"),
+    e.Conflict: (409, "ConflictError"),
+    e.Unprocessable: (422, "UnprocessableError"),
+    e.RateLimited: (429, "RateLimitExceededError"),
+    e.TemporaryFailure: (503, "ServiceUnavailableError"),
+}
+
+DOCS = "https://docs.agentmail.to/errors#"
+
+
+def error_body(name: str, code: str, message: str, fix: str | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "code": code, "message": message}
+    if fix:
+        body["fix"] = fix
+    body["docs"] = DOCS + code
+    body.update(extra)
+    return body
+
+
+def response_for(exc: e.AgentMXError) -> JSONResponse:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            status, name = STATUS[cls]
+            break
+    else:
+        status, name = 500, "InternalError"
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, e.ValidationFailed):
+        extra["errors"] = exc.errors
+    if isinstance(exc, e.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    body = error_body(name, exc.code, exc.message, exc.fix, **extra)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        out.append({"path": loc, "message": str(err.get("msg", "invalid value"))})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.AgentMXError)
+    async def _domain(_: Request, exc: e.AgentMXError) -> JSONResponse:
+        return response_for(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _jsonable(list(exc.errors()))
+        json_error = any(err.get("type") == "json_invalid" for err in exc.errors())
+        message = "Request body is not valid JSON" if json_error else "Invalid request"
+        if errors and not json_error:
+            message = f"Invalid request: {'.'.join(errors[0]['path']) or 'body'}: {errors[0]['message']}"
+        return response_for(e.ValidationFailed(message, errors))
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return response_for(e.ValidationFailed("Request body is not valid JSON"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            body = error_body("NotFoundError", "not_found", "Route not found")
+        elif exc.status_code == 405:
+            body = error_body("MethodNotAllowedError", "method_not_allowed", "Method not allowed")
+        else:
+            body = error_body("Error", "error", str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body("InternalError", "internal_error", "Internal server error"), 500)

@@ -1,0 +1,7 @@
+"""webhooks routes (filled in by the feature that owns them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

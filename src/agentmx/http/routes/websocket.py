@@ -1,0 +1,7 @@
+"""websocket routes (filled in by the feature that owns them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

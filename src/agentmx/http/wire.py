@@ -1,0 +1,52 @@
+"""Shaping rows into AgentMail's wire format."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from agentmx.db.models import Inbox, Pod
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def page(key: str, items: list[dict[str, Any]], limit: int, next_page_token: str | None) -> dict[str, Any]:
+    return drop_none({"count": len(items), "limit": limit, "next_page_token": next_page_token, key: items})
+
+
+def inbox(row: Inbox) -> dict[str, Any]:
+    return drop_none(
+        {
+            "pod_id": row.pod_id,
+            "inbox_id": row.id,
+            "email": row.id,
+            "display_name": row.display_name,
+            "client_id": row.client_id,
+            "status": "paused" if row.status == "paused" else None,
+            "metadata": row.metadata_ or {},
+            "updated_at": iso(row.updated_at),
+            "created_at": iso(row.created_at),
+        }
+    )
+
+
+def pod(row: Pod) -> dict[str, Any]:
+    return drop_none(
+        {
+            "pod_id": row.id,
+            "name": row.name,
+            "client_id": row.client_id,
+            "updated_at": iso(row.updated_at),
+            "created_at": iso(row.created_at),
+        }
+    )

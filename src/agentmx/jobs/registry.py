@@ -1,0 +1,32 @@
+"""Job kinds and their handlers. Feature modules register with ``@handler("kind")``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from agentmx.services.runtime import Runtime
+
+
+class RetryAt(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a handler to run the same job again at ``when`` (payload may be updated)."""
+
+    def __init__(self, when: datetime, reason: str = "", payload: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.when = when
+        self.reason = reason
+        self.payload = payload
+
+
+# handler(rt, payload, attempts) -> None. Returning means done: the job row is deleted.
+Handler = Callable[[Runtime, dict[str, Any], int], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register

@@ -1,0 +1,142 @@
+"""The only loop that runs jobs: claims due rows, dispatches them, records the outcome.
+
+PostgreSQL claims with FOR UPDATE SKIP LOCKED, so several processes share one queue and each
+job runs in one of them. SQLite serialises writers, so the same UPDATE is safe there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from agentmx.db.models import Job
+from agentmx.db.types import utcnow
+from agentmx.jobs.registry import HANDLERS, RetryAt
+from agentmx.services.runtime import Runtime
+
+log = logging.getLogger("agentmx.jobs")
+
+LEASE = timedelta(minutes=5)  # a claimed job whose process died is claimed again after this
+BATCH = 16
+FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
+MAX_UNEXPECTED_FAILURES = 10
+
+
+class JobRunner:
+    def __init__(self, rt: Runtime, concurrency: int = 8) -> None:
+        self.rt = rt
+        self.worker_id = secrets.token_hex(8)
+        self.slots = asyncio.Semaphore(concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self.rt.db.is_sqlite:
+            # One process owns a SQLite database: locks left by a killed predecessor are stale.
+            async with self.rt.db.transaction() as s:
+                await s.execute(update(Job).values(locked_by=None, locked_until=None))
+        self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        interval = self.rt.settings.job_poll_interval
+        while not self._stopping:
+            try:
+                claimed = await self.run_due()
+            except Exception:
+                log.exception("job claim failed")
+                claimed = 0
+            if claimed < BATCH:
+                await self.rt.jobs_signal.wait(interval)
+
+    async def run_due(self) -> int:
+        """Claim up to BATCH due jobs and start them; returns how many were claimed."""
+        free = BATCH - len(self.tasks)
+        if free <= 0:
+            await asyncio.sleep(0.05)
+            return 0
+        now = utcnow()
+        async with self.rt.db.transaction() as s:
+            due = (
+                select(Job.id)
+                .where(Job.run_at <= now, (Job.locked_until.is_(None)) | (Job.locked_until < now))
+                .order_by(Job.run_at)
+                .limit(free)
+            )
+            if not self.rt.db.is_sqlite:
+                due = due.with_for_update(skip_locked=True)
+            ids = list((await s.scalars(due)).all())
+            if not ids:
+                return 0
+            await s.execute(
+                update(Job).where(Job.id.in_(ids)).values(locked_by=self.worker_id, locked_until=now + LEASE)
+            )
+            jobs = list((await s.scalars(select(Job).where(Job.id.in_(ids)))).all())
+        for job in jobs:
+            task = asyncio.create_task(self._run(job.id, job.kind, dict(job.payload), job.attempts))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return len(jobs)
+
+    async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
+        async with self.slots:
+            fn = HANDLERS.get(kind)
+            try:
+                if fn is None:
+                    raise RuntimeError(f"no handler for job kind {kind!r}")
+                await fn(self.rt, payload, attempts)
+            except RetryAt as retry:
+                await self._reschedule(job_id, retry.when, retry.reason, retry.payload, count=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("job %s (%s) failed", job_id, kind)
+                if attempts + 1 >= MAX_UNEXPECTED_FAILURES:
+                    await self._finish(job_id)
+                else:
+                    delay = FAILURE_BACKOFF[min(attempts, len(FAILURE_BACKOFF) - 1)]
+                    await self._reschedule(
+                        job_id, utcnow() + timedelta(seconds=delay), repr(exc), None, count=True
+                    )
+            else:
+                await self._finish(job_id)
+
+    async def _finish(self, job_id: int) -> None:
+        async with self.rt.db.transaction() as s:
+            await s.execute(delete(Job).where(Job.id == job_id, Job.locked_by == self.worker_id))
+
+    async def _reschedule(
+        self, job_id: int, when: datetime, reason: str, payload: dict[str, Any] | None, *, count: bool
+    ) -> None:
+        values: dict[str, Any] = {
+            "run_at": when,
+            "locked_by": None,
+            "locked_until": None,
+            "last_error": reason[:2000],
+        }
+        if payload is not None:
+            values["payload"] = payload
+        if count:
+            values["attempts"] = Job.attempts + 1
+        async with self.rt.db.transaction() as s:
+            await s.execute(
+                update(Job).where(Job.id == job_id, Job.locked_by == self.worker_id).values(**values)
+            )
+        self.rt.jobs_signal.notify()

@@ -1,0 +1,80 @@
+"""`agentmx serve`: the HTTP API, the SMTP listener, the job runner and event streams in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+from agentmx import features
+from agentmx.db.engine import Database
+from agentmx.db.migrate import upgrade
+from agentmx.http.app import create_app
+from agentmx.jobs.runner import JobRunner
+from agentmx.services.runtime import Runtime
+from agentmx.settings import Settings
+
+log = logging.getLogger("agentmx")
+
+# Background services started after the job runner: async start(rt) -> async stop().
+# Features append theirs (SMTP listener, live event fan-out, DNS re-checks).
+Starter = Callable[[Runtime], Awaitable[Callable[[], Awaitable[None]]]]
+BACKGROUND: list[Starter] = []
+
+
+def prepare(settings: Settings) -> None:
+    """Create the data folder and bring the schema up to date (outside any event loop)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+
+
+async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> None:
+    features.load()
+    rt = Runtime(settings=settings, db=Database(settings.effective_database_url))
+    runner = JobRunner(rt)
+    await runner.start()
+    stops: list[Callable[[], Awaitable[None]]] = []
+    for start in BACKGROUND:
+        stops.append(await start(rt))
+    app = create_app(rt)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        ws_ping_interval=20,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    try:
+        serve_task = asyncio.create_task(server.serve())
+        while not server.started and not serve_task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            log.info(
+                "agentmx listening: http://%s:%s smtp %s:%s",
+                settings.host,
+                settings.http_port,
+                settings.host,
+                settings.smtp_port,
+            )
+            print(f"agentmx ready http://{settings.host}:{settings.http_port}", flush=True)
+            if ready:
+                ready()
+        await serve_task
+    finally:
+        for stop in reversed(stops):
+            with contextlib.suppress(Exception):
+                await stop()
+        await runner.stop()
+        await rt.db.dispose()

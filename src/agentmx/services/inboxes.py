@@ -1,0 +1,237 @@
+"""Inboxes: addresses that send and receive, each in one pod."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import ApiKey, Inbox
+from agentmx.db.types import utcnow
+from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
+from agentmx.ids import random_username
+from agentmx.services import metadata as md
+from agentmx.services.caller import Caller
+from agentmx.services.pagination import Page, decode_token, encode_token, paginate
+from agentmx.services.pods import default_pod, get_pod
+from agentmx.services.runtime import Runtime
+from agentmx.services.validation import USERNAME, check_client_id, check_domain_name, fail
+
+UNSET: Any = object()
+
+# Hook for custom domains: called with (session, rt, caller, pod_id, domain) for any domain
+# other than the server's default; raises Unprocessable when the domain may not be used.
+DomainCheck = Callable[[AsyncSession, Runtime, Caller, str, str], Awaitable[None]]
+
+
+async def _no_custom_domains(
+    session: AsyncSession, rt: Runtime, caller: Caller, pod_id: str, domain: str
+) -> None:
+    raise Unprocessable(
+        f"Domain '{domain}' is not a verified domain of this organization",
+        code="domain_not_verified",
+        fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
+    )
+
+
+custom_domain_check: list[DomainCheck] = [_no_custom_domains]
+
+# Hooks run before an inbox is deleted, to remove what hangs off it (messages, drafts, …).
+inbox_cleanup: list[Callable[[AsyncSession, Inbox], Awaitable[None]]] = []
+
+
+def visible(stmt: Any, caller: Caller) -> Any:
+    stmt = stmt.where(Inbox.organization_id == caller.organization_id)
+    if caller.pod_id:
+        stmt = stmt.where(Inbox.pod_id == caller.pod_id)
+    if caller.inbox_id:
+        stmt = stmt.where(Inbox.id == caller.inbox_id)
+    return stmt
+
+
+async def get_inbox(session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None) -> Inbox:
+    inbox = await session.get(Inbox, inbox_id.strip().lower())
+    if (
+        inbox is None
+        or inbox.organization_id != caller.organization_id
+        or not caller.sees_inbox(inbox.id, inbox.pod_id)
+        or (pod_id is not None and inbox.pod_id != pod_id)
+    ):
+        raise NotFound("Inbox not found")
+    return inbox
+
+
+async def create_inbox(
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    *,
+    pod_id: str | None,
+    username: str | None,
+    domain: str | None,
+    display_name: str | None,
+    client_id: str | None,
+    status: str | None,
+    metadata: Any,
+) -> Inbox:
+    check_client_id(client_id)
+    if client_id:
+        existing = await session.scalar(
+            select(Inbox).where(Inbox.organization_id == caller.organization_id, Inbox.client_id == client_id)
+        )
+        if existing is not None:
+            return existing
+    if pod_id is None:
+        pod_id = caller.pod_id or (await default_pod(session, caller.organization_id)).id
+    else:
+        await get_pod(session, caller, pod_id)
+    domain_name = check_domain_name(domain) if domain else rt.settings.domain
+    if domain_name != rt.settings.domain:
+        for check in custom_domain_check:
+            await check(session, rt, caller, pod_id, domain_name)
+    if username is not None:
+        username = username.strip().lower()
+        if not USERNAME.match(username):
+            raise fail("username", "username must be 1-64 characters of a-z 0-9 . _ + - (not at either end)")
+    if status not in (None, "active", "paused"):
+        raise fail("status", "status must be 'active' or 'paused'")
+    if display_name is not None and len(display_name) > 256:
+        raise fail("display_name", "display_name is at most 256 characters")
+    meta = md.validate_new(metadata)
+    for _ in range(5):
+        name = username or random_username()
+        address = f"{name}@{domain_name}"
+        if await session.get(Inbox, address) is None:
+            break
+        if username:
+            raise AlreadyTaken(f"Inbox '{address}' already exists", fix="Choose another username.")
+    now = utcnow()
+    inbox = Inbox(
+        id=address,
+        organization_id=caller.organization_id,
+        pod_id=pod_id,
+        username=name,
+        domain=domain_name,
+        display_name=display_name,
+        client_id=client_id,
+        status=status or "active",
+        metadata_=meta,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(inbox)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise AlreadyTaken(f"Inbox '{address}' already exists") from exc
+    return inbox
+
+
+async def list_inboxes(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    pod_id: str | None,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Inbox]:
+    stmt = visible(select(Inbox), caller)
+    if pod_id is not None:
+        await get_pod(session, caller, pod_id)
+        stmt = stmt.where(Inbox.pod_id == pod_id)
+    return await paginate(
+        session,
+        stmt,
+        kind="inboxes",
+        columns=[Inbox.created_at, Inbox.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def update_inbox(
+    session: AsyncSession,
+    caller: Caller,
+    inbox_id: str,
+    *,
+    pod_id: str | None = None,
+    display_name: Any = UNSET,
+    status: Any = UNSET,
+    metadata: Any = UNSET,
+) -> Inbox:
+    if display_name is UNSET and status is UNSET and metadata is UNSET:
+        raise fail("body", "Provide at least one of display_name, status or metadata")
+    inbox = await get_inbox(session, caller, inbox_id, pod_id)
+    if display_name is not UNSET:
+        if display_name is not None and (not isinstance(display_name, str) or len(display_name) > 256):
+            raise fail("display_name", "display_name must be a string of at most 256 characters")
+        inbox.display_name = display_name
+    if status is not UNSET:
+        if status not in ("active", "paused"):
+            raise fail("status", "status must be 'active' or 'paused'")
+        inbox.status = status
+    if metadata is not UNSET:
+        inbox.metadata_ = {} if metadata is None else md.merge(inbox.metadata_ or {}, metadata)
+    inbox.updated_at = utcnow()
+    await session.flush()
+    return inbox
+
+
+async def delete_inbox(
+    session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None
+) -> None:
+    inbox = await get_inbox(session, caller, inbox_id, pod_id)
+    for cleanup in inbox_cleanup:
+        await cleanup(session, inbox)
+    await session.execute(delete(ApiKey).where(ApiKey.inbox_id == inbox.id))
+    await session.delete(inbox)
+
+
+def _rank(inbox: Inbox, q: str, words: list[str]) -> int | None:
+    """0 = exact address, 1 = every word prefixes a word, None = no match."""
+    if inbox.id == q:
+        return 0
+    haystack = inbox.id.replace("@", " ").replace(".", " ").split()
+    haystack += (inbox.display_name or "").lower().split()
+    haystack.append(inbox.id)
+    if all(any(h.startswith(w) for h in haystack) for w in words):
+        return 1
+    return None
+
+
+async def search_inboxes(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    q: str,
+    pod_id: str | None,
+    limit: int,
+    page_token: str | None,
+) -> Page[Inbox]:
+    q = (q or "").strip().lower()
+    if not 2 <= len(q) <= 256:
+        raise fail("q", "q must be 2-256 characters")
+    words = q.split()
+    stmt = visible(select(Inbox), caller)
+    if pod_id is not None:
+        await get_pod(session, caller, pod_id)
+        stmt = stmt.where(Inbox.pod_id == pod_id)
+    for word in words:
+        pattern = f"%{word.replace('%', '').replace('_', '')}%"
+        stmt = stmt.where(
+            or_(func.lower(Inbox.id).like(pattern), func.lower(Inbox.display_name).like(pattern))
+        )
+    candidates = (await session.scalars(stmt.order_by(Inbox.created_at.desc()).limit(5000))).all()
+    ranked = sorted(
+        ((rank, i) for i, inbox in enumerate(candidates) if (rank := _rank(inbox, q, words)) is not None)
+    )
+    hits = [candidates[i] for _, i in ranked]
+    offset = decode_token("inbox_search:" + q, page_token, [int])[0] if page_token else 0
+    page = hits[offset : offset + limit]
+    token = encode_token("inbox_search:" + q, [offset + limit]) if offset + limit < len(hits) else None
+    return Page(page, limit, token)

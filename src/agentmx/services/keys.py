@@ -1,0 +1,114 @@
+"""API key issue and verification. Secrets are shown once; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import ApiKey, Organization, Pod
+from agentmx.db.types import utcnow
+from agentmx.errors import Unauthorized
+from agentmx.ids import new_id, new_uuid
+from agentmx.services.caller import Caller
+
+SECRET_PREFIX = "am_"
+USED_AT_GRANULARITY = timedelta(seconds=60)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+async def ensure_organization(session: AsyncSession) -> Organization:
+    """The first organization, created with its Default Pod when the server has none."""
+    org = await session.scalar(select(Organization).order_by(Organization.created_at).limit(1))
+    if org is None:
+        org = Organization(id=new_id("org"))
+        session.add(org)
+        session.add(Pod(id=new_uuid(), organization_id=org.id, name="Default Pod", is_default=True))
+        await session.flush()
+    return org
+
+
+async def issue_key(
+    session: AsyncSession,
+    *,
+    organization_id: str,
+    name: str,
+    pod_id: str | None = None,
+    inbox_id: str | None = None,
+    permissions: dict[str, bool] | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the secret (the only time it exists in clear)."""
+    secret = new_secret()
+    now = utcnow()
+    key = ApiKey(
+        id=new_uuid(),
+        organization_id=organization_id,
+        pod_id=pod_id,
+        inbox_id=inbox_id,
+        name=name,
+        prefix=secret[:10],
+        secret_hash=hash_secret(secret),
+        permissions=permissions,
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(key)
+    await session.flush()
+    return key, secret
+
+
+def _missing(message: str = "Missing or malformed Authorization header") -> Unauthorized:
+    return Unauthorized(
+        message,
+        code="missing_authorization",
+        fix="Send 'Authorization: Bearer <api key>' with a key created by 'agentmx keys create'.",
+    )
+
+
+def parse_bearer(header: str | None) -> str:
+    if not header or not header.startswith("Bearer "):
+        raise _missing()
+    secret = header[len("Bearer ") :]
+    if not secret or any(ch.isspace() for ch in secret):
+        raise _missing()
+    return secret
+
+
+async def find_key(session: AsyncSession, secret: str) -> ApiKey:
+    key = await session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret)))
+    if key is None or (key.expires_at is not None and key.expires_at <= utcnow()):
+        raise Unauthorized(
+            "Unknown API key", code="unknown_api_key", fix="Check the key, or create a new one."
+        )
+    return key
+
+
+def needs_used_at(key: ApiKey) -> bool:
+    # used_at is approximate on purpose: one write a minute per key, not one per request.
+    return key.used_at is None or utcnow() - key.used_at > USED_AT_GRANULARITY
+
+
+async def touch_key(session: AsyncSession, key_id: str) -> None:
+    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(used_at=utcnow()))
+
+
+def caller_for(key: ApiKey) -> Caller:
+    return Caller(
+        organization_id=key.organization_id,
+        api_key_id=key.id,
+        pod_id=key.pod_id,
+        inbox_id=key.inbox_id,
+        permissions=key.permissions,
+    )

@@ -1,0 +1,90 @@
+"""Keyset pagination with opaque page tokens bound to the list they came from."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, literal, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from agentmx.errors import ValidationFailed
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    limit: int
+    next_page_token: str | None
+
+
+def check_limit(limit: int | None, maximum: int = MAX_LIMIT, default: int = DEFAULT_LIMIT) -> int:
+    if limit is None:
+        return min(default, maximum)
+    if limit < 1 or limit > maximum:
+        raise ValidationFailed(
+            f"limit must be between 1 and {maximum}", [{"path": ["limit"], "message": f"1..{maximum}"}]
+        )
+    return limit
+
+
+def encode_token(kind: str, values: Sequence[Any]) -> str:
+    raw = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    data = json.dumps({"k": kind, "v": raw}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def decode_token(kind: str, token: str, types: Sequence[type]) -> list[Any]:
+    bad = ValidationFailed(
+        "Invalid page_token. Restart the listing without a page_token.",
+        [{"path": ["page_token"], "message": "invalid page token"}],
+    )
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if data.get("k") != kind or len(data["v"]) != len(types):
+            raise bad
+        out: list[Any] = []
+        for value, typ in zip(data["v"], types, strict=True):
+            out.append(datetime.fromisoformat(value) if typ is datetime else typ(value))
+        return out
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError, AttributeError) as exc:
+        raise bad from exc
+
+
+async def paginate(
+    session: AsyncSession,
+    stmt: Select[Any],
+    *,
+    kind: str,
+    columns: Sequence[InstrumentedAttribute[Any]],
+    limit: int,
+    page_token: str | None,
+    ascending: bool = False,
+) -> Page[Any]:
+    """Order by ``columns`` (the last must be unique) and return one page after ``page_token``."""
+    types = [col.type.python_type for col in columns]
+    if page_token:
+        after = decode_token(kind, page_token, types)
+        key = tuple_(*columns)
+        # Typed literals so SQLite compares datetimes in the stored form.
+        bound = tuple_(*[literal(v, type_=col.type) for v, col in zip(after, columns, strict=True)])
+        stmt = stmt.where(key > bound if ascending else key < bound)
+    order = [col.asc() if ascending else col.desc() for col in columns]
+    rows = list((await session.scalars(stmt.order_by(*order).limit(limit + 1))).all())
+    token = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        token = encode_token(kind, [getattr(last, col.key) for col in columns])
+    return Page(rows, limit, token)

@@ -1,0 +1,90 @@
+"""Pods: the tenants inside an organization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Inbox, Pod
+from agentmx.db.types import utcnow
+from agentmx.errors import Conflict, NotFound
+from agentmx.ids import new_uuid
+from agentmx.services.caller import Caller
+from agentmx.services.pagination import Page, paginate
+from agentmx.services.validation import check_client_id, fail
+
+# Other features register "does this pod still own X?" checks here (domains, for instance).
+POD_DEPENDENTS: list[tuple[str, Any]] = [("inboxes", Inbox.pod_id)]
+
+
+async def get_pod(session: AsyncSession, caller: Caller, pod_id: str) -> Pod:
+    pod = await session.get(Pod, pod_id)
+    if pod is None or pod.organization_id != caller.organization_id or not caller.sees_pod(pod.id):
+        raise NotFound("Pod not found")
+    return pod
+
+
+async def default_pod(session: AsyncSession, organization_id: str) -> Pod:
+    pod = await session.scalar(
+        select(Pod).where(Pod.organization_id == organization_id, Pod.is_default.is_(True))
+    )
+    if pod is None:  # the default pod was deleted: recreate it
+        pod = Pod(id=new_uuid(), organization_id=organization_id, name="Default Pod", is_default=True)
+        session.add(pod)
+        await session.flush()
+    return pod
+
+
+async def create_pod(session: AsyncSession, caller: Caller, name: str | None, client_id: str | None) -> Pod:
+    check_client_id(client_id)
+    if name is not None and not (1 <= len(name) <= 256):
+        raise fail("name", "name must be 1-256 characters")
+    if client_id:
+        existing = await session.scalar(
+            select(Pod).where(Pod.organization_id == caller.organization_id, Pod.client_id == client_id)
+        )
+        if existing is not None:
+            return existing
+    now = utcnow()
+    pod_id = new_uuid()
+    pod = Pod(
+        id=pod_id,
+        organization_id=caller.organization_id,
+        name=name or f"pod-{pod_id[:8]}",
+        client_id=client_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(pod)
+    await session.flush()
+    return pod
+
+
+async def list_pods(
+    session: AsyncSession, caller: Caller, *, limit: int, page_token: str | None, ascending: bool
+) -> Page[Pod]:
+    stmt = select(Pod).where(Pod.organization_id == caller.organization_id)
+    if caller.pod_id:
+        stmt = stmt.where(Pod.id == caller.pod_id)
+    return await paginate(
+        session,
+        stmt,
+        kind="pods",
+        columns=[Pod.created_at, Pod.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def delete_pod(session: AsyncSession, caller: Caller, pod_id: str) -> None:
+    pod = await get_pod(session, caller, pod_id)
+    for label, pod_column in POD_DEPENDENTS:
+        count = await session.scalar(select(func.count()).where(pod_column == pod.id))
+        if count:
+            raise Conflict(
+                f"Pod still has {label}", code="cannot_delete", fix=f"Delete the pod's {label} first."
+            )
+    await session.delete(pod)

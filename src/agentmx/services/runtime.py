@@ -1,0 +1,35 @@
+"""The composition root's product: everything a service or job needs, built once per process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from agentmx.db.engine import Database
+from agentmx.settings import Settings
+
+
+class Signal:
+    """Wakes every waiter when set; used to poke the job runner and event streams after a commit."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    jobs_signal: Signal = field(default_factory=Signal)
+    events_signal: Signal = field(default_factory=Signal)

@@ -1,0 +1,104 @@
+"""One typed settings schema. Every key has a default and a description.
+
+Read from the environment with the prefix ``AGENTMX_`` (``AGENTMX_HTTP_PORT=9000``),
+and overridden by CLI flags. Settings are frozen once built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP API and SMTP listener bind to.")
+    http_port: int = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
+    smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
+    data_dir: Path = Field(
+        Path("./data"), description="Folder for the SQLite database and stored .eml blobs."
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL. Empty means SQLite at <data_dir>/agentmx.db. "
+        "postgresql://… is accepted and run on asyncpg.",
+    )
+    domain: str = Field("agentmx.localhost", description="Default domain for new inboxes.")
+    public_host: str = Field(
+        "", description="Public host name of this server: MX target in domain records, HELO name, URL host."
+    )
+    public_url: str = Field(
+        "", description="Base URL clients use to reach the API (for download links). Empty: http://host:port."
+    )
+    smtp_max_message_size: int = Field(
+        10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
+    )
+    smtp_relay: str = Field(
+        "", description="host:port of a relay for all outbound mail; empty means MX lookup."
+    )
+    smtp_relay_username: str = Field("", description="Relay AUTH user name (optional).")
+    smtp_relay_password: str = Field("", description="Relay AUTH password (optional).")
+    smtp_relay_starttls: bool = Field(False, description="Use STARTTLS with the relay.")
+    outbound_port: int = Field(
+        25, description="Port used when delivering to MX hosts (tests point it at a sink)."
+    )
+    outbound_max_lifetime: float = Field(
+        4 * 24 * 3600.0,
+        description="Seconds a temporarily failing outbound message is retried before it bounces.",
+    )
+    outbound_retry_schedule: str = Field(
+        "60,300,900,1800,3600,7200",
+        description="Comma-separated seconds between outbound delivery retries (the last repeats).",
+    )
+    dns_resolver: str = Field("", description="host[:port] of the DNS server used for MX and domain checks.")
+    webhook_retry_schedule: str = Field(
+        "0,5,300,1800,7200,18000,36000,36000",
+        description="Comma-separated seconds before each webhook attempt (Svix schedule).",
+    )
+    webhook_timeout: float = Field(15.0, description="Seconds a webhook receiver has to answer.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses."
+    )
+    domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
+    job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
+    rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")
+    secret_key: str = Field(
+        "",
+        description="Key for signing download URLs and encrypting DKIM keys; generated in data_dir if empty.",
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'agentmx.db'}"
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        elif url.startswith("sqlite:///"):
+            url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def hostname(self) -> str:
+        return self.public_host or self.domain
+
+
+def parse_schedule(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]

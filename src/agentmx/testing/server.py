@@ -1,0 +1,136 @@
+"""Run a real `agentmx serve` process on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One agentmx process. ``start()`` waits until /health answers; ``kill()`` is SIGKILL."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        env: dict[str, str] | None = None,
+        http_port: int | None = None,
+        smtp_port: int | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.database_url = database_url
+        self.http_port = http_port or free_port()
+        self.smtp_port = smtp_port if smtp_port is not None else free_port()
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / f"server-{self.http_port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}"
+
+    def _storage_args(self) -> list[str]:
+        args = ["--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        return args
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")}
+        env.update(
+            {
+                "AGENTMX_JOB_POLL_INTERVAL": "0.1",
+                "AGENTMX_WEBHOOK_ALLOW_PRIVATE": "true",
+                "AGENTMX_LOG_LEVEL": "warning",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def cli(self, *args: str) -> str:
+        """Run an ``agentmx`` subcommand against this server's storage; returns stdout."""
+        out = subprocess.run(
+            [sys.executable, "-m", "agentmx", *args, *self._storage_args()],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return out.stdout
+
+    def create_key(self, *extra: str) -> str:
+        return (
+            self.cli("keys", "create", "--name", f"test-{secrets.token_hex(3)}", *extra)
+            .strip()
+            .splitlines()[-1]
+        )
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "agentmx",
+            "serve",
+            "--http-port",
+            str(self.http_port),
+            "--smtp-port",
+            str(self.smtp_port),
+            *self._storage_args(),
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentmx exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"agentmx did not start within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()

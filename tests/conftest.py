@@ -1,0 +1,97 @@
+"""Fixtures: real agentmx servers on loopback, on SQLite and on PostgreSQL, driven by the official SDK."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _postgres_or_skip() -> None:
+    if postgres.available():
+        return
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI and is unreachable at {postgres.ADMIN_URL}")
+    pytest.skip("PostgreSQL not reachable (set AGENTMX_TEST_PG_URL)")
+
+
+class Harness:
+    """A running server plus what a test needs to talk to it."""
+
+    def __init__(self, server: ServerProcess, backend: str) -> None:
+        self.server = server
+        self.backend = backend
+        self.api_key = server.create_key()
+
+    def client(self, api_key: str | None = None, **kw: Any) -> AgentMail:
+        env = AgentMailEnvironment(http=self.server.base_url, websockets=self.server.ws_url)
+        return AgentMail(api_key=api_key or self.api_key, environment=env, **kw)
+
+    def new_username(self) -> str:
+        return "t" + secrets.token_hex(5)
+
+
+def make_server(
+    tmp: Path, backend: str, env: dict[str, str] | None = None
+) -> tuple[ServerProcess, str | None]:
+    url = None
+    if backend == "postgres":
+        _postgres_or_skip()
+        url = postgres.create_database()
+    return ServerProcess(tmp, database_url=url, env=env), url
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    """One shared server per backend for the whole session; tests create their own inboxes."""
+    server, url = make_server(tmp_path_factory.mktemp(f"srv-{request.param}"), request.param)
+    server.start()
+    try:
+        yield Harness(server, request.param)
+    finally:
+        server.stop()
+        if url:
+            postgres.drop_database(url)
+
+
+@pytest.fixture
+def client(harness: Harness) -> AgentMail:
+    return harness.client()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory for a private server (restart and multi-process tests); cleaned up afterwards."""
+    made: list[tuple[ServerProcess, str | None]] = []
+
+    def factory(
+        backend: str = "sqlite", env: dict[str, str] | None = None, database_url: str | None = None
+    ) -> ServerProcess:
+        if database_url is None:
+            server, url = make_server(tmp_path / f"s{len(made)}", backend, env)
+            made.append((server, url))
+        else:
+            server = ServerProcess(tmp_path / f"s{len(made)}", database_url=database_url, env=env)
+            made.append((server, None))
+        return server
+
+    yield factory
+    for server, url in made:
+        server.kill()
+        if url:
+            postgres.drop_database(url)
+
+
+NO_RETRY: Any = {"max_retries": 0}

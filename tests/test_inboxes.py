@@ -1,0 +1,175 @@
+"""Inboxes and metadata through the official SDK, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from agentmail.core.api_error import ApiError
+from agentmail.errors import NotFoundError, ValidationError
+from agentmail.inboxes.types import CreateInboxRequest
+
+from conftest import NO_RETRY, Harness
+
+
+def test_create_get_list_delete(harness: Harness) -> None:
+    client = harness.client()
+    name = harness.new_username()
+    inbox = client.inboxes.create(
+        request=CreateInboxRequest(
+            username=name, display_name="Agent One", metadata={"team": "sales", "tier": 2}
+        )
+    )
+    assert inbox.inbox_id == f"{name}@agentmx.localhost"
+    assert inbox.email == inbox.inbox_id
+    assert inbox.metadata == {"team": "sales", "tier": 2}
+    assert inbox.display_name == "Agent One"
+    assert inbox.pod_id
+
+    got = client.inboxes.get(inbox.inbox_id)
+    assert got.metadata == {"team": "sales", "tier": 2}
+    listed = client.inboxes.list(limit=100)
+    assert any(
+        i.inbox_id == inbox.inbox_id and i.metadata == {"team": "sales", "tier": 2} for i in listed.inboxes
+    )
+
+    client.inboxes.delete(inbox.inbox_id)
+    with pytest.raises(NotFoundError):
+        client.inboxes.get(inbox.inbox_id, request_options=NO_RETRY)
+
+
+def test_create_without_body_gets_random_username(harness: Harness) -> None:
+    inbox = harness.client().inboxes.create()
+    assert inbox.inbox_id.endswith("@agentmx.localhost")
+    assert inbox.metadata in ({}, None)
+
+
+def test_client_id_is_idempotent(harness: Harness) -> None:
+    client = harness.client()
+    cid = "cid-" + harness.new_username()
+    first = client.inboxes.create(request=CreateInboxRequest(client_id=cid))
+    second = client.inboxes.create(request=CreateInboxRequest(client_id=cid))
+    assert first.inbox_id == second.inbox_id
+
+
+def test_metadata_merge_rules(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create(request=CreateInboxRequest(metadata={"a": "1", "b": True, "c": 3.5}))
+    updated = client.inboxes.update(inbox.inbox_id, metadata={"a": "x", "b": None, "d": 7})
+    assert updated.metadata == {"a": "x", "c": 3.5, "d": 7}
+    assert client.inboxes.get(inbox.inbox_id).metadata == {"a": "x", "c": 3.5, "d": 7}
+    renamed = client.inboxes.update(inbox.inbox_id, display_name="Renamed")
+    assert renamed.metadata == {"a": "x", "c": 3.5, "d": 7} and renamed.display_name == "Renamed"
+    cleared = client.inboxes.update(inbox.inbox_id, metadata=None)
+    assert cleared.metadata in ({}, None)
+    with pytest.raises(ValidationError):
+        client.inboxes.update(inbox.inbox_id, metadata={}, request_options=NO_RETRY)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"k" * 257: "v"},
+        {"k": "v" * 257},
+        {f"k{i}": i for i in range(257)},
+    ],
+)
+def test_oversized_metadata_is_400(harness: Harness, metadata: dict) -> None:
+    with pytest.raises(ValidationError):
+        harness.client().inboxes.create(
+            request=CreateInboxRequest(metadata=metadata), request_options=NO_RETRY
+        )
+
+
+@pytest.mark.parametrize("metadata", [{"nested": {"a": 1}}, {"list": [1, 2]}, {"null": None}, ["a"], "text"])
+def test_wrong_metadata_types_are_400(harness: Harness, metadata: object) -> None:
+    # The SDK refuses these client-side, so they go over plain HTTP.
+    r = httpx.post(
+        f"{harness.server.base_url}/v0/inboxes",
+        json={"metadata": metadata},
+        headers={"Authorization": f"Bearer {harness.api_key}"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["name"] == "ValidationError" and r.json()["errors"]
+
+
+def test_metadata_limits_accept_the_maximum(harness: Harness) -> None:
+    meta = {f"{i:0>256}": "v" * 256 for i in range(256)}
+    inbox = harness.client().inboxes.create(request=CreateInboxRequest(metadata=meta))
+    assert len(inbox.metadata or {}) == 256
+
+
+def test_patch_needs_a_field_and_pause(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    r = httpx.patch(
+        f"{harness.server.base_url}/v0/inboxes/{inbox.inbox_id}",
+        json={},
+        headers={"Authorization": f"Bearer {harness.api_key}"},
+    )
+    assert r.status_code == 400 and r.json()["name"] == "ValidationError" and "errors" in r.json()
+    paused = client.inboxes.update(inbox.inbox_id, status="paused")
+    assert paused.status == "paused"
+    assert client.inboxes.update(inbox.inbox_id, status="active").status in (None, "active")
+
+
+def test_pagination_and_ascending(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create(name="paging")
+    created = [client.pods.inboxes.create(pod.pod_id).inbox_id for _ in range(5)]
+    seen: list[str] = []
+    token = None
+    while True:
+        page = client.pods.inboxes.list(pod.pod_id, limit=2, page_token=token)
+        seen += [i.inbox_id for i in page.inboxes]
+        assert page.count == len(page.inboxes)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(created))
+    asc = client.pods.inboxes.list(pod.pod_id, limit=10, ascending=True)
+    assert [i.inbox_id for i in asc.inboxes] == created
+    assert asc.next_page_token is None
+
+
+def test_search(harness: Harness) -> None:
+    client = harness.client()
+    name = harness.new_username()
+    inbox = client.inboxes.create(request=CreateInboxRequest(username=name, display_name="Billing Robot"))
+    assert inbox.inbox_id in [i.inbox_id for i in client.inboxes.search(q=name).inboxes]
+    assert inbox.inbox_id in [i.inbox_id for i in client.inboxes.search(q="billing rob").inboxes]
+    assert client.inboxes.search(q=inbox.inbox_id).inboxes[0].inbox_id == inbox.inbox_id
+    with pytest.raises(ValidationError):
+        client.inboxes.search(q="x", request_options=NO_RETRY)
+
+
+def test_unknown_ids_bad_tokens_and_malformed_json(harness: Harness) -> None:
+    base = harness.server.base_url
+    auth = {"Authorization": f"Bearer {harness.api_key}"}
+    with pytest.raises(NotFoundError):
+        harness.client().inboxes.get("nobody@agentmx.localhost", request_options=NO_RETRY)
+    r = httpx.get(f"{base}/v0/inboxes")
+    assert r.status_code == 401 and r.json()["code"] == "missing_authorization"
+    r = httpx.get(f"{base}/v0/inboxes", headers={"Authorization": "Bearer am_wrong"})
+    assert r.status_code == 401 and r.json()["code"] == "unknown_api_key"
+    r = httpx.get(f"{base}/v0/inboxes", headers={"Authorization": f"Basic {harness.api_key}"})
+    assert r.status_code == 401
+    r = httpx.post(
+        f"{base}/v0/inboxes", content=b"{not json", headers={**auth, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["code"] == "validation_error"
+    r = httpx.post(f"{base}/v0/inboxes", json={"display_name": 5}, headers=auth)
+    assert r.status_code == 400
+    r = httpx.get(f"{base}/v0/inboxes", params={"page_token": "garbage"}, headers=auth)
+    assert r.status_code == 400
+    r = httpx.get(f"{base}/v0/inboxes", params={"limit": "abc"}, headers=auth)
+    assert r.status_code == 400
+    with pytest.raises(ApiError) as err:
+        harness.client(api_key="am_nope").inboxes.list(request_options=NO_RETRY)
+    assert err.value.status_code == 401
+
+
+def test_path_ids_keep_plus_signs(harness: Harness) -> None:
+    client = harness.client()
+    name = harness.new_username() + "+tag"
+    inbox = client.inboxes.create(request=CreateInboxRequest(username=name))
+    assert client.inboxes.get(inbox.inbox_id).inbox_id == f"{name}@agentmx.localhost"

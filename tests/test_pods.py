@@ -1,0 +1,74 @@
+"""Pods, organizations and identity through the official SDK."""
+
+from __future__ import annotations
+
+import pytest
+from agentmail.core.api_error import ApiError
+from agentmail.errors import NotFoundError
+
+from conftest import NO_RETRY, Harness
+
+
+def test_pod_lifecycle(harness: Harness) -> None:
+    client = harness.client()
+    cid = "pod-" + harness.new_username()
+    pod = client.pods.create(name="Tenant A", client_id=cid)
+    assert client.pods.create(name="ignored", client_id=cid).pod_id == pod.pod_id
+    assert client.pods.get(pod.pod_id).name == "Tenant A"
+    assert pod.pod_id in [p.pod_id for p in client.pods.list(limit=100).pods]
+
+    inbox = client.pods.inboxes.create(pod.pod_id, metadata={"tenant": "a"})
+    assert inbox.pod_id == pod.pod_id
+    assert client.pods.inboxes.get(pod.pod_id, inbox.inbox_id).metadata == {"tenant": "a"}
+    updated = client.pods.inboxes.update(pod.pod_id, inbox.inbox_id, metadata={"tenant": "b"})
+    assert updated.metadata == {"tenant": "b"}
+    assert [i.inbox_id for i in client.pods.inboxes.search(pod.pod_id, q=inbox.inbox_id).inboxes] == [
+        inbox.inbox_id
+    ]
+
+    with pytest.raises(ApiError) as refused:
+        client.pods.delete(pod.pod_id, request_options=NO_RETRY)
+    assert refused.value.status_code == 409 and refused.value.body["code"] == "cannot_delete"
+
+    client.pods.inboxes.delete(pod.pod_id, inbox.inbox_id)
+    client.pods.delete(pod.pod_id)
+    with pytest.raises(NotFoundError):
+        client.pods.get(pod.pod_id, request_options=NO_RETRY)
+
+
+def test_pod_created_with_empty_body_gets_a_name(harness: Harness) -> None:
+    pod = harness.client().pods.create()
+    assert pod.name
+
+
+def test_inbox_of_another_pod_is_not_found_on_pod_route(harness: Harness) -> None:
+    client = harness.client()
+    a, b = client.pods.create(), client.pods.create()
+    inbox = client.pods.inboxes.create(a.pod_id)
+    with pytest.raises(NotFoundError):
+        client.pods.inboxes.get(b.pod_id, inbox.inbox_id, request_options=NO_RETRY)
+
+
+def test_organization_and_identity(harness: Harness) -> None:
+    client = harness.client()
+    org = client.organizations.get()
+    assert org.organization_id and org.inbox_count >= 0
+    me = client.auth.me() if hasattr(client, "auth") else None
+    if me is not None:
+        assert me.scope_type == "organization" and me.organization_id == org.organization_id
+
+
+def test_scoped_keys_from_cli(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create()
+    inbox = client.pods.inboxes.create(pod.pod_id)
+    other = client.inboxes.create()
+    pod_client = harness.client(harness.server.create_key("--pod", pod.pod_id))
+    assert [i.inbox_id for i in pod_client.inboxes.list().inboxes] == [inbox.inbox_id]
+    with pytest.raises(NotFoundError):
+        pod_client.inboxes.get(other.inbox_id, request_options=NO_RETRY)
+    inbox_client = harness.client(harness.server.create_key("--inbox", inbox.inbox_id))
+    assert inbox_client.inboxes.get(inbox.inbox_id).inbox_id == inbox.inbox_id
+    with pytest.raises(ApiError) as forbidden:
+        inbox_client.pods.inboxes.list(pod.pod_id, request_options=NO_RETRY)
+    assert forbidden.value.status_code == 403
