@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from agentmx import features
+from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
 from agentmx.http.app import create_app
@@ -35,7 +36,11 @@ def prepare(settings: Settings) -> None:
 
 async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> None:
     features.load()
-    rt = Runtime(settings=settings, db=Database(settings.effective_database_url))
+    rt = Runtime(
+        settings=settings,
+        db=Database(settings.effective_database_url),
+        blobs=BlobStore(settings.data_dir / "blobs"),
+    )
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []

@@ -78,12 +78,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'agentmx.db'}"
-        if url.startswith("postgresql://") or url.startswith("postgres://"):
-            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
-        elif url.startswith("sqlite:///"):
-            url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
-        return url
+        return normalize_database_url(self.database_url or f"sqlite:///{self.data_dir / 'agentmx.db'}")
 
     @property
     def is_sqlite(self) -> bool:
@@ -98,6 +93,15 @@ class Settings(BaseSettings):
     @property
     def hostname(self) -> str:
         return self.public_host or self.domain
+
+
+def normalize_database_url(url: str) -> str:
+    """Plain postgresql:// and sqlite:/// URLs run on the async drivers agentmx ships with."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
 
 
 def parse_schedule(text: str) -> list[float]:

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from agentmx.settings import normalize_database_url
+
 AfterCommit = Callable[[], Awaitable[None] | None]
 
 
@@ -39,6 +41,7 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
 
 class Database:
     def __init__(self, url: str) -> None:
+        url = normalize_database_url(url)
         self.url = url
         self.engine = make_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)

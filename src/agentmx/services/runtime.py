@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.settings import Settings
 
@@ -31,5 +32,6 @@ class Signal:
 class Runtime:
     settings: Settings
     db: Database
+    blobs: BlobStore
     jobs_signal: Signal = field(default_factory=Signal)
     events_signal: Signal = field(default_factory=Signal)
