@@ -18,6 +18,7 @@ from agentmx.db.migrate import upgrade
 from agentmx.http.app import create_app
 from agentmx.jobs.runner import JobRunner
 from agentmx.services.runtime import Runtime
+from agentmx.services.secrets import load_secret
 from agentmx.settings import Settings
 
 log = logging.getLogger("agentmx")
@@ -41,6 +42,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         db=Database(settings.effective_database_url),
         blobs=BlobStore(settings.data_dir / "blobs"),
     )
+    rt.secret = await load_secret(rt.db, settings.secret_key)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []

@@ -33,5 +33,6 @@ class Runtime:
     settings: Settings
     db: Database
     blobs: BlobStore
+    secret: bytes = b""
     jobs_signal: Signal = field(default_factory=Signal)
     events_signal: Signal = field(default_factory=Signal)

@@ -9,7 +9,7 @@ from agentmx.db.models.mail import (
     OutboundRecipient,
     Thread,
 )
-from agentmx.db.models.runtime import Event, Job
+from agentmx.db.models.runtime import Event, Job, ServerState
 
 __all__ = [
     "ApiKey",
@@ -23,5 +23,6 @@ __all__ = [
     "Organization",
     "OutboundRecipient",
     "Pod",
+    "ServerState",
     "Thread",
 ]

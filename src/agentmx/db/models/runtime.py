@@ -49,3 +49,12 @@ class Event(Base):
     # The exact wire body (webhook POST body and WebSocket frame).
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ServerState(Base):
+    """Small server-wide values shared by every process on the database (e.g. the signing secret)."""
+
+    __tablename__ = "server_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy import Text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Text  # noqa: F401
+from sqlalchemy.dialects import postgresql  # noqa: F401
 
-import agentmx.db.types
+import agentmx.db.types  # noqa: F401
 
 revision = "0001"
 down_revision = None
@@ -74,6 +74,12 @@ def upgrade() -> None:
         sa.Column("created_at", agentmx.db.types.UTCDateTime(), nullable=False),
         sa.Column("updated_at", agentmx.db.types.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_organizations")),
+    )
+    op.create_table(
+        "server_state",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_server_state")),
     )
     op.create_table(
         "api_keys",
@@ -185,6 +191,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_api_keys_created_at"))
 
     op.drop_table("api_keys")
+    op.drop_table("server_state")
     op.drop_table("organizations")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_due")

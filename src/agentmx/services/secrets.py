@@ -1,0 +1,42 @@
+"""The server secret: signs download URLs and encrypts stored private keys.
+
+Taken from AGENTMX_SECRET_KEY when set; otherwise generated once and kept in the database, so
+every process sharing the database agrees on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy.exc import IntegrityError
+
+from agentmx.db.engine import Database
+from agentmx.db.models import ServerState
+
+KEY = "secret_key"
+
+
+async def load_secret(db: Database, configured: str) -> bytes:
+    if configured:
+        return hashlib.sha256(configured.encode()).digest()
+    for _ in range(3):
+        async with db.read() as s:
+            row = await s.get(ServerState, KEY)
+            if row is not None:
+                return bytes.fromhex(row.value)
+        try:
+            async with db.transaction() as s:
+                s.add(ServerState(key=KEY, value=secrets.token_hex(32)))
+        except IntegrityError:
+            continue  # another process created it first
+    raise RuntimeError("could not establish the server secret")
+
+
+def sign(secret: bytes, message: str) -> str:
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, message: str, signature: str) -> bool:
+    return hmac.compare_digest(sign(secret, message), signature)
