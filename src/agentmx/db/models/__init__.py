@@ -9,6 +9,7 @@ from agentmx.db.models.mail import (
     OutboundRecipient,
     Thread,
 )
+from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.runtime import Event, Job, ServerState
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "IdempotencyRecord",
     "Inbox",
     "Job",
+    "ListEntry",
     "Message",
     "MessageLabel",
     "Organization",
