@@ -1,6 +1,7 @@
 """All tables. Each feature keeps its tables in its own module; importing this registers them all."""
 
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
+from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
 from agentmx.db.models.mail import (
     Attachment,
     IdempotencyRecord,
@@ -15,6 +16,9 @@ from agentmx.db.models.runtime import Event, Job, ServerState
 __all__ = [
     "ApiKey",
     "Attachment",
+    "Draft",
+    "DraftAttachment",
+    "DraftLabel",
     "Event",
     "IdempotencyRecord",
     "Inbox",
