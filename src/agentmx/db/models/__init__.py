@@ -1,6 +1,8 @@
 """All tables. Each feature keeps its tables in its own module; importing this registers them all."""
 
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
+from agentmx.db.models.domains import Domain
+from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
 from agentmx.db.models.mail import (
     Attachment,
@@ -16,11 +18,13 @@ from agentmx.db.models.runtime import Event, Job, ServerState
 __all__ = [
     "ApiKey",
     "Attachment",
+    "Domain",
     "Draft",
     "DraftAttachment",
     "DraftLabel",
     "Event",
     "IdempotencyRecord",
+    "InboxEvent",
     "Inbox",
     "Job",
     "ListEntry",
@@ -31,4 +35,6 @@ __all__ = [
     "Pod",
     "ServerState",
     "Thread",
+    "Webhook",
+    "WebhookAttempt",
 ]
