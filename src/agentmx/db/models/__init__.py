@@ -3,6 +3,7 @@
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
 from agentmx.db.models.domains import Domain
 from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
+from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
 from agentmx.db.models.mail import (
     Attachment,
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "IdempotencyRecord",
     "InboxEvent",
+    "InboxEvent",
     "Inbox",
     "Job",
     "ListEntry",
@@ -35,6 +37,8 @@ __all__ = [
     "Pod",
     "ServerState",
     "Thread",
+    "Webhook",
+    "WebhookAttempt",
     "Webhook",
     "WebhookAttempt",
 ]
