@@ -2,8 +2,6 @@
 
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
 from agentmx.db.models.domains import Domain
-from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
-from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
 from agentmx.db.models.mail import (
     Attachment,
@@ -25,8 +23,6 @@ __all__ = [
     "DraftLabel",
     "Event",
     "IdempotencyRecord",
-    "InboxEvent",
-    "InboxEvent",
     "Inbox",
     "Job",
     "ListEntry",
@@ -37,8 +33,4 @@ __all__ = [
     "Pod",
     "ServerState",
     "Thread",
-    "Webhook",
-    "WebhookAttempt",
-    "Webhook",
-    "WebhookAttempt",
 ]
