@@ -2,6 +2,7 @@
 
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
 from agentmx.db.models.domains import Domain
+from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
 from agentmx.db.models.mail import (
     Attachment,
@@ -23,6 +24,7 @@ __all__ = [
     "DraftLabel",
     "Event",
     "IdempotencyRecord",
+    "InboxEvent",
     "Inbox",
     "Job",
     "ListEntry",
@@ -33,4 +35,6 @@ __all__ = [
     "Pod",
     "ServerState",
     "Thread",
+    "Webhook",
+    "WebhookAttempt",
 ]
