@@ -1,0 +1,187 @@
+"""API keys through the official SDK: scopes, permissions, escalation, expiry, used_at."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.errors import NotFoundError
+
+from conftest import NO_RETRY, Harness
+
+
+def _status(exc: pytest.ExceptionInfo[ApiError]) -> tuple[int | None, str | None]:
+    body: Any = exc.value.body
+    return exc.value.status_code, body.get("code") if isinstance(body, dict) else None
+
+
+def _two_inboxes(harness: Harness) -> tuple[AgentMail, str, str, str]:
+    admin = harness.client()
+    pod = admin.pods.create(name="keys-" + harness.new_username())
+    mine = admin.pods.inboxes.create(pod.pod_id, username=harness.new_username())
+    other = admin.pods.inboxes.create(pod.pod_id, username=harness.new_username())
+    return admin, pod.pod_id, mine.inbox_id, other.inbox_id
+
+
+def test_inbox_key_sees_only_its_inbox(harness: Harness) -> None:
+    admin, pod_id, mine, other = _two_inboxes(harness)
+    created = admin.inboxes.api_keys.create(mine, request={"name": "agent"})
+    assert created.api_key.startswith("am_") and created.inbox_id == mine and created.pod_id == pod_id
+    assert created.prefix and created.api_key.startswith(created.prefix)
+
+    scoped = harness.client(api_key=created.api_key)
+    assert [i.inbox_id for i in scoped.inboxes.list().inboxes] == [mine]
+    assert scoped.inboxes.get(mine).inbox_id == mine
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.get(other, request_options=NO_RETRY)
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.api_keys.list(other, request_options=NO_RETRY)
+
+    # Organization and pod routes are refused to an inbox key.
+    with pytest.raises(ApiError) as org:
+        scoped.organizations.get(request_options=NO_RETRY)
+    assert org.value.status_code == 403
+    with pytest.raises(ApiError) as pod_create:
+        scoped.pods.create(name="nope", request_options=NO_RETRY)
+    assert pod_create.value.status_code == 403
+    with pytest.raises(ApiError) as pod_route:
+        scoped.pods.api_keys.list(pod_id, request_options=NO_RETRY)
+    assert pod_route.value.status_code == 403
+
+    me = scoped.auth.me() if hasattr(scoped, "auth") else None
+    if me is not None:
+        assert me.scope_type == "inbox" and me.scope_id == mine
+
+
+def test_key_crud_and_shapes(harness: Harness) -> None:
+    admin, pod_id, mine, _ = _two_inboxes(harness)
+    created = admin.pods.api_keys.create(pod_id, request={"name": "pod key"})
+    assert created.pod_id == pod_id and created.inbox_id is None and created.permissions is None
+
+    got = admin.api_keys.get(created.api_key_id)
+    assert got.type == "bearer" and got.name == "pod key" and got.pod_id == pod_id
+    assert got.used_at is None and got.created_at and got.updated_at
+
+    listed = admin.pods.api_keys.list(pod_id)
+    assert [k.api_key_id for k in listed.api_keys] == [created.api_key_id]
+    assert created.api_key_id in [
+        k.api_key_id for k in admin.api_keys.list(type="bearer", limit=1000).api_keys
+    ]
+    assert admin.api_keys.list(type="public_key").count == 0
+
+    renamed = admin.pods.api_keys.update(
+        pod_id, created.api_key_id, name="renamed", permissions={"inbox_read": True}
+    )
+    assert (
+        renamed.name == "renamed"
+        and renamed.permissions is not None
+        and renamed.permissions.inbox_read is True
+    )
+
+    # used_at is recorded after the key is used.
+    harness.client(api_key=created.api_key).inboxes.list()
+    assert admin.api_keys.get(created.api_key_id).used_at is not None
+
+    # The pod key sees its pod's inbox keys, not other pods' keys.
+    inbox_key = admin.inboxes.api_keys.create(mine, request={"name": "in"})
+    pod_client = harness.client(api_key=created.api_key)
+    with pytest.raises(ApiError) as denied:  # now restricted to inbox_read: api_key_read missing
+        pod_client.api_keys.list(request_options=NO_RETRY)
+    assert _status(denied) == (403, "missing_permission")
+    assert "api_key_read" in denied.value.body["fix"]
+
+    admin.pods.api_keys.update(
+        pod_id, created.api_key_id, permissions={"api_key_read": True, "inbox_read": True}
+    )
+    seen = {k.api_key_id for k in pod_client.api_keys.list().api_keys}
+    assert inbox_key.api_key_id in seen and created.api_key_id in seen
+    assert all(k.pod_id == pod_id for k in pod_client.api_keys.list().api_keys)
+
+    admin.inboxes.api_keys.delete(mine, inbox_key.api_key_id)
+    with pytest.raises(NotFoundError):
+        admin.api_keys.get(inbox_key.api_key_id, request_options=NO_RETRY)
+    admin.api_keys.delete(created.api_key_id)
+    with pytest.raises(ApiError) as gone:
+        pod_client.inboxes.list(request_options=NO_RETRY)
+    assert gone.value.status_code == 401
+
+
+def test_permissions_absent_and_present(harness: Harness) -> None:
+    admin, pod_id, mine, _ = _two_inboxes(harness)
+    reader = admin.inboxes.api_keys.create(
+        mine, request={"permissions": {"inbox_read": True, "inbox_update": False}}
+    )
+    client = harness.client(api_key=reader.api_key)
+    assert client.inboxes.get(mine).inbox_id == mine
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.update(mine, display_name="x", request_options=NO_RETRY)
+    assert _status(refused) == (403, "missing_permission")
+    assert "inbox_update" in refused.value.body["fix"]
+
+    full = harness.client(api_key=admin.inboxes.api_keys.create(mine, request={}).api_key)
+    assert full.inboxes.update(mine, display_name="renamed").display_name == "renamed"
+
+
+def test_no_escalation(harness: Harness) -> None:
+    admin, pod_id, mine, _ = _two_inboxes(harness)
+    limited = admin.pods.api_keys.create(
+        pod_id, request={"permissions": {"api_key_create": True, "api_key_update": True, "inbox_read": True}}
+    )
+    client = harness.client(api_key=limited.api_key)
+
+    with pytest.raises(ApiError) as escalate:
+        client.pods.api_keys.create(
+            pod_id, request={"permissions": {"inbox_delete": True}}, request_options=NO_RETRY
+        )
+    assert _status(escalate) == (403, "permission_escalation")
+    with pytest.raises(ApiError) as unrestricted:
+        client.pods.api_keys.create(pod_id, request={"name": "all"}, request_options=NO_RETRY)
+    assert _status(unrestricted) == (403, "unrestricted_key_required")
+
+    child = client.inboxes.api_keys.create(mine, request={"permissions": {"inbox_read": True}})
+    assert child.inbox_id == mine
+    with pytest.raises(ApiError) as raise_child:
+        client.inboxes.api_keys.update(
+            mine, child.api_key_id, permissions={"message_send": True}, request_options=NO_RETRY
+        )
+    assert _status(raise_child) == (403, "permission_escalation")
+
+    # A pod key cannot reach outside its pod.
+    other_pod = admin.pods.create(name="elsewhere")
+    with pytest.raises(NotFoundError):
+        client.pods.api_keys.create(
+            other_pod.pod_id, request={"permissions": {"inbox_read": True}}, request_options=NO_RETRY
+        )
+
+
+def test_expiry(harness: Harness) -> None:
+    admin, pod_id, mine, _ = _two_inboxes(harness)
+    soon = datetime.now(UTC) + timedelta(seconds=2)
+    short = admin.inboxes.api_keys.create(mine, request={"expires_at": soon})
+    assert short.expires_at is not None
+    client = harness.client(api_key=short.api_key)
+
+    # A child may not outlive its parent; without expires_at it inherits it.
+    with pytest.raises(ApiError) as outlive:
+        client.inboxes.api_keys.create(
+            mine, request={"expires_at": soon + timedelta(days=1)}, request_options=NO_RETRY
+        )
+    assert outlive.value.status_code == 403
+    child = client.inboxes.api_keys.create(mine, request={"name": "child"})
+    assert child.expires_at is not None and abs((child.expires_at - short.expires_at).total_seconds()) < 1
+
+    with pytest.raises(ApiError) as past:
+        admin.api_keys.create(
+            request={"expires_at": datetime.now(UTC) - timedelta(hours=1)}, request_options=NO_RETRY
+        )
+    assert past.value.status_code == 400
+
+    import time
+
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.2)
+    with pytest.raises(ApiError) as expired:
+        client.inboxes.get(mine, request_options=NO_RETRY)
+    assert _status(expired) == (401, "unknown_api_key")
