@@ -1,0 +1,95 @@
+"""Messages, threads and attachments in AgentMail's wire format (field names per SDK 2.0.18)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from agentmx.db.models import Attachment, Message, Thread
+from agentmx.http.wire import drop_none, iso
+
+
+def attachment(row: Attachment) -> dict[str, Any]:
+    return drop_none(
+        {
+            "attachment_id": row.id,
+            "filename": row.filename,
+            "size": row.size,
+            "content_type": row.content_type,
+            "content_disposition": row.content_disposition,
+            "content_id": row.content_id,
+        }
+    )
+
+
+def message(row: Message, full: bool) -> dict[str, Any]:
+    """A Message (``full``) or a MessageItem (list rows: no bodies, no headers)."""
+    data: dict[str, Any] = {
+        "inbox_id": row.inbox_id,
+        "thread_id": row.thread_id,
+        "message_id": row.message_id,
+        "labels": row.label_names,
+        "timestamp": iso(row.timestamp),
+        "from": row.from_ or "",
+        "to": list(row.to or []),
+        "cc": list(row.cc) if row.cc else None,
+        "bcc": list(row.bcc) if row.bcc else None,
+        "subject": row.subject,
+        "preview": row.preview,
+        "attachments": [attachment(a) for a in row.attachments] or None,
+        "in_reply_to": row.in_reply_to,
+        "references": list(row.references) if row.references else None,
+        "size": row.size,
+        "updated_at": iso(row.updated_at),
+        "created_at": iso(row.created_at),
+    }
+    if full:
+        data["headers"] = dict(row.headers) if row.headers else None
+        data["reply_to"] = list(row.reply_to) if row.reply_to else None
+        data["text"] = row.text
+        data["html"] = row.html
+        data["extracted_text"] = row.extracted_text
+        data["extracted_html"] = row.extracted_html
+    return drop_none(data)
+
+
+def thread_item(row: Thread, labels: Iterable[str], attachments: Iterable[Attachment]) -> dict[str, Any]:
+    """A ThreadItem. ``labels`` is the union of its messages' labels."""
+    return drop_none(
+        {
+            "inbox_id": row.inbox_id,
+            "thread_id": row.id,
+            "labels": sorted(set(labels)),
+            "timestamp": iso(row.timestamp),
+            "received_timestamp": iso(row.received_timestamp),
+            "sent_timestamp": iso(row.sent_timestamp),
+            "senders": list(row.senders or []),
+            "recipients": list(row.recipients or []),
+            "subject": row.subject,
+            "preview": row.preview,
+            "attachments": [attachment(a) for a in attachments] or None,
+            "last_message_id": row.last_message_id or "",
+            "message_count": row.message_count,
+            "size": row.size,
+            "updated_at": iso(row.updated_at),
+            "created_at": iso(row.created_at),
+        }
+    )
+
+
+def thread(
+    row: Thread,
+    labels: Iterable[str],
+    attachments: Iterable[Attachment],
+    messages: list[Message],
+    limit: int,
+    next_page_token: str | None,
+) -> dict[str, Any]:
+    """A Thread: ThreadItem fields plus one page of full messages (ascending)."""
+    data = thread_item(row, labels, attachments)
+    data["count"] = len(messages)
+    data["limit"] = limit
+    if next_page_token:
+        data["next_page_token"] = next_page_token
+    data["messages"] = [message(m, full=True) for m in messages]
+    return data

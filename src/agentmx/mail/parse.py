@@ -1,0 +1,293 @@
+"""Raw RFC 5322 bytes -> ParsedMessage. Pure and total: any input yields a result, never an exception.
+
+Malformed MIME, unknown charsets and raw 8-bit headers are decoded best-effort, because refusing a
+message after the SMTP client handed it over would lose it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
+
+from agentmx.mail.quotes import extract_html, extract_text
+
+PREVIEW_CHARS = 200
+MSGID = re.compile(r"<[^<>\s]+>")
+WS = re.compile(r"\s+")
+
+
+@dataclass
+class ParsedAttachment:
+    filename: str | None
+    content_type: str
+    disposition: str  # "inline" | "attachment"
+    content_id: str | None
+    data: bytes
+
+
+@dataclass
+class ParsedMessage:
+    from_: str = ""
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: list[str] = field(default_factory=list)
+    subject: str | None = None
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    date: datetime | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None
+    html: str | None = None
+    extracted_text: str | None = None
+    extracted_html: str | None = None
+    preview: str | None = None
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    size: int = 0
+
+
+def _decode_raw_header(value: Any) -> str:
+    """Decode a header the compat32 way: RFC 2047 words, then UTF-8 or Latin-1 for raw 8-bit."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value)
+    try:
+        value = str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 (best effort; keep the raw text)
+        pass
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raw = value.encode("utf-8", "surrogateescape")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw.decode("latin-1")
+    return value
+
+
+def _raw_header(msg: Message, name: str) -> Any:
+    """The header's source text (8-bit bytes kept as surrogates), whatever the parsing policy."""
+    items = msg.raw_items() if isinstance(msg, EmailMessage) else msg.items()
+    lowered = name.lower()
+    for key, raw in items:
+        if key.lower() == lowered:
+            return raw
+    return None
+
+
+def _header(msg: Message, name: str) -> str | None:
+    try:
+        value = _raw_header(msg, name)
+    except Exception:  # noqa: BLE001
+        value = None
+    if value is None:
+        return None
+    text = _decode_raw_header(value)
+    return _clean(" ".join(text.split())) if text else text
+
+
+def _clean(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; CRLF becomes LF for readers."""
+    return value.replace("\x00", "").replace("\r\n", "\n")
+
+
+def _addresses(msg: Message, name: str) -> list[str]:
+    try:
+        raw_value = _raw_header(msg, name)
+        eight_bit = isinstance(raw_value, str) and any("\udc80" <= ch <= "\udcff" for ch in raw_value)
+        header = None if eight_bit else msg.get(name)
+        if header is not None and hasattr(header, "addresses"):
+            out = [_format_address(str(a.display_name or ""), a.addr_spec) for a in header.addresses]
+            return [a for a in out if a]
+    except Exception:  # noqa: BLE001 (fall back to the lenient parser below)
+        pass
+    raw = _header(msg, name)
+    if not raw:
+        return []
+    return [a for a in (_format_address(n, e) for n, e in getaddresses([raw])) if a]
+
+
+def _format_address(name: str, addr: str) -> str:
+    name = _clean(" ".join(_decode_raw_header(name).split()))
+    addr = _clean(addr.strip())
+    if not addr or addr == "<>":
+        return name
+    if name and name != addr:
+        if any(c in name for c in '",;<>@()[]:'):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{addr}>"
+    return addr
+
+
+def _message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    found = MSGID.search(value)
+    if found:
+        return found.group(0)
+    value = value.strip()
+    return f"<{value}>" if value and " " not in value else None
+
+
+def _payload_text(part: Message) -> str:
+    try:
+        if isinstance(part, EmailMessage):
+            content = part.get_content()
+            if isinstance(content, str):
+                return content
+    except Exception:  # noqa: BLE001 (unknown charset, bad transfer encoding)
+        pass
+    data = _payload_bytes(part)
+    charset = part.get_content_charset() or "utf-8"
+    for candidate in (charset, "utf-8"):
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _payload_bytes(part: Message) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001
+        data = None
+    if isinstance(data, bytes):
+        return data
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogateescape")
+    if isinstance(payload, list):  # message/rfc822 and friends: re-serialise
+        try:
+            return b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+        except Exception:  # noqa: BLE001
+            return b""
+    return b""
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001
+        name = None
+    if name is None:
+        try:
+            name = part.get_param("name")  # type: ignore[assignment]
+        except Exception:  # noqa: BLE001
+            name = None
+        if isinstance(name, tuple):
+            name = name[2]
+    return _clean(_decode_raw_header(name)) if name else None
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _walk(msg: Message, parsed: ParsedMessage, texts: list[str], htmls: list[str]) -> None:
+    """Collect bodies and attachments; attached messages stay whole (they are attachments)."""
+    try:
+        ctype = msg.get_content_type()
+    except Exception:  # noqa: BLE001
+        ctype = "text/plain"
+    if msg.is_multipart() and not ctype.startswith("message/"):
+        payload = msg.get_payload()
+        for part in payload if isinstance(payload, list) else []:
+            if isinstance(part, Message):
+                _walk(part, parsed, texts, htmls)
+        return
+    disposition = _disposition(msg)
+    filename = _filename(msg)
+    is_body = disposition != "attachment" and filename is None and ctype in ("text/plain", "text/html")
+    if is_body:
+        (texts if ctype == "text/plain" else htmls).append(_clean(_payload_text(msg)))
+        return
+    if ctype.startswith("message/") and filename is None:
+        filename = "message.eml" if ctype == "message/rfc822" else None
+    content_id = _header(msg, "Content-ID")
+    parsed.attachments.append(
+        ParsedAttachment(
+            filename=filename,
+            content_type=ctype,
+            disposition="inline" if disposition == "inline" else "attachment",
+            content_id=content_id.strip().strip("<>") if content_id else None,
+            data=_payload_bytes(msg),
+        )
+    )
+
+
+def _headers(msg: Message) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        items = msg.raw_items() if isinstance(msg, EmailMessage) else msg.items()
+        for name, value in items:
+            if name not in out:
+                out[name] = _clean(" ".join(_decode_raw_header(value).split()))
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def preview_of(text: str | None) -> str | None:
+    if not text:
+        return None
+    collapsed = WS.sub(" ", text).strip()
+    return collapsed[:PREVIEW_CHARS] or None
+
+
+def _load(raw: bytes) -> Message:
+    try:
+        return message_from_bytes(raw, policy=policy.default)
+    except Exception:  # noqa: BLE001
+        return message_from_bytes(raw, policy=policy.compat32)
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    try:
+        return _parse(_load(raw), raw)
+    except Exception:  # noqa: BLE001 (last resort: compat32, then plain text)
+        try:
+            return _parse(message_from_bytes(raw, policy=policy.compat32), raw)
+        except Exception:  # noqa: BLE001
+            text = _clean(raw.decode("utf-8", "replace"))
+            return ParsedMessage(text=text, preview=preview_of(text), extracted_text=text, size=len(raw))
+
+
+def _parse(msg: Message, raw: bytes) -> ParsedMessage:
+    parsed = ParsedMessage(size=len(raw))
+    from_list = _addresses(msg, "From")
+    parsed.from_ = from_list[0] if from_list else (_header(msg, "From") or "")
+    parsed.to = _addresses(msg, "To")
+    parsed.cc = _addresses(msg, "Cc")
+    parsed.bcc = _addresses(msg, "Bcc")
+    parsed.reply_to = _addresses(msg, "Reply-To")
+    parsed.subject = _header(msg, "Subject")
+    parsed.message_id = _message_id(_header(msg, "Message-ID"))
+    parsed.in_reply_to = _message_id(_header(msg, "In-Reply-To"))
+    parsed.references = MSGID.findall(_header(msg, "References") or "")
+    date = _header(msg, "Date")
+    if date:
+        try:
+            parsed.date = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            parsed.date = None
+    parsed.headers = _headers(msg)
+    texts: list[str] = []
+    htmls: list[str] = []
+    _walk(msg, parsed, texts, htmls)
+    parsed.text = "\n".join(texts) if texts else None
+    parsed.html = "\n".join(htmls) if htmls else None
+    parsed.preview = preview_of(parsed.text)
+    parsed.extracted_text = extract_text(parsed.text) if parsed.text is not None else None
+    parsed.extracted_html = extract_html(parsed.html) if parsed.html is not None else None
+    return parsed

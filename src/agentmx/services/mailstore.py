@@ -1,0 +1,353 @@
+"""Storing messages: the one write path for inbound (SMTP, local delivery) and outbound mail.
+
+Blobs (raw .eml, attachment bytes) are written and fsynced before the rows that name them, so a
+committed row always points at a complete file. ``receive`` commits before it returns: the SMTP
+edge answers 250 only after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import distinct, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.types import utcnow
+from agentmx.errors import AgentMXError, NotFound
+from agentmx.http import wire_mail
+from agentmx.ids import new_id
+from agentmx.mail.parse import ParsedMessage, parse_message
+from agentmx.services import hooks
+from agentmx.services.events import record_event
+from agentmx.services.runtime import Runtime
+
+log = logging.getLogger("agentmx.mail")
+
+# Labels the service sets; the API refuses to add or remove them.
+SYSTEM_LABELS = frozenset(
+    {"received", "sent", "delivered", "bounced", "complained", "delayed", "rejected", "opened", "scheduled"}
+)
+# Labels that hide a message from lists unless asked for (and permitted).
+HIDDEN_LABELS = ("spam", "blocked", "unauthenticated", "trash")
+# Event variants for classified inbound mail, checked in this order.
+RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticated", ".unauthenticated"))
+# Webhook bodies are capped at 1 MB; bigger bodies drop text/html (API.md 3.1).
+EVENT_BODY_BUDGET = 900_000
+PARSE_IN_THREAD_BYTES = 256 * 1024
+
+
+@dataclass
+class StoredBlobs:
+    raw_key: str
+    attachment_keys: list[str]
+
+
+@dataclass
+class ReceiveResult:
+    """Outcome for one envelope recipient: ``stored``, ``duplicate`` or ``rejected`` (with ``error``)."""
+
+    status: Literal["stored", "duplicate", "rejected"]
+    message: Message | None = None
+    error: AgentMXError | None = None
+
+
+async def parse(raw: bytes) -> ParsedMessage:
+    """Parse off the event loop when the message is large."""
+    if len(raw) > PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse_message, raw)
+    return parse_message(raw)
+
+
+async def put_blobs(rt: Runtime, raw: bytes, parsed: ParsedMessage) -> StoredBlobs:
+    """Write the raw message and each attachment durably, in one worker thread."""
+
+    def _put() -> StoredBlobs:
+        return StoredBlobs(rt.blobs.put_sync(raw), [rt.blobs.put_sync(a.data) for a in parsed.attachments])
+
+    return await asyncio.to_thread(_put)
+
+
+def normalize_labels(labels: set[str] | list[str]) -> set[str]:
+    return {label.strip().lower() for label in labels if label and label.strip()}
+
+
+async def store_message(
+    session: AsyncSession,
+    rt: Runtime,
+    *,
+    inbox: Inbox,
+    raw: bytes,
+    direction: Literal["inbound", "outbound"],
+    labels: set[str],
+    parsed: ParsedMessage | None = None,
+    bcc: list[str] | None = None,
+    thread_id: str | None = None,
+    blobs: StoredBlobs | None = None,
+) -> Message:
+    """Store one copy of ``raw`` in ``inbox`` and return it; the same Message-ID twice returns the first.
+
+    ``blobs`` lets a caller write the blobs before opening its transaction (``put_blobs``).
+    """
+    message, _ = await store_message_ex(
+        session,
+        rt,
+        inbox=inbox,
+        raw=raw,
+        direction=direction,
+        labels=labels,
+        parsed=parsed,
+        bcc=bcc,
+        thread_id=thread_id,
+        blobs=blobs,
+    )
+    return message
+
+
+async def store_message_ex(
+    session: AsyncSession,
+    rt: Runtime,
+    *,
+    inbox: Inbox,
+    raw: bytes,
+    direction: Literal["inbound", "outbound"],
+    labels: set[str],
+    parsed: ParsedMessage | None = None,
+    bcc: list[str] | None = None,
+    thread_id: str | None = None,
+    blobs: StoredBlobs | None = None,
+) -> tuple[Message, bool]:
+    """``store_message`` that also says whether the row is new (False: duplicate Message-ID)."""
+    if parsed is None:
+        parsed = await parse(raw)
+    # Without a Message-ID, derive one from the content so an SMTP retry still dedupes.
+    message_id = parsed.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@{inbox.domain}>"
+    lookups = [message_id]
+    if parsed.in_reply_to:
+        lookups.append(parsed.in_reply_to)
+    lookups.extend(reversed(parsed.references))
+    known = {
+        mid: (pk, tid)
+        for mid, pk, tid in (
+            await session.execute(
+                select(Message.message_id, Message.id, Message.thread_id).where(
+                    Message.inbox_id == inbox.id, Message.message_id.in_(set(lookups))
+                )
+            )
+        ).all()
+    }
+    if message_id in known:
+        existing = await session.get(Message, known[message_id][0])
+        assert existing is not None
+        return existing, False
+    if blobs is None:
+        blobs = await put_blobs(rt, raw, parsed)
+    now = utcnow()
+    thread = await _thread_for(session, inbox, thread_id, [known[m][1] for m in lookups[1:] if m in known])
+    is_new_thread = thread is None
+    if thread is None:
+        thread = Thread(
+            id=new_id("thd"),
+            organization_id=inbox.organization_id,
+            pod_id=inbox.pod_id,
+            inbox_id=inbox.id,
+            subject=parsed.subject,
+            senders=[],
+            recipients=[],
+            message_count=0,
+            size=0,
+            timestamp=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(thread)
+    bcc_list = list(bcc) if bcc is not None else list(parsed.bcc)
+    label_set = sorted(normalize_labels(labels))
+    message = Message(
+        id=new_id("msg"),
+        message_id=message_id,
+        organization_id=inbox.organization_id,
+        pod_id=inbox.pod_id,
+        inbox_id=inbox.id,
+        thread_id=thread.id,
+        direction=direction,
+        timestamp=now,
+        from_=parsed.from_,
+        to=parsed.to,
+        cc=parsed.cc,
+        bcc=bcc_list,
+        reply_to=parsed.reply_to,
+        subject=parsed.subject,
+        preview=parsed.preview,
+        text=parsed.text,
+        html=parsed.html,
+        extracted_text=parsed.extracted_text,
+        extracted_html=parsed.extracted_html,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        headers=parsed.headers,
+        size=len(raw),
+        blob_key=blobs.raw_key,
+        created_at=now,
+        updated_at=now,
+        labels=[MessageLabel(label=label) for label in label_set],
+        attachments=[
+            Attachment(
+                id=new_id("att"),
+                position=i,
+                filename=a.filename,
+                content_type=a.content_type,
+                content_disposition=a.disposition,
+                content_id=a.content_id,
+                size=len(a.data),
+                blob_key=key,
+            )
+            for i, (a, key) in enumerate(zip(parsed.attachments, blobs.attachment_keys, strict=True))
+        ],
+    )
+    session.add(message)
+    _join_thread(thread, message, direction)
+    await session.flush()
+    if direction == "inbound":
+        await _record_received(session, rt, message, thread, is_new_thread)
+    return message, True
+
+
+async def _thread_for(
+    session: AsyncSession, inbox: Inbox, thread_id: str | None, referenced: list[str]
+) -> Thread | None:
+    """An explicit thread id wins; else the thread of the nearest referenced message in this inbox."""
+    for candidate in ([thread_id] if thread_id else []) + referenced:
+        thread = await session.get(Thread, candidate)
+        if thread is not None and thread.inbox_id == inbox.id:
+            return thread
+    return None
+
+
+def _join_thread(thread: Thread, message: Message, direction: str) -> None:
+    senders = list(thread.senders or [])
+    if message.from_ and message.from_ not in senders:
+        senders.append(message.from_)
+    recipients = list(thread.recipients or [])
+    extra = message.bcc if direction == "outbound" else []
+    for address in [*message.to, *message.cc, *extra]:
+        if address not in recipients:
+            recipients.append(address)
+    thread.senders = senders
+    thread.recipients = recipients
+    if thread.subject is None:
+        thread.subject = message.subject
+    thread.message_count = (thread.message_count or 0) + 1
+    thread.size = (thread.size or 0) + message.size
+    if thread.message_count == 1 or message.timestamp >= thread.timestamp:
+        thread.timestamp = message.timestamp
+        thread.last_message_id = message.message_id
+        thread.preview = message.preview
+    if direction == "inbound":
+        thread.received_timestamp = message.timestamp
+    else:
+        thread.sent_timestamp = message.timestamp
+    thread.updated_at = message.updated_at
+
+
+async def thread_labels(session: AsyncSession, thread_ids: list[str]) -> dict[str, set[str]]:
+    """Union of message labels per thread, in one query."""
+    out: dict[str, set[str]] = {tid: set() for tid in thread_ids}
+    if not thread_ids:
+        return out
+    rows = await session.execute(
+        select(distinct(Message.thread_id), MessageLabel.label)
+        .join(MessageLabel, MessageLabel.message_pk == Message.id)
+        .where(Message.thread_id.in_(thread_ids))
+    )
+    for tid, label in rows.all():
+        out[tid].add(label)
+    return out
+
+
+async def thread_attachments(session: AsyncSession, thread_ids: list[str]) -> dict[str, list[Attachment]]:
+    out: dict[str, list[Attachment]] = {tid: [] for tid in thread_ids}
+    if not thread_ids:
+        return out
+    rows = await session.execute(
+        select(Message.thread_id, Attachment)
+        .join(Attachment, Attachment.message_pk == Message.id)
+        .where(Message.thread_id.in_(thread_ids))
+        .order_by(Message.timestamp, Message.id, Attachment.position)
+    )
+    for tid, att in rows.all():
+        out[tid].append(att)
+    return out
+
+
+async def _record_received(
+    session: AsyncSession, rt: Runtime, message: Message, thread: Thread, is_new_thread: bool
+) -> None:
+    names = set(message.label_names)
+    suffix = next((s for label, s in RECEIVED_VARIANTS if label in names), "")
+    if is_new_thread:
+        labels, attachments = names, list(message.attachments)
+    else:
+        labels = (await thread_labels(session, [thread.id]))[thread.id]
+        attachments = (await thread_attachments(session, [thread.id]))[thread.id]
+    body = wire_mail.message(message, full=True)
+    if len(body.get("text") or "") + len(body.get("html") or "") > EVENT_BODY_BUDGET:
+        body.pop("text", None)
+        body.pop("html", None)
+    await record_event(
+        session,
+        rt,
+        event_type="message.received" + suffix,
+        organization_id=message.organization_id,
+        pod_id=message.pod_id,
+        inbox_id=message.inbox_id,
+        payload={"message": body, "thread": wire_mail.thread_item(thread, labels, attachments)},
+    )
+
+
+async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> Inbox:
+    """The active local inbox for an envelope recipient, or NotFound (SMTP 550 5.1.1)."""
+    inbox = await session.get(Inbox, address.strip().lower())
+    if inbox is None or inbox.status != "active":
+        raise NotFound(f"No such inbox: {address}")
+    await hooks.run_all(hooks.recipient_checks, session, rt, inbox)
+    return inbox
+
+
+async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> dict[str, ReceiveResult]:
+    """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
+
+    Raises on storage failure (nothing committed); the caller keeps custody (SMTP 451).
+    """
+    parsed = await parse(raw)
+    blobs = await put_blobs(rt, raw, parsed)
+    results: dict[str, ReceiveResult] = {}
+    async with rt.db.transaction() as session:
+        for rcpt in rcpt_tos:
+            address = rcpt.strip().lower()
+            if address in results:
+                continue
+            try:
+                inbox = await check_recipient(session, rt, address)
+            except AgentMXError as exc:
+                results[address] = ReceiveResult("rejected", error=exc)
+                continue
+            labels = {"received", "unread"}
+            for labeler in hooks.inbound_labelers:
+                labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
+            message, fresh = await store_message_ex(
+                session,
+                rt,
+                inbox=inbox,
+                raw=raw,
+                direction="inbound",
+                labels=labels,
+                parsed=parsed,
+                blobs=blobs,
+            )
+            results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
+    return results
