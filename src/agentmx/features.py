@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-FEATURE_MODULES: list[str] = []
+FEATURE_MODULES: list[str] = [
+    "agentmx.services.lists",  # list hooks: send checks, blocked label, bounce suppression
+]
 
 
 def load() -> None:
