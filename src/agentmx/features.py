@@ -7,6 +7,7 @@ import importlib
 FEATURE_MODULES: list[str] = [
     "agentmx.services.lists",  # list hooks: send checks, blocked label, bounce suppression
 ]
+FEATURE_MODULES.append("agentmx.mail.feature")
 
 
 def load() -> None:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
@@ -165,6 +165,7 @@ async def store_message_ex(
             updated_at=now,
         )
         session.add(thread)
+        await session.flush([thread])  # no ORM relationship orders thread before message
     bcc_list = list(bcc) if bcc is not None else list(parsed.bcc)
     label_set = sorted(normalize_labels(labels))
     message = Message(
@@ -260,9 +261,10 @@ async def thread_labels(session: AsyncSession, thread_ids: list[str]) -> dict[st
     if not thread_ids:
         return out
     rows = await session.execute(
-        select(distinct(Message.thread_id), MessageLabel.label)
+        select(Message.thread_id, MessageLabel.label)
         .join(MessageLabel, MessageLabel.message_pk == Message.id)
         .where(Message.thread_id.in_(thread_ids))
+        .distinct()
     )
     for tid, label in rows.all():
         out[tid].add(label)

@@ -1,0 +1,21 @@
+"""Mail feature wiring: the SMTP listener as a background service, inbox cleanup of mail rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx import server
+from agentmx.db.models import Inbox, Message, Thread
+from agentmx.services import inboxes
+from agentmx.smtp import server as smtp_server
+
+
+async def delete_inbox_mail(session: AsyncSession, inbox: Inbox) -> None:
+    """Delete explicitly rather than rely on FK cascades (message labels/attachments cascade from messages)."""
+    await session.execute(delete(Message).where(Message.inbox_id == inbox.id))
+    await session.execute(delete(Thread).where(Thread.inbox_id == inbox.id))
+
+
+server.BACKGROUND.append(smtp_server.start)
+inboxes.inbox_cleanup.append(delete_inbox_mail)

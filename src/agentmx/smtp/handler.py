@@ -1,0 +1,54 @@
+"""aiosmtpd handler: RCPT checks the inbox, DATA stores the message and answers 250 only after commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agentmx.errors import AgentMXError
+from agentmx.services import mailstore
+from agentmx.services.runtime import Runtime
+from agentmx.smtp import replies
+
+log = logging.getLogger("agentmx.smtp")
+
+MAX_RECIPIENTS = 1000  # Postfix smtpd_recipient_limit
+
+
+class InboundHandler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return replies.S452_TOO_MANY_RECIPIENTS
+        try:
+            async with self.rt.db.read() as s:
+                await mailstore.check_recipient(s, self.rt, address)
+        except AgentMXError as exc:
+            return replies.reply_for(exc)
+        except Exception:
+            log.exception("recipient check failed for %s", address)
+            return replies.S451_TEMP_FAILURE
+        envelope.rcpt_tos.append(address)
+        return replies.S250_OK
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        try:
+            results = await mailstore.receive(self.rt, raw, envelope.mail_from or "", list(envelope.rcpt_tos))
+        except AgentMXError as exc:
+            log.warning("inbound message refused: %s", exc)
+            return replies.reply_for(exc)
+        except Exception:
+            # Nothing was committed: the client keeps custody and retries.
+            log.exception("storing an inbound message failed")
+            return replies.S451_TEMP_FAILURE
+        if results and all(r.status == "rejected" for r in results.values()):
+            first = next(r.error for r in results.values() if r.error is not None)
+            return replies.reply_for(first) if first else replies.S550_NO_SUCH_INBOX
+        return replies.S250_QUEUED

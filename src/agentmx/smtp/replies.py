@@ -1,0 +1,32 @@
+"""SMTP replies, and the table from domain errors to SMTP codes (the SMTP edge's http/errors.py)."""
+
+from __future__ import annotations
+
+from agentmx import errors as e
+
+S250_OK = "250 2.0.0 OK"
+S250_QUEUED = "250 2.0.0 OK: message stored"
+S451_TEMP_FAILURE = "451 4.3.0 Error: message could not be stored, try again later"
+S451_RATE_LIMITED = "451 4.7.1 Too many messages, slow down"
+S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+S550_NO_SUCH_INBOX = "550 5.1.1 Recipient address rejected: no such inbox"
+S550_REJECTED = "550 5.7.1 Message rejected"
+S552_TOO_BIG = "552 5.3.4 Error: message too big"
+
+# The most specific class wins (looked up along the exception's MRO).
+ERROR_REPLIES: dict[type[e.AgentMXError], str] = {
+    e.NotFound: S550_NO_SUCH_INBOX,
+    e.Forbidden: S550_REJECTED,
+    e.MessageRejected: S550_REJECTED,
+    e.RateLimited: S451_RATE_LIMITED,
+    e.LimitExceeded: S552_TOO_BIG,
+    e.TemporaryFailure: S451_TEMP_FAILURE,
+}
+
+
+def reply_for(exc: BaseException) -> str:
+    """The SMTP reply for an error; anything unknown keeps custody with the client (451)."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_REPLIES:
+            return ERROR_REPLIES[cls]
+    return S451_TEMP_FAILURE

@@ -1,0 +1,48 @@
+"""The inbound SMTP listener, served on the main event loop (it shares the database engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiosmtpd.smtp import SMTP
+
+from agentmx.services.runtime import Runtime
+from agentmx.smtp.handler import InboundHandler
+
+log = logging.getLogger("agentmx.smtp")
+
+
+async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
+    settings = rt.settings
+
+    async def _noop() -> None:
+        return None
+
+    if settings.smtp_port == 0:
+        return _noop
+    handler = InboundHandler(rt)
+    hostname = settings.public_host or settings.domain
+
+    def factory() -> SMTP:
+        # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
+        return SMTP(
+            handler,
+            data_size_limit=settings.smtp_max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="agentmx ESMTP",
+            timeout=300,
+        )
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, host=settings.host, port=settings.smtp_port)
+    log.info("smtp listening on %s:%s", settings.host, settings.smtp_port)
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return stop
