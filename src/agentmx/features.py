@@ -8,6 +8,7 @@ FEATURE_MODULES: list[str] = [
     "agentmx.services.lists",  # list hooks: send checks, blocked label, bounce suppression
 ]
 FEATURE_MODULES.append("agentmx.mail.feature")
+FEATURE_MODULES.append("agentmx.outbound.feature")  # deliver_outbound job, DSN intake
 
 
 def load() -> None:

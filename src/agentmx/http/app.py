@@ -19,6 +19,7 @@ from agentmx.http.routes import (
     metrics,
     organizations,
     pods,
+    sending,
     threads,
     webhooks,
     websocket,
@@ -32,6 +33,7 @@ ROUTERS = [
     organizations.router,
     pods.router,
     inboxes.router,
+    sending.router,  # before messages: /messages/send must not reach a {message_id} route
     messages.router,
     threads.router,
     drafts.router,

@@ -7,6 +7,7 @@ called by the mail services. An empty list means "no extra rule".
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,3 +43,22 @@ suppression_recorders: list[SuppressionRecorder] = []
 async def run_all(hooks: list[Any], *args: Any) -> None:
     for hook in hooks:
         await hook(*args)
+
+
+# Inbound mail to a return path of ours (DSNs about outbound mail, ``bounces+…@domain``): the SMTP
+# edge accepts such a recipient when ``claims(address)`` and passes the message to
+# ``handle(rt, raw, address)`` instead of storing it in an inbox. Filled by agentmx.outbound.
+@dataclass(frozen=True)
+class ReturnPathHandler:
+    claims: Callable[[str], bool]
+    handle: Callable[[Runtime, bytes, str], Awaitable[None]]
+
+
+return_path_handlers: list[ReturnPathHandler] = []
+
+
+def return_path_handler(address: str) -> ReturnPathHandler | None:
+    for entry in return_path_handlers:
+        if entry.claims(address):
+            return entry
+    return None

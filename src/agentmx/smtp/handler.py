@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from agentmx.errors import AgentMXError
-from agentmx.services import mailstore
+from agentmx.services import hooks, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import replies
 
@@ -24,6 +24,9 @@ class InboundHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return replies.S452_TOO_MANY_RECIPIENTS
+        if hooks.return_path_handler(address) is not None:  # a DSN to our return path (outbound)
+            envelope.rcpt_tos.append(address)
+            return replies.S250_OK
         try:
             async with self.rt.db.read() as s:
                 await mailstore.check_recipient(s, self.rt, address)
@@ -40,7 +43,10 @@ class InboundHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         try:
-            results = await mailstore.receive(self.rt, raw, envelope.mail_from or "", list(envelope.rcpt_tos))
+            rcpt_tos = await self._return_paths(raw, list(envelope.rcpt_tos))
+            if not rcpt_tos:
+                return replies.S250_QUEUED
+            results = await mailstore.receive(self.rt, raw, envelope.mail_from or "", rcpt_tos)
         except AgentMXError as exc:
             log.warning("inbound message refused: %s", exc)
             return replies.reply_for(exc)
@@ -52,3 +58,14 @@ class InboundHandler:
             first = next(r.error for r in results.values() if r.error is not None)
             return replies.reply_for(first) if first else replies.S550_NO_SUCH_INBOX
         return replies.S250_QUEUED
+
+    async def _return_paths(self, raw: bytes, rcpt_tos: list[str]) -> list[str]:
+        """Hand recipients that are our return paths to their handler; returns the other recipients."""
+        rest: list[str] = []
+        for rcpt in rcpt_tos:
+            entry = hooks.return_path_handler(rcpt)
+            if entry is None:
+                rest.append(rcpt)
+            else:
+                await entry.handle(self.rt, raw, rcpt)
+        return rest

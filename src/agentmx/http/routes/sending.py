@@ -1,0 +1,167 @@
+"""POST …/messages/send, …/{message_id}/reply, …/reply-all, …/forward.
+
+Registered before the messages router so ``/messages/send`` never reaches a ``{message_id}`` route.
+Message-IDs may contain ``/``: the id is matched greedily up to the fixed suffix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from agentmx.db.models import Message
+from agentmx.errors import NotFound, ValidationFailed
+from agentmx.http.bodies import Body, parse
+from agentmx.http.deps import CallerDep, RuntimeDep, json_body
+from agentmx.services import idempotency, send_attachments
+from agentmx.services.caller import Caller
+from agentmx.services.inboxes import get_inbox
+from agentmx.services.runtime import Runtime
+from agentmx.services.sending import OutgoingMessage, send_message
+
+router = APIRouter()
+
+MAX_BODY_BYTES = 6 * 1024 * 1024
+Addresses = str | list[str] | None
+
+
+class SendAttachmentBody(Body):
+    filename: str | None = None
+    content_type: str | None = None
+    content_disposition: Literal["inline", "attachment"] | None = None
+    content_id: str | None = None
+    content: str | None = None
+    url: str | None = None
+
+
+class _Common(Body):
+    labels: str | list[str] | None = None
+    reply_to: Addresses = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[SendAttachmentBody] | None = None
+    headers: dict[str, str] | None = None
+    track_opens: bool | None = None
+
+
+class SendBody(_Common):
+    to: Addresses = None
+    cc: Addresses = None
+    bcc: Addresses = None
+    subject: str | None = None
+
+
+class ReplyBody(_Common):
+    to: Addresses = None
+    cc: Addresses = None
+    bcc: Addresses = None
+    reply_all: bool | None = None
+
+
+class ReplyAllBody(_Common):
+    pass
+
+
+def _list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+async def _read_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ValidationFailed(
+            "Request body exceeds 6 MB",
+            [{"path": [], "message": "too large"}],
+            fix="Use url attachments for large files.",
+        )
+    return await json_body(request)
+
+
+async def _find_message(session: Any, inbox_id: str, message_id: str) -> Message:
+    message = await session.scalar(
+        select(Message).where(Message.inbox_id == inbox_id, Message.message_id == message_id)
+    )
+    if message is None:
+        raise NotFound("Message not found")
+    return message
+
+
+async def _send(
+    request: Request,
+    rt: Runtime,
+    caller: Caller,
+    inbox_id: str,
+    endpoint: str,
+    body: _Common,
+    raw_body: Any,
+    message_id: str | None = None,
+) -> dict[str, str]:
+    caller.require("message_send")
+    key = idempotency.parse_key(request.headers.get("idempotency-key"))
+    fp = idempotency.fingerprint(endpoint, inbox_id.strip().lower(), message_id, raw_body)
+    async with idempotency.idempotent(rt, caller, key, fp) as slot:
+        if slot.replay is not None:
+            return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
+        async with rt.db.read() as s:  # 404 before any attachment is fetched
+            await get_inbox(s, caller, inbox_id)
+        specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
+        attachments = await send_attachments.resolve(specs)
+        async with rt.db.transaction() as s:
+            inbox = await get_inbox(s, caller, inbox_id)
+            req = OutgoingMessage(
+                to=_list(getattr(body, "to", None)),
+                cc=_list(getattr(body, "cc", None)),
+                bcc=_list(getattr(body, "bcc", None)),
+                reply_to=_list(body.reply_to),
+                subject=getattr(body, "subject", None),
+                text=body.text,
+                html=body.html,
+                attachments=attachments,
+                headers=dict(body.headers or {}),
+                labels=_list(body.labels),
+            )
+            if endpoint in ("reply", "reply-all"):
+                assert message_id is not None
+                req.reply_to_message = await _find_message(s, inbox.id, message_id)
+                req.reply_all = endpoint == "reply-all" or bool(getattr(body, "reply_all", False))
+            elif endpoint == "forward":
+                assert message_id is not None
+                req.forward_of = await _find_message(s, inbox.id, message_id)
+            message = await send_message(s, rt, caller, inbox, req)
+            result = {"message_id": message.message_id, "thread_id": message.thread_id}
+            await slot.complete(s, result)
+        return result
+
+
+@router.post("/v0/inboxes/{inbox_id}/messages/send")
+async def send(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, str]:
+    raw = await _read_body(request)
+    return await _send(request, rt, caller, inbox_id, "send", parse(SendBody, raw), raw)
+
+
+@router.post("/v0/inboxes/{inbox_id}/messages/{message_id:path}/reply")
+async def reply(
+    inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, str]:
+    raw = await _read_body(request)
+    return await _send(request, rt, caller, inbox_id, "reply", parse(ReplyBody, raw), raw, message_id)
+
+
+@router.post("/v0/inboxes/{inbox_id}/messages/{message_id:path}/reply-all")
+async def reply_all(
+    inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, str]:
+    raw = await _read_body(request)
+    return await _send(request, rt, caller, inbox_id, "reply-all", parse(ReplyAllBody, raw), raw, message_id)
+
+
+@router.post("/v0/inboxes/{inbox_id}/messages/{message_id:path}/forward")
+async def forward(
+    inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, str]:
+    raw = await _read_body(request)
+    return await _send(request, rt, caller, inbox_id, "forward", parse(SendBody, raw), raw, message_id)

@@ -1,0 +1,1 @@
+"""Outbound delivery: the deliver_outbound job, SMTP client, MX lookup, DKIM signing, DSN intake."""

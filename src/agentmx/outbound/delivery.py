@@ -1,0 +1,221 @@
+"""The ``deliver_outbound`` job: one outbound message to all its pending recipients.
+
+Steps, each a function below: load the work, deliver to local inboxes (``mailstore.receive``),
+DKIM-sign and deliver to remote hosts (relay or MX, grouped per domain), give up on recipients
+past ``outbound_max_lifetime``, record the outcomes in one transaction, and reschedule the job
+on ``outbound_retry_schedule`` while any recipient is deferred. A crash between a remote 250 and
+the record step re-sends on the next run: duplicates are tolerated, loss is not (RFC 5321 6.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Inbox, Message, OutboundRecipient
+from agentmx.db.types import utcnow
+from agentmx.jobs.registry import RetryAt, handler
+from agentmx.mail.compose import address_domain
+from agentmx.outbound import dkim, dns, return_path, smtp_client
+from agentmx.outbound.outcomes import Outcome, record
+from agentmx.services import mailstore
+from agentmx.services.runtime import Runtime
+from agentmx.services.sending import DELIVER_JOB
+from agentmx.settings import parse_schedule
+
+log = logging.getLogger("agentmx.outbound")
+
+PENDING = ("queued", "deferred")
+
+
+@dataclass
+class Work:
+    message_pk: str
+    inbox_domain: str
+    mail_from: str
+    raw: bytes
+    local: list[str]
+    remote: list[str]
+
+
+async def _is_local(session: AsyncSession, rt: Runtime, address: str) -> bool:
+    """Addresses this server answers for: existing inboxes, and any address on a domain it serves."""
+    if await session.get(Inbox, address) is not None:
+        return True
+    domain = address_domain(address)
+    if domain == rt.settings.domain.lower():
+        return True
+    return await session.scalar(select(Inbox.id).where(Inbox.domain == domain).limit(1)) is not None
+
+
+async def load_work(rt: Runtime, message_pk: str) -> Work | None:
+    async with rt.db.read() as session:
+        message = await session.get(Message, message_pk)
+        if message is None or message.blob_key is None:
+            return None  # deleted since it was queued: nothing left to deliver
+        inbox = await session.get(Inbox, message.inbox_id)
+        if inbox is None:
+            return None
+        pending = list(
+            await session.scalars(
+                select(OutboundRecipient.address).where(
+                    OutboundRecipient.message_pk == message_pk, OutboundRecipient.status.in_(PENDING)
+                )
+            )
+        )
+        local = [a for a in pending if await _is_local(session, rt, a)]
+    raw = await rt.blobs.get(message.blob_key)
+    return Work(
+        message_pk=message_pk,
+        inbox_domain=inbox.domain,
+        mail_from=return_path.make(message_pk, inbox.domain),
+        raw=raw,
+        local=local,
+        remote=[a for a in pending if a not in local],
+    )
+
+
+async def deliver_local(rt: Runtime, work: Work) -> dict[str, Outcome]:
+    if not work.local:
+        return {}
+    try:
+        results = await mailstore.receive(rt, work.raw, work.mail_from, work.local)
+    except Exception as exc:  # storage trouble: keep custody and retry
+        log.exception("local delivery of %s failed", work.message_pk)
+        return {a: Outcome("deferred", 451, f"local delivery failed: {exc}") for a in work.local}
+    out: dict[str, Outcome] = {}
+    for address in work.local:
+        result = results.get(address)
+        if result is not None and result.status in ("stored", "duplicate"):
+            out[address] = Outcome("local", 250, "delivered to a local inbox")
+        else:
+            error = result.error if result is not None else None
+            out[address] = Outcome("bounced", 550, f"5.1.1 {error or 'no such inbox'}")
+    return out
+
+
+def _outcome(reply: smtp_client.Reply) -> Outcome:
+    text = f"{reply.code} {reply.text}"
+    if reply.ok:
+        return Outcome("delivered", reply.code, text)
+    if reply.permanent:
+        return Outcome("bounced", reply.code, text)
+    return Outcome("deferred", reply.code, text)
+
+
+def _connections(rt: Runtime, targets: list[dns.Target]) -> list[smtp_client.Connection]:
+    settings = rt.settings
+    return [
+        smtp_client.Connection(
+            address=t.address, port=settings.outbound_port, server_name=t.host, helo=settings.hostname
+        )
+        for t in targets
+    ]
+
+
+def _relay(rt: Runtime) -> list[smtp_client.Connection]:
+    settings = rt.settings
+    host, _, port = settings.smtp_relay.rpartition(":")
+    if not host:
+        host, port = settings.smtp_relay, "25"
+    return [
+        smtp_client.Connection(
+            address=host,
+            port=int(port),
+            server_name=host,
+            helo=settings.hostname,
+            starttls="required" if settings.smtp_relay_starttls else "never",
+            username=settings.smtp_relay_username,
+            password=settings.smtp_relay_password,
+        )
+    ]
+
+
+async def _deliver_group(
+    rt: Runtime, work: Work, raw: bytes, domain: str | None, rcpts: list[str]
+) -> dict[str, Outcome]:
+    if domain is None:
+        connections = _relay(rt)
+    else:
+        try:
+            connections = _connections(rt, await dns.targets(rt.settings, domain))
+        except dns.DnsPermanent as exc:
+            return {a: Outcome("bounced", 550, f"5.1.2 {exc}") for a in rcpts}
+        except dns.DnsTemporary as exc:
+            return {a: Outcome("deferred", 451, f"4.4.3 {exc}") for a in rcpts}
+    last_error = "no mail host"
+    for conn in connections:
+        try:
+            replies = await smtp_client.send(conn, work.mail_from, rcpts, raw)
+        except smtp_client.HostUnusable as exc:
+            last_error = str(exc)
+            continue
+        return {a: _outcome(replies.get(a, smtp_client.Reply(451, "no reply"))) for a in rcpts}
+    return {a: Outcome("deferred", None, f"4.4.1 {last_error}") for a in rcpts}
+
+
+async def deliver_remote(rt: Runtime, work: Work) -> dict[str, Outcome]:
+    if not work.remote:
+        return {}
+    raw = await dkim.sign_for_domain(rt, work.inbox_domain, work.raw)
+    groups: dict[str | None, list[str]] = defaultdict(list)
+    for address in work.remote:
+        groups[None if rt.settings.smtp_relay else address_domain(address)].append(address)
+    results = await asyncio.gather(
+        *(_deliver_group(rt, work, raw, domain, rcpts) for domain, rcpts in groups.items())
+    )
+    out: dict[str, Outcome] = {}
+    for result in results:
+        out.update(result)
+    return out
+
+
+def expire(outcomes: dict[str, Outcome], deadline: datetime, now: datetime) -> dict[str, Outcome]:
+    """Deferred recipients past the message's lifetime bounce with their last reply."""
+    if now < deadline:
+        return outcomes
+    return {
+        a: Outcome("bounced", o.code, f"gave up after retries: {o.text}") if o.status == "deferred" else o
+        for a, o in outcomes.items()
+    }
+
+
+async def save(rt: Runtime, work: Work, outcomes: dict[str, Outcome]) -> None:
+    async with rt.db.transaction() as session:
+        message = await session.get(Message, work.message_pk)
+        if message is not None:
+            await record(session, rt, message, outcomes)
+
+
+def _queued_at(payload: dict[str, Any]) -> datetime:
+    try:
+        value = datetime.fromisoformat(str(payload.get("queued_at", "")).replace("Z", "+00:00"))
+    except ValueError:
+        return utcnow()
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@handler(DELIVER_JOB)
+async def deliver_outbound(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
+    work = await load_work(rt, payload["message_pk"])
+    if work is None:
+        return
+    outcomes = await deliver_local(rt, work)
+    outcomes.update(await deliver_remote(rt, work))
+    now = utcnow()
+    deadline = _queued_at(payload) + timedelta(seconds=rt.settings.outbound_max_lifetime)
+    outcomes = expire(outcomes, deadline, now)
+    await save(rt, work, outcomes)
+    deferred = [a for a, o in outcomes.items() if o.status == "deferred"]
+    if deferred:
+        schedule = parse_schedule(rt.settings.outbound_retry_schedule) or [300.0]
+        delay = schedule[min(attempts, len(schedule) - 1)]
+        when = min(now + timedelta(seconds=delay), deadline)
+        raise RetryAt(when, f"deferred: {', '.join(deferred)}")

@@ -1,0 +1,106 @@
+"""Where to deliver mail for a domain: MX hosts by preference, else the domain's own address (RFC 5321 5.1).
+
+Uses ``settings.dns_resolver`` (host[:port]) when set, so tests can answer from a loopback DNS server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from agentmx.settings import Settings
+
+LIFETIME = 10.0
+
+
+class DnsPermanent(Exception):
+    """The domain cannot receive mail (NXDOMAIN, null MX): bounce."""
+
+
+class DnsTemporary(Exception):
+    """DNS did not answer usefully right now: retry later."""
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str  # name for TLS / logs
+    address: str  # IP to connect to
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    value = value.strip()
+    if value.startswith("["):  # [::1]:53
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest.lstrip(":") or 53)
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, 53
+
+
+def resolver(settings: Settings) -> dns.asyncresolver.Resolver:
+    if settings.dns_resolver:
+        res = dns.asyncresolver.Resolver(configure=False)
+        host, port = _split_host_port(settings.dns_resolver)
+        res.nameservers = [host]
+        res.port = port
+    else:
+        try:
+            res = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise DnsTemporary("no DNS resolver configured") from exc
+    res.lifetime = LIFETIME
+    return res
+
+
+def _ip_literal(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        return None
+
+
+async def _addresses(res: dns.asyncresolver.Resolver, host: str) -> list[str]:
+    out: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = await res.resolve(host, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        out.extend(str(r) for r in answer)
+    return out
+
+
+async def targets(settings: Settings, domain: str) -> list[Target]:
+    """Delivery targets for ``domain`` in preference order."""
+    literal = _ip_literal(domain)
+    if literal:
+        return [Target(domain, literal)]
+    res = resolver(settings)
+    try:
+        try:
+            answer = await res.resolve(domain, "MX")
+            records = sorted(answer, key=lambda r: r.preference)
+            hosts = [str(r.exchange).rstrip(".") for r in records]
+            if hosts == [""]:
+                raise DnsPermanent(f"{domain} accepts no mail (null MX)")
+        except dns.resolver.NoAnswer:
+            hosts = [domain]  # implicit MX: the domain itself
+        out: list[Target] = []
+        for host in hosts:
+            if not host:
+                continue
+            literal = _ip_literal(host)
+            addresses = [literal] if literal else await _addresses(res, host)
+            out.extend(Target(host, address) for address in addresses)
+    except dns.resolver.NXDOMAIN as exc:
+        raise DnsPermanent(f"{domain} does not exist") from exc
+    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
+        raise DnsTemporary(f"DNS lookup for {domain} failed: {exc}") from exc
+    if not out:
+        raise DnsTemporary(f"no address for the mail hosts of {domain}")
+    return out

@@ -1,0 +1,129 @@
+"""Recording delivery outcomes: recipient rows, system labels, delivery/bounce events, suppression.
+
+Shared by the delivery job (SMTP replies) and DSN intake (bounces reported later by a remote MTA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Message, MessageLabel, OutboundRecipient
+from agentmx.db.types import utcnow
+from agentmx.services import hooks, inbox_events
+from agentmx.services.events import record_event
+from agentmx.services.runtime import Runtime
+
+DELIVERED = ("delivered", "local")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # delivered | local | deferred | bounced
+    code: int | None = None
+    text: str = ""
+    attempted: bool = True  # False for outcomes learnt later (DSNs)
+
+
+def iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def add_label(session: AsyncSession, message: Message, label: str) -> None:
+    if label in message.label_names:
+        return
+    session.add(MessageLabel(message_pk=message.id, label=label))
+    message.updated_at = utcnow()
+    await session.flush()
+    await session.refresh(message, ["labels"])
+    await inbox_events.record_label_change(session, message, label, True)
+
+
+def _ids(message: Message, now: datetime) -> dict[str, str]:
+    return {
+        "inbox_id": message.inbox_id,
+        "thread_id": message.thread_id,
+        "message_id": message.message_id,
+        "timestamp": iso(now),
+    }
+
+
+async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes: dict[str, Outcome]) -> None:
+    """Apply ``outcomes`` (address -> Outcome) to the message's recipient rows, in the caller's transaction.
+
+    Only changes are reported: a recipient already delivered/bounced is not announced twice.
+    """
+    rows = {
+        row.address: row
+        for row in await session.scalars(
+            select(OutboundRecipient).where(OutboundRecipient.message_pk == message.id)
+        )
+    }
+    now = utcnow()
+    delivered: list[str] = []
+    bounced: list[str] = []
+    for address, outcome in outcomes.items():
+        row = rows.get(address)
+        if row is None:
+            continue
+        if row.status == "bounced":
+            continue
+        changed = row.status != outcome.status
+        row.status = outcome.status
+        if outcome.attempted:
+            row.attempts = (row.attempts or 0) + 1
+        row.last_code = outcome.code
+        row.last_response = outcome.text[:2000]
+        row.updated_at = now
+        if not changed:
+            continue
+        if outcome.status in DELIVERED:
+            delivered.append(address)
+        elif outcome.status == "bounced":
+            bounced.append(address)
+    scope = {
+        "organization_id": message.organization_id,
+        "pod_id": message.pod_id,
+        "inbox_id": message.inbox_id,
+    }
+    if delivered:
+        await add_label(session, message, "delivered")
+        await record_event(
+            session,
+            rt,
+            event_type="message.delivered",
+            payload={"delivery": {**_ids(message, now), "recipients": delivered}},
+            **scope,
+        )
+    if bounced:
+        await add_label(session, message, "bounced")
+        await record_event(
+            session,
+            rt,
+            event_type="message.bounced",
+            payload={
+                "bounce": {
+                    **_ids(message, now),
+                    "type": "Permanent",
+                    "sub_type": "General",
+                    "recipients": [{"address": a, "status": "bounced"} for a in bounced],
+                }
+            },
+            **scope,
+        )
+        for address in bounced:
+            await hooks.run_all(
+                hooks.suppression_recorders,
+                session,
+                rt,
+                message.organization_id,
+                message.pod_id,
+                message.inbox_id,
+                address,
+                "bounced",
+            )

@@ -1,0 +1,102 @@
+"""One SMTP transaction to one host: per-recipient replies, or an exception when the host is unusable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosmtplib
+
+TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+class HostUnusable(Exception):
+    """Connection, TLS or protocol failure before any recipient got an answer: try the next host."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    port: int
+    server_name: str
+    helo: str
+    starttls: str = "opportunistic"  # "never" | "opportunistic" | "required"
+    username: str = ""
+    password: str = ""
+    timeout: float = TIMEOUT
+
+
+async def _open(conn: Connection) -> aiosmtplib.SMTP:
+    client = aiosmtplib.SMTP(
+        hostname=conn.address,
+        port=conn.port,
+        local_hostname=conn.helo,
+        timeout=conn.timeout,
+        use_tls=False,
+        start_tls=False,
+        validate_certs=False,
+    )
+    await client.connect()
+    await client.ehlo()
+    if conn.starttls != "never" and client.supports_extension("starttls"):
+        # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435).
+        await client.starttls(server_hostname=conn.server_name, validate_certs=False)
+    elif conn.starttls == "required":
+        raise HostUnusable("server does not offer STARTTLS")
+    if conn.username:
+        await client.login(conn.username, conn.password)
+    return client
+
+
+async def send(conn: Connection, mail_from: str, rcpts: list[str], raw: bytes) -> dict[str, Reply]:
+    """Run MAIL/RCPT/DATA; returns the final reply per recipient."""
+    try:
+        client = await _open(conn)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
+    replies: dict[str, Reply] = {}
+    try:
+        try:
+            await client.mail(mail_from)
+        except aiosmtplib.SMTPResponseException as exc:
+            return {r: Reply(exc.code, exc.message) for r in rcpts}
+        accepted: list[str] = []
+        for rcpt in rcpts:
+            try:
+                await client.rcpt(rcpt)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPResponseException as exc:
+                replies[rcpt] = Reply(exc.code, exc.message)
+        if not accepted:
+            return replies
+        try:
+            response = await client.data(raw)
+            final = Reply(response.code, response.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            final = Reply(exc.code, exc.message)
+        for rcpt in accepted:
+            replies[rcpt] = final
+        return replies
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        if replies or not rcpts:
+            # Lost the connection mid-transaction: unanswered recipients are retried.
+            return {r: replies.get(r, Reply(451, f"connection lost: {exc}")) for r in rcpts}
+        raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
+    finally:
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()

@@ -1,0 +1,111 @@
+"""Turning SendAttachment requests (base64 ``content`` or a ``url``) into attachment bytes.
+
+Reusable by drafts. A URL must answer 2xx (redirects followed); anything else refuses the send
+with 403 ``message_rejected`` as AgentMail does. URL bytes are capped at ``MAX_URL_BYTES`` per message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import mimetypes
+from dataclasses import dataclass
+
+import httpx
+
+from agentmx.errors import MessageRejected, ValidationFailed
+from agentmx.mail.compose import OutAttachment
+
+MAX_URL_BYTES = 30 * 1024 * 1024
+FETCH_TIMEOUT = 30.0
+DISPOSITIONS = ("inline", "attachment")
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    filename: str | None = None
+    content_type: str | None = None
+    content_disposition: str | None = None
+    content_id: str | None = None
+    content: str | None = None  # base64
+    url: str | None = None
+
+
+def _bad(index: int, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"attachments[{index}]: {message}", [{"path": ["attachments", str(index)], "message": message}]
+    )
+
+
+def _content_type(spec: AttachmentSpec, fetched: str | None = None) -> str:
+    if spec.content_type:
+        return spec.content_type
+    if fetched:
+        return fetched.split(";", 1)[0].strip() or "application/octet-stream"
+    guessed = mimetypes.guess_type(spec.filename or "")[0]
+    return guessed or "application/octet-stream"
+
+
+async def _fetch(client: httpx.AsyncClient, url: str, budget: int) -> tuple[bytes, str | None]:
+    try:
+        async with client.stream("GET", url) as response:
+            if not 200 <= response.status_code < 300:
+                raise MessageRejected(
+                    f"Attachment URL answered {response.status_code}: {url}",
+                    fix="Use a URL that can be downloaded without authentication.",
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > budget:
+                    raise MessageRejected(
+                        "URL attachments exceed 30 MB per message", fix="Send fewer or smaller attachments."
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks), response.headers.get("content-type")
+    except httpx.HTTPError as exc:
+        raise MessageRejected(
+            f"Attachment URL could not be fetched: {url}",
+            fix="Use a URL that can be downloaded without authentication.",
+        ) from exc
+
+
+async def resolve(specs: list[AttachmentSpec]) -> list[OutAttachment]:
+    out: list[OutAttachment] = []
+    budget = MAX_URL_BYTES
+    for index, spec in enumerate(specs):
+        if (spec.content is None) == (spec.url is None):
+            raise _bad(index, "give exactly one of content or url")
+        if spec.content_disposition is not None and spec.content_disposition not in DISPOSITIONS:
+            raise _bad(index, "content_disposition must be inline or attachment")
+        for name, value in (
+            ("filename", spec.filename),
+            ("content_type", spec.content_type),
+            ("content_id", spec.content_id),
+        ):
+            if value is not None and ("\r" in value or "\n" in value):
+                raise _bad(index, f"{name} contains a line break")
+        fetched_type: str | None = None
+        if spec.content is not None:
+            try:
+                data = base64.b64decode(spec.content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise _bad(index, "content is not valid base64") from exc
+        else:
+            assert spec.url is not None
+            if not spec.url.lower().startswith(("http://", "https://")):
+                raise MessageRejected(f"Attachment URL is not http(s): {spec.url}")
+            async with httpx.AsyncClient(follow_redirects=True, timeout=FETCH_TIMEOUT) as client:
+                data, fetched_type = await _fetch(client, spec.url, budget)
+            budget -= len(data)
+        out.append(
+            OutAttachment(
+                data=data,
+                filename=spec.filename,
+                content_type=_content_type(spec, fetched_type),
+                disposition=spec.content_disposition,
+                content_id=spec.content_id,
+            )
+        )
+    return out

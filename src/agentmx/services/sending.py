@@ -1,0 +1,283 @@
+"""Sending mail: the rules of send, reply, reply-all and forward, and the one transaction that records a send.
+
+Interface (used by the HTTP routes and by drafts)::
+
+    msg = await send_message(session, rt, caller, inbox, OutgoingMessage(...))
+
+``session`` is the caller's write transaction: the stored message, its OutboundRecipient rows, the
+``deliver_outbound`` job and the ``message.sent`` event all commit (or roll back) together.
+``caller`` must already hold ``message_send``; ``inbox`` is the sending inbox (already scope-checked).
+``reply_to_message`` / ``forward_of`` must be messages of that inbox. Errors:
+400 ValidationFailed (bad address, > 50 recipients, bad header), 422 Unprocessable (no recipients),
+403 MessageRejected (paused inbox, send-list or suppression hit). A paused inbox refuses with 403
+``message_rejected`` (the same class of refusal as a suspended account).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Inbox, Message, OutboundRecipient
+from agentmx.db.types import utcnow
+from agentmx.errors import MessageRejected, Unprocessable, ValidationFailed
+from agentmx.ids import new_message_id
+from agentmx.mail import compose
+from agentmx.mail.compose import OutAttachment
+from agentmx.services import hooks, jobs, mailstore
+from agentmx.services.caller import Caller
+from agentmx.services.events import record_event
+from agentmx.services.runtime import Runtime
+
+MAX_RECIPIENTS = 50
+DELIVER_JOB = "deliver_outbound"
+SYSTEM_LABELS = frozenset(
+    {"received", "sent", "delivered", "bounced", "complained", "delayed", "rejected", "opened", "unread"}
+)
+
+
+@dataclass
+class OutgoingMessage:
+    """A send request after the edge has parsed it (attachments already decoded / fetched)."""
+
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: list[str] = field(default_factory=list)
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[OutAttachment] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    reply_to_message: Message | None = None
+    reply_all: bool = False
+    forward_of: Message | None = None
+
+
+def iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bad(path: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{path}: {message}", [{"path": [path], "message": message}])
+
+
+def _addresses(values: list[str], path: str) -> list[str]:
+    """Formatted single addresses; 400 when one is not a usable addr-spec."""
+    for value in values:
+        if "\r" in value or "\n" in value:
+            raise _bad(path, "address contains a line break")
+    out = compose.split_addresses(values)
+    for value in out:
+        if not compose.valid_address(compose.bare_address(value)):
+            raise _bad(path, f"'{value}' is not a valid email address")
+    if len(out) < len([v for v in values if v.strip()]):
+        raise _bad(path, "contains an invalid email address")
+    return out
+
+
+def _key(address: str) -> str:
+    return compose.bare_address(address).lower()
+
+
+def _without(addresses: list[str], excluded: set[str]) -> list[str]:
+    """Drop excluded addresses and duplicates, keeping order."""
+    out: list[str] = []
+    seen = set(excluded)
+    for address in addresses:
+        key = _key(address)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(address)
+    return out
+
+
+def _derive_reply(inbox: Inbox, req: OutgoingMessage, original: Message) -> tuple[list[str], list[str]]:
+    """(to, cc) of a reply when the request gives none: the sender, or everyone for reply-all."""
+    me = {inbox.id.lower()}
+    if original.direction == "outbound":
+        # Replying to our own sent message continues the conversation with its recipients.
+        to = list(original.to)
+        cc = list(original.cc) if req.reply_all else []
+    else:
+        to = list(original.reply_to) or [original.from_]
+        cc = []
+        if req.reply_all:
+            to = to + list(original.to)
+            cc = list(original.cc)
+    to = _without(to, me)
+    cc = _without(cc, me | {_key(a) for a in to})
+    return to, cc
+
+
+def _labels(labels: list[str]) -> set[str]:
+    out: set[str] = set()
+    for label in labels:
+        name = label.strip().lower()
+        if not name or len(name) > 256:
+            raise _bad("labels", "labels must be 1-256 characters")
+        if name in SYSTEM_LABELS and name != "sent":
+            raise _bad("labels", f"'{name}' is a system label")
+        out.add(name)
+    return out
+
+
+async def _original_attachments(rt: Runtime, message: Message) -> list[OutAttachment]:
+    out = []
+    for att in message.attachments:
+        out.append(
+            OutAttachment(
+                data=await rt.blobs.get(att.blob_key),
+                filename=att.filename,
+                content_type=att.content_type,
+                disposition=att.content_disposition,
+                content_id=att.content_id,
+            )
+        )
+    return out
+
+
+async def _suppressed(session: AsyncSession, organization_id: str, addresses: list[str]) -> list[str]:
+    """Recipients that bounced or complained before, anywhere in the organization."""
+    rows = await session.scalars(
+        select(OutboundRecipient.address)
+        .join(Message, Message.id == OutboundRecipient.message_pk)
+        .where(
+            Message.organization_id == organization_id,
+            OutboundRecipient.address.in_(addresses),
+            OutboundRecipient.status.in_(("bounced", "complained")),
+        )
+        .distinct()
+    )
+    return list(rows.all())
+
+
+async def _composition(
+    rt: Runtime, inbox: Inbox, req: OutgoingMessage, to: list[str], cc: list[str], reply_to: list[str]
+) -> compose.Composition:
+    subject, text, html = req.subject, req.text, req.html
+    attachments = list(req.attachments)
+    in_reply_to: str | None = None
+    references: list[str] = []
+    source = req.reply_to_message or req.forward_of
+    if source is not None:
+        in_reply_to = source.message_id
+        references = compose.thread_references(source.message_id, list(source.references or []))
+    if req.reply_to_message is not None:
+        subject = compose.reply_subject(req.reply_to_message.subject)
+    elif req.forward_of is not None:
+        original = req.forward_of
+        subject = compose.forward_subject(req.subject if req.subject is not None else original.subject)
+        text, html = compose.forward_bodies(
+            compose.ForwardSource(
+                from_addr=original.from_,
+                to=list(original.to),
+                cc=list(original.cc),
+                subject=original.subject,
+                date=original.timestamp,
+                text=original.text,
+                html=original.html,
+            ),
+            text,
+            html,
+        )
+        attachments += await _original_attachments(rt, original)
+    now = utcnow()
+    return compose.Composition(
+        from_addr=compose.format_from(inbox.display_name, inbox.id),
+        message_id=new_message_id(inbox.domain),
+        date=now,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        subject=subject,
+        text=text,
+        html=html,
+        attachments=attachments,
+        headers=dict(req.headers),
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+
+
+async def send_message(
+    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+) -> Message:
+    """Validate, store and queue one outbound message; returns the stored Message row."""
+    if inbox.status == "paused":
+        raise MessageRejected("Inbox is paused", fix="Set the inbox status to active before sending from it.")
+    to = _addresses(req.to, "to")
+    cc = _addresses(req.cc, "cc")
+    bcc = _addresses(req.bcc, "bcc")
+    reply_to = _addresses(req.reply_to, "reply_to")
+    original = req.reply_to_message
+    if original is not None and not req.to and not req.cc:
+        derived_to, derived_cc = _derive_reply(inbox, req, original)
+        to, cc = derived_to, derived_cc
+    recipients = _without(to + cc + bcc, set())
+    if len(recipients) > MAX_RECIPIENTS:
+        raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
+    if not recipients:
+        raise Unprocessable(
+            "The message has no recipients", fix="Give at least one address in to, cc or bcc."
+        )
+    labels = _labels(req.labels) | {"sent"}
+    bare = [_key(a) for a in recipients]
+    await hooks.run_all(hooks.send_checks, session, rt, inbox, bare)
+    suppressed = await _suppressed(session, inbox.organization_id, bare)
+    if suppressed:
+        raise MessageRejected(
+            f"Recipient previously bounced or complained: {', '.join(sorted(suppressed))}",
+            fix="Remove the suppressed recipients from the message.",
+        )
+    comp = await _composition(rt, inbox, req, to, cc, reply_to)
+    try:
+        raw = compose.to_bytes(compose.build(comp))
+    except (ValueError, TypeError) as exc:
+        raise _bad("headers", str(exc)) from exc
+
+    source = req.reply_to_message or req.forward_of
+    thread_id = source.thread_id if source is not None else None  # replies and forwards join the thread
+    message = await mailstore.store_message(
+        session,
+        rt,
+        inbox=inbox,
+        raw=raw,
+        direction="outbound",
+        labels=labels,
+        bcc=bcc,
+        thread_id=thread_id,
+    )
+    for address in bare:
+        session.add(OutboundRecipient(message_pk=message.id, address=address, status="queued"))
+    await jobs.enqueue(
+        session,
+        rt,
+        DELIVER_JOB,
+        {"message_pk": message.id, "queued_at": iso(utcnow())},
+        key=f"deliver:{message.id}",
+    )
+    await record_event(
+        session,
+        rt,
+        event_type="message.sent",
+        organization_id=inbox.organization_id,
+        pod_id=inbox.pod_id,
+        inbox_id=inbox.id,
+        payload={
+            "send": {
+                "inbox_id": inbox.id,
+                "thread_id": message.thread_id,
+                "message_id": message.message_id,
+                "timestamp": iso(message.timestamp or comp.date),
+                "recipients": bare,
+            }
+        },
+    )
+    return message
