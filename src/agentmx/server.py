@@ -17,6 +17,7 @@ from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
 from agentmx.http.app import create_app
 from agentmx.jobs.runner import JobRunner
+from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
 from agentmx.services.secrets import load_secret
 from agentmx.settings import Settings
@@ -43,6 +44,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         blobs=BlobStore(settings.data_dir / "blobs"),
     )
     rt.secret = await load_secret(rt.db, settings.secret_key)
+    if settings.rate_limit_per_minute > 0:
+        rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
@@ -36,3 +37,5 @@ class Runtime:
     secret: bytes = b""
     jobs_signal: Signal = field(default_factory=Signal)
     events_signal: Signal = field(default_factory=Signal)
+    # Per-key request limiter (services.ratelimit.RateLimiter) when rate_limit_per_minute > 0.
+    rate_limiter: Any = None

@@ -1,0 +1,258 @@
+"""Allow/block lists: entries at organization, pod or inbox scope, and the decision they make.
+
+The most specific scope with a matching entry decides (block beats allow within a scope). With
+no match anywhere, an active allow list (any allow entry for that direction in scope) refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import ListEntry, Message
+from agentmx.db.types import utcnow
+from agentmx.errors import Forbidden, MessageRejected, NotFound, ValidationFailed
+from agentmx.ids import new_id
+from agentmx.services import hooks
+from agentmx.services.pagination import Page, paginate
+from agentmx.services.validation import DOMAIN, fail
+
+if TYPE_CHECKING:
+    from agentmx.db.models import Inbox
+    from agentmx.services.runtime import Runtime
+
+DIRECTIONS = ("send", "receive", "reply")
+LIST_TYPES = ("allow", "block")
+
+
+@dataclass(frozen=True)
+class ListScope:
+    organization_id: str
+    pod_id: str | None = None
+    inbox_id: str | None = None
+
+    @property
+    def scope_id(self) -> str:
+        return self.inbox_id or self.pod_id or self.organization_id
+
+
+def check_list(direction: str, list_type: str) -> None:
+    if direction not in DIRECTIONS:
+        raise fail("direction", "direction must be one of send, receive, reply")
+    if list_type not in LIST_TYPES:
+        raise fail("type", "type must be allow or block")
+
+
+def normalize_entry(raw: str) -> tuple[str, str]:
+    """(entry, entry_type): an address contains @, anything else must be a domain name."""
+    entry = raw.strip().lower().rstrip(".")
+    local, at, domain = entry.rpartition("@")
+    if at:
+        if not local or not DOMAIN.match(domain) or any(ch.isspace() for ch in local):
+            raise fail("entry", f"'{raw}' is not an email address or domain")
+        return entry, "email"
+    if not DOMAIN.match(entry):
+        raise fail("entry", f"'{raw}' is not an email address or domain")
+    return entry, "domain"
+
+
+def candidates(address: str) -> list[str]:
+    """Entries that match an address: itself, its domain, and each parent domain."""
+    address = address.strip().lower()
+    _, _, domain = address.rpartition("@")
+    out = [address] if "@" in address else []
+    labels = domain.split(".")
+    out.extend(".".join(labels[i:]) for i in range(len(labels) - 1))
+    return out
+
+
+async def list_entries(
+    session: AsyncSession,
+    scope: ListScope,
+    direction: str,
+    list_type: str,
+    *,
+    limit: int,
+    page_token: str | None,
+) -> Page[ListEntry]:
+    stmt = select(ListEntry).where(
+        ListEntry.scope_id == scope.scope_id,
+        ListEntry.direction == direction,
+        ListEntry.list_type == list_type,
+    )
+    return await paginate(
+        session,
+        stmt,
+        kind=f"lists:{direction}:{list_type}",
+        columns=[ListEntry.entry, ListEntry.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=True,
+    )
+
+
+async def _find(
+    session: AsyncSession, scope: ListScope, direction: str, list_type: str, entry: str
+) -> ListEntry | None:
+    return await session.scalar(
+        select(ListEntry).where(
+            ListEntry.scope_id == scope.scope_id,
+            ListEntry.direction == direction,
+            ListEntry.list_type == list_type,
+            ListEntry.entry == entry,
+        )
+    )
+
+
+async def get_entry(
+    session: AsyncSession, scope: ListScope, direction: str, list_type: str, raw: str
+) -> ListEntry:
+    entry = await _find(session, scope, direction, list_type, raw.strip().lower().rstrip("."))
+    if entry is None:
+        raise NotFound("List entry not found")
+    return entry
+
+
+async def add_entry(
+    session: AsyncSession,
+    scope: ListScope,
+    direction: str,
+    list_type: str,
+    raw: str,
+    reason: str | None,
+    *,
+    read_only: bool = False,
+) -> ListEntry:
+    """Add an entry; adding one that exists returns it (with the new reason, if any)."""
+    entry, entry_type = normalize_entry(raw)
+    existing = await _find(session, scope, direction, list_type, entry)
+    if existing is not None:
+        if reason is not None and not existing.read_only:
+            existing.reason = reason
+        return existing
+    row = ListEntry(
+        id=new_id("le"),
+        organization_id=scope.organization_id,
+        pod_id=scope.pod_id,
+        inbox_id=scope.inbox_id,
+        scope_id=scope.scope_id,
+        direction=direction,
+        list_type=list_type,
+        entry=entry,
+        entry_type=entry_type,
+        reason=reason,
+        read_only=read_only,
+        created_at=utcnow(),
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # a concurrent add won the race: theirs is the entry
+        again = await _find(session, scope, direction, list_type, entry)
+        if again is None:
+            raise
+        return again
+    return row
+
+
+async def delete_entry(
+    session: AsyncSession, scope: ListScope, direction: str, list_type: str, raw: str
+) -> None:
+    entry = await get_entry(session, scope, direction, list_type, raw)
+    if entry.read_only:
+        raise Forbidden(
+            "Forbidden",
+            code="forbidden",
+            fix="This entry was added by the system (bounce or complaint) and is read-only.",
+        )
+    await session.delete(entry)
+    await session.flush()
+
+
+async def refuses(session: AsyncSession, inbox: Inbox, direction: str, addresses: list[str]) -> bool:
+    """True when the lists of ``inbox``'s scopes refuse these addresses for ``direction``."""
+    wanted = {c for a in addresses if a for c in candidates(a)}
+    order = [inbox.id, inbox.pod_id, inbox.organization_id]
+    scoped = ListEntry.organization_id == inbox.organization_id, ListEntry.scope_id.in_(order)
+    if wanted:
+        rows = (
+            await session.scalars(
+                select(ListEntry).where(
+                    *scoped, ListEntry.direction == direction, ListEntry.entry.in_(wanted)
+                )
+            )
+        ).all()
+        for scope_id in order:
+            hits = [r for r in rows if r.scope_id == scope_id]
+            if hits:
+                return any(r.list_type == "block" for r in hits)
+    active_allow = await session.scalar(
+        select(ListEntry.id)
+        .where(*scoped, ListEntry.direction == direction, ListEntry.list_type == "allow")
+        .limit(1)
+    )
+    return active_allow is not None
+
+
+# Hooks called by the mail services.
+
+
+async def send_check(session: AsyncSession, rt: Runtime, inbox: Inbox, recipients: list[str]) -> None:
+    for address in recipients:
+        if await refuses(session, inbox, "send", [address]):
+            raise MessageRejected(
+                f"Recipient {address} is not allowed",
+                fix=f"'{address}' is on a send block list (or suppressed after a bounce or complaint), or "
+                "missing from an active send allow list. Check the lists at /v0/lists/send/….",
+            )
+
+
+async def _is_reply(session: AsyncSession, inbox: Inbox, in_reply_to: str | None) -> bool:
+    if not in_reply_to:
+        return False
+    found = await session.scalar(
+        select(Message.id)
+        .where(
+            Message.inbox_id == inbox.id, Message.message_id == in_reply_to, Message.direction == "outbound"
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def inbound_labeler(
+    session: AsyncSession,
+    rt: Runtime,
+    inbox: Inbox,
+    envelope_from: str,
+    header_from: str,
+    in_reply_to: str | None,
+) -> set[str]:
+    direction = "reply" if await _is_reply(session, inbox, in_reply_to) else "receive"
+    return {"blocked"} if await refuses(session, inbox, direction, [envelope_from, header_from]) else set()
+
+
+async def suppression_recorder(
+    session: AsyncSession,
+    rt: Runtime,
+    organization_id: str,
+    pod_id: str,
+    inbox_id: str,
+    address: str,
+    kind: str,
+) -> None:
+    """A bounce or complaint suppresses the address for the whole organization (read-only entry)."""
+    try:
+        normalize_entry(address)
+    except ValidationFailed:  # an unparsable address cannot be suppressed; nothing to record
+        return
+    await add_entry(session, ListScope(organization_id), "send", "block", address, kind, read_only=True)
+
+
+hooks.send_checks.append(send_check)
+hooks.inbound_labelers.append(inbound_labeler)
+hooks.suppression_recorders.append(suppression_recorder)
