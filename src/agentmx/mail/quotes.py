@@ -58,6 +58,7 @@ class _Stripper(HTMLParser):
         self.out: list[str] = []
         self.skip_depth = 0
         self.stopped = False
+        self.open: list[str] = []  # emitted, not yet closed
 
     def _quote(self, tag: str, attrs: list[tuple[str, str | None]]) -> tuple[bool, bool]:
         values = {k.lower(): (v or "") for k, v in attrs}
@@ -82,6 +83,8 @@ class _Stripper(HTMLParser):
                 self.skip_depth = 1
             return
         self.out.append(self.get_starttag_text() or f"<{tag}>")
+        if tag not in _VOID:
+            self.open.append(tag)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if self.stopped or self.skip_depth:
@@ -97,11 +100,16 @@ class _Stripper(HTMLParser):
                 self.skip_depth -= 1
             return
         if self.stopped:
-            # Keep closing tags so the kept part stays well formed.
-            if tag in ("body", "html", "div", "table", "td", "tr", "tbody", "span", "p", "font"):
-                self.out.append(f"</{tag}>")
             return
+        if tag in self.open:
+            while self.open and self.open.pop() != tag:
+                pass
         self.out.append(f"</{tag}>")
+
+    def finish(self) -> str:
+        # Close what was open when an Outlook header stopped the copy, so the kept part is well formed.
+        closing = "".join(f"</{tag}>" for tag in reversed(self.open)) if self.stopped else ""
+        return "".join(self.out) + closing
 
     def _text(self, data: str) -> None:
         if not self.skip_depth and not self.stopped:
@@ -128,6 +136,6 @@ def extract_html(html: str) -> str:
         stripper = _Stripper()
         stripper.feed(html)
         stripper.close()
-        return "".join(stripper.out).strip()
+        return stripper.finish().strip()
     except Exception:  # noqa: BLE001 (malformed HTML: keep it whole rather than lose content)
         return html

@@ -1,7 +1,230 @@
-"""messages routes (filled in by the feature that owns them)."""
+"""Reading and labelling messages: /v0/inboxes/{inbox_id}/messages…, and the signed download links.
+
+Message ids contain ``<>@+`` and may contain ``/``, so the per-message routes take the rest of the
+path and split off the known suffixes (``/raw``, ``/attachments/{id}``). Sending lives in sending.py.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import re
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+
+from agentmx.db.models import Attachment, Message
+from agentmx.errors import NotFound
+from agentmx.http import wire, wire_mail
+from agentmx.http.bodies import Body, parse
+from agentmx.http.deps import (
+    CallerDep,
+    RuntimeDep,
+    json_body,
+    query_bool,
+    query_datetime,
+    query_int,
+    query_list,
+)
+from agentmx.services import downloads, inboxes, messages
+from agentmx.services.caller import Caller
+from agentmx.services.messages import MessageFilters
+from agentmx.services.pagination import MAX_LIMIT, check_limit
+from agentmx.services.runtime import Runtime
 
 router = APIRouter()
+
+PREFIX = "/v0/inboxes/{inbox_id}/messages"
+ATTACHMENT_SUFFIX = re.compile(r"^(?P<mid>.+)/attachments/(?P<aid>att_[A-Za-z0-9]+)$")
+SEARCH_MAX = 100
+
+
+class UpdateMessage(Body):
+    add_labels: str | list[str] | None = None
+    remove_labels: str | list[str] | None = None
+
+
+class BatchGet(Body):
+    message_ids: list[str]
+
+
+class BatchUpdate(Body):
+    message_ids: list[str]
+    add_labels: str | list[str] | None = None
+    remove_labels: str | list[str] | None = None
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
+def base_url(request: Request, rt: Runtime) -> str:
+    return rt.settings.public_url or str(request.base_url)
+
+
+def include_flags(request: Request) -> dict[str, bool]:
+    return {
+        name: query_bool(request, f"include_{name}")
+        for name in ("spam", "blocked", "unauthenticated", "trash")
+    }
+
+
+@router.get(PREFIX)
+async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    caller.require("message_read")
+    filters = MessageFilters(
+        labels=query_list(request, "labels") or [],
+        before=query_datetime(request, "before"),
+        after=query_datetime(request, "after"),
+        include=include_flags(request),
+        from_=query_list(request, "from") or [],
+        to=query_list(request, "to") or [],
+        subject=query_list(request, "subject") or [],
+    )
+    limit = check_limit(
+        query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
+    )
+    async with rt.db.read() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        page = await messages.list_messages(
+            s,
+            caller,
+            inbox,
+            filters,
+            limit=limit,
+            page_token=request.query_params.get("page_token"),
+            ascending=query_bool(request, "ascending"),
+        )
+    items = [wire_mail.message(m, full=False) for m in page.items]
+    return wire.page("messages", items, page.limit, page.next_page_token)
+
+
+@router.get(PREFIX + "/search")
+async def search_messages(
+    inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, Any]:
+    caller.require("message_read")
+    q = request.query_params.get("q", "")
+    limit = check_limit(query_int(request, "limit"), maximum=SEARCH_MAX)
+    async with rt.db.read() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        page = await messages.search_messages(
+            s,
+            caller,
+            inbox,
+            q=q,
+            limit=limit,
+            page_token=request.query_params.get("page_token"),
+            before=query_datetime(request, "before"),
+            after=query_datetime(request, "after"),
+        )
+    items = []
+    for m in page.items:
+        item = wire_mail.message(m, full=False)
+        found = messages.highlights(m, q)
+        if found:
+            item["highlights"] = found
+        items.append(item)
+    return wire.page("messages", items, page.limit, page.next_page_token)
+
+
+@router.post(PREFIX + "/batch-get")
+async def batch_get(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    caller.require("message_read")
+    body = parse(BatchGet, await json_body(request))
+    async with rt.db.read() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        found = await messages.batch_get(s, caller, inbox, body.message_ids)
+    return {
+        "limit": len(body.message_ids),
+        "count": len(found),
+        "messages": [wire_mail.message(m, full=False) for m in found],
+    }
+
+
+@router.post(PREFIX + "/batch-update")
+async def batch_update(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    caller.require("message_update")
+    body = parse(BatchUpdate, await json_body(request))
+    async with rt.db.transaction() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        updated = await messages.batch_update(
+            s, caller, inbox, body.message_ids, as_list(body.add_labels), as_list(body.remove_labels)
+        )
+        updates = [{"message_id": m.message_id, "labels": m.label_names} for m in updated]
+    return {"limit": len(body.message_ids), "count": len(updates), "updates": updates}
+
+
+async def _load(rt: Runtime, caller: Caller, inbox_id: str, message_id: str) -> Message:
+    async with rt.db.read() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        return await messages.get_message(s, caller, inbox, message_id)
+
+
+def _attachment_response(request: Request, rt: Runtime, attachment: Attachment) -> dict[str, Any]:
+    url, expires = downloads.make_url(
+        rt.secret, base_url(request, rt), attachment.blob_key, attachment.content_type, attachment.filename
+    )
+    return {**wire_mail.attachment(attachment), "download_url": url, "expires_at": wire.iso(expires)}
+
+
+@router.get(PREFIX + "/{rest:path}")
+async def get_message(inbox_id: str, rest: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Any:
+    caller.require("message_read")
+    if rest.endswith("/raw"):
+        message = await _load(rt, caller, inbox_id, rest[: -len("/raw")])
+        if message.blob_key is None:
+            raise NotFound("Raw message not found")
+        url, expires = downloads.make_url(
+            rt.secret, base_url(request, rt), message.blob_key, "message/rfc822", "message.eml"
+        )
+        return {
+            "message_id": message.message_id,
+            "size": message.size,
+            "download_url": url,
+            "expires_at": wire.iso(expires),
+        }
+    if match := ATTACHMENT_SUFFIX.match(rest):
+        message = await _load(rt, caller, inbox_id, match["mid"])
+        async with rt.db.read() as s:
+            attachment = await messages.get_attachment(s, message, match["aid"])
+        return _attachment_response(request, rt, attachment)
+    return wire_mail.message(await _load(rt, caller, inbox_id, rest), full=True)
+
+
+@router.patch(PREFIX + "/{message_id:path}")
+async def update_message(
+    inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, Any]:
+    caller.require("message_update")
+    body = parse(UpdateMessage, await json_body(request))
+    async with rt.db.transaction() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        message = await messages.update_message(
+            s, caller, inbox, message_id, as_list(body.add_labels), as_list(body.remove_labels)
+        )
+        result = {"message_id": message.message_id, "labels": message.label_names}
+    return result
+
+
+@router.delete(PREFIX + "/{message_id:path}", status_code=204)
+async def delete_message(inbox_id: str, message_id: str, rt: RuntimeDep, caller: CallerDep) -> Response:
+    caller.require("message_delete")
+    async with rt.db.transaction() as s:
+        inbox = await inboxes.get_inbox(s, caller, inbox_id)
+        await messages.delete_message(s, caller, inbox, message_id)
+    return Response(status_code=204)
+
+
+@router.get(downloads.PATH + "{token}")
+async def download(token: str, rt: RuntimeDep) -> Response:
+    """Follows a signed download_url: no API key, the signature and expiry are the authorisation."""
+    found = downloads.resolve(rt.secret, token)
+    if not rt.blobs.exists(found.blob_key):
+        raise NotFound("Download not found")
+    data = await rt.blobs.get(found.blob_key)
+    headers = {}
+    if found.filename:
+        headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(found.filename)}"
+    return Response(content=data, media_type=found.content_type, headers=headers)

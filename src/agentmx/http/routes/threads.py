@@ -1,7 +1,168 @@
-"""threads routes (filled in by the feature that owns them)."""
+"""Threads at three prefixes: /v0/threads, /v0/inboxes/{inbox_id}/threads, /v0/pods/{pod_id}/threads."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from agentmx.http import wire, wire_mail
+from agentmx.http.bodies import Body, parse
+from agentmx.http.deps import (
+    CallerDep,
+    RuntimeDep,
+    json_body,
+    query_bool,
+    query_datetime,
+    query_int,
+    query_list,
+)
+from agentmx.http.routes.messages import base_url, include_flags
+from agentmx.services import downloads
+from agentmx.services import threads as svc
+from agentmx.services.caller import Caller
+from agentmx.services.pagination import MAX_LIMIT, check_limit
+from agentmx.services.runtime import Runtime
+from agentmx.services.threads import Scope, ThreadFilters
 
 router = APIRouter()
+
+SEARCH_MAX = 100
+THREAD_MESSAGES_MAX = 100
+
+
+class UpdateThread(Body):
+    add_labels: list[str] | None = None
+    remove_labels: list[str] | None = None
+
+
+async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> dict[str, Any]:
+    caller.require("message_read")
+    filters = ThreadFilters(
+        labels=query_list(request, "labels") or [],
+        before=query_datetime(request, "before"),
+        after=query_datetime(request, "after"),
+        include=include_flags(request),
+        senders=query_list(request, "senders") or [],
+        recipients=query_list(request, "recipients") or [],
+        subject=query_list(request, "subject") or [],
+    )
+    limit = check_limit(
+        query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
+    )
+    async with rt.db.read() as s:
+        page = await svc.list_threads(
+            s,
+            caller,
+            scope,
+            filters,
+            limit=limit,
+            page_token=request.query_params.get("page_token"),
+            ascending=query_bool(request, "ascending"),
+        )
+        views = await svc.views(s, page.items)
+    items = [wire_mail.thread_item(v.thread, v.labels, v.attachments) for v in views]
+    return wire.page("threads", items, page.limit, page.next_page_token)
+
+
+async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> dict[str, Any]:
+    caller.require("message_read")
+    limit = check_limit(query_int(request, "limit"), maximum=SEARCH_MAX)
+    async with rt.db.read() as s:
+        page = await svc.search_threads(
+            s,
+            caller,
+            scope,
+            q=request.query_params.get("q", ""),
+            limit=limit,
+            page_token=request.query_params.get("page_token"),
+            before=query_datetime(request, "before"),
+            after=query_datetime(request, "after"),
+        )
+        views = await svc.views(s, page.items)
+    items = [wire_mail.thread_item(v.thread, v.labels, v.attachments) for v in views]
+    return wire.page("threads", items, page.limit, page.next_page_token)
+
+
+async def _get(request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> dict[str, Any]:
+    caller.require("message_read")
+    limit = check_limit(query_int(request, "limit"), maximum=THREAD_MESSAGES_MAX)
+    async with rt.db.read() as s:
+        view = await svc.get_thread(s, caller, scope, thread_id)
+        page = await svc.thread_messages(
+            s, view.thread, limit=limit, page_token=request.query_params.get("page_token")
+        )
+    return wire_mail.thread(
+        view.thread, view.labels, view.attachments, page.items, page.limit, page.next_page_token
+    )
+
+
+async def _attachment(
+    request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str, attachment_id: str
+) -> dict[str, Any]:
+    caller.require("message_read")
+    async with rt.db.read() as s:
+        attachment = await svc.get_thread_attachment(s, caller, scope, thread_id, attachment_id)
+    url, expires = downloads.make_url(
+        rt.secret, base_url(request, rt), attachment.blob_key, attachment.content_type, attachment.filename
+    )
+    return {**wire_mail.attachment(attachment), "download_url": url, "expires_at": wire.iso(expires)}
+
+
+async def _update(
+    request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str
+) -> dict[str, Any]:
+    caller.require("message_update")
+    body = parse(UpdateThread, await json_body(request))
+    async with rt.db.transaction() as s:
+        view = await svc.update_thread(
+            s, caller, scope, thread_id, body.add_labels or [], body.remove_labels or []
+        )
+    return {"thread_id": view.thread.id, "labels": sorted(view.labels)}
+
+
+async def _delete(rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> Response:
+    caller.require("message_delete")
+    async with rt.db.transaction() as s:
+        await svc.delete_thread(s, caller, scope, thread_id)
+    return Response(status_code=204)
+
+
+def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
+    """The same six operations under one prefix; search and sub-paths before {thread_id}."""
+
+    @router.get(prefix, name=f"list_threads{prefix}")
+    async def list_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+        return await _list(request, rt, caller, scope_of(request.path_params))
+
+    @router.get(prefix + "/search", name=f"search_threads{prefix}")
+    async def search_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+        return await _search(request, rt, caller, scope_of(request.path_params))
+
+    @router.get(prefix + "/{thread_id}/attachments/{attachment_id}", name=f"thread_attachment{prefix}")
+    async def thread_attachment(
+        thread_id: str, attachment_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+    ) -> dict[str, Any]:
+        return await _attachment(request, rt, caller, scope_of(request.path_params), thread_id, attachment_id)
+
+    @router.get(prefix + "/{thread_id}", name=f"get_thread{prefix}")
+    async def get_thread(
+        thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+    ) -> dict[str, Any]:
+        return await _get(request, rt, caller, scope_of(request.path_params), thread_id)
+
+    @router.patch(prefix + "/{thread_id}", name=f"update_thread{prefix}")
+    async def update_thread(
+        thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
+    ) -> dict[str, Any]:
+        return await _update(request, rt, caller, scope_of(request.path_params), thread_id)
+
+    @router.delete(prefix + "/{thread_id}", status_code=204, name=f"delete_thread{prefix}")
+    async def delete_thread(thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
+        return await _delete(rt, caller, scope_of(request.path_params), thread_id)
+
+
+_register("/v0/threads", lambda p: Scope())
+_register("/v0/inboxes/{inbox_id}/threads", lambda p: Scope(inbox_id=p["inbox_id"]))
+_register("/v0/pods/{pod_id}/threads", lambda p: Scope(pod_id=p["pod_id"]))

@@ -1,0 +1,376 @@
+"""Reading and labelling messages of one inbox: lists, search, get, label changes, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, cast, delete, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.types import utcnow
+from agentmx.errors import NotFound, ValidationFailed
+from agentmx.services import inbox_events
+from agentmx.services.caller import Caller
+from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, normalize_labels
+from agentmx.services.pagination import Page, paginate
+
+BATCH_GET_MAX = 500
+BATCH_UPDATE_MAX = 50
+
+
+@dataclass
+class MessageFilters:
+    labels: list[str] = field(default_factory=list)
+    before: datetime | None = None
+    after: datetime | None = None
+    include: dict[str, bool] = field(default_factory=dict)  # spam/blocked/unauthenticated/trash
+    from_: list[str] = field(default_factory=list)
+    to: list[str] = field(default_factory=list)
+    subject: list[str] = field(default_factory=list)
+
+    @property
+    def has_text_filters(self) -> bool:
+        return bool(self.from_ or self.to or self.subject)
+
+
+def hidden_labels(caller: Caller, include: dict[str, bool] | None = None) -> list[str]:
+    """Classification labels still hidden: not asked for, or asked for without the read permission."""
+    include = include or {}
+    return [x for x in HIDDEN_LABELS if not (include.get(x) and caller.can(f"label_{x}_read"))]
+
+
+def unreadable_labels(caller: Caller) -> set[str]:
+    """Labels that make a message invisible even on direct GET (no label_X_read permission)."""
+    return {x for x in HIDDEN_LABELS if not caller.can(f"label_{x}_read")}
+
+
+def _like(value: str) -> str:
+    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def contains(column: Any, value: str) -> Any:
+    return func.lower(column).like(_like(value), escape="\\")
+
+
+def json_contains(column: Any, value: str) -> Any:
+    return func.lower(cast(column, Text)).like(_like(value), escape="\\")
+
+
+def has_label(label: str) -> Any:
+    return exists().where(MessageLabel.message_pk == Message.id, MessageLabel.label == label)
+
+
+def without_labels(labels: list[str]) -> Any:
+    return ~exists().where(MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels))
+
+
+def message_query(inbox: Inbox, caller: Caller, f: MessageFilters) -> Any:
+    stmt = select(Message).where(Message.inbox_id == inbox.id)
+    for label in normalize_labels(f.labels):
+        stmt = stmt.where(has_label(label))
+    hidden = hidden_labels(caller, f.include)
+    if hidden:
+        stmt = stmt.where(without_labels(hidden))
+    if f.before is not None:
+        stmt = stmt.where(Message.timestamp < f.before)
+    if f.after is not None:
+        stmt = stmt.where(Message.timestamp >= f.after)
+    for value in f.from_:
+        stmt = stmt.where(contains(Message.from_, value))
+    for value in f.to:
+        stmt = stmt.where(
+            or_(
+                json_contains(Message.to, value),
+                json_contains(Message.cc, value),
+                json_contains(Message.bcc, value),
+            )
+        )
+    for value in f.subject:
+        stmt = stmt.where(contains(Message.subject, value))
+    return stmt
+
+
+async def list_messages(
+    session: AsyncSession,
+    caller: Caller,
+    inbox: Inbox,
+    filters: MessageFilters,
+    *,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Message]:
+    return await paginate(
+        session,
+        message_query(inbox, caller, filters),
+        kind="messages:" + inbox.id,
+        columns=[Message.timestamp, Message.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def search_messages(
+    session: AsyncSession,
+    caller: Caller,
+    inbox: Inbox,
+    *,
+    q: str,
+    limit: int,
+    page_token: str | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> Page[Message]:
+    """Every word of ``q`` must occur in the sender, recipients, subject or body. Newest first."""
+    words = check_query(q)
+    stmt = select(Message).where(Message.inbox_id == inbox.id, without_labels(list(HIDDEN_LABELS)))
+    if before is not None:
+        stmt = stmt.where(Message.timestamp < before)
+    if after is not None:
+        stmt = stmt.where(Message.timestamp >= after)
+    for word in words:
+        stmt = stmt.where(
+            or_(
+                contains(Message.from_, word),
+                json_contains(Message.to, word),
+                json_contains(Message.cc, word),
+                contains(Message.subject, word),
+                contains(Message.text, word),
+            )
+        )
+    return await paginate(
+        session,
+        stmt,
+        kind="message_search:" + inbox.id + ":" + q,
+        columns=[Message.timestamp, Message.id],
+        limit=limit,
+        page_token=page_token,
+    )
+
+
+def check_query(q: str | None) -> list[str]:
+    q = (q or "").strip()
+    if not q or len(q) > 256:
+        raise ValidationFailed(
+            "q must be 1-256 characters", [{"path": ["q"], "message": "1..256 characters"}]
+        )
+    return q.split()
+
+
+def highlights(message: Message, q: str) -> dict[str, list[str]]:
+    """Matched fragments with ``**`` around each hit, per field that matched."""
+    words = [w.lower() for w in q.split() if w]
+    out: dict[str, list[str]] = {}
+    fields = {
+        "from": [message.from_ or ""],
+        "recipients": [*message.to, *message.cc],
+        "subject": [message.subject or ""],
+        "text": [message.text or ""],
+    }
+    for name, values in fields.items():
+        hits = [frag for v in values if (frag := _fragment(v, words))]
+        if hits:
+            out[name] = hits
+    return out
+
+
+def _fragment(value: str, words: list[str]) -> str | None:
+    lowered = value.lower()
+    positions = [(lowered.find(w), w) for w in words if w and w in lowered]
+    if not positions:
+        return None
+    start = max(0, min(p for p, _ in positions) - 60)
+    snippet = value[start : start + 200]
+    for word in sorted({w for _, w in positions}, key=len, reverse=True):
+        idx = snippet.lower().find(word)
+        if idx >= 0:
+            snippet = (
+                snippet[:idx] + "**" + snippet[idx : idx + len(word)] + "**" + snippet[idx + len(word) :]
+            )
+    return " ".join(snippet.split())
+
+
+def message_id_candidates(message_id: str) -> list[str]:
+    message_id = message_id.strip()
+    if message_id.startswith("<"):
+        return [message_id]
+    return [message_id, f"<{message_id}>"]
+
+
+async def get_message(session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str) -> Message:
+    message = await session.scalar(
+        select(Message).where(
+            Message.inbox_id == inbox.id, Message.message_id.in_(message_id_candidates(message_id))
+        )
+    )
+    if message is None or set(message.label_names) & unreadable_labels(caller):
+        raise NotFound("Message not found")
+    return message
+
+
+async def get_attachment(session: AsyncSession, message: Message, attachment_id: str) -> Attachment:
+    for attachment in message.attachments:
+        if attachment.id == attachment_id:
+            return attachment
+    raise NotFound("Attachment not found")
+
+
+def check_label_changes(add: list[str], remove: list[str]) -> tuple[set[str], set[str]]:
+    add_set, remove_set = normalize_labels(add), normalize_labels(remove)
+    system = sorted((add_set | remove_set) & SYSTEM_LABELS)
+    if system:
+        raise ValidationFailed(
+            f"System labels cannot be added or removed: {', '.join(system)}",
+            [
+                {
+                    "path": ["add_labels" if system[0] in add_set else "remove_labels"],
+                    "message": "system label",
+                }
+            ],
+        )
+    for label in add_set | remove_set:
+        if len(label) > 256:
+            raise ValidationFailed(
+                "Labels are at most 256 characters", [{"path": ["labels"], "message": "too long"}]
+            )
+    return add_set - remove_set, remove_set
+
+
+async def apply_labels(session: AsyncSession, message: Message, add: set[str], remove: set[str]) -> bool:
+    """Change one message's labels and log each change; True when anything changed."""
+    current = {label.label: label for label in message.labels}
+    changed = False
+    for label in sorted(add - current.keys()):
+        message.labels.append(MessageLabel(label=label))
+        await inbox_events.record_label_change(session, message, label, True)
+        changed = True
+    for label in sorted(remove & current.keys()):
+        message.labels.remove(current[label])
+        await inbox_events.record_label_change(session, message, label, False)
+        changed = True
+    if changed:
+        message.labels.sort(key=lambda lbl: lbl.label)
+        message.updated_at = utcnow()
+    return changed
+
+
+async def update_message(
+    session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, add: list[str], remove: list[str]
+) -> Message:
+    add_set, remove_set = check_label_changes(add, remove)
+    message = await get_message(session, caller, inbox, message_id)
+    if await apply_labels(session, message, add_set, remove_set):
+        await session.flush()
+    return message
+
+
+def check_ids(ids: list[str], maximum: int) -> None:
+    if not ids:
+        raise ValidationFailed(
+            "message_ids must not be empty", [{"path": ["message_ids"], "message": "empty"}]
+        )
+    if len(ids) > maximum:
+        raise ValidationFailed(
+            f"At most {maximum} message_ids per request",
+            [{"path": ["message_ids"], "message": f"max {maximum}"}],
+        )
+    if len(set(ids)) != len(ids):
+        raise ValidationFailed(
+            "message_ids contains duplicates", [{"path": ["message_ids"], "message": "duplicates"}]
+        )
+
+
+async def batch_get(session: AsyncSession, caller: Caller, inbox: Inbox, ids: list[str]) -> list[Message]:
+    """Found, visible messages in request order; unknown ids are skipped."""
+    check_ids(ids, BATCH_GET_MAX)
+    wanted = {c for mid in ids for c in message_id_candidates(mid)}
+    rows = (
+        await session.scalars(
+            select(Message).where(Message.inbox_id == inbox.id, Message.message_id.in_(wanted))
+        )
+    ).all()
+    by_id = {m.message_id: m for m in rows}
+    hidden = unreadable_labels(caller)
+    out: list[Message] = []
+    for mid in ids:
+        found = next((by_id[c] for c in message_id_candidates(mid) if c in by_id), None)
+        if found is not None and not set(found.label_names) & hidden:
+            out.append(found)
+    return out
+
+
+async def batch_update(
+    session: AsyncSession, caller: Caller, inbox: Inbox, ids: list[str], add: list[str], remove: list[str]
+) -> list[Message]:
+    check_ids(ids, BATCH_UPDATE_MAX)
+    if not add and not remove:
+        raise ValidationFailed(
+            "Provide add_labels or remove_labels", [{"path": ["add_labels"], "message": "nothing to change"}]
+        )
+    add_set, remove_set = check_label_changes(add, remove)
+    messages = await batch_get(session, caller, inbox, ids)
+    for message in messages:
+        await apply_labels(session, message, add_set, remove_set)
+    await session.flush()
+    return messages
+
+
+async def delete_message(session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str) -> None:
+    message = await get_message(session, caller, inbox, message_id)
+    thread_id = message.thread_id
+    await session.execute(delete(Message).where(Message.id == message.id))
+    session.expunge(message)
+    await refresh_thread(session, thread_id)
+
+
+async def refresh_thread(session: AsyncSession, thread_id: str) -> None:
+    """Recompute a thread's aggregates from its remaining messages; delete it when none remain."""
+    thread = await session.get(Thread, thread_id)
+    if thread is None:
+        return
+    rows = list(
+        (
+            await session.execute(
+                select(
+                    Message.direction,
+                    Message.timestamp,
+                    Message.size,
+                    Message.message_id,
+                    Message.preview,
+                    Message.from_,
+                    Message.to,
+                    Message.cc,
+                )
+                .where(Message.thread_id == thread_id)
+                .order_by(Message.timestamp, Message.id)
+            )
+        ).all()
+    )
+    if not rows:
+        await session.delete(thread)
+        return
+    senders: list[str] = []
+    recipients: list[str] = []
+    for row in rows:
+        if row.from_ and row.from_ not in senders:
+            senders.append(row.from_)
+        for address in [*(row.to or []), *(row.cc or [])]:
+            if address not in recipients:
+                recipients.append(address)
+    last = rows[-1]
+    thread.senders, thread.recipients = senders, recipients
+    thread.message_count = len(rows)
+    thread.size = sum(r.size for r in rows)
+    thread.timestamp = last.timestamp
+    thread.last_message_id = last.message_id
+    thread.preview = last.preview
+    received = [r.timestamp for r in rows if r.direction == "inbound"]
+    sent = [r.timestamp for r in rows if r.direction == "outbound"]
+    thread.received_timestamp = received[-1] if received else None
+    thread.sent_timestamp = sent[-1] if sent else None
+    thread.updated_at = utcnow()

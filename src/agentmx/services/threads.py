@@ -1,0 +1,238 @@
+"""Threads at organization, pod and inbox scope: lists, search, get with paged messages, labels, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Attachment, Message, MessageLabel, Thread
+from agentmx.errors import NotFound, Unprocessable
+from agentmx.services import inboxes, pods
+from agentmx.services.caller import Caller
+from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
+from agentmx.services.messages import (
+    apply_labels,
+    check_label_changes,
+    check_query,
+    contains,
+    hidden_labels,
+    json_contains,
+    unreadable_labels,
+)
+from agentmx.services.pagination import Page, paginate
+
+THREAD_UPDATE_MAX_MESSAGES = 100
+
+
+@dataclass
+class Scope:
+    """Where a thread route looks: one inbox, one pod, or the caller's whole scope."""
+
+    inbox_id: str | None = None
+    pod_id: str | None = None
+
+
+@dataclass
+class ThreadFilters:
+    labels: list[str] = field(default_factory=list)
+    before: datetime | None = None
+    after: datetime | None = None
+    include: dict[str, bool] = field(default_factory=dict)
+    senders: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    subject: list[str] = field(default_factory=list)
+
+    @property
+    def has_text_filters(self) -> bool:
+        return bool(self.senders or self.recipients or self.subject)
+
+
+@dataclass
+class ThreadView:
+    thread: Thread
+    labels: set[str]
+    attachments: list[Attachment]
+
+
+async def resolve_scope(session: AsyncSession, caller: Caller, scope: Scope) -> None:
+    """404 for an unknown or out-of-scope inbox/pod; 403 for an inbox key on a pod route."""
+    if scope.inbox_id is not None:
+        inbox = await inboxes.get_inbox(session, caller, scope.inbox_id)
+        scope.inbox_id = inbox.id
+    if scope.pod_id is not None:
+        caller.require_pod_access(scope.pod_id)
+        await pods.get_pod(session, caller, scope.pod_id)
+
+
+def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
+    stmt = stmt.where(Thread.organization_id == caller.organization_id)
+    if caller.pod_id:
+        stmt = stmt.where(Thread.pod_id == caller.pod_id)
+    if caller.inbox_id:
+        stmt = stmt.where(Thread.inbox_id == caller.inbox_id)
+    if scope.inbox_id:
+        stmt = stmt.where(Thread.inbox_id == scope.inbox_id)
+    if scope.pod_id:
+        stmt = stmt.where(Thread.pod_id == scope.pod_id)
+    return stmt
+
+
+def _thread_has(labels: list[str]) -> Any:
+    return exists().where(
+        Message.thread_id == Thread.id, MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels)
+    )
+
+
+def thread_query(caller: Caller, scope: Scope, f: ThreadFilters) -> Any:
+    stmt = _scoped(select(Thread), caller, scope)
+    for label in normalize_labels(f.labels):
+        stmt = stmt.where(_thread_has([label]))
+    hidden = hidden_labels(caller, f.include)
+    if hidden:
+        stmt = stmt.where(~_thread_has(hidden))
+    if f.before is not None:
+        stmt = stmt.where(Thread.timestamp < f.before)
+    if f.after is not None:
+        stmt = stmt.where(Thread.timestamp >= f.after)
+    for value in f.senders:
+        stmt = stmt.where(json_contains(Thread.senders, value))
+    for value in f.recipients:
+        stmt = stmt.where(json_contains(Thread.recipients, value))
+    for value in f.subject:
+        stmt = stmt.where(contains(Thread.subject, value))
+    return stmt
+
+
+async def views(session: AsyncSession, threads: list[Thread]) -> list[ThreadView]:
+    """Threads with their label union and attachments, in two queries for the whole page."""
+    ids = [t.id for t in threads]
+    labels = await thread_labels(session, ids)
+    attachments = await thread_attachments(session, ids)
+    return [ThreadView(t, labels[t.id], attachments[t.id]) for t in threads]
+
+
+async def list_threads(
+    session: AsyncSession,
+    caller: Caller,
+    scope: Scope,
+    filters: ThreadFilters,
+    *,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Thread]:
+    await resolve_scope(session, caller, scope)
+    return await paginate(
+        session,
+        thread_query(caller, scope, filters),
+        kind=f"threads:{scope.inbox_id or ''}:{scope.pod_id or ''}",
+        columns=[Thread.timestamp, Thread.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def search_threads(
+    session: AsyncSession,
+    caller: Caller,
+    scope: Scope,
+    *,
+    q: str,
+    limit: int,
+    page_token: str | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> Page[Thread]:
+    """Threads with a visible message matching every word of ``q``; newest first."""
+    words = check_query(q)
+    await resolve_scope(session, caller, scope)
+    match = select(Message.thread_id).where(Message.thread_id == Thread.id)
+    for word in words:
+        match = match.where(
+            or_(
+                contains(Message.from_, word),
+                json_contains(Message.to, word),
+                json_contains(Message.cc, word),
+                contains(Message.subject, word),
+                contains(Message.text, word),
+            )
+        )
+    stmt = _scoped(select(Thread), caller, scope).where(match.exists(), ~_thread_has(list(HIDDEN_LABELS)))
+    if before is not None:
+        stmt = stmt.where(Thread.timestamp < before)
+    if after is not None:
+        stmt = stmt.where(Thread.timestamp >= after)
+    return await paginate(
+        session,
+        stmt,
+        kind=f"thread_search:{scope.inbox_id or ''}:{scope.pod_id or ''}:{q}",
+        columns=[Thread.timestamp, Thread.id],
+        limit=limit,
+        page_token=page_token,
+    )
+
+
+async def get_thread(session: AsyncSession, caller: Caller, scope: Scope, thread_id: str) -> ThreadView:
+    await resolve_scope(session, caller, scope)
+    thread = await session.scalar(_scoped(select(Thread), caller, scope).where(Thread.id == thread_id))
+    if thread is None:
+        raise NotFound("Thread not found")
+    view = (await views(session, [thread]))[0]
+    if view.labels & unreadable_labels(caller):
+        raise NotFound("Thread not found")
+    return view
+
+
+async def thread_messages(
+    session: AsyncSession, thread: Thread, *, limit: int, page_token: str | None
+) -> Page[Message]:
+    """Newest messages first across pages; each page sorted oldest first."""
+    page = await paginate(
+        session,
+        select(Message).where(Message.thread_id == thread.id),
+        kind="thread_messages:" + thread.id,
+        columns=[Message.timestamp, Message.id],
+        limit=limit,
+        page_token=page_token,
+    )
+    page.items.reverse()
+    return page
+
+
+async def get_thread_attachment(
+    session: AsyncSession, caller: Caller, scope: Scope, thread_id: str, attachment_id: str
+) -> Attachment:
+    view = await get_thread(session, caller, scope, thread_id)
+    for attachment in view.attachments:
+        if attachment.id == attachment_id:
+            return attachment
+    raise NotFound("Attachment not found")
+
+
+async def update_thread(
+    session: AsyncSession, caller: Caller, scope: Scope, thread_id: str, add: list[str], remove: list[str]
+) -> ThreadView:
+    add_set, remove_set = check_label_changes(add, remove)
+    view = await get_thread(session, caller, scope, thread_id)
+    if view.thread.message_count >= THREAD_UPDATE_MAX_MESSAGES:
+        raise Unprocessable(
+            f"Threads with {THREAD_UPDATE_MAX_MESSAGES} or more messages cannot be updated at once",
+            fix="Update the thread's messages individually or in batches of 50.",
+        )
+    messages = (await session.scalars(select(Message).where(Message.thread_id == view.thread.id))).all()
+    for message in messages:
+        await apply_labels(session, message, add_set, remove_set)
+    await session.flush()
+    view.labels = (await thread_labels(session, [view.thread.id]))[view.thread.id]
+    return view
+
+
+async def delete_thread(session: AsyncSession, caller: Caller, scope: Scope, thread_id: str) -> None:
+    view = await get_thread(session, caller, scope, thread_id)
+    await session.execute(delete(Message).where(Message.thread_id == view.thread.id))
+    await session.execute(delete(Thread).where(Thread.id == view.thread.id))

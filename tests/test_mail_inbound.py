@@ -1,0 +1,316 @@
+"""Inbound mail over real SMTP, read back through the official SDK (both backends)."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+from agentmail.core.api_error import ApiError
+
+from conftest import NO_RETRY, Harness
+from mail_support import download, make_message, smtp_send
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+PDF = b"%PDF-1.4\n" + b"\x00\x01binary\xff" * 50
+
+
+def test_plain_message_list_get_thread_raw(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id, subject="First contact", text="Hello agent,\nhow are you?\n")
+    raw = msg.as_bytes()
+    assert smtp_send(harness.server, [inbox.inbox_id], raw) == {}
+
+    listed = client.inboxes.messages.list(inbox.inbox_id)
+    assert listed.count == 1
+    item = listed.messages[0]
+    assert item.message_id == msg["Message-ID"]
+    assert item.from_ == "Sender Person <sender@example.com>"
+    assert item.to == [inbox.inbox_id]
+    assert item.subject == "First contact"
+    assert item.preview == "Hello agent, how are you?"
+    assert sorted(item.labels) == ["received", "unread"]
+    assert item.size == len(raw)
+
+    full = client.inboxes.messages.get(inbox.inbox_id, item.message_id)
+    assert full.text == "Hello agent,\nhow are you?\n"
+    assert full.extracted_text == "Hello agent,\nhow are you?"
+    assert full.thread_id == item.thread_id
+
+    thread = client.inboxes.threads.get(inbox.inbox_id, item.thread_id)
+    assert thread.message_count == 1 and thread.count == 1
+    assert thread.last_message_id == item.message_id
+    assert thread.senders == ["Sender Person <sender@example.com>"]
+    assert thread.recipients == [inbox.inbox_id]
+    assert sorted(thread.labels) == ["received", "unread"]
+    assert thread.received_timestamp is not None and thread.sent_timestamp is None
+    assert thread.messages[0].text == full.text
+
+    raw_resp = client.inboxes.messages.get_raw(inbox.inbox_id, item.message_id)
+    assert raw_resp.size == len(raw)
+    assert download(raw_resp.download_url).content == raw
+
+    org_threads = client.threads.list()
+    assert item.thread_id in [t.thread_id for t in org_threads.threads]
+    pod_threads = client.pods.threads.list(inbox.pod_id)
+    assert item.thread_id in [t.thread_id for t in pod_threads.threads]
+
+
+def test_attachments_and_inline_image(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(
+        inbox.inbox_id,
+        subject="Files",
+        html='<p>Logo: <img src="cid:logo@example.com"></p>',
+        inline_image=PNG,
+        attachments=[("report.pdf", "application/pdf", PDF)],
+    )
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    item = client.inboxes.messages.list(inbox.inbox_id).messages[0]
+    assert item.attachments is not None
+    by_type = {a.content_type: a for a in item.attachments}
+    image, pdf = by_type["image/png"], by_type["application/pdf"]
+    assert image.content_disposition == "inline" and image.content_id == "logo@example.com"
+    assert pdf.filename == "report.pdf" and pdf.size == len(PDF) and pdf.content_disposition == "attachment"
+
+    resp = client.inboxes.messages.get_attachment(inbox.inbox_id, item.message_id, pdf.attachment_id)
+    assert resp.filename == "report.pdf" and resp.expires_at is not None
+    assert download(resp.download_url).content == PDF
+    img = client.inboxes.messages.get_attachment(inbox.inbox_id, item.message_id, image.attachment_id)
+    assert download(img.download_url).content == PNG
+
+    via_thread = client.threads.get_attachment(item.thread_id, pdf.attachment_id)
+    assert download(via_thread.download_url).content == PDF
+    thread = client.inboxes.threads.get(inbox.inbox_id, item.thread_id)
+    assert {a.attachment_id for a in thread.attachments or []} == {pdf.attachment_id, image.attachment_id}
+
+    full = client.inboxes.messages.get(inbox.inbox_id, item.message_id)
+    assert full.html is not None and "cid:logo@example.com" in full.html
+
+    # A tampered link is refused in the error shape.
+    bad = download(resp.download_url[:-4] + "0000")
+    assert bad.status_code == 404 and bad.json()["name"] == "NotFoundError"
+
+
+def test_reply_joins_thread(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    first = make_message(inbox.inbox_id, subject="Question", text="Can you help?")
+    smtp_send(harness.server, [inbox.inbox_id], first.as_bytes())
+    reply = make_message(
+        inbox.inbox_id,
+        subject="Re: Question",
+        text="Any news?\n\nOn Mon, Jan 1, 2024 at 9:00 AM Me <me@x.com> wrote:\n> Can you help?\n",
+        sender="Other Person <other@example.org>",
+        in_reply_to=first["Message-ID"],
+    )
+    smtp_send(harness.server, [inbox.inbox_id], reply.as_bytes())
+    threads = client.inboxes.threads.list(inbox.inbox_id)
+    assert threads.count == 1
+    t = threads.threads[0]
+    assert t.message_count == 2 and t.last_message_id == reply["Message-ID"]
+    assert t.senders == ["Sender Person <sender@example.com>", "Other Person <other@example.org>"]
+    assert t.subject == "Question" and t.preview is not None and t.preview.startswith("Any news?")
+    got = client.inboxes.messages.get(inbox.inbox_id, reply["Message-ID"])
+    assert got.in_reply_to == first["Message-ID"] and got.thread_id == t.thread_id
+    assert got.extracted_text == "Any news?"
+
+
+def test_multi_recipient_each_gets_a_copy(harness: Harness) -> None:
+    client = harness.client()
+    a, b = client.inboxes.create(), client.inboxes.create()
+    msg = make_message(a.inbox_id, cc=b.inbox_id, subject="Both of you")
+    smtp_send(harness.server, [a.inbox_id, b.inbox_id], msg.as_bytes())
+    ma = client.inboxes.messages.list(a.inbox_id).messages
+    mb = client.inboxes.messages.list(b.inbox_id).messages
+    assert [m.message_id for m in ma] == [m.message_id for m in mb] == [msg["Message-ID"]]
+    assert ma[0].thread_id != mb[0].thread_id
+    # Redelivery of the same Message-ID is deduplicated per inbox.
+    smtp_send(harness.server, [a.inbox_id], msg.as_bytes())
+    assert client.inboxes.messages.list(a.inbox_id).count == 1
+
+
+def test_unknown_and_paused_inbox_550(harness: Harness) -> None:
+    client = harness.client()
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+        smtp_send(harness.server, ["nobody-here@agentmx.localhost"], make_message("x@y").as_bytes())
+    code, text = info.value.recipients["nobody-here@agentmx.localhost"]
+    assert code == 550 and text.startswith(b"5.1.1")
+
+    paused = client.inboxes.create()
+    client.inboxes.update(paused.inbox_id, status="paused")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+        smtp_send(harness.server, [paused.inbox_id], make_message(paused.inbox_id).as_bytes())
+    assert info.value.recipients[paused.inbox_id][0] == 550
+    assert client.inboxes.messages.list(paused.inbox_id).count == 0
+
+
+def test_labels_patch_and_system_labels(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id)
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    mid = msg["Message-ID"]
+    resp = client.inboxes.messages.update(
+        inbox.inbox_id, mid, add_labels=["Read", "Important"], remove_labels="unread"
+    )
+    assert resp.labels == ["important", "read", "received"]
+    assert client.inboxes.messages.get(inbox.inbox_id, mid).labels == ["important", "read", "received"]
+    for bad in ({"add_labels": "sent"}, {"remove_labels": ["received"]}, {"add_labels": ["scheduled"]}):
+        with pytest.raises(ApiError) as info:
+            client.inboxes.messages.update(inbox.inbox_id, mid, **bad, request_options=NO_RETRY)
+        assert info.value.status_code == 400
+    labelled = client.inboxes.messages.list(inbox.inbox_id, labels=["important", "read"])
+    assert labelled.count == 1
+    assert client.inboxes.messages.list(inbox.inbox_id, labels=["important", "nope"]).count == 0
+    thread = client.inboxes.threads.update(
+        inbox.inbox_id, resp_thread(client, inbox.inbox_id, mid), add_labels=["vip"]
+    )
+    assert "vip" in thread.labels and "important" in thread.labels
+    with pytest.raises(ApiError) as info:
+        client.threads.update(thread.thread_id, add_labels=["delivered"], request_options=NO_RETRY)
+    assert info.value.status_code == 400
+
+
+def resp_thread(client: object, inbox_id: str, mid: str) -> str:
+    return client.inboxes.messages.get(inbox_id, mid).thread_id  # type: ignore[attr-defined]
+
+
+def test_trash_is_hidden_from_lists(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msgs = [make_message(inbox.inbox_id, subject=f"m{i}") for i in range(2)]
+    for m in msgs:
+        smtp_send(harness.server, [inbox.inbox_id], m.as_bytes())
+    client.inboxes.messages.update(inbox.inbox_id, msgs[0]["Message-ID"], add_labels="trash")
+    assert [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages] == ["m1"]
+    assert client.inboxes.messages.list(inbox.inbox_id, include_trash=True).count == 2
+    assert client.inboxes.threads.list(inbox.inbox_id).count == 1
+    assert client.inboxes.threads.list(inbox.inbox_id, include_trash=True).count == 2
+
+
+def test_filters_search_and_paging(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    other = client.inboxes.create()
+    for i in range(5):
+        sender = "Alpha <alpha@example.com>" if i % 2 else "Beta <beta@example.com>"
+        m = make_message(
+            inbox.inbox_id,
+            subject=f"Report {i} zebra" if i == 3 else f"Report {i}",
+            text=f"body number {i} giraffe" if i == 4 else f"body {i}",
+            sender=sender,
+            cc=other.inbox_id if i == 2 else None,
+        )
+        smtp_send(harness.server, [inbox.inbox_id], m.as_bytes())
+    box = inbox.inbox_id
+    assert client.inboxes.messages.list(box, from_=["alpha"]).count == 2
+    assert client.inboxes.messages.list(box, from_=["alpha", "beta"]).count == 0
+    assert client.inboxes.messages.list(box, to=[other.inbox_id]).count == 1
+    assert client.inboxes.messages.list(box, subject=["report", "zebra"]).count == 1
+
+    page1 = client.inboxes.messages.list(box, limit=2)
+    assert page1.count == 2 and page1.next_page_token
+    page2 = client.inboxes.messages.list(box, limit=2, page_token=page1.next_page_token)
+    page3 = client.inboxes.messages.list(box, limit=2, page_token=page2.next_page_token)
+    assert page3.next_page_token is None
+    subjects = [m.subject for m in page1.messages + page2.messages + page3.messages]
+    assert subjects == [f"Report {i} zebra" if i == 3 else f"Report {i}" for i in range(4, -1, -1)]
+    asc = client.inboxes.messages.list(box, ascending=True)
+    assert [m.subject for m in asc.messages] == list(reversed(subjects))
+    newest = page1.messages[0].timestamp
+    assert client.inboxes.messages.list(box, before=newest).count == 4
+    assert client.inboxes.messages.list(box, after=newest).count == 1
+
+    found = client.inboxes.messages.search(box, q="giraffe")
+    assert [m.subject for m in found.messages] == ["Report 4"]
+    assert client.inboxes.messages.search(box, q="zebra").count == 1
+    assert client.inboxes.threads.search(box, q="giraffe").count == 1
+    assert client.inboxes.threads.list(box, senders=["alpha"]).count == 2
+    with pytest.raises(ApiError) as info:
+        client.inboxes.messages.list(box, page_token="garbage", request_options=NO_RETRY)
+    assert info.value.status_code == 400
+
+
+def test_batch_get_update_and_delete(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msgs = [make_message(inbox.inbox_id, subject=f"b{i}") for i in range(3)]
+    for m in msgs:
+        smtp_send(harness.server, [inbox.inbox_id], m.as_bytes())
+    ids = [m["Message-ID"] for m in msgs]
+    got = client.inboxes.messages.batch_get(inbox.inbox_id, message_ids=[ids[2], "<missing@x>", ids[0]])
+    assert got.limit == 3 and got.count == 2
+    assert [m.message_id for m in got.messages] == [ids[2], ids[0]]
+    with pytest.raises(ApiError) as info:
+        client.inboxes.messages.batch_get(
+            inbox.inbox_id, message_ids=[ids[0], ids[0]], request_options=NO_RETRY
+        )
+    assert info.value.status_code == 400
+    upd = client.inboxes.messages.batch_update(
+        inbox.inbox_id, message_ids=ids, add_labels=["done"], remove_labels=["unread"]
+    )
+    assert upd.count == 3 and all(u.labels == ["done", "received"] for u in upd.updates)
+    with pytest.raises(ApiError):
+        client.inboxes.messages.batch_update(
+            inbox.inbox_id, message_ids=ids, add_labels=["bounced"], request_options=NO_RETRY
+        )
+    assert client.inboxes.messages.list(inbox.inbox_id, labels=["done"]).count == 3
+
+    client.inboxes.messages.delete(inbox.inbox_id, ids[0])
+    assert client.inboxes.messages.list(inbox.inbox_id).count == 2
+    with pytest.raises(ApiError) as info:
+        client.inboxes.messages.get(inbox.inbox_id, ids[0], request_options=NO_RETRY)
+    assert info.value.status_code == 404
+    thread_id = client.inboxes.messages.get(inbox.inbox_id, ids[1]).thread_id
+    client.inboxes.threads.delete(inbox.inbox_id, thread_id)
+    assert client.inboxes.messages.list(inbox.inbox_id).count == 1
+    client.inboxes.delete(inbox.inbox_id)
+
+
+def test_thread_paging_newest_first(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    prev = None
+    ids = []
+    for i in range(5):
+        m = make_message(inbox.inbox_id, subject="Long thread", text=f"msg {i}", in_reply_to=prev)
+        smtp_send(harness.server, [inbox.inbox_id], m.as_bytes())
+        prev = m["Message-ID"]
+        ids.append(prev)
+    thread_id = client.inboxes.messages.get(inbox.inbox_id, ids[0]).thread_id
+    first = client.inboxes.threads.get(inbox.inbox_id, thread_id, limit=2)
+    assert first.message_count == 5 and first.count == 2 and first.next_page_token
+    assert [m.message_id for m in first.messages] == ids[3:5]
+    second = client.inboxes.threads.get(inbox.inbox_id, thread_id, limit=2, page_token=first.next_page_token)
+    assert [m.message_id for m in second.messages] == ids[1:3]
+    third = client.inboxes.threads.get(inbox.inbox_id, thread_id, limit=2, page_token=second.next_page_token)
+    assert [m.message_id for m in third.messages] == ids[0:1] and third.next_page_token is None
+
+
+def test_message_id_with_slash_and_plus(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    mid = "<a+b/c/raw@example.com>"
+    msg = make_message(inbox.inbox_id, message_id=mid, attachments=[("a.txt", "text/plain", b"attached")])
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    assert client.inboxes.messages.get(inbox.inbox_id, mid).message_id == mid
+    raw = client.inboxes.messages.get_raw(inbox.inbox_id, mid)
+    assert download(raw.download_url).content == msg.as_bytes()
+    att = client.inboxes.messages.get(inbox.inbox_id, mid).attachments[0]
+    got = client.inboxes.messages.get_attachment(inbox.inbox_id, mid, att.attachment_id)
+    assert download(got.download_url).content == b"attached"
+    assert client.inboxes.messages.update(inbox.inbox_id, mid, add_labels="x").labels[-1] == "x"
+
+
+def test_scoped_key_sees_only_its_inbox(harness: Harness) -> None:
+    client = harness.client()
+    mine, theirs = client.inboxes.create(), client.inboxes.create()
+    for box in (mine, theirs):
+        smtp_send(harness.server, [box.inbox_id], make_message(box.inbox_id).as_bytes())
+    scoped = harness.client(harness.server.create_key("--inbox", mine.inbox_id))
+    assert {t.inbox_id for t in scoped.threads.list().threads} == {mine.inbox_id}
+    with pytest.raises(ApiError) as info:
+        scoped.inboxes.messages.list(theirs.inbox_id, request_options=NO_RETRY)
+    assert info.value.status_code == 404

@@ -1,0 +1,109 @@
+"""The message parser and quote stripper on real .eml fixtures (pure functions, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentmx.mail.parse import parse_message
+from agentmx.mail.quotes import extract_html, extract_text
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def test_plain() -> None:
+    p = parse_message(load("plain.eml"))
+    assert p.from_ == "Alice Example <alice@example.com>"
+    assert p.to == ["Bob <bob@example.net>"]
+    assert p.cc == ["carol@example.org"]
+    assert p.reply_to == ["replies@example.com"]
+    assert p.subject == "Plain hello"
+    assert p.message_id == "<plain-1@example.com>"
+    assert p.date is not None and p.date.year == 2026
+    assert p.text is not None and p.text.startswith("Hello Bob,\n")
+    assert p.html is None
+    assert p.preview == "Hello Bob, this is a plain message."
+    assert p.headers["Subject"] == "Plain hello"
+    assert p.attachments == []
+
+
+def test_alternative_decodes_qp_and_html() -> None:
+    p = parse_message(load("alternative.eml"))
+    assert p.text is not None and p.text.strip() == "Café time"
+    assert p.html is not None and "<b>time</b>" in p.html
+
+
+def test_attachments_and_inline_cid_image() -> None:
+    p = parse_message(load("attachments.eml"))
+    assert p.html is not None and "cid:logo@x" in p.html
+    assert p.text is None and p.preview is None
+    inline, pdf = p.attachments
+    assert (inline.content_type, inline.disposition, inline.content_id) == ("image/png", "inline", "logo@x")
+    assert inline.data.startswith(b"\x89PNG")
+    assert (pdf.filename, pdf.content_type, pdf.disposition) == (
+        "report.pdf",
+        "application/pdf",
+        "attachment",
+    )
+    assert pdf.data.startswith(b"%PDF-1.4")
+
+
+def test_bad_charset_is_decoded_best_effort() -> None:
+    p = parse_message(load("bad_charset.eml"))
+    assert p.text is not None and "Café body" in p.text
+    assert p.subject is not None and "Bad" in p.subject
+
+
+def test_eight_bit_headers() -> None:
+    p = parse_message(load("eight_bit_headers.eml"))
+    assert p.subject == "Grüße aus Köln"
+    assert p.from_ == "Jörg Müller <jorg@example.com>"
+
+
+def test_broken_mime_never_raises() -> None:
+    p = parse_message(load("broken_mime.eml"))
+    assert p.subject == "Broken"
+    assert p.size == len(load("broken_mime.eml"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\xff\xfe",
+        b"no headers at all",
+        b"Subject: =?utf-8?b?!!!?=\r\n\r\nx",
+        b"From: <<<>>>\r\n\r\n",
+    ],
+)
+def test_garbage_never_raises(raw: bytes) -> None:
+    p = parse_message(raw)
+    assert p.size == len(raw)
+    assert "\x00" not in (p.text or "")
+
+
+def test_reply_with_quoted_history() -> None:
+    p = parse_message(load("reply_quoted.eml"))
+    assert p.in_reply_to == "<plain-1@example.com>"
+    assert p.references == ["<plain-1@example.com>"]
+    assert p.extracted_text == "Sounds good, see you then."
+    assert p.extracted_html == "<div>Sounds good, see you then.</div>"
+    assert p.text is not None and "> Hello Bob," in p.text
+
+
+def test_outlook_original_message_block() -> None:
+    p = parse_message(load("reply_outlook.eml"))
+    assert p.extracted_text == "Agreed."
+
+
+def test_quote_helpers() -> None:
+    assert extract_text("new\n\nOn Mon, Jan 1, 2024, Bob <b@x> wrote:\n> old") == "new"
+    assert extract_text("new\nFrom: Bob\nSent: Monday\nTo: A\n\nold") == "new"
+    assert extract_text("> quoted only at top\nanswer") == "> quoted only at top\nanswer"
+    assert extract_html('<p>hi</p><blockquote type="cite"><p>old</p></blockquote>') == "<p>hi</p>"
+    assert extract_html('<div>hi</div><div id="divRplyFwdMsg">From: x</div><div>old</div>') == "<div>hi</div>"
