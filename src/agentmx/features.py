@@ -9,6 +9,7 @@ FEATURE_MODULES: list[str] = [
 ]
 FEATURE_MODULES.append("agentmx.mail.feature")
 FEATURE_MODULES.append("agentmx.outbound.feature")  # deliver_outbound job, DSN intake
+FEATURE_MODULES.append("agentmx.domains.feature")  # check_domain job, custom-domain inbox rules, DKIM keys
 
 
 def load() -> None:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         description="Comma-separated seconds between outbound delivery retries (the last repeats).",
     )
     dns_resolver: str = Field("", description="host[:port] of the DNS server used for MX and domain checks.")
+    dns_timeout: float = Field(5.0, description="Seconds a DNS lookup for domain verification may take.")
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,36000",
         description="Comma-separated seconds before each webhook attempt (Svix schedule).",

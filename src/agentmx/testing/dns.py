@@ -75,8 +75,8 @@ def _lookup(qname: DNSLabel, records: list[Any]) -> list[Any] | None:
     return None
 
 
-class TestDNSServer:
-    """``with TestDNSServer(zone_text) as dns: ...``; ``dns.address`` is "127.0.0.1:<port>"."""
+class LoopbackDNS:
+    """``with LoopbackDNS(zone_text) as dns: ...``; ``dns.address`` is "127.0.0.1:<port>"."""
 
     def __init__(self, zone: str = "") -> None:
         self.resolver = ZoneResolver()
@@ -91,7 +91,7 @@ class TestDNSServer:
     def set_zone(self, text: str) -> None:
         self.resolver.set_zone(text)
 
-    def start(self) -> TestDNSServer:
+    def start(self) -> LoopbackDNS:
         logger = DNSLogger(log="-request,-reply,-truncated,-error", prefix=False)
         for _ in range(20):
             port = free_port()
@@ -113,7 +113,7 @@ class TestDNSServer:
             server.server.server_close()
         self._servers = []
 
-    def __enter__(self) -> TestDNSServer:
+    def __enter__(self) -> LoopbackDNS:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

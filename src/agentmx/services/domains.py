@@ -1,0 +1,419 @@
+"""Custom domains: registration, DNS verification, and the rules inboxes on them follow.
+
+A domain belongs to one pod or (no pod) to every pod of its organization. Its status comes from
+real DNS checks (agentmx.domains.dns_check), run on POST …/verify and then periodically by the
+``check_domain`` job. Inboxes may live on a verified domain, or on any subdomain of a verified
+domain with ``subdomains_enabled``; deleting the domain stops them sending and receiving.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Domain, Inbox
+from agentmx.db.types import utcnow
+from agentmx.domains import dns_check, keys, wire
+from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
+from agentmx.ids import new_id
+from agentmx.services import jobs
+from agentmx.services.caller import Caller
+from agentmx.services.events import record_event
+from agentmx.services.pagination import Page, paginate
+from agentmx.services.pods import get_pod
+from agentmx.services.runtime import Runtime
+from agentmx.services.validation import check_client_id, check_domain_name, fail
+
+UNSET: Any = object()
+CHECK_JOB = "check_domain"
+FLAGS = ("feedback_enabled", "inbound_enabled", "subdomains_enabled", "tracking_enabled")
+# Providers whose MX on a domain means another mailbox service already receives its mail.
+CONFLICTING_MX = {"google.com": "Google Workspace", "googlemail.com": "Google Workspace"}
+
+
+def job_key(domain_id: str) -> str:
+    return f"{CHECK_JOB}:{domain_id}"
+
+
+def _visible(stmt: Any, caller: Caller) -> Any:
+    stmt = stmt.where(Domain.organization_id == caller.organization_id)
+    if caller.pod_id:
+        stmt = stmt.where(or_(Domain.pod_id == caller.pod_id, Domain.pod_id.is_(None)))
+    return stmt
+
+
+def _scope(caller: Caller) -> None:
+    if caller.inbox_id:
+        raise Forbidden("Forbidden", fix="Inbox-scoped API keys cannot manage domains.")
+
+
+async def get_domain(
+    session: AsyncSession, caller: Caller, domain_id: str, pod_id: str | None = None
+) -> Domain:
+    """By id, or by domain name (the historical id)."""
+    _scope(caller)
+    if pod_id is not None:
+        await get_pod(session, caller, pod_id)
+    key = domain_id.strip()
+    row = await session.get(Domain, key)
+    if row is None:
+        row = await session.scalar(select(Domain).where(Domain.name == key.lower().rstrip(".")))
+    if (
+        row is None
+        or row.organization_id != caller.organization_id
+        or (caller.pod_id and row.pod_id not in (None, caller.pod_id))
+        or (pod_id is not None and row.pod_id != pod_id)
+    ):
+        raise NotFound("Domain not found")
+    return row
+
+
+async def _writable(session: AsyncSession, caller: Caller, domain_id: str, pod_id: str | None) -> Domain:
+    row = await get_domain(session, caller, domain_id, pod_id)
+    if caller.pod_id and row.pod_id is None:
+        raise Forbidden(
+            "Forbidden", fix="This domain is shared by all pods; change it with an organization key."
+        )
+    return row
+
+
+async def conflicting_provider(rt: Runtime, name: str) -> str | None:
+    """The mail provider already named by the domain's MX records, if it is one we must not displace."""
+    settings = rt.settings
+    hosts = await dns_check.mx_hosts(
+        name, resolver_address=settings.dns_resolver, timeout=settings.dns_timeout
+    )
+    for host in hosts:
+        for suffix, provider in CONFLICTING_MX.items():
+            if host == suffix or host.endswith("." + suffix):
+                return provider
+    return None
+
+
+async def create_domain(
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    *,
+    pod_id: str | None,
+    name: str,
+    feedback_enabled: bool | None,
+    inbound_enabled: bool | None,
+    subdomains_enabled: bool | None,
+    tracking_enabled: bool | None,
+    client_id: str | None,
+    conflicting: str | None = None,
+) -> Domain:
+    """``conflicting`` = result of ``conflicting_provider`` (DNS is queried outside the transaction)."""
+    _scope(caller)
+    check_client_id(client_id)
+    if client_id:
+        existing = await session.scalar(
+            select(Domain).where(
+                Domain.organization_id == caller.organization_id, Domain.client_id == client_id
+            )
+        )
+        if existing is not None:
+            return existing
+    if pod_id is not None:
+        await get_pod(session, caller, pod_id)
+    else:
+        pod_id = caller.pod_id
+    domain_name = check_domain_name(name)
+    default = rt.settings.domain
+    if domain_name == default or domain_name.endswith("." + default):
+        raise Unprocessable(
+            f"'{domain_name}' is this server's default domain", fix="Register a domain you own."
+        )
+    inbound = True if inbound_enabled is None else inbound_enabled
+    if conflicting and inbound:
+        raise Unprocessable(
+            f"Domain '{domain_name}' already receives mail with {conflicting}",
+            fix="Pass allow_conflicting_provider=true, or create the domain with inbound_enabled=false.",
+        )
+    if await session.scalar(select(Domain.id).where(Domain.name == domain_name)) is not None:
+        raise AlreadyTaken(f"Domain '{domain_name}' is already registered", fix="Use another domain.")
+    key = keys.generate()
+    now = utcnow()
+    row = Domain(
+        id=new_id("dom"),
+        organization_id=caller.organization_id,
+        pod_id=pod_id,
+        name=domain_name,
+        client_id=client_id,
+        feedback_enabled=True if feedback_enabled is None else feedback_enabled,
+        inbound_enabled=inbound,
+        subdomains_enabled=bool(subdomains_enabled),
+        tracking_enabled=bool(tracking_enabled),
+        status="NOT_STARTED",
+        reason=None,
+        checks=[],
+        dkim_selector=key.selector,
+        dkim_public_key=key.public_key,
+        dkim_private_key=keys.encrypt(rt.secret, key.private_pem),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise AlreadyTaken(f"Domain '{domain_name}' is already registered") from exc
+    return row
+
+
+async def list_domains(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    pod_id: str | None,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Domain]:
+    _scope(caller)
+    stmt = _visible(select(Domain), caller)
+    if pod_id is not None:
+        await get_pod(session, caller, pod_id)
+        stmt = stmt.where(Domain.pod_id == pod_id)
+    return await paginate(
+        session,
+        stmt,
+        kind="domains",
+        columns=[Domain.created_at, Domain.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def update_domain(
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    domain_id: str,
+    *,
+    pod_id: str | None = None,
+    flags: dict[str, bool],
+) -> Domain:
+    if not flags:
+        raise fail("body", "Provide at least one of " + ", ".join(FLAGS))
+    row = await _writable(session, caller, domain_id, pod_id)
+    for name, value in flags.items():
+        if name not in FLAGS:
+            raise fail(name, f"unknown field {name}")
+        setattr(row, name, value)
+    row.updated_at = utcnow()
+    if row.status != "NOT_STARTED":
+        # New records (wildcard MX, tracking CNAME…) start MISSING; check them soon.
+        await _settle(session, rt, row)
+        await _schedule(session, rt, row.id, delay=0)
+    await session.flush()
+    return row
+
+
+async def delete_domain(
+    session: AsyncSession, caller: Caller, domain_id: str, pod_id: str | None = None
+) -> None:
+    """Inboxes on the domain stay (with their mail) but stop sending and receiving."""
+    row = await _writable(session, caller, domain_id, pod_id)
+    await jobs.cancel(session, job_key(row.id))
+    await session.delete(row)
+
+
+async def zone_file(
+    session: AsyncSession, rt: Runtime, caller: Caller, domain_id: str, pod_id: str | None
+) -> str:
+    from agentmx.domains.records import zone_file as render
+
+    row = await get_domain(session, caller, domain_id, pod_id)
+    return render(row.name, wire.records(row, rt.settings))
+
+
+# Verification ---------------------------------------------------------------------------------------
+
+
+async def _schedule(session: AsyncSession, rt: Runtime, domain_id: str, *, delay: float) -> None:
+    await jobs.cancel(session, job_key(domain_id))
+    await jobs.enqueue(
+        session,
+        rt,
+        CHECK_JOB,
+        {"domain_id": domain_id},
+        run_at=utcnow() + timedelta(seconds=delay),
+        key=job_key(domain_id),
+    )
+
+
+async def _settle(session: AsyncSession, rt: Runtime, row: Domain) -> None:
+    """Derive the domain status from its records; announce the first moment it becomes VERIFIED."""
+    states = wire.record_states(row, rt.settings)
+    checks = [dns_check.RecordCheck(r, status, reason) for r, status, reason in states]
+    status, reason = dns_check.domain_status(checks)
+    became_verified = status == "VERIFIED" and row.status != "VERIFIED"
+    row.status, row.reason = status, reason
+    if became_verified:
+        row.verified_at = row.verified_at or utcnow()
+        row.updated_at = utcnow()
+        await session.flush()
+        await record_event(
+            session,
+            rt,
+            event_type="domain.verified",
+            organization_id=row.organization_id,
+            pod_id=row.pod_id,
+            inbox_id=None,
+            payload={"domain": wire.domain(row, rt.settings)},
+        )
+
+
+async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
+    """Query DNS for every record (outside any transaction), then store the outcome."""
+    async with rt.db.read() as s:
+        row = await s.get(Domain, domain_id)
+        if row is None:
+            return None
+        wanted = wire.records(row, rt.settings)
+    settings = rt.settings
+    results = await dns_check.check_records(
+        wanted, resolver_address=settings.dns_resolver, timeout=settings.dns_timeout
+    )
+    async with rt.db.transaction() as s:
+        row = await s.get(Domain, domain_id)
+        if row is None:
+            return None
+        row.checks = [{"key": c.record.key, "status": c.status, "reason": c.reason} for c in results]
+        row.checked_at = utcnow()
+        await _settle(s, rt, row)
+        return row
+
+
+async def verify_domain(rt: Runtime, caller: Caller, domain_id: str, pod_id: str | None = None) -> None:
+    """POST …/verify: check right away (so the answer is visible at once) and keep re-checking."""
+    async with rt.db.read() as s:
+        row = await get_domain(s, caller, domain_id, pod_id)
+        real_id = row.id
+    await check_now(rt, real_id)
+    async with rt.db.transaction() as s:
+        if await s.get(Domain, real_id) is not None:
+            await _schedule(s, rt, real_id, delay=rt.settings.domain_check_interval)
+
+
+def next_check_delay(rt: Runtime, status: str) -> float:
+    interval = rt.settings.domain_check_interval
+    # Verified domains are re-checked rarely, to notice records that were later removed.
+    return interval * 36 if status == "VERIFIED" else interval
+
+
+async def domain_count(session: AsyncSession, organization_id: str) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(Domain).where(Domain.organization_id == organization_id)
+    )
+    return int(count or 0)
+
+
+# Rules for inboxes on custom domains (registered as hooks by agentmx.domains.feature) ----------------
+
+
+def _parents(name: str) -> list[str]:
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels) - 1)]
+
+
+async def governing_domain(session: AsyncSession, address_domain: str) -> Domain | None:
+    """The registered domain an address domain belongs to: itself, or a parent with subdomains enabled."""
+    name = address_domain.lower().rstrip(".")
+    rows = (await session.scalars(select(Domain).where(Domain.name.in_([name, *_parents(name)])))).all()
+    by_name = {r.name: r for r in rows}
+    if name in by_name:
+        return by_name[name]
+    for parent in _parents(name):
+        row = by_name.get(parent)
+        if row is not None:
+            return row if row.subdomains_enabled else None
+    return None
+
+
+def _usable_by(row: Domain, organization_id: str, pod_id: str) -> bool:
+    return row.organization_id == organization_id and row.pod_id in (None, pod_id)
+
+
+async def check_inbox_domain(
+    session: AsyncSession, rt: Runtime, caller: Caller, pod_id: str, domain: str
+) -> None:
+    """inboxes.custom_domain_check: a new inbox's domain must be verified and usable by its pod."""
+    name = domain.lower().rstrip(".")
+    rows = (await session.scalars(select(Domain).where(Domain.name.in_([name, *_parents(name)])))).all()
+    mine = {r.name: r for r in rows if _usable_by(r, caller.organization_id, pod_id)}
+    exact = mine.get(name)
+    if exact is not None:
+        if exact.verified_at is None:
+            raise Unprocessable(
+                f"Domain '{name}' is not verified yet",
+                code="domain_not_verified",
+                fix="Publish the domain's DNS records and call POST /v0/domains/{domain_id}/verify.",
+            )
+        return
+    for parent in _parents(name):
+        row = mine.get(parent)
+        if row is None:
+            continue
+        if not row.subdomains_enabled:
+            raise Unprocessable(
+                f"'{name}' is a subdomain of '{parent}', which does not have subdomains_enabled",
+                fix=f"Enable subdomains_enabled on '{parent}' (and publish its wildcard MX record).",
+            )
+        if row.status != "VERIFIED":
+            raise Unprocessable(
+                f"Domain '{parent}' is not verified (status {row.status})",
+                code="domain_not_verified",
+                fix="Publish the domain's DNS records (including the wildcard MX) and verify it.",
+            )
+        return
+    raise Unprocessable(
+        f"Domain '{name}' is not a verified domain of this organization",
+        code="domain_not_verified",
+        fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
+    )
+
+
+async def _inbox_domain(session: AsyncSession, inbox: Inbox) -> Domain | None:
+    """The registered domain an inbox on a custom domain depends on; None once it is gone."""
+    row = await governing_domain(session, inbox.domain)
+    if row is None or not _usable_by(row, inbox.organization_id, inbox.pod_id):
+        return None
+    return row
+
+
+async def recipient_check(session: AsyncSession, rt: Runtime, inbox: Inbox) -> None:
+    """hooks.recipient_checks: inboxes on a deleted (or send-only) domain receive nothing."""
+    if inbox.domain == rt.settings.domain:
+        return
+    row = await _inbox_domain(session, inbox)
+    if row is None or not row.inbound_enabled:
+        raise NotFound(f"Mailbox {inbox.id} does not accept mail")
+
+
+async def send_check(session: AsyncSession, rt: Runtime, inbox: Inbox, recipients: list[str]) -> None:
+    """hooks.send_checks: inboxes on a deleted domain cannot send."""
+    if inbox.domain != rt.settings.domain and await _inbox_domain(session, inbox) is None:
+        raise MessageRejected(
+            f"The domain of {inbox.id} is no longer registered",
+            fix="Re-add and verify the domain, or send from another inbox.",
+        )
+
+
+async def dkim_lookup(session: AsyncSession, rt: Runtime, domain: str) -> tuple[str, bytes] | None:
+    """hooks.dkim_lookups: (selector, private key PEM) for a registered domain that has been verified.
+
+    Keys are per registered name: signers that sign for a subdomain inbox should ask for each
+    parent in turn and sign with d= the name that answered.
+    """
+    row = await session.scalar(select(Domain).where(Domain.name == domain.lower().rstrip(".")))
+    if row is None or row.verified_at is None:
+        return None
+    return row.dkim_selector, keys.decrypt(rt.secret, row.dkim_private_key)

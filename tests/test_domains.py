@@ -1,0 +1,339 @@
+"""Custom domains through the official SDK, verified against a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.rdatatype
+import dns.zone
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.environment import AgentMailEnvironment
+from agentmail.errors import NotFoundError, UnprocessableError
+from sqlalchemy import select
+
+from agentmx.db.engine import Database
+from agentmx.db.models import Event
+from agentmx.settings import normalize_database_url
+from agentmx.testing import postgres
+from agentmx.testing.dns import LoopbackDNS
+from agentmx.testing.server import ServerProcess
+from conftest import BACKENDS, NO_RETRY, make_server
+
+MAIL_HOST = "mx.agentmx.test"
+
+
+class DomainEnv:
+    """A private agentmx whose DNS checks go to our loopback DNS server."""
+
+    def __init__(self, server: ServerProcess, dns_server: LoopbackDNS, database_url: str) -> None:
+        self.server = server
+        self.dns = dns_server
+        self.database_url = database_url
+        self.api_key = server.create_key()
+
+    def client(self, api_key: str | None = None) -> AgentMail:
+        env = AgentMailEnvironment(http=self.server.base_url, websockets=self.server.ws_url)
+        return AgentMail(api_key=api_key or self.api_key, environment=env)
+
+    def zone(self, domain_id: str, client: AgentMail | None = None) -> str:
+        return b"".join((client or self.client()).domains.get_zone_file(domain_id)).decode()
+
+    def events(self, event_type: str) -> list[dict[str, Any]]:
+        async def run() -> list[dict[str, Any]]:
+            db = Database(normalize_database_url(self.database_url))
+            try:
+                async with db.read() as s:
+                    rows = await s.scalars(select(Event).where(Event.event_type == event_type))
+                    return [r.body for r in rows]
+            finally:
+                await db.dispose()
+
+        return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def dns_server() -> Iterator[LoopbackDNS]:
+    with LoopbackDNS() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS
+) -> Iterator[DomainEnv]:
+    tmp: Path = tmp_path_factory.mktemp(f"domains-{request.param}")
+    server, url = make_server(
+        tmp,
+        request.param,
+        env={
+            "AGENTMX_DNS_RESOLVER": dns_server.address,
+            "AGENTMX_PUBLIC_HOST": MAIL_HOST,
+            "AGENTMX_DNS_TIMEOUT": "2",
+        },
+    )
+    server.start()
+    try:
+        yield DomainEnv(server, dns_server, url or f"sqlite:///{tmp / 'agentmx.db'}")
+    finally:
+        server.stop()
+        if url:
+            postgres.drop_database(url)
+
+
+def new_domain() -> str:
+    return f"d{secrets.token_hex(5)}.example.test"
+
+
+def verify_with_zone(env: DomainEnv, client: AgentMail, domain_id: str, zone: str) -> Any:
+    env.dns.set_zone(zone)
+    client.domains.verify(domain_id)
+    return client.domains.get(domain_id)
+
+
+def by_purpose(domain: Any) -> dict[str, Any]:
+    """Records keyed by what they are for."""
+    out: dict[str, Any] = {}
+    for r in domain.records:
+        if r.type == "TXT":
+            key = "dkim" if "._domainkey." in r.name else "dmarc" if r.name.startswith("_dmarc.") else "spf"
+        elif r.type == "MX":
+            key = "wildcard_mx" if r.name.startswith("*.") else "mx"
+        else:
+            key = "tracking"
+        out[key] = r
+    return out
+
+
+def test_create_lists_records_and_zone_file(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name, subdomains_enabled=True, tracking_enabled=True)
+    assert created.domain == name and created.domain_id
+    assert created.status == "NOT_STARTED"
+    assert created.feedback_enabled is True and created.inbound_enabled is True
+    assert created.subdomains_enabled is True and created.tracking_enabled is True
+    records = by_purpose(created)
+    assert set(records) == {"spf", "dkim", "dmarc", "mx", "wildcard_mx", "tracking"}
+    assert records["spf"].name == name and records["spf"].value.startswith("v=spf1 ")
+    assert MAIL_HOST in records["spf"].value
+    assert records["dkim"].name.endswith(f"._domainkey.{name}")
+    assert records["dkim"].value.startswith("v=DKIM1; k=rsa; p=MII")
+    assert records["dmarc"].name == f"_dmarc.{name}" and records["dmarc"].value.startswith("v=DMARC1;")
+    assert (records["mx"].name, records["mx"].value, records["mx"].priority) == (name, MAIL_HOST, 10)
+    assert (records["wildcard_mx"].name, records["wildcard_mx"].value) == (f"*.{name}", MAIL_HOST)
+    assert (records["tracking"].name, records["tracking"].value) == (f"link.{name}", MAIL_HOST)
+    assert all(r.status == "MISSING" for r in created.records)
+    assert "private" not in created.json().lower()
+
+    # The zone file holds every record and parses with standard tooling.
+    text = env.zone(created.domain_id)
+    zone = dns.zone.from_text(text, check_origin=False)
+    found = set()
+    for rname, node in zone.nodes.items():
+        fqdn = rname.derelativize(zone.origin).to_text().rstrip(".")
+        for rdataset in node.rdatasets:
+            for rdata in rdataset:
+                if rdataset.rdtype == dns.rdatatype.TXT:
+                    value = b"".join(rdata.strings).decode()
+                elif rdataset.rdtype == dns.rdatatype.MX:
+                    value = rdata.exchange.to_text().rstrip(".")
+                else:
+                    value = rdata.target.to_text().rstrip(".")
+                found.add((dns.rdatatype.to_text(rdataset.rdtype), fqdn, value))
+    assert found == {(r.type, r.name, r.value) for r in created.records}
+
+    # Get by id and by name; list items carry no records; idempotent create via client_id.
+    assert client.domains.get(name).domain_id == created.domain_id
+    listed = client.domains.list(limit=100).domains
+    item = next(d for d in listed if d.domain_id == created.domain_id)
+    assert item.domain == name and getattr(item, "records", None) is None
+    org = client.organizations.get()
+    assert org.domain_count >= 1
+
+
+def test_verification_pending_invalid_verified(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name)
+    good = env.zone(created.domain_id)
+
+    # Nothing published yet: PENDING, every record MISSING.
+    pending = verify_with_zone(env, client, created.domain_id, "")
+    assert pending.status == "PENDING" and pending.reason == "dns_records_missing"
+    assert {r.status for r in pending.records} == {"MISSING"}
+
+    # One record wrong (another DKIM key at the selector): INVALID with the reason on that record.
+    wrong = good.replace("p=MII", "p=AII")
+    invalid = verify_with_zone(env, client, created.domain_id, wrong)
+    assert invalid.status == "INVALID" and invalid.reason == "dns_records_invalid"
+    records = by_purpose(invalid)
+    assert records["dkim"].status == "INVALID" and records["dkim"].reason == "value_mismatch"
+    assert all(r.status == "VALID" for k, r in records.items() if k != "dkim")
+
+    # Two SPF records at the apex: duplicate_records.
+    spf_line = next(line for line in good.splitlines() if "v=spf1" in line)
+    doubled = good + spf_line.replace("~all", "-all") + "\n"
+    dup = by_purpose(verify_with_zone(env, client, created.domain_id, doubled))
+    assert dup["spf"].status == "INVALID" and dup["spf"].reason == "duplicate_records"
+
+    assert env.events("domain.verified") == [] or all(
+        e["domain"]["domain_id"] != created.domain_id for e in env.events("domain.verified")
+    )
+    # The zone agentmx produced, served as is: VERIFIED, and domain.verified fires once.
+    verified = verify_with_zone(env, client, created.domain_id, good)
+    assert verified.status == "VERIFIED" and verified.reason is None
+    assert {r.status for r in verified.records} == {"VALID"}
+    client.domains.verify(created.domain_id)
+    mine = [e for e in env.events("domain.verified") if e["domain"]["domain_id"] == created.domain_id]
+    assert len(mine) == 1
+    assert mine[0]["type"] == "event" and mine[0]["event_id"]
+    assert mine[0]["domain"]["status"] == "VERIFIED" and mine[0]["domain"]["domain"] == name
+
+
+def test_inboxes_need_a_verified_domain(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name)
+    with pytest.raises(ApiError) as unverified:
+        client.inboxes.create(request={"username": "agent", "domain": name}, request_options=NO_RETRY)
+    assert unverified.value.status_code == 422
+    assert unverified.value.body.code == "domain_not_verified"
+
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    inbox = client.inboxes.create(request={"username": "agent", "domain": name})
+    assert inbox.inbox_id == f"agent@{name}"
+
+    # Subdomains only once subdomains_enabled is on and the wildcard MX verifies.
+    sub = f"team.{name}"
+    with pytest.raises(UnprocessableError):
+        client.inboxes.create(request={"username": "a", "domain": sub}, request_options=NO_RETRY)
+    updated = client.domains.update(created.domain_id, subdomains_enabled=True)
+    assert updated.status == "PENDING"
+    assert by_purpose(updated)["wildcard_mx"].status == "MISSING"
+    with pytest.raises(UnprocessableError):
+        client.inboxes.create(request={"username": "a", "domain": sub}, request_options=NO_RETRY)
+    # The domain stays usable for its own inboxes while the new record propagates.
+    client.inboxes.create(request={"username": "second", "domain": name})
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    assert client.inboxes.create(request={"username": "a", "domain": sub}).inbox_id == f"a@{sub}"
+
+    # Inbox-scoped keys cannot manage domains.
+    inbox_key = client.inboxes.api_keys.create(inbox.inbox_id, request={"name": "inbox key"}).api_key
+    with pytest.raises(ApiError) as forbidden:
+        env.client(inbox_key).domains.list(request_options=NO_RETRY)
+    assert forbidden.value.status_code == 403
+
+
+def test_update_delete_and_errors(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name, feedback_enabled=False, inbound_enabled=False)
+    assert created.feedback_enabled is False and created.inbound_enabled is False
+    assert "mx" not in by_purpose(created)
+    updated = client.domains.update(created.domain_id, tracking_enabled=True)
+    assert updated.tracking_enabled is True and "tracking" in by_purpose(updated)
+    with pytest.raises(ApiError) as empty:
+        client.domains.update(created.domain_id, request_options=NO_RETRY)
+    assert empty.value.status_code == 400
+
+    with pytest.raises(ApiError) as taken:
+        client.domains.create(domain=name.upper(), request_options=NO_RETRY)
+    assert taken.value.status_code == 403
+    with pytest.raises(ApiError) as bad:
+        client.domains.create(domain="not a domain", request_options=NO_RETRY)
+    assert bad.value.status_code == 400
+
+    link = client.domains.get_setup_link(created.domain_id)
+    assert link.supported is False
+
+    client.domains.delete(name)  # by name
+    with pytest.raises(NotFoundError):
+        client.domains.get(created.domain_id, request_options=NO_RETRY)
+    with pytest.raises(NotFoundError):
+        client.domains.verify(created.domain_id, request_options=NO_RETRY)
+
+    # A shared domain: pod-scoped keys may read it but not change it.
+    pod = client.pods.create(name="readers")
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "pod key"}).api_key
+    shared = client.domains.create(domain=new_domain())
+    assert env.client(pod_key).domains.get(shared.domain_id).domain == shared.domain
+    with pytest.raises(ApiError) as refused:
+        env.client(pod_key).domains.delete(shared.domain_id, request_options=NO_RETRY)
+    assert refused.value.status_code == 403
+
+
+def test_client_id_makes_create_idempotent(env: DomainEnv) -> None:
+    client = env.client()
+    cid = "dom-" + secrets.token_hex(4)
+    first = client.domains.create(
+        domain=new_domain(), request_options={"additional_body_parameters": {"client_id": cid}}
+    )
+    again = client.domains.create(
+        domain=new_domain(), request_options={"additional_body_parameters": {"client_id": cid}}
+    )
+    assert again.domain_id == first.domain_id and first.client_id == cid
+
+
+def test_pod_scope(env: DomainEnv) -> None:
+    client = env.client()
+    pod = client.pods.create(name="domains")
+    other_pod = client.pods.create(name="other")
+    name = new_domain()
+    created = client.pods.domains.create(pod.pod_id, domain=name)
+    assert created.pod_id == pod.pod_id
+    assert client.pods.domains.get(pod.pod_id, name).domain_id == created.domain_id
+    assert [d.domain_id for d in client.pods.domains.list(pod.pod_id).domains] == [created.domain_id]
+    assert client.pods.domains.list(other_pod.pod_id).domains == []
+    with pytest.raises(NotFoundError):
+        client.pods.domains.get(other_pod.pod_id, created.domain_id, request_options=NO_RETRY)
+
+    env.dns.set_zone(b"".join(client.pods.domains.get_zone_file(pod.pod_id, created.domain_id)).decode())
+    client.pods.domains.verify(pod.pod_id, created.domain_id)
+    assert client.pods.domains.get(pod.pod_id, created.domain_id).status == "VERIFIED"
+
+    # Only inboxes of that pod may use it.
+    assert client.pods.inboxes.create(pod.pod_id, username="p", domain=name).pod_id == pod.pod_id
+    with pytest.raises(UnprocessableError):
+        client.pods.inboxes.create(other_pod.pod_id, username="q", domain=name, request_options=NO_RETRY)
+
+    # A pod-scoped key sees its pod's domains, not another pod's.
+    key = client.pods.api_keys.create(other_pod.pod_id, request={"name": "pod key"}).api_key
+    with pytest.raises(NotFoundError):
+        env.client(key).domains.get(created.domain_id, request_options=NO_RETRY)
+
+    # A pod with domains cannot be deleted.
+    client.pods.inboxes.delete(pod.pod_id, f"p@{name}")
+    with pytest.raises(ApiError) as refused:
+        client.pods.delete(pod.pod_id, request_options=NO_RETRY)
+    assert refused.value.status_code == 409
+    client.pods.domains.update(pod.pod_id, created.domain_id, feedback_enabled=False)
+    client.pods.domains.delete(pod.pod_id, created.domain_id)
+    client.pods.delete(pod.pod_id)
+
+
+def test_deleted_domain_stops_receiving(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name)
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    inbox = client.inboxes.create(request={"username": "rcpt", "domain": name})
+
+    def rcpt() -> int:
+        with smtplib.SMTP("127.0.0.1", env.server.smtp_port, timeout=10) as smtp:
+            smtp.ehlo("sender.example")
+            smtp.mail("someone@sender.example")
+            code, _ = smtp.rcpt(inbox.inbox_id)
+            return code
+
+    assert rcpt() == 250
+    client.domains.delete(created.domain_id)
+    assert rcpt() >= 500
+    # Its data stays: the inbox is still there.
+    assert client.inboxes.get(inbox.inbox_id).inbox_id == inbox.inbox_id
