@@ -11,6 +11,7 @@ FEATURE_MODULES.append("agentmx.mail.feature")
 FEATURE_MODULES.append("agentmx.outbound.feature")  # deliver_outbound job, DSN intake
 FEATURE_MODULES.append("agentmx.domains.feature")  # check_domain job, custom-domain inbox rules, DKIM keys
 
+FEATURE_MODULES.append("agentmx.events.feature")  # webhook delivery job, live event hub
 
 def load() -> None:
     for name in FEATURE_MODULES:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses."
     )
+    event_poll_interval: float = Field(
+        0.5, description="Seconds between event log polls for live WebSocket streams (commits also wake them)."
+    )
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
     rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")

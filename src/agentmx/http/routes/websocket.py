@@ -1,7 +1,55 @@
-"""websocket routes (filled in by the feature that owns them)."""
+"""The event WebSocket at /v0 (API.md 3.3). Auth happens before the upgrade: a bad key gets HTTP 401."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+
+from agentmx.errors import AgentMXError, RateLimited
+from agentmx.events import hub as event_hub
+from agentmx.events.stream import serve
+from agentmx.http.deps import resolve_caller
+from agentmx.services.runtime import Runtime
 
 router = APIRouter()
+
+
+@router.websocket("/v0")
+async def event_socket(websocket: WebSocket) -> None:
+    rt: Runtime = websocket.app.state.rt
+    try:
+        caller = await resolve_caller(
+            rt, websocket.headers.get("authorization"), websocket.query_params.get("api_key")
+        )
+    except AgentMXError as exc:
+        status = 429 if isinstance(exc, RateLimited) else 401
+        name = "RateLimitExceededError" if status == 429 else "UnauthorizedError"
+        await websocket.send_denial_response(
+            JSONResponse({"name": name, "code": exc.code, "message": exc.message}, status_code=status)
+        )
+        return
+    hub = event_hub.current_hub()
+    if hub is None:
+        await websocket.send_denial_response(
+            JSONResponse({"name": "ServiceUnavailableError", "message": "Event streams are not running"}, 503)
+        )
+        return
+    await websocket.accept()
+    after = websocket.query_params.get("after_event_id") or websocket.query_params.get("last_event_id")
+
+    async def receive() -> str | None:
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return None
+                text = message.get("text")
+                if text is not None:
+                    return str(text)
+                data = message.get("bytes")
+                if data is not None:
+                    return bytes(data).decode("utf-8", "replace")
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+
+    await serve(rt, hub, caller, websocket.send_text, receive, after)

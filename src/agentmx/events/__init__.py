@@ -1,0 +1,1 @@
+"""The event system: catalogue, webhook delivery, live WebSocket fan-out."""

@@ -1,0 +1,140 @@
+"""Webhook delivery: one ``deliver_webhook`` job per (event, webhook), retried on the Svix schedule.
+
+Every attempt is signed afresh (new svix-timestamp) under the same svix-id and recorded in
+``webhook_attempts``. A webhook whose delivery exhausts the schedule, or that answers 410, is disabled.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select, update
+
+from agentmx.db.models import Event, Webhook, WebhookAttempt
+from agentmx.db.types import utcnow
+from agentmx.events.ssrf import BlockedAddress, check_destination
+from agentmx.jobs.registry import RetryAt, handler
+from agentmx.services.events import retry_schedule
+from agentmx.services.runtime import Runtime
+
+log = logging.getLogger("agentmx.webhooks")
+
+MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
+USER_AGENT = "agentmx-webhooks/1"
+
+_client: httpx.AsyncClient | None = None
+
+
+def _http() -> httpx.AsyncClient:
+    global _client
+    if _client is None:
+        # Redirects are failures (Standard Webhooks), and following one would dodge the SSRF check.
+        _client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+    return _client
+
+
+def svix_message_id(event_id: str) -> str:
+    """The svix-id: stable per event, so receivers can de-duplicate retries."""
+    return "msg_" + event_id.removeprefix("evt_")
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(raw) > MAX_BODY and isinstance(body.get("message"), dict):
+        message = {k: v for k, v in body["message"].items() if k not in ("text", "html")}
+        raw = json.dumps({**body, "message": message}, ensure_ascii=False, separators=(",", ":")).encode()
+    return raw
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def delivery_headers(hook: Webhook, msg_id: str, body: bytes) -> dict[str, str]:
+    timestamp = int(time.time())
+    signature = sign(hook.secret, msg_id, timestamp, body)
+    headers = dict(hook.headers)
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "svix-id": msg_id,
+            "svix-timestamp": str(timestamp),
+            "svix-signature": signature,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature,
+        }
+    )
+    return headers
+
+
+async def _post(rt: Runtime, hook: Webhook, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
+    try:
+        await check_destination(hook.url, rt.settings.webhook_allow_private)
+        response = await _http().post(
+            hook.url,
+            content=body,
+            headers=delivery_headers(hook, msg_id, body),
+            timeout=rt.settings.webhook_timeout,
+        )
+    except BlockedAddress as exc:
+        return None, str(exc)
+    except (httpx.HTTPError, OSError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:2000]
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    return response.status_code, f"HTTP {response.status_code}"
+
+
+async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
+    log.warning("webhook %s disabled: %s", webhook_id, reason)
+    async with rt.db.transaction() as s:
+        await s.execute(
+            update(Webhook).where(Webhook.id == webhook_id).values(enabled=False, updated_at=utcnow())
+        )
+
+
+@handler("deliver_webhook")
+async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
+    async with rt.db.read() as s:
+        hook = await s.get(Webhook, payload["webhook_id"])
+        event = await s.scalar(select(Event).where(Event.event_id == payload["event_id"]))
+    if hook is None or event is None or not hook.enabled:
+        return  # deleted or disabled meanwhile: events missed while disabled are not replayed
+    msg_id = svix_message_id(event.event_id)
+    body = encode_body(event.body)
+    started = time.monotonic()
+    status, error = await _post(rt, hook, msg_id, body)
+    async with rt.db.transaction() as s:
+        s.add(
+            WebhookAttempt(
+                webhook_id=hook.id,
+                event_id=event.event_id,
+                svix_id=msg_id,
+                attempt=attempts,
+                status_code=status,
+                error=error,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                created_at=utcnow(),
+            )
+        )
+    if error is None:
+        return
+    if status == 410:  # Standard Webhooks: Gone means stop sending
+        await _disable(rt, hook.id, "receiver answered 410")
+        return
+    schedule = retry_schedule(rt)
+    if attempts + 1 < len(schedule):
+        raise RetryAt(utcnow() + timedelta(seconds=schedule[attempts + 1]), error)
+    await _disable(rt, hook.id, f"delivery of {event.event_id} failed {attempts + 1} times: {error}")

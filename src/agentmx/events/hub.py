@@ -1,0 +1,177 @@
+"""Live fan-out of the event log to this process's WebSocket streams.
+
+The hub tails the ``events`` table by ``seq``. It wakes on a local commit (``rt.events_signal``), on
+``NOTIFY agentmx_events`` from other processes (PostgreSQL), and on a slow poll as a safety net.
+Each row is serialised once and queued to every stream of its organization; streams filter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from agentmx.db.models import Event
+from agentmx.services.events import NOTIFY_CHANNEL
+from agentmx.services.runtime import Runtime
+
+log = logging.getLogger("agentmx.events")
+
+BATCH = 500
+MAX_QUEUED = 5000  # a stream further behind than this catches up from the log instead
+
+
+@dataclass(frozen=True)
+class Item:
+    """One event as streams see it: routing columns plus the frame text."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    organization_id: str
+    pod_id: str | None
+    inbox_id: str | None
+    text: str
+
+    @classmethod
+    def of(cls, row: Event) -> Item:
+        return cls(
+            seq=row.seq,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            organization_id=row.organization_id,
+            pod_id=row.pod_id,
+            inbox_id=row.inbox_id,
+            text=json.dumps(row.body),
+        )
+
+
+@dataclass(eq=False)
+class Subscriber:
+    organization_id: str
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # Set by the hub when the queue overflowed and events were dropped: the stream replays from the log.
+    lagging: bool = False
+
+
+class Hub:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.last_seq = 0
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def register(self, organization_id: str) -> Subscriber:
+        sub = Subscriber(organization_id)
+        self.subscribers.setdefault(organization_id, set()).add(sub)
+        return sub
+
+    def unregister(self, sub: Subscriber) -> None:
+        subs = self.subscribers.get(sub.organization_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subscribers[sub.organization_id]
+
+    async def start(self) -> None:
+        async with self.rt.db.read() as s:
+            self.last_seq = int(await s.scalar(select(func.max(Event.seq))) or 0)
+        self._tasks.append(asyncio.create_task(self._tail(), name="event-hub"))
+        if not self.rt.db.is_sqlite:
+            self._tasks.append(asyncio.create_task(self._listen(), name="event-listen"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _tail(self) -> None:
+        interval = self.rt.settings.event_poll_interval
+        while True:
+            # Start waiting before reading, so a commit that lands mid-read still wakes the next round.
+            waiter = asyncio.create_task(self.rt.events_signal.wait(interval))
+            await asyncio.sleep(0)
+            try:
+                await self.pump()
+            except Exception:
+                log.exception("event hub read failed")
+            await waiter
+
+    async def pump(self) -> None:
+        """Push every committed event after ``last_seq`` to the streams of its organization."""
+        while True:
+            async with self.rt.db.read() as s:
+                rows = (
+                    await s.scalars(
+                        select(Event).where(Event.seq > self.last_seq).order_by(Event.seq).limit(BATCH)
+                    )
+                ).all()
+            for row in rows:
+                self.last_seq = row.seq
+                subs = self.subscribers.get(row.organization_id)
+                if not subs:
+                    continue
+                item = Item.of(row)
+                for sub in subs:
+                    if sub.lagging:
+                        continue
+                    if sub.queue.qsize() >= MAX_QUEUED:
+                        sub.lagging = True
+                    sub.queue.put_nowait(item)
+            if len(rows) < BATCH:
+                return
+
+    async def _listen(self) -> None:
+        """PostgreSQL LISTEN on a dedicated connection: commits in other processes wake the hub."""
+        import asyncpg
+
+        dsn = make_url(self.rt.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        signal = self.rt.events_signal
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await conn.add_listener(NOTIFY_CHANNEL, lambda *_: signal.notify())
+                    signal.notify()  # catch up on anything committed while not listening
+                    while not conn.is_closed():
+                        await asyncio.sleep(15)
+                        await conn.execute("SELECT 1")
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(1)
+
+
+_hub: Hub | None = None
+
+
+def current_hub() -> Hub | None:
+    return _hub
+
+
+async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
+    """Background service (server.BACKGROUND)."""
+    global _hub
+    hub = Hub(rt)
+    await hub.start()
+    _hub = hub
+
+    async def stop() -> None:
+        global _hub
+        _hub = None
+        await hub.stop()
+
+    return stop

@@ -1,0 +1,74 @@
+"""Webhook URL checks: refuse receivers on loopback, private, link-local or reserved addresses (SSRF)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from agentmx.errors import ValidationFailed
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class BlockedAddress(Exception):
+    """The URL's host resolves to an address webhooks may not reach."""
+
+
+def _fail(message: str) -> ValidationFailed:
+    return ValidationFailed(f"url: {message}", [{"path": ["url"], "message": message}])
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """Syntax check; returns (host, port). Only absolute http(s) URLs without credentials."""
+    if not isinstance(url, str) or len(url) > 2048 or any(c.isspace() for c in url):
+        raise _fail("must be an absolute http or https URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _fail("must be an absolute http or https URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail("must be an absolute http or https URL")
+    if parts.username or parts.password:
+        raise _fail("must not carry credentials")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def is_public(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def check_destination(url: str, allow_private: bool) -> None:
+    """Before each delivery: raise BlockedAddress if any resolved address is not public."""
+    host, port = parse_url(url)
+    if allow_private:
+        return
+    for ip in await resolve(host, port):
+        if not is_public(ip):
+            raise BlockedAddress(f"{host} resolves to non-public address {ip}")
+
+
+async def check_url(url: str, allow_private: bool) -> None:
+    """At create/update: 400 for bad syntax or a host that resolves to a non-public address.
+
+    A host that does not resolve yet is accepted; delivery checks again every time.
+    """
+    try:
+        await check_destination(url, allow_private)
+    except BlockedAddress as exc:
+        raise _fail(f"{exc}; webhook URLs must reach a public address") from exc
+    except OSError:
+        return

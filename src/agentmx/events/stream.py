@@ -1,0 +1,245 @@
+"""One WebSocket event stream: subscriptions, scope filtering, replay from the log, live events.
+
+Protocol (API.md 3.3): the client sends ``{"type":"subscribe", event_types?, inbox_ids?, pod_ids?}``;
+the server answers ``subscribed`` and then ``event`` frames, or ``error`` frames. Beyond AgentMail, a
+subscribe may carry ``after_event_id`` (or the URL ``?after_event_id=``): events after that one are
+replayed from the log, in order, before live ones, so a client that reconnects misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from agentmx.db.models import Event
+from agentmx.errors import AgentMXError, NotFound
+from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED
+from agentmx.events.hub import BATCH, Hub, Item, Subscriber
+from agentmx.services import inboxes, pods
+from agentmx.services.caller import Caller
+from agentmx.services.runtime import Runtime
+
+Send = Callable[[str], Awaitable[None]]
+
+
+class StreamError(Exception):
+    """Answered with an error frame; the stream stays open with its previous subscription."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+def read_permission(event_type: str) -> str:
+    return "domain_read" if event_type.startswith("domain.") else "message_read"
+
+
+@dataclass(frozen=True)
+class Filter:
+    event_types: frozenset[str]
+    inbox_ids: frozenset[str]
+    pod_ids: frozenset[str]
+
+    def matches(self, caller: Caller, item: Item) -> bool:
+        if item.organization_id != caller.organization_id or item.event_type not in self.event_types:
+            return False
+        if caller.pod_id and item.pod_id != caller.pod_id:
+            return False
+        if caller.inbox_id and item.inbox_id != caller.inbox_id:
+            return False
+        if not self.inbox_ids and not self.pod_ids:
+            return True
+        return item.pod_id in self.pod_ids or (item.inbox_id is not None and item.inbox_id in self.inbox_ids)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    frame: dict[str, Any]
+
+
+def _str_list(frame: dict[str, Any], name: str) -> list[str] | None:
+    value = frame.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StreamError("ValidationError", f"{name} must be a list of strings")
+    return value
+
+
+class Stream:
+    def __init__(self, rt: Runtime, hub: Hub, caller: Caller, send: Send, after_event_id: str | None) -> None:
+        self.rt = rt
+        self.hub = hub
+        self.caller = caller
+        self.send = send
+        self.pending_after = after_event_id
+        self.filter: Filter | None = None
+        self.cursor = 0  # highest seq already considered for sending
+        self.sub: Subscriber = hub.register(caller.organization_id)
+
+    def close(self) -> None:
+        self.hub.unregister(self.sub)
+
+    def received(self, text: str) -> None:
+        """A client frame: queued so it is handled in order with the events."""
+        try:
+            frame = json.loads(text)
+        except json.JSONDecodeError:
+            frame = None
+        self.sub.queue.put_nowait(Subscribe(frame if isinstance(frame, dict) else {}))
+
+    async def run(self) -> None:
+        while True:
+            item = await self.sub.queue.get()
+            if self.sub.lagging:
+                await self._recover()
+            if isinstance(item, Subscribe):
+                try:
+                    await self._subscribe(item.frame)
+                except StreamError as exc:
+                    await self._send_json({"type": "error", "name": exc.name, "message": exc.message})
+            elif item.seq > self.cursor:
+                self.cursor = item.seq
+                if self.filter is not None and self.filter.matches(self.caller, item):
+                    await self.send(item.text)
+
+    async def _send_json(self, frame: dict[str, Any]) -> None:
+        await self.send(json.dumps(frame))
+
+    async def _subscribe(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") != "subscribe":
+            raise StreamError("ValidationError", 'expected a {"type": "subscribe"} frame')
+        requested = _str_list(frame, "event_types")
+        inbox_ids = _str_list(frame, "inbox_ids")
+        pod_ids = _str_list(frame, "pod_ids")
+        types = self._event_types(requested)
+        inbox_set, pod_set = await self._channels(inbox_ids or [], pod_ids or [])
+        after = frame.get("after_event_id") or frame.get("last_event_id") or self.pending_after
+        self.pending_after = None
+        after_seq = await self._seq_of(after) if after else None
+        self.filter = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
+        ack: dict[str, Any] = {"type": "subscribed", "event_types": types}
+        if inbox_ids is not None:
+            ack["inbox_ids"] = inbox_ids
+        if pod_ids is not None:
+            ack["pod_ids"] = pod_ids
+        await self._send_json(ack)
+        if after_seq is not None:
+            await self._replay(after_seq)
+
+    def _event_types(self, requested: list[str] | None) -> list[str]:
+        if requested is None or not requested:
+            return [t for t in EVENT_TYPES if t in DEFAULT_TYPES and self.caller.can(read_permission(t))]
+        out: list[str] = []
+        for name in requested:
+            if name not in EVENT_TYPES:
+                raise StreamError("ValidationError", f"unknown event type {name!r}")
+            for permission in (FILTERED.get(name), read_permission(name)):
+                if permission and not self.caller.can(permission):
+                    raise StreamError("ForbiddenError", f"{permission} is forbidden")
+            if name not in out:
+                out.append(name)
+        return out
+
+    async def _channels(self, inbox_ids: list[str], pod_ids: list[str]) -> tuple[set[str], set[str]]:
+        """Listed inboxes and pods must exist in the key's scope (a foreign id is refused)."""
+        inbox_set: set[str] = set()
+        pod_set: set[str] = set()
+        async with self.rt.db.read() as s:
+            for inbox_id in inbox_ids:
+                try:
+                    inbox_set.add((await inboxes.get_inbox(s, self.caller, inbox_id)).id)
+                except NotFound as exc:
+                    raise StreamError("NotFoundError", f"Inbox {inbox_id} not found") from exc
+            for pod_id in pod_ids:
+                try:
+                    pod_set.add((await pods.get_pod(s, self.caller, pod_id)).id)
+                except NotFound as exc:
+                    raise StreamError("NotFoundError", f"Pod {pod_id} not found") from exc
+        return inbox_set, pod_set
+
+    async def _seq_of(self, event_id: Any) -> int:
+        if not isinstance(event_id, str):
+            raise StreamError("ValidationError", "after_event_id must be a string")
+        async with self.rt.db.read() as s:
+            seq = await s.scalar(
+                select(Event.seq).where(
+                    Event.event_id == event_id, Event.organization_id == self.caller.organization_id
+                )
+            )
+        if seq is None:
+            raise StreamError("NotFoundError", f"Event {event_id} not found")
+        return int(seq)
+
+    async def _replay(self, after_seq: int) -> None:
+        """Send matching events after ``after_seq`` from the log; live items up to there are skipped."""
+        seq = after_seq
+        while True:
+            async with self.rt.db.read() as s:
+                rows = (
+                    await s.scalars(
+                        select(Event)
+                        .where(Event.organization_id == self.caller.organization_id, Event.seq > seq)
+                        .order_by(Event.seq)
+                        .limit(BATCH)
+                    )
+                ).all()
+            for row in rows:
+                seq = row.seq
+                item = Item.of(row)
+                if self.filter is not None and self.filter.matches(self.caller, item):
+                    await self.send(item.text)
+            self.cursor = max(self.cursor, seq)
+            if len(rows) < BATCH:
+                return
+
+    async def _recover(self) -> None:
+        """The hub dropped events for this slow stream: keep client frames, re-read events from the log."""
+        self.sub.lagging = False
+        kept = []
+        while not self.sub.queue.empty():
+            queued = self.sub.queue.get_nowait()
+            if isinstance(queued, Subscribe):
+                kept.append(queued)
+        for frame in kept:
+            self.sub.queue.put_nowait(frame)
+        if self.filter is not None:
+            await self._replay(self.cursor)
+
+
+async def serve(
+    rt: Runtime,
+    hub: Hub,
+    caller: Caller,
+    send: Send,
+    receive: Callable[[], Awaitable[str | None]],
+    after_event_id: str | None = None,
+) -> None:
+    """Run one stream until the client goes away. ``receive`` returns None when the socket closed."""
+    stream = Stream(rt, hub, caller, send, after_event_id)
+    writer = asyncio.create_task(stream.run())
+    try:
+        while not writer.done():
+            receiving = asyncio.ensure_future(receive())
+            done, _ = await asyncio.wait({receiving, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done:
+                receiving.cancel()
+                break
+            text = receiving.result()
+            if text is None:
+                break
+            stream.received(text)
+    except AgentMXError:
+        pass
+    finally:
+        stream.close()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer

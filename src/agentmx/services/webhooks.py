@@ -1,0 +1,322 @@
+"""Webhooks: subscriptions at organization, pod or inbox scope, and which events each one receives."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Event, Webhook
+from agentmx.db.types import utcnow
+from agentmx.errors import NotFound
+from agentmx.events.catalogue import check_event_types, effective_types
+from agentmx.events.ssrf import check_url
+from agentmx.ids import new_id
+from agentmx.services import inboxes, pods
+from agentmx.services.caller import Caller
+from agentmx.services.pagination import Page, paginate
+from agentmx.services.runtime import Runtime
+from agentmx.services.validation import check_client_id, fail
+
+MAX_CHANNELS = 10
+MAX_HEADERS = 20
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+# Headers the delivery sets itself; a custom header must not replace them.
+RESERVED_HEADERS = ("content-type", "content-length", "host", "transfer-encoding", "connection")
+RESERVED_PREFIXES = ("svix-", "webhook-")
+
+
+@dataclass(frozen=True)
+class Route:
+    """The route a webhook request came through: organization (both None), pod or inbox."""
+
+    pod_id: str | None = None
+    inbox_id: str | None = None
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def matches(hook: Webhook, event: Event) -> bool:
+    """Does ``hook`` receive ``event``? (Organization already matched by the caller's query.)"""
+    if not hook.enabled or event.event_type not in effective_types(hook.event_types):
+        return False
+    if hook.inbox_id is not None:
+        return event.inbox_id == hook.inbox_id
+    if hook.pod_id is not None:
+        return event.pod_id == hook.pod_id and (not hook.inbox_ids or event.inbox_id in hook.inbox_ids)
+    if not hook.pod_ids and not hook.inbox_ids:
+        return True
+    return event.pod_id in hook.pod_ids or (event.inbox_id is not None and event.inbox_id in hook.inbox_ids)
+
+
+def check_headers(headers: dict[str, Any], path: str = "headers") -> dict[str, str]:
+    if not isinstance(headers, dict) or not headers:
+        raise fail(path, "headers must be an object with at least one entry")
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not HEADER_NAME.match(name):
+            raise fail(path, f"{name!r} is not a valid header name")
+        if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES):
+            raise fail(path, f"header {name!r} is set by the delivery and cannot be configured")
+        if not isinstance(value, str) or len(value) > 4096 or any(c in value for c in "\r\n\0"):
+            raise fail(path, f"header {name!r} has an invalid value")
+        out[name] = value
+    return out
+
+
+def _check_channels(values: list[str] | None, path: str) -> list[str]:
+    if values is None:
+        return []
+    if len(values) > MAX_CHANNELS:
+        raise fail(path, f"{path} may list at most {MAX_CHANNELS} entries")
+    out: list[str] = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+async def _resolve_pods(session: AsyncSession, caller: Caller, pod_ids: list[str], path: str) -> list[str]:
+    for pod_id in pod_ids:
+        try:
+            await pods.get_pod(session, caller, pod_id)
+        except NotFound as exc:
+            raise fail(path, f"pod {pod_id!r} not found") from exc
+    return pod_ids
+
+
+async def _resolve_inboxes(
+    session: AsyncSession, caller: Caller, inbox_ids: list[str], path: str, pod_id: str | None = None
+) -> list[str]:
+    out = []
+    for inbox_id in inbox_ids:
+        try:
+            inbox = await inboxes.get_inbox(session, caller, inbox_id, pod_id=pod_id)
+        except NotFound as exc:
+            raise fail(path, f"inbox {inbox_id!r} not found") from exc
+        if inbox.id not in out:
+            out.append(inbox.id)
+    return out
+
+
+async def _owner(session: AsyncSession, caller: Caller, route: Route) -> Route:
+    """Who owns a webhook created through ``route`` (scoped keys on the org route create in their scope)."""
+    if route.inbox_id is not None:
+        inbox = await inboxes.get_inbox(session, caller, route.inbox_id)
+        return Route(pod_id=inbox.pod_id, inbox_id=inbox.id)
+    if route.pod_id is not None:
+        caller.require_pod_access(route.pod_id)
+        pod = await pods.get_pod(session, caller, route.pod_id)
+        return Route(pod_id=pod.id)
+    if caller.inbox_id:
+        return await _owner(session, caller, Route(inbox_id=caller.inbox_id))
+    if caller.pod_id:
+        return Route(pod_id=caller.pod_id)
+    return Route()
+
+
+def _owned_by(stmt: Any, caller: Caller, route: Route) -> Any:
+    """Restrict a query to the webhooks a caller sees through a route."""
+    stmt = stmt.where(Webhook.organization_id == caller.organization_id)
+    if caller.pod_id:
+        stmt = stmt.where(Webhook.pod_id == caller.pod_id)
+    if caller.inbox_id:
+        stmt = stmt.where(Webhook.inbox_id == caller.inbox_id)
+    if route.inbox_id is not None:
+        stmt = stmt.where(Webhook.inbox_id == route.inbox_id.strip().lower())
+    elif route.pod_id is not None:
+        stmt = stmt.where(Webhook.pod_id == route.pod_id, Webhook.inbox_id.is_(None))
+    return stmt
+
+
+async def create_webhook(
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    route: Route,
+    *,
+    url: str,
+    event_types: list[str] | None,
+    pod_ids: list[str] | None,
+    inbox_ids: list[str] | None,
+    client_id: str | None,
+    headers: dict[str, Any] | None,
+) -> Webhook:
+    check_client_id(client_id)
+    types = check_event_types(caller, event_types)
+    if types is not None and not types:
+        raise fail("event_types", "event_types must list at least one event type")
+    pod_list = _check_channels(pod_ids, "pod_ids")
+    inbox_list = _check_channels(inbox_ids, "inbox_ids")
+    custom = check_headers(headers) if headers is not None else {}
+    owner = await _owner(session, caller, route)
+    owner_scope = owner.inbox_id or owner.pod_id or caller.organization_id
+    if client_id:
+        existing = await session.scalar(
+            select(Webhook).where(Webhook.owner_scope == owner_scope, Webhook.client_id == client_id)
+        )
+        if existing is not None:
+            return existing
+    await check_url(url, rt.settings.webhook_allow_private)
+    if owner.inbox_id is not None:
+        pod_list, inbox_list = [], []
+    elif owner.pod_id is not None:
+        pod_list = []
+        inbox_list = await _resolve_inboxes(session, caller, inbox_list, "inbox_ids", pod_id=owner.pod_id)
+    else:
+        pod_list = await _resolve_pods(session, caller, pod_list, "pod_ids")
+        inbox_list = await _resolve_inboxes(session, caller, inbox_list, "inbox_ids")
+    now = utcnow()
+    hook = Webhook(
+        id=new_id("ep"),
+        organization_id=caller.organization_id,
+        pod_id=owner.pod_id,
+        inbox_id=owner.inbox_id,
+        owner_scope=owner_scope,
+        url=url,
+        event_types=types,
+        pod_ids=pod_list,
+        inbox_ids=inbox_list,
+        headers=custom,
+        secret=new_secret(),
+        enabled=True,
+        client_id=client_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(hook)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:  # a concurrent create with the same client_id won
+        existing = await session.scalar(
+            select(Webhook).where(Webhook.owner_scope == owner_scope, Webhook.client_id == client_id)
+        )
+        if existing is None:
+            raise
+        return existing
+    return hook
+
+
+async def get_webhook(session: AsyncSession, caller: Caller, route: Route, webhook_id: str) -> Webhook:
+    hook = await session.scalar(_owned_by(select(Webhook).where(Webhook.id == webhook_id), caller, route))
+    if hook is None:
+        raise NotFound("Webhook not found")
+    return hook
+
+
+async def list_webhooks(
+    session: AsyncSession,
+    caller: Caller,
+    route: Route,
+    *,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Webhook]:
+    if route.inbox_id is not None:
+        await inboxes.get_inbox(session, caller, route.inbox_id)
+    elif route.pod_id is not None:
+        await pods.get_pod(session, caller, route.pod_id)
+    stmt = _owned_by(select(Webhook), caller, route)
+    if route == Route() and caller.scope_type == "organization":
+        # The organization list shows the webhooks created through the organization route.
+        stmt = stmt.where(Webhook.pod_id.is_(None), Webhook.inbox_id.is_(None))
+    return await paginate(
+        session,
+        stmt,
+        kind="webhooks",
+        columns=[Webhook.created_at, Webhook.id],
+        limit=limit,
+        page_token=page_token,
+        ascending=ascending,
+    )
+
+
+async def update_webhook(
+    session: AsyncSession,
+    caller: Caller,
+    route: Route,
+    webhook_id: str,
+    *,
+    add_pod_ids: list[str] | None = None,
+    remove_pod_ids: list[str] | None = None,
+    add_inbox_ids: list[str] | None = None,
+    remove_inbox_ids: list[str] | None = None,
+    event_types: list[str] | None = None,
+    enabled: bool | None = None,
+) -> Webhook:
+    hook = await get_webhook(session, caller, route, webhook_id)
+    scoped_to_inbox = hook.inbox_id is not None
+    scoped_to_pod = hook.pod_id is not None and not scoped_to_inbox
+    if scoped_to_inbox and (add_pod_ids or remove_pod_ids or add_inbox_ids or remove_inbox_ids):
+        raise fail("inbox_ids", "an inbox webhook is fixed to its inbox")
+    if scoped_to_pod and (add_pod_ids or remove_pod_ids):
+        raise fail("pod_ids", "a pod webhook is fixed to its pod")
+    pod_list = list(hook.pod_ids)
+    inbox_list = list(hook.inbox_ids)
+    if add_pod_ids:
+        pod_list += [
+            p for p in await _resolve_pods(session, caller, add_pod_ids, "add_pod_ids") if p not in pod_list
+        ]
+    if remove_pod_ids:
+        pod_list = [p for p in pod_list if p not in remove_pod_ids]
+    if add_inbox_ids:
+        found = await _resolve_inboxes(session, caller, add_inbox_ids, "add_inbox_ids", pod_id=hook.pod_id)
+        inbox_list += [i for i in found if i not in inbox_list]
+    if remove_inbox_ids:
+        removed = {i.strip().lower() for i in remove_inbox_ids}
+        inbox_list = [i for i in inbox_list if i not in removed]
+    if len(pod_list) > MAX_CHANNELS or len(inbox_list) > MAX_CHANNELS:
+        raise fail("pod_ids", f"a webhook may list at most {MAX_CHANNELS} pods and {MAX_CHANNELS} inboxes")
+    if event_types:
+        hook.event_types = check_event_types(caller, event_types)
+    if enabled is not None:
+        if enabled and not hook.enabled:
+            check_event_types(caller, hook.event_types)  # re-enabling needs the label permissions again
+        hook.enabled = enabled
+    hook.pod_ids = pod_list
+    hook.inbox_ids = inbox_list
+    hook.updated_at = utcnow()
+    return hook
+
+
+async def update_headers(
+    session: AsyncSession,
+    caller: Caller,
+    route: Route,
+    webhook_id: str,
+    *,
+    headers: dict[str, Any] | None,
+    remove_headers: list[str] | None,
+) -> Webhook:
+    if headers is None and remove_headers is None:
+        raise fail("headers", "give headers or remove_headers")
+    hook = await get_webhook(session, caller, route, webhook_id)
+    new = check_headers(headers) if headers is not None else {}
+    removed = {name.lower() for name in remove_headers or []}
+    if removed & {name.lower() for name in new}:
+        raise fail("remove_headers", "a header cannot be both set and removed")
+    current = {k: v for k, v in hook.headers.items() if k.lower() not in removed}
+    for name, value in new.items():
+        current = {k: v for k, v in current.items() if k.lower() != name.lower()}
+        current[name] = value
+    if len(current) > MAX_HEADERS:
+        raise fail("headers", f"a webhook may carry at most {MAX_HEADERS} custom headers")
+    hook.headers = current
+    hook.updated_at = utcnow()
+    return hook
+
+
+async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, webhook_id: str) -> None:
+    hook = await get_webhook(session, caller, route, webhook_id)
+    await session.delete(hook)

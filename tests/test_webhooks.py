@@ -1,0 +1,240 @@
+"""Webhooks through the official SDK: CRUD at three scopes, signed delivery verified by svix, retries,
+auto-disable, SSRF refusal, delivery after a restart, and one delivery per event with two processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from agentmail.core.api_error import ApiError
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
+from conftest import NO_RETRY, Harness
+from events_support import Receiver, emit_event, new_inbox, send_mail, verify, wait_for
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture
+def receiver() -> Any:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_crud_org_scope(harness: Harness, receiver: Receiver) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    hook = client.webhooks.create(
+        url=receiver.url,
+        event_types=["message.received", "message.sent"],
+        inbox_ids=[inbox],
+        client_id="hook-" + harness.new_username(),
+        headers={"X-Team": "blue"},
+    )
+    assert hook.webhook_id.startswith("ep_")
+    assert hook.secret.startswith("whsec_")
+    assert hook.enabled is True
+    assert hook.inbox_ids == [inbox]
+    assert hook.pod_id is None and hook.inbox_id is None
+    again = client.webhooks.create(url=receiver.url, event_types=["message.sent"], client_id=hook.client_id)
+    assert again.webhook_id == hook.webhook_id  # client_id idempotency
+    assert client.webhooks.get(hook.webhook_id).url == receiver.url
+    listed = [w.webhook_id for w in client.webhooks.list(limit=100).webhooks]
+    assert hook.webhook_id in listed
+    assert client.webhooks.get_headers(hook.webhook_id).header_names == ["X-Team"]
+    client.webhooks.update_headers(hook.webhook_id, headers={"X-Other": "1"}, remove_headers=["x-team"])
+    assert client.webhooks.get_headers(hook.webhook_id).header_names == ["X-Other"]
+    updated = client.webhooks.update(hook.webhook_id, event_types=["message.delivered"], enabled=False)
+    assert updated.event_types == ["message.delivered"] and updated.enabled is False
+    updated = client.webhooks.update(hook.webhook_id, remove_inbox_ids=[inbox], enabled=True)
+    assert not updated.inbox_ids and updated.enabled is True
+    client.webhooks.delete(hook.webhook_id)
+    with pytest.raises(ApiError) as err:
+        client.webhooks.get(hook.webhook_id)
+    assert err.value.status_code == 404
+
+
+def test_crud_pod_and_inbox_scope(harness: Harness, receiver: Receiver) -> None:
+    client = harness.client()
+    pod = client.pods.create(name="hooks-" + harness.new_username())
+    inbox = new_inbox(client, pod.pod_id)
+    pod_hook = client.pods.webhooks.create(pod.pod_id, url=receiver.url, event_types=["message.received"])
+    assert pod_hook.pod_id == pod.pod_id
+    inbox_hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+    assert inbox_hook.inbox_id == inbox
+    assert [w.webhook_id for w in client.pods.webhooks.list(pod.pod_id).webhooks] == [pod_hook.webhook_id]
+    assert [w.webhook_id for w in client.inboxes.webhooks.list(inbox).webhooks] == [inbox_hook.webhook_id]
+    org_list = [w.webhook_id for w in client.webhooks.list(limit=100).webhooks]
+    assert pod_hook.webhook_id not in org_list and inbox_hook.webhook_id not in org_list
+    # A key scoped to the pod sees its pod's webhook, and nothing of another pod.
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "pod"}).api_key
+    pod_client = harness.client(api_key=pod_key)
+    assert pod_client.pods.webhooks.get(pod.pod_id, pod_hook.webhook_id).webhook_id == pod_hook.webhook_id
+    other = client.webhooks.create(url=receiver.url, event_types=["message.sent"])
+    with pytest.raises(ApiError) as err:
+        pod_client.webhooks.get(other.webhook_id)
+    assert err.value.status_code == 404
+    client.inboxes.webhooks.delete(inbox, inbox_hook.webhook_id)
+    client.pods.webhooks.delete(pod.pod_id, pod_hook.webhook_id)
+    client.webhooks.delete(other.webhook_id)
+
+
+def test_validation_and_permissions(harness: Harness, receiver: Receiver) -> None:
+    client = harness.client()
+    with pytest.raises(ApiError) as err:
+        client.webhooks.create(url=receiver.url, event_types=["message.nope"], request_options=NO_RETRY)
+    assert err.value.status_code == 400
+    with pytest.raises(ApiError) as err:
+        client.webhooks.create(url="ftp://example.com/x", event_types=["message.sent"], request_options=NO_RETRY)
+    assert err.value.status_code == 400
+    with pytest.raises(ApiError) as err:
+        client.webhooks.create(
+            url=receiver.url,
+            event_types=["message.sent"],
+            inbox_ids=[f"x{i}@example.com" for i in range(11)],
+            request_options=NO_RETRY,
+        )
+    assert err.value.status_code == 400
+    limited = client.api_keys.create(
+        request={"name": "no-spam", "permissions": {"webhook_create": True, "webhook_read": True}}
+    ).api_key
+    with pytest.raises(ApiError) as err:
+        harness.client(api_key=limited).webhooks.create(
+            url=receiver.url, event_types=["message.received.spam"], request_options=NO_RETRY
+        )
+    assert err.value.status_code == 403
+    assert err.value.body["message"] == "label_spam_read is forbidden"
+
+
+def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    hook = client.inboxes.webhooks.create(
+        inbox, url=receiver.url, event_types=["message.received"], headers={"X-Token": "t0p"}
+    )
+    message_id = send_mail(harness.server, inbox, subject="signed")
+    delivery = receiver.wait(1)[0]
+    body = verify(hook.secret, delivery)
+    StandardWebhook(hook.secret).verify(delivery.body, delivery.headers)  # raises if it does not verify
+    assert body["type"] == "event" and body["event_type"] == "message.received"
+    assert body["event_id"].startswith("evt_")
+    assert body["message"]["message_id"] == message_id and body["message"]["inbox_id"] == inbox
+    assert body["thread"]["thread_id"] == body["message"]["thread_id"]
+    assert delivery.headers["svix-id"] == "msg_" + body["event_id"].removeprefix("evt_")
+    assert delivery.headers["x-token"] == "t0p"
+    assert delivery.headers["content-type"] == "application/json"
+    client.inboxes.webhooks.delete(inbox, hook.webhook_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retries_until_receiver_recovers(backend: str, fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server(backend, env={"AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,0.5,0.5,0.5"}).start()
+    harness = Harness(server, backend)
+    client = harness.client()
+    receiver = Receiver(status=lambda n: 503 if n < 2 else 200)
+    try:
+        inbox = new_inbox(client)
+        hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+        send_mail(server, inbox)
+        deliveries = receiver.wait(3)
+        time.sleep(1.5)  # no attempt after the success
+        assert len(receiver.deliveries) == 3
+        assert len({d.headers["svix-id"] for d in deliveries}) == 1
+        for delivery in deliveries:
+            verify(hook.secret, delivery)  # each attempt signed afresh, each verifies
+        assert deliveries[1].at - deliveries[0].at >= 0.4
+        assert client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled is True
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_disable_after_schedule_exhausted(backend: str, fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server(backend, env={"AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,0.2,0.2"}).start()
+    client = Harness(server, backend).client()
+    receiver = Receiver(status=lambda n: 500)
+    try:
+        inbox = new_inbox(client)
+        hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+        send_mail(server, inbox)
+        receiver.wait(3)
+        wait_for(lambda: not client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled, timeout=10)
+        time.sleep(0.5)
+        assert len(receiver.deliveries) == 3
+        send_mail(server, inbox, subject="while disabled")
+        time.sleep(1.0)
+        assert len(receiver.deliveries) == 3  # a disabled webhook receives nothing
+    finally:
+        receiver.close()
+
+
+def test_private_addresses_refused(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_WEBHOOK_ALLOW_PRIVATE": "false"}).start()
+    client = Harness(server, "sqlite").client()
+    for url in (
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.1.1]/hook",
+        "http://0.0.0.0/hook",
+    ):
+        with pytest.raises(ApiError) as err:
+            client.webhooks.create(url=url, event_types=["message.sent"], request_options=NO_RETRY)
+        assert err.value.status_code == 400, url
+    # A public literal address is accepted (nothing is sent until an event matches).
+    assert client.webhooks.create(url="https://93.184.215.14/hook", event_types=["message.sent"]).enabled
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_event_written_while_down_is_delivered_after_restart(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    server = fresh_server(backend).start()
+    client = Harness(server, backend).client()
+    receiver = Receiver()
+    try:
+        inbox_id = new_inbox(client)
+        inbox = client.inboxes.get(inbox_id)
+        org = client.organizations.get().organization_id
+        hook = client.webhooks.create(url=receiver.url, event_types=["message.sent"])
+        server.stop()
+        event_id = emit_event(server, organization_id=org, inbox_id=inbox_id, pod_id=inbox.pod_id, subject="down")
+        server.start()
+        body = verify(hook.secret, receiver.wait(1)[0])
+        assert body["event_id"] == event_id and body["event_type"] == "message.sent"
+    finally:
+        receiver.close()
+
+
+def test_two_processes_deliver_each_event_once(fresh_server: Callable[..., ServerProcess]) -> None:
+    if not postgres.available():
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    servers = [fresh_server(database_url=url), fresh_server(database_url=url)]
+    try:
+        first, second = (s.start() for s in servers)
+        client = Harness(first, "postgres").client()
+        receiver = Receiver()
+        try:
+            inbox = new_inbox(client)
+            hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+            for i in range(6):
+                send_mail(first if i % 2 else second, inbox, subject=f"twice {i}")
+            deliveries = receiver.wait(6)
+            time.sleep(1.0)
+            ids = [verify(hook.secret, d)["event_id"] for d in receiver.deliveries]
+            assert len(ids) == 6 == len(set(ids)), ids
+            assert len(deliveries) == 6
+        finally:
+            receiver.close()
+    finally:
+        for server in servers:
+            server.kill()
+        postgres.drop_database(url)
