@@ -1,0 +1,286 @@
+"""Tenant isolation, route by route, generated from the app's route table.
+
+Tenant A (a pod with an inbox, mail, a draft, a domain, webhooks, keys and list entries) and
+tenant B (another pod and inbox) share one organization. Every route is called with tenant B's
+pod key and inbox key, with tenant A's ids in the path: each must be refused (403/404), never
+answered, never a 5xx. Routes without ids may answer, but never with any of tenant A's ids.
+Then the organization key reads every GET route with the same ids and must succeed, which
+proves the fillers name real resources (and that B's calls deleted nothing).
+
+A new route whose path parameter has no filler below fails the test until one is added.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from agentmx.http.app import ROUTERS
+from conftest import Harness
+from mail_support import make_message, smtp_send
+
+PARAM = re.compile(r"{(\w+)(?::\w+)?}")
+
+# Routes that are not tenant data behind an API key, and why.
+EXEMPT = {
+    "/health": "liveness probe, no tenant data",
+    "/v0/downloads/{token}": "signed, expiring download URL handed out by an authorized read (like a presigned URL)",
+    "/v0/drafts/{draft_id}/attachments/{attachment_id}/download": "signed, expiring download URL (see above)",
+    "/v0": "the WebSocket; subscriptions to foreign inboxes are checked in test_websocket_refuses_foreign_scope",
+}
+
+# GET routes the organization key may not read with tenant A's fillers, and why.
+ORG_GET_EXCEPTIONS: dict[str, tuple[int, ...]] = {
+    "/v0/domains/{domain_id}/setup-link": (200, 404, 422),
+}
+
+
+@dataclass
+class Tenant:
+    pod_id: str
+    inbox_id: str
+    message_id: str = ""
+    thread_id: str = ""
+    attachment_id: str = ""
+    draft_id: str = ""
+    draft_attachment_id: str = ""
+    domain_id: str = ""
+    pod_webhook_id: str = ""
+    inbox_webhook_id: str = ""
+    pod_key_id: str = ""
+    inbox_key_id: str = ""
+    org_entry: str = ""
+    pod_entry: str = ""
+    inbox_entry: str = ""
+    secrets_: dict[str, str] = field(default_factory=dict)
+
+    def ids(self) -> list[str]:
+        """Strings that must never appear in a response to tenant B."""
+        values = [
+            self.pod_id,
+            self.inbox_id,
+            self.message_id,
+            self.thread_id,
+            self.attachment_id,
+            self.draft_id,
+            self.domain_id,
+            self.pod_webhook_id,
+            self.inbox_webhook_id,
+            self.pod_key_id,
+            self.inbox_key_id,
+            self.pod_entry,
+            self.inbox_entry,
+        ]
+        return [v for v in values if v]
+
+
+def _filler(tenant: Tenant, name: str, path: str) -> list[str]:
+    """Values for one path parameter of ``path``: tenant A's resource of that kind."""
+    under_inbox = path.startswith("/v0/inboxes/")
+    under_pod = path.startswith("/v0/pods/")
+    table: dict[str, Callable[[], list[str]]] = {
+        "pod_id": lambda: [tenant.pod_id],
+        "inbox_id": lambda: [tenant.inbox_id],
+        "message_id": lambda: [tenant.message_id],
+        "rest": lambda: [
+            tenant.message_id,
+            tenant.message_id + "/raw",
+            f"{tenant.message_id}/attachments/{tenant.attachment_id}",
+        ],
+        "thread_id": lambda: [tenant.thread_id],
+        "attachment_id": lambda: [tenant.draft_attachment_id if "/drafts/" in path else tenant.attachment_id],
+        "draft_id": lambda: [tenant.draft_id],
+        "domain_id": lambda: [tenant.domain_id],
+        "webhook_id": lambda: [tenant.inbox_webhook_id if under_inbox else tenant.pod_webhook_id],
+        "api_key_id": lambda: [tenant.inbox_key_id if under_inbox else tenant.pod_key_id],
+        "direction": lambda: ["receive"],
+        "list_type": lambda: ["block"],
+        "entry": lambda: [
+            tenant.inbox_entry if under_inbox else tenant.pod_entry if under_pod else tenant.org_entry
+        ],
+    }
+    if name not in table:
+        pytest.fail(f"No isolation filler for path parameter '{name}' in {path}: add one to _filler()")
+    return table[name]()
+
+
+def _routes() -> Iterator[tuple[str, str]]:
+    for router in ROUTERS:
+        for route in router.routes:
+            path = getattr(route, "path", "")
+            for method in sorted(getattr(route, "methods", None) or ["WS"]):
+                if method != "HEAD":
+                    yield method, path
+
+
+def _urls(tenant: Tenant, path: str) -> list[str]:
+    urls = [path]
+    for name in PARAM.findall(path):
+        expanded = []
+        for url in urls:
+            for value in _filler(tenant, name, path):
+                expanded.append(re.sub(r"{" + name + r"(?::\w+)?}", lambda _m, v=value: v, url, count=1))
+        urls = expanded
+    return urls
+
+
+def _query(path: str) -> dict[str, str]:
+    """Query parameters a route needs to answer at all."""
+    if path.endswith("/search"):
+        return {"q": "secret"}
+    if path.endswith("/metrics"):  # the legacy form requires its range
+        return {"start_timestamp": "2020-01-01T00:00:00Z", "end_timestamp": "2100-01-01T00:00:00Z"}
+    return {}
+
+
+def _body(method: str, path: str, tenant: Tenant) -> dict[str, Any] | None:
+    """A plausible body, so a refusal is about scope and not about a malformed request."""
+    if method in ("GET", "DELETE"):
+        return None
+    if path.endswith("/messages/send") or path.endswith("/forward"):
+        return {"to": ["someone@example.com"], "subject": "hi", "text": "hi"}
+    if path.endswith("/reply") or path.endswith("/reply-all") or path.endswith("/drafts/{draft_id}/send"):
+        return {"text": "hi"}
+    if path.endswith("/batch-get"):
+        return {"message_ids": [tenant.message_id]}
+    if path.endswith("/batch-update"):
+        return {"message_ids": [tenant.message_id], "add_labels": ["x"]}
+    if "/webhooks" in path and method == "POST":
+        return {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
+    if "/lists/" in path and method == "POST":
+        return {"entry": "someone@example.com"}
+    if path.endswith("/domains") and method == "POST":
+        return {"domain": f"b-{secrets.token_hex(4)}.example"}
+    if "/domains/" in path and method == "PATCH":
+        return {"feedback_enabled": True}
+    if path.endswith("/headers"):
+        return {"headers": {"X-Test": "1"}}
+    if "/messages/" in path or "/threads/" in path:
+        return {"add_labels": ["x"]}
+    if path.endswith("/drafts") or "/drafts/" in path:
+        return {"subject": "x"}
+    if "/inboxes/{inbox_id}" in path and path.endswith("{inbox_id}"):
+        return {"display_name": "x"}
+    return {}
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text
+
+
+def _build_tenant(harness: Harness, http: httpx.Client, label: str, mail: bool) -> Tenant:
+    client = harness.client()
+    pod = client.pods.create(name=f"tenant-{label}-{harness.new_username()}")
+    inbox = client.pods.inboxes.create(pod.pod_id, username=f"{label}{harness.new_username()}")
+    tenant = Tenant(pod_id=pod.pod_id, inbox_id=inbox.inbox_id)
+    if not mail:
+        return tenant
+
+    msg = make_message(
+        inbox.inbox_id, subject=f"secret of {label}", attachments=[("a.txt", "text/plain", b"A")]
+    )
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    stored = client.inboxes.messages.list(inbox.inbox_id).messages[0]
+    full = client.inboxes.messages.get(inbox.inbox_id, stored.message_id)
+    tenant.message_id, tenant.thread_id = full.message_id, full.thread_id
+    tenant.attachment_id = (full.attachments or [])[0].attachment_id
+
+    attachment = {
+        "filename": "d.txt",
+        "content_type": "text/plain",
+        "content": base64.b64encode(b"D").decode(),
+    }
+    draft = http.post(
+        f"/v0/inboxes/{inbox.inbox_id}/drafts",
+        json={"to": ["x@example.com"], "subject": "draft", "attachments": [attachment]},
+    ).json()
+    tenant.draft_id = draft["draft_id"]
+    tenant.draft_attachment_id = draft["attachments"][0]["attachment_id"]
+
+    domain = http.post(
+        f"/v0/pods/{pod.pod_id}/domains", json={"domain": f"{label}-{secrets.token_hex(4)}.example"}
+    )
+    tenant.domain_id = domain.json()["domain_id"]
+    hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
+    tenant.pod_webhook_id = http.post(f"/v0/pods/{pod.pod_id}/webhooks", json=hook).json()["webhook_id"]
+    tenant.inbox_webhook_id = http.post(f"/v0/inboxes/{inbox.inbox_id}/webhooks", json=hook).json()[
+        "webhook_id"
+    ]
+
+    tenant.pod_key_id = client.pods.api_keys.create(pod.pod_id, request={"name": "a"}).api_key_id
+    tenant.inbox_key_id = client.inboxes.api_keys.create(inbox.inbox_id, request={"name": "a"}).api_key_id
+    tenant.org_entry = f"{label}-{secrets.token_hex(4)}.example"
+    client.lists.create("receive", "block", entry=tenant.org_entry)
+    tenant.pod_entry = client.pods.lists.create(
+        pod.pod_id, "receive", "block", entry=f"pod-{label}@x.example"
+    ).entry
+    tenant.inbox_entry = client.inboxes.lists.create(
+        inbox.inbox_id, "receive", "block", entry=f"inbox-{label}@x.example"
+    ).entry
+    return tenant
+
+
+def test_route_matrix(harness: Harness) -> None:
+    admin_headers = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=admin_headers, timeout=30) as http:
+        a = _build_tenant(harness, http, "a", mail=True)
+        b = _build_tenant(harness, http, "b", mail=False)
+        admin = harness.client()
+        keys = {
+            "pod key of B": admin.pods.api_keys.create(b.pod_id, request={}).api_key,
+            "inbox key of B": admin.inboxes.api_keys.create(b.inbox_id, request={}).api_key,
+        }
+        leaks = a.ids()
+        failures: list[str] = []
+        checked = 0
+        try:
+            for method, path in _routes():
+                if path in EXEMPT:
+                    continue
+                has_ids = bool(PARAM.search(path))
+                for url in _urls(a, path):
+                    for who, key in keys.items():
+                        response = http.request(
+                            method,
+                            url,
+                            params=_query(path),
+                            json=_body(method, path, a),
+                            headers={"Authorization": f"Bearer {key}"},
+                        )
+                        checked += 1
+                        status = response.status_code
+                        body = _json(response)
+                        text = json.dumps(body) if not isinstance(body, str) else body
+                        where = f"{who}: {method} {url} -> {status} {text[:200]}"
+                        if status >= 500:
+                            failures.append("server error " + where)
+                        elif has_ids and status not in (403, 404):
+                            failures.append("not refused " + where)
+                        elif 200 <= status < 300 and any(leak in text for leak in leaks):
+                            failures.append("tenant A data in " + where)
+
+            # The fillers name real resources: the organization key reads every GET route.
+            for method, path in _routes():
+                if method != "GET" or path in EXEMPT or not PARAM.search(path):
+                    continue
+                for url in _urls(a, path):
+                    status = http.get(url, params=_query(path)).status_code
+                    allowed = ORG_GET_EXCEPTIONS.get(path, (200,))
+                    if status not in allowed:
+                        failures.append(f"organization key: GET {url} -> {status} (filler broken?)")
+        finally:
+            admin.lists.delete("receive", "block", a.org_entry)
+            admin.lists.delete("receive", "block", b.org_entry) if b.org_entry else None
+        assert checked > 100
+        assert not failures, "\n".join(failures)
