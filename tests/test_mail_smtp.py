@@ -1,0 +1,86 @@
+"""The inbound SMTP edge: size limit, partial recipients, label permissions, custody across SIGKILL."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable
+
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.testing.server import ServerProcess
+from conftest import BACKENDS, NO_RETRY, Harness
+from mail_support import make_message, smtp_send
+
+
+def test_oversize_message_552(harness: Harness) -> None:
+    inbox = harness.client().inboxes.create()
+    big = make_message(inbox.inbox_id, text="x" * 100).as_bytes() + b"y" * (10 * 1024 * 1024 + 10)
+    with pytest.raises((smtplib.SMTPSenderRefused, smtplib.SMTPDataError)) as info:
+        smtp_send(harness.server, [inbox.inbox_id], big)
+    assert info.value.smtp_code == 552
+    assert harness.client().inboxes.messages.list(inbox.inbox_id).count == 0
+
+
+def test_unknown_recipient_refused_others_delivered(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id)
+    refused = smtp_send(harness.server, [inbox.inbox_id, "ghost@agentmx.localhost"], msg.as_bytes())
+    assert refused["ghost@agentmx.localhost"][0] == 550
+    assert client.inboxes.messages.list(inbox.inbox_id).count == 1
+
+
+def test_message_without_message_id_gets_one(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    raw = f"From: a@example.com\r\nTo: {inbox.inbox_id}\r\nSubject: no id\r\n\r\nbody\r\n".encode()
+    smtp_send(harness.server, [inbox.inbox_id], raw)
+    smtp_send(harness.server, [inbox.inbox_id], raw)  # a retry of the same bytes is not stored twice
+    listed = client.inboxes.messages.list(inbox.inbox_id)
+    assert listed.count == 1
+    assert listed.messages[0].message_id.startswith("<") and listed.messages[0].message_id.endswith(">")
+
+
+def test_trash_needs_label_permission(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id)
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    client.inboxes.messages.update(inbox.inbox_id, msg["Message-ID"], add_labels="trash")
+    limited = client.api_keys.create(
+        request={"name": "reader", "permissions": {"message_read": True}}
+    ).api_key
+    reader = harness.client(limited)
+    assert reader.inboxes.messages.list(inbox.inbox_id, include_trash=True).count == 0
+    assert reader.inboxes.threads.list(inbox.inbox_id, include_trash=True).count == 0
+    with pytest.raises(ApiError) as info:
+        reader.inboxes.messages.get(inbox.inbox_id, msg["Message-ID"], request_options=NO_RETRY)
+    assert info.value.status_code == 404
+    with pytest.raises(ApiError) as info:
+        reader.inboxes.messages.update(
+            inbox.inbox_id, msg["Message-ID"], add_labels="x", request_options=NO_RETRY
+        )
+    assert info.value.status_code == 403
+    assert "trash" in client.inboxes.messages.get(inbox.inbox_id, msg["Message-ID"]).labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_acked_messages_survive_sigkill(backend: str, fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server(backend).start()
+    key = server.create_key()
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    inbox = AgentMail(api_key=key, environment=env).inboxes.create()
+    acked = []
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        for i in range(40):
+            msg = make_message(inbox.inbox_id, subject=f"custody {i}")
+            smtp.sendmail("sender@example.com", [inbox.inbox_id], msg.as_bytes())
+            acked.append(msg["Message-ID"])
+        server.kill()  # right after the last 250
+    server.start()
+    client = AgentMail(api_key=key, environment=env)
+    stored = {m.message_id for m in client.inboxes.messages.list(inbox.inbox_id, limit=100).messages}
+    assert set(acked) <= stored
