@@ -1,0 +1,363 @@
+"""Drafts through the official SDK on SQLite and PostgreSQL: CRUD, derivations, validation, send."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from agentmail.errors import ConflictError, NotFoundError, ValidationError
+from agentmail.inboxes.types import CreateInboxRequest
+
+from conftest import NO_RETRY, Harness
+from drafts_support import inject, messages, new_inbox, wait_for
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_plain_draft_crud_and_update_semantics(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    draft = client.inboxes.drafts.create(
+        inbox,
+        to=["Bob <bob@example.com>"],
+        cc=["carol@example.com"],
+        bcc=["dave@example.com"],
+        reply_to=["replies@example.com"],
+        subject="Quarterly report",
+        text="Hello Bob,\n  here is   the report.",
+        html="<p>Hello Bob</p>",
+        labels=["Work", "urgent"],
+        attachments=[{"filename": "a.txt", "content_type": "text/plain", "content": _b64(b"alpha")}],
+    )
+    assert draft.inbox_id == inbox
+    assert draft.draft_id
+    assert draft.to == ["Bob <bob@example.com>"]
+    assert draft.cc == ["carol@example.com"] and draft.bcc == ["dave@example.com"]
+    assert draft.reply_to == ["replies@example.com"]
+    assert draft.labels == ["urgent", "work"]
+    assert draft.preview == "Hello Bob, here is the report."
+    assert draft.send_status is None and draft.send_at is None
+    assert draft.created_at and draft.updated_at
+    assert draft.attachments and draft.attachments[0].size == 5
+    att_id = draft.attachments[0].attachment_id
+
+    got = client.inboxes.drafts.get(inbox, draft.draft_id)
+    assert got.subject == "Quarterly report" and got.html == "<p>Hello Bob</p>"
+    attachment = client.inboxes.drafts.get_attachment(inbox, draft.draft_id, att_id)
+    assert attachment.size == 5 and attachment.expires_at
+    assert httpx.get(attachment.download_url).content == b"alpha"
+    assert httpx.get(attachment.download_url + "0").status_code == 404  # tampered signature
+
+    updated = client.inboxes.drafts.update(
+        inbox,
+        draft.draft_id,
+        subject="Q3 report",
+        cc=None,
+        bcc=[],
+        add_labels=["Later"],
+        remove_labels=["urgent"],
+        add_attachments=[{"filename": "b.bin", "content": _b64(b"bravo!")}],
+        remove_attachments=[att_id],
+    )
+    assert updated.subject == "Q3 report"
+    assert updated.cc is None and updated.bcc is None
+    assert updated.to == ["Bob <bob@example.com>"]  # omitted = unchanged
+    assert updated.text == "Hello Bob,\n  here is   the report."
+    assert updated.labels == ["later", "work"]
+    assert [a.filename for a in updated.attachments or []] == ["b.bin"]
+    assert updated.updated_at >= draft.updated_at
+
+    cleared = client.inboxes.drafts.update(inbox, draft.draft_id, text=None, subject=None)
+    assert cleared.text is None and cleared.subject is None and cleared.preview is None
+    assert cleared.html == "<p>Hello Bob</p>"
+
+    client.inboxes.drafts.delete(inbox, draft.draft_id)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(inbox, draft.draft_id, request_options=NO_RETRY)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.delete(inbox, draft.draft_id, request_options=NO_RETRY)
+
+
+def test_list_at_inbox_pod_and_org_scope(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create(name="drafts-" + secrets.token_hex(3))
+    inbox = client.pods.inboxes.create(pod.pod_id, username="d" + secrets.token_hex(5)).inbox_id
+    other = new_inbox(client)
+    ids = [
+        client.inboxes.drafts.create(inbox, subject=f"d{i}", labels=["batch"] if i % 2 else []).draft_id
+        for i in range(3)
+    ]
+    foreign = client.inboxes.drafts.create(other, subject="elsewhere").draft_id
+
+    listed = client.inboxes.drafts.list(inbox)
+    assert [d.draft_id for d in listed.drafts] == ids[::-1]  # updated_at descending
+    assert listed.count == 3
+    assert [d.draft_id for d in client.inboxes.drafts.list(inbox, ascending=True).drafts] == ids
+    assert [d.draft_id for d in client.inboxes.drafts.list(inbox, labels=["batch"]).drafts] == [ids[1]]
+
+    first = client.inboxes.drafts.list(inbox, limit=2)
+    assert first.count == 2 and first.next_page_token
+    rest = client.inboxes.drafts.list(inbox, limit=2, page_token=first.next_page_token)
+    assert [d.draft_id for d in rest.drafts] == [ids[0]] and rest.next_page_token is None
+
+    pod_ids = {d.draft_id for d in client.pods.drafts.list(pod.pod_id).drafts}
+    assert pod_ids == set(ids)
+    assert client.pods.drafts.get(pod.pod_id, ids[0]).subject == "d0"
+    with pytest.raises(NotFoundError):
+        client.pods.drafts.get(pod.pod_id, foreign, request_options=NO_RETRY)
+
+    org_ids = set()
+    token = None
+    while True:
+        page = client.drafts.list(limit=100, page_token=token)
+        org_ids |= {d.draft_id for d in page.drafts}
+        token = page.next_page_token
+        if not token:
+            break
+    assert set(ids) | {foreign} <= org_ids
+    assert client.drafts.get(foreign).inbox_id == other
+
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(other, ids[0], request_options=NO_RETRY)
+
+    # An inbox-scoped key sees only its inbox's drafts, at every scope.
+    scoped = harness.client(api_key=client.inboxes.api_keys.create(inbox, request={"name": "d"}).api_key)
+    assert {d.draft_id for d in scoped.drafts.list().drafts} == set(ids)
+    with pytest.raises(NotFoundError):
+        scoped.drafts.get(foreign, request_options=NO_RETRY)
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.drafts.list(other, request_options=NO_RETRY)
+
+
+def test_validation_errors(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    mid = inject(harness.server, inbox)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, in_reply_to=mid, forward_of=mid, request_options=NO_RETRY)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(
+            inbox, in_reply_to=mid, reply_all=True, to=["x@example.com"], request_options=NO_RETRY
+        )
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, to=["not an address"], request_options=NO_RETRY)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, labels=["scheduled"], request_options=NO_RETRY)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(
+            inbox, attachments=[{"filename": "x", "content": "!!!"}], request_options=NO_RETRY
+        )
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.create(inbox, in_reply_to="<nope@example.com>", request_options=NO_RETRY)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.create("nobody@agentmx.localhost", subject="x", request_options=NO_RETRY)
+    r = httpx.post(
+        f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts",
+        json={"send_at": "tomorrow"},
+        headers={"Authorization": f"Bearer {harness.api_key}"},
+    )
+    assert r.status_code == 400 and r.json()["code"] == "validation_error"
+
+
+def test_client_id_returns_the_same_draft(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    first = client.inboxes.drafts.create(inbox, subject="once", client_id="draft-cid-1")
+    second = client.inboxes.drafts.create(inbox, subject="twice", client_id="draft-cid-1")
+    assert second.draft_id == first.draft_id and second.subject == "once"
+    assert second.client_id == "draft-cid-1"
+
+
+def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    mid = inject(
+        harness.server,
+        inbox,
+        subject="Project kickoff",
+        sender="Alice <alice@example.com>",
+        cc="carol@example.com",
+    )
+    reply = client.inboxes.drafts.create(inbox, in_reply_to=mid, text="Thanks!")
+    assert reply.in_reply_to == mid
+    assert reply.subject == "Re: Project kickoff"
+    assert [a.split("<")[-1].rstrip(">") for a in reply.to or []] == ["alice@example.com"]
+    assert reply.cc is None
+    assert mid in (client.inboxes.drafts.get(inbox, reply.draft_id).model_dump().get("references") or [])
+
+    everyone = client.inboxes.drafts.create(inbox, in_reply_to=mid, reply_all=True, text="All")
+    assert [a.split("<")[-1].rstrip(">") for a in everyone.to or []] == ["alice@example.com"]
+    assert everyone.cc == ["carol@example.com"]  # the inbox itself is never a recipient
+
+    # Overrides keep the threading but use the given recipients.
+    custom = client.inboxes.drafts.create(inbox, in_reply_to=mid, to=["zed@example.com"])
+    assert custom.to == ["zed@example.com"] and custom.subject == "Re: Project kickoff"
+
+
+def test_forward_draft_merges_original_at_send(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    target = new_inbox(client)
+    mid = inject(harness.server, inbox, subject="Invoice", text="Please pay 42 EUR.", attachment=b"PDFDATA")
+    fwd = client.inboxes.drafts.create(inbox, forward_of=mid, text="FYI see below")
+    assert fwd.forward_of == mid and fwd.subject == "Fwd: Invoice"
+    assert fwd.to is None  # recipients optional until send
+    client.inboxes.drafts.update(inbox, fwd.draft_id, to=[target])
+    sent = client.inboxes.drafts.send(inbox, fwd.draft_id)
+    message = client.inboxes.messages.get(inbox, sent.message_id)
+    assert "FYI see below" in (message.text or "")
+    assert "Please pay 42 EUR." in (message.text or "")
+    assert message.subject == "Fwd: Invoice"
+    assert "orig.bin" in [a.filename for a in message.attachments or []]
+    assert message.thread_id == sent.thread_id
+
+
+def test_send_draft_becomes_message_and_is_deleted(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    target = new_inbox(client)
+    draft = client.inboxes.drafts.create(
+        inbox,
+        to=[target],
+        subject="From a draft",
+        text="Body of the draft",
+        labels=["outreach"],
+        attachments=[{"filename": "n.txt", "content": _b64(b"note")}],
+    )
+    key = "draft-send-" + secrets.token_hex(4)
+    sent = client.inboxes.drafts.send(
+        inbox, draft.draft_id, add_labels=["followup"], remove_labels="outreach", idempotency_key=key
+    )
+    assert sent.message_id.startswith("<") and sent.thread_id
+    message = client.inboxes.messages.get(inbox, sent.message_id)
+    assert "sent" in message.labels and "followup" in message.labels
+    assert "outreach" not in message.labels
+    assert message.subject == "From a draft" and message.text and "Body of the draft" in message.text
+    assert [a.filename for a in message.attachments or []] == ["n.txt"]
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(inbox, draft.draft_id, request_options=NO_RETRY)
+
+    # The same Idempotency-Key replays the original result and sends nothing more.
+    again = client.inboxes.drafts.send(
+        inbox, draft.draft_id, add_labels=["followup"], remove_labels="outreach", idempotency_key=key
+    )
+    assert (again.message_id, again.thread_id) == (sent.message_id, sent.thread_id)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert len([m for m in messages(client, inbox, "sent") if m.subject == "From a draft"]) == 1
+
+
+def test_send_reply_draft_joins_the_thread(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    mid = inject(harness.server, inbox, subject="Question")
+    original = client.inboxes.messages.get(inbox, mid)
+    draft = client.inboxes.drafts.create(inbox, in_reply_to=mid, text="Answer")
+    sent = client.inboxes.drafts.send(inbox, draft.draft_id)
+    assert sent.thread_id == original.thread_id
+    message = client.inboxes.messages.get(inbox, sent.message_id)
+    assert message.in_reply_to == mid and message.subject == "Re: Question"
+
+
+def test_send_with_no_recipients_is_refused_and_keeps_the_draft(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    draft = client.inboxes.drafts.create(inbox, subject="nobody")
+    with pytest.raises(Exception) as info:
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 422
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).subject == "nobody"
+
+
+def test_schedule_fields_unschedule_and_delete(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    when = datetime.now(UTC) + timedelta(hours=1)
+    draft = client.inboxes.drafts.create(inbox, to=["x@example.com"], send_at=when, labels=["mine"])
+    assert draft.send_status == "scheduled"
+    assert draft.labels == ["mine", "scheduled"]
+    assert draft.send_at and abs((draft.send_at - when).total_seconds()) < 0.01
+    listed = client.inboxes.drafts.list(inbox, labels=["scheduled"]).drafts
+    assert [d.draft_id for d in listed] == [draft.draft_id] and listed[0].send_status == "scheduled"
+
+    later = when + timedelta(hours=1)
+    moved = client.inboxes.drafts.update(inbox, draft.draft_id, send_at=later)
+    assert moved.send_at and abs((moved.send_at - later).total_seconds()) < 0.01
+    assert moved.send_status == "scheduled"
+
+    plain = client.inboxes.drafts.update(inbox, draft.draft_id, send_at=None)
+    assert plain.send_status is None and plain.send_at is None and plain.labels == ["mine"]
+    again = client.inboxes.drafts.update(inbox, draft.draft_id, send_at=later)
+    assert again.labels == ["mine", "scheduled"]
+    client.inboxes.drafts.delete(inbox, draft.draft_id)
+
+
+def test_draft_permissions(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create(request=CreateInboxRequest(username="d" + secrets.token_hex(5))).inbox_id
+    draft = client.inboxes.drafts.create(inbox, subject="perm")
+    reader = harness.client(
+        api_key=client.api_keys.create(request={"name": "ro", "permissions": {"draft_read": True}}).api_key
+    )
+    assert reader.inboxes.drafts.get(inbox, draft.draft_id).subject == "perm"
+    with pytest.raises(Exception) as info:
+        reader.inboxes.drafts.update(inbox, draft.draft_id, subject="no", request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 403
+    with pytest.raises(Exception) as info:
+        reader.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 403
+
+
+def test_edit_while_sending_is_a_conflict(harness: Harness) -> None:
+    """A draft in send_status "sending" (set directly: the window is milliseconds) refuses edits."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    draft = client.inboxes.drafts.create(inbox, subject="busy", to=["x@example.com"])
+    _set_status(harness, draft.draft_id, "sending")
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).send_status == "sending"
+    with pytest.raises(ConflictError):
+        client.inboxes.drafts.update(inbox, draft.draft_id, subject="edit", request_options=NO_RETRY)
+    with pytest.raises(ConflictError):
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    client.inboxes.drafts.delete(inbox, draft.draft_id)  # deleting still cancels
+
+
+def _set_status(harness: Harness, draft_id: str, status: str | None) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmx.settings import normalize_database_url
+
+    url = harness.server.database_url or f"sqlite:///{harness.server.data_dir / 'agentmx.db'}"
+
+    async def run() -> None:
+        engine = create_async_engine(normalize_database_url(url))
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE drafts SET send_status = :s WHERE id = :i"), {"s": status, "i": draft_id}
+            )
+        await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_past_send_at_sends_at_once(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    target = new_inbox(client)
+    subject = "past-" + secrets.token_hex(3)
+    draft = client.inboxes.drafts.create(
+        inbox, to=[target], subject=subject, text="late", send_at=datetime.now(UTC) - timedelta(minutes=5)
+    )
+    assert draft.send_status == "scheduled"
+    sent = wait_for(lambda: [m for m in messages(client, inbox, "sent") if m.subject == subject])
+    assert len(sent) == 1
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(inbox, draft.draft_id, request_options=NO_RETRY)

@@ -1,0 +1,155 @@
+"""Scheduled drafts are durable jobs: on time, never early, once, across restarts and processes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+from agentmail.errors import NotFoundError
+
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
+from conftest import BACKENDS, NO_RETRY, _postgres_or_skip
+from drafts_support import messages, new_inbox, wait_for
+
+LATE_TOLERANCE = 1.5  # seconds after send_at (or after the server is back) a send may take
+
+
+def _client(server: ServerProcess, key: str) -> AgentMail:
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    return AgentMail(api_key=key, environment=env)
+
+
+def _received(client: AgentMail, inbox: str, subject: str) -> list[Any]:
+    return [m for m in messages(client, inbox, "received") if m.subject == subject]
+
+
+def _sent(client: AgentMail, inbox: str, subject: str) -> list[Any]:
+    return [m for m in messages(client, inbox, "sent") if m.subject == subject]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scheduled_send_survives_restart_on_time_exactly_once(fresh_server: Any, backend: str) -> None:
+    server = fresh_server(backend).start()
+    client = _client(server, server.create_key())
+    sender, recipient = new_inbox(client), new_inbox(client)
+    subject = "scheduled-" + secrets.token_hex(3)
+    send_at = datetime.now(UTC) + timedelta(seconds=3)
+    draft = client.inboxes.drafts.create(sender, to=[recipient], subject=subject, text="hi", send_at=send_at)
+    assert draft.send_status == "scheduled" and "scheduled" in draft.labels
+
+    server.stop()  # the job lives in the database, not in this process
+    server.start()
+    back = datetime.now(UTC)
+
+    sent = wait_for(lambda: _sent(client, sender, subject), timeout=20)
+    sent_at = sent[0].timestamp
+    assert sent_at >= send_at, "sent before send_at"
+    assert (sent_at - max(send_at, back)).total_seconds() <= LATE_TOLERANCE
+    wait_for(lambda: _received(client, recipient, subject), timeout=20)
+    time.sleep(2)  # give a duplicate every chance to appear
+    assert len(_sent(client, sender, subject)) == 1
+    assert len(_received(client, recipient, subject)) == 1
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(sender, draft.draft_id, request_options=NO_RETRY)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reschedule_unschedule_and_delete(fresh_server: Any, backend: str) -> None:
+    server = fresh_server(backend).start()
+    client = _client(server, server.create_key())
+    sender, recipient = new_inbox(client), new_inbox(client)
+    now = datetime.now(UTC)
+    moved_subject, unscheduled_subject, deleted_subject = (
+        f"{kind}-{secrets.token_hex(3)}" for kind in ("moved", "unscheduled", "deleted")
+    )
+
+    def schedule(subject: str, seconds: float) -> str:
+        return client.inboxes.drafts.create(
+            sender, to=[recipient], subject=subject, send_at=now + timedelta(seconds=seconds)
+        ).draft_id
+
+    moved = schedule(moved_subject, 1.5)
+    unscheduled = schedule(unscheduled_subject, 1.5)
+    deleted = schedule(deleted_subject, 1.5)
+    new_time = now + timedelta(seconds=4)
+    assert client.inboxes.drafts.update(sender, moved, send_at=new_time).send_status == "scheduled"
+    plain = client.inboxes.drafts.update(sender, unscheduled, send_at=None)
+    assert plain.send_status is None and "scheduled" not in plain.labels
+    client.inboxes.drafts.delete(sender, deleted)
+
+    time.sleep(max(0.0, (now + timedelta(seconds=3) - datetime.now(UTC)).total_seconds()))
+    assert not _sent(client, sender, moved_subject), "sent at the old send_at"
+    assert client.inboxes.drafts.get(sender, moved).send_status == "scheduled"
+
+    sent = wait_for(lambda: _sent(client, sender, moved_subject), timeout=20)
+    assert sent[0].timestamp >= new_time
+    assert (sent[0].timestamp - new_time).total_seconds() <= LATE_TOLERANCE
+    time.sleep(1)
+    assert not _sent(client, sender, unscheduled_subject)
+    assert not _sent(client, sender, deleted_subject)
+    assert client.inboxes.drafts.get(sender, unscheduled).send_status is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_scheduled_send_keeps_the_draft(fresh_server: Any, backend: str) -> None:
+    server = fresh_server(backend).start()
+    client = _client(server, server.create_key())
+    sender = new_inbox(client)
+    # No recipients: the send is refused (422) when the job runs, and the draft says "failed".
+    draft = client.inboxes.drafts.create(
+        sender, subject="nobody", send_at=datetime.now(UTC) + timedelta(seconds=0.5)
+    )
+    failed = wait_for(
+        lambda: (d := client.inboxes.drafts.get(sender, draft.draft_id)).send_status == "failed" and d
+    )
+    assert "scheduled" not in failed.labels
+    # A new send_at schedules it again.
+    again = client.inboxes.drafts.update(
+        sender, draft.draft_id, send_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    assert again.send_status == "scheduled"
+
+
+def test_two_processes_on_one_postgres_send_each_draft_once(tmp_path: Path) -> None:
+    _postgres_or_skip()
+    url = postgres.create_database()
+    # Two processes of one deployment share the database and the blob folder (data_dir).
+    first = ServerProcess(tmp_path / "shared", database_url=url)
+    second = ServerProcess(tmp_path / "shared", database_url=url)
+    try:
+        first.start()
+        second.start()
+        key = first.create_key()
+        one, two = _client(first, key), _client(second, key)
+        sender, recipient = new_inbox(one), new_inbox(one)
+        base = datetime.now(UTC) + timedelta(seconds=2)
+        subjects = [f"multi-{i}-{secrets.token_hex(2)}" for i in range(8)]
+        for i, subject in enumerate(subjects):
+            api = one if i % 2 else two
+            api.inboxes.drafts.create(
+                sender, to=[recipient], subject=subject, send_at=base + timedelta(milliseconds=50 * i)
+            )
+
+        def all_sent() -> bool:
+            return all(_sent(one, sender, s) for s in subjects)
+
+        wait_for(all_sent, timeout=30)
+        wait_for(lambda: all(_received(two, recipient, s) for s in subjects), timeout=30)
+        time.sleep(2)  # any duplicate has had time to appear
+        for i, subject in enumerate(subjects):
+            sent = _sent(one, sender, subject)
+            assert len(sent) == 1, subject
+            assert sent[0].timestamp >= base + timedelta(milliseconds=50 * i)
+            assert len(_received(one, recipient, subject)) == 1, subject
+        assert one.inboxes.drafts.list(sender).count == 0
+    finally:
+        first.kill()
+        second.kill()
+        postgres.drop_database(url)
