@@ -1,0 +1,161 @@
+"""B1: SMTP ingest throughput, 4 KB messages, 20 concurrent sessions, one connection per message.
+
+Targets, all in the same run: Postfix smtp-sink (C, discards), aiosmtpd Sink (Python, discards),
+aiosmtpd + parse + SQLite FULL commit before 250 (durable Python reference), and agentmx
+(durable) on SQLite and PostgreSQL. Two load generators: aiosmtplib (asyncio, records each 250
+and the DATA->250 latency) and Postfix smtp-source (C, lighter on the shared CPUs).
+
+Goal (PERFORMANCE-RELIABILITY.md section 4): agentmx >= 500 msg/s and >= 0.6 x aiosmtpd Sink.
+
+    python bench/smtp_ingest.py --messages 2000 --backend both
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from common import (
+    PY,
+    Agentmx,
+    Report,
+    add_common_args,
+    agentmx_server,
+    backends,
+    baseline_cmd,
+    finish,
+    free_port,
+    header,
+    latency_summary,
+    postfix_tool,
+    subprocess_server,
+)
+from smtp_load import LoadResult, aiosmtplib_load, smtp_source_load
+
+BENCH = "smtp_ingest"
+RCPT_BASELINE = "sink@bench.example"
+
+
+def record(report: Report, target: str, gen: str, res: LoadResult | None) -> None:
+    if res is None:
+        return
+    note = f"gen={gen}, {len(res.acked)}/{res.sent} acked"
+    if res.errors:
+        note += f", {res.errors} errors ({'; '.join(res.error_samples[:2])})"
+    report.add(BENCH, target, f"msg/s [{gen}]", res.rate, "msg/s", note)
+    if res.data_latency:
+        lat = latency_summary(res.data_latency)
+        report.add(
+            BENCH, target, f"DATA->250 p99 [{gen}]", lat["p99_ms"], "ms", f"p50 {lat['p50_ms']:.1f} ms"
+        )
+
+
+def drive(port: int, rcpt: str, args: argparse.Namespace, target: str, report: Report) -> None:
+    """Warm up, then run both load generators against one listening server."""
+    asyncio.run(aiosmtplib_load(port, rcpt, min(100, args.messages), args.sessions, args.size))
+    if "aiosmtplib" in args.generators:
+        res = asyncio.run(aiosmtplib_load(port, rcpt, args.messages, args.sessions, args.size))
+        record(report, target, "aiosmtplib", res)
+    if "smtp-source" in args.generators:
+        record(
+            report,
+            target,
+            "smtp-source",
+            smtp_source_load(port, rcpt, args.messages, args.sessions, args.size),
+        )
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[int | None]:
+    tool = postfix_tool("smtp-sink")
+    if tool is None:
+        yield None
+        return
+    port = free_port()
+    with subprocess_server([tool, "-u", "nobody", f"127.0.0.1:{port}", "256"], port):
+        yield port
+
+
+def wait_stored(app: Agentmx, inbox: str, expected: int, timeout: float = 60.0) -> int:
+    """Inbound processing may finish after the 250: wait for rows to stop growing."""
+    deadline, last, stable_since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = len(app.stored_message_ids(inbox))
+        if count >= expected:
+            return count
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since > 5:
+            return count
+        time.sleep(0.5)
+    return last
+
+
+def run(args: argparse.Namespace, report: Report) -> None:
+    header(f"SMTP ingest: {args.messages} x {args.size} B, {args.sessions} sessions")
+    if postfix_tool("smtp-sink") is None:
+        report.note(
+            "postfix smtp-sink/smtp-source not installed (apt-get install postfix): C baseline skipped"
+        )
+        args.generators = [g for g in args.generators if g != "smtp-source"]
+
+    with smtp_sink() as port:
+        if port:
+            drive(port, RCPT_BASELINE, args, "postfix smtp-sink", report)
+
+    port = free_port()
+    cmd = [PY, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
+    with subprocess_server(cmd, port):
+        drive(port, RCPT_BASELINE, args, "aiosmtpd Sink", report)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        with subprocess_server(baseline_cmd("durable_sink.py", str(port), str(Path(tmp) / "m.db")), port):
+            drive(port, RCPT_BASELINE, args, "aiosmtpd+sqlite FULL", report)
+
+    for backend in backends(args.backend):
+        with agentmx_server(backend) as app:
+            inbox = app.create_inbox("ingest")
+            target = app.label
+            drive(app.server.smtp_port, inbox, args, target, report)
+            expected = args.messages * len(args.generators) + min(100, args.messages)
+            stored = wait_stored(app, inbox, expected)
+            report.add(BENCH, target, "stored rows", stored, "msgs", f"of {expected} sent")
+
+    for gen in args.generators:
+        metric = f"msg/s [{gen}]"
+        for backend in backends(args.backend):
+            ours = f"agentmx-{backend}"
+            ratio = report.ratio(BENCH, metric, ours, "aiosmtpd Sink")
+            report.ratio(BENCH, metric, ours, "postfix smtp-sink")
+            rate = report.get(BENCH, ours, metric)
+            goal = 500 if backend == "sqlite" else 400
+            report.check(BENCH, f"{ours} >= {goal} msg/s [{gen}]", rate, rate >= goal)
+            report.check(BENCH, f"{ours} / aiosmtpd Sink >= 0.6 [{gen}]", ratio, ratio >= 0.6)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=2000, help="messages per target and generator")
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--size", type=int, default=4096, help="message size in bytes")
+    p.add_argument(
+        "--generators",
+        nargs="+",
+        default=["aiosmtplib", "smtp-source"],
+        choices=["aiosmtplib", "smtp-source"],
+    )
+    add_common_args(p)
+    return p
+
+
+if __name__ == "__main__":
+    ns = parser().parse_args()
+    rep = Report()
+    run(ns, rep)
+    finish(rep, ns.json)
