@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import secrets
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import dns.rdatatype
+import dns.resolver
 import dns.zone
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, UnprocessableError
+from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from agentmx.db.engine import Database
@@ -23,7 +27,7 @@ from agentmx.db.models import Event
 from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
 from agentmx.testing.dns import LoopbackDNS
-from agentmx.testing.server import ServerProcess
+from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS, NO_RETRY, make_server
 
 MAIL_HOST = "mx.agentmx.test"
@@ -41,6 +45,8 @@ class DomainEnv:
     def client(self, api_key: str | None = None) -> AgentMail:
         env = AgentMailEnvironment(http=self.server.base_url, websockets=self.server.ws_url)
         return AgentMail(api_key=api_key or self.api_key, environment=env)
+
+    relay: RelaySink
 
     def zone(self, domain_id: str, client: AgentMail | None = None) -> str:
         return b"".join((client or self.client()).domains.get_zone_file(domain_id)).decode()
@@ -64,9 +70,42 @@ def dns_server() -> Iterator[LoopbackDNS]:
         yield server
 
 
+class RelaySink:
+    """The outbound relay: an aiosmtpd server that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+    def wait_for(self, rcpt: str, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rcpts, raw in self.messages:
+                if rcpt in rcpts:
+                    return raw
+            time.sleep(0.1)
+        raise AssertionError(f"nothing relayed to {rcpt}")
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[RelaySink]:
+    sink = RelaySink()
+    sink.controller.start()
+    yield sink
+    sink.controller.stop()
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dns_server: LoopbackDNS,
+    relay: RelaySink,
 ) -> Iterator[DomainEnv]:
     tmp: Path = tmp_path_factory.mktemp(f"domains-{request.param}")
     server, url = make_server(
@@ -76,11 +115,14 @@ def env(
             "AGENTMX_DNS_RESOLVER": dns_server.address,
             "AGENTMX_PUBLIC_HOST": MAIL_HOST,
             "AGENTMX_DNS_TIMEOUT": "2",
+            "AGENTMX_SMTP_RELAY": f"127.0.0.1:{relay.port}",
         },
     )
     server.start()
     try:
-        yield DomainEnv(server, dns_server, url or f"sqlite:///{tmp / 'agentmx.db'}")
+        domain_env = DomainEnv(server, dns_server, url or f"sqlite:///{tmp / 'agentmx.db'}")
+        domain_env.relay = relay
+        yield domain_env
     finally:
         server.stop()
         if url:
@@ -337,3 +379,56 @@ def test_deleted_domain_stops_receiving(env: DomainEnv) -> None:
     assert rcpt() >= 500
     # Its data stays: the inbox is still there.
     assert client.inboxes.get(inbox.inbox_id).inbox_id == inbox.inbox_id
+
+
+def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name, subdomains_enabled=True)
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    selector = by_purpose(created)["dkim"].name.split(".", 1)[0]
+
+    def published(qname: bytes, timeout: float = 5) -> bytes:
+        """dkimpy's DNS hook, answered by the loopback DNS server that serves the zone."""
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = env.dns.port
+        answer = resolver.resolve(qname.decode().rstrip("."), "TXT")
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    for domain in (name, f"team.{name}"):  # subdomain inboxes sign with the parent's key
+        inbox = client.inboxes.create(request={"username": "signer", "domain": domain})
+        rcpt = f"r{secrets.token_hex(4)}@remote.test"
+        client.inboxes.messages.send(
+            inbox.inbox_id, to=rcpt, subject="Signed", text="Hello from a custom domain"
+        )
+        raw = env.relay.wait_for(rcpt)
+        assert f"d={name};".encode() in raw.replace(b" ", b"").replace(b"\r\n\t", b"")
+        assert f"s={selector};".encode() in raw.replace(b" ", b"").replace(b"\r\n\t", b"")
+        assert dkim.verify(raw, dnsfunc=published)
+        assert not dkim.verify(raw.replace(b"Hello from", b"Jello from"), dnsfunc=published)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_job_runner_rechecks_until_verified(backend: str, fresh_server: Any) -> None:
+    with LoopbackDNS() as dns_server:
+        server = fresh_server(
+            backend,
+            env={
+                "AGENTMX_DNS_RESOLVER": dns_server.address,
+                "AGENTMX_PUBLIC_HOST": MAIL_HOST,
+                "AGENTMX_DOMAIN_CHECK_INTERVAL": "0.5",
+            },
+        ).start()
+        client = DomainEnv(server, dns_server, "").client()
+        created = client.domains.create(domain=new_domain())
+        zone = b"".join(client.domains.get_zone_file(created.domain_id)).decode()
+        client.domains.verify(created.domain_id)
+        assert client.domains.get(created.domain_id).status == "PENDING"
+
+        # Publishing the records is enough: the periodic check notices without another verify.
+        dns_server.set_zone(zone)
+        deadline = time.monotonic() + 20
+        while client.domains.get(created.domain_id).status != "VERIFIED":
+            assert time.monotonic() < deadline, "domain was not re-checked"
+            time.sleep(0.2)
