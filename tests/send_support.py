@@ -1,0 +1,143 @@
+"""Helpers for the sending tests: an aiosmtpd sink standing in for remote mail hosts, and waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any, TypeVar
+
+import asyncpg
+from agentmail import AgentMail
+from agentmail.inboxes.types import CreateInboxRequest
+from aiosmtpd.controller import Controller
+
+from agentmx.testing.server import ServerProcess, free_port
+
+T = TypeVar("T")
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+
+
+class SinkHandler:
+    """Local parts decide the reply: ``bounce-*`` -> 550 at RCPT, ``soft<N>-*`` -> 451 for the first
+    N attempts, then 250; ``dataperm-*`` -> 554 at end of DATA; anything else 250."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: list[Received] = []
+        self.attempts: dict[str, int] = {}
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        local = address.split("@", 1)[0].lower()
+        with self.lock:
+            self.attempts[address] = self.attempts.get(address, 0) + 1
+            count = self.attempts[address]
+        if local.startswith("bounce-"):
+            return "550 5.1.1 No such user here"
+        if local.startswith("soft"):
+            limit = int(local[4 : local.index("-")] or 1)
+            if count <= limit:
+                return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if any(r.split("@")[0].lower().startswith("dataperm-") for r in envelope.rcpt_tos):
+            return "554 5.6.0 Message refused"
+        with self.lock:
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+        return "250 2.0.0 Queued"
+
+    def for_rcpt(self, address: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if address in r.rcpt_tos]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.handler = SinkHandler()
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def new_inbox(client: AgentMail, prefix: str = "s", display_name: str | None = None) -> str:
+    request = CreateInboxRequest(username=prefix + secrets.token_hex(5), display_name=display_name)
+    return client.inboxes.create(request=request).inbox_id
+
+
+def ext(local: str = "") -> str:
+    """A fresh external address (the ``.test`` TLD never resolves on the internet)."""
+    return f"{local}{secrets.token_hex(4)}@remote.test"
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)
+
+
+def events(server: ServerProcess, event_type: str) -> list[dict[str, Any]]:
+    """Event bodies of one type from the server's durable event log (read straight from its database)."""
+    if server.database_url:
+
+        async def fetch() -> list[Any]:
+            conn = await asyncpg.connect(server.database_url)
+            try:
+                rows = await conn.fetch(
+                    "SELECT body FROM events WHERE event_type = $1 ORDER BY seq", event_type
+                )
+            finally:
+                await conn.close()
+            return [row["body"] for row in rows]
+
+        bodies = asyncio.run(fetch())
+    else:
+        with sqlite3.connect(server.data_dir / "agentmx.db") as conn:
+            bodies = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT body FROM events WHERE event_type = ? ORDER BY seq", (event_type,)
+                )
+            ]
+    return [json.loads(b) if isinstance(b, str | bytes) else b for b in bodies]
+
+
+def events_for(server: ServerProcess, event_type: str, key: str, message_id: str) -> list[dict[str, Any]]:
+    return [e for e in events(server, event_type) if e[key]["message_id"] == message_id]

@@ -1,0 +1,257 @@
+"""Sending between inboxes of one server, through the SDK: send, reply, reply-all, forward, idempotency, limits."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import smtplib
+from email.message import EmailMessage
+
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+
+from conftest import NO_RETRY, Harness
+from send_support import new_inbox, wait_for
+
+
+def _arrived(client: AgentMail, inbox_id: str, message_id: str):  # type: ignore[no-untyped-def]
+    def find():  # type: ignore[no-untyped-def]
+        for item in client.inboxes.messages.list(inbox_id).messages:
+            if item.message_id == message_id:
+                return item
+        return None
+
+    return wait_for(find)
+
+
+def _code(exc: ApiError) -> str | None:
+    body = exc.body
+    return body.get("code") if isinstance(body, dict) else getattr(body, "code", None)
+
+
+def _labels(client: AgentMail, inbox_id: str, message_id: str) -> set[str]:
+    return set(client.inboxes.messages.get(inbox_id, message_id).labels)
+
+
+def test_send_to_local_inbox_arrives(harness: Harness) -> None:
+    client = harness.client()
+    a = new_inbox(client, display_name="Agent A")
+    b = new_inbox(client)
+    sent = client.inboxes.messages.send(
+        a, to=b, subject="Hello B", text="Plain body", html="<p>Plain body</p>"
+    )
+    assert sent.message_id.startswith("<") and sent.message_id.endswith("@" + a.split("@")[1] + ">")
+    assert sent.thread_id
+
+    mine = client.inboxes.messages.get(a, sent.message_id)
+    assert "sent" in mine.labels and mine.thread_id == sent.thread_id
+    assert mine.to == [b] and mine.subject == "Hello B"
+
+    _arrived(client, b, sent.message_id)
+    theirs = client.inboxes.messages.get(b, sent.message_id)
+    assert "received" in theirs.labels
+    assert theirs.from_ == f"Agent A <{a}>"
+    assert theirs.text is not None and "Plain body" in theirs.text
+    assert theirs.html is not None and "<p>Plain body</p>" in theirs.html
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+
+def test_bcc_is_delivered_but_not_in_headers(harness: Harness) -> None:
+    client = harness.client()
+    a, b, hidden = new_inbox(client), new_inbox(client), new_inbox(client)
+    sent = client.inboxes.messages.send(a, to=[b], bcc=[hidden], subject="bcc", text="x")
+    _arrived(client, hidden, sent.message_id)
+    _arrived(client, b, sent.message_id)
+    seen_by_b = client.inboxes.messages.get(b, sent.message_id)
+    assert not seen_by_b.bcc
+    assert hidden not in (seen_by_b.to or []) + (seen_by_b.cc or [])
+    assert client.inboxes.messages.get(a, sent.message_id).bcc == [hidden]
+
+
+def test_reply_threads_on_both_sides(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    first = client.inboxes.messages.send(a, to=b, subject="Question", text="How are you?")
+    received = _arrived(client, b, first.message_id)
+
+    answer = client.inboxes.messages.reply(b, first.message_id, text="Fine, thanks.")
+    assert answer.thread_id == received.thread_id  # b's reply joins b's thread
+    in_b = client.inboxes.messages.get(b, answer.message_id)
+    assert in_b.to == [a] and in_b.subject == "Re: Question"
+    assert in_b.in_reply_to == first.message_id and first.message_id in (in_b.references or [])
+
+    back = _arrived(client, a, answer.message_id)
+    assert back.thread_id == first.thread_id  # lands in a's original thread
+    thread = client.inboxes.threads.get(a, first.thread_id)
+    assert thread.message_count == 2
+
+    # Replying again does not stack prefixes.
+    again = client.inboxes.messages.reply(a, answer.message_id, text="Good.")
+    assert client.inboxes.messages.get(a, again.message_id).subject == "Re: Question"
+    assert again.thread_id == first.thread_id
+
+
+def test_reply_all_addresses_everyone_but_the_inbox(harness: Harness) -> None:
+    client = harness.client()
+    a, b, c, d = (new_inbox(client) for _ in range(4))
+    first = client.inboxes.messages.send(a, to=[b, c], cc=[d], subject="Team", text="Hi all")
+    _arrived(client, b, first.message_id)
+
+    reply = client.inboxes.messages.reply_all(b, first.message_id, text="Hi team")
+    stored = client.inboxes.messages.get(b, reply.message_id)
+    assert set(stored.to or []) == {a, c}
+    assert set(stored.cc or []) == {d}
+    for inbox in (a, c, d):
+        _arrived(client, inbox, reply.message_id)
+
+    # reply with reply_all=True on the reply endpoint behaves the same.
+    second = client.inboxes.messages.reply(c, first.message_id, text="me too", reply_all=True)
+    stored = client.inboxes.messages.get(c, second.message_id)
+    assert set((stored.to or []) + (stored.cc or [])) == {a, b, d}
+
+
+def test_forward_quotes_original_and_attachments(harness: Harness) -> None:
+    client = harness.client()
+    a, b, c = new_inbox(client), new_inbox(client), new_inbox(client)
+    payload = b"attachment bytes \x00\x01"
+    first = client.inboxes.messages.send(
+        a,
+        to=b,
+        subject="Report",
+        text="Original text here",
+        attachments=[
+            {
+                "filename": "r.bin",
+                "content_type": "application/octet-stream",
+                "content": base64.b64encode(payload).decode(),
+            }
+        ],
+    )
+    original = _arrived(client, b, first.message_id)
+
+    fwd = client.inboxes.messages.forward(b, first.message_id, to=c, text="FYI see below")
+    assert fwd.thread_id == original.thread_id
+    got = _arrived(client, c, fwd.message_id)
+    full = client.inboxes.messages.get(c, got.message_id)
+    assert full.subject == "Fwd: Report"
+    assert full.text is not None
+    assert (
+        "FYI see below" in full.text
+        and "Forwarded message" in full.text
+        and "Original text here" in full.text
+    )
+    names = [att.filename for att in full.attachments or []]
+    assert "r.bin" in names
+    att = next(att for att in full.attachments or [] if att.filename == "r.bin")
+    assert att.size == len(payload)
+
+
+def test_reply_to_message_id_with_slash_and_plus(harness: Harness) -> None:
+    client = harness.client()
+    b = new_inbox(client)
+    message_id = f"<x+{secrets.token_hex(3)}/part@example.com>"
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@example.com>"
+    msg["To"] = b
+    msg["Subject"] = "slashy"
+    msg["Message-ID"] = message_id
+    msg.set_content("hello")
+    with smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30) as smtp:
+        smtp.send_message(msg, from_addr="alice@example.com", to_addrs=[b])
+    _arrived(client, b, message_id)
+    reply = client.inboxes.messages.reply(b, message_id, text="ok")
+    stored = client.inboxes.messages.get(b, reply.message_id)
+    assert stored.to == ["Alice <alice@example.com>"] or stored.to == ["alice@example.com"]
+    assert stored.in_reply_to == message_id
+
+
+def test_idempotency_key(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    key = "key-" + secrets.token_hex(8)
+    one = client.inboxes.messages.send(a, to=b, subject="once", text="body", idempotency_key=key)
+    two = client.inboxes.messages.send(a, to=b, subject="once", text="body", idempotency_key=key)
+    assert (one.message_id, one.thread_id) == (two.message_id, two.thread_id)
+    _arrived(client, b, one.message_id)
+    sent = [m for m in client.inboxes.messages.list(a).messages if "sent" in m.labels]
+    assert len(sent) == 1
+
+    with pytest.raises(ApiError) as conflict:
+        client.inboxes.messages.send(
+            a, to=b, subject="once", text="other body", idempotency_key=key, request_options=NO_RETRY
+        )
+    assert conflict.value.status_code == 409
+    assert _code(conflict.value) == "conflict"
+    with pytest.raises(ApiError) as other_endpoint:
+        client.inboxes.messages.reply(
+            a, one.message_id, text="body", idempotency_key=key, request_options=NO_RETRY
+        )
+    assert other_endpoint.value.status_code == 409
+
+    for bad in ("", "has space", "x" * 257, "a@b", "a/b"):
+        with pytest.raises(ApiError) as invalid:
+            client.inboxes.messages.send(a, to=b, text="x", idempotency_key=bad, request_options=NO_RETRY)
+        assert invalid.value.status_code == 400, bad
+
+    # A failed first attempt frees the key.
+    free = "free-" + secrets.token_hex(6)
+    with pytest.raises(ApiError):
+        client.inboxes.messages.send(
+            a, to="not an address", text="x", idempotency_key=free, request_options=NO_RETRY
+        )
+    ok = client.inboxes.messages.send(a, to=b, text="x", idempotency_key=free)
+    assert ok.message_id
+
+
+def test_recipient_limits(harness: Harness) -> None:
+    client = harness.client()
+    a = new_inbox(client)
+    many = [f"r{i}@remote.test" for i in range(51)]
+    with pytest.raises(ApiError) as too_many:
+        client.inboxes.messages.send(
+            a, to=many[:30], cc=many[30:45], bcc=many[45:], text="x", request_options=NO_RETRY
+        )
+    assert too_many.value.status_code == 400
+    with pytest.raises(ApiError) as none:
+        client.inboxes.messages.send(a, subject="nobody", text="x", request_options=NO_RETRY)
+    assert none.value.status_code == 422
+    assert _code(none.value) == "unprocessable"
+    with pytest.raises(ApiError) as bad:
+        client.inboxes.messages.send(a, to="not-an-address", text="x", request_options=NO_RETRY)
+    assert bad.value.status_code == 400
+
+
+def test_paused_inbox_refuses_to_send(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    client.inboxes.update(a, status="paused")
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=b, text="x", request_options=NO_RETRY)
+    assert refused.value.status_code == 403
+    assert _code(refused.value) == "message_rejected"
+
+
+def test_unknown_inbox_and_message(harness: Harness) -> None:
+    client = harness.client()
+    a = new_inbox(client)
+    with pytest.raises(ApiError) as missing_inbox:
+        client.inboxes.messages.send(
+            "nobody-" + secrets.token_hex(4) + "@agentmx.localhost", to=a, text="x", request_options=NO_RETRY
+        )
+    assert missing_inbox.value.status_code == 404
+    with pytest.raises(ApiError) as missing_message:
+        client.inboxes.messages.reply(a, "<nope@example.com>", text="x", request_options=NO_RETRY)
+    assert missing_message.value.status_code == 404
+
+
+def test_send_permission_required(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    key = client.inboxes.api_keys.create(
+        a, request={"permissions": {"inbox_read": True, "message_read": True}}
+    )
+    reader = harness.client(api_key=key.api_key)
+    with pytest.raises(ApiError) as denied:
+        reader.inboxes.messages.send(a, to=b, text="x", request_options=NO_RETRY)
+    assert denied.value.status_code == 403

@@ -1,0 +1,283 @@
+"""Outbound delivery to remote hosts: a real aiosmtpd sink stands in for the relay / MX.
+
+One server per backend relays everything to the sink; the sink answers by recipient local part
+(see send_support.SinkHandler). MX delivery and lifetime expiry use private servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+
+from agentmx.testing import postgres
+from agentmx.testing.dns import LoopbackDNS
+from agentmx.testing.server import ServerProcess
+from conftest import BACKENDS, NO_RETRY, make_server
+from send_support import Sink, events_for, ext, new_inbox, wait_for
+
+
+class Relay:
+    def __init__(self, server: ServerProcess, sink: Sink) -> None:
+        self.server = server
+        self.sink = sink
+        self.api_key = server.create_key()
+
+    def client(self) -> AgentMail:
+        from agentmail.environment import AgentMailEnvironment
+
+        env = AgentMailEnvironment(http=self.server.base_url, websockets=self.server.ws_url)
+        return AgentMail(api_key=self.api_key, environment=env)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    sink = Sink().start()
+    env = {"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5"}
+    server, url = make_server(tmp_path_factory.mktemp(f"relay-{request.param}"), request.param, env)
+    server.start()
+    try:
+        yield Relay(server, sink)
+    finally:
+        server.stop()
+        sink.stop()
+        if url:
+            postgres.drop_database(url)
+
+
+def _labels(client: AgentMail, inbox_id: str, message_id: str) -> set[str]:
+    return set(client.inboxes.messages.get(inbox_id, message_id).labels)
+
+
+def test_delivered_mail_has_the_right_headers(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client, display_name="Sender Agent")
+    to, cc, bcc = ext("to-"), ext("cc-"), ext("bcc-")
+    sent = client.inboxes.messages.send(
+        a,
+        to=to,
+        cc=[cc],
+        bcc=[bcc],
+        reply_to="replies@example.org",
+        subject="Quarterly numbers",
+        text="See attached.",
+        html="<p>See attached.</p>",
+        headers={"X-Trace": "t-123"},
+        attachments=[
+            {
+                "filename": "n.csv",
+                "content_type": "text/csv",
+                "content": base64.b64encode(b"a,b\n1,2\n").decode(),
+            }
+        ],
+        labels=["Outreach"],
+    )
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0]
+    assert sorted(got.rcpt_tos) == sorted([to, cc, bcc])
+    domain = a.split("@")[1]
+    assert got.mail_from.startswith("bounces+") and got.mail_from.endswith("@" + domain)
+    msg = got.message
+    assert msg["From"] == f"Sender Agent <{a}>"
+    assert msg["To"] == to and msg["Cc"] == cc and msg["Bcc"] is None
+    assert msg["Reply-To"] == "replies@example.org"
+    assert msg["Subject"] == "Quarterly numbers"
+    assert msg["Message-ID"] == sent.message_id
+    assert msg["Date"] is not None and msg["X-Trace"] == "t-123"
+    body = msg.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "See attached."
+    html = msg.get_body(("html",))
+    assert html is not None and "<p>See attached.</p>" in html.get_content()
+    files = {part.get_filename(): part.get_content() for part in msg.iter_attachments()}
+    assert files == {"n.csv": "a,b\n1,2\n"}
+
+    wait_for(lambda: "delivered" in _labels(relay.client(), a, sent.message_id))
+    assert {"sent", "outreach", "delivered"} <= _labels(client, a, sent.message_id)
+    delivered = wait_for(lambda: events_for(relay.server, "message.delivered", "delivery", sent.message_id))
+    assert sorted(delivered[0]["delivery"]["recipients"]) == sorted([to, cc, bcc])
+    sent_events = events_for(relay.server, "message.sent", "send", sent.message_id)
+    assert len(sent_events) == 1
+    assert sent_events[0]["send"]["inbox_id"] == a and sent_events[0]["send"]["thread_id"] == sent.thread_id
+
+
+def test_permanent_failure_bounces_and_suppresses(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    dead = ext("bounce-")
+    sent = client.inboxes.messages.send(a, to=dead, subject="hello?", text="x")
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = wait_for(lambda: events_for(relay.server, "message.bounced", "bounce", sent.message_id))[0][
+        "bounce"
+    ]
+    assert bounce["type"] == "Permanent" and bounce["sub_type"] == "General"
+    assert bounce["recipients"] == [{"address": dead, "status": "bounced"}]
+    assert bounce["inbox_id"] == a and bounce["thread_id"] == sent.thread_id and bounce["timestamp"]
+
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=dead, text="again", request_options=NO_RETRY)
+    assert refused.value.status_code == 403
+
+
+def test_data_refusal_bounces(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    sent = client.inboxes.messages.send(a, to=ext("dataperm-"), text="x")
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+
+
+def test_temporary_failure_is_retried(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    flaky = ext("soft2-")
+    sent = client.inboxes.messages.send(a, to=flaky, text="eventually")
+    wait_for(lambda: relay.sink.handler.for_rcpt(flaky))
+    assert relay.sink.handler.attempts[flaky] == 3
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    assert "bounced" not in _labels(client, a, sent.message_id)
+
+
+def test_mixed_recipients(relay: Relay) -> None:
+    client = relay.client()
+    a, local = new_inbox(client), new_inbox(client)
+    good, dead = ext("ok-"), ext("bounce-")
+    sent = client.inboxes.messages.send(a, to=[good, dead, local], text="mixed")
+    wait_for(lambda: relay.sink.handler.for_rcpt(good))
+    wait_for(lambda: {"delivered", "bounced"} <= _labels(client, a, sent.message_id))
+    wait_for(
+        lambda: [m for m in client.inboxes.messages.list(local).messages if m.message_id == sent.message_id]
+    )
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
+    assert [r["address"] for r in bounce[0]["bounce"]["recipients"]] == [dead]
+
+
+def test_unfetchable_attachment_url_is_rejected(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(
+            a,
+            to=ext(),
+            text="x",
+            attachments=[{"filename": "f", "url": relay.server.base_url + "/nope"}],
+            request_options=NO_RETRY,
+        )
+    assert refused.value.status_code == 403
+
+
+def test_url_attachment_is_fetched(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    to = ext()
+    client.inboxes.messages.send(
+        a,
+        to=to,
+        text="x",
+        attachments=[{"filename": "health.json", "url": relay.server.base_url + "/health"}],
+    )
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0]
+    files = [part.get_filename() for part in got.message.iter_attachments()]
+    assert files == ["health.json"]
+
+
+def _dsn(return_path: str, recipient: str, original_id: str) -> bytes:
+    """An RFC 3464 report as Postfix writes it."""
+    return (
+        "From: MAILER-DAEMON@remote.test\r\n"
+        f"To: {return_path}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n'
+        "\r\n--B1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "\r\n--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.remote.test\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nOriginal-Recipient: rfc822;{recipient}\r\n"
+        "Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n"
+        "\r\n--B1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {original_id}\r\n"
+        "\r\n--B1--\r\n"
+    ).encode()
+
+
+def test_dsn_to_return_path_records_a_bounce(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    to = ext("later-")
+    sent = client.inboxes.messages.send(a, to=to, text="accepted, then bounced")
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0]
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+    dsn = _dsn(got.mail_from, to, sent.message_id)
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [got.mail_from], dsn)
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
+    assert bounce[0]["bounce"]["recipients"] == [{"address": to, "status": "bounced"}]
+    # The report was consumed, not stored as mail anywhere.
+    assert all(
+        m.subject != "Undelivered Mail Returned to Sender" for m in client.inboxes.messages.list(a).messages
+    )
+
+
+def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    sink = Sink().start()
+    zone = (
+        "mx-target.test. 60 IN MX 10 mail.mx-target.test.\n"
+        "mail.mx-target.test. 60 IN A 127.0.0.1\n"
+        "bare-a.test. 60 IN A 127.0.0.1\n"
+        "nullmx.test. 60 IN MX 0 .\n"
+    )
+    with LoopbackDNS(zone) as dns:
+        server = fresh_server(
+            "sqlite",
+            env={"AGENTMX_DNS_RESOLVER": dns.address, "AGENTMX_OUTBOUND_PORT": str(sink.port)},
+        ).start()
+        try:
+            client = _client(server)
+            a = new_inbox(client)
+            via_mx, via_a = "someone@mx-target.test", "other@bare-a.test"
+            sent = client.inboxes.messages.send(a, to=[via_mx, via_a], text="over MX")
+            wait_for(lambda: sink.handler.for_rcpt(via_mx))
+            wait_for(lambda: sink.handler.for_rcpt(via_a))
+            wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+            for dead in ("x@nullmx.test", "y@no-such-domain.test"):
+                gone = client.inboxes.messages.send(a, to=dead, text="nowhere")
+                wait_for(lambda gone=gone: "bounced" in _labels(client, a, gone.message_id))
+        finally:
+            server.stop()
+            sink.stop()
+
+
+def test_retries_end_in_a_bounce(fresh_server: Callable[..., ServerProcess]) -> None:
+    sink = Sink().start()
+    server = fresh_server(
+        "sqlite",
+        env={
+            "AGENTMX_SMTP_RELAY": sink.address,
+            "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.3",
+            "AGENTMX_OUTBOUND_MAX_LIFETIME": "1.5",
+        },
+    ).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        stuck = ext("soft1000-")
+        sent = client.inboxes.messages.send(a, to=stuck, text="never")
+        wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+        assert sink.handler.attempts[stuck] >= 2
+        bounce = events_for(server, "message.bounced", "bounce", sent.message_id)
+        assert bounce[0]["bounce"]["recipients"] == [{"address": stuck, "status": "bounced"}]
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def _client(server: ServerProcess) -> AgentMail:
+    from agentmail.environment import AgentMailEnvironment
+
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    return AgentMail(api_key=server.create_key(), environment=env)
