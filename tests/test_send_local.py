@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import smtplib
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
 import pytest
@@ -255,3 +256,28 @@ def test_send_permission_required(harness: Harness) -> None:
     with pytest.raises(ApiError) as denied:
         reader.inboxes.messages.send(a, to=b, text="x", request_options=NO_RETRY)
     assert denied.value.status_code == 403
+
+
+def test_concurrent_retries_send_once(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    key = "race-" + secrets.token_hex(6)
+
+    def attempt(_: int) -> tuple[str, str] | int:
+        try:
+            sent = harness.client().inboxes.messages.send(
+                a, to=b, subject="race", text="once", idempotency_key=key, request_options=NO_RETRY
+            )
+        except ApiError as exc:
+            return int(exc.status_code or 0)
+        return sent.message_id, sent.thread_id
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(attempt, range(12)))
+    ids = {r for r in results if isinstance(r, tuple)}
+    assert len(ids) == 1, results
+    assert all(r == 409 for r in results if not isinstance(r, tuple))
+    message_id = next(iter(ids))[0]
+    _arrived(client, b, message_id)
+    assert len([m for m in client.inboxes.messages.list(a).messages if "sent" in m.labels]) == 1
+    assert len(client.inboxes.messages.list(b).messages) == 1

@@ -1,0 +1,189 @@
+"""Pure parts of sending: message composition, DKIM signing, DSN parsing, return paths, key syntax."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agentmx.errors import ValidationFailed
+from agentmx.mail import compose
+from agentmx.mail.compose import Composition, OutAttachment
+from agentmx.outbound import dkim as outbound_dkim
+from agentmx.outbound import dsn, return_path
+from agentmx.services import idempotency
+
+
+def _comp(**kw: object) -> Composition:
+    base: dict[str, object] = {
+        "from_addr": compose.format_from("Agent", "agent@example.com"),
+        "message_id": "<m1@example.com>",
+        "date": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "to": ["bob@example.org"],
+        "subject": "Hi",
+        "text": "hello",
+    }
+    base.update(kw)
+    return Composition(**base)  # type: ignore[arg-type]
+
+
+def _parse(raw: bytes):  # type: ignore[no-untyped-def]
+    return message_from_bytes(raw, policy=policy.default)
+
+
+def test_headers_and_alternative_body() -> None:
+    raw = compose.to_bytes(
+        compose.build(_comp(html="<p>hello</p>", cc=["c@example.org"], reply_to=["r@x.org"]))
+    )
+    msg = _parse(raw)
+    assert msg["From"] == "Agent <agent@example.com>"
+    assert msg["To"] == "bob@example.org" and msg["Cc"] == "c@example.org" and msg["Reply-To"] == "r@x.org"
+    assert msg["Message-ID"] == "<m1@example.com>" and msg["Subject"] == "Hi"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg.get_body(("plain",)).get_content().strip() == "hello"
+    assert msg.get_body(("html",)).get_content().strip() == "<p>hello</p>"
+    assert b"\r\n" in raw and b"Bcc" not in raw
+
+
+def test_inline_attachments_make_multipart_related() -> None:
+    png = b"\x89PNG fake"
+    comp = _comp(
+        html='<img src="cid:logo">',
+        attachments=[
+            OutAttachment(png, filename="logo.png", content_type="image/png", content_id="logo"),
+            OutAttachment(b"%PDF", filename="doc.pdf", content_type="application/pdf"),
+        ],
+    )
+    msg = _parse(compose.to_bytes(compose.build(comp)))
+    assert msg.get_content_type() == "multipart/mixed"
+    related = msg.get_payload()[0]
+    assert related.get_content_type() == "multipart/related"
+    inline = related.get_payload()[1]
+    assert inline["Content-ID"] == "<logo>" and inline.get_content() == png
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["doc.pdf"]
+
+
+def test_header_injection_is_refused() -> None:
+    with pytest.raises(ValueError):
+        compose.build(_comp(subject="x\r\nBcc: victim@example.org"))
+    with pytest.raises(ValueError):
+        compose.build(_comp(headers={"X-Evil": "a\r\nBcc: victim@example.org"}))
+
+
+def test_extra_headers_cannot_override_reserved_ones() -> None:
+    msg = _parse(compose.to_bytes(compose.build(_comp(headers={"From": "evil@x.org", "X-Ok": "1"}))))
+    assert msg["From"] == "Agent <agent@example.com>" and msg["X-Ok"] == "1"
+
+
+def test_subject_prefixes_do_not_double() -> None:
+    assert compose.reply_subject("Hello") == "Re: Hello"
+    assert compose.reply_subject("Re: Hello") == "Re: Hello"
+    assert compose.reply_subject("RE: Hello") == "RE: Hello"
+    assert compose.forward_subject("Hello") == "Fwd: Hello"
+    assert compose.forward_subject("Fwd: Hello") == "Fwd: Hello"
+    assert compose.forward_subject("FW: Hello") == "FW: Hello"
+    assert compose.reply_subject(None) == "Re:"
+
+
+def test_references_chain() -> None:
+    assert compose.thread_references("<c@x>", ["<a@x>", "<b@x>"]) == ["<a@x>", "<b@x>", "<c@x>"]
+    assert compose.thread_references("<c@x>", ["<c@x>"]) == ["<c@x>"]
+
+
+def test_forward_body_quotes_the_original() -> None:
+    src = compose.ForwardSource(
+        from_addr="Alice <alice@example.com>",
+        to=["agent@example.com"],
+        cc=[],
+        subject="Report",
+        date=datetime(2026, 1, 1, tzinfo=UTC),
+        text="Numbers inside",
+        html=None,
+    )
+    text, html = compose.forward_bodies(src, "FYI", None)
+    assert text is not None and text.index("FYI") < text.index("---------- Forwarded message ---------")
+    assert "From: Alice <alice@example.com>" in text and text.rstrip().endswith("Numbers inside")
+    assert html is None
+
+
+def _rsa_key() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def test_dkim_signature_verifies_with_dkimpy() -> None:
+    pem, record = _rsa_key()
+    raw = compose.to_bytes(
+        compose.build(_comp(html="<b>x</b>", attachments=[OutAttachment(b"1", filename="a")]))
+    )
+    signed = outbound_dkim.sign(raw, domain="example.com", selector="agentmx", private_key=pem)
+    assert signed.startswith(b"DKIM-Signature:")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == b"agentmx._domainkey.example.com." else None
+
+    assert dkim.verify(signed, dnsfunc=dns)
+    tampered = signed.replace(b"Subject: Hi", b"Subject: Ho")
+    assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+def test_dkim_candidates_walk_to_the_parent() -> None:
+    assert outbound_dkim._candidates("a.b.example.com") == ["a.b.example.com", "b.example.com", "example.com"]
+
+
+def test_return_path_round_trip() -> None:
+    address = return_path.make("msg_abc123", "example.com")
+    assert address == "bounces+msg_abc123@example.com"
+    assert return_path.message_pk(address) == "msg_abc123"
+    assert return_path.message_pk("<Bounces+msg_x@example.com>") == "msg_x"
+    assert return_path.message_pk("agent@example.com") is None
+    assert return_path.message_pk("bounces+@example.com") is None
+
+
+def test_dsn_parsing() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.org\r\nTo: bounces+msg_1@example.com\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.org\r\n\r\n"
+        b"Final-Recipient: rfc822; Gone@Example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1\r\n  user unknown\r\n\r\n"
+        b"Final-Recipient: rfc822; slow@example.org\r\nAction: delayed\r\nStatus: 4.4.7\r\n"
+        b"\r\n--b--\r\n"
+    )
+    statuses = dsn.parse_report(raw)
+    assert [(s.address, s.action, s.status) for s in statuses] == [
+        ("gone@example.org", "failed", "5.1.1"),
+        ("slow@example.org", "delayed", "4.4.7"),
+    ]
+    assert statuses[0].diagnostic == "smtp; 550 5.1.1 user unknown"
+    assert dsn.parse_report(b"Subject: not a report\r\n\r\nhi\r\n") == []
+
+
+def test_idempotency_key_syntax() -> None:
+    assert idempotency.parse_key(None) is None
+    assert idempotency.parse_key("abc-DEF_1.2~3") == "abc-DEF_1.2~3"
+    assert idempotency.parse_key("x" * 256) == "x" * 256
+    for bad in ("", " ", "x" * 257, "a b", "a@b", "a/b", "ü"):
+        with pytest.raises(ValidationFailed):
+            idempotency.parse_key(bad)
+
+
+def test_fingerprint_is_order_independent() -> None:
+    one = idempotency.fingerprint("send", "a@x", {"to": "b@y", "text": "t"})
+    two = idempotency.fingerprint("send", "a@x", {"text": "t", "to": "b@y"})
+    assert one == two
+    assert one != idempotency.fingerprint("send", "a@x", {"text": "u", "to": "b@y"})
+    assert one != idempotency.fingerprint("forward", "a@x", {"text": "t", "to": "b@y"})
