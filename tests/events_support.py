@@ -119,7 +119,9 @@ def send_mail(server: ServerProcess, to: str, subject: str = "Hello events") -> 
     return str(msg["Message-ID"])
 
 
-def emit_event(server: ServerProcess, *, organization_id: str, inbox_id: str, pod_id: str, subject: str) -> str:
+def emit_event(
+    server: ServerProcess, *, organization_id: str, inbox_id: str, pod_id: str, subject: str
+) -> str:
     """Write a message.sent event into the server's database through the event service (server may be down)."""
 
     async def run() -> str:

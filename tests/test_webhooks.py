@@ -90,7 +90,9 @@ def test_validation_and_permissions(harness: Harness, receiver: Receiver) -> Non
         client.webhooks.create(url=receiver.url, event_types=["message.nope"], request_options=NO_RETRY)
     assert err.value.status_code == 400
     with pytest.raises(ApiError) as err:
-        client.webhooks.create(url="ftp://example.com/x", event_types=["message.sent"], request_options=NO_RETRY)
+        client.webhooks.create(
+            url="ftp://example.com/x", event_types=["message.sent"], request_options=NO_RETRY
+        )
     assert err.value.status_code == 400
     with pytest.raises(ApiError) as err:
         client.webhooks.create(
@@ -154,7 +156,9 @@ def test_retries_until_receiver_recovers(backend: str, fresh_server: Callable[..
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_auto_disable_after_schedule_exhausted(backend: str, fresh_server: Callable[..., ServerProcess]) -> None:
+def test_auto_disable_after_schedule_exhausted(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
     server = fresh_server(backend, env={"AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,0.2,0.2"}).start()
     client = Harness(server, backend).client()
     receiver = Receiver(status=lambda n: 500)
@@ -205,7 +209,9 @@ def test_event_written_while_down_is_delivered_after_restart(
         org = client.organizations.get().organization_id
         hook = client.webhooks.create(url=receiver.url, event_types=["message.sent"])
         server.stop()
-        event_id = emit_event(server, organization_id=org, inbox_id=inbox_id, pod_id=inbox.pod_id, subject="down")
+        event_id = emit_event(
+            server, organization_id=org, inbox_id=inbox_id, pod_id=inbox.pod_id, subject="down"
+        )
         server.start()
         body = verify(hook.secret, receiver.wait(1)[0])
         assert body["event_id"] == event_id and body["event_type"] == "message.sent"

@@ -1,0 +1,243 @@
+"""The event WebSocket through the official SDK: frames, filters, scope, 401, resume after a disconnect
+or a restart, latency of SMTP-in to message.received, and fan-out across two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import statistics
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from agentmail import AsyncAgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.core.unchecked_base_model import construct_type
+from agentmail.environment import AgentMailEnvironment
+from agentmail.events.types.message_received_event import MessageReceivedEvent
+from agentmail.events.types.message_sent_event import MessageSentEvent
+from agentmail.websockets.socket_client import WebsocketsSocketClientResponse
+from agentmail.websockets.types import Error, Subscribe, Subscribed
+from websockets.exceptions import InvalidStatus
+
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
+from conftest import Harness
+from events_support import emit_event, new_inbox, send_mail
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def next_frame(socket: Any, timeout: float = 10.0) -> Any:
+    """The next frame parsed exactly as the SDK parses it, or TimeoutError."""
+    raw = socket._websocket.recv(timeout=timeout)
+    return construct_type(type_=WebsocketsSocketClientResponse, object_=json.loads(raw))
+
+
+def no_frame(socket: Any, timeout: float = 1.0) -> None:
+    with pytest.raises(TimeoutError):
+        socket._websocket.recv(timeout=timeout)
+
+
+def subscribe(socket: Any, **kw: Any) -> Subscribed:
+    socket.send_subscribe(Subscribe(**kw))
+    ack = next_frame(socket)
+    assert isinstance(ack, Subscribed), ack
+    return ack
+
+
+def test_subscribe_and_receive_mail(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    with client.websockets.connect() as socket:
+        socket.send_subscribe(Subscribe(inbox_ids=[inbox]))
+        ack = socket.recv()
+        assert isinstance(ack, Subscribed)
+        assert ack.inbox_ids == [inbox]
+        assert "message.received" in ack.event_types and "message.received.spam" not in ack.event_types
+        message_id = send_mail(harness.server, inbox, subject="over the socket")
+        event = socket.recv()
+        assert isinstance(event, MessageReceivedEvent), event
+        assert event.type == "event" and event.event_type == "message.received"
+        assert event.message.message_id == message_id and event.message.subject == "over the socket"
+        assert event.thread.thread_id == event.message.thread_id
+
+
+def test_filters_by_inbox_and_event_type(harness: Harness) -> None:
+    client = harness.client()
+    mine, other = new_inbox(client), new_inbox(client)
+    with client.websockets.connect() as socket, client.websockets.connect() as sent_only:
+        subscribe(socket, inbox_ids=[mine], event_types=["message.received"])
+        subscribe(sent_only, inbox_ids=[mine], event_types=["message.sent"])
+        send_mail(harness.server, other, subject="not for me")
+        send_mail(harness.server, mine, subject="for me")
+        event = next_frame(socket)
+        assert event.message.subject == "for me"
+        no_frame(socket, 0.5)
+        no_frame(sent_only, 0.5)
+
+
+def test_pod_filter_covers_its_inboxes(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create(name="ws-" + harness.new_username())
+    inside, outside = new_inbox(client, pod.pod_id), new_inbox(client)
+    with client.websockets.connect() as socket:
+        ack = subscribe(socket, pod_ids=[pod.pod_id])
+        assert ack.pod_ids == [pod.pod_id]
+        send_mail(harness.server, outside, subject="outside")
+        send_mail(harness.server, inside, subject="inside")
+        assert next_frame(socket).message.subject == "inside"
+        no_frame(socket, 0.5)
+
+
+def test_key_scope_is_enforced(harness: Harness) -> None:
+    client = harness.client()
+    mine, other = new_inbox(client), new_inbox(client)
+    key = client.inboxes.api_keys.create(mine, request={"name": "ws"}).api_key
+    scoped = harness.client(api_key=key)
+    with scoped.websockets.connect() as socket:
+        socket.send_subscribe(Subscribe(inbox_ids=[other]))
+        error = next_frame(socket)
+        assert isinstance(error, Error) and error.name == "NotFoundError"
+        subscribe(socket)  # whole key scope = its inbox only
+        send_mail(harness.server, other, subject="someone else's")
+        send_mail(harness.server, mine, subject="mine")
+        assert next_frame(socket).message.subject == "mine"
+        no_frame(socket, 0.5)
+
+
+def test_label_permission_needed_for_filtered_types(harness: Harness) -> None:
+    client = harness.client()
+    key = client.api_keys.create(request={"name": "no-spam", "permissions": {"message_read": True}}).api_key
+    with harness.client(api_key=key).websockets.connect() as socket:
+        socket.send_subscribe(Subscribe(event_types=["message.received.spam"]))
+        error = next_frame(socket)
+        assert isinstance(error, Error)
+        assert error.name == "ForbiddenError" and error.message == "label_spam_read is forbidden"
+        ack = subscribe(socket)
+        assert "domain.verified" not in ack.event_types  # no domain_read on this key
+
+
+def test_bad_key_is_refused_with_401(harness: Harness) -> None:
+    env = AgentMailEnvironment(http=harness.server.base_url, websockets=harness.server.ws_url)
+
+    async def connect_async() -> None:
+        async with AsyncAgentMail(api_key="am_not_a_key", environment=env).websockets.connect():
+            pass
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(connect_async())
+    assert err.value.status_code == 401
+    # The sync client on websockets >= 14 surfaces the same 401 as InvalidStatus (SDK catches the legacy class).
+    with (
+        pytest.raises((ApiError, InvalidStatus)) as sync_err,
+        harness.client(api_key="am_x").websockets.connect(),
+    ):
+        pass
+    status = getattr(sync_err.value, "status_code", None) or sync_err.value.response.status_code  # type: ignore[union-attr]
+    assert status == 401
+    # ?api_key= works without an Authorization header.
+    client = harness.client()
+    with client.websockets.connect(
+        api_key=harness.api_key, request_options={"additional_headers": {"Authorization": ""}}
+    ) as socket:
+        subscribe(socket)
+
+
+def test_resume_after_disconnect(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox])
+        send_mail(harness.server, inbox, subject="first")
+        first = next_frame(socket)
+    send_mail(harness.server, inbox, subject="second")
+    send_mail(harness.server, inbox, subject="third")
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox], after_event_id=first.event_id)
+        assert [next_frame(socket).message.subject for _ in range(2)] == ["second", "third"]
+        send_mail(harness.server, inbox, subject="fourth")
+        assert next_frame(socket).message.subject == "fourth"
+        no_frame(socket, 0.5)
+    # The same through the URL (?after_event_id=).
+    options: Any = {"additional_query_parameters": {"after_event_id": first.event_id}}
+    with client.websockets.connect(request_options=options) as socket:
+        subscribe(socket, inbox_ids=[inbox])
+        assert [next_frame(socket).message.subject for _ in range(3)] == ["second", "third", "fourth"]
+
+
+def test_received_latency_p50_under_100ms(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    latencies = []
+    with client.websockets.connect() as socket, smtplib.SMTP("127.0.0.1", harness.server.smtp_port) as smtp:
+        subscribe(socket, inbox_ids=[inbox], event_types=["message.received"])
+        for i in range(15):
+            msg = EmailMessage()
+            msg["From"] = "alice@example.com"
+            msg["To"] = inbox
+            msg["Subject"] = f"latency {i}"
+            msg.set_content("x")
+            start = time.perf_counter()
+            smtp.send_message(msg)
+            event = next_frame(socket)
+            latencies.append(time.perf_counter() - start)
+            assert event.message.subject == f"latency {i}"
+    p50 = statistics.median(latencies)
+    print(
+        f"SMTP-in to WebSocket message.received: p50 {p50 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
+    assert p50 < 0.1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replay_across_restart(backend: str, fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server(backend).start()
+    client = Harness(server, backend).client()
+    inbox_id = new_inbox(client)
+    inbox = client.inboxes.get(inbox_id)
+    org = client.organizations.get().organization_id
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox_id], event_types=["message.received", "message.sent"])
+        send_mail(server, inbox_id, subject="before")
+        seen = next_frame(socket).event_id
+    server.stop()
+    missed = emit_event(server, organization_id=org, inbox_id=inbox_id, pod_id=inbox.pod_id, subject="down")
+    server.start()
+    with client.websockets.connect() as socket:
+        subscribe(
+            socket,
+            inbox_ids=[inbox_id],
+            event_types=["message.received", "message.sent"],
+            after_event_id=seen,
+        )
+        event = next_frame(socket)
+        assert isinstance(event, MessageSentEvent) and event.event_id == missed
+        send_mail(server, inbox_id, subject="after")
+        assert next_frame(socket).message.subject == "after"
+
+
+def test_event_from_another_process(fresh_server: Callable[..., ServerProcess]) -> None:
+    if not postgres.available():
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    servers = [fresh_server(database_url=url), fresh_server(database_url=url)]
+    try:
+        first, second = (s.start() for s in servers)
+        client = Harness(first, "postgres").client()
+        inbox = new_inbox(client)
+        with client.websockets.connect() as socket:
+            subscribe(socket, inbox_ids=[inbox])
+            start = time.perf_counter()
+            send_mail(second, inbox, subject="via process two")
+            event = next_frame(socket)
+            elapsed = time.perf_counter() - start
+            assert event.message.subject == "via process two"
+            assert elapsed < 2.0, elapsed  # woken by NOTIFY, not by the slow poll alone
+    finally:
+        for server in servers:
+            server.kill()
+        postgres.drop_database(url)
