@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from agentmx.http.app import ROUTERS
 from conftest import Harness
@@ -179,12 +180,12 @@ def _json(response: httpx.Response) -> Any:
         return response.text
 
 
-def _build_tenant(harness: Harness, http: httpx.Client, label: str, mail: bool) -> Tenant:
+def _build_tenant(harness: Harness, http: httpx.Client | None, label: str, mail: bool) -> Tenant:
     client = harness.client()
     pod = client.pods.create(name=f"tenant-{label}-{harness.new_username()}")
     inbox = client.pods.inboxes.create(pod.pod_id, username=f"{label}{harness.new_username()}")
     tenant = Tenant(pod_id=pod.pod_id, inbox_id=inbox.inbox_id)
-    if not mail:
+    if not mail or http is None:
         return tenant
 
     msg = make_message(
@@ -284,3 +285,50 @@ def test_route_matrix(harness: Harness) -> None:
             admin.lists.delete("receive", "block", b.org_entry) if b.org_entry else None
         assert checked > 100
         assert not failures, "\n".join(failures)
+
+
+def test_websocket_refuses_foreign_scope(harness: Harness) -> None:
+    """B's keys cannot subscribe to A's inbox or pod, and never receive A's events."""
+    admin = harness.client()
+    a = _build_tenant(harness, None, "wa", mail=False)
+    b = _build_tenant(harness, None, "wb", mail=False)
+    for key in (
+        admin.pods.api_keys.create(b.pod_id, request={}).api_key,
+        admin.inboxes.api_keys.create(b.inbox_id, request={}).api_key,
+    ):
+        url = f"{harness.server.ws_url}/v0?api_key={key}"
+        with connect(url, open_timeout=10) as socket:
+            socket.send(json.dumps({"type": "subscribe", "inbox_ids": [a.inbox_id]}))
+            assert json.loads(socket.recv(timeout=10))["type"] == "error"
+            socket.send(json.dumps({"type": "subscribe", "pod_ids": [a.pod_id]}))
+            assert json.loads(socket.recv(timeout=10))["type"] == "error"
+            socket.send(json.dumps({"type": "subscribe"}))  # everything the key may see
+            assert json.loads(socket.recv(timeout=10))["type"] == "subscribed"
+
+            smtp_send(harness.server, [a.inbox_id], make_message(a.inbox_id, subject="for A").as_bytes())
+            smtp_send(harness.server, [b.inbox_id], make_message(b.inbox_id, subject="for B").as_bytes())
+            frame = json.loads(socket.recv(timeout=15))
+            assert frame["type"] == "event" and frame["message"]["inbox_id"] == b.inbox_id
+            assert a.inbox_id not in json.dumps(frame) and a.pod_id not in json.dumps(frame)
+
+
+def test_webhook_subscription_refuses_foreign_scope(harness: Harness) -> None:
+    """A pod key of B cannot point a webhook at A's pod or inbox."""
+    admin = harness.client()
+    a = _build_tenant(harness, None, "ha", mail=False)
+    b = _build_tenant(harness, None, "hb", mail=False)
+    key = admin.pods.api_keys.create(b.pod_id, request={}).api_key
+    hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
+    with httpx.Client(base_url=harness.server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for body in ({**hook, "pod_ids": [a.pod_id]}, {**hook, "inbox_ids": [a.inbox_id]}):
+            response = http.post("/v0/webhooks", json=body)
+            # Refused, or (pod keys) created as B's own pod webhook with the foreign channel dropped.
+            if response.status_code == 200:
+                assert response.json()["pod_id"] == b.pod_id
+                assert a.pod_id not in response.text and a.inbox_id not in response.text
+            else:
+                assert response.status_code in (400, 403, 404), response.text  # 400: "not found" in the body
+        mine = http.post("/v0/webhooks", json=hook)
+        assert mine.status_code == 200, mine.text
+        update = http.patch(f"/v0/webhooks/{mine.json()['webhook_id']}", json={"add_inbox_ids": [a.inbox_id]})
+        assert update.status_code in (400, 403, 404), update.text
