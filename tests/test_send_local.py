@@ -281,3 +281,11 @@ def test_concurrent_retries_send_once(harness: Harness) -> None:
     _arrived(client, b, message_id)
     assert len([m for m in client.inboxes.messages.list(a).messages if "sent" in m.labels]) == 1
     assert len(client.inboxes.messages.list(b).messages) == 1
+
+
+def test_unknown_local_address_bounces(harness: Harness) -> None:
+    client = harness.client()
+    a = new_inbox(client)
+    domain = a.split("@")[1]
+    sent = client.inboxes.messages.send(a, to=f"nobody-{secrets.token_hex(4)}@{domain}", text="x")
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))

@@ -100,7 +100,6 @@ async def _send(
     raw_body: Any,
     message_id: str | None = None,
 ) -> dict[str, str]:
-    caller.require("message_send")
     key = idempotency.parse_key(request.headers.get("idempotency-key"))
     fp = idempotency.fingerprint(endpoint, inbox_id.strip().lower(), message_id, raw_body)
     async with idempotency.idempotent(rt, caller, key, fp) as slot:
@@ -139,6 +138,7 @@ async def _send(
 
 @router.post("/v0/inboxes/{inbox_id}/messages/send")
 async def send(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, str]:
+    caller.require("message_send")
     raw = await _read_body(request)
     return await _send(request, rt, caller, inbox_id, "send", parse(SendBody, raw), raw)
 
@@ -147,6 +147,7 @@ async def send(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDe
 async def reply(
     inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
 ) -> dict[str, str]:
+    caller.require("message_send")
     raw = await _read_body(request)
     return await _send(request, rt, caller, inbox_id, "reply", parse(ReplyBody, raw), raw, message_id)
 
@@ -155,6 +156,7 @@ async def reply(
 async def reply_all(
     inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
 ) -> dict[str, str]:
+    caller.require("message_send")
     raw = await _read_body(request)
     return await _send(request, rt, caller, inbox_id, "reply-all", parse(ReplyAllBody, raw), raw, message_id)
 
@@ -163,5 +165,6 @@ async def reply_all(
 async def forward(
     inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
 ) -> dict[str, str]:
+    caller.require("message_send")
     raw = await _read_body(request)
     return await _send(request, rt, caller, inbox_id, "forward", parse(SendBody, raw), raw, message_id)
