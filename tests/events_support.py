@@ -125,7 +125,9 @@ def emit_event(
     """Write a message.sent event into the server's database through the event service (server may be down)."""
 
     async def run() -> str:
-        settings = Settings(data_dir=server.data_dir, database_url=server.database_url or "")
+        settings = Settings.model_validate(
+            {"data_dir": server.data_dir, "database_url": server.database_url or ""}
+        )
         db = Database(settings.effective_database_url)
         rt = Runtime(settings=settings, db=db, blobs=BlobStore(server.data_dir / "blobs"))
         try:

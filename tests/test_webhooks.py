@@ -244,3 +244,20 @@ def test_two_processes_deliver_each_event_once(fresh_server: Callable[..., Serve
         for server in servers:
             server.kill()
         postgres.drop_database(url)
+
+
+def test_inbox_and_pod_deletion(harness: Harness, receiver: Receiver) -> None:
+    client = harness.client()
+    pod = client.pods.create(name="del-" + harness.new_username())
+    inbox = new_inbox(client, pod.pod_id)
+    client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+    org_hook = client.webhooks.create(url=receiver.url, event_types=["message.received"], inbox_ids=[inbox])
+    pod_hook = client.pods.webhooks.create(pod.pod_id, url=receiver.url, event_types=["message.received"])
+    client.inboxes.delete(inbox)  # takes its own webhook along and unlists itself elsewhere
+    assert not client.webhooks.get(org_hook.webhook_id).inbox_ids
+    with pytest.raises(ApiError) as err:
+        client.pods.delete(pod.pod_id, request_options=NO_RETRY)
+    assert err.value.status_code == 409
+    client.pods.webhooks.delete(pod.pod_id, pod_hook.webhook_id)
+    client.pods.delete(pod.pod_id)
+    client.webhooks.delete(org_hook.webhook_id)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from agentmx import server
+from agentmx.db.models import Webhook
 from agentmx.events import delivery, hub
+from agentmx.services import inboxes, pods, webhooks
 
 __all__ = ["delivery"]  # imported for its @handler("deliver_webhook") registration
 
 if hub.start not in server.BACKGROUND:
     server.BACKGROUND.append(hub.start)
+
+if webhooks.forget_inbox not in inboxes.inbox_cleanup:
+    inboxes.inbox_cleanup.append(webhooks.forget_inbox)
+
+# A pod with webhooks of its own is not deleted from under them (409 cannot_delete).
+if all(name != "webhooks" for name, _ in pods.POD_DEPENDENTS):
+    pods.POD_DEPENDENTS.append(("webhooks", Webhook.pod_id))

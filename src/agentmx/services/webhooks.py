@@ -8,11 +8,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Event, Webhook
+from agentmx.db.models import Event, Inbox, InboxEvent, Webhook
 from agentmx.db.types import utcnow
 from agentmx.errors import NotFound
 from agentmx.events.catalogue import check_event_types, effective_types
@@ -320,3 +320,13 @@ async def update_headers(
 async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, webhook_id: str) -> None:
     hook = await get_webhook(session, caller, route, webhook_id)
     await session.delete(hook)
+
+
+async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
+    """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
+    await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
+    await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
+    listing = await session.scalars(select(Webhook).where(Webhook.organization_id == inbox.organization_id))
+    for hook in listing:
+        if inbox.id in hook.inbox_ids:
+            hook.inbox_ids = [i for i in hook.inbox_ids if i != inbox.id]
