@@ -418,6 +418,7 @@ def test_job_runner_rechecks_until_verified(backend: str, fresh_server: Any) -> 
                 "AGENTMX_DNS_RESOLVER": dns_server.address,
                 "AGENTMX_PUBLIC_HOST": MAIL_HOST,
                 "AGENTMX_DOMAIN_CHECK_INTERVAL": "0.5",
+                "AGENTMX_DNS_TIMEOUT": "1",
             },
         ).start()
         client = DomainEnv(server, dns_server, "").client()
@@ -432,3 +433,7 @@ def test_job_runner_rechecks_until_verified(backend: str, fresh_server: Any) -> 
         while client.domains.get(created.domain_id).status != "VERIFIED":
             assert time.monotonic() < deadline, "domain was not re-checked"
             time.sleep(0.2)
+
+    # The DNS server is gone: a failing resolver leaves the verified state alone.
+    client.domains.verify(created.domain_id)
+    assert client.domains.get(created.domain_id).status == "VERIFIED"

@@ -24,6 +24,8 @@ class RecordCheck:
     record: Record
     status: str
     reason: str | None = None
+    # False when DNS itself failed (timeout, SERVFAIL): the status says nothing about the record.
+    answered: bool = True
 
 
 def make_resolver(configured: str, timeout: float) -> dns.asyncresolver.Resolver:
@@ -86,6 +88,8 @@ def _tags(value: str) -> dict[str, str]:
 
 def judge(record: Record, answers: list[str] | None) -> RecordCheck:
     """Compare what DNS returned with what the record requires."""
+    if answers is None:
+        return RecordCheck(record, MISSING, answered=False)
     if not answers:
         return RecordCheck(record, MISSING)
     if record.type == "MX":

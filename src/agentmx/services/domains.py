@@ -286,7 +286,15 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
         row = await s.get(Domain, domain_id)
         if row is None:
             return None
-        row.checks = [{"key": c.record.key, "status": c.status, "reason": c.reason} for c in results]
+        # A resolver failure keeps the record's last known state, so a DNS hiccup never un-verifies.
+        previous = {c["key"]: c for c in row.checks or []}
+        checks = []
+        for c in results:
+            if not c.answered and c.record.key in previous:
+                checks.append(previous[c.record.key])
+            else:
+                checks.append({"key": c.record.key, "status": c.status, "reason": c.reason})
+        row.checks = checks
         row.checked_at = utcnow()
         await _settle(s, rt, row)
         return row
