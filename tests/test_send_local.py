@@ -289,3 +289,18 @@ def test_unknown_local_address_bounces(harness: Harness) -> None:
     domain = a.split("@")[1]
     sent = client.inboxes.messages.send(a, to=f"nobody-{secrets.token_hex(4)}@{domain}", text="x")
     wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+
+
+def test_attachment_urls_on_private_addresses_are_refused(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(
+            a,
+            to=b,
+            text="x",
+            attachments=[{"filename": "h.json", "url": harness.server.base_url + "/health"}],
+            request_options=NO_RETRY,
+        )
+    assert refused.value.status_code == 403
+    assert _code(refused.value) == "message_rejected"

@@ -38,7 +38,11 @@ class Relay:
 @pytest.fixture(scope="module", params=BACKENDS)
 def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     sink = Sink().start()
-    env = {"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5"}
+    env = {
+        "AGENTMX_SMTP_RELAY": sink.address,
+        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5",
+        "AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true",  # the test URLs are on loopback
+    }
     server, url = make_server(tmp_path_factory.mktemp(f"relay-{request.param}"), request.param, env)
     server.start()
     try:

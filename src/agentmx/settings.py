@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses."
     )
+    attachment_url_allow_private: bool = Field(
+        False,
+        description="Allow send attachment URLs that resolve to loopback, private or link-local addresses.",
+    )
     event_poll_interval: float = Field(
         0.5, description="Seconds between event log polls for live WebSocket streams (commits also wake them)."
     )

@@ -2,6 +2,8 @@
 
 Reusable by drafts. A URL must answer 2xx (redirects followed); anything else refuses the send
 with 403 ``message_rejected`` as AgentMail does. URL bytes are capped at ``MAX_URL_BYTES`` per message.
+Every hop must resolve to a public address unless ``allow_private`` (the server would otherwise
+fetch internal services and mail their answers out: SSRF).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 import httpx
 
 from agentmx.errors import MessageRejected, ValidationFailed
+from agentmx.events.ssrf import BlockedAddress, check_destination
 from agentmx.mail.compose import OutAttachment
 
 MAX_URL_BYTES = 30 * 1024 * 1024
+MAX_REDIRECTS = 5
 FETCH_TIMEOUT = 30.0
 DISPOSITIONS = ("inline", "attachment")
 
@@ -46,32 +50,45 @@ def _content_type(spec: AttachmentSpec, fetched: str | None = None) -> str:
     return guessed or "application/octet-stream"
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, budget: int) -> tuple[bytes, str | None]:
+def _unfetchable(url: str, why: str) -> MessageRejected:
+    return MessageRejected(
+        f"Attachment URL could not be fetched ({why}): {url}",
+        fix="Use a public URL that can be downloaded without authentication.",
+    )
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, budget: int, allow_private: bool
+) -> tuple[bytes, str | None]:
+    """GET ``url``, following redirects by hand so each hop passes the address check."""
     try:
-        async with client.stream("GET", url) as response:
-            if not 200 <= response.status_code < 300:
-                raise MessageRejected(
-                    f"Attachment URL answered {response.status_code}: {url}",
-                    fix="Use a URL that can be downloaded without authentication.",
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > budget:
-                    raise MessageRejected(
-                        "URL attachments exceed 30 MB per message", fix="Send fewer or smaller attachments."
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("content-type")
-    except httpx.HTTPError as exc:
-        raise MessageRejected(
-            f"Attachment URL could not be fetched: {url}",
-            fix="Use a URL that can be downloaded without authentication.",
-        ) from exc
+        for _ in range(MAX_REDIRECTS + 1):
+            await check_destination(url, allow_private)
+            async with client.stream("GET", url) as response:
+                if response.is_redirect and response.headers.get("location"):
+                    url = str(response.url.join(response.headers["location"]))
+                    continue
+                if not 200 <= response.status_code < 300:
+                    raise _unfetchable(url, f"HTTP {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > budget:
+                        raise MessageRejected(
+                            "URL attachments exceed 30 MB per message",
+                            fix="Send fewer or smaller attachments.",
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks), response.headers.get("content-type")
+        raise _unfetchable(url, "too many redirects")
+    except BlockedAddress as exc:
+        raise _unfetchable(url, str(exc)) from exc
+    except (httpx.HTTPError, OSError, ValidationFailed) as exc:
+        raise _unfetchable(url, type(exc).__name__) from exc
 
 
-async def resolve(specs: list[AttachmentSpec]) -> list[OutAttachment]:
+async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -> list[OutAttachment]:
     out: list[OutAttachment] = []
     budget = MAX_URL_BYTES
     for index, spec in enumerate(specs):
@@ -94,10 +111,8 @@ async def resolve(specs: list[AttachmentSpec]) -> list[OutAttachment]:
                 raise _bad(index, "content is not valid base64") from exc
         else:
             assert spec.url is not None
-            if not spec.url.lower().startswith(("http://", "https://")):
-                raise MessageRejected(f"Attachment URL is not http(s): {spec.url}")
-            async with httpx.AsyncClient(follow_redirects=True, timeout=FETCH_TIMEOUT) as client:
-                data, fetched_type = await _fetch(client, spec.url, budget)
+            async with httpx.AsyncClient(follow_redirects=False, timeout=FETCH_TIMEOUT) as client:
+                data, fetched_type = await _fetch(client, spec.url, budget, allow_private)
             budget -= len(data)
         out.append(
             OutAttachment(

@@ -108,7 +108,9 @@ async def _send(
         async with rt.db.read() as s:  # 404 before any attachment is fetched
             await get_inbox(s, caller, inbox_id)
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
-        attachments = await send_attachments.resolve(specs)
+        attachments = await send_attachments.resolve(
+            specs, allow_private=rt.settings.attachment_url_allow_private
+        )
         async with rt.db.transaction() as s:
             inbox = await get_inbox(s, caller, inbox_id)
             req = OutgoingMessage(
