@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentmx.errors import NotFound
+from agentmx.errors import NotFound, ValidationFailed
 from agentmx.http import wire, wire_drafts
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import (
@@ -25,6 +25,8 @@ from agentmx.services.pagination import check_limit
 from agentmx.services.runtime import Runtime
 
 router = APIRouter()
+
+MAX_BODY_BYTES = 6 * 1024 * 1024
 
 Addresses = str | list[str] | None
 
@@ -73,6 +75,17 @@ class UpdateDraft(Body):
 class SendDraft(Body):
     add_labels: str | list[str] | None = None
     remove_labels: str | list[str] | None = None
+
+
+async def _read_body(request: Request) -> Any:
+    """Draft bodies carry base64 attachments: the 6 MB request cap of sends applies."""
+    if len(await request.body()) > MAX_BODY_BYTES:
+        raise ValidationFailed(
+            "Request body exceeds 6 MB",
+            [{"path": [], "message": "too large"}],
+            fix="Use url attachments for large files.",
+        )
+    return await json_body(request)
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:
@@ -153,7 +166,7 @@ async def list_inbox_drafts(
 @router.post("/v0/inboxes/{inbox_id}/drafts")
 async def create_draft(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     caller.require("draft_create")
-    body = parse(CreateDraft, await json_body(request))
+    body = parse(CreateDraft, await _read_body(request))
     async with rt.db.read() as s:  # 404 before any attachment is fetched
         await inboxes.get_inbox(s, caller, inbox_id)
     send_at = drafts.parse_send_at(body.send_at)
@@ -190,7 +203,7 @@ async def update_draft(
     inbox_id: str, draft_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
 ) -> dict[str, Any]:
     caller.require("draft_update")
-    body = parse(UpdateDraft, await json_body(request))
+    body = parse(UpdateDraft, await _read_body(request))
     changes = drafts.DraftChanges(
         remove_attachments=body.remove_attachments,
         add_labels=body.add_labels,
