@@ -125,10 +125,13 @@ def _routes() -> Iterator[tuple[str, str]]:
 def _urls(tenant: Tenant, path: str) -> list[str]:
     urls = [path]
     for name in PARAM.findall(path):
-        expanded = []
+        placeholder = re.compile(r"{" + name + r"(?::\w+)?}")
+        expanded: list[str] = []
         for url in urls:
             for value in _filler(tenant, name, path):
-                expanded.append(re.sub(r"{" + name + r"(?::\w+)?}", lambda _m, v=value: v, url, count=1))
+                match = placeholder.search(url)
+                assert match is not None
+                expanded.append(url[: match.start()] + value + url[match.end() :])
         urls = expanded
     return urls
 

@@ -47,7 +47,7 @@ def test_list_validation(harness: Harness) -> None:
         client.lists.create("send", "block", entry="not an address", request_options=NO_RETRY)
     assert bad_entry.value.status_code == 400
     with pytest.raises(ApiError) as bad_direction:
-        client.lists.list("sideways", "block", request_options=NO_RETRY)  # type: ignore[arg-type]
+        client.lists.list("sideways", "block", request_options=NO_RETRY)
     assert bad_direction.value.status_code == 400
 
 

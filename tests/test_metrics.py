@@ -70,7 +70,7 @@ def test_validation(harness: Harness) -> None:
         client.metrics.query_rates(period=3600, window=5000, request_options=NO_RETRY)
     assert bad_window.value.status_code == 400
     with pytest.raises(ApiError) as bad_type:
-        client.metrics.query_events(event_types=["message.teleported"], request_options=NO_RETRY)  # type: ignore[list-item]
+        client.metrics.query_events(event_types=["message.teleported"], request_options=NO_RETRY)
     assert bad_type.value.status_code == 400
     # A future end is clamped to now.
     assert "message.sent" in client.metrics.query_events(end=now + timedelta(days=3), period=3600)
