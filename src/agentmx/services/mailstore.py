@@ -323,15 +323,17 @@ async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> I
 async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> dict[str, ReceiveResult]:
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
 
-    Raises on storage failure (nothing committed); the caller keeps custody (SMTP 451).
+    Recipient checks and classification only read, so they run before the write transaction
+    (on SQLite the write lock is then held just for the inserts). Raises on storage failure
+    (nothing committed); the caller keeps custody (SMTP 451).
     """
     parsed = await parse(raw)
-    blobs = await put_blobs(rt, raw, parsed)
     results: dict[str, ReceiveResult] = {}
-    async with rt.db.transaction() as session:
+    accepted: list[tuple[str, Inbox, set[str]]] = []
+    async with rt.db.read() as session:
         for rcpt in rcpt_tos:
             address = rcpt.strip().lower()
-            if address in results:
+            if address in results or any(a == address for a, _, _ in accepted):
                 continue
             try:
                 inbox = await check_recipient(session, rt, address)
@@ -341,6 +343,12 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
             labels = {"received", "unread"}
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
+            accepted.append((address, inbox, labels))
+    if not accepted:
+        return results
+    blobs = await put_blobs(rt, raw, parsed)
+    async with rt.db.transaction() as session:
+        for address, inbox, labels in accepted:
             message, fresh = await store_message_ex(
                 session,
                 rt,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, or_, select
+from sqlalchemy import delete, exists, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
@@ -69,16 +69,20 @@ async def resolve_scope(session: AsyncSession, caller: Caller, scope: Scope) -> 
 
 
 def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
-    stmt = stmt.where(Thread.organization_id == caller.organization_id)
-    if caller.pod_id:
-        stmt = stmt.where(Thread.pod_id == caller.pod_id)
-    if caller.inbox_id:
-        stmt = stmt.where(Thread.inbox_id == caller.inbox_id)
-    if scope.inbox_id:
-        stmt = stmt.where(Thread.inbox_id == scope.inbox_id)
-    if scope.pod_id:
-        stmt = stmt.where(Thread.pod_id == scope.pod_id)
-    return stmt
+    """Filter on the narrowest known scope only, so the planner uses that scope's (…, timestamp) index.
+
+    An inbox or pod id here was already checked to belong to the caller's organization.
+    """
+    inbox_ids = {i for i in (caller.inbox_id, scope.inbox_id) if i}
+    pod_ids = {p for p in (caller.pod_id, scope.pod_id) if p}
+    if len(inbox_ids) > 1 or len(pod_ids) > 1:
+        return stmt.where(false())
+    if inbox_ids:
+        stmt = stmt.where(Thread.inbox_id == inbox_ids.pop())
+        return stmt.where(Thread.pod_id == pod_ids.pop()) if pod_ids else stmt
+    if pod_ids:
+        return stmt.where(Thread.pod_id == pod_ids.pop())
+    return stmt.where(Thread.organization_id == caller.organization_id)
 
 
 def _thread_has(labels: list[str]) -> Any:
