@@ -41,7 +41,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
     rt = Runtime(
         settings=settings,
         db=Database(settings.effective_database_url),
-        blobs=BlobStore(settings.data_dir / "blobs"),
+        blobs=BlobStore(settings.effective_blob_dir),
     )
     rt.secret = await load_secret(rt.db, settings.secret_key)
     if settings.rate_limit_per_minute > 0:

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("./data"), description="Folder for the SQLite database and stored .eml blobs."
     )
+    blob_dir: Path | None = Field(
+        None,
+        description="Folder for raw .eml and attachment bytes (default <data_dir>/blobs). Processes that share "
+        "one PostgreSQL database must share this folder too.",
+    )
     database_url: str = Field(
         "",
         description="SQLAlchemy URL. Empty means SQLite at <data_dir>/agentmx.db. "
@@ -68,7 +73,8 @@ class Settings(BaseSettings):
         description="Allow send attachment URLs that resolve to loopback, private or link-local addresses.",
     )
     event_poll_interval: float = Field(
-        0.5, description="Seconds between event log polls for live WebSocket streams (commits also wake them)."
+        0.5,
+        description="Seconds between event log polls for live WebSocket streams (commits also wake them).",
     )
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
@@ -87,6 +93,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return normalize_database_url(self.database_url or f"sqlite:///{self.data_dir / 'agentmx.db'}")
+
+    @property
+    def effective_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").expanduser().resolve()
 
     @property
     def is_sqlite(self) -> bool:
