@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import smtplib
 from collections.abc import Callable
 
@@ -84,3 +85,24 @@ def test_acked_messages_survive_sigkill(backend: str, fresh_server: Callable[...
     client = AgentMail(api_key=key, environment=env)
     stored = {m.message_id for m in client.inboxes.messages.list(inbox.inbox_id, limit=100).messages}
     assert set(acked) <= stored
+
+
+def test_storage_failure_answers_451_then_retry_succeeds(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    blobs = harness.server.data_dir / "blobs"
+    for _ in range(1000):  # a message whose blob folder does not exist yet
+        raw = make_message(inbox.inbox_id, subject="disk trouble").as_bytes()
+        folder = blobs / hashlib.sha256(raw).hexdigest()[:2]
+        if not folder.exists():
+            break
+    folder.write_bytes(b"")  # a file where the blob store needs a folder: writes fail with ENOTDIR
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            smtp_send(harness.server, [inbox.inbox_id], raw)
+        assert info.value.smtp_code == 451
+        assert client.inboxes.messages.list(inbox.inbox_id).count == 0
+    finally:
+        folder.unlink()
+    smtp_send(harness.server, [inbox.inbox_id], raw)
+    assert client.inboxes.messages.list(inbox.inbox_id).count == 1
