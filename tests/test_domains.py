@@ -29,6 +29,8 @@ from agentmx.testing import postgres
 from agentmx.testing.dns import LoopbackDNS
 from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS, NO_RETRY, make_server
+from events_support import Receiver
+from events_support import verify as verify_signature
 
 MAIL_HOST = "mx.agentmx.test"
 
@@ -239,6 +241,23 @@ def test_verification_pending_invalid_verified(env: DomainEnv) -> None:
     assert mine[0]["domain"]["status"] == "VERIFIED" and mine[0]["domain"]["domain"] == name
 
 
+def test_domain_verified_webhook(env: DomainEnv) -> None:
+    client = env.client()
+    receiver = Receiver()
+    try:
+        hook = client.webhooks.create(url=receiver.url, event_types=["domain.verified"])
+        created = client.domains.create(domain=new_domain())
+        verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+        receiver.wait(1)
+        body = verify_signature(hook.secret, receiver.deliveries[0])
+        assert body["type"] == "event" and body["event_type"] == "domain.verified"
+        assert body["domain"]["domain_id"] == created.domain_id and body["domain"]["status"] == "VERIFIED"
+        assert {r["status"] for r in body["domain"]["records"]} == {"VALID"}
+        client.webhooks.delete(hook.webhook_id)
+    finally:
+        receiver.close()
+
+
 def test_inboxes_need_a_verified_domain(env: DomainEnv) -> None:
     client = env.client()
     name = new_domain()
@@ -291,6 +310,20 @@ def test_update_delete_and_errors(env: DomainEnv) -> None:
     with pytest.raises(ApiError) as bad:
         client.domains.create(domain="not a domain", request_options=NO_RETRY)
     assert bad.value.status_code == 400
+
+    # Permissions: a read-only key reads but cannot create, verify or delete.
+    reader = env.client(
+        client.api_keys.create(request={"name": "reader", "permissions": {"domain_read": True}}).api_key
+    )
+    assert reader.domains.get(created.domain_id).domain == name
+    for call in (
+        lambda: reader.domains.create(domain=new_domain(), request_options=NO_RETRY),
+        lambda: reader.domains.verify(created.domain_id, request_options=NO_RETRY),
+        lambda: reader.domains.delete(created.domain_id, request_options=NO_RETRY),
+    ):
+        with pytest.raises(ApiError) as denied:
+            call()
+        assert denied.value.status_code == 403
 
     link = client.domains.get_setup_link(created.domain_id)
     assert link.supported is False
