@@ -335,3 +335,38 @@ def test_webhook_subscription_refuses_foreign_scope(harness: Harness) -> None:
         assert mine.status_code == 200, mine.text
         update = http.patch(f"/v0/webhooks/{mine.json()['webhook_id']}", json={"add_inbox_ids": [a.inbox_id]})
         assert update.status_code in (400, 403, 404), update.text
+
+
+# Routes any valid key may call, whatever its permissions.
+NO_PERMISSION_NEEDED = {
+    "/v0/auth/me": "the caller's own identity",
+    "/v0/organizations": "API.md 2.10 names no permission for it; it needs an organization key instead",
+}
+
+
+def test_every_route_checks_a_permission(harness: Harness) -> None:
+    """An organization key with an empty permissions object is refused everywhere (403 missing_permission)."""
+    admin_headers = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=admin_headers, timeout=30) as http:
+        a = _build_tenant(harness, http, "perm", mail=True)
+        nothing = harness.client().api_keys.create(request={"name": "nothing", "permissions": {}}).api_key
+        failures: list[str] = []
+        try:
+            for method, path in _routes():
+                if path in EXEMPT or path in NO_PERMISSION_NEEDED:
+                    continue
+                for url in _urls(a, path):
+                    response = http.request(
+                        method,
+                        url,
+                        params=_query(path),
+                        json=_body(method, path, a),
+                        headers={"Authorization": f"Bearer {nothing}"},
+                    )
+                    body = _json(response)
+                    code = body.get("code") if isinstance(body, dict) else None
+                    if response.status_code != 403 or code != "missing_permission":
+                        failures.append(f"{method} {url} -> {response.status_code} {str(body)[:160]}")
+        finally:
+            harness.client().lists.delete("receive", "block", a.org_entry)
+        assert not failures, "routes without a permission check:\n" + "\n".join(failures)
