@@ -393,25 +393,51 @@ def test_pod_scope(env: DomainEnv) -> None:
     client.pods.delete(pod.pod_id)
 
 
-def test_deleted_domain_stops_receiving(env: DomainEnv) -> None:
+def rcpt_code(env: DomainEnv, address: str) -> int:
+    with smtplib.SMTP("127.0.0.1", env.server.smtp_port, timeout=10) as smtp:
+        smtp.ehlo("sender.example")
+        smtp.mail("someone@sender.example")
+        code, _ = smtp.rcpt(address)
+        return code
+
+
+def test_deleted_domain_stops_sending_and_receiving(env: DomainEnv) -> None:
     client = env.client()
     name = new_domain()
     created = client.domains.create(domain=name)
     verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
     inbox = client.inboxes.create(request={"username": "rcpt", "domain": name})
 
-    def rcpt() -> int:
-        with smtplib.SMTP("127.0.0.1", env.server.smtp_port, timeout=10) as smtp:
-            smtp.ehlo("sender.example")
-            smtp.mail("someone@sender.example")
-            code, _ = smtp.rcpt(inbox.inbox_id)
-            return code
+    # Mail for the custom-domain inbox is accepted and stored.
+    with smtplib.SMTP("127.0.0.1", env.server.smtp_port, timeout=10) as smtp:
+        smtp.sendmail(
+            "someone@sender.example",
+            [inbox.inbox_id],
+            f"From: someone@sender.example\r\nTo: {inbox.inbox_id}\r\nSubject: hi custom\r\n\r\nbody\r\n",
+        )
+    assert [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages] == ["hi custom"]
 
-    assert rcpt() == 250
     client.domains.delete(created.domain_id)
-    assert rcpt() >= 500
-    # Its data stays: the inbox is still there.
+    assert rcpt_code(env, inbox.inbox_id) >= 500
+    with pytest.raises(ApiError) as rejected:
+        client.inboxes.messages.send(
+            inbox.inbox_id, to="someone@remote.test", subject="x", text="x", request_options=NO_RETRY
+        )
+    assert rejected.value.status_code == 403
+    # Its data stays.
     assert client.inboxes.get(inbox.inbox_id).inbox_id == inbox.inbox_id
+    assert len(client.inboxes.messages.list(inbox.inbox_id).messages) == 1
+
+
+def test_send_only_domain_receives_nothing(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name, inbound_enabled=False)
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    inbox = client.inboxes.create(request={"username": "noreply", "domain": name})
+    assert rcpt_code(env, inbox.inbox_id) >= 500
+    client.domains.update(created.domain_id, inbound_enabled=True)
+    assert rcpt_code(env, inbox.inbox_id) == 250
 
 
 def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> None:
