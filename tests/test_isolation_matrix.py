@@ -370,3 +370,58 @@ def test_every_route_checks_a_permission(harness: Harness) -> None:
         finally:
             harness.client().lists.delete("receive", "block", a.org_entry)
         assert not failures, "routes without a permission check:\n" + "\n".join(failures)
+
+
+# The read permission (API.md 2.10) of each resource family, matched on the path's segments, most
+# specific first.
+READ_PERMISSION = [
+    ("metrics", "metrics_read"),
+    ("lists", "list_entry_read"),
+    ("api-keys", "api_key_read"),
+    ("webhooks", "webhook_read"),
+    ("domains", "domain_read"),
+    ("drafts", "draft_read"),
+    ("threads", "message_read"),
+    ("messages", "message_read"),
+    ("events", "message_read"),
+    ("inboxes", "inbox_read"),
+    ("pods", "pod_read"),
+]
+
+
+def _read_permission(path: str) -> str:
+    segments = path.split("/")
+    for family, permission in READ_PERMISSION:
+        if family in segments:
+            return permission
+    pytest.fail(f"No read permission known for {path}: add its family to READ_PERMISSION")
+
+
+def test_read_routes_need_only_their_read_permission(harness: Harness) -> None:
+    """Each GET route answers an organization key holding just that family's read permission."""
+    admin = harness.client()
+    admin_headers = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=admin_headers, timeout=30) as http:
+        a = _build_tenant(harness, http, "read", mail=True)
+        keys: dict[str, str] = {}
+        failures: list[str] = []
+        try:
+            for method, path in _routes():
+                if method != "GET" or path in EXEMPT or path in NO_PERMISSION_NEEDED:
+                    continue
+                permission = _read_permission(path)
+                if permission not in keys:
+                    request = {"name": permission, "permissions": {permission: True}}
+                    keys[permission] = admin.api_keys.create(request=request).api_key
+                for url in _urls(a, path):
+                    response = http.get(
+                        url, params=_query(path), headers={"Authorization": f"Bearer {keys[permission]}"}
+                    )
+                    allowed = ORG_GET_EXCEPTIONS.get(path, (200,))
+                    if response.status_code not in allowed:
+                        failures.append(
+                            f"{permission}: GET {url} -> {response.status_code} {response.text[:160]}"
+                        )
+        finally:
+            admin.lists.delete("receive", "block", a.org_entry)
+        assert not failures, "\n".join(failures)

@@ -94,6 +94,10 @@ def test_label_read_permission_hides_blocked_mail(harness: Harness) -> None:
     ]
     with pytest.raises(NotFoundError):
         narrow.inboxes.messages.get(inbox, blocked, request_options=NO_RETRY)
+    thread_id = client.inboxes.messages.get(inbox, blocked).thread_id
+    assert thread_id not in [
+        t.thread_id for t in narrow.inboxes.threads.list(inbox, include_blocked=True).threads
+    ]
 
     with_perm = client.inboxes.api_keys.create(
         inbox, request={"permissions": {"message_read": True, "label_blocked_read": True}}
@@ -101,6 +105,7 @@ def test_label_read_permission_hides_blocked_mail(harness: Harness) -> None:
     wide = harness.client(api_key=with_perm.api_key)
     assert blocked in [m.message_id for m in wide.inboxes.messages.list(inbox, include_blocked=True).messages]
     assert wide.inboxes.messages.get(inbox, blocked).message_id == blocked
+    assert thread_id in [t.thread_id for t in wide.inboxes.threads.list(inbox, include_blocked=True).threads]
 
 
 def test_send_block_and_allow_lists(harness: Harness) -> None:
