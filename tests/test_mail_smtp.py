@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import smtplib
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +14,7 @@ from agentmail.environment import AgentMailEnvironment
 
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, NO_RETRY, Harness
-from mail_support import make_message, smtp_send
+from mail_support import download, make_message, smtp_send
 
 
 def test_oversize_message_552(harness: Harness) -> None:
@@ -106,3 +107,26 @@ def test_storage_failure_answers_451_then_retry_succeeds(harness: Harness) -> No
         folder.unlink()
     smtp_send(harness.server, [inbox.inbox_id], raw)
     assert client.inboxes.messages.list(inbox.inbox_id).count == 1
+
+
+def test_download_links_expire(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_DOWNLOAD_URL_TTL": "1"}).start()
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    client = AgentMail(api_key=server.create_key(), environment=env)
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id)
+    smtp_send(server, [inbox.inbox_id], msg.as_bytes())
+    url = client.inboxes.messages.get_raw(inbox.inbox_id, msg["Message-ID"]).download_url
+    assert download(url).content == msg.as_bytes()
+    time.sleep(2.1)
+    expired = download(url)
+    assert expired.status_code == 403 and expired.json()["name"] == "ForbiddenError"
+
+
+def test_non_ascii_recipient_filter(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id, cc="Jörg Müller <jorg@example.com>")
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    assert client.inboxes.messages.list(inbox.inbox_id, to=["Jörg"]).count == 1
+    assert client.inboxes.threads.list(inbox.inbox_id, recipients=["müller"]).count == 1

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
     rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")
+    download_url_ttl: int = Field(
+        3600, description="Seconds a signed attachment or raw-message download_url stays valid."
+    )
     secret_key: str = Field(
         "",
         description="Key for signing download URLs and encrypting DKIM keys; generated in data_dir if empty.",

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from agentmx.errors import Forbidden, NotFound
 from agentmx.services.secrets import sign, verify
 
-TTL_SECONDS = 3600
 PATH = "/v0/downloads/"
 
 
@@ -25,9 +24,14 @@ class Download:
 
 
 def make_url(
-    secret: bytes, base_url: str, blob_key: str, content_type: str | None, filename: str | None
+    secret: bytes,
+    base_url: str,
+    blob_key: str,
+    content_type: str | None,
+    filename: str | None,
+    ttl: int,
 ) -> tuple[str, datetime]:
-    expires = int(time.time()) + TTL_SECONDS
+    expires = int(time.time()) + ttl
     payload = json.dumps([blob_key, expires, content_type or "application/octet-stream", filename or ""])
     encoded = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     token = f"{encoded}.{sign(secret, 'download:' + encoded)}"

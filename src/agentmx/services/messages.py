@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,7 +58,12 @@ def contains(column: Any, value: str) -> Any:
 
 
 def json_contains(column: Any, value: str) -> Any:
-    return func.lower(cast(column, Text)).like(_like(value), escape="\\")
+    """Substring of a JSON list column's text; SQLite stores non-ASCII as \\uXXXX escapes, so try both."""
+    text = func.lower(cast(column, Text))
+    escaped = json.dumps(value.lower())[1:-1]
+    if escaped == value.lower():
+        return text.like(_like(value), escape="\\")
+    return or_(text.like(_like(value), escape="\\"), text.like(_like(escaped), escape="\\"))
 
 
 def has_label(label: str) -> Any:

@@ -164,7 +164,12 @@ async def _load(rt: Runtime, caller: Caller, inbox_id: str, message_id: str) -> 
 
 def _attachment_response(request: Request, rt: Runtime, attachment: Attachment) -> dict[str, Any]:
     url, expires = downloads.make_url(
-        rt.secret, base_url(request, rt), attachment.blob_key, attachment.content_type, attachment.filename
+        rt.secret,
+        base_url(request, rt),
+        attachment.blob_key,
+        attachment.content_type,
+        attachment.filename,
+        rt.settings.download_url_ttl,
     )
     return {**wire_mail.attachment(attachment), "download_url": url, "expires_at": wire.iso(expires)}
 
@@ -177,7 +182,12 @@ async def get_message(inbox_id: str, rest: str, request: Request, rt: RuntimeDep
         if message.blob_key is None:
             raise NotFound("Raw message not found")
         url, expires = downloads.make_url(
-            rt.secret, base_url(request, rt), message.blob_key, "message/rfc822", "message.eml"
+            rt.secret,
+            base_url(request, rt),
+            message.blob_key,
+            "message/rfc822",
+            "message.eml",
+            rt.settings.download_url_ttl,
         )
         return {
             "message_id": message.message_id,

@@ -105,7 +105,12 @@ async def _attachment(
     async with rt.db.read() as s:
         attachment = await svc.get_thread_attachment(s, caller, scope, thread_id, attachment_id)
     url, expires = downloads.make_url(
-        rt.secret, base_url(request, rt), attachment.blob_key, attachment.content_type, attachment.filename
+        rt.secret,
+        base_url(request, rt),
+        attachment.blob_key,
+        attachment.content_type,
+        attachment.filename,
+        rt.settings.download_url_ttl,
     )
     return {**wire_mail.attachment(attachment), "download_url": url, "expires_at": wire.iso(expires)}
 
