@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Domain, Inbox
 from agentmx.db.types import utcnow
 from agentmx.domains import dns_check, keys, wire
+from agentmx.domains.records import zone_file as render_zone
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
 from agentmx.ids import new_id
 from agentmx.services import jobs
@@ -203,6 +204,7 @@ async def update_domain(
     if not flags:
         raise fail("body", "Provide at least one of " + ", ".join(FLAGS))
     row = await _writable(session, caller, domain_id, pod_id)
+    await session.refresh(row, with_for_update=True)  # status changes are serialised per domain
     for name, value in flags.items():
         if name not in FLAGS:
             raise fail(name, f"unknown field {name}")
@@ -228,10 +230,8 @@ async def delete_domain(
 async def zone_file(
     session: AsyncSession, rt: Runtime, caller: Caller, domain_id: str, pod_id: str | None
 ) -> str:
-    from agentmx.domains.records import zone_file as render
-
     row = await get_domain(session, caller, domain_id, pod_id)
-    return render(row.name, wire.records(row, rt.settings))
+    return render_zone(row.name, wire.records(row, rt.settings))
 
 
 # Verification ---------------------------------------------------------------------------------------
@@ -255,10 +255,11 @@ async def _settle(session: AsyncSession, rt: Runtime, row: Domain) -> None:
     checks = [dns_check.RecordCheck(r, status, reason) for r, status, reason in states]
     status, reason = dns_check.domain_status(checks)
     became_verified = status == "VERIFIED" and row.status != "VERIFIED"
-    row.status, row.reason = status, reason
+    if (status, reason) != (row.status, row.reason):
+        row.status, row.reason = status, reason
+        row.updated_at = utcnow()
     if became_verified:
         row.verified_at = row.verified_at or utcnow()
-        row.updated_at = utcnow()
         await session.flush()
         await record_event(
             session,
@@ -283,7 +284,8 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
         wanted, resolver_address=settings.dns_resolver, timeout=settings.dns_timeout
     )
     async with rt.db.transaction() as s:
-        row = await s.get(Domain, domain_id)
+        # Locked, so a verify racing the periodic job cannot announce domain.verified twice.
+        row = await s.get(Domain, domain_id, with_for_update=True)
         if row is None:
             return None
         # A resolver failure keeps the record's last known state, so a DNS hiccup never un-verifies.
