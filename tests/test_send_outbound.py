@@ -285,3 +285,41 @@ def _client(server: ServerProcess) -> AgentMail:
 
     env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
     return AgentMail(api_key=server.create_key(), environment=env)
+
+
+def _arf(return_path: str, recipient: str, original_id: str) -> bytes:
+    """An RFC 5965 abuse report, as a mailbox provider's feedback loop sends it."""
+    return (
+        "From: fbl@provider.test\r\n"
+        f"To: {return_path}\r\n"
+        "Subject: Abuse report\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="F1"\r\n'
+        "\r\n--F1\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n"
+        "\r\n--F1\r\nContent-Type: message/feedback-report\r\n\r\n"
+        "Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n"
+        f"Original-Rcpt-To: {recipient}\r\n"
+        "\r\n--F1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {original_id}\r\n"
+        "\r\n--F1--\r\n"
+    ).encode()
+
+
+def test_feedback_report_records_a_complaint(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    to = ext("annoyed-")
+    sent = client.inboxes.messages.send(a, to=to, text="newsletter")
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0]
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [got.mail_from], _arf(got.mail_from, to, sent.message_id))
+    wait_for(lambda: "complained" in _labels(client, a, sent.message_id))
+    complaint = events_for(relay.server, "message.complained", "complaint", sent.message_id)[0]["complaint"]
+    assert (
+        complaint["recipients"] == [to] and complaint["type"] == "abuse" and complaint["sub_type"] == "spam"
+    )
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=to, text="more news", request_options=NO_RETRY)
+    assert refused.value.status_code == 403

@@ -187,3 +187,17 @@ def test_fingerprint_is_order_independent() -> None:
     assert one == two
     assert one != idempotency.fingerprint("send", "a@x", {"text": "u", "to": "b@y"})
     assert one != idempotency.fingerprint("forward", "a@x", {"text": "t", "to": "b@y"})
+
+
+def test_feedback_report_parsing() -> None:
+    raw = (
+        b"From: fbl@provider.test\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r\n\r\n'
+        b"--F\r\nContent-Type: text/plain\r\n\r\nabuse report\r\n"
+        b"--F\r\nContent-Type: message/feedback-report\r\n\r\n"
+        b"Feedback-Type: abuse\r\nVersion: 1\r\nOriginal-Rcpt-To: <User@Example.org>\r\n\r\n"
+        b"--F--\r\n"
+    )
+    feedback = dsn.parse_feedback(raw)
+    assert feedback == dsn.Feedback("abuse", ["user@example.org"])
+    assert dsn.parse_feedback(b"Subject: hi\r\n\r\nx\r\n") is None

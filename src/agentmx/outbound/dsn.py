@@ -1,9 +1,12 @@
-"""Incoming delivery status notifications (RFC 3464 inside RFC 6522 multipart/report).
+"""Reports that come back to our return paths (``bounces+<message pk>@domain``).
 
-A DSN arrives at one of our return paths (``bounces+<message pk>@domain``). Failed recipients of
-that message are recorded as bounces (label, ``message.bounced`` event, suppression). ``delayed``
-and ``delivered`` reports change nothing. A report that cannot be matched is dropped (logged):
-it must not be stored in an inbox nor bounced back.
+- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): failed recipients of
+  that message are recorded as bounces (label, ``message.bounced`` event, suppression); ``delayed``
+  and ``delivered`` reports change nothing.
+- Feedback reports (ARF, RFC 5965): the complaining recipients (``Original-Rcpt-To``, else every
+  recipient the message reached) are recorded as complaints (``message.complained``, suppression).
+
+A report that cannot be matched is dropped (logged): it must not be stored in an inbox nor bounced back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import Message as EmailPart
 
-from agentmx.db.models import Message
+from sqlalchemy import select
+
+from agentmx.db.models import Message, OutboundRecipient
 from agentmx.outbound import return_path
 from agentmx.outbound.outcomes import Outcome, record
 from agentmx.services.runtime import Runtime
@@ -67,20 +72,46 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
     return out
 
 
+@dataclass(frozen=True)
+class Feedback:
+    feedback_type: str
+    recipients: list[str]
+
+
+def parse_feedback(raw: bytes) -> Feedback | None:
+    """The ARF feedback report in ``raw``, or None when it is not one."""
+    msg = message_from_bytes(raw, policy=policy.compat32)
+    for part in msg.walk():
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        fields: list[EmailPart] = _status_blocks(part) or [part]
+        block = fields[0]
+        rcpts = [_field_address(str(v)) for v in block.get_all("Original-Rcpt-To") or []]
+        kind = str(block.get("Feedback-Type", "abuse")).strip().lower() or "abuse"
+        return Feedback(kind, [r for r in rcpts if r])
+    return None
+
+
 def claims(address: str) -> bool:
     return return_path.message_pk(address) is not None
 
 
 async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
-    """Record the failures a DSN reports for the message named by ``rcpt``."""
+    """Record the bounces or complaint a report names for the message named by ``rcpt``."""
     pk = return_path.message_pk(rcpt)
+    if pk is None:
+        return
+    feedback = parse_feedback(raw)
+    if feedback is not None:
+        await _record_complaint(rt, pk, feedback)
+        return
     statuses = parse_report(raw)
     failed = {
         s.address: Outcome("bounced", None, f"{s.status} {s.diagnostic}".strip(), attempted=False)
         for s in statuses
         if s.action == "failed" or s.status.startswith("5")
     }
-    if pk is None or not failed:
+    if not failed:
         log.info("ignored a report to %s (%d statuses)", rcpt, len(statuses))
         return
     async with rt.db.transaction() as session:
@@ -89,3 +120,28 @@ async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
             log.info("DSN for unknown message %s", pk)
             return
         await record(session, rt, message, failed)
+
+
+async def _record_complaint(rt: Runtime, pk: str, feedback: Feedback) -> None:
+    async with rt.db.transaction() as session:
+        message = await session.get(Message, pk)
+        if message is None:
+            log.info("feedback report for unknown message %s", pk)
+            return
+        recipients = feedback.recipients
+        if not recipients:
+            recipients = list(
+                await session.scalars(
+                    select(OutboundRecipient.address).where(
+                        OutboundRecipient.message_pk == pk, OutboundRecipient.status == "delivered"
+                    )
+                )
+            )
+        outcome = Outcome(
+            "complained",
+            None,
+            f"feedback report: {feedback.feedback_type}",
+            attempted=False,
+            feedback_type=feedback.feedback_type,
+        )
+        await record(session, rt, message, {address: outcome for address in recipients})

@@ -18,14 +18,16 @@ from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
 DELIVERED = ("delivered", "local")
+FINAL = ("bounced", "complained")  # later reports never undo these
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # delivered | local | deferred | bounced
+    status: str  # delivered | local | deferred | bounced | complained
     code: int | None = None
     text: str = ""
-    attempted: bool = True  # False for outcomes learnt later (DSNs)
+    attempted: bool = True  # False for outcomes learnt later (DSNs, complaints)
+    feedback_type: str = "abuse"  # complaints: the ARF Feedback-Type
 
 
 def iso(value: datetime) -> str:
@@ -67,11 +69,10 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
     now = utcnow()
     delivered: list[str] = []
     bounced: list[str] = []
+    complained: list[str] = []
     for address, outcome in outcomes.items():
         row = rows.get(address)
-        if row is None:
-            continue
-        if row.status == "bounced":
+        if row is None or row.status in FINAL:
             continue
         changed = row.status != outcome.status
         row.status = outcome.status
@@ -86,6 +87,8 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
             delivered.append(address)
         elif outcome.status == "bounced":
             bounced.append(address)
+        elif outcome.status == "complained":
+            complained.append(address)
     scope = {
         "organization_id": message.organization_id,
         "pod_id": message.pod_id,
@@ -126,4 +129,32 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
                 message.inbox_id,
                 address,
                 "bounced",
+            )
+    if complained:
+        feedback = next(o.feedback_type for a, o in outcomes.items() if a in complained)
+        await add_label(session, message, "complained")
+        await record_event(
+            session,
+            rt,
+            event_type="message.complained",
+            payload={
+                "complaint": {
+                    **_ids(message, now),
+                    "type": feedback,
+                    "sub_type": "spam" if feedback == "abuse" else feedback,
+                    "recipients": complained,
+                }
+            },
+            **scope,
+        )
+        for address in complained:
+            await hooks.run_all(
+                hooks.suppression_recorders,
+                session,
+                rt,
+                message.organization_id,
+                message.pod_id,
+                message.inbox_id,
+                address,
+                "complained",
             )

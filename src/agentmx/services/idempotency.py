@@ -26,7 +26,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -42,6 +42,7 @@ from agentmx.services.runtime import Runtime
 KEY_SYNTAX = re.compile(r"[A-Za-z0-9\-._~]{1,256}")
 RETENTION = timedelta(hours=24)
 IN_FLIGHT_LEASE = timedelta(minutes=5)
+PRUNE_BATCH = 20
 
 
 def parse_key(header: str | None) -> str | None:
@@ -107,6 +108,7 @@ async def _claim(rt: Runtime, organization_id: str, key: str, fp: str) -> Slot:
                 await s.delete(row)
                 await s.flush()
                 row = None
+            await _prune(s, organization_id, now)
             if row is not None:
                 if row.request_hash != fp:
                     raise _conflict("Idempotency-Key was already used with a different request")
@@ -126,6 +128,18 @@ async def _claim(rt: Runtime, organization_id: str, key: str, fp: str) -> Slot:
             return Slot(record_id=row.id)
     except IntegrityError as exc:  # a concurrent first attempt won the insert
         raise _conflict("A request with this Idempotency-Key is still in progress") from exc
+
+
+async def _prune(session: AsyncSession, organization_id: str, now: datetime) -> None:
+    """Expired keys are deleted lazily, a few at a time, by later claims in the same organization."""
+    stale = (
+        select(IdempotencyRecord.id)
+        .where(IdempotencyRecord.organization_id == organization_id, IdempotencyRecord.expires_at <= now)
+        .limit(PRUNE_BATCH)
+    )
+    ids = list((await session.scalars(stale)).all())
+    if ids:
+        await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(ids)))
 
 
 async def _release(rt: Runtime, record_id: int) -> None:
