@@ -496,3 +496,20 @@ def test_job_runner_rechecks_until_verified(backend: str, fresh_server: Any) -> 
     # The DNS server is gone: a failing resolver leaves the verified state alone.
     client.domains.verify(created.domain_id)
     assert client.domains.get(created.domain_id).status == "VERIFIED"
+
+
+def test_list_pages(env: DomainEnv) -> None:
+    client = env.client()
+    pod = client.pods.create(name="paging")
+    made = [client.pods.domains.create(pod.pod_id, domain=new_domain()).domain_id for _ in range(3)]
+    first = client.pods.domains.list(pod.pod_id, limit=2)
+    assert first.count == 2 and first.next_page_token
+    second = client.pods.domains.list(pod.pod_id, limit=2, page_token=first.next_page_token)
+    assert second.count == 1 and second.next_page_token is None
+    newest_first = [d.domain_id for d in first.domains + second.domains]
+    assert newest_first == list(reversed(made))
+    oldest_first = client.pods.domains.list(pod.pod_id, ascending=True).domains
+    assert [d.domain_id for d in oldest_first] == made
+    with pytest.raises(ApiError) as bad:
+        client.pods.domains.list(pod.pod_id, page_token="nonsense", request_options=NO_RETRY)
+    assert bad.value.status_code == 400
