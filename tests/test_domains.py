@@ -513,3 +513,15 @@ def test_list_pages(env: DomainEnv) -> None:
     with pytest.raises(ApiError) as bad:
         client.pods.domains.list(pod.pod_id, page_token="nonsense", request_options=NO_RETRY)
     assert bad.value.status_code == 400
+
+
+def test_google_workspace_mx_needs_allow_conflicting_provider(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    env.dns.set_zone(f"{name}. 300 IN MX 1 aspmx.l.google.com.\n")
+    with pytest.raises(UnprocessableError):
+        client.domains.create(domain=name, request_options=NO_RETRY)
+    send_only = client.domains.create(domain=name, inbound_enabled=False)
+    client.domains.delete(send_only.domain_id)
+    allowed = client.domains.create(domain=name, allow_conflicting_provider=True)
+    assert allowed.domain == name
