@@ -6,6 +6,7 @@ Every attempt is signed afresh (new svix-timestamp) under the same svix-id and r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,11 +17,11 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from agentmx.db.models import Event, Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
-from agentmx.events.ssrf import BlockedAddress, check_destination
+from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.services.events import retry_schedule
 from agentmx.services.runtime import Runtime
@@ -81,12 +82,14 @@ def delivery_headers(hook: Webhook, msg_id: str, body: bytes) -> dict[str, str]:
 
 async def _post(rt: Runtime, hook: Webhook, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
     try:
-        await check_destination(hook.url, rt.settings.webhook_allow_private)
+        url, headers = hook.url, delivery_headers(hook, msg_id, body)
+        extensions: dict[str, str] = {}
+        ip = await check_destination(hook.url, rt.settings.webhook_allow_private)
+        if ip is not None:
+            url, host, extensions = pinned(hook.url, ip)
+            headers.update(host)
         response = await _http().post(
-            hook.url,
-            content=body,
-            headers=delivery_headers(hook, msg_id, body),
-            timeout=rt.settings.webhook_timeout,
+            url, content=body, headers=headers, timeout=rt.settings.webhook_timeout, extensions=extensions
         )
     except BlockedAddress as exc:
         return None, str(exc)
@@ -105,6 +108,42 @@ async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
         )
 
 
+class AttemptLog:
+    """Group commit of attempt rows: deliveries finishing together share one transaction.
+
+    ``record`` returns once its row is committed, so the record is as durable as one transaction each.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def record(self, rt: Runtime, row: dict[str, Any]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((row, done))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush(rt))
+        await done
+
+    async def _flush(self, rt: Runtime) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                async with rt.db.transaction() as s:
+                    await s.execute(insert(WebhookAttempt), [row for row, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+_attempts = AttemptLog()
+
+
 @handler("deliver_webhook")
 async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
     async with rt.db.read() as s:
@@ -116,19 +155,19 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
     body = encode_body(event.body)
     started = time.monotonic()
     status, error = await _post(rt, hook, msg_id, body)
-    async with rt.db.transaction() as s:
-        s.add(
-            WebhookAttempt(
-                webhook_id=hook.id,
-                event_id=event.event_id,
-                svix_id=msg_id,
-                attempt=attempts,
-                status_code=status,
-                error=error,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                created_at=utcnow(),
-            )
-        )
+    await _attempts.record(
+        rt,
+        {
+            "webhook_id": hook.id,
+            "event_id": event.event_id,
+            "svix_id": msg_id,
+            "attempt": attempts,
+            "status_code": status,
+            "error": error,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            "created_at": utcnow(),
+        },
+    )
     if error is None:
         return
     if status == 410:  # Standard Webhooks: Gone means stop sending

@@ -51,14 +51,32 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-async def check_destination(url: str, allow_private: bool) -> None:
-    """Before each delivery: raise BlockedAddress if any resolved address is not public."""
+async def check_destination(url: str, allow_private: bool) -> IPAddress | None:
+    """Before each delivery: raise BlockedAddress if any resolved address is not public.
+
+    Returns the checked address to connect to (None when private addresses are allowed), so a
+    second DNS answer cannot point the request somewhere else (DNS rebinding).
+    """
     host, port = parse_url(url)
     if allow_private:
-        return
-    for ip in await resolve(host, port):
+        return None
+    addresses = await resolve(host, port)
+    for ip in addresses:
         if not is_public(ip):
             raise BlockedAddress(f"{host} resolves to non-public address {ip}")
+    if not addresses:
+        raise BlockedAddress(f"{host} does not resolve")
+    return addresses[0]
+
+
+def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The URL rewritten to connect to ``ip``, plus the Host header and TLS server name to keep."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc).geturl(), {"host": host_header}, {"sni_hostname": host}
 
 
 async def check_url(url: str, allow_private: bool) -> None:
