@@ -176,6 +176,20 @@ def _body(method: str, path: str, tenant: Tenant) -> dict[str, Any] | None:
     return {}
 
 
+def _send(http: httpx.Client, method: str, url: str, **kw: Any) -> httpx.Response:
+    """One request; a dropped connection counts as a server error (599), not a crashed test.
+
+    Retried once: after a 500 the server may close a kept-alive connection under the next request.
+    """
+    for attempt in range(2):
+        try:
+            return http.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            if attempt:
+                return httpx.Response(599, text=f"transport error: {exc!r}")
+    raise AssertionError("unreachable")
+
+
 def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
@@ -255,7 +269,8 @@ def test_route_matrix(harness: Harness) -> None:
                 has_ids = bool(PARAM.search(path))
                 for url in _urls(a, path):
                     for who, key in keys.items():
-                        response = http.request(
+                        response = _send(
+                            http,
                             method,
                             url,
                             params=_query(path),
@@ -279,7 +294,7 @@ def test_route_matrix(harness: Harness) -> None:
                 if method != "GET" or path in EXEMPT or not PARAM.search(path):
                     continue
                 for url in _urls(a, path):
-                    status = http.get(url, params=_query(path)).status_code
+                    status = _send(http, "GET", url, params=_query(path)).status_code
                     allowed = ORG_GET_EXCEPTIONS.get(path, (200,))
                     if status not in allowed:
                         failures.append(f"organization key: GET {url} -> {status} (filler broken?)")
@@ -356,7 +371,8 @@ def test_every_route_checks_a_permission(harness: Harness) -> None:
                 if path in EXEMPT or path in NO_PERMISSION_NEEDED:
                     continue
                 for url in _urls(a, path):
-                    response = http.request(
+                    response = _send(
+                        http,
                         method,
                         url,
                         params=_query(path),
@@ -414,8 +430,12 @@ def test_read_routes_need_only_their_read_permission(harness: Harness) -> None:
                     request = {"name": permission, "permissions": {permission: True}}
                     keys[permission] = admin.api_keys.create(request=request).api_key
                 for url in _urls(a, path):
-                    response = http.get(
-                        url, params=_query(path), headers={"Authorization": f"Bearer {keys[permission]}"}
+                    response = _send(
+                        http,
+                        "GET",
+                        url,
+                        params=_query(path),
+                        headers={"Authorization": f"Bearer {keys[permission]}"},
                     )
                     allowed = ORG_GET_EXCEPTIONS.get(path, (200,))
                     if response.status_code not in allowed:
