@@ -135,6 +135,19 @@ def _check_types(values: Sequence[str] | None, allowed: Sequence[str], name: str
 
 async def _events(
     session: AsyncSession, scope: MetricScope, types: Sequence[str], start: datetime, end: datetime
+) -> list[tuple[str, datetime]]:
+    """(event_type, created_at) of matching events: counting needs no bodies."""
+    stmt = select(Event.event_type, Event.created_at).where(
+        *scope.where(Event),
+        Event.event_type.in_(list(types)),
+        Event.created_at >= start,
+        Event.created_at < end,
+    )
+    return [(r[0], r[1]) for r in (await session.execute(stmt.order_by(Event.seq))).all()]
+
+
+async def _event_bodies(
+    session: AsyncSession, scope: MetricScope, types: Sequence[str], start: datetime, end: datetime
 ) -> list[Event]:
     stmt = select(Event).where(
         *scope.where(Event),
@@ -153,10 +166,9 @@ async def query_events(
     out: dict[str, list[dict[str, Any]]] = {}
     for event_type in types:
         counts: dict[datetime, int] = {}
-        for row in rows:
-            if row.event_type != event_type:
+        for row_type, at in rows:
+            if row_type != event_type:
                 continue
-            at = row.created_at
             if rng.period:  # sum into period-second buckets aligned on start
                 index = int((at - rng.start).total_seconds() // rng.period)
                 at = rng.start + timedelta(seconds=index * rng.period)
@@ -270,7 +282,7 @@ async def query_rates(
     rng = check_range(start, end, period, limit, descending, extra=window)
     since = rng.start - timedelta(seconds=window)
     needed = ["message.sent", *(RATE_TYPES[t][0] for t in types)]
-    rows = await _events(session, scope, needed, since, rng.end + timedelta(microseconds=1))
+    rows = await _event_bodies(session, scope, needed, since, rng.end + timedelta(microseconds=1))
     steps = math.ceil((rng.end - rng.start).total_seconds() / period)
     grid = [min(rng.start + timedelta(seconds=period * (i + 1)), rng.end) for i in range(steps)]
     sent = [(r.created_at, _recipients(r, "send")) for r in rows if r.event_type == "message.sent"]
@@ -302,6 +314,6 @@ async def legacy(
         raise fail("start_timestamp", "start_timestamp must be before end_timestamp")
     rows = await _events(session, scope, types, start, end)
     grouped: dict[str, list[datetime]] = {t.removeprefix("message."): [] for t in types}
-    for row in rows:
-        grouped[row.event_type.removeprefix("message.")].append(row.created_at)
+    for row_type, at in rows:
+        grouped[row_type.removeprefix("message.")].append(at)
     return {"message": grouped}
