@@ -47,7 +47,10 @@ def make_message(
     if html is not None:
         msg.add_alternative(html, subtype="html")
         if inline_image is not None:
-            html_part = msg.get_payload()[1]
+            parts = msg.get_payload()
+            assert isinstance(parts, list)
+            html_part = parts[1]
+            assert isinstance(html_part, EmailMessage)
             html_part.add_related(
                 inline_image, "image", "png", cid="<logo@example.com>", disposition="inline"
             )

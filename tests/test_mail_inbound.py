@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 
+import httpx
 import pytest
 from agentmail.core.api_error import ApiError
 
@@ -314,3 +315,46 @@ def test_scoped_key_sees_only_its_inbox(harness: Harness) -> None:
     with pytest.raises(ApiError) as info:
         scoped.inboxes.messages.list(theirs.inbox_id, request_options=NO_RETRY)
     assert info.value.status_code == 404
+
+
+def test_wire_shapes_over_plain_http(harness: Harness) -> None:
+    """Exact JSON keys: `from` (not `from_`), absent optionals omitted, bodies only on the full Message."""
+    client = harness.client()
+    inbox = client.inboxes.create()
+    msg = make_message(inbox.inbox_id, subject="Shapes")
+    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    base = f"{harness.server.base_url}/v0/inboxes/{inbox.inbox_id}"
+    listed = httpx.get(f"{base}/messages", headers=headers).json()
+    item = listed["messages"][0]
+    assert set(item) == {
+        "inbox_id",
+        "thread_id",
+        "message_id",
+        "labels",
+        "timestamp",
+        "from",
+        "to",
+        "subject",
+        "preview",
+        "size",
+        "updated_at",
+        "created_at",
+    }
+    assert item["timestamp"].endswith("Z") and listed["count"] == 1 and "next_page_token" not in listed
+    full = httpx.get(f"{base}/messages/{msg['Message-ID']}", headers=headers).json()
+    assert {"text", "extracted_text", "headers"} <= set(full) and "html" not in full and "cc" not in full
+    thread = httpx.get(f"{base}/threads/{item['thread_id']}", headers=headers).json()
+    assert set(thread) >= {
+        "thread_id",
+        "labels",
+        "senders",
+        "recipients",
+        "last_message_id",
+        "message_count",
+        "size",
+        "count",
+        "messages",
+        "received_timestamp",
+    }
+    assert "sent_timestamp" not in thread and "attachments" not in thread
