@@ -150,7 +150,12 @@ async def _attachment(
     if att is None:
         raise NotFound("Attachment not found")
     url, expires_at = downloads.make_url(
-        rt.secret, base_url(request, rt), att.blob_key, att.content_type, att.filename
+        rt.secret,
+        base_url(request, rt),
+        att.blob_key,
+        att.content_type,
+        att.filename,
+        rt.settings.download_url_ttl,
     )
     return wire_drafts.attachment_response(att, url, expires_at)
 
