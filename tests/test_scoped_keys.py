@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.errors import NotFoundError
+from websockets.sync.client import connect
 
 from conftest import NO_RETRY, Harness
 
@@ -179,9 +183,36 @@ def test_expiry(harness: Harness) -> None:
         )
     assert past.value.status_code == 400
 
-    import time
-
     time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.2)
     with pytest.raises(ApiError) as expired:
         client.inboxes.get(mine, request_options=NO_RETRY)
     assert _status(expired) == (401, "unknown_api_key")
+
+
+def test_label_read_permissions_gate_subscriptions(harness: Harness) -> None:
+    """Filtered event types need their label_*_read permission, on webhooks and on the WebSocket."""
+    admin, _, mine, _ = _two_inboxes(harness)
+    narrow = admin.inboxes.api_keys.create(
+        mine, request={"permissions": {"webhook_create": True, "webhook_read": True, "message_read": True}}
+    ).api_key
+    hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received.blocked"]}
+    headers = {"Authorization": f"Bearer {narrow}"}
+    refused = httpx.post(f"{harness.server.base_url}/v0/inboxes/{mine}/webhooks", json=hook, headers=headers)
+    assert refused.status_code == 403, refused.text
+
+    with connect(f"{harness.server.ws_url}/v0?api_key={narrow}", open_timeout=10) as socket:
+        socket.send(json.dumps({"type": "subscribe", "event_types": ["message.received.blocked"]}))
+        assert json.loads(socket.recv(timeout=10))["type"] == "error"
+        socket.send(json.dumps({"type": "subscribe", "event_types": ["message.received"]}))
+        assert json.loads(socket.recv(timeout=10))["type"] == "subscribed"
+
+    wide = admin.inboxes.api_keys.create(
+        mine,
+        request={"permissions": {"webhook_create": True, "message_read": True, "label_blocked_read": True}},
+    ).api_key
+    allowed = httpx.post(
+        f"{harness.server.base_url}/v0/inboxes/{mine}/webhooks",
+        json=hook,
+        headers={"Authorization": f"Bearer {wide}"},
+    )
+    assert allowed.status_code == 200, allowed.text
