@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from agentmx.db.models import ApiKey
+from agentmx.errors import Unprocessable
 from agentmx.http import wire
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
@@ -27,6 +28,7 @@ class CreateKey(Body):
     name: str | None = None
     permissions: dict[str, Any] | None = None
     expires_at: str | None = None
+    public_key: Any = None  # AgentID public-key registration: not supported here
 
 
 class UpdateKey(Body):
@@ -114,6 +116,11 @@ async def _create(
         pod_id=caller.pod_id, inbox_id=caller.inbox_id
     )
     body = parse(CreateKey, await json_body(request))
+    if body.public_key is not None:
+        raise Unprocessable(
+            "Public-key credentials are not supported",
+            fix="Create a bearer key: omit public_key.",
+        )
     async with rt.db.transaction() as s:
         row, secret = await api_keys.create_key(
             s,
