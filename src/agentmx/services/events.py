@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
@@ -22,9 +24,27 @@ from agentmx.services.runtime import Runtime
 from agentmx.services.webhooks import matches
 
 NOTIFY_CHANNEL = "agentmx_events"
-# Serialises event writers on PostgreSQL from insert to commit, so seq order is commit order and
+# Serialises event inserts on PostgreSQL from insert to commit, so seq order is commit order and
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
+PENDING = "agentmx_pending_events"
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _append_at_commit(session: Session) -> None:
+    """PostgreSQL: insert the transaction's events as its last step, under the event lock.
+
+    Taking the lock at commit time (not when the event is recorded) keeps it short and means no
+    other row lock is ever requested while holding it, so it cannot take part in a deadlock.
+    """
+    rows = session.info.pop(PENDING, None)
+    if not rows:
+        return
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
+    session.add_all(rows)
+    session.flush()
+    # Delivered to listeners by PostgreSQL only if and when this transaction commits.
+    session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
 
 
 def retry_schedule(rt: Runtime) -> list[float]:
@@ -55,14 +75,10 @@ async def record_event(
         body=body,
         created_at=utcnow(),
     )
-    postgres = not rt.db.is_sqlite
-    if postgres:
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
-    session.add(row)
-    await session.flush()
-    if postgres:
-        # Delivered by PostgreSQL only if and when this transaction commits.
-        await session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+    if rt.db.is_sqlite:
+        session.add(row)  # writers are serialised (BEGIN IMMEDIATE): insert order is commit order
+    else:
+        session.info.setdefault(PENDING, []).append(row)  # inserted at commit, see _append_at_commit
     hooks = (
         await session.scalars(
             select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
