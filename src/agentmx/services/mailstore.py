@@ -22,7 +22,7 @@ from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
 from agentmx.mail.parse import ParsedMessage, parse_message
-from agentmx.services import hooks
+from agentmx.services import group_commit, hooks
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
@@ -324,7 +324,8 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
 
     Recipient checks and classification only read, so they run before the write transaction
-    (on SQLite the write lock is then held just for the inserts). Raises on storage failure
+    (on SQLite the write lock is then held just for the inserts). The copies are committed
+    together, possibly with other concurrent deliveries (group_commit). Raises on storage failure
     (nothing committed); the caller keeps custody (SMTP 451).
     """
     parsed = await parse(raw)
@@ -347,95 +348,22 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
     if not accepted:
         return results
     blobs = await put_blobs(rt, raw, parsed)
-    delivery = _Delivery(raw, parsed, blobs, accepted, asyncio.get_running_loop().create_future())
-    results.update(await _committer(rt).submit(delivery))
+
+    async def store_all(session: AsyncSession) -> dict[str, ReceiveResult]:
+        stored: dict[str, ReceiveResult] = {}
+        for address, inbox, labels in accepted:
+            message, fresh = await store_message_ex(
+                session,
+                rt,
+                inbox=inbox,
+                raw=raw,
+                direction="inbound",
+                labels=labels,
+                parsed=parsed,
+                blobs=blobs,
+            )
+            stored[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
+        return stored
+
+    results.update(await group_commit.committer(rt).run(store_all))
     return results
-
-
-@dataclass
-class _Delivery:
-    raw: bytes
-    parsed: ParsedMessage
-    blobs: StoredBlobs
-    accepted: list[tuple[str, Inbox, set[str]]]
-    done: asyncio.Future[dict[str, ReceiveResult]]
-
-
-class _GroupCommitter:
-    """Stores concurrent deliveries in shared transactions (group commit).
-
-    SMTP sessions then queue here instead of racing for the SQLite write lock (whose busy handler
-    sleeps), and one commit's fsync covers many messages. A failing batch is retried one delivery
-    per transaction, so a bad message only fails itself.
-    """
-
-    MAX_BATCH = 64
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.pending: list[_Delivery] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, delivery: _Delivery) -> dict[str, ReceiveResult]:
-        self.pending.append(delivery)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
-        # shield: a client hanging up must not cancel a commit other sessions wait on.
-        return await asyncio.shield(delivery.done)
-
-    async def _drain(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
-            try:
-                outcomes = await self._commit(batch)
-            except Exception:
-                log.warning("group commit of %d deliveries failed; retrying one by one", len(batch))
-                for delivery in batch:
-                    try:
-                        outcome = (await self._commit([delivery]))[0]
-                    except Exception as exc:  # noqa: BLE001 (handed to the waiting session)
-                        _settle(delivery, exc)
-                    else:
-                        _settle(delivery, outcome)
-                continue
-            for delivery, outcome in zip(batch, outcomes, strict=True):
-                _settle(delivery, outcome)
-
-    async def _commit(self, batch: list[_Delivery]) -> list[dict[str, ReceiveResult]]:
-        outcomes: list[dict[str, ReceiveResult]] = []
-        async with self.rt.db.transaction() as session:
-            for d in batch:
-                results: dict[str, ReceiveResult] = {}
-                for address, inbox, labels in d.accepted:
-                    message, fresh = await store_message_ex(
-                        session,
-                        self.rt,
-                        inbox=inbox,
-                        raw=d.raw,
-                        direction="inbound",
-                        labels=labels,
-                        parsed=d.parsed,
-                        blobs=d.blobs,
-                    )
-                    results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
-                outcomes.append(results)
-        return outcomes
-
-
-def _settle(delivery: _Delivery, outcome: dict[str, ReceiveResult] | BaseException) -> None:
-    if delivery.done.done():
-        return
-    if isinstance(outcome, BaseException):
-        delivery.done.set_exception(outcome)
-    else:
-        delivery.done.set_result(outcome)
-
-
-_committers: dict[int, _GroupCommitter] = {}
-
-
-def _committer(rt: Runtime) -> _GroupCommitter:
-    committer = _committers.get(id(rt))
-    if committer is None or committer.rt is not rt:
-        committer = _committers[id(rt)] = _GroupCommitter(rt)
-    return committer
