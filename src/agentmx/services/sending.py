@@ -4,6 +4,13 @@ Interface (used by the HTTP routes and by drafts)::
 
     msg = await send_message(session, rt, caller, inbox, OutgoingMessage(...))
 
+or, to keep rendering and blob fsyncs out of the write transaction (the HTTP routes do this)::
+
+    async with rt.db.read() as s:
+        prepared = await prepare_send(s, rt, caller, inbox, req)
+    async with rt.db.transaction() as s:
+        msg = await commit_send(s, rt, await get_inbox(s, caller, inbox_id), prepared)
+
 ``session`` is the caller's write transaction: the stored message, its OutboundRecipient rows, the
 ``deliver_outbound`` job and the ``message.sent`` event all commit (or roll back) together.
 ``caller`` must already hold ``message_send``; ``inbox`` is the sending inbox (already scope-checked).
@@ -21,12 +28,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Inbox, Message, OutboundRecipient
+from agentmx.db.models import Inbox, Message, OutboundRecipient, Thread
 from agentmx.db.types import utcnow
-from agentmx.errors import MessageRejected, Unprocessable, ValidationFailed
+from agentmx.errors import MessageRejected, NotFound, Unprocessable, ValidationFailed
 from agentmx.ids import new_message_id
 from agentmx.mail import compose
 from agentmx.mail.compose import OutAttachment
+from agentmx.mail.parse import ParsedMessage
 from agentmx.services import hooks, jobs, mailstore
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
@@ -206,20 +214,31 @@ async def _composition(
     )
 
 
-async def send_message(
+@dataclass
+class PreparedSend:
+    """A validated, rendered message whose blobs are already durable; only rows remain to be written."""
+
+    raw: bytes
+    parsed: ParsedMessage
+    blobs: mailstore.StoredBlobs
+    recipients: list[str]  # bare, lower-cased envelope recipients
+    bcc: list[str]
+    labels: set[str]
+    thread_id: str | None
+
+
+async def prepare_send(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
-) -> Message:
-    """Validate, store and queue one outbound message; returns the stored Message row."""
-    if inbox.status == "paused":
-        raise MessageRejected("Inbox is paused", fix="Set the inbox status to active before sending from it.")
+) -> PreparedSend:
+    """Every rule and all the slow work (rendering, blob fsyncs); ``session`` may be read-only."""
+    _check_active(inbox)
     to = _addresses(req.to, "to")
     cc = _addresses(req.cc, "cc")
     bcc = _addresses(req.bcc, "bcc")
     reply_to = _addresses(req.reply_to, "reply_to")
     original = req.reply_to_message
     if original is not None and not req.to and not req.cc:
-        derived_to, derived_cc = _derive_reply(inbox, req, original)
-        to, cc = derived_to, derived_cc
+        to, cc = _derive_reply(inbox, req, original)
     recipients = _without(to + cc + bcc, set())
     if len(recipients) > MAX_RECIPIENTS:
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
@@ -241,20 +260,43 @@ async def send_message(
         raw = compose.to_bytes(compose.build(comp))
     except (ValueError, TypeError) as exc:
         raise _bad("headers", str(exc)) from exc
-
+    parsed = await mailstore.parse(raw)
     source = req.reply_to_message or req.forward_of
-    thread_id = source.thread_id if source is not None else None  # replies and forwards join the thread
+    return PreparedSend(
+        raw=raw,
+        parsed=parsed,
+        blobs=await mailstore.put_blobs(rt, raw, parsed),
+        recipients=bare,
+        bcc=bcc,
+        labels=labels,
+        thread_id=source.thread_id if source is not None else None,  # replies and forwards join it
+    )
+
+
+def _check_active(inbox: Inbox) -> None:
+    if inbox.status == "paused":
+        raise MessageRejected("Inbox is paused", fix="Set the inbox status to active before sending from it.")
+
+
+async def commit_send(session: AsyncSession, rt: Runtime, inbox: Inbox, prepared: PreparedSend) -> Message:
+    """Write the message, its recipients, the delivery job and ``message.sent`` in ``session``."""
+    _check_active(inbox)  # re-checked: prepare may have run in an earlier transaction
+    thread_id = prepared.thread_id
+    if thread_id is not None and await session.get(Thread, thread_id) is None:
+        raise NotFound("Message not found", fix="The message was deleted while this send was prepared.")
     message = await mailstore.store_message(
         session,
         rt,
         inbox=inbox,
-        raw=raw,
+        raw=prepared.raw,
         direction="outbound",
-        labels=labels,
-        bcc=bcc,
+        labels=prepared.labels,
+        parsed=prepared.parsed,
+        bcc=prepared.bcc,
         thread_id=thread_id,
+        blobs=prepared.blobs,
     )
-    for address in bare:
+    for address in prepared.recipients:
         session.add(OutboundRecipient(message_pk=message.id, address=address, status="queued"))
     await jobs.enqueue(
         session,
@@ -275,9 +317,16 @@ async def send_message(
                 "inbox_id": inbox.id,
                 "thread_id": message.thread_id,
                 "message_id": message.message_id,
-                "timestamp": iso(message.timestamp or comp.date),
-                "recipients": bare,
+                "timestamp": iso(message.timestamp),
+                "recipients": prepared.recipients,
             }
         },
     )
     return message
+
+
+async def send_message(
+    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+) -> Message:
+    """Validate, store and queue one outbound message in ``session``; returns the stored Message row."""
+    return await commit_send(session, rt, inbox, await prepare_send(session, rt, caller, inbox, req))

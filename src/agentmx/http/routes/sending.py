@@ -19,7 +19,7 @@ from agentmx.services import idempotency, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import OutgoingMessage, send_message
+from agentmx.services.sending import OutgoingMessage, commit_send, prepare_send
 
 router = APIRouter()
 
@@ -111,7 +111,8 @@ async def _send(
         attachments = await send_attachments.resolve(
             specs, allow_private=rt.settings.attachment_url_allow_private
         )
-        async with rt.db.transaction() as s:
+        # Rules, rendering and blob fsyncs in a read transaction; only the rows take the write lock.
+        async with rt.db.read() as s:
             inbox = await get_inbox(s, caller, inbox_id)
             req = OutgoingMessage(
                 to=_list(getattr(body, "to", None)),
@@ -132,7 +133,10 @@ async def _send(
             elif endpoint == "forward":
                 assert message_id is not None
                 req.forward_of = await _find_message(s, inbox.id, message_id)
-            message = await send_message(s, rt, caller, inbox, req)
+            prepared = await prepare_send(s, rt, caller, inbox, req)
+        async with rt.db.transaction() as s:
+            inbox = await get_inbox(s, caller, inbox_id)
+            message = await commit_send(s, rt, inbox, prepared)
             result = {"message_id": message.message_id, "thread_id": message.thread_id}
             await slot.complete(s, result)
         return result
