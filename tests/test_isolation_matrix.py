@@ -255,11 +255,16 @@ def test_route_matrix(harness: Harness) -> None:
         a = _build_tenant(harness, http, "a", mail=True)
         b = _build_tenant(harness, http, "b", mail=False)
         admin = harness.client()
+        # A second inbox in A's own pod: its key must not reach the first inbox either.
+        sibling = admin.pods.inboxes.create(a.pod_id, username=f"sib{harness.new_username()}").inbox_id
         keys = {
             "pod key of B": admin.pods.api_keys.create(b.pod_id, request={}).api_key,
             "inbox key of B": admin.inboxes.api_keys.create(b.inbox_id, request={}).api_key,
+            "inbox key of A's sibling inbox": admin.inboxes.api_keys.create(sibling, request={}).api_key,
         }
-        leaks = a.ids()
+        # What each key must never see; the sibling legitimately sees its own pod's id.
+        leaks = {who: a.ids() for who in keys}
+        leaks["inbox key of A's sibling inbox"] = [v for v in a.ids() if v != a.pod_id]
         failures: list[str] = []
         checked = 0
         try:
@@ -286,7 +291,7 @@ def test_route_matrix(harness: Harness) -> None:
                             failures.append("server error " + where)
                         elif has_ids and status not in (403, 404):
                             failures.append("not refused " + where)
-                        elif 200 <= status < 300 and any(leak in text for leak in leaks):
+                        elif 200 <= status < 300 and any(leak in text for leak in leaks[who]):
                             failures.append("tenant A data in " + where)
 
             # The fillers name real resources: the organization key reads every GET route.
