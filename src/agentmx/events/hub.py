@@ -57,6 +57,8 @@ class Item:
 class Subscriber:
     organization_id: str
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # The stream's current filter, checked here so streams are only woken for events they send.
+    accepts: Callable[[Item], bool] | None = None
     # Set by the hub when the queue overflowed and events were dropped: the stream replays from the log.
     lagging: bool = False
 
@@ -122,7 +124,7 @@ class Hub:
                     continue
                 item = Item.of(row)
                 for sub in subs:
-                    if sub.lagging:
+                    if sub.lagging or sub.accepts is None or not sub.accepts(item):
                         continue
                     if sub.queue.qsize() >= MAX_QUEUED:
                         sub.lagging = True

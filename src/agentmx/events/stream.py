@@ -124,7 +124,8 @@ class Stream:
         after = frame.get("after_event_id") or frame.get("last_event_id") or self.pending_after
         self.pending_after = None
         after_seq = await self._seq_of(after) if after else None
-        self.filter = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
+        self.filter = active = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
+        self.sub.accepts = lambda item: active.matches(self.caller, item)
         ack: dict[str, Any] = {"type": "subscribed", "event_types": types}
         if inbox_ids is not None:
             ack["inbox_ids"] = inbox_ids
