@@ -165,7 +165,6 @@ async def store_message_ex(
             updated_at=now,
         )
         session.add(thread)
-        await session.flush([thread])  # no ORM relationship orders thread before message
     bcc_list = list(bcc) if bcc is not None else list(parsed.bcc)
     label_set = sorted(normalize_labels(labels))
     message = Message(
@@ -210,8 +209,12 @@ async def store_message_ex(
             for i, (a, key) in enumerate(zip(parsed.attachments, blobs.attachment_keys, strict=True))
         ],
     )
-    session.add(message)
     _join_thread(thread, message, direction)
+    if is_new_thread:
+        # No ORM relationship orders the thread's INSERT before the message's: flush it first,
+        # with its aggregates already set (one INSERT, no UPDATE).
+        await session.flush([thread])
+    session.add(message)
     await session.flush()
     if direction == "inbound":
         await _record_received(session, rt, message, thread, is_new_thread)
