@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Message, MessageLabel, OutboundRecipient
+from agentmx.db.models import Message, OutboundRecipient
 from agentmx.db.types import utcnow
-from agentmx.services import hooks, inbox_events
+from agentmx.services import hooks, messages
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
@@ -37,13 +37,7 @@ def iso(value: datetime) -> str:
 
 
 async def add_label(session: AsyncSession, message: Message, label: str) -> None:
-    if label in message.label_names:
-        return
-    session.add(MessageLabel(message_pk=message.id, label=label))
-    message.updated_at = utcnow()
-    await session.flush()
-    await session.refresh(message, ["labels"])
-    await inbox_events.record_label_change(session, message, label, True)
+    await messages.apply_labels(session, message, {label}, set())
 
 
 def _ids(message: Message, now: datetime) -> dict[str, str]:

@@ -9,13 +9,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 
-from agentmx.db.models import Message
-from agentmx.errors import NotFound, ValidationFailed
+from agentmx.errors import ValidationFailed
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body
-from agentmx.services import idempotency, send_attachments
+from agentmx.services import idempotency, messages, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
@@ -81,15 +79,6 @@ async def _read_body(request: Request) -> Any:
     return await json_body(request)
 
 
-async def _find_message(session: Any, inbox_id: str, message_id: str) -> Message:
-    message = await session.scalar(
-        select(Message).where(Message.inbox_id == inbox_id, Message.message_id == message_id)
-    )
-    if message is None:
-        raise NotFound("Message not found")
-    return message
-
-
 async def _send(
     request: Request,
     rt: Runtime,
@@ -128,11 +117,11 @@ async def _send(
             )
             if endpoint in ("reply", "reply-all"):
                 assert message_id is not None
-                req.reply_to_message = await _find_message(s, inbox.id, message_id)
+                req.reply_to_message = await messages.get_message(s, caller, inbox, message_id)
                 req.reply_all = endpoint == "reply-all" or bool(getattr(body, "reply_all", False))
             elif endpoint == "forward":
                 assert message_id is not None
-                req.forward_of = await _find_message(s, inbox.id, message_id)
+                req.forward_of = await messages.get_message(s, caller, inbox, message_id)
             prepared = await prepare_send(s, rt, caller, inbox, req)
         async with rt.db.transaction() as s:
             inbox = await get_inbox(s, caller, inbox_id)
