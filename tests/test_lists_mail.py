@@ -162,6 +162,12 @@ def test_metrics_count_sent_and_received_mail(harness: Harness) -> None:
         return (n_sent, n_got) if n_sent == 3 and n_got == 4 else None
 
     assert _wait(counts) == (3, 4)
+    one_bucket = client.inboxes.metrics.query_events(
+        sender, event_types=["message.sent"], start=start, period=3600
+    )
+    assert [(b.timestamp.replace(microsecond=0), b.count) for b in one_bucket["message.sent"]] == [
+        (start.replace(microsecond=0), 3)
+    ]
     usage = client.inboxes.metrics.query_usage(receiver, start=start, period=60)
     assert usage["message_count"][-1].value == 4 and usage["thread_count"][-1].value >= 1
     assert usage["storage_bytes"][-1].value > 0

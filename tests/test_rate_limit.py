@@ -7,6 +7,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from agentmx.errors import RateLimited
+from agentmx.services.caller import Caller
+from agentmx.services.ratelimit import RateLimiter
 from agentmx.testing.server import ServerProcess
 
 
@@ -26,3 +29,18 @@ def test_rate_limit_per_key(backend: str, fresh_server: Callable[..., ServerProc
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     # Limits are per key: another key is unaffected.
     assert get(second).status_code == 200
+
+
+def test_bucket_refills_at_the_configured_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0])  # one request a second, bursts of 60
+    caller = Caller(organization_id="org", api_key_id="k")
+    for _ in range(60):
+        limiter.check(caller)
+    with pytest.raises(RateLimited) as limited:
+        limiter.check(caller)
+    assert limited.value.retry_after == 1
+    now[0] += 1.0
+    limiter.check(caller)  # one token came back
+    with pytest.raises(RateLimited):
+        limiter.check(caller)
