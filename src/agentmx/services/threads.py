@@ -10,6 +10,7 @@ from sqlalchemy import delete, exists, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
+from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
@@ -229,8 +230,11 @@ async def update_thread(
             fix="Update the thread's messages individually or in batches of 50.",
         )
     messages = (await session.scalars(select(Message).where(Message.thread_id == view.thread.id))).all()
+    changed = False
     for message in messages:
-        await apply_labels(session, message, add_set, remove_set)
+        changed = await apply_labels(session, message, add_set, remove_set) or changed
+    if changed:
+        view.thread.updated_at = utcnow()
     await session.flush()
     view.labels = (await thread_labels(session, [view.thread.id]))[view.thread.id]
     return view
