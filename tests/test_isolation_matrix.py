@@ -291,6 +291,8 @@ def test_route_matrix(harness: Harness) -> None:
                             failures.append("server error " + where)
                         elif has_ids and status not in (403, 404):
                             failures.append("not refused " + where)
+                        elif who.startswith("inbox key") and path.startswith("/v0/pods/") and status != 403:
+                            failures.append("inbox key on a pod route must be 403: " + where)
                         elif 200 <= status < 300 and any(leak in text for leak in leaks[who]):
                             failures.append("tenant A data in " + where)
 
