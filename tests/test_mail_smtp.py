@@ -130,3 +130,18 @@ def test_non_ascii_recipient_filter(harness: Harness) -> None:
     smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
     assert client.inboxes.messages.list(inbox.inbox_id, to=["Jörg"]).count == 1
     assert client.inboxes.threads.list(inbox.inbox_id, recipients=["müller"]).count == 1
+
+
+def test_unauthenticated_label_is_opt_in(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_INBOUND_LABEL_UNAUTHENTICATED": "true"}).start()
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    client = AgentMail(api_key=server.create_key(), environment=env)
+    inbox = client.inboxes.create()
+    bare = make_message(inbox.inbox_id, subject="no evidence")
+    signed = make_message(inbox.inbox_id, subject="spf pass")
+    signed["Authentication-Results"] = "mx.example.com; spf=pass smtp.mailfrom=example.com"
+    for msg in (bare, signed):
+        smtp_send(server, [inbox.inbox_id], msg.as_bytes())
+    assert [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages] == ["spf pass"]
+    both = client.inboxes.messages.list(inbox.inbox_id, include_unauthenticated=True).messages
+    assert [("unauthenticated" in m.labels) for m in both] == [False, True]

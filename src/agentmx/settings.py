@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     download_url_ttl: int = Field(
         3600, description="Seconds a signed attachment or raw-message download_url stays valid."
     )
+    inbound_label_unauthenticated: bool = Field(
+        False,
+        description="Label inbound SMTP mail without DKIM-Signature, Authentication-Results or "
+        "Received-SPF headers 'unauthenticated' (hidden from lists by default).",
+    )
     secret_key: str = Field(
         "",
         description="Key for signing download URLs and encrypting DKIM keys; generated in data_dir if empty.",

@@ -323,6 +323,20 @@ async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> I
     return inbox
 
 
+AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
+
+
+def _auth_labels(rt: Runtime, parsed: ParsedMessage, mail_from: str) -> set[str]:
+    """``unauthenticated`` for mail carrying no SPF/DKIM evidence at all (opt-in setting).
+
+    Mail from our own return paths (local delivery of an outbound message) is exempt.
+    """
+    if not rt.settings.inbound_label_unauthenticated or hooks.return_path_handler(mail_from) is not None:
+        return set()
+    present = {name.lower() for name in parsed.headers}
+    return set() if present & set(AUTH_HEADERS) else {"unauthenticated"}
+
+
 async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> dict[str, ReceiveResult]:
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
 
@@ -344,7 +358,7 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
-            labels = {"received", "unread"}
+            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from)
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
             accepted.append((address, inbox, labels))
