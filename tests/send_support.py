@@ -6,18 +6,27 @@ import asyncio
 import json
 import secrets
 import sqlite3
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 from agentmail import AgentMail
 from agentmail.inboxes.types import CreateInboxRequest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from agentmx.testing.server import ServerProcess, free_port
 
@@ -75,10 +84,35 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self) -> None:
+    """``tls_auth=(user, password)`` makes it a relay that requires STARTTLS and AUTH."""
+
+    def __init__(self, tls_auth: tuple[str, str] | None = None) -> None:
         self.handler = SinkHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.logins: list[str] = []
+        kwargs: dict[str, Any] = {}
+        if tls_auth is not None:
+            kwargs = {
+                "tls_context": _self_signed_context(),
+                "require_starttls": True,
+                "auth_required": True,
+                "auth_require_tls": True,
+                "authenticator": self._authenticator(*tls_auth),
+            }
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+
+    def _authenticator(self, user: str, password: str) -> Callable[..., AuthResult]:
+        def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+            ok = (
+                isinstance(data, LoginPassword)
+                and data.login.decode() == user
+                and data.password.decode() == password
+            )
+            if ok:
+                self.logins.append(user)
+            return AuthResult(success=ok)
+
+        return check
 
     def start(self) -> Sink:
         self.controller.start()
@@ -90,6 +124,32 @@ class Sink:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def _self_signed_context() -> ssl.SSLContext:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    folder = Path(tempfile.mkdtemp())
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
 
 
 def new_inbox(client: AgentMail, prefix: str = "s", display_name: str | None = None) -> str:

@@ -323,3 +323,61 @@ def test_feedback_report_records_a_complaint(relay: Relay) -> None:
     with pytest.raises(ApiError) as refused:
         client.inboxes.messages.send(a, to=to, text="more news", request_options=NO_RETRY)
     assert refused.value.status_code == 403
+
+
+def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    to = ext("inline-")
+    png = b"\x89PNG\r\n\x1a\nfake"
+    sent = client.inboxes.messages.send(
+        a,
+        to=to,
+        subject="Logo",
+        html='<p><img src="cid:logo1"></p>',
+        attachments=[
+            {
+                "filename": "logo.png",
+                "content_type": "image/png",
+                "content_disposition": "inline",
+                "content_id": "logo1",
+                "content": base64.b64encode(png).decode(),
+            }
+        ],
+    )
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0].message
+    assert got.get_content_type() == "multipart/related"
+    image = got.get_payload()[1]
+    assert image["Content-ID"] == "<logo1>" and image.get_content() == png
+    stored = client.inboxes.messages.get(a, sent.message_id)
+    assert stored.attachments and stored.attachments[0].content_id in ("logo1", "<logo1>")
+
+    # Following up on our own message goes to its recipients, in the same thread.
+    follow = client.inboxes.messages.reply(a, sent.message_id, text="Did you see it?")
+    assert follow.thread_id == sent.thread_id
+    again = wait_for(lambda: relay.sink.handler.for_rcpt(to)[1:])[0].message
+    assert again["Subject"] == "Re: Logo" and again["In-Reply-To"] == sent.message_id
+
+
+def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess]) -> None:
+    sink = Sink(tls_auth=("relayuser", "s3cret")).start()
+    server = fresh_server(
+        "sqlite",
+        env={
+            "AGENTMX_SMTP_RELAY": sink.address,
+            "AGENTMX_SMTP_RELAY_STARTTLS": "true",
+            "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
+            "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
+        },
+    ).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        to = ext("tls-")
+        sent = client.inboxes.messages.send(a, to=to, text="over TLS")
+        wait_for(lambda: sink.handler.for_rcpt(to))
+        assert sink.logins == ["relayuser"]
+        wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    finally:
+        server.stop()
+        sink.stop()
