@@ -304,3 +304,17 @@ def test_attachment_urls_on_private_addresses_are_refused(harness: Harness) -> N
         )
     assert refused.value.status_code == 403
     assert _code(refused.value) == "message_rejected"
+
+
+def test_bad_extra_header_names_are_refused(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    for name in ("Bad Name", "X:Colon", ""):
+        with pytest.raises(ApiError) as bad:
+            client.inboxes.messages.send(a, to=b, text="x", headers={name: "v"}, request_options=NO_RETRY)
+        assert bad.value.status_code == 400, name
+    with pytest.raises(ApiError) as injected:
+        client.inboxes.messages.send(
+            a, to=b, text="x", headers={"X-A": "v\r\nBcc: x@y.z"}, request_options=NO_RETRY
+        )
+    assert injected.value.status_code == 400

@@ -22,6 +22,7 @@ or, to keep rendering and blob fsyncs out of the write transaction (the HTTP rou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
 MAX_RECIPIENTS = 50
+HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext: printable ASCII except ":"
 DELIVER_JOB = "deliver_outbound"
 SYSTEM_LABELS = frozenset(
     {"received", "sent", "delivered", "bounced", "complained", "delayed", "rejected", "opened", "unread"}
@@ -124,6 +126,12 @@ def _derive_reply(inbox: Inbox, req: OutgoingMessage, original: Message) -> tupl
     return to, cc
 
 
+def _check_headers(headers: dict[str, str]) -> None:
+    for name in headers:
+        if not HEADER_NAME.fullmatch(name):
+            raise _bad("headers", f"'{name}' is not a valid header name")
+
+
 def _labels(labels: list[str]) -> set[str]:
     out: set[str] = set()
     for label in labels:
@@ -181,7 +189,8 @@ async def _composition(
         subject = compose.reply_subject(req.reply_to_message.subject)
     elif req.forward_of is not None:
         original = req.forward_of
-        subject = compose.forward_subject(req.subject if req.subject is not None else original.subject)
+        # An explicit subject is used as given; otherwise the original's, prefixed once.
+        subject = req.subject if req.subject is not None else compose.forward_subject(original.subject)
         text, html = compose.forward_bodies(
             compose.ForwardSource(
                 from_addr=original.from_,
@@ -247,6 +256,7 @@ async def prepare_send(
             "The message has no recipients", fix="Give at least one address in to, cc or bcc."
         )
     labels = _labels(req.labels) | {"sent"}
+    _check_headers(req.headers)
     bare = [_key(a) for a in recipients]
     await hooks.run_all(hooks.send_checks, session, rt, inbox, bare)
     suppressed = await _suppressed(session, inbox.organization_id, bare)
