@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from agentmx.db import sqlite_inline
 from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
+WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process writer
 
 
 def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # sqlite3 calls run on the loop thread (see sqlite_inline); connections are cheap, so the
+        # pool is large enough that concurrent requests never queue for one.
+        engine = create_async_engine(
+            url, async_creator=sqlite_inline.async_creator(url), pool_size=10, max_overflow=40
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Autocommit at the driver level so SQLAlchemy's "begin" below decides the locking mode.
-            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
@@ -48,6 +55,9 @@ class Database:
         # SQLite gets a second engine whose transactions never take the write lock.
         self.reader = make_engine(url, writer=False) if url.startswith("sqlite") else self.engine
         self.read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+        # SQLite has one writer at a time; queueing writers here (not in SQLite's busy handler)
+        # is what lets sqlite_inline run statements on the loop thread without deadlocking.
+        self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -56,13 +66,25 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """Commit on success, roll back on error, then run the session's after-commit hooks."""
-        async with self.sessions() as session:
+        lock = self._write_lock
+        if lock is not None:
             try:
-                yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+                await asyncio.wait_for(lock.acquire(), WRITE_LOCK_TIMEOUT)
+            except TimeoutError as exc:  # what SQLite's own busy timeout used to raise
+                raise OperationalError(
+                    "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+                ) from exc
+        try:
+            async with self.sessions() as session:
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
+        finally:
+            if lock is not None:
+                lock.release()
         for hook in session.info.get("after_commit", []):
             result = hook()
             if result is not None:
@@ -76,7 +98,7 @@ class Database:
             yield session
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:  # the writer engine would take the write lock
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:

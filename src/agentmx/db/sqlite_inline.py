@@ -1,0 +1,78 @@
+"""SQLite on the event loop thread: aiosqlite's API without its worker thread.
+
+aiosqlite runs every sqlite3 call on a per-connection thread and wakes the loop when it is done.
+SQLAlchemy makes several such calls per statement (cursor, execute, fetch, description), so a
+request costs tens of thread hand-offs that outweigh the microseconds SQLite itself needs for an
+indexed lookup. Measured with bench/rest_read.py: CPU per GET thread fell by about half.
+
+Running inline is safe because nothing waits while the loop is blocked:
+  * readers in WAL mode never wait for a lock;
+  * writers are serialised in-process by ``Database.transaction`` (an asyncio.Lock), so a
+    BEGIN IMMEDIATE only waits for another process (the CLI), and only for that process's short
+    transaction.
+The cost: a slow query (a full scan) now blocks the loop for its duration instead of a thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Generator
+from functools import partial
+from typing import Any
+
+import aiosqlite
+
+
+class _InlineQueue:
+    """Stands in for the queue to aiosqlite's worker thread (SQLAlchemy uses it directly)."""
+
+    def put_nowait(self, item: tuple[Any, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:
+            if future is not None:
+                future.set_exception(exc)
+            return
+        if future is not None:
+            future.set_result(result)
+
+
+class InlineConnection(aiosqlite.Connection):
+    def __init__(self, connector: Callable[[], sqlite3.Connection], iter_chunk_size: int = 64) -> None:
+        super().__init__(connector, iter_chunk_size)
+        self._tx = _InlineQueue()  # type: ignore[assignment]
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def _connect(self) -> InlineConnection:
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    def __await__(self) -> Generator[Any, None, InlineConnection]:
+        return self._connect().__await__()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        self.stop()
+
+
+def async_creator(url: str) -> Callable[[], Any]:
+    """An ``async_creator`` for create_async_engine from a sqlite+aiosqlite:/// URL."""
+    path = url.split(":///", 1)[1]
+    # isolation_level=None: autocommit at the driver, so the engine's "begin" hook picks the lock mode.
+    connector = partial(sqlite3.connect, path, timeout=30, check_same_thread=False, isolation_level=None)
+
+    async def create() -> InlineConnection:
+        return await InlineConnection(connector)
+
+    return create
