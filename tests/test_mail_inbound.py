@@ -228,6 +228,10 @@ def test_filters_search_and_paging(harness: Harness) -> None:
     assert [m.subject for m in found.messages] == ["Report 4"]
     assert client.inboxes.messages.search(box, q="zebra").count == 1
     assert client.inboxes.threads.search(box, q="giraffe").count == 1
+    zebra = client.inboxes.threads.search(box, q="zebra").threads[0]
+    assert zebra.highlights is not None and zebra.highlights.subject == ["Report 3 **zebra**"]
+    assert found.messages[0].highlights is not None
+    assert found.messages[0].highlights.text == ["body number 4 **giraffe**"]
     assert client.inboxes.threads.list(box, senders=["alpha"]).count == 2
     with pytest.raises(ApiError) as info:
         client.inboxes.messages.list(box, page_token="garbage", request_options=NO_RETRY)

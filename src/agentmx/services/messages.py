@@ -170,14 +170,20 @@ def check_query(q: str | None) -> list[str]:
 
 def highlights(message: Message, q: str) -> dict[str, list[str]]:
     """Matched fragments with ``**`` around each hit, per field that matched."""
+    return field_highlights(
+        {
+            "from": [message.from_ or ""],
+            "recipients": [*message.to, *message.cc],
+            "subject": [message.subject or ""],
+            "text": [message.text or ""],
+        },
+        q,
+    )
+
+
+def field_highlights(fields: dict[str, list[str]], q: str) -> dict[str, list[str]]:
     words = [w.lower() for w in q.split() if w]
     out: dict[str, list[str]] = {}
-    fields = {
-        "from": [message.from_ or ""],
-        "recipients": [*message.to, *message.cc],
-        "subject": [message.subject or ""],
-        "text": [message.text or ""],
-    }
     for name, values in fields.items():
         hits = [frag for v in values if (frag := _fragment(v, words))]
         if hits:
