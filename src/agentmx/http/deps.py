@@ -38,7 +38,12 @@ async def get_caller(request: Request) -> Caller:
     return caller
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+async def _runtime_dependency(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, a hop per request.
+    return get_runtime(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime_dependency)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
