@@ -44,9 +44,6 @@ from agentmx.services.runtime import Runtime
 MAX_RECIPIENTS = 50
 HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext: printable ASCII except ":"
 DELIVER_JOB = "deliver_outbound"
-SYSTEM_LABELS = frozenset(
-    {"received", "sent", "delivered", "bounced", "complained", "delayed", "rejected", "opened", "unread"}
-)
 
 
 @dataclass
@@ -97,12 +94,12 @@ def _key(address: str) -> str:
 
 
 def _without(addresses: list[str], excluded: set[str]) -> list[str]:
-    """Drop excluded addresses and duplicates, keeping order."""
+    """Drop excluded, unusable (e.g. a garbled From of a replied-to message) and duplicate addresses."""
     out: list[str] = []
     seen = set(excluded)
     for address in addresses:
         key = _key(address)
-        if key and key not in seen:
+        if key and key not in seen and compose.valid_address(key):
             seen.add(key)
             out.append(address)
     return out
@@ -138,7 +135,7 @@ def _labels(labels: list[str]) -> set[str]:
         name = label.strip().lower()
         if not name or len(name) > 256:
             raise _bad("labels", "labels must be 1-256 characters")
-        if name in SYSTEM_LABELS and name != "sent":
+        if name in mailstore.SYSTEM_LABELS and name != "sent":
             raise _bad("labels", f"'{name}' is a system label")
         out.add(name)
     return out
