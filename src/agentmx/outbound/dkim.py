@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import dkim
@@ -70,7 +71,10 @@ async def sign_for_domain(rt: Runtime, domain: str, raw: bytes) -> bytes:
         return raw
     selector, private_key = found
     try:
-        return sign(raw, domain=signing_domain, selector=selector, private_key=private_key)
+        # RSA signing is CPU work: keep it off the event loop.
+        return await asyncio.to_thread(
+            sign, raw, domain=signing_domain, selector=selector, private_key=private_key
+        )
     except (dkim.DKIMException, ValueError) as exc:
         log.warning("DKIM signing for %s failed, sending unsigned: %s", signing_domain, exc)
         return raw
