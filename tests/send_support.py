@@ -119,7 +119,8 @@ class Sink:
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller._thread is not None:  # started
+            self.controller.stop()
 
     @property
     def address(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -378,6 +379,28 @@ def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess]
         wait_for(lambda: sink.handler.for_rcpt(to))
         assert sink.logins == ["relayuser"]
         wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_queued_mail_survives_a_restart(fresh_server: Callable[..., ServerProcess]) -> None:
+    sink = Sink()  # not listening yet: connections are refused, so delivery is deferred
+    server = fresh_server(
+        "sqlite", env={"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5"}
+    ).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        to = ext("later-")
+        sent = client.inboxes.messages.send(a, to=to, text="kept across restarts")
+        time.sleep(1.5)  # a few refused attempts
+        server.kill()
+        sink.start()
+        server.start()
+        wait_for(lambda: sink.handler.for_rcpt(to))
+        wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+        assert len(sink.handler.for_rcpt(to)) == 1
     finally:
         server.stop()
         sink.stop()
