@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select
@@ -124,12 +125,8 @@ async def store_message_ex(
     """``store_message`` that also says whether the row is new (False: duplicate Message-ID)."""
     if parsed is None:
         parsed = await parse(raw)
-    # Without a Message-ID, derive one from the content so an SMTP retry still dedupes.
-    message_id = parsed.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@{inbox.domain}>"
-    lookups = [message_id]
-    if parsed.in_reply_to:
-        lookups.append(parsed.in_reply_to)
-    lookups.extend(reversed(parsed.references))
+    message_id = message_id_for(parsed, raw, inbox)
+    lookups = lookup_ids(message_id, parsed)
     known = {
         mid: (pk, tid)
         for mid, pk, tid in (
@@ -150,24 +147,81 @@ async def store_message_ex(
     thread = await _thread_for(session, inbox, thread_id, [known[m][1] for m in lookups[1:] if m in known])
     is_new_thread = thread is None
     if thread is None:
-        thread = Thread(
-            id=new_id("thd"),
-            organization_id=inbox.organization_id,
-            pod_id=inbox.pod_id,
-            inbox_id=inbox.id,
-            subject=parsed.subject,
-            senders=[],
-            recipients=[],
-            message_count=0,
-            size=0,
-            timestamp=now,
-            created_at=now,
-            updated_at=now,
-        )
+        thread = new_thread(inbox, parsed.subject, now)
         session.add(thread)
-    bcc_list = list(bcc) if bcc is not None else list(parsed.bcc)
-    label_set = sorted(normalize_labels(labels))
-    message = Message(
+    message = build_message(
+        inbox,
+        thread,
+        message_id,
+        raw,
+        parsed,
+        blobs,
+        direction,
+        labels,
+        bcc if bcc is not None else parsed.bcc,
+        now,
+    )
+    _join_thread(thread, message, direction)
+    if is_new_thread:
+        # No ORM relationship orders the thread's INSERT before the message's: flush it first,
+        # with its aggregates already set (one INSERT, no UPDATE).
+        await session.flush([thread])
+    session.add(message)
+    await session.flush()
+    if direction == "inbound":
+        if is_new_thread:
+            labels_now, attachments_now = set(message.label_names), list(message.attachments)
+        else:
+            labels_now = (await thread_labels(session, [thread.id]))[thread.id]
+            attachments_now = (await thread_attachments(session, [thread.id]))[thread.id]
+        await _record_received(session, rt, message, thread, labels_now, attachments_now)
+    return message, True
+
+
+def message_id_for(parsed: ParsedMessage, raw: bytes, inbox: Inbox) -> str:
+    """The message's Message-ID; without one, derived from the content so an SMTP retry still dedupes."""
+    return parsed.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@{inbox.domain}>"
+
+
+def lookup_ids(message_id: str, parsed: ParsedMessage) -> list[str]:
+    """Its own id (dedupe), then the ids it answers, nearest first (threading)."""
+    lookups = [message_id]
+    if parsed.in_reply_to:
+        lookups.append(parsed.in_reply_to)
+    lookups.extend(reversed(parsed.references))
+    return lookups
+
+
+def new_thread(inbox: Inbox, subject: str | None, now: datetime) -> Thread:
+    return Thread(
+        id=new_id("thd"),
+        organization_id=inbox.organization_id,
+        pod_id=inbox.pod_id,
+        inbox_id=inbox.id,
+        subject=subject,
+        senders=[],
+        recipients=[],
+        message_count=0,
+        size=0,
+        timestamp=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def build_message(
+    inbox: Inbox,
+    thread: Thread,
+    message_id: str,
+    raw: bytes,
+    parsed: ParsedMessage,
+    blobs: StoredBlobs,
+    direction: str,
+    labels: set[str],
+    bcc: list[str],
+    now: datetime,
+) -> Message:
+    return Message(
         id=new_id("msg"),
         message_id=message_id,
         organization_id=inbox.organization_id,
@@ -179,7 +233,7 @@ async def store_message_ex(
         from_=parsed.from_,
         to=parsed.to,
         cc=parsed.cc,
-        bcc=bcc_list,
+        bcc=list(bcc),
         reply_to=parsed.reply_to,
         subject=parsed.subject,
         preview=parsed.preview,
@@ -194,7 +248,7 @@ async def store_message_ex(
         blob_key=blobs.raw_key,
         created_at=now,
         updated_at=now,
-        labels=[MessageLabel(label=label) for label in label_set],
+        labels=[MessageLabel(label=label) for label in sorted(normalize_labels(labels))],
         attachments=[
             Attachment(
                 id=new_id("att"),
@@ -209,16 +263,6 @@ async def store_message_ex(
             for i, (a, key) in enumerate(zip(parsed.attachments, blobs.attachment_keys, strict=True))
         ],
     )
-    _join_thread(thread, message, direction)
-    if is_new_thread:
-        # No ORM relationship orders the thread's INSERT before the message's: flush it first,
-        # with its aggregates already set (one INSERT, no UPDATE).
-        await session.flush([thread])
-    session.add(message)
-    await session.flush()
-    if direction == "inbound":
-        await _record_received(session, rt, message, thread, is_new_thread)
-    return message, True
 
 
 async def _thread_for(
@@ -290,15 +334,15 @@ async def thread_attachments(session: AsyncSession, thread_ids: list[str]) -> di
 
 
 async def _record_received(
-    session: AsyncSession, rt: Runtime, message: Message, thread: Thread, is_new_thread: bool
+    session: AsyncSession,
+    rt: Runtime,
+    message: Message,
+    thread: Thread,
+    labels: set[str],
+    attachments: list[Attachment],
 ) -> None:
-    names = set(message.label_names)
-    suffix = next((s for label, s in RECEIVED_VARIANTS if label in names), "")
-    if is_new_thread:
-        labels, attachments = names, list(message.attachments)
-    else:
-        labels = (await thread_labels(session, [thread.id]))[thread.id]
-        attachments = (await thread_attachments(session, [thread.id]))[thread.id]
+    """``labels``/``attachments``: the thread's, with this message in it."""
+    suffix = next((s for label, s in RECEIVED_VARIANTS if label in message.label_names), "")
     body = wire_mail.message(message, full=True)
     if len(body.get("text") or "") + len(body.get("html") or "") > EVENT_BODY_BUDGET:
         body.pop("text", None)
