@@ -261,3 +261,31 @@ def test_inbox_and_pod_deletion(harness: Harness, receiver: Receiver) -> None:
     client.pods.webhooks.delete(pod.pod_id, pod_hook.webhook_id)
     client.pods.delete(pod.pod_id)
     client.webhooks.delete(org_hook.webhook_id)
+
+
+def test_slow_receiver_does_not_hold_up_others(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite").start()
+    client = Harness(server, "sqlite").client()
+
+    def hang(n: int) -> int:
+        time.sleep(4)
+        return 200
+
+    slow = Receiver(status=hang)
+    fast = Receiver()
+    try:
+        inbox = new_inbox(client)
+        client.inboxes.webhooks.create(inbox, url=slow.url, event_types=["message.received"])
+        for i in range(20):
+            send_mail(server, inbox, subject=f"backlog {i}")
+        time.sleep(1.5)  # the slow receiver now holds requests older than a second
+        client.inboxes.webhooks.create(inbox, url=fast.url, event_types=["message.received"])
+        start = time.monotonic()
+        for i in range(3):
+            send_mail(server, inbox, subject=f"fresh {i}")
+        fast.wait(3)
+        assert fast.deliveries[-1].at - start < 3.5  # not stuck behind 4-second requests
+        slow.wait(23, timeout=90)  # and the slow receiver still gets everything
+    finally:
+        slow.close()
+        fast.close()

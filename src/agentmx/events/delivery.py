@@ -12,8 +12,9 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -28,10 +29,14 @@ from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.webhooks")
 
+SLOW_LIMIT = 2  # concurrent requests per receiver before it counts as slow
+SLOW_AFTER = 1.0  # seconds the oldest of them has been waiting
+SLOW_DEFER = 1.0  # seconds a delivery to a slow receiver is put back
 MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
 USER_AGENT = "agentmx-webhooks/1"
 
 _client: httpx.AsyncClient | None = None
+_in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests in progress
 
 
 def _http() -> httpx.AsyncClient:
@@ -144,8 +149,24 @@ class AttemptLog:
 _attempts = AttemptLog()
 
 
+def _slow(webhook_id: str) -> bool:
+    """Is this receiver already holding SLOW_LIMIT job slots with a request older than SLOW_AFTER?"""
+    starts = _in_flight.get(webhook_id, [])
+    return len(starts) >= SLOW_LIMIT and time.monotonic() - min(starts) > SLOW_AFTER
+
+
+def _next_try(delay: float) -> datetime:
+    """Retry time with +-10 % jitter, so failed deliveries to one receiver do not retry in lockstep."""
+    return utcnow() + timedelta(seconds=delay * random.uniform(0.9, 1.1))
+
+
 @handler("deliver_webhook")
 async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
+    # The attempt number lives in the payload: deferrals for a slow receiver do not count as attempts.
+    attempt = int(payload.get("attempt", 0))
+    if _slow(payload["webhook_id"]):
+        # A slow or hanging receiver must not occupy every job slot (outbound mail shares them).
+        raise RetryAt(_next_try(SLOW_DEFER), "receiver is slow; deferred", payload=payload)
     async with rt.db.read() as s:
         hook = await s.get(Webhook, payload["webhook_id"])
         event = await s.scalar(select(Event).where(Event.event_id == payload["event_id"]))
@@ -154,14 +175,21 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
     msg_id = svix_message_id(event.event_id)
     body = encode_body(event.body)
     started = time.monotonic()
-    status, error = await _post(rt, hook, msg_id, body)
+    starts = _in_flight.setdefault(hook.id, [])
+    starts.append(started)
+    try:
+        status, error = await _post(rt, hook, msg_id, body)
+    finally:
+        starts.remove(started)
+        if not starts:
+            _in_flight.pop(hook.id, None)
     await _attempts.record(
         rt,
         {
             "webhook_id": hook.id,
             "event_id": event.event_id,
             "svix_id": msg_id,
-            "attempt": attempts,
+            "attempt": attempt,
             "status_code": status,
             "error": error,
             "duration_ms": int((time.monotonic() - started) * 1000),
@@ -174,6 +202,6 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
         await _disable(rt, hook.id, "receiver answered 410")
         return
     schedule = retry_schedule(rt)
-    if attempts + 1 < len(schedule):
-        raise RetryAt(utcnow() + timedelta(seconds=schedule[attempts + 1]), error)
-    await _disable(rt, hook.id, f"delivery of {event.event_id} failed {attempts + 1} times: {error}")
+    if attempt + 1 < len(schedule):
+        raise RetryAt(_next_try(schedule[attempt + 1]), error, payload={**payload, "attempt": attempt + 1})
+    await _disable(rt, hook.id, f"delivery of {event.event_id} failed {attempt + 1} times: {error}")
