@@ -318,3 +318,17 @@ def test_bad_extra_header_names_are_refused(harness: Harness) -> None:
             a, to=b, text="x", headers={"X-A": "v\r\nBcc: x@y.z"}, request_options=NO_RETRY
         )
     assert injected.value.status_code == 400
+
+
+def test_scoped_key_sends_only_from_its_inbox(harness: Harness) -> None:
+    client = harness.client()
+    mine, other = new_inbox(client), new_inbox(client)
+    scoped = harness.client(api_key=client.inboxes.api_keys.create(mine, request={}).api_key)
+    sent = scoped.inboxes.messages.send(mine, to=other, text="from my inbox")
+    _arrived(client, other, sent.message_id)
+    with pytest.raises(ApiError) as hidden:
+        scoped.inboxes.messages.send(other, to=mine, text="not mine", request_options=NO_RETRY)
+    assert hidden.value.status_code == 404
+    with pytest.raises(ApiError) as hidden_reply:
+        scoped.inboxes.messages.reply(other, sent.message_id, text="x", request_options=NO_RETRY)
+    assert hidden_reply.value.status_code == 404
