@@ -404,3 +404,38 @@ def test_queued_mail_survives_a_restart(fresh_server: Callable[..., ServerProces
     finally:
         server.stop()
         sink.stop()
+
+
+def test_two_processes_on_one_postgres_deliver_each_message_once(tmp_path: Path) -> None:
+    if not postgres.available():
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    sink = Sink().start()
+    env = {"AGENTMX_SMTP_RELAY": sink.address}
+    # Two processes of one deployment share the database and the blob folder (data_dir).
+    first = ServerProcess(tmp_path / "shared", database_url=url, env=env)
+    second = ServerProcess(tmp_path / "shared", database_url=url, env=env)
+    try:
+        first.start()
+        second.start()
+        key = first.create_key()
+        one, two = _client_with(first, key), _client_with(second, key)
+        a = new_inbox(one)
+        targets = [ext(f"m{i}-") for i in range(12)]
+        for i, to in enumerate(targets):
+            (one if i % 2 else two).inboxes.messages.send(a, to=to, text=f"message {i}")
+        wait_for(lambda: all(sink.handler.for_rcpt(to) for to in targets), timeout=40)
+        time.sleep(1.5)  # any duplicate has had time to appear
+        assert all(len(sink.handler.for_rcpt(to)) == 1 for to in targets)
+    finally:
+        first.kill()
+        second.kill()
+        sink.stop()
+        postgres.drop_database(url)
+
+
+def _client_with(server: ServerProcess, key: str) -> AgentMail:
+    from agentmail.environment import AgentMailEnvironment
+
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    return AgentMail(api_key=key, environment=env)
