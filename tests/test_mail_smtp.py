@@ -6,6 +6,7 @@ import hashlib
 import smtplib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from agentmail import AgentMail
@@ -145,3 +146,19 @@ def test_unauthenticated_label_is_opt_in(fresh_server: Callable[..., ServerProce
     assert [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages] == ["spf pass"]
     both = client.inboxes.messages.list(inbox.inbox_id, include_unauthenticated=True).messages
     assert [("unauthenticated" in m.labels) for m in both] == [False, True]
+
+
+def test_concurrent_deliveries_share_commits_and_dedupe(harness: Harness) -> None:
+    client = harness.client()
+    a, b = client.inboxes.create(), client.inboxes.create()
+    same = make_message(a.inbox_id, cc=b.inbox_id, subject="sent eight times at once")
+    distinct = [make_message(a.inbox_id, subject=f"parallel {i}") for i in range(24)]
+    jobs = [([a.inbox_id, b.inbox_id], same.as_bytes())] * 8 + [
+        ([a.inbox_id], m.as_bytes()) for m in distinct
+    ]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert all(r == {} for r in pool.map(lambda job: smtp_send(harness.server, *job), jobs))
+    subjects = [m.subject for m in client.inboxes.messages.list(a.inbox_id, limit=100).messages]
+    assert sorted(subjects) == sorted([f"parallel {i}" for i in range(24)] + ["sent eight times at once"])
+    assert client.inboxes.messages.list(b.inbox_id).count == 1
+    assert client.inboxes.threads.list(a.inbox_id, limit=100).count == 25

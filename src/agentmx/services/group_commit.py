@@ -1,8 +1,9 @@
-"""Group commit: concurrent units of work share one write transaction.
+"""Group commit: concurrent callers share one write transaction.
 
 Inbound SMTP sessions queue here instead of racing for the SQLite write lock (whose busy handler
-sleeps), and one commit's fsync covers many messages. A failing batch is re-run one unit per
-transaction, so a bad unit fails only itself. Units must be safe to re-run (they only add rows).
+sleeps); the handler stores the whole batch with a fixed number of statements and one commit's
+fsync covers it. A failing batch is re-run one item per transaction, so a bad item fails only
+itself. Handlers must be safe to re-run (they only add rows).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,32 +20,33 @@ from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.db")
 
-T = TypeVar("T")
-Work = Callable[[AsyncSession], Awaitable[Any]]
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+Handler = Callable[[AsyncSession, Runtime, list[I]], Awaitable[list[R]]]
 MAX_BATCH = 64
 
 
 @dataclass
-class _Unit:
-    work: Work
-    done: asyncio.Future[Any]
+class _Unit(Generic[I, R]):
+    item: I
+    done: asyncio.Future[R]
 
 
-class GroupCommitter:
-    def __init__(self, rt: Runtime) -> None:
+class GroupCommitter(Generic[I, R]):
+    def __init__(self, rt: Runtime, handler: Handler[I, R]) -> None:
         self.rt = rt
-        self.pending: list[_Unit] = []
+        self.handler = handler
+        self.pending: list[_Unit[I, R]] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run ``work`` in a shared transaction; returns once that transaction has committed."""
-        unit = _Unit(work, asyncio.get_running_loop().create_future())
+    async def submit(self, item: I) -> R:
+        """Store ``item`` in a shared transaction; returns once that transaction has committed."""
+        unit: _Unit[I, R] = _Unit(item, asyncio.get_running_loop().create_future())
         self.pending.append(unit)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         # shield: one caller going away must not cancel a commit others wait on.
-        result: T = await asyncio.shield(unit.done)
-        return result
+        return await asyncio.shield(unit.done)
 
     async def _drain(self) -> None:
         while self.pending:
@@ -53,7 +55,7 @@ class GroupCommitter:
                 results = await self._commit(batch)
             except Exception:
                 if len(batch) > 1:
-                    log.warning("group commit of %d units failed; retrying one by one", len(batch))
+                    log.warning("group commit of %d items failed; retrying one by one", len(batch))
                 for unit in batch:
                     try:
                         result = (await self._commit([unit]))[0]
@@ -65,12 +67,12 @@ class GroupCommitter:
             for unit, result in zip(batch, results, strict=True):
                 _settle(unit, result)
 
-    async def _commit(self, batch: list[_Unit]) -> list[Any]:
+    async def _commit(self, batch: list[_Unit[I, R]]) -> list[R]:
         async with self.rt.db.transaction() as session:
-            return [await unit.work(session) for unit in batch]
+            return await self.handler(session, self.rt, [unit.item for unit in batch])
 
 
-def _settle(unit: _Unit, outcome: Any) -> None:
+def _settle(unit: _Unit[Any, Any], outcome: Any) -> None:
     if unit.done.done():
         return
     if isinstance(outcome, BaseException):
@@ -79,12 +81,13 @@ def _settle(unit: _Unit, outcome: Any) -> None:
         unit.done.set_result(outcome)
 
 
-_committers: dict[int, GroupCommitter] = {}
+_committers: dict[tuple[int, Any], GroupCommitter[Any, Any]] = {}
 
 
-def committer(rt: Runtime) -> GroupCommitter:
-    """The runtime's committer (one per process and database)."""
-    found = _committers.get(id(rt))
+def committer(rt: Runtime, handler: Handler[I, R]) -> GroupCommitter[I, R]:
+    """The runtime's committer for ``handler`` (one per process, database and handler)."""
+    key = (id(rt), handler)
+    found = _committers.get(key)
     if found is None or found.rt is not rt:
-        found = _committers[id(rt)] = GroupCommitter(rt)
+        found = _committers[key] = GroupCommitter(rt, handler)
     return found

@@ -161,7 +161,7 @@ async def store_message_ex(
         bcc if bcc is not None else parsed.bcc,
         now,
     )
-    _join_thread(thread, message, direction)
+    join_thread(thread, message, direction)
     if is_new_thread:
         # No ORM relationship orders the thread's INSERT before the message's: flush it first,
         # with its aggregates already set (one INSERT, no UPDATE).
@@ -174,7 +174,7 @@ async def store_message_ex(
         else:
             labels_now = (await thread_labels(session, [thread.id]))[thread.id]
             attachments_now = (await thread_attachments(session, [thread.id]))[thread.id]
-        await _record_received(session, rt, message, thread, labels_now, attachments_now)
+        await record_received(session, rt, message, thread, labels_now, attachments_now)
     return message, True
 
 
@@ -276,7 +276,7 @@ async def _thread_for(
     return None
 
 
-def _join_thread(thread: Thread, message: Message, direction: str) -> None:
+def join_thread(thread: Thread, message: Message, direction: str) -> None:
     senders = list(thread.senders or [])
     if message.from_ and message.from_ not in senders:
         senders.append(message.from_)
@@ -333,7 +333,7 @@ async def thread_attachments(session: AsyncSession, thread_ids: list[str]) -> di
     return out
 
 
-async def _record_received(
+async def record_received(
     session: AsyncSession,
     rt: Runtime,
     message: Message,
@@ -409,22 +409,11 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
     if not accepted:
         return results
     blobs = await put_blobs(rt, raw, parsed)
+    from agentmx.services import inbound_batch  # noqa: PLC0415 (it builds on this module)
 
-    async def store_all(session: AsyncSession) -> dict[str, ReceiveResult]:
-        stored: dict[str, ReceiveResult] = {}
-        for address, inbox, labels in accepted:
-            message, fresh = await store_message_ex(
-                session,
-                rt,
-                inbox=inbox,
-                raw=raw,
-                direction="inbound",
-                labels=labels,
-                parsed=parsed,
-                blobs=blobs,
-            )
-            stored[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
-        return stored
-
-    results.update(await group_commit.committer(rt).run(store_all))
+    copies = [inbound_batch.InboundCopy(inbox, raw, parsed, blobs, labels) for _, inbox, labels in accepted]
+    committer = group_commit.committer(rt, inbound_batch.store_deliveries)
+    stored = await committer.submit(copies)
+    for (address, _, _), (message, fresh) in zip(accepted, stored, strict=True):
+        results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
     return results

@@ -1,0 +1,132 @@
+"""Storing many inbound copies in one transaction with a fixed number of statements.
+
+Used by group commit: per batch one lookup of known Message-IDs, one load of the threads they
+belong to, then batched INSERTs, instead of a handful of round trips per message. The rules are
+the same as ``mailstore.store_message`` (dedupe per inbox, threading by In-Reply-To/References,
+thread aggregates, ``message.received*`` events); copies in the same batch see each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Inbox, Message, Thread
+from agentmx.db.types import utcnow
+from agentmx.mail.parse import ParsedMessage
+from agentmx.services import mailstore
+from agentmx.services.mailstore import StoredBlobs
+from agentmx.services.runtime import Runtime
+
+
+@dataclass
+class InboundCopy:
+    inbox: Inbox
+    raw: bytes
+    parsed: ParsedMessage
+    blobs: StoredBlobs
+    labels: set[str]
+
+
+async def store_inbound(
+    session: AsyncSession, rt: Runtime, copies: list[InboundCopy]
+) -> list[tuple[Message, bool]]:
+    """Store each copy (or find its earlier copy); returns (message, is_new) in order."""
+    now = utcnow()
+    ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
+    lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
+    wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    if wanted:
+        rows = await session.execute(
+            select(Message.inbox_id, Message.message_id, Message.id, Message.thread_id).where(
+                Message.inbox_id.in_({i for i, _ in wanted}),
+                Message.message_id.in_({m for _, m in wanted}),
+            )
+        )
+        known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
+    thread_ids = {tid for _, tid in known.values()}
+    threads: dict[str, Thread] = {}
+    if thread_ids:
+        found = await session.scalars(select(Thread).where(Thread.id.in_(thread_ids)))
+        threads = {t.id: t for t in found.all()}
+    labels = await mailstore.thread_labels(session, list(threads))
+    attachments = await mailstore.thread_attachments(session, list(threads))
+    own = [
+        known[(c.inbox.id, mid)][0] for c, mid in zip(copies, ids, strict=True) if (c.inbox.id, mid) in known
+    ]
+    existing: dict[str, Message] = {}
+    if own:
+        existing = {
+            m.id: m for m in (await session.scalars(select(Message).where(Message.id.in_(own)))).all()
+        }
+
+    out: list[tuple[Message, bool]] = []
+    fresh: dict[tuple[str, str], tuple[Message, Thread]] = {}
+    new_threads: list[Thread] = []
+    with session.no_autoflush:
+        for copy, mid, refs in zip(copies, ids, lookups, strict=True):
+            key = (copy.inbox.id, mid)
+            if key in fresh:
+                out.append((fresh[key][0], False))
+                continue
+            if key in known:
+                out.append((existing[known[key][0]], False))
+                continue
+            thread = _referenced_thread(copy.inbox, refs[1:], fresh, known, threads)
+            if thread is None:
+                thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now)
+                new_threads.append(thread)
+                session.add(thread)
+                labels[thread.id], attachments[thread.id] = set(), []
+            message = mailstore.build_message(
+                copy.inbox, thread, mid, copy.raw, copy.parsed, copy.blobs, "inbound", copy.labels, [], now
+            )
+            mailstore.join_thread(thread, message, "inbound")
+            labels[thread.id] |= set(message.label_names)
+            attachments[thread.id] = attachments[thread.id] + list(message.attachments)
+            await mailstore.record_received(
+                session, rt, message, thread, set(labels[thread.id]), list(attachments[thread.id])
+            )
+            fresh[key] = (message, thread)
+            out.append((message, True))
+    if new_threads:
+        await session.flush(new_threads)  # threads before the messages that point at them
+    session.add_all([m for m, _ in fresh.values()])
+    await session.flush()
+    return out
+
+
+def _referenced_thread(
+    inbox: Inbox,
+    refs: list[str],
+    fresh: dict[tuple[str, str], tuple[Message, Thread]],
+    known: dict[tuple[str, str], tuple[str, str]],
+    threads: dict[str, Thread],
+) -> Thread | None:
+    """The thread of the nearest referenced message in this inbox, stored earlier or in this batch."""
+    for ref in refs:
+        key = (inbox.id, ref)
+        if key in fresh:
+            return fresh[key][1]
+        if key in known:
+            thread = threads.get(known[key][1])
+            if thread is not None and thread.inbox_id == inbox.id:
+                return thread
+    return None
+
+
+async def store_deliveries(
+    session: AsyncSession, rt: Runtime, deliveries: list[list[InboundCopy]]
+) -> list[list[tuple[Message, bool]]]:
+    """Group-commit handler: many deliveries (each a list of copies) through one ``store_inbound``."""
+    flat = [copy for delivery in deliveries for copy in delivery]
+    stored = await store_inbound(session, rt, flat)
+    out: list[list[tuple[Message, bool]]] = []
+    start = 0
+    for delivery in deliveries:
+        out.append(stored[start : start + len(delivery)])
+        start += len(delivery)
+    return out
