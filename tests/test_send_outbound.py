@@ -143,6 +143,7 @@ def test_temporary_failure_is_retried(relay: Relay) -> None:
     assert relay.sink.handler.attempts[flaky] == 3
     wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
     assert "bounced" not in _labels(client, a, sent.message_id)
+    assert "delayed" in _labels(client, a, sent.message_id)
 
 
 def test_mixed_recipients(relay: Relay) -> None:

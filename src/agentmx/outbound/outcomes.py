@@ -64,6 +64,7 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
     delivered: list[str] = []
     bounced: list[str] = []
     complained: list[str] = []
+    delayed = False
     for address, outcome in outcomes.items():
         row = rows.get(address)
         if row is None or row.status in FINAL:
@@ -83,11 +84,15 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
             bounced.append(address)
         elif outcome.status == "complained":
             complained.append(address)
+        elif outcome.status == "deferred":
+            delayed = True
     scope = {
         "organization_id": message.organization_id,
         "pod_id": message.pod_id,
         "inbox_id": message.inbox_id,
     }
+    if delayed:  # a temporary failure: the label stays as a record that delivery was slow
+        await add_label(session, message, "delayed")
     if delivered:
         await add_label(session, message, "delivered")
         await record_event(
