@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from agentmx.db.models import Event
-from agentmx.services.events import NOTIFY_CHANNEL
+from agentmx.services.events import NOTIFY_CHANNEL, committed_listeners
 from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.events")
@@ -85,11 +85,14 @@ class Hub:
     async def start(self) -> None:
         async with self.rt.db.read() as s:
             self.last_seq = int(await s.scalar(select(func.max(Event.seq))) or 0)
+        committed_listeners.append(self.offer)
         self._tasks.append(asyncio.create_task(self._tail(), name="event-hub"))
         if not self.rt.db.is_sqlite:
             self._tasks.append(asyncio.create_task(self._listen(), name="event-listen"))
 
     async def stop(self) -> None:
+        if self.offer in committed_listeners:
+            committed_listeners.remove(self.offer)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -118,19 +121,30 @@ class Hub:
                     )
                 ).all()
             for row in rows:
-                self.last_seq = row.seq
-                subs = self.subscribers.get(row.organization_id)
-                if not subs:
-                    continue
-                item = Item.of(row)
-                for sub in subs:
-                    if sub.lagging or sub.accepts is None or not sub.accepts(item):
-                        continue
-                    if sub.queue.qsize() >= MAX_QUEUED:
-                        sub.lagging = True
-                    sub.queue.put_nowait(item)
+                if row.seq > self.last_seq:  # offer() may have pushed it while we were reading
+                    self._push(row)
             if len(rows) < BATCH:
                 return
+
+    def offer(self, row: Event) -> bool:
+        """A row this process just committed: push it at once if it is the next in the log."""
+        if row.seq != self.last_seq + 1:
+            return False  # a gap (another process, a rolled-back id): the next pump reads the log
+        self._push(row)
+        return True
+
+    def _push(self, row: Event) -> None:
+        self.last_seq = row.seq
+        subs = self.subscribers.get(row.organization_id)
+        if not subs:
+            return
+        item = Item.of(row)
+        for sub in subs:
+            if sub.lagging or sub.accepts is None or not sub.accepts(item):
+                continue
+            if sub.queue.qsize() >= MAX_QUEUED:
+                sub.lagging = True
+            sub.queue.put_nowait(item)
 
     async def _listen(self) -> None:
         """PostgreSQL LISTEN on a dedicated connection: commits in other processes wake the hub."""

@@ -7,6 +7,7 @@ commit (``rt.events_signal`` in this process, ``NOTIFY agentmx_events`` for the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -95,5 +96,16 @@ async def record_event(
                 run_at=first,
                 key=f"webhook:{hook.id}:{event_id}",
             )
-    after_commit(session, rt.events_signal.notify)
+    after_commit(session, lambda: _committed(rt, row))
     return row
+
+
+# Called with each committed event, in commit order within a process (the live hub registers
+# here); a listener returns False when it could not take the row, and the log poll catches up.
+committed_listeners: list[Callable[[Event], bool]] = []
+
+
+def _committed(rt: Runtime, row: Event) -> None:
+    taken = bool(committed_listeners) and all([listener(row) for listener in committed_listeners])
+    if not taken:
+        rt.events_signal.notify()
