@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -180,7 +181,15 @@ async def store_message_ex(
 
 def message_id_for(parsed: ParsedMessage, raw: bytes, inbox: Inbox) -> str:
     """The message's Message-ID; without one, derived from the content so an SMTP retry still dedupes."""
-    return parsed.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@{inbox.domain}>"
+    return parsed.message_id or f"<{hashlib.sha256(_without_trace(raw)).hexdigest()[:32]}@{inbox.domain}>"
+
+
+_TRACE = re.compile(rb"\A(?:(?:Return-Path|Received):[^\n]*\n(?:[ \t][^\n]*\n)*)+", re.IGNORECASE)
+
+
+def _without_trace(raw: bytes) -> bytes:
+    """The message as the client sent it: without the trace fields each delivery prepends."""
+    return _TRACE.sub(b"", raw, count=1)
 
 
 def lookup_ids(message_id: str, parsed: ParsedMessage) -> list[str]:

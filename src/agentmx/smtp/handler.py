@@ -9,6 +9,7 @@ from agentmx.errors import AgentMXError
 from agentmx.services import hooks, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import replies
+from agentmx.smtp.trace import trace_headers
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -46,7 +47,10 @@ class InboundHandler:
             rcpt_tos = await self._return_paths(raw, list(envelope.rcpt_tos))
             if not rcpt_tos:
                 return replies.S250_QUEUED
-            results = await mailstore.receive(self.rt, raw, envelope.mail_from or "", rcpt_tos)
+            mail_from = envelope.mail_from or ""
+            hostname = self.rt.settings.public_host or self.rt.settings.domain
+            raw = trace_headers(mail_from, session.host_name, session.peer, hostname, rcpt_tos) + raw
+            results = await mailstore.receive(self.rt, raw, mail_from, rcpt_tos)
         except AgentMXError as exc:
             log.warning("inbound message refused: %s", exc)
             return replies.reply_for(exc)
