@@ -183,7 +183,10 @@ async def _composition(
         in_reply_to = source.message_id
         references = compose.thread_references(source.message_id, list(source.references or []))
     if req.reply_to_message is not None:
-        subject = compose.reply_subject(req.reply_to_message.subject)
+        # The reply routes never pass a subject; a reply draft whose subject was edited does.
+        subject = (
+            req.subject if req.subject is not None else compose.reply_subject(req.reply_to_message.subject)
+        )
     elif req.forward_of is not None:
         original = req.forward_of
         # An explicit subject is used as given; otherwise the original's, prefixed once.
