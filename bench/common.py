@@ -161,6 +161,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU a process has used so far (robust to other load on a shared machine)."""
+    if not pid:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def header(title: str) -> None:
     info = machine_info()
     print(f"\n== {title}  (cpus={info['cpus']}, load1={info['loadavg_1m']}, {info['time_utc']})", flush=True)

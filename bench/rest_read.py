@@ -25,22 +25,33 @@ from common import (
     agentmx_server,
     backends,
     baseline_cmd,
+    cpu_seconds,
     finish,
     free_port,
     header,
     subprocess_server,
 )
-from http_load import HttpResult, load
+from http_load import load
 from smtp_ingest import wait_stored
 from smtp_load import aiosmtplib_load
 
 BENCH = "rest_read"
 
 
-def record(report: Report, target: str, what: str, res: HttpResult) -> None:
+def measure(report: Report, target: str, what: str, url: str, headers: dict[str, str], pid: int | None,
+            args: argparse.Namespace) -> None:  # fmt: skip
+    load(url, headers, args.connections, 1, not args.no_wrk)  # warm-up
+    cpu0 = cpu_seconds(pid)
+    res = load(url, headers, args.connections, args.seconds, not args.no_wrk)
+    cpu = cpu_seconds(pid) - cpu0
     note = f"{res.tool}, {res.requests} requests" + (f", {res.non_2xx} non-2xx" if res.non_2xx else "")
     report.add(BENCH, target, f"req/s [{what}]", res.rate, "req/s", note)
     report.add(BENCH, target, f"p99 [{what}]", res.p99_ms, "ms", f"p50 {res.p50_ms:.1f} ms")
+    if res.requests:
+        per = cpu * 1000 / res.requests
+        report.add(
+            BENCH, target, f"server CPU/req [{what}]", per, "ms", f"= {1000 / per:,.0f} req/s per core"
+        )
 
 
 def seed(app: Agentmx, messages: int) -> dict[str, str]:
@@ -69,33 +80,24 @@ def run(args: argparse.Namespace, report: Report) -> None:
                 resp = app.http.get(path)
                 resp.raise_for_status()
                 documents[what] = resp.json()
-                load(app.server.base_url + path, auth, args.connections, 1, not args.no_wrk)  # warm-up
-                record(
-                    report,
-                    app.label,
-                    what,
-                    load(app.server.base_url + path, auth, args.connections, args.seconds, not args.no_wrk),
-                )
+                pid = app.server.proc.pid if app.server.proc else None
+                measure(report, app.label, what, app.server.base_url + path, auth, pid, args)
 
     with tempfile.TemporaryDirectory() as tmp:
         for what, doc in documents.items():
             path = Path(tmp) / "doc.json"
             path.write_text(json.dumps(doc))
             port = free_port()
-            with subprocess_server(baseline_cmd("starlette_json.py", str(port), str(path)), port):
-                url = f"http://127.0.0.1:{port}/doc"
-                load(url, {}, args.connections, 1, not args.no_wrk)
-                record(
-                    report,
-                    "bare Starlette JSON",
-                    what,
-                    load(url, {}, args.connections, args.seconds, not args.no_wrk),
+            with subprocess_server(baseline_cmd("starlette_json.py", str(port), str(path)), port) as proc:
+                measure(
+                    report, "bare Starlette JSON", what, f"http://127.0.0.1:{port}/doc", {}, proc.pid, args
                 )
 
     for backend in backends(args.backend):
         ours = f"agentmx-{backend}"
         for what in documents:
             ratio = report.ratio(BENCH, f"req/s [{what}]", ours, "bare Starlette JSON")
+            report.ratio(BENCH, f"server CPU/req [{what}]", "bare Starlette JSON", ours)
             rate, p99 = report.get(BENCH, ours, f"req/s [{what}]"), report.get(BENCH, ours, f"p99 [{what}]")
             report.check(BENCH, f"{ours} {what} >= 1,500 req/s", rate, rate >= 1500)
             report.check(BENCH, f"{ours} {what} p99 <= 50 ms", p99, p99 <= 50)
