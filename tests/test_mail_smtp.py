@@ -163,3 +163,26 @@ def test_concurrent_deliveries_share_commits_and_dedupe(harness: Harness) -> Non
     assert sorted(subjects) == sorted([f"parallel {i}" for i in range(24)] + ["sent eight times at once"])
     assert client.inboxes.messages.list(b.inbox_id).count == 1
     assert client.inboxes.threads.list(a.inbox_id, limit=100).count == 25
+
+
+def test_connection_cap_per_ip_answers_421(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_MAX_CONNECTIONS_PER_IP": "2"}).start()
+    first = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10)
+    second = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10)
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10)
+        assert info.value.smtp_code == 421
+        assert first.noop()[0] == 250
+    finally:
+        first.quit()
+        second.quit()
+    for _ in range(100):  # slots are freed once the server sees the close
+        try:
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as again:
+                assert again.noop()[0] == 250
+            break
+        except smtplib.SMTPConnectError:
+            time.sleep(0.05)
+    else:
+        pytest.fail("connection slots were not freed")

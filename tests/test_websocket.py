@@ -265,3 +265,21 @@ def test_event_from_another_process(fresh_server: Callable[..., ServerProcess]) 
         for server in servers:
             server.kill()
         postgres.drop_database(url)
+
+
+def test_retention_prunes_old_events(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_EVENT_RETENTION_DAYS": "0.00002"}).start()  # ~1.7 s
+    client = Harness(server, "sqlite").client()
+    inbox = new_inbox(client)
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox])
+        send_mail(server, inbox, subject="soon gone")
+        old = next_frame(socket).event_id
+    server.stop()
+    time.sleep(2.0)
+    server.start()  # prunes at start, then hourly
+    with client.websockets.connect() as socket:
+        resume: Any = {"after_event_id": old}  # agentmx extension; the SDK model allows extra fields
+        socket.send_subscribe(Subscribe(inbox_ids=[inbox], **resume))
+        error = next_frame(socket)
+        assert isinstance(error, Error) and error.name == "NotFoundError"

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         0.5,
         description="Seconds between event log polls for live WebSocket streams (commits also wake them).",
     )
+    event_retention_days: float = Field(
+        0,
+        description="Days the event log and webhook attempt records are kept (WebSocket resume and metrics "
+        "read them); 0 keeps them forever.",
+    )
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
     rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from agentmx import server
 from agentmx.db.models import Webhook
-from agentmx.events import delivery, hub
+from agentmx.events import delivery, hub, retention
 from agentmx.services import inboxes, pods, webhooks
 
 __all__ = ["delivery"]  # imported for its @handler("deliver_webhook") registration
 
-if hub.start not in server.BACKGROUND:
-    server.BACKGROUND.append(hub.start)
+for service in (hub.start, retention.start):
+    if service not in server.BACKGROUND:
+        server.BACKGROUND.append(service)
 
 if webhooks.forget_inbox not in inboxes.inbox_cleanup:
     inboxes.inbox_cleanup.append(webhooks.forget_inbox)

@@ -10,6 +10,7 @@ from aiosmtpd.smtp import SMTP
 
 from agentmx.services.runtime import Runtime
 from agentmx.smtp.handler import InboundHandler
+from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -25,10 +26,13 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
     handler = InboundHandler(rt)
     hostname = settings.public_host or settings.domain
 
+    limits = ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip)
+
     def factory() -> SMTP:
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
-        return SMTP(
+        return LimitedSMTP(
             handler,
+            limits=limits,
             data_size_limit=settings.smtp_max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
