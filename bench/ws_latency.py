@@ -31,6 +31,7 @@ from common import (
     agentmx_server,
     backends,
     baseline_cmd,
+    cpu_seconds,
     finish,
     free_port,
     header,
@@ -49,6 +50,7 @@ class Probe:
     started: dict[int, float] = field(default_factory=dict)
     acked: dict[int, float] = field(default_factory=dict)
     arrivals: list[tuple[int, float]] = field(default_factory=list)
+    server_cpu: float = float("nan")
 
     def on_frame(self, text: str) -> None:
         now = time.perf_counter()
@@ -118,6 +120,7 @@ async def measure(
     rss_per_conn = (rss_kb(pid) - rss0) / conns if pid else float("nan")
     probe, sent = Probe(), LoadResult()
     readers = [asyncio.create_task(reader(ws, probe)) for ws in clients]
+    cpu0 = cpu_seconds(pid)
 
     async def one(n: int) -> None:
         probe.started[n] = time.perf_counter()
@@ -135,6 +138,7 @@ async def measure(
     deadline = time.perf_counter() + 15
     while probe.frames < expected and time.perf_counter() < deadline:
         await asyncio.sleep(0.1)
+    probe.server_cpu = cpu_seconds(pid) - cpu0
     for ws in clients:
         await ws.close()
     for task in readers:
@@ -163,6 +167,11 @@ def record(report: Report, target: str, conns: int, probe: Probe, sent: LoadResu
     report.add(BENCH, target, f"delivered [{name}]", probe.frames / expected if expected else 0.0, "fraction")
     if rss == rss:  # not nan
         report.add(BENCH, target, f"RSS/conn [{name}]", rss, "KB")
+    if probe.frames and probe.server_cpu == probe.server_cpu:
+        per = probe.server_cpu * 1e6 / probe.frames
+        report.add(
+            BENCH, target, f"server CPU/frame [{name}]", per, "us", "incl. SMTP ingest of the messages"
+        )
 
 
 def run_target(
