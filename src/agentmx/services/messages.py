@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Text, cast, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.types import utcnow
@@ -19,6 +20,14 @@ from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, normalize_l
 from agentmx.services.pagination import Page, paginate
 
 BATCH_GET_MAX = 500
+# List rows (MessageItem) carry no bodies or headers: do not read them (search still filters on text).
+LIST_DEFERRED = [
+    defer(Message.text, raiseload=True),
+    defer(Message.html, raiseload=True),
+    defer(Message.extracted_text, raiseload=True),
+    defer(Message.extracted_html, raiseload=True),
+    defer(Message.headers, raiseload=True),
+]
 BATCH_UPDATE_MAX = 50
 
 
@@ -75,7 +84,7 @@ def without_labels(labels: list[str]) -> Any:
 
 
 def message_query(inbox: Inbox, caller: Caller, f: MessageFilters) -> Any:
-    stmt = select(Message).where(Message.inbox_id == inbox.id)
+    stmt = select(Message).options(*LIST_DEFERRED).where(Message.inbox_id == inbox.id)
     for label in normalize_labels(f.labels):
         stmt = stmt.where(has_label(label))
     hidden = hidden_labels(caller, f.include)
@@ -134,7 +143,11 @@ async def search_messages(
 ) -> Page[Message]:
     """Every word of ``q`` must occur in the sender, recipients, subject or body. Newest first."""
     words = check_query(q)
-    stmt = select(Message).where(Message.inbox_id == inbox.id, without_labels(list(HIDDEN_LABELS)))
+    stmt = (
+        select(Message)
+        .options(*LIST_DEFERRED[1:])  # highlights read text
+        .where(Message.inbox_id == inbox.id, without_labels(list(HIDDEN_LABELS)))
+    )
     if before is not None:
         stmt = stmt.where(Message.timestamp < before)
     if after is not None:
