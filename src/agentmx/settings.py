@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     smtp_max_message_size: int = Field(
         10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
     )
+    smtp_max_connections: int = Field(
+        500, description="Simultaneous inbound SMTP connections (more get 421)."
+    )
+    smtp_max_connections_per_ip: int = Field(
+        50, description="Simultaneous inbound SMTP connections from one client IP (more get 421)."
+    )
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."
     )
