@@ -2,8 +2,9 @@
 
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
 from agentmx.db.models.domains import Domain
-from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
+from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
+from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.mail import (
     Attachment,
     IdempotencyRecord,
@@ -12,7 +13,6 @@ from agentmx.db.models.mail import (
     OutboundRecipient,
     Thread,
 )
-from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.runtime import Event, Job, ServerState
 
 __all__ = [
