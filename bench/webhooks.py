@@ -29,6 +29,7 @@ from common import (
     agentmx_server,
     backends,
     baseline_cmd,
+    cpu_seconds,
     finish,
     header,
     latency_summary,
@@ -91,12 +92,15 @@ async def agentmx_phase(app: Agentmx, args: argparse.Namespace, report: Report) 
             if await send_one(app.server.smtp_port, inbox, n, args.size, sent):
                 acked[n] = time.perf_counter()
 
+    pid = app.server.proc.pid if app.server.proc else None
+    cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(args.sessions)))
     ingest = len(acked) / (time.perf_counter() - t0)
     deadline = time.perf_counter() + args.wait
     while len(receiver.deliveries) < len(acked) and time.perf_counter() < deadline:
         await asyncio.sleep(0.1)
+    cpu = cpu_seconds(pid) - cpu0
     await receiver.stop()
     got = receiver.deliveries
     latencies = []
@@ -107,6 +111,16 @@ async def agentmx_phase(app: Agentmx, args: argparse.Namespace, report: Report) 
     target = app.label
     report.add(BENCH, target, "deliveries/s", len(got) / span if span else float("nan"), "/s",
                f"{len(got)}/{len(acked)} delivered; ingest ran at {ingest:.0f} msg/s")  # fmt: skip
+    if got:
+        per = cpu * 1000 / len(got)
+        report.add(
+            BENCH,
+            target,
+            "server CPU/message",
+            per,
+            "ms",
+            f"ingest + delivery = {1000 / per:,.0f}/s per core",
+        )
     lat = latency_summary(latencies)
     report.add(BENCH, target, "250->delivery p99", lat["p99_ms"], "ms", f"p50 {lat['p50_ms']:.1f} ms")
     svix, std, rejected = verify(secret, got)
