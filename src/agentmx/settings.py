@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
     secret_key: str = Field(
         "",
-        description="Key for signing download URLs and encrypting DKIM keys; generated in data_dir if empty.",
+        description="Key for signing download URLs and encrypting DKIM keys; if empty, one is generated once and kept in the database (shared by every process).",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
