@@ -72,3 +72,14 @@ def test_scoped_keys_from_cli(harness: Harness) -> None:
     with pytest.raises(ApiError) as forbidden:
         inbox_client.pods.inboxes.list(pod.pod_id, request_options=NO_RETRY)
     assert forbidden.value.status_code == 403
+
+
+def test_deleting_an_inbox_revokes_its_keys_at_once(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    inbox_client = harness.client(harness.server.create_key("--inbox", inbox.inbox_id))
+    assert inbox_client.inboxes.get(inbox.inbox_id).inbox_id == inbox.inbox_id  # now cached
+    client.inboxes.delete(inbox.inbox_id)
+    with pytest.raises(ApiError) as revoked:
+        inbox_client.inboxes.get(inbox.inbox_id, request_options=NO_RETRY)
+    assert revoked.value.status_code == 401

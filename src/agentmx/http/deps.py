@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from agentmx.db.types import utcnow
 from agentmx.errors import ValidationFailed
 from agentmx.services import keys
 from agentmx.services.caller import Caller
+from agentmx.services.key_cache import CachedKey
 from agentmx.services.runtime import Runtime
 
 
@@ -20,12 +23,20 @@ def get_runtime(request: Request) -> Runtime:
 
 async def resolve_caller(rt: Runtime, authorization: str | None, api_key: str | None = None) -> Caller:
     secret = api_key if (api_key and not authorization) else keys.parse_bearer(authorization)
-    async with rt.db.read() as session:
-        key = await keys.find_key(session, secret)
-    if keys.needs_used_at(key):
+    secret_hash = keys.hash_secret(secret)
+    cached = rt.key_cache.get(secret_hash)
+    if cached is None:
+        async with rt.db.read() as session:
+            key = await keys.find_key(session, secret)
+        cached = CachedKey(keys.caller_for(key), key.expires_at, key.used_at, time.monotonic())
+        rt.key_cache.put(secret_hash, cached)
+    elif cached.expires_at is not None and cached.expires_at <= utcnow():
+        raise keys.unknown_key()
+    if keys.used_at_is_stale(cached.used_at):
         async with rt.db.transaction() as session:
-            await keys.touch_key(session, key.id)
-    caller = keys.caller_for(key)
+            await keys.touch_key(session, cached.caller.api_key_id or "")
+        cached.used_at = utcnow()
+    caller = cached.caller
     limiter = getattr(rt, "rate_limiter", None)
     if limiter is not None:
         limiter.check(caller)

@@ -86,18 +86,20 @@ def parse_bearer(header: str | None) -> str:
     return secret
 
 
+def unknown_key() -> Unauthorized:
+    return Unauthorized("Unknown API key", code="unknown_api_key", fix="Check the key, or create a new one.")
+
+
 async def find_key(session: AsyncSession, secret: str) -> ApiKey:
     key = await session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret)))
     if key is None or (key.expires_at is not None and key.expires_at <= utcnow()):
-        raise Unauthorized(
-            "Unknown API key", code="unknown_api_key", fix="Check the key, or create a new one."
-        )
+        raise unknown_key()
     return key
 
 
-def needs_used_at(key: ApiKey) -> bool:
+def used_at_is_stale(used_at: datetime | None) -> bool:
     # used_at is approximate on purpose: one write a minute per key, not one per request.
-    return key.used_at is None or utcnow() - key.used_at > USED_AT_GRANULARITY
+    return used_at is None or utcnow() - used_at > USED_AT_GRANULARITY
 
 
 async def touch_key(session: AsyncSession, key_id: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from agentmx.db.engine import after_commit
 from agentmx.db.models import ApiKey
 from agentmx.errors import Unprocessable
 from agentmx.http import wire
@@ -157,6 +158,7 @@ async def _update(
     scope = await _scope(rt, caller, pod_id, inbox_id)
     body = parse(UpdateKey, await json_body(request))
     async with rt.db.transaction() as s:
+        after_commit(s, rt.key_cache.clear)  # new permissions apply to the next request
         row = await api_keys.update_key(
             s,
             caller,
@@ -174,6 +176,7 @@ async def _delete(
     caller.require("api_key_delete")
     scope = await _scope(rt, caller, pod_id, inbox_id)
     async with rt.db.transaction() as s:
+        after_commit(s, rt.key_cache.clear)  # a deleted key stops working at once
         await api_keys.delete_key(s, caller, key_id, scope)
     return Response(status_code=204)
 

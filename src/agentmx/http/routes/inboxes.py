@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from agentmx.db.engine import after_commit
 from agentmx.http import wire
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
@@ -123,6 +124,7 @@ async def _delete(rt: Runtime, caller: Caller, inbox_id: str, pod_id: str | None
     caller.require("inbox_delete")
     _pod_scope(caller, pod_id)
     async with rt.db.transaction() as s:
+        after_commit(s, rt.key_cache.clear)  # the inbox's keys are deleted with it
         await inboxes.delete_inbox(s, caller, inbox_id, pod_id)
     return Response(status_code=204)
 
