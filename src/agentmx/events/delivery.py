@@ -6,7 +6,6 @@ Every attempt is signed afresh (new svix-timestamp) under the same svix-id and r
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,12 +18,14 @@ from typing import Any
 
 import httpx
 from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.services.events import retry_schedule
+from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.webhooks")
@@ -113,40 +114,10 @@ async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
         )
 
 
-class AttemptLog:
-    """Group commit of attempt rows: deliveries finishing together share one transaction.
-
-    ``record`` returns once its row is committed, so the record is as durable as one transaction each.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self.flusher: asyncio.Task[None] | None = None
-
-    async def record(self, rt: Runtime, row: dict[str, Any]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((row, done))
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.create_task(self._flush(rt))
-        await done
-
-    async def _flush(self, rt: Runtime) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            try:
-                async with rt.db.transaction() as s:
-                    await s.execute(insert(WebhookAttempt), [row for row, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-
-
-_attempts = AttemptLog()
+async def _insert_attempts(session: AsyncSession, rt: Runtime, rows: list[dict[str, Any]]) -> list[None]:
+    """Group-commit handler: attempts finishing together share one INSERT and one commit."""
+    await session.execute(insert(WebhookAttempt), rows)
+    return [None] * len(rows)
 
 
 def _slow(webhook_id: str) -> bool:
@@ -183,8 +154,7 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
         starts.remove(started)
         if not starts:
             _in_flight.pop(hook.id, None)
-    await _attempts.record(
-        rt,
+    await committer(rt, _insert_attempts).submit(
         {
             "webhook_id": hook.id,
             "event_id": event.event_id,

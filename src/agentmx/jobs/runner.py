@@ -14,10 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
 from agentmx.db.types import utcnow
 from agentmx.jobs.registry import HANDLERS, RetryAt
+from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.jobs")
@@ -26,6 +28,16 @@ LEASE = timedelta(minutes=5)  # a claimed job whose process died is claimed agai
 BATCH = 16
 FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
 MAX_UNEXPECTED_FAILURES = 10
+
+
+async def _delete_finished(session: AsyncSession, rt: Runtime, done: list[tuple[int, str]]) -> list[None]:
+    """Group-commit handler: delete finished jobs still held by the worker that ran them."""
+    by_worker: dict[str, list[int]] = {}
+    for job_id, worker_id in done:
+        by_worker.setdefault(worker_id, []).append(job_id)
+    for worker_id, ids in by_worker.items():
+        await session.execute(delete(Job).where(Job.id.in_(ids), Job.locked_by == worker_id))
+    return [None] * len(done)
 
 
 class JobRunner:
@@ -73,24 +85,25 @@ class JobRunner:
             await asyncio.sleep(0.05)
             return 0
         now = utcnow()
-        async with self.rt.db.transaction() as s:
-            due = (
-                select(Job.id)
-                .where(Job.run_at <= now, (Job.locked_until.is_(None)) | (Job.locked_until < now))
-                .order_by(Job.run_at)
-                .limit(free)
-            )
-            if not self.rt.db.is_sqlite:
-                due = due.with_for_update(skip_locked=True)
-            ids = list((await s.scalars(due)).all())
-            if not ids:
-                return 0
-            await s.execute(
-                update(Job).where(Job.id.in_(ids)).values(locked_by=self.worker_id, locked_until=now + LEASE)
-            )
-            jobs = list((await s.scalars(select(Job).where(Job.id.in_(ids)))).all())
-        for job in jobs:
-            task = asyncio.create_task(self._run(job.id, job.kind, dict(job.payload), job.attempts))
+        due = (
+            select(Job.id)
+            .where(Job.run_at <= now, (Job.locked_until.is_(None)) | (Job.locked_until < now))
+            .order_by(Job.run_at)
+            .limit(free)
+        )
+        if not self.rt.db.is_sqlite:
+            due = due.with_for_update(skip_locked=True)
+        claim = (
+            update(Job)
+            .where(Job.id.in_(due.scalar_subquery()))
+            .values(locked_by=self.worker_id, locked_until=now + LEASE)
+            .returning(Job.id, Job.kind, Job.payload, Job.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        async with self.rt.db.transaction() as s:  # one statement: claim and read back
+            jobs = (await s.execute(claim)).all()
+        for job_id, kind, payload, attempts in jobs:
+            task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return len(jobs)
@@ -119,8 +132,9 @@ class JobRunner:
                 await self._finish(job_id)
 
     async def _finish(self, job_id: int) -> None:
-        async with self.rt.db.transaction() as s:
-            await s.execute(delete(Job).where(Job.id == job_id, Job.locked_by == self.worker_id))
+        # Jobs finishing together share one delete and one commit; until it commits, a crash
+        # only means the job runs again after its lease (handlers are at-least-once anyway).
+        await committer(self.rt, _delete_finished).submit((job_id, self.worker_id))
 
     async def _reschedule(
         self, job_id: int, when: datetime, reason: str, payload: dict[str, Any] | None, *, count: bool
