@@ -10,7 +10,13 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from agentmx.db import sqlite_inline
 from agentmx.settings import normalize_database_url
@@ -99,6 +105,12 @@ class Database:
         # Closing (not rolling back) ends the transaction and keeps loaded rows readable.
         async with self.read_sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only Core connection, for the hot reads that skip the ORM session."""
+        async with self.reader.connect() as conn:
+            yield conn
 
     async def ping(self) -> None:
         async with self.reader.connect() as conn:  # the writer engine would take the write lock

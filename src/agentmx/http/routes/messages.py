@@ -25,7 +25,7 @@ from agentmx.http.deps import (
     query_int,
     query_list,
 )
-from agentmx.services import downloads, inboxes, messages
+from agentmx.services import downloads, inboxes, mail_reads, messages
 from agentmx.services.caller import Caller
 from agentmx.services.messages import MessageFilters
 from agentmx.services.pagination import MAX_LIMIT, check_limit
@@ -200,7 +200,9 @@ async def get_message(inbox_id: str, rest: str, request: Request, rt: RuntimeDep
         async with rt.db.read() as s:
             attachment = await messages.get_attachment(s, message, match["aid"])
         return _attachment_response(request, rt, attachment)
-    return wire_mail.message(await _load(rt, caller, inbox_id, rest), full=True)
+    async with rt.db.read_connection() as conn:
+        found = await mail_reads.get_message(conn, caller, inbox_id, rest)
+    return wire.json_response(wire_mail.message_document(found.row, found.labels, found.attachments, True))
 
 
 @router.patch(PREFIX + "/{message_id:path}")

@@ -19,7 +19,7 @@ from agentmx.http.deps import (
     query_list,
 )
 from agentmx.http.routes.messages import base_url, include_flags
-from agentmx.services import downloads
+from agentmx.services import downloads, mail_reads
 from agentmx.services import threads as svc
 from agentmx.services.caller import Caller
 from agentmx.services.messages import field_highlights
@@ -101,16 +101,19 @@ async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -
     return wire.page("threads", items, page.limit, page.next_page_token)
 
 
-async def _get(request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> dict[str, Any]:
+async def _get(request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> Response:
     caller.require("message_read")
     limit = check_limit(query_int(request, "limit"), maximum=THREAD_MESSAGES_MAX)
-    async with rt.db.read() as s:
-        view = await svc.get_thread(s, caller, scope, thread_id)
-        page = await svc.thread_messages(
-            s, view.thread, limit=limit, page_token=request.query_params.get("page_token")
+    async with rt.db.read_connection() as conn:
+        found = await mail_reads.get_thread(
+            conn, caller, scope, thread_id, limit=limit, page_token=request.query_params.get("page_token")
         )
-    return wire_mail.thread(
-        view.thread, view.labels, view.attachments, page.items, page.limit, page.next_page_token
+    page = found.messages
+    messages = [wire_mail.message_document(m.row, m.labels, m.attachments, True) for m in page.items]
+    return wire.json_response(
+        wire_mail.thread(
+            found.row, found.labels, found.attachments, messages, page.limit, page.next_page_token
+        )
     )
 
 
@@ -168,9 +171,7 @@ def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
         return await _attachment(request, rt, caller, scope_of(request.path_params), thread_id, attachment_id)
 
     @router.get(prefix + "/{thread_id}", name=f"get_thread{prefix}")
-    async def get_thread(
-        thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
-    ) -> dict[str, Any]:
+    async def get_thread(thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
         return await _get(request, rt, caller, scope_of(request.path_params), thread_id)
 
     @router.patch(prefix + "/{thread_id}", name=f"update_thread{prefix}")
