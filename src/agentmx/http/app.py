@@ -27,15 +27,16 @@ from agentmx.http.routes import (
 from agentmx.services.runtime import Runtime
 
 # The full route table, in matching order. Search and fixed sub-paths are declared by each
-# module before its {id} routes, so an id never swallows them.
+# module before its {id} routes, so an id never swallows them. Matching walks this table on every
+# request, so the hot reads (GET message, GET thread) come first; no earlier path overlaps theirs.
 ROUTERS = [
+    sending.router,  # before messages: /messages/send must not reach a {message_id} route
+    messages.router,
+    threads.router,
     health.router,
     organizations.router,
     pods.router,
     inboxes.router,
-    sending.router,  # before messages: /messages/send must not reach a {message_id} route
-    messages.router,
-    threads.router,
     drafts.router,
     attachments.router,
     domains.router,
