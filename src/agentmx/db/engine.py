@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,6 +24,7 @@ from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process writer
+IDLE_PING_AFTER = 5.0  # seconds idle after which a pooled PostgreSQL connection is pinged on checkout
 
 
 def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
@@ -52,7 +54,32 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         return engine
     # Overflow connections are closed on return; a pool smaller than the request concurrency
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%).
-    return create_async_engine(url, pool_size=30, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=30, max_overflow=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """pool_pre_ping, but only for connections idle over IDLE_PING_AFTER seconds.
+
+    asyncpg's pre-ping is three round trips (BEGIN, ";", ROLLBACK) on every checkout, as much as the
+    read it guards. A busy pool's connections were just used; an idle one may have been dropped
+    (server restart, firewall timeout): that one is pinged and, if dead, replaced before use.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError("connection failed its ping after being idle") from exc
 
 
 class Database:
@@ -108,8 +135,15 @@ class Database:
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only Core connection, for the hot reads that skip the ORM session."""
+        """A read-only Core connection, for the hot reads that skip the ORM session.
+
+        PostgreSQL reads run in autocommit: under READ COMMITTED each statement takes its own
+        snapshot anyway, and BEGIN/ROLLBACK would be two more round trips. SQLite keeps its BEGIN,
+        which holds one snapshot across the statements of a read.
+        """
         async with self.reader.connect() as conn:
+            if not self.is_sqlite:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     async def ping(self) -> None:
