@@ -9,6 +9,8 @@ the ORM attribute names so http/wire_mail shapes them like ORM objects.
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -66,6 +68,8 @@ THREAD_ATTRS = (
     "created_at",
     "updated_at",
 )
+THREAD_PREFIX = "t_"
+ThreadRow = namedtuple("ThreadRow", THREAD_ATTRS)  # type: ignore[misc]  # the thread part of a joined row
 ATTACHMENT_FIELDS = "position, id, filename, content_type, content_disposition, content_id, size"
 
 
@@ -90,17 +94,17 @@ class MessageRecord:
 
 @dataclass(slots=True)
 class ThreadRecord:
-    row: Row[Any]  # Thread's columns under its attribute names
+    row: Any  # Thread's columns under its attribute names (a Row or a ThreadRow)
     labels: set[str]
     attachments: list[AttachmentRecord]
     messages: Page[MessageRecord]
 
 
-def _columns(model: Any, attrs: tuple[str, ...], alias: str) -> tuple[str, list[Any]]:
-    """SELECT list of ``model``'s columns renamed to attribute names, and their result types."""
-    mapped = [(attr, model.__mapper__.attrs[attr].columns[0]) for attr in attrs]
-    sql = ", ".join(f'{alias}."{col.name}" AS "{attr}"' for attr, col in mapped)
-    return sql, [column(attr, col.type) for attr, col in mapped]
+def _columns(model: Any, attrs: tuple[str, ...], alias: str, prefix: str = "") -> tuple[str, list[Any]]:
+    """SELECT list of ``model``'s columns renamed to (prefixed) attribute names, and their result types."""
+    mapped = [(prefix + attr, model.__mapper__.attrs[attr].columns[0]) for attr in attrs]
+    sql = ", ".join(f'{alias}."{col.name}" AS "{name}"' for name, col in mapped)
+    return sql, [column(name, col.type) for name, col in mapped]
 
 
 def _aggregates(dialect: str) -> tuple[str, str]:
@@ -136,7 +140,6 @@ class _Statements:
             " FROM messages m WHERE m.thread_id = :thread_id{after}"
             ' ORDER BY m."timestamp" DESC, m.id DESC LIMIT :limit'
         )
-        self.first_page = text(page_sql.format(after="")).columns(*msg_types, *aggregated)
         self.next_page = (
             text(page_sql.format(after=' AND (m."timestamp", m.id) < (:after_ts, :after_id)'))
             .bindparams(bindparam("after_ts", type_=UTCDateTime()))
@@ -145,6 +148,15 @@ class _Statements:
         thread_sql, self.thread_types = _columns(Thread, THREAD_ATTRS, "t")
         self.thread_select = f"SELECT {thread_sql} FROM threads t WHERE t.id = :thread_id"
         self.threads: dict[str, TextualSelect] = {}
+        # The thread and its newest messages in one statement; thread columns prefixed "t_".
+        prefixed_sql, prefixed_types = _columns(Thread, THREAD_ATTRS, "t", THREAD_PREFIX)
+        self.thread_page_select = (
+            f"SELECT {prefixed_sql}, {msg_sql}, {labels_sql} AS labels, {attachments_sql} AS attachments"
+            " FROM threads t LEFT JOIN messages m ON m.thread_id = t.id WHERE t.id = :thread_id{scope}"
+            ' ORDER BY m."timestamp" DESC, m.id DESC LIMIT :limit'
+        )
+        self.thread_page_types = [*prefixed_types, *msg_types, *aggregated]
+        self.thread_pages: dict[str, TextualSelect] = {}
         self.inbox = text("SELECT organization_id, pod_id FROM inboxes WHERE id = :inbox_id")
         self.pod = text("SELECT organization_id FROM pods WHERE id = :pod_id")
         self.thread_labels = text(
@@ -162,6 +174,13 @@ class _Statements:
         if stmt is None:
             stmt = text(self.thread_select + scope_filter).columns(*self.thread_types)
             self.threads[scope_filter] = stmt
+        return stmt
+
+    def thread_with_first_page(self, scope_filter: str) -> TextualSelect:
+        stmt = self.thread_pages.get(scope_filter)
+        if stmt is None:
+            sql = self.thread_page_select.format(scope=scope_filter)
+            stmt = self.thread_pages[scope_filter] = text(sql).columns(*self.thread_page_types)
         return stmt
 
 
@@ -236,12 +255,20 @@ async def get_thread(
     """threads.get_thread plus threads.thread_messages, with their errors in the same order."""
     stmts = _for(conn)
     scope_filter, params = await _scope_filter(conn, caller, scope)
-    thread = (await conn.execute(stmts.thread(scope_filter), {"thread_id": thread_id, **params})).first()
-    if thread is None:
-        raise NotFound("Thread not found")
+    params["thread_id"] = thread_id
     page = None
-    if page_token is None:
-        page = await _messages(conn, stmts, thread.id, limit, None)
+    thread: Any  # a Row, or a ThreadRow cut from a joined row: the same attribute names
+    if page_token:
+        thread = (await conn.execute(stmts.thread(scope_filter), params)).first()
+        if thread is None:
+            raise NotFound("Thread not found")
+    else:
+        params["limit"] = limit + 1
+        rows = (await conn.execute(stmts.thread_with_first_page(scope_filter), params)).all()
+        if not rows:
+            raise NotFound("Thread not found")
+        thread = ThreadRow(*(rows[0]._mapping[THREAD_PREFIX + attr] for attr in THREAD_ATTRS))
+        page = _page(stmts, thread.id, [row for row in rows if row.id is not None], limit)
     if page is not None and page.next_page_token is None:  # the page is the whole thread
         labels = {label for m in page.items for label in m.labels}
         attachments = [a for m in page.items for a in m.attachments]
@@ -253,24 +280,23 @@ async def get_thread(
     if labels & unreadable_labels(caller):
         raise NotFound("Thread not found")
     if page is None:
-        page = await _messages(conn, stmts, thread.id, limit, page_token)
+        after = decode_token(_page_kind(thread.id), page_token or "", [datetime, str])
+        page_params = {"thread_id": thread.id, "limit": limit + 1, "after_ts": after[0], "after_id": after[1]}
+        page = _page(stmts, thread.id, (await conn.execute(stmts.next_page, page_params)).all(), limit)
     return ThreadRecord(thread, labels, attachments, page)
 
 
-async def _messages(
-    conn: AsyncConnection, stmts: _Statements, thread_id: str, limit: int, page_token: str | None
-) -> Page[MessageRecord]:
-    """pagination.paginate over (timestamp, id), newest first; the page is returned oldest first."""
-    kind = "thread_messages:" + thread_id
-    params: dict[str, Any] = {"thread_id": thread_id, "limit": limit + 1}
-    if page_token:
-        params["after_ts"], params["after_id"] = decode_token(kind, page_token, [datetime, str])
-    rows = (await conn.execute(stmts.next_page if page_token else stmts.first_page, params)).all()
+def _page_kind(thread_id: str) -> str:
+    return "thread_messages:" + thread_id
+
+
+def _page(stmts: _Statements, thread_id: str, rows: Sequence[Row[Any]], limit: int) -> Page[MessageRecord]:
+    """pagination.paginate's page of (timestamp, id) descending, returned oldest first."""
     messages = [_record(row, stmts.sort_in_python) for row in rows]
     token = None
     if len(messages) > limit:
         messages = messages[:limit]
         last = messages[-1].row
-        token = encode_token(kind, [last.timestamp, last.id])
+        token = encode_token(_page_kind(thread_id), [last.timestamp, last.id])
     messages.reverse()
     return Page(messages, limit, token)
