@@ -157,6 +157,15 @@ class _Statements:
         )
         self.thread_page_types = [*prefixed_types, *msg_types, *aggregated]
         self.thread_pages: dict[str, TextualSelect] = {}
+        # Inbox routes: the inbox check joins in too (an unknown thread leaves one row, t_id NULL).
+        self.inbox_thread_page_select = (
+            f"SELECT i.organization_id AS inbox_org, i.pod_id AS inbox_pod, {prefixed_sql}, {msg_sql},"
+            f" {labels_sql} AS labels, {attachments_sql} AS attachments"
+            " FROM inboxes i LEFT JOIN threads t ON t.id = :thread_id AND t.inbox_id = i.id{scope}"
+            " LEFT JOIN messages m ON m.thread_id = t.id"
+            ' WHERE i.id = :inbox_id ORDER BY m."timestamp" DESC, m.id DESC LIMIT :limit'
+        )
+        self.inbox_thread_page_types = [column("inbox_org"), column("inbox_pod"), *self.thread_page_types]
         self.inbox = text("SELECT organization_id, pod_id FROM inboxes WHERE id = :inbox_id")
         self.pod = text("SELECT organization_id FROM pods WHERE id = :pod_id")
         self.thread_labels = text(
@@ -181,6 +190,14 @@ class _Statements:
         if stmt is None:
             sql = self.thread_page_select.format(scope=scope_filter)
             stmt = self.thread_pages[scope_filter] = text(sql).columns(*self.thread_page_types)
+        return stmt
+
+    def inbox_thread_with_first_page(self, pod_filter: str) -> TextualSelect:
+        key = "inbox" + pod_filter
+        stmt = self.thread_pages.get(key)
+        if stmt is None:
+            sql = self.inbox_thread_page_select.format(scope=pod_filter)
+            stmt = self.thread_pages[key] = text(sql).columns(*self.inbox_thread_page_types)
         return stmt
 
 
@@ -254,19 +271,15 @@ async def get_thread(
 ) -> ThreadRecord:
     """threads.get_thread plus threads.thread_messages, with their errors in the same order."""
     stmts = _for(conn)
-    scope_filter, params = await _scope_filter(conn, caller, scope)
-    params["thread_id"] = thread_id
     page = None
     thread: Any  # a Row, or a ThreadRow cut from a joined row: the same attribute names
     if page_token:
-        thread = (await conn.execute(stmts.thread(scope_filter), params)).first()
+        scope_filter, params = await _scope_filter(conn, caller, scope)
+        thread = (await conn.execute(stmts.thread(scope_filter), {"thread_id": thread_id, **params})).first()
         if thread is None:
             raise NotFound("Thread not found")
     else:
-        params["limit"] = limit + 1
-        rows = (await conn.execute(stmts.thread_with_first_page(scope_filter), params)).all()
-        if not rows:
-            raise NotFound("Thread not found")
+        rows = await _thread_rows(conn, caller, scope, thread_id, limit + 1)
         thread = ThreadRow(*(rows[0]._mapping[THREAD_PREFIX + attr] for attr in THREAD_ATTRS))
         page = _page(stmts, thread.id, [row for row in rows if row.id is not None], limit)
     if page is not None and page.next_page_token is None:  # the page is the whole thread
@@ -284,6 +297,34 @@ async def get_thread(
         page_params = {"thread_id": thread.id, "limit": limit + 1, "after_ts": after[0], "after_id": after[1]}
         page = _page(stmts, thread.id, (await conn.execute(stmts.next_page, page_params)).all(), limit)
     return ThreadRecord(thread, labels, attachments, page)
+
+
+async def _thread_rows(
+    conn: AsyncConnection, caller: Caller, scope: Scope, thread_id: str, limit: int
+) -> Sequence[Row[Any]]:
+    """The thread joined to its newest ``limit`` messages (one row with NULL messages if it has none)."""
+    stmts = _for(conn)
+    params: dict[str, Any] = {"thread_id": thread_id, "limit": limit}
+    if scope.inbox_id is None:
+        scope_filter, scope_params = await _scope_filter(conn, caller, scope)
+        rows = (
+            await conn.execute(stmts.thread_with_first_page(scope_filter), {**params, **scope_params})
+        ).all()
+    else:
+        # _scope_filter's inbox check, in the same statement. Once the inbox is visible, the only
+        # other filter _scoped would add is the caller's pod.
+        inbox_id = params["inbox_id"] = inbox_key(scope.inbox_id)
+        pod_filter = ""
+        if caller.pod_id:
+            pod_filter, params["scope_pod"] = " AND t.pod_id = :scope_pod", caller.pod_id
+        rows = (await conn.execute(stmts.inbox_thread_with_first_page(pod_filter), params)).all()
+        if not rows or not inbox_is_visible(caller, rows[0].inbox_org, inbox_id, rows[0].inbox_pod):
+            raise NotFound("Inbox not found")
+        if rows[0]._mapping[THREAD_PREFIX + "id"] is None:
+            rows = []
+    if not rows:
+        raise NotFound("Thread not found")
+    return rows
 
 
 def _page_kind(thread_id: str) -> str:
