@@ -2,9 +2,11 @@
 
 Through the ORM a GET message was five statements (inbox, message, two selectin loads, …) and about
 3 ms of CPU, of which the database took 0.1 ms. Here a message is one statement (inbox check,
-message, its labels and attachments aggregated as JSON) and a thread page two. The rules are those of
-messages.get_message and threads.get_thread (scope, hidden labels, the same 404s); the rows carry
-the ORM attribute names so http/wire_mail shapes them like ORM objects.
+message, its labels and attachments aggregated as JSON), and so is a thread's first page (the thread
+joined to its newest messages; pod routes check the pod first). Later pages, and labels of threads
+longer than a page, take a few more. The rules are those of messages.get_message and
+threads.get_thread (scope, hidden labels, the same 404s, in the same order); the rows carry the ORM
+attribute names so http/wire_mail shapes them like ORM objects.
 """
 
 from __future__ import annotations
