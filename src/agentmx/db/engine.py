@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from agentmx.db import sqlite_inline
 from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process writer
+IDLE_PING_AFTER = 5.0  # seconds idle after which a pooled PostgreSQL connection is pinged on checkout
 
 
 def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
@@ -41,12 +49,42 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         def _begin(conn: Any) -> None:
             # Writers take the lock up front: a deferred read that later writes fails with
             # SQLITE_BUSY at once instead of waiting on busy_timeout. Readers never block (WAL).
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            if writer:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                # A deferred BEGIN cannot fail: sent straight to sqlite3, not through a statement's
+                # whole execution path (~60 us, a tenth of a GET message).
+                sqlite_inline.begin_deferred(conn.connection.driver_connection)
 
         return engine
     # Overflow connections are closed on return; a pool smaller than the request concurrency
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%).
-    return create_async_engine(url, pool_size=30, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=30, max_overflow=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """pool_pre_ping, but only for connections idle over IDLE_PING_AFTER seconds.
+
+    asyncpg's pre-ping is three round trips (BEGIN, ";", ROLLBACK) on every checkout, as much as the
+    read it guards. A busy pool's connections were just used; an idle one may have been dropped
+    (server restart, firewall timeout): that one is pinged and, if dead, replaced before use.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError("connection failed its ping after being idle") from exc
 
 
 class Database:
@@ -99,6 +137,19 @@ class Database:
         # Closing (not rolling back) ends the transaction and keeps loaded rows readable.
         async with self.read_sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only Core connection, for the hot reads that skip the ORM session.
+
+        PostgreSQL reads run in autocommit: under READ COMMITTED each statement takes its own
+        snapshot anyway, and BEGIN/ROLLBACK would be two more round trips. SQLite keeps its BEGIN,
+        which holds one snapshot across the statements of a read.
+        """
+        async with self.reader.connect() as conn:
+            if not self.is_sqlite:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     async def ping(self) -> None:
         async with self.reader.connect() as conn:  # the writer engine would take the write lock

@@ -66,6 +66,13 @@ class InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
+def begin_deferred(conn: InlineConnection) -> None:
+    """BEGIN on the sqlite3 connection itself (the engine's "begin" hook, for read transactions)."""
+    if conn._connection is None:
+        raise ValueError("Connection closed")
+    conn._connection.execute("BEGIN")
+
+
 def async_creator(url: str) -> Callable[[], Any]:
     """An ``async_creator`` for create_async_engine from a sqlite+aiosqlite:/// URL."""
     path = url.split(":///", 1)[1]

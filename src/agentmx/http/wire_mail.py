@@ -9,7 +9,8 @@ from agentmx.db.models import Attachment, Message, Thread
 from agentmx.http.wire import drop_none, iso
 
 
-def attachment(row: Attachment) -> dict[str, Any]:
+def attachment(row: Attachment | Any) -> dict[str, Any]:
+    """``row``: an Attachment, or any record with its attribute names (the hot reads' rows)."""
     return drop_none(
         {
             "attachment_id": row.id,
@@ -24,11 +25,18 @@ def attachment(row: Attachment) -> dict[str, Any]:
 
 def message(row: Message, full: bool) -> dict[str, Any]:
     """A Message (``full``) or a MessageItem (list rows: no bodies, no headers)."""
+    return message_document(row, row.label_names, row.attachments, full)
+
+
+def message_document(
+    row: Message | Any, labels: list[str], attachments: Iterable[Any], full: bool
+) -> dict[str, Any]:
+    """``row``: a Message, or a Core row with Message's attribute names (the hot reads)."""
     data: dict[str, Any] = {
         "inbox_id": row.inbox_id,
         "thread_id": row.thread_id,
         "message_id": row.message_id,
-        "labels": row.label_names,
+        "labels": labels,
         "timestamp": iso(row.timestamp),
         "from": row.from_ or "",
         "to": list(row.to or []),
@@ -36,7 +44,7 @@ def message(row: Message, full: bool) -> dict[str, Any]:
         "bcc": list(row.bcc) if row.bcc else None,
         "subject": row.subject,
         "preview": row.preview,
-        "attachments": [attachment(a) for a in row.attachments] or None,
+        "attachments": [attachment(a) for a in attachments] or None,
         "in_reply_to": row.in_reply_to,
         "references": list(row.references) if row.references else None,
         "size": row.size,
@@ -53,8 +61,8 @@ def message(row: Message, full: bool) -> dict[str, Any]:
     return drop_none(data)
 
 
-def thread_item(row: Thread, labels: Iterable[str], attachments: Iterable[Attachment]) -> dict[str, Any]:
-    """A ThreadItem. ``labels`` is the union of its messages' labels."""
+def thread_item(row: Thread | Any, labels: Iterable[str], attachments: Iterable[Any]) -> dict[str, Any]:
+    """A ThreadItem. ``labels`` is the union of its messages' labels; ``row`` as in message_document."""
     return drop_none(
         {
             "inbox_id": row.inbox_id,
@@ -78,18 +86,18 @@ def thread_item(row: Thread, labels: Iterable[str], attachments: Iterable[Attach
 
 
 def thread(
-    row: Thread,
+    row: Thread | Any,
     labels: Iterable[str],
-    attachments: Iterable[Attachment],
-    messages: list[Message],
+    attachments: Iterable[Any],
+    messages: list[dict[str, Any]],
     limit: int,
     next_page_token: str | None,
 ) -> dict[str, Any]:
-    """A Thread: ThreadItem fields plus one page of full messages (ascending)."""
+    """A Thread: ThreadItem fields plus one page of full message documents (ascending)."""
     data = thread_item(row, labels, attachments)
     data["count"] = len(messages)
     data["limit"] = limit
     if next_page_token:
         data["next_page_token"] = next_page_token
-    data["messages"] = [message(m, full=True) for m in messages]
+    data["messages"] = messages
     return data

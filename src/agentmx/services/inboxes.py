@@ -52,12 +52,20 @@ def visible(stmt: Any, caller: Caller) -> Any:
     return stmt
 
 
+def inbox_key(inbox_id: str) -> str:
+    """Inbox ids are addresses: matched trimmed and lower-cased."""
+    return inbox_id.strip().lower()
+
+
+def inbox_is_visible(caller: Caller, organization_id: str, inbox_id: str, pod_id: str) -> bool:
+    return organization_id == caller.organization_id and caller.sees_inbox(inbox_id, pod_id)
+
+
 async def get_inbox(session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None) -> Inbox:
-    inbox = await session.get(Inbox, inbox_id.strip().lower())
+    inbox = await session.get(Inbox, inbox_key(inbox_id))
     if (
         inbox is None
-        or inbox.organization_id != caller.organization_id
-        or not caller.sees_inbox(inbox.id, inbox.pod_id)
+        or not inbox_is_visible(caller, inbox.organization_id, inbox.id, inbox.pod_id)
         or (pod_id is not None and inbox.pod_id != pod_id)
     ):
         raise NotFound("Inbox not found")

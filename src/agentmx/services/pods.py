@@ -21,9 +21,13 @@ POD_DEPENDENTS: list[tuple[str, Any]] = [("inboxes", Inbox.pod_id)]
 
 async def get_pod(session: AsyncSession, caller: Caller, pod_id: str) -> Pod:
     pod = await session.get(Pod, pod_id)
-    if pod is None or pod.organization_id != caller.organization_id or not caller.sees_pod(pod.id):
+    if pod is None or not pod_is_visible(caller, pod.organization_id, pod.id):
         raise NotFound("Pod not found")
     return pod
+
+
+def pod_is_visible(caller: Caller, organization_id: str, pod_id: str) -> bool:
+    return organization_id == caller.organization_id and caller.sees_pod(pod_id)
 
 
 async def default_pod(session: AsyncSession, organization_id: str) -> Pod:

@@ -25,7 +25,7 @@ from agentmx.http.deps import (
     query_int,
     query_list,
 )
-from agentmx.services import downloads, inboxes, messages
+from agentmx.services import downloads, inboxes, mail_reads, messages
 from agentmx.services.caller import Caller
 from agentmx.services.messages import MessageFilters
 from agentmx.services.pagination import MAX_LIMIT, check_limit
@@ -174,8 +174,11 @@ def _attachment_response(request: Request, rt: Runtime, attachment: Attachment) 
     return {**wire_mail.attachment(attachment), "download_url": url, "expires_at": wire.iso(expires)}
 
 
-@router.get(PREFIX + "/{rest:path}")
-async def get_message(inbox_id: str, rest: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Any:
+# GET is served by http/hot_routes.py, which calls this function; this declaration documents it.
+@router.get(PREFIX + "/{rest:path}", response_model=Any)
+async def get_message(
+    inbox_id: str, rest: str, request: Request, rt: RuntimeDep, caller: CallerDep
+) -> Response:
     caller.require("message_read")
     if rest.endswith("/raw"):
         message = await _load(rt, caller, inbox_id, rest[: -len("/raw")])
@@ -189,18 +192,22 @@ async def get_message(inbox_id: str, rest: str, request: Request, rt: RuntimeDep
             "message.eml",
             rt.settings.download_url_ttl,
         )
-        return {
-            "message_id": message.message_id,
-            "size": message.size,
-            "download_url": url,
-            "expires_at": wire.iso(expires),
-        }
+        return wire.json_response(
+            {
+                "message_id": message.message_id,
+                "size": message.size,
+                "download_url": url,
+                "expires_at": wire.iso(expires),
+            }
+        )
     if match := ATTACHMENT_SUFFIX.match(rest):
         message = await _load(rt, caller, inbox_id, match["mid"])
         async with rt.db.read() as s:
             attachment = await messages.get_attachment(s, message, match["aid"])
-        return _attachment_response(request, rt, attachment)
-    return wire_mail.message(await _load(rt, caller, inbox_id, rest), full=True)
+        return wire.json_response(_attachment_response(request, rt, attachment))
+    async with rt.db.read_connection() as conn:
+        found = await mail_reads.get_message(conn, caller, inbox_id, rest)
+    return wire.json_response(wire_mail.message_document(found.row, found.labels, found.attachments, True))
 
 
 @router.patch(PREFIX + "/{message_id:path}")

@@ -19,7 +19,7 @@ from agentmx.http.deps import (
     query_list,
 )
 from agentmx.http.routes.messages import base_url, include_flags
-from agentmx.services import downloads
+from agentmx.services import downloads, mail_reads
 from agentmx.services import threads as svc
 from agentmx.services.caller import Caller
 from agentmx.services.messages import field_highlights
@@ -101,16 +101,21 @@ async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -
     return wire.page("threads", items, page.limit, page.next_page_token)
 
 
-async def _get(request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> dict[str, Any]:
+async def read_thread(
+    request: Request, rt: Runtime, caller: Caller, scope: Scope, thread_id: str
+) -> Response:
     caller.require("message_read")
     limit = check_limit(query_int(request, "limit"), maximum=THREAD_MESSAGES_MAX)
-    async with rt.db.read() as s:
-        view = await svc.get_thread(s, caller, scope, thread_id)
-        page = await svc.thread_messages(
-            s, view.thread, limit=limit, page_token=request.query_params.get("page_token")
+    async with rt.db.read_connection() as conn:
+        found = await mail_reads.get_thread(
+            conn, caller, scope, thread_id, limit=limit, page_token=request.query_params.get("page_token")
         )
-    return wire_mail.thread(
-        view.thread, view.labels, view.attachments, page.items, page.limit, page.next_page_token
+    page = found.messages
+    messages = [wire_mail.message_document(m.row, m.labels, m.attachments, True) for m in page.items]
+    return wire.json_response(
+        wire_mail.thread(
+            found.row, found.labels, found.attachments, messages, page.limit, page.next_page_token
+        )
     )
 
 
@@ -167,11 +172,10 @@ def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
     ) -> dict[str, Any]:
         return await _attachment(request, rt, caller, scope_of(request.path_params), thread_id, attachment_id)
 
-    @router.get(prefix + "/{thread_id}", name=f"get_thread{prefix}")
-    async def get_thread(
-        thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
-    ) -> dict[str, Any]:
-        return await _get(request, rt, caller, scope_of(request.path_params), thread_id)
+    # GET is served by http/hot_routes.py through read_thread; this declaration documents it.
+    @router.get(prefix + "/{thread_id}", name=f"get_thread{prefix}", response_model=dict[str, Any])
+    async def get_thread(thread_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
+        return await read_thread(request, rt, caller, scope_of(request.path_params), thread_id)
 
     @router.patch(prefix + "/{thread_id}", name=f"update_thread{prefix}")
     async def update_thread(
@@ -184,6 +188,11 @@ def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
         return await _delete(rt, caller, scope_of(request.path_params), thread_id)
 
 
-_register("/v0/threads", lambda p: Scope())
-_register("/v0/inboxes/{inbox_id}/threads", lambda p: Scope(inbox_id=p["inbox_id"]))
-_register("/v0/pods/{pod_id}/threads", lambda p: Scope(pod_id=p["pod_id"]))
+# Each prefix and how its path parameters name the scope.
+PREFIXES: dict[str, Callable[[dict[str, str]], Scope]] = {
+    "/v0/threads": lambda p: Scope(),
+    "/v0/inboxes/{inbox_id}/threads": lambda p: Scope(inbox_id=p["inbox_id"]),
+    "/v0/pods/{pod_id}/threads": lambda p: Scope(pod_id=p["pod_id"]),
+}
+for _prefix, _scope_of in PREFIXES.items():
+    _register(_prefix, _scope_of)
