@@ -376,6 +376,29 @@ async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> I
     return inbox
 
 
+async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
+    """``check_recipient`` through the runtime's ingest cache (RCPT and DATA both ask, per message).
+
+    The Inbox is detached and shared between sessions: read its attributes, never add it to one.
+    """
+    key = ("rcpt", address.strip().lower())
+    cached = rt.ingest_cache.get(key)
+    if isinstance(cached, Inbox):
+        return cached
+    if isinstance(cached, NotFound):
+        raise NotFound(cached.message, code=cached.code, fix=cached.fix)  # a fresh traceback each time
+    generation = rt.ingest_cache.generation
+    try:
+        async with rt.db.read() as session:
+            inbox = await check_recipient(session, rt, address)
+    except NotFound as exc:
+        # A copy without the traceback (which would keep the session's frames alive).
+        rt.ingest_cache.put(key, NotFound(exc.message, code=exc.code, fix=exc.fix), generation)
+        raise
+    rt.ingest_cache.put(key, inbox, generation)
+    return inbox
+
+
 AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
 
 
@@ -407,7 +430,7 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
             if address in results or any(a == address for a, _, _ in accepted):
                 continue
             try:
-                inbox = await check_recipient(session, rt, address)
+                inbox = await recipient_inbox(rt, address)
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
