@@ -7,7 +7,7 @@ commit (``rt.events_signal`` in this process, ``NOTIFY agentmx_events`` for the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ NOTIFY_CHANNEL = "agentmx_events"
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
 PENDING = "agentmx_pending_events"
+WEBHOOKS_SEEN = "agentmx_webhooks_by_org"
 
 
 @sa_event.listens_for(Session, "before_commit")
@@ -46,6 +47,28 @@ def _append_at_commit(session: Session) -> None:
     session.flush()
     # Delivered to listeners by PostgreSQL only if and when this transaction commits.
     session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+
+
+def share_webhook_lookups(session: AsyncSession) -> None:
+    """Look up each organization's webhooks once for the rest of this transaction.
+
+    For callers recording many events that change no webhook (an inbound batch).
+    """
+    session.info.setdefault(WEBHOOKS_SEEN, {})
+
+
+async def _enabled_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:
+    seen: dict[str, Sequence[Webhook]] | None = session.info.get(WEBHOOKS_SEEN)
+    if seen is not None and organization_id in seen:
+        return seen[organization_id]
+    found = (
+        await session.scalars(
+            select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
+        )
+    ).all()
+    if seen is not None:
+        seen[organization_id] = found
+    return found
 
 
 def retry_schedule(rt: Runtime) -> list[float]:
@@ -80,11 +103,7 @@ async def record_event(
         session.add(row)  # writers are serialised (BEGIN IMMEDIATE): insert order is commit order
     else:
         session.info.setdefault(PENDING, []).append(row)  # inserted at commit, see _append_at_commit
-    hooks = (
-        await session.scalars(
-            select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
-        )
-    ).all()
+    hooks = await _enabled_webhooks(session, organization_id)
     first = utcnow() + timedelta(seconds=retry_schedule(rt)[0])
     for hook in hooks:
         if matches(hook, row):
