@@ -60,10 +60,11 @@ def _decode_raw_header(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         value = str(value)
-    try:
-        value = str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 (best effort; keep the raw text)
-        pass
+    if "=?" in value:  # without an encoded word, decoding returns the text unchanged
+        try:
+            value = str(make_header(decode_header(value)))
+        except Exception:  # noqa: BLE001 (best effort; keep the raw text)
+            pass
     if any("\udc80" <= ch <= "\udcff" for ch in value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
