@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
+from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.ids import new_id
 from agentmx.services.jobs import enqueue
@@ -112,7 +113,8 @@ async def record_event(
     """Append an event. ``payload`` holds the payload keys (``message``, ``send``, ``domain`` …)."""
     event_id = new_id("evt")
     body = {"type": "event", "event_type": event_type, "event_id": event_id, **payload}
-    row = Event(
+    row = transient(  # inserted with Core at commit, see _insert
+        Event,
         event_id=event_id,
         event_type=event_type,
         organization_id=organization_id,

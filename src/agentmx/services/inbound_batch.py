@@ -80,11 +80,21 @@ async def store_inbound(
                 continue
             thread = _referenced_thread(copy.inbox, refs[1:], fresh, known, threads)
             if thread is None:
-                thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now)
+                thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now, detached=True)
                 new_threads.append(thread)
                 labels[thread.id], attachments[thread.id] = set(), []
             message = mailstore.build_message(
-                copy.inbox, thread, mid, copy.raw, copy.parsed, copy.blobs, "inbound", copy.labels, [], now
+                copy.inbox,
+                thread,
+                mid,
+                copy.raw,
+                copy.parsed,
+                copy.blobs,
+                "inbound",
+                copy.labels,
+                [],
+                now,
+                detached=True,
             )
             mailstore.join_thread(thread, message, "inbound")
             labels[thread.id] |= set(message.label_names)

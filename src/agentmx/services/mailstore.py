@@ -13,12 +13,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
@@ -41,6 +42,7 @@ RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticat
 # Webhook bodies are capped at 1 MB; bigger bodies drop text/html (API.md 3.1).
 EVENT_BODY_BUDGET = 900_000
 PARSE_IN_THREAD_BYTES = 256 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -201,8 +203,15 @@ def lookup_ids(message_id: str, parsed: ParsedMessage) -> list[str]:
     return lookups
 
 
-def new_thread(inbox: Inbox, subject: str | None, now: datetime) -> Thread:
-    return Thread(
+def _mapped(cls: type[T], **values: Any) -> T:
+    return cls(**values)
+
+
+def new_thread(inbox: Inbox, subject: str | None, now: datetime, *, detached: bool = False) -> Thread:
+    """``detached``: for Core INSERTs (``db.transient``), never to be added to a session."""
+    build = transient if detached else _mapped
+    return build(
+        Thread,
         id=new_id("thd"),
         organization_id=inbox.organization_id,
         pod_id=inbox.pod_id,
@@ -229,8 +238,13 @@ def build_message(
     labels: set[str],
     bcc: list[str],
     now: datetime,
+    *,
+    detached: bool = False,
 ) -> Message:
-    return Message(
+    """``detached``: for Core INSERTs (``db.transient``), never to be added to a session."""
+    build = transient if detached else _mapped
+    return build(
+        Message,
         id=new_id("msg"),
         message_id=message_id,
         organization_id=inbox.organization_id,
@@ -257,9 +271,10 @@ def build_message(
         blob_key=blobs.raw_key,
         created_at=now,
         updated_at=now,
-        labels=[MessageLabel(label=label) for label in sorted(normalize_labels(labels))],
+        labels=[build(MessageLabel, label=label) for label in sorted(normalize_labels(labels))],
         attachments=[
-            Attachment(
+            build(
+                Attachment,
                 id=new_id("att"),
                 position=i,
                 filename=a.filename,
