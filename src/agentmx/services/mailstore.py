@@ -68,12 +68,9 @@ async def parse(raw: bytes) -> ParsedMessage:
 
 
 async def put_blobs(rt: Runtime, raw: bytes, parsed: ParsedMessage) -> StoredBlobs:
-    """Write the raw message and each attachment durably, in one worker thread."""
-
-    def _put() -> StoredBlobs:
-        return StoredBlobs(rt.blobs.put_sync(raw), [rt.blobs.put_sync(a.data) for a in parsed.attachments])
-
-    return await asyncio.to_thread(_put)
+    """Write the raw message and each attachment durably (off the event loop)."""
+    keys = await rt.blobs.put_many([raw, *(a.data for a in parsed.attachments)])
+    return StoredBlobs(keys[0], keys[1:])
 
 
 def normalize_labels(labels: set[str] | list[str]) -> set[str]:
