@@ -43,10 +43,10 @@ async def store_inbound(
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
+        t = _table(Message).c  # a Core SELECT: no ORM compile step for plain columns
         rows = await session.execute(
-            select(Message.inbox_id, Message.message_id, Message.id, Message.thread_id).where(
-                Message.inbox_id.in_({i for i, _ in wanted}),
-                Message.message_id.in_({m for _, m in wanted}),
+            select(t.inbox_id, t.message_id, t.id, t.thread_id).where(
+                t.inbox_id.in_({i for i, _ in wanted}), t.message_id.in_({m for _, m in wanted})
             )
         )
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
