@@ -7,6 +7,7 @@ commit (``rt.events_signal`` in this process, ``NOTIFY agentmx_events`` for the 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -26,6 +27,7 @@ from agentmx.services.runtime import Runtime
 from agentmx.services.webhooks import matches
 
 NOTIFY_CHANNEL = "agentmx_events"
+PROCESS_TOKEN = secrets.token_hex(8)  # NOTIFY payload: which process committed
 # Serialises event inserts on PostgreSQL from insert to commit, so seq order is commit order and
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
@@ -50,7 +52,8 @@ def _append_at_commit(session: Session) -> None:
     _insert(session, rows)
     if postgres:
         # Delivered to listeners by PostgreSQL only if and when this transaction commits.
-        session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+        # The payload names this process: its own hub has the rows already (committed_listeners).
+        session.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": PROCESS_TOKEN})
 
 
 def _insert(session: Session, rows: list[Event]) -> None:
