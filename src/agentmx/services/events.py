@@ -59,7 +59,7 @@ def _append_at_commit(session: Session) -> None:
 def _insert(session: Session, rows: list[Event]) -> None:
     """One multi-row INSERT (a flush would be one per row, to learn each seq); sets ``row.seq``.
 
-    The rows stay transient: after commit they are only read (live streams, webhooks jobs by id).
+    The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
     """
     table = cast(Table, Event.__table__)
     # RETURNING event_id too: rows come back in no promised order, event_id is unique.
