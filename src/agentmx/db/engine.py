@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from agentmx.db import sqlite_inline
@@ -17,6 +18,7 @@ from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process writer
+PING_AFTER_IDLE = 2.0  # seconds: PostgreSQL connections idle longer are pinged at checkout
 
 
 def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
@@ -46,7 +48,25 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         return engine
     # Overflow connections are closed on return; a pool smaller than the request concurrency
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%).
-    return create_async_engine(url, pool_size=30, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=30, max_overflow=10)
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        # pool_pre_ping, but only for connections idle a while: a ping on every checkout was a
+        # round trip per transaction, and one used a moment ago is as good as just pinged.
+        idle_since = record.info.get("checked_in")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError("stale pooled connection") from exc  # the pool reconnects
+
+    return engine
 
 
 class Database:
