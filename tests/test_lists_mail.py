@@ -195,3 +195,15 @@ def test_inbox_key_sees_only_its_threads(harness: Harness) -> None:
     with pytest.raises(ApiError) as org:
         scoped.organizations.get(request_options=NO_RETRY)
     assert org.value.status_code == 403
+
+
+def test_list_changes_apply_to_the_next_message(harness: Harness) -> None:
+    """Which scopes have lists is cached briefly for inbound mail; a new or deleted entry must not wait."""
+    client = harness.client()
+    inbox = _inbox(client, harness)
+    sender = f"someone@{secrets.token_hex(4)}.example"
+    assert "blocked" not in _labels(client, inbox, _deliver(harness, inbox, sender))  # caches "no lists"
+    client.inboxes.lists.create(inbox, "receive", "block", entry=sender)
+    assert "blocked" in _labels(client, inbox, _deliver(harness, inbox, sender))
+    client.inboxes.lists.delete(inbox, "receive", "block", sender)
+    assert "blocked" not in _labels(client, inbox, _deliver(harness, inbox, sender))

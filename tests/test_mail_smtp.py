@@ -12,6 +12,7 @@ import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
+from agentmail.inboxes.types import CreateInboxRequest
 
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, NO_RETRY, Harness
@@ -186,3 +187,23 @@ def test_connection_cap_per_ip_answers_421(fresh_server: Callable[..., ServerPro
             time.sleep(0.05)
     else:
         pytest.fail("connection slots were not freed")
+
+
+def test_recipient_changes_apply_at_once(harness: Harness) -> None:
+    """RCPT answers are cached briefly; pausing, resuming or deleting an inbox must not wait for that."""
+    client = harness.client()
+    inbox = client.inboxes.create()
+    ghost = f"later-{time.time_ns()}@agentmx.localhost"
+    refused = smtp_send(harness.server, [inbox.inbox_id, ghost], make_message(inbox.inbox_id).as_bytes())
+    assert refused[ghost][0] == 550  # and the refusal is now cached
+    created = client.inboxes.create(request=CreateInboxRequest(username=ghost.split("@")[0]))
+    assert created.inbox_id == ghost
+    assert smtp_send(harness.server, [ghost], make_message(ghost).as_bytes()) == {}
+    client.inboxes.update(inbox.inbox_id, status="paused")
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        smtp_send(harness.server, [inbox.inbox_id], make_message(inbox.inbox_id).as_bytes())
+    client.inboxes.update(inbox.inbox_id, status="active")
+    assert smtp_send(harness.server, [inbox.inbox_id], make_message(inbox.inbox_id).as_bytes()) == {}
+    client.inboxes.delete(ghost)
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        smtp_send(harness.server, [ghost], make_message(ghost).as_bytes())

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     server.prepare(settings)
     if args.command == "serve":
         try:
-            asyncio.run(server.run(settings))
+            with asyncio.Runner(loop_factory=server.loop_factory()) as runner:
+                runner.run(server.run(settings))
         except KeyboardInterrupt:
             pass
         return 0

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from agentmx.db.models import Event
-from agentmx.services.events import NOTIFY_CHANNEL, committed_listeners
+from agentmx.services.events import NOTIFY_CHANNEL, PROCESS_TOKEN, committed_listeners
 from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.events")
@@ -156,7 +156,7 @@ class Hub:
             try:
                 conn = await asyncpg.connect(dsn)
                 try:
-                    await conn.add_listener(NOTIFY_CHANNEL, lambda *_: signal.notify())
+                    await conn.add_listener(NOTIFY_CHANNEL, _other_process(signal.notify))
                     signal.notify()  # catch up on anything committed while not listening
                     while not conn.is_closed():
                         await asyncio.sleep(15)
@@ -169,6 +169,20 @@ class Hub:
             except Exception as exc:
                 log.warning("event listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(1)
+
+
+def _other_process(wake: Callable[[], None]) -> Callable[..., None]:
+    """A NOTIFY listener that ignores this process's own commits.
+
+    Those reach the hub at commit (``offer``, or ``events_signal`` when it cannot take a row);
+    a log read per own commit would only find rows already pushed.
+    """
+
+    def listener(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload != PROCESS_TOKEN:
+            wake()
+
+    return listener
 
 
 _hub: Hub | None = None

@@ -15,6 +15,7 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
+from agentmx.mail.policy import memo_default
 from agentmx.mail.quotes import extract_html, extract_text
 
 PREVIEW_CHARS = 200
@@ -59,10 +60,11 @@ def _decode_raw_header(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         value = str(value)
-    try:
-        value = str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 (best effort; keep the raw text)
-        pass
+    if "=?" in value:  # without an encoded word, decoding returns the text unchanged
+        try:
+            value = str(make_header(decode_header(value)))
+        except Exception:  # noqa: BLE001 (best effort; keep the raw text)
+            pass
     if any("\udc80" <= ch <= "\udcff" for ch in value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
@@ -241,13 +243,20 @@ def _headers(msg: Message) -> dict[str, str]:
 def preview_of(text: str | None) -> str | None:
     if not text:
         return None
-    collapsed = WS.sub(" ", text).strip()
-    return collapsed[:PREVIEW_CHARS] or None
+    # Collapse a growing prefix, not the whole body: once the collapsed prefix is longer than the
+    # preview, its first PREVIEW_CHARS are final (a whitespace run cut at the end is still one space).
+    size = 4 * PREVIEW_CHARS
+    while True:
+        collapsed = WS.sub(" ", text[:size]).lstrip()
+        if len(collapsed) > PREVIEW_CHARS or size >= len(text):
+            break
+        size *= 4
+    return collapsed.rstrip()[:PREVIEW_CHARS] or None
 
 
 def _load(raw: bytes) -> Message:
     try:
-        return message_from_bytes(raw, policy=policy.default)
+        return message_from_bytes(raw, policy=memo_default)
     except Exception:  # noqa: BLE001
         return message_from_bytes(raw, policy=policy.compat32)
 

@@ -21,8 +21,14 @@ _ON_START = re.compile(r"^\s*On\b.{0,300}$", re.IGNORECASE)
 _WROTE_END = re.compile(r"^.{0,300}\bwrote:\s*$", re.IGNORECASE)
 
 
+# What every rule below needs at the start of a line: most lines fail this one match.
+_CANDIDATE = re.compile(r"\s*(?:On\b|Le\b|Am\b|-{2,}|_{10,}|\*?From:|>)", re.IGNORECASE)
+
+
 def _cut_index(lines: list[str]) -> int | None:
     for i, line in enumerate(lines):
+        if not _CANDIDATE.match(line):
+            continue
         if any(p.match(line) for p in _QUOTE_HEADERS):
             return i
         nxt = lines[i + 1] if i + 1 < len(lines) else ""

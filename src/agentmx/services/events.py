@@ -7,17 +7,19 @@ commit (``rt.events_signal`` in this process, ``NOTIFY agentmx_events`` for the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
+from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.ids import new_id
 from agentmx.services.jobs import enqueue
@@ -25,27 +27,74 @@ from agentmx.services.runtime import Runtime
 from agentmx.services.webhooks import matches
 
 NOTIFY_CHANNEL = "agentmx_events"
+PROCESS_TOKEN = secrets.token_hex(8)  # NOTIFY payload: which process committed
 # Serialises event inserts on PostgreSQL from insert to commit, so seq order is commit order and
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
 PENDING = "agentmx_pending_events"
+WEBHOOKS_SEEN = "agentmx_webhooks_by_org"
 
 
 @sa_event.listens_for(Session, "before_commit")
 def _append_at_commit(session: Session) -> None:
-    """PostgreSQL: insert the transaction's events as its last step, under the event lock.
+    """Insert the transaction's events as its last step (on PostgreSQL under the event lock).
 
     Taking the lock at commit time (not when the event is recorded) keeps it short and means no
     other row lock is ever requested while holding it, so it cannot take part in a deadlock.
+    SQLite writers are serialised (BEGIN IMMEDIATE): there insert order is commit order anyway.
     """
-    rows = session.info.pop(PENDING, None)
+    rows: list[Event] | None = session.info.pop(PENDING, None)
     if not rows:
         return
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
-    session.add_all(rows)
-    session.flush()
-    # Delivered to listeners by PostgreSQL only if and when this transaction commits.
-    session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
+    _insert(session, rows)
+    if postgres:
+        # Delivered to listeners by PostgreSQL only if and when this transaction commits.
+        # The payload names this process: its own hub has the rows already (committed_listeners).
+        session.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": PROCESS_TOKEN})
+
+
+def _insert(session: Session, rows: list[Event]) -> None:
+    """One multi-row INSERT (a flush would be one per row, to learn each seq); sets ``row.seq``.
+
+    The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
+    """
+    table = cast(Table, Event.__table__)
+    # RETURNING event_id too: rows come back in no promised order, event_id is unique.
+    result = session.execute(
+        insert(table).returning(table.c.event_id, table.c.seq),
+        [{c: getattr(row, c) for c in _EVENT_COLUMNS} for row in rows],
+    )
+    seqs: dict[str, int] = {event_id: seq for event_id, seq in result.all()}
+    for row in rows:
+        row.seq = seqs[row.event_id]
+
+
+_EVENT_COLUMNS = ("event_id", "event_type", "organization_id", "pod_id", "inbox_id", "body", "created_at")
+
+
+def share_webhook_lookups(session: AsyncSession) -> None:
+    """Look up each organization's webhooks once for the rest of this transaction.
+
+    For callers recording many events that change no webhook (an inbound batch).
+    """
+    session.info.setdefault(WEBHOOKS_SEEN, {})
+
+
+async def _enabled_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:
+    seen: dict[str, Sequence[Webhook]] | None = session.info.get(WEBHOOKS_SEEN)
+    if seen is not None and organization_id in seen:
+        return seen[organization_id]
+    found = (
+        await session.scalars(
+            select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
+        )
+    ).all()
+    if seen is not None:
+        seen[organization_id] = found
+    return found
 
 
 def retry_schedule(rt: Runtime) -> list[float]:
@@ -67,7 +116,8 @@ async def record_event(
     """Append an event. ``payload`` holds the payload keys (``message``, ``send``, ``domain`` …)."""
     event_id = new_id("evt")
     body = {"type": "event", "event_type": event_type, "event_id": event_id, **payload}
-    row = Event(
+    row = transient(  # inserted with Core at commit, see _insert
+        Event,
         event_id=event_id,
         event_type=event_type,
         organization_id=organization_id,
@@ -76,15 +126,8 @@ async def record_event(
         body=body,
         created_at=utcnow(),
     )
-    if rt.db.is_sqlite:
-        session.add(row)  # writers are serialised (BEGIN IMMEDIATE): insert order is commit order
-    else:
-        session.info.setdefault(PENDING, []).append(row)  # inserted at commit, see _append_at_commit
-    hooks = (
-        await session.scalars(
-            select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
-        )
-    ).all()
+    session.info.setdefault(PENDING, []).append(row)  # inserted at commit, see _append_at_commit
+    hooks = await _enabled_webhooks(session, organization_id)
     first = utcnow() + timedelta(seconds=retry_schedule(rt)[0])
     for hook in hooks:
         if matches(hook, row):

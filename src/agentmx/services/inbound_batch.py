@@ -9,14 +9,16 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Inbox, Message, Thread
+from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.types import utcnow
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import mailstore
+from agentmx.services import events, mailstore
 from agentmx.services.mailstore import StoredBlobs
 from agentmx.services.runtime import Runtime
 
@@ -35,15 +37,16 @@ async def store_inbound(
 ) -> list[tuple[Message, bool]]:
     """Store each copy (or find its earlier copy); returns (message, is_new) in order."""
     now = utcnow()
+    events.share_webhook_lookups(session)  # one webhook query per organization, not per message
     ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
     lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
+        t = _table(Message).c  # a Core SELECT: no ORM compile step for plain columns
         rows = await session.execute(
-            select(Message.inbox_id, Message.message_id, Message.id, Message.thread_id).where(
-                Message.inbox_id.in_({i for i, _ in wanted}),
-                Message.message_id.in_({m for _, m in wanted}),
+            select(t.inbox_id, t.message_id, t.id, t.thread_id).where(
+                t.inbox_id.in_({i for i, _ in wanted}), t.message_id.in_({m for _, m in wanted})
             )
         )
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
@@ -77,12 +80,21 @@ async def store_inbound(
                 continue
             thread = _referenced_thread(copy.inbox, refs[1:], fresh, known, threads)
             if thread is None:
-                thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now)
+                thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now, detached=True)
                 new_threads.append(thread)
-                session.add(thread)
                 labels[thread.id], attachments[thread.id] = set(), []
             message = mailstore.build_message(
-                copy.inbox, thread, mid, copy.raw, copy.parsed, copy.blobs, "inbound", copy.labels, [], now
+                copy.inbox,
+                thread,
+                mid,
+                copy.raw,
+                copy.parsed,
+                copy.blobs,
+                "inbound",
+                copy.labels,
+                [],
+                now,
+                detached=True,
             )
             mailstore.join_thread(thread, message, "inbound")
             labels[thread.id] |= set(message.label_names)
@@ -92,11 +104,49 @@ async def store_inbound(
             )
             fresh[key] = (message, thread)
             out.append((message, True))
-    if new_threads:
-        await session.flush(new_threads)  # threads before the messages that point at them
-    session.add_all([m for m, _ in fresh.values()])
-    await session.flush()
+    await insert_rows(session, new_threads, [m for m, _ in fresh.values()])
+    await session.flush()  # aggregates of threads stored earlier, events
     return out
+
+
+async def insert_rows(session: AsyncSession, threads: list[Thread], messages: list[Message]) -> None:
+    """New threads and messages (with labels and attachments) as multi-row INSERTs.
+
+    The unit of work's per-object bookkeeping was most of a batch's cost; these objects are only
+    read afterwards (events, callers), so they stay transient. Every column is written from the
+    object, as the flush would: the builders (``mailstore.new_thread``/``build_message``) set
+    every column that has a default.
+    """
+    if threads:
+        await session.execute(insert(_table(Thread)), [_row(t) for t in threads])
+    if not messages:
+        return
+    await session.execute(insert(_table(Message)), [_row(m) for m in messages])
+    labels = [{"message_pk": m.id, "label": label.label} for m in messages for label in m.labels]
+    if labels:
+        await session.execute(insert(_table(MessageLabel)), labels)
+    files = [_row(a) | {"message_pk": m.id} for m in messages for a in m.attachments]
+    if files:
+        await session.execute(insert(_table(Attachment)), files)
+
+
+_COLUMNS: dict[type, list[tuple[str, str]]] = {}
+
+
+def _table(cls: type) -> Table:
+    # Core INSERT on the table: no ORM bulk-insert machinery.
+    return cast(Table, cls.__table__)  # type: ignore[attr-defined]
+
+
+def _row(obj: object) -> dict[str, Any]:
+    """Column name -> value of a transient mapped object (None where never set, as a flush would)."""
+    cls = type(obj)
+    columns = _COLUMNS.get(cls)
+    if columns is None:
+        mapper = sa_inspect(cls)
+        columns = _COLUMNS[cls] = [(p.columns[0].key, p.key) for p in mapper.column_attrs]
+    values = obj.__dict__
+    return {column: values.get(attr) for column, attr in columns}
 
 
 def _referenced_thread(

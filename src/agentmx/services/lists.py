@@ -7,7 +7,7 @@ no match anywhere, an active allow list (any allow entry for that direction in s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +18,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import Forbidden, MessageRejected, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.services import hooks
+from agentmx.services.ingest_cache import MISSING
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.validation import DOMAIN, fail
 
@@ -173,10 +174,41 @@ async def delete_entry(
     await session.flush()
 
 
-async def refuses(session: AsyncSession, inbox: Inbox, direction: str, addresses: list[str]) -> bool:
-    """True when the lists of ``inbox``'s scopes refuse these addresses for ``direction``."""
-    wanted = {c for a in addresses if a for c in candidates(a)}
+async def scopes_with_entries(
+    session: AsyncSession, rt: Runtime, organization_id: str, direction: str
+) -> set[str]:
+    """Scope ids of the organization that hold any entry for ``direction`` (cached briefly).
+
+    Most scopes have no list at all: then no mail needs an entry lookup.
+    """
+    key = ("list-scopes", organization_id, direction)
+    cached = rt.ingest_cache.get(key)
+    if cached is not MISSING:
+        return cast(set[str], cached)
+    generation = rt.ingest_cache.generation
+    rows = await session.scalars(
+        select(ListEntry.scope_id)
+        .where(ListEntry.organization_id == organization_id, ListEntry.direction == direction)
+        .distinct()
+    )
+    found = set(rows.all())
+    rt.ingest_cache.put(key, found, generation)
+    return found
+
+
+async def refuses(
+    session: AsyncSession, inbox: Inbox, direction: str, addresses: list[str], rt: Runtime | None = None
+) -> bool:
+    """True when the lists of ``inbox``'s scopes refuse these addresses for ``direction``.
+
+    With ``rt``, scopes known (from its ingest cache) to hold no entry are not queried.
+    """
     order = [inbox.id, inbox.pod_id, inbox.organization_id]
+    if rt is not None and not set(order) & await scopes_with_entries(
+        session, rt, inbox.organization_id, direction
+    ):
+        return False
+    wanted = {c for a in addresses if a for c in candidates(a)}
     scoped = ListEntry.organization_id == inbox.organization_id, ListEntry.scope_id.in_(order)
     if wanted:
         rows = (
@@ -203,7 +235,7 @@ async def refuses(session: AsyncSession, inbox: Inbox, direction: str, addresses
 
 async def send_check(session: AsyncSession, rt: Runtime, inbox: Inbox, recipients: list[str]) -> None:
     for address in recipients:
-        if await refuses(session, inbox, "send", [address]):
+        if await refuses(session, inbox, "send", [address], rt):
             raise MessageRejected(
                 f"Recipient {address} is not allowed",
                 fix=f"'{address}' is on a send block list (or suppressed after a bounce or complaint), or "
@@ -233,7 +265,8 @@ async def inbound_labeler(
     in_reply_to: str | None,
 ) -> set[str]:
     direction = "reply" if await _is_reply(session, inbox, in_reply_to) else "receive"
-    return {"blocked"} if await refuses(session, inbox, direction, [envelope_from, header_from]) else set()
+    refused = await refuses(session, inbox, direction, [envelope_from, header_from], rt)
+    return {"blocked"} if refused else set()
 
 
 async def suppression_recorder(

@@ -13,12 +13,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
@@ -41,6 +42,7 @@ RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticat
 # Webhook bodies are capped at 1 MB; bigger bodies drop text/html (API.md 3.1).
 EVENT_BODY_BUDGET = 900_000
 PARSE_IN_THREAD_BYTES = 256 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,12 +68,9 @@ async def parse(raw: bytes) -> ParsedMessage:
 
 
 async def put_blobs(rt: Runtime, raw: bytes, parsed: ParsedMessage) -> StoredBlobs:
-    """Write the raw message and each attachment durably, in one worker thread."""
-
-    def _put() -> StoredBlobs:
-        return StoredBlobs(rt.blobs.put_sync(raw), [rt.blobs.put_sync(a.data) for a in parsed.attachments])
-
-    return await asyncio.to_thread(_put)
+    """Write the raw message and each attachment durably (off the event loop)."""
+    keys = await rt.blobs.put_many([raw, *(a.data for a in parsed.attachments)])
+    return StoredBlobs(keys[0], keys[1:])
 
 
 def normalize_labels(labels: set[str] | list[str]) -> set[str]:
@@ -201,8 +200,15 @@ def lookup_ids(message_id: str, parsed: ParsedMessage) -> list[str]:
     return lookups
 
 
-def new_thread(inbox: Inbox, subject: str | None, now: datetime) -> Thread:
-    return Thread(
+def _mapped(cls: type[T], **values: Any) -> T:
+    return cls(**values)
+
+
+def new_thread(inbox: Inbox, subject: str | None, now: datetime, *, detached: bool = False) -> Thread:
+    """``detached``: for Core INSERTs (``db.transient``), never to be added to a session."""
+    build = transient if detached else _mapped
+    return build(
+        Thread,
         id=new_id("thd"),
         organization_id=inbox.organization_id,
         pod_id=inbox.pod_id,
@@ -229,8 +235,13 @@ def build_message(
     labels: set[str],
     bcc: list[str],
     now: datetime,
+    *,
+    detached: bool = False,
 ) -> Message:
-    return Message(
+    """``detached``: for Core INSERTs (``db.transient``), never to be added to a session."""
+    build = transient if detached else _mapped
+    return build(
+        Message,
         id=new_id("msg"),
         message_id=message_id,
         organization_id=inbox.organization_id,
@@ -257,9 +268,10 @@ def build_message(
         blob_key=blobs.raw_key,
         created_at=now,
         updated_at=now,
-        labels=[MessageLabel(label=label) for label in sorted(normalize_labels(labels))],
+        labels=[build(MessageLabel, label=label) for label in sorted(normalize_labels(labels))],
         attachments=[
-            Attachment(
+            build(
+                Attachment,
                 id=new_id("att"),
                 position=i,
                 filename=a.filename,
@@ -376,6 +388,29 @@ async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> I
     return inbox
 
 
+async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
+    """``check_recipient`` through the runtime's ingest cache (RCPT and DATA both ask, per message).
+
+    The Inbox is detached and shared between sessions: read its attributes, never add it to one.
+    """
+    key = ("rcpt", address.strip().lower())
+    cached = rt.ingest_cache.get(key)
+    if isinstance(cached, Inbox):
+        return cached
+    if isinstance(cached, NotFound):
+        raise NotFound(cached.message, code=cached.code, fix=cached.fix)  # a fresh traceback each time
+    generation = rt.ingest_cache.generation
+    try:
+        async with rt.db.read() as session:
+            inbox = await check_recipient(session, rt, address)
+    except NotFound as exc:
+        # A copy without the traceback (which would keep the session's frames alive).
+        rt.ingest_cache.put(key, NotFound(exc.message, code=exc.code, fix=exc.fix), generation)
+        raise
+    rt.ingest_cache.put(key, inbox, generation)
+    return inbox
+
+
 AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
 
 
@@ -407,7 +442,7 @@ async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) 
             if address in results or any(a == address for a, _, _ in accepted):
                 continue
             try:
-                inbox = await check_recipient(session, rt, address)
+                inbox = await recipient_inbox(rt, address)
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue

@@ -8,6 +8,7 @@ from typing import Any
 
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
+from agentmx.services.ingest_cache import IngestCache
 from agentmx.services.key_cache import KeyCache
 from agentmx.settings import Settings
 
@@ -39,5 +40,6 @@ class Runtime:
     jobs_signal: Signal = field(default_factory=Signal)
     events_signal: Signal = field(default_factory=Signal)
     key_cache: KeyCache = field(default_factory=KeyCache)
+    ingest_cache: IngestCache = field(default_factory=IngestCache)
     # Per-key request limiter (services.ratelimit.RateLimiter) when rate_limit_per_minute > 0.
     rate_limiter: Any = None

@@ -29,8 +29,7 @@ class InboundHandler:
             envelope.rcpt_tos.append(address)
             return replies.S250_OK
         try:
-            async with self.rt.db.read() as s:
-                await mailstore.check_recipient(s, self.rt, address)
+            await mailstore.recipient_inbox(self.rt, address)
         except AgentMXError as exc:
             return replies.reply_for(exc)
         except Exception:
