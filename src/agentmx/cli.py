@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     server.prepare(settings)
     if args.command == "serve":
         try:
-            with asyncio.Runner(loop_factory=server.loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=server.loop_factory(settings)) as runner:
                 runner.run(server.run(settings))
         except KeyboardInterrupt:
             pass

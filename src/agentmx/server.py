@@ -37,15 +37,19 @@ def prepare(settings: Settings) -> None:
     upgrade(settings.effective_database_url)
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (uvicorn[standard] brings it), as uvicorn itself would pick.
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The server's event loop: uvloop when installed (uvicorn[standard] brings it), as uvicorn picks.
 
     The SMTP listener, asyncpg and the HTTP server all spend much of their time in the event
     loop's transports; uvloop's cost a fraction of asyncio's. None: the default asyncio loop.
     """
+    if settings.event_loop == "asyncio":
+        return None
     try:
         import uvloop  # noqa: PLC0415 (optional)
     except ImportError:
+        if settings.event_loop == "uvloop":
+            raise
         return None
     return uvloop.new_event_loop
 

@@ -7,6 +7,7 @@ and overridden by CLI flags. Settings are frozen once built.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,10 @@ class Settings(BaseSettings):
         "postgresql://… is accepted and run on asyncpg.",
     )
     domain: str = Field("agentmx.localhost", description="Default domain for new inboxes.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop the server runs on. auto: uvloop when installed (it is a dependency), else asyncio.",
+    )
     public_host: str = Field(
         "", description="Public host name of this server: MX target in domain records, HELO name, URL host."
     )
