@@ -207,3 +207,21 @@ def test_recipient_changes_apply_at_once(harness: Harness) -> None:
     client.inboxes.delete(ghost)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         smtp_send(harness.server, [ghost], make_message(ghost).as_bytes())
+
+
+def test_inbox_created_by_another_process_receives_at_once(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """Recipient lookups are cached per process; an unknown address must not stay refused."""
+    first = fresh_server("postgres").start()
+    second = fresh_server(database_url=first.database_url).start()
+    client = Harness(first, "postgres").client()
+    address = f"late{time.time_ns()}@agentmx.localhost"
+    with smtplib.SMTP("127.0.0.1", second.smtp_port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("someone@example.com")
+        assert smtp.rcpt(address)[0] == 550
+    client.inboxes.create(request=CreateInboxRequest(username=address.split("@")[0]))
+    refused = smtp_send(second, [address], make_message(address).as_bytes())
+    assert refused == {}
+    assert client.inboxes.messages.list(address).count == 1

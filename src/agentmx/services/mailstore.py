@@ -392,21 +392,16 @@ async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
     """``check_recipient`` through the runtime's ingest cache (RCPT and DATA both ask, per message).
 
     The Inbox is detached and shared between sessions: read its attributes, never add it to one.
+    Only found inboxes are cached: an inbox created by another process sharing the database must
+    not get a permanent 550 for the cache's lifetime.
     """
     key = ("rcpt", address.strip().lower())
     cached = rt.ingest_cache.get(key)
     if isinstance(cached, Inbox):
         return cached
-    if isinstance(cached, NotFound):
-        raise NotFound(cached.message, code=cached.code, fix=cached.fix)  # a fresh traceback each time
     generation = rt.ingest_cache.generation
-    try:
-        async with rt.db.read() as session:
-            inbox = await check_recipient(session, rt, address)
-    except NotFound as exc:
-        # A copy without the traceback (which would keep the session's frames alive).
-        rt.ingest_cache.put(key, NotFound(exc.message, code=exc.code, fix=exc.fix), generation)
-        raise
+    async with rt.db.read() as session:
+        inbox = await check_recipient(session, rt, address)
     rt.ingest_cache.put(key, inbox, generation)
     return inbox
 
