@@ -16,12 +16,12 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
+from agentmx.events import http1
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.services.events import retry_schedule
@@ -36,16 +36,7 @@ SLOW_DEFER = 1.0  # seconds a delivery to a slow receiver is put back
 MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
 USER_AGENT = "agentmx-webhooks/1"
 
-_client: httpx.AsyncClient | None = None
 _in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests in progress
-
-
-def _http() -> httpx.AsyncClient:
-    global _client
-    if _client is None:
-        # Redirects are failures (Standard Webhooks), and following one would dodge the SSRF check.
-        _client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
-    return _client
 
 
 def svix_message_id(event_id: str) -> str:
@@ -89,21 +80,21 @@ def delivery_headers(hook: Webhook, msg_id: str, body: bytes) -> dict[str, str]:
 async def _post(rt: Runtime, hook: Webhook, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
     try:
         url, headers = hook.url, delivery_headers(hook, msg_id, body)
-        extensions: dict[str, str] = {}
+        server_name = None
         ip = await check_destination(hook.url, rt.settings.webhook_allow_private)
         if ip is not None:
             url, host, extensions = pinned(hook.url, ip)
             headers.update(host)
-        response = await _http().post(
-            url, content=body, headers=headers, timeout=rt.settings.webhook_timeout, extensions=extensions
-        )
+            server_name = extensions["sni_hostname"]
+        # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
+        status = await http1.post(url, body, headers, rt.settings.webhook_timeout, server_name)
     except BlockedAddress as exc:
         return None, str(exc)
-    except (httpx.HTTPError, OSError) as exc:
+    except OSError as exc:  # network failures, TLS errors, timeouts, bad HTTP
         return None, f"{type(exc).__name__}: {exc}"[:2000]
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+    if 200 <= status < 300:
+        return status, None
+    return status, f"HTTP {status}"
 
 
 async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
