@@ -13,12 +13,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
 from agentmx.db.types import utcnow
-from agentmx.jobs.registry import HANDLERS, RetryAt
+from agentmx.jobs.registry import HANDLERS, Inserts, RetryAt
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
@@ -30,10 +30,22 @@ FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise un
 MAX_UNEXPECTED_FAILURES = 10
 
 
-async def _delete_finished(session: AsyncSession, rt: Runtime, done: list[tuple[int, str]]) -> list[None]:
+async def _insert_rows(session: AsyncSession, inserts: Inserts) -> None:
+    """One multi-row INSERT per table for the rows handlers asked to store with their outcome."""
+    by_table: dict[Any, list[dict[str, Any]]] = {}
+    for table, row in inserts:
+        by_table.setdefault(table, []).append(row)
+    for table, rows in by_table.items():
+        await session.execute(insert(table), rows)
+
+
+async def _delete_finished(
+    session: AsyncSession, rt: Runtime, done: list[tuple[int, str, Inserts]]
+) -> list[None]:
     """Group-commit handler: delete finished jobs still held by the worker that ran them."""
+    await _insert_rows(session, [item for _, _, inserts in done for item in inserts])
     by_worker: dict[str, list[int]] = {}
-    for job_id, worker_id in done:
+    for job_id, worker_id, _ in done:
         by_worker.setdefault(worker_id, []).append(job_id)
     for worker_id, ids in by_worker.items():
         await session.execute(delete(Job).where(Job.id.in_(ids), Job.locked_by == worker_id))
@@ -114,9 +126,11 @@ class JobRunner:
             try:
                 if fn is None:
                     raise RuntimeError(f"no handler for job kind {kind!r}")
-                await fn(self.rt, payload, attempts)
+                inserts = await fn(self.rt, payload, attempts)
             except RetryAt as retry:
-                await self._reschedule(job_id, retry.when, retry.reason, retry.payload, count=True)
+                await self._reschedule(
+                    job_id, retry.when, retry.reason, retry.payload, count=True, inserts=retry.inserts
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -129,15 +143,22 @@ class JobRunner:
                         job_id, utcnow() + timedelta(seconds=delay), repr(exc), None, count=True
                     )
             else:
-                await self._finish(job_id)
+                await self._finish(job_id, inserts or [])
 
-    async def _finish(self, job_id: int) -> None:
+    async def _finish(self, job_id: int, inserts: Inserts | None = None) -> None:
         # Jobs finishing together share one delete and one commit; until it commits, a crash
         # only means the job runs again after its lease (handlers are at-least-once anyway).
-        await committer(self.rt, _delete_finished).submit((job_id, self.worker_id))
+        await committer(self.rt, _delete_finished).submit((job_id, self.worker_id, inserts or []))
 
     async def _reschedule(
-        self, job_id: int, when: datetime, reason: str, payload: dict[str, Any] | None, *, count: bool
+        self,
+        job_id: int,
+        when: datetime,
+        reason: str,
+        payload: dict[str, Any] | None,
+        *,
+        count: bool,
+        inserts: Inserts | None = None,
     ) -> None:
         values: dict[str, Any] = {
             "run_at": when,
@@ -150,6 +171,7 @@ class JobRunner:
         if count:
             values["attempts"] = Job.attempts + 1
         async with self.rt.db.transaction() as s:
+            await _insert_rows(s, inserts or [])
             await s.execute(
                 update(Job).where(Job.id == job_id, Job.locked_by == self.worker_id).values(**values)
             )
