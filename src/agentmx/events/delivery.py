@@ -128,8 +128,8 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
         # A slow or hanging receiver must not occupy every job slot (outbound mail shares them).
         raise RetryAt(_next_try(SLOW_DEFER), "receiver is slow; deferred", payload=payload)
     webhook_id, event_id = payload["webhook_id"], payload["event_id"]
-    async with rt.db.read() as s:
-        target = (await s.execute(_TARGET, {"webhook_id": webhook_id, "event_id": event_id})).first()
+    async with rt.db.read_connection() as conn:  # Core: no ORM session to build per job
+        target = (await conn.execute(_TARGET, {"webhook_id": webhook_id, "event_id": event_id})).first()
     if target is None or not target.enabled:
         return None  # deleted or disabled meanwhile: events missed while disabled are not replayed
     msg_id = svix_message_id(event_id)

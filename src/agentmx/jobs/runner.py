@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Integer, Update, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
@@ -50,6 +51,27 @@ async def _delete_finished(
     for worker_id, ids in by_worker.items():
         await session.execute(delete(Job).where(Job.id.in_(ids), Job.locked_by == worker_id))
     return [None] * len(done)
+
+
+@functools.cache
+def _claim_statement(postgres: bool) -> Update:
+    """Claim up to :free due jobs for :worker. Built once: statement building cost more than running it."""
+    now = bindparam("now", type_=Job.__table__.c.run_at.type)
+    due = (
+        select(Job.id)
+        .where(Job.run_at <= now, (Job.locked_until.is_(None)) | (Job.locked_until < now))
+        .order_by(Job.run_at)
+        .limit(bindparam("free", type_=Integer))
+    )
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(Job)
+        .where(Job.id.in_(due.scalar_subquery()))
+        .values(locked_by=bindparam("worker"), locked_until=bindparam("until", type_=now.type))
+        .returning(Job.id, Job.kind, Job.payload, Job.attempts)
+        .execution_options(synchronize_session=False)
+    )
 
 
 class JobRunner:
@@ -97,23 +119,10 @@ class JobRunner:
             await asyncio.sleep(0.05)
             return 0
         now = utcnow()
-        due = (
-            select(Job.id)
-            .where(Job.run_at <= now, (Job.locked_until.is_(None)) | (Job.locked_until < now))
-            .order_by(Job.run_at)
-            .limit(free)
-        )
-        if not self.rt.db.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
-        claim = (
-            update(Job)
-            .where(Job.id.in_(due.scalar_subquery()))
-            .values(locked_by=self.worker_id, locked_until=now + LEASE)
-            .returning(Job.id, Job.kind, Job.payload, Job.attempts)
-            .execution_options(synchronize_session=False)
-        )
+        claim = _claim_statement(postgres=not self.rt.db.is_sqlite)
+        params = {"now": now, "until": now + LEASE, "worker": self.worker_id, "free": free}
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
-            jobs = (await s.execute(claim)).all()
+            jobs = (await s.execute(claim, params)).all()
         for job_id, kind, payload, attempts in jobs:
             task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
             self.tasks.add(task)
