@@ -16,11 +16,11 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, update
 
-from agentmx.db.models import Event, Webhook, WebhookAttempt
+from agentmx.db.models import Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
-from agentmx.events import http1
+from agentmx.events import http1, targets
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import Inserts, RetryAt, handler
 from agentmx.services.events import retry_schedule
@@ -114,12 +114,6 @@ def _next_try(delay: float) -> datetime:
     return utcnow() + timedelta(seconds=delay * random.uniform(0.9, 1.1))
 
 
-# What a delivery needs, in one Core query (no ORM objects), built once (no per-job statement building).
-_TARGET = select(Webhook.url, Webhook.secret, Webhook.headers, Webhook.enabled, Event.body).where(
-    Webhook.id == bindparam("webhook_id"), Event.event_id == bindparam("event_id")
-)
-
-
 @handler("deliver_webhook")
 async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> Inserts | None:
     # The attempt number lives in the payload: deferrals for a slow receiver do not count as attempts.
@@ -128,12 +122,12 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
         # A slow or hanging receiver must not occupy every job slot (outbound mail shares them).
         raise RetryAt(_next_try(SLOW_DEFER), "receiver is slow; deferred", payload=payload)
     webhook_id, event_id = payload["webhook_id"], payload["event_id"]
-    async with rt.db.read_connection() as conn:  # Core: no ORM session to build per job
-        target = (await conn.execute(_TARGET, {"webhook_id": webhook_id, "event_id": event_id})).first()
-    if target is None or not target.enabled:
+    found = await targets.load(rt, webhook_id, event_id)
+    if found is None or not found[0].enabled:
         return None  # deleted or disabled meanwhile: events missed while disabled are not replayed
+    target, event_body = found
     msg_id = svix_message_id(event_id)
-    body = encode_body(target.body)
+    body = encode_body(event_body)
     started = time.monotonic()
     starts = _in_flight.setdefault(webhook_id, [])
     starts.append(started)
