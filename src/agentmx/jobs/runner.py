@@ -27,7 +27,7 @@ log = logging.getLogger("agentmx.jobs")
 
 JOBS = cast(Table, Job.__table__)  # Core statements: the ORM DML path costs more than the SQL
 LEASE = timedelta(minutes=5)  # a claimed job whose process died is claimed again after this
-BATCH = 16
+BATCH = 32  # jobs claimed at most per claim (running plus waiting for a slot)
 GATHER = 0.01  # seconds
 FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
 MAX_UNEXPECTED_FAILURES = 10
@@ -80,7 +80,9 @@ def _claim_statement(postgres: bool) -> Update:
 
 
 class JobRunner:
-    def __init__(self, rt: Runtime, concurrency: int = 8) -> None:
+    # 16 slots: webhook deliveries started together share one lookup (events/targets.py); a slow
+    # receiver holds at most delivery.SLOW_LIMIT of them.
+    def __init__(self, rt: Runtime, concurrency: int = 16) -> None:
         self.rt = rt
         self.worker_id = secrets.token_hex(8)
         self.slots = asyncio.Semaphore(concurrency)
