@@ -58,6 +58,8 @@ def enqueue_at_commit(
     pending.append(row)
 
 
+# Registered before services.events' listener (which imports this module), so on PostgreSQL the jobs
+# are inserted before that listener takes the event lock.
 @sa_event.listens_for(Session, "before_commit")
 def _insert_pending_jobs(session: Session) -> None:
     rows: list[dict[str, Any]] | None = session.info.pop(PENDING_JOBS, None)
