@@ -16,16 +16,14 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, update
 
-from agentmx.db.models import Event, Webhook, WebhookAttempt
+from agentmx.db.models import Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
+from agentmx.events import http1, targets
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
-from agentmx.jobs.registry import RetryAt, handler
+from agentmx.jobs.registry import Inserts, RetryAt, handler
 from agentmx.services.events import retry_schedule
-from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.webhooks")
@@ -36,16 +34,7 @@ SLOW_DEFER = 1.0  # seconds a delivery to a slow receiver is put back
 MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
 USER_AGENT = "agentmx-webhooks/1"
 
-_client: httpx.AsyncClient | None = None
 _in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests in progress
-
-
-def _http() -> httpx.AsyncClient:
-    global _client
-    if _client is None:
-        # Redirects are failures (Standard Webhooks), and following one would dodge the SSRF check.
-        _client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
-    return _client
 
 
 def svix_message_id(event_id: str) -> str:
@@ -67,10 +56,10 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def delivery_headers(hook: Webhook, msg_id: str, body: bytes) -> dict[str, str]:
+def delivery_headers(secret: str, custom: dict[str, str], msg_id: str, body: bytes) -> dict[str, str]:
     timestamp = int(time.time())
-    signature = sign(hook.secret, msg_id, timestamp, body)
-    headers = dict(hook.headers)
+    signature = sign(secret, msg_id, timestamp, body)
+    headers = dict(custom)
     headers.update(
         {
             "content-type": "application/json",
@@ -86,24 +75,24 @@ def delivery_headers(hook: Webhook, msg_id: str, body: bytes) -> dict[str, str]:
     return headers
 
 
-async def _post(rt: Runtime, hook: Webhook, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
+async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tuple[int | None, str | None]:
     try:
-        url, headers = hook.url, delivery_headers(hook, msg_id, body)
-        extensions: dict[str, str] = {}
-        ip = await check_destination(hook.url, rt.settings.webhook_allow_private)
+        url, headers = target.url, delivery_headers(target.secret, target.headers, msg_id, body)
+        server_name = None
+        ip = await check_destination(target.url, rt.settings.webhook_allow_private)
         if ip is not None:
-            url, host, extensions = pinned(hook.url, ip)
+            url, host, extensions = pinned(target.url, ip)
             headers.update(host)
-        response = await _http().post(
-            url, content=body, headers=headers, timeout=rt.settings.webhook_timeout, extensions=extensions
-        )
+            server_name = extensions["sni_hostname"]
+        # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
+        status = await http1.post(url, body, headers, rt.settings.webhook_timeout, server_name)
     except BlockedAddress as exc:
         return None, str(exc)
-    except (httpx.HTTPError, OSError) as exc:
+    except OSError as exc:  # network failures, TLS errors, timeouts, bad HTTP
         return None, f"{type(exc).__name__}: {exc}"[:2000]
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+    if 200 <= status < 300:
+        return status, None
+    return status, f"HTTP {status}"
 
 
 async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
@@ -112,12 +101,6 @@ async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
         await s.execute(
             update(Webhook).where(Webhook.id == webhook_id).values(enabled=False, updated_at=utcnow())
         )
-
-
-async def _insert_attempts(session: AsyncSession, rt: Runtime, rows: list[dict[str, Any]]) -> list[None]:
-    """Group-commit handler: attempts finishing together share one INSERT and one commit."""
-    await session.execute(insert(WebhookAttempt), rows)
-    return [None] * len(rows)
 
 
 def _slow(webhook_id: str) -> bool:
@@ -132,46 +115,52 @@ def _next_try(delay: float) -> datetime:
 
 
 @handler("deliver_webhook")
-async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
+async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> Inserts | None:
     # The attempt number lives in the payload: deferrals for a slow receiver do not count as attempts.
     attempt = int(payload.get("attempt", 0))
     if _slow(payload["webhook_id"]):
         # A slow or hanging receiver must not occupy every job slot (outbound mail shares them).
         raise RetryAt(_next_try(SLOW_DEFER), "receiver is slow; deferred", payload=payload)
-    async with rt.db.read() as s:
-        hook = await s.get(Webhook, payload["webhook_id"])
-        event = await s.scalar(select(Event).where(Event.event_id == payload["event_id"]))
-    if hook is None or event is None or not hook.enabled:
-        return  # deleted or disabled meanwhile: events missed while disabled are not replayed
-    msg_id = svix_message_id(event.event_id)
-    body = encode_body(event.body)
+    webhook_id, event_id = payload["webhook_id"], payload["event_id"]
+    found = await targets.load(rt, webhook_id, event_id)
+    if found is None or not found[0].enabled:
+        return None  # deleted or disabled meanwhile: events missed while disabled are not replayed
+    target, event_body = found
+    msg_id = svix_message_id(event_id)
+    body = encode_body(event_body)
     started = time.monotonic()
-    starts = _in_flight.setdefault(hook.id, [])
+    starts = _in_flight.setdefault(webhook_id, [])
     starts.append(started)
     try:
-        status, error = await _post(rt, hook, msg_id, body)
+        status, error = await _post(rt, target, msg_id, body)
     finally:
         starts.remove(started)
         if not starts:
-            _in_flight.pop(hook.id, None)
-    await committer(rt, _insert_attempts).submit(
-        {
-            "webhook_id": hook.id,
-            "event_id": event.event_id,
-            "svix_id": msg_id,
-            "attempt": attempt,
-            "status_code": status,
-            "error": error,
-            "duration_ms": int((time.monotonic() - started) * 1000),
-            "created_at": utcnow(),
-        },
-    )
+            _in_flight.pop(webhook_id, None)
+    # Stored by the job runner in the transaction that finishes or reschedules this job.
+    recorded: Inserts = [
+        (
+            WebhookAttempt,
+            {
+                "webhook_id": webhook_id,
+                "event_id": event_id,
+                "svix_id": msg_id,
+                "attempt": attempt,
+                "status_code": status,
+                "error": error,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "created_at": utcnow(),
+            },
+        )
+    ]
     if error is None:
-        return
+        return recorded
     if status == 410:  # Standard Webhooks: Gone means stop sending
-        await _disable(rt, hook.id, "receiver answered 410")
-        return
+        await _disable(rt, webhook_id, "receiver answered 410")
+        return recorded
     schedule = retry_schedule(rt)
     if attempt + 1 < len(schedule):
-        raise RetryAt(_next_try(schedule[attempt + 1]), error, payload={**payload, "attempt": attempt + 1})
-    await _disable(rt, hook.id, f"delivery of {event.event_id} failed {attempt + 1} times: {error}")
+        retry_payload = {**payload, "attempt": attempt + 1}
+        raise RetryAt(_next_try(schedule[attempt + 1]), error, payload=retry_payload, inserts=recorded)
+    await _disable(rt, webhook_id, f"delivery of {event_id} failed {attempt + 1} times: {error}")
+    return recorded

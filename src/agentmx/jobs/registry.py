@@ -8,19 +8,30 @@ from typing import Any
 
 from agentmx.services.runtime import Runtime
 
+# Rows a handler wants inserted in the transaction that records its job's outcome, as
+# (ORM class, row) pairs: one commit then covers both (not one for the handler and one for the runner).
+Inserts = list[tuple[Any, dict[str, Any]]]
+
 
 class RetryAt(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a handler to run the same job again at ``when`` (payload may be updated)."""
 
-    def __init__(self, when: datetime, reason: str = "", payload: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        when: datetime,
+        reason: str = "",
+        payload: dict[str, Any] | None = None,
+        inserts: Inserts | None = None,
+    ) -> None:
         super().__init__(reason)
         self.when = when
         self.reason = reason
         self.payload = payload
+        self.inserts = inserts or []
 
 
-# handler(rt, payload, attempts) -> None. Returning means done: the job row is deleted.
-Handler = Callable[[Runtime, dict[str, Any], int], Awaitable[None]]
+# handler(rt, payload, attempts) -> Inserts | None. Returning means done: the job row is deleted.
+Handler = Callable[[Runtime, dict[str, Any], int], Awaitable[Inserts | None]]
 HANDLERS: dict[str, Handler] = {}
 
 

@@ -22,7 +22,7 @@ from agentmx.db.models import Event, Webhook
 from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.ids import new_id
-from agentmx.services.jobs import enqueue
+from agentmx.services.jobs import enqueue_at_commit
 from agentmx.services.runtime import Runtime
 from agentmx.services.webhooks import matches
 
@@ -131,7 +131,7 @@ async def record_event(
     first = utcnow() + timedelta(seconds=retry_schedule(rt)[0])
     for hook in hooks:
         if matches(hook, row):
-            await enqueue(
+            enqueue_at_commit(
                 session,
                 rt,
                 "deliver_webhook",

@@ -1,0 +1,194 @@
+"""A minimal keep-alive HTTP/1.1 client for webhook POSTs, on asyncio streams.
+
+Why not httpx: its client, transport and pool layers cost over 2 ms of CPU per request (nearly half
+of a delivery's), and a webhook POST needs none of what they offer. This sends one request, reads the
+status, drains a small body so the connection can be reused, and never follows redirects.
+The caller picks the address: the URL's host is what is connected to (the SSRF-checked IP), while
+the Host header and the TLS server name may name the original host (see ``ssrf.pinned``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from urllib.parse import urlsplit
+
+MAX_HEAD = 64 * 1024  # status line plus headers
+MAX_DRAIN = 64 * 1024  # larger response bodies are not read: the connection is closed instead
+MAX_IDLE = 16  # idle connections kept per destination
+IDLE_EXPIRY = 5.0  # seconds; as httpx: a peer or middlebox may drop idle connections without a FIN
+
+Key = tuple[str, str, int, str]  # scheme, connect host, port, TLS server name
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Idle = tuple[asyncio.StreamReader, asyncio.StreamWriter, float]  # plus when it went idle
+
+
+class ProtocolError(OSError):
+    """The receiver's answer is not valid HTTP/1.1 (an OSError: handled like a network failure)."""
+
+
+_tls: ssl.SSLContext | None = None
+_idle: dict[Key, list[Idle]] = {}
+
+
+def _tls_context() -> ssl.SSLContext:
+    global _tls
+    if _tls is None:
+        _tls = ssl.create_default_context()
+    return _tls
+
+
+async def post(
+    url: str, body: bytes, headers: dict[str, str], timeout: float, server_name: str | None = None
+) -> int:
+    """POST ``body`` to ``url``; returns the status code. Raises OSError (TimeoutError included)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme, (parts.hostname or "")
+    port = parts.port or (443 if scheme == "https" else 80)
+    key: Key = (scheme, host, port, server_name or host)
+    head = _request_head(parts.path or "/", parts.query, parts.netloc, headers, len(body))
+    async with asyncio.timeout(timeout):
+        while (conn := _take_idle(key)) is not None:
+            try:
+                return await _exchange(key, conn, head, body)
+            except _Stale:
+                continue  # the receiver closed an idle connection: try the next or a new one
+        conn = await _connect(key)
+        try:
+            return await _exchange(key, conn, head, body)
+        except _Stale as exc:
+            raise ProtocolError("connection closed before a response") from exc
+
+
+class _Stale(Exception):
+    """A connection failed before any response byte arrived (safe to retry on another)."""
+
+
+def _request_head(path: str, query: str, netloc: str, headers: dict[str, str], length: int) -> bytes:
+    target = f"{path}?{query}" if query else path
+    lines = [f"POST {target} HTTP/1.1"]
+    if not any(name.lower() == "host" for name in headers):
+        lines.append(f"host: {netloc.rpartition('@')[2]}")
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0"):
+            raise ProtocolError(f"header {name!r} cannot be sent")
+        lines.append(f"{name}: {value}")
+    lines.append(f"content-length: {length}")
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise ProtocolError("request headers must be ASCII") from exc
+
+
+def _take_idle(key: Key) -> Conn | None:
+    pool = _idle.get(key)
+    while pool:
+        reader, writer, since = pool.pop()
+        # An idle connection with pending data or EOF was closed (or spoke out of turn): drop it.
+        expired = time.monotonic() - since > IDLE_EXPIRY
+        if expired or reader.at_eof() or writer.is_closing() or len(getattr(reader, "_buffer", b"")):
+            writer.close()
+            continue
+        return reader, writer
+    return None
+
+
+async def _connect(key: Key) -> Conn:
+    scheme, host, port, server_name = key
+    if scheme == "https":
+        return await asyncio.open_connection(host, port, ssl=_tls_context(), server_hostname=server_name)
+    return await asyncio.open_connection(host, port)
+
+
+async def _exchange(key: Key, conn: Conn, head: bytes, body: bytes) -> int:
+    reader, writer = conn
+    keep = False
+    try:
+        try:
+            writer.write(head)
+            writer.write(body)
+            await writer.drain()
+            status_line = await reader.readline()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise _Stale() from exc
+        if not status_line:
+            raise _Stale()
+        try:
+            status, keep = await _read_response(reader, status_line)
+        except (asyncio.IncompleteReadError, ValueError) as exc:  # cut short, or a line over the limit
+            raise ProtocolError(f"bad response: {exc}") from exc
+        return status
+    finally:
+        if keep and len(_idle.setdefault(key, [])) < MAX_IDLE:
+            _idle[key].append((reader, writer, time.monotonic()))
+        else:
+            writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, bool]:
+    """Reads one response (skipping 1xx); returns (status, whether the connection may be reused)."""
+    while True:
+        version, status = _parse_status(status_line)
+        fields = await _read_fields(reader)
+        if not 100 <= status < 200:
+            break
+        status_line = await reader.readline()
+    connection = fields.get("connection", "").lower()
+    keep = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+    if status in (204, 304):
+        return status, keep
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        return status, keep and await _drain_chunked(reader)
+    length = fields.get("content-length")
+    if length is None:
+        return status, False  # body runs to EOF: not worth reading
+    try:
+        size = int(length)
+    except ValueError as exc:
+        raise ProtocolError("bad content-length") from exc
+    if size > MAX_DRAIN:
+        return status, False
+    await reader.readexactly(size)
+    return status, keep
+
+
+def _parse_status(line: bytes) -> tuple[str, int]:
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"bad status line {line[:100]!r}")
+    return parts[0].decode(), int(parts[1])
+
+
+async def _read_fields(reader: asyncio.StreamReader) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    total = 0
+    while True:
+        line = await reader.readline()
+        total += len(line)
+        if total > MAX_HEAD or not line.endswith(b"\n"):
+            raise ProtocolError("response head too large or cut short")
+        if line in (b"\r\n", b"\n"):
+            return fields
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            key = name.strip().lower()
+            fields[key] = f"{fields[key]}, {value.strip()}" if key in fields else value.strip()
+
+
+async def _drain_chunked(reader: asyncio.StreamReader) -> bool:
+    """Reads a chunked body of at most MAX_DRAIN bytes; False when it was larger (not read)."""
+    total = 0
+    while True:
+        size_line = await reader.readline()
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError as exc:
+            raise ProtocolError("bad chunk size") from exc
+        total += size
+        if total > MAX_DRAIN:
+            return False
+        if size == 0:
+            await _read_fields(reader)  # trailers
+            return True
+        await reader.readexactly(size + 2)

@@ -1,0 +1,123 @@
+"""The webhook HTTP/1.1 client: keep-alive reuse, stale connections, chunked bodies, no redirects, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from agentmx.events import http1
+
+Answer = Callable[[bytes], bytes | None]  # request head -> raw response (None: hang)
+
+
+async def _serve(answer: Answer, close_after: bool = False) -> tuple[asyncio.Server, list[bytes], list[int]]:
+    heads: list[bytes] = []
+    connections = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                heads.append(head)
+                response = answer(head)
+                if response is None:
+                    await asyncio.sleep(3600)
+                    return
+                writer.write(response)
+                await writer.drain()
+                if close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, heads, connections
+
+
+def _run(test: Callable[[], Awaitable[None]]) -> None:
+    http1._idle.clear()
+    asyncio.run(test())
+
+
+def _url(server: asyncio.Server, path: str = "/hook?a=1") -> str:
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}{path}"
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def test_keep_alive_reuses_one_connection() -> None:
+    async def test() -> None:
+        server, heads, connections = await _serve(lambda head: OK)
+        for _ in range(3):
+            assert await http1.post(_url(server), b"{}", {"x-a": "1"}, 5) == 200
+        assert connections[0] == 1
+        assert heads[0].startswith(b"POST /hook?a=1 HTTP/1.1\r\n")
+        assert b"x-a: 1\r\n" in heads[0] and b"content-length: 2" in heads[0]
+        server.close()
+
+    _run(test)
+
+
+def test_host_header_kept_when_pinned() -> None:
+    async def test() -> None:
+        server, heads, _ = await _serve(lambda head: OK)
+        assert await http1.post(_url(server), b"{}", {"host": "hooks.example.com"}, 5) == 200
+        assert heads[0].count(b"host:") == 1 and b"host: hooks.example.com\r\n" in heads[0]
+        server.close()
+
+    _run(test)
+
+
+def test_receiver_closing_idle_connections_is_retried() -> None:
+    async def test() -> None:
+        server, heads, connections = await _serve(lambda head: OK, close_after=True)
+        for _ in range(3):
+            assert await http1.post(_url(server), b"{}", {}, 5) == 200
+            await asyncio.sleep(0.05)
+        assert connections[0] == 3 and len(heads) == 3
+        server.close()
+
+    _run(test)
+
+
+def test_chunked_redirect_and_errors() -> None:
+    chunked = b"HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    redirect = b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n"
+    answers = iter([chunked, redirect, b"HTTP/1.1 100 Continue\r\n\r\n" + OK, b"garbage\r\n\r\n"])
+
+    async def test() -> None:
+        server, heads, connections = await _serve(lambda head: next(answers))
+        assert await http1.post(_url(server), b"{}", {}, 5) == 500
+        assert await http1.post(_url(server), b"{}", {}, 5) == 302  # not followed
+        assert await http1.post(_url(server), b"{}", {}, 5) == 200
+        assert connections[0] == 1
+        with pytest.raises(http1.ProtocolError):
+            await http1.post(_url(server), b"{}", {}, 5)
+        server.close()
+
+    _run(test)
+
+
+def test_timeout_and_refused() -> None:
+    async def test() -> None:
+        server, _, _ = await _serve(lambda head: None)
+        with pytest.raises(TimeoutError):
+            await http1.post(_url(server), b"{}", {}, 0.3)
+        url = _url(server)
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(OSError):
+            await http1.post(url, b"{}", {}, 2)
+
+    _run(test)
