@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +15,9 @@ from agentmx.events import http1
 Answer = Callable[[bytes], bytes | None]  # request head -> raw response (None: hang)
 
 
-async def _serve(answer: Answer, close_after: bool = False) -> tuple[asyncio.Server, list[bytes], list[int]]:
+async def _serve(
+    answer: Answer, close_after: bool = False, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.Server, list[bytes], list[int]]:
     heads: list[bytes] = []
     connections = [0]
 
@@ -40,7 +45,7 @@ async def _serve(answer: Answer, close_after: bool = False) -> tuple[asyncio.Ser
             pass
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     return server, heads, connections
 
 
@@ -119,5 +124,69 @@ def test_timeout_and_refused() -> None:
         await server.wait_closed()
         with pytest.raises(OSError):
             await http1.post(url, b"{}", {}, 2)
+
+    _run(test)
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` signed by itself (so the default trust store rejects it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_checks_the_certificate_and_names_the_original_host(tmp_path: Path) -> None:
+    """Pinned delivery: TCP to the checked IP, TLS server name and verification for the URL's host."""
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    names: list[str | None] = []
+
+    def record_name(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    server_tls.sni_callback = record_name  # type: ignore[assignment]
+
+    async def test() -> None:
+        tls_server, heads, _ = await _serve(lambda _head: OK, tls=server_tls)
+        url = f"https://127.0.0.1:{tls_server.sockets[0].getsockname()[1]}/hook"
+        with pytest.raises(ssl.SSLCertVerificationError):  # not trusted by the default store
+            await http1.post(url, b"{}", {}, 5.0, server_name="localhost")
+        http1._tls = ssl.create_default_context(cafile=str(cert))
+        try:
+            assert await http1.post(url, b"{}", {"host": "localhost"}, 5.0, server_name="localhost") == 200
+            with pytest.raises(ssl.SSLCertVerificationError):  # the name must match the certificate
+                await http1.post(url, b"{}", {}, 5.0, server_name="elsewhere.example")
+        finally:
+            http1._tls = None
+            http1._idle.clear()
+            tls_server.close()
+        assert names[-2:] == ["localhost", "elsewhere.example"]
+        assert any(b"host: localhost" in head for head in heads)
 
     _run(test)
