@@ -17,32 +17,23 @@ from agentmx.http.deps import get_caller, get_runtime
 from agentmx.http.routes import messages, threads
 
 
-class _NotSearch(Convertor[str]):
-    """A path segment other than ``search``, which belongs to the list routes' search."""
+def _not_search(pattern: str) -> Convertor[str]:
+    """A path parameter matching ``pattern`` but not ``search`` (that is the list routes' search)."""
 
-    regex = "(?!search$)[^/]+"
+    class NotSearch(Convertor[str]):
+        regex = f"(?!search$){pattern}"
 
-    def convert(self, value: str) -> str:
-        return value
+        def convert(self, value: str) -> str:
+            return value
 
-    def to_string(self, value: str) -> str:
-        return value
+        def to_string(self, value: str) -> str:
+            return value
 
-
-class _PathNotSearch(Convertor[str]):
-    """The rest of the path (a message id may contain '/'), other than ``search``."""
-
-    regex = "(?!search$).*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
+    return NotSearch()
 
 
-register_url_convertor("not_search", _NotSearch())
-register_url_convertor("path_not_search", _PathNotSearch())
+register_url_convertor("not_search", _not_search("[^/]+"))  # one path segment
+register_url_convertor("path_not_search", _not_search(".*"))  # the rest (a message id may hold '/')
 
 
 async def _message(request: Request) -> Response:
