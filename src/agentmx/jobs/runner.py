@@ -12,12 +12,13 @@ import functools
 import logging
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Integer, Table, Update, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Update, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
+from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.jobs.registry import HANDLERS, Inserts, RetryAt
 from agentmx.services.group_commit import committer
@@ -25,7 +26,7 @@ from agentmx.services.runtime import Runtime
 
 log = logging.getLogger("agentmx.jobs")
 
-JOBS = cast(Table, Job.__table__)  # Core statements: the ORM DML path costs more than the SQL
+JOBS = table_of(Job)  # Core statements: the ORM DML path costs more than the SQL
 LEASE = timedelta(minutes=5)  # a claimed job whose process died is claimed again after this
 BATCH = 32  # jobs claimed at most per claim (running plus waiting for a slot)
 GATHER = 0.01  # seconds
@@ -39,10 +40,7 @@ async def _insert_rows(session: AsyncSession, inserts: Inserts) -> None:
     for table, row in inserts:
         by_table.setdefault(table, []).append(row)
     for table, rows in by_table.items():
-        core = cast(
-            Table, getattr(table, "__table__", table)
-        )  # a Core INSERT: cheaper than the ORM bulk path
-        await session.execute(insert(core), rows)
+        await session.execute(insert(table_of(table)), rows)  # Core: cheaper than the ORM bulk path
 
 
 async def _delete_finished(

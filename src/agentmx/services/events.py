@@ -10,16 +10,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
-from agentmx.db.transient import transient
+from agentmx.db.transient import table_of, transient
 from agentmx.db.types import utcnow
 from agentmx.ids import new_id
 from agentmx.services.jobs import enqueue_at_commit
@@ -61,7 +61,7 @@ def _insert(session: Session, rows: list[Event]) -> None:
 
     The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
     """
-    table = cast(Table, Event.__table__)
+    table = table_of(Event)
     # RETURNING event_id too: rows come back in no promised order, event_id is unique.
     result = session.execute(
         insert(table).returning(table.c.event_id, table.c.seq),

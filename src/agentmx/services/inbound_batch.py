@@ -9,13 +9,12 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
 from agentmx.mail.parse import ParsedMessage
 from agentmx.services import events, mailstore
@@ -43,7 +42,7 @@ async def store_inbound(
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
-        t = _table(Message).c  # a Core SELECT: no ORM compile step for plain columns
+        t = table_of(Message).c  # a Core SELECT: no ORM compile step for plain columns
         rows = await session.execute(
             select(t.inbox_id, t.message_id, t.id, t.thread_id).where(
                 t.inbox_id.in_({i for i, _ in wanted}), t.message_id.in_({m for _, m in wanted})
@@ -118,35 +117,16 @@ async def insert_rows(session: AsyncSession, threads: list[Thread], messages: li
     every column that has a default.
     """
     if threads:
-        await session.execute(insert(_table(Thread)), [_row(t) for t in threads])
+        await session.execute(insert(table_of(Thread)), [column_values(t) for t in threads])
     if not messages:
         return
-    await session.execute(insert(_table(Message)), [_row(m) for m in messages])
+    await session.execute(insert(table_of(Message)), [column_values(m) for m in messages])
     labels = [{"message_pk": m.id, "label": label.label} for m in messages for label in m.labels]
     if labels:
-        await session.execute(insert(_table(MessageLabel)), labels)
-    files = [_row(a) | {"message_pk": m.id} for m in messages for a in m.attachments]
+        await session.execute(insert(table_of(MessageLabel)), labels)
+    files = [column_values(a) | {"message_pk": m.id} for m in messages for a in m.attachments]
     if files:
-        await session.execute(insert(_table(Attachment)), files)
-
-
-_COLUMNS: dict[type, list[tuple[str, str]]] = {}
-
-
-def _table(cls: type) -> Table:
-    # Core INSERT on the table: no ORM bulk-insert machinery.
-    return cast(Table, cls.__table__)  # type: ignore[attr-defined]
-
-
-def _row(obj: object) -> dict[str, Any]:
-    """Column name -> value of a transient mapped object (None where never set, as a flush would)."""
-    cls = type(obj)
-    columns = _COLUMNS.get(cls)
-    if columns is None:
-        mapper = sa_inspect(cls)
-        columns = _COLUMNS[cls] = [(p.columns[0].key, p.key) for p in mapper.column_attrs]
-    values = obj.__dict__
-    return {column: values.get(attr) for column, attr in columns}
+        await session.execute(insert(table_of(Attachment)), files)
 
 
 def _referenced_thread(

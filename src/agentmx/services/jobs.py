@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Job
+from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.services.runtime import Runtime
 
@@ -64,7 +65,7 @@ def enqueue_at_commit(
 def _insert_pending_jobs(session: Session) -> None:
     rows: list[dict[str, Any]] | None = session.info.pop(PENDING_JOBS, None)
     if rows:
-        session.execute(insert(cast(Table, Job.__table__)), rows)
+        session.execute(insert(table_of(Job)), rows)
 
 
 async def cancel(session: AsyncSession, key: str) -> None:
