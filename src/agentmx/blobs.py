@@ -1,7 +1,10 @@
 """Content-addressed blob store on the file system (raw .eml and attachment bytes).
 
-Writes are durable before they return: the file is fsynced and renamed into place, so a key
-stored in a committed database row always names a complete file.
+Writes are durable before they return: the file is fsynced, renamed into place, and then its
+folder is fsynced so the new name itself survives a power cut (a SIGKILL alone never loses it).
+A key stored in a committed database row therefore always names a complete file. Batched writes
+sync each touched folder once per batch; on ext4 the first folder sync commits the journal
+entries of every rename before it, so the others cost little.
 """
 
 from __future__ import annotations
@@ -25,21 +28,28 @@ class BlobStore:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key
 
-    def put_sync(self, data: bytes) -> str:
+    def put_sync(self, data: bytes, unsynced_dirs: set[str] | None = None) -> str:
+        """Store ``data`` and return its key. With ``unsynced_dirs`` the caller syncs the folders."""
+        own_dirs: set[str] = set()
+        key = self._write(data, own_dirs if unsynced_dirs is None else unsynced_dirs)
+        _fsync_dirs(own_dirs)
+        return key
+
+    def _write(self, data: bytes, unsynced_dirs: set[str]) -> str:
         key = hashlib.sha256(data).hexdigest()
         folder = os.path.join(self.root, key[:2], key[2:4])
         path = os.path.join(folder, key)
         if os.path.exists(path):
+            unsynced_dirs.add(folder)  # a write that failed before its folder sync may have left it
             return key
         if folder not in self._dirs:
-            os.makedirs(folder, exist_ok=True)
-            self._dirs.add(folder)
+            self._make_folder(folder, unsynced_dirs)
         tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:  # the folder was removed behind our back: make it again
             self._dirs.discard(folder)
-            os.makedirs(folder, exist_ok=True)
+            self._make_folder(folder, unsynced_dirs)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -50,7 +60,15 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        unsynced_dirs.add(folder)
         return key
+
+    def _make_folder(self, folder: str, unsynced_dirs: set[str]) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self._dirs.add(folder)
+        # The folder may be new: its name lives in its parent, and the parent's in the root.
+        parent = os.path.dirname(folder)
+        unsynced_dirs.update((parent, os.path.dirname(parent)))
 
     async def put(self, data: bytes) -> str:
         return await asyncio.to_thread(self.put_sync, data)
@@ -85,11 +103,16 @@ class BlobStore:
 
     def _put_batch(self, batch: list[list[bytes]]) -> list[list[str] | BaseException]:
         out: list[list[str] | BaseException] = []
+        unsynced_dirs: set[str] = set()
         for items in batch:
             try:
-                out.append([self.put_sync(data) for data in items])
+                out.append([self._write(data, unsynced_dirs) for data in items])
             except Exception as exc:  # noqa: BLE001 (handed to that caller; the others go on)
                 out.append(exc)
+        try:
+            _fsync_dirs(unsynced_dirs)
+        except OSError as exc:  # no caller may count on a name that might not survive
+            return [exc for _ in batch]
         return out
 
     def get_sync(self, key: str) -> bytes:
@@ -100,3 +123,13 @@ class BlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+
+def _fsync_dirs(folders: set[str]) -> None:
+    # Deepest first: a new folder's own entries before the entry that names it.
+    for folder in sorted(folders, key=len, reverse=True):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
