@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from agentmx.db import sqlite_inline
+from agentmx.db import driver_reads, sqlite_inline
+from agentmx.db.driver_reads import DriverConnection
 from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
@@ -150,6 +151,10 @@ class Database:
             if not self.is_sqlite:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
+
+    def read_driver(self) -> AbstractAsyncContextManager[DriverConnection]:
+        """read_connection's snapshot rules on the driver's own connection (db/driver_reads)."""
+        return driver_reads.connect(self.reader)
 
     async def ping(self) -> None:
         async with self.reader.connect() as conn:  # the writer engine would take the write lock

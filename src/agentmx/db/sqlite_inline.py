@@ -66,11 +66,16 @@ class InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
-def begin_deferred(conn: InlineConnection) -> None:
-    """BEGIN on the sqlite3 connection itself (the engine's "begin" hook, for read transactions)."""
+def sqlite3_connection(conn: InlineConnection) -> sqlite3.Connection:
+    """The sqlite3 connection itself: calls on it run inline anyway, without aiosqlite's wrapping."""
     if conn._connection is None:
         raise ValueError("Connection closed")
-    conn._connection.execute("BEGIN")
+    return conn._connection
+
+
+def begin_deferred(conn: InlineConnection) -> None:
+    """BEGIN on the sqlite3 connection itself (the engine's "begin" hook, for read transactions)."""
+    sqlite3_connection(conn).execute("BEGIN")
 
 
 def async_creator(url: str) -> Callable[[], Any]:
