@@ -59,8 +59,10 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
 
         return engine
     # Overflow connections are closed on return; a pool smaller than the request concurrency
-    # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%).
-    engine = create_async_engine(url, pool_size=30, max_overflow=10)
+    # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%). Even
+    # 30 + 10 overflow kept reconnecting once the hot reads got faster (py-spy: asyncpg connect in
+    # 4% of GET thread's samples): the same 40 connections at most, none of them overflow.
+    engine = create_async_engine(url, pool_size=40, max_overflow=0)
     _ping_when_idle(engine)
     return engine
 
