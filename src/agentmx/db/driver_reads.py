@@ -5,11 +5,13 @@ the execution context, a greenlet hop per cursor call and the Result machinery: 
 SQLite needs to run the statement (bench/rest_read.py, py-spy). Here each statement is compiled
 once per dialect by SQLAlchemy itself, and its rows go through the very result processors
 SQLAlchemy would apply (UTCDateTime, JSON), so they hold the same values; only the plumbing
-around the driver call is skipped. The connection still comes from the engine's pool.
+around the driver call is skipped. PostgreSQL connections still come from the engine's pool;
+SQLite reads keep a few sqlite3 connections of their own (SQLiteReaders).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -119,19 +121,79 @@ def _compiled_for(dialect: Dialect) -> dict[int, tuple[Any, DriverStatement]]:
 
 @asynccontextmanager
 async def connect(engine: AsyncEngine) -> AsyncIterator[DriverConnection]:
-    """A pooled connection as the driver's own: SQLite inside a deferred BEGIN, PostgreSQL in
-    autocommit (each statement its own snapshot under READ COMMITTED, and no extra round trips).
-
-    The pool's reset on return (a rollback) ends the SQLite read transaction.
-    """
+    """PostgreSQL: a connection of the engine's pool as asyncpg's own, in autocommit (each
+    statement its own snapshot under READ COMMITTED, and no BEGIN/ROLLBACK round trips)."""
     pooled = await engine.raw_connection()
     try:
-        adapted: Any = pooled.driver_connection
-        if engine.dialect.name == "sqlite":
-            driver = sqlite_inline.sqlite3_connection(adapted)
-            driver.execute("BEGIN")
-        else:
-            driver = adapted  # the asyncpg connection; no transaction started through the adapter
-        yield DriverConnection(driver, engine.dialect)
+        # No transaction is started through SQLAlchemy's adapter, so its reset on return is a no-op.
+        yield DriverConnection(pooled.driver_connection, engine.dialect)
     finally:
         await greenlet_spawn(pooled.close)
+
+
+class SQLiteReaders:
+    """SQLite: sqlite3 connections of the hot reads' own, each read inside a deferred BEGIN.
+
+    Checking a connection out of SQLAlchemy's pool and back (its reset on return through the
+    async adapter and a greenlet) took more CPU than the read's statement. Nothing here awaits (the
+    statements run inline, see sqlite_inline), so a read ends before another starts and one
+    connection is enough; a read that found none free would open another.
+    """
+
+    MAX_IDLE = 4
+
+    def __init__(self, url: str, dialect: Dialect) -> None:
+        self._connect = sqlite_inline.connector(url)
+        self._dialect = dialect
+        self._idle: list[sqlite3.Connection] = []
+
+    def read(self) -> _SQLiteRead:
+        return _SQLiteRead(self)
+
+    def _checkout(self) -> sqlite3.Connection:
+        if self._idle:
+            return self._idle.pop()
+        conn = self._connect()
+        for pragma in sqlite_inline.PRAGMAS:
+            conn.execute(pragma)
+        return conn
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.rollback()  # ends the read transaction
+        except sqlite3.Error:
+            conn.close()  # not reused: whatever broke it may not have been undone
+            raise
+        if len(self._idle) < self.MAX_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+class _SQLiteRead:
+    """``async with readers.read() as conn``: a class, not a generator, for the per-request cost."""
+
+    __slots__ = ("_conn", "_readers")
+
+    def __init__(self, readers: SQLiteReaders) -> None:
+        self._readers = readers
+        self._conn: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> DriverConnection:
+        conn = self._readers._checkout()
+        try:
+            conn.execute("BEGIN")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return DriverConnection(conn, self._readers._dialect)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._readers._checkin(self._conn)
+            self._conn = None

@@ -40,10 +40,8 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            for pragma in sqlite_inline.PRAGMAS:
+                cur.execute(pragma)
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -102,6 +100,9 @@ class Database:
         # SQLite has one writer at a time; queueing writers here (not in SQLite's busy handler)
         # is what lets sqlite_inline run statements on the loop thread without deadlocking.
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
+        self._sqlite_readers = (
+            driver_reads.SQLiteReaders(url, self.reader.dialect) if url.startswith("sqlite") else None
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -156,6 +157,8 @@ class Database:
 
     def read_driver(self) -> AbstractAsyncContextManager[DriverConnection]:
         """read_connection's snapshot rules on the driver's own connection (db/driver_reads)."""
+        if self._sqlite_readers is not None:
+            return self._sqlite_readers.read()
         return driver_reads.connect(self.reader)
 
     async def ping(self) -> None:
@@ -163,6 +166,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._sqlite_readers is not None:
+            self._sqlite_readers.close()
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()
