@@ -17,7 +17,9 @@ def iso(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif value.tzinfo is not UTC:  # rows come back in UTC already (db/types.UTCDateTime)
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
