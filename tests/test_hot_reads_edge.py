@@ -85,7 +85,11 @@ def test_neighbouring_routes_still_reach_fastapi(harness: Harness) -> None:
         assert http.get("/v0/threads/search", params={"q": "Hello"}).status_code == 200
         updated = http.patch(message_path, json={"add_labels": ["kept"]})
         assert updated.status_code == 200 and "kept" in updated.json()["labels"]
+        # The hot reads' own SQLite connections see the write at once (a new snapshot per read).
+        assert "kept" in http.get(message_path).json()["labels"]
         assert "kept" in http.get(thread_path).json()["labels"]
+        http.patch(message_path, json={"remove_labels": ["kept"]})
+        assert "kept" not in http.get(message_path).json()["labels"]
         raw = http.get(message_path + "/raw")
         assert raw.status_code == 200 and raw.json()["download_url"]
 

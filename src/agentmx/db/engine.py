@@ -144,7 +144,8 @@ class Database:
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only Core connection, for the hot reads that skip the ORM session.
+        """A read-only Core connection, for reads that skip the ORM session (the hottest ones,
+        GET message and thread, go further: read_driver).
 
         PostgreSQL reads run in autocommit: under READ COMMITTED each statement takes its own
         snapshot anyway, and BEGIN/ROLLBACK would be two more round trips. SQLite keeps its BEGIN,
