@@ -4,14 +4,17 @@ them, headers, and the exact JSON bytes (http/wire.json_response)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 import pytest
 
+from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
 from mail_support import make_message, smtp_send
@@ -132,3 +135,41 @@ def test_rate_limit_applies_to_the_hot_reads(
         limited = http.get("/v0/threads/thd_unknown")
         _error(limited, 429, "rate_limit_exceeded")
         assert 1 <= int(limited.headers["Retry-After"]) <= 60
+
+
+def test_postgres_connections_lost_under_the_hot_reads(fresh_server: Callable[..., ServerProcess]) -> None:
+    """The hot reads use asyncpg without SQLAlchemy's execute, which used to notice a lost
+    connection and replace the pool's generation: one failed read, not one per pooled connection."""
+    server = fresh_server("postgres").start()
+    key = server.create_key()
+    assert server.database_url is not None
+    database = server.database_url.rsplit("/", 1)[1]
+
+    async def fan_out() -> None:  # many reads at once: several pooled connections in use
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}
+        ) as c:
+            statuses = await asyncio.gather(*(c.get("/v0/threads/thd_unknown") for _ in range(20)))
+            assert {r.status_code for r in statuses} == {404}
+
+    async def terminate() -> None:
+        admin = await asyncpg.connect(postgres.ADMIN_URL)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(fan_out())
+    asyncio.run(terminate())
+    outcomes: list[int | str] = []
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for _ in range(30):
+            try:
+                outcomes.append(http.get("/v0/threads/thd_unknown").status_code)
+            except httpx.TransportError as exc:  # the server closes a connection after a 500
+                outcomes.append(type(exc).__name__)
+    assert outcomes.count(500) <= 1 and outcomes[-20:] == [404] * 20, outcomes

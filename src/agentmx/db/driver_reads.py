@@ -124,9 +124,17 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[DriverConnection]:
     """PostgreSQL: a connection of the engine's pool as asyncpg's own, in autocommit (each
     statement its own snapshot under READ COMMITTED, and no BEGIN/ROLLBACK round trips)."""
     pooled = await engine.raw_connection()
+    driver: Any = pooled.driver_connection
     try:
         # No transaction is started through SQLAlchemy's adapter, so its reset on return is a no-op.
-        yield DriverConnection(pooled.driver_connection, engine.dialect)
+        yield DriverConnection(driver, engine.dialect)
+    except BaseException as exc:
+        if driver.is_closed():
+            # Lost (server restart, terminated backend). SQLAlchemy's execute would have seen the
+            # disconnect and retired the pool's generation; without that, every pooled connection
+            # would go on being handed out dead. Connections made before now reconnect on checkout.
+            await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
+        raise
     finally:
         await greenlet_spawn(pooled.close)
 
