@@ -33,6 +33,8 @@ class DriverStatement:
 
     def __init__(self, stmt: TextualSelect | TextClause, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
+        if compiled.post_compile_params:  # rendered per execution by SQLAlchemy, not here
+            raise ValueError("driver_reads runs no expanding (IN-list) or literal_execute parameters")
         self.sql = compiled.string
         self.names: Sequence[str] = compiled.positiontup or ()
         binds = {name: compiled.binds[name].type._cached_bind_processor(dialect) for name in self.names}
