@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from agentmx.db import sqlite_inline
+from agentmx.db import driver_reads, sqlite_inline
+from agentmx.db.driver_reads import DriverConnection
 from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
@@ -39,10 +40,8 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            for pragma in sqlite_inline.PRAGMAS:
+                cur.execute(pragma)
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -58,8 +57,10 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
 
         return engine
     # Overflow connections are closed on return; a pool smaller than the request concurrency
-    # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%).
-    engine = create_async_engine(url, pool_size=30, max_overflow=10)
+    # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%). Even
+    # 30 + 10 overflow kept reconnecting once the hot reads got faster (py-spy: asyncpg connect in
+    # 4% of GET thread's samples): the same 40 connections at most, none of them overflow.
+    engine = create_async_engine(url, pool_size=40, max_overflow=0)
     _ping_when_idle(engine)
     return engine
 
@@ -99,6 +100,9 @@ class Database:
         # SQLite has one writer at a time; queueing writers here (not in SQLite's busy handler)
         # is what lets sqlite_inline run statements on the loop thread without deadlocking.
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
+        self._sqlite_readers = (
+            driver_reads.SQLiteReaders(url, self.reader.dialect) if url.startswith("sqlite") else None
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -140,7 +144,8 @@ class Database:
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only Core connection, for the hot reads that skip the ORM session.
+        """A read-only Core connection, for reads that skip the ORM session (the hottest ones,
+        GET message and thread, go further: read_driver).
 
         PostgreSQL reads run in autocommit: under READ COMMITTED each statement takes its own
         snapshot anyway, and BEGIN/ROLLBACK would be two more round trips. SQLite keeps its BEGIN,
@@ -151,11 +156,19 @@ class Database:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
+    def read_driver(self) -> AbstractAsyncContextManager[DriverConnection]:
+        """read_connection's snapshot rules on the driver's own connection (db/driver_reads)."""
+        if self._sqlite_readers is not None:
+            return self._sqlite_readers.read()
+        return driver_reads.connect(self.reader)
+
     async def ping(self) -> None:
         async with self.reader.connect() as conn:  # the writer engine would take the write lock
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._sqlite_readers is not None:
+            self._sqlite_readers.close()
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()

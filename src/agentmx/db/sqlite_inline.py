@@ -66,20 +66,39 @@ class InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
-def begin_deferred(conn: InlineConnection) -> None:
-    """BEGIN on the sqlite3 connection itself (the engine's "begin" hook, for read transactions)."""
+def sqlite3_connection(conn: InlineConnection) -> sqlite3.Connection:
+    """The sqlite3 connection itself: calls on it run inline anyway, without aiosqlite's wrapping."""
     if conn._connection is None:
         raise ValueError("Connection closed")
-    conn._connection.execute("BEGIN")
+    return conn._connection
+
+
+def begin_deferred(conn: InlineConnection) -> None:
+    """BEGIN on the sqlite3 connection itself (the engine's "begin" hook, for read transactions)."""
+    sqlite3_connection(conn).execute("BEGIN")
+
+
+# Every connection's settings (the engine's "connect" hook; db/driver_reads' own readers).
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
+
+
+def connector(url: str) -> Callable[[], sqlite3.Connection]:
+    """Opens a sqlite3 connection to a sqlite+aiosqlite:/// URL's file, PRAGMAS not yet applied."""
+    path = url.split(":///", 1)[1]
+    # isolation_level=None: autocommit at the driver, so the engine's "begin" hook picks the lock mode.
+    return partial(sqlite3.connect, path, timeout=30, check_same_thread=False, isolation_level=None)
 
 
 def async_creator(url: str) -> Callable[[], Any]:
     """An ``async_creator`` for create_async_engine from a sqlite+aiosqlite:/// URL."""
-    path = url.split(":///", 1)[1]
-    # isolation_level=None: autocommit at the driver, so the engine's "begin" hook picks the lock mode.
-    connector = partial(sqlite3.connect, path, timeout=30, check_same_thread=False, isolation_level=None)
+    connect = connector(url)
 
     async def create() -> InlineConnection:
-        return await InlineConnection(connector)
+        return await InlineConnection(connect)
 
     return create

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from agentmx import __version__
 from agentmx.http import errors, hot_routes
@@ -28,7 +29,7 @@ from agentmx.services.runtime import Runtime
 
 # The full route table, in matching order. Search and fixed sub-paths are declared by each
 # module before its {id} routes, so an id never swallows them. Matching walks this table on every
-# request, so the hot reads (GET message, GET thread) come first; no earlier path overlaps theirs.
+# request; the hot reads (GET message, GET thread) are matched ahead of it, in http/hot_routes.py.
 ROUTERS = [
     sending.router,  # before messages: /messages/send must not reach a {message_id} route
     messages.router,
@@ -49,11 +50,16 @@ ROUTERS = [
 ]
 
 
+class AgentmxApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # The hot reads are answered ahead of the whole stack (http/hot_routes.py).
+        return hot_routes.HotReads(super().build_middleware_stack())
+
+
 def create_app(rt: Runtime) -> FastAPI:
-    app = FastAPI(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
+    app = AgentmxApp(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.rt = rt
     errors.install(app)
-    hot_routes.install(app)  # ahead of the routers: matched first
     for router in ROUTERS:
         app.include_router(router)
     return app

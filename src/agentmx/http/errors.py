@@ -97,5 +97,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(error_body("InternalError", "internal_error", "Internal server error"), 500)
+        return unexpected_response()
+
+
+def unexpected_response() -> JSONResponse:
+    """The 500 for an exception no handler knows; call it inside ``except`` (logs the traceback)."""
+    log.exception("unhandled error")
+    return JSONResponse(error_body("InternalError", "internal_error", "Internal server error"), 500)

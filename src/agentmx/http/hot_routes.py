@@ -1,20 +1,32 @@
-"""GET message and GET thread as plain Starlette routes, matched before the FastAPI route table.
+"""GET message and GET thread answered at the ASGI level, ahead of FastAPI's middleware stack.
 
-For every request FastAPI walks its included routers and solves the endpoint's dependencies: about
-0.16 ms of a 0.7 ms GET message (in-process, SQLite). These routes call the very same handlers with
-the same caller resolution; errors reach the same exception handlers (errors.install). The FastAPI
-declarations stay: they document the routes in OpenAPI and serve every other method on the paths.
+FastAPI's stack (ServerErrorMiddleware, telemetry, body limit, ExceptionMiddleware, exit stack,
+the route walk, request_response) took about a third of a GET message's CPU, wrapping both the
+call and every ``send``; agentmx adds no middleware of its own to it. ``HotReads`` matches these
+paths first and runs the very handlers the FastAPI routes run, with the same caller resolution
+(auth, scopes, rate limit) and the same error table (errors.response_for; anything else is the
+app's 500, logged and re-raised as ServerErrorMiddleware does). Other requests, and other methods
+on these paths (HEAD gets FastAPI's 405), go to the FastAPI app unchanged. The FastAPI
+declarations stay: they document the routes in OpenAPI.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import compile_path, get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentmx.errors import AgentMXError
+from agentmx.http import errors
 from agentmx.http.deps import get_caller, get_runtime
 from agentmx.http.routes import messages, threads
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _not_search(pattern: str) -> Convertor[str]:
@@ -44,7 +56,7 @@ async def _message(request: Request) -> Response:
     )
 
 
-def _thread(scope_of: Callable[[dict[str, str]], threads.Scope]) -> Callable[[Request], Awaitable[Response]]:
+def _thread(scope_of: Callable[[dict[str, str]], threads.Scope]) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         caller = await get_caller(request)
         scope = scope_of(request.path_params)
@@ -55,14 +67,43 @@ def _thread(scope_of: Callable[[dict[str, str]], threads.Scope]) -> Callable[[Re
     return endpoint
 
 
-def _add_get(app: FastAPI, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-    app.router.add_route(path, endpoint, methods=["GET"], include_in_schema=False)
-    # Starlette adds HEAD to GET routes; the FastAPI routes answer HEAD with 405, so must these.
-    app.router.routes[-1].methods.discard("HEAD")  # type: ignore[attr-defined]
+def _routes() -> list[tuple[re.Pattern[str], Endpoint]]:
+    """Path regexes (Starlette's, from the same path templates) and their endpoints, in match order."""
+    table: list[tuple[str, Endpoint]] = [(messages.PREFIX + "/{rest:path_not_search}", _message)]
+    table += [(prefix + "/{thread_id:not_search}", _thread(of)) for prefix, of in threads.PREFIXES.items()]
+    # Every convertor here returns the matched text as it is, so a match's groups are the params.
+    return [(compile_path(path)[0], endpoint) for path, endpoint in table]
 
 
-def install(app: FastAPI) -> None:
-    """Call before the FastAPI routers are included, so these are matched first."""
-    _add_get(app, messages.PREFIX + "/{rest:path_not_search}", _message)
-    for prefix, scope_of in threads.PREFIXES.items():
-        _add_get(app, prefix + "/{thread_id:not_search}", _thread(scope_of))
+ROUTES = _routes()
+
+
+class HotReads:
+    """The ASGI app uvicorn calls: the hot GETs here, everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = get_route_path(scope)
+            for regex, endpoint in ROUTES:
+                match = regex.match(path)
+                if match is not None:
+                    scope["path_params"] = match.groupdict()
+                    await _serve(endpoint, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+async def _serve(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    unexpected: Exception | None = None
+    try:
+        response = await endpoint(Request(scope, receive, send))
+    except AgentMXError as exc:
+        response = errors.response_for(exc)
+    except Exception as exc:
+        response, unexpected = errors.unexpected_response(), exc
+    await response(scope, receive, send)
+    if unexpected is not None:
+        raise unexpected  # for the server's log, as Starlette's ServerErrorMiddleware does

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import JSON, Row, TextualSelect, bindparam, column, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agentmx.db.driver_reads import DriverConnection
 from agentmx.db.models import Message, Thread
 from agentmx.db.types import UTCDateTime
 from agentmx.errors import NotFound
@@ -73,6 +74,10 @@ THREAD_ATTRS = (
 THREAD_PREFIX = "t_"
 ThreadRow = namedtuple("ThreadRow", THREAD_ATTRS)  # type: ignore[misc]  # the thread part of a joined row
 ATTACHMENT_FIELDS = "position, id, filename, content_type, content_disposition, content_id, size"
+
+
+# GET message and GET thread run on the driver's connection (db/driver_reads); either kind works.
+ReadConnection = AsyncConnection | DriverConnection
 
 
 class AttachmentRecord(NamedTuple):
@@ -206,7 +211,7 @@ class _Statements:
 _statements: dict[str, _Statements] = {}
 
 
-def _for(conn: AsyncConnection) -> _Statements:
+def _for(conn: ReadConnection) -> _Statements:
     name = conn.dialect.name
     found = _statements.get(name)
     if found is None:
@@ -223,7 +228,7 @@ def _record(row: Row[Any], sort_in_python: bool) -> MessageRecord:
     return MessageRecord(row, labels, attachments)
 
 
-async def get_message(conn: AsyncConnection, caller: Caller, inbox_id: str, message_id: str) -> MessageRecord:
+async def get_message(conn: ReadConnection, caller: Caller, inbox_id: str, message_id: str) -> MessageRecord:
     """messages.get_message with its inbox check, in one statement."""
     stmts = _for(conn)
     candidates = message_id_candidates(message_id)
@@ -239,7 +244,7 @@ async def get_message(conn: AsyncConnection, caller: Caller, inbox_id: str, mess
     return record
 
 
-async def _scope_filter(conn: AsyncConnection, caller: Caller, scope: Scope) -> tuple[str, dict[str, Any]]:
+async def _scope_filter(conn: ReadConnection, caller: Caller, scope: Scope) -> tuple[str, dict[str, Any]]:
     """threads.resolve_scope then threads._scoped: the same 404/403s and the narrowest filter."""
     stmts = _for(conn)
     inbox_id = scope.inbox_id
@@ -269,7 +274,7 @@ async def _scope_filter(conn: AsyncConnection, caller: Caller, scope: Scope) -> 
 
 
 async def get_thread(
-    conn: AsyncConnection, caller: Caller, scope: Scope, thread_id: str, *, limit: int, page_token: str | None
+    conn: ReadConnection, caller: Caller, scope: Scope, thread_id: str, *, limit: int, page_token: str | None
 ) -> ThreadRecord:
     """threads.get_thread plus threads.thread_messages, with their errors in the same order."""
     stmts = _for(conn)
@@ -282,7 +287,7 @@ async def get_thread(
             raise NotFound("Thread not found")
     else:
         rows = await _thread_rows(conn, caller, scope, thread_id, limit + 1)
-        thread = ThreadRow(*(rows[0]._mapping[THREAD_PREFIX + attr] for attr in THREAD_ATTRS))
+        thread = ThreadRow(*(getattr(rows[0], THREAD_PREFIX + attr) for attr in THREAD_ATTRS))
         page = _page(stmts, thread.id, [row for row in rows if row.id is not None], limit)
     if page is not None and page.next_page_token is None:  # the page is the whole thread
         labels = {label for m in page.items for label in m.labels}
@@ -302,7 +307,7 @@ async def get_thread(
 
 
 async def _thread_rows(
-    conn: AsyncConnection, caller: Caller, scope: Scope, thread_id: str, limit: int
+    conn: ReadConnection, caller: Caller, scope: Scope, thread_id: str, limit: int
 ) -> Sequence[Row[Any]]:
     """The thread joined to its newest ``limit`` messages (one row with NULL messages if it has none)."""
     stmts = _for(conn)
@@ -322,7 +327,7 @@ async def _thread_rows(
         rows = (await conn.execute(stmts.inbox_thread_with_first_page(pod_filter), params)).all()
         if not rows or not inbox_is_visible(caller, rows[0].inbox_org, inbox_id, rows[0].inbox_pod):
             raise NotFound("Inbox not found")
-        if rows[0]._mapping[THREAD_PREFIX + "id"] is None:
+        if getattr(rows[0], THREAD_PREFIX + "id") is None:
             rows = []
     if not rows:
         raise NotFound("Thread not found")

@@ -205,7 +205,7 @@ async def get_message(
         async with rt.db.read() as s:
             attachment = await messages.get_attachment(s, message, match["aid"])
         return wire.json_response(_attachment_response(request, rt, attachment))
-    async with rt.db.read_connection() as conn:
+    async with rt.db.read_driver() as conn:
         found = await mail_reads.get_message(conn, caller, inbox_id, rest)
     return wire.json_response(wire_mail.message_document(found.row, found.labels, found.attachments, True))
 

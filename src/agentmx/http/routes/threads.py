@@ -106,7 +106,7 @@ async def read_thread(
 ) -> Response:
     caller.require("message_read")
     limit = check_limit(query_int(request, "limit"), maximum=THREAD_MESSAGES_MAX)
-    async with rt.db.read_connection() as conn:
+    async with rt.db.read_driver() as conn:
         found = await mail_reads.get_thread(
             conn, caller, scope, thread_id, limit=limit, page_token=request.query_params.get("page_token")
         )
