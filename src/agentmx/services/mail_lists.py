@@ -15,7 +15,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Row, literal_column, select, text
+from sqlalchemy import JSON, Row, Select, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmx.db.models import Message, Thread
@@ -107,18 +107,18 @@ def _thread_aggregates(dialect: str) -> tuple[str, str]:
 
 
 class _Selects:
-    """The SELECT lists of one dialect, built once."""
+    """The two list SELECTs of one dialect without their WHERE, built once (each page adds its own)."""
 
     def __init__(self, dialect: str) -> None:
         self.sort_in_python = dialect != "postgresql"
-        self.messages = [
+        self.messages: Select[Any] = select(
             *_labelled(m, Message, MESSAGE_SCALARS),
             _json_lists(dialect, "m", Message, MESSAGE_LISTS, *_aggregates(dialect)),
-        ]
-        self.threads = [
+        )
+        self.threads: Select[Any] = select(
             *_labelled(t, Thread, THREAD_SCALARS),
             _json_lists(dialect, "t", Thread, THREAD_LISTS, *_thread_aggregates(dialect)),
-        ]
+        )
 
 
 _selects: dict[str, _Selects] = {}
@@ -154,7 +154,7 @@ async def list_messages(
     """One page of a visible inbox's messages (``inbox``: from visible_inbox)."""
     selects = _for(conn)
     kind = "messages:" + inbox
-    stmt = select(*selects.messages).where(m.c.inbox_id == inbox, *message_conditions(m, caller, filters))
+    stmt = selects.messages.where(m.c.inbox_id == inbox, *message_conditions(m, caller, filters))
     stmt = keyset_select(
         stmt,
         kind=kind,
@@ -184,7 +184,7 @@ async def list_threads(
     in_scope = text(scope_sql.removeprefix(" AND ")).bindparams(**scope_params)
     inbox = inbox_key(scope.inbox_id) if scope.inbox_id is not None else ""
     kind = f"threads:{inbox}:{scope.pod_id or ''}"
-    stmt = select(*selects.threads).where(in_scope, *thread_conditions(t, caller, filters))
+    stmt = selects.threads.where(in_scope, *thread_conditions(t, caller, filters))
     stmt = keyset_select(
         stmt,
         kind=kind,
