@@ -83,7 +83,7 @@ def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
 
 
 def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> list[Any]:
-    """The list filters on ``m``, the messages table (or an alias of it); the inbox is the caller's."""
+    """The list filters on ``m``, the messages table (or an alias of it); the inbox filter is added apart."""
     out = [has_label(label, m.c.id) for label in normalize_labels(f.labels)]
     hidden = hidden_labels(caller, f.include)
     if hidden:
