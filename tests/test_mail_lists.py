@@ -284,7 +284,7 @@ def test_page_tokens_keep_their_format_and_are_bound_to_their_list(
             assert resp.status_code == 404, path
 
 
-def test_list_routes_refuse_head_as_the_other_routes_do(harness: Harness, mailbox: Mailbox) -> None:
+def test_list_routes_refuse_head(harness: Harness, mailbox: Mailbox) -> None:
     paths = [f"/v0/inboxes/{mailbox.a}/messages", "/v0/threads", f"/v0/pods/{mailbox.pod}/threads"]
     with _http(harness, harness.api_key) as http:
         for path in [*paths, f"/v0/inboxes/{mailbox.a}/threads"]:

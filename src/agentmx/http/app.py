@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agentmx import __version__
-from agentmx.http import errors, hot_lists, hot_routes
+from agentmx.http import errors, hot_routes
 from agentmx.http.routes import (
     api_keys,
     attachments,
@@ -54,7 +54,6 @@ def create_app(rt: Runtime) -> FastAPI:
     app.state.rt = rt
     errors.install(app)
     hot_routes.install(app)  # ahead of the routers: matched first
-    hot_lists.install(app)
     for router in ROUTERS:
         app.include_router(router)
     return app

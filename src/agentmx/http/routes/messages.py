@@ -70,7 +70,6 @@ def include_flags(request: Request) -> dict[str, bool]:
     }
 
 
-# GET is served by http/hot_lists.py, which calls this function; this declaration documents it.
 @router.get(PREFIX, response_model=dict[str, Any])
 async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
     caller.require("message_read")
