@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, exists, func, or_, select
+from sqlalchemy import FromClause, Text, cast, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -20,9 +20,8 @@ from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, normalize_l
 from agentmx.services.pagination import Page, paginate
 
 BATCH_GET_MAX = 500
-# List rows (MessageItem) carry no bodies or headers: do not read them (search still filters on text).
-LIST_DEFERRED = [
-    defer(Message.text, raiseload=True),
+# Search rows (MessageItem) carry no bodies or headers: do not read them (the highlights read text).
+SEARCH_DEFERRED = [
     defer(Message.html, raiseload=True),
     defer(Message.extracted_text, raiseload=True),
     defer(Message.extracted_html, raiseload=True),
@@ -75,59 +74,31 @@ def json_contains(column: Any, value: str) -> Any:
     return or_(text.like(_like(value), escape="\\"), text.like(_like(escaped), escape="\\"))
 
 
-def has_label(label: str) -> Any:
-    return exists().where(MessageLabel.message_pk == Message.id, MessageLabel.label == label)
+def has_label(label: str, message_pk: Any = Message.id) -> Any:
+    return exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label == label)
 
 
-def without_labels(labels: list[str]) -> Any:
-    return ~exists().where(MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels))
+def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
+    return ~exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label.in_(labels))
 
 
-def message_query(inbox: Inbox, caller: Caller, f: MessageFilters) -> Any:
-    stmt = select(Message).options(*LIST_DEFERRED).where(Message.inbox_id == inbox.id)
-    for label in normalize_labels(f.labels):
-        stmt = stmt.where(has_label(label))
+def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> list[Any]:
+    """The list filters on ``m``, the messages table (or an alias of it); the inbox filter is added apart."""
+    out = [has_label(label, m.c.id) for label in normalize_labels(f.labels)]
     hidden = hidden_labels(caller, f.include)
     if hidden:
-        stmt = stmt.where(without_labels(hidden))
+        out.append(without_labels(hidden, m.c.id))
     if f.before is not None:
-        stmt = stmt.where(Message.timestamp < f.before)
+        out.append(m.c.timestamp < f.before)
     if f.after is not None:
-        stmt = stmt.where(Message.timestamp >= f.after)
-    for value in f.from_:
-        stmt = stmt.where(contains(Message.from_, value))
-    for value in f.to:
-        stmt = stmt.where(
-            or_(
-                json_contains(Message.to, value),
-                json_contains(Message.cc, value),
-                json_contains(Message.bcc, value),
-            )
-        )
-    for value in f.subject:
-        stmt = stmt.where(contains(Message.subject, value))
-    return stmt
-
-
-async def list_messages(
-    session: AsyncSession,
-    caller: Caller,
-    inbox: Inbox,
-    filters: MessageFilters,
-    *,
-    limit: int,
-    page_token: str | None,
-    ascending: bool,
-) -> Page[Message]:
-    return await paginate(
-        session,
-        message_query(inbox, caller, filters),
-        kind="messages:" + inbox.id,
-        columns=[Message.timestamp, Message.id],
-        limit=limit,
-        page_token=page_token,
-        ascending=ascending,
-    )
+        out.append(m.c.timestamp >= f.after)
+    out += [contains(m.c.from_addr, value) for value in f.from_]
+    out += [
+        or_(json_contains(m.c.to, value), json_contains(m.c.cc, value), json_contains(m.c.bcc, value))
+        for value in f.to
+    ]
+    out += [contains(m.c.subject, value) for value in f.subject]
+    return out
 
 
 async def search_messages(
@@ -145,7 +116,7 @@ async def search_messages(
     words = check_query(q)
     stmt = (
         select(Message)
-        .options(*LIST_DEFERRED[1:])  # highlights read text
+        .options(*SEARCH_DEFERRED)
         .where(Message.inbox_id == inbox.id, without_labels(list(HIDDEN_LABELS)))
     )
     if before is not None:

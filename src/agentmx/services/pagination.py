@@ -62,6 +62,38 @@ def decode_token(kind: str, token: str, types: Sequence[type]) -> list[Any]:
         raise bad from exc
 
 
+def keyset_select(
+    stmt: Select[Any],
+    *,
+    kind: str,
+    columns: Sequence[Any],
+    limit: int,
+    page_token: str | None,
+    ascending: bool = False,
+) -> Select[Any]:
+    """``stmt`` ordered by ``columns`` (the last must be unique), from ``page_token`` on, ``limit`` + 1 rows.
+
+    ``columns``: mapped attributes or table columns; the extra row tells whether another page follows.
+    """
+    if page_token:
+        after = decode_token(kind, page_token, [col.type.python_type for col in columns])
+        key = tuple_(*columns)
+        # Typed literals so SQLite compares datetimes in the stored form.
+        bound = tuple_(*[literal(v, type_=col.type) for v, col in zip(after, columns, strict=True)])
+        stmt = stmt.where(key > bound if ascending else key < bound)
+    order = [col.asc() if ascending else col.desc() for col in columns]
+    return stmt.order_by(*order).limit(limit + 1)
+
+
+def keyset_page(rows: list[T], *, kind: str, keys: Sequence[str], limit: int) -> Page[T]:
+    """The page of a keyset_select's ``rows``; the token holds the last row's ``keys`` attributes."""
+    token = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        token = encode_token(kind, [getattr(rows[-1], key) for key in keys])
+    return Page(rows, limit, token)
+
+
 async def paginate(
     session: AsyncSession,
     stmt: Select[Any],
@@ -72,19 +104,9 @@ async def paginate(
     page_token: str | None,
     ascending: bool = False,
 ) -> Page[Any]:
-    """Order by ``columns`` (the last must be unique) and return one page after ``page_token``."""
-    types = [col.type.python_type for col in columns]
-    if page_token:
-        after = decode_token(kind, page_token, types)
-        key = tuple_(*columns)
-        # Typed literals so SQLite compares datetimes in the stored form.
-        bound = tuple_(*[literal(v, type_=col.type) for v, col in zip(after, columns, strict=True)])
-        stmt = stmt.where(key > bound if ascending else key < bound)
-    order = [col.asc() if ascending else col.desc() for col in columns]
-    rows = list((await session.scalars(stmt.order_by(*order).limit(limit + 1))).all())
-    token = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        token = encode_token(kind, [getattr(last, col.key) for col in columns])
-    return Page(rows, limit, token)
+    """Order by ``columns`` (the last must be unique) and return one page of ORM objects after ``page_token``."""
+    stmt = keyset_select(
+        stmt, kind=kind, columns=columns, limit=limit, page_token=page_token, ascending=ascending
+    )
+    rows = list((await session.scalars(stmt)).all())
+    return keyset_page(rows, kind=kind, keys=[col.key for col in columns], limit=limit)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, false, or_, select
+from sqlalchemy import FromClause, delete, exists, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
@@ -86,30 +86,26 @@ def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
     return stmt.where(Thread.organization_id == caller.organization_id)
 
 
-def _thread_has(labels: list[str]) -> Any:
+def _thread_has(labels: list[str], thread_id: Any = Thread.id) -> Any:
     return exists().where(
-        Message.thread_id == Thread.id, MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels)
+        Message.thread_id == thread_id, MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels)
     )
 
 
-def thread_query(caller: Caller, scope: Scope, f: ThreadFilters) -> Any:
-    stmt = _scoped(select(Thread), caller, scope)
-    for label in normalize_labels(f.labels):
-        stmt = stmt.where(_thread_has([label]))
+def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> list[Any]:
+    """The list filters on ``t``, the threads table (or an alias of it); scope is applied apart."""
+    out = [_thread_has([label], t.c.id) for label in normalize_labels(f.labels)]
     hidden = hidden_labels(caller, f.include)
     if hidden:
-        stmt = stmt.where(~_thread_has(hidden))
+        out.append(~_thread_has(hidden, t.c.id))
     if f.before is not None:
-        stmt = stmt.where(Thread.timestamp < f.before)
+        out.append(t.c.timestamp < f.before)
     if f.after is not None:
-        stmt = stmt.where(Thread.timestamp >= f.after)
-    for value in f.senders:
-        stmt = stmt.where(json_contains(Thread.senders, value))
-    for value in f.recipients:
-        stmt = stmt.where(json_contains(Thread.recipients, value))
-    for value in f.subject:
-        stmt = stmt.where(contains(Thread.subject, value))
-    return stmt
+        out.append(t.c.timestamp >= f.after)
+    out += [json_contains(t.c.senders, value) for value in f.senders]
+    out += [json_contains(t.c.recipients, value) for value in f.recipients]
+    out += [contains(t.c.subject, value) for value in f.subject]
+    return out
 
 
 async def views(session: AsyncSession, threads: list[Thread]) -> list[ThreadView]:
@@ -118,28 +114,6 @@ async def views(session: AsyncSession, threads: list[Thread]) -> list[ThreadView
     labels = await thread_labels(session, ids)
     attachments = await thread_attachments(session, ids)
     return [ThreadView(t, labels[t.id], attachments[t.id]) for t in threads]
-
-
-async def list_threads(
-    session: AsyncSession,
-    caller: Caller,
-    scope: Scope,
-    filters: ThreadFilters,
-    *,
-    limit: int,
-    page_token: str | None,
-    ascending: bool,
-) -> Page[Thread]:
-    await resolve_scope(session, caller, scope)
-    return await paginate(
-        session,
-        thread_query(caller, scope, filters),
-        kind=f"threads:{scope.inbox_id or ''}:{scope.pod_id or ''}",
-        columns=[Thread.timestamp, Thread.id],
-        limit=limit,
-        page_token=page_token,
-        ascending=ascending,
-    )
 
 
 async def search_threads(

@@ -25,7 +25,7 @@ from agentmx.http.deps import (
     query_int,
     query_list,
 )
-from agentmx.services import downloads, inboxes, mail_reads, messages
+from agentmx.services import downloads, inboxes, mail_lists, mail_reads, messages
 from agentmx.services.caller import Caller
 from agentmx.services.messages import MessageFilters
 from agentmx.services.pagination import MAX_LIMIT, check_limit
@@ -70,8 +70,8 @@ def include_flags(request: Request) -> dict[str, bool]:
     }
 
 
-@router.get(PREFIX)
-async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+@router.get(PREFIX, response_model=dict[str, Any])
+async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
     caller.require("message_read")
     filters = MessageFilters(
         labels=query_list(request, "labels") or [],
@@ -85,10 +85,10 @@ async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller:
     limit = check_limit(
         query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
     )
-    async with rt.db.read() as s:
-        inbox = await inboxes.get_inbox(s, caller, inbox_id)
-        page = await messages.list_messages(
-            s,
+    async with rt.db.read_connection() as conn:
+        inbox = await mail_lists.visible_inbox(conn, caller, inbox_id)
+        page = await mail_lists.list_messages(
+            conn,
             caller,
             inbox,
             filters,
@@ -96,8 +96,8 @@ async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller:
             page_token=request.query_params.get("page_token"),
             ascending=query_bool(request, "ascending"),
         )
-    items = [wire_mail.message(m, full=False) for m in page.items]
-    return wire.page("messages", items, page.limit, page.next_page_token)
+    items = [wire_mail.message_document(m.row, m.labels, m.attachments, False) for m in page.items]
+    return wire.json_response(wire.page("messages", items, page.limit, page.next_page_token))
 
 
 @router.get(PREFIX + "/search")

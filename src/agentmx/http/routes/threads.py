@@ -19,7 +19,7 @@ from agentmx.http.deps import (
     query_list,
 )
 from agentmx.http.routes.messages import base_url, include_flags
-from agentmx.services import downloads, mail_reads
+from agentmx.services import downloads, mail_lists, mail_reads
 from agentmx.services import threads as svc
 from agentmx.services.caller import Caller
 from agentmx.services.messages import field_highlights
@@ -38,7 +38,7 @@ class UpdateThread(Body):
     remove_labels: list[str] | None = None
 
 
-async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> dict[str, Any]:
+async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> Response:
     caller.require("message_read")
     filters = ThreadFilters(
         labels=query_list(request, "labels") or [],
@@ -52,9 +52,9 @@ async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> 
     limit = check_limit(
         query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
     )
-    async with rt.db.read() as s:
-        page = await svc.list_threads(
-            s,
+    async with rt.db.read_connection() as conn:
+        page = await mail_lists.list_threads(
+            conn,
             caller,
             scope,
             filters,
@@ -62,9 +62,8 @@ async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> 
             page_token=request.query_params.get("page_token"),
             ascending=query_bool(request, "ascending"),
         )
-        views = await svc.views(s, page.items)
-    items = [wire_mail.thread_item(v.thread, v.labels, v.attachments) for v in views]
-    return wire.page("threads", items, page.limit, page.next_page_token)
+    items = [wire_mail.thread_item(r.row, r.labels, r.attachments) for r in page.items]
+    return wire.json_response(wire.page("threads", items, page.limit, page.next_page_token))
 
 
 async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> dict[str, Any]:
@@ -158,8 +157,8 @@ async def _delete(rt: Runtime, caller: Caller, scope: Scope, thread_id: str) -> 
 def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
     """The same six operations under one prefix; search and sub-paths before {thread_id}."""
 
-    @router.get(prefix, name=f"list_threads{prefix}")
-    async def list_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    @router.get(prefix, name=f"list_threads{prefix}", response_model=dict[str, Any])
+    async def list_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
         return await _list(request, rt, caller, scope_of(request.path_params))
 
     @router.get(prefix + "/search", name=f"search_threads{prefix}")
