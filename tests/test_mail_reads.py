@@ -1,5 +1,5 @@
-"""GET message and GET thread (SQLAlchemy Core, services/mail_reads.py) agree with the ORM-backed
-list routes on the same rows: labels, attachments, thread aggregates, paging, hidden labels."""
+"""GET message and GET thread (services/mail_reads.py) agree with the list routes
+(services/mail_lists.py) on the same rows: labels, attachments, thread aggregates, paging, hidden labels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET message and GET thread answered at the ASGI level, ahead of FastAPI's middleware stack.
+"""GET message, GET thread and their lists answered at the ASGI level, ahead of FastAPI's middleware stack.
 
 FastAPI's stack (ServerErrorMiddleware, telemetry, body limit, ExceptionMiddleware, exit stack,
 the route walk, request_response) took about a third of a GET message's CPU, wrapping both the
@@ -67,10 +67,29 @@ def _thread(scope_of: Callable[[dict[str, str]], threads.Scope]) -> Endpoint:
     return endpoint
 
 
+async def _messages(request: Request) -> Response:
+    caller = await get_caller(request)
+    return await messages.list_messages(
+        request.path_params["inbox_id"], request, get_runtime(request), caller
+    )
+
+
+def _threads(scope_of: Callable[[dict[str, str]], threads.Scope]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        caller = await get_caller(request)
+        return await threads.read_threads(
+            request, get_runtime(request), caller, scope_of(request.path_params)
+        )
+
+    return endpoint
+
+
 def _routes() -> list[tuple[re.Pattern[str], Endpoint]]:
     """Path regexes (Starlette's, from the same path templates) and their endpoints, in match order."""
     table: list[tuple[str, Endpoint]] = [(messages.PREFIX + "/{rest:path_not_search}", _message)]
     table += [(prefix + "/{thread_id:not_search}", _thread(of)) for prefix, of in threads.PREFIXES.items()]
+    table += [(messages.PREFIX, _messages)]  # the lists: exact paths, so no other route's
+    table += [(prefix, _threads(of)) for prefix, of in threads.PREFIXES.items()]
     # Every convertor here returns the matched text as it is, so a match's groups are the params.
     return [(compile_path(path)[0], endpoint) for path, endpoint in table]
 

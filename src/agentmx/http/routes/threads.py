@@ -38,7 +38,7 @@ class UpdateThread(Body):
     remove_labels: list[str] | None = None
 
 
-async def _list(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> Response:
+async def read_threads(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> Response:
     caller.require("message_read")
     filters = ThreadFilters(
         labels=query_list(request, "labels") or [],
@@ -159,7 +159,7 @@ def _register(prefix: str, scope_of: Callable[[dict[str, str]], Scope]) -> None:
 
     @router.get(prefix, name=f"list_threads{prefix}", response_model=dict[str, Any])
     async def list_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> Response:
-        return await _list(request, rt, caller, scope_of(request.path_params))
+        return await read_threads(request, rt, caller, scope_of(request.path_params))
 
     @router.get(prefix + "/search", name=f"search_threads{prefix}")
     async def search_threads(request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
