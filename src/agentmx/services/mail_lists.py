@@ -27,8 +27,8 @@ from agentmx.services.mail_reads import (
     ATTACHMENT_FIELDS,
     THREAD_ATTRS,
     AttachmentRecord,
-    _aggregates,
-    _scope_filter,
+    message_aggregates,
+    thread_scope_filter,
 )
 from agentmx.services.messages import MessageFilters, message_conditions
 from agentmx.services.pagination import Page, keyset_page, keyset_select
@@ -114,7 +114,7 @@ class _Selects:
         self.sort_in_python = dialect != "postgresql"
         self.messages: Select[Any] = select(
             *_labelled(m, Message, MESSAGE_SCALARS),
-            _json_lists(dialect, "m", Message, MESSAGE_LISTS, *_aggregates(dialect)),
+            _json_lists(dialect, "m", Message, MESSAGE_LISTS, *message_aggregates(dialect)),
         )
         self.threads: Select[Any] = select(
             *_labelled(t, Thread, THREAD_SCALARS),
@@ -181,7 +181,7 @@ async def list_threads(
 ) -> Page[ItemRecord]:
     """One page of the threads in ``scope``, after its 404/403 checks."""
     selects = _for(conn)
-    scope_sql, scope_params = await _scope_filter(conn, caller, scope)
+    scope_sql, scope_params = await thread_scope_filter(conn, caller, scope)
     in_scope = text(scope_sql.removeprefix(" AND ")).bindparams(**scope_params)
     inbox = inbox_key(scope.inbox_id) if scope.inbox_id is not None else ""
     kind = f"threads:{inbox}:{scope.pod_id or ''}"

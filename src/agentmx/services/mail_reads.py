@@ -114,7 +114,7 @@ def _columns(model: Any, attrs: tuple[str, ...], alias: str, prefix: str = "") -
     return sql, [column(name, col.type) for name, col in mapped]
 
 
-def _aggregates(dialect: str) -> tuple[str, str]:
+def message_aggregates(dialect: str) -> tuple[str, str]:
     """Per-message labels and attachments as JSON arrays (SQLite 3.40 cannot order inside them)."""
     if dialect == "postgresql":
         return (
@@ -133,7 +133,7 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         self.sort_in_python = dialect != "postgresql"
-        labels_sql, attachments_sql = _aggregates(dialect)
+        labels_sql, attachments_sql = message_aggregates(dialect)
         msg_sql, msg_types = _columns(Message, MESSAGE_ATTRS, "m")
         aggregated = [column("labels", JSON()), column("attachments", JSON())]
         self.message = text(
@@ -244,7 +244,9 @@ async def get_message(conn: ReadConnection, caller: Caller, inbox_id: str, messa
     return record
 
 
-async def _scope_filter(conn: ReadConnection, caller: Caller, scope: Scope) -> tuple[str, dict[str, Any]]:
+async def thread_scope_filter(
+    conn: ReadConnection, caller: Caller, scope: Scope
+) -> tuple[str, dict[str, Any]]:
     """threads.resolve_scope then threads._scoped: the same 404/403s and the narrowest filter."""
     stmts = _for(conn)
     inbox_id = scope.inbox_id
@@ -281,7 +283,7 @@ async def get_thread(
     page = None
     thread: Any  # a Row, or a ThreadRow cut from a joined row: the same attribute names
     if page_token:
-        scope_filter, params = await _scope_filter(conn, caller, scope)
+        scope_filter, params = await thread_scope_filter(conn, caller, scope)
         thread = (await conn.execute(stmts.thread(scope_filter), {"thread_id": thread_id, **params})).first()
         if thread is None:
             raise NotFound("Thread not found")
@@ -313,12 +315,12 @@ async def _thread_rows(
     stmts = _for(conn)
     params: dict[str, Any] = {"thread_id": thread_id, "limit": limit}
     if scope.inbox_id is None:
-        scope_filter, scope_params = await _scope_filter(conn, caller, scope)
+        scope_filter, scope_params = await thread_scope_filter(conn, caller, scope)
         rows = (
             await conn.execute(stmts.thread_with_first_page(scope_filter), {**params, **scope_params})
         ).all()
     else:
-        # _scope_filter's inbox check, in the same statement. Once the inbox is visible, the only
+        # thread_scope_filter's inbox check, in the same statement. Once the inbox is visible, the only
         # other filter _scoped would add is the caller's pod.
         inbox_id = params["inbox_id"] = inbox_key(scope.inbox_id)
         pod_filter = ""
