@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ def make_url(
     filename: str | None,
     ttl: int,
 ) -> tuple[str, datetime]:
-    expires = int(time.time()) + ttl
+    expires = math.ceil(time.time()) + ttl  # whole seconds, rounded up: a link lives at least ttl
     payload = json.dumps([blob_key, expires, content_type or "application/octet-stream", filename or ""])
     encoded = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     token = f"{encoded}.{sign(secret, 'download:' + encoded)}"
