@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from agentmx import __version__
 from agentmx.http import errors, hot_routes
+from agentmx.http.nul_guard import NulGuard
 from agentmx.http.routes import (
     api_keys,
     attachments,
@@ -53,6 +54,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.rt = rt
     errors.install(app)
+    app.add_middleware(NulGuard)
     hot_routes.install(app)  # ahead of the routers: matched first
     for router in ROUTERS:
         app.include_router(router)
