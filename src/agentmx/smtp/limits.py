@@ -6,11 +6,12 @@ import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
-from agentmx.smtp.replies import S421_TOO_MANY_CONNECTIONS
+from agentmx.smtp.data import read_data
+from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS
 
 
 @dataclass
@@ -19,6 +20,7 @@ class ConnectionLimits:
     max_per_ip: int
     total: int = 0
     per_ip: Counter[str] = field(default_factory=Counter)
+    live: set[LimitedSMTP] = field(default_factory=set)  # for the stress reaper (smtp/stress.py)
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -49,9 +51,46 @@ class LimitedSMTP(SMTP):
         return found.group(1), arg[found.end() :]
 
     def __init__(self, handler: Any, *, limits: ConnectionLimits, **kw: Any) -> None:
+        self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         super().__init__(handler, **kw)
         self._limits = limits
         self._ip: str | None = None
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms its timeout on connect and on each command: the reaper's clock too.
+        self.last_command_at = self.loop.time()
+        super()._reset_timeout(duration)
+
+    def close_idle(self) -> None:
+        """Closed by the stress reaper: tell the client why, as Postfix does."""
+        # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(S421_TIMEOUT.encode() + b"\r\n")
+            transport.close()
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
+        """aiosmtpd's DATA, reading the body with bounded memory (smtp/data.py)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        if body.error:
+            self._set_post_data_state()
+            await self.push(body.error)
+            return
+        self.envelope.content = self.envelope.original_content = body.content
+        self._reset_timeout()  # the body is in: storing it is our time, not the client's
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._ip is None:  # not again after STARTTLS
@@ -59,11 +98,13 @@ class LimitedSMTP(SMTP):
             self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
             self._limits.total += 1
             self._limits.per_ip[self._ip] += 1
+            self._limits.live.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._ip is not None:
             self._limits.total -= 1
+            self._limits.live.discard(self)
             self._limits.per_ip[self._ip] -= 1
             if self._limits.per_ip[self._ip] <= 0:
                 del self._limits.per_ip[self._ip]
