@@ -5,6 +5,7 @@
 * While more than half of AGENTMX_SMTP_MAX_CONNECTIONS are open, connections idle past
   AGENTMX_SMTP_STRESS_TIMEOUT are closed with 421 4.4.2 (below that, they are left alone).
 * The connection cap shrinks to fit a hard open-file limit instead of failing accept() with EMFILE.
+* At the cap, a client from a quiet IP displaces the most idle connection of the most crowded IP.
 """
 
 from __future__ import annotations
@@ -161,3 +162,45 @@ def _cap_under_rlimit(soft: int, hard: int) -> tuple[int, int]:
 def test_connection_cap_fits_the_open_file_limit() -> None:
     assert _cap_under_rlimit(600, 600) == (88, 600)  # 600 fds less a reserve of 512
     assert _cap_under_rlimit(1024, 8192) == (2000, 2512)  # the soft limit is raised instead
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_at_the_cap_a_client_from_a_quiet_ip_displaces_the_crowded_ip(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    env = {
+        "AGENTMX_SMTP_MAX_CONNECTIONS": "10",
+        "AGENTMX_SMTP_MAX_CONNECTIONS_PER_IP": "100",
+        "AGENTMX_SMTP_STRESS_TIMEOUT": "300",  # keep the reaper out of this test
+    }
+    server = fresh_server(backend, env=env).start()
+    port = server.smtp_port
+
+    def connect(source: str) -> tuple[socket.socket, object]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        return sock, sock.makefile("rb")
+
+    crowd = [connect("127.0.0.2") for _ in range(10)]  # the whole cap from one address
+    for _, f in crowd:
+        assert _reply(f).startswith(b"220")
+    quiet, quiet_f = connect("127.0.0.1")
+    assert _reply(quiet_f).startswith(b"220")  # served: a crowd connection made room
+    displaced = 0
+    for sock, f in crowd:
+        sock.settimeout(0.5)
+        try:
+            displaced += _reply(f).startswith(b"421 4.7.0")
+        except TimeoutError:
+            pass
+    assert displaced == 1
+    extra, extra_f = connect("127.0.0.2")  # the crowded address gains nothing by reconnecting
+    assert _reply(extra_f).startswith(b"421 4.7.0")
+    key = server.create_key()
+    inbox = httpx.post(
+        server.base_url + "/v0/inboxes",
+        json={"username": "quiet"},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["inbox_id"]
+    smtp_send(server, [inbox], make_message(inbox, subject="from the quiet address").as_bytes())
+    for sock, _ in [*crowd, (quiet, quiet_f), (extra, extra_f)]:
+        sock.close()

@@ -1,10 +1,9 @@
-"""Connection caps for the SMTP listener (Postfix: smtpd_client_connection_count_limit = 50)."""
+"""Connection caps for the SMTP listener (Postfix: smtpd_client_connection_count_limit = 50), fair at the cap."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -16,11 +15,43 @@ from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS
 
 @dataclass
 class ConnectionLimits:
+    """Who is connected, by client IP. At the global cap, newcomers from light IPs displace heavy IPs.
+
+    A slowloris spread over a few dozen addresses can fill the whole cap; refusing every newcomer
+    would then lock legitimate senders out until the stress reaper (smtp/stress.py) frees slots, and
+    the attacker would take those back first. So a newcomer whose IP holds fewer connections than the
+    heaviest IP takes the slot of that IP's most idle connection instead.
+    """
+
     max_total: int
     max_per_ip: int
-    total: int = 0
-    per_ip: Counter[str] = field(default_factory=Counter)
-    live: set[LimitedSMTP] = field(default_factory=set)  # for the stress reaper (smtp/stress.py)
+    live: set[LimitedSMTP] = field(default_factory=set)  # also read by the stress reaper
+    by_ip: dict[str, set[LimitedSMTP]] = field(default_factory=dict)
+
+    def add(self, conn: LimitedSMTP, ip: str) -> None:
+        self.live.add(conn)
+        self.by_ip.setdefault(ip, set()).add(conn)
+
+    def remove(self, conn: LimitedSMTP, ip: str) -> None:
+        self.live.discard(conn)
+        peers = self.by_ip.get(ip)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.by_ip[ip]
+
+    def admit(self, ip: str) -> bool:
+        """Whether a connection just added from ``ip`` may be served (else it gets 421)."""
+        mine = len(self.by_ip.get(ip, ()))
+        if mine > self.max_per_ip:
+            return False
+        if len(self.live) <= self.max_total:
+            return True
+        heaviest = max(self.by_ip.values(), key=len)  # only at the cap: O(client IPs)
+        if len(heaviest) <= mine:
+            return False
+        min(heaviest, key=lambda conn: conn.last_command_at).displace()
+        return True
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -63,10 +94,17 @@ class LimitedSMTP(SMTP):
 
     def close_idle(self) -> None:
         """Closed by the stress reaper: tell the client why, as Postfix does."""
+        self._close_with(S421_TIMEOUT)
+
+    def displace(self) -> None:
+        """Closed to make room for a client from a less crowded IP (ConnectionLimits.admit)."""
+        self._close_with(S421_TOO_MANY_CONNECTIONS)
+
+    def _close_with(self, reply: str) -> None:
         # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():
-            transport.write(S421_TIMEOUT.encode() + b"\r\n")
+            transport.write(reply.encode() + b"\r\n")
             transport.close()
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
@@ -96,27 +134,18 @@ class LimitedSMTP(SMTP):
         if self._ip is None:  # not again after STARTTLS
             peer = transport.get_extra_info("peername")
             self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-            self._limits.total += 1
-            self._limits.per_ip[self._ip] += 1
-            self._limits.live.add(self)
+            self._limits.add(self, self._ip)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._ip is not None:
-            self._limits.total -= 1
-            self._limits.live.discard(self)
-            self._limits.per_ip[self._ip] -= 1
-            if self._limits.per_ip[self._ip] <= 0:
-                del self._limits.per_ip[self._ip]
+            self._limits.remove(self, self._ip)
             self._ip = None
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         assert self._ip is not None
-        if (
-            self._limits.total > self._limits.max_total
-            or self._limits.per_ip[self._ip] > self._limits.max_per_ip
-        ):
+        if not self._limits.admit(self._ip):
             await self.push(S421_TOO_MANY_CONNECTIONS)
             if self.transport is not None:
                 self.transport.close()
