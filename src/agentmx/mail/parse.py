@@ -224,7 +224,7 @@ def _walk(msg: Message, parsed: ParsedMessage, texts: list[str], htmls: list[str
     parsed.attachments.append(
         ParsedAttachment(
             filename=filename,
-            content_type=ctype[:CONTENT_TYPE_CHARS],
+            content_type=_clean(ctype)[:CONTENT_TYPE_CHARS],  # an encoded word can decode to NUL
             disposition="inline" if disposition == "inline" else "attachment",
             content_id=content_id.strip().strip("<>")[:CONTENT_ID_CHARS] if content_id else None,
             data=_payload_bytes(msg),
