@@ -47,10 +47,12 @@ class ConnectionLimits:
             return False
         if len(self.live) <= self.max_total:
             return True
-        heaviest = max(self.by_ip.values(), key=len)  # only at the cap: O(client IPs)
+        heavy_ip, heaviest = max(self.by_ip.items(), key=lambda item: len(item[1]))  # only at the cap
         if len(heaviest) <= mine:
             return False
-        min(heaviest, key=lambda conn: conn.last_command_at).displace()
+        victim = min(heaviest, key=lambda conn: conn.last_command_at)
+        victim.displace()
+        self.remove(victim, heavy_ip)  # now, not at connection_lost: the next newcomer must not pick it again
         return True
 
 
