@@ -1,8 +1,8 @@
-"""`make bench`: every benchmark at modest sizes (about 5-10 minutes on 2 cores), one results table.
+"""`make bench`: every benchmark at modest sizes (about 15 minutes on 2 cores), one results table.
 
 Each bench measures agentmx and its baseline in the same run and prints the ratio. Sizes are
 chosen to keep the whole run short; pass --full for the sizes in BENCHMARKS.md (1M messages,
-20 SIGKILLs, 20k SMTP messages), or run a single bench script with its own flags.
+20 SIGKILLs, 20k SMTP messages, 10-minute fuzz runs), or run a single bench script with its own flags.
 
     python bench/run_all.py [--full] [--only smtp_ingest ws] [--backend sqlite] [--json out.json]
 """
@@ -15,10 +15,13 @@ import time
 import traceback
 from pathlib import Path
 
+import api_fuzz
 import crash_safety
 import list_latency
 import rest_read
+import smtp_abuse
 import smtp_ingest
+import smtp_mime_fuzz
 import webhooks
 import ws_latency
 from common import Report, finish
@@ -30,6 +33,13 @@ BENCHES = {
     "rest_read": (rest_read, [], ["--seconds", "15"]),
     "list_latency": (list_latency, [], ["--messages", "1000000", "--inboxes", "10000"]),
     "webhooks": (webhooks, [], ["--messages", "2000"]),
+    "smtp_abuse": (
+        smtp_abuse,
+        ["--messages", "1000", "--rounds", "1"],
+        ["--messages", "3000", "--rounds", "3"],
+    ),
+    "api_fuzz": (api_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
+    "mime_fuzz": (smtp_mime_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
 }
 
 

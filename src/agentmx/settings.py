@@ -47,10 +47,22 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
     )
     smtp_max_connections: int = Field(
-        500, description="Simultaneous inbound SMTP connections (more get 421)."
+        2000,
+        description="Simultaneous inbound SMTP connections (more get 421). At start the server raises its "
+        "soft open-file limit as far as this needs (up to the hard limit) and lowers the cap if it still does not fit.",
     )
     smtp_max_connections_per_ip: int = Field(
         50, description="Simultaneous inbound SMTP connections from one client IP (more get 421)."
+    )
+    smtp_timeout: float = Field(
+        300.0,
+        description="Seconds a client may take for each SMTP command (the whole DATA body counts as one) "
+        "before the connection is closed.",
+    )
+    smtp_stress_timeout: float = Field(
+        10.0,
+        description="The same limit while more than half of AGENTMX_SMTP_MAX_CONNECTIONS are open (Postfix's "
+        "stress mode): idle and byte-dribbling clients are closed with 421 so they cannot hold the listener.",
     )
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."

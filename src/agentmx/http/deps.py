@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from agentmx.db.types import utcnow
 from agentmx.errors import ValidationFailed
+from agentmx.http.nul_guard import check_json
 from agentmx.services import keys
 from agentmx.services.caller import Caller
 from agentmx.services.key_cache import CachedKey
@@ -127,9 +128,11 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        parsed = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationFailed("Request body is not valid JSON", [{"path": [], "message": str(exc)}]) from exc
+    check_json(raw, parsed)
+    return parsed
 
 
 def body_object(body: Any) -> dict[str, Any]:

@@ -19,6 +19,10 @@ from agentmx.mail.policy import memo_default
 from agentmx.mail.quotes import extract_html, extract_text
 
 PREVIEW_CHARS = 200
+# Widths of the attachments columns (db/models/mail.py). A folded Content-Type or Content-ID can be
+# longer; PostgreSQL refused the row (a 451 for a message SQLite stored), so parsed values are cut.
+CONTENT_TYPE_CHARS = 256
+CONTENT_ID_CHARS = 998
 MSGID = re.compile(r"<[^<>\s]+>")
 WS = re.compile(r"\s+")
 
@@ -220,9 +224,9 @@ def _walk(msg: Message, parsed: ParsedMessage, texts: list[str], htmls: list[str
     parsed.attachments.append(
         ParsedAttachment(
             filename=filename,
-            content_type=ctype,
+            content_type=_clean(ctype)[:CONTENT_TYPE_CHARS],  # an encoded word can decode to NUL
             disposition="inline" if disposition == "inline" else "attachment",
-            content_id=content_id.strip().strip("<>") if content_id else None,
+            content_id=content_id.strip().strip("<>")[:CONTENT_ID_CHARS] if content_id else None,
             data=_payload_bytes(msg),
         )
     )

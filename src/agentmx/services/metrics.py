@@ -277,6 +277,8 @@ async def query_rates(
     types = _check_types(rate_types, tuple(RATE_TYPES), "rate_types")
     period = period if period is not None else 3600
     window = window if window is not None else 86400
+    if not 1 <= period <= MAX_PERIOD:  # before ``window % period``: period=0 was a ZeroDivisionError (500)
+        raise fail("period", f"period must be between 1 and {MAX_PERIOD} seconds")
     if window < 1 or window % period:
         raise fail("window", "window must be a positive whole multiple of period")
     rng = check_range(start, end, period, limit, descending, extra=window)

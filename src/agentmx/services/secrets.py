@@ -35,8 +35,11 @@ async def load_secret(db: Database, configured: str) -> bytes:
 
 
 def sign(secret: bytes, message: str) -> str:
-    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(secret, message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def verify(secret: bytes, message: str, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, message), signature)
+    # Bytes, not str: compare_digest raises TypeError for a str with non-ASCII characters, and the
+    # signature comes from a URL (a forged download token was a 500 instead of a 404).
+    expected = sign(secret, message).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))

@@ -1,24 +1,59 @@
-"""Connection caps for the SMTP listener (Postfix: smtpd_client_connection_count_limit = 50)."""
+"""Connection caps for the SMTP listener (Postfix: smtpd_client_connection_count_limit = 50), fair at the cap."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
-from agentmx.smtp.replies import S421_TOO_MANY_CONNECTIONS
+from agentmx.smtp.data import read_data
+from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS
 
 
 @dataclass
 class ConnectionLimits:
+    """Who is connected, by client IP. At the global cap, newcomers from light IPs displace heavy IPs.
+
+    A slowloris spread over a few dozen addresses can fill the whole cap; refusing every newcomer
+    would then lock legitimate senders out until the stress reaper (smtp/stress.py) frees slots, and
+    the attacker would take those back first. So a newcomer whose IP holds fewer connections than the
+    heaviest IP takes the slot of that IP's most idle connection instead.
+    """
+
     max_total: int
     max_per_ip: int
-    total: int = 0
-    per_ip: Counter[str] = field(default_factory=Counter)
+    live: set[LimitedSMTP] = field(default_factory=set)  # also read by the stress reaper
+    by_ip: dict[str, set[LimitedSMTP]] = field(default_factory=dict)
+
+    def add(self, conn: LimitedSMTP, ip: str) -> None:
+        self.live.add(conn)
+        self.by_ip.setdefault(ip, set()).add(conn)
+
+    def remove(self, conn: LimitedSMTP, ip: str) -> None:
+        self.live.discard(conn)
+        peers = self.by_ip.get(ip)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.by_ip[ip]
+
+    def admit(self, ip: str) -> bool:
+        """Whether a connection just added from ``ip`` may be served (else it gets 421)."""
+        mine = len(self.by_ip.get(ip, ()))
+        if mine > self.max_per_ip:
+            return False
+        if len(self.live) <= self.max_total:
+            return True
+        heavy_ip, heaviest = max(self.by_ip.items(), key=lambda item: len(item[1]))  # only at the cap
+        if len(heaviest) <= mine:
+            return False
+        victim = min(heaviest, key=lambda conn: conn.last_command_at)
+        victim.displace()
+        self.remove(victim, heavy_ip)  # now, not at connection_lost: the next newcomer must not pick it again
+        return True
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -49,33 +84,70 @@ class LimitedSMTP(SMTP):
         return found.group(1), arg[found.end() :]
 
     def __init__(self, handler: Any, *, limits: ConnectionLimits, **kw: Any) -> None:
+        self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         super().__init__(handler, **kw)
         self._limits = limits
         self._ip: str | None = None
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms its timeout on connect and on each command: the reaper's clock too.
+        self.last_command_at = self.loop.time()
+        super()._reset_timeout(duration)
+
+    def close_idle(self) -> None:
+        """Closed by the stress reaper: tell the client why, as Postfix does."""
+        self._close_with(S421_TIMEOUT)
+
+    def displace(self) -> None:
+        """Closed to make room for a client from a less crowded IP (ConnectionLimits.admit)."""
+        self._close_with(S421_TOO_MANY_CONNECTIONS)
+
+    def _close_with(self, reply: str) -> None:
+        # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(reply.encode() + b"\r\n")
+            transport.close()
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
+        """aiosmtpd's DATA, reading the body with bounded memory (smtp/data.py)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        if body.error:
+            self._set_post_data_state()
+            await self.push(body.error)
+            return
+        self.envelope.content = self.envelope.original_content = body.content
+        self._reset_timeout()  # the body is in: storing it is our time, not the client's
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._ip is None:  # not again after STARTTLS
             peer = transport.get_extra_info("peername")
             self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-            self._limits.total += 1
-            self._limits.per_ip[self._ip] += 1
+            self._limits.add(self, self._ip)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._ip is not None:
-            self._limits.total -= 1
-            self._limits.per_ip[self._ip] -= 1
-            if self._limits.per_ip[self._ip] <= 0:
-                del self._limits.per_ip[self._ip]
+            self._limits.remove(self, self._ip)
             self._ip = None
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         assert self._ip is not None
-        if (
-            self._limits.total > self._limits.max_total
-            or self._limits.per_ip[self._ip] > self._limits.max_per_ip
-        ):
+        if not self._limits.admit(self._ip):
             await self.push(S421_TOO_MANY_CONNECTIONS)
             if self.transport is not None:
                 self.transport.close()

@@ -7,6 +7,7 @@ from agentmx import errors as e
 S250_OK = "250 2.0.0 OK"
 S250_QUEUED = "250 2.0.0 OK: message stored"
 S421_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+S421_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
 S451_TEMP_FAILURE = "451 4.3.0 Error: message could not be stored, try again later"
 S451_RATE_LIMITED = "451 4.7.1 Too many messages, slow down"
 S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"

@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from aiosmtpd.smtp import SMTP
 
 from agentmx.services.runtime import Runtime
+from agentmx.smtp.fd_budget import connection_cap
 from agentmx.smtp.handler import InboundHandler
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
+from agentmx.smtp.stress import StressReaper
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -26,7 +28,8 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
     handler = InboundHandler(rt)
     hostname = settings.public_host or settings.domain
 
-    limits = ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip)
+    max_connections = connection_cap(settings.smtp_max_connections)
+    limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
 
     def factory() -> SMTP:
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
@@ -38,14 +41,16 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
             decode_data=False,
             hostname=hostname,
             ident="agentmx ESMTP",
-            timeout=300,
+            timeout=settings.smtp_timeout,
         )
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, host=settings.host, port=settings.smtp_port)
     log.info("smtp listening on %s:%s", settings.host, settings.smtp_port)
+    stop_reaper = StressReaper(limits.live, max_connections, settings.smtp_stress_timeout).start()
 
     async def stop() -> None:
+        await stop_reaper()
         server.close()
         await server.wait_closed()
 
