@@ -1,12 +1,16 @@
 """A short-lived, in-process cache of authenticated keys: most requests skip the key lookup.
 
 Changes made through this process (key update or delete, inbox delete) clear it at once; changes
-made by another process sharing the database are seen within ``ttl`` seconds.
+made by another process sharing the database are seen within ``ttl`` seconds. Concurrent misses
+for one key share a single lookup: when an entry expired under 64 busy connections, each of them
+ran its own lookup (PostgreSQL: a p99 of 100-200 ms in the first seconds of bench/rest_read.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +32,8 @@ class KeyCache:
     def __init__(self, ttl: float = DEFAULT_TTL) -> None:
         self.ttl = ttl
         self._entries: dict[str, CachedKey] = {}
+        self._loading: dict[str, asyncio.Future[CachedKey]] = {}
+        self._generation = 0  # bumped by clear(): a lookup begun before it must not fill the cache
 
     def get(self, secret_hash: str) -> CachedKey | None:
         entry = self._entries.get(secret_hash)
@@ -40,5 +46,30 @@ class KeyCache:
             self._entries.clear()
         self._entries[secret_hash] = entry
 
+    async def get_or_load(self, secret_hash: str, load: Callable[[], Awaitable[CachedKey]]) -> CachedKey:
+        """The cached entry, or the result of ``load`` run once for all concurrent callers."""
+        entry = self.get(secret_hash)
+        if entry is not None:
+            return entry
+        pending = self._loading.get(secret_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)  # one waiter going away must not cancel the others'
+        future: asyncio.Future[CachedKey] = asyncio.get_running_loop().create_future()
+        self._loading[secret_hash] = future
+        generation = self._generation
+        try:
+            entry = await load()
+        except BaseException as exc:
+            future.set_exception(exc)  # waiters get the same answer (a 401 for an unknown key)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        finally:
+            del self._loading[secret_hash]
+        if generation == self._generation:
+            self.put(secret_hash, entry)
+        future.set_result(entry)
+        return entry
+
     def clear(self) -> None:
         self._entries.clear()
+        self._generation += 1

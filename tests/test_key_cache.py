@@ -1,0 +1,82 @@
+"""The key cache's single lookup for concurrent misses (services/key_cache.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agentmx.errors import NotFound
+from agentmx.services.caller import Caller
+from agentmx.services.key_cache import CachedKey, KeyCache
+
+
+def _entry() -> CachedKey:
+    return CachedKey(caller=Caller.__new__(Caller), expires_at=None, used_at=None, fetched=time.monotonic())
+
+
+def test_concurrent_misses_share_one_lookup() -> None:
+    cache = KeyCache()
+    calls = 0
+
+    async def load() -> CachedKey:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)  # a database round trip, during which more requests arrive
+        return _entry()
+
+    async def main() -> list[CachedKey]:
+        return await asyncio.gather(*(cache.get_or_load("h", load) for _ in range(64)))
+
+    entries = asyncio.run(main())
+    assert calls == 1 and all(e is entries[0] for e in entries)
+    assert cache.get("h") is entries[0]
+
+
+def test_a_failed_lookup_fails_every_waiter_and_is_not_cached() -> None:
+    cache = KeyCache()
+
+    async def load() -> CachedKey:
+        await asyncio.sleep(0.01)
+        raise NotFound("Key not found")
+
+    async def main() -> list[BaseException | CachedKey]:
+        return await asyncio.gather(*(cache.get_or_load("h", load) for _ in range(5)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, NotFound) for o in outcomes)
+    assert cache.get("h") is None
+
+
+def test_a_lookup_begun_before_clear_does_not_fill_the_cache() -> None:
+    cache = KeyCache()
+
+    async def load() -> CachedKey:
+        await asyncio.sleep(0.01)
+        return _entry()
+
+    async def main() -> CachedKey:
+        task = asyncio.create_task(cache.get_or_load("h", load))
+        await asyncio.sleep(0)
+        cache.clear()  # e.g. the key was deleted while its lookup was in flight
+        return await task
+
+    assert asyncio.run(main()) is not None  # the caller that started it still gets its answer
+    assert cache.get("h") is None
+
+
+def test_an_expired_entry_is_looked_up_again() -> None:
+    cache = KeyCache(ttl=0.0)
+    calls = 0
+
+    async def load() -> CachedKey:
+        nonlocal calls
+        calls += 1
+        return _entry()
+
+    async def main() -> None:
+        await cache.get_or_load("h", load)
+        await asyncio.sleep(0.001)
+        await cache.get_or_load("h", load)
+
+    asyncio.run(main())
+    assert calls == 2
