@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     )
     domain: str = Field("agentmx.localhost", description="Default domain for new inboxes.")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
-        "auto",
-        description="Event loop the server runs on. auto: uvloop when installed (it is a dependency), else asyncio.",
+        "asyncio",
+        description=(
+            "Event loop the server runs on: asyncio, uvloop, or auto (uvloop when installed). "
+            "asyncio is the default: under uvloop the REST p99 at 64 connections was 3-5x higher "
+            "(BENCHMARKS.md)."
+        ),
     )
     public_host: str = Field(
         "", description="Public host name of this server: MX target in domain records, HELO name, URL host."
