@@ -41,9 +41,10 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     """The server's event loop (``AGENTMX_EVENT_LOOP``); None means asyncio's own.
 
     asyncio is the default. uvloop (a dependency, through uvicorn[standard]) once saved about 15%
-    of the CPU of an SMTP message, but on 2026-11-29, A/B in the same hour, it saved nothing
-    measurable for ingest, REST or WebSocket fan-out, while its REST p99 at 64 connections was
-    19-66 ms against asyncio's 9-21 ms (bench/rest_read.py, both backends).
+    of the CPU of an SMTP message; in A/B runs on 2026-11-29 it saved no CPU measurable for
+    ingest, REST or WebSocket fan-out. Its REST p99 at 64 connections was 19-66 ms against
+    asyncio's 9-21 ms (both backends), but its WebSocket fan-out p99 at 1,000 connections on
+    PostgreSQL was 49-58 ms against 145 ms; on SQLite the two loops were alike there.
     """
     if settings.event_loop == "asyncio":
         return None

@@ -37,8 +37,8 @@ class Settings(BaseSettings):
         "asyncio",
         description=(
             "Event loop the server runs on: asyncio, uvloop, or auto (uvloop when installed). "
-            "asyncio is the default: under uvloop the REST p99 at 64 connections was 3-5x higher "
-            "(BENCHMARKS.md)."
+            "asyncio gave a REST p99 at 64 connections 3-5x lower; uvloop gave a WebSocket fan-out p99 "
+            "at 1,000 connections on PostgreSQL about 3x lower (BENCHMARKS.md)."
         ),
     )
     public_host: str = Field(
