@@ -156,17 +156,10 @@ async def list_messages(
     selects = _for(conn)
     kind = "messages:" + inbox
     stmt = selects.messages.where(m.c.inbox_id == inbox, *message_conditions(m, caller, filters))
-    stmt = keyset_select(
-        stmt,
-        kind=kind,
-        columns=[m.c[k] for k in KEYS],
-        limit=limit,
-        page_token=page_token,
-        ascending=ascending,
+    rows = await _keyset_rows(conn, stmt, m, kind, limit, page_token, ascending)
+    return Page(
+        [_message_record(r, selects.sort_in_python) for r in rows.items], rows.limit, rows.next_page_token
     )
-    page = keyset_page(list((await conn.execute(stmt)).all()), kind=kind, keys=KEYS, limit=limit)
-    items = [_message_record(row, selects.sort_in_python) for row in page.items]
-    return Page(items, page.limit, page.next_page_token)
 
 
 async def list_threads(
@@ -186,17 +179,31 @@ async def list_threads(
     inbox = inbox_key(scope.inbox_id) if scope.inbox_id is not None else ""
     kind = f"threads:{inbox}:{scope.pod_id or ''}"
     stmt = selects.threads.where(in_scope, *thread_conditions(t, caller, filters))
+    rows = await _keyset_rows(conn, stmt, t, kind, limit, page_token, ascending)
+    return Page(
+        [_thread_record(r, selects.sort_in_python) for r in rows.items], rows.limit, rows.next_page_token
+    )
+
+
+async def _keyset_rows(
+    conn: AsyncConnection,
+    stmt: Select[Any],
+    table: Any,
+    kind: str,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Row[Any]]:
+    """One page of ``stmt``'s rows in keyset order of ``table``'s KEYS, with its next page token."""
     stmt = keyset_select(
         stmt,
         kind=kind,
-        columns=[t.c[k] for k in KEYS],
+        columns=[table.c[k] for k in KEYS],
         limit=limit,
         page_token=page_token,
         ascending=ascending,
     )
-    page = keyset_page(list((await conn.execute(stmt)).all()), kind=kind, keys=KEYS, limit=limit)
-    items = [_thread_record(row, selects.sort_in_python) for row in page.items]
-    return Page(items, page.limit, page.next_page_token)
+    return keyset_page(list((await conn.execute(stmt)).all()), kind=kind, keys=KEYS, limit=limit)
 
 
 def _message_record(row: Row[Any], sort_in_python: bool) -> ItemRecord:
