@@ -12,6 +12,7 @@ pagination's, so a token from the ORM lists still works.
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
@@ -122,15 +123,13 @@ class _Selects:
         )
 
 
-_selects: dict[str, _Selects] = {}
-
-
 def _for(conn: AsyncConnection) -> _Selects:
-    name = conn.dialect.name
-    found = _selects.get(name)
-    if found is None:
-        found = _selects[name] = _Selects(name)
-    return found
+    return _selects_for(conn.dialect.name)
+
+
+@functools.cache  # one per dialect, built on first use
+def _selects_for(dialect: str) -> _Selects:
+    return _Selects(dialect)
 
 
 async def visible_inbox(conn: AsyncConnection, caller: Caller, inbox_id: str) -> str:

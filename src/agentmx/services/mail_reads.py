@@ -11,6 +11,7 @@ attribute names so http/wire_mail shapes them like ORM objects.
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,15 +209,13 @@ class _Statements:
         return stmt
 
 
-_statements: dict[str, _Statements] = {}
-
-
 def _for(conn: ReadConnection) -> _Statements:
-    name = conn.dialect.name
-    found = _statements.get(name)
-    if found is None:
-        found = _statements[name] = _Statements(name)
-    return found
+    return _statements_for(conn.dialect.name)
+
+
+@functools.cache  # one per dialect, built on first use
+def _statements_for(dialect: str) -> _Statements:
+    return _Statements(dialect)
 
 
 def _record(row: Row[Any], sort_in_python: bool) -> MessageRecord:
