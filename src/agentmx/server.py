@@ -44,7 +44,7 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     of the CPU of an SMTP message; in A/B runs on 2026-11-29 it saved no CPU measurable for
     ingest, REST or WebSocket fan-out. Its REST p99 at 64 connections was 19-66 ms against
     asyncio's 9-21 ms (both backends), but its WebSocket fan-out p99 at 1,000 connections on
-    PostgreSQL was 49-58 ms against 145 ms; on SQLite the two loops were alike there.
+    PostgreSQL was 49-62 ms against 138-146 ms (52 once); on SQLite the loops were alike there.
     """
     if settings.event_loop == "asyncio":
         return None
