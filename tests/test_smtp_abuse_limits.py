@@ -49,6 +49,16 @@ def _open_session(port: int, *commands: bytes) -> tuple[socket.socket, object]:
     return sock, f
 
 
+def _in_data(port: int, inbox: str) -> tuple[socket.socket, object]:
+    """A session that has just been told 354: what follows is the message body."""
+    sock, f = _open_session(
+        port, b"EHLO big.example", b"MAIL FROM:<big@example.com>", f"RCPT TO:<{inbox}>".encode()
+    )
+    sock.sendall(b"DATA\r\n")
+    assert _reply(f).startswith(b"354")
+    return sock, f
+
+
 def _new_inbox(harness: Harness) -> str:
     headers = {"Authorization": f"Bearer {harness.api_key}"}
     resp = httpx.post(
@@ -61,15 +71,8 @@ def test_endless_line_over_the_size_limit_gets_552_with_flat_rss(harness: Harnes
     assert harness.server.proc is not None
     pid = harness.server.proc.pid
     inbox = _new_inbox(harness)
-    sock, f = _open_session(
-        harness.server.smtp_port,
-        b"EHLO big.example",
-        b"MAIL FROM:<big@example.com>",
-        f"RCPT TO:<{inbox}>".encode(),
-    )
+    sock, f = _in_data(harness.server.smtp_port, inbox)
     with sock:
-        sock.sendall(b"DATA\r\n")
-        assert _reply(f).startswith(b"354")
         before = _rss_kb(pid)
         chunk = b"y" * 65536
         for _ in range(64 * 1024 * 1024 // len(chunk)):  # 64 MB, no CRLF: 6x the 10 MB limit
@@ -84,15 +87,8 @@ def test_endless_line_over_the_size_limit_gets_552_with_flat_rss(harness: Harnes
 
 def test_over_long_line_within_the_size_limit_is_still_a_500(harness: Harness) -> None:
     inbox = _new_inbox(harness)
-    sock, f = _open_session(
-        harness.server.smtp_port,
-        b"EHLO long.example",
-        b"MAIL FROM:<l@example.com>",
-        f"RCPT TO:<{inbox}>".encode(),
-    )
+    sock, f = _in_data(harness.server.smtp_port, inbox)
     with sock:
-        sock.sendall(b"DATA\r\n")
-        assert _reply(f).startswith(b"354")
         sock.sendall(b"Subject: long\r\n\r\n" + b"z" * 5000 + b"\r\nshort line\r\n.\r\n")
         assert _reply(f).startswith(b"500 ")
         sock.sendall(b"NOOP\r\n")  # the session goes on
