@@ -17,6 +17,7 @@ from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
 from agentmx.http.app import create_app
+from agentmx.http.ws_frames import FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
@@ -29,6 +30,9 @@ log = logging.getLogger("agentmx")
 # Features append theirs (SMTP listener, live event fan-out, DNS re-checks).
 Starter = Callable[[Runtime], Awaitable[Callable[[], Awaitable[None]]]]
 BACKGROUND: list[Starter] = []
+
+# A full collection runs after this many middle-generation ones (Python's default is 10).
+FULL_COLLECTION_EVERY = 100
 
 
 def prepare(settings: Settings) -> None:
@@ -79,6 +83,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         port=settings.http_port,
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
+        ws=FramedWebSocketProtocol,
         ws_ping_interval=20,
         lifespan="off",
     )
@@ -96,6 +101,11 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
             # the process: out of the collector's sight, full collections stop walking it on every
             # run (tens of ms each, paid by whichever requests are in flight: the p99).
             gc.freeze()
+            # What is allocated later (open connections, caches) is walked by every full
+            # collection: with 1,000 WebSocket streams that pause put the fan-out p99 at 69-73 ms
+            # against 48-55 ms with full collections ten times rarer (third threshold 10 -> 100).
+            young, middle, _ = gc.get_threshold()
+            gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
             log.info(
                 "agentmx listening: http://%s:%s smtp %s:%s",
                 settings.host,

@@ -21,6 +21,7 @@ from agentmx.db.models import Event
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED
 from agentmx.events.hub import BATCH, Hub, Item, Subscriber
+from agentmx.events.ws_frame import FrameWriter
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -74,15 +75,23 @@ def _str_list(frame: dict[str, Any], name: str) -> list[str] | None:
 
 
 class Stream:
-    def __init__(self, rt: Runtime, hub: Hub, caller: Caller, send: Send, after_event_id: str | None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        hub: Hub,
+        caller: Caller,
+        send: Send,
+        after_event_id: str | None,
+        write: FrameWriter | None = None,
+    ) -> None:
         self.rt = rt
         self.hub = hub
         self.caller = caller
         self.send = send
         self.pending_after = after_event_id
         self.filter: Filter | None = None
-        self.cursor = 0  # highest seq already considered for sending
         self.sub: Subscriber = hub.register(caller.organization_id)
+        self.sub.write = write
 
     def close(self) -> None:
         self.hub.unregister(self.sub)
@@ -96,17 +105,20 @@ class Stream:
         self.sub.queue.put_nowait(Subscribe(frame if isinstance(frame, dict) else {}))
 
     async def run(self) -> None:
+        sub = self.sub
         while True:
-            item = await self.sub.queue.get()
-            if self.sub.lagging:
+            sub.idle = True  # while parked, the hub may write live events itself
+            item = await sub.queue.get()
+            sub.idle = False
+            if sub.lagging:
                 await self._recover()
             if isinstance(item, Subscribe):
                 try:
                     await self._subscribe(item.frame)
                 except StreamError as exc:
                     await self._send_json({"type": "error", "name": exc.name, "message": exc.message})
-            elif item.seq > self.cursor:
-                self.cursor = item.seq
+            elif item.seq > sub.cursor:
+                sub.cursor = item.seq
                 if self.filter is not None and self.filter.matches(self.caller, item):
                     await self.send(item.text)
 
@@ -197,7 +209,7 @@ class Stream:
                 item = Item.of(row)
                 if self.filter is not None and self.filter.matches(self.caller, item):
                     await self.send(item.text)
-            self.cursor = max(self.cursor, seq)
+            self.sub.cursor = max(self.sub.cursor, seq)
             if len(rows) < BATCH:
                 return
 
@@ -212,7 +224,7 @@ class Stream:
         for frame in kept:
             self.sub.queue.put_nowait(frame)
         if self.filter is not None:
-            await self._replay(self.cursor)
+            await self._replay(self.sub.cursor)
 
 
 async def serve(
@@ -222,9 +234,13 @@ async def serve(
     send: Send,
     receive: Callable[[], Awaitable[str | None]],
     after_event_id: str | None = None,
+    write: FrameWriter | None = None,
 ) -> None:
-    """Run one stream until the client goes away. ``receive`` returns None when the socket closed."""
-    stream = Stream(rt, hub, caller, send, after_event_id)
+    """Run one stream until the client goes away. ``receive`` returns None when the socket closed.
+
+    ``write``, when the edge has one, sends pre-framed live events without the ASGI round.
+    """
+    stream = Stream(rt, hub, caller, send, after_event_id, write)
     writer = asyncio.create_task(stream.run())
     try:
         while not writer.done():

@@ -9,6 +9,7 @@ from agentmx.errors import AgentMXError, RateLimited
 from agentmx.events import hub as event_hub
 from agentmx.events.stream import serve
 from agentmx.http.deps import resolve_caller
+from agentmx.http.ws_frames import frame_writer
 from agentmx.services.runtime import Runtime
 
 router = APIRouter()
@@ -52,4 +53,4 @@ async def event_socket(websocket: WebSocket) -> None:
         except (WebSocketDisconnect, RuntimeError):
             return None
 
-    await serve(rt, hub, caller, websocket.send_text, receive, after)
+    await serve(rt, hub, caller, websocket.send_text, receive, after, frame_writer(websocket.scope))
