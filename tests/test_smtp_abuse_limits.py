@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from email.policy import SMTP
 from pathlib import Path
 
 import httpx
@@ -200,3 +201,49 @@ def test_at_the_cap_a_client_from_a_quiet_ip_displaces_the_crowded_ip(
     smtp_send(server, [inbox], make_message(inbox, subject="from the quiet address").as_bytes())
     for sock, _ in [*crowd, (quiet, quiet_f), (extra, extra_f)]:
         sock.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_address_harvesting_is_cut_off_after_20_refused_recipients(harness: Harness) -> None:
+    domain = _new_inbox(harness).split("@", 1)[1]
+    sock, f = _open_session(harness.server.smtp_port, b"EHLO harvest.example", b"MAIL FROM:<h@example.com>")
+    with sock:
+        for n in range(19):
+            sock.sendall(f"RCPT TO:<guess{n}@{domain}>\r\n".encode())
+            assert _reply(f).startswith(b"550 ")
+        sock.sendall(f"RCPT TO:<guess19@{domain}>\r\n".encode())
+        assert _reply(f).startswith(b"550 ")  # the 20th error is answered, then the session ends
+        assert _reply(f).startswith(b"421 4.7.0 Error: too many errors")
+        assert _closed(sock)
+
+
+def test_a_sender_below_the_error_limit_still_delivers(harness: Harness) -> None:
+    inbox = _new_inbox(harness)
+    domain = inbox.split("@", 1)[1]
+    sock, f = _open_session(harness.server.smtp_port, b"EHLO mixed.example", b"MAIL FROM:<m@example.com>")
+    with sock:
+        for n in range(19):
+            sock.sendall(f"RCPT TO:<gone{n}@{domain}>\r\n".encode())
+            assert _reply(f).startswith(b"550 ")
+        for command in (f"RCPT TO:<{inbox}>".encode(), b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert _reply(f)[:1] in (b"2", b"3")
+        sock.sendall(make_message(inbox, subject="still here").as_bytes(policy=SMTP) + b".\r\n")
+        assert _reply(f).startswith(b"250")
+
+
+def test_junk_commands_are_cut_off_after_100(harness: Harness) -> None:
+    sock, f = _open_session(harness.server.smtp_port, b"EHLO noop.example")
+    with sock:
+        sock.sendall(b"NOOP\r\n" * 100)
+        for _ in range(100):
+            assert _reply(f).startswith(b"250")
+        sock.sendall(b"NOOP\r\n")
+        assert _reply(f).startswith(b"421 4.7.0 NOOP sent too many times")
+        assert _closed(sock)

@@ -10,7 +10,18 @@ from typing import Any, cast
 from aiosmtpd.smtp import MISSING, SMTP
 
 from agentmx.smtp.data import read_data
-from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS
+from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS, S421_TOO_MANY_ERRORS
+
+# Commands that move no mail: a session may send only so many (Postfix's smtpd_junk_command_limit).
+JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP")
+_UNLIMITED = 1 << 62
+
+
+def command_call_limit(junk_limit: int) -> dict[str, int] | None:
+    """aiosmtpd's per-session command budgets: junk commands limited, the others not."""
+    if junk_limit <= 0:
+        return None
+    return {"*": _UNLIMITED} | dict.fromkeys(JUNK_COMMANDS, junk_limit)
 
 
 @dataclass
@@ -83,11 +94,26 @@ class LimitedSMTP(SMTP):
             return super()._getaddr(arg)  # the general parser (and its error handling)
         return found.group(1), arg[found.end() :]
 
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, **kw: Any) -> None:
+    def __init__(self, handler: Any, *, limits: ConnectionLimits, error_limit: int = 0, **kw: Any) -> None:
         self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         super().__init__(handler, **kw)
         self._limits = limits
         self._ip: str | None = None
+        self._errors_left = error_limit if error_limit > 0 else _UNLIMITED
+
+    async def push(self, status: Any) -> None:
+        """Every reply; permanent errors count against the session's budget (smtpd_hard_error_limit).
+
+        Temporary ones do not: a 452 for recipients past the limit is how a pipelining client learns
+        to send them in another transaction, and a 451 is our failure, not the client's.
+        """
+        await super().push(status)
+        if not isinstance(status, str) or not status.startswith("5"):
+            return
+        self._errors_left -= 1
+        if self._errors_left == 0:
+            # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
+            self._close_with(S421_TOO_MANY_ERRORS)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd re-arms its timeout on connect and on each command: the reaper's clock too.
