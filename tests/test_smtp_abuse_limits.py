@@ -143,22 +143,22 @@ def test_stress_mode_closes_idle_connections_only_past_half_the_cap(
     smtp_send(server, [inbox], make_message(inbox, subject="after stress").as_bytes())
 
 
-def _cap_under_rlimit(soft: int, hard: int) -> tuple[int, int]:
+def _caps_under_rlimit(soft: int, hard: int) -> tuple[int, int, int]:
     code = (
         "import resource\n"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
-        "from agentmx.smtp.fd_budget import connection_cap\n"
-        "cap = connection_cap(2000)\n"
-        "print(cap, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "from agentmx.fd_budget import connection_caps\n"
+        "smtp, http = connection_caps(2000, 6000)\n"
+        "print(smtp, http, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    cap, soft_after = out.stdout.split()
-    return int(cap), int(soft_after)
+    smtp, http, soft_after = out.stdout.split()
+    return int(smtp), int(http), int(soft_after)
 
 
-def test_connection_cap_fits_the_open_file_limit() -> None:
-    assert _cap_under_rlimit(600, 600) == (88, 600)  # 600 fds less a reserve of 512
-    assert _cap_under_rlimit(1024, 8192) == (2000, 2512)  # the soft limit is raised instead
+def test_connection_caps_fit_the_open_file_limit() -> None:
+    assert _caps_under_rlimit(912, 912) == (100, 300, 912)  # 912 fds less a reserve of 512, shared 1:3
+    assert _caps_under_rlimit(1024, 16384) == (2000, 6000, 8512)  # the soft limit is raised instead
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

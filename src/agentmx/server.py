@@ -16,7 +16,9 @@ from agentmx import features
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
+from agentmx.fd_budget import connection_caps
 from agentmx.http.app import create_app
+from agentmx.http.guard import HttpGuard
 from agentmx.http.ws_frames import FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
 from agentmx.services.ratelimit import RateLimiter
@@ -77,12 +79,16 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
     for start in BACKGROUND:
         stops.append(await start(rt))
     app = create_app(rt)
+    _, http_cap = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
+    guard = HttpGuard(http_cap, settings.http_header_timeout)
+    stops.append(guard.start())
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
+        http=guard.protocol(),
         ws=FramedWebSocketProtocol,
         ws_ping_interval=20,
         lifespan="off",

@@ -19,6 +19,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP API and SMTP listener bind to.")
     http_port: int = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
     smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
+    http_max_connections: int = Field(
+        10000,
+        description="Simultaneous HTTP and WebSocket connections. At the cap a newcomer closes the connection that "
+        "has waited longest for its request headers, or is closed itself if none is waiting. Fitted to the "
+        "open-file limit with AGENTMX_SMTP_MAX_CONNECTIONS.",
+    )
+    http_header_timeout: float = Field(
+        20.0,
+        description="Seconds a client has, from connecting or from the previous response, to send a request's "
+        "headers; slower (slowloris) connections are closed. 0 disables the limit.",
+    )
     data_dir: Path = Field(
         Path("./data"), description="Folder for the SQLite database and stored .eml blobs."
     )

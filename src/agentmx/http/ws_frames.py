@@ -1,7 +1,7 @@
 """Pre-framed WebSocket writes (events/ws_frame.py frames an event once for every stream).
 
-uvicorn's websockets protocol is extended to put a writer in the ASGI scope under
-``FRAME_WRITER``; under another WebSocket implementation the key is absent and streams send
+uvicorn's websockets-sansio protocol (its default) is extended to put a writer in the ASGI scope
+under ``FRAME_WRITER``; under another WebSocket implementation the key is absent and streams send
 through ASGI as before.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 from agentmx.events.ws_frame import FrameWriter
@@ -23,8 +23,8 @@ def frame_writer(scope: Mapping[str, Any]) -> FrameWriter | None:
     return writer if callable(writer) else None
 
 
-class FramedWebSocketProtocol(WebSocketProtocol):
-    """uvicorn's websockets protocol, plus a direct writer for pre-framed messages."""
+class FramedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, plus a direct writer for pre-framed messages."""
 
     async def run_asgi(self) -> None:
         extensions = cast(dict[str, Any], self.scope["extensions"])
@@ -32,11 +32,18 @@ class FramedWebSocketProtocol(WebSocketProtocol):
         await super().run_asgi()
 
     def write_framed(self, frame: bytes) -> bool:
-        # The same checks websockets' own broadcast() makes, plus the write buffer's high-water mark.
-        if self.state is not State.OPEN or self._fragmented_message_waiter is not None:
+        # Open, accepted, not closing, and the transport below its high-water mark (uvicorn's
+        # own sends wait on ``writable`` then). uvicorn drains the sans-I/O connection's output
+        # right after each send, so nothing of its own is pending ahead of this frame.
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
             return False
-        transport = self.transport
-        if transport.is_closing() or transport.get_write_buffer_size() >= self.write_limit:
-            return False
-        transport.write(frame)
+        self.transport.write(frame)
         return True

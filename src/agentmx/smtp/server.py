@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from aiosmtpd.smtp import SMTP
 
+from agentmx.fd_budget import connection_caps
 from agentmx.services.runtime import Runtime
-from agentmx.smtp.fd_budget import connection_cap
 from agentmx.smtp.handler import InboundHandler
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP, command_call_limit
 from agentmx.smtp.stress import StressReaper
@@ -28,7 +28,7 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
     handler = InboundHandler(rt)
     hostname = settings.public_host or settings.domain
 
-    max_connections = connection_cap(settings.smtp_max_connections)
+    max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
     call_limit = command_call_limit(settings.smtp_junk_command_limit)
 

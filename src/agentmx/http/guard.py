@@ -1,0 +1,112 @@
+"""Slow and excess HTTP connections: a deadline for request headers and a connection cap.
+
+uvicorn closes a keep-alive connection 5 s after a response, but a connection that has not yet
+sent a complete request head has no deadline at all, and a byte every few seconds keeps it open:
+enough such connections (slowloris) use up the open-file limit, and then SMTP, HTTP and the
+database all fail to open sockets or files. So, as Apache's mod_reqtimeout and nginx's
+client_header_timeout do, a request's headers must arrive within AGENTMX_HTTP_HEADER_TIMEOUT; and
+at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer takes the place of the connection that has waited
+longest for its headers (the likeliest slowloris), as the SMTP cap does (smtp/limits.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("agentmx.http")
+
+
+class HttpGuard:
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        # Connections waiting for a request head, by when they started waiting. Insertion order
+        # is waiting order, so the oldest is first.
+        self.waiting: dict[HttpToolsProtocol, float] = {}
+        self.closed_slow = 0
+        self.closed_at_cap = 0
+
+    def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
+        """A new connection, ``live`` counting it; False when it must be closed."""
+        if live > self.max_connections:
+            oldest = next(iter(self.waiting), None)
+            if oldest is None:
+                self.closed_at_cap += 1
+                return False
+            del self.waiting[oldest]
+            oldest.transport.close()
+            self.closed_at_cap += 1
+        self.waiting[conn] = now
+        return True
+
+    def wait(self, conn: HttpToolsProtocol, now: float) -> None:
+        self.waiting.pop(conn, None)  # to the end of the order
+        self.waiting[conn] = now
+
+    def done(self, conn: HttpToolsProtocol) -> None:
+        self.waiting.pop(conn, None)
+
+    def sweep(self, now: float) -> int:
+        """Close the connections whose request head is overdue; returns how many."""
+        if self.header_timeout <= 0:
+            return 0
+        overdue = []
+        for conn, since in self.waiting.items():
+            if now - since < self.header_timeout:
+                break
+            overdue.append(conn)
+        for conn in overdue:
+            del self.waiting[conn]
+            conn.transport.close()
+        self.closed_slow += len(overdue)
+        return len(overdue)
+
+    def start(self, interval: float = 1.0) -> Callable[[], Awaitable[None]]:
+        """Run sweep() every ``interval`` seconds; returns the coroutine function that stops it."""
+        loop = asyncio.get_running_loop()
+
+        async def sweep_forever() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if closed := self.sweep(loop.time()):
+                    log.info("closed %d HTTP connections slow to send their request", closed)
+
+        task = loop.create_task(sweep_forever())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return stop
+
+    def protocol(self) -> type[HttpToolsProtocol]:
+        """uvicorn's httptools protocol, reporting to this guard."""
+        guard = self
+
+        class GuardedHttpProtocol(HttpToolsProtocol):
+            def connection_made(self, transport: Any) -> None:
+                super().connection_made(transport)
+                if not guard.admit(self, len(self.connections), self.loop.time()):
+                    transport.close()
+
+            def on_headers_complete(self) -> None:
+                guard.done(self)
+                super().on_headers_complete()
+
+            def on_response_complete(self) -> None:
+                super().on_response_complete()
+                if self.timeout_keep_alive_task is not None:  # idle until the next request
+                    guard.wait(self, self.loop.time())
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                guard.done(self)
+                super().connection_lost(exc)
+
+        return GuardedHttpProtocol

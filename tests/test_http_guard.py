@@ -1,0 +1,77 @@
+"""Slow and excess HTTP connections (http/guard.py): the API stays up under an HTTP slowloris.
+
+A connection must send its request headers within AGENTMX_HTTP_HEADER_TIMEOUT, dribbling or not;
+at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer displaces the connection that has waited longest for its
+headers. Requests, keep-alive and WebSocket streams are unaffected.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import httpx
+
+from agentmx.testing.server import ServerProcess
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _connect(server: ServerProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+
+
+def test_headers_dribbled_past_the_deadline_are_cut_off(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server(env={"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}).start()
+    silent = _connect(server)
+    dribbler = _connect(server)
+    dribbler.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 6:
+        try:
+            dribbler.sendall(b"X")  # a header byte every 0.2 s: never a complete request head
+        except OSError:
+            closed = True
+            break
+        if _closed_within(dribbler, 0.2):
+            closed = True
+            break
+    assert closed and time.monotonic() - started < 4
+    assert _closed_within(silent, 3)
+    assert httpx.get(server.base_url + "/health").status_code == 200  # others are served
+
+
+def test_a_keep_alive_client_is_not_cut_off_between_requests(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    server = fresh_server(env={"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}).start()
+    with httpx.Client(base_url=server.base_url) as http:
+        for _ in range(4):
+            assert http.get("/health").status_code == 200
+            time.sleep(1)  # 4 s in all, past the header deadline, under uvicorn's 5 s keep-alive
+
+
+def test_at_the_cap_a_newcomer_displaces_the_longest_waiting_connection(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    env = {"AGENTMX_HTTP_MAX_CONNECTIONS": "10", "AGENTMX_HTTP_HEADER_TIMEOUT": "300"}
+    server = fresh_server(env=env).start()
+    holders = []
+    for _ in range(13):  # the last three each take the slot of the oldest
+        holders.append(_connect(server))
+        time.sleep(0.05)  # a known waiting order
+    assert httpx.get(server.base_url + "/health").status_code == 200  # and so does a request
+    closed = [n for n, sock in enumerate(holders) if _closed_within(sock, 0.3)]
+    assert closed == [0, 1, 2, 3]
+    for sock in holders:
+        sock.close()
