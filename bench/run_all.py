@@ -17,6 +17,7 @@ from pathlib import Path
 
 import api_fuzz
 import crash_safety
+import http_slowloris
 import list_latency
 import rest_read
 import smtp_abuse
@@ -38,6 +39,7 @@ BENCHES = {
         ["--messages", "1000", "--rounds", "1"],
         ["--messages", "3000", "--rounds", "3"],
     ),
+    "http_slowloris": (http_slowloris, [], ["--connections", "8000", "--seconds", "10"]),
     "api_fuzz": (api_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
     "mime_fuzz": (smtp_mime_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
 }

@@ -1,8 +1,8 @@
 """Slow and excess HTTP connections (http/guard.py): the API stays up under an HTTP slowloris.
 
 A connection must send its request headers within AGENTMX_HTTP_HEADER_TIMEOUT, dribbling or not;
-at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer displaces the connection that has waited longest for its
-headers. Requests, keep-alive and WebSocket streams are unaffected.
+at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer from a less crowded address displaces the longest-waiting
+connection of the most crowded one. Requests, keep-alive and WebSocket streams are unaffected.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
 
 
-def _connect(server: ServerProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+def _connect(server: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.http_port), timeout=10, source_address=(source, 0))
 
 
 def test_headers_dribbled_past_the_deadline_are_cut_off(fresh_server: Callable[..., ServerProcess]) -> None:
@@ -61,17 +61,22 @@ def test_a_keep_alive_client_is_not_cut_off_between_requests(
             time.sleep(1)  # 4 s in all, past the header deadline, under uvicorn's 5 s keep-alive
 
 
-def test_at_the_cap_a_newcomer_displaces_the_longest_waiting_connection(
+def test_at_the_cap_a_newcomer_displaces_the_crowded_address(
     fresh_server: Callable[..., ServerProcess],
 ) -> None:
     env = {"AGENTMX_HTTP_MAX_CONNECTIONS": "10", "AGENTMX_HTTP_HEADER_TIMEOUT": "300"}
     server = fresh_server(env=env).start()
-    holders = []
-    for _ in range(13):  # the last three each take the slot of the oldest
-        holders.append(_connect(server))
+    crowd = []
+    for _ in range(10):  # the whole cap, from one address, none sending a request
+        crowd.append(_connect(server, source="127.0.0.2"))
         time.sleep(0.05)  # a known waiting order
-    assert httpx.get(server.base_url + "/health").status_code == 200  # and so does a request
-    closed = [n for n, sock in enumerate(holders) if _closed_within(sock, 0.3)]
-    assert closed == [0, 1, 2, 3]
-    for sock in holders:
+    # From the crowded address, a newcomer is turned away and the crowd stays as it was.
+    assert _closed_within(_connect(server, source="127.0.0.2"), 3)
+    # From another address, newcomers take the places of the crowd's longest-waiting connections.
+    with httpx.Client(base_url=server.base_url) as first, httpx.Client(base_url=server.base_url) as second:
+        assert first.get("/health").status_code == 200
+        assert second.get("/health").status_code == 200  # while the first is kept alive
+    closed = [n for n, sock in enumerate(crowd) if _closed_within(sock, 0.3)]
+    assert closed == [0, 1]
+    for sock in crowd:
         sock.close()

@@ -4,9 +4,13 @@ uvicorn closes a keep-alive connection 5 s after a response, but a connection th
 sent a complete request head has no deadline at all, and a byte every few seconds keeps it open:
 enough such connections (slowloris) use up the open-file limit, and then SMTP, HTTP and the
 database all fail to open sockets or files. So, as Apache's mod_reqtimeout and nginx's
-client_header_timeout do, a request's headers must arrive within AGENTMX_HTTP_HEADER_TIMEOUT; and
-at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer takes the place of the connection that has waited
-longest for its headers (the likeliest slowloris), as the SMTP cap does (smtp/limits.py).
+client_header_timeout do, a request's headers must arrive within AGENTMX_HTTP_HEADER_TIMEOUT.
+
+At AGENTMX_HTTP_MAX_CONNECTIONS, as at the SMTP cap (smtp/limits.py), a newcomer from an address
+with fewer connections waiting for their headers than the most crowded address takes the place of
+that address's longest-waiting connection (the likeliest slowloris); a newcomer from the most
+crowded address is closed. Displacing within the crowd would only trade one of its connections for
+another, and double the reconnects it answers with (bench/http_slowloris.py).
 """
 
 from __future__ import annotations
@@ -22,35 +26,48 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 log = logging.getLogger("agentmx.http")
 
 
+def _ip(conn: HttpToolsProtocol) -> str:
+    return conn.client[0] if conn.client else ""
+
+
 class HttpGuard:
     def __init__(self, max_connections: int, header_timeout: float) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         # Connections waiting for a request head, by when they started waiting. Insertion order
-        # is waiting order, so the oldest is first.
+        # is waiting order, so the oldest is first; the same again per client address.
         self.waiting: dict[HttpToolsProtocol, float] = {}
+        self.waiting_by_ip: dict[str, dict[HttpToolsProtocol, float]] = {}
         self.closed_slow = 0
         self.closed_at_cap = 0
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""
         if live > self.max_connections:
-            oldest = next(iter(self.waiting), None)
-            if oldest is None:
-                self.closed_at_cap += 1
-                return False
-            del self.waiting[oldest]
-            oldest.transport.close()
+            mine = len(self.waiting_by_ip.get(_ip(conn), ()))
+            crowded = max(self.waiting_by_ip.values(), key=len, default={})
             self.closed_at_cap += 1
-        self.waiting[conn] = now
+            if len(crowded) <= mine:
+                return False
+            oldest = next(iter(crowded))
+            self.done(oldest)
+            oldest.transport.close()
+        self.wait(conn, now)
         return True
 
     def wait(self, conn: HttpToolsProtocol, now: float) -> None:
-        self.waiting.pop(conn, None)  # to the end of the order
+        self.done(conn)  # to the end of the order
         self.waiting[conn] = now
+        self.waiting_by_ip.setdefault(_ip(conn), {})[conn] = now
 
     def done(self, conn: HttpToolsProtocol) -> None:
-        self.waiting.pop(conn, None)
+        if self.waiting.pop(conn, None) is None:
+            return
+        ip = _ip(conn)
+        peers = self.waiting_by_ip[ip]
+        del peers[conn]
+        if not peers:
+            del self.waiting_by_ip[ip]
 
     def sweep(self, now: float) -> int:
         """Close the connections whose request head is overdue; returns how many."""
@@ -62,7 +79,7 @@ class HttpGuard:
                 break
             overdue.append(conn)
         for conn in overdue:
-            del self.waiting[conn]
+            self.done(conn)
             conn.transport.close()
         self.closed_slow += len(overdue)
         return len(overdue)

@@ -1,0 +1,99 @@
+"""The attack side of bench/http_slowloris.py, in its own process so it does not slow the legitimate client.
+
+``--connections`` sockets spread over source addresses 127.0.0.2, 127.0.0.3, ... Each one sends a
+request line and then dribbles header bytes (never the blank line that ends the head) for as long
+as the server lets it, or stays silent with ``--silent``. A closed connection is opened again, as a
+real slowloris does. A JSON status line is printed every second; SIGTERM ends the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+from smtp_attacker import raise_fd_limit
+
+
+@dataclass
+class Status:
+    held: int = 0  # connections open now
+    peak_held: int = 0
+    opened: int = 0
+    closed_by_server: int = 0
+    connect_errors: int = 0
+
+    def line(self) -> str:
+        return json.dumps({**asdict(self), "time": time.time()})
+
+
+async def slowloris(n: int, args: argparse.Namespace, status: Status) -> None:
+    source = f"127.0.0.{2 + n // args.per_source}"
+    await asyncio.sleep(n * args.ramp / max(1, args.connections))  # spread the connects
+    while True:
+        writer = None
+        held = False
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", args.port, local_addr=(source, 0))
+            status.opened += 1
+            held = True
+            status.held += 1
+            status.peak_held = max(status.peak_held, status.held)
+            if not args.silent:
+                writer.write(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
+            while True:
+                if not args.silent:
+                    writer.write(b"x")
+                    await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    if not await asyncio.wait_for(
+                        reader.read(1024), args.interval * random.uniform(0.5, 1.5)
+                    ):
+                        break  # the server closed it
+        except OSError:
+            if not held:
+                status.connect_errors += 1
+        finally:
+            if held:
+                status.held -= 1
+                status.closed_by_server += 1
+            if writer is not None:
+                writer.close()
+        await asyncio.sleep(args.retry)
+
+
+async def main(args: argparse.Namespace) -> None:
+    status = Status()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(slowloris(n, args, status)) for n in range(args.connections)]
+    while not stop.is_set():
+        print(status.line(), flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(status.line(), flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--connections", type=int, default=4000)
+    p.add_argument("--per-source", type=int, default=1000, help="connections per source address")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between dribbled bytes")
+    p.add_argument("--ramp", type=float, default=4.0, help="seconds over which the connections open")
+    p.add_argument("--retry", type=float, default=0.5, help="seconds before reconnecting")
+    p.add_argument("--silent", action="store_true", help="send nothing at all after connecting")
+    return p
+
+
+if __name__ == "__main__":
+    raise_fd_limit()
+    asyncio.run(main(parser().parse_args()))
