@@ -301,10 +301,17 @@ def backends(requested: str) -> list[str]:
 def agentmx_server(
     backend: str, env: dict[str, str] | None = None, keep_dir: bool = False
 ) -> Iterator[Agentmx]:
-    """Start agentmx on a throwaway SQLite file or PostgreSQL database; tear everything down after."""
+    """Start agentmx on a throwaway SQLite file or PostgreSQL database; tear everything down after.
+
+    AGENTMX_* variables set for the bench reach the server (``AGENTMX_EVENT_LOOP=uvloop make bench``);
+    a bench's own ``env`` wins over them.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f"agentmx-bench-{backend}-"))
     url = postgres.create_database("agentmx_bench") if backend == "postgres" else None
-    server = ServerProcess(tmp, database_url=url, env={"AGENTMX_LOG_LEVEL": "warning", **(env or {})})
+    passed = {k: v for k, v in os.environ.items() if k.startswith("AGENTMX_") and k != "AGENTMX_TEST_PG_URL"}
+    server = ServerProcess(
+        tmp, database_url=url, env={"AGENTMX_LOG_LEVEL": "warning", **passed, **(env or {})}
+    )
     app: Agentmx | None = None
     try:
         server.start()

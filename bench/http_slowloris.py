@@ -105,8 +105,10 @@ def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) 
             BENCH, target, "attack conns held", status.get("held", 0), "conns",
             f"peak {status.get('peak_held', 0)}, {status.get('closed_by_server', 0)} closed by the server",
         )  # fmt: skip
-        report.check(BENCH, f"{target} req/s under {args.connections} slowloris >= 0.8x", ratio, ratio >= 0.8)
-        if mode == "guarded":
+        if mode == "guarded":  # unguarded is the baseline: what the guard is measured against
+            report.check(
+                BENCH, f"{target} req/s under {args.connections} slowloris >= 0.8x", ratio, ratio >= 0.8
+            )
             bound = args.max_connections + RESERVE
             report.check(BENCH, f"{target} open fds <= cap + {RESERVE} ({bound})", peak[0], peak[0] <= bound)
 

@@ -49,8 +49,9 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     asyncio is the default. uvloop (a dependency, through uvicorn[standard]) once saved about 15%
     of the CPU of an SMTP message; in A/B runs on 2026-11-29 it saved no CPU measurable for
     ingest, REST or WebSocket fan-out. Its REST p99 at 64 connections was 19-66 ms against
-    asyncio's 9-21 ms (both backends), but its WebSocket fan-out p99 at 1,000 connections on
-    PostgreSQL was 49-62 ms against 138-146 ms (52 once); on SQLite the loops were alike there.
+    asyncio's 9-21 ms (both backends). Its WebSocket fan-out p99 at 1,000 connections on
+    PostgreSQL was 49-62 ms against 138-146 ms; since live events are written to sockets directly
+    (events/ws_frame.py) it is 62-72 ms against asyncio's 66-81 ms (135 once).
     """
     if settings.event_loop == "asyncio":
         return None

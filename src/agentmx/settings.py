@@ -21,9 +21,10 @@ class Settings(BaseSettings):
     smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
     http_max_connections: int = Field(
         10000,
-        description="Simultaneous HTTP and WebSocket connections. At the cap a newcomer closes the connection that "
-        "has waited longest for its request headers, or is closed itself if none is waiting. Fitted to the "
-        "open-file limit with AGENTMX_SMTP_MAX_CONNECTIONS.",
+        description="Simultaneous HTTP and WebSocket connections. At the cap, a newcomer from an address with fewer "
+        "connections waiting for their request headers than the most crowded address closes that address's "
+        "longest-waiting one; otherwise the newcomer is closed. Fitted to the open-file limit with "
+        "AGENTMX_SMTP_MAX_CONNECTIONS.",
     )
     http_header_timeout: float = Field(
         20.0,
@@ -48,8 +49,8 @@ class Settings(BaseSettings):
         "asyncio",
         description=(
             "Event loop the server runs on: asyncio, uvloop, or auto (uvloop when installed). "
-            "asyncio gave a REST p99 at 64 connections 3-5x lower; uvloop gave a WebSocket fan-out p99 "
-            "at 1,000 connections on PostgreSQL about 3x lower (BENCHMARKS.md)."
+            "asyncio gave a REST p99 at 64 connections 3-5x lower; uvloop gives a WebSocket fan-out p99 "
+            "at 1,000 connections on PostgreSQL somewhat lower, with fewer outliers (BENCHMARKS.md)."
         ),
     )
     public_host: str = Field(
