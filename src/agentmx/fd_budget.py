@@ -9,6 +9,7 @@ proportion if they still do not fit beside a reserve for everything else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import resource
 
@@ -27,6 +28,7 @@ def raise_soft_limit(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+@functools.cache  # the SMTP listener and the HTTP server each ask; the warning is logged once
 def connection_caps(smtp: int, http: int) -> tuple[int, int]:
     """The SMTP and HTTP caps to enforce: as asked, or less if the open-file limit cannot hold them."""
     wanted = smtp + http

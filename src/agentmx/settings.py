@@ -82,14 +82,14 @@ class Settings(BaseSettings):
     )
     smtp_error_limit: int = Field(
         20,
-        description="Permanent error replies (5xx) one SMTP session may get before it is closed with 421, as "
-        "Postfix's smtpd_hard_error_limit: bad commands, unknown recipients (address harvesting), refused mail. "
-        "0 disables the limit.",
+        description="Permanent error replies (5xx) an SMTP session may get without delivering a message before it "
+        "is closed with 421, as Postfix's smtpd_hard_error_limit: bad commands, unknown recipients (address "
+        "harvesting), refused mail. 0 disables the limit.",
     )
     smtp_junk_command_limit: int = Field(
         100,
-        description="NOOP, RSET, VRFY and HELP commands one SMTP session may send before it is closed with 421, "
-        "as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
+        description="NOOP, RSET, VRFY and HELP commands (together) an SMTP session may send without delivering a "
+        "message before it is closed with 421, as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
     )
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."

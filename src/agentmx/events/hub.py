@@ -159,7 +159,12 @@ class Hub:
                 # then cost a thousand socket writes of one frame, not a thousand task switches.
                 if item.seq <= sub.cursor:
                     continue
-                if sub.write(item.frame):
+                try:
+                    written = sub.write(item.frame)
+                except Exception:  # a socket's error must not stop the fan-out or reach the commit
+                    log.exception("direct WebSocket write failed; the event goes through the queue")
+                    written = False
+                if written:
                     sub.cursor = item.seq
                     continue
             if sub.queue.qsize() >= MAX_QUEUED:

@@ -51,7 +51,8 @@ class HttpGuard:
                 return False
             oldest = next(iter(crowded))
             self.done(oldest)
-            oldest.transport.close()
+            # abort, not close: close() would wait for a client that does not read to drain the buffer.
+            oldest.transport.abort()
         self.wait(conn, now)
         return True
 
@@ -80,7 +81,7 @@ class HttpGuard:
             overdue.append(conn)
         for conn in overdue:
             self.done(conn)
-            conn.transport.close()
+            conn.transport.abort()
         self.closed_slow += len(overdue)
         return len(overdue)
 

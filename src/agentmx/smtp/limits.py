@@ -10,18 +10,14 @@ from typing import Any, cast
 from aiosmtpd.smtp import MISSING, SMTP
 
 from agentmx.smtp.data import read_data
-from agentmx.smtp.replies import S421_TIMEOUT, S421_TOO_MANY_CONNECTIONS, S421_TOO_MANY_ERRORS
+from agentmx.smtp.replies import (
+    S421_TIMEOUT,
+    S421_TOO_MANY_CONNECTIONS,
+    S421_TOO_MANY_ERRORS,
+    S421_TOO_MANY_JUNK_COMMANDS,
+)
 
-# Commands that move no mail: a session may send only so many (Postfix's smtpd_junk_command_limit).
-JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP")
 _UNLIMITED = 1 << 62
-
-
-def command_call_limit(junk_limit: int) -> dict[str, int] | None:
-    """aiosmtpd's per-session command budgets: junk commands limited, the others not."""
-    if junk_limit <= 0:
-        return None
-    return {"*": _UNLIMITED} | dict.fromkeys(JUNK_COMMANDS, junk_limit)
 
 
 @dataclass
@@ -94,26 +90,57 @@ class LimitedSMTP(SMTP):
             return super()._getaddr(arg)  # the general parser (and its error handling)
         return found.group(1), arg[found.end() :]
 
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, error_limit: int = 0, **kw: Any) -> None:
+    def __init__(
+        self, handler: Any, *, limits: ConnectionLimits, error_limit: int = 0, junk_limit: int = 0, **kw: Any
+    ) -> None:
         self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         super().__init__(handler, **kw)
         self._limits = limits
         self._ip: str | None = None
-        self._errors_left = error_limit if error_limit > 0 else _UNLIMITED
+        # Postfix's smtpd_hard_error_limit and smtpd_junk_command_limit: counted since the session's
+        # last delivered message, so a long session that delivers mail is never cut off by them.
+        self._error_limit = error_limit if error_limit > 0 else _UNLIMITED
+        self._junk_limit = junk_limit if junk_limit > 0 else _UNLIMITED
+        self._errors_left = self._error_limit
+        self._junk_left = self._junk_limit
 
     async def push(self, status: Any) -> None:
-        """Every reply; permanent errors count against the session's budget (smtpd_hard_error_limit).
+        """Every reply; permanent errors count against the session's error budget.
 
         Temporary ones do not: a 452 for recipients past the limit is how a pipelining client learns
         to send them in another transaction, and a 451 is our failure, not the client's.
         """
         await super().push(status)
-        if not isinstance(status, str) or not status.startswith("5"):
+        if status[:1] not in ("5", b"5"):
             return
         self._errors_left -= 1
-        if self._errors_left == 0:
+        if self._errors_left <= 0:
             # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
             self._close_with(S421_TOO_MANY_ERRORS)
+
+    def _junk_exhausted(self) -> bool:
+        """Counts a command that moves no mail; True (and the session closed) past the budget."""
+        self._junk_left -= 1
+        if self._junk_left >= 0:
+            return False
+        self._close_with(S421_TOO_MANY_JUNK_COMMANDS)
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
+        if not self._junk_exhausted():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:  # noqa: N802
+        if not self._junk_exhausted():
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802
+        if not self._junk_exhausted():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:  # noqa: N802
+        if not self._junk_exhausted():
+            await super().smtp_HELP(arg)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd re-arms its timeout on connect and on each command: the reaper's clock too.
@@ -156,7 +183,10 @@ class LimitedSMTP(SMTP):
         self._reset_timeout()  # the body is in: storing it is our time, not the client's
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        reply = "250 OK" if status is MISSING else status
+        if reply.startswith("250"):
+            self._errors_left, self._junk_left = self._error_limit, self._junk_limit
+        await self.push(reply)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._ip is None:  # not again after STARTTLS

@@ -11,7 +11,7 @@ from aiosmtpd.smtp import SMTP
 from agentmx.fd_budget import connection_caps
 from agentmx.services.runtime import Runtime
 from agentmx.smtp.handler import InboundHandler
-from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP, command_call_limit
+from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.stress import StressReaper
 
 log = logging.getLogger("agentmx.smtp")
@@ -30,7 +30,6 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
 
     max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
-    call_limit = command_call_limit(settings.smtp_junk_command_limit)
 
     def factory() -> SMTP:
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
@@ -38,7 +37,7 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
             handler,
             limits=limits,
             error_limit=settings.smtp_error_limit,
-            command_call_limit=call_limit,
+            junk_limit=settings.smtp_junk_command_limit,
             data_size_limit=settings.smtp_max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
