@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass
 
-from smtp_attacker import raise_fd_limit
+from smtp_attacker import raise_fd_limit, report_until_sigterm
 
 
 @dataclass
@@ -69,17 +68,9 @@ async def slowloris(n: int, args: argparse.Namespace, status: Status) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     status = Status()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(slowloris(n, args, status)) for n in range(args.connections)]
-    while not stop.is_set():
-        print(status.line(), flush=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    print(status.line(), flush=True)
+    await report_until_sigterm(
+        status, [asyncio.create_task(slowloris(n, args, status)) for n in range(args.connections)]
+    )
 
 
 def parser() -> argparse.ArgumentParser:

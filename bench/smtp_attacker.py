@@ -25,6 +25,7 @@ import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 KINDS = ("idle", "dribble_command", "dribble_data")
 
@@ -152,13 +153,10 @@ async def oversize(n: int, args: argparse.Namespace, status: Status) -> None:
     status.oversize_seconds.append(time.monotonic() - t0)
 
 
-async def main(args: argparse.Namespace) -> None:
-    status = Status()
+async def report_until_sigterm(status: Any, tasks: list[asyncio.Task[None]]) -> None:
+    """Print ``status.line()`` every second until SIGTERM, then stop the tasks and print it once more."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(slowloris(n, args, status)) for n in range(args.connections)]
-    tasks += [asyncio.create_task(oversize(n, args, status)) for n in range(args.oversize)]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     while not stop.is_set():
         print(status.line(), flush=True)
         with contextlib.suppress(TimeoutError):
@@ -167,6 +165,13 @@ async def main(args: argparse.Namespace) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     print(status.line(), flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    status = Status()
+    tasks = [asyncio.create_task(slowloris(n, args, status)) for n in range(args.connections)]
+    tasks += [asyncio.create_task(oversize(n, args, status)) for n in range(args.oversize)]
+    await report_until_sigterm(status, tasks)
 
 
 def parser() -> argparse.ArgumentParser:

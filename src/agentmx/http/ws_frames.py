@@ -19,7 +19,7 @@ FRAME_WRITER = "agentmx.frame_writer"
 
 
 def frame_writer(scope: Mapping[str, Any]) -> FrameWriter | None:
-    writer = scope.get("extensions", {}).get(FRAME_WRITER)
+    writer = (scope.get("extensions") or {}).get(FRAME_WRITER)
     return writer if callable(writer) else None
 
 
