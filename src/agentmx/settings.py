@@ -68,7 +68,9 @@ class Settings(BaseSettings):
         "soft open-file limit as far as this needs (up to the hard limit) and lowers the cap if it still does not fit.",
     )
     smtp_max_connections_per_ip: int = Field(
-        50, description="Simultaneous inbound SMTP connections from one client IP (more get 421)."
+        50,
+        description="Simultaneous inbound SMTP connections from one client IP, an IPv6 /64 counting as one "
+        "(more get 421).",
     )
     smtp_timeout: float = Field(
         300.0,

@@ -7,6 +7,7 @@ database all fail to open sockets or files. So, as Apache's mod_reqtimeout and n
 client_header_timeout do, a request's headers must arrive within AGENTMX_HTTP_HEADER_TIMEOUT.
 
 At AGENTMX_HTTP_MAX_CONNECTIONS, as at the SMTP cap (smtp/limits.py), a newcomer from an address
+(an IPv6 /64 counting as one, client_address.py)
 with fewer connections waiting for their headers than the most crowded address takes the place of
 that address's longest-waiting connection (the likeliest slowloris); a newcomer from the most
 crowded address is closed. Displacing within the crowd would only trade one of its connections for
@@ -23,11 +24,13 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from agentmx.client_address import address_group
+
 log = logging.getLogger("agentmx.http")
 
 
 def _ip(conn: HttpToolsProtocol) -> str:
-    return conn.client[0] if conn.client else ""
+    return address_group(conn.client[0]) if conn.client else ""
 
 
 class HttpGuard:

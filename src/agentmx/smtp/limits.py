@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
+from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
 from agentmx.smtp.replies import (
     S421_TIMEOUT,
@@ -22,7 +23,7 @@ _UNLIMITED = 1 << 62
 
 @dataclass
 class ConnectionLimits:
-    """Who is connected, by client IP. At the global cap, newcomers from light IPs displace heavy IPs.
+    """Who is connected, by client IP (an IPv6 /64 as one). At the cap, newcomers from light IPs displace heavy IPs.
 
     A slowloris spread over a few dozen addresses can fill the whole cap; refusing every newcomer
     would then lock legitimate senders out until the stress reaper (smtp/stress.py) frees slots, and
@@ -191,7 +192,7 @@ class LimitedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._ip is None:  # not again after STARTTLS
             peer = transport.get_extra_info("peername")
-            self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            self._ip = address_group(str(peer[0])) if isinstance(peer, tuple) and peer else "unknown"
             self._limits.add(self, self._ip)
         super().connection_made(transport)
 
