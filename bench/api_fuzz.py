@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
-from common import Report, add_common_args, agentmx_server, backends, finish, header
+from common import Report, add_common_args, agentmx_server, backends, header, run_script
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +126,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,3 +361,11 @@ def finish(report: Report, json_path: Path | None) -> None:
     report.print_table()
     if json_path:
         report.save(json_path)
+
+
+def run_script(parser: Callable[[], Any], run: Callable[[Any, Report], None]) -> None:
+    """A bench script's entry point: parse its arguments, run it, print (and save) the report."""
+    ns = parser().parse_args()
+    report = Report()
+    run(ns, report)
+    finish(report, ns.json)

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 
-from common import Report, add_common_args, agentmx_server, backends, finish, header
+from common import Report, add_common_args, agentmx_server, backends, header, run_script
 from smtp_load import LoadResult, aiosmtplib_load
 
 BENCH = "crash_safety"
@@ -105,7 +105,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

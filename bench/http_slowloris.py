@@ -34,8 +34,8 @@ from common import (
     agentmx_server,
     backends,
     cpu_seconds,
-    finish,
     header,
+    run_script,
 )
 from http_load import load
 from rest_read import seed
@@ -139,7 +139,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

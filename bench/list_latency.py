@@ -22,7 +22,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common import Agentmx, Report, add_common_args, agentmx_server, backends, finish, header, latency_summary
+from common import (
+    Agentmx,
+    Report,
+    add_common_args,
+    agentmx_server,
+    backends,
+    header,
+    latency_summary,
+    run_script,
+)
 from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -275,7 +284,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

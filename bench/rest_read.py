@@ -26,9 +26,9 @@ from common import (
     backends,
     baseline_cmd,
     cpu_seconds,
-    finish,
     free_port,
     header,
+    run_script,
     subprocess_server,
 )
 from http_load import load
@@ -115,7 +115,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

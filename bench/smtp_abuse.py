@@ -41,8 +41,8 @@ from common import (
     agentmx_server,
     backends,
     cpu_seconds,
-    finish,
     header,
+    run_script,
 )
 from smtp_ingest import wait_stored
 from smtp_load import LoadResult, aiosmtplib_load
@@ -340,7 +340,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

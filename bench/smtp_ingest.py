@@ -29,11 +29,11 @@ from common import (
     backends,
     baseline_cmd,
     cpu_seconds,
-    finish,
     free_port,
     header,
     latency_summary,
     postfix_tool,
+    run_script,
     subprocess_server,
 )
 from smtp_load import LoadResult, aiosmtplib_load, smtp_source_load
@@ -172,7 +172,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

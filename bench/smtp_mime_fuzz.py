@@ -31,9 +31,9 @@ from common import (
     add_common_args,
     agentmx_server,
     backends,
-    finish,
     header,
     latency_summary,
+    run_script,
 )
 
 BENCH = "mime_fuzz"
@@ -166,7 +166,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)

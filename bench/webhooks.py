@@ -30,9 +30,9 @@ from common import (
     backends,
     baseline_cmd,
     cpu_seconds,
-    finish,
     header,
     latency_summary,
+    run_script,
 )
 from receiver import Delivery, Receiver
 from smtp_load import LoadResult, send_one
@@ -184,8 +184,5 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = parser().parse_args()
-    rep = Report()
-    run(ns, rep)
-    finish(rep, ns.json)
+    run_script(parser, run)
     sys.exit(0)
