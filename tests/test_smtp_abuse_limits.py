@@ -223,38 +223,35 @@ def test_address_harvesting_is_cut_off_after_20_refused_recipients(harness: Harn
         assert _closed(sock)
 
 
+def _deliver_after_refusals(sock: socket.socket, f: object, inbox: str, refused: int, tag: str) -> None:
+    """One transaction: ``refused`` unknown recipients (each a 550), then ``inbox``, then a message (250)."""
+    domain = inbox.split("@", 1)[1]
+    sock.sendall(b"MAIL FROM:<sender@example.com>\r\n")
+    assert _reply(f).startswith(b"250")
+    for n in range(refused):
+        sock.sendall(f"RCPT TO:<{tag}{n}@{domain}>\r\n".encode())
+        assert _reply(f).startswith(b"550 ")
+    for command in (f"RCPT TO:<{inbox}>".encode(), b"DATA"):
+        sock.sendall(command + b"\r\n")
+        assert _reply(f)[:1] in (b"2", b"3")
+    sock.sendall(make_message(inbox, subject=tag).as_bytes(policy=SMTP) + b".\r\n")
+    assert _reply(f).startswith(b"250")
+
+
 def test_a_sender_below_the_error_limit_still_delivers(harness: Harness) -> None:
     inbox = _new_inbox(harness)
-    domain = inbox.split("@", 1)[1]
-    sock, f = _open_session(harness.server.smtp_port, b"EHLO mixed.example", b"MAIL FROM:<m@example.com>")
+    sock, f = _open_session(harness.server.smtp_port, b"EHLO mixed.example")
     with sock:
-        for n in range(19):
-            sock.sendall(f"RCPT TO:<gone{n}@{domain}>\r\n".encode())
-            assert _reply(f).startswith(b"550 ")
-        for command in (f"RCPT TO:<{inbox}>".encode(), b"DATA"):
-            sock.sendall(command + b"\r\n")
-            assert _reply(f)[:1] in (b"2", b"3")
-        sock.sendall(make_message(inbox, subject="still here").as_bytes(policy=SMTP) + b".\r\n")
-        assert _reply(f).startswith(b"250")
+        _deliver_after_refusals(sock, f, inbox, 19, "gone")
 
 
 def test_the_error_count_starts_again_after_a_delivered_message(harness: Harness) -> None:
     """A relay on a long session with a few stale addresses per message is never cut off."""
     inbox = _new_inbox(harness)
-    domain = inbox.split("@", 1)[1]
     sock, f = _open_session(harness.server.smtp_port, b"EHLO relay.example")
     with sock:
         for round_ in range(3):  # 45 refused recipients in all, 15 between deliveries
-            sock.sendall(b"MAIL FROM:<relay@example.com>\r\n")
-            assert _reply(f).startswith(b"250")
-            for n in range(15):
-                sock.sendall(f"RCPT TO:<stale{round_}-{n}@{domain}>\r\n".encode())
-                assert _reply(f).startswith(b"550 ")
-            for command in (f"RCPT TO:<{inbox}>".encode(), b"DATA"):
-                sock.sendall(command + b"\r\n")
-                assert _reply(f)[:1] in (b"2", b"3")
-            sock.sendall(make_message(inbox, subject=f"round {round_}").as_bytes(policy=SMTP) + b".\r\n")
-            assert _reply(f).startswith(b"250")
+            _deliver_after_refusals(sock, f, inbox, 15, f"stale{round_}-")
 
 
 def test_junk_commands_are_cut_off_after_100(harness: Harness) -> None:
