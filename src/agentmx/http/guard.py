@@ -16,8 +16,6 @@ another, and double the reconnects it answers with (bench/http_slowloris.py).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agentmx.client_address import address_group
+from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.http")
 
@@ -90,22 +89,12 @@ class HttpGuard:
 
     def start(self, interval: float = 1.0) -> Callable[[], Awaitable[None]]:
         """Run sweep() every ``interval`` seconds; returns the coroutine function that stops it."""
-        loop = asyncio.get_running_loop()
 
-        async def sweep_forever() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                if closed := self.sweep(loop.time()):
-                    log.info("closed %d HTTP connections slow to send their request", closed)
+        def tick(now: float) -> None:
+            if closed := self.sweep(now):
+                log.info("closed %d HTTP connections slow to send their request", closed)
 
-        task = loop.create_task(sweep_forever())
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        return stop
+        return run_every(interval, tick)
 
     def protocol(self) -> type[HttpToolsProtocol]:
         """uvicorn's httptools protocol, reporting to this guard."""

@@ -9,12 +9,12 @@ in use, this reaper closes every connection whose last command is older than the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from typing import Protocol
+
+from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -48,19 +48,9 @@ class StressReaper:
 
     def start(self, interval: float = 1.0) -> Callable[[], Awaitable[None]]:
         """Run reap() every ``interval`` seconds; returns the coroutine function that stops it."""
-        loop = asyncio.get_running_loop()
 
-        async def loop_forever() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                if closed := self.reap(loop.time()):
-                    log.info("smtp under stress (%d connections): closed %d idle", len(self.live), closed)
+        def tick(now: float) -> None:
+            if closed := self.reap(now):
+                log.info("smtp under stress (%d connections): closed %d idle", len(self.live), closed)
 
-        task = loop.create_task(loop_forever())
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        return stop
+        return run_every(interval, tick)
