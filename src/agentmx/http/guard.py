@@ -40,15 +40,12 @@ class HttpGuard:
         # is waiting order, so the oldest is first; the same again per client address.
         self.waiting: dict[HttpToolsProtocol, float] = {}
         self.waiting_by_ip: dict[str, dict[HttpToolsProtocol, float]] = {}
-        self.closed_slow = 0
-        self.closed_at_cap = 0
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""
         if live > self.max_connections:
             mine = len(self.waiting_by_ip.get(_ip(conn), ()))
             crowded = max(self.waiting_by_ip.values(), key=len, default={})
-            self.closed_at_cap += 1
             if len(crowded) <= mine:
                 return False
             oldest = next(iter(crowded))
@@ -84,7 +81,6 @@ class HttpGuard:
         for conn in overdue:
             self.done(conn)
             conn.transport.abort()
-        self.closed_slow += len(overdue)
         return len(overdue)
 
     def start(self, interval: float = 1.0) -> Callable[[], Awaitable[None]]:
