@@ -94,8 +94,8 @@ def test_storage_failure_answers_451_then_retry_succeeds(harness: Harness) -> No
     client = harness.client()
     inbox = client.inboxes.create()
     blobs = harness.server.data_dir / "blobs"
-    for i in range(1000):  # an attachment whose blob folder does not exist yet
-        data = f"attachment {i} {inbox.inbox_id}".encode()
+    for i in range(1000):  # an attachment too big for the database whose blob folder does not exist yet
+        data = f"attachment {i} {inbox.inbox_id}".encode() * 4096
         folder = blobs / hashlib.sha256(data).hexdigest()[:2]
         if not folder.exists():
             break

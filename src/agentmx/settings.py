@@ -31,13 +31,18 @@ class Settings(BaseSettings):
         description="Seconds a client has, from connecting or from the previous response, to send a request's "
         "headers; slower (slowloris) connections are closed. 0 disables the limit.",
     )
-    data_dir: Path = Field(
-        Path("./data"), description="Folder for the SQLite database and stored .eml blobs."
-    )
+    data_dir: Path = Field(Path("./data"), description="Folder for the SQLite database and the blob folder.")
     blob_dir: Path | None = Field(
         None,
-        description="Folder for raw .eml and attachment bytes (default <data_dir>/blobs). Processes that share "
-        "one PostgreSQL database must share this folder too.",
+        description="Folder for raw .eml and attachment bytes bigger than blob_inline_max_bytes (default "
+        "<data_dir>/blobs). Processes that share one PostgreSQL database must share this folder too.",
+    )
+    blob_inline_max_bytes: int = Field(
+        65536,
+        ge=0,
+        description="Raw messages and attachments up to this size are stored in the database, in the "
+        "transaction that names them, instead of as files in blob_dir (each file costs two fsyncs). "
+        "0 stores every blob as a file.",
     )
     database_url: str = Field(
         "",

@@ -25,7 +25,7 @@ from agentmx.jobs.registry import RetryAt, handler
 from agentmx.mail.compose import address_domain
 from agentmx.outbound import dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
-from agentmx.services import mailstore
+from agentmx.services import blob_bytes, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import DELIVER_JOB
 from agentmx.settings import parse_schedule
@@ -71,7 +71,7 @@ async def load_work(rt: Runtime, message_pk: str) -> Work | None:
             )
         )
         local = [a for a in pending if await _is_local(session, rt, a)]
-    raw = await rt.blobs.get(message.blob_key)
+    raw = await blob_bytes.get(rt, message.blob_key)
     return Work(
         message_pk=message_pk,
         inbox_domain=inbox.domain,

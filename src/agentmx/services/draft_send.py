@@ -23,7 +23,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, Conflict
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.mail.compose import OutAttachment
-from agentmx.services import drafts, idempotency, jobs
+from agentmx.services import blob_bytes, drafts, idempotency, jobs
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import OutgoingMessage, send_message
@@ -47,7 +47,7 @@ async def _source(session: AsyncSession, inbox_id: str, message_id: str | None) 
 async def _attachments(rt: Runtime, draft: Draft) -> list[OutAttachment]:
     return [
         OutAttachment(
-            data=await rt.blobs.get(att.blob_key),
+            data=await blob_bytes.get(rt, att.blob_key),
             filename=att.filename,
             content_type=att.content_type,
             disposition=att.content_disposition,

@@ -17,7 +17,7 @@ from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import events, mailstore
+from agentmx.services import blob_bytes, events, mailstore
 from agentmx.services.mailstore import StoredBlobs
 from agentmx.services.runtime import Runtime
 
@@ -68,6 +68,7 @@ async def store_inbound(
     out: list[tuple[Message, bool]] = []
     fresh: dict[tuple[str, str], tuple[Message, Thread]] = {}
     new_threads: list[Thread] = []
+    inline: blob_bytes.Inline = {}
     with session.no_autoflush:
         for copy, mid, refs in zip(copies, ids, lookups, strict=True):
             key = (copy.inbox.id, mid)
@@ -102,8 +103,10 @@ async def store_inbound(
                 session, rt, message, thread, set(labels[thread.id]), list(attachments[thread.id])
             )
             fresh[key] = (message, thread)
+            inline |= copy.blobs.inline
             out.append((message, True))
     await insert_rows(session, new_threads, [m for m, _ in fresh.values()])
+    await blob_bytes.insert(session, inline)
     await session.flush()  # aggregates of threads stored earlier, events
     return out
 

@@ -1,7 +1,8 @@
 """Storing messages: the one write path for inbound (SMTP, local delivery) and outbound mail.
 
-Blobs (raw .eml, attachment bytes) are written and fsynced before the rows that name them, so a
-committed row always points at a complete file. ``receive`` commits before it returns: the SMTP
+Blobs (raw .eml, attachment bytes) are stored with or before the rows that name them, so a
+committed row always names complete bytes: small ones in the same transaction, big ones as files
+fsynced before it (``blob_bytes``). ``receive`` commits before it returns: the SMTP
 edge answers 250 only after that.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -25,7 +26,7 @@ from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
 from agentmx.mail.parse import ParsedMessage, parse_message
-from agentmx.services import group_commit, hooks
+from agentmx.services import blob_bytes, group_commit, hooks
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
@@ -49,6 +50,7 @@ T = TypeVar("T")
 class StoredBlobs:
     raw_key: str
     attachment_keys: list[str]
+    inline: blob_bytes.Inline = field(default_factory=dict)  # to insert with the message's rows
 
 
 @dataclass
@@ -68,9 +70,10 @@ async def parse(raw: bytes) -> ParsedMessage:
 
 
 async def put_blobs(rt: Runtime, raw: bytes, parsed: ParsedMessage) -> StoredBlobs:
-    """Write the raw message and each attachment durably (off the event loop)."""
-    keys = await rt.blobs.put_many([raw, *(a.data for a in parsed.attachments)])
-    return StoredBlobs(keys[0], keys[1:])
+    """Store the raw message and each attachment: big ones as files now (durably, off the event
+    loop), small ones in ``inline`` for the transaction that stores the message."""
+    keys, inline = await blob_bytes.put_many(rt, [raw, *(a.data for a in parsed.attachments)])
+    return StoredBlobs(keys[0], keys[1:], inline)
 
 
 def normalize_labels(labels: set[str] | list[str]) -> set[str]:
@@ -168,6 +171,7 @@ async def store_message_ex(
         await session.flush([thread])
     session.add(message)
     await session.flush()
+    await blob_bytes.insert(session, blobs.inline)
     if direction == "inbound":
         if is_new_thread:
             labels_now, attachments_now = set(message.label_names), list(message.attachments)

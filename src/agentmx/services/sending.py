@@ -36,7 +36,7 @@ from agentmx.ids import new_message_id
 from agentmx.mail import compose
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import hooks, jobs, mailstore
+from agentmx.services import blob_bytes, hooks, jobs, mailstore
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -146,7 +146,7 @@ async def _original_attachments(rt: Runtime, message: Message) -> list[OutAttach
     for att in message.attachments:
         out.append(
             OutAttachment(
-                data=await rt.blobs.get(att.blob_key),
+                data=await blob_bytes.get(rt, att.blob_key),
                 filename=att.filename,
                 content_type=att.content_type,
                 disposition=att.content_disposition,

@@ -8,6 +8,7 @@ from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.mail import (
     Attachment,
     IdempotencyRecord,
+    InlineBlob,
     Message,
     MessageLabel,
     OutboundRecipient,
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "IdempotencyRecord",
     "InboxEvent",
+    "InlineBlob",
     "Inbox",
     "Job",
     "ListEntry",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from agentmx.db.base import Base
@@ -112,6 +112,18 @@ class Attachment(Base):
     content_id: Mapped[str | None] = mapped_column(String(998))
     size: Mapped[int] = mapped_column(Integer, default=0)
     blob_key: Mapped[str] = mapped_column(String(256))
+
+
+class InlineBlob(Base):
+    """The bytes of a small blob (raw .eml, attachment), keyed like the file store by SHA-256.
+
+    Written in the transaction that stores the rows naming it: no file, no fsync of its own.
+    """
+
+    __tablename__ = "inline_blobs"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class OutboundRecipient(Base):

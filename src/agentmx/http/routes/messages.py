@@ -25,7 +25,7 @@ from agentmx.http.deps import (
     query_int,
     query_list,
 )
-from agentmx.services import downloads, inboxes, mail_lists, mail_reads, messages
+from agentmx.services import blob_bytes, downloads, inboxes, mail_lists, mail_reads, messages
 from agentmx.services.caller import Caller
 from agentmx.services.messages import MessageFilters
 from agentmx.services.pagination import MAX_LIMIT, check_limit
@@ -238,9 +238,9 @@ async def delete_message(inbox_id: str, message_id: str, rt: RuntimeDep, caller:
 async def download(token: str, rt: RuntimeDep) -> Response:
     """Follows a signed download_url: no API key, the signature and expiry are the authorisation."""
     found = downloads.resolve(rt.secret, token)
-    if not rt.blobs.exists(found.blob_key):
+    data = await blob_bytes.read(rt, found.blob_key)
+    if data is None:
         raise NotFound("Download not found")
-    data = await rt.blobs.get(found.blob_key)
     headers = {}
     if found.filename:
         headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(found.filename)}"

@@ -1,0 +1,75 @@
+"""Where a blob's bytes live: small ones in the database, the rest in the file store.
+
+A blob is named by the SHA-256 of its bytes in both places, so a row's ``blob_key`` never says
+which. Small blobs (``blob_inline_max_bytes``) go into ``inline_blobs`` in the same transaction
+as the rows that name them: a file costs an fsync of its own and one of its folder, which was
+a fifth of an inbound message's cost, while the row rides on the commit the message pays anyway.
+Bigger blobs are written and fsynced as files before that transaction opens.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from sqlalchemy import Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import InlineBlob
+from agentmx.db.transient import table_of
+from agentmx.services.runtime import Runtime
+
+Inline = dict[str, bytes]  # key -> bytes, still to be inserted with the rows that name them
+
+
+async def put_many(rt: Runtime, items: list[bytes]) -> tuple[list[str], Inline]:
+    """Keys for ``items``, in order: big ones stored as files now, small ones returned to insert."""
+    limit = rt.settings.blob_inline_max_bytes
+    keys: list[str | None] = [None] * len(items)
+    inline: Inline = {}
+    big: list[int] = []
+    for i, data in enumerate(items):
+        if len(data) <= limit:
+            key = keys[i] = hashlib.sha256(data).hexdigest()
+            inline[key] = data
+        else:
+            big.append(i)
+    if big:
+        for i, key in zip(big, await rt.blobs.put_many([items[i] for i in big]), strict=True):
+            keys[i] = key
+    return [k for k in keys if k is not None], inline
+
+
+async def insert(session: AsyncSession, inline: Inline) -> None:
+    """Store small blobs in the caller's transaction; bytes stored before (same key) are kept."""
+    if not inline:
+        return
+    rows = [{"key": key, "data": data} for key, data in inline.items()]
+    await session.execute(_insert_new(session.get_bind().dialect.name), rows)
+
+
+@functools.cache
+def _insert_new(dialect: str) -> Insert:
+    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return build(table_of(InlineBlob)).on_conflict_do_nothing()
+
+
+async def read(rt: Runtime, key: str) -> bytes | None:
+    """The blob's bytes, from the database or the file store; None when neither has it."""
+    t = table_of(InlineBlob).c
+    async with rt.db.read_connection() as conn:
+        data = (await conn.execute(select(t.data).where(t.key == key))).scalar_one_or_none()
+    if data is not None:
+        return bytes(data)
+    if not rt.blobs.exists(key):
+        return None
+    return await rt.blobs.get(key)
+
+
+async def get(rt: Runtime, key: str) -> bytes:
+    """``read`` for a key a stored row names: its bytes must exist (FileNotFoundError if not)."""
+    data = await read(rt, key)
+    if data is None:
+        raise FileNotFoundError(f"blob {key} is in neither the database nor {rt.blobs.root}")
+    return data

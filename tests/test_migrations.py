@@ -1,0 +1,45 @@
+"""The migrations build exactly the schema the models describe, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import agentmx.db.models  # noqa: F401 (registers every table)
+from agentmx.db.base import Base
+from agentmx.db.migrate import upgrade
+from agentmx.settings import normalize_database_url
+from agentmx.testing import postgres
+from conftest import BACKENDS, _postgres_or_skip
+
+
+async def schema_differences(url: str) -> list[Any]:
+    engine = create_async_engine(normalize_database_url(url))
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_migrations_match_the_models(backend: str, tmp_path: Path) -> None:
+    if backend == "postgres":
+        _postgres_or_skip()
+        url = postgres.create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+    try:
+        upgrade(url)
+        assert asyncio.run(schema_differences(url)) == []
+    finally:
+        if backend == "postgres":
+            postgres.drop_database(url)
