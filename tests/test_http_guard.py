@@ -1,6 +1,7 @@
 """Slow and excess HTTP connections (http/guard.py): the API stays up under an HTTP slowloris.
 
-A connection must send its request headers within AGENTMX_HTTP_HEADER_TIMEOUT, dribbling or not;
+A connection must send its request headers within AGENTMX_HTTP_HEADER_TIMEOUT, dribbling or not, and
+its body at AGENTMX_HTTP_BODY_MIN_RATE over each such window;
 at AGENTMX_HTTP_MAX_CONNECTIONS a newcomer from a less crowded address displaces the longest-waiting
 connection of the most crowded one. Requests, keep-alive and WebSocket streams are unaffected.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 
+from agentmx.http.guard import HttpGuard
 from agentmx.testing.server import ServerProcess
 
 
@@ -93,3 +96,75 @@ def test_at_the_cap_a_newcomer_displaces_the_crowded_address(
     assert closed == [0, 1]
     for sock in crowd:
         sock.close()
+
+
+def _post_head(path: str, length: int, key: str = "") -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_body_dribbled_below_the_min_rate_is_cut_off(fresh_server: Callable[..., ServerProcess]) -> None:
+    env = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5", "AGENTMX_HTTP_BODY_MIN_RATE": "1000"}
+    server = fresh_server(env=env).start()
+    key = server.create_key()
+    dribbler = _connect(server)
+    dribbler.sendall(_post_head("/v0/inboxes", 100_000, key))
+    silent = _connect(server)  # a head that announces a body, then nothing
+    silent.sendall(_post_head("/v0/inboxes", 10, key))
+    started, closed = time.monotonic(), False
+    while time.monotonic() - started < 8:
+        try:
+            dribbler.sendall(b" " * 50)  # 250 B/s against 1,000
+        except OSError:
+            closed = True
+            break
+        if _closed_within(dribbler, 0.2):
+            closed = True
+            break
+    assert closed and time.monotonic() - started < 5
+    assert _closed_within(silent, 3)
+
+
+def test_a_slow_body_at_the_min_rate_is_served(fresh_server: Callable[..., ServerProcess]) -> None:
+    env = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5", "AGENTMX_HTTP_BODY_MIN_RATE": "1000"}
+    server = fresh_server(env=env).start()
+    key = server.create_key()
+    body = b'{"username": "slowbody"' + b" " * 11_976 + b"}"
+    sock = _connect(server)
+    sock.sendall(_post_head("/v0/inboxes", len(body), key))
+    started = time.monotonic()
+    for i in range(0, len(body), 1_000):  # 2,000 B/s: over four timeouts in all
+        sock.sendall(body[i : i + 1_000])
+        time.sleep(0.5)
+    assert time.monotonic() - started > 4 * 1.5
+    f = sock.makefile("rb")
+    assert int(f.readline().split()[1]) == 200
+    sock.close()
+
+
+class _StubConnection:
+    """What the guard reads of uvicorn's protocol: address, transport, flow control, cycle."""
+
+    def __init__(self, name: str, aborted: list[str]) -> None:
+        self.client = ("10.0.0.1", 1)
+        self.transport = SimpleNamespace(abort=lambda: aborted.append(name))
+        self.flow = SimpleNamespace(read_paused=False)
+        self.cycle = None
+
+
+def test_a_body_held_up_by_the_server_gets_a_new_window() -> None:
+    guard = HttpGuard(max_connections=10, header_timeout=2.0, body_min_rate=100)
+    aborted: list[str] = []
+    paused, slow = (cast(Any, _StubConnection(name, aborted)) for name in ("paused", "slow"))
+    for c in (paused, slow):
+        guard.admit(c, 1, now=0.0)
+        guard.body_expected(c, now=0.0)
+    paused.flow.read_paused = True  # uvicorn stopped reading: the app has not taken the body yet
+    guard.body_received(slow, 150, now=1.0)  # under the 200 bytes a 2 s window needs
+    assert guard.sweep(now=2.5) == 1 and aborted == ["slow"]
+    paused.flow.read_paused = False
+    assert guard.sweep(now=4.0) == 0  # its window restarted at 2.5
+    assert guard.sweep(now=4.6) == 1 and aborted == ["slow", "paused"]

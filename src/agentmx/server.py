@@ -81,7 +81,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         stops.append(await start(rt))
     app = create_app(rt)
     _, http_cap = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
-    guard = HttpGuard(http_cap, settings.http_header_timeout)
+    guard = HttpGuard(http_cap, settings.http_header_timeout, settings.http_body_min_rate)
     stops.append(guard.start())
     config = uvicorn.Config(
         app,

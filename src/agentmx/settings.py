@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         description="Seconds a client has, from connecting or from the previous response, to send a request's "
         "headers; slower (slowloris) connections are closed. 0 disables the limit.",
     )
+    http_body_min_rate: int = Field(
+        500,
+        ge=0,
+        description="Bytes per second a request body must keep up on average: each AGENTMX_HTTP_HEADER_TIMEOUT "
+        "window must bring this many times the timeout in bytes (or the rest of the body), or the connection "
+        "is closed. The clock stops while the server is not reading. 0 disables the limit.",
+    )
     data_dir: Path = Field(Path("./data"), description="Folder for the SQLite database and the blob folder.")
     blob_dir: Path | None = Field(
         None,

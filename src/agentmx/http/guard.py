@@ -1,10 +1,15 @@
-"""Slow and excess HTTP connections: a deadline for request headers and a connection cap.
+"""Slow and excess HTTP connections: deadlines for request headers and bodies, and a connection cap.
 
 uvicorn closes a keep-alive connection 5 s after a response, but a connection that has not yet
 sent a complete request head has no deadline at all, and a byte every few seconds keeps it open:
 enough such connections (slowloris) use up the open-file limit, and then SMTP, HTTP and the
 database all fail to open sockets or files. So, as Apache's mod_reqtimeout and nginx's
 client_header_timeout do, a request's headers must arrive within AGENTMX_HTTP_HEADER_TIMEOUT.
+A body dribbled a byte at a time would do the same, so, as mod_reqtimeout's MinRate, its bytes must
+keep coming at AGENTMX_HTTP_BODY_MIN_RATE on average: each window of that timeout must bring
+min rate x timeout bytes (or the rest of the body). A window found overdue while the server is
+the one not reading (uvicorn's flow control, or a 100-continue the app has not asked for yet)
+starts again instead.
 
 At AGENTMX_HTTP_MAX_CONNECTIONS, as at the SMTP cap (smtp/limits.py), a newcomer from an address
 (an IPv6 /64 counting as one, client_address.py)
@@ -32,14 +37,30 @@ def _ip(conn: HttpToolsProtocol) -> str:
     return address_group(conn.client[0]) if conn.client else ""
 
 
+def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
+def _server_not_reading(conn: HttpToolsProtocol) -> bool:
+    """The body is late because of us: reading is paused, or the client waits for 100 Continue."""
+    cycle = conn.cycle
+    return bool(conn.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue))
+
+
 class HttpGuard:
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    def __init__(self, max_connections: int, header_timeout: float, body_min_rate: int = 0) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
-        # Connections waiting for a request head, by when they started waiting. Insertion order
-        # is waiting order, so the oldest is first; the same again per client address.
+        # Connections waiting for a request head or body, by when their window started. Insertion
+        # order is waiting order, so the oldest is first; the same again per client address.
         self.waiting: dict[HttpToolsProtocol, float] = {}
         self.waiting_by_ip: dict[str, dict[HttpToolsProtocol, float]] = {}
+        # Of those, the ones reading a body: bytes received in the current window.
+        self.body_bytes: dict[HttpToolsProtocol, int] = {}
+        self.window_bytes = int(body_min_rate * header_timeout) if body_min_rate > 0 else 0
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""
@@ -56,11 +77,29 @@ class HttpGuard:
         return True
 
     def wait(self, conn: HttpToolsProtocol, now: float) -> None:
-        self.done(conn)  # to the end of the order
+        self.done(conn)  # to the end of the order (and out of the body's count)
         self.waiting[conn] = now
         self.waiting_by_ip.setdefault(_ip(conn), {})[conn] = now
 
+    def body_expected(self, conn: HttpToolsProtocol, now: float) -> None:
+        """The request head is in and announces a body: its first window starts."""
+        if self.window_bytes:
+            self.wait(conn, now)
+            self.body_bytes[conn] = 0
+
+    def body_received(self, conn: HttpToolsProtocol, size: int, now: float) -> None:
+        """Body bytes arrived: a window's worth starts the next window."""
+        got = self.body_bytes.get(conn)
+        if got is None:
+            return
+        got += size
+        if got >= self.window_bytes:
+            self.wait(conn, now)
+            got = 0
+        self.body_bytes[conn] = got
+
     def done(self, conn: HttpToolsProtocol) -> None:
+        self.body_bytes.pop(conn, None)
         if self.waiting.pop(conn, None) is None:
             return
         ip = _ip(conn)
@@ -73,11 +112,17 @@ class HttpGuard:
         """Close the connections whose request head is overdue; returns how many."""
         if self.header_timeout <= 0:
             return 0
-        overdue = []
+        overdue, held_up = [], []
         for conn, since in self.waiting.items():
             if now - since < self.header_timeout:
                 break
-            overdue.append(conn)
+            if conn in self.body_bytes and _server_not_reading(conn):
+                held_up.append(conn)
+            else:
+                overdue.append(conn)
+        for conn in held_up:  # a new window from here: the client was not the slow one
+            self.wait(conn, now)
+            self.body_bytes[conn] = 0
         for conn in overdue:
             self.done(conn)
             conn.transport.abort()
@@ -105,6 +150,16 @@ class HttpGuard:
             def on_headers_complete(self) -> None:
                 guard.done(self)
                 super().on_headers_complete()
+                if _announces_body(self.headers) and not self.parser.should_upgrade():
+                    guard.body_expected(self, self.loop.time())
+
+            def on_body(self, body: bytes) -> None:
+                super().on_body(body)
+                guard.body_received(self, len(body), self.loop.time())
+
+            def on_message_complete(self) -> None:
+                guard.done(self)
+                super().on_message_complete()
 
             def on_response_complete(self) -> None:
                 super().on_response_complete()
