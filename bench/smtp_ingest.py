@@ -102,14 +102,7 @@ def wait_stored(app: Agentmx, inbox: str, expected: int, timeout: float = 60.0) 
     return last
 
 
-def run(args: argparse.Namespace, report: Report) -> None:
-    header(f"SMTP ingest: {args.messages} x {args.size} B, {args.sessions} sessions")
-    if postfix_tool("smtp-sink") is None:
-        report.note(
-            "postfix smtp-sink/smtp-source not installed (apt-get install postfix): C baseline skipped"
-        )
-        args.generators = [g for g in args.generators if g != "smtp-source"]
-
+def run_baselines(args: argparse.Namespace, report: Report) -> None:
     with smtp_sink() as sink:
         if sink:
             drive(sink[0], RCPT_BASELINE, args, "postfix smtp-sink", report, sink[1])
@@ -125,6 +118,18 @@ def run(args: argparse.Namespace, report: Report) -> None:
             baseline_cmd("durable_sink.py", str(port), str(Path(tmp) / "m.db")), port
         ) as proc:
             drive(port, RCPT_BASELINE, args, "aiosmtpd+sqlite FULL", report, proc.pid)
+
+
+def run(args: argparse.Namespace, report: Report) -> None:
+    header(f"SMTP ingest: {args.messages} x {args.size} B, {args.sessions} sessions")
+    if postfix_tool("smtp-sink") is None:
+        report.note(
+            "postfix smtp-sink/smtp-source not installed (apt-get install postfix): C baseline skipped"
+        )
+        args.generators = [g for g in args.generators if g != "smtp-source"]
+
+    if not args.agentmx_only:
+        run_baselines(args, report)
 
     for backend in backends(args.backend):
         with agentmx_server(backend) as app:
@@ -142,6 +147,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
             stored = wait_stored(app, inbox, expected)
             report.add(BENCH, target, "stored rows", stored, "msgs", f"of {expected} sent")
 
+    if args.agentmx_only:
+        return
     for gen in args.generators:
         metric = f"msg/s [{gen}]"
         for backend in backends(args.backend):
@@ -166,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["aiosmtplib", "smtp-source"],
         choices=["aiosmtplib", "smtp-source"],
+    )
+    p.add_argument(
+        "--agentmx-only",
+        action="store_true",
+        help="skip the baselines and the ratios (quick before/after runs of agentmx builds)",
     )
     add_common_args(p)
     return p
