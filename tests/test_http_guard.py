@@ -145,6 +145,18 @@ def test_a_slow_body_at_the_min_rate_is_served(fresh_server: Callable[..., Serve
     sock.close()
 
 
+def test_the_rest_of_an_unread_body_does_not_lift_the_head_deadline(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    server = fresh_server(env={"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}).start()
+    sock = _connect(server)
+    sock.sendall(_post_head("/v0/inboxes", 5) + b"{}")  # no key: answered before the body is read
+    f = sock.makefile("rb")
+    assert int(f.readline().split()[1]) == 401
+    sock.sendall(b"   ")  # the body's end, after the response; then no next request
+    assert _closed_within(sock, 5)
+
+
 class _StubConnection:
     """What the guard reads of uvicorn's protocol: address, transport, flow control, cycle."""
 

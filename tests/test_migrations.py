@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import agentmx.db.models  # noqa: F401 (registers every table)
 from agentmx.db.base import Base
-from agentmx.db.migrate import upgrade
+from agentmx.db.migrate import alembic_config, upgrade
 from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
 from conftest import BACKENDS, _postgres_or_skip
@@ -43,3 +45,14 @@ def test_migrations_match_the_models(backend: str, tmp_path: Path) -> None:
     finally:
         if backend == "postgres":
             postgres.drop_database(url)
+
+
+def test_downgrading_past_inline_blobs_refuses_to_lose_them(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    upgrade(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO inline_blobs (key, data) VALUES ('k', x'00')")
+    with pytest.raises(RuntimeError, match="1 blobs"):
+        command.downgrade(alembic_config(f"sqlite:///{path}"), "0006")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM inline_blobs").fetchone() == (1,)

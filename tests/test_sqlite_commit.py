@@ -1,4 +1,5 @@
-"""SQLite's COMMIT runs in a thread: a cancelled caller still waits for it before going on."""
+"""SQLite's COMMIT runs in a thread: a cancelled caller still waits for it, sees it succeed, and is
+cancelled at its next await."""
 
 from __future__ import annotations
 
@@ -30,7 +31,13 @@ def test_a_cancelled_commit_finishes_before_the_caller_goes_on(tmp_path: Path) -
             order.append("committed")
 
         conn._connection = _Proxy(raw, slow_commit)
-        task = asyncio.create_task(conn.commit())
+
+        async def caller() -> None:
+            await conn.commit()
+            order.append("after-commit work")  # e.g. Database.transaction's after-commit hooks
+            await asyncio.sleep(1)
+
+        task = asyncio.create_task(caller())
         await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.sleep(0.05)
@@ -44,7 +51,7 @@ def test_a_cancelled_commit_finishes_before_the_caller_goes_on(tmp_path: Path) -
         await conn.close()
         return order
 
-    assert asyncio.run(scenario()) == ["committed", "cancelled"]
+    assert asyncio.run(scenario()) == ["committed", "after-commit work", "cancelled"]
 
 
 class _Proxy:

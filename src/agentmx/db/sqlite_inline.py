@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -56,7 +57,7 @@ class InlineConnection(aiosqlite.Connection):
         # writer lock keeps this connection to itself until the commit returns).
         if not self._running or self._connection is None:
             raise ValueError("Connection closed")
-        done = asyncio.get_running_loop().run_in_executor(None, self._connection.commit)
+        done = asyncio.get_running_loop().run_in_executor(_COMMITS, self._connection.commit)
         await _outlive_cancellation(done)
 
     async def _connect(self) -> InlineConnection:
@@ -77,11 +78,17 @@ class InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
+# Commits get their own thread: in the loop's default pool they could queue behind slow work
+# (DNS lookups, parsing) while the writer lock is held. One writer at a time needs one thread.
+_COMMITS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
+
+
 async def _outlive_cancellation(work: asyncio.Future[None]) -> None:
-    """Await ``work`` to its end even when cancelled, then re-raise the cancellation.
+    """Await ``work`` to its end even when cancelled; the cancellation then reaches the caller
+    at its next await, after it has seen the commit's outcome.
 
     A caller that went on at once would roll back on this connection while the thread still
-    commits on it.
+    commits on it, and would take a commit that succeeded for a failure.
     """
     cancelled = False
     while True:
@@ -93,7 +100,9 @@ async def _outlive_cancellation(work: asyncio.Future[None]) -> None:
             if work.done():
                 break
     if cancelled:
-        raise asyncio.CancelledError
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
     work.result()
 
 

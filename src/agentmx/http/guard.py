@@ -158,7 +158,10 @@ class HttpGuard:
                 guard.body_received(self, len(body), self.loop.time())
 
             def on_message_complete(self) -> None:
-                guard.done(self)
+                # Only a body's window ends here: the rest of a body the app answered without
+                # reading arrives after the response, when the head deadline must still hold.
+                if self in guard.body_bytes:
+                    guard.done(self)
                 super().on_message_complete()
 
             def on_response_complete(self) -> None:

@@ -30,7 +30,7 @@ async def put_many(rt: Runtime, items: list[bytes]) -> tuple[list[str], Inline]:
     inline: Inline = {}
     big: list[int] = []
     for i, data in enumerate(items):
-        if len(data) <= limit:
+        if limit and len(data) <= limit:
             key = keys[i] = hashlib.sha256(data).hexdigest()
             inline[key] = data
         else:
@@ -45,7 +45,8 @@ async def insert(session: AsyncSession, inline: Inline) -> None:
     """Store small blobs in the caller's transaction; bytes stored before (same key) are kept."""
     if not inline:
         return
-    rows = [{"key": key, "data": data} for key, data in inline.items()]
+    # In key order: two transactions sharing blobs must not take their row locks in opposite orders.
+    rows = [{"key": key, "data": inline[key]} for key in sorted(inline)]
     await session.execute(_insert_new(session.get_bind().dialect.name), rows)
 
 
@@ -55,11 +56,18 @@ def _insert_new(dialect: str) -> Insert:
     return build(table_of(InlineBlob)).on_conflict_do_nothing()
 
 
-async def read(rt: Runtime, key: str) -> bytes | None:
-    """The blob's bytes, from the database or the file store; None when neither has it."""
+async def read(rt: Runtime, key: str, session: AsyncSession | None = None) -> bytes | None:
+    """The blob's bytes, from the database or the file store; None when neither has it.
+
+    A caller that holds a session passes it: a second connection per caller could drain the pool.
+    """
     t = table_of(InlineBlob).c
-    async with rt.db.read_connection() as conn:
-        data = (await conn.execute(select(t.data).where(t.key == key))).scalar_one_or_none()
+    query = select(t.data).where(t.key == key)
+    if session is not None:
+        data = (await session.execute(query)).scalar_one_or_none()
+    else:
+        async with rt.db.read_connection() as conn:
+            data = (await conn.execute(query)).scalar_one_or_none()
     if data is not None:
         return bytes(data)
     if not rt.blobs.exists(key):
@@ -67,9 +75,9 @@ async def read(rt: Runtime, key: str) -> bytes | None:
     return await rt.blobs.get(key)
 
 
-async def get(rt: Runtime, key: str) -> bytes:
+async def get(rt: Runtime, key: str, session: AsyncSession | None = None) -> bytes:
     """``read`` for a key a stored row names: its bytes must exist (FileNotFoundError if not)."""
-    data = await read(rt, key)
+    data = await read(rt, key, session)
     if data is None:
         raise FileNotFoundError(f"blob {key} is in neither the database nor {rt.blobs.root}")
     return data

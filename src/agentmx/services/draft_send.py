@@ -44,10 +44,10 @@ async def _source(session: AsyncSession, inbox_id: str, message_id: str | None) 
     )
 
 
-async def _attachments(rt: Runtime, draft: Draft) -> list[OutAttachment]:
+async def _attachments(rt: Runtime, session: AsyncSession, draft: Draft) -> list[OutAttachment]:
     return [
         OutAttachment(
-            data=await blob_bytes.get(rt, att.blob_key),
+            data=await blob_bytes.get(rt, att.blob_key, session),
             filename=att.filename,
             content_type=att.content_type,
             disposition=att.content_disposition,
@@ -82,7 +82,7 @@ async def _send_locked(
         subject=draft.subject,
         text=draft.text,
         html=draft.html,
-        attachments=await _attachments(rt, draft),
+        attachments=await _attachments(rt, session, draft),
         labels=list(dict.fromkeys(labels)),
         reply_to_message=await _source(session, inbox.id, draft.in_reply_to),
         reply_all=draft.reply_all,

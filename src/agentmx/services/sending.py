@@ -141,12 +141,12 @@ def _labels(labels: list[str]) -> set[str]:
     return out
 
 
-async def _original_attachments(rt: Runtime, message: Message) -> list[OutAttachment]:
+async def _original_attachments(rt: Runtime, session: AsyncSession, message: Message) -> list[OutAttachment]:
     out = []
     for att in message.attachments:
         out.append(
             OutAttachment(
-                data=await blob_bytes.get(rt, att.blob_key),
+                data=await blob_bytes.get(rt, att.blob_key, session),
                 filename=att.filename,
                 content_type=att.content_type,
                 disposition=att.content_disposition,
@@ -172,7 +172,13 @@ async def _suppressed(session: AsyncSession, organization_id: str, addresses: li
 
 
 async def _composition(
-    rt: Runtime, inbox: Inbox, req: OutgoingMessage, to: list[str], cc: list[str], reply_to: list[str]
+    rt: Runtime,
+    session: AsyncSession,
+    inbox: Inbox,
+    req: OutgoingMessage,
+    to: list[str],
+    cc: list[str],
+    reply_to: list[str],
 ) -> compose.Composition:
     subject, text, html = req.subject, req.text, req.html
     attachments = list(req.attachments)
@@ -204,7 +210,7 @@ async def _composition(
             text,
             html,
         )
-        attachments += await _original_attachments(rt, original)
+        attachments += await _original_attachments(rt, session, original)
     now = utcnow()
     return compose.Composition(
         from_addr=compose.format_from(inbox.display_name, inbox.id),
@@ -265,7 +271,7 @@ async def prepare_send(
             f"Recipient previously bounced or complained: {', '.join(sorted(suppressed))}",
             fix="Remove the suppressed recipients from the message.",
         )
-    comp = await _composition(rt, inbox, req, to, cc, reply_to)
+    comp = await _composition(rt, session, inbox, req, to, cc, reply_to)
     try:
         raw = compose.to_bytes(compose.build(comp))
     except (ValueError, TypeError) as exc:

@@ -25,4 +25,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Rows of messages and attachments name these bytes; older versions look for them as files.
+    stored = op.get_bind().execute(sa.text("SELECT count(*) FROM inline_blobs")).scalar()
+    if stored:
+        raise RuntimeError(
+            f"inline_blobs holds {stored} blobs that stored messages name; a downgrade would lose them"
+        )
     op.drop_table("inline_blobs")
