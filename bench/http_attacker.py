@@ -2,7 +2,8 @@
 
 ``--connections`` sockets spread over source addresses 127.0.0.2, 127.0.0.3, ... Each one sends a
 request line and then dribbles header bytes (never the blank line that ends the head) for as long
-as the server lets it, or stays silent with ``--silent``. A closed connection is opened again, as a
+as the server lets it, or stays silent with ``--silent``. With ``--body-path`` it sends a complete,
+authorised POST head announcing a large JSON body instead, and dribbles the body. A closed connection is opened again, as a
 real slowloris does. A JSON status line is printed every second; SIGTERM ends the run.
 """
 
@@ -43,7 +44,12 @@ async def slowloris(n: int, args: argparse.Namespace, status: Status) -> None:
             held = True
             status.held += 1
             status.peak_held = max(status.peak_held, status.held)
-            if not args.silent:
+            if args.body_path:
+                writer.write(
+                    f"POST {args.body_path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {args.api_key}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n".encode()
+                )
+            elif not args.silent:
                 writer.write(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
             while True:
                 if not args.silent:
@@ -82,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp", type=float, default=4.0, help="seconds over which the connections open")
     p.add_argument("--retry", type=float, default=0.5, help="seconds before reconnecting")
     p.add_argument("--silent", action="store_true", help="send nothing at all after connecting")
+    p.add_argument("--body-path", default="", help="dribble the body of a POST to this path instead")
+    p.add_argument("--api-key", default="", help="Authorization for --body-path, so the app reads the body")
     return p
 
 

@@ -6,7 +6,8 @@ Per backend and per mode, one agentmx server:
   * unguarded: no header deadline and no effective cap (what uvicorn alone does).
 In each: wrk GET message at --load-connections without attack, then again while
 bench/http_attacker.py holds --connections connections dribbling header bytes (and reconnects
-0.5 s after each close). The server's RLIMIT_NOFILE is lowered to --server-fd-limit once it runs,
+0.5 s after each close); with ``--attack body`` they send complete POST heads and dribble the
+bodies instead (AGENTMX_HTTP_BODY_MIN_RATE, guarded, at its default). The server's RLIMIT_NOFILE is lowered to --server-fd-limit once it runs,
 below the attack: the resource a slowloris exhausts, after which SMTP, HTTP and the database all
 fail to open sockets and files. Reported: the legitimate req/s ratio, the server's open file
 descriptors at their peak, and how many attack connections the server closed.
@@ -41,7 +42,6 @@ from http_load import load
 from rest_read import seed
 from smtp_abuse import Attacker, fd_limit, open_fds
 
-BENCH = "http_slowloris"
 RESERVE = 512  # agentmx.fd_budget.RESERVE
 
 
@@ -65,10 +65,11 @@ def fd_peak(pid: int) -> Iterator[list[int]]:
 
 
 def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) -> None:
+    bench = "http_slowloris" if args.attack == "headers" else "http_body_slowloris"
     env = (
         {"AGENTMX_HTTP_MAX_CONNECTIONS": str(args.max_connections), "AGENTMX_HTTP_HEADER_TIMEOUT": str(args.header_timeout)}
         if mode == "guarded"
-        else {"AGENTMX_HTTP_MAX_CONNECTIONS": "100000", "AGENTMX_HTTP_HEADER_TIMEOUT": "0"}
+        else {"AGENTMX_HTTP_MAX_CONNECTIONS": "100000", "AGENTMX_HTTP_HEADER_TIMEOUT": "0", "AGENTMX_HTTP_BODY_MIN_RATE": "0"}
     )  # fmt: skip
     with agentmx_server(backend, env) as app:
         target = f"{app.label} {mode}"
@@ -80,9 +81,12 @@ def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) 
         url, auth = app.server.base_url + path, {"Authorization": f"Bearer {app.api_key}"}
         load(url, auth, args.load_connections, 1)  # warm-up
         quiet = load(url, auth, args.load_connections, args.seconds)
-        report.add(BENCH, target, "req/s, no attack", quiet.rate, "req/s", f"p99 {quiet.p99_ms:.1f} ms")
+        report.add(bench, target, "req/s, no attack", quiet.rate, "req/s", f"p99 {quiet.p99_ms:.1f} ms")
         cmd = [PY, str(BENCH_DIR / "http_attacker.py"), "--port", str(app.server.http_port)]
-        attacker = Attacker([*cmd, "--connections", str(args.connections), "--ramp", str(args.ramp)])
+        cmd += ["--connections", str(args.connections), "--ramp", str(args.ramp)]
+        if args.attack == "body":
+            cmd += ["--body-path", "/v0/inboxes", "--api-key", app.api_key]
+        attacker = Attacker(cmd)
         try:
             with fd_peak(pid) as peak:
                 attacker.wait_for(lambda s: s["opened"] >= args.connections, args.ramp + 30)
@@ -93,29 +97,29 @@ def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) 
         finally:
             attacker.stop()
         note = f"p99 {attacked.p99_ms:.1f} ms" + (f", {attacked.non_2xx} non-2xx" if attacked.non_2xx else "")
-        report.add(BENCH, target, "req/s, under attack", attacked.rate, "req/s", note)
+        report.add(bench, target, "req/s, under attack", attacked.rate, "req/s", note)
         ratio = attacked.rate / quiet.rate if quiet.rate else float("nan")
-        report.add(BENCH, target, "under attack / no attack", ratio, "x")
+        report.add(bench, target, "under attack / no attack", ratio, "x")
         report.add(
-            BENCH, target, "CPU during attacked load", server_cpu, "s",
+            bench, target, "CPU during attacked load", server_cpu, "s",
             f"server; the attacker process {attack_cpu:.1f} s, over {args.seconds:g} s on {os.cpu_count()} cores",
         )  # fmt: skip
-        report.add(BENCH, target, "server open fds, peak", peak[0], "fds", f"RLIMIT_NOFILE {fd_limit(pid)}")
+        report.add(bench, target, "server open fds, peak", peak[0], "fds", f"RLIMIT_NOFILE {fd_limit(pid)}")
         report.add(
-            BENCH, target, "attack conns held", status.get("held", 0), "conns",
+            bench, target, "attack conns held", status.get("held", 0), "conns",
             f"peak {status.get('peak_held', 0)}, {status.get('closed_by_server', 0)} closed by the server",
         )  # fmt: skip
         if mode == "guarded":  # unguarded is the baseline: what the guard is measured against
             report.check(
-                BENCH, f"{target} req/s under {args.connections} slowloris >= 0.8x", ratio, ratio >= 0.8
+                bench, f"{target} req/s under {args.connections} slowloris >= 0.8x", ratio, ratio >= 0.8
             )
             bound = args.max_connections + RESERVE
-            report.check(BENCH, f"{target} open fds <= cap + {RESERVE} ({bound})", peak[0], peak[0] <= bound)
+            report.check(bench, f"{target} open fds <= cap + {RESERVE} ({bound})", peak[0], peak[0] <= bound)
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
     header(
-        f"HTTP slowloris: {args.connections} attack conns, {args.load_connections} legitimate, "
+        f"HTTP slowloris ({args.attack}): {args.connections} attack conns, {args.load_connections} legitimate, "
         f"cap {args.max_connections}, header timeout {args.header_timeout}s"
     )
     for backend in backends(args.backend):
@@ -130,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", type=float, default=10.0, help="AGENTMX_HTTP_HEADER_TIMEOUT, guarded")
     p.add_argument(
         "--server-fd-limit", type=int, default=3000, help="the server's RLIMIT_NOFILE, set once it runs"
+    )
+    p.add_argument(
+        "--attack", choices=["headers", "body"], default="headers", help="dribble request heads or bodies"
     )
     p.add_argument("--load-connections", type=int, default=16)
     p.add_argument("--seconds", type=float, default=5.0)

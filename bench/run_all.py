@@ -40,6 +40,11 @@ BENCHES = {
         ["--messages", "3000", "--rounds", "3"],
     ),
     "http_slowloris": (http_slowloris, [], ["--connections", "8000", "--seconds", "10"]),
+    "http_body_slowloris": (
+        http_slowloris,
+        ["--attack", "body"],
+        ["--attack", "body", "--connections", "8000", "--seconds", "10"],
+    ),
     "api_fuzz": (api_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
     "mime_fuzz": (smtp_mime_fuzz, ["--minutes", "0.5"], ["--minutes", "10"]),
 }
