@@ -16,7 +16,7 @@ from agentmx import features
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
-from agentmx.fd_budget import connection_caps
+from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
 from agentmx.http.ws_frames import FramedWebSocketProtocol
@@ -90,6 +90,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         http=guard.protocol(),
+        backlog=HTTP_LISTEN_BACKLOG,
         ws=FramedWebSocketProtocol,
         ws_ping_interval=20,
         lifespan="off",

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         10000,
         description="Simultaneous HTTP and WebSocket connections. At the cap, a newcomer from an address with fewer "
-        "connections waiting for their request headers than the most crowded address closes that address's "
+        "connections waiting for their request headers or body than the most crowded address closes that address's "
         "longest-waiting one; otherwise the newcomer is closed. Fitted to the open-file limit with "
         "AGENTMX_SMTP_MAX_CONNECTIONS.",
     )

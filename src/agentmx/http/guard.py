@@ -12,11 +12,11 @@ the one not reading (uvicorn's flow control, or a 100-continue the app has not a
 starts again instead.
 
 At AGENTMX_HTTP_MAX_CONNECTIONS, as at the SMTP cap (smtp/limits.py), a newcomer from an address
-(an IPv6 /64 counting as one, client_address.py)
-with fewer connections waiting for their headers than the most crowded address takes the place of
-that address's longest-waiting connection (the likeliest slowloris); a newcomer from the most
-crowded address is closed. Displacing within the crowd would only trade one of its connections for
-another, and double the reconnects it answers with (bench/http_slowloris.py).
+(an IPv6 /64 counting as one, client_address.py) with fewer connections waiting for their headers
+or body than the most crowded address takes the place of that address's longest-waiting connection
+(the likeliest slowloris); a newcomer from the most crowded address is closed. Displacing within
+the crowd would only trade one of its connections for another, and double the reconnects it
+answers with (bench/http_slowloris.py).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class HttpGuard:
             del self.waiting_by_ip[ip]
 
     def sweep(self, now: float) -> int:
-        """Close the connections whose request head is overdue; returns how many."""
+        """Close the connections whose head or body window is overdue; returns how many."""
         if self.header_timeout <= 0:
             return 0
         overdue, held_up = [], []
