@@ -47,8 +47,14 @@ def wrk(
     cmd = [tool, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, int(seconds))}s", "--latency"]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60).stdout
     res = HttpResult(tool="wrk")
+    try:
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    except (
+        subprocess.TimeoutExpired
+    ):  # wrk waits on connects a server that is out of descriptors never accepts
+        res.elapsed = seconds
+        return res
     if m := re.search(r"(\d+) requests in ([0-9.]+)(ms|s)", out):
         res.requests = int(m.group(1))
         res.elapsed = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
