@@ -20,6 +20,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class ServerProcess:
     """One agentmx process. ``start()`` waits until /health answers; ``kill()`` is SIGKILL."""
 
@@ -35,6 +39,9 @@ class ServerProcess:
         self.database_url = database_url
         self.http_port = http_port or free_port()
         self.smtp_port = smtp_port if smtp_port is not None else free_port()
+        # Ports picked here may be taken by someone else before the server binds them (free_port
+        # only finds one free now): such a first start is retried on new ports.
+        self._may_move = http_port is None and smtp_port is None
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / f"server-{self.http_port}.log"
@@ -85,6 +92,18 @@ class ServerProcess:
         )
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        for _ in range(3 if self._may_move else 1):
+            try:
+                self._start(timeout)
+                self._may_move = False  # clients now know these ports: restarts keep them
+                return self
+            except _PortTaken:
+                self.http_port = free_port()
+                self.smtp_port = free_port() if self.smtp_port else 0
+                self.log_path = self.data_dir / f"server-{self.http_port}.log"
+        raise RuntimeError(f"agentmx could not bind its ports:\n{self.log()}")
+
+    def _start(self, timeout: float) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
@@ -102,6 +121,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._may_move and "address already in use" in self.log():
+                    raise _PortTaken
                 raise RuntimeError(f"agentmx exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
