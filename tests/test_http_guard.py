@@ -30,6 +30,19 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
 
 
+def _dribbled_until_closed(sock: socket.socket, chunk: bytes, give_up_after: float) -> float:
+    """Send ``chunk`` every 0.2 s until the server closes the connection; seconds it took (inf if never)."""
+    started = time.monotonic()
+    while time.monotonic() - started < give_up_after:
+        try:
+            sock.sendall(chunk)
+        except OSError:
+            return time.monotonic() - started
+        if _closed_within(sock, 0.2):
+            return time.monotonic() - started
+    return float("inf")
+
+
 def _connect(server: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.http_port), timeout=10, source_address=(source, 0))
 
@@ -39,24 +52,18 @@ def test_headers_dribbled_past_the_deadline_are_cut_off(fresh_server: Callable[.
     silent = _connect(server)
     dribbler = _connect(server)
     dribbler.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-    started = time.monotonic()
-    closed = False
-    while time.monotonic() - started < 6:
-        try:
-            dribbler.sendall(b"X")  # a header byte every 0.2 s: never a complete request head
-        except OSError:
-            closed = True
-            break
-        if _closed_within(dribbler, 0.2):
-            closed = True
-            break
-    assert closed and time.monotonic() - started < 4
+    assert _dribbled_until_closed(dribbler, b"X", 6) < 4  # a header byte every 0.2 s: never a whole head
     assert _closed_within(silent, 3)
     assert httpx.get(server.base_url + "/health").status_code == 200  # others are served
 
 
 def _get_health(sock: socket.socket, f: Any) -> int:
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+    return _read_response(f)
+
+
+def _read_response(f: Any) -> int:
+    """One whole response from the socket's file: its status (the body is read and dropped)."""
     status = int(f.readline().split()[1])
     length = 0
     while (line := f.readline()) not in (b"\r\n", b""):
@@ -114,17 +121,7 @@ def test_a_body_dribbled_below_the_min_rate_is_cut_off(fresh_server: Callable[..
     dribbler.sendall(_post_head("/v0/inboxes", 100_000, key))
     silent = _connect(server)  # a head that announces a body, then nothing
     silent.sendall(_post_head("/v0/inboxes", 10, key))
-    started, closed = time.monotonic(), False
-    while time.monotonic() - started < 8:
-        try:
-            dribbler.sendall(b" " * 50)  # 250 B/s against 1,000
-        except OSError:
-            closed = True
-            break
-        if _closed_within(dribbler, 0.2):
-            closed = True
-            break
-    assert closed and time.monotonic() - started < 5
+    assert _dribbled_until_closed(dribbler, b" " * 50, 8) < 5  # 250 B/s against 1,000
     assert _closed_within(silent, 3)
 
 
@@ -152,7 +149,7 @@ def test_the_rest_of_an_unread_body_does_not_lift_the_head_deadline(
     sock = _connect(server)
     sock.sendall(_post_head("/v0/inboxes", 5) + b"{}")  # no key: answered before the body is read
     f = sock.makefile("rb")
-    assert int(f.readline().split()[1]) == 401
+    assert _read_response(f) == 401
     sock.sendall(b"   ")  # the body's end, after the response; then no next request
     assert _closed_within(sock, 5)
 
