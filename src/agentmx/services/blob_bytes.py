@@ -2,8 +2,9 @@
 
 A blob is named by the SHA-256 of its bytes in both places, so a row's ``blob_key`` never says
 which. Small blobs (``blob_inline_max_bytes``) go into ``inline_blobs`` in the same transaction
-as the rows that name them: a file costs an fsync of its own and one of its folder, which was
-a fifth of an inbound message's cost, while the row rides on the commit the message pays anyway.
+as the rows that name them: a file costs an fsync of its own and one of its folder (and, on a
+young store, new fan-out folders), which was a third or more of an inbound message's CPU, while
+the row rides on the commit the message pays anyway.
 Bigger blobs are written and fsynced as files before that transaction opens.
 """
 
