@@ -66,12 +66,5 @@ def test_files_written_before_inline_storage_still_read(fresh_server: Callable[.
     server.stop()
     del server.extra_env["AGENTMX_BLOB_INLINE_MAX_BYTES"]
     server.start()
-    client = AgentMail(api_key=key, environment=env)
-    item = client.inboxes.messages.list(inbox.inbox_id).messages[0]
-    raw = download(client.inboxes.messages.get_raw(inbox.inbox_id, item.message_id).download_url).content
-    assert raw.endswith(msg.as_bytes())
-    att = (item.attachments or [])[0]
-    url = client.inboxes.messages.get_attachment(
-        inbox.inbox_id, item.message_id, att.attachment_id
-    ).download_url
-    assert download(url).content == small
+    raw, files = raw_and_attachments(AgentMail(api_key=key, environment=env), inbox.inbox_id)
+    assert raw.endswith(msg.as_bytes()) and files == {"t.txt": small}
