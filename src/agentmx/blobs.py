@@ -121,9 +121,6 @@ class BlobStore:
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get_sync, key)
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).exists()
-
 
 def _fsync_dirs(folders: set[str]) -> None:
     # Deepest first: a new folder's own entries before the entry that names it.

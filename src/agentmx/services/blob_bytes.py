@@ -71,9 +71,10 @@ async def read(rt: Runtime, key: str, session: AsyncSession | None = None) -> by
             data = (await conn.execute(query)).scalar_one_or_none()
     if data is not None:
         return bytes(data)
-    if not rt.blobs.exists(key):
+    try:
+        return await rt.blobs.get(key)
+    except FileNotFoundError:
         return None
-    return await rt.blobs.get(key)
 
 
 async def get(rt: Runtime, key: str, session: AsyncSession | None = None) -> bytes:
