@@ -172,6 +172,18 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int | None) -> float:
+    """``cpu_seconds`` of a process and its live children (an agentmx server's SMTP front ends)."""
+    if not pid:
+        return math.nan
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        kids = [int(child) for child in children.read_text().split()]
+    except OSError:
+        kids = []
+    return cpu_seconds(pid) + sum(cpu_seconds(kid) for kid in kids)
+
+
 def header(title: str) -> None:
     info = machine_info()
     print(f"\n== {title}  (cpus={info['cpus']}, load1={info['loadavg_1m']}, {info['time_utc']})", flush=True)

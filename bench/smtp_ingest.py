@@ -2,7 +2,8 @@
 
 Targets, all in the same run: Postfix smtp-sink (C, discards), aiosmtpd Sink (Python, discards),
 aiosmtpd + parse + SQLite FULL commit before 250 (durable Python reference), and agentmx
-(durable) on SQLite and PostgreSQL. Two load generators: aiosmtplib (asyncio, records each 250
+(durable) on SQLite and PostgreSQL, serving SMTP itself and with one SMTP front-end process
+(AGENTMX_SMTP_WORKERS=1, target "... w1"; server CPU then counts both processes). Two load generators: aiosmtplib (asyncio, records each 250
 and the DATA->250 latency) and Postfix smtp-source (C, lighter on the shared CPUs).
 
 Goal (PERFORMANCE-RELIABILITY.md section 4): agentmx >= 500 msg/s and >= 0.6 x aiosmtpd Sink.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,18 +30,22 @@ from common import (
     agentmx_server,
     backends,
     baseline_cmd,
-    cpu_seconds,
     free_port,
     header,
     latency_summary,
     postfix_tool,
     run_script,
     subprocess_server,
+    tree_cpu_seconds,
 )
 from smtp_load import LoadResult, aiosmtplib_load, smtp_source_load
 
 BENCH = "smtp_ingest"
 RCPT_BASELINE = "sink@bench.example"
+
+
+def label(backend: str, smtp_workers: int) -> str:
+    return f"agentmx-{backend}" + (f" w{smtp_workers}" if smtp_workers else "")
 
 
 def record(report: Report, target: str, gen: str, res: LoadResult | None, cpu: float) -> None:
@@ -67,13 +73,13 @@ def drive(
     """Warm up, then run both load generators against one listening server."""
     asyncio.run(aiosmtplib_load(port, rcpt, min(100, args.messages), args.sessions, args.size))
     if "aiosmtplib" in args.generators:
-        cpu0 = cpu_seconds(pid)
+        cpu0 = tree_cpu_seconds(pid)
         res = asyncio.run(aiosmtplib_load(port, rcpt, args.messages, args.sessions, args.size))
-        record(report, target, "aiosmtplib", res, cpu_seconds(pid) - cpu0)
+        record(report, target, "aiosmtplib", res, tree_cpu_seconds(pid) - cpu0)
     if "smtp-source" in args.generators:
-        cpu0 = cpu_seconds(pid)
+        cpu0 = tree_cpu_seconds(pid)
         res2 = smtp_source_load(port, rcpt, args.messages, args.sessions, args.size)
-        record(report, target, "smtp-source", res2, cpu_seconds(pid) - cpu0)
+        record(report, target, "smtp-source", res2, tree_cpu_seconds(pid) - cpu0)
 
 
 @contextlib.contextmanager
@@ -132,27 +138,28 @@ def run(args: argparse.Namespace, report: Report) -> None:
         run_baselines(args, report)
 
     for backend in backends(args.backend):
-        with agentmx_server(backend) as app:
-            inbox = app.create_inbox("ingest")
-            target = app.label
-            drive(
-                app.server.smtp_port,
-                inbox,
-                args,
-                target,
-                report,
-                app.server.proc.pid if app.server.proc else None,
-            )
-            expected = args.messages * len(args.generators) + min(100, args.messages)
-            stored = wait_stored(app, inbox, expected)
-            report.add(BENCH, target, "stored rows", stored, "msgs", f"of {expected} sent")
+        for workers in args.smtp_workers:
+            with agentmx_server(backend, env={"AGENTMX_SMTP_WORKERS": str(workers)}) as app:
+                inbox = app.create_inbox("ingest")
+                target = label(backend, workers)
+                drive(
+                    app.server.smtp_port,
+                    inbox,
+                    args,
+                    target,
+                    report,
+                    app.server.proc.pid if app.server.proc else None,
+                )
+                expected = args.messages * len(args.generators) + min(100, args.messages)
+                stored = wait_stored(app, inbox, expected)
+                report.add(BENCH, target, "stored rows", stored, "msgs", f"of {expected} sent")
 
     if args.agentmx_only:
         return
     for gen in args.generators:
         metric = f"msg/s [{gen}]"
-        for backend in backends(args.backend):
-            ours = f"agentmx-{backend}"
+        for backend, workers in itertools.product(backends(args.backend), args.smtp_workers):
+            ours = label(backend, workers)
             ratio = report.ratio(BENCH, metric, ours, "aiosmtpd Sink")
             report.ratio(BENCH, metric, ours, "postfix smtp-sink")
             # CPU per message is what a busy shared machine distorts least: Sink CPU / ours CPU.
@@ -173,6 +180,13 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["aiosmtplib", "smtp-source"],
         choices=["aiosmtplib", "smtp-source"],
+    )
+    p.add_argument(
+        "--smtp-workers",
+        nargs="+",
+        type=int,
+        default=[0, 1],
+        help="AGENTMX_SMTP_WORKERS values to run agentmx with (0: SMTP in the server process)",
     )
     p.add_argument(
         "--agentmx-only",

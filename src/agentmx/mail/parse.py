@@ -6,6 +6,7 @@ message after the SMTP client handed it over would lose it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -274,6 +275,16 @@ def parse_message(raw: bytes) -> ParsedMessage:
         except Exception:  # noqa: BLE001
             text = _clean(raw.decode("utf-8", "replace"))
             return ParsedMessage(text=text, preview=preview_of(text), extracted_text=text, size=len(raw))
+
+
+PARSE_IN_THREAD_BYTES = 256 * 1024
+
+
+async def parse_off_loop(raw: bytes) -> ParsedMessage:
+    """``parse_message``, in a thread when the message is large (the event loop keeps serving)."""
+    if len(raw) > PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse_message, raw)
+    return parse_message(raw)
 
 
 def _parse(msg: Message, raw: bytes) -> ParsedMessage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sqlalchemy import event as sa_event
@@ -32,6 +32,7 @@ class IngestCache:
         # Bumped by every clear: a lookup that started before a change must not store its result.
         self.generation = 0
         self._entries: dict[Hashable, tuple[float, Any]] = {}
+        self.on_clear: list[Callable[[], None]] = []  # copies elsewhere (SMTP front ends) to clear too
         _caches.add(self)
 
     def get(self, key: Hashable) -> Any:
@@ -52,6 +53,8 @@ class IngestCache:
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
+        for listener in self.on_clear:
+            listener()
 
 
 def clear_all() -> None:

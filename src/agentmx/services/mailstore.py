@@ -8,7 +8,6 @@ edge answers 250 only after that.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -25,7 +24,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
-from agentmx.mail.parse import ParsedMessage, parse_message
+from agentmx.mail.parse import ParsedMessage, parse_off_loop
 from agentmx.services import blob_bytes, group_commit, hooks
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -42,7 +41,6 @@ HIDDEN_LABELS = ("spam", "blocked", "unauthenticated", "trash")
 RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticated", ".unauthenticated"))
 # Webhook bodies are capped at 1 MB; bigger bodies drop text/html (API.md 3.1).
 EVENT_BODY_BUDGET = 900_000
-PARSE_IN_THREAD_BYTES = 256 * 1024
 T = TypeVar("T")
 
 
@@ -62,11 +60,7 @@ class ReceiveResult:
     error: AgentMXError | None = None
 
 
-async def parse(raw: bytes) -> ParsedMessage:
-    """Parse off the event loop when the message is large."""
-    if len(raw) > PARSE_IN_THREAD_BYTES:
-        return await asyncio.to_thread(parse_message, raw)
-    return parse_message(raw)
+parse = parse_off_loop  # in a thread when the message is large
 
 
 async def put_blobs(rt: Runtime, raw: bytes, parsed: ParsedMessage) -> StoredBlobs:
@@ -424,15 +418,20 @@ def _auth_labels(rt: Runtime, parsed: ParsedMessage, mail_from: str) -> set[str]
     return set() if present & set(AUTH_HEADERS) else {"unauthenticated"}
 
 
-async def receive(rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> dict[str, ReceiveResult]:
+async def receive(
+    rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str], parsed: ParsedMessage | None = None
+) -> dict[str, ReceiveResult]:
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
+
+    ``parsed`` is ``raw`` parsed already (by an SMTP front-end process), else it is parsed here.
 
     Recipient checks and classification only read, so they run before the write transaction
     (on SQLite the write lock is then held just for the inserts). The copies are committed
     together, possibly with other concurrent deliveries (group_commit). Raises on storage failure
     (nothing committed); the caller keeps custody (SMTP 451).
     """
-    parsed = await parse(raw)
+    if parsed is None:
+        parsed = await parse(raw)
     results: dict[str, ReceiveResult] = {}
     accepted: list[tuple[str, Inbox, set[str]]] = []
     async with rt.db.read() as session:

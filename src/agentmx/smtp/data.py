@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 S500_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 S552_TOO_MUCH_DATA = "552 5.3.4 Error: too much mail data"
@@ -56,3 +57,9 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     if too_long:
         return DataBody(b"", S500_LINE_TOO_LONG)
     return DataBody(b"".join(lines))
+
+
+def body_of(envelope: Any) -> bytes:
+    """An aiosmtpd envelope's message as bytes."""
+    raw = envelope.original_content or envelope.content or b""
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw

@@ -19,6 +19,7 @@ from agentmx.smtp.replies import (
 )
 
 _UNLIMITED = 1 << 62
+MAX_RECIPIENTS = 1000  # per transaction, Postfix's smtpd_recipient_limit
 
 
 @dataclass
@@ -117,14 +118,14 @@ class LimitedSMTP(SMTP):
         self._errors_left -= 1
         if self._errors_left <= 0:
             # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
-            self._close_with(S421_TOO_MANY_ERRORS)
+            self.close_with(S421_TOO_MANY_ERRORS)
 
     def _junk_exhausted(self) -> bool:
         """Counts a command that moves no mail; True (and the session closed) past the budget."""
         self._junk_left -= 1
         if self._junk_left >= 0:
             return False
-        self._close_with(S421_TOO_MANY_JUNK_COMMANDS)
+        self.close_with(S421_TOO_MANY_JUNK_COMMANDS)
         return True
 
     async def smtp_NOOP(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
@@ -150,13 +151,13 @@ class LimitedSMTP(SMTP):
 
     def close_idle(self) -> None:
         """Closed by the stress reaper: tell the client why, as Postfix does."""
-        self._close_with(S421_TIMEOUT)
+        self.close_with(S421_TIMEOUT)
 
     def displace(self) -> None:
         """Closed to make room for a client from a less crowded IP (ConnectionLimits.admit)."""
-        self._close_with(S421_TOO_MANY_CONNECTIONS)
+        self.close_with(S421_TOO_MANY_CONNECTIONS)
 
-    def _close_with(self, reply: str) -> None:
+    def close_with(self, reply: str) -> None:
         # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():

@@ -1,0 +1,72 @@
+"""The SMTP listener: aiosmtpd's protocol with agentmx's limits, on a port or on sockets handed over.
+
+Served by the server process itself, or by SMTP front-end processes (``smtp/frontend.py``) on
+listening sockets the server bound; it needs settings and a handler, not the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from agentmx.fd_budget import connection_caps
+from agentmx.settings import Settings
+from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
+from agentmx.smtp.replies import S421_SHUTTING_DOWN
+from agentmx.smtp.stress import StressReaper
+
+log = logging.getLogger("agentmx.smtp")
+
+Stop = Callable[[], Awaitable[None]]
+
+
+async def listen(
+    handler: Any, settings: Settings, sockets: list[socket.socket] | None = None, share: int = 1
+) -> Stop:
+    """Serve SMTP until the returned coroutine function is awaited.
+
+    ``share``: how many processes serve the same sockets; each takes that part of the
+    connection cap, so together they hold what ``smtp_max_connections`` allows.
+    """
+    max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
+    max_connections = max(1, -(-max_connections // share))
+    limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
+
+    def factory() -> SMTP:
+        # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
+        return LimitedSMTP(
+            handler,
+            limits=limits,
+            error_limit=settings.smtp_error_limit,
+            junk_limit=settings.smtp_junk_command_limit,
+            data_size_limit=settings.smtp_max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident="agentmx ESMTP",
+            timeout=settings.smtp_timeout,
+        )
+
+    loop = asyncio.get_running_loop()
+    if sockets is None:
+        servers = [await loop.create_server(factory, host=settings.host, port=settings.smtp_port)]
+        log.info("smtp listening on %s:%s", settings.host, settings.smtp_port)
+    else:
+        servers = [await loop.create_server(factory, sock=sock) for sock in sockets]
+    stop_reaper = StressReaper(limits.live, max_connections, settings.smtp_stress_timeout).start()
+
+    async def stop() -> None:
+        await stop_reaper()
+        for server in servers:
+            server.close()
+        for conn in list(limits.live):
+            conn.close_with(S421_SHUTTING_DOWN)
+        for server in servers:
+            await server.wait_closed()
+
+    return stop

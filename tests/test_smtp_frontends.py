@@ -1,0 +1,232 @@
+"""SMTP front-end processes (AGENTMX_SMTP_WORKERS): the same SMTP edge, served from another process.
+
+Mail still gets its 250 only once stored, refusals are the server's, a front end that dies is
+replaced, and front ends die with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import smtplib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.smtp import link
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
+from conftest import BACKENDS, make_server
+from mail_support import download, make_message, smtp_send
+from send_support import Sink, events_for, ext, new_inbox, wait_for
+
+FRONT_END = "agentmx.smtp.frontend"
+
+
+def front_ends(server: ServerProcess) -> list[int]:
+    """Pids of the server's front-end processes."""
+    assert server.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+        if ppid == server.proc.pid and FRONT_END.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+class Served:
+    def __init__(self, server: ServerProcess, sink: Sink) -> None:
+        self.server = server
+        self.sink = sink
+        env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+        self.client = AgentMail(api_key=server.create_key(), environment=env)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    sink = Sink().start()
+    env = {
+        "AGENTMX_SMTP_WORKERS": "1",
+        "AGENTMX_SMTP_RELAY": sink.address,
+        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5",
+    }
+    server, url = make_server(tmp_path_factory.mktemp(f"frontends-{request.param}"), request.param, env)
+    server.start()
+    try:
+        yield Served(server, sink)
+    finally:
+        server.stop()
+        sink.stop()
+        if url:
+            postgres.drop_database(url)
+
+
+def test_mail_is_stored_before_the_250(served: Served) -> None:
+    assert len(front_ends(served.server)) == 1
+    inbox = served.client.inboxes.create().inbox_id
+    msg = make_message(
+        inbox,
+        subject="Through a front end",
+        text="plain part",
+        html="<p>html part</p>",
+        attachments=[("notes.txt", "text/plain", b"attached bytes")],
+    )
+    smtp_send(served.server, [inbox], msg.as_bytes())
+    listed = served.client.inboxes.messages.list(inbox)  # no waiting: the 250 came after the commit
+    assert listed.count == 1
+    got = served.client.inboxes.messages.get(inbox, msg["Message-ID"])
+    assert got.subject == "Through a front end"
+    assert got.text is not None and "plain part" in got.text
+    assert got.html is not None and "html part" in got.html
+    assert got.attachments is not None and [a.filename for a in got.attachments] == ["notes.txt"]
+    raw = served.client.inboxes.messages.get_raw(inbox, msg["Message-ID"])
+    stored = download(raw.download_url).content  # with the trace fields the front end wrote
+    assert stored.startswith(b"Return-Path: <sender@example.com>\r\nReceived: from ")
+    assert b"by agentmx.localhost (agentmx) with ESMTP" in stored
+    assert stored.endswith(msg.as_bytes())
+    thread = served.client.inboxes.threads.get(inbox, got.thread_id)
+    assert thread.message_count == 1
+
+
+def test_refusals_are_the_servers(served: Served) -> None:
+    inbox = served.client.inboxes.create().inbox_id
+    msg = make_message(inbox)
+    refused = smtp_send(served.server, [inbox, "ghost@agentmx.localhost"], msg.as_bytes())
+    assert refused["ghost@agentmx.localhost"][0] == 550
+    assert served.client.inboxes.messages.list(inbox).count == 1
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        smtp_send(served.server, ["ghost@agentmx.localhost"], msg.as_bytes())
+    big = msg.as_bytes() + b"y" * (10 * 1024 * 1024 + 10)
+    with pytest.raises((smtplib.SMTPSenderRefused, smtplib.SMTPDataError)) as info:
+        smtp_send(served.server, [inbox], big)
+    assert info.value.smtp_code == 552
+
+
+def test_a_deleted_inbox_is_refused_at_once(served: Served) -> None:
+    """Front ends keep accepted recipients as the server's ingest cache does, and drop them with it."""
+    inbox = served.client.inboxes.create().inbox_id
+    smtp_send(served.server, [inbox], make_message(inbox).as_bytes())  # its RCPT answer is cached now
+    served.client.inboxes.delete(inbox)
+
+    def rcpt_code() -> int:
+        with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:
+            smtp.ehlo()
+            smtp.mail("sender@example.com")
+            return int(smtp.rcpt(inbox)[0])
+
+    # Within 1 s, well inside the cache's 2 s: the server's clear reached the front end.
+    deadline = time.monotonic() + 1.0
+    while (code := rcpt_code()) == 250 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert code == 550
+
+
+def test_concurrent_sessions_all_stored(served: Served) -> None:
+    inbox = served.client.inboxes.create().inbox_id
+    messages = [make_message(inbox, subject=f"burst {i}") for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda m: smtp_send(served.server, [inbox], m.as_bytes()), messages))
+    stored = {m.message_id for m in served.client.inboxes.messages.list(inbox, limit=100).messages}
+    assert stored == {m["Message-ID"] for m in messages}
+
+
+def test_dsn_to_a_return_path_is_consumed(served: Served) -> None:
+    client = served.client
+    a = new_inbox(client)
+    to = ext("later-")
+    sent = client.inboxes.messages.send(a, to=to, text="accepted, then bounced")
+    got = wait_for(lambda: served.sink.handler.for_rcpt(to))[0]
+    wait_for(lambda: "delivered" in client.inboxes.messages.get(a, sent.message_id).labels)
+    dsn = (
+        f"From: MAILER-DAEMON@relay.example\r\nTo: {got.mail_from}\r\nSubject: Undelivered\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n'
+        "\r\n--B1\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        "\r\n--B1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "\r\n--B1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {sent.message_id}\r\n\r\n--B1--\r\n"
+    ).encode()
+    with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [got.mail_from], dsn)
+    wait_for(lambda: "bounced" in client.inboxes.messages.get(a, sent.message_id).labels)
+    assert events_for(served.server, "message.bounced", "bounce", sent.message_id)
+
+
+def _client(server: ServerProcess) -> AgentMail:
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    return AgentMail(api_key=server.create_key(), environment=env)
+
+
+def test_a_front_end_that_dies_is_replaced(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    inbox = _client(server).inboxes.create().inbox_id
+    (first,) = front_ends(server)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: front_ends(server) and front_ends(server) != [first], timeout=15)
+    msg = make_message(inbox)
+    smtp_send(server, [inbox], msg.as_bytes())
+    assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
+def test_front_ends_die_with_the_server(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "2"}).start()
+    client = _client(server)
+    inbox = client.inboxes.create().inbox_id
+    pids = front_ends(server)
+    assert len(pids) == 2
+    acked = []
+    smtp = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30)
+    for i in range(20):
+        msg = make_message(inbox, subject=f"custody {i}")
+        smtp.sendmail("sender@example.com", [inbox], msg.as_bytes())
+        acked.append(msg["Message-ID"])
+    server.kill()  # right after the last 250
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+    with pytest.raises(smtplib.SMTPServerDisconnected):  # the open session went with them
+        smtp.noop()
+        smtp.noop()
+    smtp.close()
+    server.start()  # the same ports: nothing of the old server holds them
+    stored = {m.message_id for m in _client(server).inboxes.messages.list(inbox, limit=100).messages}
+    assert set(acked) <= stored
+
+
+def test_the_link_unpickles_only_what_a_front_end_sends() -> None:
+    async def read(frame: bytes) -> tuple[object, ...]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame)
+        reader.feed_eof()
+        return await link.read(reader, max_frame=1 << 20)
+
+    hostile = pickle.dumps(("rcpt", 1, socket.socket))  # any class outside the allowed few
+    with pytest.raises(link.LinkClosed, match="not expected"):
+        asyncio.run(read(link.HEADER.pack(len(hostile)) + hostile))
+    with pytest.raises(link.LinkClosed, match="limit"):
+        asyncio.run(read(link.HEADER.pack(2 << 20) + b"x"))
+    assert asyncio.run(read(link.encode(("rcpt", 1, "a@b.example", 0)))) == ("rcpt", 1, "a@b.example", 0)
