@@ -78,9 +78,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores, "
-        "and this process checks recipients and stores each message before its 250. 0 serves SMTP in this "
-        "process. 1 on a host with 2 or more cores raised ingest by about half (BENCHMARKS.md).",
+        description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores; "
+        "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
+        "this process. On 2 cores, 1 took SQLite ingest up by a fifth to a third (BENCHMARKS.md).",
     )
     smtp_max_connections: int = Field(
         2000,

@@ -27,7 +27,7 @@ from agentmx.mail.parse import parse_off_loop
 from agentmx.settings import Settings
 from agentmx.smtp import link
 from agentmx.smtp.data import body_of
-from agentmx.smtp.limits import MAX_RECIPIENTS
+from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import LinkClosed, Prepared, RcptReply
 from agentmx.smtp.listener import listen
 from agentmx.smtp.replies import S250_OK, S451_TEMP_FAILURE, S452_TOO_MANY_RECIPIENTS
@@ -124,7 +124,7 @@ class LinkClient:
                     waiting.set_exception(LinkClosed("SMTP link closed"))
 
 
-class ForwardingHandler:
+class ForwardingHandler(HookNames):
     """aiosmtpd handler: the rules run in the server process (``smtp/handler.py``)."""
 
     def __init__(self, client: LinkClient, cache: RcptCache, settings: Settings) -> None:

@@ -15,7 +15,7 @@ from agentmx.services import hooks, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import replies
 from agentmx.smtp.data import body_of
-from agentmx.smtp.limits import MAX_RECIPIENTS
+from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import Prepared, RcptReply
 from agentmx.smtp.trace import trace_headers
 
@@ -83,7 +83,7 @@ async def _return_paths(rt: Runtime, raw: bytes, rcpt_tos: list[str]) -> list[st
     return rest
 
 
-class InboundHandler:
+class InboundHandler(HookNames):
     """aiosmtpd handler for sessions served in this process."""
 
     def __init__(self, rt: Runtime) -> None:
