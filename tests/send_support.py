@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -10,7 +11,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess, free_port
 
 T = TypeVar("T")
@@ -125,6 +127,26 @@ class Sink:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def relaying_server(
+    tmp: Path, backend: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServerProcess, Sink]]:
+    """A started server whose outbound mail all goes to a new Sink (retries after 0.5 s); both stopped after."""
+    from conftest import make_server  # noqa: PLC0415 (conftest imports nothing from here)
+
+    sink = Sink().start()
+    env = {"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5", **(env or {})}
+    server, url = make_server(tmp, backend, env)
+    try:
+        server.start()
+        yield server, sink
+    finally:
+        server.stop()
+        sink.stop()
+        if url:
+            postgres.drop_database(url)
 
 
 def self_signed_cert(folder: Path, host: str) -> tuple[Path, Path]:

@@ -19,8 +19,8 @@ from agentmail.core.api_error import ApiError
 from agentmx.testing import postgres
 from agentmx.testing.dns import LoopbackDNS
 from agentmx.testing.server import ServerProcess
-from conftest import BACKENDS, NO_RETRY, make_server
-from send_support import Sink, events_for, ext, new_inbox, wait_for
+from conftest import BACKENDS, NO_RETRY
+from send_support import Sink, events_for, ext, new_inbox, relaying_server, wait_for
 
 
 class Relay:
@@ -38,21 +38,12 @@ class Relay:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    sink = Sink().start()
-    env = {
-        "AGENTMX_SMTP_RELAY": sink.address,
-        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5",
-        "AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true",  # the test URLs are on loopback
-    }
-    server, url = make_server(tmp_path_factory.mktemp(f"relay-{request.param}"), request.param, env)
-    server.start()
-    try:
+    env = {"AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true"}  # the test URLs are on loopback
+    with relaying_server(tmp_path_factory.mktemp(f"relay-{request.param}"), request.param, env) as (
+        server,
+        sink,
+    ):
         yield Relay(server, sink)
-    finally:
-        server.stop()
-        sink.stop()
-        if url:
-            postgres.drop_database(url)
 
 
 def _labels(client: AgentMail, inbox_id: str, message_id: str) -> set[str]:

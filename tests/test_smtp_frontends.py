@@ -22,11 +22,10 @@ from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 
 from agentmx.smtp import link
-from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
-from conftest import BACKENDS, make_server
+from conftest import BACKENDS
 from mail_support import download, make_message, smtp_send
-from send_support import Sink, events_for, ext, new_inbox, wait_for
+from send_support import Sink, events_for, ext, new_inbox, relaying_server, wait_for
 
 FRONT_END = "agentmx.smtp.frontend"
 
@@ -67,21 +66,9 @@ class Served:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    sink = Sink().start()
-    env = {
-        "AGENTMX_SMTP_WORKERS": "1",
-        "AGENTMX_SMTP_RELAY": sink.address,
-        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.5",
-    }
-    server, url = make_server(tmp_path_factory.mktemp(f"frontends-{request.param}"), request.param, env)
-    server.start()
-    try:
+    tmp = tmp_path_factory.mktemp(f"frontends-{request.param}")
+    with relaying_server(tmp, request.param, {"AGENTMX_SMTP_WORKERS": "1"}) as (server, sink):
         yield Served(server, sink)
-    finally:
-        server.stop()
-        sink.stop()
-        if url:
-            postgres.drop_database(url)
 
 
 def test_mail_is_stored_before_the_250(served: Served) -> None:
