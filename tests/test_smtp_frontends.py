@@ -131,6 +131,22 @@ def test_a_deleted_inbox_is_refused_at_once(served: Served) -> None:
     assert code == 550
 
 
+def test_a_message_too_big_for_the_link_with_its_parse_goes_without_it(served: Served) -> None:
+    """Latin-1 text doubles in UTF-8, and text and extracted text both travel: the server parses it."""
+    inbox = served.client.inboxes.create().inbox_id
+    before = front_ends(served.server)
+    body = b"\xe9" * 76 + b"\r\n"
+    raw = (
+        f"From: a@example.com\r\nTo: {inbox}\r\nSubject: big latin-1\r\nMessage-ID: <big@example.com>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + body * (9 * 1024 * 1024 // len(body))
+    smtp_send(served.server, [inbox], raw)
+    got = served.client.inboxes.messages.get(inbox, "<big@example.com>")
+    assert got.subject == "big latin-1"
+    assert front_ends(served.server) == before  # the same process: the link was not broken
+
+
 def test_concurrent_sessions_all_stored(served: Served) -> None:
     inbox = served.client.inboxes.create().inbox_id
     messages = [make_message(inbox, subject=f"burst {i}") for i in range(40)]
@@ -176,6 +192,36 @@ def test_a_front_end_that_dies_is_replaced(fresh_server: Callable[..., ServerPro
     msg = make_message(inbox)
     smtp_send(server, [inbox], msg.as_bytes())
     assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
+def test_a_stop_during_a_restart_starts_nothing(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    (first,) = front_ends(server)
+    os.kill(first, signal.SIGKILL)
+    (second,) = wait_for(lambda: [p for p in front_ends(server) if p != first], timeout=15)
+    os.kill(second, signal.SIGKILL)  # a second death in a row: restarted after a 1 s pause
+    time.sleep(0.2)
+    assert server.proc is not None
+    pid = server.proc.pid
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+    assert server.proc.returncode == 0
+    orphans = [
+        entry.name
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and FRONT_END.encode() in _read(entry / "cmdline")
+        and str(pid).encode() in _read(entry / "cmdline")
+    ]
+    assert orphans == []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def test_front_ends_die_with_the_server(fresh_server: Callable[..., ServerProcess]) -> None:

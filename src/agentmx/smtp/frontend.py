@@ -42,7 +42,7 @@ MAX_CACHED = 10_000  # recipients, as the server's ingest cache
 
 class RcptCache:
     """The server's ingest cache (services/ingest_cache), mirrored for RCPT: the answers that
-    accept a recipient, for the same seconds, all dropped whenever the server drops its own.
+    accept a recipient, for half its seconds, all dropped whenever the server drops its own.
 
     So a front end answers RCPT as the server would without asking it each time: a round trip
     that waited behind the server's batch of inserts cost about a tenth of the message rate.
@@ -89,20 +89,29 @@ class LinkClient:
         self.closed = asyncio.Event()
         self._task = asyncio.create_task(self._read_replies(), name="smtp-link")
 
-    async def call(self, kind: str, *args: Any) -> Any:
+    async def call(self, kind: str, *args: Any, frame_limit: int = 0) -> Any:
+        """Send a request and wait for its reply. Past ``frame_limit`` bytes the last argument,
+        which must be optional for the server, goes as None."""
         if self.closed.is_set():
             raise LinkClosed("SMTP link closed")
         request_id = next(self._ids)
+        frame = link.encode((kind, request_id, *args))
+        if frame_limit and len(frame) > frame_limit:
+            frame = link.encode((kind, request_id, *args[:-1], None))
         reply = self._pending[request_id] = asyncio.get_running_loop().create_future()
         try:
             async with self._write_lock:
-                self._writer.write(link.encode((kind, request_id, *args)))
+                self._writer.write(frame)
                 await self._writer.drain()
             return await reply
         except ConnectionError as exc:
             raise LinkClosed("SMTP link closed") from exc
         finally:
             self._pending.pop(request_id, None)
+            if not reply.done():
+                reply.cancel()
+            elif not reply.cancelled():
+                reply.exception()  # retrieved: the caller got LinkClosed either way
 
     async def _read_replies(self) -> None:
         try:
@@ -131,6 +140,7 @@ class ForwardingHandler(HookNames):
         self.client = client
         self.cache = cache
         self.hostname = settings.hostname
+        self.frame_limit = link.max_frame(settings.smtp_max_message_size)
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -162,8 +172,16 @@ class ForwardingHandler(HookNames):
             trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local)
             prepared = Prepared(local, trace, await parse_off_loop(trace + raw))
         try:
+            # A big message whose parse would not fit a frame goes without it: the server parses.
             reply: str = await self.client.call(
-                "data", raw, mail_from, rcpt_tos, session.host_name, session.peer, prepared
+                "data",
+                raw,
+                mail_from,
+                rcpt_tos,
+                session.host_name,
+                session.peer,
+                prepared,
+                frame_limit=self.frame_limit,
             )
         except LinkClosed:  # nothing is known to be stored: the client keeps custody
             return S451_TEMP_FAILURE
@@ -186,7 +204,8 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    cache = RcptCache(cache_ttl)
+    # Half the server's lifetime: an answer may come from a server entry that is nearly as old.
+    cache = RcptCache(cache_ttl / 2)
     client = LinkClient(reader, writer, cache.clear)
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     stop = await listen(ForwardingHandler(client, cache, settings), settings, sockets, share)

@@ -113,6 +113,7 @@ class LimitedSMTP(SMTP):
         self, handler: Any, *, limits: ConnectionLimits, error_limit: int = 0, junk_limit: int = 0, **kw: Any
     ) -> None:
         self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
+        self.storing = False  # between the end of DATA and its reply
         super().__init__(handler, **kw)
         self._limits = limits
         self._ip: str | None = None
@@ -200,12 +201,16 @@ class LimitedSMTP(SMTP):
             return
         self.envelope.content = self.envelope.original_content = body.content
         self._reset_timeout()  # the body is in: storing it is our time, not the client's
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        reply = "250 OK" if status is MISSING else status
-        if reply.startswith("250"):
-            self._errors_left, self._junk_left = self._error_limit, self._junk_limit
-        await self.push(reply)
+        self.storing = True  # until the reply is out: a stop waits for it (listener.py)
+        try:
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            reply = "250 OK" if status is MISSING else status
+            if reply.startswith("250"):
+                self._errors_left, self._junk_left = self._error_limit, self._junk_limit
+            await self.push(reply)
+        finally:
+            self.storing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._ip is None:  # not again after STARTTLS

@@ -23,6 +23,7 @@ from agentmx.smtp.stress import StressReaper
 log = logging.getLogger("agentmx.smtp")
 
 Stop = Callable[[], Awaitable[None]]
+STOP_GRACE = 10.0  # seconds sessions storing a message get to finish when the listener stops
 
 
 async def listen(
@@ -61,9 +62,21 @@ async def listen(
     stop_reaper = StressReaper(limits.live, max_connections, settings.smtp_stress_timeout).start()
 
     async def stop() -> None:
+        """No new sessions; 421 for the open ones, once any message they are storing has its reply.
+
+        A session told 421 while its message commits would be stored and sent again.
+        """
         await stop_reaper()
         for server in servers:
             server.close()
+        deadline = loop.time() + STOP_GRACE
+        while True:
+            for conn in list(limits.live):
+                if not conn.storing or loop.time() >= deadline:
+                    conn.close_with(S421_SHUTTING_DOWN)
+            if not any(conn.storing for conn in limits.live) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         for conn in list(limits.live):
             conn.close_with(S421_SHUTTING_DOWN)
         for server in servers:

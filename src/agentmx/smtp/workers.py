@@ -30,7 +30,7 @@ from agentmx.smtp.replies import S451_TEMP_FAILURE
 log = logging.getLogger("agentmx.smtp")
 
 START_TIMEOUT = 30.0  # seconds for a front end to import and listen
-STOP_TIMEOUT = 10.0  # seconds for a front end to close its sessions on SIGTERM
+STOP_TIMEOUT = 15.0  # seconds for a front end to exit on SIGTERM (listener.STOP_GRACE, and some)
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)  # seconds before restarting a front end that died, by streak
 STEADY = 60.0  # seconds a front end must live for its restart streak to reset
 CLEAR = link.encode(("clear",))
@@ -47,7 +47,7 @@ class FrontEnd:
         self.proc: asyncio.subprocess.Process | None = None
         self._answers: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._max_frame = link.max_frame(rt.settings.smtp_max_message_size)
         self._writer: asyncio.StreamWriter | None = None  # the live link's
 
@@ -69,22 +69,24 @@ class FrontEnd:
                 *(str(fd) for fd in fds),
                 pass_fds=[theirs.fileno(), *fds],
                 stdin=asyncio.subprocess.DEVNULL,
+                env=_environment(),
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        settings = self.rt.settings.model_dump(mode="json")
-        writer.write(link.encode(("settings", settings, self.share, self.rt.ingest_cache.ttl)))
+        writer.write(link.encode(("settings", _settings_for(self.rt), self.share, self.rt.ingest_cache.ttl)))
         try:
             ready = await asyncio.wait_for(link.read(reader, self._max_frame), START_TIMEOUT)
+            if ready != ("ready",):
+                raise LinkClosed(f"{ready[:1]!r} instead of ready")
         except (TimeoutError, LinkClosed) as exc:
             writer.close()
+            self._terminate()
             await self._reap()
             raise RuntimeError(f"SMTP front end {self.index} did not start: {exc}") from exc
-        if ready != ("ready",):
-            writer.close()
-            await self._reap()
-            raise RuntimeError(f"SMTP front end {self.index} sent {ready[:1]!r} instead of ready")
         log.info("smtp front end %d (pid %d) listening", self.index, self.proc.pid)
         self._writer = writer
         return reader, writer
@@ -108,20 +110,29 @@ class FrontEnd:
             started = loop.time()
             await self._serve(reader, writer)
             code = await self._reap()
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             streak = 0 if loop.time() - started > STEADY else streak + 1
-            delay = RESTART_BACKOFF[min(streak, len(RESTART_BACKOFF)) - 1] if streak else 0
-            log.error("smtp front end %d exited (code %s): starting it again in %ss", self.index, code, delay)
+            log.error("smtp front end %d exited (code %s): starting it again", self.index, code)
             while True:
-                await asyncio.sleep(delay)
+                if await self._stopped_within(_backoff(streak)):
+                    return
                 try:
                     reader, writer = await self._spawn()
                     break
                 except Exception:
                     log.exception("smtp front end %d failed to start", self.index)
                     streak += 1
-                    delay = RESTART_BACKOFF[min(streak, len(RESTART_BACKOFF)) - 1]
+            if self._stopping.is_set():  # stop() came while it started: it must not serve
+                writer.close()
+                self._terminate()
+                await self._reap()
+                return
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer the front end's requests, each in its own task, until its link closes."""
@@ -132,26 +143,31 @@ class FrontEnd:
                 self._answers.add(task)
                 task.add_done_callback(self._answers.discard)
         except LinkClosed as exc:
-            if not self._stopping and str(exc) != "SMTP link closed":
+            if not self._stopping.is_set() and str(exc) != "SMTP link closed":
                 log.error("smtp front end %d: %s", self.index, exc)
         finally:
             writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter, request: tuple[Any, ...]) -> None:
-        kind, request_id, *args = request
+        kind, request_id = request[0], request[1] if len(request) > 1 else None
         reply: Any
         try:
             if kind == "rcpt":
-                reply = await check_rcpt(self.rt, *args)
+                reply = await check_rcpt(self.rt, *request[2:])
             elif kind == "data":
-                reply = await accept_data(self.rt, *args)
+                reply = await accept_data(self.rt, *request[2:])
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception:  # a front end out of step with this server: its session fails, not ours
             log.exception("smtp front end %d: request %r failed", self.index, kind)
-            reply = S451_TEMP_FAILURE if kind == "data" else RcptReply(S451_TEMP_FAILURE)
+            reply = RcptReply(S451_TEMP_FAILURE) if kind == "rcpt" else S451_TEMP_FAILURE
         if not writer.is_closing():
             writer.write(link.encode((request_id, reply)))
+
+    def _terminate(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
 
     async def _reap(self) -> int | None:
         if self.proc is None:
@@ -160,21 +176,48 @@ class FrontEnd:
             try:
                 return await asyncio.wait_for(asyncio.shield(self.proc.wait()), STOP_TIMEOUT)
             except TimeoutError:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
         return await self.proc.wait()
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
+        """SIGTERM: the front end stops accepting, lets sessions storing a message finish, and exits."""
+        self._stopping.set()
+        self._terminate()
         if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT + 1)
-            self._task.cancel()
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT + 1)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self._terminate()  # one that started while stopping
         await self._reap()
-        for task in list(self._answers):
+        for task in list(self._answers):  # the front end is gone: nobody waits for these replies
             task.cancel()
+
+
+def _backoff(streak: int) -> float:
+    """Seconds before restarting a front end that died ``streak`` times in a row (0: at once)."""
+    return RESTART_BACKOFF[min(streak, len(RESTART_BACKOFF)) - 1] if streak else 0.0
+
+
+# What a front end needs of the settings: its limits and names, not the database or any secret.
+_FRONT_END_SETTINGS = ("domain", "public_host", "log_level", "http_max_connections")
+_NOT_FOR_FRONT_ENDS = ("smtp_relay", "smtp_relay_username", "smtp_relay_password", "smtp_relay_starttls")
+
+
+def _settings_for(rt: Runtime) -> dict[str, Any]:
+    values = rt.settings.model_dump(mode="json")
+    return {
+        name: value
+        for name, value in values.items()
+        if (name.startswith("smtp_") and name not in _NOT_FOR_FRONT_ENDS) or name in _FRONT_END_SETTINGS
+    }
+
+
+def _environment() -> dict[str, str]:
+    """The front end's environment: ours without AGENTMX_* (its settings come over the link)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("AGENTMX_")}
 
 
 async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
