@@ -212,8 +212,7 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
     writer.write(link.encode(("ready",)))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
     closed = asyncio.create_task(client.closed.wait())
     asked = asyncio.create_task(stopping.wait())
     await asyncio.wait([closed, asked], return_when=asyncio.FIRST_COMPLETED)
@@ -223,6 +222,8 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
 
 def main(argv: list[str]) -> None:
     parent_pid, link_fd, *listen_fds = (int(arg) for arg in argv)
+    # Ctrl-C reaches the whole process group: the server stops its front ends itself (SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     asyncio.run(serve(link_fd, listen_fds))
 
