@@ -3,8 +3,9 @@
 Targets, all in the same run: Postfix smtp-sink (C, discards), aiosmtpd Sink (Python, discards),
 aiosmtpd + parse + SQLite FULL commit before 250 (durable Python reference), and agentmx
 (durable) on SQLite and PostgreSQL, serving SMTP itself and with one SMTP front-end process
-(AGENTMX_SMTP_WORKERS=1, target "... w1"; server CPU then counts both processes). Two load generators: aiosmtplib (asyncio, records each 250
-and the DATA->250 latency) and Postfix smtp-source (C, lighter on the shared CPUs).
+(AGENTMX_SMTP_WORKERS=1, target "... w1"; server CPU then counts both processes). Two load
+generators: aiosmtplib (asyncio, records each 250 and the DATA->250 latency) and Postfix
+smtp-source (C, lighter on the shared CPUs).
 
 Goal (PERFORMANCE-RELIABILITY.md section 4): agentmx >= 500 msg/s and >= 0.6 x aiosmtpd Sink.
 
