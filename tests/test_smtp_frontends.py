@@ -183,6 +183,23 @@ def _client(server: ServerProcess) -> AgentMail:
     return AgentMail(api_key=server.create_key(), environment=env)
 
 
+def _runs_uvloop(pid: int) -> bool:
+    return "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_front_ends_run_on_the_event_loop_asked_for(
+    fresh_server: Callable[..., ServerProcess], loop: str
+) -> None:
+    env = {"AGENTMX_SMTP_WORKERS": "1", "AGENTMX_SMTP_FRONTEND_LOOP": loop}
+    server = fresh_server("sqlite", env=env).start()
+    (pid,) = front_ends(server)
+    assert _runs_uvloop(pid) is (loop == "uvloop")
+    inbox = _client(server).inboxes.create().inbox_id
+    smtp_send(server, [inbox], make_message(inbox).as_bytes())
+    assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
 def test_a_front_end_that_dies_is_replaced(fresh_server: Callable[..., ServerProcess]) -> None:
     server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
     inbox = _client(server).inboxes.create().inbox_id

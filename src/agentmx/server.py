@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from agentmx import features
+from agentmx import event_loops, features
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
@@ -53,15 +53,7 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     PostgreSQL was 49-62 ms against 138-146 ms; since live events are written to sockets directly
     (events/ws_frame.py) it is 62-72 ms against asyncio's 66-81 ms (135 once).
     """
-    if settings.event_loop == "asyncio":
-        return None
-    try:
-        import uvloop  # noqa: PLC0415 (optional)
-    except ImportError:
-        if settings.event_loop == "uvloop":
-            raise
-        return None
-    return uvloop.new_event_loop
+    return event_loops.factory(settings.event_loop)
 
 
 async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> None:

@@ -7,10 +7,11 @@ and overridden by CLI flags. Settings are frozen once built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentmx.event_loops import Choice as LoopChoice
 
 
 class Settings(BaseSettings):
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
         "postgresql://… is accepted and run on asyncpg.",
     )
     domain: str = Field("agentmx.localhost", description="Default domain for new inboxes.")
-    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+    event_loop: LoopChoice = Field(
         "asyncio",
         description=(
             "Event loop the server runs on: asyncio, uvloop, or auto (uvloop when installed). "
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
         "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
         "this process. On 2 cores, 1 took SQLite ingest up by a fifth to a third; with PostgreSQL on the "
         "same cores it did not help (BENCHMARKS.md).",
+    )
+    smtp_frontend_loop: LoopChoice = Field(
+        "auto",
+        description="Event loop of the SMTP front ends (smtp_workers): asyncio, uvloop, or auto (uvloop when "
+        "installed). On uvloop a front end spent about a fifth less CPU per message, and ingest went up by about a "
+        "tenth (BENCHMARKS.md).",
     )
     smtp_max_connections: int = Field(
         2000,

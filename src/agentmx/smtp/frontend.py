@@ -5,7 +5,8 @@ each message. The server process checks each recipient and stores each message
 (``smtp/workers.py``), so a 250 still means committed. With ``AGENTMX_SMTP_WORKERS`` set, the
 SMTP dialogue and the MIME parse, about a third of a message's CPU, run on another core.
 
-Arguments: the server's pid, the link socket's descriptor, then the listening sockets' descriptors.
+Arguments: the server's pid, the link socket's descriptor, the event loop (``event_loops.CHOICES``),
+then the listening sockets' descriptors.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from agentmx import event_loops
 from agentmx.mail.parse import parse_off_loop
 from agentmx.settings import Settings
 from agentmx.smtp import link
@@ -221,11 +223,14 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parent_pid, link_fd, *listen_fds = (int(arg) for arg in argv)
+    parent_pid, link_fd, loop, *listen_fds = argv
+    if loop not in event_loops.CHOICES:
+        raise SystemExit(f"event loop {loop!r} is not one of {event_loops.CHOICES}")
     # Ctrl-C reaches the whole process group: the server stops its front ends itself (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
-    asyncio.run(serve(link_fd, listen_fds))
+    _die_with_parent(int(parent_pid))
+    with asyncio.Runner(loop_factory=event_loops.factory(cast(event_loops.Choice, loop))) as runner:
+        runner.run(serve(int(link_fd), [int(fd) for fd in listen_fds]))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class FrontEnd:
                 "agentmx.smtp.frontend",
                 str(os.getpid()),
                 str(theirs.fileno()),
+                self.rt.settings.smtp_frontend_loop,
                 *(str(fd) for fd in fds),
                 pass_fds=[theirs.fileno(), *fds],
                 stdin=asyncio.subprocess.DEVNULL,
