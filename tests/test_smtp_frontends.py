@@ -15,12 +15,14 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 
+from agentmx.mail.parse import ParsedAttachment, ParsedMessage
 from agentmx.smtp import link
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS
@@ -267,16 +269,47 @@ def test_front_ends_die_with_the_server(fresh_server: Callable[..., ServerProces
     assert set(acked) <= stored
 
 
-def test_the_link_unpickles_only_what_a_front_end_sends() -> None:
-    async def read(frame: bytes) -> tuple[object, ...]:
+def _read_frame(frame: bytes) -> tuple[object, ...]:
+    async def read() -> tuple[object, ...]:
         reader = asyncio.StreamReader()
         reader.feed_data(frame)
         reader.feed_eof()
         return await link.read(reader, max_frame=1 << 20)
 
-    hostile = pickle.dumps(("rcpt", 1, socket.socket))  # any class outside the allowed few
+    return asyncio.run(read())
+
+
+def _pickled(value: object) -> bytes:
+    body = pickle.dumps(value)
+    return link.HEADER.pack(len(body)) + body
+
+
+def test_the_link_unpickles_plain_data_only() -> None:
     with pytest.raises(link.LinkClosed, match="not expected"):
-        asyncio.run(read(link.HEADER.pack(len(hostile)) + hostile))
+        _read_frame(_pickled(("rcpt", 1, socket.socket)))
+    # Not even the link's own classes: a pickle naming one could also set attributes on it.
+    with pytest.raises(link.LinkClosed, match="not expected"):
+        _read_frame(_pickled((1, link.RcptReply("250 OK", return_path=True))))
     with pytest.raises(link.LinkClosed, match="limit"):
-        asyncio.run(read(link.HEADER.pack(2 << 20) + b"x"))
-    assert asyncio.run(read(link.encode(("rcpt", 1, "a@b.example", 0)))) == ("rcpt", 1, "a@b.example", 0)
+        _read_frame(link.HEADER.pack(2 << 20) + b"x")
+    with pytest.raises(link.LinkClosed, match="unreadable"):
+        _read_frame(_pickled([1, 2]))
+    assert _read_frame(link.encode(("rcpt", 1, "a@b.example", 0))) == ("rcpt", 1, "a@b.example", 0)
+
+
+def test_the_link_carries_a_parse_whole() -> None:
+    parsed = ParsedMessage(
+        from_="Ann <ann@example.com>",
+        to=["b@example.com"],
+        subject="Hi",
+        date=datetime(2026, 11, 30, 6, 0, 1, 5, tzinfo=timezone(timedelta(hours=-5))),
+        headers={"Subject": "Hi"},
+        text="body",
+        attachments=[ParsedAttachment("a.pdf", "application/pdf", "attachment", None, b"%PDF\x00")],
+        size=42,
+    )
+    prepared = link.Prepared(["b@example.com"], b"Received: x\r\n", parsed)
+    frame = ("data", 7, b"raw", "a@example.com", ["b@example.com"], "helo", ("::1", 25, 0, 0), prepared)
+    assert _read_frame(link.encode(frame)) == frame
+    reply = (7, link.RcptReply("250 OK", return_path=True))
+    assert _read_frame(link.encode(reply)) == reply

@@ -1,8 +1,11 @@
 """The local link between the server process and its SMTP front-end processes.
 
-A Unix socket pair; each frame is a 4-byte length and a pickled tuple. The server unpickles only
-the types a front end sends (``SafeUnpickler``): a front end parses mail from the network, and a
-bug there must not become code run in the process that holds the database.
+A Unix socket pair; each frame is a 4-byte length and a pickled tuple of plain data: str, bytes,
+numbers, None and containers. A front end parses mail from the network, and a bug there must not
+become code run in the process that holds the database, so the reader refuses every class and
+function a pickle can name (``PlainUnpickler``). The dataclasses a frame carries travel as tagged
+tuples (``_to_plain``), rebuilt field by field on arrival: an allow-list of classes would still
+let a frame set attributes on them (pickle's BUILD).
 
 Front end to server: ``("ready",)`` once listening, then requests ``(kind, request_id, ...)``:
 ``("rcpt", id, address, accepted)`` and ``("data", id, raw, mail_from, rcpt_tos, helo, peer,
@@ -15,10 +18,11 @@ import asyncio
 import io
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
-from agentmx.mail.parse import ParsedMessage
+from agentmx.mail.parse import ParsedAttachment, ParsedMessage
 
 HEADER = struct.Struct("!I")
 
@@ -41,22 +45,9 @@ class RcptReply:
     return_path: bool = False  # the recipient is one of our return paths (DSNs for outbound mail)
 
 
-_ALLOWED = {
-    ("agentmx.mail.parse", "ParsedMessage"),
-    ("agentmx.mail.parse", "ParsedAttachment"),
-    ("agentmx.smtp.link", "Prepared"),
-    ("agentmx.smtp.link", "RcptReply"),
-    ("datetime", "datetime"),
-    ("datetime", "timezone"),
-    ("datetime", "timedelta"),
-}
-
-
-class SafeUnpickler(pickle.Unpickler):
+class PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not expected on the SMTP link")
-        return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not expected on the SMTP link")
 
 
 class LinkClosed(ConnectionError):
@@ -64,8 +55,50 @@ class LinkClosed(ConnectionError):
 
 
 def encode(value: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    body = pickle.dumps(tuple(_to_plain(item) for item in value), protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(body)) + body
+
+
+# A frame's items of these types are sent as (tag, *fields).
+_PREPARED, _RCPT_REPLY = "\0agentmx.Prepared", "\0agentmx.RcptReply"
+_PARSED_FIELDS = tuple(f.name for f in fields(ParsedMessage))
+_ATTACHMENT_FIELDS = tuple(f.name for f in fields(ParsedAttachment))
+
+
+def _to_plain(item: Any) -> Any:
+    if isinstance(item, Prepared):
+        return (_PREPARED, item.rcpt_tos, item.trace, _parsed_to_plain(item.parsed))
+    if isinstance(item, RcptReply):
+        return (_RCPT_REPLY, item.reply, item.return_path)
+    return item
+
+
+def _from_plain(item: Any) -> Any:
+    if not isinstance(item, tuple) or not item:
+        return item
+    if item[0] == _PREPARED:
+        _, rcpt_tos, trace, parsed = item
+        return Prepared(rcpt_tos, trace, _parsed_from_plain(parsed))
+    if item[0] == _RCPT_REPLY:
+        _, reply, return_path = item
+        return RcptReply(reply, return_path)
+    return item
+
+
+def _parsed_to_plain(parsed: ParsedMessage) -> tuple[Any, ...]:
+    values = [getattr(parsed, name) for name in _PARSED_FIELDS]
+    values[_PARSED_FIELDS.index("date")] = parsed.date.isoformat() if parsed.date else None
+    values[_PARSED_FIELDS.index("attachments")] = [
+        tuple(getattr(a, name) for name in _ATTACHMENT_FIELDS) for a in parsed.attachments
+    ]
+    return tuple(values)
+
+
+def _parsed_from_plain(values: tuple[Any, ...]) -> ParsedMessage:
+    given = dict(zip(_PARSED_FIELDS, values, strict=True))
+    given["date"] = datetime.fromisoformat(given["date"]) if given["date"] else None
+    given["attachments"] = [ParsedAttachment(*a) for a in given["attachments"]]
+    return ParsedMessage(**given)
 
 
 async def read(reader: asyncio.StreamReader, max_frame: int) -> tuple[Any, ...]:
@@ -81,12 +114,12 @@ async def read(reader: asyncio.StreamReader, max_frame: int) -> tuple[Any, ...]:
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise LinkClosed("SMTP link closed") from exc
     try:
-        value = SafeUnpickler(io.BytesIO(body)).load()
+        value = PlainUnpickler(io.BytesIO(body)).load()
+        if not isinstance(value, tuple) or not value:
+            raise ValueError("not a tuple")
+        return tuple(_from_plain(item) for item in value)
     except Exception as exc:
         raise LinkClosed(f"unreadable frame on the SMTP link: {exc}") from exc
-    if not isinstance(value, tuple) or not value:
-        raise LinkClosed("unexpected frame on the SMTP link")
-    return value
 
 
 def max_frame(message_size_limit: int) -> int:
