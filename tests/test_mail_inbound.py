@@ -120,6 +120,33 @@ def test_reply_joins_thread(harness: Harness) -> None:
     assert got.extracted_text == "Any news?"
 
 
+def test_extracts_read_back_whether_or_not_mail_quotes(harness: Harness) -> None:
+    """An extract equal to its stripped body is stored once (mail/stored_extracts): reads see no difference."""
+    client = harness.client()
+    inbox = client.inboxes.create().inbox_id
+    plain = make_message(inbox, text="Fresh news.\n", html="<p>Fresh <b>news</b>.</p>\n")
+    quoting = make_message(
+        inbox,
+        subject="Re: Hello",
+        text="Thanks!\n\nOn Mon, Jan 1, 2024 at 9:00 AM Me <me@x.com> wrote:\n> Fresh news.\n",
+        html="<p>Thanks!</p><blockquote>Fresh news.</blockquote>\n",
+        in_reply_to=plain["Message-ID"],
+    )
+    for msg in (plain, quoting):
+        smtp_send(harness.server, [inbox], msg.as_bytes())
+    expected = {
+        plain["Message-ID"]: ("Fresh news.", "<p>Fresh <b>news</b>.</p>"),
+        quoting["Message-ID"]: ("Thanks!", "<p>Thanks!</p>"),
+    }
+    for message_id, extracts in expected.items():
+        got = client.inboxes.messages.get(inbox, message_id)
+        assert (got.extracted_text, got.extracted_html) == extracts
+    thread = client.inboxes.threads.get(
+        inbox, client.inboxes.messages.get(inbox, plain["Message-ID"]).thread_id
+    )
+    assert {m.message_id: (m.extracted_text, m.extracted_html) for m in thread.messages} == expected
+
+
 def test_multi_recipient_each_gets_a_copy(harness: Harness) -> None:
     client = harness.client()
     a, b = client.inboxes.create(), client.inboxes.create()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agentmx.mail import stored_extracts
 from agentmx.mail.parse import parse_message
 from agentmx.mail.quotes import extract_html, extract_text
 
@@ -107,3 +108,13 @@ def test_quote_helpers() -> None:
     assert extract_text("> quoted only at top\nanswer") == "> quoted only at top\nanswer"
     assert extract_html('<p>hi</p><blockquote type="cite"><p>old</p></blockquote>') == "<p>hi</p>"
     assert extract_html('<div>hi</div><div id="divRplyFwdMsg">From: x</div><div>old</div>') == "<div>hi</div>"
+
+
+def test_stored_extracts_round_trip() -> None:
+    body = "Hello\nthere\n"
+    for extract in ("Hello\nthere", "Hello", ""):
+        assert stored_extracts.from_storage(stored_extracts.for_storage(extract, body), body) == extract
+    assert stored_extracts.for_storage("Hello\nthere", body) is None  # the copy is not stored
+    assert stored_extracts.from_storage("Hello\nthere", body) == "Hello\nthere"  # rows stored with it
+    assert stored_extracts.for_storage(None, None) is None
+    assert stored_extracts.from_storage(None, None) is None

@@ -7,6 +7,7 @@ from typing import Any
 
 from agentmx.db.models import Attachment, Message, Thread
 from agentmx.http.wire import drop_none, iso
+from agentmx.mail import stored_extracts
 
 
 def attachment(row: Attachment | Any) -> dict[str, Any]:
@@ -56,8 +57,8 @@ def message_document(
         data["reply_to"] = list(row.reply_to) if row.reply_to else None
         data["text"] = row.text
         data["html"] = row.html
-        data["extracted_text"] = row.extracted_text
-        data["extracted_html"] = row.extracted_html
+        data["extracted_text"] = stored_extracts.from_storage(row.extracted_text, row.text)
+        data["extracted_html"] = stored_extracts.from_storage(row.extracted_html, row.html)
     return drop_none(data)
 
 

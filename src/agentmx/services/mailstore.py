@@ -24,6 +24,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
+from agentmx.mail import stored_extracts
 from agentmx.mail.parse import ParsedMessage, parse_off_loop
 from agentmx.services import blob_bytes, group_commit, hooks
 from agentmx.services.events import record_event
@@ -257,8 +258,8 @@ def build_message(
         preview=parsed.preview,
         text=parsed.text,
         html=parsed.html,
-        extracted_text=parsed.extracted_text,
-        extracted_html=parsed.extracted_html,
+        extracted_text=stored_extracts.for_storage(parsed.extracted_text, parsed.text),
+        extracted_html=stored_extracts.for_storage(parsed.extracted_html, parsed.html),
         in_reply_to=parsed.in_reply_to,
         references=parsed.references,
         headers=parsed.headers,

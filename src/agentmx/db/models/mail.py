@@ -68,6 +68,7 @@ class Message(Base):
     preview: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text)
+    # NULL where the extract is the body itself, stripped (mail/stored_extracts).
     extracted_text: Mapped[str | None] = mapped_column(Text)
     extracted_html: Mapped[str | None] = mapped_column(Text)
     in_reply_to: Mapped[str | None] = mapped_column(String(998))
