@@ -118,3 +118,22 @@ def test_stored_extracts_round_trip() -> None:
     assert stored_extracts.from_storage("Hello\nthere", body) == "Hello\nthere"  # rows stored with it
     assert stored_extracts.for_storage(None, None) is None
     assert stored_extracts.from_storage(None, None) is None
+
+
+def test_event_bodies_store_an_extract_equal_to_its_body_once() -> None:
+    whole = {
+        "event_type": "message.received",
+        "message": {
+            "text": "Hi\n",
+            "extracted_text": "Hi",
+            "html": "<p>Hi</p><blockquote>q</blockquote>",
+            "extracted_html": "<p>Hi</p>",
+        },
+    }
+    stored = stored_extracts.compact_event(whole)
+    assert "extracted_text" not in stored["message"] and stored["message"]["extracted_html"] == "<p>Hi</p>"
+    assert stored_extracts.full_event(stored) == whole
+    assert stored_extracts.full_event(whole) is whole  # events stored whole are sent as they are
+    over_budget = {"message": {"extracted_text": "Hi"}}  # text and html dropped (EVENT_BODY_BUDGET)
+    assert stored_extracts.full_event(stored_extracts.compact_event(over_budget)) == over_budget
+    assert stored_extracts.compact_event({"domain": {}}) == {"domain": {}}

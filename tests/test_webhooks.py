@@ -127,6 +127,11 @@ def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) 
     assert body["event_id"].startswith("evt_")
     assert body["message"]["message_id"] == message_id and body["message"]["inbox_id"] == inbox
     assert body["thread"]["thread_id"] == body["message"]["thread_id"]
+    # Read from the event log, which stores an extract equal to its stripped body only once.
+    assert (body["message"]["text"], body["message"]["extracted_text"]) == (
+        "Body of signed\n",
+        "Body of signed",
+    )
     assert delivery.headers["svix-id"] == "msg_" + body["event_id"].removeprefix("evt_")
     assert delivery.headers["x-token"] == "t0p"
     assert delivery.headers["content-type"] == "application/json"

@@ -23,6 +23,7 @@ from agentmx.db.types import utcnow
 from agentmx.events import http1, targets
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import Inserts, RetryAt, handler
+from agentmx.mail.stored_extracts import full_event
 from agentmx.services.events import retry_schedule
 from agentmx.services.runtime import Runtime
 
@@ -43,6 +44,7 @@ def svix_message_id(event_id: str) -> str:
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
+    body = full_event(body)
     raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     if len(raw) > MAX_BODY and isinstance(body.get("message"), dict):
         message = {k: v for k, v in body["message"].items() if k not in ("text", "html")}

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from agentmx.db.models import Event
 from agentmx.events.ws_frame import FrameWriter, text_frame
+from agentmx.mail.stored_extracts import full_event
 from agentmx.services.events import NOTIFY_CHANNEL, PROCESS_TOKEN, committed_listeners
 from agentmx.services.runtime import Runtime
 
@@ -51,7 +52,7 @@ class Item:
             organization_id=row.organization_id,
             pod_id=row.pod_id,
             inbox_id=row.inbox_id,
-            text=json.dumps(row.body),
+            text=json.dumps(full_event(row.body)),
         )
 
     @cached_property

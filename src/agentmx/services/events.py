@@ -22,6 +22,7 @@ from agentmx.db.models import Event, Webhook
 from agentmx.db.transient import table_of, transient
 from agentmx.db.types import utcnow
 from agentmx.ids import new_id
+from agentmx.mail.stored_extracts import compact_event
 from agentmx.services.jobs import enqueue_at_commit
 from agentmx.services.runtime import Runtime
 from agentmx.services.webhooks import matches
@@ -60,12 +61,13 @@ def _insert(session: Session, rows: list[Event]) -> None:
     """One multi-row INSERT (a flush would be one per row, to learn each seq); sets ``row.seq``.
 
     The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
+    Their bodies stay whole; the stored ones are compacted (``stored_extracts.compact_event``).
     """
     table = table_of(Event)
     # RETURNING event_id too: rows come back in no promised order, event_id is unique.
     result = session.execute(
         insert(table).returning(table.c.event_id, table.c.seq),
-        [{c: getattr(row, c) for c in _EVENT_COLUMNS} for row in rows],
+        [{c: getattr(row, c) for c in _EVENT_COLUMNS} | {"body": compact_event(row.body)} for row in rows],
     )
     seqs: dict[str, int] = {event_id: seq for event_id, seq in result.all()}
     for row in rows:
