@@ -23,12 +23,14 @@ import rest_read
 import smtp_abuse
 import smtp_ingest
 import smtp_mime_fuzz
+import store_path
 import webhooks
 import ws_latency
 from common import Report, finish
 
 BENCHES = {
     "smtp_ingest": (smtp_ingest, [], ["--messages", "20000"]),
+    "store_path": (store_path, [], ["--messages", "8000"]),
     "crash_safety": (crash_safety, [], ["--kills", "20", "--max-seconds", "600"]),
     "ws": (ws_latency, [], ["--rate", "20", "--seconds", "10"]),
     "rest_read": (rest_read, [], ["--seconds", "15"]),
