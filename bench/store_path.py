@@ -122,6 +122,8 @@ def file_bytes(report: Report, data_dir: Path) -> None:
 
 def run(args: argparse.Namespace, report: Report) -> None:
     header(f"Store path: {args.messages} x {args.size} B, {args.batch} per batch, SQLite")
+    if args.messages < args.rounds or args.batch < 1:
+        raise SystemExit("--messages must be at least --rounds, and --batch at least 1")
     if args.backend == "postgres":  # PostgreSQL's writes happen in its own processes, not counted here
         report.note("store_path measures SQLite only: skipped for --backend postgres")
         return

@@ -202,6 +202,23 @@ def test_front_ends_run_on_the_event_loop_asked_for(
     assert _client(server).inboxes.messages.list(inbox).count == 1
 
 
+def test_a_missing_uvloop_asked_for_is_named_at_start(
+    fresh_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    hidden = tmp_path / "hide" / "uvloop"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('uvloop hidden by the test')\n")
+    env = {
+        "AGENTMX_SMTP_WORKERS": "1",
+        "AGENTMX_SMTP_FRONTEND_LOOP": "uvloop",
+        "PYTHONPATH": str(hidden.parent),
+    }
+    with pytest.raises(
+        RuntimeError, match="AGENTMX_SMTP_FRONTEND_LOOP=uvloop, but uvloop cannot be imported"
+    ):
+        fresh_server("sqlite", env=env).start(timeout=30)
+
+
 def test_a_front_end_that_dies_is_replaced(fresh_server: Callable[..., ServerProcess]) -> None:
     server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
     inbox = _client(server).inboxes.create().inbox_id

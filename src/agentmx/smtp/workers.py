@@ -21,6 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agentmx import event_loops
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import link
 from agentmx.smtp.handler import accept_data, check_rcpt
@@ -224,6 +225,10 @@ def _environment() -> dict[str, str]:
 async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
     """Bind the SMTP port here and serve it from ``count`` front-end processes."""
     settings = rt.settings
+    try:  # here, with its own message, rather than as front ends that never say they are ready
+        event_loops.factory(settings.smtp_frontend_loop)
+    except ImportError as exc:
+        raise RuntimeError("AGENTMX_SMTP_FRONTEND_LOOP=uvloop, but uvloop cannot be imported") from exc
     loop = asyncio.get_running_loop()
     # Bound, never served here: the front ends accept. Kept open so a restarted front end gets them.
     bound = await loop.create_server(
