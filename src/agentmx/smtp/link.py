@@ -1,11 +1,12 @@
 """The local link between the server process and its SMTP front-end processes.
 
-A Unix socket pair; each frame is a 4-byte length and a pickled tuple of plain data: str, bytes,
-numbers, None and containers. A front end parses mail from the network, and a bug there must not
-become code run in the process that holds the database, so the reader refuses every class and
-function a pickle can name (``PlainUnpickler``). The dataclasses a frame carries travel as tagged
-tuples (``_to_plain``), rebuilt field by field on arrival: an allow-list of classes would still
-let a frame set attributes on them (pickle's BUILD).
+A Unix socket pair; each frame is a 4-byte length and a MessagePack array of plain data: str,
+bytes, numbers, None, arrays and maps. A front end parses mail from the network, and a bug there
+must not become code run in, or memory taken from, the process that holds the database. Pickle was
+used first: refusing every class it names stops code, but one 14-byte frame (a LONG_BINPUT with a
+large index) still made the unpickler allocate gigabytes. MessagePack builds no objects, refuses
+any length its buffer cannot hold, and ext types are refused here. The dataclasses a frame
+carries travel as tagged arrays (``_to_plain``), rebuilt field by field on arrival.
 
 Front end to server: ``("ready",)`` once listening, then requests ``(kind, request_id, ...)``:
 ``("rcpt", id, address, accepted)`` and ``("data", id, raw, mail_from, rcpt_tos, helo, peer,
@@ -15,12 +16,12 @@ prepared)``. Server to front end: the settings first, then ``(request_id, reply)
 from __future__ import annotations
 
 import asyncio
-import io
-import pickle
 import struct
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
+
+import msgpack
 
 from agentmx.mail.parse import ParsedAttachment, ParsedMessage
 
@@ -45,24 +46,32 @@ class RcptReply:
     return_path: bool = False  # the recipient is one of our return paths (DSNs for outbound mail)
 
 
-class PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"{module}.{name} is not expected on the SMTP link")
-
-
 class LinkClosed(ConnectionError):
     pass
 
 
 def encode(value: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(tuple(_to_plain(item) for item in value), protocol=pickle.HIGHEST_PROTOCOL)
+    # surrogatepass: parsed headers and bodies may hold lone surrogates (undecodable 8-bit bytes).
+    body = msgpack.packb([_to_plain(item) for item in value], unicode_errors="surrogatepass")
     return HEADER.pack(len(body)) + body
+
+
+def _decode(body: bytes) -> Any:
+    """Arrays come back as tuples, so a peer address is a tuple again; list fields are rebuilt."""
+    return msgpack.unpackb(
+        body, use_list=False, raw=False, unicode_errors="surrogatepass", ext_hook=_refuse_ext, timestamp=0
+    )
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"MessagePack ext type {code} on the SMTP link")
 
 
 # A frame's items of these types are sent as (tag, *fields).
 _PREPARED, _RCPT_REPLY = "\0agentmx.Prepared", "\0agentmx.RcptReply"
 _PARSED_FIELDS = tuple(f.name for f in fields(ParsedMessage))
 _ATTACHMENT_FIELDS = tuple(f.name for f in fields(ParsedAttachment))
+_LIST_FIELDS = ("to", "cc", "bcc", "reply_to", "references")
 
 
 def _to_plain(item: Any) -> Any:
@@ -78,7 +87,7 @@ def _from_plain(item: Any) -> Any:
         return item
     if item[0] == _PREPARED:
         _, rcpt_tos, trace, parsed = item
-        return Prepared(rcpt_tos, trace, _parsed_from_plain(parsed))
+        return Prepared(list(rcpt_tos), trace, _parsed_from_plain(parsed))
     if item[0] == _RCPT_REPLY:
         _, reply, return_path = item
         return RcptReply(reply, return_path)
@@ -96,8 +105,11 @@ def _parsed_to_plain(parsed: ParsedMessage) -> tuple[Any, ...]:
 
 def _parsed_from_plain(values: tuple[Any, ...]) -> ParsedMessage:
     given = dict(zip(_PARSED_FIELDS, values, strict=True))
+    for name in _LIST_FIELDS:
+        given[name] = list(given[name])
     given["date"] = datetime.fromisoformat(given["date"]) if given["date"] else None
     given["attachments"] = [ParsedAttachment(*a) for a in given["attachments"]]
+    given["headers"] = dict(given["headers"])
     return ParsedMessage(**given)
 
 
@@ -114,7 +126,7 @@ async def read(reader: asyncio.StreamReader, max_frame: int) -> tuple[Any, ...]:
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise LinkClosed("SMTP link closed") from exc
     try:
-        value = PlainUnpickler(io.BytesIO(body)).load()
+        value = _decode(body)
         if not isinstance(value, tuple) or not value:
             raise ValueError("not a tuple")
         return tuple(_from_plain(item) for item in value)
