@@ -81,8 +81,8 @@ class Settings(BaseSettings):
         le=64,
         description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores; "
         "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
-        "this process. On 2 cores, 1 took SQLite ingest up by a fifth to a third; with PostgreSQL on the "
-        "same cores it did not help (BENCHMARKS.md).",
+        "this process. On 2 cores, 1 took SQLite ingest up by a half or more (recommended for mail-heavy SQLite "
+        "deployments); with PostgreSQL on the same cores it gained up to a tenth (BENCHMARKS.md).",
     )
     smtp_frontend_loop: LoopChoice = Field(
         "auto",
