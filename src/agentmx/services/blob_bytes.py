@@ -17,6 +17,7 @@ from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db.bulk import insert_many
 from agentmx.db.models import InlineBlob
 from agentmx.db.transient import table_of
 from agentmx.services.runtime import Runtime
@@ -48,7 +49,7 @@ async def insert(session: AsyncSession, inline: Inline) -> None:
         return
     # In key order: two transactions sharing blobs must not take their row locks in opposite orders.
     rows = [{"key": key, "data": inline[key]} for key in sorted(inline)]
-    await session.execute(_insert_new(session.get_bind().dialect.name), rows)
+    await insert_many(session, _insert_new(session.get_bind().dialect.name), rows)
 
 
 @functools.cache

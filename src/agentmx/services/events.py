@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -63,10 +63,8 @@ def _insert(session: Session, rows: list[Event]) -> None:
     The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
     Their bodies stay whole; the stored ones are compacted (``stored_extracts.compact_event``).
     """
-    table = table_of(Event)
-    # RETURNING event_id too: rows come back in no promised order, event_id is unique.
     result = session.execute(
-        insert(table).returning(table.c.event_id, table.c.seq),
+        _INSERT_RETURNING_SEQ,
         [{c: getattr(row, c) for c in _EVENT_COLUMNS} | {"body": compact_event(row.body)} for row in rows],
     )
     seqs: dict[str, int] = {event_id: seq for event_id, seq in result.all()}
@@ -74,7 +72,15 @@ def _insert(session: Session, rows: list[Event]) -> None:
         row.seq = seqs[row.event_id]
 
 
+# Built once: its cache key is then computed once, not per transaction.
+# RETURNING event_id too: rows come back in no promised order, event_id is unique.
+_INSERT_RETURNING_SEQ = insert(table_of(Event)).returning(table_of(Event).c.event_id, table_of(Event).c.seq)
 _EVENT_COLUMNS = ("event_id", "event_type", "organization_id", "pod_id", "inbox_id", "body", "created_at")
+
+
+_ENABLED_WEBHOOKS = select(Webhook).where(
+    Webhook.organization_id == bindparam("organization_id"), Webhook.enabled.is_(True)
+)
 
 
 def share_webhook_lookups(session: AsyncSession) -> None:
@@ -89,11 +95,7 @@ async def _enabled_webhooks(session: AsyncSession, organization_id: str) -> Sequ
     seen: dict[str, Sequence[Webhook]] | None = session.info.get(WEBHOOKS_SEEN)
     if seen is not None and organization_id in seen:
         return seen[organization_id]
-    found = (
-        await session.scalars(
-            select(Webhook).where(Webhook.organization_id == organization_id, Webhook.enabled.is_(True))
-        )
-    ).all()
+    found = (await session.scalars(_ENABLED_WEBHOOKS, {"organization_id": organization_id})).all()
     if seen is not None:
         seen[organization_id] = found
     return found

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db.bulk import insert_many
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
@@ -20,6 +21,12 @@ from agentmx.mail.parse import ParsedMessage
 from agentmx.services import blob_bytes, events, mailstore
 from agentmx.services.mailstore import StoredBlobs
 from agentmx.services.runtime import Runtime
+
+# A Core SELECT (no ORM compile step for plain columns), built once (its cache key computed once).
+_m = table_of(Message).c
+_KNOWN_IDS = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
+    _m.inbox_id.in_(bindparam("inboxes", expanding=True)), _m.message_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @dataclass
@@ -42,11 +49,8 @@ async def store_inbound(
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
-        t = table_of(Message).c  # a Core SELECT: no ORM compile step for plain columns
         rows = await session.execute(
-            select(t.inbox_id, t.message_id, t.id, t.thread_id).where(
-                t.inbox_id.in_({i for i, _ in wanted}), t.message_id.in_({m for _, m in wanted})
-            )
+            _KNOWN_IDS, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
         )
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
     thread_ids = {tid for _, tid in known.values()}
@@ -119,17 +123,18 @@ async def insert_rows(session: AsyncSession, threads: list[Thread], messages: li
     object, as the flush would: the builders (``mailstore.new_thread``/``build_message``) set
     every column that has a default.
     """
-    if threads:
-        await session.execute(insert(table_of(Thread)), [column_values(t) for t in threads])
-    if not messages:
-        return
-    await session.execute(insert(table_of(Message)), [column_values(m) for m in messages])
+    await insert_many(session, _INSERT_THREAD, [column_values(t) for t in threads])
+    await insert_many(session, _INSERT_MESSAGE, [column_values(m) for m in messages])
     labels = [{"message_pk": m.id, "label": label.label} for m in messages for label in m.labels]
-    if labels:
-        await session.execute(insert(table_of(MessageLabel)), labels)
+    await insert_many(session, _INSERT_LABEL, labels)
     files = [column_values(a) | {"message_pk": m.id} for m in messages for a in m.attachments]
-    if files:
-        await session.execute(insert(table_of(Attachment)), files)
+    await insert_many(session, _INSERT_ATTACHMENT, files)
+
+
+_INSERT_THREAD = insert(table_of(Thread))
+_INSERT_MESSAGE = insert(table_of(Message))
+_INSERT_LABEL = insert(table_of(MessageLabel))
+_INSERT_ATTACHMENT = insert(table_of(Attachment))
 
 
 def _referenced_thread(

@@ -59,13 +59,16 @@ def enqueue_at_commit(
     pending.append(row)
 
 
+_INSERT_JOB = insert(table_of(Job))  # built once: its cache key is then computed once
+
+
 # Registered before services.events' listener (which imports this module), so on PostgreSQL the jobs
 # are inserted before that listener takes the event lock.
 @sa_event.listens_for(Session, "before_commit")
 def _insert_pending_jobs(session: Session) -> None:
     rows: list[dict[str, Any]] | None = session.info.pop(PENDING_JOBS, None)
     if rows:
-        session.execute(insert(table_of(Job)), rows)
+        session.execute(_INSERT_JOB, rows)
 
 
 async def cancel(session: AsyncSession, key: str) -> None:
