@@ -22,6 +22,7 @@ from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 
 from agentmx.mail.parse import ParsedAttachment, ParsedMessage
+from agentmx.settings import Settings
 from agentmx.smtp import link
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS
@@ -196,6 +197,33 @@ def test_front_ends_run_on_the_event_loop_asked_for(
     server = fresh_server("sqlite", env=env).start()
     (pid,) = front_ends(server)
     assert _runs_uvloop(pid) is (loop == "uvloop")
+    inbox = _client(server).inboxes.create().inbox_id
+    smtp_send(server, [inbox], make_message(inbox).as_bytes())
+    assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_starts_one_front_end_on_sqlite_with_two_cpus(
+    fresh_server: Callable[..., ServerProcess], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGENTMX_SMTP_WORKERS", raising=False)
+    assert Settings().smtp_workers == "auto"  # the default
+    server = fresh_server(backend, env={"AGENTMX_SMTP_WORKERS": "auto"}).start()
+    expected = 1 if backend == "sqlite" and len(os.sched_getaffinity(0)) >= 2 else 0
+    assert len(front_ends(server)) == expected
+    inbox = _client(server).inboxes.create().inbox_id
+    smtp_send(server, [inbox], make_message(inbox).as_bytes())
+    assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
+def test_auto_on_one_cpu_serves_smtp_in_process(fresh_server: Callable[..., ServerProcess]) -> None:
+    ours = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(ours)})  # the server inherits it
+    try:
+        server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "auto"}).start()
+    finally:
+        os.sched_setaffinity(0, ours)
+    assert front_ends(server) == []
     inbox = _client(server).inboxes.create().inbox_id
     smtp_send(server, [inbox], make_message(inbox).as_bytes())
     assert _client(server).inboxes.messages.list(inbox).count == 1

@@ -6,7 +6,9 @@ and overridden by CLI flags. Settings are frozen once built.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,14 +77,13 @@ class Settings(BaseSettings):
     smtp_max_message_size: int = Field(
         10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
     )
-    smtp_workers: int = Field(
-        0,
-        ge=0,
-        le=64,
+    smtp_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto",
         description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores; "
         "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
-        "this process. On 2 cores, 1 took SQLite ingest up by a half or more (recommended for mail-heavy SQLite "
-        "deployments); with PostgreSQL on the same cores it gained up to a tenth (BENCHMARKS.md).",
+        "this process. auto: 1 on SQLite when this process may run on 2 or more CPUs, else 0. On 2 cores, 1 took "
+        "SQLite ingest up by a half or more; with PostgreSQL on the same cores it gained up to a tenth, and once "
+        "lost as much (BENCHMARKS.md).",
     )
     smtp_frontend_loop: LoopChoice = Field(
         "auto",
@@ -196,6 +197,12 @@ class Settings(BaseSettings):
         return self.effective_database_url.startswith("sqlite")
 
     @property
+    def effective_smtp_workers(self) -> int:
+        if self.smtp_workers != "auto":
+            return self.smtp_workers
+        return 1 if self.is_sqlite and usable_cpus() >= 2 else 0
+
+    @property
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
@@ -204,6 +211,13 @@ class Settings(BaseSettings):
     @property
     def hostname(self) -> str:
         return self.public_host or self.domain
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def normalize_database_url(url: str) -> str:

@@ -18,6 +18,6 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
 
     if settings.smtp_port == 0:
         return _noop
-    if settings.smtp_workers > 0:
-        return await workers.start(rt, settings.smtp_workers)
+    if settings.effective_smtp_workers > 0:
+        return await workers.start(rt, settings.effective_smtp_workers)
     return await listen(InboundHandler(rt), settings)

@@ -245,7 +245,8 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
         for sock in sockets:
             sock.close()
         raise
-    log.info("smtp listening on %s:%s (%d front-end processes)", settings.host, settings.smtp_port, count)
+    noun = "process" if count == 1 else "processes"
+    log.info("smtp listening on %s:%s (%d front-end %s)", settings.host, settings.smtp_port, count, noun)
 
     async def stop() -> None:
         await asyncio.gather(*(f.stop() for f in front_ends), return_exceptions=True)

@@ -67,6 +67,9 @@ class ServerProcess:
                 "AGENTMX_JOB_POLL_INTERVAL": "0.1",
                 "AGENTMX_WEBHOOK_ALLOW_PRIVATE": "true",
                 "AGENTMX_LOG_LEVEL": "warning",
+                # SMTP in the server process unless a test asks for front ends (the default, auto,
+                # starts one on SQLite): a front end's start would add to every server's.
+                "AGENTMX_SMTP_WORKERS": "0",
             }
         )
         env.update(self.extra_env)
