@@ -225,3 +225,21 @@ def test_inbox_created_by_another_process_receives_at_once(
     refused = smtp_send(second, [address], make_message(address).as_bytes())
     assert refused == {}
     assert client.inboxes.messages.list(address).count == 1
+
+
+@pytest.mark.parametrize(("workers", "level"), [("0", "info"), ("1", "info"), ("0", "debug")])
+def test_session_transcripts_are_logged_at_debug_only(
+    fresh_server: Callable[..., ServerProcess], workers: str, level: str
+) -> None:
+    """aiosmtpd logs each command line, envelope addresses included: not at the default level."""
+    env = {"AGENTMX_LOG_LEVEL": level, "AGENTMX_SMTP_WORKERS": workers}
+    server = fresh_server("sqlite", env=env).start()
+    client = AgentMail(
+        api_key=server.create_key(),
+        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
+    )
+    inbox = client.inboxes.create().inbox_id
+    smtp_send(server, [inbox], make_message(inbox).as_bytes(), mail_from="transcript@example.com")
+    assert client.inboxes.messages.list(inbox).count == 1
+    server.stop()
+    assert ("transcript@example.com" in server.log_path.read_text()) is (level == "debug")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import Any
 
-from agentmx import __version__
+from agentmx import __version__, log_setup
 from agentmx.settings import Settings
 
 
@@ -87,10 +86,7 @@ async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    log_setup.configure(settings.log_level)
     from agentmx import server
 
     server.prepare(settings)

@@ -177,7 +177,11 @@ class Settings(BaseSettings):
         "",
         description="Key for signing download URLs and encrypting DKIM keys; if empty, one is generated once and kept in the database (shared by every process).",
     )
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_level: str = Field(
+        "info",
+        description="Log level: debug, info, warning, error. SMTP session transcripts (every command line, "
+        "envelope addresses included: aiosmtpd's mail.log) are logged at debug only.",
+    )
 
     @field_validator("data_dir")
     @classmethod

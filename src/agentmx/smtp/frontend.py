@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from agentmx import event_loops
+from agentmx import event_loops, log_setup
 from agentmx.mail.parse import parse_off_loop
 from agentmx.settings import Settings
 from agentmx.smtp import link
@@ -203,9 +203,7 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
     first = await link.read(reader, FRAME_LIMIT)
     _, values, share, cache_ttl = first
     settings = Settings(**values)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_setup.configure(settings.log_level)
     # Half the server's lifetime: an answer may come from a server entry that is nearly as old.
     cache = RcptCache(cache_ttl / 2)
     client = LinkClient(reader, writer, cache.clear)
