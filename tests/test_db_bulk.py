@@ -36,7 +36,7 @@ DEFAULTED = Table(
 DOCS: list[Any] = [
     {"to": ["ünïcode <a@example.com>"], "quote": '"\\', "nested": {"x": [1, None, True]}},
     ["a", "b"],
-    {"big": 2**70},
+    {"big": 2**70 + 1, "small": -(2**64) - 3},  # past 64 bits: orjson would read a float
     None,
 ]
 

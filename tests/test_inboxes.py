@@ -92,6 +92,29 @@ def test_wrong_metadata_types_are_400(harness: Harness, metadata: object) -> Non
     assert r.json()["name"] == "ValidationError" and r.json()["errors"]
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_metadata_numbers_are_400(harness: Harness, number: str) -> None:
+    # Python's json reads these; JSON has no such numbers, and they could not be stored as given.
+    r = httpx.post(
+        f"{harness.server.base_url}/v0/inboxes",
+        content=f'{{"metadata": {{"x": {number}}}}}',
+        headers={"Authorization": f"Bearer {harness.api_key}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["name"] == "ValidationError"
+
+
+def test_metadata_integers_past_64_bits_read_back_exactly(harness: Harness) -> None:
+    # Over plain HTTP: the SDK reads metadata numbers as floats.
+    meta = {"big": 2**70 + 1, "small": -(2**64) - 3, "max": 2**63 - 1}
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    created = httpx.post(f"{harness.server.base_url}/v0/inboxes", json={"metadata": meta}, headers=headers)
+    assert created.status_code == 200, created.text
+    inbox_id = created.json()["inbox_id"]
+    got = httpx.get(f"{harness.server.base_url}/v0/inboxes/{inbox_id}", headers=headers)
+    assert got.json()["metadata"] == meta
+
+
 def test_metadata_limits_accept_the_maximum(harness: Harness) -> None:
     meta = {f"{i:0>256}": "v" * 256 for i in range(256)}
     inbox = harness.client().inboxes.create(request=CreateInboxRequest(metadata=meta))

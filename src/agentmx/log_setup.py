@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# aiosmtpd logs every SMTP command line of every session at INFO ("mail.log"): about ten lines a
-# message, with the envelope addresses. Shown at debug only; its warnings and errors always.
+# aiosmtpd logs every SMTP command line of every session at INFO ("mail.log"): about a dozen lines
+# a message, with the envelope addresses. Shown at debug only; its warnings and errors always.
 QUIET_BELOW_DEBUG = ("alembic", "mail.log")
 
 

@@ -6,6 +6,7 @@ and overridden by CLI flags. Settings are frozen once built.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
         "auto",
         description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores; "
         "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
-        "this process. auto: 1 on SQLite when this process may run on 2 or more CPUs, else 0. On 2 cores, 1 took "
+        "this process. auto: 1 on SQLite when this process may use 2 or more CPUs (affinity and cgroup quota), else 0. On 2 cores, 1 took "
         "SQLite ingest up by a half or more; with PostgreSQL on the same cores it gained up to a tenth, and once "
         "lost as much (BENCHMARKS.md).",
     )
@@ -218,10 +219,26 @@ class Settings(BaseSettings):
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (docker --cpus)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return count if quota is None else min(count, max(1, math.ceil(quota)))
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time per period under the cgroup's quota (v2 cpu.max, else v1 cfs files); None if unlimited."""
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        if (cgroup / "cpu.max").exists():
+            quota, period = (cgroup / "cpu.max").read_text().split()
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):  # no cgroup files here, or not in the format expected
+        return None
 
 
 def normalize_database_url(url: str) -> str:

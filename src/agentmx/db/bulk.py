@@ -27,7 +27,8 @@ class _Compiled:
     columns: tuple[tuple[str, Processor | None], ...]  # row key and its bind processor, in placeholder order
 
 
-_compiled: dict[tuple[Insert, str, tuple[str, ...]], _Compiled] = {}
+# By dialect object, not name: a bind processor carries its dialect's settings (the JSON serializer).
+_compiled: dict[tuple[Insert, Dialect, tuple[str, ...]], _Compiled] = {}
 
 
 async def insert_many(session: AsyncSession, statement: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -48,19 +49,21 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Sequence[M
 
 
 def _plan(statement: Insert, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
-    found = _compiled.get((statement, dialect.name, keys))
+    found = _compiled.get((statement, dialect, keys))
     if found is not None:
         return found
     table = statement.table
-    columns = {column.key: column for column in table.columns}
-    defaulted = [k for k, column in columns.items() if k not in keys and column.default is not None]
+    defaulted = [c.key for c in table.columns if c.key not in keys and c.default is not None]
     if defaulted:
         raise ValueError(f"insert_many into {table}: rows leave out {defaulted}, which have defaults")
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     if not compiled.positional or compiled.positiontup is None:
         raise ValueError(f"insert_many needs a positional paramstyle, not {dialect.paramstyle}")
+    names = tuple(compiled.positiontup)
+    if sorted(names) != sorted(keys):  # bind names are the column keys, unless a key needs escaping
+        raise ValueError(f"insert_many into {table}: binds {names} do not match the row keys {keys}")
     order = tuple(
-        (key, columns[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in compiled.positiontup
+        (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
     )
-    found = _compiled[(statement, dialect.name, keys)] = _Compiled(compiled.string, order)
+    found = _compiled[(statement, dialect, keys)] = _Compiled(compiled.string, order)
     return found

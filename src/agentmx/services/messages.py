@@ -66,7 +66,7 @@ def contains(column: Any, value: str) -> Any:
 
 
 def json_contains(column: Any, value: str) -> Any:
-    """Substring of a JSON list column's text; SQLite stores non-ASCII as \\uXXXX escapes, so try both."""
+    """Substring of a JSON list column's text: raw UTF-8, or \\uXXXX escapes (rows written before orjson), so try both."""
     text = func.lower(cast(column, Text))
     escaped = json.dumps(value.lower())[1:-1]
     if escaped == value.lower():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from agentmx.errors import ValidationFailed
@@ -20,7 +21,7 @@ def _check_value(key: str, value: Any, *, allow_null: bool) -> None:
         return
     # bool is an int subclass; both are fine. Anything else (null, list, object) is not.
     if isinstance(value, bool | int | float):
-        if isinstance(value, float) and value != value:  # NaN never round-trips through JSON
+        if isinstance(value, float) and not math.isfinite(value):  # NaN and infinities are not JSON
             raise _error([key], "metadata values must be finite numbers")
         return
     if isinstance(value, str):
