@@ -6,7 +6,8 @@ SQLite needs to run the statement (bench/rest_read.py, py-spy). Here each statem
 once per dialect by SQLAlchemy itself, and its rows go through the very result processors
 SQLAlchemy would apply (UTCDateTime, JSON), so they hold the same values; only the plumbing
 around the driver call is skipped. PostgreSQL connections still come from the engine's pool;
-SQLite reads keep a few sqlite3 connections of their own (SQLiteReaders).
+SQLite reads keep a few sqlite3 connections of their own (SQLiteReaders). db/bulk prepares its
+INSERTs with the same DriverStatement.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy import Insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
@@ -31,7 +33,7 @@ Processor = Callable[[Any], Any] | None
 class DriverStatement:
     """One statement compiled for one dialect: its SQL, parameter order and row shaping."""
 
-    def __init__(self, stmt: TextualSelect | TextClause, dialect: Dialect) -> None:
+    def __init__(self, stmt: TextualSelect | TextClause | Insert, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         if compiled.post_compile_params:  # rendered per execution by SQLAlchemy, not here
             raise ValueError("driver_reads runs no expanding (IN-list) or literal_execute parameters")
