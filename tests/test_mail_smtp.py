@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import smtplib
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -243,3 +244,23 @@ def test_session_transcripts_are_logged_at_debug_only(
     assert client.inboxes.messages.list(inbox).count == 1
     server.stop()
     assert ("transcript@example.com" in server.log_path.read_text()) is (level == "debug")
+
+
+def test_ehlo_answer_is_whole_and_in_order(harness: Harness) -> None:
+    """The multi-line EHLO answer (sent in one write) reads as before, line by line."""
+    with socket.create_connection(("127.0.0.1", harness.server.smtp_port), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"EHLO client.example\r\n")
+        lines = [f.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(f.readline())
+        sock.sendall(b"MAIL FROM:<ehlo@example.com>\r\n")
+        assert f.readline().startswith(b"250")
+    assert lines == [
+        b"250-agentmx.localhost\r\n",
+        b"250-SIZE 10485760\r\n",
+        b"250-8BITMIME\r\n",
+        b"250-SMTPUTF8\r\n",
+        b"250 HELP\r\n",
+    ]

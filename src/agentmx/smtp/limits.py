@@ -121,20 +121,35 @@ class LimitedSMTP(SMTP):
         self._junk_limit = junk_limit if junk_limit > 0 else _UNLIMITED
         self._errors_left = self._error_limit
         self._junk_left = self._junk_limit
+        self._held: list[bytes] = []  # a multi-line reply's continuation lines, not sent yet
 
     async def push(self, status: Any) -> None:
-        """Every reply; permanent errors count against the session's error budget.
+        """Every reply line; permanent errors count against the session's error budget.
 
         Temporary ones do not: a 452 for recipients past the limit is how a pipelining client learns
         to send them in another transaction, and a 451 is our failure, not the client's.
+        A multi-line reply's continuation lines ("250-SIZE …") go out with its last line, in one
+        socket write: an EHLO answer was six writes, each a system call (with the peer's wake-up).
         """
-        await super().push(status)
+        if status[3:4] in ("-", b"-"):
+            self._held.append(self._encode(status))
+        elif self._held:
+            lines, self._held = [*self._held, self._encode(status)], []
+            await super().push(b"\r\n".join(lines))
+        else:
+            await super().push(status)
         if status[:1] not in ("5", b"5"):
             return
         self._errors_left -= 1
         if self._errors_left <= 0:
             # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
             self.close_with(S421_TOO_MANY_ERRORS)
+
+    def _encode(self, status: str | bytes) -> bytes:
+        """As aiosmtpd's push encodes a reply line."""
+        if isinstance(status, bytes):
+            return status
+        return status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
 
     def _junk_exhausted(self) -> bool:
         """Counts a command that moves no mail; True (and the session closed) past the budget."""
