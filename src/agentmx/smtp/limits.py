@@ -129,7 +129,7 @@ class LimitedSMTP(SMTP):
         Temporary ones do not: a 452 for recipients past the limit is how a pipelining client learns
         to send them in another transaction, and a 451 is our failure, not the client's.
         A multi-line reply's continuation lines ("250-SIZE …") go out with its last line, in one
-        socket write: an EHLO answer was six writes, each a system call (with the peer's wake-up).
+        socket write: an EHLO answer was five writes, each a system call (with the peer's wake-up).
         """
         if status[3:4] in ("-", b"-"):
             self._held.append(self._encode(status))
