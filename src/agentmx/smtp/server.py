@@ -18,6 +18,7 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
 
     if settings.smtp_port == 0:
         return _noop
-    if settings.effective_smtp_workers > 0:
-        return await workers.start(rt, settings.effective_smtp_workers)
+    count = settings.effective_smtp_workers  # auto reads the CPU affinity and cgroup quota: once
+    if count > 0:
+        return await workers.start(rt, count)
     return await listen(InboundHandler(rt), settings)
