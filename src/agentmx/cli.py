@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     log_setup.configure(settings.log_level)
-    from agentmx import server
+    from agentmx.db.migrate import prepare
 
-    server.prepare(settings)
+    prepare(settings)
     if args.command == "serve":
+        from agentmx import server
+
         try:
             with asyncio.Runner(loop_factory=server.loop_factory(settings)) as runner:
                 runner.run(server.run(settings))

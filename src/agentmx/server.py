@@ -15,7 +15,6 @@ import uvicorn
 from agentmx import event_loops, features
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
-from agentmx.db.migrate import upgrade
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
@@ -35,12 +34,6 @@ BACKGROUND: list[Starter] = []
 
 # A full collection runs after this many middle-generation ones (Python's default is 10).
 FULL_COLLECTION_EVERY = 100
-
-
-def prepare(settings: Settings) -> None:
-    """Create the data folder and bring the schema up to date (outside any event loop)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

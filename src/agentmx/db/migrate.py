@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from agentmx.settings import normalize_database_url
+from agentmx.settings import Settings, normalize_database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -22,3 +22,13 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str) -> None:
     """Bring the schema to head. Must run outside an event loop (Alembic's env runs its own)."""
     command.upgrade(alembic_config(url), "head")
+
+
+def prepare(settings: Settings) -> None:
+    """Create the data folder and bring the schema up to date (outside any event loop).
+
+    Every command runs this first; it lives here, not in ``server``, so that ``keys create`` and
+    ``db upgrade`` do not import the HTTP app (a second of a CLI call's two).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)

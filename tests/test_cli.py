@@ -1,0 +1,40 @@
+"""The command line's maintenance commands: they set up storage without loading the HTTP server."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+# Runs a command in-process and prints which of the server's modules it loaded.
+_PROBE = """
+import sys
+from agentmx.cli import main
+code = main(sys.argv[1:])
+print(sorted(m for m in ("agentmx.server", "agentmx.http.app", "uvicorn") if m in sys.modules))
+raise SystemExit(code)
+"""
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True, timeout=120
+    )
+
+
+def test_db_upgrade_builds_the_schema_without_the_http_app(tmp_path: Path) -> None:
+    out = _run("db", "upgrade", "--data-dir", str(tmp_path / "d"))
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "database is up to date" in out.stderr
+    with sqlite3.connect(tmp_path / "d" / "agentmx.db") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"inboxes", "messages", "api_keys", "alembic_version"} <= tables
+
+
+def test_keys_create_prints_a_key_without_the_http_app(tmp_path: Path) -> None:
+    out = _run("keys", "create", "--name", "script", "--data-dir", str(tmp_path / "d"))
+    secret, loaded = out.stdout.strip().splitlines()
+    assert secret.startswith("am_") and len(secret) > 20
+    assert loaded == "[]"
+    assert "organization scope" in out.stderr
