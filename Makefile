@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentmx serve
 
+# Tests run in parallel: most of their time is spent waiting on servers, schedules and retries.
+# One worker per CPU, at most four (each starts its own SQLite and PostgreSQL servers).
+# TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
