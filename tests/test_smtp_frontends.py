@@ -203,13 +203,13 @@ def test_front_ends_run_on_the_event_loop_asked_for(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_auto_starts_one_front_end_on_sqlite_with_two_usable_cpus(
+def test_auto_starts_one_front_end_with_two_usable_cpus(
     fresh_server: Callable[..., ServerProcess], backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AGENTMX_SMTP_WORKERS", raising=False)
     assert Settings().smtp_workers == "auto"  # the default
     server = fresh_server(backend, env={"AGENTMX_SMTP_WORKERS": "auto"}).start()
-    expected = 1 if backend == "sqlite" and usable_cpus() >= 2 else 0
+    expected = 1 if usable_cpus() >= 2 else 0
     assert len(front_ends(server)) == expected
     inbox = _client(server).inboxes.create().inbox_id
     smtp_send(server, [inbox], make_message(inbox).as_bytes())

@@ -82,9 +82,9 @@ class Settings(BaseSettings):
         "auto",
         description="SMTP front-end processes: they serve the SMTP sessions and parse the mail on other cores; "
         "this process still checks each recipient and stores each message before its 250. 0 serves SMTP in "
-        "this process. auto: 1 on SQLite when this process may use 2 or more CPUs (affinity and cgroup quota), else 0. On 2 cores, 1 took "
-        "SQLite ingest up by a half or more; with PostgreSQL on the same cores it gained up to a tenth, and once "
-        "lost as much (BENCHMARKS.md).",
+        "this process. auto: 1 when this process may use 2 or more CPUs (affinity and cgroup quota), else 0. On 2 cores, 1 took "
+        "SQLite ingest up by a half or more, and PostgreSQL ingest (the database on the same cores) up by about a "
+        "sixth (BENCHMARKS.md).",
     )
     smtp_frontend_loop: LoopChoice = Field(
         "auto",
@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     def effective_smtp_workers(self) -> int:
         if self.smtp_workers != "auto":
             return self.smtp_workers
-        return 1 if self.is_sqlite and usable_cpus() >= 2 else 0
+        return 1 if usable_cpus() >= 2 else 0
 
     @property
     def base_url(self) -> str:

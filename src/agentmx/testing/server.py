@@ -68,7 +68,7 @@ class ServerProcess:
                 "AGENTMX_WEBHOOK_ALLOW_PRIVATE": "true",
                 "AGENTMX_LOG_LEVEL": "warning",
                 # SMTP in the server process unless a test asks for front ends (the default, auto,
-                # starts one on SQLite): a front end's start would add to every server's.
+                # starts one with 2 or more CPUs): a front end's start would add to every server's.
                 "AGENTMX_SMTP_WORKERS": "0",
             }
         )
