@@ -198,10 +198,6 @@ class Settings(BaseSettings):
         return (self.blob_dir or self.data_dir / "blobs").expanduser().resolve()
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.effective_database_url.startswith("sqlite")
-
-    @property
     def effective_smtp_workers(self) -> int:
         if self.smtp_workers != "auto":
             return self.smtp_workers
