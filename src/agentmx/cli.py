@@ -12,8 +12,10 @@ import asyncio
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from agentmx import __version__, log_setup
-from agentmx.settings import Settings
+from agentmx.settings import ConfigError, Settings
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +87,21 @@ async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"])
+            where = f"AGENTMX_{name.upper()}: " if name else ""
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+            print(f"agentmx: invalid setting {where}{message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"agentmx: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     log_setup.configure(settings.log_level)
     from agentmx.db.migrate import prepare

@@ -11,10 +11,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentmx.event_loops import Choice as LoopChoice
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used (a file that does not load, ...): the CLI prints it and exits."""
 
 
 class Settings(BaseSettings):
@@ -123,6 +127,13 @@ class Settings(BaseSettings):
         description="NOOP, RSET, VRFY and HELP commands (together) an SMTP session may send without delivering a "
         "message before it is closed with 421, as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
     )
+    smtp_tls_cert: str = Field(
+        "",
+        description="PEM certificate chain file for inbound STARTTLS (with AGENTMX_SMTP_TLS_KEY). Empty: the SMTP "
+        "listener offers no STARTTLS. The files are read again for new sessions when they change (certificate "
+        "renewals need no restart).",
+    )
+    smtp_tls_key: str = Field("", description="PEM private key file of AGENTMX_SMTP_TLS_CERT.")
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."
     )
@@ -188,6 +199,16 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
+            raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
+        return self
+
+    @property
+    def smtp_tls(self) -> bool:
+        return bool(self.smtp_tls_cert)
 
     @property
     def effective_database_url(self) -> str:

@@ -33,6 +33,7 @@ from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import LinkClosed, Prepared, RcptReply
 from agentmx.smtp.listener import listen
 from agentmx.smtp.replies import S250_OK, S451_TEMP_FAILURE, S452_TOO_MANY_RECIPIENTS
+from agentmx.smtp.tls import describe
 from agentmx.smtp.trace import trace_headers
 
 log = logging.getLogger("agentmx.smtp")
@@ -170,8 +171,9 @@ class ForwardingHandler(HookNames):
         return_paths: set[str] = getattr(envelope, "agentmx_return_paths", set())
         local = [rcpt for rcpt in rcpt_tos if rcpt not in return_paths]
         prepared = None
+        tls = describe(session)
         if local:  # what the server would do first, done here: the trace fields and the parse
-            trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local)
+            trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local, tls)
             prepared = Prepared(local, trace, await parse_off_loop(trace + raw))
         try:
             # A big message whose parse would not fit a frame goes without it: the server parses.
@@ -182,6 +184,7 @@ class ForwardingHandler(HookNames):
                 rcpt_tos,
                 session.host_name,
                 session.peer,
+                tls,
                 prepared,
                 frame_limit=self.frame_limit,
             )

@@ -17,6 +17,7 @@ from agentmx.smtp import replies
 from agentmx.smtp.data import body_of
 from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import Prepared, RcptReply
+from agentmx.smtp.tls import describe
 from agentmx.smtp.trace import trace_headers
 
 log = logging.getLogger("agentmx.smtp")
@@ -45,9 +46,13 @@ async def accept_data(
     rcpt_tos: list[str],
     helo: str | None,
     peer: Any,
+    tls: str | None = None,
     prepared: Prepared | None = None,
 ) -> str:
-    """Store the message for its recipients; the reply to the end of DATA."""
+    """Store the message for its recipients; the reply to the end of DATA.
+
+    ``tls``: the session's TLS (``smtp.tls.describe``), None for plain text.
+    """
     try:
         rcpt_tos = await _return_paths(rt, raw, rcpt_tos)
         if not rcpt_tos:
@@ -56,7 +61,7 @@ async def accept_data(
         if prepared is not None and prepared.rcpt_tos == rcpt_tos:
             trace, parsed = prepared.trace, prepared.parsed
         else:
-            trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos)
+            trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls)
         results = await mailstore.receive(rt, trace + raw, mail_from, rcpt_tos, parsed=parsed)
     except AgentMXError as exc:
         log.warning("inbound message refused: %s", exc)
@@ -100,5 +105,11 @@ class InboundHandler(HookNames):
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         rcpt_tos = list(envelope.rcpt_tos)
         return await accept_data(
-            self.rt, body_of(envelope), envelope.mail_from or "", rcpt_tos, session.host_name, session.peer
+            self.rt,
+            body_of(envelope),
+            envelope.mail_from or "",
+            rcpt_tos,
+            session.host_name,
+            session.peer,
+            describe(session),
         )

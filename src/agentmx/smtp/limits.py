@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
 from agentmx.smtp.replies import (
     S421_TIMEOUT,
+    S421_TLS_FAILED,
     S421_TOO_MANY_CONNECTIONS,
     S421_TOO_MANY_ERRORS,
     S421_TOO_MANY_JUNK_COMMANDS,
 )
+
+log = logging.getLogger("agentmx.smtp")
 
 _UNLIMITED = 1 << 62
 MAX_RECIPIENTS = 1000  # per transaction, Postfix's smtpd_recipient_limit
@@ -174,6 +178,16 @@ class LimitedSMTP(SMTP):
     async def smtp_HELP(self, arg: str) -> None:  # noqa: N802
         if not self._junk_exhausted():
             await super().smtp_HELP(arg)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # Scanners and clients with no cipher in common fail here all day: one line, no traceback.
+            # aiosmtpd closes the connection itself; this reply is never sent.
+            peer = self.session.peer if self.session is not None else None
+            log.info("%r STARTTLS handshake failed: %s", peer, error.__cause__)
+            return S421_TLS_FAILED
+        status: str = await super().handle_exception(error)
+        return status
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd re-arms its timeout on connect and on each command: the reaper's clock too.

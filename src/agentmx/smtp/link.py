@@ -9,7 +9,7 @@ any length its buffer cannot hold, and ext types are refused here. The dataclass
 carries travel as tagged arrays (``_to_plain``), rebuilt field by field on arrival.
 
 Front end to server: ``("ready",)`` once listening, then requests ``(kind, request_id, ...)``:
-``("rcpt", id, address, accepted)`` and ``("data", id, raw, mail_from, rcpt_tos, helo, peer,
+``("rcpt", id, address, accepted)`` and ``("data", id, raw, mail_from, rcpt_tos, helo, peer, tls,
 prepared)``. Server to front end: the settings first, then ``(request_id, reply)`` per request.
 """
 

@@ -19,6 +19,7 @@ from agentmx.settings import Settings
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.replies import S421_SHUTTING_DOWN
 from agentmx.smtp.stress import StressReaper
+from agentmx.smtp.tls import TlsContexts
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -37,6 +38,7 @@ async def listen(
     max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     max_connections = max(1, -(-max_connections // share))
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
+    tls = TlsContexts(settings.smtp_tls_cert, settings.smtp_tls_key) if settings.smtp_tls else None
 
     def factory() -> SMTP:
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
@@ -51,6 +53,7 @@ async def listen(
             hostname=settings.hostname,
             ident="agentmx ESMTP",
             timeout=settings.smtp_timeout,
+            tls_context=tls.current() if tls else None,  # offered, never required (RFC 3207 4)
         )
 
     loop = asyncio.get_running_loop()

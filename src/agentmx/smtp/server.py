@@ -8,6 +8,7 @@ from agentmx.services.runtime import Runtime
 from agentmx.smtp import workers
 from agentmx.smtp.handler import InboundHandler
 from agentmx.smtp.listener import listen
+from agentmx.smtp.tls import load_context
 
 
 async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
@@ -18,6 +19,8 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
 
     if settings.smtp_port == 0:
         return _noop
+    if settings.smtp_tls:
+        load_context(settings.smtp_tls_cert, settings.smtp_tls_key)  # here, not in each front end
     count = settings.effective_smtp_workers  # auto reads the CPU affinity and cgroup quota: once
     if count > 0:
         return await workers.start(rt, count)
