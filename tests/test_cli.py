@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -38,3 +39,20 @@ def test_keys_create_prints_a_key_without_the_http_app(tmp_path: Path) -> None:
     assert secret.startswith("am_") and len(secret) > 20
     assert loaded == "[]"
     assert "organization scope" in out.stderr
+
+
+def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")} | {"AGENTMX_HTTP_PORT": "abc"}
+    out = subprocess.run(
+        [sys.executable, "-m", "agentmx", "keys", "create", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.startswith(
+        "agentmx: invalid setting AGENTMX_HTTP_PORT: Input should be a valid integer"
+    )
+    assert len(out.stderr.strip().splitlines()) == 1
