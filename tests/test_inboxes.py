@@ -161,6 +161,8 @@ def test_search(harness: Harness) -> None:
     assert inbox.inbox_id in [i.inbox_id for i in client.inboxes.search(q=name).inboxes]
     assert inbox.inbox_id in [i.inbox_id for i in client.inboxes.search(q="billing rob").inboxes]
     assert client.inboxes.search(q=inbox.inbox_id).inboxes[0].inbox_id == inbox.inbox_id
+    zurich = client.inboxes.create(request=CreateInboxRequest(display_name="Büro ZÜRICH")).inbox_id
+    assert zurich in [i.inbox_id for i in client.inboxes.search(q="büro zürich").inboxes]
     with pytest.raises(ValidationError):
         client.inboxes.search(q="x", request_options=NO_RETRY)
 

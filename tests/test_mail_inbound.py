@@ -267,6 +267,37 @@ def test_filters_search_and_paging(harness: Harness) -> None:
     assert info.value.status_code == 400
 
 
+def test_search_and_filters_fold_non_ascii_letters(harness: Harness) -> None:
+    """SQLite's own lower() folds ASCII only; PostgreSQL's follows the database's character type."""
+    client = harness.client()
+    box = client.inboxes.create().inbox_id
+    other = client.inboxes.create().inbox_id
+    m = make_message(
+        box,
+        subject="Überweisung März",
+        text="Die RECHNUNG für ÄPFEL",
+        sender="Jürgen Groß <j@example.com>",
+    )
+    smtp_send(harness.server, [box], m.as_bytes())
+    smtp_send(
+        harness.server,
+        [box],
+        make_message(box, subject="Uberweisung", sender="Jurgen <k@example.com>").as_bytes(),
+    )
+    assert [x.subject for x in client.inboxes.messages.search(box, q="überweisung").messages] == [
+        "Überweisung März"
+    ]
+    assert client.inboxes.messages.search(box, q="äpfel rechnung").count == 1
+    assert client.inboxes.messages.search(box, q="MÄRZ").count == 1
+    assert client.inboxes.messages.list(box, subject=["ÜBERWEISUNG"]).count == 1
+    assert client.inboxes.messages.list(box, from_=["JÜRGEN GROSS"]).count == 0  # lower(), not casefold()
+    assert client.inboxes.messages.list(box, from_=["jürgen groß"]).count == 1
+    assert client.inboxes.messages.list(box, subject=["uberweisung"]).count == 1  # no accent folding
+    assert client.inboxes.threads.search(box, q="märz").count == 1
+    assert client.inboxes.threads.list(box, senders=["JÜRGEN"]).count == 1
+    assert client.inboxes.messages.search(other, q="überweisung").count == 0
+
+
 def test_batch_get_update_and_delete(harness: Harness) -> None:
     client = harness.client()
     inbox = client.inboxes.create()

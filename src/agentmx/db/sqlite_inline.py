@@ -21,10 +21,11 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import aiosqlite
+
+from agentmx.db import text_match
 
 
 class _InlineQueue:
@@ -135,8 +136,14 @@ PRAGMAS = (
 def connector(url: str) -> Callable[[], sqlite3.Connection]:
     """Opens a sqlite3 connection to a sqlite+aiosqlite:/// URL's file, PRAGMAS not yet applied."""
     path = url.split(":///", 1)[1]
-    # isolation_level=None: autocommit at the driver, so the engine's "begin" hook picks the lock mode.
-    return partial(sqlite3.connect, path, timeout=30, check_same_thread=False, isolation_level=None)
+
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: autocommit at the driver, so the engine's "begin" hook picks the lock mode.
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        text_match.register(conn)
+        return conn
+
+    return connect
 
 
 def async_creator(url: str) -> Callable[[], Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ApiKey, Inbox
+from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
 from agentmx.ids import random_username
@@ -232,7 +233,7 @@ async def search_inboxes(
     for word in words:
         pattern = f"%{word.replace('%', '').replace('_', '')}%"
         stmt = stmt.where(
-            or_(func.lower(Inbox.id).like(pattern), func.lower(Inbox.display_name).like(pattern))
+            or_(lowered(Inbox.id, word).like(pattern), lowered(Inbox.display_name, word).like(pattern))
         )
     candidates = (await session.scalars(stmt.order_by(Inbox.created_at.desc()).limit(5000))).all()
     ranked = sorted(

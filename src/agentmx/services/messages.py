@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, Text, cast, delete, exists, func, or_, select
+from sqlalchemy import FromClause, Text, cast, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events
@@ -62,12 +63,12 @@ def _like(value: str) -> str:
 
 
 def contains(column: Any, value: str) -> Any:
-    return func.lower(column).like(_like(value), escape="\\")
+    return lowered(column, value).like(_like(value), escape="\\")
 
 
 def json_contains(column: Any, value: str) -> Any:
     """Substring of a JSON list column's text: raw UTF-8, or \\uXXXX escapes (rows written before orjson), so try both."""
-    text = func.lower(cast(column, Text))
+    text = lowered(cast(column, Text), value)
     escaped = json.dumps(value.lower())[1:-1]
     if escaped == value.lower():
         return text.like(_like(value), escape="\\")
