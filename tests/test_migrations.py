@@ -56,3 +56,13 @@ def test_downgrading_past_inline_blobs_refuses_to_lose_them(tmp_path: Path) -> N
         command.downgrade(alembic_config(f"sqlite:///{path}"), "0006")
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM inline_blobs").fetchone() == (1,)
+
+
+def test_small_blobs_no_row_names_are_queued_for_the_collector_on_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    command.upgrade(alembic_config(f"sqlite:///{path}"), "0007")
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO inline_blobs (key, data) VALUES ('left-by-a-deleted-message', x'00')")
+    upgrade(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT key FROM blob_candidates").fetchall() == [("left-by-a-deleted-message",)]

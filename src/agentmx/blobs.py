@@ -10,9 +10,12 @@ entries of every rename before it, so the others cost little.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -24,6 +27,7 @@ class BlobStore:
         # put_many callers waiting for the next worker-thread trip, with the loop they wait on.
         self._pending: list[tuple[list[bytes], asyncio.Future[list[str]]]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._lock_path = os.path.join(self.root, ".gc-lock")
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key
@@ -39,7 +43,7 @@ class BlobStore:
         key = hashlib.sha256(data).hexdigest()
         folder = os.path.join(self.root, key[:2], key[2:4])
         path = os.path.join(folder, key)
-        if os.path.exists(path):
+        if self._touch(path):
             unsynced_dirs.add(folder)  # a write that failed before its folder sync may have left it
             return key
         if folder not in self._dirs:
@@ -114,6 +118,50 @@ class BlobStore:
         except OSError as exc:  # no caller may count on a name that might not survive
             return [exc for _ in batch]
         return out
+
+    def _touch(self, path: str) -> bool:
+        """Mark an existing file as just used (the collector then leaves it); False if there is none."""
+        with self._gc_lock(fcntl.LOCK_SH):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def collect_sync(self, keys: list[str], unused_since: float) -> list[str]:
+        """Delete the files of ``keys`` (no row names them) last used before ``unused_since`` (Unix
+        time); returns the keys that have no file now. A file used since is kept.
+
+        Under the store's lock: a writer that finds a file and marks it used (``_touch``) either
+        does so before the check here, or finds no file and writes it anew.
+        """
+        gone: list[str] = []
+        folders: set[str] = set()
+        with self._gc_lock(fcntl.LOCK_EX):
+            for key in keys:
+                path = self._path(key)
+                try:
+                    if path.stat().st_mtime >= unused_since:
+                        continue
+                    path.unlink()
+                    folders.add(str(path.parent))
+                except FileNotFoundError:
+                    pass
+                gone.append(key)
+        _fsync_dirs(folders)
+        return gone
+
+    @contextlib.contextmanager
+    def _gc_lock(self, mode: int) -> Iterator[None]:
+        # A descriptor of its own each time: flock locks belong to the open file, so threads of one
+        # process sharing a descriptor would not exclude each other. Processes sharing the store
+        # (several agentmx on one PostgreSQL database) do, through the same file.
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def get_sync(self, key: str) -> bytes:
         return self._path(key).read_bytes()

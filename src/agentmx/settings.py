@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         "transaction that names them, instead of as files in blob_dir (each file costs two fsyncs). "
         "0 stores every blob as a file.",
     )
+    blob_gc_delay: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds the bytes of deleted mail (raw .eml, attachments, draft attachments) are kept after "
+        "their last use before they are deleted, when no message or draft names them any more. It must exceed the "
+        "longest transaction: one that stores the same bytes again keeps them.",
+    )
     database_url: str = Field(
         "",
         description="SQLAlchemy URL. Empty means SQLite at <data_dir>/agentmx.db. "

@@ -1,4 +1,4 @@
-"""Mail feature wiring: the SMTP listener as a background service, inbox cleanup of mail rows."""
+"""Mail feature wiring: the SMTP listener and the blob collector as background services, inbox cleanup of mail rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx import server
 from agentmx.db.models import Inbox, Message, Thread
-from agentmx.services import inboxes
+from agentmx.services import blob_gc, inboxes
 from agentmx.smtp import server as smtp_server
 
 
@@ -18,4 +18,5 @@ async def delete_inbox_mail(session: AsyncSession, inbox: Inbox) -> None:
 
 
 server.BACKGROUND.append(smtp_server.start)
+server.BACKGROUND.append(blob_gc.start)
 inboxes.inbox_cleanup.append(delete_inbox_mail)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 
 from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -44,18 +45,21 @@ async def put_many(rt: Runtime, items: list[bytes]) -> tuple[list[str], Inline]:
 
 
 async def insert(session: AsyncSession, inline: Inline) -> None:
-    """Store small blobs in the caller's transaction; bytes stored before (same key) are kept."""
+    """Store small blobs in the caller's transaction; bytes stored before (same key) are kept,
+    and marked as just used, so the blob collector leaves them to this transaction (services/blob_gc)."""
     if not inline:
         return
+    now = int(time.time())
     # In key order: two transactions sharing blobs must not take their row locks in opposite orders.
-    rows = [{"key": key, "data": inline[key]} for key in sorted(inline)]
+    rows = [{"key": key, "data": inline[key], "touched_at": now} for key in sorted(inline)]
     await insert_many(session, _insert_new(session.get_bind().dialect.name), rows)
 
 
 @functools.cache
 def _insert_new(dialect: str) -> Insert:
     build = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return build(table_of(InlineBlob)).on_conflict_do_nothing()
+    stmt = build(table_of(InlineBlob))
+    return stmt.on_conflict_do_update(index_elements=["key"], set_={"touched_at": stmt.excluded.touched_at})
 
 
 async def read(rt: Runtime, key: str, session: AsyncSession | None = None) -> bytes | None:

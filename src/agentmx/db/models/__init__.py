@@ -7,6 +7,7 @@ from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
 from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.mail import (
     Attachment,
+    BlobCandidate,
     IdempotencyRecord,
     InlineBlob,
     Message,
@@ -19,6 +20,7 @@ from agentmx.db.models.runtime import Event, Job, ServerState
 __all__ = [
     "ApiKey",
     "Attachment",
+    "BlobCandidate",
     "Domain",
     "Draft",
     "DraftAttachment",

@@ -73,6 +73,7 @@ class DraftAttachment(Base):
     """Attachment bytes live in the blob store under ``blob_key``."""
 
     __tablename__ = "draft_attachments"
+    __table_args__ = (Index("ix_draft_attachments_blob_key", "blob_key"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # att_…
     draft_pk: Mapped[str] = mapped_column(ForeignKey("drafts.id", ondelete="CASCADE"), index=True)

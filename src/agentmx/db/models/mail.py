@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from agentmx.db.base import Base
@@ -49,6 +49,7 @@ class Message(Base):
         UniqueConstraint("inbox_id", "message_id", name="uq_messages_inbox_message_id"),
         Index("ix_messages_inbox_ts", "inbox_id", "timestamp", "id"),
         Index("ix_messages_thread_ts", "thread_id", "timestamp", "id"),
+        Index("ix_messages_blob_key", "blob_key"),  # is a blob still named? (services/blob_gc)
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # internal msg_… key
@@ -103,6 +104,7 @@ class MessageLabel(Base):
 
 class Attachment(Base):
     __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_blob_key", "blob_key"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # att_…, unique server-wide
     message_pk: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
@@ -125,6 +127,21 @@ class InlineBlob(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    # Unix time of the last transaction that stored these bytes (again): a blob that lost its last
+    # row is deleted only once this is older than blob_gc_delay, so a transaction naming it anew is safe.
+    touched_at: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class BlobCandidate(Base):
+    """A blob key whose naming row (message, attachment, draft attachment) was deleted.
+
+    Written by database triggers on those tables (migration 0008), so every way of deleting them,
+    cascades included, leaves its keys here; ``services/blob_gc`` deletes the bytes no row names.
+    """
+
+    __tablename__ = "blob_candidates"
+
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
 
 
 class OutboundRecipient(Base):
