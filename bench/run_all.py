@@ -30,6 +30,7 @@ from common import Report, finish
 
 BENCHES = {
     "smtp_ingest": (smtp_ingest, [], ["--messages", "20000"]),
+    "smtp_ingest_tls": (smtp_ingest, ["--starttls"], ["--messages", "5000"]),
     "store_path": (store_path, [], ["--messages", "8000"]),
     "crash_safety": (crash_safety, [], ["--kills", "20", "--max-seconds", "600"]),
     "ws": (ws_latency, [], ["--rate", "20", "--seconds", "10"]),

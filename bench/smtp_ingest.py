@@ -9,7 +9,12 @@ smtp-source (C, lighter on the shared CPUs).
 
 Goal (PERFORMANCE-RELIABILITY.md section 4): agentmx >= 500 msg/s and >= 0.6 x aiosmtpd Sink.
 
+With ``--starttls`` every session first negotiates TLS (a self-signed ECDSA P-256 certificate):
+aiosmtplib only, against the aiosmtpd Sink with the same certificate (targets "... tls"); the
+ratios are printed, the goals are for plain text.
+
     python bench/smtp_ingest.py --messages 2000 --backend both
+    python bench/smtp_ingest.py --messages 2000 --starttls
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from common import (
 )
 from smtp_load import LoadResult, aiosmtplib_load, smtp_source_load
 
+from agentmx.testing.certs import unverified_client_context, write_self_signed
+
 BENCH = "smtp_ingest"
 RCPT_BASELINE = "sink@bench.example"
 
 
-def label(backend: str, smtp_workers: int) -> str:
-    return f"agentmx-{backend}" + (f" w{smtp_workers}" if smtp_workers else "")
+def label(backend: str, smtp_workers: int, tls: bool = False) -> str:
+    return f"agentmx-{backend}" + (f" w{smtp_workers}" if smtp_workers else "") + (" tls" if tls else "")
 
 
 def record(report: Report, target: str, gen: str, res: LoadResult | None, cpu: float) -> None:
@@ -72,10 +79,11 @@ def drive(
     port: int, rcpt: str, args: argparse.Namespace, target: str, report: Report, pid: int | None
 ) -> None:
     """Warm up, then run both load generators against one listening server."""
-    asyncio.run(aiosmtplib_load(port, rcpt, min(100, args.messages), args.sessions, args.size))
+    tls = unverified_client_context() if args.starttls else None
+    asyncio.run(aiosmtplib_load(port, rcpt, min(100, args.messages), args.sessions, args.size, tls=tls))
     if "aiosmtplib" in args.generators:
         cpu0 = tree_cpu_seconds(pid)
-        res = asyncio.run(aiosmtplib_load(port, rcpt, args.messages, args.sessions, args.size))
+        res = asyncio.run(aiosmtplib_load(port, rcpt, args.messages, args.sessions, args.size, tls=tls))
         record(report, target, "aiosmtplib", res, tree_cpu_seconds(pid) - cpu0)
     if "smtp-source" in args.generators:
         cpu0 = tree_cpu_seconds(pid)
@@ -109,7 +117,14 @@ def wait_stored(app: Agentmx, inbox: str, expected: int, timeout: float = 60.0) 
     return last
 
 
-def run_baselines(args: argparse.Namespace, report: Report) -> None:
+def run_baselines(args: argparse.Namespace, report: Report, certs: Path | None) -> None:
+    if certs is not None:  # the one baseline that speaks STARTTLS
+        port = free_port()
+        cmd = [PY, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
+        cmd[-2:-2] = ["--tlscert", str(certs / "cert.pem"), "--tlskey", str(certs / "key.pem")]
+        with subprocess_server(cmd, port) as proc:
+            drive(port, RCPT_BASELINE, args, "aiosmtpd Sink tls", report, proc.pid)
+        return
     with smtp_sink() as sink:
         if sink:
             drive(sink[0], RCPT_BASELINE, args, "postfix smtp-sink", report, sink[1])
@@ -128,21 +143,40 @@ def run_baselines(args: argparse.Namespace, report: Report) -> None:
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
-    header(f"SMTP ingest: {args.messages} x {args.size} B, {args.sessions} sessions")
+    header(
+        f"SMTP ingest: {args.messages} x {args.size} B, {args.sessions} sessions{', STARTTLS' * args.starttls}"
+    )
+    if args.starttls:
+        args.generators = ["aiosmtplib"]  # smtp-source and smtp-sink speak no TLS
+        with tempfile.TemporaryDirectory() as tmp:
+            write_self_signed(Path(tmp))
+            measure(args, report, Path(tmp))
+        return
     if postfix_tool("smtp-sink") is None:
         report.note(
             "postfix smtp-sink/smtp-source not installed (apt-get install postfix): C baseline skipped"
         )
         args.generators = [g for g in args.generators if g != "smtp-source"]
 
-    if not args.agentmx_only:
-        run_baselines(args, report)
+    measure(args, report, None)
 
+
+def measure(args: argparse.Namespace, report: Report, certs: Path | None) -> None:
+    """The baselines, agentmx on each backend and front-end count, then the ratios and goals."""
+    tls = certs is not None
+    if not args.agentmx_only:
+        run_baselines(args, report, certs)
+
+    env = (
+        {"AGENTMX_SMTP_TLS_CERT": str(certs / "cert.pem"), "AGENTMX_SMTP_TLS_KEY": str(certs / "key.pem")}
+        if certs
+        else {}
+    )
     for backend in backends(args.backend):
         for workers in args.smtp_workers:
-            with agentmx_server(backend, env={"AGENTMX_SMTP_WORKERS": str(workers)}) as app:
+            with agentmx_server(backend, env={**env, "AGENTMX_SMTP_WORKERS": str(workers)}) as app:
                 inbox = app.create_inbox("ingest")
-                target = label(backend, workers)
+                target = label(backend, workers, tls)
                 drive(
                     app.server.smtp_port,
                     inbox,
@@ -160,11 +194,14 @@ def run(args: argparse.Namespace, report: Report) -> None:
     for gen in args.generators:
         metric = f"msg/s [{gen}]"
         for backend, workers in itertools.product(backends(args.backend), args.smtp_workers):
-            ours = label(backend, workers)
-            ratio = report.ratio(BENCH, metric, ours, "aiosmtpd Sink")
-            report.ratio(BENCH, metric, ours, "postfix smtp-sink")
+            ours = label(backend, workers, tls)
+            sink = "aiosmtpd Sink tls" if tls else "aiosmtpd Sink"
+            ratio = report.ratio(BENCH, metric, ours, sink)
             # CPU per message is what a busy shared machine distorts least: Sink CPU / ours CPU.
-            report.ratio(BENCH, f"server CPU/msg [{gen}]", "aiosmtpd Sink", ours)
+            report.ratio(BENCH, f"server CPU/msg [{gen}]", sink, ours)
+            if tls:
+                continue
+            report.ratio(BENCH, metric, ours, "postfix smtp-sink")
             rate = report.get(BENCH, ours, metric)
             goal = 500 if backend == "sqlite" else 400
             report.check(BENCH, f"{ours} >= {goal} msg/s [{gen}]", rate, rate >= goal)
@@ -188,6 +225,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=[0, 1],
         help="AGENTMX_SMTP_WORKERS values to run agentmx with (0: SMTP in the server process)",
+    )
+    p.add_argument(
+        "--starttls",
+        action="store_true",
+        help="every session negotiates STARTTLS (aiosmtplib and the aiosmtpd Sink only)",
     )
     p.add_argument(
         "--agentmx-only",

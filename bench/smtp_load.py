@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,9 +29,15 @@ class LoadResult:
 
 
 async def send_one(
-    port: int, rcpt: str, n: int, size: int, result: LoadResult, timeout: float = 30.0
+    port: int,
+    rcpt: str,
+    n: int,
+    size: int,
+    result: LoadResult,
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> bool:
-    """One SMTP transaction on its own connection (like smtp-source without -d)."""
+    """One SMTP transaction on its own connection (like smtp-source without -d); over STARTTLS with ``tls``."""
     message_id, data = make_message(n, size, to=rcpt)
     client = aiosmtplib.SMTP(
         hostname="127.0.0.1", port=port, timeout=timeout, start_tls=False, local_hostname="bench.example"
@@ -39,6 +46,9 @@ async def send_one(
     try:
         await client.connect()
         await client.ehlo()
+        if tls is not None:
+            await client.starttls(tls_context=tls)
+            await client.ehlo()
         await client.mail("load@bench.example")
         await client.rcpt(rcpt)
         t0 = time.perf_counter()
@@ -65,6 +75,7 @@ async def aiosmtplib_load(
     deadline: float = 120.0,
     stop: Callable[[], bool] | None = None,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """``sessions`` concurrent clients share ``messages`` transactions; bounded by ``deadline`` seconds."""
     result = LoadResult()
@@ -75,7 +86,7 @@ async def aiosmtplib_load(
         for n in counter:
             if time.monotonic() > end or (stop and stop()):
                 return
-            if not await send_one(port, rcpt, n, size, result, timeout):
+            if not await send_one(port, rcpt, n, size, result, timeout, tls):
                 await asyncio.sleep(0.05)
 
     t0 = time.perf_counter()

@@ -10,59 +10,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from agentmx.testing.certs import key_pem, replace, unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
 from mail_support import download, make_message, smtp_send
 
 SMALL_LIMIT = 1024 * 1024  # a 1 MB message, with its parse, is too big for a front end's link frame
-
-
-def write_certificate(folder: Path, name: str = "mx.example.test") -> bytes:
-    """A self-signed certificate and its key as cert.pem and key.pem (replaced atomically, as ACME
-    clients do); returns the certificate in DER form."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    replace(folder / "key.pem", key_pem)
-    replace(folder / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def replace(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # self-signed: what is checked is which certificate came
-    return context
 
 
 def tls_send(server: ServerProcess, rcpt: str, raw: bytes) -> bytes:
@@ -70,7 +28,7 @@ def tls_send(server: ServerProcess, rcpt: str, raw: bytes) -> bytes:
     with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
         smtp.ehlo("sender.example")
         assert smtp.has_extn("starttls")
-        smtp.starttls(context=client_context())
+        smtp.starttls(context=unverified_client_context())
         assert isinstance(smtp.sock, ssl.SSLSocket)
         peer = smtp.sock.getpeercert(binary_form=True)
         smtp.ehlo("sender.example")
@@ -82,7 +40,7 @@ def tls_send(server: ServerProcess, rcpt: str, raw: bytes) -> bytes:
 
 def served_certificate(server: ServerProcess) -> bytes:
     with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
-        smtp.starttls(context=client_context())
+        smtp.starttls(context=unverified_client_context())
         assert isinstance(smtp.sock, ssl.SSLSocket)
         peer = smtp.sock.getpeercert(binary_form=True)
     assert peer is not None
@@ -103,7 +61,7 @@ class Served:
 @pytest.fixture(scope="module", params=["0", "1"], ids=["in-process", "front-end"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"starttls-{request.param}")
-    cert = write_certificate(tmp)
+    cert = write_self_signed(tmp)
     env = {
         "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
         "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
@@ -176,14 +134,14 @@ def test_a_failed_handshake_ends_only_its_own_session(served: Served) -> None:
 
 
 def test_a_renewed_certificate_is_served_without_a_restart(served: Served) -> None:
-    renewed = write_certificate(served.folder)
+    renewed = write_self_signed(served.folder)
     deadline = time.monotonic() + 10
     while (got := served_certificate(served.server)) != renewed and time.monotonic() < deadline:
         time.sleep(0.2)
     assert got == renewed
     # A renewal that does not load (here: a key of another certificate) keeps the last good one.
     good_key = (served.folder / "key.pem").read_bytes()
-    replace(served.folder / "key.pem", ec_key_pem())
+    replace(served.folder / "key.pem", key_pem())
     time.sleep(1.5)
     inbox = served.client.inboxes.create().inbox_id
     msg = make_message(inbox, subject="After a bad renewal")
@@ -191,12 +149,6 @@ def test_a_renewed_certificate_is_served_without_a_restart(served: Served) -> No
     assert served.client.inboxes.messages.get(inbox, msg["Message-ID"]).subject == "After a bad renewal"
     assert "keeping the loaded one" in served.server.log()
     replace(served.folder / "key.pem", good_key)
-
-
-def ec_key_pem() -> bytes:
-    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -211,7 +163,7 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 
 def test_a_certificate_that_does_not_load_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
-    write_certificate(tmp_path)
+    write_self_signed(tmp_path)
     out = _serve(
         tmp_path,
         {

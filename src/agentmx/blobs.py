@@ -43,7 +43,7 @@ class BlobStore:
         key = hashlib.sha256(data).hexdigest()
         folder = os.path.join(self.root, key[:2], key[2:4])
         path = os.path.join(folder, key)
-        if self._touch(path):
+        if os.path.exists(path) and self._touch(path):  # the lock only for files that exist
             unsynced_dirs.add(folder)  # a write that failed before its folder sync may have left it
             return key
         if folder not in self._dirs:

@@ -39,8 +39,8 @@ class TlsContexts:
 
     def __init__(self, cert: str, key: str) -> None:
         self.cert, self.key = cert, key
-        self._stamp = self._files_stamp()
         self._context = load_context(cert, key)  # a bad certificate at start stops the server
+        self._stamp = self._files_stamp()
         self._checked_at = time.monotonic()
 
     def current(self) -> ssl.SSLContext:
@@ -51,24 +51,24 @@ class TlsContexts:
         return self._context
 
     def _reload_if_changed(self) -> None:
-        try:
-            stamp = self._files_stamp()
-        except OSError as exc:
-            log.error("SMTP TLS certificate unreadable, keeping the loaded one: %s", exc)
-            return
+        stamp = self._files_stamp()
         if stamp == self._stamp:
             return
+        self._stamp = stamp  # logged once per change, not once per session
         try:
             self._context = load_context(self.cert, self.key)
         except ConfigError as exc:
-            # Perhaps written half-way: tried again at the next change of the files.
+            # Perhaps written half-way or missing for a moment: tried again when the files change.
             log.error("%s; keeping the loaded one", exc)
         else:
             log.info("SMTP TLS certificate reloaded from %s", self.cert)
-        self._stamp = stamp
 
-    def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
-        stats = [os.stat(path) for path in (self.cert, self.key)]
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        """What changes when either file is rewritten or replaced; None while one is missing."""
+        try:
+            stats = [os.stat(path) for path in (self.cert, self.key)]
+        except OSError:
+            return None
         return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
 
 
