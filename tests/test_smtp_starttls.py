@@ -151,6 +151,35 @@ def test_a_renewed_certificate_is_served_without_a_restart(served: Served) -> No
     replace(served.folder / "key.pem", good_key)
 
 
+def test_mail_from_another_agentmx_comes_over_tls(served: Served, tmp_path: Path) -> None:
+    """agentmx's outbound client (here through a relay with STARTTLS required) meets its inbound TLS."""
+    env = {
+        "AGENTMX_DOMAIN": "sender.example",
+        "AGENTMX_SMTP_RELAY": f"127.0.0.1:{served.server.smtp_port}",
+        "AGENTMX_SMTP_RELAY_STARTTLS": "true",
+    }
+    sender = ServerProcess(tmp_path / "sender", env=env).start()
+    try:
+        api = AgentMail(
+            api_key=sender.create_key(),
+            environment=AgentMailEnvironment(http=sender.base_url, websockets=sender.ws_url),
+        )
+        inbox = served.client.inboxes.create().inbox_id
+        sent = api.inboxes.messages.send(
+            api.inboxes.create().inbox_id, to=inbox, subject="Hop", text="over TLS"
+        )
+        deadline = time.monotonic() + 20
+        while served.client.inboxes.messages.list(inbox).count == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        got = served.client.inboxes.messages.list(inbox).messages
+        assert [m.subject for m in got] == ["Hop"]
+        raw = served.stored_raw(inbox, got[0].message_id)
+        assert b"\r\n\t(using TLSv1.3 with cipher " in raw and b"with ESMTPS" in raw
+        assert sent.message_id == got[0].message_id
+    finally:
+        sender.stop()
+
+
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     args = ["serve", "--data-dir", str(tmp_path / "d"), "--http-port", str(free_port())]
     return subprocess.run(

@@ -28,6 +28,9 @@ def write_self_signed(folder: Path, name: str = "mx.example.test") -> bytes:
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=90))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )  # its own trust anchor
         .sign(key, hashes.SHA256())
     )
     replace(folder / "key.pem", key_pem(key))
