@@ -149,6 +149,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(served: Served) -> No
     assert served.client.inboxes.messages.get(inbox, msg["Message-ID"]).subject == "After a bad renewal"
     assert "keeping the loaded one" in served.server.log()
     replace(served.folder / "key.pem", good_key)
+    served.cert = renewed  # what the other tests of this server now get
 
 
 def test_mail_from_another_agentmx_comes_over_tls(served: Served, tmp_path: Path) -> None:

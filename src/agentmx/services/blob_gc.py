@@ -62,7 +62,7 @@ async def collect(rt: Runtime) -> int:
                 used = set((await s.scalars(select(InlineBlob.key).where(InlineBlob.key.in_(unnamed)))).all())
                 unnamed = [key for key in unnamed if key not in used]
             await s.execute(delete(BlobCandidate).where(BlobCandidate.key.in_(named)))
-        # Files after the commit: bytes are never gone while a committed row still names them.
+        # Files outside the transaction: SQLite's writers must not wait for file-system work.
         gone = await asyncio.to_thread(rt.blobs.collect_sync, unnamed, unused_since) if unnamed else []
         if gone:
             async with rt.db.transaction() as s:
