@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from email import policy
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
 from events_support import Receiver, emit_event, new_inbox, send_mail, verify, wait_for
+from mail_support import smtp_send
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -135,6 +138,30 @@ def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) 
     assert delivery.headers["svix-id"] == "msg_" + body["event_id"].removeprefix("evt_")
     assert delivery.headers["x-token"] == "t0p"
     assert delivery.headers["content-type"] == "application/json"
+    client.inboxes.webhooks.delete(inbox, hook.webhook_id)
+
+
+def test_bodies_over_1_mb_drop_the_message_texts(harness: Harness, receiver: Receiver) -> None:
+    """API.md: text and html go first; extracts as long as the body (nothing quoted) go next."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+    line = "An unquoted line of a very long report.\n"
+    for size, kept in ((700_000, {"extracted_text"}), (1_200_000, set())):
+        msg = EmailMessage(policy=policy.SMTP)  # CRLF, as it travels
+        msg["From"], msg["To"], msg["Subject"] = "a@example.com", inbox, f"long {size}"
+        msg.set_content(line * (size // len(line)))
+        smtp_send(harness.server, [inbox], msg.as_bytes())
+        delivery = wait_for(
+            lambda s=size: next((d for d in receiver.deliveries if f"long {s}" in d.body.decode()), None)
+        )
+        assert len(delivery.body) <= 1_000_000
+        message = verify(hook.secret, delivery)["message"]
+        assert message["subject"] == f"long {size}"
+        texts = {"text", "html", "extracted_text", "extracted_html"}
+        assert texts & set(message) == kept
+        if kept:
+            assert len(message["extracted_text"]) > 690_000
     client.inboxes.webhooks.delete(inbox, hook.webhook_id)
 
 

@@ -33,6 +33,10 @@ SLOW_LIMIT = 2  # concurrent requests per receiver before it counts as slow
 SLOW_AFTER = 1.0  # seconds the oldest of them has been waiting
 SLOW_DEFER = 1.0  # seconds a delivery to a slow receiver is put back
 MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
+# What goes, in turn, from a message.received body over MAX_BODY: the bodies (API.md), then the
+# extracts, which for mail that quotes nothing are as long (a receiver refusing the body would get
+# it again on every retry until the webhook is disabled).
+_DROPPED = (("text", "html"), ("text", "html", "extracted_text", "extracted_html"))
 USER_AGENT = "agentmx-webhooks/1"
 
 _in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests in progress
@@ -45,11 +49,17 @@ def svix_message_id(event_id: str) -> str:
 
 def encode_body(body: dict[str, Any]) -> bytes:
     body = full_event(body)
-    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    if len(raw) > MAX_BODY and isinstance(body.get("message"), dict):
-        message = {k: v for k, v in body["message"].items() if k not in ("text", "html")}
-        raw = json.dumps({**body, "message": message}, ensure_ascii=False, separators=(",", ":")).encode()
+    raw = _json(body)
+    message = body.get("message")
+    for dropped in _DROPPED:
+        if len(raw) <= MAX_BODY or not isinstance(message, dict):
+            break
+        raw = _json({**body, "message": {k: v for k, v in message.items() if k not in dropped}})
     return raw
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
