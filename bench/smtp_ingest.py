@@ -117,22 +117,24 @@ def wait_stored(app: Agentmx, inbox: str, expected: int, timeout: float = 60.0) 
     return last
 
 
+def aiosmtpd_sink(args: argparse.Namespace, report: Report, certs: Path | None) -> None:
+    """The aiosmtpd Sink baseline; with ``certs``, offering (and requiring) STARTTLS."""
+    port = free_port()
+    tls = ["--tlscert", str(certs / "cert.pem"), "--tlskey", str(certs / "key.pem")] if certs else []
+    cmd = [PY, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", *tls, "-c", "aiosmtpd.handlers.Sink"]
+    with subprocess_server(cmd, port) as proc:
+        drive(port, RCPT_BASELINE, args, "aiosmtpd Sink" + (" tls" if certs else ""), report, proc.pid)
+
+
 def run_baselines(args: argparse.Namespace, report: Report, certs: Path | None) -> None:
     if certs is not None:  # the one baseline that speaks STARTTLS
-        port = free_port()
-        cmd = [PY, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
-        cmd[-2:-2] = ["--tlscert", str(certs / "cert.pem"), "--tlskey", str(certs / "key.pem")]
-        with subprocess_server(cmd, port) as proc:
-            drive(port, RCPT_BASELINE, args, "aiosmtpd Sink tls", report, proc.pid)
+        aiosmtpd_sink(args, report, certs)
         return
     with smtp_sink() as sink:
         if sink:
             drive(sink[0], RCPT_BASELINE, args, "postfix smtp-sink", report, sink[1])
 
-    port = free_port()
-    cmd = [PY, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
-    with subprocess_server(cmd, port) as proc:
-        drive(port, RCPT_BASELINE, args, "aiosmtpd Sink", report, proc.pid)
+    aiosmtpd_sink(args, report, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
