@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         "renewals need no restart).",
     )
     smtp_tls_key: str = Field("", description="PEM private key file of AGENTMX_SMTP_TLS_CERT.")
+    submission_port: int = Field(
+        0,
+        description="SMTP submission port (RFC 6409, as AgentMail's 587) for agents sending with any SMTP client: "
+        "STARTTLS (AGENTMX_SMTP_TLS_CERT, required) then AUTH PLAIN or LOGIN with the inbox address and an API key "
+        "that may send from it. 0 disables it.",
+    )
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."
     )
@@ -211,6 +217,9 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
             raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
+        if self.submission_port and not self.smtp_tls_cert:
+            # API keys travel in AUTH: never in plain text.
+            raise ValueError("AGENTMX_SUBMISSION_PORT needs AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY")
         return self
 
     @property

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from agentmx.db.types import utcnow
 from agentmx.errors import ValidationFailed
 from agentmx.http.nul_guard import check_json
-from agentmx.services import keys
+from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
-from agentmx.services.key_cache import CachedKey
 from agentmx.services.runtime import Runtime
 
 
@@ -24,31 +21,7 @@ def get_runtime(request: Request) -> Runtime:
 
 async def resolve_caller(rt: Runtime, authorization: str | None, api_key: str | None = None) -> Caller:
     secret = api_key if (api_key and not authorization) else keys.parse_bearer(authorization)
-    secret_hash = keys.hash_secret(secret)
-
-    async def lookup() -> CachedKey:
-        async with rt.db.read() as session:
-            key = await keys.find_key(session, secret)
-        return CachedKey(keys.caller_for(key), key.expires_at, key.used_at, time.monotonic())
-
-    cached = await rt.key_cache.get_or_load(secret_hash, lookup)
-    if cached.expires_at is not None and cached.expires_at <= utcnow():
-        raise keys.unknown_key()
-    if keys.used_at_is_stale(cached.used_at):
-        # Claimed before the write: requests arriving while it waits for the lock or the disk
-        # must not queue a write each (64 connections meant 64 serialised commits).
-        previous, cached.used_at = cached.used_at, utcnow()
-        try:
-            async with rt.db.transaction() as session:
-                await keys.touch_key(session, cached.caller.api_key_id or "")
-        except BaseException:
-            cached.used_at = previous
-            raise
-    caller = cached.caller
-    limiter = getattr(rt, "rate_limiter", None)
-    if limiter is not None:
-        limiter.check(caller)
-    return caller
+    return await authenticate.caller_for_secret(rt, secret)
 
 
 async def get_caller(request: Request) -> Caller:

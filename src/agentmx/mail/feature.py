@@ -1,4 +1,5 @@
-"""Mail feature wiring: the SMTP listener and the blob collector as background services, inbox cleanup of mail rows."""
+"""Mail feature wiring: the SMTP listeners (inbound, submission) and the blob collector as background
+services, inbox cleanup of mail rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from agentmx import server
 from agentmx.db.models import Inbox, Message, Thread
 from agentmx.services import blob_gc, inboxes
 from agentmx.smtp import server as smtp_server
+from agentmx.smtp import submission
 
 
 async def delete_inbox_mail(session: AsyncSession, inbox: Inbox) -> None:
@@ -18,5 +20,6 @@ async def delete_inbox_mail(session: AsyncSession, inbox: Inbox) -> None:
 
 
 server.BACKGROUND.append(smtp_server.start)
+server.BACKGROUND.append(submission.start)
 server.BACKGROUND.append(blob_gc.start)
 inboxes.inbox_cleanup.append(delete_inbox_mail)

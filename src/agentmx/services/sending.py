@@ -11,6 +11,9 @@ or, to keep rendering and blob fsyncs out of the write transaction (the HTTP rou
     async with rt.db.transaction() as s:
         msg = await commit_send(s, rt, await get_inbox(s, caller, inbox_id), prepared)
 
+SMTP submission (``smtp/submission.py``) sends a whole message the same way:
+``prepare_submitted`` then ``commit_submitted``.
+
 ``session`` is the caller's write transaction: the stored message, its OutboundRecipient rows, the
 ``deliver_outbound`` job and the ``message.sent`` event all commit (or roll back) together.
 ``caller`` must already hold ``message_send``; ``inbox`` is the sending inbox (already scope-checked).
@@ -33,7 +36,7 @@ from agentmx.db.models import Inbox, Message, OutboundRecipient, Thread
 from agentmx.db.types import utcnow
 from agentmx.errors import MessageRejected, NotFound, Unprocessable, ValidationFailed
 from agentmx.ids import new_message_id
-from agentmx.mail import compose
+from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
 from agentmx.services import blob_bytes, hooks, jobs, mailstore
@@ -264,13 +267,7 @@ async def prepare_send(
     labels = _labels(req.labels) | {"sent"}
     _check_headers(req.headers)
     bare = [_key(a) for a in recipients]
-    await hooks.run_all(hooks.send_checks, session, rt, inbox, bare)
-    suppressed = await _suppressed(session, inbox.organization_id, bare)
-    if suppressed:
-        raise MessageRejected(
-            f"Recipient previously bounced or complained: {', '.join(sorted(suppressed))}",
-            fix="Remove the suppressed recipients from the message.",
-        )
+    await _check_recipients(session, rt, inbox, bare)
     comp = await _composition(rt, session, inbox, req, to, cc, reply_to)
     try:
         raw = compose.to_bytes(compose.build(comp))
@@ -286,6 +283,51 @@ async def prepare_send(
         bcc=bcc,
         labels=labels,
         thread_id=source.thread_id if source is not None else None,  # replies and forwards join it
+    )
+
+
+async def _check_recipients(session: AsyncSession, rt: Runtime, inbox: Inbox, bare: list[str]) -> None:
+    """Send lists, then the organization's bounced and complained addresses (403 either way)."""
+    await hooks.run_all(hooks.send_checks, session, rt, inbox, bare)
+    suppressed = await _suppressed(session, inbox.organization_id, bare)
+    if suppressed:
+        raise MessageRejected(
+            f"Recipient previously bounced or complained: {', '.join(sorted(suppressed))}",
+            fix="Remove the suppressed recipients from the message.",
+        )
+
+
+async def prepare_submitted(
+    session: AsyncSession, rt: Runtime, inbox: Inbox, raw: bytes, envelope_to: list[str]
+) -> PreparedSend:
+    """A whole message from an SMTP submission client, sent as the API sends: the same rules.
+
+    The envelope names the recipients (those not in To or Cc are its Bcc); the From field must
+    be the inbox. A Bcc field is removed and a missing Message-ID or Date added (``mail.submitted``).
+    """
+    _check_active(inbox)
+    bare = [_key(a) for a in _without(envelope_to, set())]
+    if len(bare) > MAX_RECIPIENTS:
+        raise _bad("to", f"at most {MAX_RECIPIENTS} recipients")
+    if not bare:
+        raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
+    raw = submitted.complete(raw, new_message_id(inbox.domain), utcnow())
+    parsed = await mailstore.parse(raw)
+    if _key(parsed.from_) != inbox.id.lower():
+        raise MessageRejected(
+            f"The From field must be the inbox address {inbox.id}",
+            fix=f"Send as {inbox.id}, the user name the session authenticated with.",
+        )
+    await _check_recipients(session, rt, inbox, bare)
+    shown = {_key(a) for a in parsed.to + parsed.cc}
+    return PreparedSend(
+        raw=raw,
+        parsed=parsed,
+        blobs=await mailstore.put_blobs(rt, raw, parsed),
+        recipients=bare,
+        bcc=[a for a in bare if a not in shown],
+        labels={"sent"},
+        thread_id=None,  # In-Reply-To / References thread it, as inbound mail
     )
 
 
@@ -339,6 +381,21 @@ async def commit_send(session: AsyncSession, rt: Runtime, inbox: Inbox, prepared
         },
     )
     return message
+
+
+async def commit_submitted(
+    session: AsyncSession, rt: Runtime, inbox: Inbox, prepared: PreparedSend
+) -> Message:
+    """``commit_send`` for ``prepare_submitted``; a client's retry of a message it sent (same
+    Message-ID, its reply lost) returns the first, sent once."""
+    found = await session.scalar(
+        select(Message).where(Message.inbox_id == inbox.id, Message.message_id == prepared.parsed.message_id)
+    )
+    if found is not None and found.direction == "outbound":
+        return found
+    if found is not None:
+        raise _bad("Message-ID", f"{found.message_id} is a message this inbox received")
+    return await commit_send(session, rt, inbox, prepared)
 
 
 async def send_message(

@@ -28,13 +28,23 @@ STOP_GRACE = 10.0  # seconds sessions storing a message get to finish when the l
 
 
 async def listen(
-    handler: Any, settings: Settings, sockets: list[socket.socket] | None = None, share: int = 1
+    handler: Any,
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    share: int = 1,
+    *,
+    port: int | None = None,
+    protocol: type[LimitedSMTP] = LimitedSMTP,
+    **options: Any,
 ) -> Stop:
     """Serve SMTP until the returned coroutine function is awaited.
 
     ``share``: how many processes serve the same sockets; each takes that part of the
     connection cap, so together they hold what ``smtp_max_connections`` allows.
+    ``port`` (default ``smtp_port``), ``protocol`` and ``options`` (aiosmtpd's SMTP arguments)
+    serve another kind of session there, such as submission (smtp/submission.py).
     """
+    port = settings.smtp_port if port is None else port
     max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     max_connections = max(1, -(-max_connections // share))
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
@@ -42,7 +52,7 @@ async def listen(
 
     def factory() -> SMTP:
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
-        return LimitedSMTP(
+        return protocol(
             handler,
             limits=limits,
             error_limit=settings.smtp_error_limit,
@@ -53,13 +63,14 @@ async def listen(
             hostname=settings.hostname,
             ident="agentmx ESMTP",
             timeout=settings.smtp_timeout,
-            tls_context=tls.current() if tls else None,  # offered, never required (RFC 3207 4)
+            tls_context=tls.current() if tls else None,  # offered; required only with auth_required
+            **options,
         )
 
     loop = asyncio.get_running_loop()
     if sockets is None:
-        servers = [await loop.create_server(factory, host=settings.host, port=settings.smtp_port)]
-        log.info("smtp listening on %s:%s", settings.host, settings.smtp_port)
+        servers = [await loop.create_server(factory, host=settings.host, port=port)]
+        log.info("smtp listening on %s:%s", settings.host, port)
     else:
         servers = [await loop.create_server(factory, sock=sock) for sock in sockets]
     stop_reaper = StressReaper(limits.live, max_connections, settings.smtp_stress_timeout).start()

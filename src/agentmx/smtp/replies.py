@@ -30,6 +30,29 @@ ERROR_REPLIES: dict[type[e.AgentMXError], str] = {
 }
 
 
+# SMTP submission (smtp/submission.py): the refusal's own words follow the code.
+SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
+    e.ValidationFailed: "550 5.6.0",
+    e.Unprocessable: "554 5.6.0",
+    e.NotFound: "550 5.1.0",
+    e.Forbidden: "550 5.7.1",
+    e.MessageRejected: "550 5.7.1",
+    e.RateLimited: "451 4.7.1",
+    e.LimitExceeded: "552 5.3.4",
+    e.TemporaryFailure: "451 4.3.0",
+}
+S553_NOT_YOUR_ADDRESS = "553 5.7.1 Sender address is not the authenticated inbox"
+
+
+def submission_reply_for(exc: BaseException) -> str:
+    """The reply to a refused submission: the code, then the error's message on one line."""
+    for cls in type(exc).__mro__:
+        if cls in SUBMISSION_REPLIES:
+            words = " ".join(str(getattr(exc, "message", exc)).split())[:400]
+            return f"{SUBMISSION_REPLIES[cls]} {words}"
+    return S451_TEMP_FAILURE
+
+
 def reply_for(exc: BaseException) -> str:
     """The SMTP reply for an error; anything unknown keeps custody with the client (451)."""
     for cls in type(exc).__mro__:

@@ -1,0 +1,34 @@
+"""A message as a submission client sent it, made ready to send (RFC 6409 section 8).
+
+Bcc fields are removed (the envelope carries those recipients; the stored copy keeps them apart),
+and a missing Message-ID or Date is added, as a message submission agent does.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.utils import format_datetime
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.MULTILINE)  # a line that does not continue a field
+
+
+def complete(raw: bytes, message_id: str, date: datetime) -> bytes:
+    """``raw`` without Bcc fields, with Message-ID and Date fields when it had none."""
+    end = _HEADER_END.search(raw)
+    if end is None:  # header fields only
+        head, rest = (raw if raw.endswith(b"\n") else raw + b"\r\n"), b""
+    else:  # the head keeps its last line's line break; the rest starts with the empty line
+        split = end.start() + (2 if raw[end.start() : end.start() + 2] == b"\r\n" else 1)
+        head, rest = raw[:split], raw[split:]
+    starts = [m.start() for m in _FIELD_START.finditer(head)] or [0]
+    fields = [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
+    names = {field.split(b":", 1)[0].strip().lower() for field in fields}
+    added = b""
+    if b"message-id" not in names:
+        added += b"Message-ID: " + message_id.encode() + b"\r\n"
+    if b"date" not in names:
+        added += b"Date: " + format_datetime(date).encode() + b"\r\n"
+    kept = b"".join(field for field in fields if field.split(b":", 1)[0].strip().lower() != b"bcc")
+    return added + kept + rest

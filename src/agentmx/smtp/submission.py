@@ -1,0 +1,129 @@
+"""SMTP submission (RFC 6409): agents send with any SMTP client, and agentmx sends as its API does.
+
+On ``AGENTMX_SUBMISSION_PORT``, as AgentMail's port 587: STARTTLS with the SMTP certificate, then
+AUTH PLAIN or LOGIN (538 before STARTTLS) with the inbox address as the user name and an API key
+that may send from that inbox (``message_send``, the inbox in its scope) as the password. MAIL FROM
+and the From field must be that inbox; up to 50 recipients, anywhere. The rules, the stored copy
+(label ``sent``), delivery and ``message.sent`` are the send API's (``services/sending``); the 250
+comes once the message is stored and queued. Served in the server process, never by front ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from agentmx.errors import AgentMXError
+from agentmx.services import sending
+from agentmx.services.authenticate import caller_for_secret
+from agentmx.services.caller import Caller
+from agentmx.services.inboxes import get_inbox
+from agentmx.services.runtime import Runtime
+from agentmx.smtp import replies
+from agentmx.smtp.data import body_of
+from agentmx.smtp.limits import HookNames, LimitedSMTP
+from agentmx.smtp.listener import Stop, listen
+
+log = logging.getLogger("agentmx.smtp")
+
+
+@dataclass
+class Submitter:
+    """Who authenticated: the key's caller and the inbox it sends as."""
+
+    caller: Caller
+    inbox_id: str
+
+
+class SubmissionSMTP(LimitedSMTP):
+    """aiosmtpd's AUTH PLAIN and LOGIN parse the credentials; they are checked here, asynchronously."""
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=True, auth_data=auth_data)  # parsed; see _checked
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802 (aiosmtpd name)
+        return await self._checked(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._checked(await super().auth_LOGIN(_, args))
+
+    async def _checked(self, parsed: AuthResult) -> AuthResult:
+        if not parsed.success or not isinstance(parsed.auth_data, LoginPassword):
+            return parsed
+        handler: SubmissionHandler = self.event_handler
+        submitter = await handler.authenticate(parsed.auth_data.login, parsed.auth_data.password)
+        if submitter is None:
+            return AuthResult(success=False, handled=False)  # 535, counted in the session's error budget
+        return AuthResult(success=True, auth_data=submitter)
+
+
+class SubmissionHandler(HookNames):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def authenticate(self, login: bytes, password: bytes) -> Submitter | None:
+        """The submitter, if the key may send from the inbox named by ``login``."""
+        try:
+            caller = await caller_for_secret(self.rt, password.decode())
+            async with self.rt.db.read() as session:
+                inbox = await get_inbox(session, caller, login.decode().strip())
+        except (AgentMXError, UnicodeDecodeError):
+            return None
+        return Submitter(caller, inbox.id) if caller.can("message_send") else None
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd hook name)
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        submitter: Submitter = session.auth_data  # auth_required: MAIL before AUTH got 530
+        if address.strip().lower() != submitter.inbox_id:
+            return replies.S553_NOT_YOUR_ADDRESS
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.S250_OK
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= sending.MAX_RECIPIENTS:
+            return replies.S452_TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        return replies.S250_OK
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        submitter: Submitter = session.auth_data
+        try:
+            async with self.rt.db.read() as s:
+                inbox = await get_inbox(s, submitter.caller, submitter.inbox_id)
+                prepared = await sending.prepare_submitted(
+                    s, self.rt, inbox, body_of(envelope), list(envelope.rcpt_tos)
+                )
+            async with self.rt.db.transaction() as s:
+                inbox = await get_inbox(s, submitter.caller, submitter.inbox_id)
+                message = await sending.commit_submitted(s, self.rt, inbox, prepared)
+        except AgentMXError as exc:
+            return replies.submission_reply_for(exc)
+        except Exception:
+            log.exception("storing a submitted message failed")
+            return replies.S451_TEMP_FAILURE  # nothing committed: the client keeps custody
+        return f"250 2.0.0 OK: queued as {message.message_id}"
+
+
+async def start(rt: Runtime) -> Stop:
+    """Background service: the submission listener, when ``submission_port`` is set."""
+    if not rt.settings.submission_port:
+
+        async def _noop() -> None:
+            return None
+
+        return _noop
+    return await listen(
+        SubmissionHandler(rt),
+        rt.settings,
+        port=rt.settings.submission_port,
+        protocol=SubmissionSMTP,
+        auth_required=True,
+        auth_require_tls=True,  # AUTH before STARTTLS: 538
+    )

@@ -1,0 +1,200 @@
+"""SMTP submission (AGENTMX_SUBMISSION_PORT): agents send with an SMTP client, as through the send API.
+
+STARTTLS before AUTH (538), AUTH with the inbox address and an API key, MAIL FROM and From must be
+the inbox; the message is stored (label sent), delivered locally and to the relay, Bcc kept out of
+the headers, and a retry of the same Message-ID is sent once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.testing.certs import unverified_client_context, write_self_signed
+from agentmx.testing.server import ServerProcess, free_port
+from conftest import BACKENDS
+from send_support import Sink, ext, relaying_server, wait_for
+
+
+class Served:
+    def __init__(self, server: ServerProcess, sink: Sink, port: int) -> None:
+        self.server, self.sink, self.port = server, sink, port
+        self.key = server.create_key()
+        env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+        self.client = AgentMail(api_key=self.key, environment=env)
+
+    def session(self, login: tuple[str, str] | None = None) -> smtplib.SMTP:
+        smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        smtp.starttls(context=unverified_client_context())
+        if login is not None:
+            smtp.login(*login)
+        return smtp
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp(f"submission-{request.param}")
+    write_self_signed(tmp)
+    port = free_port()
+    env = {
+        "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
+        "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
+        "AGENTMX_SUBMISSION_PORT": str(port),
+    }
+    with relaying_server(tmp / "data", request.param, env) as (server, sink):
+        yield Served(server, sink, port)
+
+
+def message(sender: str, to: str, subject: str, cc: str | None = None) -> EmailMessage:
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = f"Agent <{sender}>"
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg.set_content(f"{subject}: sent over SMTP")
+    return msg
+
+
+def test_auth_needs_starttls_and_a_key_that_may_send_from_the_inbox(served: Served) -> None:
+    client = served.client
+    inbox, other = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("starttls") and not smtp.has_extn("auth")
+        assert smtp.docmd("AUTH", "PLAIN AGluYm94AGtleQ==")[0] == 538
+        assert smtp.docmd("MAIL", f"FROM:<{inbox}>")[0] == 530
+    other_key = client.inboxes.api_keys.create(other, request={"name": "other"}).api_key
+    no_send = client.inboxes.api_keys.create(
+        inbox, request={"name": "read", "permissions": {"message_read": True}}
+    ).api_key
+    for login in (
+        (inbox, "am_wrong"),
+        (inbox, other_key),
+        (inbox, no_send),
+        ("ghost@agentmx.localhost", served.key),
+    ):
+        with served.session() as smtp, pytest.raises(smtplib.SMTPAuthenticationError) as info:
+            smtp.login(*login)
+        assert info.value.smtp_code == 535
+    own_key = client.inboxes.api_keys.create(inbox, request={"name": "send"}).api_key
+    with served.session((inbox, own_key)) as smtp:  # AUTH PLAIN (smtplib's first choice)
+        assert smtp.noop()[0] == 250
+    with served.session() as smtp:
+        smtp.ehlo()
+        smtp.esmtp_features["auth"] = "LOGIN"
+        smtp.login(inbox, served.key)  # an organization key works for any inbox
+
+
+def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
+    client = served.client
+    inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    remote, hidden = ext("to-"), ext("bcc-")
+    msg = message(inbox, remote, "Quarterly figures", cc=local)
+    msg["Bcc"] = hidden  # a client may leave it in: it must not travel
+    with served.session((inbox, served.key)) as smtp:
+        refused = smtp.sendmail(inbox, [remote, local, hidden], msg.as_bytes())
+    assert refused == {}
+
+    got = wait_for(lambda: served.sink.handler.for_rcpt(remote))[0]
+    assert wait_for(lambda: served.sink.handler.for_rcpt(hidden))
+    delivered = got.message
+    assert delivered["Subject"] == "Quarterly figures" and delivered["Message-ID"] and delivered["Date"]
+    assert delivered["Bcc"] is None and hidden not in got.raw.decode()
+    assert got.mail_from.startswith("bounces+")  # the return path the API's sends use
+
+    sent = client.inboxes.messages.list(inbox).messages
+    assert [m.subject for m in sent] == ["Quarterly figures"]
+    stored = client.inboxes.messages.get(inbox, sent[0].message_id)
+    assert "sent" in stored.labels and stored.bcc == [hidden]
+    assert stored.message_id == delivered["Message-ID"]
+    received = wait_for(lambda: client.inboxes.messages.list(local).messages)
+    assert received[0].message_id == stored.message_id
+
+
+def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    question = message("alice@example.org", inbox, "Question")
+    question["Message-ID"] = f"<{secrets.token_hex(8)}@example.org>"
+    with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:  # inbound
+        smtp.sendmail("alice@example.org", [inbox], question.as_bytes())
+    answer = message(inbox, "alice@example.org", "Re: Question")
+    answer["In-Reply-To"] = question["Message-ID"]
+    with served.session((inbox, served.key)) as smtp:
+        smtp.sendmail(inbox, ["alice@example.org"], answer.as_bytes())
+    listed = client.inboxes.messages.list(inbox).messages
+    assert {m.subject for m in listed} == {"Question", "Re: Question"}
+    assert len({m.thread_id for m in listed}) == 1
+
+
+def test_the_sender_must_be_the_inbox(served: Served) -> None:
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    with served.session((inbox, served.key)) as smtp:
+        assert smtp.docmd("MAIL", "FROM:<someone@else.example>")[0] == 553
+        smtp.rset()
+        msg = message("someone@else.example", ext(), "Spoofed")
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            smtp.sendmail(inbox, [ext()], msg.as_bytes())
+        assert info.value.smtp_code == 550
+        assert b"From field must be the inbox address" in info.value.smtp_error
+    assert client.inboxes.messages.list(inbox).count == 0
+
+
+def test_recipients_are_capped_and_refusals_are_the_send_apis(served: Served) -> None:
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    with served.session((inbox, served.key)) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(inbox)[0] == 250
+        codes = [smtp.rcpt(ext())[0] for _ in range(51)]
+        assert codes == [250] * 50 + [452]
+        smtp.rset()
+        bounced = "bounce-" + ext()  # the relay refuses it: suppressed afterwards
+        smtp.sendmail(inbox, [bounced], message(inbox, bounced, "First").as_bytes())
+    wait_for(lambda: "bounced" in client.inboxes.messages.list(inbox).messages[0].labels)
+    with served.session((inbox, served.key)) as smtp, pytest.raises(smtplib.SMTPDataError) as info:
+        smtp.sendmail(inbox, [bounced], message(inbox, bounced, "Again").as_bytes())
+    assert info.value.smtp_code == 550 and bounced.encode() in info.value.smtp_error  # the reason
+
+
+def test_a_retried_submission_is_sent_once(served: Served) -> None:
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    msg = message(inbox, to, "Retried")
+    msg["Message-ID"] = f"<{secrets.token_hex(8)}@client.example>"
+    for _ in range(2):  # as a client does when the first 250 was lost
+        with served.session((inbox, served.key)) as smtp:
+            smtp.sendmail(inbox, [to], msg.as_bytes())
+    wait_for(lambda: served.sink.handler.for_rcpt(to))
+    time.sleep(1.0)  # room for a second delivery, if one had been queued
+    assert len(served.sink.handler.for_rcpt(to)) == 1
+    assert client.inboxes.messages.list(inbox).count == 1
+
+
+def test_submission_needs_a_certificate(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")}
+    env["AGENTMX_SUBMISSION_PORT"] = str(free_port())
+    out = subprocess.run(
+        [sys.executable, "-m", "agentmx", "db", "upgrade", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "AGENTMX_SUBMISSION_PORT needs AGENTMX_SMTP_TLS_CERT" in out.stderr
