@@ -89,9 +89,14 @@ def test_auth_needs_starttls_and_a_key_that_may_send_from_the_inbox(served: Serv
         with served.session() as smtp, pytest.raises(smtplib.SMTPAuthenticationError) as info:
             smtp.login(*login)
         assert info.value.smtp_code == 535
-    own_key = client.inboxes.api_keys.create(inbox, request={"name": "send"}).api_key
-    with served.session((inbox, own_key)) as smtp:  # AUTH PLAIN (smtplib's first choice)
+    own = client.inboxes.api_keys.create(inbox, request={"name": "send"})
+    with served.session((inbox, own.api_key)) as smtp:  # AUTH PLAIN (smtplib's first choice)
         assert smtp.noop()[0] == 250
+        client.inboxes.api_keys.delete(inbox, own.api_key_id)  # checked again for each message
+        to = ext()
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            smtp.sendmail(inbox, [to], message(inbox, to, "After revocation").as_bytes())
+        assert info.value.smtp_code == 535
     with served.session() as smtp:
         smtp.ehlo()
         smtp.esmtp_features["auth"] = "LOGIN"

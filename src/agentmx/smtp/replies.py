@@ -32,6 +32,7 @@ ERROR_REPLIES: dict[type[e.AgentMXError], str] = {
 
 # SMTP submission (smtp/submission.py): the refusal's own words follow the code.
 SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
+    e.Unauthorized: "535 5.7.8",  # the key was deleted or expired since AUTH
     e.ValidationFailed: "550 5.6.0",
     e.Unprocessable: "554 5.6.0",
     e.NotFound: "550 5.1.0",

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db.models import Inbox
 from agentmx.errors import AgentMXError
 from agentmx.services import sending
 from agentmx.services.authenticate import caller_for_secret
@@ -32,9 +34,10 @@ log = logging.getLogger("agentmx.smtp")
 
 @dataclass
 class Submitter:
-    """Who authenticated: the key's caller and the inbox it sends as."""
+    """Who authenticated: the key (checked again for each message: it may be deleted meanwhile)
+    and the inbox it sends as."""
 
-    caller: Caller
+    secret: str
     inbox_id: str
 
 
@@ -67,12 +70,19 @@ class SubmissionHandler(HookNames):
     async def authenticate(self, login: bytes, password: bytes) -> Submitter | None:
         """The submitter, if the key may send from the inbox named by ``login``."""
         try:
-            caller = await caller_for_secret(self.rt, password.decode())
+            secret = password.decode()
             async with self.rt.db.read() as session:
-                inbox = await get_inbox(session, caller, login.decode().strip())
+                _, inbox = await self._sender(session, secret, login.decode().strip())
         except (AgentMXError, UnicodeDecodeError):
             return None
-        return Submitter(caller, inbox.id) if caller.can("message_send") else None
+        return Submitter(secret, inbox.id)
+
+    async def _sender(self, session: AsyncSession, secret: str, inbox_id: str) -> tuple[Caller, Inbox]:
+        """The key's caller and the inbox, if it may send from it; Unauthorized, NotFound or Forbidden if not."""
+        caller = await caller_for_secret(self.rt, secret)
+        inbox = await get_inbox(session, caller, inbox_id)
+        caller.require("message_send")
+        return caller, inbox
 
     async def handle_MAIL(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -96,12 +106,12 @@ class SubmissionHandler(HookNames):
         submitter: Submitter = session.auth_data
         try:
             async with self.rt.db.read() as s:
-                inbox = await get_inbox(s, submitter.caller, submitter.inbox_id)
+                caller, inbox = await self._sender(s, submitter.secret, submitter.inbox_id)
                 prepared = await sending.prepare_submitted(
                     s, self.rt, inbox, body_of(envelope), list(envelope.rcpt_tos)
                 )
             async with self.rt.db.transaction() as s:
-                inbox = await get_inbox(s, submitter.caller, submitter.inbox_id)
+                inbox = await get_inbox(s, caller, inbox.id)
                 message = await sending.commit_submitted(s, self.rt, inbox, prepared)
         except AgentMXError as exc:
             return replies.submission_reply_for(exc)
