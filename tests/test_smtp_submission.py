@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -29,8 +30,9 @@ from send_support import Sink, ext, relaying_server, wait_for
 
 
 class Served:
-    def __init__(self, server: ServerProcess, sink: Sink, port: int) -> None:
-        self.server, self.sink, self.port = server, sink, port
+    def __init__(self, server: ServerProcess, sink: Sink, port: int, implicit_port: int, certs: Path) -> None:
+        self.server, self.sink, self.port, self.implicit_port = server, sink, port, implicit_port
+        self.certs = certs
         self.key = server.create_key()
         env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
         self.client = AgentMail(api_key=self.key, environment=env)
@@ -47,14 +49,15 @@ class Served:
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"submission-{request.param}")
     write_self_signed(tmp)
-    port = free_port()
+    port, implicit_port = free_port(), free_port()
     env = {
         "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
         "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
         "AGENTMX_SUBMISSION_PORT": str(port),
+        "AGENTMX_SUBMISSIONS_PORT": str(implicit_port),
     }
     with relaying_server(tmp / "data", request.param, env) as (server, sink):
-        yield Served(server, sink, port)
+        yield Served(server, sink, port, implicit_port, tmp)
 
 
 def message(sender: str, to: str, subject: str, cc: str | None = None) -> EmailMessage:
@@ -143,6 +146,29 @@ def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
     listed = client.inboxes.messages.list(inbox).messages
     assert {m.subject for m in listed} == {"Question", "Re: Question"}
     assert len({m.thread_id for m in listed}) == 1
+
+
+def test_implicit_tls_from_the_first_byte(served: Served) -> None:
+    """AGENTMX_SUBMISSIONS_PORT (465): AUTH at once, no STARTTLS; a renewed certificate is served too."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    tls = unverified_client_context()
+    with smtplib.SMTP_SSL("127.0.0.1", served.implicit_port, timeout=30, context=tls) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("auth") and not smtp.has_extn("starttls")
+        smtp.login(inbox, served.key)
+        smtp.sendmail(inbox, [to], message(inbox, to, "Over 465").as_bytes())
+    assert wait_for(lambda: served.sink.handler.for_rcpt(to))[0].message["Subject"] == "Over 465"
+
+    renewed = write_self_signed(served.certs)
+
+    def served_certificate() -> bytes | None:
+        with smtplib.SMTP_SSL("127.0.0.1", served.implicit_port, timeout=30, context=tls) as smtp:
+            assert isinstance(smtp.sock, ssl.SSLSocket)
+            return smtp.sock.getpeercert(binary_form=True)
+
+    assert wait_for(lambda: served_certificate() == renewed, timeout=10)
 
 
 def test_the_sender_must_be_the_inbox(served: Served) -> None:

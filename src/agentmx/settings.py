@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         "STARTTLS (AGENTMX_SMTP_TLS_CERT, required) then AUTH PLAIN or LOGIN with the inbox address and an API key "
         "that may send from it. 0 disables it.",
     )
+    submissions_port: int = Field(
+        0,
+        description="SMTP submission over implicit TLS (RFC 8314, as AgentMail's 465): the same sessions as "
+        "AGENTMX_SUBMISSION_PORT, TLS from the first byte. 0 disables it.",
+    )
     smtp_relay: str = Field(
         "", description="host:port of a relay for all outbound mail; empty means MX lookup."
     )
@@ -217,9 +222,11 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
             raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
-        if self.submission_port and not self.smtp_tls_cert:
-            # API keys travel in AUTH: never in plain text.
-            raise ValueError("AGENTMX_SUBMISSION_PORT needs AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY")
+        for name in ("submission_port", "submissions_port"):
+            if getattr(self, name) and not self.smtp_tls_cert:  # API keys travel in AUTH: never in plain text
+                raise ValueError(
+                    f"AGENTMX_{name.upper()} needs AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY"
+                )
         return self
 
     @property

@@ -35,6 +35,7 @@ async def listen(
     *,
     port: int | None = None,
     protocol: type[LimitedSMTP] = LimitedSMTP,
+    implicit_tls: bool = False,
     **options: Any,
 ) -> Stop:
     """Serve SMTP until the returned coroutine function is awaited.
@@ -42,7 +43,8 @@ async def listen(
     ``share``: how many processes serve the same sockets; each takes that part of the
     connection cap, so together they hold what ``smtp_max_connections`` allows.
     ``port`` (default ``smtp_port``), ``protocol`` and ``options`` (aiosmtpd's SMTP arguments)
-    serve another kind of session there, such as submission (smtp/submission.py).
+    serve another kind of session there, such as submission (smtp/submission.py);
+    ``implicit_tls``: TLS from the first byte (port 465), instead of STARTTLS offered.
     """
     port = settings.smtp_port if port is None else port
     max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
@@ -51,6 +53,7 @@ async def listen(
     tls = TlsContexts(settings.smtp_tls_cert, settings.smtp_tls_key) if settings.smtp_tls else None
 
     def factory() -> SMTP:
+        context = tls.current() if tls else None  # the certificate, renewed if its files changed
         # data_size_limit makes aiosmtpd answer 552 and stop buffering the oversize body.
         return protocol(
             handler,
@@ -63,13 +66,18 @@ async def listen(
             hostname=settings.hostname,
             ident="agentmx ESMTP",
             timeout=settings.smtp_timeout,
-            tls_context=tls.current() if tls else None,  # offered; required only with auth_required
+            # STARTTLS offered (required only before AUTH); with implicit TLS the socket has it.
+            tls_context=None if implicit_tls else context,
             **options,
         )
 
     loop = asyncio.get_running_loop()
     if sockets is None:
-        servers = [await loop.create_server(factory, host=settings.host, port=port)]
+        ssl_options: dict[str, Any] = {}
+        if implicit_tls and tls:
+            # Sessions (and the connection caps) begin after the handshake: keep it short.
+            ssl_options = {"ssl": tls.current(), "ssl_handshake_timeout": settings.smtp_stress_timeout}
+        servers = [await loop.create_server(factory, host=settings.host, port=port, **ssl_options)]
         log.info("smtp listening on %s:%s", settings.host, port)
     else:
         servers = [await loop.create_server(factory, sock=sock) for sock in sockets]

@@ -1,18 +1,20 @@
 """SMTP submission (RFC 6409): agents send with any SMTP client, and agentmx sends as its API does.
 
-On ``AGENTMX_SUBMISSION_PORT``, as AgentMail's port 587: STARTTLS with the SMTP certificate, then
-AUTH PLAIN or LOGIN (538 before STARTTLS) with the inbox address as the user name and an API key
-that may send from that inbox (``message_send``, the inbox in its scope) as the password. MAIL FROM
-and the From field must be that inbox; up to 50 recipients, anywhere. The rules, the stored copy
-(label ``sent``), delivery and ``message.sent`` are the send API's (``services/sending``); the 250
-comes once the message is stored and queued. Served in the server process, never by front ends.
+As AgentMail's ports 587 and 465: on ``AGENTMX_SUBMISSION_PORT`` STARTTLS with the SMTP certificate
+comes first (AUTH before it: 538), on ``AGENTMX_SUBMISSIONS_PORT`` TLS from the first byte. AUTH
+PLAIN or LOGIN takes the inbox address as the user name and an API key that may send from that inbox
+(``message_send``, the inbox in its scope) as the password. MAIL FROM and the From field must be that
+inbox; up to 50 recipients, anywhere. The rules, the stored copy (label ``sent``), delivery and
+``message.sent`` are the send API's (``services/sending``); the 250 comes once the message is stored
+and queued. Served in the server process, never by front ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +45,15 @@ class Submitter:
 
 class SubmissionSMTP(LimitedSMTP):
     """aiosmtpd's AUTH PLAIN and LOGIN parse the credentials; they are checked here, asynchronously."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and self._tls_protocol is None:
+            # Implicit TLS (465): aiosmtpd knows TLS only from STARTTLS; this is how it tells.
+            self._tls_protocol = cast(Any, transport)
+            assert self.session is not None
+            self.session.ssl = {"cipher": ssl_object.cipher()}
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         return AuthResult(success=True, auth_data=auth_data)  # parsed; see _checked
@@ -122,18 +133,25 @@ class SubmissionHandler(HookNames):
 
 
 async def start(rt: Runtime) -> Stop:
-    """Background service: the submission listener, when ``submission_port`` is set."""
-    if not rt.settings.submission_port:
+    """Background service: the submission listeners that are configured (STARTTLS, implicit TLS)."""
+    settings = rt.settings
+    stops: list[Stop] = []
+    for port, implicit in ((settings.submission_port, False), (settings.submissions_port, True)):
+        if port:
+            stops.append(
+                await listen(
+                    SubmissionHandler(rt),
+                    settings,
+                    port=port,
+                    protocol=SubmissionSMTP,
+                    implicit_tls=implicit,
+                    auth_required=True,
+                    auth_require_tls=True,  # AUTH before STARTTLS: 538
+                )
+            )
 
-        async def _noop() -> None:
-            return None
+    async def stop() -> None:
+        for each in stops:
+            await each()
 
-        return _noop
-    return await listen(
-        SubmissionHandler(rt),
-        rt.settings,
-        port=rt.settings.submission_port,
-        protocol=SubmissionSMTP,
-        auth_required=True,
-        auth_require_tls=True,  # AUTH before STARTTLS: 538
-    )
+    return stop

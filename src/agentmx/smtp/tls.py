@@ -35,7 +35,10 @@ def load_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 class TlsContexts:
-    """The current server context for ``cert`` and ``key``; reloads when either file changes."""
+    """The server context for ``cert`` and ``key``, reloaded in place when either file changes.
+
+    In place: a listener with implicit TLS (submission on 465) holds its context from the start.
+    """
 
     def __init__(self, cert: str, key: str) -> None:
         self.cert, self.key = cert, key
@@ -56,8 +59,9 @@ class TlsContexts:
             return
         self._stamp = stamp  # logged once per change, not once per session
         try:
-            self._context = load_context(self.cert, self.key)
-        except ConfigError as exc:
+            load_context(self.cert, self.key)  # whole, before the live context takes them
+            self._context.load_cert_chain(self.cert, self.key)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
             # Perhaps written half-way or missing for a moment: tried again when the files change.
             log.error("%s; keeping the loaded one", exc)
         else:
