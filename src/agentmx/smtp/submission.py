@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -39,8 +39,8 @@ class Submitter:
     """Who authenticated: the key (checked again for each message: it may be deleted meanwhile)
     and the inbox it sends as."""
 
-    secret: str
-    inbox_id: str
+    secret: str = field(repr=False)  # never in a log line
+    inbox_id: str = ""
 
 
 class SubmissionSMTP(LimitedSMTP):
