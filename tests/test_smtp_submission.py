@@ -38,7 +38,7 @@ class Served:
         self.client = AgentMail(api_key=self.key, environment=env)
 
     def session(self, login: tuple[str, str] | None = None) -> smtplib.SMTP:
-        smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=30, local_hostname="agent.example")
         smtp.starttls(context=unverified_client_context())
         if login is not None:
             smtp.login(*login)
@@ -122,6 +122,10 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     assert delivered["Subject"] == "Quarterly figures" and delivered["Message-ID"] and delivered["Date"]
     assert delivered["Bcc"] is None and hidden not in got.raw.decode()
     assert got.mail_from.startswith("bounces+")  # the return path the API's sends use
+    received = got.raw[: got.raw.index(b"\r\nMessage-ID: ")].decode()  # on top, then what was added
+    assert received.startswith("Received: from agent.example\r\n\t(using TLSv1.3 with cipher ")
+    assert "(agentmx) with ESMTPSA;" in received
+    assert "127.0.0.1" not in got.raw.decode()  # where the agent runs is nobody's business
 
     sent = client.inboxes.messages.list(inbox).messages
     assert [m.subject for m in sent] == ["Quarterly figures"]

@@ -298,12 +298,13 @@ async def _check_recipients(session: AsyncSession, rt: Runtime, inbox: Inbox, ba
 
 
 async def prepare_submitted(
-    session: AsyncSession, rt: Runtime, inbox: Inbox, raw: bytes, envelope_to: list[str]
+    session: AsyncSession, rt: Runtime, inbox: Inbox, raw: bytes, envelope_to: list[str], trace: bytes = b""
 ) -> PreparedSend:
     """A whole message from an SMTP submission client, sent as the API sends: the same rules.
 
     The envelope names the recipients (those not in To or Cc are its Bcc); the From field must
-    be the inbox. A Bcc field is removed and a missing Message-ID or Date added (``mail.submitted``).
+    be the inbox. A Bcc field is removed and a missing Message-ID or Date added (``mail.submitted``);
+    ``trace`` (the Received field) goes on top.
     """
     _check_active(inbox)
     bare = [_key(a) for a in _without(envelope_to, set())]
@@ -311,7 +312,7 @@ async def prepare_submitted(
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients")
     if not bare:
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
-    raw = submitted.complete(raw, new_message_id(inbox.domain), utcnow())
+    raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
     parsed = await mailstore.parse(raw)
     if _key(parsed.from_) != inbox.id.lower():
         raise MessageRejected(

@@ -30,6 +30,8 @@ from agentmx.smtp import replies
 from agentmx.smtp.data import body_of
 from agentmx.smtp.limits import HookNames, LimitedSMTP
 from agentmx.smtp.listener import Stop, listen
+from agentmx.smtp.tls import describe
+from agentmx.smtp.trace import submission_trace
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -118,8 +120,9 @@ class SubmissionHandler(HookNames):
         try:
             async with self.rt.db.read() as s:
                 caller, inbox = await self._sender(s, submitter.secret, submitter.inbox_id)
+                trace = submission_trace(session.host_name, self.rt.settings.hostname, describe(session))
                 prepared = await sending.prepare_submitted(
-                    s, self.rt, inbox, body_of(envelope), list(envelope.rcpt_tos)
+                    s, self.rt, inbox, body_of(envelope), list(envelope.rcpt_tos), trace
                 )
             async with self.rt.db.transaction() as s:
                 inbox = await get_inbox(s, caller, inbox.id)

@@ -1,4 +1,5 @@
-"""Trace fields a final-delivery SMTP server prepends (RFC 5321 4.4): Return-Path and Received."""
+"""Trace fields an SMTP server prepends (RFC 5321 4.4): Return-Path and Received at final delivery,
+Received alone for a submitted message."""
 
 from __future__ import annotations
 
@@ -21,11 +22,24 @@ def trace_headers(
     """``tls``: the session's TLS (``smtp.tls.describe``), None if it was plain text."""
     ip = peer[0] if isinstance(peer, tuple) and peer else "unknown"
     for_clause = f"\r\n\tfor <{_clean(rcpts[0])}>" if len(rcpts) == 1 else ""
-    # RFC 3848: ESMTPS names a session under STARTTLS; the comment says which TLS, as Postfix does.
-    using = f"\t(using {_UNPRINTABLE.sub('', tls)[:255]})\r\n" if tls else ""
-    received = (
-        f"Received: from {_clean(helo or 'unknown')} ([{_clean(str(ip))}])\r\n"
-        f"{using}\tby {_clean(hostname)} (agentmx) with ESMTP{'S' if tls else ''}{for_clause};\r\n"
+    source = f"{_clean(helo or 'unknown')} ([{_clean(str(ip))}])"
+    # RFC 3848: ESMTPS names a session under STARTTLS (ESMTPSA: with AUTH too, submission_trace).
+    received = _received(source, hostname, "ESMTPS" if tls else "ESMTP", tls, for_clause)
+    return f"Return-Path: <{_clean(mail_from, 998)}>\r\n{received}".encode()
+
+
+def submission_trace(helo: str | None, hostname: str, tls: str | None) -> bytes:
+    """The Received field of a submitted message (RFC 6409 and 5321 4.4): ESMTPSA, TLS and AUTH.
+
+    Without the client's address: it would tell every recipient where the agent runs.
+    """
+    return _received(_clean(helo or "unknown"), hostname, "ESMTPSA", tls, "").encode()
+
+
+def _received(source: str, hostname: str, protocol: str, tls: str | None, for_clause: str) -> str:
+    using = f"\t(using {_UNPRINTABLE.sub('', tls)[:255]})\r\n" if tls else ""  # which TLS, as Postfix says
+    return (
+        f"Received: from {source}\r\n"
+        f"{using}\tby {_clean(hostname)} (agentmx) with {protocol}{for_clause};\r\n"
         f"\t{format_datetime(datetime.now(UTC))}\r\n"
     )
-    return f"Return-Path: <{_clean(mail_from, 998)}>\r\n{received}".encode()
