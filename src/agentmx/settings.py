@@ -136,8 +136,8 @@ class Settings(BaseSettings):
     )
     smtp_tls_cert: str = Field(
         "",
-        description="PEM certificate chain file for inbound STARTTLS (with AGENTMX_SMTP_TLS_KEY). Empty: the SMTP "
-        "listener offers no STARTTLS. The files are read again for new sessions when they change (certificate "
+        description="PEM certificate chain file (with AGENTMX_SMTP_TLS_KEY) for inbound STARTTLS and for submission. "
+        "Empty: the SMTP listener offers no STARTTLS. The files are read again when they change (certificate "
         "renewals need no restart).",
     )
     smtp_tls_key: str = Field("", description="PEM private key file of AGENTMX_SMTP_TLS_CERT.")

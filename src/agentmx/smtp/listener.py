@@ -19,7 +19,7 @@ from agentmx.settings import Settings
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.replies import S421_SHUTTING_DOWN
 from agentmx.smtp.stress import StressReaper
-from agentmx.smtp.tls import TlsContexts
+from agentmx.smtp.tls import ReloadingContext
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -50,7 +50,7 @@ async def listen(
     max_connections, _ = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     max_connections = max(1, -(-max_connections // share))
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
-    tls = TlsContexts(settings.smtp_tls_cert, settings.smtp_tls_key) if settings.smtp_tls else None
+    tls = ReloadingContext(settings.smtp_tls_cert, settings.smtp_tls_key) if settings.smtp_tls else None
 
     def factory() -> SMTP:
         context = tls.current() if tls else None  # the certificate, renewed if its files changed

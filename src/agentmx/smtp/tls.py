@@ -1,9 +1,9 @@
-"""STARTTLS for inbound SMTP: the server certificate, reloaded when its files change.
+"""TLS for the SMTP listeners (inbound STARTTLS, submission): the certificate, reloaded when its files change.
 
 Certificates from ACME clients (certbot, lego, acme.sh) are renewed every 60-90 days by rewriting
-the files in place. Each new session gets the context of the files as they are now (checked at
-most once a second), so a renewal is served without a restart; a renewal that does not load (a key
-that does not match, a half-written file) is logged and the previous certificate kept.
+the files. New sessions look at the files at most once a second and, when they changed, load them
+into the live context, so a renewal is served without a restart; a renewal that does not load (a
+key that does not match, a half-written file) is logged and the previous certificate kept.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ CHECK_EVERY = 1.0  # seconds between looks at the files' modification times
 
 
 def load_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context for STARTTLS: TLS 1.2 or newer, no client certificates asked for."""
+    """A server context: TLS 1.2 or newer, no client certificates asked for."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_NONE  # senders are not authenticated by certificate
@@ -34,7 +34,7 @@ def load_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-class TlsContexts:
+class ReloadingContext:
     """The server context for ``cert`` and ``key``, reloaded in place when either file changes.
 
     In place: a listener with implicit TLS (submission on 465) holds its context from the start.
