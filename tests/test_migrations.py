@@ -66,3 +66,20 @@ def test_small_blobs_no_row_names_are_queued_for_the_collector_on_upgrade(tmp_pa
     upgrade(f"sqlite:///{path}")
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT key FROM blob_candidates").fetchall() == [("left-by-a-deleted-message",)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blob_collection_downgrades_and_upgrades_again(backend: str, tmp_path: Path) -> None:
+    if backend == "postgres":
+        _postgres_or_skip()
+        url = postgres.create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'g.db'}"
+    try:
+        upgrade(url)
+        command.downgrade(alembic_config(url), "0007")  # triggers, function, table, indexes, column
+        upgrade(url)
+        assert asyncio.run(schema_differences(url)) == []
+    finally:
+        if backend == "postgres":
+            postgres.drop_database(url)
