@@ -8,6 +8,8 @@ Each backend runs with blobs in the database (the default) and as files (inline 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -167,3 +169,24 @@ def test_draft_attachments_go_with_the_draft_and_stay_with_the_message_it_became
     att = message.attachments[0].attachment_id
     url = client.inboxes.messages.get_attachment(inbox, result.message_id, att).download_url
     assert download(url).content == b"sent draft " * 50
+
+
+def test_files_nothing_names_are_found_and_deleted(served: Served) -> None:
+    """Written for a transaction that then failed (or for mail deleted before the collector came)."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    message_id = deliver(served, [inbox], "named, and long unused")
+    named_files = served.blob_files()
+    data = b"bytes a failed transaction left behind"
+    key = hashlib.sha256(data).hexdigest()
+    orphan = served.server.data_dir / "blobs" / key[:2] / key[2:4] / key
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(data)
+    an_hour_ago = time.time() - 3600
+    for path in [orphan, *named_files]:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    assert eventually(lambda: not orphan.exists(), timeout=20)
+    assert named_files <= served.blob_files()  # still named by messages
+    for url in served.urls(inbox, message_id):
+        assert download(url).status_code == 200

@@ -151,6 +151,25 @@ class BlobStore:
         _fsync_dirs(folders)
         return gone
 
+    def fan_out_folders(self) -> list[str]:
+        """The store's first-level folders (``ab`` of ``ab/cd/<key>``)."""
+        with os.scandir(self.root) as entries:
+            return sorted(e.path for e in entries if e.is_dir() and len(e.name) == 2)
+
+    def keys_unused_since(self, folder: str, unused_since: float) -> list[str]:
+        """Keys of the files in one first-level folder last used before ``unused_since`` (Unix time)."""
+        found: list[str] = []
+        for sub in os.scandir(folder):
+            if not sub.is_dir():
+                continue
+            with os.scandir(sub.path) as files:
+                for entry in files:
+                    if entry.name.startswith(".") or not entry.is_file():
+                        continue  # a write in progress (.tmp-…)
+                    if entry.stat().st_mtime < unused_since:
+                        found.append(entry.name)
+        return found
+
     @contextlib.contextmanager
     def _gc_lock(self, mode: int) -> Iterator[None]:
         # A descriptor of its own each time: flock locks belong to the open file, so threads of one

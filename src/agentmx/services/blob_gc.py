@@ -6,6 +6,9 @@ the spot. Database triggers (migration 0008) put the key of every deleted naming
 ``blob_candidates``, cascades included; this collector takes them in batches and deletes the
 bytes that no row names any more.
 
+Files that no deleted row names (written for a transaction that then failed, or named by mail deleted
+before migration 0008) are found by a look through the file store, a few times a day.
+
 A transaction about to name a blob stores it (again) first, which marks it used
 (``inline_blobs.touched_at``, or the file's modification time) before its rows commit. The check
 here cannot see those rows yet, so bytes are deleted only when unused for ``blob_gc_delay``:
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import CompoundSelect, delete, select, union
+from sqlalchemy import CompoundSelect, Insert, delete, select, union
+from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmx.db.models import Attachment, BlobCandidate, DraftAttachment, InlineBlob, Message
 from agentmx.services.runtime import Runtime
@@ -29,6 +34,8 @@ log = logging.getLogger("agentmx.blobs")
 
 BATCH = 500  # candidates per transaction: SQLite's writers wait for each one
 MAX_INTERVAL = 600.0  # seconds between passes (shorter when blob_gc_delay is)
+SWEEP_EVERY = 86400.0  # seconds between looks through the whole file store (4 x a shorter delay)
+FIRST_SWEEP_MAX = 3600.0  # seconds after start
 
 
 async def collect(rt: Runtime) -> int:
@@ -80,13 +87,51 @@ def _named(keys: list[str]) -> CompoundSelect:
     )
 
 
+async def queue_unnamed_files(rt: Runtime) -> int:
+    """Make candidates of the files no row names, unused for ``blob_gc_delay``; returns how many.
+
+    No deleted row queues those: the bytes of a transaction that failed after writing them, and of
+    mail deleted before migration 0008. ``collect`` then deletes them as any other candidate.
+    """
+    unused_since = time.time() - rt.settings.blob_gc_delay
+    queued = 0
+    for folder in await asyncio.to_thread(rt.blobs.fan_out_folders):
+        keys = await asyncio.to_thread(rt.blobs.keys_unused_since, folder, unused_since)
+        for start in range(0, len(keys), BATCH):
+            batch = keys[start : start + BATCH]
+            async with rt.db.transaction() as s:
+                named = set((await s.scalars(_named(batch))).all())
+                unnamed = [{"key": key} for key in batch if key not in named]
+                if unnamed:
+                    await s.execute(_queue(s.get_bind().dialect.name), unnamed)
+            queued += len(unnamed)
+    return queued
+
+
+@functools.cache
+def _queue(dialect: str) -> Insert:
+    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return build(BlobCandidate).on_conflict_do_nothing()
+
+
 async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
-    """Background service: a pass every ``MAX_INTERVAL`` seconds (half the delay when that is shorter)."""
-    interval = min(MAX_INTERVAL, rt.settings.blob_gc_delay / 2)
+    """Background service: a pass every ``MAX_INTERVAL`` seconds (half the delay when that is shorter),
+    and a look through the file store for files nothing queued every ``SWEEP_EVERY`` seconds (the
+    first once ``blob_gc_delay`` has passed, at most an hour after start)."""
+    delay = rt.settings.blob_gc_delay
+    interval = min(MAX_INTERVAL, delay / 2)
+    sweep_every = min(SWEEP_EVERY, 4 * delay)
+    next_sweep = time.monotonic() + min(delay, FIRST_SWEEP_MAX)
 
     async def loop() -> None:
+        nonlocal next_sweep
         while True:
             try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    queued = await queue_unnamed_files(rt)
+                    if queued:
+                        log.info("found %d stored files no mail names", queued)
                 collected = await collect(rt)
                 if collected:
                     log.info("deleted the bytes of %d blobs no mail names any more", collected)
