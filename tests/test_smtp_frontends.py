@@ -257,6 +257,28 @@ def test_a_front_end_that_dies_is_replaced(fresh_server: Callable[..., ServerPro
     assert _client(server).inboxes.messages.list(inbox).count == 1
 
 
+def test_a_stop_sent_to_every_process_restarts_nothing(fresh_server: Callable[..., ServerProcess]) -> None:
+    """systemctl stop signals the whole cgroup: the front end exits first, and is not started again."""
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    (front,) = front_ends(server)
+    assert server.proc is not None
+    os.kill(front, signal.SIGTERM)
+    time.sleep(0.3)  # the front end is gone before the server hears of it
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+    assert "starting it again" not in server.log()
+
+
+def test_a_front_end_stopped_alone_is_replaced(fresh_server: Callable[..., ServerProcess]) -> None:
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    inbox = _client(server).inboxes.create().inbox_id
+    (first,) = front_ends(server)
+    os.kill(first, signal.SIGTERM)  # a clean exit the server did not ask for: back after a short wait
+    wait_for(lambda: front_ends(server) and front_ends(server) != [first], timeout=15)
+    smtp_send(server, [inbox], make_message(inbox).as_bytes())
+    assert _client(server).inboxes.messages.list(inbox).count == 1
+
+
 def test_a_stop_during_a_restart_starts_nothing(fresh_server: Callable[..., ServerProcess]) -> None:
     server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": "1"}).start()
     (first,) = front_ends(server)

@@ -34,6 +34,7 @@ START_TIMEOUT = 30.0  # seconds for a front end to import and listen
 STOP_TIMEOUT = 15.0  # seconds for a front end to exit on SIGTERM (listener.STOP_GRACE, and some)
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)  # seconds before restarting a front end that died, by streak
 STEADY = 60.0  # seconds a front end must live for its restart streak to reset
+CLEAN_EXIT_GRACE = 2.0  # seconds a front end's clean exit waits for this server's own stop
 CLEAR = link.encode(("clear",))
 
 
@@ -112,7 +113,9 @@ class FrontEnd:
             started = loop.time()
             await self._serve(reader, writer)
             code = await self._reap()
-            if self._stopping.is_set():
+            # A front end exits 0 only on SIGTERM: from this server, or sent to the whole process
+            # group or cgroup (systemctl stop), which stops this server a moment later: no restart.
+            if self._stopping.is_set() or (code == 0 and await self._stopped_within(CLEAN_EXIT_GRACE)):
                 return
             streak = 0 if loop.time() - started > STEADY else streak + 1
             log.error("smtp front end %d exited (code %s): starting it again", self.index, code)
