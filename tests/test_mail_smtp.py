@@ -264,3 +264,22 @@ def test_ehlo_answer_is_whole_and_in_order(harness: Harness) -> None:
         b"250-SMTPUTF8\r\n",
         b"250 HELP\r\n",
     ]
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_smtp_can_listen_apart_from_the_http_api(
+    workers: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """AGENTMX_SMTP_HOST: mail from the world, the API kept on loopback behind a proxy."""
+    env = {"AGENTMX_SMTP_HOST": "127.0.0.2", "AGENTMX_SMTP_WORKERS": workers}
+    server = fresh_server("sqlite", env=env).start()  # the API answers on 127.0.0.1
+    client = AgentMail(
+        api_key=server.create_key(),
+        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
+    )
+    inbox = client.inboxes.create().inbox_id
+    with smtplib.SMTP("127.0.0.2", server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("sender@example.com", [inbox], make_message(inbox).as_bytes())
+    assert client.inboxes.messages.list(inbox).count == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.smtp_port), timeout=5)

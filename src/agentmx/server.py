@@ -103,7 +103,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
                 "agentmx listening: http://%s:%s smtp %s:%s",
                 settings.host,
                 settings.http_port,
-                settings.host,
+                settings.effective_smtp_host,
                 settings.smtp_port,
             )
             print(f"agentmx ready http://{settings.host}:{settings.http_port}", flush=True)

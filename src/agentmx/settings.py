@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP API and SMTP listener bind to.")
     http_port: int = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
     smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
+    smtp_host: str = Field(
+        "",
+        description="Address the SMTP listeners (inbound and submission) bind to, when not AGENTMX_HOST: "
+        "0.0.0.0 takes mail from the world while the HTTP API stays on 127.0.0.1 behind a proxy.",
+    )
     http_max_connections: int = Field(
         10000,
         description="Simultaneous HTTP and WebSocket connections. At the cap, a newcomer from an address with fewer "
@@ -228,6 +233,10 @@ class Settings(BaseSettings):
                     f"AGENTMX_{name.upper()} needs AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY"
                 )
         return self
+
+    @property
+    def effective_smtp_host(self) -> str:
+        return self.smtp_host or self.host
 
     @property
     def smtp_tls(self) -> bool:

@@ -77,8 +77,10 @@ async def listen(
         if implicit_tls and tls:
             # Sessions (and the connection caps) begin after the handshake: keep it short.
             ssl_options = {"ssl": tls.current(), "ssl_handshake_timeout": settings.smtp_stress_timeout}
-        servers = [await loop.create_server(factory, host=settings.host, port=port, **ssl_options)]
-        log.info("smtp listening on %s:%s", settings.host, port)
+        servers = [
+            await loop.create_server(factory, host=settings.effective_smtp_host, port=port, **ssl_options)
+        ]
+        log.info("smtp listening on %s:%s", settings.effective_smtp_host, port)
     else:
         servers = [await loop.create_server(factory, sock=sock) for sock in sockets]
     stop_reaper = StressReaper(limits.live, max_connections, settings.smtp_stress_timeout).start()

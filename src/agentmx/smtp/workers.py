@@ -235,7 +235,7 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
     loop = asyncio.get_running_loop()
     # Bound, never served here: the front ends accept. Kept open so a restarted front end gets them.
     bound = await loop.create_server(
-        asyncio.Protocol, host=settings.host, port=settings.smtp_port, start_serving=False
+        asyncio.Protocol, host=settings.effective_smtp_host, port=settings.smtp_port, start_serving=False
     )
     sockets = [socket.socket(fileno=os.dup(s.fileno())) for s in bound.sockets]
     front_ends = [FrontEnd(rt, sockets, count, i) for i in range(count)]
@@ -249,7 +249,13 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
             sock.close()
         raise
     noun = "process" if count == 1 else "processes"
-    log.info("smtp listening on %s:%s (%d front-end %s)", settings.host, settings.smtp_port, count, noun)
+    log.info(
+        "smtp listening on %s:%s (%d front-end %s)",
+        settings.effective_smtp_host,
+        settings.smtp_port,
+        count,
+        noun,
+    )
 
     async def stop() -> None:
         await asyncio.gather(*(f.stop() for f in front_ends), return_exceptions=True)
