@@ -159,15 +159,16 @@ class BlobStore:
     def keys_unused_since(self, folder: str, unused_since: float) -> list[str]:
         """Keys of the files in one first-level folder last used before ``unused_since`` (Unix time)."""
         found: list[str] = []
-        for sub in os.scandir(folder):
-            if not sub.is_dir():
-                continue
-            with os.scandir(sub.path) as files:
-                for entry in files:
-                    if entry.name.startswith(".") or not entry.is_file():
-                        continue  # a write in progress (.tmp-…)
-                    if entry.stat().st_mtime < unused_since:
-                        found.append(entry.name)
+        with os.scandir(folder) as subs:
+            for sub in subs:
+                if not sub.is_dir():
+                    continue
+                with os.scandir(sub.path) as files:
+                    for entry in files:
+                        if entry.name.startswith(".") or not entry.is_file():
+                            continue  # a write in progress (.tmp-…)
+                        if entry.stat().st_mtime < unused_since:
+                            found.append(entry.name)
         return found
 
     @contextlib.contextmanager
