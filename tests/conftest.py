@@ -66,6 +66,20 @@ def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             postgres.drop_database(url)
 
 
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty database (no schema) on each backend; dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    _postgres_or_skip()
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
 @pytest.fixture
 def client(harness: Harness) -> AgentMail:
     return harness.client()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -14,8 +13,6 @@ from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, in
 from agentmx.db.bulk import insert_many
 from agentmx.db.engine import Database
 from agentmx.db.types import JSONType, UTCDateTime
-from agentmx.testing import postgres
-from conftest import BACKENDS, _postgres_or_skip
 
 T = TypeVar("T")
 METADATA = MetaData()
@@ -39,19 +36,6 @@ DOCS: list[Any] = [
     {"big": 2**70 + 1, "small": -(2**64) - 3},  # past 64 bits: orjson would read a float
     None,
 ]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bulk.db'}"
-        return
-    _postgres_or_skip()
-    url = postgres.create_database()
-    try:
-        yield url
-    finally:
-        postgres.drop_database(url)
 
 
 async def with_tables(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -81,7 +65,7 @@ def rows(prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_insert_many_stores_what_an_orm_insert_stores(database_url: str) -> None:
+def test_insert_many_stores_what_an_orm_insert_stores(empty_database: str) -> None:
     async def run(db: Database) -> list[Any]:
         async with db.transaction() as session:
             await insert_many(session, insert(ROWS), rows("fast"))
@@ -89,17 +73,17 @@ def test_insert_many_stores_what_an_orm_insert_stores(database_url: str) -> None
         async with db.read() as session:
             return list((await session.execute(select(ROWS).order_by(ROWS.c.n, ROWS.c.id))).all())
 
-    found = asyncio.run(with_tables(database_url, run))
+    found = asyncio.run(with_tables(empty_database, run))
     fast = [tuple(r)[1:] for r in found if r.id.startswith("fast")]
     orm = [tuple(r)[1:] for r in found if r.id.startswith("orm")]
     assert fast == orm
     assert [r[1] for r in fast] == DOCS
 
 
-def test_insert_many_refuses_rows_leaving_out_a_defaulted_column(database_url: str) -> None:
+def test_insert_many_refuses_rows_leaving_out_a_defaulted_column(empty_database: str) -> None:
     async def run(db: Database) -> None:
         async with db.transaction() as session:
             await insert_many(session, insert(DEFAULTED), [{"id": "x"}])
 
     with pytest.raises(ValueError, match="'n'"):
-        asyncio.run(with_tables(database_url, run))
+        asyncio.run(with_tables(empty_database, run))

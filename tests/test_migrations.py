@@ -17,8 +17,6 @@ import agentmx.db.models  # noqa: F401 (registers every table)
 from agentmx.db.base import Base
 from agentmx.db.migrate import alembic_config, upgrade
 from agentmx.settings import normalize_database_url
-from agentmx.testing import postgres
-from conftest import BACKENDS, _postgres_or_skip
 
 
 async def schema_differences(url: str) -> list[Any]:
@@ -32,19 +30,9 @@ async def schema_differences(url: str) -> list[Any]:
         await engine.dispose()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_migrations_match_the_models(backend: str, tmp_path: Path) -> None:
-    if backend == "postgres":
-        _postgres_or_skip()
-        url = postgres.create_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'm.db'}"
-    try:
-        upgrade(url)
-        assert asyncio.run(schema_differences(url)) == []
-    finally:
-        if backend == "postgres":
-            postgres.drop_database(url)
+def test_migrations_match_the_models(empty_database: str) -> None:
+    upgrade(empty_database)
+    assert asyncio.run(schema_differences(empty_database)) == []
 
 
 def test_downgrading_past_inline_blobs_refuses_to_lose_them(tmp_path: Path) -> None:
@@ -68,18 +56,8 @@ def test_small_blobs_no_row_names_are_queued_for_the_collector_on_upgrade(tmp_pa
         assert db.execute("SELECT key FROM blob_candidates").fetchall() == [("left-by-a-deleted-message",)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_blob_collection_downgrades_and_upgrades_again(backend: str, tmp_path: Path) -> None:
-    if backend == "postgres":
-        _postgres_or_skip()
-        url = postgres.create_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'g.db'}"
-    try:
-        upgrade(url)
-        command.downgrade(alembic_config(url), "0007")  # triggers, function, table, indexes, column
-        upgrade(url)
-        assert asyncio.run(schema_differences(url)) == []
-    finally:
-        if backend == "postgres":
-            postgres.drop_database(url)
+def test_blob_collection_downgrades_and_upgrades_again(empty_database: str) -> None:
+    upgrade(empty_database)
+    command.downgrade(alembic_config(empty_database), "0007")  # triggers, function, table, indexes, column
+    upgrade(empty_database)
+    assert asyncio.run(schema_differences(empty_database)) == []
