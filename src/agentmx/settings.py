@@ -24,7 +24,10 @@ class ConfigError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore")
 
-    host: str = Field("127.0.0.1", description="Address the HTTP API and SMTP listener bind to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP API binds to, and the SMTP listeners unless AGENTMX_SMTP_HOST.",
+    )
     http_port: int = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
     smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
     smtp_host: str = Field(
@@ -224,11 +227,11 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
+    def _tls_settings(self) -> Settings:
         if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
             raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
         for name in ("submission_port", "submissions_port"):
-            if getattr(self, name) and not self.smtp_tls_cert:  # API keys travel in AUTH: never in plain text
+            if getattr(self, name) and not self.smtp_tls:  # API keys travel in AUTH: never in plain text
                 raise ValueError(
                     f"AGENTMX_{name.upper()} needs AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY"
                 )

@@ -47,16 +47,18 @@ S553_NOT_YOUR_ADDRESS = "553 5.7.1 Sender address is not the authenticated inbox
 
 def submission_reply_for(exc: BaseException) -> str:
     """The reply to a refused submission: the code, then the error's message on one line."""
-    for cls in type(exc).__mro__:
-        if cls in SUBMISSION_REPLIES:
-            words = " ".join(str(getattr(exc, "message", exc)).split())[:400]
-            return f"{SUBMISSION_REPLIES[cls]} {words}"
-    return S451_TEMP_FAILURE
+    code = _most_specific(SUBMISSION_REPLIES, exc)
+    if code is None:
+        return S451_TEMP_FAILURE
+    words = " ".join(str(getattr(exc, "message", exc)).split())[:400]
+    return f"{code} {words}"
 
 
 def reply_for(exc: BaseException) -> str:
     """The SMTP reply for an error; anything unknown keeps custody with the client (451)."""
-    for cls in type(exc).__mro__:
-        if cls in ERROR_REPLIES:
-            return ERROR_REPLIES[cls]
-    return S451_TEMP_FAILURE
+    return _most_specific(ERROR_REPLIES, exc) or S451_TEMP_FAILURE
+
+
+def _most_specific(table: dict[type[e.AgentMXError], str], exc: BaseException) -> str | None:
+    """The entry for the exception's class or its nearest base along the MRO."""
+    return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)
