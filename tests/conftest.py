@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,18 @@ def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         server.stop()
         if url:
             postgres.drop_database(url)
+
+
+def run_agentmx(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m agentmx`` with these settings alone (none of the caller's AGENTMX_ variables)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agentmx", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(params=BACKENDS)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_agentmx
 
 # Runs a command in-process and prints which of the server's modules it loaded.
 _PROBE = """
@@ -42,14 +43,7 @@ def test_keys_create_prints_a_key_without_the_http_app(tmp_path: Path) -> None:
 
 
 def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")} | {"AGENTMX_HTTP_PORT": "abc"}
-    out = subprocess.run(
-        [sys.executable, "-m", "agentmx", "keys", "create", "--data-dir", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    out = run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env={"AGENTMX_HTTP_PORT": "abc"})
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.startswith(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import smtplib
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from agentmail.environment import AgentMailEnvironment
 
 from agentmx.testing.certs import key_pem, replace, unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
+from conftest import run_agentmx
 from mail_support import download, make_message, smtp_send
 
 SMALL_LIMIT = 1024 * 1024  # a 1 MB message, with its parse, is too big for a front end's link frame
@@ -182,14 +181,8 @@ def test_mail_from_another_agentmx_comes_over_tls(served: Served, tmp_path: Path
 
 
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    args = ["serve", "--data-dir", str(tmp_path / "d"), "--http-port", str(free_port())]
-    return subprocess.run(
-        [sys.executable, "-m", "agentmx", *args, "--smtp-port", str(free_port())],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")}, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ports = ["--http-port", str(free_port()), "--smtp-port", str(free_port())]
+    return run_agentmx("serve", "--data-dir", str(tmp_path / "d"), *ports, env=env)
 
 
 def test_a_certificate_that_does_not_load_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:

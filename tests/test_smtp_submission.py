@@ -7,12 +7,9 @@ the headers, and a retry of the same Message-ID is sent once.
 
 from __future__ import annotations
 
-import os
 import secrets
 import smtplib
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from email import policy
@@ -25,7 +22,7 @@ from agentmail.environment import AgentMailEnvironment
 
 from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
-from conftest import BACKENDS
+from conftest import BACKENDS, run_agentmx
 from send_support import Sink, ext, relaying_server, wait_for
 
 
@@ -222,14 +219,7 @@ def test_a_retried_submission_is_sent_once(served: Served) -> None:
 
 
 def test_submission_needs_a_certificate(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMX_")}
-    env["AGENTMX_SUBMISSION_PORT"] = str(free_port())
-    out = subprocess.run(
-        [sys.executable, "-m", "agentmx", "db", "upgrade", "--data-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"AGENTMX_SUBMISSION_PORT": str(free_port())}
+    out = run_agentmx("db", "upgrade", "--data-dir", str(tmp_path), env=env)
     assert out.returncode == 2
     assert "AGENTMX_SUBMISSION_PORT needs AGENTMX_SMTP_TLS_CERT" in out.stderr
