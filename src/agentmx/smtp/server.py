@@ -19,9 +19,9 @@ async def start(rt: Runtime) -> Callable[[], Awaitable[None]]:
 
     if settings.smtp_port == 0:
         return _noop
-    if settings.smtp_tls:
-        load_context(settings.smtp_tls_cert, settings.smtp_tls_key)  # here, not in each front end
     count = settings.effective_smtp_workers  # auto reads the CPU affinity and cgroup quota: once
     if count > 0:
+        if settings.smtp_tls:  # files that do not load stop the server here, not in each front end
+            load_context(settings.smtp_tls_cert, settings.smtp_tls_key)
         return await workers.start(rt, count)
-    return await listen(InboundHandler(rt), settings)
+    return await listen(InboundHandler(rt), settings)  # loads (and checks) the certificate itself
