@@ -6,6 +6,8 @@ and overridden by CLI flags. Settings are frozen once built.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -206,10 +208,23 @@ class Settings(BaseSettings):
     download_url_ttl: int = Field(
         3600, description="Seconds a signed attachment or raw-message download_url stays valid."
     )
+    inbound_sender_checks: bool = Field(
+        True,
+        description="Check SPF, DKIM and DMARC (RFC 7208, 6376, 7489) of mail from SMTP clients outside "
+        "AGENTMX_SMTP_TRUSTED_NETWORKS and record the outcome in an Authentication-Results field at the top "
+        "of the stored message. Needs DNS (AGENTMX_DNS_RESOLVER or the system's).",
+    )
+    smtp_trusted_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="Comma-separated networks (CIDR) of SMTP clients whose mail is not checked: this host, a "
+        "relay or filter in front of agentmx. Empty: every client is checked.",
+    )
     inbound_label_unauthenticated: bool = Field(
         False,
-        description="Label inbound SMTP mail without DKIM-Signature, Authentication-Results or "
-        "Received-SPF headers 'unauthenticated' (hidden from lists by default).",
+        description="Label inbound SMTP mail 'unauthenticated' (hidden from lists by default) when its From "
+        "domain is not authenticated: no SPF or DKIM pass aligned with it (the DMARC test, whatever the "
+        "domain publishes). Mail that was not checked (trusted networks, checks off) is labelled when it has "
+        "no DKIM-Signature, Authentication-Results or Received-SPF header.",
     )
     secret_key: str = Field(
         "",
@@ -225,6 +240,21 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("smtp_trusted_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network such as 192.0.2.0/24 or 2001:db8::/32") from None
+        return value
+
+    @functools.cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        parts = (part.strip() for part in self.smtp_trusted_networks.split(","))
+        return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
 
     @model_validator(mode="after")
     def _tls_settings(self) -> Settings:

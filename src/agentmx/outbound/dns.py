@@ -31,7 +31,7 @@ class Target:
     address: str  # IP to connect to
 
 
-def _split_host_port(value: str) -> tuple[str, int]:
+def split_host_port(value: str) -> tuple[str, int]:
     value = value.strip()
     if value.startswith("["):  # [::1]:53
         host, _, rest = value[1:].partition("]")
@@ -45,7 +45,7 @@ def _split_host_port(value: str) -> tuple[str, int]:
 def resolver(settings: Settings) -> dns.asyncresolver.Resolver:
     if settings.dns_resolver:
         res = dns.asyncresolver.Resolver(configure=False)
-        host, port = _split_host_port(settings.dns_resolver)
+        host, port = split_host_port(settings.dns_resolver)
         res.nameservers = [host]
         res.port = port
     else:

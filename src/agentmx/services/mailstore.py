@@ -408,23 +408,34 @@ async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
 AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
 
 
-def _auth_labels(rt: Runtime, parsed: ParsedMessage, mail_from: str) -> set[str]:
-    """``unauthenticated`` for mail carrying no SPF/DKIM evidence at all (opt-in setting).
+def _auth_labels(
+    rt: Runtime, parsed: ParsedMessage, mail_from: str, sender_verified: bool | None
+) -> set[str]:
+    """``unauthenticated`` (opt-in setting) for mail whose From domain the checks did not verify
+    (``mail.sender_auth``), or, when it was not checked, that carries no SPF/DKIM evidence at all.
 
     Mail from our own return paths (local delivery of an outbound message) is exempt.
     """
     if not rt.settings.inbound_label_unauthenticated or hooks.return_path_handler(mail_from) is not None:
         return set()
+    if sender_verified is not None:
+        return set() if sender_verified else {"unauthenticated"}
     present = {name.lower() for name in parsed.headers}
     return set() if present & set(AUTH_HEADERS) else {"unauthenticated"}
 
 
 async def receive(
-    rt: Runtime, raw: bytes, mail_from: str, rcpt_tos: list[str], parsed: ParsedMessage | None = None
+    rt: Runtime,
+    raw: bytes,
+    mail_from: str,
+    rcpt_tos: list[str],
+    parsed: ParsedMessage | None = None,
+    sender_verified: bool | None = None,
 ) -> dict[str, ReceiveResult]:
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
 
     ``parsed`` is ``raw`` parsed already (by an SMTP front-end process), else it is parsed here.
+    ``sender_verified``: whether the sender checks verified the From domain; None when not checked.
 
     Recipient checks and classification only read, so they run before the write transaction
     (on SQLite the write lock is then held just for the inserts). The copies are committed
@@ -445,7 +456,7 @@ async def receive(
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
-            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from)
+            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from, sender_verified)
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
             accepted.append((address, inbox, labels))

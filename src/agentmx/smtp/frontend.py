@@ -1,8 +1,9 @@
 """``python -m agentmx.smtp.frontend``: an SMTP front-end process, started by the server.
 
-It serves SMTP sessions on listening sockets the server process bound and handed over, and parses
-each message. The server process checks each recipient and stores each message
-(``smtp/workers.py``), so a 250 still means committed. With ``AGENTMX_SMTP_WORKERS`` set, the
+It serves SMTP sessions on listening sockets the server process bound and handed over, checks
+each message's sender (SPF, DKIM, DMARC: ``mail/sender_auth.py``) and parses it. The server
+process checks each recipient and stores each message (``smtp/workers.py``), so a 250 still means
+committed. With ``AGENTMX_SMTP_WORKERS`` set, the
 SMTP dialogue and the MIME parse, about a third of a message's CPU, run on another core.
 
 Arguments: the server's pid, the link socket's descriptor, the event loop (``event_loops.CHOICES``),
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from agentmx import event_loops, log_setup
+from agentmx.mail import sender_auth
 from agentmx.mail.parse import parse_off_loop
 from agentmx.settings import Settings
 from agentmx.smtp import link
@@ -142,6 +144,7 @@ class ForwardingHandler(HookNames):
     def __init__(self, client: LinkClient, cache: RcptCache, settings: Settings) -> None:
         self.client = client
         self.cache = cache
+        self.settings = settings
         self.hostname = settings.hostname
         self.frame_limit = link.max_frame(settings.smtp_max_message_size)
 
@@ -172,9 +175,12 @@ class ForwardingHandler(HookNames):
         local = [rcpt for rcpt in rcpt_tos if rcpt not in return_paths]
         prepared = None
         tls = describe(session)
-        if local:  # what the server would do first, done here: the trace fields and the parse
+        if local:  # what the server would do first, done here: the sender checks, the trace fields, the parse
+            checked = await sender_auth.check(self.settings, raw, mail_from, session.host_name, session.peer)
+            raw = checked.raw
             trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local, tls)
-            prepared = Prepared(local, trace, await parse_off_loop(trace + raw))
+            trace += checked.field
+            prepared = Prepared(local, trace, await parse_off_loop(trace + raw), checked.verified)
         try:
             # A big message whose parse would not fit a frame goes without it: the server parses.
             reply: str = await self.client.call(

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from agentmx.errors import AgentMXError
+from agentmx.mail import sender_auth
 from agentmx.services import hooks, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import replies
@@ -57,12 +58,15 @@ async def accept_data(
         rcpt_tos = await _return_paths(rt, raw, rcpt_tos)
         if not rcpt_tos:
             return replies.S250_QUEUED
-        parsed = None
-        if prepared is not None and prepared.rcpt_tos == rcpt_tos:
-            trace, parsed = prepared.trace, prepared.parsed
+        if prepared is not None and prepared.rcpt_tos == rcpt_tos:  # the front end checked and parsed it
+            trace, parsed, verified = prepared.trace, prepared.parsed, prepared.sender_verified
         else:
-            trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls)
-        results = await mailstore.receive(rt, trace + raw, mail_from, rcpt_tos, parsed=parsed)
+            checked = await sender_auth.check(rt.settings, raw, mail_from, helo, peer)
+            raw, verified, parsed = checked.raw, checked.verified, None
+            trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls) + checked.field
+        results = await mailstore.receive(
+            rt, trace + raw, mail_from, rcpt_tos, parsed=parsed, sender_verified=verified
+        )
     except AgentMXError as exc:
         log.warning("inbound message refused: %s", exc)
         return replies.reply_for(exc)

@@ -30,7 +30,8 @@ HEADER = struct.Struct("!I")
 
 @dataclass
 class Prepared:
-    """What a front end did ahead for DATA: the trace fields and the parse of trace + body.
+    """What a front end did ahead for DATA: the sender checks, the trace fields (with the checks'
+    Authentication-Results) and the parse of trace + body.
 
     Valid only for exactly these recipients (the trace names a single one).
     """
@@ -38,6 +39,7 @@ class Prepared:
     rcpt_tos: list[str]
     trace: bytes
     parsed: ParsedMessage
+    sender_verified: bool | None = None  # mail.sender_auth.Checked.verified
 
 
 @dataclass
@@ -76,7 +78,7 @@ _LIST_FIELDS = ("to", "cc", "bcc", "reply_to", "references")
 
 def _to_plain(item: Any) -> Any:
     if isinstance(item, Prepared):
-        return (_PREPARED, item.rcpt_tos, item.trace, _parsed_to_plain(item.parsed))
+        return (_PREPARED, item.rcpt_tos, item.trace, _parsed_to_plain(item.parsed), item.sender_verified)
     if isinstance(item, RcptReply):
         return (_RCPT_REPLY, item.reply, item.return_path)
     return item
@@ -86,8 +88,8 @@ def _from_plain(item: Any) -> Any:
     if not isinstance(item, tuple) or not item:
         return item
     if item[0] == _PREPARED:
-        _, rcpt_tos, trace, parsed = item
-        return Prepared(list(rcpt_tos), trace, _parsed_from_plain(parsed))
+        _, rcpt_tos, trace, parsed, sender_verified = item
+        return Prepared(list(rcpt_tos), trace, _parsed_from_plain(parsed), sender_verified)
     if item[0] == _RCPT_REPLY:
         _, reply, return_path = item
         return RcptReply(reply, return_path)

@@ -207,7 +207,14 @@ def _backoff(streak: int) -> float:
 
 
 # What a front end needs of the settings: its limits and names, not the database or any secret.
-_FRONT_END_SETTINGS = ("domain", "public_host", "log_level", "http_max_connections")
+_FRONT_END_SETTINGS = (
+    "domain",
+    "public_host",
+    "log_level",
+    "http_max_connections",
+    "dns_resolver",
+    "inbound_sender_checks",
+)
 _NOT_FOR_FRONT_ENDS = ("smtp_relay", "smtp_relay_username", "smtp_relay_password", "smtp_relay_starttls")
 
 

@@ -1,0 +1,209 @@
+"""Who sent this mail? SPF, DKIM and DMARC of a message received over SMTP, as one
+Authentication-Results field (RFC 8601) and one verdict: is the From domain authenticated?
+
+An agent reads the From field and may act on it; anybody can write any From. The verdict is
+DMARC's test (RFC 7489 4.2): an SPF or DKIM pass for a domain aligned with the From domain,
+computed whether or not that domain publishes a DMARC record.
+
+Mail from trusted networks (this host, a relay in front) is not checked, as an MTA does not
+check its own submissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from typing import Any
+
+from agentmx.mail import dkim_verify, dmarc, spf
+from agentmx.mail.auth_dns import AuthDns, DnsTempError, for_resolver
+from agentmx.mail.dkim_verify import DkimResult
+from agentmx.settings import Settings
+
+log = logging.getLogger("agentmx.mail")
+
+DEADLINE = 10.0  # seconds for all the checks of one message; what has not answered is a temperror
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SenderAuth:
+    spf: str  # spf.RESULTS
+    spf_identity: tuple[str, str]  # ("smtp.mailfrom", address) or ("smtp.helo", name) for a null sender
+    dkim: list[DkimResult] = field(default_factory=list)
+    dmarc: str = "none"  # pass, fail, none (no record or no single From domain), temperror
+    from_domain: str | None = None
+    requested: str | None = None  # the domain's p= (or sp=)
+    from_verified: bool = False  # an SPF or DKIM pass aligned with the From domain
+
+    def header(self, authserv_id: str) -> bytes:
+        """The Authentication-Results field, folded, ending in CRLF."""
+        parts = [f"spf={self.spf} {self.spf_identity[0]}={_value(self.spf_identity[1])}"]
+        for result in self.dkim or ():
+            parts.append(
+                f"dkim={result.result} header.d={_value(result.domain or 'unknown')} "
+                f"header.s={_value(result.selector or 'unknown')} header.b={_value(result.signature or 'none')}"
+            )
+        if not self.dkim:
+            parts.append("dkim=none")
+        requested = f" (p={self.requested})" if self.requested else ""
+        from_part = f" header.from={_value(self.from_domain)}" if self.from_domain else ""
+        parts.append(f"dmarc={self.dmarc}{requested}{from_part}")
+        results = ";\r\n\t".join(parts)
+        return f"Authentication-Results: {_value(authserv_id)};\r\n\t{results}\r\n".encode()
+
+
+def _value(text: str) -> str:
+    """A property value: a token as it is, anything else a quoted string (RFC 8601 2.2)."""
+    text = _UNPRINTABLE.sub("", text)[:255]
+    if _TOKEN.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def client_ip(peer: Any) -> str | None:
+    """The SMTP client's address from an aiosmtpd peer (a tuple, or a list after the front-end link)."""
+    if not isinstance(peer, (tuple, list)) or not peer:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def checked(settings: Settings, peer: Any) -> str | None:
+    """The client IP to check mail from, or None (checks off, a trusted network, no IP)."""
+    ip = client_ip(peer) if settings.inbound_sender_checks else None
+    if ip is None:
+        return None
+    address = ipaddress.ip_address(ip)
+    if any(address in network for network in settings.trusted_networks):
+        return None
+    return ip
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A received message after the checks: what to store, the field to add above it, the verdict."""
+
+    raw: bytes  # claims of our authserv-id renamed
+    field: bytes = b""  # Authentication-Results, or empty when not checked
+    verified: bool | None = None  # the From domain authenticated; None when not checked
+
+
+async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None, peer: Any) -> Checked:
+    """The checks of a message from ``peer``; ``Checked(raw)`` when it is not checked (``checked``)."""
+    ip = checked(settings, peer)
+    if ip is None:
+        return Checked(raw)
+    await dmarc.ready()
+    try:
+        verdict = await authenticate(raw, ip, helo or "", mail_from, for_resolver(settings.dns_resolver))
+    except Exception:  # a bug here must not refuse mail, nor let it pass as verified
+        log.exception("checking the sender of a message failed")
+        failed = DkimResult("temperror", "", "", "")
+        verdict = SenderAuth("temperror", _spf_identity(mail_from, helo or "")[0], [failed], "temperror")
+    authserv_id = settings.hostname
+    return Checked(rename_claims(raw, authserv_id), verdict.header(authserv_id), verdict.from_verified)
+
+
+async def authenticate(raw: bytes, ip: str, helo: str, mail_from: str, dns: AuthDns) -> SenderAuth:
+    identity, spf_domain, sender = _spf_identity(mail_from, helo)
+    from_domain = _from_domain(raw)
+    spf_result, dkim_results, policy = await asyncio.gather(
+        _within(spf.check_host(ip, spf_domain, sender, helo, dns), "temperror"),
+        _within(_dkim(raw, dns), [DkimResult("temperror", "", "", "")]),
+        _within(_policy(from_domain, dns), "temperror"),
+    )
+    verdict = SenderAuth(spf_result, identity, dkim_results, from_domain=from_domain)
+    if from_domain is None:
+        return verdict
+    strict_spf = strict_dkim = False
+    if isinstance(policy, dmarc.Policy):
+        strict_spf, strict_dkim = policy.spf_strict, policy.dkim_strict
+    spf_aligned = spf_result == "pass" and dmarc.aligned(spf_domain, from_domain, strict_spf)
+    dkim_aligned = any(
+        r.result == "pass" and dmarc.aligned(r.domain, from_domain, strict_dkim) for r in dkim_results
+    )
+    verified = spf_aligned or dkim_aligned
+    if policy == "temperror":
+        outcome, requested = "temperror", None
+    elif policy is None:
+        outcome, requested = "none", None
+    else:
+        outcome, requested = ("pass" if verified else "fail"), policy.request
+    return SenderAuth(
+        spf_result, identity, dkim_results, outcome, from_domain, requested, from_verified=verified
+    )
+
+
+def _spf_identity(mail_from: str, helo: str) -> tuple[tuple[str, str], str, str]:
+    """(how Authentication-Results names it, the domain SPF checks, the sender for its macros)."""
+    if "@" in mail_from:
+        return ("smtp.mailfrom", mail_from), mail_from.rpartition("@")[2].lower(), mail_from
+    # A null reverse path (bounces): SPF checks the HELO name (RFC 7208 2.3).
+    return ("smtp.helo", helo), helo.lower(), f"postmaster@{helo}"
+
+
+async def _within(work: Any, on_timeout: Any) -> Any:
+    try:
+        return await asyncio.wait_for(work, DEADLINE)
+    except TimeoutError:
+        return on_timeout
+
+
+async def _dkim(raw: bytes, dns: AuthDns) -> list[DkimResult]:
+    try:
+        return await dkim_verify.verify(raw, dns)
+    except Exception:  # noqa: BLE001 (a message dkimpy cannot read has no signature it can check)
+        log.debug("DKIM check failed", exc_info=True)
+        return []
+
+
+async def _policy(from_domain: str | None, dns: AuthDns) -> dmarc.Policy | str | None:
+    if from_domain is None:
+        return None
+    try:
+        return await dmarc.policy_for(from_domain, dns)
+    except DnsTempError:
+        return "temperror"
+
+
+def _from_domain(raw: bytes) -> str | None:
+    """The domain of the one address in the one From field; None otherwise (RFC 7489 6.6.1)."""
+    fields = _FROM.findall(_head(raw))
+    if len(fields) != 1:
+        return None
+    value = fields[0].decode("utf-8", "replace")
+    addresses = [address for _, address in getaddresses([" ".join(value.split())]) if address]
+    if len(addresses) != 1 or "@" not in addresses[0]:
+        return None
+    domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
+    return domain if spf.valid_domain(domain) else None
+
+
+def _head(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 2]
+
+
+def rename_claims(raw: bytes, authserv_id: str) -> bytes:
+    """Rename Authentication-Results fields that claim to be ours (RFC 8601 5: a sender's forgery)."""
+    head = _head(raw)
+    rest = raw[len(head) :]
+    pattern = re.compile(
+        rb"(?mi)^authentication-results(?=[ \t]*:[ \t]*(?:\r?\n[ \t]+)?"
+        + re.escape(authserv_id.encode())
+        + rb"[ \t\r\n;])"
+    )
+    renamed = pattern.sub(b"X-Original-Authentication-Results", head)
+    return raw if renamed == head else renamed + rest

@@ -1,0 +1,243 @@
+"""SPF (RFC 7208): may this client IP send mail for this domain?
+
+``check_host`` is the function of section 4, over ``AuthDns``. Its limits keep a hostile record
+cheap: 10 DNS-querying terms (include, a, mx, ptr, exists, redirect), 2 void lookups, 10 MX names.
+``ptr`` (section 5.5: "SHOULD NOT be used") never matches here, so it costs no reverse lookups.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from agentmx.mail.auth_dns import AuthDns, DnsTempError
+
+MAX_LOOKUPS = 10
+MAX_VOID_LOOKUPS = 2
+MAX_MX_NAMES = 10
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+_QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+_MECHANISM = re.compile(r"^([+\-~?]?)(all|include|a|mx|ptr|ip4|ip6|exists)(?=$|[:/])(.*)$", re.IGNORECASE)
+_MODIFIER = re.compile(r"^([a-z][a-z0-9_.\-]*)=(.*)$", re.IGNORECASE)
+_CIDR = re.compile(r"^(.*?)(?:/(\d+))?(?://(\d+))?$")
+_MACRO = re.compile(r"%(?:\{([a-z])(\d*)(r?)([.\-+,/_=]*)\}|%|_|-)", re.IGNORECASE)
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _PermError(Exception):
+    pass
+
+
+class _TempError(Exception):
+    pass
+
+
+@dataclass
+class _Query:
+    """One check_host evaluation: the inputs and the lookup counters its includes share."""
+
+    ip: IP
+    sender: str  # local-part@domain of MAIL FROM (postmaster@<helo> when it was empty)
+    helo: str
+    dns: AuthDns
+    lookups: int = 0
+    voids: int = 0
+
+    def count_lookup(self) -> None:
+        self.lookups += 1
+        if self.lookups > MAX_LOOKUPS:
+            raise _PermError("more than 10 DNS lookups")
+
+    def count_void(self, answers: list[str]) -> list[str]:
+        if not answers:
+            self.voids += 1
+            if self.voids > MAX_VOID_LOOKUPS:
+                raise _PermError("more than 2 void lookups")
+        return answers
+
+
+async def check_host(ip: str, domain: str, sender: str, helo: str, dns: AuthDns) -> str:
+    """One of ``RESULTS`` for ``ip`` sending as ``sender`` (whose domain is ``domain``)."""
+    try:
+        query = _Query(ipaddress.ip_address(ip), sender, helo, dns)
+    except ValueError:
+        return "none"
+    try:
+        return await _evaluate(query, domain)
+    except _PermError:
+        return "permerror"
+    except (_TempError, DnsTempError):
+        return "temperror"
+
+
+def valid_domain(domain: str) -> bool:
+    labels = domain.rstrip(".").split(".")
+    return len(labels) > 1 and all(0 < len(label) <= 63 for label in labels) and len(domain) <= 253
+
+
+async def _evaluate(query: _Query, domain: str) -> str:
+    if not valid_domain(domain):
+        return "none"
+    records = [r for r in await query.dns.txt(domain) if re.match(r"^v=spf1(?: |$)", r, re.IGNORECASE)]
+    if not records:
+        return "none"
+    if len(records) > 1:
+        raise _PermError(f"{domain} publishes {len(records)} SPF records")
+    terms = records[0].split()[1:]
+    redirect: str | None = None
+    seen_modifiers: set[str] = set()
+    for term in terms:
+        modifier = _MODIFIER.match(term)
+        if modifier:
+            name = modifier.group(1).lower()
+            if name in ("redirect", "exp"):
+                if name in seen_modifiers:
+                    raise _PermError(f"two {name}= modifiers")
+                seen_modifiers.add(name)
+            if name == "redirect":
+                redirect = modifier.group(2)
+            continue  # exp= only explains a fail; unknown modifiers are ignored (6)
+        mechanism = _MECHANISM.match(term)
+        if mechanism is None:
+            raise _PermError(f"unknown term {term!r}")
+        qualifier, name, argument = mechanism.groups()
+        if await _matches(query, domain, name.lower(), argument):
+            return _QUALIFIERS[qualifier or "+"]
+    if redirect is not None:
+        query.count_lookup()
+        target = _expand(redirect, query, domain)
+        result = await _evaluate(query, target)
+        if result == "none":
+            raise _PermError(f"redirect to {target}, which has no SPF record")
+        return result
+    return "neutral"
+
+
+async def _matches(query: _Query, domain: str, name: str, argument: str) -> bool:
+    if name == "all":
+        if argument:
+            raise _PermError("all takes no argument")
+        return True
+    if name in ("ip4", "ip6"):
+        return _in_network(query.ip, argument[1:] if argument.startswith(":") else "", name)
+    if name == "include":
+        query.count_lookup()
+        result = await _evaluate(query, _domain_argument(argument, query, domain, required=True))
+        if result == "temperror":
+            raise _TempError
+        if result in ("permerror", "none"):
+            raise _PermError("include of a domain without a usable SPF record")
+        return result == "pass"
+    if name == "exists":
+        query.count_lookup()
+        target = _domain_argument(argument, query, domain, required=True)
+        return bool(query.count_void(await query.dns.addresses(target)))  # always A (5.7)
+    if name == "ptr":
+        query.count_lookup()
+        return False
+    query.count_lookup()  # a and mx
+    spec, cidr4, cidr6 = _split_cidr(argument)
+    target = _domain_argument(spec, query, domain, required=False)
+    ipv6 = query.ip.version == 6
+    prefix = cidr6 if ipv6 else cidr4
+    hosts = [target]
+    if name == "mx":
+        hosts = query.count_void(await query.dns.mx(target))
+        if len(hosts) > MAX_MX_NAMES:
+            raise _PermError(f"{target} has more than 10 MX names")
+    for host in hosts:
+        addresses = await query.dns.addresses(host, ipv6)
+        if name == "a":
+            query.count_void(addresses)
+        if any(query.ip in ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses):
+            return True
+    return False
+
+
+def _split_cidr(argument: str) -> tuple[str, int, int]:
+    match = _CIDR.match(argument)
+    assert match is not None  # every string matches
+    spec, cidr4, cidr6 = match.groups()
+    four, six = int(cidr4 or 32), int(cidr6 or 128)
+    if four > 32 or six > 128:
+        raise _PermError(f"bad CIDR length in {argument!r}")
+    return spec, four, six
+
+
+def _domain_argument(argument: str, query: _Query, domain: str, *, required: bool) -> str:
+    if not argument:
+        if required:
+            raise _PermError("missing domain-spec")
+        return domain
+    if not argument.startswith(":"):
+        raise _PermError(f"bad argument {argument!r}")
+    return _expand(argument[1:], query, domain)
+
+
+def _in_network(ip: IP, spec: str, name: str) -> bool:
+    try:
+        network = ipaddress.ip_network(spec, strict=False)
+    except ValueError:
+        raise _PermError(f"bad {name} network {spec!r}") from None
+    if (network.version == 4) != (name == "ip4"):
+        raise _PermError(f"{name}:{spec} is the other IP version")
+    return ip in network
+
+
+def _expand(spec: str, query: _Query, domain: str) -> str:
+    """Macro expansion (7), then the domain-spec's length rule: drop left labels past 253 bytes."""
+    if not spec:
+        raise _PermError("empty domain-spec")
+
+    def replace(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        if whole == "%%":
+            return "%"
+        if whole == "%_":
+            return " "
+        if whole == "%-":
+            return "%20"
+        letter, digits, reverse, delimiters = match.groups()
+        value = _macro_value(letter.lower(), query, domain)
+        parts = re.split("[" + re.escape(delimiters or ".") + "]", value)
+        if reverse:
+            parts.reverse()
+        if digits:
+            if int(digits) == 0:
+                raise _PermError("macro keeps 0 labels")
+            parts = parts[-int(digits) :]
+        expanded = ".".join(parts)
+        return urllib.parse.quote(expanded, safe="") if letter.isupper() else expanded
+
+    if re.search(r"%(?![{%_\-])", spec):
+        raise _PermError(f"bad macro in {spec!r}")
+    result = _MACRO.sub(replace, spec).rstrip(".")
+    while len(result) > 253 and "." in result:
+        result = result.split(".", 1)[1]
+    return result
+
+
+def _macro_value(letter: str, query: _Query, domain: str) -> str:
+    local, _, sender_domain = query.sender.rpartition("@")
+    if letter == "s":
+        return query.sender
+    if letter == "l":
+        return local or "postmaster"
+    if letter == "o":
+        return sender_domain
+    if letter == "d":
+        return domain
+    if letter == "i":
+        if query.ip.version == 4:
+            return str(query.ip)
+        return ".".join(query.ip.exploded.replace(":", ""))
+    if letter == "p":
+        return "unknown"  # no validated reverse name: ptr lookups are not made
+    if letter == "v":
+        return "in-addr" if query.ip.version == 4 else "ip6"
+    if letter == "h":
+        return query.helo
+    raise _PermError(f"macro letter {letter!r} outside exp=")

@@ -1,0 +1,269 @@
+"""Inbound sender checks: SPF, DKIM and DMARC against a real DNS server on loopback, and the
+Authentication-Results field and ``unauthenticated`` label they give mail received over SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.domains import keys
+from agentmx.domains.records import Record, dkim_value, zone_line
+from agentmx.mail import auth_dns, sender_auth, spf
+from agentmx.mail.sender_auth import SenderAuth
+from agentmx.outbound.dkim import sign
+from agentmx.testing.dns import LoopbackDNS
+from agentmx.testing.server import ServerProcess, free_port
+from mail_support import download, make_message, smtp_send
+
+KEY = keys.generate()
+OTHER_KEY = keys.generate()
+
+ZONE = [
+    # sender.test: everything a careful sender publishes; 127.0.0.1 is its mail server
+    Record("TXT", "sender.test", "v=spf1 ip4:127.0.0.0/24 -all"),
+    Record("TXT", f"{KEY.selector}._domainkey.sender.test", dkim_value(KEY.public_key)),
+    Record("TXT", "_dmarc.sender.test", "v=DMARC1; p=reject; sp=quarantine"),
+    # bank.test: somebody else's domain, sending from 192.0.2.1 only
+    Record("TXT", "bank.test", "v=spf1 ip4:192.0.2.1 -all"),
+    Record("TXT", "_dmarc.bank.test", "v=DMARC1; p=reject"),
+    # SPF's mechanisms and limits
+    Record("TXT", "soft.test", "v=spf1 ip4:192.0.2.1 ~all"),
+    Record("TXT", "neutral.test", "v=spf1 ip4:192.0.2.1"),
+    Record("TXT", "include.test", "v=spf1 include:sender.test -all"),
+    Record("TXT", "redirect.test", "v=spf1 redirect=sender.test"),
+    Record("TXT", "mx.test", "v=spf1 mx/24 -all"),
+    Record("MX", "mx.test", "mail.mx.test", 10),
+    Record("A", "mail.mx.test", "127.0.0.9"),
+    Record("TXT", "a.test", "v=spf1 a:host.a.test -all"),
+    Record("A", "host.a.test", "127.0.0.1"),
+    Record("TXT", "exists.test", "v=spf1 exists:%{i}.allow.exists.test -all"),
+    Record("A", "127.0.0.1.allow.exists.test", "127.0.0.2"),
+    Record("TXT", "six.test", "v=spf1 ip6:2001:db8::/32 -all"),
+    Record("TXT", "two.test", "v=spf1 -all"),
+    Record("TXT", "two.test", "v=spf1 +all"),
+    Record("TXT", "loop.test", "v=spf1 include:loop.test -all"),
+    Record("TXT", "voids.test", "v=spf1 a:n1.voids.test a:n2.voids.test a:n3.voids.test -all"),
+    Record("TXT", "typo.test", "v=spf1 ip4:192.0.2.1 alll"),
+    Record("TXT", "deadinclude.test", "v=spf1 include:nothing.test -all"),
+]
+
+
+def _zone_text(records: list[Record]) -> str:
+    lines = []
+    for record in records:
+        if record.type == "A":  # zone_line knows the record types a domain publishes; tests add addresses
+            lines.append(f"{record.name}.\t300\tIN\tA\t{record.value}")
+        else:
+            lines.append(zone_line(record))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[LoopbackDNS]:
+    with LoopbackDNS(_zone_text(ZONE)) as server:
+        yield server
+
+
+def _check_host(dns: LoopbackDNS, ip: str, domain: str) -> str:
+    return asyncio.run(spf.check_host(ip, domain, f"someone@{domain}", "client.example", _resolver(dns)))
+
+
+def _resolver(dns: LoopbackDNS) -> auth_dns.AuthDns:
+    auth_dns.for_resolver.cache_clear()  # one event loop per asyncio.run: no resolver state carried over
+    return auth_dns.for_resolver(dns.address)
+
+
+@pytest.mark.parametrize(
+    ("ip", "domain", "result"),
+    [
+        ("127.0.0.1", "sender.test", "pass"),
+        ("192.0.2.7", "sender.test", "fail"),
+        ("192.0.2.7", "soft.test", "softfail"),
+        ("192.0.2.7", "neutral.test", "neutral"),
+        ("127.0.0.1", "include.test", "pass"),
+        ("127.0.0.1", "redirect.test", "pass"),
+        ("192.0.2.7", "redirect.test", "fail"),
+        ("127.0.0.1", "mx.test", "pass"),  # mail.mx.test is 127.0.0.9, and /24
+        ("127.0.0.1", "a.test", "pass"),
+        ("127.0.0.2", "a.test", "fail"),
+        ("127.0.0.1", "exists.test", "pass"),  # %{i} expands to the client's address
+        ("127.0.0.3", "exists.test", "fail"),
+        ("2001:db8::25", "six.test", "pass"),
+        ("2001:db9::25", "six.test", "fail"),
+        ("127.0.0.1", "nothing.test", "none"),
+        ("127.0.0.1", "two.test", "permerror"),
+        ("127.0.0.1", "loop.test", "permerror"),  # more than 10 lookups
+        ("127.0.0.1", "voids.test", "permerror"),  # more than 2 void lookups
+        ("192.0.2.7", "typo.test", "permerror"),
+        ("127.0.0.1", "deadinclude.test", "permerror"),
+        ("127.0.0.1", "not a domain", "none"),
+    ],
+)
+def test_spf_check_host(dns: LoopbackDNS, ip: str, domain: str, result: str) -> None:
+    assert _check_host(dns, ip, domain) == result
+
+
+def test_spf_temperror_when_dns_does_not_answer() -> None:
+    nobody = auth_dns.for_resolver(f"127.0.0.1:{free_port()}")
+    assert (
+        asyncio.run(spf.check_host("127.0.0.1", "sender.test", "a@sender.test", "h", nobody)) == "temperror"
+    )
+
+
+def _authenticate(dns: LoopbackDNS, raw: bytes, ip: str = "127.0.0.1", mail_from: str = "") -> SenderAuth:
+    return asyncio.run(sender_auth.authenticate(raw, ip, "client.example", mail_from, _resolver(dns)))
+
+
+def _signed(sender: str, domain: str = "sender.test", key: keys.DkimKey = KEY) -> bytes:
+    raw = make_message("agent@agentmx.localhost", sender=sender, text="Please wire the money.").as_bytes()
+    return sign(raw, domain=domain, selector=key.selector, private_key=key.private_pem)
+
+
+def test_signed_aligned_mail_passes(dns: LoopbackDNS) -> None:
+    checks = _authenticate(dns, _signed("Alice <alice@sender.test>"), mail_from="bounce@sender.test")
+    assert (checks.spf, checks.dmarc, checks.requested, checks.from_verified) == (
+        "pass",
+        "pass",
+        "reject",
+        True,
+    )
+    assert [(r.result, r.domain, r.selector) for r in checks.dkim] == [("pass", "sender.test", KEY.selector)]
+    field = checks.header("mx.agentmx.test").decode()
+    assert field.startswith(
+        "Authentication-Results: mx.agentmx.test;\r\n\tspf=pass smtp.mailfrom=bounce@sender.test;"
+    )
+    assert f"dkim=pass header.d=sender.test header.s={KEY.selector} header.b=" in field
+    assert field.endswith("dmarc=pass (p=reject) header.from=sender.test\r\n")
+
+
+def test_dkim_alone_verifies_from(dns: LoopbackDNS) -> None:
+    """Forwarded mail: SPF fails for the forwarder's address, the signature still holds."""
+    checks = _authenticate(dns, _signed("alice@sender.test"), ip="192.0.2.9", mail_from="list@sender.test")
+    assert (checks.spf, checks.dmarc, checks.from_verified) == ("fail", "pass", True)
+
+
+def test_spoofed_from_fails_dmarc(dns: LoopbackDNS) -> None:
+    raw = make_message("agent@agentmx.localhost", sender="CEO <ceo@bank.test>").as_bytes()
+    checks = _authenticate(dns, raw, mail_from="ceo@bank.test")
+    assert (checks.spf, checks.dkim, checks.dmarc, checks.from_verified) == ("fail", [], "fail", False)
+    assert checks.header("h").endswith(b"dkim=none;\r\n\tdmarc=fail (p=reject) header.from=bank.test\r\n")
+
+
+def test_alignment_needs_the_from_domain(dns: LoopbackDNS) -> None:
+    """SPF and DKIM pass for sender.test, but the From field says bank.test."""
+    checks = _authenticate(dns, _signed("ceo@bank.test"), mail_from="bounce@sender.test")
+    assert checks.spf == "pass" and checks.dkim[0].result == "pass"
+    assert (checks.dmarc, checks.from_verified) == ("fail", False)
+
+
+def test_subdomain_uses_the_organizational_policy(dns: LoopbackDNS) -> None:
+    raw = make_message("agent@agentmx.localhost", sender="news@mail.sender.test").as_bytes()
+    checks = _authenticate(dns, raw, mail_from="bounce@sender.test")  # relaxed alignment: same organization
+    assert (checks.dmarc, checks.requested, checks.from_verified) == ("pass", "quarantine", True)
+
+
+def test_tampered_or_unknown_signatures(dns: LoopbackDNS) -> None:
+    tampered = _signed("alice@sender.test").replace(b"wire the money", b"wire the monkey")
+    checks = _authenticate(dns, tampered, ip="192.0.2.9", mail_from="alice@sender.test")
+    assert ([r.result for r in checks.dkim], checks.dmarc) == (["fail"], "fail")
+    unknown_key = _signed("alice@sender.test", key=OTHER_KEY)
+    checks = _authenticate(dns, unknown_key, ip="192.0.2.9", mail_from="alice@sender.test")
+    assert [r.result for r in checks.dkim] == ["permerror"]
+
+
+def test_no_policy_still_tells_whether_from_is_verified(dns: LoopbackDNS) -> None:
+    raw = make_message("agent@agentmx.localhost", sender="x@a.test").as_bytes()
+    checks = _authenticate(dns, raw, mail_from="x@a.test")
+    assert (checks.spf, checks.dmarc, checks.requested, checks.from_verified) == ("pass", "none", None, True)
+    two_from = raw.replace(b"From: x@a.test", b"From: x@a.test, y@bank.test")
+    assert _authenticate(dns, two_from, mail_from="x@a.test").from_verified is False
+
+
+def test_values_are_quoted_and_claims_renamed() -> None:
+    checks = SenderAuth("none", ("smtp.mailfrom", 'odd "local" part@example.com'))
+    assert b'smtp.mailfrom="odd \\"local\\" part@example.com"' in checks.header("h")
+    raw = (
+        b"Authentication-Results: mx.ours.test; dmarc=pass\r\n"
+        b"Authentication-Results: mx.theirs.test; dmarc=fail\r\n"
+        b"Subject: Authentication-Results: mx.ours.test;\r\n\r\n"
+        b"Authentication-Results: mx.ours.test; body\r\n"
+    )
+    assert sender_auth.rename_claims(raw, "mx.ours.test") == raw.replace(
+        b"Authentication-Results: mx.ours.test; dmarc=pass",
+        b"X-Original-Authentication-Results: mx.ours.test; dmarc=pass",
+    )
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_smtp_mail_gets_checked_and_labelled(
+    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
+) -> None:
+    env = {
+        "AGENTMX_DNS_RESOLVER": dns.address,
+        "AGENTMX_SMTP_TRUSTED_NETWORKS": "",  # the test's own mail comes from loopback
+        "AGENTMX_INBOUND_LABEL_UNAUTHENTICATED": "true",
+        "AGENTMX_PUBLIC_HOST": "mx.agentmx.test",
+        "AGENTMX_SMTP_WORKERS": workers,
+    }
+    server = fresh_server("sqlite", env=env).start()
+    client = AgentMail(
+        api_key=server.create_key(),
+        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
+    )
+    inbox = client.inboxes.create().inbox_id
+    genuine = _signed("Alice <alice@sender.test>")
+    forged_claim = b"Authentication-Results: mx.agentmx.test; dmarc=pass header.from=bank.test\r\n"
+    spoofed = forged_claim + make_message(inbox, subject="urgent", sender="CEO <ceo@bank.test>").as_bytes()
+    smtp_send(server, [inbox], genuine, mail_from="bounce@sender.test")
+    smtp_send(server, [inbox], spoofed, mail_from="ceo@bank.test")
+
+    listed = client.inboxes.messages.list(inbox, include_unauthenticated=True).messages
+    by_subject = {m.subject: client.inboxes.messages.get(inbox, m.message_id) for m in listed}
+    assert set(by_subject) == {"Hello", "urgent"}
+    ours = {s: m.headers["Authentication-Results"] for s, m in by_subject.items() if m.headers}
+    assert ours["Hello"].startswith("mx.agentmx.test; spf=pass smtp.mailfrom=bounce@sender.test; dkim=pass")
+    assert ours["Hello"].endswith("dmarc=pass (p=reject) header.from=sender.test")
+    assert ours["urgent"].endswith("dkim=none; dmarc=fail (p=reject) header.from=bank.test")
+    assert "unauthenticated" not in by_subject["Hello"].labels
+    assert "unauthenticated" in by_subject["urgent"].labels
+    assert [m.subject for m in client.inboxes.messages.list(inbox).messages] == ["Hello"]
+    raw = download(
+        client.inboxes.messages.get_raw(inbox, by_subject["urgent"].message_id).download_url
+    ).content
+    assert b"\r\nX-Original-Authentication-Results: mx.agentmx.test; dmarc=pass" in raw
+
+
+def test_trusted_networks_are_not_checked(
+    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    env = {"AGENTMX_DNS_RESOLVER": dns.address, "AGENTMX_SMTP_WORKERS": "0"}  # loopback is trusted by default
+    server = fresh_server("sqlite", env=env).start()
+    client = AgentMail(
+        api_key=server.create_key(),
+        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
+    )
+    inbox = client.inboxes.create().inbox_id
+    smtp_send(
+        server, [inbox], make_message(inbox, sender="ceo@bank.test").as_bytes(), mail_from="ceo@bank.test"
+    )
+    (message,) = client.inboxes.messages.list(inbox).messages
+    headers = client.inboxes.messages.get(inbox, message.message_id).headers or {}
+    assert "Authentication-Results" not in headers
+
+
+def test_bounces_are_checked_by_helo_and_signatures_are_capped(dns: LoopbackDNS) -> None:
+    raw = make_message("agent@agentmx.localhost", sender="mailer-daemon@sender.test").as_bytes()
+    checks = asyncio.run(sender_auth.authenticate(raw, "127.0.0.1", "sender.test", "", _resolver(dns)))
+    assert (checks.spf, checks.spf_identity, checks.from_verified) == (
+        "pass",
+        ("smtp.helo", "sender.test"),
+        True,
+    )
+    signed = _signed("alice@sender.test")
+    field = signed[: signed.index(b"\r\nFrom:") + 2]
+    many = field * 20 + signed[len(field) :]
+    assert len(_authenticate(dns, many, mail_from="alice@sender.test").dkim) == 5
