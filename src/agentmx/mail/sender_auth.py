@@ -156,7 +156,8 @@ def _spf_identity(mail_from: str, helo: str) -> tuple[tuple[str, str], str, str]
 
 async def _within(work: Any, on_timeout: Any) -> Any:
     try:
-        return await asyncio.wait_for(work, DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            return await work
     except TimeoutError:
         return on_timeout
 
