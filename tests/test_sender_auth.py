@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentmx.domains import keys
 from agentmx.domains.records import Record, dkim_value, zone_line
@@ -49,6 +51,15 @@ ZONE = [
     Record("TXT", "voids.test", "v=spf1 a:n1.voids.test a:n2.voids.test a:n3.voids.test -all"),
     Record("TXT", "typo.test", "v=spf1 ip4:192.0.2.1 alll"),
     Record("TXT", "deadinclude.test", "v=spf1 include:nothing.test -all"),
+    # keys a hostile or careless sender publishes
+    Record("TXT", "bad._domainkey.sender.test", "v=DKIM1; p=!!!not base64"),
+    Record(
+        "TXT",
+        "ed._domainkey.sender.test",
+        "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+    ),
+    Record("TXT", "_dmarc.odd.test", "v=DMARC1; p=maybe; sp=reject; adkim=x"),
+    Record("TXT", "odd.test", "v=spf1 ip4:300.1.1.1/99 a:%{z} -all"),
 ]
 
 
@@ -267,3 +278,45 @@ def test_bounces_are_checked_by_helo_and_signatures_are_capped(dns: LoopbackDNS)
     field = signed[: signed.index(b"\r\nFrom:") + 2]
     many = field * 20 + signed[len(field) :]
     assert len(_authenticate(dns, many, mail_from="alice@sender.test").dkim) == 5
+
+
+HOSTILE_FROM = [
+    "",
+    "<>",
+    "a@",
+    "@sender.test",
+    "x@[127.0.0.1]",
+    "=?utf-8?b?w7xiZXI=?= <alice@sender.test>",
+    "alice@sender.test, ceo@bank.test",
+    '"quoted, name" <ceo@bank.test>',
+    "ceo@odd.test",
+    "ünï@cödé.test",
+    "a@" + "x" * 300 + ".test",
+]
+HOSTILE_SIGNATURES = [
+    "v=1; a=rsa-sha256; d=sender.test; s=bad; h=from; bh=; b=",
+    "v=1; a=ed25519-sha256; d=sender.test; s=ed; h=from; bh=AAAA; b=AAAA",
+    "d=;s=",
+    "garbage without tags",
+    "v=1; a=rsa-sha1; d=sender.test; s=" + KEY.selector + "; h=from:to; l=999999; bh=AAAA; b=AAAA",
+    "v=1; a=rsa-sha256; d=" + "y" * 300 + "; s=s; h=from; bh=AA; b=AA",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sender=st.sampled_from(HOSTILE_FROM),
+    signatures=st.lists(st.sampled_from(HOSTILE_SIGNATURES), max_size=3),
+    mail_from=st.sampled_from(["", "a@odd.test", "x@typo.test", "b@loop.test", "@", "a@b@c"]),
+    body=st.binary(max_size=300),
+)
+def test_hostile_mail_gets_a_verdict(
+    dns: LoopbackDNS, sender: str, signatures: list[str], mail_from: str, body: bytes
+) -> None:
+    head = "".join(f"DKIM-Signature: {value}\r\n" for value in signatures)
+    raw = f"{head}From: {sender}\r\nSubject: x\r\n\r\n".encode("utf-8", "surrogateescape") + body
+    checks = _authenticate(dns, raw, mail_from=mail_from)
+    assert checks.spf in spf.RESULTS and checks.dmarc in ("pass", "fail", "none", "temperror")
+    assert all(r.result in ("pass", "fail", "temperror", "permerror") for r in checks.dkim)
+    field = checks.header("mx.agentmx.test")
+    assert field.isascii() and field.endswith(b"\r\n") and b"\n" not in field.replace(b"\r\n", b"")

@@ -74,7 +74,10 @@ class AuthDns:
         ) as exc:
             raise DnsTempError(f"{rdtype} {name}: {exc.__class__.__name__}") from exc
         except dns.exception.DNSException as exc:  # a name DNS cannot carry (label too long, ...)
-            if isinstance(exc, (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel)):
+            if isinstance(
+                exc,
+                (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel, dns.name.IDNAException),
+            ):
                 return NEGATIVE_TTL, []
             raise DnsTempError(f"{rdtype} {name}: {exc.__class__.__name__}") from exc
         return min(answer.rrset.ttl if answer.rrset is not None else 0, MAX_TTL), list(answer)

@@ -61,7 +61,7 @@ class SenderAuth:
 
 def _value(text: str) -> str:
     """A property value: a token as it is, anything else a quoted string (RFC 8601 2.2)."""
-    text = _UNPRINTABLE.sub("", text)[:255]
+    text = _UNPRINTABLE.sub("?", text)[:255]  # never a different name: "cödé" is not "cd"
     if _TOKEN.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -189,6 +189,12 @@ def _from_domain(raw: bytes) -> str | None:
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
     domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
+    try:
+        domain = domain.encode("idna").decode(
+            "ascii"
+        )  # DNS asks for A-labels: münchen.de -> xn--mnchen-3ya.de
+    except UnicodeError:
+        return None
     return domain if spf.valid_domain(domain) else None
 
 
