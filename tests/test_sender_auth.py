@@ -4,6 +4,7 @@ Authentication-Results field and ``unauthenticated`` label they give mail receiv
 from __future__ import annotations
 
 import asyncio
+import smtplib
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from agentmx.domains.records import Record, dkim_value, zone_line
 from agentmx.mail import auth_dns, sender_auth, spf
 from agentmx.mail.sender_auth import SenderAuth
 from agentmx.outbound.dkim import sign
+from agentmx.settings import Settings
 from agentmx.testing.dns import LoopbackDNS
 from agentmx.testing.server import ServerProcess, free_port
 from mail_support import download, make_message, smtp_send
@@ -232,7 +234,7 @@ def test_smtp_mail_gets_checked_and_labelled(
     smtp_send(server, [inbox], genuine, mail_from="bounce@sender.test")
     smtp_send(server, [inbox], spoofed, mail_from="ceo@bank.test")
 
-    listed = client.inboxes.messages.list(inbox, include_unauthenticated=True).messages
+    listed = client.inboxes.messages.list(inbox, include_unauthenticated=True, include_spam=True).messages
     by_subject = {m.subject: client.inboxes.messages.get(inbox, m.message_id) for m in listed}
     assert set(by_subject) == {"Hello", "urgent"}
     ours = {s: m.headers["Authentication-Results"] for s, m in by_subject.items() if m.headers}
@@ -240,12 +242,36 @@ def test_smtp_mail_gets_checked_and_labelled(
     assert ours["Hello"].endswith("dmarc=pass (p=reject) header.from=sender.test")
     assert ours["urgent"].endswith("dkim=none; dmarc=fail (p=reject) header.from=bank.test")
     assert "unauthenticated" not in by_subject["Hello"].labels
-    assert "unauthenticated" in by_subject["urgent"].labels
+    assert {"unauthenticated", "spam"} <= set(by_subject["urgent"].labels)  # spam: bank.test asks p=reject
     assert [m.subject for m in client.inboxes.messages.list(inbox).messages] == ["Hello"]
     raw = download(
         client.inboxes.messages.get_raw(inbox, by_subject["urgent"].message_id).download_url
     ).content
     assert b"\r\nX-Original-Authentication-Results: mx.agentmx.test; dmarc=pass" in raw
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_dmarc_reject_policy_refuses_spoofed_mail(
+    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
+) -> None:
+    env = {
+        "AGENTMX_DNS_RESOLVER": dns.address,
+        "AGENTMX_SMTP_TRUSTED_NETWORKS": "",
+        "AGENTMX_INBOUND_DMARC_POLICY": "reject",
+        "AGENTMX_SMTP_WORKERS": workers,
+    }
+    server = fresh_server("sqlite", env=env).start()
+    client = AgentMail(
+        api_key=server.create_key(),
+        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
+    )
+    inbox = client.inboxes.create().inbox_id
+    spoofed = make_message(inbox, subject="urgent", sender="CEO <ceo@bank.test>").as_bytes()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp_send(server, [inbox], spoofed, mail_from="ceo@bank.test")
+    assert refused.value.smtp_code == 550 and b"5.7.1" in refused.value.smtp_error
+    smtp_send(server, [inbox], _signed("alice@sender.test"), mail_from="bounce@sender.test")
+    assert [m.subject for m in client.inboxes.messages.list(inbox, include_spam=True).messages] == ["Hello"]
 
 
 def test_trusted_networks_are_not_checked(
@@ -320,3 +346,26 @@ def test_hostile_mail_gets_a_verdict(
     assert all(r.result in ("pass", "fail", "temperror", "permerror") for r in checks.dkim)
     field = checks.header("mx.agentmx.test")
     assert field.isascii() and field.endswith(b"\r\n") and b"\n" not in field.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    ("policy", "sender", "refused", "spam"),
+    [
+        ("label", "ceo@bank.test", False, True),  # p=reject
+        ("label", "news@mail.sender.test", False, True),  # sp=quarantine
+        ("reject", "ceo@bank.test", True, False),
+        ("reject", "news@mail.sender.test", False, True),
+        ("ignore", "ceo@bank.test", False, False),
+    ],
+)
+def test_dmarc_policy_setting(dns: LoopbackDNS, policy: str, sender: str, refused: bool, spam: bool) -> None:
+    settings = Settings(
+        inbound_dmarc_policy=policy, smtp_trusted_networks="", dns_resolver=dns.address, public_host="mx.test"
+    )
+    raw = make_message("agent@agentmx.localhost", sender=sender).as_bytes()
+    auth_dns.for_resolver.cache_clear()
+    checked = asyncio.run(
+        sender_auth.check(settings, raw, "x@bank.test", "client.example", ("127.0.0.1", 25))
+    )
+    assert (checked.refused, checked.verdict) == (refused, sender_auth.Verdict(verified=False, spam=spam))
+    assert checked.field.startswith(b"Authentication-Results: mx.test;") and b"dmarc=fail" in checked.field

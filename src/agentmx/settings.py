@@ -214,6 +214,12 @@ class Settings(BaseSettings):
         "AGENTMX_SMTP_TRUSTED_NETWORKS and record the outcome in an Authentication-Results field at the top "
         "of the stored message. Needs DNS (AGENTMX_DNS_RESOLVER or the system's).",
     )
+    inbound_dmarc_policy: Literal["label", "reject", "ignore"] = Field(
+        "label",
+        description="Checked mail that fails DMARC when its domain asks for quarantine or reject: label gives it "
+        "the 'spam' label (hidden from lists, event message.received.spam); reject refuses it with 550 5.7.1 when "
+        "the domain asks for reject (and labels the quarantine kind); ignore only records the result.",
+    )
     smtp_trusted_networks: str = Field(
         "127.0.0.0/8,::1/128",
         description="Comma-separated networks (CIDR) of SMTP clients whose mail is not checked: this host, a "

@@ -92,12 +92,23 @@ def checked(settings: Settings, peer: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What storing a checked message needs to know of its checks."""
+
+    verified: bool  # the From domain is authenticated (SenderAuth.from_verified)
+    spam: bool = (
+        False  # DMARC failed and the domain asks for quarantine or reject (AGENTMX_INBOUND_DMARC_POLICY)
+    )
+
+
+@dataclass(frozen=True)
 class Checked:
     """A received message after the checks: what to store, the field to add above it, the verdict."""
 
     raw: bytes  # claims of our authserv-id renamed
     field: bytes = b""  # Authentication-Results, or empty when not checked
-    verified: bool | None = None  # the From domain authenticated; None when not checked
+    verdict: Verdict | None = None  # None when not checked
+    refused: bool = False  # DMARC failed, the domain asks for reject, and AGENTMX_INBOUND_DMARC_POLICY=reject
 
 
 async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None, peer: Any) -> Checked:
@@ -107,13 +118,29 @@ async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None
         return Checked(raw)
     await dmarc.ready()
     try:
-        verdict = await authenticate(raw, ip, helo or "", mail_from, for_resolver(settings.dns_resolver))
+        result = await authenticate(raw, ip, helo or "", mail_from, for_resolver(settings.dns_resolver))
     except Exception:  # a bug here must not refuse mail, nor let it pass as verified
         log.exception("checking the sender of a message failed")
         failed = DkimResult("temperror", "", "", "")
-        verdict = SenderAuth("temperror", _spf_identity(mail_from, helo or "")[0], [failed], "temperror")
+        result = SenderAuth("temperror", _spf_identity(mail_from, helo or "")[0], [failed], "temperror")
     authserv_id = settings.hostname
-    return Checked(rename_claims(raw, authserv_id), verdict.header(authserv_id), verdict.from_verified)
+    disposition = _disposition(result, settings.inbound_dmarc_policy)
+    return Checked(
+        rename_claims(raw, authserv_id),
+        result.header(authserv_id),
+        Verdict(result.from_verified, spam=disposition == "spam"),
+        refused=disposition == "reject",
+    )
+
+
+def _disposition(result: SenderAuth, setting: str) -> str:
+    """ "reject", "spam" or "" for a DMARC failure, as the domain asks and the setting allows (RFC 7489 6.7).
+
+    ``pct=`` (apply the policy to a sample) is not followed: every failing message is treated alike.
+    """
+    if result.dmarc != "fail" or setting == "ignore" or result.requested not in ("quarantine", "reject"):
+        return ""
+    return "reject" if result.requested == "reject" and setting == "reject" else "spam"
 
 
 async def authenticate(raw: bytes, ip: str, helo: str, mail_from: str, dns: AuthDns) -> SenderAuth:

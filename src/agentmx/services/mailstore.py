@@ -26,6 +26,7 @@ from agentmx.http import wire_mail
 from agentmx.ids import new_id
 from agentmx.mail import stored_extracts
 from agentmx.mail.parse import ParsedMessage, parse_off_loop
+from agentmx.mail.sender_auth import Verdict
 from agentmx.services import blob_bytes, group_commit, hooks
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -408,18 +409,18 @@ async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
 AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
 
 
-def _auth_labels(
-    rt: Runtime, parsed: ParsedMessage, mail_from: str, sender_verified: bool | None
-) -> set[str]:
-    """``unauthenticated`` (opt-in setting) for mail whose From domain the checks did not verify
-    (``mail.sender_auth``), or, when it was not checked, that carries no SPF/DKIM evidence at all.
+def _auth_labels(rt: Runtime, parsed: ParsedMessage, mail_from: str, sender: Verdict | None) -> set[str]:
+    """``spam`` for mail that failed a DMARC policy of quarantine or reject (``Verdict.spam``);
+    ``unauthenticated`` (opt-in setting) for mail whose From domain the sender checks did not verify,
+    or, when it was not checked, that carries no SPF/DKIM evidence at all.
 
     Mail from our own return paths (local delivery of an outbound message) is exempt.
     """
+    spam = {"spam"} if sender is not None and sender.spam else set()
     if not rt.settings.inbound_label_unauthenticated or hooks.return_path_handler(mail_from) is not None:
-        return set()
-    if sender_verified is not None:
-        return set() if sender_verified else {"unauthenticated"}
+        return spam
+    if sender is not None:
+        return spam if sender.verified else spam | {"unauthenticated"}
     present = {name.lower() for name in parsed.headers}
     return set() if present & set(AUTH_HEADERS) else {"unauthenticated"}
 
@@ -430,12 +431,12 @@ async def receive(
     mail_from: str,
     rcpt_tos: list[str],
     parsed: ParsedMessage | None = None,
-    sender_verified: bool | None = None,
+    sender: Verdict | None = None,
 ) -> dict[str, ReceiveResult]:
     """Deliver one copy per local recipient inbox, all in one transaction committed before returning.
 
     ``parsed`` is ``raw`` parsed already (by an SMTP front-end process), else it is parsed here.
-    ``sender_verified``: whether the sender checks verified the From domain; None when not checked.
+    ``sender``: the verdict of the sender checks (``mail.sender_auth``), None when not checked.
 
     Recipient checks and classification only read, so they run before the write transaction
     (on SQLite the write lock is then held just for the inserts). The copies are committed
@@ -456,7 +457,7 @@ async def receive(
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
-            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from, sender_verified)
+            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from, sender)
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
             accepted.append((address, inbox, labels))

@@ -34,7 +34,7 @@ from agentmx.smtp.data import body_of
 from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import LinkClosed, Prepared, RcptReply
 from agentmx.smtp.listener import listen
-from agentmx.smtp.replies import S250_OK, S451_TEMP_FAILURE, S452_TOO_MANY_RECIPIENTS
+from agentmx.smtp.replies import S250_OK, S451_TEMP_FAILURE, S452_TOO_MANY_RECIPIENTS, S550_DMARC
 from agentmx.smtp.tls import describe
 from agentmx.smtp.trace import trace_headers
 
@@ -177,10 +177,12 @@ class ForwardingHandler(HookNames):
         tls = describe(session)
         if local:  # what the server would do first, done here: the sender checks, the trace fields, the parse
             checked = await sender_auth.check(self.settings, raw, mail_from, session.host_name, session.peer)
+            if checked.refused:
+                return S550_DMARC
             raw = checked.raw
             trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local, tls)
             trace += checked.field
-            prepared = Prepared(local, trace, await parse_off_loop(trace + raw), checked.verified)
+            prepared = Prepared(local, trace, await parse_off_loop(trace + raw), checked.verdict)
         try:
             # A big message whose parse would not fit a frame goes without it: the server parses.
             reply: str = await self.client.call(

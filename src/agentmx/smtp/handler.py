@@ -59,14 +59,14 @@ async def accept_data(
         if not rcpt_tos:
             return replies.S250_QUEUED
         if prepared is not None and prepared.rcpt_tos == rcpt_tos:  # the front end checked and parsed it
-            trace, parsed, verified = prepared.trace, prepared.parsed, prepared.sender_verified
+            trace, parsed, verdict = prepared.trace, prepared.parsed, prepared.sender
         else:
             checked = await sender_auth.check(rt.settings, raw, mail_from, helo, peer)
-            raw, verified, parsed = checked.raw, checked.verified, None
+            if checked.refused:
+                return replies.S550_DMARC
+            raw, verdict, parsed = checked.raw, checked.verdict, None
             trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls) + checked.field
-        results = await mailstore.receive(
-            rt, trace + raw, mail_from, rcpt_tos, parsed=parsed, sender_verified=verified
-        )
+        results = await mailstore.receive(rt, trace + raw, mail_from, rcpt_tos, parsed=parsed, sender=verdict)
     except AgentMXError as exc:
         log.warning("inbound message refused: %s", exc)
         return replies.reply_for(exc)

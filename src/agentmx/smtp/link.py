@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 
 from agentmx.mail.parse import ParsedAttachment, ParsedMessage
+from agentmx.mail.sender_auth import Verdict
 
 HEADER = struct.Struct("!I")
 
@@ -39,7 +40,7 @@ class Prepared:
     rcpt_tos: list[str]
     trace: bytes
     parsed: ParsedMessage
-    sender_verified: bool | None = None  # mail.sender_auth.Checked.verified
+    sender: Verdict | None = None  # the sender checks' verdict, None when not checked
 
 
 @dataclass
@@ -78,7 +79,8 @@ _LIST_FIELDS = ("to", "cc", "bcc", "reply_to", "references")
 
 def _to_plain(item: Any) -> Any:
     if isinstance(item, Prepared):
-        return (_PREPARED, item.rcpt_tos, item.trace, _parsed_to_plain(item.parsed), item.sender_verified)
+        sender = None if item.sender is None else (item.sender.verified, item.sender.spam)
+        return (_PREPARED, item.rcpt_tos, item.trace, _parsed_to_plain(item.parsed), sender)
     if isinstance(item, RcptReply):
         return (_RCPT_REPLY, item.reply, item.return_path)
     return item
@@ -88,8 +90,9 @@ def _from_plain(item: Any) -> Any:
     if not isinstance(item, tuple) or not item:
         return item
     if item[0] == _PREPARED:
-        _, rcpt_tos, trace, parsed, sender_verified = item
-        return Prepared(list(rcpt_tos), trace, _parsed_from_plain(parsed), sender_verified)
+        _, rcpt_tos, trace, parsed, sender = item
+        verdict = None if sender is None else Verdict(bool(sender[0]), bool(sender[1]))
+        return Prepared(list(rcpt_tos), trace, _parsed_from_plain(parsed), verdict)
     if item[0] == _RCPT_REPLY:
         _, reply, return_path = item
         return RcptReply(reply, return_path)

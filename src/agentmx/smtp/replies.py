@@ -17,6 +17,7 @@ S451_RATE_LIMITED = "451 4.7.1 Too many messages, slow down"
 S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
 S550_NO_SUCH_INBOX = "550 5.1.1 Recipient address rejected: no such inbox"
 S550_REJECTED = "550 5.7.1 Message rejected"
+S550_DMARC = "550 5.7.1 Unauthenticated mail refused: the From domain's DMARC policy asks for it"
 S552_TOO_BIG = "552 5.3.4 Error: message too big"
 
 # The most specific class wins (looked up along the exception's MRO).

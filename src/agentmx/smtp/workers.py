@@ -214,6 +214,7 @@ _FRONT_END_SETTINGS = (
     "http_max_connections",
     "dns_resolver",
     "inbound_sender_checks",
+    "inbound_dmarc_policy",
 )
 _NOT_FOR_FRONT_ENDS = ("smtp_relay", "smtp_relay_username", "smtp_relay_password", "smtp_relay_starttls")
 
