@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agentmx.domains import keys
 from agentmx.domains.records import Record, dkim_value, zone_line
-from agentmx.mail import auth_dns, sender_auth, spf
+from agentmx.mail import auth_dns, dnsbl, sender_auth, spf
 from agentmx.mail.sender_auth import SenderAuth
 from agentmx.outbound.dkim import sign
 from agentmx.settings import Settings
@@ -62,6 +62,9 @@ ZONE = [
     ),
     Record("TXT", "_dmarc.odd.test", "v=DMARC1; p=maybe; sp=reject; adkim=x"),
     Record("TXT", "odd.test", "v=spf1 ip4:300.1.1.1/99 a:%{z} -all"),
+    # DNS blocklists: one lists 127.0.0.1, one answers with its own error code
+    Record("A", "1.0.0.127.bl.test", "127.0.0.4"),
+    Record("A", "1.0.0.127.errors.test", "127.255.255.254"),
 ]
 
 
@@ -369,3 +372,19 @@ def test_dmarc_policy_setting(dns: LoopbackDNS, policy: str, sender: str, refuse
     )
     assert (checked.refused, checked.verdict) == (refused, sender_auth.Verdict(verified=False, spam=spam))
     assert checked.field.startswith(b"Authentication-Results: mx.test;") and b"dmarc=fail" in checked.field
+
+
+def test_dnsbl_listing_labels_spam(dns: LoopbackDNS) -> None:
+    settings = Settings(
+        smtp_trusted_networks="", dns_resolver=dns.address, inbound_dnsbl="bl.test, errors.test,none.test"
+    )
+    raw = _signed("alice@sender.test")
+    auth_dns.for_resolver.cache_clear()
+    checked = asyncio.run(
+        sender_auth.check(settings, raw, "a@sender.test", "client.example", ("127.0.0.1", 25))
+    )
+    assert checked.verdict == sender_auth.Verdict(
+        verified=True, spam=True
+    )  # authentic, from a listed address
+    assert checked.field.endswith(b"\r\nX-Agentmx-Dnsbl: bl.test=127.0.0.4\r\n")
+    assert dnsbl.query_name("2001:db8::1", "bl.test") == "1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2.bl.test"

@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         "the 'spam' label (hidden from lists, event message.received.spam); reject refuses it with 550 5.7.1 when "
         "the domain asks for reject (and labels the quarantine kind); ignore only records the result.",
     )
+    inbound_dnsbl: str = Field(
+        "",
+        description="Comma-separated DNS blocklist zones (RFC 5782, such as zen.spamhaus.org): checked mail from a "
+        "listed client address is labelled 'spam'. Most lists refuse queries from public resolvers: use your own.",
+    )
     smtp_trusted_networks: str = Field(
         "127.0.0.0/8,::1/128",
         description="Comma-separated networks (CIDR) of SMTP clients whose mail is not checked: this host, a "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import Any
 
-from agentmx.mail import dkim_verify, dmarc, spf
+from agentmx.mail import dkim_verify, dmarc, dnsbl, spf
 from agentmx.mail.auth_dns import AuthDns, DnsTempError, for_resolver
 from agentmx.mail.dkim_verify import DkimResult
 from agentmx.settings import Settings
@@ -96,9 +96,9 @@ class Verdict:
     """What storing a checked message needs to know of its checks."""
 
     verified: bool  # the From domain is authenticated (SenderAuth.from_verified)
-    spam: bool = (
-        False  # DMARC failed and the domain asks for quarantine or reject (AGENTMX_INBOUND_DMARC_POLICY)
-    )
+    # DMARC failed and the domain asks for quarantine or reject (AGENTMX_INBOUND_DMARC_POLICY), or the
+    # client's address is on a blocklist of AGENTMX_INBOUND_DNSBL.
+    spam: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Checked:
     """A received message after the checks: what to store, the field to add above it, the verdict."""
 
     raw: bytes  # claims of our authserv-id renamed
-    field: bytes = b""  # Authentication-Results, or empty when not checked
+    field: bytes = b""  # Authentication-Results (and X-Agentmx-Dnsbl), or empty when not checked
     verdict: Verdict | None = None  # None when not checked
     refused: bool = False  # DMARC failed, the domain asks for reject, and AGENTMX_INBOUND_DMARC_POLICY=reject
 
@@ -117,24 +117,35 @@ async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None
     if ip is None:
         return Checked(raw)
     await dmarc.ready()
+    dns = for_resolver(settings.dns_resolver)
+    zones = [zone.strip().lower() for zone in settings.inbound_dnsbl.split(",") if zone.strip()]
     try:
-        result = await authenticate(raw, ip, helo or "", mail_from, for_resolver(settings.dns_resolver))
+        result, listed = await asyncio.gather(
+            authenticate(raw, ip, helo or "", mail_from, dns),
+            _within(dnsbl.listings(ip, zones, dns), []),
+        )
     except Exception:  # a bug here must not refuse mail, nor let it pass as verified
         log.exception("checking the sender of a message failed")
         failed = DkimResult("temperror", "", "", "")
         result = SenderAuth("temperror", _spf_identity(mail_from, helo or "")[0], [failed], "temperror")
+        listed = []
     authserv_id = settings.hostname
     disposition = _disposition(result, settings.inbound_dmarc_policy)
+    field = result.header(authserv_id)
+    if listed:  # which lists, and their codes: a list's codes say why (RFC 5782 2.1)
+        entries = ", ".join(f"{_value(listing.zone)}={_value(listing.code)}" for listing in listed)
+        field += f"X-Agentmx-Dnsbl: {entries}\r\n".encode()
     return Checked(
         rename_claims(raw, authserv_id),
-        result.header(authserv_id),
-        Verdict(result.from_verified, spam=disposition == "spam"),
+        field,
+        Verdict(result.from_verified, spam=disposition == "spam" or bool(listed)),
         refused=disposition == "reject",
     )
 
 
 def _disposition(result: SenderAuth, setting: str) -> str:
-    """ "reject", "spam" or "" for a DMARC failure, as the domain asks and the setting allows (RFC 7489 6.7).
+    """What a DMARC failure calls for, as the domain asks and the setting allows (RFC 7489 6.7):
+    "reject", "spam" or "".
 
     ``pct=`` (apply the policy to a sample) is not followed: every failing message is treated alike.
     """

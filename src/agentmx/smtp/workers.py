@@ -215,6 +215,7 @@ _FRONT_END_SETTINGS = (
     "dns_resolver",
     "inbound_sender_checks",
     "inbound_dmarc_policy",
+    "inbound_dnsbl",
 )
 _NOT_FOR_FRONT_ENDS = ("smtp_relay", "smtp_relay_username", "smtp_relay_password", "smtp_relay_starttls")
 
