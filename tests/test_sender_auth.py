@@ -4,18 +4,22 @@ Authentication-Results field and ``unauthenticated`` label they give mail receiv
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
 from collections.abc import Callable, Iterator
 
+import dkim
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
-from hypothesis import HealthCheck, given, settings
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agentmx.domains import keys
 from agentmx.domains.records import Record, dkim_value, zone_line
-from agentmx.mail import auth_dns, dnsbl, sender_auth, spf
+from agentmx.mail import auth_dns, dkim_verify, dnsbl, sender_auth, spf
 from agentmx.mail.sender_auth import SenderAuth
 from agentmx.outbound.dkim import sign
 from agentmx.settings import Settings
@@ -25,12 +29,16 @@ from mail_support import download, make_message, smtp_send
 
 KEY = keys.generate()
 OTHER_KEY = keys.generate()
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+ED_PUBLIC = base64.b64encode(ED_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 ZONE = [
     # sender.test: everything a careful sender publishes; 127.0.0.1 is its mail server
     Record("TXT", "sender.test", "v=spf1 ip4:127.0.0.0/24 -all"),
     Record("TXT", f"{KEY.selector}._domainkey.sender.test", dkim_value(KEY.public_key)),
     Record("TXT", "_dmarc.sender.test", "v=DMARC1; p=reject; sp=quarantine"),
+    Record("TXT", "ed._domainkey.signed.test", f"v=DKIM1; k=ed25519; p={ED_PUBLIC}"),
+    Record("TXT", f"{KEY.selector}._domainkey.signed.test", dkim_value(KEY.public_key)),
     # bank.test: somebody else's domain, sending from 192.0.2.1 only
     Record("TXT", "bank.test", "v=spf1 ip4:192.0.2.1 -all"),
     Record("TXT", "_dmarc.bank.test", "v=DMARC1; p=reject"),
@@ -388,3 +396,92 @@ def test_dnsbl_listing_labels_spam(dns: LoopbackDNS) -> None:
     )  # authentic, from a listed address
     assert checked.field.endswith(b"\r\nX-Agentmx-Dnsbl: bl.test=127.0.0.4\r\n")
     assert dnsbl.query_name("2001:db8::1", "bl.test") == "1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2.bl.test"
+
+
+_VALUE = st.lists(
+    st.sampled_from(["a", "Bc", " ", "\t", "  ", "\r\n\t", "\r\n ", "x=y;", "=?utf-8?q?z?="]), max_size=8
+)
+_BODY_LINE = st.sampled_from(["", " ", "hello world", "a\tb", "trailing  ", "  lead", "x \t y", ".dot"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(["Subject", "To", "X-Note", "subject", "Cc"]), _VALUE), max_size=5
+    ),
+    lines=st.lists(_BODY_LINE, max_size=8),
+    blank_lines_after=st.integers(0, 2),
+    canonicalize=st.sampled_from(
+        [(b"simple", b"simple"), (b"relaxed", b"relaxed"), (b"relaxed", b"simple"), (b"simple", b"relaxed")]
+    ),
+    signed=st.lists(st.sampled_from([b"subject", b"to", b"x-note", b"cc", b"date"]), max_size=4),
+    length=st.booleans(),
+    ed=st.booleans(),
+    change=st.sampled_from(
+        ["", "body", "from", "top subject", "bottom subject", "line-end spaces", "blank line"]
+    ),
+)
+def test_dkim_verdicts_match_dkimpy(
+    dns: LoopbackDNS,
+    headers: list[tuple[str, list[str]]],
+    lines: list[str],
+    blank_lines_after: int,
+    canonicalize: tuple[bytes, bytes],
+    signed: list[bytes],
+    length: bool,
+    ed: bool,
+    change: str,
+) -> None:
+    """Messages dkimpy signs, changed or not in transit: our verdict is dkimpy's."""
+    head = "From: Alice <alice@signed.test>\r\n" + "".join(f"{n}:{''.join(v)}\r\n" for n, v in headers)
+    body = "\r\n".join(lines) + "\r\n" * (1 + blank_lines_after)
+    message = (head + "\r\n" + body).encode()
+    if ed:
+        selector, private = (
+            b"ed",
+            base64.b64encode(ED_KEY.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())),
+        )
+        record, algorithm = f"v=DKIM1; k=ed25519; p={ED_PUBLIC}", b"ed25519-sha256"
+    else:
+        selector, private, record, algorithm = (
+            KEY.selector.encode(),
+            KEY.private_pem,
+            dkim_value(KEY.public_key),
+            b"rsa-sha256",
+        )
+    message = (
+        dkim.sign(
+            message,
+            selector,
+            b"signed.test",
+            private,
+            canonicalize=canonicalize,
+            include_headers=[b"from", *signed],
+            length=length,
+            signature_algorithm=algorithm,
+        )
+        + message
+    )
+    if change == "body":
+        message += b"appended\r\n"
+    elif change == "from":
+        message = message.replace(b"alice@signed.test", b"mallory@signed.test")
+    elif change == "top subject":
+        message = b"Subject: added on top\r\n" + message
+    elif change == "bottom subject":
+        message = message.replace(b"\r\n\r\n", b"\r\nSubject: added below\r\n\r\n", 1)
+    elif change == "line-end spaces":
+        message = message.replace(b"\r\n", b" \r\n").replace(b" \r\n", b"\r\n", 1)  # not the first line
+    elif change == "blank line":
+        message += b"\r\n"
+
+    def key_record(name: bytes, timeout: float = 5) -> bytes:
+        return record.encode()
+
+    try:
+        expected = "pass" if dkim.verify(message, dnsfunc=key_record) else "fail"
+    except dkim.DKIMException:
+        expected = "fail"
+    event(f"dkimpy: {expected}")
+    (ours,) = asyncio.run(dkim_verify.verify(message, _resolver(dns)))
+    assert ("pass" if ours.result == "pass" else "fail") == expected, ours

@@ -1,28 +1,38 @@
-"""DKIM signatures of received mail (RFC 6376), verified with dkimpy over ``AuthDns``.
+"""DKIM signatures of received mail (RFC 6376; rsa-sha256 and ed25519-sha256, RFC 8463), verified here.
 
-The keys are fetched first, concurrently and asynchronously; dkimpy then verifies against those
-answers, off the event loop when the message is big (its body hash reads every byte).
+The keys are fetched first, concurrently, over ``AuthDns``; the hashing and the signature check
+follow, off the event loop when the message is big (the body hash reads every byte). dkimpy,
+which signs our outbound mail, verified these too: 1.45 ms of CPU for one signature on 4.5 KB,
+mostly its pure-Python canonicalization and big-integer code. The public-key work is
+``cryptography``'s (OpenSSL). ``tests/test_sender_auth.py`` compares the verdicts with dkimpy's.
+
+rsa-sha1 signatures and RSA keys under 1024 bits are not valid (RFC 8301).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import base64
+import hashlib
 import re
+import time
 from dataclasses import dataclass
 
-import dkim
-from dkim.util import InvalidTagValueList, parse_tag_value
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from agentmx.mail.auth_dns import AuthDns, DnsTempError
 
 MAX_SIGNATURES = 5  # a message with more is checked on its first five
 OFF_LOOP_BYTES = 256 * 1024
+MIN_RSA_BITS = 1024
 
-# dkimpy logs a bad key or signature at ERROR: a sender's mistake, not this server's.
-_quiet = logging.getLogger("agentmx.mail.dkim_verify.dkimpy")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+_WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")  # runs that are not already one space
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
+_SIGNATURE_VALUE = re.compile(rb"((?:^|;)[ \t\r\n]*b[ \t\r\n]*=)[^;]*")
+_SPACE = re.compile(rb"[ \t\r\n]+")
+_LINE_END = re.compile(rb"\r?\n")
 
 
 @dataclass(frozen=True)
@@ -33,29 +43,81 @@ class DkimResult:
     signature: str  # the start of b=, telling signatures of one domain apart (RFC 6008)
 
 
+class _PermError(Exception):
+    pass
+
+
+class _Fail(Exception):
+    pass
+
+
 async def verify(raw: bytes, dns: AuthDns) -> list[DkimResult]:
     """A result per DKIM-Signature field, top first; [] for an unsigned message."""
     end = raw.find(b"\r\n\r\n")
     if b"dkim-signature" not in (raw if end < 0 else raw[:end]).lower():
-        return []  # most unsigned mail: no need to parse it
-    checker = dkim.DKIM(raw, logger=_quiet)
-    fields = [value for name, value in checker.headers if name.lower() == b"dkim-signature"][:MAX_SIGNATURES]
-    tags = [_tags(value) for value in fields]
+        return []  # most unsigned mail: no need to split it
+    fields, body = _split(raw)
+    signatures = [field for name, field in fields if name == b"dkim-signature"][:MAX_SIGNATURES]
+    tags = [_signature_tags(field) for field in signatures]
     names = {_key_name(t) for t in tags if t is not None}
     answers = dict(zip(names, await asyncio.gather(*(_key(dns, n) for n in names)), strict=True))
 
     def check_all() -> list[DkimResult]:
-        return [_check(checker, index, t, answers) for index, t in enumerate(tags)]
+        return [_check(fields, body, field, t, answers) for field, t in zip(signatures, tags, strict=True)]
 
     if len(raw) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(check_all)
     return check_all()
 
 
-def _tags(value: bytes) -> dict[bytes, bytes] | None:
+def _split(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The header fields as (lower-case name, the field as received without its last CRLF), and the body.
+
+    Line ends are read as CRLF whether or not the CR came (as dkimpy does); lines without a colon
+    in the header are skipped.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    start = 0
+    while start < len(raw):
+        newline = raw.find(b"\n", start)
+        end = len(raw) if newline < 0 else newline
+        line = raw[start : end - 1] if raw[start:end].endswith(b"\r") else raw[start:end]
+        start = end + 1
+        if not line:
+            return fields, _crlf(raw[start:])
+        if line[:1] in (b" ", b"\t") and fields:
+            name, field = fields[-1]
+            fields[-1] = (name, field + b"\r\n" + line)
+        elif b":" in line:
+            fields.append((line.split(b":", 1)[0].strip(b" \t").lower(), line))
+    return fields, b""
+
+
+def _crlf(body: bytes) -> bytes:
+    """The body with a lone LF read as CRLF."""
+    if b"\n" in body.replace(b"\r\n", b""):
+        return _LINE_END.sub(b"\r\n", body)
+    return body
+
+
+def _tag_list(value: bytes) -> dict[bytes, bytes]:
+    """RFC 6376 3.2: ``name=value`` pairs separated by semicolons; a repeated name is an error."""
+    tags: dict[bytes, bytes] = {}
+    for spec in value.split(b";"):
+        if not spec.strip(b" \t\r\n"):
+            continue
+        name, equals, tag_value = spec.partition(b"=")
+        name = name.strip(b" \t\r\n")
+        if not equals or not name or name in tags:
+            raise _PermError("bad tag list")
+        tags[name] = tag_value.strip(b" \t\r\n")
+    return tags
+
+
+def _signature_tags(field: bytes) -> dict[bytes, bytes] | None:
     try:
-        tags = parse_tag_value(value)
-    except InvalidTagValueList:
+        tags = _tag_list(field.split(b":", 1)[1])
+    except _PermError:
         return None
     return tags if b"d" in tags and b"s" in tags else None
 
@@ -76,29 +138,137 @@ async def _key(dns: AuthDns, name: str) -> bytes | None | DnsTempError:
 
 
 def _check(
-    checker: dkim.DKIM,
-    index: int,
+    fields: list[tuple[bytes, bytes]],
+    body: bytes,
+    field: bytes,
     tags: dict[bytes, bytes] | None,
     answers: dict[str, bytes | None | DnsTempError],
 ) -> DkimResult:
     if tags is None:
         return DkimResult("permerror", "", "", "")
-    name = _key_name(tags)
-    selector, _, domain = name.partition("._domainkey.")
-    signature = re.sub(rb"\s+", b"", tags.get(b"b", b"")).decode("ascii", "replace")[:8]
-    answer = answers[name]
+    selector, _, domain = _key_name(tags).partition("._domainkey.")
+    signature = _SPACE.sub(b"", tags.get(b"b", b"")).decode("ascii", "replace")[:8]
+    answer = answers[_key_name(tags)]
     if isinstance(answer, DnsTempError):
-        return DkimResult("temperror", domain, selector, signature)
-    if answer is None:
-        return DkimResult("permerror", domain, selector, signature)  # no key (RFC 6376 6.1.2)
+        outcome = "temperror"
+    elif answer is None:
+        outcome = "permerror"  # no key (RFC 6376 6.1.2)
+    else:
+        try:
+            _verify(fields, body, field, tags, answer)
+            outcome = "pass"
+        except _Fail:
+            outcome = "fail"
+        except Exception:  # noqa: BLE001 (_PermError, and the errors of tags, base64 or keys that do not parse)
+            outcome = "permerror"
+    return DkimResult(outcome, domain, selector, signature)
 
-    def key_record(asked: bytes, timeout: float = 5) -> bytes:
-        return answer
 
+def _verify(
+    fields: list[tuple[bytes, bytes]], body: bytes, field: bytes, tags: dict[bytes, bytes], key_record: bytes
+) -> None:
+    """Returns when the signature holds; raises _Fail when it does not, _PermError when it cannot be checked."""
+    for required in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s"):
+        if required not in tags:
+            raise _PermError(f"no {required!r} tag")
+    if tags[b"v"] != b"1":
+        raise _PermError("unknown version")
+    algorithm = tags[b"a"].lower()
+    if algorithm not in (b"rsa-sha256", b"ed25519-sha256"):
+        raise _PermError("unsupported algorithm")  # rsa-sha1 included (RFC 8301 3.1)
+    signed = [name.strip(b" \t\r\n").lower() for name in tags[b"h"].split(b":")]
+    if b"from" not in signed:
+        raise _PermError("From is not signed")
+    domain = tags[b"d"].lower()
+    identity = tags.get(b"i", b"@" + domain).rpartition(b"@")[2].lower()
+    if identity != domain and not identity.endswith(b"." + domain):
+        raise _PermError("i= is outside d=")
+    if tags.get(b"q", b"dns/txt").lower() != b"dns/txt":
+        raise _PermError("unknown query method")
+    if b"x" in tags and int(tags[b"x"]) < time.time():
+        raise _Fail("signature expired")
+    header_canon, _, body_canon = tags.get(b"c", b"simple/simple").lower().partition(b"/")
+    relaxed_headers = _canonicalization(header_canon)
+    relaxed_body = _canonicalization(body_canon or b"simple")
+    public_key = _public_key(key_record, algorithm, identity != domain)
+
+    canonical_body = _relaxed_body(body) if relaxed_body else _simple_body(body)
+    if b"l" in tags:
+        length = int(tags[b"l"])
+        if length > len(canonical_body):
+            raise _Fail("l= is longer than the body")
+        canonical_body = canonical_body[:length]
+    if hashlib.sha256(canonical_body).digest() != base64.b64decode(
+        _SPACE.sub(b"", tags[b"bh"]), validate=True
+    ):
+        raise _Fail("body hash mismatch")
+
+    unused: dict[bytes, list[bytes]] = {}
+    for name, text in fields:
+        unused.setdefault(name, []).append(text)
+    data = b""
+    for name in signed:  # each name takes the bottom-most field of that name not taken yet (5.4.2)
+        candidates = unused.get(name)
+        if candidates:
+            data += _header(candidates.pop(), relaxed_headers) + b"\r\n"
+    name, _, value = field.partition(b":")
+    data += _header(name + b":" + _SIGNATURE_VALUE.sub(rb"\1", value, count=1), relaxed_headers)  # b= emptied
+    signature = base64.b64decode(_SPACE.sub(b"", tags[b"b"]), validate=True)
     try:
-        verified = checker.verify(idx=index, dnsfunc=key_record)
-    except dkim.ValidationError:  # the body hash or the signature's fields (expired, ...) do not hold
-        verified = False
-    except Exception:  # noqa: BLE001 (dkimpy's errors for a bad signature or key, and others on hostile input)
-        return DkimResult("permerror", domain, selector, signature)
-    return DkimResult("pass" if verified else "fail", domain, selector, signature)
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            public_key.verify(signature, hashlib.sha256(data).digest())  # RFC 8463 3
+    except InvalidSignature:
+        raise _Fail("bad signature") from None
+
+
+def _canonicalization(name: bytes) -> bool:
+    """True for relaxed, False for simple."""
+    if name not in (b"simple", b"relaxed"):
+        raise _PermError("unknown canonicalization")
+    return name == b"relaxed"
+
+
+def _public_key(
+    record: bytes, algorithm: bytes, subdomain_identity: bool
+) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey:
+    tags = _tag_list(record)
+    if tags.get(b"v", b"DKIM1") != b"DKIM1":
+        raise _PermError("not a DKIM key")
+    data = base64.b64decode(_SPACE.sub(b"", tags.get(b"p", b"")), validate=True)
+    if not data:
+        raise _PermError("key revoked")
+    if subdomain_identity and b"s" in tags.get(b"t", b"").split(b":"):
+        raise _PermError("the key forbids a subdomain identity")
+    kind = tags.get(b"k", b"rsa").lower()
+    if kind == b"ed25519" and algorithm == b"ed25519-sha256":
+        return ed25519.Ed25519PublicKey.from_public_bytes(data)
+    if kind == b"rsa" and algorithm == b"rsa-sha256":
+        key = serialization.load_der_public_key(data)
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
+            return key
+    raise _PermError("key does not suit the signature")
+
+
+def _header(field: bytes, relaxed: bool) -> bytes:
+    if not relaxed:
+        return field
+    name, _, value = field.partition(b":")
+    value = _WSP_RUN.sub(b" ", _FOLD.sub(b"", value)).strip(b" ")
+    return name.strip(b" \t").lower() + b":" + value
+
+
+def _simple_body(body: bytes) -> bytes:
+    while body.endswith(b"\r\n"):
+        body = body[:-2]
+    return body + b"\r\n"
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4: runs of WSP to one space, none at line ends, no empty lines at the end."""
+    text = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")  # a run is one space by now
+    text = text[:-1] if text.endswith(b" ") else text
+    while text.endswith(b"\r\n"):
+        text = text[:-2]
+    return text + b"\r\n" if text else b""
