@@ -60,6 +60,7 @@ ZONE = [
     Record("TXT", "loop.test", "v=spf1 include:loop.test -all"),
     Record("TXT", "voids.test", "v=spf1 a:n1.voids.test a:n2.voids.test a:n3.voids.test -all"),
     Record("TXT", "typo.test", "v=spf1 ip4:192.0.2.1 alll"),
+    Record("TXT", "latetypo.test", "v=spf1 +all alll"),
     Record("TXT", "deadinclude.test", "v=spf1 include:nothing.test -all"),
     # keys a hostile or careless sender publishes
     Record("TXT", "bad._domainkey.sender.test", "v=DKIM1; p=!!!not base64"),
@@ -123,6 +124,7 @@ def _resolver(dns: LoopbackDNS) -> auth_dns.AuthDns:
         ("127.0.0.1", "loop.test", "permerror"),  # more than 10 lookups
         ("127.0.0.1", "voids.test", "permerror"),  # more than 2 void lookups
         ("192.0.2.7", "typo.test", "permerror"),
+        ("192.0.2.7", "latetypo.test", "permerror"),  # a syntax error anywhere, even after a match (4.6)
         ("127.0.0.1", "deadinclude.test", "permerror"),
         ("127.0.0.1", "not a domain", "none"),
     ],

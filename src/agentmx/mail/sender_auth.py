@@ -26,7 +26,7 @@ from agentmx.settings import Settings
 
 log = logging.getLogger("agentmx.mail")
 
-DEADLINE = 10.0  # seconds for all the checks of one message; what has not answered is a temperror
+DEADLINE = 10.0  # seconds for each check (they run side by side); what has not answered is a temperror
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -34,6 +34,8 @@ _FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MUL
 
 @dataclass(frozen=True)
 class SenderAuth:
+    """The results of the three checks, and whether they authenticate the From domain."""
+
     spf: str  # spf.RESULTS
     spf_identity: tuple[str, str]  # ("smtp.mailfrom", address) or ("smtp.helo", name) for a null sender
     dkim: list[DkimResult] = field(default_factory=list)
@@ -187,9 +189,10 @@ async def authenticate(raw: bytes, ip: str, helo: str, mail_from: str, dns: Auth
 def _spf_identity(mail_from: str, helo: str) -> tuple[tuple[str, str], str, str]:
     """(how Authentication-Results names it, the domain SPF checks, the sender for its macros)."""
     if "@" in mail_from:
-        return ("smtp.mailfrom", mail_from), mail_from.rpartition("@")[2].lower(), mail_from
+        domain = mail_from.rpartition("@")[2]
+        return ("smtp.mailfrom", mail_from), _a_label(domain) or domain.lower(), mail_from
     # A null reverse path (bounces): SPF checks the HELO name (RFC 7208 2.3).
-    return ("smtp.helo", helo), helo.lower(), f"postmaster@{helo}"
+    return ("smtp.helo", helo), _a_label(helo) or helo.lower(), f"postmaster@{helo}"
 
 
 async def _within(work: Any, on_timeout: Any) -> Any:
@@ -203,7 +206,7 @@ async def _within(work: Any, on_timeout: Any) -> Any:
 async def _dkim(raw: bytes, dns: AuthDns) -> list[DkimResult]:
     try:
         return await dkim_verify.verify(raw, dns)
-    except Exception:  # noqa: BLE001 (a message dkimpy cannot read has no signature it can check)
+    except Exception:  # noqa: BLE001 (a message that cannot be read has no signature that can be checked)
         log.debug("DKIM check failed", exc_info=True)
         return []
 
@@ -226,14 +229,17 @@ def _from_domain(raw: bytes) -> str | None:
     addresses = [address for _, address in getaddresses([" ".join(value.split())]) if address]
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
-    domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
+    domain = _a_label(addresses[0].rpartition("@")[2])
+    return domain if domain and spf.valid_domain(domain) else None
+
+
+def _a_label(domain: str) -> str | None:
+    """The domain as DNS asks for it (münchen.de -> xn--mnchen-3ya.de), lower case; None if it has no such form."""
+    domain = domain.strip().lower().rstrip(".")
     try:
-        domain = domain.encode("idna").decode(
-            "ascii"
-        )  # DNS asks for A-labels: münchen.de -> xn--mnchen-3ya.de
+        return domain.encode("idna").decode("ascii")
     except UnicodeError:
         return None
-    return domain if spf.valid_domain(domain) else None
 
 
 def _head(raw: bytes) -> bytes:

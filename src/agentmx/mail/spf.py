@@ -86,25 +86,9 @@ async def _evaluate(query: _Query, domain: str) -> str:
         return "none"
     if len(records) > 1:
         raise _PermError(f"{domain} publishes {len(records)} SPF records")
-    terms = records[0].split()[1:]
-    redirect: str | None = None
-    seen_modifiers: set[str] = set()
-    for term in terms:
-        modifier = _MODIFIER.match(term)
-        if modifier:
-            name = modifier.group(1).lower()
-            if name in ("redirect", "exp"):
-                if name in seen_modifiers:
-                    raise _PermError(f"two {name}= modifiers")
-                seen_modifiers.add(name)
-            if name == "redirect":
-                redirect = modifier.group(2)
-            continue  # exp= only explains a fail; unknown modifiers are ignored (6)
-        mechanism = _MECHANISM.match(term)
-        if mechanism is None:
-            raise _PermError(f"unknown term {term!r}")
-        qualifier, name, argument = mechanism.groups()
-        if await _matches(query, domain, name.lower(), argument):
+    mechanisms, redirect = _parse(records[0])
+    for qualifier, name, argument in mechanisms:
+        if await _matches(query, domain, name, argument):
             return _QUALIFIERS[qualifier or "+"]
     if redirect is not None:
         query.count_lookup()
@@ -114,6 +98,27 @@ async def _evaluate(query: _Query, domain: str) -> str:
             raise _PermError(f"redirect to {target}, which has no SPF record")
         return result
     return "neutral"
+
+
+def _parse(record: str) -> tuple[list[tuple[str, str, str]], str | None]:
+    """The mechanisms (qualifier, name, argument) and the redirect= target; a syntax error anywhere
+    is a permerror before anything is evaluated (4.6)."""
+    mechanisms: list[tuple[str, str, str]] = []
+    modifiers: dict[str, str] = {}
+    for term in record.split()[1:]:
+        modifier = _MODIFIER.match(term)
+        if modifier:
+            name = modifier.group(1).lower()
+            if name in modifiers and name in ("redirect", "exp"):
+                raise _PermError(f"two {name}= modifiers")
+            modifiers[name] = modifier.group(2)  # exp= only explains a fail; unknown ones are ignored (6)
+            continue
+        mechanism = _MECHANISM.match(term)
+        if mechanism is None:
+            raise _PermError(f"unknown term {term!r}")
+        qualifier, name, argument = mechanism.groups()
+        mechanisms.append((qualifier, name.lower(), argument))
+    return mechanisms, modifiers.get("redirect")
 
 
 async def _matches(query: _Query, domain: str, name: str, argument: str) -> bool:
