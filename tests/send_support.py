@@ -89,9 +89,13 @@ class Sink:
         self.port = free_port()
         self.logins: list[str] = []
         kwargs: dict[str, Any] = {}
+        self.certificate = Path()  # with tls_auth: the relay's self-signed certificate, to trust
         if tls_auth is not None:
+            self.certificate, key = self_signed_cert(Path(tempfile.mkdtemp()), "relay.test")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.certificate, key)
             kwargs = {
-                "tls_context": _self_signed_context(),
+                "tls_context": context,
                 "require_starttls": True,
                 "auth_required": True,
                 "auth_require_tls": True,
@@ -149,12 +153,6 @@ def self_signed_cert(folder: Path, host: str) -> tuple[Path, Path]:
     """A certificate for ``host`` signed by itself (the default trust store rejects it): cert and key paths."""
     write_self_signed(folder, host)
     return folder / "cert.pem", folder / "key.pem"
-
-
-def _self_signed_context() -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*self_signed_cert(Path(tempfile.mkdtemp()), "relay.test"))
-    return context
 
 
 def new_inbox(client: AgentMail, prefix: str = "s", display_name: str | None = None) -> str:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run_agentmx
 
 # Runs a command in-process and prints which of the server's modules it loaded.
@@ -50,3 +52,22 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> N
         "agentmx: invalid setting AGENTMX_HTTP_PORT: Input should be a valid integer"
     )
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"AGENTMX_SMTP_RELAY": "smtp.example.com:587", "AGENTMX_SMTP_RELAY_USERNAME": "u"},
+            "AGENTMX_SMTP_RELAY_USERNAME needs AGENTMX_SMTP_RELAY_STARTTLS=true",
+        ),
+        ({"AGENTMX_SMTP_TRUSTED_NETWORKS": "10.0.0.0/8,bogus"}, "'bogus' is not a network"),
+    ],
+)
+def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    out = run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=env)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    local = {"AGENTMX_SMTP_RELAY": "127.0.0.1:25", "AGENTMX_SMTP_RELAY_USERNAME": "u"}  # loopback: no network
+    assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0

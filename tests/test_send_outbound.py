@@ -352,17 +352,20 @@ def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     assert again["Subject"] == "Re: Logo" and again["In-Reply-To"] == sent.message_id
 
 
-def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess]) -> None:
+@pytest.mark.parametrize("trust", ["ca_file", "no_verify"])
+def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess], trust: str) -> None:
     sink = Sink(tls_auth=("relayuser", "s3cret")).start()
-    server = fresh_server(
-        "sqlite",
-        env={
-            "AGENTMX_SMTP_RELAY": sink.address,
-            "AGENTMX_SMTP_RELAY_STARTTLS": "true",
-            "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
-            "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
-        },
-    ).start()
+    relay = {
+        "AGENTMX_SMTP_RELAY": sink.address,
+        "AGENTMX_SMTP_RELAY_STARTTLS": "true",
+        "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
+        "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
+    }
+    if trust == "ca_file":
+        relay["AGENTMX_SMTP_RELAY_CA_FILE"] = str(sink.certificate)
+    else:
+        relay["AGENTMX_SMTP_RELAY_TLS_VERIFY"] = "false"
+    server = fresh_server("sqlite", env=relay).start()
     try:
         client = _client(server)
         a = new_inbox(client)
@@ -371,6 +374,30 @@ def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess]
         wait_for(lambda: sink.handler.for_rcpt(to))
         assert sink.logins == ["relayuser"]
         wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_relay_certificate_not_trusted_gets_no_password(fresh_server: Callable[..., ServerProcess]) -> None:
+    """A relay whose certificate the system does not trust (a man in the middle, say) is not logged in to."""
+    sink = Sink(tls_auth=("relayuser", "s3cret")).start()
+    relay = {
+        "AGENTMX_SMTP_RELAY": sink.address,
+        "AGENTMX_SMTP_RELAY_STARTTLS": "true",
+        "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
+        "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
+        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.2",
+    }
+    server = fresh_server("sqlite", env=relay).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        sent = client.inboxes.messages.send(a, to=ext("mitm-"), text="not for strangers")
+        wait_for(lambda: "certificate verify failed" in server.log())
+        time.sleep(0.5)  # a retry or two
+        assert sink.logins == [] and sink.handler.received == []
+        assert "delivered" not in _labels(client, a, sent.message_id)
     finally:
         server.stop()
         sink.stop()

@@ -157,6 +157,7 @@ def test_mail_from_another_agentmx_comes_over_tls(served: Served, tmp_path: Path
         "AGENTMX_DOMAIN": "sender.example",
         "AGENTMX_SMTP_RELAY": f"127.0.0.1:{served.server.smtp_port}",
         "AGENTMX_SMTP_RELAY_STARTTLS": "true",
+        "AGENTMX_SMTP_RELAY_CA_FILE": str(served.folder / "cert.pem"),  # self-signed: trusted by name
     }
     sender = ServerProcess(tmp_path / "sender", env=env).start()
     try:

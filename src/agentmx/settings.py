@@ -168,6 +168,14 @@ class Settings(BaseSettings):
     smtp_relay_username: str = Field("", description="Relay AUTH user name (optional).")
     smtp_relay_password: str = Field("", description="Relay AUTH password (optional).")
     smtp_relay_starttls: bool = Field(False, description="Use STARTTLS with the relay.")
+    smtp_relay_tls_verify: bool = Field(
+        True,
+        description="Check the relay's certificate (the system's CAs and AGENTMX_SMTP_RELAY_CA_FILE) and that it "
+        "names the relay's host. false takes any certificate: then a man in the middle can read the relay password.",
+    )
+    smtp_relay_ca_file: str = Field(
+        "", description="PEM file of certificates to trust for the relay besides the system's (a private CA)."
+    )
     outbound_port: int = Field(
         25, description="Port used when delivering to MX hosts (tests point it at a sink)."
     )
@@ -271,6 +279,12 @@ class Settings(BaseSettings):
     def _tls_settings(self) -> Settings:
         if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
             raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
+        relay_host = self.smtp_relay.rpartition(":")[0] if ":" in self.smtp_relay else self.smtp_relay
+        if self.smtp_relay_username and not self.smtp_relay_starttls and not _loopback(relay_host):
+            raise ValueError(
+                "AGENTMX_SMTP_RELAY_USERNAME needs AGENTMX_SMTP_RELAY_STARTTLS=true: "
+                "the relay password must not cross the network in plain text"
+            )
         for name in ("submission_port", "submissions_port"):
             if getattr(self, name) and not self.smtp_tls:  # API keys travel in AUTH: never in plain text
                 raise ValueError(
@@ -309,6 +323,15 @@ class Settings(BaseSettings):
     @property
     def hostname(self) -> str:
         return self.public_host or self.domain
+
+
+def _loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def usable_cpus() -> int:

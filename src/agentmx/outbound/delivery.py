@@ -134,6 +134,8 @@ def _relay(rt: Runtime) -> list[smtp_client.Connection]:
             starttls="required" if settings.smtp_relay_starttls else "never",
             username=settings.smtp_relay_username,
             password=settings.smtp_relay_password,
+            verify=settings.smtp_relay_tls_verify,
+            ca_file=settings.smtp_relay_ca_file,
         )
     ]
 
@@ -158,6 +160,9 @@ async def _deliver_group(
             last_error = str(exc)
             continue
         return {a: _outcome(replies.get(a, smtp_client.Reply(451, "no reply"))) for a in rcpts}
+    # No host took the connection: a relay that is down or whose certificate does not hold is the
+    # operator's to fix, so say why (MTAs log every deferral).
+    log.warning("delivery to %s deferred: %s", "the relay" if domain is None else domain, last_error)
     return {a: Outcome("deferred", None, f"4.4.1 {last_error}") for a in rcpts}
 
 

@@ -37,6 +37,8 @@ class Connection:
     username: str = ""
     password: str = ""
     timeout: float = TIMEOUT
+    verify: bool = False  # check the certificate and that it names server_name (a relay; MX hosts: RFC 7435)
+    ca_file: str = ""  # PEM trust anchors besides the system's, when verifying
 
 
 async def _open(conn: Connection) -> aiosmtplib.SMTP:
@@ -52,8 +54,11 @@ async def _open(conn: Connection) -> aiosmtplib.SMTP:
     await client.connect()
     await client.ehlo()
     if conn.starttls != "never" and client.supports_extension("starttls"):
-        # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435).
-        await client.starttls(server_hostname=conn.server_name, validate_certs=False)
+        # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435). A relay we log in
+        # to is checked, or a man in the middle would read the password.
+        await client.starttls(
+            server_hostname=conn.server_name, validate_certs=conn.verify, cert_bundle=conn.ca_file or None
+        )
     elif conn.starttls == "required":
         raise HostUnusable("server does not offer STARTTLS")
     if conn.username:

@@ -217,7 +217,6 @@ _FRONT_END_SETTINGS = (
     "inbound_dmarc_policy",
     "inbound_dnsbl",
 )
-_NOT_FOR_FRONT_ENDS = ("smtp_relay", "smtp_relay_username", "smtp_relay_password", "smtp_relay_starttls")
 
 
 def _settings_for(rt: Runtime) -> dict[str, Any]:
@@ -225,7 +224,7 @@ def _settings_for(rt: Runtime) -> dict[str, Any]:
     return {
         name: value
         for name, value in values.items()
-        if (name.startswith("smtp_") and name not in _NOT_FOR_FRONT_ENDS) or name in _FRONT_END_SETTINGS
+        if (name.startswith("smtp_") and not name.startswith("smtp_relay")) or name in _FRONT_END_SETTINGS
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+# Tests reach their servers by address: the certificate names loopback too.
+_LOOPBACK = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
 
 
 def write_self_signed(folder: Path, name: str = "mx.example.test") -> bytes:
@@ -27,7 +31,7 @@ def write_self_signed(folder: Path, name: str = "mx.example.test") -> bytes:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), *_LOOPBACK]), critical=False)
         .add_extension(
             x509.BasicConstraints(ca=True, path_length=None), critical=True
         )  # its own trust anchor
