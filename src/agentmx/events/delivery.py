@@ -89,13 +89,11 @@ def delivery_headers(secret: str, custom: dict[str, str], msg_id: str, body: byt
 
 async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tuple[int | None, str | None]:
     try:
-        url, headers = target.url, delivery_headers(target.secret, target.headers, msg_id, body)
-        server_name = None
+        headers = delivery_headers(target.secret, target.headers, msg_id, body)
         ip = await check_destination(target.url, rt.settings.webhook_allow_private)
-        if ip is not None:
-            url, host, extensions = pinned(target.url, ip)
-            headers.update(host)
-            server_name = extensions["sni_hostname"]
+        url, host, extensions = pinned(target.url, ip)
+        headers.update(host)
+        server_name = extensions["sni_hostname"]
         # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
         status = await http1.post(url, body, headers, rt.settings.webhook_timeout, server_name)
     except BlockedAddress as exc:

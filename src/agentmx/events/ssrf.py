@@ -37,8 +37,9 @@ def parse_url(url: str) -> tuple[str, int]:
 
 
 def is_public(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address inside (mapped, 6to4, Teredo) is what counts
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        ip = embedded or ip
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
@@ -51,21 +52,20 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-async def check_destination(url: str, allow_private: bool) -> IPAddress | None:
-    """Before each delivery: raise BlockedAddress if any resolved address is not public.
+async def check_destination(url: str, allow_private: bool) -> IPAddress:
+    """Before each request: raise BlockedAddress if any resolved address is not public (unless
+    ``allow_private``).
 
-    Returns the checked address to connect to (None when private addresses are allowed), so a
-    second DNS answer cannot point the request somewhere else (DNS rebinding).
+    Returns the checked address to connect to (``pinned``), so a second DNS answer cannot point the
+    request somewhere else (DNS rebinding).
     """
     host, port = parse_url(url)
-    if allow_private:
-        return None
     addresses = await resolve(host, port)
-    for ip in addresses:
-        if not is_public(ip):
-            raise BlockedAddress(f"{host} resolves to non-public address {ip}")
     if not addresses:
         raise BlockedAddress(f"{host} does not resolve")
+    for ip in addresses if not allow_private else ():
+        if not is_public(ip):
+            raise BlockedAddress(f"{host} resolves to non-public address {ip}")
     return addresses[0]
 
 
@@ -75,7 +75,8 @@ def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]
     host = parts.hostname or ""
     literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
     netloc = literal if parts.port is None else f"{literal}:{parts.port}"
-    host_header = parts.netloc.rpartition("@")[2]
+    userinfo, at, host_header = parts.netloc.rpartition("@")
+    netloc = userinfo + at + netloc  # credentials in the URL still go
     return parts._replace(netloc=netloc).geturl(), {"host": host_header}, {"sni_hostname": host}
 
 

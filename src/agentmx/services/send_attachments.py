@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 from agentmx.errors import MessageRejected, ValidationFailed
-from agentmx.events.ssrf import BlockedAddress, check_destination
+from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.mail.compose import OutAttachment
 
 MAX_URL_BYTES = 30 * 1024 * 1024
@@ -60,13 +60,15 @@ def _unfetchable(url: str, why: str) -> MessageRejected:
 async def _fetch(
     client: httpx.AsyncClient, url: str, budget: int, allow_private: bool
 ) -> tuple[bytes, str | None]:
-    """GET ``url``, following redirects by hand so each hop passes the address check."""
+    """GET ``url``, following redirects by hand so each hop passes the address check, and each
+    request goes to the address that was checked (a second DNS answer could name an internal one)."""
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            await check_destination(url, allow_private)
-            async with client.stream("GET", url) as response:
+            ip = await check_destination(url, allow_private)
+            address, host, extensions = pinned(url, ip)
+            async with client.stream("GET", address, headers=host, extensions=extensions) as response:
                 if response.is_redirect and response.headers.get("location"):
-                    url = str(response.url.join(response.headers["location"]))
+                    url = str(httpx.URL(url).join(response.headers["location"]))
                     continue
                 if not 200 <= response.status_code < 300:
                     raise _unfetchable(url, f"HTTP {response.status_code}")
@@ -111,7 +113,10 @@ async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -
                 raise _bad(index, "content is not valid base64") from exc
         else:
             assert spec.url is not None
-            async with httpx.AsyncClient(follow_redirects=False, timeout=FETCH_TIMEOUT) as client:
+            # trust_env=False: a proxy from the environment would make its own DNS lookup.
+            async with httpx.AsyncClient(
+                follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False
+            ) as client:
                 data, fetched_type = await _fetch(client, spec.url, budget, allow_private)
             budget -= len(data)
         out.append(
