@@ -64,7 +64,10 @@ class AuthDns:
     async def _resolve(self, name: str, rdtype: str) -> tuple[float, list[Any]]:
         """(seconds to keep the answer, its records)."""
         try:
-            answer = await self.resolver.resolve(name, rdtype, search=False)
+            # Labels taken as they are: a name from a sender's record or mail is not zone-file text,
+            # so a backslash in it is not an escape (RFC 7208 4.8).
+            qname = dns.name.Name([label.encode() for label in name.rstrip(".").split(".")] + [b""])
+            answer = await self.resolver.resolve(qname, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return NEGATIVE_TTL, []
         except (
@@ -74,10 +77,7 @@ class AuthDns:
         ) as exc:
             raise DnsTempError(f"{rdtype} {name}: {exc.__class__.__name__}") from exc
         except dns.exception.DNSException as exc:  # a name DNS cannot carry (label too long, ...)
-            if isinstance(
-                exc,
-                (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel, dns.name.IDNAException),
-            ):
+            if isinstance(exc, (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel)):
                 return NEGATIVE_TTL, []
             raise DnsTempError(f"{rdtype} {name}: {exc.__class__.__name__}") from exc
         return min(answer.rrset.ttl if answer.rrset is not None else 0, MAX_TTL), list(answer)

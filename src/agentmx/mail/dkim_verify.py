@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from agentmx.mail.auth_dns import AuthDns, DnsTempError
 
 MAX_SIGNATURES = 5  # a message with more is checked on its first five
+MAX_TAGS = 64  # of a signature or key record: the standard ones are fewer than 20
+MAX_SIGNED_FIELDS = 512  # names in h=
 OFF_LOOP_BYTES = 256 * 1024
 MIN_RSA_BITS = 1024
 
@@ -76,7 +78,8 @@ def _split(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     Line ends are read as CRLF whether or not the CR came (as dkimpy does); lines without a colon
     in the header are skipped.
     """
-    fields: list[tuple[bytes, bytes]] = []
+    fields: list[tuple[bytes, list[bytes]]] = []  # each field's lines, joined once at the end
+    body = b""
     start = 0
     while start < len(raw):
         newline = raw.find(b"\n", start)
@@ -84,13 +87,13 @@ def _split(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
         line = raw[start : end - 1] if raw[start:end].endswith(b"\r") else raw[start:end]
         start = end + 1
         if not line:
-            return fields, _crlf(raw[start:])
+            body = _crlf(raw[start:])
+            break
         if line[:1] in (b" ", b"\t") and fields:
-            name, field = fields[-1]
-            fields[-1] = (name, field + b"\r\n" + line)
+            fields[-1][1].append(line)
         elif b":" in line:
-            fields.append((line.split(b":", 1)[0].strip(b" \t").lower(), line))
-    return fields, b""
+            fields.append((line.split(b":", 1)[0].strip(b" \t").lower(), [line]))
+    return [(name, b"\r\n".join(lines)) for name, lines in fields], body
 
 
 def _crlf(body: bytes) -> bytes:
@@ -103,7 +106,7 @@ def _crlf(body: bytes) -> bytes:
 def _tag_list(value: bytes) -> dict[bytes, bytes]:
     """RFC 6376 3.2: ``name=value`` pairs separated by semicolons; a repeated name is an error."""
     tags: dict[bytes, bytes] = {}
-    for spec in value.split(b";"):
+    for spec in value.split(b";", MAX_TAGS)[:MAX_TAGS]:
         if not spec.strip(b" \t\r\n"):
             continue
         name, equals, tag_value = spec.partition(b"=")
@@ -134,7 +137,8 @@ async def _key(dns: AuthDns, name: str) -> bytes | None | DnsTempError:
         records = await dns.txt(name)
     except DnsTempError as exc:
         return exc
-    return records[0].encode() if len(records) == 1 else None  # two records: ambiguous, no key
+    keys = [r for r in records if re.search(r"(^|;)\s*p\s*=", r)]
+    return keys[0].encode() if keys else None  # several: any one may be used (RFC 6376 6.1.2)
 
 
 def _check(
@@ -155,8 +159,7 @@ def _check(
         outcome = "permerror"  # no key (RFC 6376 6.1.2)
     else:
         try:
-            _verify(fields, body, field, tags, answer)
-            outcome = "pass"
+            outcome = _verify(fields, body, field, tags, answer)
         except _Fail:
             outcome = "fail"
         except Exception:  # noqa: BLE001 (_PermError, and the errors of tags, base64 or keys that do not parse)
@@ -166,8 +169,10 @@ def _check(
 
 def _verify(
     fields: list[tuple[bytes, bytes]], body: bytes, field: bytes, tags: dict[bytes, bytes], key_record: bytes
-) -> None:
-    """Returns when the signature holds; raises _Fail when it does not, _PermError when it cannot be checked."""
+) -> str:
+    """ "pass" when the signature holds, "policy" when it holds for only part of the body (l=: anyone
+    may append text, RFC 6376 8.2, so it vouches for less than the message); raises _Fail when it
+    does not hold, _PermError when it cannot be checked."""
     for required in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s"):
         if required not in tags:
             raise _PermError(f"no {required!r} tag")
@@ -176,15 +181,21 @@ def _verify(
     algorithm = tags[b"a"].lower()
     if algorithm not in (b"rsa-sha256", b"ed25519-sha256"):
         raise _PermError("unsupported algorithm")  # rsa-sha1 included (RFC 8301 3.1)
-    signed = [name.strip(b" \t\r\n").lower() for name in tags[b"h"].split(b":")]
+    signed = [name.strip(b" \t\r\n").lower() for name in tags[b"h"].split(b":", MAX_SIGNED_FIELDS)]
     if b"from" not in signed:
         raise _PermError("From is not signed")
     domain = tags[b"d"].lower()
-    identity = tags.get(b"i", b"@" + domain).rpartition(b"@")[2].lower()
-    if identity != domain and not identity.endswith(b"." + domain):
-        raise _PermError("i= is outside d=")
+    _, at, identity = tags.get(b"i", b"@" + domain).rpartition(b"@")
+    identity = identity.lower()
+    if not at or (identity != domain and not identity.endswith(b"." + domain)):
+        raise _PermError("i= is not an address in d=")
     if tags.get(b"q", b"dns/txt").lower() != b"dns/txt":
         raise _PermError("unknown query method")
+    for name in (b"t", b"x", b"l"):
+        if name in tags and not re.fullmatch(rb"[0-9]{1,76}", tags[name]):
+            raise _PermError(f"{name!r} is not a number")
+    if b"x" in tags and b"t" in tags and int(tags[b"x"]) < int(tags[b"t"]):
+        raise _PermError("expires before it was made")
     if b"x" in tags and int(tags[b"x"]) < time.time():
         raise _Fail("signature expired")
     header_canon, _, body_canon = tags.get(b"c", b"simple/simple").lower().partition(b"/")
@@ -193,9 +204,10 @@ def _verify(
     public_key = _public_key(key_record, algorithm, identity != domain)
 
     canonical_body = _relaxed_body(body) if relaxed_body else _simple_body(body)
+    whole = len(canonical_body)
     if b"l" in tags:
         length = int(tags[b"l"])
-        if length > len(canonical_body):
+        if length > whole:
             raise _Fail("l= is longer than the body")
         canonical_body = canonical_body[:length]
     if hashlib.sha256(canonical_body).digest() != base64.b64decode(
@@ -206,13 +218,16 @@ def _verify(
     unused: dict[bytes, list[bytes]] = {}
     for name, text in fields:
         unused.setdefault(name, []).append(text)
-    data = b""
+    parts: list[bytes] = []
     for name in signed:  # each name takes the bottom-most field of that name not taken yet (5.4.2)
         candidates = unused.get(name)
         if candidates:
-            data += _header(candidates.pop(), relaxed_headers) + b"\r\n"
+            parts.append(_header(candidates.pop(), relaxed_headers) + b"\r\n")
     name, _, value = field.partition(b":")
-    data += _header(name + b":" + _SIGNATURE_VALUE.sub(rb"\1", value, count=1), relaxed_headers)  # b= emptied
+    parts.append(
+        _header(name + b":" + _SIGNATURE_VALUE.sub(rb"\1", value, count=1), relaxed_headers)
+    )  # b= emptied
+    data = b"".join(parts)
     signature = base64.b64decode(_SPACE.sub(b"", tags[b"b"]), validate=True)
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
@@ -221,6 +236,7 @@ def _verify(
             public_key.verify(signature, hashlib.sha256(data).digest())  # RFC 8463 3
     except InvalidSignature:
         raise _Fail("bad signature") from None
+    return "pass" if len(canonical_body) == whole else "policy"
 
 
 def _canonicalization(name: bytes) -> bool:
@@ -239,8 +255,15 @@ def _public_key(
     data = base64.b64decode(_SPACE.sub(b"", tags.get(b"p", b"")), validate=True)
     if not data:
         raise _PermError("key revoked")
-    if subdomain_identity and b"s" in tags.get(b"t", b"").split(b":"):
+    flags = [flag.strip(b" \t\r\n") for flag in tags.get(b"t", b"").split(b":")]
+    if subdomain_identity and b"s" in flags:
         raise _PermError("the key forbids a subdomain identity")
+    services = [service.strip(b" \t\r\n").lower() for service in tags.get(b"s", b"*").split(b":")]
+    if b"*" not in services and b"email" not in services:
+        raise _PermError("the key is not for email")
+    hashes_allowed = [h.strip(b" \t\r\n").lower() for h in tags.get(b"h", b"sha256").split(b":")]
+    if b"sha256" not in hashes_allowed:
+        raise _PermError("the key does not allow sha256")
     kind = tags.get(b"k", b"rsa").lower()
     if kind == b"ed25519" and algorithm == b"ed25519-sha256":
         return ed25519.Ed25519PublicKey.from_public_bytes(data)
@@ -259,16 +282,19 @@ def _header(field: bytes, relaxed: bool) -> bytes:
     return name.strip(b" \t").lower() + b":" + value
 
 
+def _without_final_line_ends(text: bytes) -> bytes:
+    end = len(text)
+    while end >= 2 and text.startswith(b"\r\n", end - 2):  # an index walk: no copy per line end
+        end -= 2
+    return text[:end]
+
+
 def _simple_body(body: bytes) -> bytes:
-    while body.endswith(b"\r\n"):
-        body = body[:-2]
-    return body + b"\r\n"
+    return _without_final_line_ends(body) + b"\r\n"
 
 
 def _relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: runs of WSP to one space, none at line ends, no empty lines at the end."""
     text = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")  # a run is one space by now
-    text = text[:-1] if text.endswith(b" ") else text
-    while text.endswith(b"\r\n"):
-        text = text[:-2]
+    text = _without_final_line_ends(text[:-1] if text.endswith(b" ") else text)
     return text + b"\r\n" if text else b""

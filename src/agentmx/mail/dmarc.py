@@ -54,12 +54,12 @@ async def policy_for(from_domain: str, dns: AuthDns) -> Policy | None:
 
     Raises ``DnsTempError`` when DNS did not answer.
     """
-    record = await _record(f"_dmarc.{from_domain}", dns)
+    found, record = await _record(f"_dmarc.{from_domain}", dns)
     subdomain = False
-    if record is None:
+    if not found:  # only when the domain publishes no DMARC record at all (6.6.3)
         organization = organizational_domain(from_domain)
         if organization != from_domain.lower().rstrip("."):
-            record, subdomain = await _record(f"_dmarc.{organization}", dns), True
+            (_, record), subdomain = await _record(f"_dmarc.{organization}", dns), True
     if record is None:
         return None
     request = record.get("sp", record["p"]) if subdomain else record["p"]
@@ -68,15 +68,16 @@ async def policy_for(from_domain: str, dns: AuthDns) -> Policy | None:
     return Policy(request, record.get("adkim") == "s", record.get("aspf") == "s")
 
 
-async def _record(name: str, dns: AuthDns) -> dict[str, str] | None:
+async def _record(name: str, dns: AuthDns) -> tuple[bool, dict[str, str] | None]:
+    """(whether any DMARC record is there, its tags when it is one usable record)."""
     records = [r for r in await dns.txt(name) if re.match(r"^v\s*=\s*DMARC1\s*(;|$)", r)]
     if len(records) != 1:
-        return None  # none, or several: no policy (6.6.3)
+        return bool(records), None  # none, or several: no policy, and several end the discovery (6.6.3)
     tags: dict[str, str] = {}
     for part in records[0].split(";"):
         name_, sep, value = part.partition("=")
         if sep:
             tags.setdefault(name_.strip().lower(), value.strip().lower())
     if tags.get("p") not in ("none", "quarantine", "reject"):
-        return None  # p= is required; a record without a valid one is ignored (6.6.3)
-    return tags
+        return True, None  # p= is required; a record without a valid one is ignored (6.6.3)
+    return True, tags

@@ -16,6 +16,8 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.utils import getaddresses
 from typing import Any
 
@@ -29,7 +31,11 @@ log = logging.getLogger("agentmx.mail")
 DEADLINE = 10.0  # seconds for each check (they run side by side); what has not answered is a temperror
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-_FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
+_AR_FIELD = re.compile(rb"(?:\A|(?<=[\r\n]))authentication-results[ \t]*:", re.IGNORECASE)
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_MAX_COMMENT_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,9 @@ async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None
     try:
         result, listed = await asyncio.gather(
             authenticate(raw, ip, helo or "", mail_from, dns),
-            _within(dnsbl.listings(ip, zones, dns), []),
+            _within(dnsbl.listings(ip, zones, dns), [], []),
         )
-    except Exception:  # a bug here must not refuse mail, nor let it pass as verified
+    except Exception:  # a bug here must not refuse mail, nor let it pass as verified (_within catches most)
         log.exception("checking the sender of a message failed")
         failed = DkimResult("temperror", "", "", "")
         result = SenderAuth("temperror", _spf_identity(mail_from, helo or "")[0], [failed], "temperror")
@@ -160,9 +166,9 @@ async def authenticate(raw: bytes, ip: str, helo: str, mail_from: str, dns: Auth
     identity, spf_domain, sender = _spf_identity(mail_from, helo)
     from_domain = _from_domain(raw)
     spf_result, dkim_results, policy = await asyncio.gather(
-        _within(spf.check_host(ip, spf_domain, sender, helo, dns), "temperror"),
-        _within(_dkim(raw, dns), [DkimResult("temperror", "", "", "")]),
-        _within(_policy(from_domain, dns), "temperror"),
+        _within(spf.check_host(ip, spf_domain, sender, helo, dns), "temperror", "permerror"),
+        _within(dkim_verify.verify(raw, dns), [DkimResult("temperror", "", "", "")], []),
+        _within(_policy(from_domain, dns), "temperror", None),
     )
     verdict = SenderAuth(spf_result, identity, dkim_results, from_domain=from_domain)
     if from_domain is None:
@@ -195,20 +201,17 @@ def _spf_identity(mail_from: str, helo: str) -> tuple[tuple[str, str], str, str]
     return ("smtp.helo", helo), _a_label(helo) or helo.lower(), f"postmaster@{helo}"
 
 
-async def _within(work: Any, on_timeout: Any) -> Any:
+async def _within(work: Any, on_timeout: Any, on_error: Any) -> Any:
+    """One check's result; ``on_timeout`` past the deadline, ``on_error`` if it fails on hostile input
+    (each check on its own: one failing must not hide the others, nor the From domain's policy)."""
     try:
         async with asyncio.timeout(DEADLINE):
             return await work
     except TimeoutError:
         return on_timeout
-
-
-async def _dkim(raw: bytes, dns: AuthDns) -> list[DkimResult]:
-    try:
-        return await dkim_verify.verify(raw, dns)
-    except Exception:  # noqa: BLE001 (a message that cannot be read has no signature that can be checked)
-        log.debug("DKIM check failed", exc_info=True)
-        return []
+    except Exception:  # noqa: BLE001
+        log.warning("a sender check failed on this message", exc_info=True)
+        return on_error
 
 
 async def _policy(from_domain: str | None, dns: AuthDns) -> dmarc.Policy | str | None:
@@ -221,12 +224,21 @@ async def _policy(from_domain: str | None, dns: AuthDns) -> dmarc.Policy | str |
 
 
 def _from_domain(raw: bytes) -> str | None:
-    """The domain of the one address in the one From field; None otherwise (RFC 7489 6.6.1)."""
-    fields = _FROM.findall(_head(raw))
-    if len(fields) != 1:
+    """The domain of the one address in the one From field; None otherwise (RFC 7489 6.6.1).
+
+    Read as the stored message is read (Python's parser, which also ends a line at a lone CR), so
+    the checked From is the From an agent sees; a header with a lone CR or LF has none.
+    """
+    head = _head(raw)
+    if _BARE_LINE_END.search(head):
         return None
-    value = fields[0].decode("utf-8", "replace")
-    addresses = [address for _, address in getaddresses([" ".join(value.split())]) if address]
+    try:
+        fields = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("From") or []
+        if len(fields) != 1:
+            return None
+        addresses = [address for _, address in getaddresses([str(fields[0])]) if address]
+    except Exception:  # noqa: BLE001 (hostile fields: deep comment nesting makes getaddresses recurse)
+        return None
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
     domain = _a_label(addresses[0].rpartition("@")[2])
@@ -243,18 +255,42 @@ def _a_label(domain: str) -> str | None:
 
 
 def _head(raw: bytes) -> bytes:
-    end = raw.find(b"\r\n\r\n")
-    return raw if end < 0 else raw[: end + 2]
+    """The header, up to and with the end of its last line (an empty line ends it, however lines end)."""
+    blank = _HEAD_END.search(raw)
+    return raw if blank is None else raw[: blank.start(2)]
 
 
 def rename_claims(raw: bytes, authserv_id: str) -> bytes:
-    """Rename Authentication-Results fields that claim to be ours (RFC 8601 5: a sender's forgery)."""
+    """Rename Authentication-Results fields that claim to be ours (RFC 8601 5: a sender's forgery).
+
+    The authserv-id is read as RFC 8601 2.2 writes it: after comments and folding, maybe quoted,
+    in any case, with or without a final dot. Lines end at CR or LF alone too, as the parser reads them.
+    """
     head = _head(raw)
-    rest = raw[len(head) :]
-    pattern = re.compile(
-        rb"(?mi)^authentication-results(?=[ \t]*:[ \t]*(?:\r?\n[ \t]+)?"
-        + re.escape(authserv_id.encode())
-        + rb"[ \t\r\n;])"
-    )
-    renamed = pattern.sub(b"X-Original-Authentication-Results", head)
-    return raw if renamed == head else renamed + rest
+    ours = authserv_id.lower().rstrip(".")
+    starts = [m.start() for m in _AR_FIELD.finditer(head) if _authserv_id(head, m.end()) == ours]
+    if not starts:
+        return raw
+    pieces, previous = [], 0
+    for start in starts:
+        pieces += [head[previous:start], b"X-Original-"]
+        previous = start
+    return b"".join(pieces) + head[previous:] + raw[len(head) :]
+
+
+def _authserv_id(head: bytes, value_start: int) -> str:
+    """The authserv-id of the field whose value starts at ``value_start``."""
+    end = value_start
+    while True:  # the field's value: up to a line end not followed by folding white space
+        end = min((i for i in (head.find(b"\r", end), head.find(b"\n", end)) if i >= 0), default=len(head))
+        next_line = end + (2 if head[end : end + 2] == b"\r\n" else 1)
+        if end >= len(head) or head[next_line : next_line + 1] not in (b" ", b"\t"):
+            break
+        end = next_line
+    value = head[value_start:end].decode("latin-1")
+    for _ in range(_MAX_COMMENT_DEPTH):  # innermost comments first
+        value, count = _COMMENT.subn(" ", value)
+        if not count:
+            break
+    token = value.split(";", 1)[0].split()
+    return token[0].strip('"').lower().rstrip(".") if token else ""

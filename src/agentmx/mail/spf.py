@@ -1,7 +1,8 @@
 """SPF (RFC 7208): may this client IP send mail for this domain?
 
 ``check_host`` is the function of section 4, over ``AuthDns``. Its limits keep a hostile record
-cheap: 10 DNS-querying terms (include, a, mx, ptr, exists, redirect), 2 void lookups, 10 MX names.
+cheap: 10 DNS-querying terms (include, a, mx, ptr, exists, redirect), 2 void lookups, 10 MX names,
+records of 4,096 characters.
 ``ptr`` (section 5.5: "SHOULD NOT be used") never matches here, so it costs no reverse lookups.
 """
 
@@ -17,12 +18,20 @@ from agentmx.mail.auth_dns import AuthDns, DnsTempError
 MAX_LOOKUPS = 10
 MAX_VOID_LOOKUPS = 2
 MAX_MX_NAMES = 10
+MAX_RECORD = 4096  # characters: real records fit a 512-byte answer (3.4); a huge one is only work
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-_MECHANISM = re.compile(r"^([+\-~?]?)(all|include|a|mx|ptr|ip4|ip6|exists)(?=$|[:/])(.*)$", re.IGNORECASE)
-_MODIFIER = re.compile(r"^([a-z][a-z0-9_.\-]*)=(.*)$", re.IGNORECASE)
-_CIDR = re.compile(r"^(.*?)(?:/(\d+))?(?://(\d+))?$")
-_MACRO = re.compile(r"%(?:\{([a-z])(\d*)(r?)([.\-+,/_=]*)\}|%|_|-)", re.IGNORECASE)
+# ASCII only: under Unicode rules "ınclude" (dotless i) matches "include" ignoring case, and \d takes
+# any script's digits.
+_FLAGS = re.IGNORECASE | re.ASCII
+_MECHANISM = re.compile(r"^([+\-~?]?)(all|include|a|mx|ptr|ip4|ip6|exists)(?=$|[:/])(.*)$", _FLAGS)
+_MODIFIER = re.compile(r"^([a-z][a-z0-9_.\-]*)=(.*)$", _FLAGS)
+_CIDR = re.compile(r"^(.*?)(?:/([0-9]{1,3}))?(?://([0-9]{1,3}))?$", re.ASCII)
+_MACRO = re.compile(r"%(?:\{([a-z])([0-9]{0,3})(r?)([.\-+,/_=]*)\}|%|_|-)", _FLAGS)
+# A macro-string (7.1): visible characters, and "%" only in a macro.
+_MACRO_STRING = re.compile(r"^(?:[!-$&-~]|%\{[slodiphv][0-9]{0,3}r?[.\-+,/_=]*\}|%%|%_|%-)*$", _FLAGS)
+_IP4_NETWORK = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?$", re.ASCII)
+_IP6_NETWORK = re.compile(r"^[0-9a-f:.]+(?:/[0-9]{1,3})?$", _FLAGS)
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -86,6 +95,8 @@ async def _evaluate(query: _Query, domain: str) -> str:
         return "none"
     if len(records) > 1:
         raise _PermError(f"{domain} publishes {len(records)} SPF records")
+    if len(records[0]) > MAX_RECORD:
+        raise _PermError(f"{domain}'s SPF record is longer than {MAX_RECORD} characters")
     mechanisms, redirect = _parse(records[0])
     for qualifier, name, argument in mechanisms:
         if await _matches(query, domain, name, argument):
@@ -117,8 +128,30 @@ def _parse(record: str) -> tuple[list[tuple[str, str, str]], str | None]:
         if mechanism is None:
             raise _PermError(f"unknown term {term!r}")
         qualifier, name, argument = mechanism.groups()
+        _check_syntax(name.lower(), argument)
         mechanisms.append((qualifier, name.lower(), argument))
+    if "redirect" in modifiers and not _MACRO_STRING.match(modifiers["redirect"]):
+        raise _PermError("bad redirect= domain-spec")
     return mechanisms, modifiers.get("redirect")
+
+
+def _check_syntax(name: str, argument: str) -> None:
+    """The argument's grammar (5), checked before any term is evaluated."""
+    if name == "all":
+        ok = not argument
+    elif name in ("ip4", "ip6"):
+        spec = argument[1:] if argument.startswith(":") else ""
+        ok = bool((_IP4_NETWORK if name == "ip4" else _IP6_NETWORK).match(spec))
+        _in_network(
+            ipaddress.ip_address("::" if name == "ip6" else "0.0.0.0"), spec, name
+        )  # permerror if bad
+    elif name in ("include", "exists"):
+        ok = argument.startswith(":") and len(argument) > 1 and bool(_MACRO_STRING.match(argument[1:]))
+    else:  # a, mx, ptr: an optional domain-spec, and for a and mx CIDR lengths
+        spec, _, _ = _split_cidr(argument) if name != "ptr" else (argument, 0, 0)
+        ok = not spec or (spec.startswith(":") and len(spec) > 1 and bool(_MACRO_STRING.match(spec[1:])))
+    if not ok:
+        raise _PermError(f"bad argument for {name}: {argument!r}")
 
 
 async def _matches(query: _Query, domain: str, name: str, argument: str) -> bool:
@@ -220,8 +253,13 @@ def _expand(spec: str, query: _Query, domain: str) -> str:
     if re.search(r"%(?![{%_\-])", spec):
         raise _PermError(f"bad macro in {spec!r}")
     result = _MACRO.sub(replace, spec).rstrip(".")
-    while len(result) > 253 and "." in result:
-        result = result.split(".", 1)[1]
+    if len(result) > 253:  # drop labels from the left, counted once (not re-split per label)
+        labels = result.split(".")
+        size, first = len(result), 0
+        while size > 253 and first < len(labels) - 1:
+            size -= len(labels[first]) + 1
+            first += 1
+        result = ".".join(labels[first:])
     return result
 
 
