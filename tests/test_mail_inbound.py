@@ -81,7 +81,12 @@ def test_attachments_and_inline_image(harness: Harness) -> None:
     assert resp.filename == "report.pdf" and resp.expires_at is not None
     assert download(resp.download_url).content == PDF
     img = client.inboxes.messages.get_attachment(inbox.inbox_id, item.message_id, image.attachment_id)
-    assert download(img.download_url).content == PNG
+    served = download(img.download_url)
+    assert served.content == PNG
+    # A stranger's bytes on the API's origin: saved, never rendered or sniffed.
+    assert served.headers["content-disposition"].startswith("attachment")
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers["content-security-policy"] == "sandbox"
 
     via_thread = client.threads.get_attachment(item.thread_id, pdf.attachment_id)
     assert download(via_thread.download_url).content == PDF

@@ -334,3 +334,36 @@ def test_scoped_key_sends_only_from_its_inbox(harness: Harness) -> None:
     with pytest.raises(ApiError) as hidden_reply:
         scoped.inboxes.messages.reply(other, sent.message_id, text="x", request_options=NO_RETRY)
     assert hidden_reply.value.status_code == 404
+
+
+def test_forward_needs_read_permission_and_requests_cannot_claim_senders(harness: Harness) -> None:
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    first = client.inboxes.messages.send(
+        a,
+        to=b,
+        subject="Secret",
+        text="the combination is 1234",
+        headers={
+            "Sender": "ceo@bank.example",
+            "Resent-From": "ceo@bank.example",
+            "Received": "from nowhere",
+            "Authentication-Results": "mx.bank.example; dmarc=pass",
+            "X-Request-Id": "kept",
+        },
+    )
+    arrived = client.inboxes.messages.get(b, _arrived(client, b, first.message_id).message_id)
+    names = {name.lower() for name in arrived.headers or {}}
+    assert "x-request-id" in names
+    assert not names & {"sender", "resent-from", "authentication-results"}
+    assert all("nowhere" not in value for value in (arrived.headers or {}).values())
+
+    # A key that may send but not read cannot read a message by forwarding it to itself.
+    send_only = client.inboxes.api_keys.create(b, request={"permissions": {"message_send": True}}).api_key
+    sender = harness.client(api_key=send_only)
+    with pytest.raises(ApiError) as refused:
+        sender.inboxes.messages.forward(b, first.message_id, to=a, request_options=NO_RETRY)
+    assert refused.value.status_code == 403 and _code(refused.value) == "missing_permission"
+    both = {"message_send": True, "message_read": True}
+    reader = harness.client(api_key=client.inboxes.api_keys.create(b, request={"permissions": both}).api_key)
+    assert reader.inboxes.messages.forward(b, first.message_id, to=a).message_id

@@ -183,6 +183,23 @@ def test_the_sender_must_be_the_inbox(served: Served) -> None:
             smtp.sendmail(inbox, [ext()], msg.as_bytes())
         assert info.value.smtp_code == 550
         assert b"From field must be the inbox address" in info.value.smtp_error
+        # The inbox first, somebody else as well: recipients would see both as senders.
+        plain = message(inbox, ext(), "Also from").as_bytes()
+        for extra in (
+            b"From: ceo@bank.example\r\n",
+            b"Sender: ceo@bank.example\r\n",
+            b"Resent-From: ceo@bank.example\r\n",
+        ):
+            smtp.rset()
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                smtp.sendmail(inbox, [ext()], extra + plain)
+            assert info.value.smtp_code == 550, extra
+        smtp.rset()
+        both = plain.replace(
+            f"From: Agent <{inbox}>".encode(), f"From: Agent <{inbox}>, ceo@bank.example".encode()
+        )
+        with pytest.raises(smtplib.SMTPDataError):
+            smtp.sendmail(inbox, [ext()], both)
     assert client.inboxes.messages.list(inbox).count == 0
 
 

@@ -34,8 +34,16 @@ RESERVED_HEADERS = frozenset(
         "content-disposition",
         "content-id",
         "dkim-signature",
+        # Who sent it and how it travelled: a request may not claim them (another sender, forged trace
+        # or authentication results).
+        "sender",
+        "return-path",
+        "received",
+        "authentication-results",
+        "received-spf",
     }
 )
+RESERVED_PREFIXES = ("resent-", "arc-")
 
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv)\s*:\s*", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"^\s*(fwd?|wg)\s*:\s*", re.IGNORECASE)
@@ -256,7 +264,7 @@ def _set_headers(msg: EmailMessage, comp: Composition) -> None:
         if key.lower() != "mime-version":
             msg[key] = value
     for key, value in comp.headers.items():
-        if key.lower() in RESERVED_HEADERS:
+        if key.lower() in RESERVED_HEADERS or key.lower().startswith(RESERVED_PREFIXES):
             continue
         msg[key] = value
 

@@ -314,10 +314,13 @@ async def prepare_submitted(
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
     raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
     parsed = await mailstore.parse(raw)
-    if _key(parsed.from_) != inbox.id.lower():
+    from_fields, addresses = submitted.originators(raw)
+    if from_fields != 1 or not addresses or any(_key(a) != inbox.id.lower() for a in addresses):
+        # One From field naming the inbox alone, and no Sender or Resent-* naming anybody else: a
+        # second address would be shown to recipients as a sender too.
         raise MessageRejected(
-            f"The From field must be the inbox address {inbox.id}",
-            fix=f"Send as {inbox.id}, the user name the session authenticated with.",
+            f"The From field must be the inbox address {inbox.id}, alone",
+            fix=f"Send as {inbox.id}, the user name the session authenticated with, in one From field.",
         )
     await _check_recipients(session, rt, inbox, bare)
     shown = {_key(a) for a in parsed.to + parsed.cc}

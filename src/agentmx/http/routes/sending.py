@@ -161,5 +161,6 @@ async def forward(
     inbox_id: str, message_id: str, request: Request, rt: RuntimeDep, caller: CallerDep
 ) -> dict[str, str]:
     caller.require("message_send")
+    caller.require("message_read")  # a forward carries the original's body and attachments away
     raw = await _read_body(request)
     return await _send(request, rt, caller, inbox_id, "forward", parse(SendBody, raw), raw, message_id)
