@@ -165,6 +165,31 @@ def test_bad_key_is_refused_with_401(harness: Harness) -> None:
         subscribe(socket)
 
 
+def test_a_deleted_key_loses_its_open_stream(harness: Harness) -> None:
+    """Deleting a key (or its expiry) ends the streams it opened within seconds, not at their next reconnect."""
+    admin = harness.client()
+    inbox = new_inbox(admin)
+    doomed = admin.inboxes.api_keys.create(inbox, request={})
+    with harness.client(api_key=doomed.api_key).websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox])
+        admin.inboxes.api_keys.delete(inbox, doomed.api_key_id)
+        send_mail(harness.server, inbox, subject="after the key was deleted")
+        deadline = time.monotonic() + 15  # KEY_RECHECK (5 s) and the key cache's 2 s
+        closed = None
+        while closed is None and time.monotonic() < deadline:
+            try:
+                frame = json.loads(socket._websocket.recv(timeout=1.0))
+            except TimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001 (the close, as the websockets library reports it)
+                closed = exc
+                break
+            # At most the one event sent before the next check may arrive; nothing else.
+            assert frame.get("event_type") == "message.received", frame
+        assert closed is not None and getattr(closed, "rcvd", None) is not None
+        assert closed.rcvd.code == 1008
+
+
 def test_resume_after_disconnect(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)

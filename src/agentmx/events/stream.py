@@ -29,6 +29,9 @@ from agentmx.services.runtime import Runtime
 Send = Callable[[str], Awaitable[None]]
 
 
+KEY_RECHECK = 5.0  # seconds between checks that an open stream's key still stands (deleted keys: 401s)
+
+
 class StreamError(Exception):
     """Answered with an error frame; the stream stays open with its previous subscription."""
 
@@ -235,18 +238,24 @@ async def serve(
     receive: Callable[[], Awaitable[str | None]],
     after_event_id: str | None = None,
     write: FrameWriter | None = None,
-) -> None:
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+) -> bool:
     """Run one stream until the client goes away. ``receive`` returns None when the socket closed.
 
     ``write``, when the edge has one, sends pre-framed live events without the ASGI round.
+    ``still_allowed`` is asked every ``KEY_RECHECK`` seconds whether the caller's key still stands
+    as it was (not deleted, expired or changed); returns True when the stream ended for that.
     """
     stream = Stream(rt, hub, caller, send, after_event_id, write)
     writer = asyncio.create_task(stream.run())
+    watchdog = asyncio.create_task(_watch(still_allowed))
+    revoked = False
     try:
         while not writer.done():
             receiving = asyncio.ensure_future(receive())
-            done, _ = await asyncio.wait({receiving, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
+            done, _ = await asyncio.wait({receiving, writer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done or watchdog in done:
+                revoked = watchdog in done
                 receiving.cancel()
                 break
             text = receiving.result()
@@ -258,5 +267,15 @@ async def serve(
     finally:
         stream.close()
         writer.cancel()
+        watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
+    return revoked
+
+
+async def _watch(still_allowed: Callable[[], Awaitable[bool]] | None) -> None:
+    """Returns when the key no longer allows the stream; never without ``still_allowed``."""
+    while True:
+        await asyncio.sleep(KEY_RECHECK)
+        if still_allowed is not None and not await still_allowed():
+            return

@@ -19,9 +19,11 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.rt
 
 
-async def resolve_caller(rt: Runtime, authorization: str | None, api_key: str | None = None) -> Caller:
+async def resolve_caller(
+    rt: Runtime, authorization: str | None, api_key: str | None = None, *, rate_limited: bool = True
+) -> Caller:
     secret = api_key if (api_key and not authorization) else keys.parse_bearer(authorization)
-    return await authenticate.caller_for_secret(rt, secret)
+    return await authenticate.caller_for_secret(rt, secret, rate_limited=rate_limited)
 
 
 async def get_caller(request: Request) -> Caller:

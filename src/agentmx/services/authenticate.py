@@ -15,8 +15,11 @@ from agentmx.services.key_cache import CachedKey
 from agentmx.services.runtime import Runtime
 
 
-async def caller_for_secret(rt: Runtime, secret: str) -> Caller:
-    """The caller a secret (``am_…``) stands for; Unauthorized if unknown or expired."""
+async def caller_for_secret(rt: Runtime, secret: str, *, rate_limited: bool = True) -> Caller:
+    """The caller a secret (``am_…``) stands for; Unauthorized if unknown or expired.
+
+    ``rate_limited=False``: a check of a key already in use (an open event stream), not a request.
+    """
     secret_hash = keys.hash_secret(secret)
 
     async def lookup() -> CachedKey:
@@ -39,6 +42,6 @@ async def caller_for_secret(rt: Runtime, secret: str) -> Caller:
             raise
     caller = cached.caller
     limiter = getattr(rt, "rate_limiter", None)
-    if limiter is not None:
+    if limiter is not None and rate_limited:
         limiter.check(caller)
     return caller

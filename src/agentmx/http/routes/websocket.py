@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
@@ -18,10 +20,9 @@ router = APIRouter()
 @router.websocket("/v0")
 async def event_socket(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.rt
+    authorization, api_key = websocket.headers.get("authorization"), websocket.query_params.get("api_key")
     try:
-        caller = await resolve_caller(
-            rt, websocket.headers.get("authorization"), websocket.query_params.get("api_key")
-        )
+        caller = await resolve_caller(rt, authorization, api_key)
     except AgentMXError as exc:
         status = 429 if isinstance(exc, RateLimited) else 401
         name = "RateLimitExceededError" if status == 429 else "UnauthorizedError"
@@ -53,4 +54,13 @@ async def event_socket(websocket: WebSocket) -> None:
         except (WebSocketDisconnect, RuntimeError):
             return None
 
-    await serve(rt, hub, caller, websocket.send_text, receive, after, frame_writer(websocket.scope))
+    async def still_allowed() -> bool:
+        try:
+            return await resolve_caller(rt, authorization, api_key, rate_limited=False) == caller
+        except AgentMXError:
+            return False
+
+    write = frame_writer(websocket.scope)
+    if await serve(rt, hub, caller, websocket.send_text, receive, after, write, still_allowed):
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close(code=1008, reason="API key deleted, expired or changed")
