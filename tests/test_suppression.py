@@ -11,7 +11,7 @@ from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 
 from agentmx.testing.server import ServerProcess
-from conftest import BACKENDS, NO_RETRY
+from conftest import BACKENDS, NO_RETRY, run_agentmx
 from send_support import Sink, ext, new_inbox, wait_for
 
 
@@ -41,6 +41,15 @@ def test_bounce_adds_read_only_send_block_entry(
         with pytest.raises(ApiError) as suppressed:
             client.inboxes.messages.send(inbox, to=dead, subject="again", text="hi", request_options=NO_RETRY)
         assert suppressed.value.status_code == 403
+
+        # The operator may lift it (a bounce report can be forged by any recipient of the message).
+        storage = ["--data-dir", str(server.data_dir)]
+        if server.database_url:
+            storage += ["--database-url", server.database_url]
+        lifted = run_agentmx("suppressions", "remove", dead, *storage, env={})
+        assert lifted.returncode == 0, lifted.stderr
+        assert all(e.entry != dead for e in client.lists.list("send", "block").entries)
+        assert run_agentmx("suppressions", "remove", dead, *storage, env={}).returncode == 1
 
         start = datetime.now(UTC) - timedelta(minutes=10)
         rates = client.metrics.query_rates(period=60, window=600, start=start)

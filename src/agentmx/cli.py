@@ -3,6 +3,7 @@
 agentmx serve [--host H] [--http-port P] [--smtp-port S] [--data-dir D] [--database-url URL] [--domain D]
 agentmx keys create [--name N] [--pod POD_ID] [--inbox INBOX_ID] [--data-dir D | --database-url URL]
 agentmx db upgrade [--data-dir D | --database-url URL]
+agentmx suppressions remove ADDRESS [--data-dir D | --database-url URL]
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     _storage_args(db_sub.add_parser("upgrade", help="apply migrations"))
+
+    suppressions = sub.add_parser("suppressions", help="addresses blocked after a bounce or complaint")
+    suppressions_sub = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    remove = suppressions_sub.add_parser(
+        "remove", help="lift the block of an address (the API may not: its entries are read-only)"
+    )
+    remove.add_argument("address", help="the blocked address or domain")
+    _storage_args(remove)
     return parser
 
 
@@ -127,4 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "db":
         print("database is up to date", file=sys.stderr)
         return 0
+    if args.command == "suppressions":
+        if asyncio.run(_remove_suppression(settings, args.address)):
+            print(f"{args.address} may be sent to again", file=sys.stderr)
+            return 0
+        print(f"agentmx: {args.address} is not suppressed", file=sys.stderr)
+        return 1
     return 2
+
+
+async def _remove_suppression(settings: Settings, address: str) -> bool:
+    from agentmx.db.engine import Database
+    from agentmx.services import keys, lists
+
+    db = Database(settings.effective_database_url)
+    try:
+        async with db.transaction() as s:
+            org = await keys.ensure_organization(s)
+            return await lists.remove_suppression(s, org.id, address)
+    finally:
+        await db.dispose()

@@ -286,6 +286,21 @@ async def suppression_recorder(
     await add_entry(session, ListScope(organization_id), "send", "block", address, kind, read_only=True)
 
 
+async def remove_suppression(session: AsyncSession, organization_id: str, address: str) -> bool:
+    """Lift a bounce or complaint block (the operator's way: the API may not delete read-only entries,
+    and a bounce report can be forged by anybody who saw a message's return path). False if none."""
+    try:
+        entry, _ = normalize_entry(address)
+    except ValidationFailed:
+        return False
+    found = await _find(session, ListScope(organization_id), "send", "block", entry)
+    if found is None or not found.read_only:
+        return False
+    await session.delete(found)
+    await session.flush()
+    return True
+
+
 hooks.send_checks.append(send_check)
 hooks.inbound_labelers.append(inbound_labeler)
 hooks.suppression_recorders.append(suppression_recorder)
