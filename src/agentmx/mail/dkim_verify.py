@@ -39,7 +39,7 @@ _LINE_END = re.compile(rb"\r?\n")
 
 @dataclass(frozen=True)
 class DkimResult:
-    result: str  # pass, fail, temperror or permerror (RFC 8601 2.7.1)
+    result: str  # pass, policy (l= short of the body), fail, temperror or permerror (RFC 8601 2.7.1)
     domain: str  # d=
     selector: str  # s=
     signature: str  # the start of b=, telling signatures of one domain apart (RFC 6008)
