@@ -3,8 +3,8 @@
 It serves SMTP sessions on listening sockets the server process bound and handed over, checks
 each message's sender (SPF, DKIM, DMARC: ``mail/sender_auth.py``) and parses it. The server
 process checks each recipient and stores each message (``smtp/workers.py``), so a 250 still means
-committed. With ``AGENTMX_SMTP_WORKERS`` set, the
-SMTP dialogue and the MIME parse, about a third of a message's CPU, run on another core.
+committed. With ``AGENTMX_SMTP_WORKERS`` set, the SMTP dialogue and the MIME parse, about a third
+of a message's CPU, run on another core.
 
 Arguments: the server's pid, the link socket's descriptor, the event loop (``event_loops.CHOICES``),
 then the listening sockets' descriptors.
