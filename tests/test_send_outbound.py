@@ -352,15 +352,19 @@ def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     assert again["Subject"] == "Re: Logo" and again["In-Reply-To"] == sent.message_id
 
 
-@pytest.mark.parametrize("trust", ["ca_file", "no_verify"])
-def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess], trust: str) -> None:
-    sink = Sink(tls_auth=("relayuser", "s3cret")).start()
-    relay = {
+def _tls_relay(sink: Sink) -> dict[str, str]:
+    return {
         "AGENTMX_SMTP_RELAY": sink.address,
         "AGENTMX_SMTP_RELAY_STARTTLS": "true",
         "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
         "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
     }
+
+
+@pytest.mark.parametrize("trust", ["ca_file", "no_verify"])
+def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess], trust: str) -> None:
+    sink = Sink(tls_auth=("relayuser", "s3cret")).start()
+    relay = _tls_relay(sink)
     if trust == "ca_file":
         relay["AGENTMX_SMTP_RELAY_CA_FILE"] = str(sink.certificate)
     else:
@@ -382,13 +386,7 @@ def test_relay_with_starttls_and_auth(fresh_server: Callable[..., ServerProcess]
 def test_relay_certificate_not_trusted_gets_no_password(fresh_server: Callable[..., ServerProcess]) -> None:
     """A relay whose certificate the system does not trust (a man in the middle, say) is not logged in to."""
     sink = Sink(tls_auth=("relayuser", "s3cret")).start()
-    relay = {
-        "AGENTMX_SMTP_RELAY": sink.address,
-        "AGENTMX_SMTP_RELAY_STARTTLS": "true",
-        "AGENTMX_SMTP_RELAY_USERNAME": "relayuser",
-        "AGENTMX_SMTP_RELAY_PASSWORD": "s3cret",
-        "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.2",
-    }
+    relay = {**_tls_relay(sink), "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.2"}
     server = fresh_server("sqlite", env=relay).start()
     try:
         client = _client(server)

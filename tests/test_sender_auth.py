@@ -237,23 +237,31 @@ def test_values_are_quoted_and_claims_renamed() -> None:
     )
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_smtp_mail_gets_checked_and_labelled(
-    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
-) -> None:
+def _checking_server(
+    fresh_server: Callable[..., ServerProcess], dns: LoopbackDNS, workers: str, **settings: str
+) -> tuple[ServerProcess, AgentMail, str]:
+    """A server that checks mail from loopback too (the test's own), its client and a new inbox."""
     env = {
         "AGENTMX_DNS_RESOLVER": dns.address,
-        "AGENTMX_SMTP_TRUSTED_NETWORKS": "",  # the test's own mail comes from loopback
-        "AGENTMX_INBOUND_LABEL_UNAUTHENTICATED": "true",
-        "AGENTMX_PUBLIC_HOST": "mx.agentmx.test",
+        "AGENTMX_SMTP_TRUSTED_NETWORKS": "",
         "AGENTMX_SMTP_WORKERS": workers,
+        **{f"AGENTMX_{name.upper()}": value for name, value in settings.items()},
     }
     server = fresh_server("sqlite", env=env).start()
     client = AgentMail(
         api_key=server.create_key(),
         environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
     )
-    inbox = client.inboxes.create().inbox_id
+    return server, client, client.inboxes.create().inbox_id
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_smtp_mail_gets_checked_and_labelled(
+    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
+) -> None:
+    server, client, inbox = _checking_server(
+        fresh_server, dns, workers, inbound_label_unauthenticated="true", public_host="mx.agentmx.test"
+    )
     genuine = _signed("Alice <alice@sender.test>")
     forged_claim = b"Authentication-Results: mx.agentmx.test; dmarc=pass header.from=bank.test\r\n"
     spoofed = forged_claim + make_message(inbox, subject="urgent", sender="CEO <ceo@bank.test>").as_bytes()
@@ -280,18 +288,7 @@ def test_smtp_mail_gets_checked_and_labelled(
 def test_dmarc_reject_policy_refuses_spoofed_mail(
     dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
 ) -> None:
-    env = {
-        "AGENTMX_DNS_RESOLVER": dns.address,
-        "AGENTMX_SMTP_TRUSTED_NETWORKS": "",
-        "AGENTMX_INBOUND_DMARC_POLICY": "reject",
-        "AGENTMX_SMTP_WORKERS": workers,
-    }
-    server = fresh_server("sqlite", env=env).start()
-    client = AgentMail(
-        api_key=server.create_key(),
-        environment=AgentMailEnvironment(http=server.base_url, websockets=server.ws_url),
-    )
-    inbox = client.inboxes.create().inbox_id
+    server, client, inbox = _checking_server(fresh_server, dns, workers, inbound_dmarc_policy="reject")
     spoofed = make_message(inbox, subject="urgent", sender="CEO <ceo@bank.test>").as_bytes()
     with pytest.raises(smtplib.SMTPDataError) as refused:
         smtp_send(server, [inbox], spoofed, mail_from="ceo@bank.test")
