@@ -142,9 +142,8 @@ def _check_syntax(name: str, argument: str) -> None:
     elif name in ("ip4", "ip6"):
         spec = argument[1:] if argument.startswith(":") else ""
         ok = bool((_IP4_NETWORK if name == "ip4" else _IP6_NETWORK).match(spec))
-        _in_network(
-            ipaddress.ip_address("::" if name == "ip6" else "0.0.0.0"), spec, name
-        )  # permerror if bad
+        if ok:
+            _network(spec, name)  # a permerror when it is no network of that version
     elif name in ("include", "exists"):
         ok = argument.startswith(":") and len(argument) > 1 and bool(_MACRO_STRING.match(argument[1:]))
     else:  # a, mx, ptr: an optional domain-spec, and for a and mx CIDR lengths
@@ -160,7 +159,7 @@ async def _matches(query: _Query, domain: str, name: str, argument: str) -> bool
             raise _PermError("all takes no argument")
         return True
     if name in ("ip4", "ip6"):
-        return _in_network(query.ip, argument[1:] if argument.startswith(":") else "", name)
+        return query.ip in _network(argument[1:] if argument.startswith(":") else "", name)
     if name == "include":
         query.count_lookup()
         result = await _evaluate(query, _domain_argument(argument, query, domain, required=True))
@@ -215,14 +214,14 @@ def _domain_argument(argument: str, query: _Query, domain: str, *, required: boo
     return _expand(argument[1:], query, domain)
 
 
-def _in_network(ip: IP, spec: str, name: str) -> bool:
+def _network(spec: str, name: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         network = ipaddress.ip_network(spec, strict=False)
     except ValueError:
         raise _PermError(f"bad {name} network {spec!r}") from None
     if (network.version == 4) != (name == "ip4"):
         raise _PermError(f"{name}:{spec} is the other IP version")
-    return ip in network
+    return network
 
 
 def _expand(spec: str, query: _Query, domain: str) -> str:
