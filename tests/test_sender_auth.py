@@ -505,7 +505,17 @@ def test_review_findings_on_hostile_headers(dns: LoopbackDNS) -> None:
     # A lone CR ends a header line for the parser that stores the message: the From checked must be
     # the From stored, so such a header verifies nothing.
     raw = b"Subject: wire\rFrom: CEO <ceo@bank.test>\r\nFrom: x@a.test\r\n\r\nPay.\r\n"
-    assert _authenticate(dns, raw, mail_from="x@a.test").from_verified is False
+    checks = _authenticate(dns, raw, mail_from="x@a.test")
+    # ... and each From domain is judged: a second address must not take bank.test's p=reject away.
+    assert (checks.from_verified, checks.dmarc, checks.requested, checks.from_domain) == (
+        False,
+        "fail",
+        "reject",
+        "bank.test",
+    )
+    for two in (b"From: CEO <ceo@bank.test>, x@a.test\r\n", b"From: x@a.test\r\nFrom: ceo@bank.test\r\n"):
+        checks = _authenticate(dns, two + b"Subject: wire\r\n\r\nPay.\r\n", mail_from="x@a.test")
+        assert (checks.from_verified, checks.dmarc, checks.requested) == (False, "fail", "reject"), two
     # A From nested deep enough to make the address parser recurse: no exception, nothing verified.
     nested = b"From: " + b"(" * 1100 + b"ceo@bank.test\r\n\r\nPay.\r\n"
     assert _authenticate(dns, nested, mail_from="x@a.test").from_verified is False

@@ -36,6 +36,8 @@ _HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
 _AR_FIELD = re.compile(rb"(?:\A|(?<=[\r\n]))authentication-results[ \t]*:", re.IGNORECASE)
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 _MAX_COMMENT_DEPTH = 8
+_STRICTNESS = ("none", "quarantine", "reject")
+MAX_FROM_DOMAINS = 5  # a From naming more is judged on its first five
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class SenderAuth:
     spf: str  # spf.RESULTS
     spf_identity: tuple[str, str]  # ("smtp.mailfrom", address) or ("smtp.helo", name) for a null sender
     dkim: list[DkimResult] = field(default_factory=list)
-    dmarc: str = "none"  # pass, fail, none (no record or no single From domain), temperror
+    dmarc: str = "none"  # pass, fail, none (no record, no From), temperror: of the From domains, the worst
     from_domain: str | None = None
     requested: str | None = None  # the domain's p= (or sp=)
     from_verified: bool = False  # an SPF or DKIM pass aligned with the From domain
@@ -164,32 +166,41 @@ def _disposition(result: SenderAuth, setting: str) -> str:
 
 async def authenticate(raw: bytes, ip: str, helo: str, mail_from: str, dns: AuthDns) -> SenderAuth:
     identity, spf_domain, sender = _spf_identity(mail_from, helo)
-    from_domain = _from_domain(raw)
-    spf_result, dkim_results, policy = await asyncio.gather(
+    domains, clear = _from_domains(raw)
+    spf_result, dkim_results, *policies = await asyncio.gather(
         _within(spf.check_host(ip, spf_domain, sender, helo, dns), "temperror", "permerror"),
         _within(dkim_verify.verify(raw, dns), [DkimResult("temperror", "", "", "")], []),
-        _within(_policy(from_domain, dns), "temperror", None),
+        *(_within(_policy(domain, dns), "temperror", None) for domain in domains),
     )
-    verdict = SenderAuth(spf_result, identity, dkim_results, from_domain=from_domain)
-    if from_domain is None:
-        return verdict
-    strict_spf = strict_dkim = False
-    if isinstance(policy, dmarc.Policy):
-        strict_spf, strict_dkim = policy.spf_strict, policy.dkim_strict
-    spf_aligned = spf_result == "pass" and dmarc.aligned(spf_domain, from_domain, strict_spf)
-    dkim_aligned = any(
-        r.result == "pass" and dmarc.aligned(r.domain, from_domain, strict_dkim) for r in dkim_results
-    )
-    verified = spf_aligned or dkim_aligned
-    if policy == "temperror":
-        outcome, requested = "temperror", None
-    elif policy is None:
-        outcome, requested = "none", None
-    else:
-        outcome, requested = ("pass" if verified else "fail"), policy.request
-    return SenderAuth(
-        spf_result, identity, dkim_results, outcome, from_domain, requested, from_verified=verified
-    )
+    # Each From domain is judged on its own (RFC 7489 6.6.1 allows it): a second address must not
+    # take a domain's policy away. The From is verified only when it is one clear address.
+    judged = []
+    for domain, policy in zip(domains, policies, strict=True):
+        strict_spf = isinstance(policy, dmarc.Policy) and policy.spf_strict
+        strict_dkim = isinstance(policy, dmarc.Policy) and policy.dkim_strict
+        aligned = (spf_result == "pass" and dmarc.aligned(spf_domain, domain, strict_spf)) or any(
+            r.result == "pass" and dmarc.aligned(r.domain, domain, strict_dkim) for r in dkim_results
+        )
+        judged.append((domain, policy, aligned))
+    verified = clear and len(judged) == 1 and judged[0][2]
+    outcome, shown, requested = _dmarc_result(judged)
+    return SenderAuth(spf_result, identity, dkim_results, outcome, shown, requested, from_verified=verified)
+
+
+def _dmarc_result(judged: list[tuple[str, Any, bool]]) -> tuple[str, str | None, str | None]:
+    """(result, the From domain it is about, that domain's request) from each domain's (domain,
+    policy, aligned): a failure wins, the strictest first; then a temperror; then a pass."""
+    failed = [(d, p) for d, p, aligned in judged if isinstance(p, dmarc.Policy) and not aligned]
+    if failed:
+        domain, policy = max(failed, key=lambda item: _STRICTNESS.index(item[1].request))
+        return "fail", domain, policy.request
+    for domain, policy, _ in judged:
+        if policy == "temperror":
+            return "temperror", domain, None
+    for domain, policy, _ in judged:
+        if isinstance(policy, dmarc.Policy):
+            return "pass", domain, policy.request
+    return "none", judged[0][0] if judged else None, None
 
 
 def _spf_identity(mail_from: str, helo: str) -> tuple[tuple[str, str], str, str]:
@@ -214,35 +225,35 @@ async def _within(work: Any, on_timeout: Any, on_error: Any) -> Any:
         return on_error
 
 
-async def _policy(from_domain: str | None, dns: AuthDns) -> dmarc.Policy | str | None:
-    if from_domain is None:
-        return None
+async def _policy(from_domain: str, dns: AuthDns) -> dmarc.Policy | str | None:
     try:
         return await dmarc.policy_for(from_domain, dns)
     except DnsTempError:
         return "temperror"
 
 
-def _from_domain(raw: bytes) -> str | None:
-    """The domain of the one address in the one From field; None otherwise (RFC 7489 6.6.1).
+def _from_domains(raw: bytes) -> tuple[list[str], bool]:
+    """The domains of the From addresses, and whether the From is clear: one field, one address,
+    and a header without a lone CR or LF (RFC 7489 6.6.1).
 
     Read as the stored message is read (Python's parser, which also ends a line at a lone CR), so
-    the checked From is the From an agent sees; a header with a lone CR or LF has none.
+    the domains checked are those of the From an agent sees.
     """
     head = _head(raw)
-    if _BARE_LINE_END.search(head):
-        return None
     try:
         fields = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("From") or []
-        if len(fields) != 1:
-            return None
-        addresses = [address for _, address in getaddresses([str(fields[0])]) if address]
+        addresses = [address for _, address in getaddresses([str(f) for f in fields]) if address]
     except Exception:  # noqa: BLE001 (hostile fields: deep comment nesting makes getaddresses recurse)
-        return None
-    if len(addresses) != 1 or "@" not in addresses[0]:
-        return None
-    domain = _a_label(addresses[0].rpartition("@")[2])
-    return domain if domain and spf.valid_domain(domain) else None
+        return [], False
+    domains: list[str] = []
+    for address in addresses:
+        domain = _a_label(address.rpartition("@")[2]) if "@" in address else None
+        if not domain or not spf.valid_domain(domain):
+            return [], False  # an address without a usable domain: nothing to judge
+        if domain not in domains:
+            domains.append(domain)
+    clear = len(fields) == 1 and len(addresses) == 1 and not _BARE_LINE_END.search(head)
+    return domains[:MAX_FROM_DOMAINS], clear
 
 
 def _a_label(domain: str) -> str | None:
