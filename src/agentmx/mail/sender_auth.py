@@ -16,12 +16,9 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any
 
-from agentmx.mail import dkim_verify, dmarc, dnsbl, spf
+from agentmx.mail import dkim_verify, dmarc, dnsbl, header_fields, spf
 from agentmx.mail.auth_dns import AuthDns, DnsTempError, for_resolver
 from agentmx.mail.dkim_verify import DkimResult
 from agentmx.settings import Settings
@@ -32,7 +29,6 @@ DEADLINE = 10.0  # seconds for each check (they run side by side); what has not 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
 _AR_FIELD = re.compile(rb"(?:\A|(?<=[\r\n]))authentication-results[ \t]*:", re.IGNORECASE)
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 _MAX_COMMENT_DEPTH = 8
@@ -239,10 +235,10 @@ def _from_domains(raw: bytes) -> tuple[list[str], bool]:
     Read as the stored message is read (Python's parser, which also ends a line at a lone CR), so
     the domains checked are those of the From an agent sees.
     """
-    head = _head(raw)
+    head = header_fields.head(raw)
     try:
-        fields = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("From") or []
-        addresses = [address for _, address in getaddresses([str(f) for f in fields]) if address]
+        fields = header_fields.parse(head)
+        addresses = [address for address in header_fields.addresses(fields, "From") if address]
     except Exception:  # noqa: BLE001 (hostile fields: deep comment nesting makes getaddresses recurse)
         return [], False
     domains: list[str] = []
@@ -252,7 +248,7 @@ def _from_domains(raw: bytes) -> tuple[list[str], bool]:
             return [], False  # an address without a usable domain: nothing to judge
         if domain not in domains:
             domains.append(domain)
-    clear = len(fields) == 1 and len(addresses) == 1 and not _BARE_LINE_END.search(head)
+    clear = len(fields.get_all("From") or []) == 1 and len(addresses) == 1 and not _BARE_LINE_END.search(head)
     return domains[:MAX_FROM_DOMAINS], clear
 
 
@@ -265,19 +261,13 @@ def _a_label(domain: str) -> str | None:
         return None
 
 
-def _head(raw: bytes) -> bytes:
-    """The header, up to and with the end of its last line (an empty line ends it, however lines end)."""
-    blank = _HEAD_END.search(raw)
-    return raw if blank is None else raw[: blank.start(2)]
-
-
 def rename_claims(raw: bytes, authserv_id: str) -> bytes:
     """Rename Authentication-Results fields that claim to be ours (RFC 8601 5: a sender's forgery).
 
     The authserv-id is read as RFC 8601 2.2 writes it: after comments and folding, maybe quoted,
     in any case, with or without a final dot. Lines end at CR or LF alone too, as the parser reads them.
     """
-    head = _head(raw)
+    head = header_fields.head(raw)
     ours = authserv_id.lower().rstrip(".")
     starts = [m.start() for m in _AR_FIELD.finditer(head) if _authserv_id(head, m.end()) == ours]
     if not starts:

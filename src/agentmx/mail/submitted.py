@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
+
+from agentmx.mail import header_fields
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.MULTILINE)  # a line that does not continue a field
@@ -42,12 +42,5 @@ ORIGINATOR_FIELDS = ("from", "sender", "resent-from", "resent-sender")
 
 def originators(raw: bytes) -> tuple[int, list[str]]:
     """(how many From fields, every address of every originator field), read as the stored copy is."""
-    end = _HEADER_END.search(raw)
-    head = raw if end is None else raw[: end.start() + 2]
-    fields = BytesHeaderParser(policy=compat32).parsebytes(head)
-    addresses = [
-        address
-        for name in ORIGINATOR_FIELDS
-        for _, address in getaddresses([str(value) for value in fields.get_all(name) or []])
-    ]
-    return len(fields.get_all("from") or []), addresses
+    fields = header_fields.parse(raw)
+    return len(fields.get_all("from") or []), header_fields.addresses(fields, *ORIGINATOR_FIELDS)

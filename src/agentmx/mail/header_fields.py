@@ -1,0 +1,34 @@
+"""A raw message's header fields read as the stored copy is read: Python's parser, which also ends
+a line at a lone CR. The sender checks and SMTP submission both judge the From an agent will see.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+_HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
+
+
+def head(raw: bytes) -> bytes:
+    """The header, up to and with the end of its last line (an empty line ends it, however lines end)."""
+    blank = _HEAD_END.search(raw)
+    return raw if blank is None else raw[: blank.start(2)]
+
+
+def parse(raw: bytes) -> Message:
+    """The header fields of ``raw`` (its body is not read)."""
+    return BytesHeaderParser(policy=compat32).parsebytes(head(raw))
+
+
+def addresses(fields: Message, *names: str) -> list[str]:
+    """Every address in every field of these names, in order ("" where a field names none). Deeply
+    nested comments make the address parser recurse: callers reading hostile mail catch RecursionError."""
+    return [
+        address
+        for name in names
+        for _, address in getaddresses([str(value) for value in fields.get_all(name) or []])
+    ]
