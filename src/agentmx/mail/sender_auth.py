@@ -73,7 +73,7 @@ def _value(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def client_ip(peer: Any) -> str | None:
+def client_ip(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The SMTP client's address from an aiosmtpd peer (a tuple, or a list after the front-end link)."""
     if not isinstance(peer, (tuple, list)) or not peer:
         return None
@@ -82,19 +82,16 @@ def client_ip(peer: Any) -> str | None:
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return str(address)
+        return address.ipv4_mapped
+    return address
 
 
 def checked(settings: Settings, peer: Any) -> str | None:
     """The client IP to check mail from, or None (checks off, a trusted network, no IP)."""
-    ip = client_ip(peer) if settings.inbound_sender_checks else None
-    if ip is None:
+    address = client_ip(peer) if settings.inbound_sender_checks else None
+    if address is None or any(address in network for network in settings.trusted_networks):
         return None
-    address = ipaddress.ip_address(ip)
-    if any(address in network for network in settings.trusted_networks):
-        return None
-    return ip
+    return str(address)
 
 
 @dataclass(frozen=True)
