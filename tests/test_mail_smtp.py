@@ -18,6 +18,7 @@ from agentmail.inboxes.types import CreateInboxRequest
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, NO_RETRY, Harness
 from mail_support import download, make_message, smtp_send
+from send_support import wait_for
 
 
 def test_oversize_message_552(harness: Harness) -> None:
@@ -146,9 +147,19 @@ def test_unauthenticated_label_is_opt_in(fresh_server: Callable[..., ServerProce
     signed["Authentication-Results"] = "mx.example.com; spf=pass smtp.mailfrom=example.com"
     for msg in (bare, signed):
         smtp_send(server, [inbox.inbox_id], msg.as_bytes())
-    assert [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages] == ["spf pass"]
-    both = client.inboxes.messages.list(inbox.inbox_id, include_unauthenticated=True).messages
-    assert [("unauthenticated" in m.labels) for m in both] == [False, True]
+    # A return path of ours as the envelope sender proves nothing: anybody may write it.
+    posing = make_message(inbox.inbox_id, subject="posing as a bounce path")
+    smtp_send(
+        server, [inbox.inbox_id], posing.as_bytes(), mail_from="bounces+msg_x@" + inbox.inbox_id.split("@")[1]
+    )
+    # Mail from another inbox of this server, delivered locally, is our own.
+    colleague = client.inboxes.create()
+    client.inboxes.messages.send(colleague.inbox_id, to=inbox.inbox_id, subject="from a colleague", text="hi")
+    wait_for(lambda: client.inboxes.messages.list(inbox.inbox_id, include_unauthenticated=True).count == 4)
+    shown = [m.subject for m in client.inboxes.messages.list(inbox.inbox_id).messages]
+    assert shown == ["from a colleague", "spf pass"]
+    every = client.inboxes.messages.list(inbox.inbox_id, include_unauthenticated=True).messages
+    assert [("unauthenticated" in m.labels) for m in every] == [False, True, False, True]
 
 
 def test_concurrent_deliveries_share_commits_and_dedupe(harness: Harness) -> None:

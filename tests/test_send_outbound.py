@@ -73,10 +73,15 @@ def test_delivered_mail_has_the_right_headers(relay: Relay) -> None:
         ],
         labels=["Outreach"],
     )
-    got = wait_for(lambda: relay.sink.handler.for_rcpt(to))[0]
-    assert sorted(got.rcpt_tos) == sorted([to, cc, bcc])
+    copies = [wait_for(lambda r=r: relay.sink.handler.for_rcpt(r))[0] for r in (to, cc, bcc)]
+    # A transaction per recipient, each with its own return path (a report to it speaks for that
+    # recipient alone), the same bytes to all.
+    assert [c.rcpt_tos for c in copies] == [[to], [cc], [bcc]]
     domain = a.split("@")[1]
-    assert got.mail_from.startswith("bounces+") and got.mail_from.endswith("@" + domain)
+    assert all(c.mail_from.startswith("bounces+") and c.mail_from.endswith("@" + domain) for c in copies)
+    assert len({c.mail_from for c in copies}) == 3
+    assert len({c.raw for c in copies}) == 1
+    got = copies[0]
     msg = got.message
     assert msg["From"] == f"Sender Agent <{a}>"
     assert msg["To"] == to and msg["Cc"] == cc and msg["Bcc"] is None
@@ -217,6 +222,35 @@ def test_dsn_to_return_path_records_a_bounce(relay: Relay) -> None:
     assert all(
         m.subject != "Undelivered Mail Returned to Sender" for m in client.inboxes.messages.list(a).messages
     )
+
+
+def test_a_recipient_cannot_report_a_co_recipient(relay: Relay) -> None:
+    """Every recipient sees its own return path; a report speaks for the recipient it was made for."""
+    client = relay.client()
+    a = new_inbox(client)
+    victim, forger = ext("victim-"), ext("forger-")
+    sent = client.inboxes.messages.send(a, to=[victim, forger], text="to both")
+    own = wait_for(lambda: relay.sink.handler.for_rcpt(forger))[0].mail_from
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    tagged, _, domain = own.partition("@")
+    untagged = tagged.rpartition("-")[0] + "@" + domain
+    wrong_tag = tagged.rpartition("-")[0] + "-" + "0" * 16 + "@" + domain
+
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        for path in (untagged, wrong_tag):  # reports that are handled before the 250, and ignored
+            smtp.sendmail("", [path], _dsn(path, victim, sent.message_id))
+            smtp.sendmail("", [path], _arf(path, victim, sent.message_id))
+        assert "bounced" not in _labels(client, a, sent.message_id)
+        # To the forger's own return path: whatever the report names, it is the forger's bounce.
+        smtp.sendmail("", [own], _dsn(own, victim, sent.message_id))
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
+    assert [e["bounce"]["recipients"] for e in bounce] == [[{"address": forger, "status": "bounced"}]]
+    assert not events_for(relay.server, "message.complained", "complaint", sent.message_id)
+    client.inboxes.messages.send(a, to=victim, text="still reachable", request_options=NO_RETRY)
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=forger, text="suppressed", request_options=NO_RETRY)
+    assert refused.value.status_code == 403
 
 
 def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path: Path) -> None:

@@ -143,12 +143,26 @@ def test_dkim_candidates_walk_to_the_parent() -> None:
 
 
 def test_return_path_round_trip() -> None:
-    address = return_path.make("msg_abc123", "example.com")
-    assert address == "bounces+msg_abc123@example.com"
-    assert return_path.message_pk(address) == "msg_abc123"
-    assert return_path.message_pk("<Bounces+msg_x@example.com>") == "msg_x"
-    assert return_path.message_pk("agent@example.com") is None
-    assert return_path.message_pk("bounces+@example.com") is None
+    secret = b"k" * 32
+    mine = return_path.make("msg_abc123", "example.com", secret, "Ann@Example.org")
+    assert mine.startswith("bounces+msg_abc123-") and mine.endswith("@example.com")
+    assert len(mine.partition("@")[0]) <= 64  # RFC 5321's limit on a local part
+    path = return_path.parse(mine.upper())  # some MTAs change the case
+    assert path is not None and path.message_pk == "msg_abc123"
+    others = ["bob@example.org", "ann@example.org", "cy@example.net"]
+    assert return_path.recipient(secret, path, others) == "ann@example.org"
+    assert return_path.recipient(b"x" * 32, path, others) is None  # another server's secret
+    assert return_path.recipient(secret, path, ["bob@example.org"]) is None
+
+    untagged = return_path.parse("<bounces+msg_x@example.com>")
+    assert untagged == return_path.ReturnPath("msg_x", None)
+    assert return_path.make("msg_x", "example.com") == "bounces+msg_x@example.com"
+    # Untagged (local deliveries, and mail sent before tags): only a message's one recipient.
+    assert return_path.recipient(secret, untagged, ["bob@example.org"]) == "bob@example.org"
+    assert return_path.recipient(secret, untagged, others) is None
+    assert return_path.parse("agent@example.com") is None
+    assert return_path.parse("bounces+@example.com") is None
+    assert return_path.parse("bounces+msg_x") is None
 
 
 def test_dsn_parsing() -> None:

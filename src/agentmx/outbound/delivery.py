@@ -1,7 +1,8 @@
 """The ``deliver_outbound`` job: one outbound message to all its pending recipients.
 
 Steps, each a function below: load the work, deliver to local inboxes (``mailstore.receive``),
-DKIM-sign and deliver to remote hosts (relay or MX, grouped per domain), give up on recipients
+DKIM-sign and deliver to remote hosts (relay or MX, a connection per domain, a transaction per
+recipient: each has its own signed return path, ``return_path``), give up on recipients
 past ``outbound_max_lifetime``, record the outcomes in one transaction, and reschedule the job
 on ``outbound_retry_schedule`` while any recipient is deferred. A crash between a remote 250 and
 the record step re-sends on the next run: duplicates are tolerated, loss is not (RFC 5321 6.1).
@@ -23,6 +24,7 @@ from agentmx.db.models import Inbox, Message, OutboundRecipient
 from agentmx.db.types import utcnow
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.mail.compose import address_domain
+from agentmx.mail.sender_auth import Verdict
 from agentmx.outbound import dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
 from agentmx.services import blob_bytes, mailstore
@@ -33,16 +35,21 @@ from agentmx.settings import parse_schedule
 log = logging.getLogger("agentmx.outbound")
 
 PENDING = ("queued", "deferred")
+OWN_MAIL = Verdict(verified=True)
 
 
 @dataclass
 class Work:
     message_pk: str
     inbox_domain: str
-    mail_from: str
+    secret: bytes
     raw: bytes
     local: list[str]
     remote: list[str]
+
+    def return_path(self, recipient: str | None = None) -> str:
+        """``recipient``'s own return path; without one, the untagged return path of local deliveries."""
+        return return_path.make(self.message_pk, self.inbox_domain, self.secret, recipient)
 
 
 async def _is_local(session: AsyncSession, rt: Runtime, address: str) -> bool:
@@ -75,7 +82,7 @@ async def load_work(rt: Runtime, message_pk: str) -> Work | None:
     return Work(
         message_pk=message_pk,
         inbox_domain=inbox.domain,
-        mail_from=return_path.make(message_pk, inbox.domain),
+        secret=rt.secret,
         raw=raw,
         local=local,
         remote=[a for a in pending if a not in local],
@@ -86,7 +93,8 @@ async def deliver_local(rt: Runtime, work: Work) -> dict[str, Outcome]:
     if not work.local:
         return {}
     try:
-        results = await mailstore.receive(rt, work.raw, work.mail_from, work.local)
+        # Our own inbox sent it: as verified as mail gets, whatever its headers carry.
+        results = await mailstore.receive(rt, work.raw, work.return_path(), work.local, sender=OWN_MAIL)
     except Exception as exc:  # storage trouble: keep custody and retry
         log.exception("local delivery of %s failed", work.message_pk)
         return {a: Outcome("deferred", 451, f"local delivery failed: {exc}") for a in work.local}
@@ -155,7 +163,8 @@ async def _deliver_group(
     last_error = "no mail host"
     for conn in connections:
         try:
-            replies = await smtp_client.send(conn, work.mail_from, rcpts, raw)
+            envelopes = [smtp_client.Envelope(work.return_path(rcpt), rcpt) for rcpt in rcpts]
+            replies = await smtp_client.send(conn, envelopes, raw)
         except smtp_client.HostUnusable as exc:
             last_error = str(exc)
             continue

@@ -1,12 +1,13 @@
-"""Reports that come back to our return paths (``bounces+<message pk>@domain``).
+"""Reports that come back to our return paths (``bounces+<message pk>-<tag>@domain``, see ``return_path``).
 
-- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): failed recipients of
-  that message are recorded as bounces (label, ``message.bounced`` event, suppression); ``delayed``
-  and ``delivered`` reports change nothing.
-- Feedback reports (ARF, RFC 5965): the complaining recipients (``Original-Rcpt-To``, else every
-  recipient the message reached) are recorded as complaints (``message.complained``, suppression).
+- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure is recorded as
+  a bounce of the recipient the return path was made for (label, ``message.bounced`` event,
+  suppression); ``delayed`` and ``delivered`` reports change nothing.
+- Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression).
 
-A report that cannot be matched is dropped (logged): it must not be stored in an inbox nor bounced back.
+Whom a report names counts for nothing: anybody may write one, and a recipient who saw a message could
+otherwise block its co-recipients. A report that cannot be matched is dropped (logged): it must not be
+stored in an inbox nor bounced back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from email import message_from_bytes, policy
 from email.message import Message as EmailPart
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Message, OutboundRecipient
 from agentmx.outbound import return_path
@@ -75,7 +77,7 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
 @dataclass(frozen=True)
 class Feedback:
     feedback_type: str
-    recipients: list[str]
+    recipients: list[str]  # Original-Rcpt-To, as the report says (not believed: see the module's text)
 
 
 def parse_feedback(raw: bytes) -> Feedback | None:
@@ -93,55 +95,60 @@ def parse_feedback(raw: bytes) -> Feedback | None:
 
 
 def claims(address: str) -> bool:
-    return return_path.message_pk(address) is not None
+    return return_path.parse(address) is not None
+
+
+async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> tuple[Message, str] | None:
+    """The message and the one recipient a report to the return path ``rcpt`` may speak for."""
+    path = return_path.parse(rcpt)
+    message = await session.get(Message, path.message_pk) if path is not None else None
+    if path is None or message is None:
+        log.info("report to %s: no such message", rcpt)
+        return None
+    remote = await session.scalars(
+        select(OutboundRecipient.address).where(
+            OutboundRecipient.message_pk == message.id, OutboundRecipient.status != "local"
+        )
+    )
+    address = return_path.recipient(rt.secret, path, remote)
+    if address is None:
+        log.info("report to %s ignored: the return path names none of the message's recipients", rcpt)
+        return None
+    return message, address
+
+
+def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
+    """The bounce a DSN reports for ``address``, if it reports one. A DSN that does not name it (the
+    recipient forwarded the mail, and the forward failed) speaks for it through its return path all the same."""
+    failed = [s for s in statuses if s.action == "failed" or s.status.startswith("5")]
+    named = [s for s in statuses if s.address == address]
+    failure = next((s for s in named if s in failed), None) if named else next(iter(failed), None)
+    if failure is None:
+        return None
+    return Outcome("bounced", None, f"{failure.status} {failure.diagnostic}".strip(), attempted=False)
+
+
+def _complaint(feedback: Feedback) -> Outcome:
+    return Outcome(
+        "complained",
+        None,
+        f"feedback report: {feedback.feedback_type}",
+        attempted=False,
+        feedback_type=feedback.feedback_type,
+    )
 
 
 async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
-    """Record the bounces or complaint a report names for the message named by ``rcpt``."""
-    pk = return_path.message_pk(rcpt)
-    if pk is None:
-        return
+    """Record the bounce or complaint a report to the return path ``rcpt`` makes for its recipient."""
     feedback = parse_feedback(raw)
-    if feedback is not None:
-        await _record_complaint(rt, pk, feedback)
-        return
-    statuses = parse_report(raw)
-    failed = {
-        s.address: Outcome("bounced", None, f"{s.status} {s.diagnostic}".strip(), attempted=False)
-        for s in statuses
-        if s.action == "failed" or s.status.startswith("5")
-    }
-    if not failed:
-        log.info("ignored a report to %s (%d statuses)", rcpt, len(statuses))
-        return
+    statuses = parse_report(raw) if feedback is None else []
     async with rt.db.transaction() as session:
-        message = await session.get(Message, pk)
-        if message is None:
-            log.info("DSN for unknown message %s", pk)
+        found = await _reported_recipient(session, rt, rcpt)
+        if found is None:
             return
-        await record(session, rt, message, failed)
-
-
-async def _record_complaint(rt: Runtime, pk: str, feedback: Feedback) -> None:
-    async with rt.db.transaction() as session:
-        message = await session.get(Message, pk)
-        if message is None:
-            log.info("feedback report for unknown message %s", pk)
+        message, address = found
+        outcome = _complaint(feedback) if feedback is not None else _bounce(statuses, address)
+        if outcome is None:
+            log.info("ignored a report to %s (%d statuses, no failure)", rcpt, len(statuses))
             return
-        recipients = feedback.recipients
-        if not recipients:
-            recipients = list(
-                await session.scalars(
-                    select(OutboundRecipient.address).where(
-                        OutboundRecipient.message_pk == pk, OutboundRecipient.status == "delivered"
-                    )
-                )
-            )
-        outcome = Outcome(
-            "complained",
-            None,
-            f"feedback report: {feedback.feedback_type}",
-            attempted=False,
-            feedback_type=feedback.feedback_type,
-        )
-        await record(session, rt, message, {address: outcome for address in recipients})
+        await record(session, rt, message, {address: outcome})

@@ -1,4 +1,5 @@
-"""One SMTP transaction to one host: per-recipient replies, or an exception when the host is unusable."""
+"""SMTP transactions to one host over one connection: per-recipient replies, or an exception when the host
+is unusable."""
 
 from __future__ import annotations
 
@@ -66,39 +67,42 @@ async def _open(conn: Connection) -> aiosmtplib.SMTP:
     return client
 
 
-async def send(conn: Connection, mail_from: str, rcpts: list[str], raw: bytes) -> dict[str, Reply]:
-    """Run MAIL/RCPT/DATA; returns the final reply per recipient."""
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    rcpt: str
+
+
+async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> Reply:
+    """MAIL, RCPT and DATA for one recipient; its reply. A transaction that stopped short is reset."""
+    try:
+        await client.mail(envelope.mail_from)
+        await client.rcpt(envelope.rcpt)
+    except aiosmtplib.SMTPResponseException as exc:
+        await client.rset()
+        return Reply(exc.code, exc.message)
+    try:
+        response = await client.data(raw)
+    except aiosmtplib.SMTPResponseException as exc:
+        return Reply(exc.code, exc.message)
+    return Reply(response.code, response.message)
+
+
+async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[str, Reply]:
+    """One transaction per envelope over one connection; the final reply per recipient."""
     try:
         client = await _open(conn)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
     replies: dict[str, Reply] = {}
     try:
-        try:
-            await client.mail(mail_from)
-        except aiosmtplib.SMTPResponseException as exc:
-            return {r: Reply(exc.code, exc.message) for r in rcpts}
-        accepted: list[str] = []
-        for rcpt in rcpts:
-            try:
-                await client.rcpt(rcpt)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                replies[rcpt] = Reply(exc.code, exc.message)
-        if not accepted:
-            return replies
-        try:
-            response = await client.data(raw)
-            final = Reply(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            final = Reply(exc.code, exc.message)
-        for rcpt in accepted:
-            replies[rcpt] = final
+        for envelope in envelopes:
+            replies[envelope.rcpt] = await _transaction(client, envelope, raw)
         return replies
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        if replies or not rcpts:
-            # Lost the connection mid-transaction: unanswered recipients are retried.
-            return {r: replies.get(r, Reply(451, f"connection lost: {exc}")) for r in rcpts}
+        if replies:
+            # Lost the connection after some transactions: the unanswered recipients are retried.
+            return {e.rcpt: replies.get(e.rcpt, Reply(451, f"connection lost: {exc}")) for e in envelopes}
         raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
     finally:
         try:

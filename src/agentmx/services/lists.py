@@ -288,7 +288,7 @@ async def suppression_recorder(
 
 async def remove_suppression(session: AsyncSession, organization_id: str, address: str) -> bool:
     """Lift a bounce or complaint block (the operator's way: the API may not delete read-only entries,
-    and a bounce report can be forged by anybody who saw a message's return path). False if none."""
+    and a recipient may have reported itself). False if none."""
     try:
         entry, _ = normalize_entry(address)
     except ValidationFailed:

@@ -409,15 +409,16 @@ async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
 AUTH_HEADERS = ("dkim-signature", "authentication-results", "arc-authentication-results", "received-spf")
 
 
-def _auth_labels(rt: Runtime, parsed: ParsedMessage, mail_from: str, sender: Verdict | None) -> set[str]:
+def _auth_labels(rt: Runtime, parsed: ParsedMessage, sender: Verdict | None) -> set[str]:
     """``spam`` for mail that failed a DMARC policy of quarantine or reject (``Verdict.spam``);
     ``unauthenticated`` (opt-in setting) for mail whose From domain the sender checks did not verify,
     or, when it was not checked, that carries no SPF/DKIM evidence at all.
 
-    Mail from our own return paths (local delivery of an outbound message) is exempt.
+    Local delivery of an outbound message passes a verified verdict (not its return path: anybody may
+    write ``MAIL FROM:<bounces+…>``).
     """
     spam = {"spam"} if sender is not None and sender.spam else set()
-    if not rt.settings.inbound_label_unauthenticated or hooks.return_path_handler(mail_from) is not None:
+    if not rt.settings.inbound_label_unauthenticated:
         return spam
     if sender is not None:
         return spam if sender.verified else spam | {"unauthenticated"}
@@ -457,7 +458,7 @@ async def receive(
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
-            labels = {"received", "unread"} | _auth_labels(rt, parsed, mail_from, sender)
+            labels = {"received", "unread"} | _auth_labels(rt, parsed, sender)
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
             accepted.append((address, inbox, labels))
