@@ -104,3 +104,19 @@ def test_pod_and_inbox_lists_are_scoped(harness: Harness) -> None:
     admin.inboxes.lists.delete(inbox.inbox_id, "reply", "block", "x@friend.example")
     admin.pods.lists.delete(pod.pod_id, "send", "allow", "friend.example")
     assert admin.pods.lists.list(pod.pod_id, "send", "allow").count == 0
+
+
+def test_a_deleted_inbox_takes_its_lists_along(harness: Harness) -> None:
+    """An inbox made again with the same address, in another pod, starts with empty lists."""
+    admin = harness.client()
+    username = harness.new_username()
+    first = admin.pods.inboxes.create(admin.pods.create(name="lists-" + username).pod_id, username=username)
+    admin.inboxes.lists.create(first.inbox_id, "receive", "block", entry="x@old.example", reason="theirs")
+    admin.inboxes.delete(first.inbox_id)
+
+    pod = admin.pods.create(name="lists-again-" + username)
+    again = admin.pods.inboxes.create(pod.pod_id, username=username)
+    assert again.inbox_id == first.inbox_id
+    assert admin.inboxes.lists.list(again.inbox_id, "receive", "block").count == 0
+    entry = admin.inboxes.lists.create(again.inbox_id, "receive", "block", entry="x@old.example")
+    assert entry.pod_id == pod.pod_id and entry.reason is None

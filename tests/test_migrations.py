@@ -61,3 +61,33 @@ def test_blob_collection_downgrades_and_upgrades_again(empty_database: str) -> N
     command.downgrade(alembic_config(empty_database), "0007")  # triggers, function, table, indexes, column
     upgrade(empty_database)
     assert asyncio.run(schema_differences(empty_database)) == []
+
+
+def test_upgrade_drops_inbox_list_entries_their_inbox_did_not_survive(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    command.upgrade(alembic_config(f"sqlite:///{path}"), "0008")
+    entry = (
+        "INSERT INTO list_entries (id, organization_id, pod_id, inbox_id, scope_id, direction, list_type,"
+        " entry, entry_type, read_only, created_at) VALUES (?, 'org', 'pod', ?, ?, 'receive', 'block',"
+        " ?, 'email', 0, ?)"
+    )
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO inboxes (id, organization_id, pod_id, username, domain, status, metadata, created_at,"
+            " updated_at) VALUES ('a@d', 'org', 'pod', 'a', 'd', 'active', '{}', ?, ?)",
+            ("2026-11-02 00:00:00.000000",) * 2,
+        )
+        db.execute(entry, ("le_mine", "a@d", "a@d", "x@example.com", "2026-11-03 00:00:00.000000"))
+        # Made before a@d was: an earlier a@d's.
+        db.execute(entry, ("le_earlier_a", "a@d", "a@d", "z@example.com", "2026-11-01 00:00:00.000000"))
+        db.execute(
+            entry, ("le_gone", "b@d", "b@d", "x@example.com", "2026-11-01 00:00:00.000000")
+        )  # no b@d now
+        db.execute(
+            "INSERT INTO list_entries (id, organization_id, pod_id, inbox_id, scope_id, direction, list_type,"
+            " entry, entry_type, read_only, created_at) VALUES ('le_org', 'org', NULL, NULL, 'org', 'send',"
+            " 'block', 'y@example.com', 'email', 1, '2026-11-01 00:00:00.000000')"
+        )
+    upgrade(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        assert sorted(r[0] for r in db.execute("SELECT id FROM list_entries")) == ["le_mine", "le_org"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +18,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import Forbidden, MessageRejected, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.services import hooks
+from agentmx.services.inboxes import inbox_cleanup
 from agentmx.services.ingest_cache import MISSING
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.validation import DOMAIN, fail
@@ -301,6 +302,13 @@ async def remove_suppression(session: AsyncSession, organization_id: str, addres
     return True
 
 
+async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
+    """Inbox deletion: its own entries go too, or an inbox made later with the same address, in any
+    pod, would find them in its lists and in its mail's way."""
+    await session.execute(delete(ListEntry).where(ListEntry.scope_id == inbox.id, ListEntry.inbox_id == inbox.id))
+
+
+inbox_cleanup.append(forget_inbox)
 hooks.send_checks.append(send_check)
 hooks.inbound_labelers.append(inbound_labeler)
 hooks.suppression_recorders.append(suppression_recorder)
