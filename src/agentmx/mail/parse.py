@@ -25,7 +25,8 @@ PREVIEW_CHARS = 200
 CONTENT_TYPE_CHARS = 256
 CONTENT_ID_CHARS = 998
 MSGID = re.compile(r"<[^<>\s]+>")
-WS = re.compile(r"\s+")
+# Raw 8-bit header bytes, as the parser keeps them (surrogateescape).
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _decode_raw_header(value: Any) -> str:
             value = str(make_header(decode_header(value)))
         except Exception:  # noqa: BLE001 (best effort; keep the raw text)
             pass
-    if any("\udc80" <= ch <= "\udcff" for ch in value):
+    if _has_raw_bytes(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
             value = raw.decode("utf-8")
@@ -79,24 +80,26 @@ def _decode_raw_header(value: Any) -> str:
     return value
 
 
-def _raw_header(msg: Message, name: str) -> Any:
-    """The header's source text (8-bit bytes kept as surrogates), whatever the parsing policy."""
-    items = msg.raw_items() if isinstance(msg, EmailMessage) else msg.items()
-    lowered = name.lower()
-    for key, raw in items:
-        if key.lower() == lowered:
-            return raw
-    return None
+def _has_raw_bytes(value: str) -> bool:
+    return not value.isascii() and ESCAPED_BYTE.search(value) is not None
 
 
-def _header(msg: Message, name: str) -> str | None:
+def _raw_headers(msg: Message) -> dict[str, Any]:
+    """Each field's first source text (8-bit bytes kept as surrogates) by lower-case name, whatever
+    the parsing policy; empty when the header cannot be read."""
+    out: dict[str, Any] = {}
     try:
-        value = _raw_header(msg, name)
+        for key, raw in msg.raw_items() if isinstance(msg, EmailMessage) else msg.items():
+            out.setdefault(key.lower(), raw)
     except Exception:  # noqa: BLE001
-        value = None
-    if value is None:
+        pass
+    return out
+
+
+def _field_text(raw: Any) -> str | None:
+    if raw is None:
         return None
-    text = _decode_raw_header(value)
+    text = _decode_raw_header(raw)
     return _clean(" ".join(text.split())) if text else text
 
 
@@ -105,17 +108,17 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "").replace("\r\n", "\n")
 
 
-def _addresses(msg: Message, name: str) -> list[str]:
+def _addresses(msg: Message, fields: dict[str, Any], name: str) -> list[str]:
+    raw_value = fields.get(name.lower())
     try:
-        raw_value = _raw_header(msg, name)
-        eight_bit = isinstance(raw_value, str) and any("\udc80" <= ch <= "\udcff" for ch in raw_value)
+        eight_bit = isinstance(raw_value, str) and _has_raw_bytes(raw_value)
         header = None if eight_bit else msg.get(name)
         if header is not None and hasattr(header, "addresses"):
             out = [_format_address(str(a.display_name or ""), a.addr_spec) for a in header.addresses]
             return [a for a in out if a]
     except Exception:  # noqa: BLE001 (fall back to the lenient parser below)
         pass
-    raw = _header(msg, name)
+    raw = _field_text(raw_value)
     if not raw:
         return []
     return [a for a in (_format_address(n, e) for n, e in getaddresses([raw])) if a]
@@ -221,7 +224,7 @@ def _walk(msg: Message, parsed: ParsedMessage, texts: list[str], htmls: list[str
         return
     if ctype.startswith("message/") and filename is None:
         filename = "message.eml" if ctype == "message/rfc822" else None
-    content_id = _header(msg, "Content-ID")
+    content_id = _field_text(_raw_headers(msg).get("content-id"))
     parsed.attachments.append(
         ParsedAttachment(
             filename=filename,
@@ -249,14 +252,14 @@ def preview_of(text: str | None) -> str | None:
     if not text:
         return None
     # Collapse a growing prefix, not the whole body: once the collapsed prefix is longer than the
-    # preview, its first PREVIEW_CHARS are final (a whitespace run cut at the end is still one space).
+    # preview, its first PREVIEW_CHARS are final. (str.split's whitespace is re's \s, at a tenth of the cost.)
     size = 4 * PREVIEW_CHARS
     while True:
-        collapsed = WS.sub(" ", text[:size]).lstrip()
+        collapsed = " ".join(text[:size].split())
         if len(collapsed) > PREVIEW_CHARS or size >= len(text):
             break
         size *= 4
-    return collapsed.rstrip()[:PREVIEW_CHARS] or None
+    return collapsed[:PREVIEW_CHARS] or None
 
 
 def _load(raw: bytes) -> Message:
@@ -289,17 +292,18 @@ async def parse_off_loop(raw: bytes) -> ParsedMessage:
 
 def _parse(msg: Message, raw: bytes) -> ParsedMessage:
     parsed = ParsedMessage(size=len(raw))
-    from_list = _addresses(msg, "From")
-    parsed.from_ = from_list[0] if from_list else (_header(msg, "From") or "")
-    parsed.to = _addresses(msg, "To")
-    parsed.cc = _addresses(msg, "Cc")
-    parsed.bcc = _addresses(msg, "Bcc")
-    parsed.reply_to = _addresses(msg, "Reply-To")
-    parsed.subject = _header(msg, "Subject")
-    parsed.message_id = _message_id(_header(msg, "Message-ID"))
-    parsed.in_reply_to = _message_id(_header(msg, "In-Reply-To"))
-    parsed.references = MSGID.findall(_header(msg, "References") or "")
-    date = _header(msg, "Date")
+    fields = _raw_headers(msg)
+    from_list = _addresses(msg, fields, "From")
+    parsed.from_ = from_list[0] if from_list else (_field_text(fields.get("from")) or "")
+    parsed.to = _addresses(msg, fields, "To")
+    parsed.cc = _addresses(msg, fields, "Cc")
+    parsed.bcc = _addresses(msg, fields, "Bcc")
+    parsed.reply_to = _addresses(msg, fields, "Reply-To")
+    parsed.subject = _field_text(fields.get("subject"))
+    parsed.message_id = _message_id(_field_text(fields.get("message-id")))
+    parsed.in_reply_to = _message_id(_field_text(fields.get("in-reply-to")))
+    parsed.references = MSGID.findall(_field_text(fields.get("references")) or "")
+    date = _field_text(fields.get("date"))
     if date:
         try:
             parsed.date = parsedate_to_datetime(date)

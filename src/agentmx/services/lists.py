@@ -305,7 +305,9 @@ async def remove_suppression(session: AsyncSession, organization_id: str, addres
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: its own entries go too, or an inbox made later with the same address, in any
     pod, would find them in its lists and in its mail's way."""
-    await session.execute(delete(ListEntry).where(ListEntry.scope_id == inbox.id, ListEntry.inbox_id == inbox.id))
+    await session.execute(
+        delete(ListEntry).where(ListEntry.scope_id == inbox.id, ListEntry.inbox_id == inbox.id)
+    )
 
 
 inbox_cleanup.append(forget_inbox)
