@@ -145,15 +145,18 @@ def test_temporary_failure_is_retried(relay: Relay) -> None:
 def test_mixed_recipients(relay: Relay) -> None:
     client = relay.client()
     a, local = new_inbox(client), new_inbox(client)
-    good, dead = ext("ok-"), ext("bounce-")
-    sent = client.inboxes.messages.send(a, to=[good, dead, local], text="mixed")
+    # One connection, a transaction each: refused at RCPT (then reset), accepted, refused at DATA.
+    dead, good, refused = ext("bounce-"), ext("ok-"), ext("dataperm-")
+    sent = client.inboxes.messages.send(a, to=[dead, good, refused, local], text="mixed")
     wait_for(lambda: relay.sink.handler.for_rcpt(good))
     wait_for(lambda: {"delivered", "bounced"} <= _labels(client, a, sent.message_id))
     wait_for(
         lambda: [m for m in client.inboxes.messages.list(local).messages if m.message_id == sent.message_id]
     )
     bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
-    assert [r["address"] for r in bounce[0]["bounce"]["recipients"]] == [dead]
+    assert sorted(r["address"] for r in bounce[0]["bounce"]["recipients"]) == sorted([dead, refused])
+    delivered = events_for(relay.server, "message.delivered", "delivery", sent.message_id)
+    assert sorted(delivered[0]["delivery"]["recipients"]) == sorted([good, local])
 
 
 def test_unfetchable_attachment_url_is_rejected(relay: Relay) -> None:

@@ -73,19 +73,19 @@ class Envelope:
     rcpt: str
 
 
-async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> Reply:
-    """MAIL, RCPT and DATA for one recipient; its reply. A transaction that stopped short is reset."""
+async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> tuple[Reply, bool]:
+    """MAIL, RCPT and DATA for one recipient: its reply, and whether the transaction ran to its end
+    (one refused before DATA is to be reset before the next)."""
     try:
         await client.mail(envelope.mail_from)
         await client.rcpt(envelope.rcpt)
     except aiosmtplib.SMTPResponseException as exc:
-        await client.rset()
-        return Reply(exc.code, exc.message)
+        return Reply(exc.code, exc.message), False
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
-        return Reply(exc.code, exc.message)
-    return Reply(response.code, response.message)
+        return Reply(exc.code, exc.message), True
+    return Reply(response.code, response.message), True
 
 
 async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[str, Reply]:
@@ -97,7 +97,9 @@ async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[
     replies: dict[str, Reply] = {}
     try:
         for envelope in envelopes:
-            replies[envelope.rcpt] = await _transaction(client, envelope, raw)
+            replies[envelope.rcpt], ended = await _transaction(client, envelope, raw)
+            if not ended:
+                await client.rset()
         return replies
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         if replies:
