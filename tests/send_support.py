@@ -22,7 +22,7 @@ import asyncpg
 from agentmail import AgentMail
 from agentmail.inboxes.types import CreateInboxRequest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from agentmx.testing import postgres
 from agentmx.testing.certs import write_self_signed
@@ -44,7 +44,8 @@ class Received:
 
 class SinkHandler:
     """Local parts decide the reply: ``bounce-*`` -> 550 at RCPT, ``soft<N>-*`` -> 451 for the first
-    N attempts, then 250; ``dataperm-*`` -> 554 at end of DATA; anything else 250."""
+    N attempts, then 250; ``datacmd-*`` -> 451 to the DATA command (``SinkSMTP``); ``dataperm-*`` ->
+    554 at end of DATA; anything else 250."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -81,6 +82,23 @@ class SinkHandler:
             return [r for r in self.received if address in r.rcpt_tos]
 
 
+class SinkSMTP(SMTP):
+    """Refuses the DATA command for ``datacmd-*`` recipients and keeps the transaction open, as
+    Postfix does: the client must RSET before its next MAIL ("503 nested MAIL command")."""
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
+        rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
+        if any(r.split("@")[0].lower().startswith("datacmd-") for r in rcpts):
+            await self.push("451 4.7.1 Data command rejected")
+            return
+        await super().smtp_DATA(arg)
+
+
+class SinkController(Controller):
+    def factory(self) -> SMTP:
+        return SinkSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class Sink:
     """``tls_auth=(user, password)`` makes it a relay that requires STARTTLS and AUTH."""
 
@@ -101,7 +119,7 @@ class Sink:
                 "auth_require_tls": True,
                 "authenticator": self._authenticator(*tls_auth),
             }
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = SinkController(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
 
     def _authenticator(self, user: str, password: str) -> Callable[..., AuthResult]:
         def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import agentmx.db.models  # noqa: F401 (registers every table)
 from agentmx.db.base import Base
 from agentmx.db.migrate import alembic_config, upgrade
+from agentmx.db.types import UTCDateTime
 from agentmx.settings import normalize_database_url
 
 
@@ -63,31 +66,68 @@ def test_blob_collection_downgrades_and_upgrades_again(empty_database: str) -> N
     assert asyncio.run(schema_differences(empty_database)) == []
 
 
-def test_upgrade_drops_inbox_list_entries_their_inbox_did_not_survive(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    command.upgrade(alembic_config(f"sqlite:///{path}"), "0008")
+async def _run_sql(url: str, statements: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    engine = create_async_engine(normalize_database_url(url))
+    rows: list[Any] = []
+    try:
+        async with engine.begin() as conn:
+            for sql, params in statements:
+                statement = text(sql)
+                if ":at" in sql:  # stored as the application stores times (naive UTC on SQLite)
+                    statement = statement.bindparams(bindparam("at", type_=UTCDateTime()))
+                result = await conn.execute(statement, params)
+                rows = list(result.all()) if result.returns_rows else rows
+    finally:
+        await engine.dispose()
+    return rows
+
+
+def test_upgrade_drops_inbox_list_entries_their_inbox_did_not_survive(empty_database: str) -> None:
+    command.upgrade(alembic_config(empty_database), "0008")
+    day = [datetime(2026, 11, d, tzinfo=UTC) for d in range(1, 4)]
     entry = (
         "INSERT INTO list_entries (id, organization_id, pod_id, inbox_id, scope_id, direction, list_type,"
-        " entry, entry_type, read_only, created_at) VALUES (?, 'org', 'pod', ?, ?, 'receive', 'block',"
-        " ?, 'email', 0, ?)"
+        " entry, entry_type, read_only, created_at) VALUES (:id, 'org', :pod, :inbox, :scope, 'receive',"
+        " 'block', :entry, 'email', false, :at)"
     )
-    with sqlite3.connect(path) as db:
-        db.execute(
+    rows = [
+        ("INSERT INTO organizations (id, created_at, updated_at) VALUES ('org', :at, :at)", {"at": day[0]}),
+        (
+            "INSERT INTO pods (id, organization_id, name, is_default, created_at, updated_at)"
+            " VALUES ('pod', 'org', 'p', true, :at, :at)",
+            {"at": day[0]},
+        ),
+        (
             "INSERT INTO inboxes (id, organization_id, pod_id, username, domain, status, metadata, created_at,"
-            " updated_at) VALUES ('a@d', 'org', 'pod', 'a', 'd', 'active', '{}', ?, ?)",
-            ("2026-11-02 00:00:00.000000",) * 2,
-        )
-        db.execute(entry, ("le_mine", "a@d", "a@d", "x@example.com", "2026-11-03 00:00:00.000000"))
+            " updated_at) VALUES ('a@d', 'org', 'pod', 'a', 'd', 'active', '{}', :at, :at)",
+            {"at": day[1]},
+        ),
+        (
+            entry,
+            {"id": "le_mine", "pod": "pod", "inbox": "a@d", "scope": "a@d", "entry": "x@e.com", "at": day[2]},
+        ),
         # Made before a@d was: an earlier a@d's.
-        db.execute(entry, ("le_earlier_a", "a@d", "a@d", "z@example.com", "2026-11-01 00:00:00.000000"))
-        db.execute(
-            entry, ("le_gone", "b@d", "b@d", "x@example.com", "2026-11-01 00:00:00.000000")
-        )  # no b@d now
-        db.execute(
-            "INSERT INTO list_entries (id, organization_id, pod_id, inbox_id, scope_id, direction, list_type,"
-            " entry, entry_type, read_only, created_at) VALUES ('le_org', 'org', NULL, NULL, 'org', 'send',"
-            " 'block', 'y@example.com', 'email', 1, '2026-11-01 00:00:00.000000')"
-        )
-    upgrade(f"sqlite:///{path}")
-    with sqlite3.connect(path) as db:
-        assert sorted(r[0] for r in db.execute("SELECT id FROM list_entries")) == ["le_mine", "le_org"]
+        (
+            entry,
+            {
+                "id": "le_earlier",
+                "pod": "pod",
+                "inbox": "a@d",
+                "scope": "a@d",
+                "entry": "z@e.com",
+                "at": day[0],
+            },
+        ),
+        (
+            entry,
+            {"id": "le_gone", "pod": "pod", "inbox": "b@d", "scope": "b@d", "entry": "x@e.com", "at": day[0]},
+        ),
+        (
+            entry,
+            {"id": "le_pod", "pod": "pod", "inbox": None, "scope": "pod", "entry": "x@e.com", "at": day[0]},
+        ),
+    ]
+    asyncio.run(_run_sql(empty_database, rows))
+    upgrade(empty_database)
+    left = asyncio.run(_run_sql(empty_database, [("SELECT id FROM list_entries ORDER BY id", {})]))
+    assert [r[0] for r in left] == ["le_mine", "le_pod"]

@@ -145,9 +145,10 @@ def test_temporary_failure_is_retried(relay: Relay) -> None:
 def test_mixed_recipients(relay: Relay) -> None:
     client = relay.client()
     a, local = new_inbox(client), new_inbox(client)
-    # One connection, a transaction each: refused at RCPT (then reset), accepted, refused at DATA.
-    dead, good, refused = ext("bounce-"), ext("ok-"), ext("dataperm-")
-    sent = client.inboxes.messages.send(a, to=[dead, good, refused, local], text="mixed")
+    # One connection, a transaction each: refused at RCPT, refused at the DATA command (the
+    # transaction held open, as Postfix holds it), accepted, refused after the message.
+    dead, held, good, refused = ext("bounce-"), ext("datacmd-"), ext("ok-"), ext("dataperm-")
+    sent = client.inboxes.messages.send(a, to=[dead, held, good, refused, local], text="mixed")
     wait_for(lambda: relay.sink.handler.for_rcpt(good))
     wait_for(lambda: {"delivered", "bounced"} <= _labels(client, a, sent.message_id))
     wait_for(
@@ -157,6 +158,7 @@ def test_mixed_recipients(relay: Relay) -> None:
     assert sorted(r["address"] for r in bounce[0]["bounce"]["recipients"]) == sorted([dead, refused])
     delivered = events_for(relay.server, "message.delivered", "delivery", sent.message_id)
     assert sorted(delivered[0]["delivery"]["recipients"]) == sorted([good, local])
+    assert "delayed" in _labels(client, a, sent.message_id)  # the held one: retried
 
 
 def test_unfetchable_attachment_url_is_rejected(relay: Relay) -> None:
@@ -243,9 +245,10 @@ def test_a_recipient_cannot_report_a_co_recipient(relay: Relay) -> None:
         for path in (untagged, wrong_tag):  # reports that are handled before the 250, and ignored
             smtp.sendmail("", [path], _dsn(path, victim, sent.message_id))
             smtp.sendmail("", [path], _arf(path, victim, sent.message_id))
-        assert "bounced" not in _labels(client, a, sent.message_id)
-        # To the forger's own return path: whatever the report names, it is the forger's bounce.
+        # The forger's own return path speaks for the forger alone.
         smtp.sendmail("", [own], _dsn(own, victim, sent.message_id))
+        assert "bounced" not in _labels(client, a, sent.message_id)
+        smtp.sendmail("", [own], _dsn(own, forger, sent.message_id))
     wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
     bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
     assert [e["bounce"]["recipients"] for e in bounce] == [[{"address": forger, "status": "bounced"}]]

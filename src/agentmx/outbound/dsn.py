@@ -1,13 +1,13 @@
 """Reports that come back to our return paths (``bounces+<message pk>-<tag>@domain``, see ``return_path``).
 
-- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure is recorded as
-  a bounce of the recipient the return path was made for (label, ``message.bounced`` event,
-  suppression); ``delayed`` and ``delivered`` reports change nothing.
+- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure of the
+  recipient the return path was made for is recorded as its bounce (label, ``message.bounced``
+  event, suppression); failures of other addresses, ``delayed`` and ``delivered`` change nothing.
 - Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression).
 
-Whom a report names counts for nothing: anybody may write one, and a recipient who saw a message could
-otherwise block its co-recipients. A report that cannot be matched is dropped (logged): it must not be
-stored in an inbox nor bounced back.
+A report speaks only for the recipient its return path was made for: anybody may write one, and a
+recipient who saw a message could otherwise block its co-recipients. A report that cannot be matched
+is dropped (logged): it must not be stored in an inbox nor bounced back.
 """
 
 from __future__ import annotations
@@ -118,11 +118,12 @@ async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> 
 
 
 def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
-    """The bounce a DSN reports for ``address``, if it reports one. A DSN that does not name it (the
-    recipient forwarded the mail, and the forward failed) speaks for it through its return path all the same."""
-    failed = [s for s in statuses if s.action == "failed" or s.status.startswith("5")]
-    named = [s for s in statuses if s.address == address]
-    failure = next((s for s in named if s in failed), None) if named else next(iter(failed), None)
+    """The bounce a DSN reports for ``address``, if it reports one. A failure of another address (an
+    alias's member, a forward) does not make the address itself undeliverable."""
+    failure = next(
+        (s for s in statuses if s.address == address and (s.action == "failed" or s.status.startswith("5"))),
+        None,
+    )
     if failure is None:
         return None
     return Outcome("bounced", None, f"{failure.status} {failure.diagnostic}".strip(), attempted=False)

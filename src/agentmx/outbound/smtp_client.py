@@ -3,6 +3,7 @@ is unusable."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -73,32 +74,40 @@ class Envelope:
     rcpt: str
 
 
-async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> tuple[Reply, bool]:
-    """MAIL, RCPT and DATA for one recipient: its reply, and whether the transaction ran to its end
-    (one refused before DATA is to be reset before the next)."""
+async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> Reply:
+    """MAIL, RCPT and DATA for one recipient: its final reply."""
     try:
         await client.mail(envelope.mail_from)
         await client.rcpt(envelope.rcpt)
-    except aiosmtplib.SMTPResponseException as exc:
-        return Reply(exc.code, exc.message), False
-    try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
-        return Reply(exc.code, exc.message), True
-    return Reply(response.code, response.message), True
+        return Reply(exc.code, exc.message)
+    return Reply(response.code, response.message)
 
 
-async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[str, Reply]:
-    """One transaction per envelope over one connection; the final reply per recipient."""
+async def send(
+    conn: Connection, envelopes: list[Envelope], raw: bytes, deadline: float | None = None
+) -> dict[str, Reply]:
+    """One transaction per envelope over one connection; the final reply per recipient.
+
+    ``deadline`` (event loop time): no transaction starts after it; the recipients left get a 451 and
+    are retried by the next run (a job that outlived its lease would be run twice).
+    """
     try:
         client = await _open(conn)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
+    loop = asyncio.get_running_loop()
     replies: dict[str, Reply] = {}
     try:
         for envelope in envelopes:
-            replies[envelope.rcpt], ended = await _transaction(client, envelope, raw)
-            if not ended:
+            if replies and deadline is not None and loop.time() > deadline:
+                replies[envelope.rcpt] = Reply(451, "4.3.0 this attempt's time ran out; retried later")
+                continue
+            reply = replies[envelope.rcpt] = await _transaction(client, envelope, raw)
+            if not reply.ok:
+                # Whatever was refused (MAIL, RCPT, the DATA command or the message), a server may
+                # hold the transaction open; the next MAIL would be a "nested MAIL command" (503).
                 await client.rset()
         return replies
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
