@@ -106,6 +106,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
                 settings.effective_smtp_host,
                 settings.smtp_port,
             )
+            if settings.outbound_capture:
+                log.warning("AGENTMX_OUTBOUND_CAPTURE is on: mail for remote recipients is kept, not sent")
             print(f"agentmx ready http://{settings.host}:{settings.http_port}", flush=True)
             if ready:
                 ready()

@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     outbound_port: int = Field(
         25, description="Port used when delivering to MX hosts (tests point it at a sink)."
     )
+    outbound_capture: bool = Field(
+        False,
+        description="Test mode: mail to remote recipients is not sent. Each is recorded as delivered (label "
+        "'delivered', event message.delivered), except local parts that simulate an outcome: bounce… bounces "
+        "(and is suppressed), complaint… is delivered and then complained about. Mail between inboxes of this "
+        "server is delivered as always.",
+    )
     outbound_max_lifetime: float = Field(
         4 * 24 * 3600.0,
         description="Seconds a temporarily failing outbound message is retried before it bounces.",

@@ -2,7 +2,8 @@
 
 Steps, each a function below: load the work, deliver to local inboxes (``mailstore.receive``),
 DKIM-sign and deliver to remote hosts (relay or MX, a connection per domain, a transaction per
-recipient: each has its own signed return path, ``return_path``), give up on recipients
+recipient: each has its own signed return path, ``return_path``; in test mode the outcomes are
+simulated instead, ``capture``), give up on recipients
 past ``outbound_max_lifetime``, record the outcomes in one transaction, and reschedule the job
 on ``outbound_retry_schedule`` while any recipient is deferred. A crash between a remote 250 and
 the record step re-sends on the next run: duplicates are tolerated, loss is not (RFC 5321 6.1).
@@ -25,7 +26,7 @@ from agentmx.db.types import utcnow
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.mail.compose import address_domain
 from agentmx.mail.sender_auth import Verdict
-from agentmx.outbound import dkim, dns, return_path, smtp_client
+from agentmx.outbound import capture, dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
 from agentmx.services import blob_bytes, mailstore
 from agentmx.services.runtime import Runtime
@@ -206,11 +207,16 @@ def expire(outcomes: dict[str, Outcome], deadline: datetime, now: datetime) -> d
     }
 
 
-async def save(rt: Runtime, work: Work, outcomes: dict[str, Outcome]) -> None:
+async def save(
+    rt: Runtime, work: Work, outcomes: dict[str, Outcome], later: dict[str, Outcome] | None = None
+) -> None:
+    """Record ``outcomes``, then ``later`` (what follows them: a simulated complaint), in one transaction."""
     async with rt.db.transaction() as session:
         message = await session.get(Message, work.message_pk)
         if message is not None:
             await record(session, rt, message, outcomes)
+            if later:
+                await record(session, rt, message, later)
 
 
 def _queued_at(payload: dict[str, Any]) -> datetime:
@@ -227,11 +233,16 @@ async def deliver_outbound(rt: Runtime, payload: dict[str, Any], attempts: int) 
     if work is None:
         return
     outcomes = await deliver_local(rt, work)
-    outcomes.update(await deliver_remote(rt, work))
+    later: dict[str, Outcome] = {}
+    if rt.settings.outbound_capture:
+        captured, later = capture.outcomes(work.remote)
+        outcomes.update(captured)
+    else:
+        outcomes.update(await deliver_remote(rt, work))
     now = utcnow()
     deadline = _queued_at(payload) + timedelta(seconds=rt.settings.outbound_max_lifetime)
     outcomes = expire(outcomes, deadline, now)
-    await save(rt, work, outcomes)
+    await save(rt, work, outcomes, later)
     deferred = [a for a, o in outcomes.items() if o.status == "deferred"]
     if deferred:
         schedule = parse_schedule(rt.settings.outbound_retry_schedule) or [300.0]
