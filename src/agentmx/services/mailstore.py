@@ -24,7 +24,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
-from agentmx.mail import stored_extracts
+from agentmx.mail import hidden_chars, stored_extracts
 from agentmx.mail.parse import ParsedMessage, parse_off_loop
 from agentmx.mail.sender_auth import Verdict
 from agentmx.services import blob_bytes, group_commit, hooks
@@ -426,6 +426,18 @@ def _auth_labels(rt: Runtime, parsed: ParsedMessage, sender: Verdict | None) -> 
     return set() if present & set(AUTH_HEADERS) else {"unauthenticated"}
 
 
+def _content_labels(parsed: ParsedMessage) -> set[str]:
+    """``hidden-characters`` for text a reader does not see and a model reads (mail.hidden_chars)."""
+    texts = [
+        parsed.subject,
+        parsed.from_,
+        parsed.text,
+        parsed.html,
+        *(a.filename for a in parsed.attachments),
+    ]
+    return {hidden_chars.LABEL} if hidden_chars.carries_hidden(texts) else set()
+
+
 async def receive(
     rt: Runtime,
     raw: bytes,
@@ -448,6 +460,7 @@ async def receive(
         parsed = await parse(raw)
     results: dict[str, ReceiveResult] = {}
     accepted: list[tuple[str, Inbox, set[str]]] = []
+    content_labels = _content_labels(parsed)
     async with rt.db.read() as session:
         for rcpt in rcpt_tos:
             address = rcpt.strip().lower()
@@ -458,7 +471,7 @@ async def receive(
             except AgentMXError as exc:
                 results[address] = ReceiveResult("rejected", error=exc)
                 continue
-            labels = {"received", "unread"} | _auth_labels(rt, parsed, sender)
+            labels = {"received", "unread"} | _auth_labels(rt, parsed, sender) | content_labels
             for labeler in hooks.inbound_labelers:
                 labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
             accepted.append((address, inbox, labels))

@@ -1,0 +1,30 @@
+"""Characters a person does not see and a language model reads.
+
+* Unicode tag characters (U+E0000-U+E007F) are invisible in every mail client, yet each stands for an
+  ASCII character to a model's tokenizer: a whole instruction can ride unseen in a subject or a body
+  ("ASCII smuggling"). Their one legitimate use, the subdivision flags (England's: U+1F3F4, tags,
+  U+E007F), is left out.
+* Right-to-left and left-to-right overrides (U+202E, U+202D) make text display in another order than
+  it is read ("Trojan Source"; ``invoice<U+202E>fdp.exe`` shows as ``invoiceexe.pdf``).
+
+Mail that carries either in its subject, From name, bodies or attachment names gets the
+``hidden-characters`` label: nothing is removed or hidden, the agent decides.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+LABEL = "hidden-characters"
+_FLAG = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+_HIDDEN = re.compile("[\U000e0000-\U000e007f\u202d\u202e]")
+
+
+def carries_hidden(texts: Iterable[str | None]) -> bool:
+    for text in texts:
+        if not text or text.isascii():
+            continue
+        if _HIDDEN.search(text) is not None and _HIDDEN.search(_FLAG.sub("", text)) is not None:
+            return True
+    return False
