@@ -45,7 +45,7 @@ class Received:
 class SinkHandler:
     """Local parts decide the reply: ``bounce-*`` -> 550 at RCPT, ``soft<N>-*`` -> 451 for the first
     N attempts, then 250; ``datacmd-*`` -> 451 to the DATA command (``SinkSMTP``); ``dataperm-*`` ->
-    554 at end of DATA; anything else 250."""
+    554 at end of DATA; ``slow<N>-*`` -> 250 after N seconds; anything else 250."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -69,8 +69,12 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if any(r.split("@")[0].lower().startswith("dataperm-") for r in envelope.rcpt_tos):
+        locals_ = [r.split("@")[0].lower() for r in envelope.rcpt_tos]
+        if any(local.startswith("dataperm-") for local in locals_):
             return "554 5.6.0 Message refused"
+        for local in locals_:
+            if local.startswith("slow"):
+                await asyncio.sleep(float(local[4 : local.index("-")]))
         with self.lock:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)

@@ -313,6 +313,24 @@ def test_retries_end_in_a_bounce(fresh_server: Callable[..., ServerProcess]) -> 
         sink.stop()
 
 
+def test_a_slow_delivery_keeps_its_claim(fresh_server: Callable[..., ServerProcess]) -> None:
+    """A delivery that outlasts the job lease is renewed, not claimed and sent a second time."""
+    sink = Sink().start()
+    env = {"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_JOB_LEASE": "1.2"}
+    server = fresh_server("sqlite", env=env).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        slow = ext("slow3-")  # the relay answers DATA after 3 s: more than two leases
+        sent = client.inboxes.messages.send(a, to=slow, text="take your time")
+        wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+        time.sleep(3.5)  # a second claim would have sent again by now
+        assert len(sink.handler.for_rcpt(slow)) == 1
+    finally:
+        server.stop()
+        sink.stop()
+
+
 def _client(server: ServerProcess) -> AgentMail:
     from agentmail.environment import AgentMailEnvironment
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -16,9 +15,8 @@ from agentmx.errors import ValidationFailed
 from agentmx.mail import compose
 from agentmx.mail.compose import Composition, OutAttachment
 from agentmx.outbound import dkim as outbound_dkim
-from agentmx.outbound import dsn, return_path, smtp_client
+from agentmx.outbound import dsn, return_path
 from agentmx.services import idempotency
-from send_support import Sink
 
 
 def _comp(**kw: object) -> Composition:
@@ -199,26 +197,6 @@ def test_a_dsn_speaks_for_the_address_it_names() -> None:
     assert outcome is not None and outcome.status == "bounced" and outcome.text.startswith("5.1.1")
     delayed = [dsn.RecipientStatus("member@example.org", "delayed", "4.4.7")]
     assert dsn._bounce(delayed, "member@example.org") is None
-
-
-def test_no_transaction_starts_after_the_deadline() -> None:
-    """One recipient after another must not outlast the job's lease: the rest wait for the next run."""
-    sink = Sink().start()
-    conn = smtp_client.Connection(
-        address="127.0.0.1", port=sink.port, server_name="sink.test", helo="agentmx.test", starttls="never"
-    )
-    envelopes = [smtp_client.Envelope("bounces+x@agentmx.test", f"r{i}@remote.test") for i in range(3)]
-
-    async def send_late() -> dict[str, smtp_client.Reply]:
-        past = asyncio.get_running_loop().time() - 1
-        return await smtp_client.send(conn, envelopes, b"Subject: late\r\n\r\nhi\r\n", past)
-
-    try:
-        replies = asyncio.run(send_late())
-    finally:
-        sink.stop()
-    assert [replies[e.rcpt].code for e in envelopes] == [250, 451, 451]  # the first always goes
-    assert [r.rcpt_tos for r in sink.handler.received] == [["r0@remote.test"]]
 
 
 def test_idempotency_key_syntax() -> None:

@@ -219,6 +219,13 @@ class Settings(BaseSettings):
     )
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
+    job_lease: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a claimed job (an outbound delivery, a webhook attempt) stays claimed without word "
+        "from its process. The process renews the claim every third of that while the job runs, so only the "
+        "jobs of a process that died are run again elsewhere.",
+    )
     rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")
     download_url_ttl: int = Field(
         3600, description="Seconds a signed attachment or raw-message download_url stays valid."

@@ -2,6 +2,8 @@
 
 PostgreSQL claims with FOR UPDATE SKIP LOCKED, so several processes share one queue and each
 job runs in one of them. SQLite serialises writers, so the same UPDATE is safe there too.
+A claim lasts ``job_lease`` and is renewed while the job waits or runs: a slow job (mail to a
+slow host, one recipient after another) is never claimed again while its process lives.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from agentmx.services.runtime import Runtime
 log = logging.getLogger("agentmx.jobs")
 
 JOBS = table_of(Job)  # Core statements: the ORM DML path costs more than the SQL
-LEASE = timedelta(minutes=5)  # a claimed job whose process died is claimed again after this
 BATCH = 32  # jobs claimed at most per claim (running plus waiting for a slot)
 GATHER = 0.01  # seconds
 FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
@@ -85,7 +86,10 @@ class JobRunner:
         self.worker_id = secrets.token_hex(8)
         self.slots = asyncio.Semaphore(concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.claimed: set[int] = set()  # job ids this runner holds (waiting for a slot or running)
+        self.lease = timedelta(seconds=rt.settings.job_lease)
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
@@ -94,13 +98,15 @@ class JobRunner:
             async with self.rt.db.transaction() as s:
                 await s.execute(update(Job).values(locked_by=None, locked_until=None))
         self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
+        self._renew_task = asyncio.create_task(self._renew(), name="job-lease-renewal")
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for background in (self._loop_task, self._renew_task):
+            if background:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -120,6 +126,24 @@ class JobRunner:
                 # several jobs (each costs a commit) at the price of GATHER of latency.
                 await asyncio.sleep(GATHER)
 
+    async def _renew(self) -> None:
+        """Every third of the lease, extend the claims this runner holds."""
+        every = self.lease.total_seconds() / 3
+        while not self._stopping:
+            await asyncio.sleep(every)
+            held = list(self.claimed)
+            if not held:
+                continue
+            try:
+                async with self.rt.db.transaction() as s:
+                    await s.execute(
+                        update(JOBS)
+                        .where(JOBS.c.id.in_(held), JOBS.c.locked_by == self.worker_id)
+                        .values(locked_until=utcnow() + self.lease)
+                    )
+            except Exception:
+                log.exception("renewing the claims of %d jobs failed", len(held))
+
     async def run_due(self) -> int:
         """Claim up to BATCH due jobs and start them; returns how many were claimed."""
         free = BATCH - len(self.tasks)
@@ -128,14 +152,19 @@ class JobRunner:
             return 0
         now = utcnow()
         claim = _claim_statement(postgres=not self.rt.db.is_sqlite)
-        params = {"now": now, "until": now + LEASE, "worker": self.worker_id, "free": free}
+        params = {"now": now, "until": now + self.lease, "worker": self.worker_id, "free": free}
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
             jobs = (await s.execute(claim, params)).all()
         for job_id, kind, payload, attempts in jobs:
             task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
             self.tasks.add(task)
+            self.claimed.add(job_id)
             task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(functools.partial(self._release, job_id))
         return len(jobs)
+
+    def _release(self, job_id: int, _task: asyncio.Task[None]) -> None:
+        self.claimed.discard(job_id)
 
     async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
         async with self.slots:

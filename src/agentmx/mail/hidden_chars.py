@@ -2,13 +2,15 @@
 
 * Unicode tag characters (U+E0000-U+E007F) are invisible in every mail client, yet each stands for an
   ASCII character to a model's tokenizer: a whole instruction can ride unseen in a subject or a body
-  ("ASCII smuggling"). Their one legitimate use, the subdivision flags (England's: U+1F3F4, tags,
-  U+E007F), is left out.
+  ("ASCII smuggling"). Their one legitimate use, the three flags emoji keyboards offer (England,
+  Scotland, Wales: U+1F3F4, the tags of gbeng, gbsct or gbwls, U+E007F), is left out; any other run of
+  tags, inside a flag's frame or not, counts.
 * Right-to-left and left-to-right overrides (U+202E, U+202D) make text display in another order than
   it is read ("Trojan Source"; ``invoice<U+202E>fdp.exe`` shows as ``invoiceexe.pdf``).
 
-Mail that carries either in its subject, From name, bodies or attachment names gets the
-``hidden-characters`` label: nothing is removed or hidden, the agent decides.
+Mail that carries either in its subject, From name, bodies (HTML character references such as
+``&#xE0041;`` included) or attachment names gets the ``hidden-characters`` label: nothing is removed
+or hidden, the agent decides.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import re
 from collections.abc import Iterable
 
 LABEL = "hidden-characters"
-_FLAG = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+_FLAGS = ("gbeng", "gbsct", "gbwls")
+_FLAG = re.compile(
+    "|".join("\U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in code) + "\U000e007f" for code in _FLAGS)
+)
 _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202d\u202e]")
 
 

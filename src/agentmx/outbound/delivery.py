@@ -36,9 +36,6 @@ from agentmx.settings import parse_schedule
 log = logging.getLogger("agentmx.outbound")
 
 PENDING = ("queued", "deferred")
-# No transaction starts later than this into a run: one recipient after another (a transaction each)
-# must not outlast the job's lease (jobs.runner.LEASE), or another worker would send again.
-SEND_BUDGET = 120.0  # seconds
 OWN_MAIL = Verdict(verified=True)
 
 
@@ -50,7 +47,6 @@ class Work:
     raw: bytes
     local: list[str]
     remote: list[str]
-    deadline: float  # event loop time: see SEND_BUDGET
 
     def return_path(self, recipient: str | None = None) -> str:
         """``recipient``'s own return path; without one, the untagged return path of local deliveries."""
@@ -89,7 +85,6 @@ async def load_work(rt: Runtime, message_pk: str) -> Work | None:
         inbox_domain=inbox.domain,
         secret=rt.secret,
         raw=raw,
-        deadline=asyncio.get_running_loop().time() + SEND_BUDGET,
         local=local,
         remote=[a for a in pending if a not in local],
     )
@@ -170,7 +165,7 @@ async def _deliver_group(
     for conn in connections:
         try:
             envelopes = [smtp_client.Envelope(work.return_path(rcpt), rcpt) for rcpt in rcpts]
-            replies = await smtp_client.send(conn, envelopes, raw, work.deadline)
+            replies = await smtp_client.send(conn, envelopes, raw)
         except smtp_client.HostUnusable as exc:
             last_error = str(exc)
             continue

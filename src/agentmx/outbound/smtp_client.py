@@ -3,7 +3,6 @@ is unusable."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -85,25 +84,15 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
     return Reply(response.code, response.message)
 
 
-async def send(
-    conn: Connection, envelopes: list[Envelope], raw: bytes, deadline: float | None = None
-) -> dict[str, Reply]:
-    """One transaction per envelope over one connection; the final reply per recipient.
-
-    ``deadline`` (event loop time): no transaction starts after it; the recipients left get a 451 and
-    are retried by the next run (a job that outlived its lease would be run twice).
-    """
+async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[str, Reply]:
+    """One transaction per envelope over one connection; the final reply per recipient."""
     try:
         client = await _open(conn)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
-    loop = asyncio.get_running_loop()
     replies: dict[str, Reply] = {}
     try:
         for envelope in envelopes:
-            if replies and deadline is not None and loop.time() > deadline:
-                replies[envelope.rcpt] = Reply(451, "4.3.0 this attempt's time ran out; retried later")
-                continue
             reply = replies[envelope.rcpt] = await _transaction(client, envelope, raw)
             if not reply.ok:
                 # Whatever was refused (MAIL, RCPT, the DATA command or the message), a server may

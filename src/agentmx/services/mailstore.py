@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from html import unescape
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
@@ -428,13 +429,10 @@ def _auth_labels(rt: Runtime, parsed: ParsedMessage, sender: Verdict | None) -> 
 
 def _content_labels(parsed: ParsedMessage) -> set[str]:
     """``hidden-characters`` for text a reader does not see and a model reads (mail.hidden_chars)."""
-    texts = [
-        parsed.subject,
-        parsed.from_,
-        parsed.text,
-        parsed.html,
-        *(a.filename for a in parsed.attachments),
-    ]
+    html = parsed.html
+    if html is not None and "&#" in html:  # a character reference reaches whoever turns the HTML into text
+        html = unescape(html)
+    texts = [parsed.subject, parsed.from_, parsed.text, html, *(a.filename for a in parsed.attachments)]
     return {hidden_chars.LABEL} if hidden_chars.carries_hidden(texts) else set()
 
 
