@@ -3,10 +3,10 @@
 Steps, each a function below: load the work, deliver to local inboxes (``mailstore.receive``),
 DKIM-sign and deliver to remote hosts (relay or MX, a connection per domain, a transaction per
 recipient: each has its own signed return path, ``return_path``; in test mode the outcomes are
-simulated instead, ``capture``), give up on recipients past ``outbound_max_lifetime``, record the
-outcomes in one transaction, and reschedule the job on ``outbound_retry_schedule`` while any
-recipient is deferred. A crash between a remote 250 and the record step re-sends on the next run:
-duplicates are tolerated, loss is not (RFC 5321 6.1).
+simulated instead, ``capture``), give up on recipients
+past ``outbound_max_lifetime``, record the outcomes in one transaction, and reschedule the job
+on ``outbound_retry_schedule`` while any recipient is deferred. A crash between a remote 250 and
+the record step re-sends on the next run: duplicates are tolerated, loss is not (RFC 5321 6.1).
 """
 
 from __future__ import annotations

@@ -30,11 +30,10 @@ log = logging.getLogger("agentmx.outbound")
 
 @dataclass(frozen=True)
 class RecipientStatus:
-    address: str  # Final-Recipient (else Original-Recipient)
+    address: str
     action: str  # failed | delayed | delivered | relayed | expanded
     status: str  # X.Y.Z
     diagnostic: str = ""
-    original: str = ""  # Original-Recipient: the address as we sent it, when the reporting MTA kept it
 
 
 def _field_address(value: str) -> str:
@@ -61,8 +60,7 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
         if part.get_content_type() != "message/delivery-status":
             continue
         for block in _status_blocks(part)[1:]:  # the first block is per-message
-            original = block.get("Original-Recipient")
-            recipient = block.get("Final-Recipient") or original
+            recipient = block.get("Final-Recipient") or block.get("Original-Recipient")
             if not recipient:
                 continue
             out.append(
@@ -71,7 +69,6 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
                     action=str(block.get("Action", "")).strip().lower(),
                     status=str(block.get("Status", "")).strip(),
                     diagnostic=" ".join(str(block.get("Diagnostic-Code", "")).split()),
-                    original=_field_address(str(original)) if original else "",
                 )
             )
     return out
@@ -121,16 +118,12 @@ async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> 
 
 
 def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
-    """The bounce a DSN reports for ``address``, if it reports one.
-
-    A report names the address as its Final-Recipient, or names one recipient only whose
-    Original-Recipient it is (the far side rewrote it one to one: a virtual alias). A failure among
-    several (an alias's members, a list) does not make the address itself undeliverable.
-    """
-    named = [s for s in statuses if s.address == address]
-    if not named and len(statuses) == 1 and statuses[0].original == address:
-        named = statuses
-    failure = next((s for s in named if s.action == "failed" or s.status.startswith("5")), None)
+    """The bounce a DSN reports for ``address``, if it reports one. A failure of another address (an
+    alias's member, a forward) does not make the address itself undeliverable."""
+    failure = next(
+        (s for s in statuses if s.address == address and (s.action == "failed" or s.status.startswith("5"))),
+        None,
+    )
     if failure is None:
         return None
     return Outcome("bounced", None, f"{failure.status} {failure.diagnostic}".strip(), attempted=False)
