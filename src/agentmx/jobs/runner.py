@@ -3,7 +3,9 @@
 PostgreSQL claims with FOR UPDATE SKIP LOCKED, so several processes share one queue and each
 job runs in one of them. SQLite serialises writers, so the same UPDATE is safe there too.
 A claim lasts ``job_lease`` and is renewed while the job waits or runs: a slow job (mail to a
-slow host, one recipient after another) is never claimed again while its process lives.
+slow host, one recipient after another) is not claimed again while its process keeps renewing it.
+A process stopped for longer than the lease (suspended, its clock stepped) loses its claims; the job
+may then run twice, which handlers tolerate (at least once).
 """
 
 from __future__ import annotations
@@ -136,13 +138,19 @@ class JobRunner:
                 continue
             try:
                 async with self.rt.db.transaction() as s:
-                    await s.execute(
+                    renewed = await s.execute(
                         update(JOBS)
                         .where(JOBS.c.id.in_(held), JOBS.c.locked_by == self.worker_id)
                         .values(locked_until=utcnow() + self.lease)
+                        .returning(JOBS.c.id)
                     )
+                    kept = len(renewed.all())
             except Exception:
                 log.exception("renewing the claims of %d jobs failed", len(held))
+                continue
+            lost = len(held) - kept
+            if lost > 0:  # finished meanwhile, or taken over after a pause longer than the lease
+                log.info("%d of %d held job claims were not renewed", lost, len(held))
 
     async def run_due(self) -> int:
         """Claim up to BATCH due jobs and start them; returns how many were claimed."""
@@ -156,6 +164,10 @@ class JobRunner:
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
             jobs = (await s.execute(claim, params)).all()
         for job_id, kind, payload, attempts in jobs:
+            if job_id in self.claimed:
+                # Ours and running: its claim looked lapsed (the wall clock stepped ahead of the
+                # renewal's), so the claim above only renewed it.
+                continue
             task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
             self.tasks.add(task)
             self.claimed.add(job_id)
