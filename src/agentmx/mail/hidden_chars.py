@@ -24,6 +24,11 @@ _FLAG = re.compile(
     "|".join("\U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in code) + "\U000e007f" for code in _FLAGS)
 )
 _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202d\u202e]")
+# An HTML character reference to one of them (``&#xE0041;``, ``&#917569``, ``&#8238;``).
+_REFERENCE = re.compile(
+    r"&#(?:[xX]0*(?:[eE]00[0-7][0-9a-fA-F]|202[dDeE])(?![0-9a-fA-F])"
+    r"|0*(?:9175(?:0[4-9]|[1-9][0-9])|9176(?:[0-2][0-9]|3[01])|823[78])(?![0-9]))"
+)
 
 
 def carries_hidden(texts: Iterable[str | None]) -> bool:
@@ -33,3 +38,9 @@ def carries_hidden(texts: Iterable[str | None]) -> bool:
         if _HIDDEN.search(text) is not None and _HIDDEN.search(_FLAG.sub("", text)) is not None:
             return True
     return False
+
+
+def references_hidden(html: str) -> bool:
+    """Whether ``html`` names one of the characters by reference: only then is it worth unescaping
+    (html.unescape took 2.5 ms for 50 KB of ordinary references)."""
+    return "&#" in html and _REFERENCE.search(html) is not None

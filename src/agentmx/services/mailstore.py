@@ -430,7 +430,7 @@ def _auth_labels(rt: Runtime, parsed: ParsedMessage, sender: Verdict | None) -> 
 def _content_labels(parsed: ParsedMessage) -> set[str]:
     """``hidden-characters`` for text a reader does not see and a model reads (mail.hidden_chars)."""
     html = parsed.html
-    if html is not None and "&#" in html:  # a character reference reaches whoever turns the HTML into text
+    if html is not None and hidden_chars.references_hidden(html):  # reaches whoever turns it into text
         html = unescape(html)
     texts = [parsed.subject, parsed.from_, parsed.text, html, *(a.filename for a in parsed.attachments)]
     return {hidden_chars.LABEL} if hidden_chars.carries_hidden(texts) else set()
