@@ -165,26 +165,30 @@ class JobRunner:
             jobs = (await s.execute(claim, params)).all()
         for job_id, kind, payload, attempts in jobs:
             if job_id in self.claimed:
-                # Ours and running: its claim looked lapsed (the wall clock stepped ahead of the
-                # renewal's), so the claim above only renewed it.
+                # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
+                # stepped ahead of the renewal's), so the claim above only renewed it.
                 continue
             task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
             self.tasks.add(task)
             self.claimed.add(job_id)
             task.add_done_callback(self.tasks.discard)
-            task.add_done_callback(functools.partial(self._release, job_id))
         return len(jobs)
 
-    def _release(self, job_id: int, _task: asyncio.Task[None]) -> None:
-        self.claimed.discard(job_id)
+    async def _call(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> Inserts | None:
+        """The job's handler. Once it returns or raises, the claim is no longer this runner's to renew
+        or to guard: the outcome's commit releases it, and the job may be claimed again at once."""
+        try:
+            fn = HANDLERS.get(kind)
+            if fn is None:
+                raise RuntimeError(f"no handler for job kind {kind!r}")
+            return await fn(self.rt, payload, attempts)
+        finally:
+            self.claimed.discard(job_id)
 
     async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
         async with self.slots:
-            fn = HANDLERS.get(kind)
             try:
-                if fn is None:
-                    raise RuntimeError(f"no handler for job kind {kind!r}")
-                inserts = await fn(self.rt, payload, attempts)
+                inserts = await self._call(job_id, kind, payload, attempts)
             except RetryAt as retry:
                 await self._reschedule(
                     job_id, retry.when, retry.reason, retry.payload, count=True, inserts=retry.inserts
