@@ -509,6 +509,34 @@ def test_two_processes_on_one_postgres_deliver_each_message_once(tmp_path: Path)
         postgres.drop_database(url)
 
 
+def test_a_stopped_process_hands_its_deliveries_back(tmp_path: Path) -> None:
+    """A process stopped in the middle of a delivery gives its claim back: another process on the
+    database sends the message now, not when the five-minute lease ends."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    sink = Sink().start()
+    env = {"AGENTMX_SMTP_RELAY": sink.address}
+    first = ServerProcess(tmp_path / "shared", database_url=url, env=env)
+    second = ServerProcess(tmp_path / "shared", database_url=url, env=env)
+    try:
+        first.start()
+        key = first.create_key()
+        client = _client_with(first, key)
+        a = new_inbox(client)
+        to = ext("slow3-")  # the relay takes 3 s to answer the message
+        sent = client.inboxes.messages.send(a, to=to, text="handed over")
+        wait_for(lambda: sink.handler.attempts.get(to))
+        first.stop()  # SIGTERM while the first process waits for the relay's answer
+        second.start()
+        wait_for(lambda: "delivered" in _labels(_client_with(second, key), a, sent.message_id), timeout=30)
+    finally:
+        first.kill()
+        second.kill()
+        sink.stop()
+        postgres.drop_database(url)
+
+
 def _client_with(server: ServerProcess, key: str) -> AgentMail:
     from agentmail.environment import AgentMailEnvironment
 

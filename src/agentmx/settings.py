@@ -224,7 +224,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a claimed job (an outbound delivery, a webhook attempt) stays claimed without word "
         "from its process. The process renews the claim every third of that while the job runs, so only the "
-        "jobs of a process that died (or stopped for longer than this) are run again elsewhere.",
+        "jobs of a process that died (or stopped for longer than this) are run again elsewhere; one stopped with "
+        "SIGTERM hands its unfinished jobs back at once.",
     )
     rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")
     download_url_ttl: int = Field(

@@ -5,7 +5,8 @@ job runs in one of them. SQLite serialises writers, so the same UPDATE is safe t
 A claim lasts ``job_lease`` and is renewed while the job waits or runs: a slow job (mail to a
 slow host, one recipient after another) is not claimed again while its process keeps renewing it.
 A process stopped for longer than the lease (suspended, its clock stepped) loses its claims; the job
-may then run twice, which handlers tolerate (at least once).
+may then run twice, which handlers tolerate (at least once). A process that stops cleanly hands its
+unfinished claims back at once.
 """
 
 from __future__ import annotations
@@ -109,10 +110,30 @@ class JobRunner:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
+        held = list(self.claimed)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._release(held)
+
+    async def _release(self, held: list[int]) -> None:
+        """Hand back the claims of jobs stopped before they finished, so that another process (or
+        this one restarted) runs them now rather than when their lease ends. A handler cut short may
+        have done part of its work; it runs again from the start either way (at least once)."""
+        if not held:
+            return
+        try:
+            async with self.rt.db.transaction() as s:
+                await s.execute(
+                    update(JOBS)
+                    .where(JOBS.c.id.in_(held), JOBS.c.locked_by == self.worker_id)
+                    .values(locked_by=None, locked_until=None)
+                )
+        except Exception:
+            log.exception(
+                "releasing the claims of %d stopped jobs failed (they wait for their lease)", len(held)
+            )
 
     async def _loop(self) -> None:
         interval = self.rt.settings.job_poll_interval
