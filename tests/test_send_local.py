@@ -260,6 +260,46 @@ def test_send_permission_required(harness: Harness) -> None:
     assert denied.value.status_code == 403
 
 
+def test_concurrent_mail_keeps_thread_totals(harness: Harness) -> None:
+    """Messages stored into one thread at the same time (replies sent through the API, their local
+    deliveries, deletions) all count in its totals: on PostgreSQL 30 concurrent replies counted 3."""
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    first = client.inboxes.messages.send(a, to=b, subject="Totals", text="start")
+    received = _arrived(client, b, first.message_id)
+    threads = ((a, first.thread_id), (b, received.thread_id))
+
+    def reply(i: int) -> str:
+        # From b: b's thread through the API, a's through local delivery; from a, the other way.
+        inbox, message_id = (b, received.message_id) if i % 2 else (a, first.message_id)
+        return harness.client().inboxes.messages.reply(inbox, message_id, text=f"reply {i}").message_id
+
+    def settled(a_count: int, b_count: int) -> None:
+        for (inbox, thread_id), count in zip(threads, (a_count, b_count), strict=True):
+            wait_for(lambda: len(client.inboxes.threads.get(inbox, thread_id).messages) == count)  # noqa: B023
+            thread = client.inboxes.threads.get(inbox, thread_id)
+            assert thread.message_count == count
+            assert thread.size == sum(m.size for m in thread.messages)
+            newest = max(m.timestamp for m in thread.messages)
+            assert thread.last_message_id in {
+                m.message_id for m in thread.messages if m.timestamp == newest
+            }, [(m.message_id[:6], m.timestamp) for m in thread.messages][-4:]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        sent = list(pool.map(reply, range(24)))
+    settled(25, 25)
+
+    def delete_or_reply(i: int) -> None:
+        if i < 6:
+            harness.client().inboxes.messages.delete(b, sent[2 * i + 1])  # one of b's own replies
+        else:
+            reply(i)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(delete_or_reply, range(18)))  # 6 deletions in b among 12 more replies
+    settled(37, 31)
+
+
 def test_concurrent_retries_send_once(harness: Harness) -> None:
     client = harness.client()
     a, b = new_inbox(client), new_inbox(client)

@@ -57,7 +57,12 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
     rows = {
         row.address: row
         for row in await session.scalars(
-            select(OutboundRecipient).where(OutboundRecipient.message_pk == message.id)
+            # Locked (PostgreSQL): a delivery's outcome and a report arriving at the same time would
+            # each see the old status, and both announce their change.
+            select(OutboundRecipient)
+            .where(OutboundRecipient.message_pk == message.id)
+            .order_by(OutboundRecipient.address)
+            .with_for_update()
         )
     }
     now = utcnow()

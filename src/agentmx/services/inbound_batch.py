@@ -56,7 +56,13 @@ async def store_inbound(
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
-        found = await session.scalars(select(Thread).where(Thread.id.in_(thread_ids)))
+        # Locked in id order, so that batches sharing threads cannot deadlock.
+        found = await session.scalars(
+            select(Thread)
+            .where(Thread.id.in_(thread_ids))
+            .order_by(Thread.id)
+            .with_for_update(**mailstore.THREAD_LOCK)
+        )
         threads = {t.id: t for t in found.all()}
     labels = await mailstore.thread_labels(session, list(threads))
     attachments = await mailstore.thread_attachments(session, list(threads))

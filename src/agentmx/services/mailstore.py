@@ -44,6 +44,11 @@ HIDDEN_LABELS = ("spam", "blocked", "unauthenticated", "trash")
 RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticated", ".unauthenticated"))
 # Webhook bodies are capped at 1 MB; bigger bodies drop text/html (API.md 3.1).
 EVENT_BODY_BUDGET = 900_000
+# A thread's aggregates (count, size, senders, preview, ...) are read, changed and written back: on
+# PostgreSQL two transactions doing that at once lost one's changes (30 concurrent replies counted 3).
+# FOR NO KEY UPDATE serialises them and still lets messages referencing the thread be inserted;
+# SQLite serialises writers already and renders nothing.
+THREAD_LOCK: dict[str, Any] = {"key_share": True}
 T = TypeVar("T")
 
 
@@ -290,9 +295,11 @@ def build_message(
 async def _thread_for(
     session: AsyncSession, inbox: Inbox, thread_id: str | None, referenced: list[str]
 ) -> Thread | None:
-    """An explicit thread id wins; else the thread of the nearest referenced message in this inbox."""
+    """An explicit thread id wins; else the thread of the nearest referenced message in this inbox.
+
+    The thread is read locked (``THREAD_LOCK``): its aggregates are about to change."""
     for candidate in ([thread_id] if thread_id else []) + referenced:
-        thread = await session.get(Thread, candidate)
+        thread = await session.get(Thread, candidate, with_for_update=THREAD_LOCK, populate_existing=True)
         if thread is not None and thread.inbox_id == inbox.id:
             return thread
     return None

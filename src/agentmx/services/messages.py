@@ -17,7 +17,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events
 from agentmx.services.caller import Caller
-from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, normalize_labels
+from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, THREAD_LOCK, normalize_labels
 from agentmx.services.pagination import Page, paginate
 
 BATCH_GET_MAX = 500
@@ -327,7 +327,7 @@ async def delete_message(session: AsyncSession, caller: Caller, inbox: Inbox, me
 
 async def refresh_thread(session: AsyncSession, thread_id: str) -> None:
     """Recompute a thread's aggregates from its remaining messages; delete it when none remain."""
-    thread = await session.get(Thread, thread_id)
+    thread = await session.get(Thread, thread_id, with_for_update=THREAD_LOCK, populate_existing=True)
     if thread is None:
         return
     rows = list(
