@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 from agentmail.core.api_error import ApiError
@@ -63,6 +65,22 @@ def test_metadata_merge_rules(harness: Harness) -> None:
     assert cleared.metadata in ({}, None)
     with pytest.raises(ValidationError):
         client.inboxes.update(inbox.inbox_id, metadata={}, request_options=NO_RETRY)
+
+
+def test_concurrent_metadata_merges_all_land(harness: Harness) -> None:
+    """Agents updating their own keys at once: every key lands (on PostgreSQL each merge read the
+    old map and the last write dropped the others' keys)."""
+    inbox = harness.client().inboxes.create(request=CreateInboxRequest(metadata={"start": 0}))
+
+    def merge(i: int) -> None:
+        harness.client().inboxes.update(inbox.inbox_id, metadata={f"k{i}": i})
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(merge, range(20)))
+    assert harness.client().inboxes.get(inbox.inbox_id).metadata == {
+        "start": 0,
+        **{f"k{i}": i for i in range(20)},
+    }
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from email import policy
 from email.message import EmailMessage
 from typing import Any
@@ -60,6 +61,26 @@ def test_crud_org_scope(harness: Harness, receiver: Receiver) -> None:
     with pytest.raises(ApiError) as err:
         client.webhooks.get(hook.webhook_id)
     assert err.value.status_code == 404
+
+
+def test_concurrent_webhook_edits_all_land(harness: Harness, receiver: Receiver) -> None:
+    """Inboxes added and headers set by requests at the same time all stay on the webhook."""
+    client = harness.client()
+    inboxes = [new_inbox(client) for _ in range(8)]
+    hook = client.webhooks.create(url=receiver.url, event_types=["message.received"])
+
+    def edit(i: int) -> None:
+        other = harness.client()
+        other.webhooks.update(hook.webhook_id, add_inbox_ids=[inboxes[i]])
+        other.webhooks.update_headers(hook.webhook_id, headers={f"X-H{i}": str(i)})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(edit, range(8)))
+    assert sorted(client.webhooks.get(hook.webhook_id).inbox_ids or []) == sorted(inboxes)
+    assert sorted(client.webhooks.get_headers(hook.webhook_id).header_names) == sorted(
+        f"X-H{i}" for i in range(8)
+    )
+    client.webhooks.delete(hook.webhook_id)
 
 
 def test_crud_pod_and_inbox_scope(harness: Harness, receiver: Receiver) -> None:

@@ -62,8 +62,18 @@ def inbox_is_visible(caller: Caller, organization_id: str, inbox_id: str, pod_id
     return organization_id == caller.organization_id and caller.sees_inbox(inbox_id, pod_id)
 
 
-async def get_inbox(session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None) -> Inbox:
-    inbox = await session.get(Inbox, inbox_key(inbox_id))
+async def get_inbox(
+    session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None, *, lock: bool = False
+) -> Inbox:
+    """``lock``: for a change computed from the row (a metadata merge). Without it, two merges at once on
+    PostgreSQL both read the old map and the later write drops the other's keys. NO KEY UPDATE: mail
+    for the inbox (rows referencing it) is not held up."""
+    if lock:
+        inbox = await session.get(
+            Inbox, inbox_key(inbox_id), with_for_update={"key_share": True}, populate_existing=True
+        )
+    else:
+        inbox = await session.get(Inbox, inbox_key(inbox_id))
     if (
         inbox is None
         or not inbox_is_visible(caller, inbox.organization_id, inbox.id, inbox.pod_id)
@@ -175,7 +185,7 @@ async def update_inbox(
 ) -> Inbox:
     if display_name is UNSET and status is UNSET and metadata is UNSET:
         raise fail("body", "Provide at least one of display_name, status or metadata")
-    inbox = await get_inbox(session, caller, inbox_id, pod_id)
+    inbox = await get_inbox(session, caller, inbox_id, pod_id, lock=metadata is not UNSET)
     if display_name is not UNSET:
         if display_name is not None and (not isinstance(display_name, str) or len(display_name) > 256):
             raise fail("display_name", "display_name must be a string of at most 256 characters")

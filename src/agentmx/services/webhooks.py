@@ -207,8 +207,15 @@ async def create_webhook(
     return hook
 
 
-async def get_webhook(session: AsyncSession, caller: Caller, route: Route, webhook_id: str) -> Webhook:
-    hook = await session.scalar(_owned_by(select(Webhook).where(Webhook.id == webhook_id), caller, route))
+async def get_webhook(
+    session: AsyncSession, caller: Caller, route: Route, webhook_id: str, *, lock: bool = False
+) -> Webhook:
+    """``lock``: for changes computed from the row (id lists, headers), which two requests at once on
+    PostgreSQL would otherwise both compute from the old row, the later dropping the other's change."""
+    stmt = _owned_by(select(Webhook).where(Webhook.id == webhook_id), caller, route)
+    if lock:
+        stmt = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
+    hook = await session.scalar(stmt)
     if hook is None:
         raise NotFound("Webhook not found")
     return hook
@@ -255,7 +262,7 @@ async def update_webhook(
     event_types: list[str] | None = None,
     enabled: bool | None = None,
 ) -> Webhook:
-    hook = await get_webhook(session, caller, route, webhook_id)
+    hook = await get_webhook(session, caller, route, webhook_id, lock=True)
     scoped_to_inbox = hook.inbox_id is not None
     scoped_to_pod = hook.pod_id is not None and not scoped_to_inbox
     if scoped_to_inbox and (add_pod_ids or remove_pod_ids or add_inbox_ids or remove_inbox_ids):
@@ -301,7 +308,7 @@ async def update_headers(
 ) -> Webhook:
     if headers is None and remove_headers is None:
         raise fail("headers", "give headers or remove_headers")
-    hook = await get_webhook(session, caller, route, webhook_id)
+    hook = await get_webhook(session, caller, route, webhook_id, lock=True)
     new = check_headers(headers) if headers is not None else {}
     removed = {name.lower() for name in remove_headers or []}
     if removed & {name.lower() for name in new}:
@@ -326,7 +333,12 @@ async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
     await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
     await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
-    listing = await session.scalars(select(Webhook).where(Webhook.organization_id == inbox.organization_id))
+    listing = await session.scalars(
+        select(Webhook)
+        .where(Webhook.organization_id == inbox.organization_id)
+        .order_by(Webhook.id)  # locked in one order: no deadlock with another inbox's deletion
+        .with_for_update(key_share=True)
+    )
     for hook in listing:
         if inbox.id in hook.inbox_ids:
             hook.inbox_ids = [i for i in hook.inbox_ids if i != inbox.id]
