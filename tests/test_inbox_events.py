@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from agentmail.core.api_error import ApiError
 
@@ -32,6 +35,36 @@ def test_label_changes_are_logged(harness: Harness) -> None:
     assert first.count == 1 and first.next_page_token
     second = client.inboxes.events.list(inbox, limit=1, page_token=first.next_page_token)
     assert int(second.events[0].event_id) < int(first.events[0].event_id)
+
+
+def test_concurrent_label_changes_apply_and_log_once(harness: Harness) -> None:
+    """Workers adding (then removing) one label at once: every request succeeds, and the log shows
+    one change each way (on PostgreSQL the second insert of the label failed with a 500, and every
+    removal was logged)."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    message_id = send_mail(harness.server, inbox, subject="labels at once")
+    thread_id = wait_for(lambda: client.inboxes.messages.list(inbox).messages)[0].thread_id
+
+    def change(changes: dict[str, list[str]], i: int) -> None:
+        other = harness.client()
+        if i % 3 == 0:  # the same change through the three routes
+            other.inboxes.messages.update(inbox, message_id, **changes, request_options=NO_RETRY)
+        elif i % 3 == 1:
+            other.inboxes.threads.update(inbox, thread_id, **changes, request_options=NO_RETRY)
+        else:
+            other.inboxes.messages.batch_update(
+                inbox, message_ids=[message_id], **changes, request_options=NO_RETRY
+            )
+
+    for changes in ({"add_labels": ["triaged"]}, {"remove_labels": ["triaged"]}):
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            list(pool.map(functools.partial(change, changes), range(12)))
+    logged = [
+        e.event_type for e in client.inboxes.events.list(inbox, limit=100).events if e.label == "triaged"
+    ]
+    assert sorted(logged) == ["label.added", "label.removed"]
+    assert "triaged" not in client.inboxes.messages.get(inbox, message_id).labels
 
 
 def test_unknown_inbox_is_404(harness: Harness) -> None:

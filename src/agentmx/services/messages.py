@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, Text, cast, delete, exists, or_, select
+from sqlalchemy import FromClause, Select, Text, cast, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -199,12 +199,21 @@ def message_id_candidates(message_id: str) -> list[str]:
     return [message_id, f"<{message_id}>"]
 
 
-async def get_message(session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str) -> Message:
-    message = await session.scalar(
-        select(Message).where(
-            Message.inbox_id == inbox.id, Message.message_id.in_(message_id_candidates(message_id))
-        )
+def locked(stmt: Select[Message]) -> Select[Message]:
+    """For a label change: the labels it reads must be the ones it changes. Without the lock two
+    requests adding one label both inserted it on PostgreSQL (the second failed with a 500), and
+    two removing it both logged a removal. In id order, so that batches cannot deadlock; NO KEY
+    UPDATE, so that rows referencing the message are not held up."""
+    return stmt.order_by(Message.id).with_for_update(key_share=True).execution_options(populate_existing=True)
+
+
+async def get_message(
+    session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, *, lock: bool = False
+) -> Message:
+    stmt = select(Message).where(
+        Message.inbox_id == inbox.id, Message.message_id.in_(message_id_candidates(message_id))
     )
+    message = await session.scalar(locked(stmt) if lock else stmt)
     if message is None or set(message.label_names) & unreadable_labels(caller):
         raise NotFound("Message not found")
     return message
@@ -260,7 +269,7 @@ async def update_message(
     session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, add: list[str], remove: list[str]
 ) -> Message:
     add_set, remove_set = check_label_changes(add, remove)
-    message = await get_message(session, caller, inbox, message_id)
+    message = await get_message(session, caller, inbox, message_id, lock=True)
     if await apply_labels(session, message, add_set, remove_set):
         await session.flush()
     return message
@@ -282,15 +291,14 @@ def check_ids(ids: list[str], maximum: int) -> None:
         )
 
 
-async def batch_get(session: AsyncSession, caller: Caller, inbox: Inbox, ids: list[str]) -> list[Message]:
+async def batch_get(
+    session: AsyncSession, caller: Caller, inbox: Inbox, ids: list[str], *, lock: bool = False
+) -> list[Message]:
     """Found, visible messages in request order; unknown ids are skipped."""
     check_ids(ids, BATCH_GET_MAX)
     wanted = {c for mid in ids for c in message_id_candidates(mid)}
-    rows = (
-        await session.scalars(
-            select(Message).where(Message.inbox_id == inbox.id, Message.message_id.in_(wanted))
-        )
-    ).all()
+    stmt = select(Message).where(Message.inbox_id == inbox.id, Message.message_id.in_(wanted))
+    rows = (await session.scalars(locked(stmt) if lock else stmt)).all()
     by_id = {m.message_id: m for m in rows}
     hidden = unreadable_labels(caller)
     out: list[Message] = []
@@ -310,7 +318,7 @@ async def batch_update(
             "Provide add_labels or remove_labels", [{"path": ["add_labels"], "message": "nothing to change"}]
         )
     add_set, remove_set = check_label_changes(add, remove)
-    messages = await batch_get(session, caller, inbox, ids)
+    messages = await batch_get(session, caller, inbox, ids, lock=True)
     for message in messages:
         await apply_labels(session, message, add_set, remove_set)
     await session.flush()

@@ -22,6 +22,7 @@ from agentmx.services.messages import (
     contains,
     hidden_labels,
     json_contains,
+    locked,
     unreadable_labels,
 )
 from agentmx.services.pagination import Page, paginate
@@ -203,7 +204,9 @@ async def update_thread(
             f"Threads with {THREAD_UPDATE_MAX_MESSAGES} or more messages cannot be updated at once",
             fix="Update the thread's messages individually or in batches of 50.",
         )
-    messages = (await session.scalars(select(Message).where(Message.thread_id == view.thread.id))).all()
+    messages = (
+        await session.scalars(locked(select(Message).where(Message.thread_id == view.thread.id)))
+    ).all()
     changed = False
     for message in messages:
         changed = await apply_labels(session, message, add_set, remove_set) or changed
