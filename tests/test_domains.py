@@ -7,6 +7,7 @@ import secrets
 import smtplib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +355,16 @@ def test_client_id_makes_create_idempotent(env: DomainEnv) -> None:
         domain=new_domain(), request_options={"additional_body_parameters": {"client_id": cid}}
     )
     assert again.domain_id == first.domain_id and first.client_id == cid
+
+    # Retries racing the original request (each with its own name): one domain, no error.
+    cid = "dom-" + secrets.token_hex(4)
+
+    def create(_: int) -> str:
+        options = {"additional_body_parameters": {"client_id": cid}, "max_retries": 0}
+        return env.client().domains.create(domain=new_domain(), request_options=options).domain_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert len(set(pool.map(create, range(8)))) == 1
 
 
 def test_pod_scope(env: DomainEnv) -> None:

@@ -67,6 +67,25 @@ def test_metadata_merge_rules(harness: Harness) -> None:
         client.inboxes.update(inbox.inbox_id, metadata={}, request_options=NO_RETRY)
 
 
+def test_retries_racing_a_create_get_its_row(harness: Harness) -> None:
+    """Creates with one client_id at the same time (a retry after a timeout while the first request
+    still runs) all answer with one row: before, the constraint's refusal was a 500 (pods) or a
+    403 naming a random address (inboxes)."""
+    inbox_cid, pod_cid = "ibx-" + harness.new_username(), "pod-" + harness.new_username()
+
+    def create(i: int) -> str:
+        client = harness.client()
+        if i % 2:
+            return client.inboxes.create(
+                request=CreateInboxRequest(client_id=inbox_cid), request_options=NO_RETRY
+            ).inbox_id
+        return client.pods.create(client_id=pod_cid, request_options=NO_RETRY).pod_id
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        made = list(pool.map(create, range(24)))
+    assert len(set(made[1::2])) == 1 and len(set(made[0::2])) == 1
+
+
 def test_concurrent_metadata_merges_all_land(harness: Harness) -> None:
     """Agents updating their own keys at once: every key lands (on PostgreSQL each merge read the
     old map and the last write dropped the others' keys)."""

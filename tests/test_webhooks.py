@@ -83,6 +83,22 @@ def test_concurrent_webhook_edits_all_land(harness: Harness, receiver: Receiver)
     client.webhooks.delete(hook.webhook_id)
 
 
+def test_retries_racing_a_webhook_create_get_its_webhook(harness: Harness, receiver: Receiver) -> None:
+    cid = "hook-" + harness.new_username()
+
+    def create(_: int) -> str:
+        client = harness.client()
+        hook = client.webhooks.create(
+            url=receiver.url, event_types=["message.sent"], client_id=cid, request_options=NO_RETRY
+        )
+        return hook.webhook_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = set(pool.map(create, range(8)))
+    assert len(made) == 1
+    harness.client().webhooks.delete(made.pop())
+
+
 def test_crud_pod_and_inbox_scope(harness: Harness, receiver: Receiver) -> None:
     client = harness.client()
     pod = client.pods.create(name="hooks-" + harness.new_username())

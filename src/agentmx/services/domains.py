@@ -12,11 +12,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Domain, Inbox
 from agentmx.db.types import utcnow
+from agentmx.db.unique import flush_unless_taken
 from agentmx.domains import dns_check, keys, wire
 from agentmx.domains.records import zone_file as render_zone
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
@@ -112,14 +112,8 @@ async def create_domain(
     """``conflicting`` = result of ``conflicting_provider`` (DNS is queried outside the transaction)."""
     _scope(caller)
     check_client_id(client_id)
-    if client_id:
-        existing = await session.scalar(
-            select(Domain).where(
-                Domain.organization_id == caller.organization_id, Domain.client_id == client_id
-            )
-        )
-        if existing is not None:
-            return existing
+    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+        return existing
     if pod_id is not None:
         await get_pod(session, caller, pod_id)
     else:
@@ -159,12 +153,19 @@ async def create_domain(
         created_at=now,
         updated_at=now,
     )
-    session.add(row)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        raise AlreadyTaken(f"Domain '{domain_name}' is already registered") from exc
+    if not await flush_unless_taken(session, row):
+        # A request with the same client_id got there first (a retry), or the name was taken.
+        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        if existing is None:
+            raise AlreadyTaken(f"Domain '{domain_name}' is already registered")
+        return existing
     return row
+
+
+async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Domain | None:
+    return await session.scalar(
+        select(Domain).where(Domain.organization_id == organization_id, Domain.client_id == client_id)
+    )
 
 
 async def list_domains(

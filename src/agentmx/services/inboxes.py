@@ -6,12 +6,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ApiKey, Inbox
 from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
+from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
 from agentmx.ids import random_username
 from agentmx.services import metadata as md
@@ -97,12 +97,8 @@ async def create_inbox(
     metadata: Any,
 ) -> Inbox:
     check_client_id(client_id)
-    if client_id:
-        existing = await session.scalar(
-            select(Inbox).where(Inbox.organization_id == caller.organization_id, Inbox.client_id == client_id)
-        )
-        if existing is not None:
-            return existing
+    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+        return existing
     if pod_id is None:
         pod_id = caller.pod_id or (await default_pod(session, caller.organization_id)).id
     else:
@@ -141,12 +137,19 @@ async def create_inbox(
         created_at=now,
         updated_at=now,
     )
-    session.add(inbox)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        raise AlreadyTaken(f"Inbox '{address}' already exists") from exc
+    if not await flush_unless_taken(session, inbox):
+        # A request with the same client_id got there first (a retry), or the address was taken.
+        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        if existing is None:
+            raise AlreadyTaken(f"Inbox '{address}' already exists")
+        return existing
     return inbox
+
+
+async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Inbox | None:
+    return await session.scalar(
+        select(Inbox).where(Inbox.organization_id == organization_id, Inbox.client_id == client_id)
+    )
 
 
 async def list_inboxes(

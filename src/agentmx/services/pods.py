@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox, Pod
 from agentmx.db.types import utcnow
-from agentmx.errors import Conflict, NotFound
+from agentmx.db.unique import flush_unless_taken
+from agentmx.errors import AlreadyTaken, Conflict, NotFound
 from agentmx.ids import new_uuid
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import Page, paginate
@@ -45,12 +46,8 @@ async def create_pod(session: AsyncSession, caller: Caller, name: str | None, cl
     check_client_id(client_id)
     if name is not None and not (1 <= len(name) <= 256):
         raise fail("name", "name must be 1-256 characters")
-    if client_id:
-        existing = await session.scalar(
-            select(Pod).where(Pod.organization_id == caller.organization_id, Pod.client_id == client_id)
-        )
-        if existing is not None:
-            return existing
+    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+        return existing
     now = utcnow()
     pod_id = new_uuid()
     pod = Pod(
@@ -61,9 +58,18 @@ async def create_pod(session: AsyncSession, caller: Caller, name: str | None, cl
         created_at=now,
         updated_at=now,
     )
-    session.add(pod)
-    await session.flush()
+    if not await flush_unless_taken(session, pod):
+        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        if existing is None:
+            raise AlreadyTaken("A pod with this client_id already exists")
+        return existing
     return pod
+
+
+async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Pod | None:
+    return await session.scalar(
+        select(Pod).where(Pod.organization_id == organization_id, Pod.client_id == client_id)
+    )
 
 
 async def list_pods(

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Inbox, InboxEvent, Webhook
 from agentmx.db.types import utcnow
-from agentmx.errors import NotFound
+from agentmx.db.unique import flush_unless_taken
+from agentmx.errors import AlreadyTaken, NotFound
 from agentmx.events.catalogue import check_event_types, effective_types
 from agentmx.events.ssrf import check_url
 from agentmx.ids import new_id
@@ -193,16 +193,12 @@ async def create_webhook(
         created_at=now,
         updated_at=now,
     )
-    session.add(hook)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:  # a concurrent create with the same client_id won
+    if not await flush_unless_taken(session, hook):  # a concurrent create with the same client_id won
         existing = await session.scalar(
             select(Webhook).where(Webhook.owner_scope == owner_scope, Webhook.client_id == client_id)
         )
         if existing is None:
-            raise
+            raise AlreadyTaken("A webhook with this client_id already exists")
         return existing
     return hook
 
