@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ListEntry, Message
 from agentmx.db.types import utcnow
-from agentmx.errors import Forbidden, MessageRejected, NotFound, ValidationFailed
+from agentmx.db.unique import flush_unless_taken
+from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.services import hooks
 from agentmx.services.inboxes import inbox_cleanup
@@ -150,13 +150,10 @@ async def add_entry(
         read_only=read_only,
         created_at=utcnow(),
     )
-    try:
-        async with session.begin_nested():
-            session.add(row)
-    except IntegrityError:  # a concurrent add won the race: theirs is the entry
+    if not await flush_unless_taken(session, row):  # a concurrent add won the race: theirs is the entry
         again = await _find(session, scope, direction, list_type, entry)
         if again is None:
-            raise
+            raise AlreadyTaken(f"'{entry}' is already on this list")
         return again
     return row
 
