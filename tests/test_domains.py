@@ -367,6 +367,19 @@ def test_client_id_makes_create_idempotent(env: DomainEnv) -> None:
         assert len(set(pool.map(create, range(8)))) == 1
 
 
+def test_verifies_at_once_all_answer(env: DomainEnv) -> None:
+    """Each verify replaces the domain's scheduled check; at once, one of them broke the job key's
+    uniqueness with a 500."""
+    domain_id = env.client().domains.create(domain=new_domain()).domain_id
+
+    def verify(_: int) -> None:
+        env.client().domains.verify(domain_id, request_options=NO_RETRY)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(verify, range(16)))
+    env.client().domains.delete(domain_id)
+
+
 def test_pod_scope(env: DomainEnv) -> None:
     client = env.client()
     pod = client.pods.create(name="domains")

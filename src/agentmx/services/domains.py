@@ -224,6 +224,7 @@ async def delete_domain(
 ) -> None:
     """Inboxes on the domain stay (with their mail) but stop sending and receiving."""
     row = await _writable(session, caller, domain_id, pod_id)
+    await session.refresh(row, with_for_update=True)  # no verify schedules its check meanwhile
     await jobs.cancel(session, job_key(row.id))
     await session.delete(row)
 
@@ -310,7 +311,9 @@ async def verify_domain(rt: Runtime, caller: Caller, domain_id: str, pod_id: str
         real_id = row.id
     await check_now(rt, real_id)
     async with rt.db.transaction() as s:
-        if await s.get(Domain, real_id) is not None:
+        # Locked: two verifies at once each deleted the old check job and the second's insert of the
+        # new one broke the job key's uniqueness (a 500).
+        if await s.get(Domain, real_id, with_for_update=True) is not None:
             await _schedule(s, rt, real_id, delay=rt.settings.domain_check_interval)
 
 
