@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from agentmail.core.api_error import ApiError
+from sqlalchemy import select
 
+from agentmx.db.engine import Database
+from agentmx.db.migrate import upgrade
+from agentmx.db.models import InboxEvent
+from agentmx.services.inbox_events import record_label_change
+from agentmx.settings import normalize_database_url
 from conftest import NO_RETRY, Harness
 from events_support import new_inbox, send_mail, wait_for
 
@@ -71,3 +79,42 @@ def test_unknown_inbox_is_404(harness: Harness) -> None:
     with pytest.raises(ApiError) as err:
         harness.client().inboxes.events.list("nobody@nowhere.example", request_options=NO_RETRY)
     assert err.value.status_code == 404
+
+
+def test_label_change_ids_follow_commit_order(empty_database: str) -> None:
+    """A client syncs the log from the last id it saw, so a change must not commit under an id below
+    one already visible. On PostgreSQL the id was taken at the flush: a transaction that flushed
+    first and committed last showed up below the other's."""
+    if empty_database.startswith("sqlite"):
+        pytest.skip("SQLite serialises writers: no other one commits in between")
+    upgrade(empty_database)
+    message = SimpleNamespace(
+        organization_id="org_1", pod_id="pod_1", inbox_id="a@x.test", message_id="<m@x>"
+    )
+
+    async def run() -> list[str]:
+        db = Database(normalize_database_url(empty_database))
+        flushed, committed = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with db.transaction() as session:
+                await record_label_change(session, message, "flushed-first", True)  # type: ignore[arg-type]
+                await session.flush()
+                flushed.set()
+                await committed.wait()
+
+        async def second() -> None:
+            await flushed.wait()
+            async with db.transaction() as session:
+                await record_label_change(session, message, "committed-first", True)  # type: ignore[arg-type]
+            committed.set()
+
+        try:
+            await asyncio.gather(first(), second())
+            async with db.read() as session:
+                return list(await session.scalars(select(InboxEvent.label).order_by(InboxEvent.id)))
+        finally:
+            await db.engine.dispose()
+            await db.reader.dispose()
+
+    assert asyncio.run(run()) == ["committed-first", "flushed-first"]

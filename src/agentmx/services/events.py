@@ -33,6 +33,9 @@ PROCESS_TOKEN = secrets.token_hex(8)  # NOTIFY payload: which process committed
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
 PENDING = "agentmx_pending_events"
+# The inbox label change log (services/inbox_events.py) is tailed by id the same way (clients sync from
+# the last id they saw), so its rows are added under the same lock.
+PENDING_LABEL_CHANGES = "agentmx_pending_label_changes"
 WEBHOOKS_SEEN = "agentmx_webhooks_by_org"
 
 
@@ -45,11 +48,16 @@ def _append_at_commit(session: Session) -> None:
     SQLite writers are serialised (BEGIN IMMEDIATE): there insert order is commit order anyway.
     """
     rows: list[Event] | None = session.info.pop(PENDING, None)
-    if not rows:
+    label_changes: list[Any] | None = session.info.pop(PENDING_LABEL_CHANGES, None)
+    if not rows and not label_changes:
         return
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
+    if label_changes:
+        session.add_all(label_changes)  # flushed by the commit, after this hook, under the lock
+    if not rows:
+        return
     _insert(session, rows)
     if postgres:
         # Delivered to listeners by PostgreSQL only if and when this transaction commits.

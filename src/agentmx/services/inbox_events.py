@@ -15,6 +15,7 @@ from agentmx.db.models import InboxEvent
 from agentmx.db.types import utcnow
 from agentmx.services import inboxes
 from agentmx.services.caller import Caller
+from agentmx.services.events import PENDING_LABEL_CHANGES
 from agentmx.services.pagination import Page, paginate
 
 if TYPE_CHECKING:
@@ -22,9 +23,13 @@ if TYPE_CHECKING:
 
 
 async def record_label_change(session: AsyncSession, message: Message, label: str, added: bool) -> None:
-    """Append a label.added / label.removed entry in the caller's transaction."""
+    """Append a label.added / label.removed entry in the caller's transaction.
+
+    Added at commit under the event lock (``events.PENDING_LABEL_CHANGES``): ids taken earlier could
+    commit out of order on PostgreSQL, and a client syncing from the last id it saw skipped the late
+    one."""
     now = utcnow()
-    session.add(
+    session.info.setdefault(PENDING_LABEL_CHANGES, []).append(
         InboxEvent(
             organization_id=message.organization_id,
             pod_id=message.pod_id,
