@@ -3,6 +3,7 @@ auto-disable, SSRF refusal, delivery after a restart, and one delivery per event
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +244,28 @@ def test_auto_disable_after_schedule_exhausted(
         time.sleep(1.0)
         assert len(receiver.deliveries) == 3  # a disabled webhook receives nothing
     finally:
+        receiver.close()
+
+
+def test_a_change_during_a_failing_attempt_keeps_the_webhook_enabled(harness: Harness) -> None:
+    """A receiver's 410 disables the webhook, but not when the webhook was changed (re-enabled, its
+    receiver fixed) while that attempt was under way: the user's change is the newer word."""
+    gate = threading.Event()
+    receiver = Receiver(status=lambda n: 410 if gate.wait(10) else 500)
+    try:
+        client = harness.client()
+        inbox = new_inbox(client)
+        hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+        send_mail(harness.server, inbox, subject="answered late")
+        receiver.wait(1)  # the attempt waits for its answer
+        client.inboxes.webhooks.update(inbox, hook.webhook_id, event_types=["message.received"])
+        gate.set()
+        time.sleep(1.0)  # the 410 has been handled
+        assert client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled is True
+        send_mail(harness.server, inbox, subject="gone again")
+        wait_for(lambda: not client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled, timeout=10)
+    finally:
+        gate.set()
         receiver.close()
 
 

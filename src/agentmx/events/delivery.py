@@ -105,12 +105,18 @@ async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tupl
     return status, f"HTTP {status}"
 
 
-async def _disable(rt: Runtime, webhook_id: str, reason: str) -> None:
-    log.warning("webhook %s disabled: %s", webhook_id, reason)
+async def _disable(rt: Runtime, target: Any, reason: str) -> None:
+    """Disable the webhook, unless it was changed since this delivery read it: a user who re-enabled
+    it (their receiver fixed) while a stale attempt was failing keeps it enabled; the next failure
+    counts."""
     async with rt.db.transaction() as s:
-        await s.execute(
-            update(Webhook).where(Webhook.id == webhook_id).values(enabled=False, updated_at=utcnow())
+        done = await s.execute(
+            update(Webhook)
+            .where(Webhook.id == target.id, Webhook.updated_at <= target.updated_at)
+            .values(enabled=False, updated_at=utcnow())
         )
+    if done.rowcount:  # type: ignore[attr-defined]
+        log.warning("webhook %s disabled: %s", target.id, reason)
 
 
 def _slow(webhook_id: str) -> bool:
@@ -166,11 +172,11 @@ async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -
     if error is None:
         return recorded
     if status == 410:  # Standard Webhooks: Gone means stop sending
-        await _disable(rt, webhook_id, "receiver answered 410")
+        await _disable(rt, target, "receiver answered 410")
         return recorded
     schedule = retry_schedule(rt)
     if attempt + 1 < len(schedule):
         retry_payload = {**payload, "attempt": attempt + 1}
         raise RetryAt(_next_try(schedule[attempt + 1]), error, payload=retry_payload, inserts=recorded)
-    await _disable(rt, webhook_id, f"delivery of {event_id} failed {attempt + 1} times: {error}")
+    await _disable(rt, target, f"delivery of {event_id} failed {attempt + 1} times: {error}")
     return recorded

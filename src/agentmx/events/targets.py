@@ -17,9 +17,9 @@ from agentmx.services.runtime import Runtime
 Key = tuple[str, str]  # webhook_id, event_id
 
 # Built once (no per-batch statement building); the IN lists expand at execution.
-_HOOKS = select(Webhook.id, Webhook.url, Webhook.secret, Webhook.headers, Webhook.enabled).where(
-    Webhook.id.in_(bindparam("ids", expanding=True))
-)
+_HOOKS = select(
+    Webhook.id, Webhook.url, Webhook.secret, Webhook.headers, Webhook.enabled, Webhook.updated_at
+).where(Webhook.id.in_(bindparam("ids", expanding=True)))
 _EVENTS = select(Event.event_id, Event.body).where(Event.event_id.in_(bindparam("ids", expanding=True)))
 
 _fetching: set[asyncio.Task[None]] = set()
