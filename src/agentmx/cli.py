@@ -81,11 +81,11 @@ async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str
         async with db.transaction() as s:
             org = await keys.ensure_organization(s)
             root = Caller(organization_id=org.id)
-            if inbox:
-                row = await get_inbox(s, root, inbox)
+            if inbox:  # pinned: the key must not outlive an inbox or pod being deleted now
+                row = await get_inbox(s, root, inbox, lock="pin")
                 inbox, pod = row.id, row.pod_id
             elif pod:
-                await get_pod(s, root, pod)
+                await get_pod(s, root, pod, lock="pin")
             _, secret = await keys.issue_key(s, organization_id=org.id, name=name, pod_id=pod, inbox_id=inbox)
         return secret
     except NotFound as exc:

@@ -114,10 +114,12 @@ async def create_domain(
     check_client_id(client_id)
     if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
         return existing
-    if pod_id is not None:
-        await get_pod(session, caller, pod_id)
-    else:
+    if pod_id is None:
         pod_id = caller.pod_id
+    if pod_id is not None:
+        # Pinned: a concurrent delete_pod waits and then counts this domain (409), or went first
+        # and this is a 404 (not a foreign key error).
+        await get_pod(session, caller, pod_id, lock="pin")
     domain_name = check_domain_name(name)
     default = rt.settings.domain
     if domain_name == default or domain_name.endswith("." + default):

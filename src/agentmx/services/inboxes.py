@@ -9,6 +9,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ApiKey, Inbox
+from agentmx.db.row_locks import FOR_UPDATE, RowLock
 from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
@@ -63,14 +64,19 @@ def inbox_is_visible(caller: Caller, organization_id: str, inbox_id: str, pod_id
 
 
 async def get_inbox(
-    session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None, *, lock: bool = False
+    session: AsyncSession,
+    caller: Caller,
+    inbox_id: str,
+    pod_id: str | None = None,
+    *,
+    lock: RowLock | None = None,
 ) -> Inbox:
-    """``lock``: for a change computed from the row (a metadata merge). Without it, two merges at once on
-    PostgreSQL both read the old map and the later write drops the other's keys. NO KEY UPDATE: mail
-    for the inbox (rows referencing it) is not held up."""
+    """``lock="change"``: for a change computed from the row (a metadata merge). Without it, two merges
+    at once on PostgreSQL both read the old map and the later write drops the other's keys.
+    ``lock="pin"``: adding a row that belongs to the inbox; ``lock="delete"``: deleting it."""
     if lock:
         inbox = await session.get(
-            Inbox, inbox_key(inbox_id), with_for_update={"key_share": True}, populate_existing=True
+            Inbox, inbox_key(inbox_id), with_for_update=FOR_UPDATE[lock], populate_existing=True
         )
     else:
         inbox = await session.get(Inbox, inbox_key(inbox_id))
@@ -99,10 +105,14 @@ async def create_inbox(
     check_client_id(client_id)
     if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
         return existing
+    # The pod is pinned so a concurrent delete_pod waits and then counts this inbox (409), or went
+    # first and this is a 404 (not a foreign key error).
     if pod_id is None:
-        pod_id = caller.pod_id or (await default_pod(session, caller.organization_id)).id
+        pod_id = caller.pod_id
+    if pod_id is None:
+        pod_id = (await default_pod(session, caller.organization_id)).id
     else:
-        await get_pod(session, caller, pod_id)
+        await get_pod(session, caller, pod_id, lock="pin")
     domain_name = check_domain_name(domain) if domain else rt.settings.domain
     if domain_name != rt.settings.domain:
         for check in custom_domain_check:
@@ -188,7 +198,9 @@ async def update_inbox(
 ) -> Inbox:
     if display_name is UNSET and status is UNSET and metadata is UNSET:
         raise fail("body", "Provide at least one of display_name, status or metadata")
-    inbox = await get_inbox(session, caller, inbox_id, pod_id, lock=metadata is not UNSET)
+    inbox = await get_inbox(
+        session, caller, inbox_id, pod_id, lock="change" if metadata is not UNSET else None
+    )
     if display_name is not UNSET:
         if display_name is not None and (not isinstance(display_name, str) or len(display_name) > 256):
             raise fail("display_name", "display_name must be a string of at most 256 characters")
@@ -207,11 +219,25 @@ async def update_inbox(
 async def delete_inbox(
     session: AsyncSession, caller: Caller, inbox_id: str, pod_id: str | None = None
 ) -> None:
-    inbox = await get_inbox(session, caller, inbox_id, pod_id)
+    # Locked before the cleanups: whoever adds a key, list entry or webhook for the inbox pins it
+    # (pin_owner), so either it committed and the cleanups below remove its row, or it waits and
+    # then finds the inbox gone. Plain DELETEs alone miss rows not yet committed.
+    inbox = await get_inbox(session, caller, inbox_id, pod_id, lock="delete")
     for cleanup in inbox_cleanup:
         await cleanup(session, inbox)
     await session.execute(delete(ApiKey).where(ApiKey.inbox_id == inbox.id))
     await session.delete(inbox)
+
+
+async def pin_owner(
+    session: AsyncSession, caller: Caller, *, pod_id: str | None, inbox_id: str | None
+) -> None:
+    """In the transaction that adds a row belonging to an inbox or a pod (an API key, a list entry):
+    re-read the owner pinned, so a concurrent delete of it waits for this row, or this is a 404."""
+    if inbox_id is not None:
+        await get_inbox(session, caller, inbox_id, lock="pin")
+    elif pod_id is not None:
+        await get_pod(session, caller, pod_id, lock="pin")
 
 
 def _rank(inbox: Inbox, q: str, words: list[str]) -> int | None:

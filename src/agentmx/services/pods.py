@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox, Pod
+from agentmx.db.row_locks import FOR_UPDATE, RowLock
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, Conflict, NotFound
@@ -20,8 +21,11 @@ from agentmx.services.validation import check_client_id, fail
 POD_DEPENDENTS: list[tuple[str, Any]] = [("inboxes", Inbox.pod_id)]
 
 
-async def get_pod(session: AsyncSession, caller: Caller, pod_id: str) -> Pod:
-    pod = await session.get(Pod, pod_id)
+async def get_pod(session: AsyncSession, caller: Caller, pod_id: str, *, lock: RowLock | None = None) -> Pod:
+    if lock:
+        pod = await session.get(Pod, pod_id, with_for_update=FOR_UPDATE[lock], populate_existing=True)
+    else:
+        pod = await session.get(Pod, pod_id)
     if pod is None or not pod_is_visible(caller, pod.organization_id, pod.id):
         raise NotFound("Pod not found")
     return pod
@@ -32,8 +36,12 @@ def pod_is_visible(caller: Caller, organization_id: str, pod_id: str) -> bool:
 
 
 async def default_pod(session: AsyncSession, organization_id: str) -> Pod:
+    """Pinned (FOR KEY SHARE): the caller puts an inbox in it, which a concurrent delete must see."""
     pod = await session.scalar(
-        select(Pod).where(Pod.organization_id == organization_id, Pod.is_default.is_(True))
+        select(Pod)
+        .where(Pod.organization_id == organization_id, Pod.is_default.is_(True))
+        .with_for_update(read=True, key_share=True)
+        .execution_options(populate_existing=True)
     )
     if pod is None:  # the default pod was deleted: recreate it
         pod = Pod(id=new_uuid(), organization_id=organization_id, name="Default Pod", is_default=True)
@@ -90,7 +98,9 @@ async def list_pods(
 
 
 async def delete_pod(session: AsyncSession, caller: Caller, pod_id: str) -> None:
-    pod = await get_pod(session, caller, pod_id)
+    # Locked first: a creator of an inbox, webhook or domain in this pod pins it, so either it commits
+    # before the count below (409), or it waits and then finds the pod gone (404).
+    pod = await get_pod(session, caller, pod_id, lock="delete")
     for label, pod_column in POD_DEPENDENTS:
         count = await session.scalar(select(func.count()).where(pod_column == pod.id))
         if count:

@@ -100,7 +100,8 @@ async def _resolve_inboxes(
     out = []
     for inbox_id in inbox_ids:
         try:
-            inbox = await inboxes.get_inbox(session, caller, inbox_id, pod_id=pod_id)
+            # Pinned: the webhook will list the inbox, which a concurrent delete must then unlist.
+            inbox = await inboxes.get_inbox(session, caller, inbox_id, pod_id=pod_id, lock="pin")
         except NotFound as exc:
             raise fail(path, f"inbox {inbox_id!r} not found") from exc
         if inbox.id not in out:
@@ -109,18 +110,19 @@ async def _resolve_inboxes(
 
 
 async def _owner(session: AsyncSession, caller: Caller, route: Route) -> Route:
-    """Who owns a webhook created through ``route`` (scoped keys on the org route create in their scope)."""
+    """Who owns a webhook created through ``route`` (scoped keys on the org route create in their scope).
+    The owner is pinned: a concurrent delete of it waits for the new webhook, or this is a 404."""
     if route.inbox_id is not None:
-        inbox = await inboxes.get_inbox(session, caller, route.inbox_id)
+        inbox = await inboxes.get_inbox(session, caller, route.inbox_id, lock="pin")
         return Route(pod_id=inbox.pod_id, inbox_id=inbox.id)
     if route.pod_id is not None:
         caller.require_pod_access(route.pod_id)
-        pod = await pods.get_pod(session, caller, route.pod_id)
+        pod = await pods.get_pod(session, caller, route.pod_id, lock="pin")
         return Route(pod_id=pod.id)
     if caller.inbox_id:
         return await _owner(session, caller, Route(inbox_id=caller.inbox_id))
     if caller.pod_id:
-        return Route(pod_id=caller.pod_id)
+        return await _owner(session, caller, Route(pod_id=caller.pod_id))
     return Route()
 
 
@@ -258,24 +260,29 @@ async def update_webhook(
     event_types: list[str] | None = None,
     enabled: bool | None = None,
 ) -> Webhook:
-    hook = await get_webhook(session, caller, route, webhook_id, lock=True)
+    # Lock order inbox rows, then webhook rows (as in delete_inbox -> forget_inbox): the inboxes to add
+    # are pinned by _resolve_inboxes before the webhook row is locked. Its owner never changes, so
+    # the unlocked read is enough to check the request.
+    hook = await get_webhook(session, caller, route, webhook_id)
     scoped_to_inbox = hook.inbox_id is not None
     scoped_to_pod = hook.pod_id is not None and not scoped_to_inbox
     if scoped_to_inbox and (add_pod_ids or remove_pod_ids or add_inbox_ids or remove_inbox_ids):
         raise fail("inbox_ids", "an inbox webhook is fixed to its inbox")
     if scoped_to_pod and (add_pod_ids or remove_pod_ids):
         raise fail("pod_ids", "a pod webhook is fixed to its pod")
+    added_pods = await _resolve_pods(session, caller, add_pod_ids, "add_pod_ids") if add_pod_ids else []
+    added_inboxes = (
+        await _resolve_inboxes(session, caller, add_inbox_ids, "add_inbox_ids", pod_id=hook.pod_id)
+        if add_inbox_ids
+        else []
+    )
+    hook = await get_webhook(session, caller, route, webhook_id, lock=True)
     pod_list = list(hook.pod_ids)
     inbox_list = list(hook.inbox_ids)
-    if add_pod_ids:
-        pod_list += [
-            p for p in await _resolve_pods(session, caller, add_pod_ids, "add_pod_ids") if p not in pod_list
-        ]
+    pod_list += [p for p in added_pods if p not in pod_list]
     if remove_pod_ids:
         pod_list = [p for p in pod_list if p not in remove_pod_ids]
-    if add_inbox_ids:
-        found = await _resolve_inboxes(session, caller, add_inbox_ids, "add_inbox_ids", pod_id=hook.pod_id)
-        inbox_list += [i for i in found if i not in inbox_list]
+    inbox_list += [i for i in added_inboxes if i not in inbox_list]
     if remove_inbox_ids:
         removed = {i.strip().lower() for i in remove_inbox_ids}
         inbox_list = [i for i in inbox_list if i not in removed]
@@ -327,14 +334,16 @@ async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, we
 
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
-    await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
-    await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
+    # All the organization's webhooks locked in one order before any is deleted: deleting this
+    # inbox's own first would hold those out of order, and two inbox deletions could deadlock.
     listing = await session.scalars(
         select(Webhook)
         .where(Webhook.organization_id == inbox.organization_id)
-        .order_by(Webhook.id)  # locked in one order: no deadlock with another inbox's deletion
+        .order_by(Webhook.id)
         .with_for_update(key_share=True)
     )
     for hook in listing:
         if inbox.id in hook.inbox_ids:
             hook.inbox_ids = [i for i in hook.inbox_ids if i != inbox.id]
+    await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
+    await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))

@@ -16,7 +16,7 @@ from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, quer
 from agentmx.services import api_keys
 from agentmx.services.api_keys import UNSET, Scope
 from agentmx.services.caller import Caller
-from agentmx.services.inboxes import get_inbox
+from agentmx.services.inboxes import get_inbox, pin_owner
 from agentmx.services.pagination import check_limit
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
@@ -123,6 +123,8 @@ async def _create(
             fix="Create a bearer key: omit public_key.",
         )
     async with rt.db.transaction() as s:
+        # Checked again in this transaction: the inbox or pod may be being deleted since _scope.
+        await pin_owner(s, caller, pod_id=scope.pod_id, inbox_id=scope.inbox_id)
         row, secret = await api_keys.create_key(
             s,
             caller,

@@ -12,7 +12,7 @@ from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_int
 from agentmx.services import lists
 from agentmx.services.caller import Caller
-from agentmx.services.inboxes import get_inbox
+from agentmx.services.inboxes import get_inbox, pin_owner
 from agentmx.services.lists import ListScope
 from agentmx.services.pagination import check_limit
 from agentmx.services.pods import get_pod
@@ -95,6 +95,8 @@ async def _create(
     scope = await _scope(rt, caller, pod, inbox)
     body = parse(CreateEntry, await json_body(request))
     async with rt.db.transaction() as s:
+        # Checked again in this transaction: the inbox or pod may be being deleted since _scope.
+        await pin_owner(s, caller, pod_id=scope.pod_id, inbox_id=scope.inbox_id)
         row = await lists.add_entry(s, scope, direction, list_type, body.entry, body.reason)
         return entry_shape(row, pod is not None or inbox is not None)
 

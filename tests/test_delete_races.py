@@ -1,0 +1,126 @@
+"""Deleting an inbox or a pod while rows belonging to it are being created (raced over the API)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import httpx
+
+from conftest import Harness
+
+ROUNDS = 6
+HOOK_URL = "http://127.0.0.1:9/hook"  # never called: no mail flows in these tests
+
+
+def _http(harness: Harness, api_key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key or harness.api_key}"}
+    limits = httpx.Limits(max_connections=32)
+    return httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30, limits=limits)
+
+
+def _race(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
+    """Run the calls at once (each after a random jitter, so the delete lands at different points)."""
+
+    def jittered(call: Callable[[], httpx.Response]) -> httpx.Response:
+        time.sleep(random.uniform(0, 0.01))
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(jittered, calls))
+
+
+def _codes(responses: list[httpx.Response]) -> list[tuple[int, str]]:
+    return [(r.status_code, r.text[:200]) for r in responses]
+
+
+def test_rows_created_while_an_inbox_is_deleted_do_not_pass_to_the_next_inbox(harness: Harness) -> None:
+    """Keys, block entries and webhooks created during the delete go with the inbox (or are refused):
+    none of them applies to an inbox made again at the same address."""
+    with _http(harness) as http:
+        for _ in range(ROUNDS):
+            address = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+            base = f"/v0/inboxes/{address}"
+
+            creates = [partial(http.post, f"{base}/api-keys", json={"name": f"k{i}"}) for i in range(3)]
+            creates += [
+                partial(http.post, f"{base}/lists/receive/block", json={"entry": f"a{i}@spam.test"})
+                for i in range(3)
+            ]
+            creates += [partial(http.post, f"{base}/webhooks", json={"url": HOOK_URL})] * 2
+            listing = {"url": HOOK_URL, "inbox_ids": [address]}
+            creates += [partial(http.post, "/v0/webhooks", json=listing)] * 2
+            deleted, *made = _race([partial(http.delete, base), *creates])
+            assert deleted.status_code == 204, deleted.text
+            # Refused creates are a 404 (or a 400 naming the missing inbox in inbox_ids), never a 500.
+            assert all(r.status_code in (200, 400, 404) for r in made), _codes(made)
+
+            again = http.post("/v0/inboxes", json={"username": address.split("@")[0]})
+            assert again.status_code == 200 and again.json()["inbox_id"] == address, again.text
+            for r in made[:3]:
+                if r.status_code == 200:
+                    with _http(harness, r.json()["api_key"]) as old_key:
+                        assert old_key.get(base).status_code in (401, 403, 404)
+            assert http.get(f"{base}/lists/receive/block").json()["entries"] == []
+            assert http.get(f"{base}/webhooks").json()["webhooks"] == []
+            for r in made[8:]:
+                if r.status_code == 200:
+                    hook = http.get(f"/v0/webhooks/{r.json()['webhook_id']}").json()
+                    assert address not in hook.get("inbox_ids", [])
+
+
+def test_inbox_added_to_a_webhook_while_deleted_is_unlisted(harness: Harness) -> None:
+    """Adding an inbox to a webhook races its deletion: the webhook never keeps the old address."""
+    with _http(harness) as http:
+        hooks = [http.post("/v0/webhooks", json={"url": HOOK_URL}).json()["webhook_id"] for _ in range(3)]
+        for _ in range(ROUNDS):
+            address = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+
+            add = {"add_inbox_ids": [address]}
+            adds = [partial(http.patch, f"/v0/webhooks/{hook_id}", json=add) for hook_id in hooks]
+            deleted, *added = _race([partial(http.delete, f"/v0/inboxes/{address}"), *adds])
+            assert deleted.status_code == 204, deleted.text
+            assert all(r.status_code in (200, 400) for r in added), _codes(added)
+            for hook_id in hooks:
+                assert address not in http.get(f"/v0/webhooks/{hook_id}").json().get("inbox_ids", [])
+
+
+def test_pod_delete_racing_creates_in_the_pod_is_409_or_404(harness: Harness) -> None:
+    """A pod deleted while inboxes, webhooks, keys and list entries are created in it: the delete is
+    a 204 or a 409, a create a 200 or a 404, and nothing is left on a deleted pod."""
+    with _http(harness) as http:
+        for _ in range(ROUNDS):
+            pod = http.post("/v0/pods", json={}).json()["pod_id"]
+            base = f"/v0/pods/{pod}"
+            creates = [
+                partial(http.post, f"{base}/inboxes", json={}),
+                partial(http.post, f"{base}/inboxes", json={}),
+                partial(http.post, f"{base}/webhooks", json={"url": HOOK_URL}),
+                partial(http.post, f"{base}/webhooks", json={"url": HOOK_URL}),
+                partial(http.post, f"{base}/api-keys", json={"name": "k"}),
+                partial(http.post, f"{base}/lists/receive/block", json={"entry": "spam.test"}),
+            ]
+            deleted, *made = _race([partial(http.delete, base), *creates])
+            assert deleted.status_code in (204, 409), deleted.text
+            assert all(r.status_code in (200, 404) for r in made), _codes(made)
+            if deleted.status_code == 204:
+                assert all(r.status_code == 404 for r in made[:4]), _codes(made)
+            else:  # what kept the pod: an inbox or a webhook made before the delete counted
+                assert any(r.status_code == 200 for r in made[:4]), _codes(made)
+
+
+def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
+    """Each deletion locks the organization's webhooks: in one order, or two of them deadlock (500)."""
+    with _http(harness) as http:
+        for _ in range(ROUNDS):
+            addresses = [
+                http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+                for _ in range(4)
+            ]
+            for address in addresses:
+                http.post(f"/v0/inboxes/{address}/webhooks", json={"url": HOOK_URL}).raise_for_status()
+            deleted = _race([partial(http.delete, f"/v0/inboxes/{address}") for address in addresses])
+            assert all(r.status_code == 204 for r in deleted), _codes(deleted)
