@@ -16,6 +16,7 @@ from agentmx.db.migrate import upgrade
 from agentmx.db.models import InboxEvent
 from agentmx.services.inbox_events import record_label_change
 from agentmx.settings import normalize_database_url
+from agentmx.testing import postgres
 from conftest import NO_RETRY, Harness
 from events_support import new_inbox, send_mail, wait_for
 
@@ -81,19 +82,20 @@ def test_unknown_inbox_is_404(harness: Harness) -> None:
     assert err.value.status_code == 404
 
 
-def test_label_change_ids_follow_commit_order(empty_database: str) -> None:
+def test_label_change_ids_follow_commit_order() -> None:
     """A client syncs the log from the last id it saw, so a change must not commit under an id below
     one already visible. On PostgreSQL the id was taken at the flush: a transaction that flushed
     first and committed last showed up below the other's."""
-    if empty_database.startswith("sqlite"):
-        pytest.skip("SQLite serialises writers: no other one commits in between")
-    upgrade(empty_database)
+    if not postgres.available():  # SQLite serialises writers: none commits in between
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    upgrade(url)
     message = SimpleNamespace(
         organization_id="org_1", pod_id="pod_1", inbox_id="a@x.test", message_id="<m@x>"
     )
 
     async def run() -> list[str]:
-        db = Database(normalize_database_url(empty_database))
+        db = Database(normalize_database_url(url))
         flushed, committed = asyncio.Event(), asyncio.Event()
 
         async def first() -> None:
@@ -117,4 +119,7 @@ def test_label_change_ids_follow_commit_order(empty_database: str) -> None:
             await db.engine.dispose()
             await db.reader.dispose()
 
-    assert asyncio.run(run()) == ["committed-first", "flushed-first"]
+    try:
+        assert asyncio.run(run()) == ["committed-first", "flushed-first"]
+    finally:
+        postgres.drop_database(url)
