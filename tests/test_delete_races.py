@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
 
+from agentmx.testing import postgres
+from agentmx.testing.server import ServerProcess
 from conftest import Harness
 
 ROUNDS = 6
@@ -124,3 +130,53 @@ def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
                 http.post(f"/v0/inboxes/{address}/webhooks", json={"url": HOOK_URL}).raise_for_status()
             deleted = _race([partial(http.delete, f"/v0/inboxes/{address}") for address in addresses])
             assert all(r.status_code == 204 for r in deleted), _codes(deleted)
+
+
+def test_a_reply_while_its_inbox_is_deleted_does_not_deadlock(tmp_path: Path) -> None:
+    """Deleting an inbox locks it, then its messages and threads; a reply locks its thread, then
+    inserts a message (whose foreign key waits for the inbox). The reply pins the inbox before its
+    thread, so the two wait for each other in one order: before, PostgreSQL found a deadlock and the
+    reply was a 500. A third connection holds the inbox's messages to keep the deletion inside its
+    cleanups (as a big inbox would) while the reply starts."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL not reachable")
+    url = postgres.create_database()
+    server = ServerProcess(tmp_path / "srv", database_url=url).start()
+    try:
+        http = httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {server.create_key()}"}
+        )
+        a = http.post("/v0/inboxes", json={"username": "deleted"}).json()["inbox_id"]
+        b = http.post("/v0/inboxes", json={"username": "other"}).json()["inbox_id"]
+        first = http.post(
+            f"/v0/inboxes/{a}/messages/send", json={"to": [b], "subject": "x", "text": "t"}
+        ).json()
+
+        async def hold_messages_while(requests: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
+            holder = await asyncpg.connect(url)
+            try:
+                async with holder.transaction():
+                    await holder.fetch("SELECT id FROM messages WHERE inbox_id = $1 FOR UPDATE", a)
+                    pending = []
+                    for request in requests:
+                        pending.append(asyncio.get_running_loop().run_in_executor(None, request))
+                        await asyncio.sleep(0.5)  # the deletion is waiting inside its cleanups by now
+                return list(await asyncio.gather(*pending))
+            finally:
+                await holder.close()
+
+        deleted, reply = asyncio.run(
+            hold_messages_while(
+                [
+                    lambda: http.delete(f"/v0/inboxes/{a}"),
+                    lambda: http.post(
+                        f"/v0/inboxes/{a}/messages/{first['message_id']}/reply", json={"text": "r"}
+                    ),
+                ]
+            )
+        )
+        assert deleted.status_code == 204, deleted.text
+        assert reply.status_code in (200, 404), reply.text  # sent before the deletion, or after it: not a 500
+    finally:
+        server.stop()
+        postgres.drop_database(url)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Draft, Inbox, Message
+from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, Conflict
 from agentmx.jobs.registry import RetryAt, handler
@@ -149,10 +150,11 @@ async def send_scheduled(rt: Runtime, payload: dict[str, Any], attempts: int) ->
             raise RetryAt(draft.send_at, "send_at not reached")
         # "sending" already means an earlier attempt of this job stopped before committing.
         draft.send_status = "sending"
-        organization_id = draft.organization_id
+        organization_id, inbox_id = draft.organization_id, draft.inbox_id
     caller = Caller(organization_id=organization_id)
     try:
         async with rt.db.transaction() as s:
+            await pin_inboxes(s, [inbox_id])  # db/row_locks.py: inbox before its drafts
             draft = await _lock(s, draft_id)
             if draft is None or draft.send_status != "sending":
                 return

@@ -160,7 +160,8 @@ async def get_draft(
 ) -> Draft:
     """A draft the caller may see, at inbox, pod or organization scope; 404 otherwise."""
     if inbox_id is not None:
-        inbox = await get_inbox(session, caller, inbox_id)
+        # Locking the draft: the inbox is pinned first (db/row_locks.py: inbox before its drafts).
+        inbox = await get_inbox(session, caller, inbox_id, lock="pin" if for_update else None)
         inbox_id = inbox.id
     if pod_id is not None:
         await get_pod(session, caller, pod_id)

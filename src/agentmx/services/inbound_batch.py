@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.bulk import insert_many
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
 from agentmx.mail.parse import ParsedMessage
@@ -56,7 +57,9 @@ async def store_inbound(
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
-        # Locked in id order, so that batches sharing threads cannot deadlock.
+        # Inboxes pinned first (row_locks: inbox before thread); threads locked in id order, so that
+        # batches sharing threads cannot deadlock.
+        await pin_inboxes(session, [c.inbox.id for c in copies])
         found = await session.scalars(
             select(Thread)
             .where(Thread.id.in_(thread_ids))

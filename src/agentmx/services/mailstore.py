@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
@@ -149,6 +150,10 @@ async def store_message_ex(
     if blobs is None:
         blobs = await put_blobs(rt, raw, parsed)
     now = utcnow()
+    # Pinned before its thread is locked (db/row_locks.py: inbox before thread); a deletion that held
+    # it has removed the inbox by now, and its mail with it.
+    if inbox.id not in await pin_inboxes(session, [inbox.id]):
+        raise NotFound("Inbox not found")
     thread = await _thread_for(session, inbox, thread_id, [known[m][1] for m in lookups[1:] if m in known])
     is_new_thread = thread is None
     if thread is None:
