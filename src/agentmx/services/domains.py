@@ -82,6 +82,15 @@ async def _writable(session: AsyncSession, caller: Caller, domain_id: str, pod_i
     return row
 
 
+async def _locked(session: AsyncSession, row: Domain) -> Domain:
+    """The domain re-read under FOR UPDATE; 404 when a concurrent delete removed it meanwhile (a
+    refresh of the vanished row raised instead: a 500)."""
+    locked = await session.get(Domain, row.id, with_for_update=True, populate_existing=True)
+    if locked is None:
+        raise NotFound("Domain not found")
+    return locked
+
+
 async def conflicting_provider(rt: Runtime, name: str) -> str | None:
     """The mail provider already named by the domain's MX records, if it is one we must not displace."""
     settings = rt.settings
@@ -206,8 +215,7 @@ async def update_domain(
 ) -> Domain:
     if not flags:
         raise fail("body", "Provide at least one of " + ", ".join(FLAGS))
-    row = await _writable(session, caller, domain_id, pod_id)
-    await session.refresh(row, with_for_update=True)  # status changes are serialised per domain
+    row = await _locked(session, await _writable(session, caller, domain_id, pod_id))  # one change at a time
     for name, value in flags.items():
         if name not in FLAGS:
             raise fail(name, f"unknown field {name}")
@@ -225,8 +233,7 @@ async def delete_domain(
     session: AsyncSession, caller: Caller, domain_id: str, pod_id: str | None = None
 ) -> None:
     """Inboxes on the domain stay (with their mail) but stop sending and receiving."""
-    row = await _writable(session, caller, domain_id, pod_id)
-    await session.refresh(row, with_for_update=True)  # no verify schedules its check meanwhile
+    row = await _locked(session, await _writable(session, caller, domain_id, pod_id))  # no verify meanwhile
     await jobs.cancel(session, job_key(row.id))
     await session.delete(row)
 
