@@ -47,6 +47,8 @@ def _append_at_commit(session: Session) -> None:
     other row lock is ever requested while holding it, so it cannot take part in a deadlock.
     SQLite writers are serialised (BEGIN IMMEDIATE): there insert order is commit order anyway.
     """
+    if session.in_nested_transaction():
+        return  # a savepoint's release fires this hook too: the rows wait for the real commit
     rows: list[Event] | None = session.info.pop(PENDING, None)
     label_changes: list[Any] | None = session.info.pop(PENDING_LABEL_CHANGES, None)
     if not rows and not label_changes:
