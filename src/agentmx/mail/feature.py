@@ -8,13 +8,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx import server
 from agentmx.db.models import Inbox, Message, Thread
-from agentmx.services import blob_gc, inboxes
+from agentmx.services import blob_gc, inboxes, messages
 from agentmx.smtp import server as smtp_server
 from agentmx.smtp import submission
 
 
 async def delete_inbox_mail(session: AsyncSession, inbox: Inbox) -> None:
     """Delete explicitly rather than rely on FK cascades (message labels/attachments cascade from messages)."""
+    await messages.lock_for_deletion(session, Message.inbox_id == inbox.id)
     await session.execute(delete(Message).where(Message.inbox_id == inbox.id))
     await session.execute(delete(Thread).where(Thread.inbox_id == inbox.id))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, Select, Text, cast, delete, exists, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, Text, cast, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -205,6 +205,13 @@ def locked(stmt: Select[Message]) -> Select[Message]:
     two removing it both logged a removal. In id order, so that batches cannot deadlock; NO KEY
     UPDATE, so that rows referencing the message are not held up."""
     return stmt.order_by(Message.id).with_for_update(key_share=True).execution_options(populate_existing=True)
+
+
+async def lock_for_deletion(session: AsyncSession, *where: ColumnElement[bool]) -> None:
+    """Lock the messages a DELETE is about to remove, in id order. The DELETE alone locks them in the
+    order it scans them (by timestamp), which is not id order: against a label change holding one
+    and waiting for another, that was a deadlock."""
+    await session.execute(select(Message.id).where(*where).order_by(Message.id).with_for_update())
 
 
 async def get_message(

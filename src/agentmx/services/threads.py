@@ -22,6 +22,7 @@ from agentmx.services.messages import (
     contains,
     hidden_labels,
     json_contains,
+    lock_for_deletion,
     locked,
     unreadable_labels,
 )
@@ -219,5 +220,6 @@ async def update_thread(
 
 async def delete_thread(session: AsyncSession, caller: Caller, scope: Scope, thread_id: str) -> None:
     view = await get_thread(session, caller, scope, thread_id)
+    await lock_for_deletion(session, Message.thread_id == view.thread.id)
     await session.execute(delete(Message).where(Message.thread_id == view.thread.id))
     await session.execute(delete(Thread).where(Thread.id == view.thread.id))
