@@ -54,9 +54,10 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
 
     Only changes are reported: a recipient already delivered/bounced is not announced twice.
     """
-    # The message before its recipients, the order a deletion takes them in (the message, then the
-    # cascade): the other order could deadlock with the message being deleted meanwhile.
-    await session.execute(select(Message.id).where(Message.id == message.id).with_for_update(key_share=True))
+    # The message is locked before its recipients, the order a deletion takes them in (the message,
+    # then the cascade), and re-read: a report recorded meanwhile may have added the labels this adds.
+    if await session.scalar(messages.locked(select(Message).where(Message.id == message.id))) is None:
+        return  # deleted meanwhile
     rows = {
         row.address: row
         for row in await session.scalars(
