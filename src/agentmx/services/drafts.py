@@ -323,7 +323,7 @@ def _reply_recipients(message: Message, inbox: Inbox, reply_all: bool) -> tuple[
 async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
-    inbox = await get_inbox(session, caller, inbox_id)
+    inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
     check_client_id(new.client_id)
     if new.client_id:
         existing = await session.scalar(
