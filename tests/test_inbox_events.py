@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from agentmail.core.api_error import ApiError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from agentmx.db.engine import Database
 from agentmx.db.migrate import upgrade
@@ -123,3 +123,29 @@ def test_label_change_ids_follow_commit_order() -> None:
         assert asyncio.run(run()) == ["committed-first", "flushed-first"]
     finally:
         postgres.drop_database(url)
+
+
+def test_a_savepoint_leaves_the_log_rows_for_the_commit(empty_database: str) -> None:
+    """SQLAlchemy fires before_commit when a savepoint is released too: the pending log rows must wait
+    for the real commit (inserted there, the event lock was held while the transaction went on)."""
+    upgrade(empty_database)
+    message = SimpleNamespace(
+        organization_id="org_1", pod_id="pod_1", inbox_id="a@x.test", message_id="<m@x>"
+    )
+    count = select(func.count()).select_from(InboxEvent)
+
+    async def run() -> tuple[int | None, int | None]:
+        db = Database(normalize_database_url(empty_database))
+        try:
+            async with db.transaction() as session:
+                await record_label_change(session, message, "pending", True)  # type: ignore[arg-type]
+                async with session.begin_nested():
+                    pass
+                inside = await session.scalar(count)
+            async with db.read() as session:
+                return inside, await session.scalar(count)
+        finally:
+            await db.engine.dispose()
+            await db.reader.dispose()
+
+    assert asyncio.run(run()) == (0, 1)
