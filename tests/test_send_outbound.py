@@ -7,6 +7,7 @@ One server per backend relays everything to the sink; the sink answers by recipi
 from __future__ import annotations
 
 import base64
+import contextlib
 import smtplib
 import time
 from collections.abc import Callable, Iterator
@@ -481,16 +482,28 @@ def test_queued_mail_survives_a_restart(fresh_server: Callable[..., ServerProces
         sink.stop()
 
 
-def test_two_processes_on_one_postgres_deliver_each_message_once(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _two_processes(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess, Sink]]:
+    """Two processes of one deployment, not started: one PostgreSQL database, one blob folder
+    (data_dir), one relay."""
     if not postgres.available():
         pytest.skip("PostgreSQL not reachable")
     url = postgres.create_database()
     sink = Sink().start()
     env = {"AGENTMX_SMTP_RELAY": sink.address}
-    # Two processes of one deployment share the database and the blob folder (data_dir).
     first = ServerProcess(tmp_path / "shared", database_url=url, env=env)
     second = ServerProcess(tmp_path / "shared", database_url=url, env=env)
     try:
+        yield first, second, sink
+    finally:
+        first.kill()
+        second.kill()
+        sink.stop()
+        postgres.drop_database(url)
+
+
+def test_two_processes_on_one_postgres_deliver_each_message_once(tmp_path: Path) -> None:
+    with _two_processes(tmp_path) as (first, second, sink):
         first.start()
         second.start()
         key = first.create_key()
@@ -502,24 +515,12 @@ def test_two_processes_on_one_postgres_deliver_each_message_once(tmp_path: Path)
         wait_for(lambda: all(sink.handler.for_rcpt(to) for to in targets), timeout=40)
         time.sleep(1.5)  # any duplicate has had time to appear
         assert all(len(sink.handler.for_rcpt(to)) == 1 for to in targets)
-    finally:
-        first.kill()
-        second.kill()
-        sink.stop()
-        postgres.drop_database(url)
 
 
 def test_a_stopped_process_hands_its_deliveries_back(tmp_path: Path) -> None:
     """A process stopped in the middle of a delivery gives its claim back: another process on the
     database sends the message now, not when the five-minute lease ends."""
-    if not postgres.available():
-        pytest.skip("PostgreSQL not reachable")
-    url = postgres.create_database()
-    sink = Sink().start()
-    env = {"AGENTMX_SMTP_RELAY": sink.address}
-    first = ServerProcess(tmp_path / "shared", database_url=url, env=env)
-    second = ServerProcess(tmp_path / "shared", database_url=url, env=env)
-    try:
+    with _two_processes(tmp_path) as (first, second, sink):
         first.start()
         key = first.create_key()
         client = _client_with(first, key)
@@ -530,11 +531,6 @@ def test_a_stopped_process_hands_its_deliveries_back(tmp_path: Path) -> None:
         first.stop()  # SIGTERM while the first process waits for the relay's answer
         second.start()
         wait_for(lambda: "delivered" in _labels(_client_with(second, key), a, sent.message_id), timeout=30)
-    finally:
-        first.kill()
-        second.kill()
-        sink.stop()
-        postgres.drop_database(url)
 
 
 def _client_with(server: ServerProcess, key: str) -> AgentMail:
