@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
-from agentmx.db.row_locks import pin_inboxes
+from agentmx.db.row_locks import FOR_UPDATE, pin_inboxes
 from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
@@ -47,9 +47,9 @@ RECEIVED_VARIANTS = (("blocked", ".blocked"), ("spam", ".spam"), ("unauthenticat
 EVENT_BODY_BUDGET = 900_000
 # A thread's aggregates (count, size, senders, preview, ...) are read, changed and written back: on
 # PostgreSQL two transactions doing that at once lost one's changes (30 concurrent replies counted 3).
-# FOR NO KEY UPDATE serialises them and still lets messages referencing the thread be inserted;
-# SQLite serialises writers already and renders nothing.
-THREAD_LOCK: dict[str, Any] = {"key_share": True}
+# The "change" lock (FOR NO KEY UPDATE) serialises them and still lets messages referencing the
+# thread be inserted; SQLite serialises writers already and renders nothing.
+THREAD_LOCK: dict[str, Any] = dict(FOR_UPDATE["change"])
 T = TypeVar("T")
 
 
