@@ -10,7 +10,7 @@ taken after the thread's lock it closed a cycle with an inbox deletion (inbox, t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Inbox
 
 RowLock = Literal["change", "pin", "delete"]
+T = TypeVar("T")
 
 FOR_UPDATE: dict[RowLock, dict[str, bool]] = {
     # FOR NO KEY UPDATE: a change computed from the row; rows referencing it are not held up.
@@ -28,6 +29,14 @@ FOR_UPDATE: dict[RowLock, dict[str, bool]] = {
     # FOR UPDATE (no flags): deleting it, taken before its dependents are counted or removed.
     "delete": {},
 }
+
+
+async def get_row(session: AsyncSession, model: type[T], key: Any, lock: RowLock | None = None) -> T | None:
+    """``session.get``, under ``lock`` when given: re-read from the database (an object already in the
+    session would otherwise keep the values read before the lock)."""
+    if lock is None:
+        return await session.get(model, key)
+    return await session.get(model, key, with_for_update=FOR_UPDATE[lock], populate_existing=True)
 
 
 async def pin_inboxes(session: AsyncSession, inbox_ids: Iterable[str]) -> set[str]:

@@ -9,7 +9,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ApiKey, Inbox
-from agentmx.db.row_locks import FOR_UPDATE, RowLock
+from agentmx.db.row_locks import RowLock, get_row
 from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
@@ -74,12 +74,7 @@ async def get_inbox(
     """``lock="change"``: for a change computed from the row (a metadata merge). Without it, two merges
     at once on PostgreSQL both read the old map and the later write drops the other's keys.
     ``lock="pin"``: adding a row that belongs to the inbox; ``lock="delete"``: deleting it."""
-    if lock:
-        inbox = await session.get(
-            Inbox, inbox_key(inbox_id), with_for_update=FOR_UPDATE[lock], populate_existing=True
-        )
-    else:
-        inbox = await session.get(Inbox, inbox_key(inbox_id))
+    inbox = await get_row(session, Inbox, inbox_key(inbox_id), lock)
     if (
         inbox is None
         or not inbox_is_visible(caller, inbox.organization_id, inbox.id, inbox.pod_id)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox, Pod
-from agentmx.db.row_locks import FOR_UPDATE, RowLock
+from agentmx.db.row_locks import RowLock, get_row
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, Conflict, NotFound
@@ -22,10 +22,7 @@ POD_DEPENDENTS: list[tuple[str, Any]] = [("inboxes", Inbox.pod_id)]
 
 
 async def get_pod(session: AsyncSession, caller: Caller, pod_id: str, *, lock: RowLock | None = None) -> Pod:
-    if lock:
-        pod = await session.get(Pod, pod_id, with_for_update=FOR_UPDATE[lock], populate_existing=True)
-    else:
-        pod = await session.get(Pod, pod_id)
+    pod = await get_row(session, Pod, pod_id, lock)
     if pod is None or not pod_is_visible(caller, pod.organization_id, pod.id):
         raise NotFound("Pod not found")
     return pod
