@@ -390,6 +390,31 @@ def test_verifies_and_deletes_at_once_all_answer(env: DomainEnv) -> None:
     assert set(codes) <= {204, 404} and 204 in codes, codes
 
 
+def test_an_older_check_finishing_last_does_not_overwrite_a_newer_one(env: DomainEnv) -> None:
+    """Checks query DNS outside any lock: a verify whose resolver was slow stored its answers (taken
+    before the records were published) over those of a later verify, un-verifying the domain."""
+    client = env.client()
+    domain_id = client.domains.create(domain=new_domain()).domain_id
+    good = env.zone(domain_id)
+    env.dns.set_zone("")
+    env.dns.hold()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(client.domains.verify, domain_id, request_options=NO_RETRY)
+            deadline = time.monotonic() + 5
+            while env.dns.resolver.held == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert env.dns.resolver.held, "the slow verify never asked"
+            env.dns.stop_holding()
+            assert verify_with_zone(env, client, domain_id, good).status == "VERIFIED"
+            env.dns.release()
+            slow.result(timeout=10)
+    finally:
+        env.dns.stop_holding()
+        env.dns.release()
+    assert client.domains.get(domain_id).status == "VERIFIED"
+
+
 def test_pod_scope(env: DomainEnv) -> None:
     client = env.client()
     pod = client.pods.create(name="domains")

@@ -291,6 +291,7 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
             return None
         wanted = wire.records(row, rt.settings)
     settings = rt.settings
+    started = utcnow()
     results = await dns_check.check_records(
         wanted, resolver_address=settings.dns_resolver, timeout=settings.dns_timeout
     )
@@ -299,6 +300,8 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
         row = await s.get(Domain, domain_id, with_for_update=True)
         if row is None:
             return None
+        if row.checked_at is not None and row.checked_at > started:
+            return row  # a check that began after this one has stored newer answers
         # A resolver failure keeps the record's last known state, so a DNS hiccup never un-verifies.
         previous = {c["key"]: c for c in row.checks or []}
         checks = []
@@ -308,7 +311,7 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
             else:
                 checks.append({"key": c.record.key, "status": c.status, "reason": c.reason})
         row.checks = checks
-        row.checked_at = utcnow()
+        row.checked_at = started  # what DNS said as of then
         await _settle(s, rt, row)
         return row
 

@@ -21,6 +21,11 @@ class ZoneResolver(BaseResolver):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.records: list[Any] = []
+        # While holding, a query takes the zone as it is on arrival and answers only once released:
+        # a slow resolver, for checks that overlap.
+        self.holding = False
+        self.held = 0
+        self.release = threading.Event()
 
     def set_zone(self, text: str) -> None:
         records = list(RR.fromZone(text)) if text.strip() else []
@@ -33,6 +38,10 @@ class ZoneResolver(BaseResolver):
         qtype = QTYPE[request.q.qtype]
         with self.lock:
             records = list(self.records)
+            hold = self.holding
+            self.held += hold
+        if hold:
+            self.release.wait(timeout=10)
         found = _lookup(qname, records)
         if found is None:
             reply.header.rcode = RCODE.NXDOMAIN
@@ -90,6 +99,21 @@ class LoopbackDNS:
 
     def set_zone(self, text: str) -> None:
         self.resolver.set_zone(text)
+
+    def hold(self) -> None:
+        """Hold the answers to queries arriving from now on (each with the zone of its arrival)."""
+        with self.resolver.lock:
+            self.resolver.release.clear()
+            self.resolver.held = 0
+            self.resolver.holding = True
+
+    def stop_holding(self) -> None:
+        """Queries arriving from now on are answered at once; those held still wait for release()."""
+        with self.resolver.lock:
+            self.resolver.holding = False
+
+    def release(self) -> None:
+        self.resolver.release.set()
 
     def start(self) -> LoopbackDNS:
         logger = DNSLogger(log="-request,-reply,-truncated,-error", prefix=False)
