@@ -112,7 +112,7 @@ async def _disable(rt: Runtime, target: Any, reason: str) -> None:
     async with rt.db.transaction() as s:
         done = await s.execute(
             update(Webhook)
-            .where(Webhook.id == target.id, Webhook.updated_at <= target.updated_at)
+            .where(Webhook.id == target.id, Webhook.updated_at == target.updated_at)
             .values(enabled=False, updated_at=utcnow())
         )
     if done.rowcount:  # type: ignore[attr-defined]
