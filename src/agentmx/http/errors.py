@@ -9,9 +9,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentmx import errors as e
+from agentmx.db.retryable import retryable
 
 log = logging.getLogger("agentmx.http")
 
@@ -31,6 +34,7 @@ STATUS: dict[type[e.AgentMXError], tuple[int, str]] = {
 }
 
 DOCS = "https://docs.agentmail.to/errors#"
+RETRY_AFTER = "1"  # seconds: a deadlock or a reconnect resolves within that
 
 
 def error_body(name: str, code: str, message: str, fix: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -42,7 +46,7 @@ def error_body(name: str, code: str, message: str, fix: str | None = None, **ext
     return body
 
 
-def response_for(exc: e.AgentMXError) -> JSONResponse:
+def response_for(exc: e.AgentMXError, headers: dict[str, str] | None = None) -> JSONResponse:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             status, name = STATUS[cls]
@@ -50,7 +54,7 @@ def response_for(exc: e.AgentMXError) -> JSONResponse:
     else:
         status, name = 500, "InternalError"
     extra: dict[str, Any] = {}
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if isinstance(exc, e.ValidationFailed):
         extra["errors"] = exc.errors
     if isinstance(exc, e.RateLimited):
@@ -95,12 +99,26 @@ def install(app: FastAPI) -> None:
             body = error_body("Error", "error", str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code)
 
+    # Registered by class (not only under Exception, whose handler Starlette re-raises after it
+    # answers): a retryable database failure is logged as one line, not a traceback.
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return unexpected_response()
+        return unexpected_response(exc)
 
 
-def unexpected_response() -> JSONResponse:
-    """The 500 for an exception no handler knows; call it inside ``except`` (logs the traceback)."""
+def unexpected_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler knows; call it inside ``except`` (logs the traceback).
+
+    A database failure that rolled the whole transaction back and is worth retrying (a deadlock
+    victim, a dropped connection: ``db.retryable``) is a 503 with Retry-After, not a 500."""
+    if retryable(exc):
+        log.warning("database unavailable for this request, answered 503: %s", exc)
+        failure = e.TemporaryFailure(
+            "The database could not complete this request; nothing was changed",
+            fix="Retry the request.",
+        )
+        return response_for(failure, headers={"Retry-After": RETRY_AFTER})
     log.exception("unhandled error")
     return JSONResponse(error_body("InternalError", "internal_error", "Internal server error"), 500)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentmx.db.retryable import retryable
 from agentmx.errors import AgentMXError
 from agentmx.http import errors
 from agentmx.http.deps import get_caller, get_runtime
@@ -122,7 +123,8 @@ async def _serve(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send)
     except AgentMXError as exc:
         response = errors.response_for(exc)
     except Exception as exc:
-        response, unexpected = errors.unexpected_response(), exc
+        response = errors.unexpected_response(exc)
+        unexpected = None if retryable(exc) else exc
     await response(scope, receive, send)
     if unexpected is not None:
         raise unexpected  # for the server's log, as Starlette's ServerErrorMiddleware does
