@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from agentmx.errors import StorageFull
+
+log = logging.getLogger("agentmx.blobs")
+
+# A write failing with these says the disk is full or the quota used up, not that anything is broken.
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 class BlobStore:
@@ -40,6 +49,15 @@ class BlobStore:
         return key
 
     def _write(self, data: bytes, unsynced_dirs: set[str]) -> str:
+        try:
+            return self._write_file(data, unsynced_dirs)
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                log.error("blob folder %s: %s", self.root, exc)  # the operator must free space
+                raise StorageFull("The server's storage is full; nothing was stored") from exc
+            raise
+
+    def _write_file(self, data: bytes, unsynced_dirs: set[str]) -> str:
         key = hashlib.sha256(data).hexdigest()
         folder = os.path.join(self.root, key[:2], key[2:4])
         path = os.path.join(folder, key)

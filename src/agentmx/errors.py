@@ -70,3 +70,9 @@ class TemporaryFailure(AgentMXError):
     """Storage or dependency failure the caller may retry (SMTP 451, HTTP 503)."""
 
     code = "service_unavailable"
+
+
+class StorageFull(TemporaryFailure):
+    """The disk holding mail bytes is full (or over quota): nothing was stored (SMTP 452 4.3.1)."""
+
+    code = "insufficient_storage"

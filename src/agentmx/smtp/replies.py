@@ -15,6 +15,7 @@ S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 S451_TEMP_FAILURE = "451 4.3.0 Error: message could not be stored, try again later"
 S451_RATE_LIMITED = "451 4.7.1 Too many messages, slow down"
 S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+S452_STORAGE_FULL = "452 4.3.1 Insufficient system storage, try again later"
 S550_NO_SUCH_INBOX = "550 5.1.1 Recipient address rejected: no such inbox"
 S550_REJECTED = "550 5.7.1 Message rejected"
 S550_DMARC = "550 5.7.1 Unauthenticated mail refused: the From domain's DMARC policy asks for it"
@@ -28,6 +29,7 @@ ERROR_REPLIES: dict[type[e.AgentMXError], str] = {
     e.RateLimited: S451_RATE_LIMITED,
     e.LimitExceeded: S552_TOO_BIG,
     e.TemporaryFailure: S451_TEMP_FAILURE,
+    e.StorageFull: S452_STORAGE_FULL,
 }
 
 
