@@ -157,6 +157,8 @@ def test_bad_key_is_refused_with_401(harness: Harness) -> None:
     raised: Any = sync_err.value
     status = raised.status_code if isinstance(raised, ApiError) else raised.response.status_code
     assert status == 401
+    # A refusal is an answer, not a server fault: nothing at ERROR level in the log for it.
+    assert "without completing handshake" not in harness.server.log()
     # ?api_key= works without an Authorization header.
     client = harness.client()
     with client.websockets.connect(

@@ -29,6 +29,16 @@ class FramedWebSocketProtocol(WebSocketsSansIOProtocol):
     async def run_asgi(self) -> None:
         extensions = cast(dict[str, Any], self.scope["extensions"])
         extensions[FRAME_WRITER] = self.write_framed
+        app = self.app
+
+        async def app_then_settle(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope, receive, send)
+            if self.initial_response is not None and self.close_sent:
+                # A refusal (401, 429) sent in full as an HTTP response ends the handshake too;
+                # uvicorn would log each one as an ERROR ("returned without completing handshake").
+                self.handshake_complete = True
+
+        self.app = app_then_settle
         await super().run_asgi()
 
     def write_framed(self, frame: bytes) -> bool:
