@@ -126,6 +126,13 @@ def test_stress_mode_closes_idle_connections_only_past_half_the_cap(
         sock.sendall(b"NOOP\r\n")
         assert _reply(f).startswith(b"250")
     crowd = [_open_session(port, b"EHLO idle.example") for _ in range(10)]  # 15 of 20: stress
+    # One burst of commands makes all 15 idle from the same moment. Otherwise a reaper pass falling
+    # between the oldest and the newest closes only the old ones, and the rest (10, no longer over
+    # half the cap) are left alone, as they should be.
+    for sock, _ in calm + crowd:
+        sock.sendall(b"NOOP\r\n")
+    for _, f in calm + crowd:
+        assert _reply(f).startswith(b"250")
     deadline = time.monotonic() + 10
     closed = 0
     for sock, f in calm + crowd:
