@@ -118,6 +118,26 @@ def test_pod_delete_racing_creates_in_the_pod_is_409_or_404(harness: Harness) ->
                 assert any(r.status_code == 200 for r in made[:4]), _codes(made)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_inboxes_made_at_once_without_a_default_pod_share_one_new_one(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """The default pod was deleted: inboxes made at once without a pod all land in one new default
+    pod (before, each PostgreSQL transaction saw none and made its own)."""
+    server = fresh_server(backend).start()
+    headers = {"Authorization": f"Bearer {server.create_key()}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        for _ in range(ROUNDS):
+            default = http.post("/v0/inboxes", json={}).json()["pod_id"]
+            for inbox in http.get("/v0/inboxes", params={"limit": 100}).json()["inboxes"]:
+                http.delete(f"/v0/inboxes/{inbox['inbox_id']}").raise_for_status()
+            http.delete(f"/v0/pods/{default}").raise_for_status()
+            made = _race([partial(http.post, "/v0/inboxes", json={})] * 8)
+            assert all(r.status_code == 200 for r in made), _codes(made)
+            assert len({r.json()["pod_id"] for r in made}) == 1, _codes(made)
+            assert len(http.get("/v0/pods", params={"limit": 100}).json()["pods"]) == 1
+
+
 def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
     """Each deletion locks the organization's webhooks: in one order, or two of them deadlock (500)."""
     with _http(harness) as http:

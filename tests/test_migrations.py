@@ -131,3 +131,29 @@ def test_upgrade_drops_inbox_list_entries_their_inbox_did_not_survive(empty_data
     upgrade(empty_database)
     left = asyncio.run(_run_sql(empty_database, [("SELECT id FROM list_entries ORDER BY id", {})]))
     assert [r[0] for r in left] == ["le_mine", "le_pod"]
+
+
+def test_upgrade_keeps_the_oldest_of_several_default_pods_as_the_default(empty_database: str) -> None:
+    """Two default pods made at once (before the unique index) do not stop the upgrade: the older
+    stays the default, the other an ordinary pod with its inboxes."""
+    command.upgrade(alembic_config(empty_database), "0009")
+    day = [datetime(2026, 11, d, tzinfo=UTC) for d in range(1, 4)]
+    pod = (
+        "INSERT INTO pods (id, organization_id, name, is_default, created_at, updated_at)"
+        " VALUES (:id, :org, 'Default Pod', :default, :at, :at)"
+    )
+    org = "INSERT INTO organizations (id, created_at, updated_at) VALUES (:id, :at, :at)"
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (org, {"id": "org", "at": day[0]}),
+        (org, {"id": "other", "at": day[0]}),
+        (pod, {"id": "p-later", "org": "org", "default": True, "at": day[2]}),
+        (pod, {"id": "p-first", "org": "org", "default": True, "at": day[1]}),
+        (pod, {"id": "p-same-time", "org": "org", "default": True, "at": day[1]}),
+        (pod, {"id": "p-plain", "org": "org", "default": False, "at": day[0]}),
+        (pod, {"id": "p-other", "org": "other", "default": True, "at": day[2]}),
+    ]
+    asyncio.run(_run_sql(empty_database, rows))
+    upgrade(empty_database)
+    left = asyncio.run(_run_sql(empty_database, [("SELECT id FROM pods WHERE is_default ORDER BY id", {})]))
+    assert [r[0] for r in left] == ["p-first", "p-other"]
+    assert asyncio.run(_run_sql(empty_database, [("SELECT count(*) FROM pods", {})])) == [(5,)]

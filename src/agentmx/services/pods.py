@@ -11,7 +11,7 @@ from agentmx.db.models import Inbox, Pod
 from agentmx.db.row_locks import RowLock, get_row
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
-from agentmx.errors import AlreadyTaken, Conflict, NotFound
+from agentmx.errors import AlreadyTaken, Conflict, NotFound, TemporaryFailure
 from agentmx.ids import new_uuid
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import Page, paginate
@@ -34,17 +34,22 @@ def pod_is_visible(caller: Caller, organization_id: str, pod_id: str) -> bool:
 
 async def default_pod(session: AsyncSession, organization_id: str) -> Pod:
     """Pinned (FOR KEY SHARE): the caller puts an inbox in it, which a concurrent delete must see."""
-    pod = await session.scalar(
-        select(Pod)
-        .where(Pod.organization_id == organization_id, Pod.is_default.is_(True))
-        .with_for_update(read=True, key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    if pod is None:  # the default pod was deleted: recreate it
+    for _ in range(3):
+        pod = await session.scalar(
+            select(Pod)
+            .where(Pod.organization_id == organization_id, Pod.is_default.is_(True))
+            .with_for_update(read=True, key_share=True)
+            .execution_options(populate_existing=True)
+        )
+        if pod is not None:
+            return pod
+        # It was deleted: made again. A request doing the same at once is refused by the unique
+        # index (uq_pods_org_default) after the first commits; it then pins the first one's pod.
         pod = Pod(id=new_uuid(), organization_id=organization_id, name="Default Pod", is_default=True)
-        session.add(pod)
-        await session.flush()
-    return pod
+        if await flush_unless_taken(session, pod):
+            return pod
+    # Only if each new default pod was deleted again between its commit and this re-read.
+    raise TemporaryFailure("The default pod is being replaced", fix="Retry the request.")
 
 
 async def create_pod(session: AsyncSession, caller: Caller, name: str | None, client_id: str | None) -> Pod:
