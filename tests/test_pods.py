@@ -83,3 +83,27 @@ def test_deleting_an_inbox_revokes_its_keys_at_once(harness: Harness) -> None:
     with pytest.raises(ApiError) as revoked:
         inbox_client.inboxes.get(inbox.inbox_id, request_options=NO_RETRY)
     assert revoked.value.status_code == 401
+
+
+def test_deleting_a_pod_revokes_its_keys_at_once(harness: Harness) -> None:
+    """A pod key has authority over one live pod: it dies with the pod, siblings and cache included."""
+    client = harness.client()
+    pod = client.pods.create()
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "pod key"}).api_key
+    sibling = client.pods.api_keys.create(pod.pod_id, request={"name": "sibling"})
+    pod_client = harness.client(pod_key)
+    assert [k.api_key_id for k in pod_client.api_keys.list().api_keys]  # now cached
+    client.pods.delete(pod.pod_id)
+    with pytest.raises(ApiError) as revoked:
+        pod_client.api_keys.update(sibling.api_key_id, name="still mine", request_options=NO_RETRY)
+    assert revoked.value.status_code == 401
+    assert pod.pod_id not in [k.pod_id for k in client.api_keys.list(limit=100).api_keys]
+
+
+def test_deleting_a_pod_drops_its_list_entries(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create()
+    client.pods.lists.create(pod.pod_id, "receive", "block", entry="spam.test")
+    client.pods.lists.create(pod.pod_id, "send", "allow", entry="partner.test")
+    client.pods.delete(pod.pod_id)
+    assert harness.count_rows("SELECT count(*) FROM list_entries WHERE pod_id = :pod", pod=pod.pod_id) == 0

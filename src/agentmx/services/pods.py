@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Inbox, Pod
+from agentmx.db.models import ApiKey, Inbox, Pod
 from agentmx.db.row_locks import RowLock, get_row
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
@@ -19,6 +20,10 @@ from agentmx.services.validation import check_client_id, fail
 
 # Other features register "does this pod still own X?" checks here (domains, for instance).
 POD_DEPENDENTS: list[tuple[str, Any]] = [("inboxes", Inbox.pod_id)]
+
+# Run by delete_pod under the pod's delete lock, to remove rows that only name the pod (its list
+# entries, its place in webhooks' pod_ids): no foreign key does it, and they would outlive it.
+pod_cleanup: list[Callable[[AsyncSession, Pod], Awaitable[None]]] = []
 
 
 async def get_pod(session: AsyncSession, caller: Caller, pod_id: str, *, lock: RowLock | None = None) -> Pod:
@@ -100,8 +105,9 @@ async def list_pods(
 
 
 async def delete_pod(session: AsyncSession, caller: Caller, pod_id: str) -> None:
-    # Locked first: a creator of an inbox, webhook or domain in this pod pins it, so either it commits
-    # before the count below (409), or it waits and then finds the pod gone (404).
+    # Locked first: a creator of an inbox, webhook, domain, key or list entry in this pod pins it, so
+    # either it commits before the count and cleanups below (409, or its row is removed), or it waits
+    # and then finds the pod gone (404).
     pod = await get_pod(session, caller, pod_id, lock="delete")
     for label, pod_column in POD_DEPENDENTS:
         count = await session.scalar(select(func.count()).where(pod_column == pod.id))
@@ -109,4 +115,8 @@ async def delete_pod(session: AsyncSession, caller: Caller, pod_id: str) -> None
             raise Conflict(
                 f"Pod still has {label}", code="cannot_delete", fix=f"Delete the pod's {label} first."
             )
+    for cleanup in pod_cleanup:
+        await cleanup(session, pod)
+    # A pod key has authority over this pod only: it goes with it (inbox keys went with their inboxes).
+    await session.execute(delete(ApiKey).where(ApiKey.pod_id == pod.id))
     await session.delete(pod)
