@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -13,7 +14,10 @@ from typing import Any
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 
@@ -43,6 +47,20 @@ class Harness:
 
     def new_username(self) -> str:
         return "t" + secrets.token_hex(5)
+
+    def count_rows(self, sql: str, **params: str) -> int:
+        """A count from the server's own database, for rows that no route shows any more."""
+        url = self.server.database_url or f"sqlite:///{self.server.data_dir / 'agentmx.db'}"
+
+        async def run() -> int:
+            engine = create_async_engine(normalize_database_url(url))
+            try:
+                async with engine.connect() as conn:
+                    return int((await conn.execute(text(sql), params)).scalar_one())
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run())
 
 
 def make_server(

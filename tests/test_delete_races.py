@@ -118,6 +118,57 @@ def test_pod_delete_racing_creates_in_the_pod_is_409_or_404(harness: Harness) ->
                 assert any(r.status_code == 200 for r in made[:4]), _codes(made)
 
 
+def test_pod_delete_racing_its_keys_entries_and_webhook_listings_leaves_none(harness: Harness) -> None:
+    """A pod deleted while keys and list entries are added to it and webhooks start to follow it:
+    whatever was made first goes with the pod (a key stops working), the rest is a 404 or a 400."""
+    with _http(harness) as http:
+        # Webhooks following another pod, which stays: the deleted pod is added to them during the race.
+        kept = http.post("/v0/pods", json={}).json()["pod_id"]
+        following = {"url": HOOK_URL, "pod_ids": [kept]}
+        hooks = [http.post("/v0/webhooks", json=following).json()["webhook_id"] for _ in range(2)]
+        for _ in range(ROUNDS):
+            pod = http.post("/v0/pods", json={}).json()["pod_id"]
+            base = f"/v0/pods/{pod}"
+            creates = [partial(http.post, f"{base}/api-keys", json={"name": f"k{i}"}) for i in range(3)]
+            creates += [
+                partial(http.post, f"{base}/lists/receive/block", json={"entry": f"s{i}.test"})
+                for i in range(3)
+            ]
+            creates += [partial(http.post, "/v0/webhooks", json={"url": HOOK_URL, "pod_ids": [pod]})] * 2
+            creates += [partial(http.patch, f"/v0/webhooks/{h}", json={"add_pod_ids": [pod]}) for h in hooks]
+            deleted, *made = _race([partial(http.delete, base), *creates])
+            assert deleted.status_code == 204, deleted.text
+            assert all(r.status_code in (200, 400, 404) for r in made), _codes(made)
+            for r in made[:3]:
+                if r.status_code == 200:
+                    with _http(harness, r.json()["api_key"]) as old_key:
+                        assert old_key.get("/v0/api-keys").status_code == 401
+            assert harness.count_rows("SELECT count(*) FROM list_entries WHERE pod_id = :pod", pod=pod) == 0
+            made_hooks = [r.json()["webhook_id"] for r in made[6:8] if r.status_code == 200]
+            for hook_id in hooks + made_hooks:
+                assert pod not in http.get(f"/v0/webhooks/{hook_id}").json().get("pod_ids", [])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_inboxes_made_at_once_without_a_default_pod_share_one_new_one(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """The default pod was deleted: inboxes made at once without a pod all land in one new default
+    pod (before, each PostgreSQL transaction saw none and made its own)."""
+    server = fresh_server(backend).start()
+    headers = {"Authorization": f"Bearer {server.create_key()}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        for _ in range(ROUNDS):
+            default = http.post("/v0/inboxes", json={}).json()["pod_id"]
+            for inbox in http.get("/v0/inboxes", params={"limit": 100}).json()["inboxes"]:
+                http.delete(f"/v0/inboxes/{inbox['inbox_id']}").raise_for_status()
+            http.delete(f"/v0/pods/{default}").raise_for_status()
+            made = _race([partial(http.post, "/v0/inboxes", json={})] * 8)
+            assert all(r.status_code == 200 for r in made), _codes(made)
+            assert len({r.json()["pod_id"] for r in made}) == 1, _codes(made)
+            assert len(http.get("/v0/pods", params={"limit": 100}).json()["pods"]) == 1
+
+
 def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
     """Each deletion locks the organization's webhooks: in one order, or two of them deadlock (500)."""
     with _http(harness) as http:

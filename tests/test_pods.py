@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from agentmail.core.api_error import ApiError
 from agentmail.errors import NotFoundError
 
 from conftest import NO_RETRY, Harness
+
+HOOK_URL = "http://127.0.0.1:9/hook"  # never called: no mail flows in these tests
+EVENTS: Any = ["message.received"]
 
 
 def test_pod_lifecycle(harness: Harness) -> None:
@@ -83,3 +88,58 @@ def test_deleting_an_inbox_revokes_its_keys_at_once(harness: Harness) -> None:
     with pytest.raises(ApiError) as revoked:
         inbox_client.inboxes.get(inbox.inbox_id, request_options=NO_RETRY)
     assert revoked.value.status_code == 401
+
+
+def test_deleting_a_pod_revokes_its_keys_at_once(harness: Harness) -> None:
+    """A pod key has authority over one live pod: it dies with the pod, siblings and cache included."""
+    client = harness.client()
+    pod = client.pods.create()
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "pod key"}).api_key
+    sibling = client.pods.api_keys.create(pod.pod_id, request={"name": "sibling"})
+    pod_client = harness.client(pod_key)
+    assert [k.api_key_id for k in pod_client.api_keys.list().api_keys]  # now cached
+    client.pods.delete(pod.pod_id)
+    with pytest.raises(ApiError) as revoked:
+        pod_client.api_keys.update(sibling.api_key_id, name="still mine", request_options=NO_RETRY)
+    assert revoked.value.status_code == 401
+    assert pod.pod_id not in [k.pod_id for k in client.api_keys.list(limit=100).api_keys]
+
+
+def test_deleting_a_pod_drops_its_list_entries(harness: Harness) -> None:
+    client = harness.client()
+    pod = client.pods.create()
+    client.pods.lists.create(pod.pod_id, "receive", "block", entry="spam.test")
+    client.pods.lists.create(pod.pod_id, "send", "allow", entry="partner.test")
+    client.pods.delete(pod.pod_id)
+    assert harness.count_rows("SELECT count(*) FROM list_entries WHERE pod_id = :pod", pod=pod.pod_id) == 0
+
+
+def test_deleting_a_pod_unlists_it_from_webhooks(harness: Harness) -> None:
+    """The pod leaves every webhook's pod_ids; a webhook left with no pod nor inbox to follow is
+    disabled, not widened to every event of the organization."""
+    client = harness.client()
+    gone, kept = client.pods.create(), client.pods.create()
+    both = client.webhooks.create(url=HOOK_URL, event_types=EVENTS, pod_ids=[gone.pod_id, kept.pod_id])
+    only = client.webhooks.create(url=HOOK_URL, event_types=EVENTS, pod_ids=[gone.pod_id])
+    client.pods.delete(gone.pod_id)
+    both_now = client.webhooks.get(both.webhook_id)
+    assert both_now.pod_ids == [kept.pod_id] and both_now.enabled
+    only_now = client.webhooks.get(only.webhook_id)
+    assert not only_now.pod_ids and not only_now.enabled
+
+
+def test_deleting_an_inbox_disables_a_webhook_that_followed_only_it(harness: Harness) -> None:
+    """Before, its inbox_ids went empty and it received every event of the organization (or pod)."""
+    client = harness.client()
+    pod = client.pods.create()
+    inbox = client.pods.inboxes.create(pod.pod_id)
+    org_hook = client.webhooks.create(url=HOOK_URL, event_types=EVENTS, inbox_ids=[inbox.inbox_id])
+    pod_hook = client.pods.webhooks.create(
+        pod.pod_id, url=HOOK_URL, event_types=EVENTS, inbox_ids=[inbox.inbox_id]
+    )
+    client.inboxes.delete(inbox.inbox_id)
+    for now in (
+        client.webhooks.get(org_hook.webhook_id),
+        client.pods.webhooks.get(pod.pod_id, pod_hook.webhook_id),
+    ):
+        assert not now.inbox_ids and not now.enabled

@@ -15,6 +15,8 @@ for service in (hub.start, retention.start):
 
 if webhooks.forget_inbox not in inboxes.inbox_cleanup:
     inboxes.inbox_cleanup.append(webhooks.forget_inbox)
+if webhooks.forget_pod not in pods.pod_cleanup:
+    pods.pod_cleanup.append(webhooks.forget_pod)
 
 # A pod with webhooks of its own is not deleted from under them (409 cannot_delete).
 if all(name != "webhooks" for name, _ in pods.POD_DEPENDENTS):

@@ -21,10 +21,11 @@ from agentmx.services import hooks
 from agentmx.services.inboxes import inbox_cleanup
 from agentmx.services.ingest_cache import MISSING
 from agentmx.services.pagination import Page, paginate
+from agentmx.services.pods import pod_cleanup
 from agentmx.services.validation import DOMAIN, fail
 
 if TYPE_CHECKING:
-    from agentmx.db.models import Inbox
+    from agentmx.db.models import Inbox, Pod
     from agentmx.services.runtime import Runtime
 
 DIRECTIONS = ("send", "receive", "reply")
@@ -307,7 +308,17 @@ async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     )
 
 
+async def forget_pod(session: AsyncSession, pod: Pod) -> None:
+    """Pod deletion: its own entries go too (its inboxes' went with them)."""
+    await session.execute(
+        delete(ListEntry).where(
+            ListEntry.scope_id == pod.id, ListEntry.pod_id == pod.id, ListEntry.inbox_id.is_(None)
+        )
+    )
+
+
 inbox_cleanup.append(forget_inbox)
+pod_cleanup.append(forget_pod)
 hooks.send_checks.append(send_check)
 hooks.inbound_labelers.append(inbound_labeler)
 hooks.suppression_recorders.append(suppression_recorder)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Event, Inbox, InboxEvent, Webhook
+from agentmx.db.models import Event, Inbox, InboxEvent, Pod, Webhook
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, NotFound
@@ -88,7 +89,8 @@ def _check_channels(values: list[str] | None, path: str) -> list[str]:
 async def _resolve_pods(session: AsyncSession, caller: Caller, pod_ids: list[str], path: str) -> list[str]:
     for pod_id in pod_ids:
         try:
-            await pods.get_pod(session, caller, pod_id)
+            # Pinned: the webhook will list the pod, which a concurrent delete must then unlist.
+            await pods.get_pod(session, caller, pod_id, lock="pin")
         except NotFound as exc:
             raise fail(path, f"pod {pod_id!r} not found") from exc
     return pod_ids
@@ -260,9 +262,9 @@ async def update_webhook(
     event_types: list[str] | None = None,
     enabled: bool | None = None,
 ) -> Webhook:
-    # Lock order inbox rows, then webhook rows (as in delete_inbox -> forget_inbox): the inboxes to add
-    # are pinned by _resolve_inboxes before the webhook row is locked. Its owner never changes, so
-    # the unlocked read is enough to check the request.
+    # Lock order pod and inbox rows, then webhook rows (as in delete_pod / delete_inbox -> forget_*):
+    # the pods and inboxes to add are pinned by _resolve_* before the webhook row is locked. Its
+    # owner never changes, so the unlocked read is enough to check the request.
     hook = await get_webhook(session, caller, route, webhook_id)
     scoped_to_inbox = hook.inbox_id is not None
     scoped_to_pod = hook.pod_id is not None and not scoped_to_inbox
@@ -334,16 +336,39 @@ async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, we
 
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
-    # All the organization's webhooks locked in one order before any is deleted: deleting this
-    # inbox's own first would hold those out of order, and two inbox deletions could deadlock.
+    for hook in await _lock_organization_webhooks(session, inbox.organization_id):
+        _unlist(hook, inbox_id=inbox.id)
+    await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
+    await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
+
+
+async def forget_pod(session: AsyncSession, pod: Pod) -> None:
+    """Pod deletion: unlist it from the organization's webhooks (a pod with webhooks of its own is
+    not deleted: see POD_DEPENDENTS)."""
+    for hook in await _lock_organization_webhooks(session, pod.organization_id):
+        _unlist(hook, pod_id=pod.id)
+
+
+async def _lock_organization_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:
+    """All the organization's webhooks, locked in one order before any is changed or deleted: a
+    deletion locking its own first would hold those out of order, and two deletions could deadlock."""
     listing = await session.scalars(
         select(Webhook)
-        .where(Webhook.organization_id == inbox.organization_id)
+        .where(Webhook.organization_id == organization_id)
         .order_by(Webhook.id)
         .with_for_update(key_share=True)
     )
-    for hook in listing:
-        if inbox.id in hook.inbox_ids:
-            hook.inbox_ids = [i for i in hook.inbox_ids if i != inbox.id]
-    await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
-    await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
+    return listing.all()
+
+
+def _unlist(hook: Webhook, *, pod_id: str | None = None, inbox_id: str | None = None) -> None:
+    """Take a deleted pod or inbox off what ``hook`` follows. A webhook left following nothing would
+    receive every event of its organization (or pod): it is disabled instead, for its owner to decide."""
+    pods_left = [p for p in hook.pod_ids if p != pod_id]
+    inboxes_left = [i for i in hook.inbox_ids if i != inbox_id]
+    if len(pods_left) == len(hook.pod_ids) and len(inboxes_left) == len(hook.inbox_ids):
+        return
+    hook.pod_ids, hook.inbox_ids = pods_left, inboxes_left
+    if not pods_left and not inboxes_left:
+        hook.enabled = False
+    hook.updated_at = utcnow()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from agentmx.db.base import Base
@@ -20,9 +20,23 @@ class Organization(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# The condition of the partial index that allows one default pod per organization.
+IS_DEFAULT = text("is_default")
+
+
 class Pod(Base):
     __tablename__ = "pods"
-    __table_args__ = (UniqueConstraint("organization_id", "client_id", name="uq_pods_org_client"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "client_id", name="uq_pods_org_client"),
+        # default_pod() recreates a deleted default pod: two requests at once must not both do it.
+        Index(
+            "uq_pods_org_default",
+            "organization_id",
+            unique=True,
+            sqlite_where=IS_DEFAULT,
+            postgresql_where=IS_DEFAULT,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     organization_id: Mapped[str] = mapped_column(

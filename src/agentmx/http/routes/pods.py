@@ -4,6 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from agentmx.db.engine import after_commit
 from agentmx.http import wire
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
@@ -59,5 +60,6 @@ async def delete_pod(pod_id: str, rt: RuntimeDep, caller: CallerDep) -> Response
     caller.require_org()
     caller.require("pod_delete")
     async with rt.db.transaction() as s:
+        after_commit(s, rt.key_cache.clear)  # the pod's keys are deleted with it
         await pods.delete_pod(s, caller, pod_id)
     return Response(status_code=204)
