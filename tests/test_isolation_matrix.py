@@ -1,6 +1,6 @@
 """Tenant isolation, route by route, generated from the app's route table.
 
-Tenant A (a pod with an inbox, mail, a draft, a domain, webhooks, keys and list entries) and
+Tenant A (a pod with an inbox, mail, a draft, a domain, webhooks, polling webhooks, keys and list entries) and
 tenant B (another pod and inbox) share one organization. Every route is called with tenant B's
 pod key and inbox key, with tenant A's ids in the path: each must be refused (403/404), never
 answered, never a 5xx. Routes without ids may answer, but never with any of tenant A's ids.
@@ -36,6 +36,7 @@ EXEMPT = {
     "/v0/downloads/{token}": "signed, expiring download URL handed out by an authorized read (like a presigned URL)",
     "/v0/drafts/{draft_id}/attachments/{attachment_id}/download": "signed, expiring download URL (see above)",
     "/v0": "the WebSocket; subscriptions to foreign inboxes are checked in test_websocket_refuses_foreign_scope",
+    "/v0/webhooks/polling/events": "read with a polling webhook's token, not an API key (test_polling_webhooks)",
 }
 
 # GET routes the organization key may not read with tenant A's fillers, and why.
@@ -56,6 +57,8 @@ class Tenant:
     domain_id: str = ""
     pod_webhook_id: str = ""
     inbox_webhook_id: str = ""
+    pod_polling_id: str = ""
+    inbox_polling_id: str = ""
     pod_key_id: str = ""
     inbox_key_id: str = ""
     org_entry: str = ""
@@ -75,6 +78,8 @@ class Tenant:
             self.domain_id,
             self.pod_webhook_id,
             self.inbox_webhook_id,
+            self.pod_polling_id,
+            self.inbox_polling_id,
             self.pod_key_id,
             self.inbox_key_id,
             self.pod_entry,
@@ -100,7 +105,11 @@ def _filler(tenant: Tenant, name: str, path: str) -> list[str]:
         "attachment_id": lambda: [tenant.draft_attachment_id if "/drafts/" in path else tenant.attachment_id],
         "draft_id": lambda: [tenant.draft_id],
         "domain_id": lambda: [tenant.domain_id],
-        "webhook_id": lambda: [tenant.inbox_webhook_id if under_inbox else tenant.pod_webhook_id],
+        "webhook_id": lambda: (
+            [tenant.inbox_polling_id if under_inbox else tenant.pod_polling_id]
+            if "/webhooks/polling/" in path
+            else [tenant.inbox_webhook_id if under_inbox else tenant.pod_webhook_id]
+        ),
         "api_key_id": lambda: [tenant.inbox_key_id if under_inbox else tenant.pod_key_id],
         "direction": lambda: ["receive"],
         "list_type": lambda: ["block"],
@@ -157,6 +166,8 @@ def _body(method: str, path: str, tenant: Tenant) -> dict[str, Any] | None:
         return {"message_ids": [tenant.message_id]}
     if path.endswith("/batch-update"):
         return {"message_ids": [tenant.message_id], "add_labels": ["x"]}
+    if path.endswith("/webhooks/polling") and method == "POST":
+        return {"client_id": "b-poll", "event_types": ["message.received"]}
     if "/webhooks" in path and method == "POST":
         return {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
     if "/lists/" in path and method == "POST":
@@ -235,6 +246,10 @@ def _build_tenant(harness: Harness, http: httpx.Client | None, label: str, mail:
     tenant.inbox_webhook_id = http.post(f"/v0/inboxes/{inbox.inbox_id}/webhooks", json=hook).json()[
         "webhook_id"
     ]
+
+    polling = {"client_id": f"{label}-poll", "event_types": ["message.received"]}
+    tenant.pod_polling_id = client.pods.webhooks.polling.create(pod.pod_id, **polling).webhook_id
+    tenant.inbox_polling_id = client.inboxes.webhooks.polling.create(inbox.inbox_id, **polling).webhook_id
 
     tenant.pod_key_id = client.pods.api_keys.create(pod.pod_id, request={"name": "a"}).api_key_id
     tenant.inbox_key_id = client.inboxes.api_keys.create(inbox.inbox_id, request={"name": "a"}).api_key_id

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import random
 import time
@@ -21,9 +20,9 @@ from sqlalchemy import Row, update
 from agentmx.db.models import Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
 from agentmx.events import http1, targets
+from agentmx.events.bodies import encode_body
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.jobs.registry import Inserts, RetryAt, handler
-from agentmx.mail.stored_extracts import full_event
 from agentmx.services.events import retry_schedule
 from agentmx.services.runtime import Runtime
 
@@ -32,11 +31,6 @@ log = logging.getLogger("agentmx.webhooks")
 SLOW_LIMIT = 2  # concurrent requests per receiver before it counts as slow
 SLOW_AFTER = 1.0  # seconds the oldest of them has been waiting
 SLOW_DEFER = 1.0  # seconds a delivery to a slow receiver is put back
-MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
-# What goes, in turn, from a message.received body over MAX_BODY: the bodies (API.md), then the
-# extracts, which for mail that quotes nothing are as long (a receiver refusing the body would get
-# it again on every retry until the webhook is disabled).
-_DROPPED = (("text", "html"), ("text", "html", "extracted_text", "extracted_html"))
 USER_AGENT = "agentmx-webhooks/1"
 
 _in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests in progress
@@ -45,21 +39,6 @@ _in_flight: dict[str, list[float]] = {}  # webhook_id -> start times of requests
 def svix_message_id(event_id: str) -> str:
     """The svix-id: stable per event, so receivers can de-duplicate retries."""
     return "msg_" + event_id.removeprefix("evt_")
-
-
-def encode_body(body: dict[str, Any]) -> bytes:
-    body = full_event(body)
-    raw = _json(body)
-    message = body.get("message")
-    for dropped in _DROPPED:
-        if len(raw) <= MAX_BODY or not isinstance(message, dict):
-            break
-        raw = _json({**body, "message": {k: v for k, v in message.items() if k not in dropped}})
-    return raw
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from agentmx import server
-from agentmx.db.models import Webhook
+from agentmx.db.models import PollingWebhook, Webhook
 from agentmx.events import delivery, hub, retention
-from agentmx.services import inboxes, pods, webhooks
+from agentmx.services import inboxes, pods, polling_webhooks, webhooks
 
 __all__ = ["delivery"]  # imported for its @handler("deliver_webhook") registration
 
@@ -13,11 +13,14 @@ for service in (hub.start, retention.start):
     if service not in server.BACKGROUND:
         server.BACKGROUND.append(service)
 
-if webhooks.forget_inbox not in inboxes.inbox_cleanup:
-    inboxes.inbox_cleanup.append(webhooks.forget_inbox)
-if webhooks.forget_pod not in pods.pod_cleanup:
-    pods.pod_cleanup.append(webhooks.forget_pod)
+for cleanup in (webhooks.forget_inbox, polling_webhooks.forget_inbox):
+    if cleanup not in inboxes.inbox_cleanup:
+        inboxes.inbox_cleanup.append(cleanup)
+for pod_cleanup in (webhooks.forget_pod, polling_webhooks.forget_pod):
+    if pod_cleanup not in pods.pod_cleanup:
+        pods.pod_cleanup.append(pod_cleanup)
 
 # A pod with webhooks of its own is not deleted from under them (409 cannot_delete).
-if all(name != "webhooks" for name, _ in pods.POD_DEPENDENTS):
-    pods.POD_DEPENDENTS.append(("webhooks", Webhook.pod_id))
+for name, pod_column in (("webhooks", Webhook.pod_id), ("polling webhooks", PollingWebhook.pod_id)):
+    if all(known != name for known, _ in pods.POD_DEPENDENTS):
+        pods.POD_DEPENDENTS.append((name, pod_column))

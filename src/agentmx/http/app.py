@@ -21,6 +21,7 @@ from agentmx.http.routes import (
     metrics,
     organizations,
     pods,
+    polling_webhooks,
     sending,
     threads,
     webhooks,
@@ -42,6 +43,7 @@ ROUTERS = [
     drafts.router,
     attachments.router,
     domains.router,
+    polling_webhooks.router,  # before webhooks: /webhooks/polling must not reach {webhook_id}
     webhooks.router,
     api_keys.router,
     lists.router,

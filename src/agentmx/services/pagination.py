@@ -44,10 +44,11 @@ def encode_token(kind: str, values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def decode_token(kind: str, token: str, types: Sequence[type]) -> list[Any]:
+def decode_token(kind: str, token: str, types: Sequence[type], param: str = "page_token") -> list[Any]:
+    """The values ``encode_token`` put in ``token``; 400 naming ``param`` if it is not one of ``kind``."""
     bad = ValidationFailed(
-        "Invalid page_token. Restart the listing without a page_token.",
-        [{"path": ["page_token"], "message": "invalid page token"}],
+        f"Invalid {param}. Restart the listing without a {param}.",
+        [{"path": [param], "message": f"invalid {param.replace('_', ' ')}"}],
     )
     try:
         padded = token + "=" * (-len(token) % 4)

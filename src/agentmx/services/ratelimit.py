@@ -25,9 +25,11 @@ class RateLimiter:
 
     def check(self, caller: Caller) -> None:
         """Take one token for this key, or raise RateLimited with the seconds until the next one."""
-        key = caller.api_key_id
-        if key is None:
-            return
+        if caller.api_key_id is not None:
+            self.take(caller.api_key_id, "This API key")
+
+    def take(self, key: str, holder: str) -> None:
+        """Take one token from ``key``'s bucket; ``holder`` names the credential in the error's fix."""
         now = self.clock()
         tokens, last = self._buckets.get(key, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
@@ -37,7 +39,7 @@ class RateLimiter:
             raise RateLimited(
                 "Rate limit exceeded",
                 retry_after=retry_after,
-                fix=f"This API key may make {int(self.capacity)} requests a minute. Retry after {retry_after} s.",
+                fix=f"{holder} may make {int(self.capacity)} requests a minute. Retry after {retry_after} s.",
             )
         if len(self._buckets) >= MAX_TRACKED_KEYS and key not in self._buckets:
             self._buckets.clear()  # bounded memory; forgetting buckets only ever lets requests through

@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,17 +45,48 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+class Subscription(Protocol):
+    """What decides which events a subscription takes: a push webhook or a polling webhook."""
+
+    @property
+    def event_types(self) -> list[str] | None: ...
+    @property
+    def pod_id(self) -> str | None: ...
+    @property
+    def inbox_id(self) -> str | None: ...
+    @property
+    def pod_ids(self) -> list[str]: ...
+    @property
+    def inbox_ids(self) -> list[str]: ...
+
+
+class RoutedEvent(Protocol):
+    """An event's routing columns: a log row (``Event``) or a live hub item."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def pod_id(self) -> str | None: ...
+    @property
+    def inbox_id(self) -> str | None: ...
+
+
+def receives(sub: Subscription, event: RoutedEvent) -> bool:
+    """Does ``sub`` take ``event``? (Organization already matched by the caller's query.)"""
+    if event.event_type not in effective_types(sub.event_types):
+        return False
+    if sub.inbox_id is not None:
+        return event.inbox_id == sub.inbox_id
+    if sub.pod_id is not None:
+        return event.pod_id == sub.pod_id and (not sub.inbox_ids or event.inbox_id in sub.inbox_ids)
+    if not sub.pod_ids and not sub.inbox_ids:
+        return True
+    return event.pod_id in sub.pod_ids or (event.inbox_id is not None and event.inbox_id in sub.inbox_ids)
+
+
 def matches(hook: Webhook, event: Event) -> bool:
     """Does ``hook`` receive ``event``? (Organization already matched by the caller's query.)"""
-    if not hook.enabled or event.event_type not in effective_types(hook.event_types):
-        return False
-    if hook.inbox_id is not None:
-        return event.inbox_id == hook.inbox_id
-    if hook.pod_id is not None:
-        return event.pod_id == hook.pod_id and (not hook.inbox_ids or event.inbox_id in hook.inbox_ids)
-    if not hook.pod_ids and not hook.inbox_ids:
-        return True
-    return event.pod_id in hook.pod_ids or (event.inbox_id is not None and event.inbox_id in hook.inbox_ids)
+    return hook.enabled and receives(hook, event)
 
 
 def check_headers(headers: dict[str, Any], path: str = "headers") -> dict[str, str]:
@@ -74,7 +105,7 @@ def check_headers(headers: dict[str, Any], path: str = "headers") -> dict[str, s
     return out
 
 
-def _check_channels(values: list[str] | None, path: str) -> list[str]:
+def check_channels(values: list[str] | None, path: str) -> list[str]:
     if values is None:
         return []
     if len(values) > MAX_CHANNELS:
@@ -111,7 +142,7 @@ async def _resolve_inboxes(
     return out
 
 
-async def _owner(session: AsyncSession, caller: Caller, route: Route) -> Route:
+async def owner_of(session: AsyncSession, caller: Caller, route: Route) -> Route:
     """Who owns a webhook created through ``route`` (scoped keys on the org route create in their scope).
     The owner is pinned: a concurrent delete of it waits for the new webhook, or this is a 404."""
     if route.inbox_id is not None:
@@ -122,24 +153,55 @@ async def _owner(session: AsyncSession, caller: Caller, route: Route) -> Route:
         pod = await pods.get_pod(session, caller, route.pod_id, lock="pin")
         return Route(pod_id=pod.id)
     if caller.inbox_id:
-        return await _owner(session, caller, Route(inbox_id=caller.inbox_id))
+        return await owner_of(session, caller, Route(inbox_id=caller.inbox_id))
     if caller.pod_id:
-        return await _owner(session, caller, Route(pod_id=caller.pod_id))
+        return await owner_of(session, caller, Route(pod_id=caller.pod_id))
     return Route()
 
 
-def _owned_by(stmt: Any, caller: Caller, route: Route) -> Any:
-    """Restrict a query to the webhooks a caller sees through a route."""
-    stmt = stmt.where(Webhook.organization_id == caller.organization_id)
+def owned_by(stmt: Any, model: Any, caller: Caller, route: Route) -> Any:
+    """Restrict a query on ``model`` (Webhook, PollingWebhook) to the rows a caller sees through a route."""
+    stmt = stmt.where(model.organization_id == caller.organization_id)
     if caller.pod_id:
-        stmt = stmt.where(Webhook.pod_id == caller.pod_id)
+        stmt = stmt.where(model.pod_id == caller.pod_id)
     if caller.inbox_id:
-        stmt = stmt.where(Webhook.inbox_id == caller.inbox_id)
+        stmt = stmt.where(model.inbox_id == caller.inbox_id)
     if route.inbox_id is not None:
-        stmt = stmt.where(Webhook.inbox_id == route.inbox_id.strip().lower())
+        stmt = stmt.where(model.inbox_id == route.inbox_id.strip().lower())
     elif route.pod_id is not None:
-        stmt = stmt.where(Webhook.pod_id == route.pod_id, Webhook.inbox_id.is_(None))
+        stmt = stmt.where(model.pod_id == route.pod_id, model.inbox_id.is_(None))
     return stmt
+
+
+def listed_through(stmt: Any, model: Any, caller: Caller, route: Route) -> Any:
+    """``owned_by``, and on the organization route of an organization key only what was created there."""
+    stmt = owned_by(stmt, model, caller, route)
+    if route == Route() and caller.scope_type == "organization":
+        stmt = stmt.where(model.pod_id.is_(None), model.inbox_id.is_(None))
+    return stmt
+
+
+async def check_route(session: AsyncSession, caller: Caller, route: Route) -> None:
+    """The route's pod or inbox exists in the caller's scope (else 404)."""
+    if route.inbox_id is not None:
+        await inboxes.get_inbox(session, caller, route.inbox_id)
+    elif route.pod_id is not None:
+        await pods.get_pod(session, caller, route.pod_id)
+
+
+async def resolve_channels(
+    session: AsyncSession, caller: Caller, owner: Route, pod_ids: list[str], inbox_ids: list[str]
+) -> tuple[list[str], list[str]]:
+    """The pods and inboxes a new subscription of ``owner`` listens to, each checked to exist in scope.
+
+    An inbox subscription is fixed to its inbox, a pod subscription lists only inboxes of its pod.
+    """
+    if owner.inbox_id is not None:
+        return [], []
+    if owner.pod_id is not None:
+        return [], await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids", pod_id=owner.pod_id)
+    pod_list = await _resolve_pods(session, caller, pod_ids, "pod_ids")
+    return pod_list, await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids")
 
 
 async def create_webhook(
@@ -159,10 +221,10 @@ async def create_webhook(
     types = check_event_types(caller, event_types)
     if types is not None and not types:
         raise fail("event_types", "event_types must list at least one event type")
-    pod_list = _check_channels(pod_ids, "pod_ids")
-    inbox_list = _check_channels(inbox_ids, "inbox_ids")
+    pod_list = check_channels(pod_ids, "pod_ids")
+    inbox_list = check_channels(inbox_ids, "inbox_ids")
     custom = check_headers(headers) if headers is not None else {}
-    owner = await _owner(session, caller, route)
+    owner = await owner_of(session, caller, route)
     owner_scope = owner.inbox_id or owner.pod_id or caller.organization_id
     if client_id:
         existing = await session.scalar(
@@ -171,14 +233,7 @@ async def create_webhook(
         if existing is not None:
             return existing
     await check_url(url, rt.settings.webhook_allow_private)
-    if owner.inbox_id is not None:
-        pod_list, inbox_list = [], []
-    elif owner.pod_id is not None:
-        pod_list = []
-        inbox_list = await _resolve_inboxes(session, caller, inbox_list, "inbox_ids", pod_id=owner.pod_id)
-    else:
-        pod_list = await _resolve_pods(session, caller, pod_list, "pod_ids")
-        inbox_list = await _resolve_inboxes(session, caller, inbox_list, "inbox_ids")
+    pod_list, inbox_list = await resolve_channels(session, caller, owner, pod_list, inbox_list)
     now = utcnow()
     hook = Webhook(
         id=new_id("ep"),
@@ -212,7 +267,7 @@ async def get_webhook(
 ) -> Webhook:
     """``lock``: for changes computed from the row (id lists, headers), which two requests at once on
     PostgreSQL would otherwise both compute from the old row, the later dropping the other's change."""
-    stmt = _owned_by(select(Webhook).where(Webhook.id == webhook_id), caller, route)
+    stmt = owned_by(select(Webhook).where(Webhook.id == webhook_id), Webhook, caller, route)
     if lock:
         stmt = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
     hook = await session.scalar(stmt)
@@ -230,14 +285,8 @@ async def list_webhooks(
     page_token: str | None,
     ascending: bool,
 ) -> Page[Webhook]:
-    if route.inbox_id is not None:
-        await inboxes.get_inbox(session, caller, route.inbox_id)
-    elif route.pod_id is not None:
-        await pods.get_pod(session, caller, route.pod_id)
-    stmt = _owned_by(select(Webhook), caller, route)
-    if route == Route() and caller.scope_type == "organization":
-        # The organization list shows the webhooks created through the organization route.
-        stmt = stmt.where(Webhook.pod_id.is_(None), Webhook.inbox_id.is_(None))
+    await check_route(session, caller, route)
+    stmt = listed_through(select(Webhook), Webhook, caller, route)
     return await paginate(
         session,
         stmt,

@@ -3,7 +3,7 @@
 from agentmx.db.models.core import ApiKey, Inbox, Organization, Pod
 from agentmx.db.models.domains import Domain
 from agentmx.db.models.drafts import Draft, DraftAttachment, DraftLabel
-from agentmx.db.models.events import InboxEvent, Webhook, WebhookAttempt
+from agentmx.db.models.events import InboxEvent, PollingWebhook, Webhook, WebhookAttempt
 from agentmx.db.models.lists import ListEntry
 from agentmx.db.models.mail import (
     Attachment,
@@ -37,6 +37,7 @@ __all__ = [
     "Organization",
     "OutboundRecipient",
     "Pod",
+    "PollingWebhook",
     "ServerState",
     "Thread",
     "Webhook",

@@ -1,10 +1,11 @@
-"""Event subscriptions and their delivery record: webhooks, webhook attempts, the inbox label log."""
+"""Event subscriptions and their delivery record: webhooks, polling webhooks, webhook attempts, the inbox
+label log."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from agentmx.db.base import Base
@@ -36,6 +37,37 @@ class Webhook(Base):
     secret: Mapped[str] = mapped_column(String(128))  # whsec_…
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     client_id: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PollingWebhook(Base):
+    """A subscription read with a bearer token (``GET /v0/webhooks/polling/events``) instead of pushed to a URL.
+
+    Same owner, event types and channels as a ``Webhook``; it has no state of its own beyond the token:
+    the reader keeps its place in the event log with the cursor each read returns.
+    """
+
+    __tablename__ = "polling_webhooks"
+    __table_args__ = (
+        Index("ix_polling_webhooks_owner", "owner_scope", "created_at"),
+        Index("ix_polling_webhooks_org", "organization_id"),  # inbox deletion unlists the inbox
+        UniqueConstraint("owner_scope", "client_id", name="uq_polling_webhooks_owner_client_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # pw_…
+    organization_id: Mapped[str] = mapped_column(String(64))
+    pod_id: Mapped[str | None] = mapped_column(String(64))  # owner pod (pod- and inbox-scoped)
+    inbox_id: Mapped[str | None] = mapped_column(String(320))  # owner inbox (inbox-scoped)
+    owner_scope: Mapped[str] = mapped_column(String(320))  # org id, pod id or inbox id: limits, client_id
+    event_types: Mapped[list[str]] = mapped_column(JSONType)
+    pod_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    inbox_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    client_id: Mapped[str] = mapped_column(String(256))
+    # sha256 of the current token; a repeat create replaces it, so the previous token stops working.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The organization's last event seq at creation: reads start after it.
+    start_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -1,0 +1,168 @@
+"""Reading a polling webhook's events with its token: the event log in log order, from a cursor.
+
+The log's seq order is commit order (services/events.py), so a reader that passes back each read's
+``next_cursor`` (or the last ``event_id`` it got) misses no event and gets none twice. What a
+subscription takes is decided exactly as for a push webhook (``webhooks.receives``), and each event
+is the body a webhook would be POSTed (``events.bodies``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentmx.db.models import Event, PollingWebhook
+from agentmx.events import hub as event_hub
+from agentmx.events.bodies import encode_body
+from agentmx.events.catalogue import effective_types
+from agentmx.services.pagination import decode_token, encode_token
+from agentmx.services.polling_webhooks import by_token
+from agentmx.services.runtime import Runtime
+from agentmx.services.validation import fail
+from agentmx.services.webhooks import receives
+
+CURSOR_KIND = "polling_events"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+MAX_WAIT = 30  # seconds a read may wait for an event when there is none
+SCAN_BATCH = 500
+# Log rows looked at per read: a narrow subscription in a busy organization still answers promptly
+# (with has_more) instead of walking the whole log in one request.
+MAX_SCAN = 5000
+# Response budget: the event that would cross it is left for the next read (one always goes).
+MAX_BYTES = 8_000_000
+
+
+@dataclass
+class EventsPage:
+    bodies: list[bytes]  # JSON event bodies, in log order
+    next_cursor: str  # where the next read starts
+    has_more: bool  # more of the log is waiting: read again at once
+
+
+def _cursor(seq: int) -> str:
+    return encode_token(CURSOR_KIND, [seq])
+
+
+async def start_position(
+    session: AsyncSession, sub: PollingWebhook, *, cursor: str | None, after: str | None
+) -> int:
+    """The log seq a read starts after: a cursor, an event id, or the subscription's creation."""
+    if cursor and after:
+        raise fail("cursor", "give cursor or after, not both")
+    position = sub.start_seq  # never before the subscription existed
+    if cursor:
+        (seq,) = decode_token(CURSOR_KIND, cursor, [int], param="cursor")
+        position = max(position, seq)
+    elif after:
+        seq = await session.scalar(
+            select(Event.seq).where(Event.event_id == after, Event.organization_id == sub.organization_id)
+        )
+        if seq is None:
+            raise fail("after", f"event {after!r} is not in the event log; read on with a cursor instead")
+        position = max(position, int(seq))
+    return position
+
+
+async def read_page(session: AsyncSession, sub: PollingWebhook, position: int, limit: int) -> EventsPage:
+    # The head is read first: every event at or below it has committed (or never will), so the
+    # cursor may move up to it past events this subscription does not take, without skipping any.
+    head = int(
+        await session.scalar(select(func.max(Event.seq)).where(Event.organization_id == sub.organization_id))
+        or 0
+    )
+    types = sorted(effective_types(sub.event_types))
+    taken: list[int] = []
+    at, scanned = position, 0
+    while at < head and len(taken) < limit and scanned < MAX_SCAN:
+        # Routing columns only: bodies are loaded for the events taken.
+        routes: list[Any] = list(
+            await session.execute(
+                select(Event.seq, Event.event_type, Event.pod_id, Event.inbox_id)
+                .where(
+                    Event.organization_id == sub.organization_id,
+                    Event.seq > at,
+                    Event.seq <= head,
+                    Event.event_type.in_(types),
+                )
+                .order_by(Event.seq)
+                .limit(SCAN_BATCH)
+            )
+        )
+        scanned += len(routes)
+        for route in routes:
+            at = route.seq
+            if receives(sub, route):
+                taken.append(route.seq)
+                if len(taken) == limit:
+                    break
+        else:
+            if len(routes) < SCAN_BATCH:
+                at = head  # nothing else of these types up to the head
+    return await _page(session, taken, at, head)
+
+
+async def _page(session: AsyncSession, taken: list[int], at: int, head: int) -> EventsPage:
+    if not taken:
+        return EventsPage([], _cursor(at), at < head)
+    rows = await session.execute(select(Event.seq, Event.body).where(Event.seq.in_(taken)))
+    body_of = {seq: body for seq, body in rows}
+    bodies: list[bytes] = []
+    size = last = 0
+    for seq in taken:
+        body = encode_body(body_of[seq])
+        if bodies and size + len(body) > MAX_BYTES:
+            return EventsPage(bodies, _cursor(last), True)
+        bodies.append(body)
+        size += len(body)
+        last = seq
+    return EventsPage(bodies, _cursor(at), at < head)
+
+
+@contextlib.contextmanager
+def _watching(sub: PollingWebhook) -> Iterator[Callable[[float], Awaitable[None]] | None]:
+    """While open, an event this subscription takes wakes the returned waiter (None: no live hub).
+
+    Opened before the read, so an event committed between the read and the wait still wakes it.
+    """
+    hub = event_hub.current_hub()
+    if hub is None:
+        yield None
+        return
+    watcher = hub.register(sub.organization_id)
+    watcher.accepts = lambda item: receives(sub, item)
+
+    async def woken(timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watcher.queue.get(), timeout)
+
+    try:
+        yield woken
+    finally:
+        hub.unregister(watcher)
+
+
+async def poll(
+    rt: Runtime, token: str, *, limit: int, cursor: str | None, after: str | None, wait: int
+) -> EventsPage:
+    """One read with a polling token; with ``wait``, an empty read waits up to that many seconds."""
+    async with rt.db.read() as s:
+        sub = await by_token(s, token)
+        position = await start_position(s, sub, cursor=cursor, after=after)
+    if rt.rate_limiter is not None:
+        rt.rate_limiter.take(f"polling:{sub.id}", "This polling webhook token")
+    with _watching(sub) as woken:
+        async with rt.db.read() as s:
+            page = await read_page(s, sub, position, limit)
+        if page.bodies or page.has_more or wait <= 0 or woken is None:
+            return page
+        await woken(wait)
+    async with rt.db.read() as s:
+        sub = await by_token(s, token)  # deleted or re-issued while waiting: 401
+        return await read_page(s, sub, position, limit)
