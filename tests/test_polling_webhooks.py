@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 
+from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
 from events_support import Receiver, new_inbox, send_mail, verify, wait_for
 
@@ -465,3 +467,26 @@ def test_deleting_what_a_subscription_follows_never_widens_it(harness: Harness) 
     client.pods.delete(pod.pod_id)
     assert _status(lambda: client.webhooks.polling.get(by_pod.webhook_id)) == 404
     assert read(harness, by_pod.token).status_code == 401
+
+
+def test_a_cursor_holds_after_retention_pruned_the_whole_log(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """SQLite gives a new row the largest rowid plus one: had retention removed every event, the next
+    would have taken a position a saved cursor had already passed, and that reader missed it."""
+    server = fresh_server("sqlite", env={"AGENTMX_EVENT_RETENTION_DAYS": "0.00002"}).start()  # ~1.7 s
+    harness = Harness(server, "sqlite")
+    client = harness.client()
+    inbox = new_inbox(client)
+    sub = client.webhooks.polling.create(
+        client_id="retention", event_types=["message.received"], inbox_ids=[inbox]
+    )
+    send_mail(server, inbox, subject="soon pruned")
+    events, cursor = read_all(harness, sub.token)
+    assert [e["message"]["subject"] for e in events] == ["soon pruned"]
+    server.stop()
+    time.sleep(2.0)
+    server.start()  # prunes at start
+    send_mail(server, inbox, subject="after the prune")
+    events, _ = read_all(harness, sub.token, cursor=cursor)
+    assert [e["message"]["subject"] for e in events] == ["after the prune"]

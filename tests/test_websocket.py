@@ -306,6 +306,8 @@ def test_retention_prunes_old_events(fresh_server: Callable[..., ServerProcess])
         subscribe(socket, inbox_ids=[inbox])
         send_mail(server, inbox, subject="soon gone")
         old = next_frame(socket).event_id
+        send_mail(server, inbox, subject="kept: the newest event is never pruned")
+        next_frame(socket)
     server.stop()
     time.sleep(2.0)
     server.start()  # prunes at start, then hourly

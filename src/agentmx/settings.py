@@ -214,8 +214,9 @@ class Settings(BaseSettings):
     )
     event_retention_days: float = Field(
         0,
-        description="Days the event log and webhook attempt records are kept (WebSocket resume and metrics "
-        "read them); 0 keeps them forever.",
+        description="Days the event log and webhook attempt records are kept (WebSocket resume, polling "
+        "reads and metrics read them); 0 keeps them forever. The newest event always stays, so the log's "
+        "positions never start again below a saved cursor.",
     )
     domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
     job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from agentmx.db.models import Event, WebhookAttempt
 from agentmx.db.types import utcnow
@@ -24,13 +24,18 @@ async def prune(rt: Runtime, days: float) -> int:
     """Delete events and attempt records older than ``days``; returns how many rows went."""
     cutoff = utcnow() - timedelta(days=days)
     removed = 0
-    for table, key, created in (
-        (Event, Event.seq, Event.created_at),
-        (WebhookAttempt, WebhookAttempt.id, WebhookAttempt.created_at),
+    async with rt.db.read() as s:
+        newest = await s.scalar(select(func.max(Event.seq)))
+    for table, key, old in (
+        # The newest event stays: SQLite numbers a new row after the largest rowid left, and with none
+        # left the log would count again from 1, below positions readers have saved (polling
+        # cursors, WebSocket resumes), and they would skip what comes next.
+        (Event, Event.seq, (Event.created_at < cutoff) & (Event.seq < (newest or 0))),
+        (WebhookAttempt, WebhookAttempt.id, WebhookAttempt.created_at < cutoff),
     ):
         while True:
             async with rt.db.transaction() as s:
-                ids = list((await s.scalars(select(key).where(created < cutoff).limit(CHUNK))).all())
+                ids = list((await s.scalars(select(key).where(old).limit(CHUNK))).all())
                 if ids:
                     await s.execute(delete(table).where(key.in_(ids)))
             removed += len(ids)
