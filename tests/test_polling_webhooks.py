@@ -3,6 +3,8 @@ permissions, scoping) and the agentmx read of their events with the token (curso
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -400,6 +402,10 @@ def test_read_errors(harness: Harness) -> None:
     answer = read(harness, harness.api_key)
     assert answer.status_code == 401 and answer.json()["code"] == "invalid_token_type"
     assert read(harness, "amp_not-a-token").status_code == 401
+    other = client.webhooks.polling.create(
+        client_id="other-" + harness.new_username(), event_types=["message.sent"]
+    )
+    other_cursor = read(harness, other.token).json()["next_cursor"]
     for params in (
         {"cursor": "bogus"},
         {"cursor": client.inboxes.list(limit=1).next_page_token or "x"},
@@ -410,6 +416,8 @@ def test_read_errors(harness: Harness) -> None:
         {"limit": "many"},
         {"wait": 31},
         {"wait": -1},
+        {"cursor": _token({"k": "polling_events", "v": [hook.webhook_id, 1e400]})},  # was a 500
+        {"cursor": other_cursor},  # another subscription's: it would skip this one's events
     ):
         answer = read(harness, hook.token, **params)
         assert answer.status_code == 400, (params, answer.text)
@@ -417,6 +425,28 @@ def test_read_errors(harness: Harness) -> None:
     client.webhooks.polling.delete(hook.webhook_id)
     answer = read(harness, hook.token)
     assert answer.status_code == 401 and answer.json()["name"] == "UnauthorizedError"
+
+
+def _token(data: dict[str, Any]) -> str:
+    raw = json.dumps(data).replace("1e+400", "1e400").encode()  # json cannot write an overflowing float
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_waiting_read_does_not_hold_up_a_stop(fresh_server: Callable[..., ServerProcess]) -> None:
+    """SIGTERM hands unfinished job claims back once the HTTP server has finished; a read waiting
+    for events (up to 30 s) held that up, long enough for a supervisor to SIGKILL the process."""
+    server = fresh_server("sqlite").start()
+    harness = Harness(server, "sqlite")
+    hook = harness.client().webhooks.polling.create(client_id="stop", event_types=["message.sent"])
+    answers: list[httpx.Response] = []
+    reader = threading.Thread(target=lambda: answers.append(read(harness, hook.token, wait=25)))
+    reader.start()
+    time.sleep(1.0)
+    stopped_at = time.monotonic()
+    server.stop()
+    assert time.monotonic() - stopped_at < 8
+    reader.join(10)
+    assert answers and answers[0].status_code == 200 and answers[0].json()["events"] == []
 
 
 def test_a_read_may_wait_for_the_next_event(harness: Harness) -> None:

@@ -34,6 +34,7 @@ BACKGROUND: list[Starter] = []
 
 # A full collection runs after this many middle-generation ones (Python's default is 10).
 FULL_COLLECTION_EVERY = 100
+GRACEFUL_STOP = 10  # seconds requests in flight may take to finish once a stop begins
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -79,12 +80,20 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         ws=FramedWebSocketProtocol,
         ws_ping_interval=20,
         lifespan="off",
+        # A stop waits this long at most for requests in flight: the job claims are handed back
+        # after it, within systemd's default 90 s and the 30 s the README suggests.
+        timeout_graceful_shutdown=GRACEFUL_STOP,
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
+
+    def begin_stopping() -> None:
+        rt.stopping.set()
+        server.should_exit = True
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, begin_stopping)
     try:
         serve_task = asyncio.create_task(server.serve())
         while not server.started and not serve_task.done():

@@ -69,20 +69,22 @@ async def issue_key(
     return key, secret
 
 
-def _missing(message: str = "Missing or malformed Authorization header") -> Unauthorized:
-    return Unauthorized(
-        message,
-        code="missing_authorization",
-        fix="Send 'Authorization: Bearer <api key>' with a key created by 'agentmx keys create'.",
-    )
+API_KEY_FIX = "Send 'Authorization: Bearer <api key>' with a key created by 'agentmx keys create'."
 
 
-def parse_bearer(header: str | None) -> str:
+def _missing(
+    message: str = "Missing or malformed Authorization header", fix: str = API_KEY_FIX
+) -> Unauthorized:
+    return Unauthorized(message, code="missing_authorization", fix=fix)
+
+
+def parse_bearer(header: str | None, fix: str = API_KEY_FIX) -> str:
+    """The secret of ``Authorization: Bearer <secret>``; ``fix`` tells a caller without one what to send."""
     if not header or not header.startswith("Bearer "):
-        raise _missing()
+        raise _missing(fix=fix)
     secret = header[len("Bearer ") :]
     if secret.split() != [secret]:  # empty, or contains whitespace (one C call, not a loop)
-        raise _missing()
+        raise _missing(fix=fix)
     return secret
 
 

@@ -59,7 +59,15 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
         for value, typ in zip(data["v"], types, strict=True):
             out.append(datetime.fromisoformat(value) if typ is datetime else typ(value))
         return out
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError, AttributeError) as exc:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        binascii.Error,
+        json.JSONDecodeError,
+        AttributeError,
+    ) as exc:
         raise bad from exc
 
 

@@ -37,6 +37,7 @@ SCAN_BATCH = 500
 MAX_SCAN = 5000
 # Response budget: the event that would cross it is left for the next read (one always goes).
 MAX_BYTES = 8_000_000
+BODY_CHUNK = 16  # event bodies loaded per statement
 
 
 @dataclass
@@ -46,8 +47,9 @@ class EventsPage:
     has_more: bool  # more of the log is waiting: read again at once
 
 
-def _cursor(seq: int) -> str:
-    return encode_token(CURSOR_KIND, [seq])
+def _cursor(sub: PollingWebhook, seq: int) -> str:
+    # Names its subscription: another's cursor would silently skip this one's events.
+    return encode_token(CURSOR_KIND, [sub.id, seq])
 
 
 async def start_position(
@@ -58,7 +60,11 @@ async def start_position(
         raise fail("cursor", "give cursor or after, not both")
     position = sub.start_seq  # never before the subscription existed
     if cursor:
-        (seq,) = decode_token(CURSOR_KIND, cursor, [int], param="cursor")
+        owner, seq = decode_token(CURSOR_KIND, cursor, [str, int], param="cursor")
+        if owner != sub.id:
+            raise fail(
+                "cursor", "this cursor belongs to another polling webhook; read without one to start over"
+            )
         position = max(position, seq)
     elif after:
         seq = await session.scalar(
@@ -105,31 +111,39 @@ async def read_page(session: AsyncSession, sub: PollingWebhook, position: int, l
         else:
             if len(routes) < SCAN_BATCH:
                 at = head  # nothing else of these types up to the head
-    return await _page(session, taken, at, head)
+    return await _page(session, sub, taken, at, head)
 
 
-async def _page(session: AsyncSession, taken: list[int], at: int, head: int) -> EventsPage:
-    if not taken:
-        return EventsPage([], _cursor(at), at < head)
-    rows = await session.execute(select(Event.seq, Event.body).where(Event.seq.in_(taken)))
-    body_of = {seq: body for seq, body in rows}
+async def _page(
+    session: AsyncSession, sub: PollingWebhook, taken: list[int], at: int, head: int
+) -> EventsPage:
+    """The bodies of ``taken``, loaded a few at a time: a read holds about the response budget in
+    memory, not ``limit`` bodies of any size."""
     bodies: list[bytes] = []
     size = last = 0
-    for seq in taken:
-        body = encode_body(body_of[seq])
-        if bodies and size + len(body) > MAX_BYTES:
-            return EventsPage(bodies, _cursor(last), True)
-        bodies.append(body)
-        size += len(body)
-        last = seq
-    return EventsPage(bodies, _cursor(at), at < head)
+    for start in range(0, len(taken), BODY_CHUNK):
+        chunk = taken[start : start + BODY_CHUNK]
+        rows = await session.execute(select(Event.seq, Event.body).where(Event.seq.in_(chunk)))
+        body_of = {seq: body for seq, body in rows}
+        for seq in chunk:
+            if seq not in body_of:
+                continue  # pruned by retention since it was picked (reads see each commit)
+            body = encode_body(body_of.pop(seq))
+            if bodies and size + len(body) > MAX_BYTES:
+                return EventsPage(bodies, _cursor(sub, last), True)
+            bodies.append(body)
+            size += len(body)
+            last = seq
+    return EventsPage(bodies, _cursor(sub, at), at < head)
 
 
 @contextlib.contextmanager
-def _watching(sub: PollingWebhook) -> Iterator[Callable[[float], Awaitable[None]] | None]:
+def _watching(rt: Runtime, sub: PollingWebhook) -> Iterator[Callable[[float], Awaitable[None]] | None]:
     """While open, an event this subscription takes wakes the returned waiter (None: no live hub).
 
     Opened before the read, so an event committed between the read and the wait still wakes it.
+    The process beginning to stop wakes it too: a waiting read must not hold up a graceful stop
+    (the job claims handed back at SIGTERM wait for the HTTP server to finish).
     """
     hub = event_hub.current_hub()
     if hub is None:
@@ -139,8 +153,12 @@ def _watching(sub: PollingWebhook) -> Iterator[Callable[[float], Awaitable[None]
     watcher.accepts = lambda item: receives(sub, item)
 
     async def woken(timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watcher.queue.get(), timeout)
+        waits = [asyncio.ensure_future(watcher.queue.get()), asyncio.ensure_future(rt.stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     try:
         yield woken
@@ -157,10 +175,10 @@ async def poll(
         position = await start_position(s, sub, cursor=cursor, after=after)
     if rt.rate_limiter is not None:
         rt.rate_limiter.take(f"polling:{sub.id}", "This polling webhook token")
-    with _watching(sub) as woken:
+    with _watching(rt, sub) as woken:
         async with rt.db.read() as s:
             page = await read_page(s, sub, position, limit)
-        if page.bodies or page.has_more or wait <= 0 or woken is None:
+        if page.bodies or page.has_more or wait <= 0 or woken is None or rt.stopping.is_set():
             return page
         await woken(wait)
     async with rt.db.read() as s:

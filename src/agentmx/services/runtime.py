@@ -43,3 +43,6 @@ class Runtime:
     ingest_cache: IngestCache = field(default_factory=IngestCache)
     # Per-key request limiter (services.ratelimit.RateLimiter) when rate_limit_per_minute > 0.
     rate_limiter: Any = None
+    # Set when the process begins to stop (SIGTERM, SIGINT): long waits inside requests end early,
+    # so the server's graceful stop is not held up by them.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -44,6 +44,7 @@ SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
     e.RateLimited: "451 4.7.1",
     e.LimitExceeded: "552 5.3.4",
     e.TemporaryFailure: "451 4.3.0",
+    e.StorageFull: "452 4.3.1",
 }
 S553_NOT_YOUR_ADDRESS = "553 5.7.1 Sender address is not the authenticated inbox"
 

@@ -107,7 +107,10 @@ async def _delete(rt: Runtime, caller: Caller, route: Route, webhook_id: str) ->
 # Reading events: authenticated by the polling token, not an API key. Declared before {webhook_id}.
 @router.get("/v0/webhooks/polling/events")
 async def read_events(request: Request, rt: RuntimeDep) -> Response:
-    token = keys.parse_bearer(request.headers.get("authorization"))
+    token = keys.parse_bearer(
+        request.headers.get("authorization"),
+        fix="Send 'Authorization: Bearer <token>' with the polling webhook's token (amp_…), returned at its creation.",
+    )
     limit = check_limit(
         query_int(request, "limit"), maximum=polling_events.MAX_LIMIT, default=polling_events.DEFAULT_LIMIT
     )
