@@ -8,7 +8,7 @@ domain with ``subdomains_enabled``; deleting the domain stops them sending and r
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -290,8 +290,10 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
         if row is None:
             return None
         wanted = wire.records(row, rt.settings)
+        # The database's clock on PostgreSQL: checks run in several processes, maybe on several hosts,
+        # and their start times are compared below. SQLite serves one process.
+        started: datetime = utcnow() if rt.db.is_sqlite else (await s.scalar(select(func.now()))) or utcnow()
     settings = rt.settings
-    started = utcnow()
     results = await dns_check.check_records(
         wanted, resolver_address=settings.dns_resolver, timeout=settings.dns_timeout
     )
