@@ -159,7 +159,7 @@ async def _delete(rt: Runtime, caller: Caller, route: Route, webhook_id: str) ->
     return Response(status_code=204)
 
 
-# Organization scope. (Polling webhooks are not implemented: /polling would match {webhook_id}.)
+# Organization scope. (routes/polling_webhooks.py is included first: /polling would match {webhook_id}.)
 @router.get("/v0/webhooks")
 async def list_org(request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     return await _list(request, rt, caller, Route())
