@@ -204,9 +204,15 @@ async def resolve_channels(
     return pod_list, await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids")
 
 
+async def check_webhook_url(rt: Runtime, url: str) -> None:
+    """A create's URL check (400 for a private or malformed destination). It resolves the host, so it
+    runs before the create's transaction: on SQLite every writer, inbound mail included, waits while
+    a transaction is open, and a slow resolver would hold them all."""
+    await check_url(url, rt.settings.webhook_allow_private)
+
+
 async def create_webhook(
     session: AsyncSession,
-    rt: Runtime,
     caller: Caller,
     route: Route,
     *,
@@ -217,6 +223,7 @@ async def create_webhook(
     client_id: str | None,
     headers: dict[str, Any] | None,
 ) -> Webhook:
+    """``url`` has passed ``check_webhook_url``."""
     check_client_id(client_id)
     types = check_event_types(caller, event_types)
     if types is not None and not types:
@@ -232,7 +239,6 @@ async def create_webhook(
         )
         if existing is not None:
             return existing
-    await check_url(url, rt.settings.webhook_allow_private)
     pod_list, inbox_list = await resolve_channels(session, caller, owner, pod_list, inbox_list)
     now = utcnow()
     hook = Webhook(

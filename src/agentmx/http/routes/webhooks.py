@@ -89,10 +89,10 @@ async def _create(request: Request, rt: Runtime, caller: Caller, route: Route) -
     # Scoped variants have no pod_ids (pod) or no channels at all (inbox): ignore them there.
     pod_ids = body.pod_ids if route.pod_id is None and route.inbox_id is None else None
     inbox_ids = body.inbox_ids if route.inbox_id is None else None
+    await webhooks.check_webhook_url(rt, body.url)  # resolves the host: before the transaction
     async with rt.db.transaction() as s:
         row = await webhooks.create_webhook(
             s,
-            rt,
             caller,
             route,
             url=body.url,
