@@ -8,7 +8,6 @@ gives the existing subscription a new token; the previous one stops working.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,16 +20,17 @@ from agentmx.ids import new_id
 from agentmx.services.caller import Caller
 from agentmx.services.keys import SECRET_PREFIX as API_KEY_PREFIX
 from agentmx.services.keys import hash_secret
-from agentmx.services.pagination import Page, paginate
+from agentmx.services.pagination import Page
 from agentmx.services.validation import check_client_id, fail
 from agentmx.services.webhooks import (
     Route,
     check_channels,
-    check_route,
-    listed_through,
+    list_subscriptions,
+    lock_organization_rows,
     owned_by,
     owner_of,
     resolve_channels,
+    unlisted,
 )
 
 TOKEN_PREFIX = "amp_"
@@ -150,12 +150,12 @@ async def list_polling_webhooks(
     page_token: str | None,
     ascending: bool,
 ) -> Page[PollingWebhook]:
-    await check_route(session, caller, route)
-    return await paginate(
+    return await list_subscriptions(
         session,
-        listed_through(select(PollingWebhook), PollingWebhook, caller, route),
-        kind="polling_webhooks",  # a token of another list is refused (400)
-        columns=[PollingWebhook.created_at, PollingWebhook.id],
+        caller,
+        route,
+        PollingWebhook,
+        "polling_webhooks",
         limit=limit,
         page_token=page_token,
         ascending=ascending,
@@ -187,42 +187,21 @@ async def by_token(session: AsyncSession, token: str) -> PollingWebhook:
 
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: drop its own polling webhooks, and unlist it from the others."""
-    for row in await _lock_organization_subscriptions(session, inbox.organization_id):
-        await _unlist(session, row, inbox_id=inbox.id)
+    for row in await lock_organization_rows(session, PollingWebhook, inbox.organization_id):
+        await _delete_if_following_nothing(session, row, unlisted(row, inbox_id=inbox.id))
     await session.execute(delete(PollingWebhook).where(PollingWebhook.inbox_id == inbox.id))
 
 
 async def forget_pod(session: AsyncSession, pod: Pod) -> None:
     """Pod deletion: unlist it (a pod with polling webhooks of its own is not deleted)."""
-    for row in await _lock_organization_subscriptions(session, pod.organization_id):
-        await _unlist(session, row, pod_id=pod.id)
+    for row in await lock_organization_rows(session, PollingWebhook, pod.organization_id):
+        await _delete_if_following_nothing(session, row, unlisted(row, pod_id=pod.id))
 
 
-async def _lock_organization_subscriptions(
-    session: AsyncSession, organization_id: str
-) -> Sequence[PollingWebhook]:
-    # Locked in one order (as services/webhooks does), so two deletions cannot deadlock.
-    listing = await session.scalars(
-        select(PollingWebhook)
-        .where(PollingWebhook.organization_id == organization_id)
-        .order_by(PollingWebhook.id)
-        .with_for_update(key_share=True)
-    )
-    return listing.all()
-
-
-async def _unlist(
-    session: AsyncSession, row: PollingWebhook, *, pod_id: str | None = None, inbox_id: str | None = None
+async def _delete_if_following_nothing(
+    session: AsyncSession, row: PollingWebhook, following_nothing: bool | None
 ) -> None:
-    """Take a deleted pod or inbox off a subscription. One left following nothing would read every
-    event of its organization (or pod), and it has no "enabled" to switch off: it is deleted (its
-    token then gets 401), as a push webhook in that state is disabled."""
-    pods_left = [p for p in row.pod_ids if p != pod_id]
-    inboxes_left = [i for i in row.inbox_ids if i != inbox_id]
-    if len(pods_left) == len(row.pod_ids) and len(inboxes_left) == len(row.inbox_ids):
-        return
-    if not pods_left and not inboxes_left:
+    # It would read every event of its organization (or pod), and it has no "enabled" to switch off
+    # as a push webhook in that state is: deleted (its token then gets 401).
+    if following_nothing:
         await session.delete(row)
-        return
-    row.pod_ids, row.inbox_ids = pods_left, inboxes_left
-    row.updated_at = utcnow()

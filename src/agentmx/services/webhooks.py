@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,8 @@ from agentmx.services.caller import Caller
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.runtime import Runtime
 from agentmx.services.validation import check_client_id, fail
+
+T = TypeVar("T")
 
 MAX_CHANNELS = 10
 MAX_HEADERS = 20
@@ -291,13 +293,30 @@ async def list_webhooks(
     page_token: str | None,
     ascending: bool,
 ) -> Page[Webhook]:
+    return await list_subscriptions(
+        session, caller, route, Webhook, "webhooks", limit=limit, page_token=page_token, ascending=ascending
+    )
+
+
+async def list_subscriptions(
+    session: AsyncSession,
+    caller: Caller,
+    route: Route,
+    model: Any,
+    kind: str,
+    *,
+    limit: int,
+    page_token: str | None,
+    ascending: bool,
+) -> Page[Any]:
+    """A page of the subscriptions of ``model`` (webhooks, polling webhooks) created through ``route``,
+    newest first; ``kind`` keeps page tokens of one list from being used on another (400)."""
     await check_route(session, caller, route)
-    stmt = listed_through(select(Webhook), Webhook, caller, route)
     return await paginate(
         session,
-        stmt,
-        kind="webhooks",
-        columns=[Webhook.created_at, Webhook.id],
+        listed_through(select(model), model, caller, route),
+        kind=kind,
+        columns=[model.created_at, model.id],
         limit=limit,
         page_token=page_token,
         ascending=ascending,
@@ -391,8 +410,8 @@ async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, we
 
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
     """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
-    for hook in await _lock_organization_webhooks(session, inbox.organization_id):
-        _unlist(hook, inbox_id=inbox.id)
+    for hook in await lock_organization_rows(session, Webhook, inbox.organization_id):
+        _disable_if_following_nothing(hook, unlisted(hook, inbox_id=inbox.id))
     await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
     await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
 
@@ -400,30 +419,37 @@ async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
 async def forget_pod(session: AsyncSession, pod: Pod) -> None:
     """Pod deletion: unlist it from the organization's webhooks (a pod with webhooks of its own is
     not deleted: see POD_DEPENDENTS)."""
-    for hook in await _lock_organization_webhooks(session, pod.organization_id):
-        _unlist(hook, pod_id=pod.id)
+    for hook in await lock_organization_rows(session, Webhook, pod.organization_id):
+        _disable_if_following_nothing(hook, unlisted(hook, pod_id=pod.id))
 
 
-async def _lock_organization_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:
-    """All the organization's webhooks, locked in one order before any is changed or deleted: a
-    deletion locking its own first would hold those out of order, and two deletions could deadlock."""
+async def lock_organization_rows(session: AsyncSession, model: type[T], organization_id: str) -> Sequence[T]:
+    """All the organization's subscriptions of ``model`` (webhooks, polling webhooks), locked in one
+    order before any is changed or deleted: a deletion locking its own first would hold those out of
+    order, and two deletions could deadlock."""
+    table: Any = model
     listing = await session.scalars(
-        select(Webhook)
-        .where(Webhook.organization_id == organization_id)
-        .order_by(Webhook.id)
+        select(model)
+        .where(table.organization_id == organization_id)
+        .order_by(table.id)
         .with_for_update(key_share=True)
     )
     return listing.all()
 
 
-def _unlist(hook: Webhook, *, pod_id: str | None = None, inbox_id: str | None = None) -> None:
-    """Take a deleted pod or inbox off what ``hook`` follows. A webhook left following nothing would
-    receive every event of its organization (or pod): it is disabled instead, for its owner to decide."""
-    pods_left = [p for p in hook.pod_ids if p != pod_id]
-    inboxes_left = [i for i in hook.inbox_ids if i != inbox_id]
-    if len(pods_left) == len(hook.pod_ids) and len(inboxes_left) == len(hook.inbox_ids):
-        return
-    hook.pod_ids, hook.inbox_ids = pods_left, inboxes_left
-    if not pods_left and not inboxes_left:
+def unlisted(sub: Any, *, pod_id: str | None = None, inbox_id: str | None = None) -> bool | None:
+    """Take a deleted pod or inbox off what ``sub`` follows. None: it was not listed; else whether
+    ``sub`` is left following nothing, which would mean every event of its organization (or pod)."""
+    pods_left = [p for p in sub.pod_ids if p != pod_id]
+    inboxes_left = [i for i in sub.inbox_ids if i != inbox_id]
+    if len(pods_left) == len(sub.pod_ids) and len(inboxes_left) == len(sub.inbox_ids):
+        return None
+    sub.pod_ids, sub.inbox_ids = pods_left, inboxes_left
+    sub.updated_at = utcnow()
+    return not pods_left and not inboxes_left
+
+
+def _disable_if_following_nothing(hook: Webhook, following_nothing: bool | None) -> None:
+    # Disabled rather than widened to the whole organization: its owner decides what it follows next.
+    if following_nothing:
         hook.enabled = False
-    hook.updated_at = utcnow()
