@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 import smtplib
 import time
 from collections.abc import Callable, Iterator
@@ -538,3 +539,26 @@ def _client_with(server: ServerProcess, key: str) -> AgentMail:
 
     env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
     return AgentMail(api_key=key, environment=env)
+
+
+def test_an_idn_domain_is_sent_as_its_ascii_form_and_each_recipient_once(relay: Relay) -> None:
+    """A recipient at a non-ASCII domain made the SMTP client raise (commands are ASCII): the job
+    failed after its co-recipient had been sent the message, which then got it again on each retry."""
+    client = relay.client()
+    a = new_inbox(client)
+    good, idn = ext("ok-"), f"idn-{secrets.token_hex(3)}@bücher.test"
+    sent = client.inboxes.messages.send(a, to=[good, idn], text="one each")
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    wait_for(lambda: relay.sink.handler.for_rcpt(idn.replace("bücher.test", "xn--bcher-kva.test")))
+    assert len(relay.sink.handler.for_rcpt(good)) == 1
+    delivered = events_for(relay.server, "message.delivered", "delivery", sent.message_id)
+    assert sorted(r for e in delivered for r in e["delivery"]["recipients"]) == sorted([good, idn])
+
+
+def test_addresses_that_cannot_be_sent_are_refused_at_once(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    for bad in (f"x@{'a' * 64}.test", "ü@remote.test", "x@b..test"):
+        with pytest.raises(ApiError) as info:
+            client.inboxes.messages.send(a, to=[ext("ok-"), bad], text="x", request_options=NO_RETRY)
+        assert info.value.status_code == 400, bad

@@ -278,11 +278,35 @@ def address_domain(address: str) -> str:
 
 
 def valid_address(address: str) -> bool:
-    """A syntactically usable addr-spec (local@domain with a dotted or plain domain)."""
+    """A usable addr-spec (local@domain) that can be put on the wire: an ASCII local part (outbound
+    SMTP has no SMTPUTF8 here) and a domain whose ASCII form (IDNA) is a valid DNS name."""
     try:
         parsed = Address(addr_spec=address)
     except (ValueError, IndexError, TypeError):
         return False
     except Exception:
         return False
-    return bool(parsed.username) and bool(parsed.domain) and " " not in address
+    if not parsed.username or not parsed.domain or " " in address or not parsed.username.isascii():
+        return False
+    return ascii_domain(parsed.domain) is not None
+
+
+def ascii_domain(domain: str) -> str | None:
+    """The domain as it goes into DNS and SMTP commands (IDNA A-labels), or None if it cannot be one."""
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain  # an address literal
+    try:
+        wire = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = wire.rstrip(".").split(".")
+    if len(wire) > 253 or not all(0 < len(label) <= 63 for label in labels):
+        return None
+    return wire
+
+
+def wire_address(address: str) -> str:
+    """``address`` with its domain in ASCII form, for SMTP commands (unchanged if it has none)."""
+    local, at, domain = address.rpartition("@")
+    wire = ascii_domain(domain) if at else None
+    return f"{local}@{wire}" if wire else address

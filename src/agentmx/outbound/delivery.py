@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Inbox, Message, OutboundRecipient
 from agentmx.db.types import utcnow
 from agentmx.jobs.registry import RetryAt, handler
-from agentmx.mail.compose import address_domain
+from agentmx.mail.compose import address_domain, wire_address
 from agentmx.mail.sender_auth import Verdict
 from agentmx.outbound import capture, dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
@@ -162,18 +162,31 @@ async def _deliver_group(
         except dns.DnsTemporary as exc:
             return {a: Outcome("deferred", 451, f"4.4.3 {exc}") for a in rcpts}
     last_error = "no mail host"
+    wire = {rcpt: wire_address(rcpt) for rcpt in rcpts}  # an IDN domain goes as its A-labels
     for conn in connections:
         try:
-            envelopes = [smtp_client.Envelope(work.return_path(rcpt), rcpt) for rcpt in rcpts]
+            envelopes = [smtp_client.Envelope(work.return_path(rcpt), wire[rcpt]) for rcpt in rcpts]
             replies = await smtp_client.send(conn, envelopes, raw)
         except smtp_client.HostUnusable as exc:
             last_error = str(exc)
             continue
-        return {a: _outcome(replies.get(a, smtp_client.Reply(451, "no reply"))) for a in rcpts}
+        return {a: _outcome(replies.get(wire[a], smtp_client.Reply(451, "no reply"))) for a in rcpts}
     # No host took the connection: a relay that is down or whose certificate does not hold is the
     # operator's to fix, so say why (MTAs log every deferral).
     log.warning("delivery to %s deferred: %s", "the relay" if domain is None else domain, last_error)
     return {a: Outcome("deferred", None, f"4.4.1 {last_error}") for a in rcpts}
+
+
+async def _deliver_group_safely(
+    rt: Runtime, work: Work, raw: bytes, domain: str | None, rcpts: list[str]
+) -> dict[str, Outcome]:
+    """``_deliver_group``; a failure nobody foresaw defers this group only. Raised out of the job, it
+    lost the outcomes of the other groups, whose recipients were then sent the message again."""
+    try:
+        return await _deliver_group(rt, work, raw, domain, rcpts)
+    except Exception as exc:
+        log.exception("delivery to %s failed", "the relay" if domain is None else domain)
+        return {a: Outcome("deferred", None, f"4.3.0 delivery failed: {exc!r}"[:500]) for a in rcpts}
 
 
 async def deliver_remote(rt: Runtime, work: Work) -> dict[str, Outcome]:
@@ -184,7 +197,7 @@ async def deliver_remote(rt: Runtime, work: Work) -> dict[str, Outcome]:
     for address in work.remote:
         groups[None if rt.settings.smtp_relay else address_domain(address)].append(address)
     results = await asyncio.gather(
-        *(_deliver_group(rt, work, raw, domain, rcpts) for domain, rcpts in groups.items())
+        *(_deliver_group_safely(rt, work, raw, domain, rcpts) for domain, rcpts in groups.items())
     )
     out: dict[str, Outcome] = {}
     for result in results:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.resolver
 
 from agentmx.settings import Settings
@@ -99,6 +100,8 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
             out.extend(Target(host, address) for address in addresses)
     except dns.resolver.NXDOMAIN as exc:
         raise DnsPermanent(f"{domain} does not exist") from exc
+    except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.IDNAException) as exc:
+        raise DnsPermanent(f"{domain} is not a valid domain name: {exc}") from exc
     except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
         raise DnsTemporary(f"DNS lookup for {domain} failed: {exc}") from exc
     if not out:
