@@ -562,3 +562,23 @@ def test_addresses_that_cannot_be_sent_are_refused_at_once(relay: Relay) -> None
         with pytest.raises(ApiError) as info:
             client.inboxes.messages.send(a, to=[ext("ok-"), bad], text="x", request_options=NO_RETRY)
         assert info.value.status_code == 400, bad
+
+
+def test_one_passing_failure_late_in_a_deferred_delivery_does_not_drop_it(tmp_path: Path) -> None:
+    """The runner gave a job up after 10 runs that raised, but counted every run: a delivery deferred
+    nine times, then failing once (its bytes unreadable for a moment), was dropped for good."""
+    env = {"AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.2", "AGENTMX_BLOB_INLINE_MAX_BYTES": "0"}
+    with relaying_server(tmp_path, "sqlite", env) as (server, sink):
+        client = _client(server)
+        a = new_inbox(client)
+        late = ext("soft11-")  # 451 to the first 11 attempts, then 250
+        sent = client.inboxes.messages.send(a, to=late, text="deferred, then a passing failure")
+        wait_for(lambda: sink.handler.attempts.get(late, 0) >= 9)
+        blobs = server.data_dir / "blobs"
+        away = blobs.rename(tmp_path / "blobs-away")  # the next run cannot read the message
+        try:
+            time.sleep(1.0)
+        finally:
+            away.rename(blobs)
+        wait_for(lambda: sink.handler.for_rcpt(late), timeout=30)
+        wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))

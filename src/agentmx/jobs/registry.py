@@ -8,6 +8,17 @@ from typing import Any
 
 from agentmx.services.runtime import Runtime
 
+# Payload key where the runner counts a job's consecutive unexpected failures (a handler raising
+# anything but RetryAt). ``attempts`` counts every run, planned retries too: a delivery deferred nine
+# times then failing once for a passing reason was given up as if it had failed ten times.
+FAILURES = "unexpected_failures"
+
+
+def failures(payload: dict[str, Any]) -> int:
+    """This job's unexpected failures in a row, before the current run."""
+    return int(payload.get(FAILURES, 0))
+
+
 # Rows a handler wants inserted in the transaction that records its job's outcome, as
 # (ORM class, row) pairs: one commit then covers both (not one for the handler and one for the runner).
 Inserts = list[tuple[Any, dict[str, Any]]]

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Job
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
-from agentmx.jobs.registry import HANDLERS, Inserts, RetryAt
+from agentmx.jobs.registry import FAILURES, HANDLERS, Inserts, RetryAt, failures
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
@@ -209,21 +209,31 @@ class JobRunner:
     async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
         async with self.slots:
             try:
-                inserts = await self._call(job_id, kind, payload, attempts)
+                inserts = await self._call(job_id, kind, dict(payload), attempts)  # ours stays as claimed
             except RetryAt as retry:
+                next_payload = retry.payload
+                if FAILURES in (next_payload if next_payload is not None else payload):
+                    # A planned retry ends a run of unexpected failures.
+                    next_payload = {k: v for k, v in (next_payload or payload).items() if k != FAILURES}
                 await self._reschedule(
-                    job_id, retry.when, retry.reason, retry.payload, count=True, inserts=retry.inserts
+                    job_id, retry.when, retry.reason, next_payload, count=True, inserts=retry.inserts
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("job %s (%s) failed", job_id, kind)
-                if attempts + 1 >= MAX_UNEXPECTED_FAILURES:
+                failed = failures(payload) + 1
+                if failed >= MAX_UNEXPECTED_FAILURES:
+                    log.exception("job %s (%s) failed %d times in a row: given up", job_id, kind, failed)
                     await self._finish(job_id)
                 else:
-                    delay = FAILURE_BACKOFF[min(attempts, len(FAILURE_BACKOFF) - 1)]
+                    log.exception("job %s (%s) failed", job_id, kind)
+                    delay = FAILURE_BACKOFF[min(failed - 1, len(FAILURE_BACKOFF) - 1)]
                     await self._reschedule(
-                        job_id, utcnow() + timedelta(seconds=delay), repr(exc), None, count=True
+                        job_id,
+                        utcnow() + timedelta(seconds=delay),
+                        repr(exc),
+                        {**payload, FAILURES: failed},
+                        count=True,
                     )
             else:
                 await self._finish(job_id, inserts or [])

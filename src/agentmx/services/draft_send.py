@@ -22,7 +22,7 @@ from agentmx.db.models import Draft, Inbox, Message
 from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, Conflict
-from agentmx.jobs.registry import RetryAt, handler
+from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
 from agentmx.services import blob_bytes, drafts, idempotency, jobs
 from agentmx.services.caller import Caller
@@ -162,7 +162,7 @@ async def send_scheduled(rt: Runtime, payload: dict[str, Any], attempts: int) ->
     except AgentMXError as exc:
         await _mark_failed(rt, draft_id, exc.message)
     except Exception as exc:
-        if attempts + 1 >= MAX_SEND_ATTEMPTS:
+        if failures(payload) + 1 >= MAX_SEND_ATTEMPTS:  # failures, not the send_at reschedules
             await _mark_failed(rt, draft_id, repr(exc))
             return
         raise
