@@ -235,3 +235,16 @@ def test_path_ids_keep_plus_signs(harness: Harness) -> None:
     name = harness.new_username() + "+tag"
     inbox = client.inboxes.create(request=CreateInboxRequest(username=name))
     assert client.inboxes.get(inbox.inbox_id).inbox_id == f"{name}@agentmx.localhost"
+
+
+def test_display_name_with_a_line_break_is_refused(harness: Harness) -> None:
+    """It becomes the From header's phrase: accepted, it made every later send from the inbox a 400."""
+    client = harness.client()
+    with pytest.raises(ApiError) as created:
+        client.inboxes.create(request=CreateInboxRequest(display_name="Agent\r\nBcc: spy@example.com"))
+    assert created.value.status_code == 400
+    inbox = client.inboxes.create(request=CreateInboxRequest(display_name="Agent"))
+    with pytest.raises(ApiError) as updated:
+        client.inboxes.update(inbox.inbox_id, display_name="Agent\nTwo")
+    assert updated.value.status_code == 400
+    assert client.inboxes.get(inbox.inbox_id).display_name == "Agent"

@@ -84,6 +84,15 @@ async def get_inbox(
     return inbox
 
 
+def check_display_name(value: Any) -> None:
+    """It becomes the From header's phrase of every message the inbox sends: a line break or another
+    control character there made each of those sends a 400 naming the headers, not this field."""
+    if not isinstance(value, str) or len(value) > 256:
+        raise fail("display_name", "display_name must be a string of at most 256 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise fail("display_name", "display_name may not contain line breaks or other control characters")
+
+
 async def create_inbox(
     session: AsyncSession,
     rt: Runtime,
@@ -118,8 +127,8 @@ async def create_inbox(
             raise fail("username", "username must be 1-64 characters of a-z 0-9 . _ + - (not at either end)")
     if status not in (None, "active", "paused"):
         raise fail("status", "status must be 'active' or 'paused'")
-    if display_name is not None and len(display_name) > 256:
-        raise fail("display_name", "display_name is at most 256 characters")
+    if display_name is not None:
+        check_display_name(display_name)
     meta = md.validate_new(metadata)
     for _ in range(5):
         name = username or random_username()
@@ -197,8 +206,8 @@ async def update_inbox(
         session, caller, inbox_id, pod_id, lock="change" if metadata is not UNSET else None
     )
     if display_name is not UNSET:
-        if display_name is not None and (not isinstance(display_name, str) or len(display_name) > 256):
-            raise fail("display_name", "display_name must be a string of at most 256 characters")
+        if display_name is not None:
+            check_display_name(display_name)
         inbox.display_name = display_name
     if status is not UNSET:
         if status not in ("active", "paused"):
