@@ -44,13 +44,28 @@ class Received:
 
 class SinkHandler:
     """Local parts decide the reply: ``bounce-*`` -> 550 at RCPT, ``soft<N>-*`` -> 451 for the first
-    N attempts, then 250; ``datacmd-*`` -> 451 to the DATA command (``SinkSMTP``); ``dataperm-*`` ->
-    554 at end of DATA; ``slow<N>-*`` -> 250 after N seconds; anything else 250."""
+    N attempts, then 250; ``full<N>-*`` -> 552 (too many recipients) likewise; ``datacmd-*`` -> 451 to
+    the DATA command (``SinkSMTP``); ``dataperm-*`` -> 554 at end of DATA; ``slow<N>-*`` -> 250 after N
+    seconds; anything else 250. ``refuse_mail``, while set, is the reply to every MAIL FROM."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.attempts: dict[str, int] = {}
+        self.refuse_mail: str | None = None
+        self.mail_commands = 0
+        self.broken_starttls = ""  # "454": refused; "garbage": 220, then no TLS handshake
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        with self.lock:
+            self.mail_commands += 1
+        if self.refuse_mail:
+            return self.refuse_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -65,6 +80,10 @@ class SinkHandler:
             limit = int(local[4 : local.index("-")] or 1)
             if count <= limit:
                 return "451 4.3.0 Try again later"
+        if local.startswith("full"):
+            limit = int(local[4 : local.index("-")] or 1)
+            if count <= limit:
+                return "552 5.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -97,6 +116,18 @@ class SinkSMTP(SMTP):
             return
         await super().smtp_DATA(arg)
 
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
+        broken = self.event_handler.broken_starttls
+        if broken == "454":
+            await self.push("454 4.7.0 TLS not available due to temporary reason")
+        elif broken == "garbage":  # the client's handshake reads this: not TLS
+            await self.push("220 Ready to start TLS")
+            assert self.transport is not None
+            self.transport.write(b"this is no TLS server hello\r\n" * 20)
+            self.transport.close()
+        else:
+            await super().smtp_STARTTLS(arg)
+
 
 class SinkController(Controller):
     def factory(self) -> SMTP:
@@ -104,19 +135,27 @@ class SinkController(Controller):
 
 
 class Sink:
-    """``tls_auth=(user, password)`` makes it a relay that requires STARTTLS and AUTH."""
+    """``tls_auth=(user, password)`` makes it a relay that requires STARTTLS and AUTH; ``broken_starttls``
+    (see SinkHandler) an MX host that offers STARTTLS and fails it; ``smtputf8`` offers SMTPUTF8."""
 
-    def __init__(self, tls_auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, tls_auth: tuple[str, str] | None = None, broken_starttls: str = "", smtputf8: bool = False
+    ) -> None:
         self.handler = SinkHandler()
+        self.handler.broken_starttls = broken_starttls
         self.port = free_port()
         self.logins: list[str] = []
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
+        if broken_starttls:
+            cert, key = self_signed_cert(Path(tempfile.mkdtemp()), "mx.test")
+            kwargs["tls_context"] = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            kwargs["tls_context"].load_cert_chain(cert, key)
         self.certificate = Path()  # with tls_auth: the relay's self-signed certificate, to trust
         if tls_auth is not None:
             self.certificate, key = self_signed_cert(Path(tempfile.mkdtemp()), "relay.test")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.certificate, key)
-            kwargs = {
+            kwargs |= {
                 "tls_context": context,
                 "require_starttls": True,
                 "auth_required": True,

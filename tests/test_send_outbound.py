@@ -144,6 +144,18 @@ def test_temporary_failure_is_retried(relay: Relay) -> None:
     assert "delayed" in _labels(client, a, sent.message_id)
 
 
+def test_too_many_recipients_is_temporary(relay: Relay) -> None:
+    """A 552 to RCPT is a 452 (RFC 5321 4.5.3.1.10): retried, never a bounce."""
+    client = relay.client()
+    a = new_inbox(client)
+    crowded = ext("full1-")
+    sent = client.inboxes.messages.send(a, to=crowded, text="later")
+    wait_for(lambda: relay.sink.handler.for_rcpt(crowded))
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    assert "delayed" in _labels(client, a, sent.message_id)
+    assert "bounced" not in _labels(client, a, sent.message_id)
+
+
 def test_mixed_recipients(relay: Relay) -> None:
     client = relay.client()
     a, local = new_inbox(client), new_inbox(client)
@@ -310,6 +322,32 @@ def test_retries_end_in_a_bounce(fresh_server: Callable[..., ServerProcess]) -> 
         assert sink.handler.attempts[stuck] >= 2
         bounce = events_for(server, "message.bounced", "bounce", sent.message_id)
         assert bounce[0]["bounce"]["recipients"] == [{"address": stuck, "status": "bounced"}]
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_a_refused_sender_is_not_the_recipients_bounce(fresh_server: Callable[..., ServerProcess]) -> None:
+    """A relay refusing MAIL FROM (no login, say) refused no recipient: deferred, not suppressed."""
+    sink = Sink().start()
+    sink.handler.refuse_mail = "530 5.7.0 Authentication required"
+    env = {"AGENTMX_SMTP_RELAY": sink.address, "AGENTMX_OUTBOUND_RETRY_SCHEDULE": "0.3"}
+    server = fresh_server("sqlite", env=env).start()
+    try:
+        client = _client(server)
+        a = new_inbox(client)
+        to = ext("ok-")
+        first = client.inboxes.messages.send(a, to=to, text="first")
+        wait_for(lambda: "delayed" in _labels(client, a, first.message_id))
+        wait_for(lambda: sink.handler.mail_commands >= 2)  # retried
+        assert "bounced" not in _labels(client, a, first.message_id)
+        assert not events_for(server, "message.bounced", "bounce", first.message_id)
+        second = client.inboxes.messages.send(a, to=to, text="second", request_options=NO_RETRY)
+
+        sink.handler.refuse_mail = None  # the operator fixed the relay: both go out
+        for sent in (first, second):
+            wait_for(lambda sent=sent: "delivered" in _labels(client, a, sent.message_id))
+        assert len(sink.handler.for_rcpt(to)) == 2
     finally:
         server.stop()
         sink.stop()

@@ -1,7 +1,9 @@
-"""Pure parts of sending: message composition, DKIM signing, DSN parsing, return paths, key syntax."""
+"""Pure parts of sending: message composition, DKIM signing, DSN parsing, return paths, key syntax; and
+the SMTP client against a real aiosmtpd peer on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -15,8 +17,9 @@ from agentmx.errors import ValidationFailed
 from agentmx.mail import compose
 from agentmx.mail.compose import Composition, OutAttachment
 from agentmx.outbound import dkim as outbound_dkim
-from agentmx.outbound import dsn, return_path
+from agentmx.outbound import dsn, return_path, smtp_client
 from agentmx.services import idempotency
+from send_support import Sink
 
 
 def _comp(**kw: object) -> Composition:
@@ -228,3 +231,48 @@ def test_feedback_report_parsing() -> None:
     feedback = dsn.parse_feedback(raw)
     assert feedback == dsn.Feedback("abuse", ["user@example.org"])
     assert dsn.parse_feedback(b"Subject: hi\r\n\r\nx\r\n") is None
+
+
+RAW = b"From: a@agentmx.test\r\nTo: b@remote.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def _send(sink: Sink, rcpts: list[str], starttls: str = "opportunistic") -> dict[str, smtp_client.Reply]:
+    conn = smtp_client.Connection("127.0.0.1", sink.port, "mx.remote.test", "agentmx.test", starttls=starttls)
+    envelopes = [smtp_client.Envelope("bounces+m@agentmx.test", r) for r in rcpts]
+    return asyncio.run(smtp_client.send(conn, envelopes, RAW))
+
+
+@pytest.mark.parametrize("address", ["a@b\u00fccher.test", "j\u00fcrgen@remote.test"])
+def test_a_non_ascii_address_fails_alone(address: str) -> None:
+    """Without SMTPUTF8 it cannot go on the wire: that recipient fails, the others are answered."""
+    sink = Sink().start()
+    try:
+        replies = _send(sink, ["ok-1@remote.test", address, "ok-2@remote.test"])
+    finally:
+        sink.stop()
+    assert replies["ok-1@remote.test"].ok and replies["ok-2@remote.test"].ok
+    assert replies[address].code == 553 and "5.6.7" in replies[address].text
+    assert [r.rcpt_tos for r in sink.handler.received] == [["ok-1@remote.test"], ["ok-2@remote.test"]]
+
+
+def test_a_non_ascii_address_goes_with_smtputf8() -> None:
+    sink = Sink(smtputf8=True).start()
+    try:
+        replies = _send(sink, ["j\u00fcrgen@b\u00fccher.test"])
+    finally:
+        sink.stop()
+    assert replies["j\u00fcrgen@b\u00fccher.test"].ok
+    assert [r.rcpt_tos for r in sink.handler.received] == [["j\u00fcrgen@b\u00fccher.test"]]
+
+
+@pytest.mark.parametrize("broken", ["454", "garbage"])
+def test_failed_opportunistic_starttls_falls_back_to_plain_text(broken: str) -> None:
+    """RFC 7435: an MX host whose TLS fails still gets the mail, in plain text, over a new connection."""
+    sink = Sink(broken_starttls=broken).start()
+    try:
+        assert _send(sink, ["ok-1@remote.test"])["ok-1@remote.test"].ok
+        with pytest.raises(smtp_client.HostUnusable):  # a relay configured for TLS gets nothing
+            _send(sink, ["ok-2@remote.test"], starttls="required")
+    finally:
+        sink.stop()
+    assert [r.rcpt_tos for r in sink.handler.received] == [["ok-1@remote.test"]]

@@ -42,7 +42,7 @@ class Connection:
     ca_file: str = ""  # PEM trust anchors besides the system's, when verifying
 
 
-async def _open(conn: Connection) -> aiosmtplib.SMTP:
+async def _connect(conn: Connection) -> aiosmtplib.SMTP:
     client = aiosmtplib.SMTP(
         hostname=conn.address,
         port=conn.port,
@@ -54,12 +54,25 @@ async def _open(conn: Connection) -> aiosmtplib.SMTP:
     )
     await client.connect()
     await client.ehlo()
+    return client
+
+
+async def _open(conn: Connection) -> aiosmtplib.SMTP:
+    client = await _connect(conn)
     if conn.starttls != "never" and client.supports_extension("starttls"):
-        # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435). A relay we log in
-        # to is checked, or a man in the middle would read the password.
-        await client.starttls(
-            server_hostname=conn.server_name, validate_certs=conn.verify, cert_bundle=conn.ca_file or None
-        )
+        try:
+            # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435). A relay we log in
+            # to is checked, or a man in the middle would read the password.
+            await client.starttls(
+                server_hostname=conn.server_name, validate_certs=conn.verify, cert_bundle=conn.ca_file or None
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            if conn.starttls == "required":
+                raise
+            # Opportunistic TLS that fails falls back to plain text (RFC 7435, Postfix's "may"), on a
+            # new connection: after a failed handshake the old one is in no known state.
+            client.close()
+            client = await _connect(conn)
     elif conn.starttls == "required":
         raise HostUnusable("server does not offer STARTTLS")
     if conn.username:
@@ -75,9 +88,25 @@ class Envelope:
 
 async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) -> Reply:
     """MAIL, RCPT and DATA for one recipient: its final reply."""
+    utf8 = not (envelope.mail_from.isascii() and envelope.rcpt.isascii())
+    if utf8 and not client.supports_extension("smtputf8"):
+        # Nothing sent: a non-ASCII address cannot go on the wire without SMTPUTF8 (RFC 6531 3.2).
+        # A non-ASCII sender is not the recipient's fault (see MAIL below): retried, not bounced.
+        code = 553 if envelope.mail_from.isascii() else 451
+        return Reply(code, f"{code // 100}.6.7 non-ASCII address; the server does not support SMTPUTF8")
+    encoding = "utf-8" if utf8 else "ascii"
     try:
-        await client.mail(envelope.mail_from)
-        await client.rcpt(envelope.rcpt)
+        await client.mail(envelope.mail_from, options=["SMTPUTF8"] if utf8 else [], encoding=encoding)
+    except aiosmtplib.SMTPResponseException as exc:
+        # A refused sender (a relay wanting a login, a sender or relaying policy) says nothing about
+        # the recipient: a bounce would suppress it. Retried until the message's lifetime.
+        return Reply(exc.code if exc.code < 500 else 451, f"MAIL FROM refused: {exc.code} {exc.message}")
+    try:
+        await client.rcpt(envelope.rcpt, encoding=encoding)
+    except aiosmtplib.SMTPResponseException as exc:
+        # "Too many recipients" is temporary whatever its code (RFC 5321 4.5.3.1.10).
+        return Reply(452 if exc.code == 552 else exc.code, exc.message)
+    try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
         return Reply(exc.code, exc.message)
