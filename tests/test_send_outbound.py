@@ -322,6 +322,8 @@ def test_retries_end_in_a_bounce(fresh_server: Callable[..., ServerProcess]) -> 
         assert sink.handler.attempts[stuck] >= 2
         bounce = events_for(server, "message.bounced", "bounce", sent.message_id)
         assert bounce[0]["bounce"]["recipients"] == [{"address": stuck, "status": "bounced"}]
+        # No host refused it (only 4xx): the address is not suppressed, a new message to it is taken.
+        client.inboxes.messages.send(a, to=stuck, text="again", request_options=NO_RETRY)
     finally:
         server.stop()
         sink.stop()

@@ -278,15 +278,15 @@ def address_domain(address: str) -> str:
 
 
 def valid_address(address: str) -> bool:
-    """A usable addr-spec (local@domain) that can be put on the wire: an ASCII local part (outbound
-    SMTP has no SMTPUTF8 here) and a domain whose ASCII form (IDNA) is a valid DNS name."""
+    """A usable addr-spec (local@domain): an ASCII local part (the parser refuses others) and a domain
+    whose ASCII form (IDNA) is a valid DNS name, as it goes into DNS and SMTP commands."""
     try:
         parsed = Address(addr_spec=address)
     except (ValueError, IndexError, TypeError):
         return False
     except Exception:
         return False
-    if not parsed.username or not parsed.domain or " " in address or not parsed.username.isascii():
+    if not parsed.username or not parsed.domain or " " in address:
         return False
     return ascii_domain(parsed.domain) is not None
 

@@ -206,11 +206,15 @@ async def deliver_remote(rt: Runtime, work: Work) -> dict[str, Outcome]:
 
 
 def expire(outcomes: dict[str, Outcome], deadline: datetime, now: datetime) -> dict[str, Outcome]:
-    """Deferred recipients past the message's lifetime bounce with their last reply."""
+    """Deferred recipients past the message's lifetime bounce with their last reply. Such a bounce does
+    not suppress the address: no host refused it (a relay outage would otherwise block every recipient
+    it held, organization-wide)."""
     if now < deadline:
         return outcomes
     return {
-        a: Outcome("bounced", o.code, f"gave up after retries: {o.text}") if o.status == "deferred" else o
+        a: Outcome("bounced", o.code, f"gave up after retries: {o.text}", suppress=False)
+        if o.status == "deferred"
+        else o
         for a, o in outcomes.items()
     }
 

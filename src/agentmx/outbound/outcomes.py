@@ -18,7 +18,10 @@ from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
 DELIVERED = ("delivered", "local")
-FINAL = ("bounced", "complained")  # later reports never undo these
+FINAL = ("bounced", "expired", "complained")  # later reports never undo these
+# The row status of a bounce that does not suppress (Outcome.suppress): reported as a bounce, but
+# services/sending's suppression check reads "bounced" and "complained" rows only.
+EXPIRED = "expired"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Outcome:
     text: str = ""
     attempted: bool = True  # False for outcomes learnt later (DSNs, complaints)
     feedback_type: str = "abuse"  # complaints: the ARF Feedback-Type
+    # A bounce suppresses the address, unless no host ever refused it (the message's lifetime ran
+    # out while its hosts, or the relay, were unreachable or answered 4xx).
+    suppress: bool = True
 
 
 def iso(value: datetime) -> str:
@@ -78,8 +84,9 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
         row = rows.get(address)
         if row is None or row.status in FINAL:
             continue
-        changed = row.status != outcome.status
-        row.status = outcome.status
+        status = EXPIRED if outcome.status == "bounced" and not outcome.suppress else outcome.status
+        changed = row.status != status
+        row.status = status
         if outcome.attempted:
             row.attempts = (row.attempts or 0) + 1
         row.last_code = outcome.code
@@ -127,7 +134,7 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
             },
             **scope,
         )
-        for address in bounced:
+        for address in (a for a in bounced if outcomes[a].suppress):  # list entries (services/lists)
             await hooks.run_all(
                 hooks.suppression_recorders,
                 session,
