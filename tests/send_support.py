@@ -91,6 +91,10 @@ class SinkHandler:
         locals_ = [r.split("@")[0].lower() for r in envelope.rcpt_tos]
         if any(local.startswith("dataperm-") for local in locals_):
             return "554 5.6.0 Message refused"
+        for rcpt, local in zip(envelope.rcpt_tos, locals_, strict=True):
+            if local.startswith("drop") and self.attempts[rcpt] <= int(local[4 : local.index("-")] or 1):
+                server.transport.close()  # the connection dies in the middle of the transaction
+                return "451 4.4.2 Connection dropped"
         for local in locals_:
             if local.startswith("slow"):
                 await asyncio.sleep(float(local[4 : local.index("-")]))

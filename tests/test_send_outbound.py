@@ -622,3 +622,16 @@ def test_one_passing_failure_late_in_a_deferred_delivery_does_not_drop_it(tmp_pa
             away.rename(blobs)
         wait_for(lambda: sink.handler.for_rcpt(late), timeout=30)
         wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+
+def test_a_host_dropping_one_recipient_does_not_starve_the_others(relay: Relay) -> None:
+    """Recipients after one whose transaction loses the connection were never tried, and came after it
+    again on every retry: the least tried now go first."""
+    client = relay.client()
+    a = new_inbox(client)
+    dropped, starved = ext("drop3-"), ext("ok-")  # drop3: the connection dies at its DATA, three times
+    sent = client.inboxes.messages.send(a, to=[dropped, starved], text="one each")
+    wait_for(lambda: relay.sink.handler.for_rcpt(starved))
+    assert relay.sink.handler.attempts.get(dropped, 0) <= 2  # it went second the next time
+    wait_for(lambda: relay.sink.handler.for_rcpt(dropped))
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))

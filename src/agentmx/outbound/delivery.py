@@ -73,9 +73,10 @@ async def load_work(rt: Runtime, message_pk: str) -> Work | None:
             return None
         pending = list(
             await session.scalars(
-                select(OutboundRecipient.address).where(
-                    OutboundRecipient.message_pk == message_pk, OutboundRecipient.status.in_(PENDING)
-                )
+                select(OutboundRecipient.address)
+                .where(OutboundRecipient.message_pk == message_pk, OutboundRecipient.status.in_(PENDING))
+                # The least tried first: one whose host keeps dropping the connection goes last.
+                .order_by(OutboundRecipient.attempts, OutboundRecipient.address)
             )
         )
         local = [a for a in pending if await _is_local(session, rt, a)]
@@ -116,7 +117,7 @@ def _outcome(reply: smtp_client.Reply) -> Outcome:
         return Outcome("delivered", reply.code, text)
     if reply.permanent:
         return Outcome("bounced", reply.code, text)
-    return Outcome("deferred", reply.code, text)
+    return Outcome("deferred", reply.code, text, attempted=reply.tried)
 
 
 def _connections(rt: Runtime, targets: list[dns.Target]) -> list[smtp_client.Connection]:

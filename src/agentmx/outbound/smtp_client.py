@@ -14,6 +14,7 @@ TIMEOUT = 60.0
 class Reply:
     code: int
     text: str
+    tried: bool = True  # False: never sent (the connection was lost before its turn)
 
     @property
     def ok(self) -> bool:
@@ -25,7 +26,7 @@ class Reply:
 
 
 class HostUnusable(Exception):
-    """Connection, TLS or protocol failure before any recipient got an answer: try the next host."""
+    """Connection, TLS, login or greeting failure before any transaction began: try the next host."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,15 @@ async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[
                 await client.rset()
         return replies
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        if replies:
-            # Lost the connection after some transactions: the unanswered recipients are retried.
-            return {e.rcpt: replies.get(e.rcpt, Reply(451, f"connection lost: {exc}")) for e in envelopes}
-        raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
+        # Lost the connection during the transactions: the unanswered recipients are retried. Only the
+        # one in progress was tried: the others go first next time (delivery orders recipients by
+        # attempts), so a host that drops one recipient's transaction cannot starve the rest.
+        lost = {e.rcpt: replies.get(e.rcpt) for e in envelopes}
+        in_progress = next((rcpt for rcpt, reply in lost.items() if reply is None), None)
+        return {
+            rcpt: reply or Reply(451, f"connection lost: {exc}", tried=rcpt == in_progress)
+            for rcpt, reply in lost.items()
+        }
     finally:
         try:
             await client.quit()
