@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from agentmx.db.models import Attachment, Message, Thread
@@ -29,16 +30,22 @@ def message(row: Message, full: bool) -> dict[str, Any]:
     return message_document(row, row.label_names, row.attachments, full)
 
 
+Time = Callable[[datetime | None], Any]
+
+
 def message_document(
-    row: Message | Any, labels: list[str], attachments: Iterable[Any], full: bool
+    row: Message | Any, labels: list[str], attachments: Iterable[Any], full: bool, time: Time = iso
 ) -> dict[str, Any]:
-    """``row``: a Message, or a Core row with Message's attribute names (the hot reads)."""
+    """``row``: a Message, or a Core row with Message's attribute names (the hot reads).
+
+    ``time``: ``wire.as_is`` leaves datetimes for ``wire.json_response`` to write (the lists).
+    """
     data: dict[str, Any] = {
         "inbox_id": row.inbox_id,
         "thread_id": row.thread_id,
         "message_id": row.message_id,
         "labels": labels,
-        "timestamp": iso(row.timestamp),
+        "timestamp": time(row.timestamp),
         "from": row.from_ or "",
         "to": list(row.to or []),
         "cc": list(row.cc) if row.cc else None,
@@ -49,8 +56,8 @@ def message_document(
         "in_reply_to": row.in_reply_to,
         "references": list(row.references) if row.references else None,
         "size": row.size,
-        "updated_at": iso(row.updated_at),
-        "created_at": iso(row.created_at),
+        "updated_at": time(row.updated_at),
+        "created_at": time(row.created_at),
     }
     if full:
         data["headers"] = dict(row.headers) if row.headers else None
@@ -62,16 +69,18 @@ def message_document(
     return drop_none(data)
 
 
-def thread_item(row: Thread | Any, labels: Iterable[str], attachments: Iterable[Any]) -> dict[str, Any]:
-    """A ThreadItem. ``labels`` is the union of its messages' labels; ``row`` as in message_document."""
+def thread_item(
+    row: Thread | Any, labels: Iterable[str], attachments: Iterable[Any], time: Time = iso
+) -> dict[str, Any]:
+    """A ThreadItem. ``labels`` is the union of its messages' labels; ``row`` and ``time`` as in message_document."""
     return drop_none(
         {
             "inbox_id": row.inbox_id,
             "thread_id": row.id,
             "labels": sorted(set(labels)),
-            "timestamp": iso(row.timestamp),
-            "received_timestamp": iso(row.received_timestamp),
-            "sent_timestamp": iso(row.sent_timestamp),
+            "timestamp": time(row.timestamp),
+            "received_timestamp": time(row.received_timestamp),
+            "sent_timestamp": time(row.sent_timestamp),
             "senders": list(row.senders or []),
             "recipients": list(row.recipients or []),
             "subject": row.subject,
@@ -80,8 +89,8 @@ def thread_item(row: Thread | Any, labels: Iterable[str], attachments: Iterable[
             "last_message_id": row.last_message_id or "",
             "message_count": row.message_count,
             "size": row.size,
-            "updated_at": iso(row.updated_at),
-            "created_at": iso(row.created_at),
+            "updated_at": time(row.updated_at),
+            "created_at": time(row.created_at),
         }
     )
 

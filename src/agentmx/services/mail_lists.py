@@ -17,13 +17,15 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Row, Select, literal_column, select, text
+from sqlalchemy import JSON, DateTime, Row, Select, bindparam, literal_column, select, text, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmx.db.models import Message, Thread
+from agentmx.db.types import UTCDateTime
 from agentmx.errors import NotFound
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import inbox_is_visible, inbox_key
+from agentmx.services.list_conditions import StatementCache
 from agentmx.services.mail_reads import (
     ATTACHMENT_FIELDS,
     THREAD_ATTRS,
@@ -32,7 +34,7 @@ from agentmx.services.mail_reads import (
     thread_scope_filter,
 )
 from agentmx.services.messages import MessageFilters, message_conditions
-from agentmx.services.pagination import Page, keyset_page, keyset_select
+from agentmx.services.pagination import Page, keyset_page, keyset_params, keyset_select
 from agentmx.services.threads import Scope, ThreadFilters, thread_conditions
 
 # A MessageItem's columns (no bodies, headers or reply_to; "id" for the page token), and a
@@ -60,6 +62,8 @@ ThreadItem = namedtuple("ThreadItem", THREAD_SCALARS + THREAD_LISTS)  # type: ig
 KEYS = ("timestamp", "id")  # keyset order, newest first unless ascending
 m = Message.__table__.alias("m")  # mail_reads' aggregates name the message "m"
 t = Thread.__table__.alias("t")  # and its scope filters name the thread "t"
+_DRIVER_TIME = DateTime(timezone=True)
+_statements = StatementCache()  # a page's SELECT by shape (list_conditions)
 INBOX = text("SELECT organization_id, pod_id FROM inboxes WHERE id = :inbox_id")
 
 
@@ -71,8 +75,19 @@ class ItemRecord:
 
 
 def _labelled(table: Any, model: Any, attrs: tuple[str, ...]) -> list[Any]:
-    """``table``'s columns for ``model``'s attributes, named by attribute (from_addr AS from_)."""
-    return [table.c[model.__mapper__.attrs[attr].columns[0].name].label(attr) for attr in attrs]
+    """``table``'s columns for ``model``'s attributes, named by attribute (from_addr AS from_).
+
+    Times come back as the driver reads them, UTC (naive on SQLite), without UTCDateTime's
+    conversion: the lists' documents leave them to wire.json_response (wire.as_is), and a page
+    token's time means UTC either way. A fifth of a page's CPU went to converting and formatting.
+    """
+    out = []
+    for attr in attrs:
+        column = table.c[model.__mapper__.attrs[attr].columns[0].name]
+        if isinstance(column.type, UTCDateTime):
+            column = type_coerce(column, _DRIVER_TIME)
+        out.append(column.label(attr))
+    return out
 
 
 def _json_lists(dialect: str, alias: str, model: Any, attrs: tuple[str, ...], *aggregates: str) -> Any:
@@ -154,8 +169,15 @@ async def list_messages(
     """One page of a visible inbox's messages (``inbox``: from visible_inbox)."""
     selects = _for(conn)
     kind = "messages:" + inbox
-    stmt = selects.messages.where(m.c.inbox_id == inbox, *message_conditions(m, caller, filters))
-    rows = await _keyset_rows(conn, stmt, m, kind, limit, page_token, ascending)
+    found = message_conditions(m, caller, filters)
+    params = {"list_inbox": inbox, **found.params, **keyset_params(kind, page_token, _keys(m), limit)}
+
+    def build() -> Select[Any]:
+        stmt = selects.messages.where(m.c.inbox_id == bindparam("list_inbox"), *found.where)
+        return keyset_select(stmt, columns=_keys(m), ascending=ascending, from_token=bool(page_token))
+
+    shape = None if found.shape is None else ("messages", selects, *found.shape, ascending, bool(page_token))
+    rows = await _keyset_rows(conn, _statements.get(shape, build), params, kind, limit)
     return Page(
         [_message_record(r, selects.sort_in_python) for r in rows.items], rows.limit, rows.next_page_token
     )
@@ -174,35 +196,35 @@ async def list_threads(
     """One page of the threads in ``scope``, after its 404/403 checks."""
     selects = _for(conn)
     scope_sql, scope_params = await thread_scope_filter(conn, caller, scope)
-    in_scope = text(scope_sql.removeprefix(" AND ")).bindparams(**scope_params)
     inbox = inbox_key(scope.inbox_id) if scope.inbox_id is not None else ""
     kind = f"threads:{inbox}:{scope.pod_id or ''}"
-    stmt = selects.threads.where(in_scope, *thread_conditions(t, caller, filters))
-    rows = await _keyset_rows(conn, stmt, t, kind, limit, page_token, ascending)
+    found = thread_conditions(t, caller, filters)
+    params = {**scope_params, **found.params, **keyset_params(kind, page_token, _keys(t), limit)}
+
+    def build() -> Select[Any]:
+        stmt = selects.threads.where(text(scope_sql.removeprefix(" AND ")), *found.where)
+        return keyset_select(stmt, columns=_keys(t), ascending=ascending, from_token=bool(page_token))
+
+    shape = (
+        None
+        if found.shape is None
+        else ("threads", selects, scope_sql, *found.shape, ascending, bool(page_token))
+    )
+    rows = await _keyset_rows(conn, _statements.get(shape, build), params, kind, limit)
     return Page(
         [_thread_record(r, selects.sort_in_python) for r in rows.items], rows.limit, rows.next_page_token
     )
 
 
+def _keys(table: Any) -> list[Any]:
+    return [table.c[k] for k in KEYS]
+
+
 async def _keyset_rows(
-    conn: AsyncConnection,
-    stmt: Select[Any],
-    table: Any,
-    kind: str,
-    limit: int,
-    page_token: str | None,
-    ascending: bool,
+    conn: AsyncConnection, stmt: Select[Any], params: dict[str, Any], kind: str, limit: int
 ) -> Page[Row[Any]]:
-    """One page of ``stmt``'s rows in keyset order of ``table``'s KEYS, with its next page token."""
-    stmt = keyset_select(
-        stmt,
-        kind=kind,
-        columns=[table.c[k] for k in KEYS],
-        limit=limit,
-        page_token=page_token,
-        ascending=ascending,
-    )
-    return keyset_page(list((await conn.execute(stmt)).all()), kind=kind, keys=KEYS, limit=limit)
+    """One page of a keyset_select's rows, with its next page token."""
+    return keyset_page(list((await conn.execute(stmt, params)).all()), kind=kind, keys=KEYS, limit=limit)
 
 
 def _message_record(row: Row[Any], sort_in_python: bool) -> ItemRecord:

@@ -7,7 +7,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, Text, cast, delete, exists, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    FromClause,
+    Select,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -17,6 +30,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events
 from agentmx.services.caller import Caller
+from agentmx.services.list_conditions import Conditions
 from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, THREAD_LOCK, normalize_labels
 from agentmx.services.pagination import Page, paginate
 
@@ -75,7 +89,7 @@ def json_contains(column: Any, value: str) -> Any:
     return or_(text.like(_like(value), escape="\\"), text.like(_like(escaped), escape="\\"))
 
 
-def has_label(label: str, message_pk: Any = Message.id) -> Any:
+def has_label(label: str | BindParameter[str], message_pk: Any = Message.id) -> Any:
     return exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label == label)
 
 
@@ -83,22 +97,30 @@ def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
     return ~exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label.in_(labels))
 
 
-def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> list[Any]:
+def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Conditions:
     """The list filters on ``m``, the messages table (or an alias of it); the inbox filter is added apart."""
-    out = [has_label(label, m.c.id) for label in normalize_labels(f.labels)]
+    out = Conditions()
+    labels = sorted(normalize_labels(f.labels))
+    out.where += [
+        has_label(bindparam(out.bound(f"filter_label_{i}", label), type_=String), m.c.id)
+        for i, label in enumerate(labels)
+    ]
     hidden = hidden_labels(caller, f.include)
     if hidden:
-        out.append(without_labels(hidden, m.c.id))
+        out.where.append(without_labels(hidden, m.c.id))
     if f.before is not None:
-        out.append(m.c.timestamp < f.before)
+        out.where.append(m.c.timestamp < bindparam(out.bound("filter_before", f.before)))
     if f.after is not None:
-        out.append(m.c.timestamp >= f.after)
-    out += [contains(m.c.from_addr, value) for value in f.from_]
-    out += [
+        out.where.append(m.c.timestamp >= bindparam(out.bound("filter_after", f.after)))
+    out.shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
+    if f.has_text_filters:
+        out.literal()
+    out.where += [contains(m.c.from_addr, value) for value in f.from_]
+    out.where += [
         or_(json_contains(m.c.to, value), json_contains(m.c.cc, value), json_contains(m.c.bcc, value))
         for value in f.to
     ]
-    out += [contains(m.c.subject, value) for value in f.subject]
+    out.where += [contains(m.c.subject, value) for value in f.subject]
     return out
 
 

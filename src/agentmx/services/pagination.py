@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, literal, tuple_
+from sqlalchemy import Integer, Select, bindparam, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -72,26 +72,30 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
 
 
 def keyset_select(
-    stmt: Select[Any],
-    *,
-    kind: str,
-    columns: Sequence[Any],
-    limit: int,
-    page_token: str | None,
-    ascending: bool = False,
+    stmt: Select[Any], *, columns: Sequence[Any], ascending: bool, from_token: bool
 ) -> Select[Any]:
-    """``stmt`` ordered by ``columns`` (the last must be unique), from ``page_token`` on, ``limit`` + 1 rows.
+    """``stmt`` ordered by ``columns`` (the last must be unique), ``:page_rows`` rows, the ones after
+    ``:page_after_0, :page_after_1, ...`` when ``from_token``: values that ``keyset_params`` gives.
 
-    ``columns``: mapped attributes or table columns; the extra row tells whether another page follows.
+    ``columns``: table columns; the extra row tells whether another page follows. The values are
+    bind parameters, so that one statement serves every page of its shape (list_conditions).
     """
+    if from_token:
+        # Typed as the columns, so SQLite compares datetimes in the stored form.
+        bound = [bindparam(f"page_after_{i}", type_=col.type) for i, col in enumerate(columns)]
+        key, after = tuple_(*columns), tuple_(*bound)
+        stmt = stmt.where(key > after if ascending else key < after)
+    order = [col.asc() if ascending else col.desc() for col in columns]
+    return stmt.order_by(*order).limit(bindparam("page_rows", type_=Integer))
+
+
+def keyset_params(kind: str, page_token: str | None, columns: Sequence[Any], limit: int) -> dict[str, Any]:
+    """The parameters of a ``keyset_select`` for ``page_token`` (400 if it is not one of ``kind``)."""
+    params: dict[str, Any] = {"page_rows": limit + 1}
     if page_token:
         after = decode_token(kind, page_token, [col.type.python_type for col in columns])
-        key = tuple_(*columns)
-        # Typed literals so SQLite compares datetimes in the stored form.
-        bound = tuple_(*[literal(v, type_=col.type) for v, col in zip(after, columns, strict=True)])
-        stmt = stmt.where(key > bound if ascending else key < bound)
-    order = [col.asc() if ascending else col.desc() for col in columns]
-    return stmt.order_by(*order).limit(limit + 1)
+        params |= {f"page_after_{i}": value for i, value in enumerate(after)}
+    return params
 
 
 def keyset_page(rows: list[T], *, kind: str, keys: Sequence[str], limit: int) -> Page[T]:
@@ -114,8 +118,7 @@ async def paginate(
     ascending: bool = False,
 ) -> Page[Any]:
     """Order by ``columns`` (the last must be unique) and return one page of ORM objects after ``page_token``."""
-    stmt = keyset_select(
-        stmt, kind=kind, columns=columns, limit=limit, page_token=page_token, ascending=ascending
-    )
-    rows = list((await session.scalars(stmt)).all())
+    stmt = keyset_select(stmt, columns=columns, ascending=ascending, from_token=bool(page_token))
+    params = keyset_params(kind, page_token, columns, limit)
+    rows = list((await session.scalars(stmt, params)).all())
     return keyset_page(rows, kind=kind, keys=[col.key for col in columns], limit=limit)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, delete, exists, false, or_, select
+from sqlalchemy import BindParameter, FromClause, String, bindparam, delete, exists, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
@@ -14,6 +14,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
+from agentmx.services.list_conditions import Conditions
 from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
 from agentmx.services.messages import (
     apply_labels,
@@ -88,25 +89,33 @@ def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
     return stmt.where(Thread.organization_id == caller.organization_id)
 
 
-def _thread_has(labels: list[str], thread_id: Any = Thread.id) -> Any:
+def _thread_has(labels: list[str] | list[BindParameter[str]], thread_id: Any = Thread.id) -> Any:
     return exists().where(
         Message.thread_id == thread_id, MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels)
     )
 
 
-def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> list[Any]:
+def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> Conditions:
     """The list filters on ``t``, the threads table (or an alias of it); scope is applied apart."""
-    out = [_thread_has([label], t.c.id) for label in normalize_labels(f.labels)]
+    out = Conditions()
+    labels = sorted(normalize_labels(f.labels))
+    out.where += [
+        _thread_has([bindparam(out.bound(f"filter_label_{i}", label), type_=String)], t.c.id)
+        for i, label in enumerate(labels)
+    ]
     hidden = hidden_labels(caller, f.include)
     if hidden:
-        out.append(~_thread_has(hidden, t.c.id))
+        out.where.append(~_thread_has(hidden, t.c.id))
     if f.before is not None:
-        out.append(t.c.timestamp < f.before)
+        out.where.append(t.c.timestamp < bindparam(out.bound("filter_before", f.before)))
     if f.after is not None:
-        out.append(t.c.timestamp >= f.after)
-    out += [json_contains(t.c.senders, value) for value in f.senders]
-    out += [json_contains(t.c.recipients, value) for value in f.recipients]
-    out += [contains(t.c.subject, value) for value in f.subject]
+        out.where.append(t.c.timestamp >= bindparam(out.bound("filter_after", f.after)))
+    out.shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
+    if f.has_text_filters:
+        out.literal()
+    out.where += [json_contains(t.c.senders, value) for value in f.senders]
+    out.where += [json_contains(t.c.recipients, value) for value in f.recipients]
+    out.where += [contains(t.c.subject, value) for value in f.subject]
     return out
 
 
