@@ -9,7 +9,8 @@ the text searched for (its escapes, its case folding), so a list with one is bui
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select
@@ -17,19 +18,24 @@ from sqlalchemy import Select
 
 @dataclass
 class Conditions:
-    where: list[Any] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+    where: Callable[[], list[Any]]  # built only when the statement is (a cache miss)
+    params: dict[str, Any]
     # What the SQL of ``where`` depends on besides ``params``; None when values are inside it.
-    shape: tuple[Any, ...] | None = ()
+    shape: tuple[Any, ...] | None
 
-    def bound(self, name: str, value: Any) -> str:
-        """``value`` as the parameter ``name`` (returned, for bindparam)."""
-        self.params[name] = value
-        return name
 
-    def literal(self) -> None:
-        """Values went into the SQL itself: the statement is not to be shared."""
-        self.shape = None
+def label_param(index: int) -> str:
+    return f"filter_label_{index}"
+
+
+def filter_params(labels: list[str], before: datetime | None, after: datetime | None) -> dict[str, Any]:
+    """The values of a list's label and time filters, under the names its conditions bind."""
+    params: dict[str, Any] = {label_param(i): label for i, label in enumerate(labels)}
+    if before is not None:
+        params["filter_before"] = before
+    if after is not None:
+        params["filter_after"] = after
+    return params
 
 
 class StatementCache:

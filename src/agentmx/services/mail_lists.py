@@ -173,7 +173,7 @@ async def list_messages(
     params = {"list_inbox": inbox, **found.params, **keyset_params(kind, page_token, _keys(m), limit)}
 
     def build() -> Select[Any]:
-        stmt = selects.messages.where(m.c.inbox_id == bindparam("list_inbox"), *found.where)
+        stmt = selects.messages.where(m.c.inbox_id == bindparam("list_inbox"), *found.where())
         return keyset_select(stmt, columns=_keys(m), ascending=ascending, from_token=bool(page_token))
 
     shape = None if found.shape is None else ("messages", selects, *found.shape, ascending, bool(page_token))
@@ -202,7 +202,7 @@ async def list_threads(
     params = {**scope_params, **found.params, **keyset_params(kind, page_token, _keys(t), limit)}
 
     def build() -> Select[Any]:
-        stmt = selects.threads.where(text(scope_sql.removeprefix(" AND ")), *found.where)
+        stmt = selects.threads.where(text(scope_sql.removeprefix(" AND ")), *found.where())
         return keyset_select(stmt, columns=_keys(t), ascending=ascending, from_token=bool(page_token))
 
     shape = (

@@ -30,7 +30,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions
+from agentmx.services.list_conditions import Conditions, filter_params, label_param
 from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, THREAD_LOCK, normalize_labels
 from agentmx.services.pagination import Page, paginate
 
@@ -99,29 +99,28 @@ def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
 
 def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Conditions:
     """The list filters on ``m``, the messages table (or an alias of it); the inbox filter is added apart."""
-    out = Conditions()
     labels = sorted(normalize_labels(f.labels))
-    out.where += [
-        has_label(bindparam(out.bound(f"filter_label_{i}", label), type_=String), m.c.id)
-        for i, label in enumerate(labels)
-    ]
     hidden = hidden_labels(caller, f.include)
-    if hidden:
-        out.where.append(without_labels(hidden, m.c.id))
-    if f.before is not None:
-        out.where.append(m.c.timestamp < bindparam(out.bound("filter_before", f.before)))
-    if f.after is not None:
-        out.where.append(m.c.timestamp >= bindparam(out.bound("filter_after", f.after)))
-    out.shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
-    if f.has_text_filters:
-        out.literal()
-    out.where += [contains(m.c.from_addr, value) for value in f.from_]
-    out.where += [
-        or_(json_contains(m.c.to, value), json_contains(m.c.cc, value), json_contains(m.c.bcc, value))
-        for value in f.to
-    ]
-    out.where += [contains(m.c.subject, value) for value in f.subject]
-    return out
+    params = filter_params(labels, f.before, f.after)
+
+    def where() -> list[Any]:
+        out = [has_label(bindparam(label_param(i), type_=String), m.c.id) for i in range(len(labels))]
+        if hidden:
+            out.append(without_labels(hidden, m.c.id))
+        if f.before is not None:
+            out.append(m.c.timestamp < bindparam("filter_before"))
+        if f.after is not None:
+            out.append(m.c.timestamp >= bindparam("filter_after"))
+        out += [contains(m.c.from_addr, value) for value in f.from_]
+        out += [
+            or_(json_contains(m.c.to, value), json_contains(m.c.cc, value), json_contains(m.c.bcc, value))
+            for value in f.to
+        ]
+        out += [contains(m.c.subject, value) for value in f.subject]
+        return out
+
+    shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
+    return Conditions(where, params, None if f.has_text_filters else shape)
 
 
 async def search_messages(

@@ -14,7 +14,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions
+from agentmx.services.list_conditions import Conditions, filter_params, label_param
 from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
 from agentmx.services.messages import (
     apply_labels,
@@ -97,26 +97,25 @@ def _thread_has(labels: list[str] | list[BindParameter[str]], thread_id: Any = T
 
 def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> Conditions:
     """The list filters on ``t``, the threads table (or an alias of it); scope is applied apart."""
-    out = Conditions()
     labels = sorted(normalize_labels(f.labels))
-    out.where += [
-        _thread_has([bindparam(out.bound(f"filter_label_{i}", label), type_=String)], t.c.id)
-        for i, label in enumerate(labels)
-    ]
     hidden = hidden_labels(caller, f.include)
-    if hidden:
-        out.where.append(~_thread_has(hidden, t.c.id))
-    if f.before is not None:
-        out.where.append(t.c.timestamp < bindparam(out.bound("filter_before", f.before)))
-    if f.after is not None:
-        out.where.append(t.c.timestamp >= bindparam(out.bound("filter_after", f.after)))
-    out.shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
-    if f.has_text_filters:
-        out.literal()
-    out.where += [json_contains(t.c.senders, value) for value in f.senders]
-    out.where += [json_contains(t.c.recipients, value) for value in f.recipients]
-    out.where += [contains(t.c.subject, value) for value in f.subject]
-    return out
+    params = filter_params(labels, f.before, f.after)
+
+    def where() -> list[Any]:
+        out = [_thread_has([bindparam(label_param(i), type_=String)], t.c.id) for i in range(len(labels))]
+        if hidden:
+            out.append(~_thread_has(hidden, t.c.id))
+        if f.before is not None:
+            out.append(t.c.timestamp < bindparam("filter_before"))
+        if f.after is not None:
+            out.append(t.c.timestamp >= bindparam("filter_after"))
+        out += [json_contains(t.c.senders, value) for value in f.senders]
+        out += [json_contains(t.c.recipients, value) for value in f.recipients]
+        out += [contains(t.c.subject, value) for value in f.subject]
+        return out
+
+    shape = (len(labels), tuple(hidden), f.before is not None, f.after is not None)
+    return Conditions(where, params, None if f.has_text_filters else shape)
 
 
 async def views(session: AsyncSession, threads: list[Thread]) -> list[ThreadView]:
