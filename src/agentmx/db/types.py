@@ -42,6 +42,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+# For reads whose times go straight to the wire (http/wire.json_response, wire.as_is): the driver's
+# datetimes, UTC on both databases (naive on SQLite), without UTCDateTime's conversion per value.
+DRIVER_TIME = DateTime(timezone=True)
+
+
+def driver_time(type_: Any) -> Any:
+    """``type_``, or DRIVER_TIME if it is UTCDateTime."""
+    return DRIVER_TIME if isinstance(type_, UTCDateTime) else type_
+
+
 def json_dumps(value: Any) -> str:
     """JSON columns' text: orjson, in a seventh of json.dumps' time (a few % of an inbound message).
 

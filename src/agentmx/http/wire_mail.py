@@ -102,9 +102,10 @@ def thread(
     messages: list[dict[str, Any]],
     limit: int,
     next_page_token: str | None,
+    time: Time = iso,
 ) -> dict[str, Any]:
     """A Thread: ThreadItem fields plus one page of full message documents (ascending)."""
-    data = thread_item(row, labels, attachments)
+    data = thread_item(row, labels, attachments, time)
     data["count"] = len(messages)
     data["limit"] = limit
     if next_page_token:

@@ -17,11 +17,11 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Row, Select, bindparam, literal_column, select, text, type_coerce
+from sqlalchemy import JSON, Row, Select, bindparam, literal_column, select, text, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmx.db.models import Message, Thread
-from agentmx.db.types import UTCDateTime
+from agentmx.db.types import driver_time
 from agentmx.errors import NotFound
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import inbox_is_visible, inbox_key
@@ -62,7 +62,6 @@ ThreadItem = namedtuple("ThreadItem", THREAD_SCALARS + THREAD_LISTS)  # type: ig
 KEYS = ("timestamp", "id")  # keyset order, newest first unless ascending
 m = Message.__table__.alias("m")  # mail_reads' aggregates name the message "m"
 t = Thread.__table__.alias("t")  # and its scope filters name the thread "t"
-_DRIVER_TIME = DateTime(timezone=True)
 _statements = StatementCache()  # a page's SELECT by shape (list_conditions)
 INBOX = text("SELECT organization_id, pod_id FROM inboxes WHERE id = :inbox_id")
 
@@ -84,9 +83,7 @@ def _labelled(table: Any, model: Any, attrs: tuple[str, ...]) -> list[Any]:
     out = []
     for attr in attrs:
         column = table.c[model.__mapper__.attrs[attr].columns[0].name]
-        if isinstance(column.type, UTCDateTime):
-            column = type_coerce(column, _DRIVER_TIME)
-        out.append(column.label(attr))
+        out.append(type_coerce(column, driver_time(column.type)).label(attr))
     return out
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmx.db.driver_reads import DriverConnection
 from agentmx.db.models import Message, Thread
-from agentmx.db.types import UTCDateTime
+from agentmx.db.types import UTCDateTime, driver_time
 from agentmx.errors import NotFound
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import inbox_is_visible, inbox_key
@@ -109,10 +109,13 @@ class ThreadRecord:
 
 
 def _columns(model: Any, attrs: tuple[str, ...], alias: str, prefix: str = "") -> tuple[str, list[Any]]:
-    """SELECT list of ``model``'s columns renamed to (prefixed) attribute names, and their result types."""
+    """SELECT list of ``model``'s columns renamed to (prefixed) attribute names, and their result types.
+
+    Times as the driver reads them (db/types.driver_time): the documents leave them to wire.json_response.
+    """
     mapped = [(prefix + attr, model.__mapper__.attrs[attr].columns[0]) for attr in attrs]
     sql = ", ".join(f'{alias}."{col.name}" AS "{name}"' for name, col in mapped)
-    return sql, [column(name, col.type) for name, col in mapped]
+    return sql, [column(name, driver_time(col.type)) for name, col in mapped]
 
 
 def message_aggregates(dialect: str) -> tuple[str, str]:

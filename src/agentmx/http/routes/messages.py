@@ -209,7 +209,8 @@ async def get_message(
         return wire.json_response(_attachment_response(request, rt, attachment))
     async with rt.db.read_driver() as conn:
         found = await mail_reads.get_message(conn, caller, inbox_id, rest)
-    return wire.json_response(wire_mail.message_document(found.row, found.labels, found.attachments, True))
+    document = wire_mail.message_document(found.row, found.labels, found.attachments, True, wire.as_is)
+    return wire.json_response(document)
 
 
 @router.patch(PREFIX + "/{message_id:path}")

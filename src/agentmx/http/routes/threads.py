@@ -110,10 +110,12 @@ async def read_thread(
             conn, caller, scope, thread_id, limit=limit, page_token=request.query_params.get("page_token")
         )
     page = found.messages
-    messages = [wire_mail.message_document(m.row, m.labels, m.attachments, True) for m in page.items]
+    messages = [
+        wire_mail.message_document(m.row, m.labels, m.attachments, True, wire.as_is) for m in page.items
+    ]
     return wire.json_response(
         wire_mail.thread(
-            found.row, found.labels, found.attachments, messages, page.limit, page.next_page_token
+            found.row, found.labels, found.attachments, messages, page.limit, page.next_page_token, wire.as_is
         )
     )
 
