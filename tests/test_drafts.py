@@ -199,6 +199,29 @@ def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) 
     assert custom.to == ["zed@example.com"] and custom.subject == "Re: Project kickoff"
 
 
+def test_a_reply_draft_is_sent_as_it_shows(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    target = new_inbox(client)
+    mid = inject(harness.server, inbox, subject="Status", reply_to=f"alice@example.com, {inbox.upper()}")
+    draft = client.inboxes.drafts.create(inbox, in_reply_to=mid, text="Noted")
+    assert draft.to == ["alice@example.com"]  # the inbox is not its own recipient, as with reply
+
+    # Recipients and subject were derived when the draft was made; cleared ones stay cleared.
+    cleared = client.inboxes.drafts.update(inbox, draft.draft_id, to=None)
+    assert cleared.to is None and cleared.cc is None and cleared.bcc is None
+    with pytest.raises(Exception) as info:
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 422
+    client.inboxes.drafts.update(inbox, draft.draft_id, bcc=[target], subject=None)
+    sent = client.inboxes.drafts.send(inbox, draft.draft_id)
+    message = client.inboxes.messages.get(inbox, sent.message_id)
+    assert message.to == [] and message.bcc == [target] and message.subject is None
+    assert (
+        message.in_reply_to == mid and message.thread_id == client.inboxes.messages.get(inbox, mid).thread_id
+    )
+
+
 def test_forward_draft_merges_original_at_send(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)

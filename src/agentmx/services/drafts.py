@@ -1,8 +1,9 @@
 """Drafts: create (plain, reply, forward), read, list, edit, delete, and the send_at schedule.
 
 A draft's kind is fixed at creation. Replies derive recipients, subject and threading from the
-replied-to message right away (the caller sees and may edit them); forwards derive subject and
-threading, and the forwarded body and attachments are merged in only at send time.
+replied-to message right away (the caller sees and may edit them, and they are sent as shown);
+forwards derive subject and threading, and the forwarded body and attachments are merged in only
+at send time.
 
 Scheduling: a draft with ``send_at`` carries label ``scheduled``, ``send_status="scheduled"``
 and one ``send_draft`` job keyed ``draft:<id>`` with ``run_at=send_at``. Every change of
@@ -32,6 +33,7 @@ from agentmx.services.inboxes import get_inbox, inbox_cleanup
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
+from agentmx.services.sending import reply_recipients
 from agentmx.services.validation import check_client_id, fail
 
 JOB_KIND = "send_draft"
@@ -290,36 +292,6 @@ class NewDraft:
     client_id: str | None = None
 
 
-def _reply_recipients(message: Message, inbox: Inbox, reply_all: bool) -> tuple[list[str], list[str]]:
-    """(to, cc) of a reply: the sender (or Reply-To) of a received message, the recipients of a sent one."""
-    own = inbox.id.lower()
-
-    def others(values: list[str]) -> list[str]:
-        return [v for v in values if all(addr.lower() != own for _, addr in getaddresses([v]))]
-
-    if message.direction == "outbound":
-        to = list(message.to)
-        cc = list(message.cc) if reply_all else []
-    else:
-        to = list(message.reply_to) or ([message.from_] if message.from_ else [])
-        cc = []
-        if reply_all:
-            to += others(message.to)
-            cc = others(message.cc)
-    seen: set[str] = set()
-
-    def dedupe(values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            key = ",".join(addr.lower() for _, addr in getaddresses([value]))
-            if key not in seen:
-                seen.add(key)
-                out.append(value)
-        return out
-
-    return dedupe(to), dedupe(cc)
-
-
 async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
@@ -373,7 +345,7 @@ async def create_draft(
         draft.thread_id = source.thread_id
         draft.references = thread_references(source.message_id, list(source.references or []))
         if not (new.to or new.cc or new.bcc):
-            draft.to, draft.cc = _reply_recipients(source, inbox, bool(new.reply_all))
+            draft.to, draft.cc = reply_recipients(inbox, source, bool(new.reply_all))
         if new.subject is None:
             draft.subject = reply_subject(source.subject)
     elif new.forward_of:
