@@ -197,6 +197,12 @@ def test_url_attachment_is_fetched(relay: Relay) -> None:
     files = [part.get_filename() for part in got.message.iter_attachments()]
     assert files == ["health.json"]
 
+    # Drafts fetch their URLs under the same setting (AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE).
+    url = {"filename": "health.json", "url": relay.server.base_url + "/health"}
+    draft = client.inboxes.drafts.create(a, to=[to], text="x", attachments=[url])
+    draft = client.inboxes.drafts.update(a, draft.draft_id, add_attachments=[url])
+    assert [att.filename for att in draft.attachments or []] == ["health.json", "health.json"]
+
 
 def _dsn(return_path: str, recipient: str, original_id: str) -> bytes:
     """An RFC 3464 report as Postfix writes it."""

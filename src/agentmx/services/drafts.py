@@ -81,7 +81,8 @@ async def store_attachments(rt: Runtime, inputs: list[AttachmentInput]) -> list[
     """
     specs = [send_attachments.AttachmentSpec(**vars(att)) for att in inputs]
     out: list[StoredAttachment] = []
-    for att in await send_attachments.resolve(specs):
+    resolved = await send_attachments.resolve(specs, allow_private=rt.settings.attachment_url_allow_private)
+    for att in resolved:
         out.append(
             StoredAttachment(
                 filename=att.filename,
