@@ -148,6 +148,12 @@ def test_validation_errors(harness: Harness) -> None:
         client.inboxes.drafts.create(inbox, to=["not an address"], request_options=NO_RETRY)
     with pytest.raises(ValidationError):
         client.inboxes.drafts.create(inbox, labels=["scheduled"], request_options=NO_RETRY)
+    # A system label would make the send fail later (a scheduled one silently): refused at once.
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, labels=["Received"], request_options=NO_RETRY)
+    plain = client.inboxes.drafts.create(inbox, to=["x@example.com"], labels=["mine"])
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(inbox, plain.draft_id, add_labels=["bounced"], request_options=NO_RETRY)
     with pytest.raises(ValidationError):
         client.inboxes.drafts.create(
             inbox, attachments=[{"filename": "x", "content": "!!!"}], request_options=NO_RETRY

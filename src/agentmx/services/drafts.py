@@ -30,6 +30,7 @@ from agentmx.mail.compose import forward_subject, reply_subject, thread_referenc
 from agentmx.services import jobs, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, inbox_cleanup
+from agentmx.services.mailstore import SYSTEM_LABELS
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
@@ -118,6 +119,9 @@ def _labels(values: list[str] | None, path: str) -> list[str]:
             raise fail(path, "labels must be 1-256 characters")
         if label == SCHEDULED:
             raise fail(path, "the 'scheduled' label is managed by send_at")
+        if label in SYSTEM_LABELS:
+            # The message it becomes could not carry it: the send (a scheduled one too) would fail.
+            raise fail(path, f"'{label}' is a system label")
         if label not in out:
             out.append(label)
     return out
