@@ -45,6 +45,8 @@ RESERVED_HEADERS = frozenset(
 )
 RESERVED_PREFIXES = ("resent-", "arc-")
 
+# A domain label on the wire: letters, digits and inner hyphens, at most 63 (RFC 5321 4.1.2 Domain).
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv)\s*:\s*", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"^\s*(fwd?|wg)\s*:\s*", re.IGNORECASE)
 
@@ -279,7 +281,7 @@ def address_domain(address: str) -> str:
 
 def valid_address(address: str) -> bool:
     """A usable addr-spec (local@domain): an ASCII local part (the parser refuses others) and a domain
-    whose ASCII form (IDNA) is a valid DNS name, as it goes into DNS and SMTP commands."""
+    whose ASCII form (IDNA) is a valid host name, as it goes into DNS and SMTP commands."""
     try:
         parsed = Address(addr_spec=address)
     except (ValueError, IndexError, TypeError):
@@ -300,7 +302,7 @@ def ascii_domain(domain: str) -> str | None:
     except UnicodeError:
         return None
     labels = wire.rstrip(".").split(".")
-    if len(wire) > 253 or not all(0 < len(label) <= 63 for label in labels):
+    if len(wire) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return None
     return wire
 
