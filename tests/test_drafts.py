@@ -154,6 +154,11 @@ def test_validation_errors(harness: Harness) -> None:
     plain = client.inboxes.drafts.create(inbox, to=["x@example.com"], labels=["mine"])
     with pytest.raises(ValidationError):
         client.inboxes.drafts.update(inbox, plain.draft_id, add_labels=["bounced"], request_options=NO_RETRY)
+    # So would a line break in the subject (it never reached the wire: the send failed).
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, subject="a\r\nBcc: x@example.com", request_options=NO_RETRY)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(inbox, plain.draft_id, subject="a\u2028b", request_options=NO_RETRY)
     with pytest.raises(ValidationError):
         client.inboxes.drafts.create(
             inbox, attachments=[{"filename": "x", "content": "!!!"}], request_options=NO_RETRY

@@ -111,6 +111,13 @@ def _addresses(values: list[str] | None, path: str) -> list[str]:
     return out
 
 
+def _subject(value: str | None) -> str | None:
+    # A line break would end the header on the wire: the send, a scheduled one too, would fail.
+    if value is not None and "".join(value.splitlines()) != value:
+        raise fail("subject", "subject contains a line break")
+    return value
+
+
 def _labels(values: list[str] | None, path: str) -> list[str]:
     out: list[str] = []
     for value in values or []:
@@ -331,7 +338,7 @@ async def create_draft(
         to=_addresses(new.to, "to"),
         cc=_addresses(new.cc, "cc"),
         bcc=_addresses(new.bcc, "bcc"),
-        subject=new.subject,
+        subject=_subject(new.subject),
         text=new.text,
         html=new.html,
         preview=preview_of(new.text),
@@ -409,10 +416,10 @@ async def update_draft(
         value = getattr(changes, name)
         if value is not UNSET:
             setattr(draft, name, _addresses(value, name))
-    for name in ("subject", "html"):
-        value = getattr(changes, name)
-        if value is not UNSET:
-            setattr(draft, name, value)
+    if changes.subject is not UNSET:
+        draft.subject = _subject(changes.subject)
+    if changes.html is not UNSET:
+        draft.html = changes.html
     if changes.text is not UNSET:
         draft.text = changes.text
         draft.preview = preview_of(changes.text)
