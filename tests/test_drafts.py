@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -182,6 +183,21 @@ def test_client_id_returns_the_same_draft(harness: Harness) -> None:
     second = client.inboxes.drafts.create(inbox, subject="twice", client_id="draft-cid-1")
     assert second.draft_id == first.draft_id and second.subject == "once"
     assert second.client_id == "draft-cid-1"
+
+
+def test_concurrent_creates_with_one_client_id_get_the_one_draft(harness: Harness) -> None:
+    """On PostgreSQL the losers of the unique index were answered 409 instead of the draft."""
+    inbox = new_inbox(harness.client())
+    url = f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts"
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    for _ in range(4):
+        body = {"subject": "once", "client_id": "race-" + secrets.token_hex(4)}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda b: httpx.post(url, json=b, headers=headers, timeout=30), [body] * 8)
+            )
+        assert [r.status_code for r in answers] == [200] * 8
+        assert len({r.json()["draft_id"] for r in answers}) == 1
 
 
 def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) -> None:

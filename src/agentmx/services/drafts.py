@@ -19,11 +19,11 @@ from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import delete, exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Draft, DraftAttachment, DraftLabel, Inbox, Job, Message
 from agentmx.db.types import utcnow
+from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import Conflict, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.mail.compose import forward_subject, reply_subject, thread_references, valid_address
@@ -309,12 +309,8 @@ async def create_draft(
 ) -> Draft:
     inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
     check_client_id(new.client_id)
-    if new.client_id:
-        existing = await session.scalar(
-            select(Draft).where(Draft.inbox_id == inbox.id, Draft.client_id == new.client_id)
-        )
-        if existing is not None:
-            return existing
+    if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
+        return existing
     if new.in_reply_to and new.forward_of:
         raise ValidationFailed(
             "in_reply_to and forward_of are mutually exclusive",
@@ -369,13 +365,18 @@ async def create_draft(
     _set_labels(draft, _labels(new.labels, "labels"))
     _set_attachments(draft, new.attachments or [])
     _schedule(draft, new.send_at)
-    session.add(draft)
-    try:
-        await session.flush()
-    except IntegrityError as exc:  # a concurrent create with the same client_id
-        raise Conflict("A draft with this client_id is being created") from exc
+    if not await flush_unless_taken(session, draft):
+        # A concurrent create with the same client_id (a retry racing its original) committed first.
+        existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
+        if existing is None:
+            raise Conflict("A draft with this client_id is being created")
+        return existing
     await _sync_job(session, rt, draft)
     return draft
+
+
+async def _by_client_id(session: AsyncSession, inbox: Inbox, client_id: str) -> Draft | None:
+    return await session.scalar(select(Draft).where(Draft.inbox_id == inbox.id, Draft.client_id == client_id))
 
 
 UNSET: Any = object()
