@@ -30,6 +30,7 @@ def inject(
     text: str = "Original body line.",
     sender: str = "Alice <alice@example.com>",
     cc: str | None = None,
+    reply_to: str | None = None,
     attachment: bytes | None = None,
 ) -> str:
     """Deliver one inbound message over SMTP; returns its Message-ID."""
@@ -38,6 +39,8 @@ def inject(
     msg["To"] = to
     if cc:
         msg["Cc"] = cc
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg["Subject"] = subject
     msg["Message-ID"] = make_msgid(domain="example.com")
     msg.set_content(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -148,6 +149,17 @@ def test_validation_errors(harness: Harness) -> None:
         client.inboxes.drafts.create(inbox, to=["not an address"], request_options=NO_RETRY)
     with pytest.raises(ValidationError):
         client.inboxes.drafts.create(inbox, labels=["scheduled"], request_options=NO_RETRY)
+    # A system label would make the send fail later (a scheduled one silently): refused at once.
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, labels=["Received"], request_options=NO_RETRY)
+    plain = client.inboxes.drafts.create(inbox, to=["x@example.com"], labels=["mine"])
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(inbox, plain.draft_id, add_labels=["bounced"], request_options=NO_RETRY)
+    # So would a line break in the subject (it never reached the wire: the send failed).
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(inbox, subject="a\r\nBcc: x@example.com", request_options=NO_RETRY)
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(inbox, plain.draft_id, subject="a\u2028b", request_options=NO_RETRY)
     with pytest.raises(ValidationError):
         client.inboxes.drafts.create(
             inbox, attachments=[{"filename": "x", "content": "!!!"}], request_options=NO_RETRY
@@ -171,6 +183,21 @@ def test_client_id_returns_the_same_draft(harness: Harness) -> None:
     second = client.inboxes.drafts.create(inbox, subject="twice", client_id="draft-cid-1")
     assert second.draft_id == first.draft_id and second.subject == "once"
     assert second.client_id == "draft-cid-1"
+
+
+def test_concurrent_creates_with_one_client_id_get_the_one_draft(harness: Harness) -> None:
+    """On PostgreSQL the losers of the unique index were answered 409 instead of the draft."""
+    inbox = new_inbox(harness.client())
+    url = f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts"
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    for _ in range(4):
+        body = {"subject": "once", "client_id": "race-" + secrets.token_hex(4)}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda b: httpx.post(url, json=b, headers=headers, timeout=30), [body] * 8)
+            )
+        assert [r.status_code for r in answers] == [200] * 8
+        assert len({r.json()["draft_id"] for r in answers}) == 1
 
 
 def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) -> None:
@@ -197,6 +224,29 @@ def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) 
     # Overrides keep the threading but use the given recipients.
     custom = client.inboxes.drafts.create(inbox, in_reply_to=mid, to=["zed@example.com"])
     assert custom.to == ["zed@example.com"] and custom.subject == "Re: Project kickoff"
+
+
+def test_a_reply_draft_is_sent_as_it_shows(harness: Harness) -> None:
+    client = harness.client()
+    inbox = new_inbox(client)
+    target = new_inbox(client)
+    mid = inject(harness.server, inbox, subject="Status", reply_to=f"alice@example.com, {inbox.upper()}")
+    draft = client.inboxes.drafts.create(inbox, in_reply_to=mid, text="Noted")
+    assert draft.to == ["alice@example.com"]  # the inbox is not its own recipient, as with reply
+
+    # Recipients and subject were derived when the draft was made; cleared ones stay cleared.
+    cleared = client.inboxes.drafts.update(inbox, draft.draft_id, to=None)
+    assert cleared.to is None and cleared.cc is None and cleared.bcc is None
+    with pytest.raises(Exception) as info:
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 422
+    client.inboxes.drafts.update(inbox, draft.draft_id, bcc=[target], subject=None)
+    sent = client.inboxes.drafts.send(inbox, draft.draft_id)
+    message = client.inboxes.messages.get(inbox, sent.message_id)
+    assert message.to == [] and message.bcc == [target] and message.subject is None
+    assert (
+        message.in_reply_to == mid and message.thread_id == client.inboxes.messages.get(inbox, mid).thread_id
+    )
 
 
 def test_forward_draft_merges_original_at_send(harness: Harness) -> None:

@@ -8,6 +8,7 @@ import smtplib
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
+import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
@@ -146,6 +147,42 @@ def test_forward_quotes_original_and_attachments(harness: Harness) -> None:
     assert "r.bin" in names
     att = next(att for att in full.attachments or [] if att.filename == "r.bin")
     assert att.size == len(payload)
+
+
+def test_attached_emails_arrive_intact(harness: Harness) -> None:
+    """message/rfc822 parts went base64-encoded, which MIME forbids (RFC 2045 6.4): receivers read
+    the base64 text as the attached email."""
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    seven = b"From: x@example.org\r\nSubject: Inner seven\r\n\r\nplain body\r\n"
+    eight = "From: x@example.org\r\nSubject: Inner eight\r\n\r\nbody \u00fc\r\n".encode()
+    sent = client.inboxes.messages.send(
+        a,
+        to=b,
+        text="two emails attached",
+        attachments=[
+            {"filename": n, "content_type": "message/rfc822", "content": base64.b64encode(d).decode()}
+            for n, d in (("seven.eml", seven), ("eight.eml", eight))
+        ],
+    )
+    got = _arrived(client, b, sent.message_id)
+    by_name = {att.filename: att for att in got.attachments or []}
+    assert by_name["seven.eml"].content_type == "message/rfc822"
+    assert by_name["eight.eml"].content_type == "application/octet-stream"  # 8-bit: as bytes
+    for name, data in (("seven.eml", seven), ("eight.eml", eight)):
+        url = client.inboxes.messages.get_attachment(
+            b, sent.message_id, by_name[name].attachment_id
+        ).download_url
+        assert httpx.get(url).content.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n"), name
+
+    # A forward carries them on as they arrived.
+    fwd = client.inboxes.messages.forward(b, sent.message_id, to=a)
+    again = _arrived(client, a, fwd.message_id)
+    atts = {att.filename: att for att in again.attachments or []}
+    url = client.inboxes.messages.get_attachment(
+        a, fwd.message_id, atts["seven.eml"].attachment_id
+    ).download_url
+    assert b"Subject: Inner seven" in httpx.get(url).content
 
 
 def test_reply_to_message_id_with_slash_and_plus(harness: Harness) -> None:

@@ -197,6 +197,12 @@ def test_url_attachment_is_fetched(relay: Relay) -> None:
     files = [part.get_filename() for part in got.message.iter_attachments()]
     assert files == ["health.json"]
 
+    # Drafts fetch their URLs under the same setting (AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE).
+    url = {"filename": "health.json", "url": relay.server.base_url + "/health"}
+    draft = client.inboxes.drafts.create(a, to=[to], text="x", attachments=[url])
+    draft = client.inboxes.drafts.update(a, draft.draft_id, add_attachments=[url])
+    assert [att.filename for att in draft.attachments or []] == ["health.json", "health.json"]
+
 
 def _dsn(return_path: str, recipient: str, original_id: str) -> bytes:
     """An RFC 3464 report as Postfix writes it."""
@@ -592,7 +598,16 @@ def test_an_idn_domain_is_sent_as_its_ascii_form_and_each_recipient_once(relay: 
 def test_addresses_that_cannot_be_sent_are_refused_at_once(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)
-    for bad in (f"x@{'a' * 64}.test", "ü@remote.test", "x@b..test"):
+    # A domain is a host name: no "?=", no leading hyphen. An encoded word with a ":" in a display
+    # name parses as a group naming "_x@y.test?=", which was sent to as a recipient.
+    for bad in (
+        f"x@{'a' * 64}.test",
+        "ü@remote.test",
+        "x@b..test",
+        "x@-b.test",
+        "x@b.test?=",
+        "=?utf-8?q?=0D=0ABcc:_x@y.test?= <ok@remote.test>",
+    ):
         with pytest.raises(ApiError) as info:
             client.inboxes.messages.send(a, to=[ext("ok-"), bad], text="x", request_options=NO_RETRY)
         assert info.value.status_code == 400, bad

@@ -45,6 +45,8 @@ RESERVED_HEADERS = frozenset(
 )
 RESERVED_PREFIXES = ("resent-", "arc-")
 
+# A domain label on the wire: letters, digits and inner hyphens, at most 63 (RFC 5321 4.1.2 Domain).
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv)\s*:\s*", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"^\s*(fwd?|wg)\s*:\s*", re.IGNORECASE)
 
@@ -190,18 +192,36 @@ def _body(comp: Composition) -> MIMEPart:
     related.make_related()
     related.attach(body)
     for att in inline:
-        main, sub = _maintype(att)
-        part = MIMEPart(policy=policy.SMTP)
-        part.set_content(
-            att.data,
-            maintype=main,
-            subtype=sub,
-            filename=att.filename,
-            disposition="inline",
-            cid=_cid(att.content_id) if att.content_id else None,
-        )
-        related.attach(part)
+        related.attach(_attachment_part(att, "inline"))
     return related
+
+
+def _attachment_part(att: OutAttachment, disposition: str) -> MIMEPart:
+    """One attachment, its bytes intact on the wire. Multipart and message bodies may not be base64
+    (RFC 2045 6.4): receivers read such a part as it stands and show the base64 text. A 7-bit
+    message/rfc822 (an attached email) goes as it is; other such bodies as application/octet-stream."""
+    main, sub = _maintype(att)
+    data, cte = att.data, "base64"
+    if main in ("multipart", "message"):
+        if (main, sub) == ("message", "rfc822") and _seven_bit(data):
+            data, cte = b"\r\n".join(data.splitlines()) + b"\r\n", "7bit"
+        else:
+            main, sub = "application", "octet-stream"
+    part = MIMEPart(policy=policy.SMTP)
+    part.set_content(
+        data,
+        maintype=main,
+        subtype=sub,
+        cte=cte,
+        filename=att.filename,
+        disposition=disposition,
+        cid=_cid(att.content_id) if att.content_id else None,
+    )
+    return part
+
+
+def _seven_bit(data: bytes) -> bool:
+    return data.isascii() and b"\0" not in data and all(len(line) <= 998 for line in data.splitlines())
 
 
 def _cte(text: str) -> str:
@@ -224,17 +244,7 @@ def build(comp: Composition) -> EmailMessage:
         msg.make_mixed()
         msg.attach(body)  # type: ignore[arg-type]  # typeshed wants EmailMessage; MIMEPart avoids MIME-Version in parts
         for att in attachments:
-            part = MIMEPart(policy=policy.SMTP)
-            main, sub = _maintype(att)
-            part.set_content(
-                att.data,
-                maintype=main,
-                subtype=sub,
-                filename=att.filename,
-                disposition="attachment",
-                cid=_cid(att.content_id) if att.content_id else None,
-            )
-            msg.attach(part)  # type: ignore[arg-type]
+            msg.attach(_attachment_part(att, "attachment"))  # type: ignore[arg-type]
     _set_headers(msg, comp)
     return msg
 
@@ -279,7 +289,7 @@ def address_domain(address: str) -> str:
 
 def valid_address(address: str) -> bool:
     """A usable addr-spec (local@domain): an ASCII local part (the parser refuses others) and a domain
-    whose ASCII form (IDNA) is a valid DNS name, as it goes into DNS and SMTP commands."""
+    whose ASCII form (IDNA) is a valid host name, as it goes into DNS and SMTP commands."""
     try:
         parsed = Address(addr_spec=address)
     except (ValueError, IndexError, TypeError):
@@ -300,7 +310,7 @@ def ascii_domain(domain: str) -> str | None:
     except UnicodeError:
         return None
     labels = wire.rstrip(".").split(".")
-    if len(wire) > 253 or not all(0 < len(label) <= 63 for label in labels):
+    if len(wire) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return None
     return wire
 

@@ -88,6 +88,7 @@ async def _send_locked(
         reply_to_message=await _source(session, inbox.id, draft.in_reply_to),
         reply_all=draft.reply_all,
         forward_of=await _source(session, inbox.id, draft.forward_of),
+        as_given=True,
     )
     message = await send_message(session, rt, caller, inbox, req)
     await jobs.cancel(session, drafts.job_key(draft.id))

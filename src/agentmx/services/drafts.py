@@ -1,8 +1,9 @@
 """Drafts: create (plain, reply, forward), read, list, edit, delete, and the send_at schedule.
 
 A draft's kind is fixed at creation. Replies derive recipients, subject and threading from the
-replied-to message right away (the caller sees and may edit them); forwards derive subject and
-threading, and the forwarded body and attachments are merged in only at send time.
+replied-to message right away (the caller sees and may edit them, and they are sent as shown);
+forwards derive subject and threading, and the forwarded body and attachments are merged in only
+at send time.
 
 Scheduling: a draft with ``send_at`` carries label ``scheduled``, ``send_status="scheduled"``
 and one ``send_draft`` job keyed ``draft:<id>`` with ``run_at=send_at``. Every change of
@@ -18,20 +19,22 @@ from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import delete, exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Draft, DraftAttachment, DraftLabel, Inbox, Job, Message
 from agentmx.db.types import utcnow
+from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import Conflict, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.mail.compose import forward_subject, reply_subject, thread_references, valid_address
 from agentmx.services import jobs, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, inbox_cleanup
+from agentmx.services.mailstore import SYSTEM_LABELS
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
+from agentmx.services.sending import reply_recipients
 from agentmx.services.validation import check_client_id, fail
 
 JOB_KIND = "send_draft"
@@ -79,7 +82,8 @@ async def store_attachments(rt: Runtime, inputs: list[AttachmentInput]) -> list[
     """
     specs = [send_attachments.AttachmentSpec(**vars(att)) for att in inputs]
     out: list[StoredAttachment] = []
-    for att in await send_attachments.resolve(specs):
+    resolved = await send_attachments.resolve(specs, allow_private=rt.settings.attachment_url_allow_private)
+    for att in resolved:
         out.append(
             StoredAttachment(
                 filename=att.filename,
@@ -107,6 +111,13 @@ def _addresses(values: list[str] | None, path: str) -> list[str]:
     return out
 
 
+def _subject(value: str | None) -> str | None:
+    # A line break would end the header on the wire: the send, a scheduled one too, would fail.
+    if value is not None and "".join(value.splitlines()) != value:
+        raise fail("subject", "subject contains a line break")
+    return value
+
+
 def _labels(values: list[str] | None, path: str) -> list[str]:
     out: list[str] = []
     for value in values or []:
@@ -115,6 +126,9 @@ def _labels(values: list[str] | None, path: str) -> list[str]:
             raise fail(path, "labels must be 1-256 characters")
         if label == SCHEDULED:
             raise fail(path, "the 'scheduled' label is managed by send_at")
+        if label in SYSTEM_LABELS:
+            # The message it becomes could not carry it: the send (a scheduled one too) would fail.
+            raise fail(path, f"'{label}' is a system label")
         if label not in out:
             out.append(label)
     return out
@@ -290,47 +304,13 @@ class NewDraft:
     client_id: str | None = None
 
 
-def _reply_recipients(message: Message, inbox: Inbox, reply_all: bool) -> tuple[list[str], list[str]]:
-    """(to, cc) of a reply: the sender (or Reply-To) of a received message, the recipients of a sent one."""
-    own = inbox.id.lower()
-
-    def others(values: list[str]) -> list[str]:
-        return [v for v in values if all(addr.lower() != own for _, addr in getaddresses([v]))]
-
-    if message.direction == "outbound":
-        to = list(message.to)
-        cc = list(message.cc) if reply_all else []
-    else:
-        to = list(message.reply_to) or ([message.from_] if message.from_ else [])
-        cc = []
-        if reply_all:
-            to += others(message.to)
-            cc = others(message.cc)
-    seen: set[str] = set()
-
-    def dedupe(values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            key = ",".join(addr.lower() for _, addr in getaddresses([value]))
-            if key not in seen:
-                seen.add(key)
-                out.append(value)
-        return out
-
-    return dedupe(to), dedupe(cc)
-
-
 async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
     inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
     check_client_id(new.client_id)
-    if new.client_id:
-        existing = await session.scalar(
-            select(Draft).where(Draft.inbox_id == inbox.id, Draft.client_id == new.client_id)
-        )
-        if existing is not None:
-            return existing
+    if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
+        return existing
     if new.in_reply_to and new.forward_of:
         raise ValidationFailed(
             "in_reply_to and forward_of are mutually exclusive",
@@ -354,7 +334,7 @@ async def create_draft(
         to=_addresses(new.to, "to"),
         cc=_addresses(new.cc, "cc"),
         bcc=_addresses(new.bcc, "bcc"),
-        subject=new.subject,
+        subject=_subject(new.subject),
         text=new.text,
         html=new.html,
         preview=preview_of(new.text),
@@ -373,7 +353,7 @@ async def create_draft(
         draft.thread_id = source.thread_id
         draft.references = thread_references(source.message_id, list(source.references or []))
         if not (new.to or new.cc or new.bcc):
-            draft.to, draft.cc = _reply_recipients(source, inbox, bool(new.reply_all))
+            draft.to, draft.cc = reply_recipients(inbox, source, bool(new.reply_all))
         if new.subject is None:
             draft.subject = reply_subject(source.subject)
     elif new.forward_of:
@@ -385,13 +365,18 @@ async def create_draft(
     _set_labels(draft, _labels(new.labels, "labels"))
     _set_attachments(draft, new.attachments or [])
     _schedule(draft, new.send_at)
-    session.add(draft)
-    try:
-        await session.flush()
-    except IntegrityError as exc:  # a concurrent create with the same client_id
-        raise Conflict("A draft with this client_id is being created") from exc
+    if not await flush_unless_taken(session, draft):
+        # A concurrent create with the same client_id (a retry racing its original) committed first.
+        existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
+        if existing is None:
+            raise Conflict("A draft with this client_id is being created")
+        return existing
     await _sync_job(session, rt, draft)
     return draft
+
+
+async def _by_client_id(session: AsyncSession, inbox: Inbox, client_id: str) -> Draft | None:
+    return await session.scalar(select(Draft).where(Draft.inbox_id == inbox.id, Draft.client_id == client_id))
 
 
 UNSET: Any = object()
@@ -432,10 +417,10 @@ async def update_draft(
         value = getattr(changes, name)
         if value is not UNSET:
             setattr(draft, name, _addresses(value, name))
-    for name in ("subject", "html"):
-        value = getattr(changes, name)
-        if value is not UNSET:
-            setattr(draft, name, value)
+    if changes.subject is not UNSET:
+        draft.subject = _subject(changes.subject)
+    if changes.html is not UNSET:
+        draft.html = changes.html
     if changes.text is not UNSET:
         draft.text = changes.text
         draft.preview = preview_of(changes.text)

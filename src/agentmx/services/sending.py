@@ -66,6 +66,9 @@ class OutgoingMessage:
     reply_to_message: Message | None = None
     reply_all: bool = False
     forward_of: Message | None = None
+    # A draft's: its recipients and subject were derived when it was made, and may have been
+    # edited (cleared) since; they go as they are.
+    as_given: bool = False
 
 
 def iso(value: datetime) -> str:
@@ -108,17 +111,17 @@ def _without(addresses: list[str], excluded: set[str]) -> list[str]:
     return out
 
 
-def _derive_reply(inbox: Inbox, req: OutgoingMessage, original: Message) -> tuple[list[str], list[str]]:
-    """(to, cc) of a reply when the request gives none: the sender, or everyone for reply-all."""
+def reply_recipients(inbox: Inbox, original: Message, reply_all: bool) -> tuple[list[str], list[str]]:
+    """(to, cc) of a reply that names none: the sender, or everyone for reply-all, never the inbox itself."""
     me = {inbox.id.lower()}
     if original.direction == "outbound":
         # Replying to our own sent message continues the conversation with its recipients.
         to = list(original.to)
-        cc = list(original.cc) if req.reply_all else []
+        cc = list(original.cc) if reply_all else []
     else:
         to = list(original.reply_to) or [original.from_]
         cc = []
-        if req.reply_all:
+        if reply_all:
             to = to + list(original.to)
             cc = list(original.cc)
     to = _without(to, me)
@@ -194,12 +197,18 @@ async def _composition(
     if req.reply_to_message is not None:
         # The reply routes never pass a subject; a reply draft whose subject was edited does.
         subject = (
-            req.subject if req.subject is not None else compose.reply_subject(req.reply_to_message.subject)
+            req.subject
+            if req.subject is not None or req.as_given
+            else compose.reply_subject(req.reply_to_message.subject)
         )
     elif req.forward_of is not None:
         original = req.forward_of
         # An explicit subject is used as given; otherwise the original's, prefixed once.
-        subject = req.subject if req.subject is not None else compose.forward_subject(original.subject)
+        subject = (
+            req.subject
+            if req.subject is not None or req.as_given
+            else compose.forward_subject(original.subject)
+        )
         text, html = compose.forward_bodies(
             compose.ForwardSource(
                 from_addr=original.from_,
@@ -255,8 +264,8 @@ async def prepare_send(
     bcc = _addresses(req.bcc, "bcc")
     reply_to = _addresses(req.reply_to, "reply_to")
     original = req.reply_to_message
-    if original is not None and not req.to and not req.cc:
-        to, cc = _derive_reply(inbox, req, original)
+    if original is not None and not req.as_given and not req.to and not req.cc:
+        to, cc = reply_recipients(inbox, original, req.reply_all)
     recipients = _without(to + cc + bcc, set())
     if len(recipients) > MAX_RECIPIENTS:
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
