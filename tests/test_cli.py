@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from agentmx.settings import normalize_database_url
 from conftest import run_agentmx
 
 # Runs a command in-process and prints which of the server's modules it loaded.
@@ -71,3 +75,44 @@ def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     local = {"AGENTMX_SMTP_RELAY": "127.0.0.1:25", "AGENTMX_SMTP_RELAY_USERNAME": "u"}  # loopback: no network
     assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
+
+
+def test_keys_created_at_once_on_a_new_database_share_one_organization(empty_database: str) -> None:
+    """Setup scripts that create keys in parallel: every key must reach the same inboxes.
+
+    The commands' transactions, interleaved as two processes' would be: each looks for the
+    organization before either has made one.
+    """
+    from agentmx.db.engine import Database
+    from agentmx.services import keys
+
+    assert run_agentmx("db", "upgrade", env={"AGENTMX_DATABASE_URL": empty_database}).returncode == 0
+
+    async def create_keys() -> set[str]:
+        db = Database(normalize_database_url(empty_database))
+
+        async def create(name: str) -> str:
+            async with db.transaction() as s:
+                org = await keys.ensure_organization(s)
+                await keys.issue_key(s, organization_id=org.id, name=name)
+                return org.id
+
+        try:
+            return set(await asyncio.gather(*(create(f"k{i}") for i in range(4))))
+        finally:
+            await db.dispose()
+
+    assert len(asyncio.run(create_keys())) == 1
+    assert _organizations(empty_database) == 1
+
+
+def _organizations(url: str) -> int:
+    async def count() -> int:
+        engine = create_async_engine(normalize_database_url(url))
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(text("SELECT count(*) FROM organizations"))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import ApiKey, Organization, Pod
@@ -27,9 +27,21 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
+_NEW_ORGANIZATION_LOCK = 0x61676D6F  # "agmo"
+
+
+async def _first_organization(session: AsyncSession) -> Organization | None:
+    return await session.scalar(select(Organization).order_by(Organization.created_at).limit(1))
+
+
 async def ensure_organization(session: AsyncSession) -> Organization:
     """The first organization, created with its Default Pod when the server has none."""
-    org = await session.scalar(select(Organization).order_by(Organization.created_at).limit(1))
+    org = await _first_organization(session)
+    if org is None and session.get_bind().dialect.name == "postgresql":
+        # Setup scripts creating keys in parallel on a new database would each make an
+        # organization (tenants that cannot see each other's inboxes). SQLite's writers are serial.
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _NEW_ORGANIZATION_LOCK})
+        org = await _first_organization(session)
     if org is None:
         org = Organization(id=new_id("org"))
         session.add(org)
