@@ -113,6 +113,26 @@ def test_reply_all_addresses_everyone_but_the_inbox(harness: Harness) -> None:
     assert set((stored.to or []) + (stored.cc or [])) == {a, b, d}
 
 
+def test_reply_recipients_given_override_the_derived_ones_field_by_field(harness: Harness) -> None:
+    client = harness.client()
+    a, b, c, d = (new_inbox(client) for _ in range(4))
+    first = client.inboxes.messages.send(a, to=[b], subject="Plan", text="Thoughts?")
+    _arrived(client, b, first.message_id)
+
+    # cc alone: the sender stays in to (cc and bcc alone were treated differently).
+    with_cc = client.inboxes.messages.reply(b, first.message_id, text="Looping in c", cc=c)
+    stored = client.inboxes.messages.get(b, with_cc.message_id)
+    assert (stored.to, stored.cc) == ([a], [c])
+    with_bcc = client.inboxes.messages.reply(b, first.message_id, text="Quietly to d", bcc=[d])
+    stored = client.inboxes.messages.get(b, with_bcc.message_id)
+    assert (stored.to, stored.bcc) == ([a], [d])
+    # to replaces the sender.
+    rerouted = client.inboxes.messages.reply(b, first.message_id, text="For c", to=[c])
+    assert client.inboxes.messages.get(b, rerouted.message_id).to == [c]
+    for inbox, mid in ((a, with_cc), (c, with_cc), (a, with_bcc), (d, with_bcc), (c, rerouted)):
+        _arrived(client, inbox, mid.message_id)
+
+
 def test_forward_quotes_original_and_attachments(harness: Harness) -> None:
     client = harness.client()
     a, b, c = new_inbox(client), new_inbox(client), new_inbox(client)

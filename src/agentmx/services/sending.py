@@ -264,8 +264,10 @@ async def prepare_send(
     bcc = _addresses(req.bcc, "bcc")
     reply_to = _addresses(req.reply_to, "reply_to")
     original = req.reply_to_message
-    if original is not None and not req.as_given and not req.to and not req.cc:
-        to, cc = reply_recipients(inbox, original, req.reply_all)
+    if original is not None and not req.as_given:
+        # A reply's to and cc, when given, override the derived ones field by field.
+        derived_to, derived_cc = reply_recipients(inbox, original, req.reply_all)
+        to, cc = (to if req.to else derived_to), (cc if req.cc else derived_cc)
     recipients = _without(to + cc + bcc, set())
     if len(recipients) > MAX_RECIPIENTS:
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
