@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
+
 from conftest import Harness
 from mail_support import download, smtp_send
 
@@ -47,3 +49,82 @@ def test_a_reply_with_more_references_than_postgres_binds_joins_its_thread(harne
     stored = client.inboxes.messages.get(inbox_id, mid)
     assert stored.thread_id == thread_id and stored.references == chain
     assert client.inboxes.threads.get(inbox_id, thread_id).message_count == 2
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        ("", "Grüße ✓".encode(), "Grüße ✓"),  # UTF-8, no Content-Type at all
+        ("text/plain; charset=us-ascii", "naïve".encode(), "naïve"),  # mislabelled UTF-8
+        ("text/plain", b"caf\xe9 \x93quoted\x94", "café “quoted”"),  # Windows-1252
+    ],
+)
+def test_eight_bit_text_without_its_charset_is_read_as_sent(
+    harness: Harness, content_type: str, body: bytes, text: str
+) -> None:
+    client = harness.client()
+    inbox_id = client.inboxes.create().inbox_id
+    mid = _mid()
+    header = f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: 8bit\r\n" if content_type else ""
+    raw = (
+        (
+            f"From: ext@sender.example\r\nTo: {inbox_id}\r\nSubject: 8bit\r\nMessage-ID: {mid}\r\n{header}\r\n"
+        ).encode()
+        + body
+        + b"\r\n"
+    )
+    smtp_send(harness.server, [inbox_id], raw)
+    stored = client.inboxes.messages.get(inbox_id, mid)
+    # The stdlib decodes such bytes as U+FFFD (a US-ASCII part): the text was lost.
+    assert stored.text == text + "\n" and stored.preview == text
+
+
+def test_encoded_words_in_an_unknown_or_wrong_charset_are_decoded(harness: Harness) -> None:
+    client = harness.client()
+    inbox_id = client.inboxes.create().inbox_id
+    mid = _mid()
+    raw = (
+        f"From: =?utf-8?q?J=FCrgen?= <j@sender.example>\r\nTo: {inbox_id}\r\n"
+        f"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= =?x-unknown-charset?q?caf=E9?=\r\nMessage-ID: {mid}\r\n\r\nx\r\n"
+    )
+    smtp_send(harness.server, [inbox_id], raw)
+    stored = client.inboxes.messages.get(inbox_id, mid)
+    # One word the stdlib cannot decode left the whole field encoded (=?utf-8?q?...?= as the subject).
+    assert stored.subject == "Grüßecafé"
+    assert stored.from_ == "Jürgen <j@sender.example>"
+    assert client.inboxes.threads.get(inbox_id, stored.thread_id).subject == "Grüßecafé"
+
+
+def test_an_attached_message_downloads_as_it_was_sent(harness: Harness) -> None:
+    client = harness.client()
+    inbox_id = client.inboxes.create().inbox_id
+    inner = (
+        b"From: someone@elsewhere.example\r\n"
+        b"Subject: a subject line long enough that the default email policy folds it again on output\r\n"
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=elsewhere.example;\r\n\ts=s1; b=AbCd\r\n"
+        b"\r\n"
+        b"caf\xc3\xa9, forwarded as an attachment\r\n"
+    )
+    mid = _mid()
+    raw = (
+        (
+            f"From: ext@sender.example\r\nTo: {inbox_id}\r\nSubject: Fwd\r\nMessage-ID: {mid}\r\n"
+            'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--b1\r\nContent-Type: message/rfc822\r\n\r\n"
+        ).encode()
+        + inner
+        + b"\r\n--b1--\r\n"
+    )
+    smtp_send(harness.server, [inbox_id], raw)
+    stored = client.inboxes.messages.get(inbox_id, mid)
+    assert stored.attachments is not None
+    (attached,) = stored.attachments
+    assert (attached.filename, attached.content_type, attached.size) == (
+        "message.eml",
+        "message/rfc822",
+        len(inner),
+    )
+    url = client.inboxes.messages.get_attachment(inbox_id, mid, attached.attachment_id).download_url
+    # It came back with LF line ends and its Subject folded again: not the bytes its signature covers.
+    assert download(url).content == inner

@@ -25,8 +25,14 @@ PREVIEW_CHARS = 200
 CONTENT_TYPE_CHARS = 256
 CONTENT_ID_CHARS = 998
 MSGID = re.compile(r"<[^<>\s]+>")
+# Writes a parsed message back as it came: header lines as received (not folded again) and CRLF
+# line ends, as mail travels. The default policy's LF and refolding changed an attached message's
+# bytes (and broke its DKIM signature).
+AS_RECEIVED = policy.default.clone(linesep="\r\n", refold_source="none")
 # Raw 8-bit header bytes, as the parser keeps them (surrogateescape).
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# The same, as email.header.decode_header writes them (raw-unicode-escape).
+ESCAPED_BYTE_TEXT = re.compile(rb"\\udc([89a-f][0-9a-f])")
 
 
 @dataclass
@@ -68,9 +74,13 @@ def _decode_raw_header(value: Any) -> str:
         value = str(value)
     if "=?" in value:  # without an encoded word, decoding returns the text unchanged
         try:
-            value = str(make_header(decode_header(value)))
+            return _decode_words(value)
         except Exception:  # noqa: BLE001 (best effort; keep the raw text)
             pass
+    return _raw_bytes_decoded(value)
+
+
+def _raw_bytes_decoded(value: str) -> str:
     if _has_raw_bytes(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
@@ -78,6 +88,41 @@ def _decode_raw_header(value: Any) -> str:
         except UnicodeDecodeError:
             value = raw.decode("latin-1")
     return value
+
+
+def _decode_words(value: str) -> str:
+    """RFC 2047 words decoded. A word in a charset Python does not know, or whose bytes are not in its
+    charset, is read as UTF-8 or else Latin-1, and raw 8-bit text between words as outside them:
+    the stdlib leaves the whole field encoded, or shows the raw bytes as \\udcXX escapes."""
+    chunks = decode_header(value)
+    if value.isascii():
+        try:
+            return str(make_header(chunks))
+        except (LookupError, UnicodeDecodeError):
+            pass
+    out = ""
+    previous_encoded = None
+    for chunk, charset in chunks:
+        text, encoded = _text_of(chunk, charset), charset is not None
+        # As make_header: words touching text get a space; adjacent words are joined without one.
+        if out and text and encoded != previous_encoded and not (out[-1].isspace() or text[0].isspace()):
+            out += " "
+        out, previous_encoded = out + text, encoded
+    return out
+
+
+def _text_of(chunk: bytes | str, charset: str | None) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    if charset is None:  # text outside the words: decode_header wrote each raw byte as \\udcXX
+        chunk = ESCAPED_BYTE_TEXT.sub(lambda m: bytes.fromhex(m[1].decode()), chunk)
+        charset = "ascii"
+    for candidate in (charset, "utf-8"):
+        try:
+            return chunk.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return chunk.decode("latin-1")
 
 
 def _has_raw_bytes(value: str) -> bool:
@@ -146,7 +191,16 @@ def _message_id(value: str | None) -> str | None:
     return f"<{value}>" if value and " " not in value else None
 
 
+# A text part without a charset is US-ASCII (RFC 2045 5.2); so is one that says so. 8-bit text in it
+# is UTF-8 or a Windows code page as mail clients guess, not U+FFFD as the stdlib decodes it.
+UNDECLARED_CHARSETS = (None, "us-ascii")
+
+
 def _payload_text(part: Message) -> str:
+    if part.get_content_charset() in UNDECLARED_CHARSETS:
+        data = _payload_bytes(part)
+        if not data.isascii():
+            return _guessed_text(data)
     try:
         if isinstance(part, EmailMessage):
             content = part.get_content()
@@ -164,6 +218,15 @@ def _payload_text(part: Message) -> str:
     return data.decode("latin-1")
 
 
+def _guessed_text(data: bytes) -> str:
+    for charset in ("utf-8", "cp1252"):
+        try:
+            return data.decode(charset)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def _payload_bytes(part: Message) -> bytes:
     try:
         data = part.get_payload(decode=True)
@@ -174,9 +237,13 @@ def _payload_bytes(part: Message) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
-    if isinstance(payload, list):  # message/rfc822 and friends: re-serialise
+    if isinstance(payload, list):  # message/rfc822 and friends: re-serialise as received
         try:
-            return b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+            return b"".join(
+                p.as_bytes(unixfrom=p.get_unixfrom() is not None, policy=AS_RECEIVED)
+                for p in payload
+                if isinstance(p, Message)
+            )
         except Exception:  # noqa: BLE001
             return b""
     return b""
