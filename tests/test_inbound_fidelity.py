@@ -128,3 +128,22 @@ def test_an_attached_message_downloads_as_it_was_sent(harness: Harness) -> None:
     url = client.inboxes.messages.get_attachment(inbox_id, mid, attached.attachment_id).download_url
     # It came back with LF line ends and its Subject folded again: not the bytes its signature covers.
     assert download(url).content == inner
+
+
+def test_message_ids_wider_than_their_column_are_left_out(harness: Harness) -> None:
+    client = harness.client()
+    inbox_id = client.inboxes.create().inbox_id
+    # Encoded words over folded lines decode to an id of any length (RFC 2047 forbids them there); an id
+    # without angle brackets got them added. PostgreSQL refused the row: a 451 on every try.
+    words = "=?us-ascii?q?<" + "a" * 900 + "?=\r\n =?us-ascii?q?" + "b" * 900 + "@sender.example>?="
+    mid = _mid()
+    for fields in (
+        f"Message-ID: {words}",
+        f"Message-ID: {mid}\r\nIn-Reply-To: {words}",
+        "Message-ID:\r\n " + "c" * 997,
+    ):
+        raw = f"From: ext@sender.example\r\nTo: {inbox_id}\r\nSubject: Wide\r\n{fields}\r\n\r\nx\r\n"
+        assert smtp_send(harness.server, [inbox_id], raw) == {}
+    stored = client.inboxes.messages.list(inbox_id).messages
+    assert len(stored) == 3 and all(len(m.message_id) <= 998 for m in stored)
+    assert client.inboxes.messages.get(inbox_id, mid).in_reply_to is None

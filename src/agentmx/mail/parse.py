@@ -24,6 +24,7 @@ PREVIEW_CHARS = 200
 # longer; PostgreSQL refused the row (a 451 for a message SQLite stored), so parsed values are cut.
 CONTENT_TYPE_CHARS = 256
 CONTENT_ID_CHARS = 998
+MESSAGE_ID_CHARS = 998  # messages.message_id and in_reply_to, threads.last_message_id
 MSGID = re.compile(r"<[^<>\s]+>")
 # Writes a parsed message back as it came: header lines as received (not folded again) and CRLF
 # line ends, as mail travels. The default policy's LF and refolding changed an attached message's
@@ -182,13 +183,18 @@ def _format_address(name: str, addr: str) -> str:
 
 
 def _message_id(value: str | None) -> str | None:
+    """The id in a Message-ID or In-Reply-To field; None when there is none, or when it is wider than
+    the message_id column (encoded words over folded lines decode to any length): PostgreSQL refused
+    the row, a 451 on every try for a message SQLite stored. Without one a Message-ID is derived."""
     if not value:
         return None
     found = MSGID.search(value)
     if found:
-        return found.group(0)
-    value = value.strip()
-    return f"<{value}>" if value and " " not in value else None
+        msgid = found.group(0)
+    else:
+        value = value.strip()
+        msgid = f"<{value}>" if value and " " not in value else ""
+    return msgid if 0 < len(msgid) <= MESSAGE_ID_CHARS else None
 
 
 # A text part without a charset is US-ASCII (RFC 2045 5.2); so is one that says so. 8-bit text in it
