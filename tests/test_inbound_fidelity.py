@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from base64 import b64encode
 
 import pytest
 
@@ -136,14 +137,20 @@ def test_message_ids_wider_than_their_column_are_left_out(harness: Harness) -> N
     # Encoded words over folded lines decode to an id of any length (RFC 2047 forbids them there); an id
     # without angle brackets got them added. PostgreSQL refused the row: a 451 on every try.
     words = "=?us-ascii?q?<" + "a" * 900 + "?=\r\n =?us-ascii?q?" + "b" * 900 + "@sender.example>?="
+    # 700 characters of 4 bytes in UTF-8 fit the column but not PostgreSQL's unique index (2,704 bytes).
+    wide = "<" + "".join(chr(0x20000 + i * 7919 % 40000) for i in range(700)) + "@sender.example>"
+    wide_words = "\r\n ".join(
+        f"=?utf-8?b?{b64encode(wide[i : i + 50].encode()).decode()}?=" for i in range(0, 716, 50)
+    )
     mid = _mid()
     for fields in (
         f"Message-ID: {words}",
         f"Message-ID: {mid}\r\nIn-Reply-To: {words}",
         "Message-ID:\r\n " + "c" * 997,
+        f"Message-ID: {wide_words}",
     ):
         raw = f"From: ext@sender.example\r\nTo: {inbox_id}\r\nSubject: Wide\r\n{fields}\r\n\r\nx\r\n"
         assert smtp_send(harness.server, [inbox_id], raw) == {}
     stored = client.inboxes.messages.list(inbox_id).messages
-    assert len(stored) == 3 and all(len(m.message_id) <= 998 for m in stored)
+    assert len(stored) == 4 and all(len(m.message_id.encode()) <= 998 for m in stored)
     assert client.inboxes.messages.get(inbox_id, mid).in_reply_to is None
