@@ -154,3 +154,26 @@ def test_message_ids_wider_than_their_column_are_left_out(harness: Harness) -> N
     stored = client.inboxes.messages.list(inbox_id).messages
     assert len(stored) == 4 and all(len(m.message_id.encode()) <= 998 for m in stored)
     assert client.inboxes.messages.get(inbox_id, mid).in_reply_to is None
+
+
+def test_text_in_a_charset_that_decodes_to_lone_surrogates_is_stored(harness: Harness) -> None:
+    client = harness.client()
+    inbox_id = client.inboxes.create().inbox_id
+    mid = _mid()
+    # The utf-7 and unicode-escape codecs decode these to lone surrogates, which neither database
+    # driver can encode: the message got a 451 on every try.
+    raw = (
+        f"From: =?utf-7?q?+2AA-?= <ext@sender.example>\r\nTo: {inbox_id}\r\nMessage-ID: {mid}\r\n"
+        "Subject: =?unicode-escape?q?x\\ud800y?=\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain; charset=unicode-escape\r\n\r\nbody \\udc00\r\n"
+        '--b1\r\nContent-Type: application/pdf; name="=?utf-7?q?a+2AA-.pdf?="\r\n\r\n%PDF\r\n--b1--\r\n'
+    )
+    assert smtp_send(harness.server, [inbox_id], raw) == {}
+    stored = client.inboxes.messages.get(inbox_id, mid)
+    assert (stored.subject, stored.from_, stored.text) == (
+        "x\ufffdy",
+        "\ufffd <ext@sender.example>",
+        "body \ufffd",
+    )
+    assert stored.attachments is not None and stored.attachments[0].filename == "a\ufffd.pdf"

@@ -34,6 +34,7 @@ AS_RECEIVED = policy.default.clone(linesep="\r\n", refold_source="none")
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 # The same, as email.header.decode_header writes them (raw-unicode-escape).
 ESCAPED_BYTE_TEXT = re.compile(rb"\\udc([89a-f][0-9a-f])")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # UTF-8 has no form for them (_clean)
 
 
 @dataclass
@@ -150,7 +151,13 @@ def _field_text(raw: Any) -> str | None:
 
 
 def _clean(value: str) -> str:
-    """PostgreSQL text cannot hold NUL; CRLF becomes LF for readers."""
+    """PostgreSQL text cannot hold NUL; CRLF becomes LF for readers.
+
+    A lone surrogate (what the utf-7 and unicode-escape codecs make of some bytes, as a charset
+    of a word or a part) cannot be encoded as UTF-8 for either database: every try got a 451.
+    It becomes U+FFFD. (isascii is O(1): ASCII text is never scanned.)"""
+    if not value.isascii():
+        value = LONE_SURROGATE.sub("\ufffd", value)
     return value.replace("\x00", "").replace("\r\n", "\n")
 
 
