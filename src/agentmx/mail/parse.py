@@ -24,9 +24,17 @@ PREVIEW_CHARS = 200
 # longer; PostgreSQL refused the row (a 451 for a message SQLite stored), so parsed values are cut.
 CONTENT_TYPE_CHARS = 256
 CONTENT_ID_CHARS = 998
+MESSAGE_ID_CHARS = 998  # messages.message_id and in_reply_to, threads.last_message_id
 MSGID = re.compile(r"<[^<>\s]+>")
+# Writes a parsed message back as it came: header lines as received (not folded again) and CRLF
+# line ends, as mail travels. The default policy's LF and refolding changed an attached message's
+# bytes (and broke its DKIM signature).
+AS_RECEIVED = policy.default.clone(linesep="\r\n", refold_source="none")
 # Raw 8-bit header bytes, as the parser keeps them (surrogateescape).
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# The same, as email.header.decode_header writes them (raw-unicode-escape).
+ESCAPED_BYTE_TEXT = re.compile(rb"\\udc([89a-f][0-9a-f])")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # UTF-8 has no form for them (_clean)
 
 
 @dataclass
@@ -68,9 +76,13 @@ def _decode_raw_header(value: Any) -> str:
         value = str(value)
     if "=?" in value:  # without an encoded word, decoding returns the text unchanged
         try:
-            value = str(make_header(decode_header(value)))
+            return _decode_words(value)
         except Exception:  # noqa: BLE001 (best effort; keep the raw text)
             pass
+    return _raw_bytes_decoded(value)
+
+
+def _raw_bytes_decoded(value: str) -> str:
     if _has_raw_bytes(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
@@ -78,6 +90,41 @@ def _decode_raw_header(value: Any) -> str:
         except UnicodeDecodeError:
             value = raw.decode("latin-1")
     return value
+
+
+def _decode_words(value: str) -> str:
+    """RFC 2047 words decoded. A word in a charset Python does not know, or whose bytes are not in its
+    charset, is read as UTF-8 or else Latin-1, and raw 8-bit text between words as outside them:
+    the stdlib leaves the whole field encoded, or shows the raw bytes as \\udcXX escapes."""
+    chunks = decode_header(value)
+    if value.isascii():
+        try:
+            return str(make_header(chunks))
+        except (LookupError, UnicodeDecodeError):
+            pass
+    out = ""
+    previous_encoded = None
+    for chunk, charset in chunks:
+        text, encoded = _text_of(chunk, charset), charset is not None
+        # As make_header: words touching text get a space; adjacent words are joined without one.
+        if out and text and encoded != previous_encoded and not (out[-1].isspace() or text[0].isspace()):
+            out += " "
+        out, previous_encoded = out + text, encoded
+    return out
+
+
+def _text_of(chunk: bytes | str, charset: str | None) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    if charset is None:  # text outside the words: decode_header wrote each raw byte as \\udcXX
+        chunk = ESCAPED_BYTE_TEXT.sub(lambda m: bytes.fromhex(m[1].decode()), chunk)
+        charset = "ascii"
+    for candidate in (charset, "utf-8"):
+        try:
+            return chunk.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return chunk.decode("latin-1")
 
 
 def _has_raw_bytes(value: str) -> bool:
@@ -104,7 +151,13 @@ def _field_text(raw: Any) -> str | None:
 
 
 def _clean(value: str) -> str:
-    """PostgreSQL text cannot hold NUL; CRLF becomes LF for readers."""
+    """PostgreSQL text cannot hold NUL; CRLF becomes LF for readers.
+
+    A lone surrogate (what the utf-7 and unicode-escape codecs make of some bytes, as a charset
+    of a word or a part) cannot be encoded as UTF-8 for either database: every try got a 451.
+    It becomes U+FFFD. (isascii is O(1): ASCII text is never scanned.)"""
+    if not value.isascii():
+        value = LONE_SURROGATE.sub("\ufffd", value)
     return value.replace("\x00", "").replace("\r\n", "\n")
 
 
@@ -137,16 +190,33 @@ def _format_address(name: str, addr: str) -> str:
 
 
 def _message_id(value: str | None) -> str | None:
+    """The id in a Message-ID or In-Reply-To field; None when there is none, or when it is wider than
+    the message_id column (encoded words over folded lines decode to any length): PostgreSQL refused
+    the row, a 451 on every try for a message SQLite stored. Without one a Message-ID is derived.
+
+    Counted in UTF-8 bytes: 998 characters of four bytes each overflowed PostgreSQL's unique index
+    on (inbox, message id), whose entries are at most 2,704 bytes."""
     if not value:
         return None
     found = MSGID.search(value)
     if found:
-        return found.group(0)
-    value = value.strip()
-    return f"<{value}>" if value and " " not in value else None
+        msgid = found.group(0)
+    else:
+        value = value.strip()
+        msgid = f"<{value}>" if value and " " not in value else ""
+    return msgid if 0 < len(msgid.encode("utf-8", "surrogatepass")) <= MESSAGE_ID_CHARS else None
+
+
+# A text part without a charset is US-ASCII (RFC 2045 5.2); so is one that says so. 8-bit text in it
+# is UTF-8 or a Windows code page as mail clients guess, not U+FFFD as the stdlib decodes it.
+UNDECLARED_CHARSETS = (None, "us-ascii")
 
 
 def _payload_text(part: Message) -> str:
+    if part.get_content_charset() in UNDECLARED_CHARSETS:
+        data = _payload_bytes(part)
+        if not data.isascii():
+            return _guessed_text(data)
     try:
         if isinstance(part, EmailMessage):
             content = part.get_content()
@@ -164,6 +234,15 @@ def _payload_text(part: Message) -> str:
     return data.decode("latin-1")
 
 
+def _guessed_text(data: bytes) -> str:
+    for charset in ("utf-8", "cp1252"):
+        try:
+            return data.decode(charset)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def _payload_bytes(part: Message) -> bytes:
     try:
         data = part.get_payload(decode=True)
@@ -174,9 +253,13 @@ def _payload_bytes(part: Message) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
-    if isinstance(payload, list):  # message/rfc822 and friends: re-serialise
+    if isinstance(payload, list):  # message/rfc822 and friends: re-serialise as received
         try:
-            return b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+            return b"".join(
+                p.as_bytes(unixfrom=p.get_unixfrom() is not None, policy=AS_RECEIVED)
+                for p in payload
+                if isinstance(p, Message)
+            )
         except Exception:  # noqa: BLE001
             return b""
     return b""

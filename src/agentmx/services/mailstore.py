@@ -202,12 +202,21 @@ def _without_trace(raw: bytes) -> bytes:
     return _TRACE.sub(b"", raw, count=1)
 
 
+# References looked up for threading: the nearest ones and the first (the thread's root). Each is a
+# bound parameter: a References field of 32,768 ids or more made PostgreSQL refuse the lookup (asyncpg
+# takes at most 32,767), a 451 for that message forever; a batch of long ones fell back to one by one.
+LOOKUP_REFERENCES = 100
+
+
 def lookup_ids(message_id: str, parsed: ParsedMessage) -> list[str]:
     """Its own id (dedupe), then the ids it answers, nearest first (threading)."""
     lookups = [message_id]
     if parsed.in_reply_to:
         lookups.append(parsed.in_reply_to)
-    lookups.extend(reversed(parsed.references))
+    references = parsed.references
+    lookups.extend(reversed(references[-(LOOKUP_REFERENCES - 1) :]))
+    if len(references) >= LOOKUP_REFERENCES:
+        lookups.append(references[0])
     return lookups
 
 

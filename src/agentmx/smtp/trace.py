@@ -25,7 +25,9 @@ def trace_headers(
     source = f"{_clean(helo or 'unknown')} ([{_clean(str(ip))}])"
     # RFC 3848: ESMTPS names a session under STARTTLS (ESMTPSA: with AUTH too, submission_trace).
     received = _received(source, hostname, "ESMTPS" if tls else "ESMTP", tls, for_clause)
-    return f"Return-Path: <{_clean(mail_from, 998)}>\r\n{received}".encode()
+    # aiosmtpd gives the null reverse-path of a bounce (MAIL FROM:<>) as "<>": it is "<>" here too.
+    path = "" if mail_from == "<>" else _clean(mail_from, 998)
+    return f"Return-Path: <{path}>\r\n{received}".encode()
 
 
 def submission_trace(helo: str | None, hostname: str, tls: str | None) -> bytes:
