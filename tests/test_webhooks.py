@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from agentmail.core.api_error import ApiError
+from agentmail.events.types.message_received_event import MessageReceivedEvent
+from agentmail.websockets.types import Subscribe, Subscribed
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from agentmx.testing import postgres
@@ -200,6 +202,36 @@ def test_bodies_over_1_mb_drop_the_message_texts(harness: Harness, receiver: Rec
         assert texts & set(message) == kept
         if kept:
             assert len(message["extracted_text"]) > 690_000
+    client.inboxes.webhooks.delete(inbox, hook.webhook_id)
+
+
+def test_bodies_long_for_other_reasons_stay_under_1_mb(harness: Harness, receiver: Receiver) -> None:
+    """A sender can make a body long without text: filler header fields, then a megabyte subject. The
+    header map goes first, then the fields the SDK's models do not require; every socket still gets it."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+    filler = "".join(f"X-Filler-{i}: {'v' * 900}\r\n" for i in range(1200))
+    long_subject = "\r\n ".join(["w" * 70] * 16_000)
+    mails = [f"Subject: filler\r\n{filler}", f"Subject: subject {long_subject}\r\n"]
+    with harness.client().websockets.connect() as socket:
+        socket.send_subscribe(Subscribe(inbox_ids=[inbox]))
+        assert isinstance(socket.recv(), Subscribed)
+        for fields in mails:
+            raw = f"From: a@example.com\r\nTo: {inbox}\r\n{fields}\r\nThe body.\r\n"
+            assert len(raw) > 1_000_000
+            smtp_send(harness.server, [inbox], raw)
+            framed = socket.recv()  # the SDK's socket closes on a frame over 1 MiB
+            assert isinstance(framed, MessageReceivedEvent), framed
+    deliveries = receiver.wait(2)
+    bodies = [verify(hook.secret, d) for d in deliveries]
+    assert all(len(d.body) <= 1_000_000 for d in deliveries)
+    for body in bodies:
+        MessageReceivedEvent.model_validate(body)  # every required field is still there
+    filler_body, subject_body = sorted(bodies, key=lambda b: "subject" not in b["message"])
+    assert filler_body["message"]["subject"] == "filler" and "headers" not in filler_body["message"]
+    assert "subject" not in subject_body["message"] and "subject" not in subject_body["thread"]
+    assert subject_body["message"]["to"] == [inbox]
     client.inboxes.webhooks.delete(inbox, hook.webhook_id)
 
 

@@ -9,6 +9,7 @@ import smtplib
 import statistics
 import time
 from collections.abc import Callable
+from email import policy
 from email.message import EmailMessage
 from typing import Any
 
@@ -26,7 +27,8 @@ from websockets.exceptions import InvalidStatus
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
-from events_support import emit_event, new_inbox, send_mail
+from events_support import Receiver, emit_event, new_inbox, send_mail, verify
+from mail_support import smtp_send
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -65,6 +67,30 @@ def test_subscribe_and_receive_mail(harness: Harness) -> None:
         assert event.type == "event" and event.event_type == "message.received"
         assert event.message.message_id == message_id and event.message.subject == "over the socket"
         assert event.thread.thread_id == event.message.thread_id
+
+
+def test_a_long_mail_reaches_the_sdk_socket_as_its_webhook_body(harness: Harness) -> None:
+    """The SDK's socket takes frames up to 1 MiB (websockets' default) and closes on a bigger one: a
+    600 KB plain-text mail, its text and its extract, used to end every stream that subscribed to it."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    receiver = Receiver()
+    try:
+        hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+        msg = EmailMessage(policy=policy.SMTP)  # CRLF, as it travels
+        msg["From"], msg["To"], msg["Subject"] = "a@example.com", inbox, "a long report"
+        msg.set_content("An unquoted line of a very long report.\n" * 15_000)
+        with client.websockets.connect() as socket:
+            subscribe(socket, inbox_ids=[inbox])
+            smtp_send(harness.server, [inbox], msg.as_bytes())
+            event = socket.recv()
+            assert isinstance(event, MessageReceivedEvent), event
+            assert event.message.subject == "a long report"
+            pushed = verify(hook.secret, receiver.wait(1)[0])
+            assert event.model_dump(mode="json", by_alias=True, exclude_unset=True) == pushed
+        client.inboxes.webhooks.delete(inbox, hook.webhook_id)
+    finally:
+        receiver.close()
 
 
 def test_async_client_receives_events(harness: Harness) -> None:

@@ -1,4 +1,4 @@
-"""An event's body as it is handed out: a webhook POST body, or one event of a polling read."""
+"""An event's body as it is handed out: a webhook POST body, a WebSocket frame, or one event of a polling read."""
 
 from __future__ import annotations
 
@@ -8,22 +8,45 @@ from typing import Any
 from agentmx.mail.stored_extracts import full_event
 
 MAX_BODY = 1_000_000  # bytes; larger message.received bodies lose message.text and message.html
-# What goes, in turn, from a message.received body over MAX_BODY: the bodies (API.md), then the
-# extracts, which for mail that quotes nothing are as long (a receiver refusing the body would get
-# it again on every retry until the webhook is disabled).
-_DROPPED = (("text", "html"), ("text", "html", "extracted_text", "extracted_html"))
+# What goes, in turn, from a message.received body over MAX_BODY, as (message keys, thread keys): the
+# bodies (API.md), then the extracts, which for mail that quotes nothing are as long (a receiver refusing
+# the body would get it again on every retry until the webhook is disabled). Then what only a sender
+# makes long (filler header fields, thousands of attachments, a megabyte subject): the header map and
+# attachment lists, and last every field the SDK's Message and ThreadItem do not require. The SDK's
+# socket closes on a frame over 1 MiB, so any mail could otherwise end every stream that subscribed to it.
+_TEXTS = ("text", "html")
+_EXTRACTS = (*_TEXTS, "extracted_text", "extracted_html")
+_LISTS = (*_EXTRACTS, "headers", "attachments", "references")
+_OPTIONAL_MESSAGE = (
+    *_LISTS,
+    *("reply_to", "cc", "bcc", "subject", "preview", "in_reply_to", "calendar_event_id", "agent_armor"),
+)
+_OPTIONAL_THREAD = ("received_timestamp", "sent_timestamp", "subject", "preview", "attachments")
+_DROPPED: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (_TEXTS, ()),
+    (_EXTRACTS, ()),
+    (_LISTS, ("attachments",)),
+    (_OPTIONAL_MESSAGE, _OPTIONAL_THREAD),
+)
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
     """The stored body made whole again (``full_event``) and kept under ``MAX_BODY``, as JSON bytes."""
     body = full_event(body)
     raw = _json(body)
-    message = body.get("message")
-    for dropped in _DROPPED:
+    message, thread = body.get("message"), body.get("thread")
+    for message_keys, thread_keys in _DROPPED:
         if len(raw) <= MAX_BODY or not isinstance(message, dict):
             break
-        raw = _json({**body, "message": {k: v for k, v in message.items() if k not in dropped}})
+        smaller = {**body, "message": _without(message, message_keys)}
+        if isinstance(thread, dict) and thread_keys:
+            smaller["thread"] = _without(thread, thread_keys)
+        raw = _json(smaller)
     return raw
+
+
+def _without(document: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in keys}
 
 
 def _json(body: dict[str, Any]) -> bytes:
