@@ -206,32 +206,49 @@ def test_bodies_over_1_mb_drop_the_message_texts(harness: Harness, receiver: Rec
 
 
 def test_bodies_long_for_other_reasons_stay_under_1_mb(harness: Harness, receiver: Receiver) -> None:
-    """A sender can make a body long without text: filler header fields, then a megabyte subject. The
-    header map goes first, then the fields the SDK's models do not require; every socket still gets it."""
+    """A sender can make a body long without text: filler header fields, a megabyte subject, 60,000
+    addresses. The header map goes first, then the fields the SDK's models do not require; address
+    fields are read up to 100 KB; every socket still gets it."""
     client = harness.client()
     inbox = new_inbox(client)
     hook = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
     filler = "".join(f"X-Filler-{i}: {'v' * 900}\r\n" for i in range(1200))
     long_subject = "\r\n ".join(["w" * 70] * 16_000)
-    mails = [f"Subject: filler\r\n{filler}", f"Subject: subject {long_subject}\r\n"]
+    crowd = ",\r\n ".join(f"r{i}@example.org" for i in range(60_000))
+    mails = [
+        f"Subject: filler\r\n{filler}",
+        f"Subject: subject {long_subject}\r\n",
+        f"Subject: crowd\r\nCc: {crowd}\r\n",
+        f"Subject: crowd\r\nTo: {inbox},\r\n {crowd}\r\n",
+    ]
     with harness.client().websockets.connect() as socket:
         socket.send_subscribe(Subscribe(inbox_ids=[inbox]))
         assert isinstance(socket.recv(), Subscribed)
         for fields in mails:
-            raw = f"From: a@example.com\r\nTo: {inbox}\r\n{fields}\r\nThe body.\r\n"
+            to = "" if fields.startswith("Subject: crowd\r\nTo:") else f"To: {inbox}\r\n"
+            raw = f"From: a@example.com\r\n{to}{fields}\r\nThe body.\r\n"
             assert len(raw) > 1_000_000
             smtp_send(harness.server, [inbox], raw)
             framed = socket.recv()  # the SDK's socket closes on a frame over 1 MiB
             assert isinstance(framed, MessageReceivedEvent), framed
-    deliveries = receiver.wait(2)
+    deliveries = receiver.wait(4)
     bodies = [verify(hook.secret, d) for d in deliveries]
     assert all(len(d.body) <= 1_000_000 for d in deliveries)
     for body in bodies:
         MessageReceivedEvent.model_validate(body)  # every required field is still there
-    filler_body, subject_body = sorted(bodies, key=lambda b: "subject" not in b["message"])
-    assert filler_body["message"]["subject"] == "filler" and "headers" not in filler_body["message"]
-    assert "subject" not in subject_body["message"] and "subject" not in subject_body["thread"]
-    assert subject_body["message"]["to"] == [inbox]
+    subjects = {b["message"].get("subject", "-"): b for b in bodies}
+    assert (
+        subjects["filler"]["message"]["subject"] == "filler"
+        and "headers" not in subjects["filler"]["message"]
+    )
+    assert "subject" not in subjects["-"]["message"] and "subject" not in subjects["-"]["thread"]
+    assert subjects["-"]["message"]["to"] == [inbox]
+    # 60,000 addresses: those of the field's first 100 KB are read, a thread lists the first 1,000.
+    crowded = [b for b in bodies if b["message"].get("subject") == "crowd"]
+    assert [b["message"]["to"][0] for b in crowded] == [inbox, inbox]
+    assert sorted(len(b["message"]["to"]) for b in crowded)[0] == 1
+    assert 4000 < max(len(b["message"].get("cc", [])) + len(b["message"]["to"]) for b in crowded) < 5000
+    assert all(len(b["thread"]["recipients"]) == 1000 for b in crowded)
     client.inboxes.webhooks.delete(inbox, hook.webhook_id)
 
 

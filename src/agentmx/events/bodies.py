@@ -42,7 +42,28 @@ def encode_body(body: dict[str, Any]) -> bytes:
         if isinstance(thread, dict) and thread_keys:
             smaller["thread"] = _without(thread, thread_keys)
         raw = _json(smaller)
+    if len(raw) > MAX_BODY and isinstance(message, dict):
+        # Last, what the models require but a sender can still make long: a To of 60,000 addresses.
+        smaller["message"] = _cut(smaller["message"], ("to", "labels"), ("from",))
+        if isinstance(thread, dict):
+            smaller["thread"] = _cut(smaller["thread"], ("senders", "recipients", "labels"), ())
+        raw = _json(smaller)
     return raw
+
+
+CUT_LIST = 100  # entries kept of a required list in a body still over MAX_BODY
+CUT_TEXT = 998  # characters kept of a required string (a header line's length)
+
+
+def _cut(document: dict[str, Any], lists: tuple[str, ...], texts: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(document)
+    for key in lists:
+        if isinstance(out.get(key), list):
+            out[key] = out[key][:CUT_LIST]
+    for key in texts:
+        if isinstance(out.get(key), str):
+            out[key] = out[key][:CUT_TEXT]
+    return out
 
 
 def _without(document: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

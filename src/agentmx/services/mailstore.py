@@ -319,17 +319,15 @@ async def _thread_for(
     return None
 
 
+# Distinct senders and recipients a thread lists, first come first kept: a sender can put thousands of
+# addresses in each message's To, and every message of the thread would add its own.
+THREAD_ADDRESSES_MAX = 1000
+
+
 def join_thread(thread: Thread, message: Message, direction: str) -> None:
-    senders = list(thread.senders or [])
-    if message.from_ and message.from_ not in senders:
-        senders.append(message.from_)
-    recipients = list(thread.recipients or [])
     extra = message.bcc if direction == "outbound" else []
-    for address in [*message.to, *message.cc, *extra]:
-        if address not in recipients:
-            recipients.append(address)
-    thread.senders = senders
-    thread.recipients = recipients
+    thread.senders = _joined(thread.senders, [message.from_] if message.from_ else [])
+    thread.recipients = _joined(thread.recipients, [*message.to, *message.cc, *extra])
     if thread.subject is None:
         thread.subject = message.subject
     thread.message_count = (thread.message_count or 0) + 1
@@ -343,6 +341,18 @@ def join_thread(thread: Thread, message: Message, direction: str) -> None:
     else:
         thread.sent_timestamp = message.timestamp
     thread.updated_at = message.updated_at
+
+
+def _joined(listed: list[str] | None, new: list[str]) -> list[str]:
+    out = list(listed or [])
+    seen = set(out)  # a set: a To of 60,000 addresses took minutes of list scans
+    for address in new:
+        if len(out) >= THREAD_ADDRESSES_MAX:
+            break
+        if address not in seen:
+            seen.add(address)
+            out.append(address)
+    return out
 
 
 async def thread_labels(session: AsyncSession, thread_ids: list[str]) -> dict[str, set[str]]:
