@@ -77,8 +77,9 @@ def keyset_select(
     """``stmt`` ordered by ``columns`` (the last must be unique), ``:page_rows`` rows, the ones after
     ``:page_after_0, :page_after_1, ...`` when ``from_token``: values that ``keyset_params`` gives.
 
-    ``columns``: table columns; the extra row tells whether another page follows. The values are
-    bind parameters, so that one statement serves every page of its shape (list_conditions).
+    ``columns``: mapped attributes or table columns; the extra row tells whether another page
+    follows. The values are bind parameters, so that one statement serves every page of its shape
+    (list_conditions).
     """
     if from_token:
         # Typed as the columns, so SQLite compares datetimes in the stored form.
