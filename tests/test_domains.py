@@ -584,3 +584,19 @@ def test_google_workspace_mx_needs_allow_conflicting_provider(env: DomainEnv) ->
     client.domains.delete(send_only.domain_id)
     allowed = client.domains.create(domain=name, allow_conflicting_provider=True)
     assert allowed.domain == name
+
+
+def test_a_null_mx_is_a_record_with_another_value(env: DomainEnv) -> None:
+    """A domain that says it takes no mail (RFC 7505 null MX, "0 .") is refused nothing and breaks nothing:
+    create succeeds and verify reports the MX as wrong (both were 500s)."""
+    client = env.client()
+    name = new_domain()
+    env.dns.set_zone(f"{name}. 300 IN MX 0 .\n")
+    created = client.domains.create(domain=name, request_options=NO_RETRY)
+    zone = env.zone(created.domain_id)
+    with_null_mx = "\n".join(line for line in zone.splitlines() if f"{name}.\t3600\tIN\tMX" not in line)
+    checked = verify_with_zone(env, client, created.domain_id, with_null_mx + f"\n{name}. 300 IN MX 0 .\n")
+    assert checked.status == "INVALID"
+    mx = by_purpose(checked)["mx"]
+    assert (mx.status, mx.reason) == ("INVALID", "value_mismatch")
+    assert all(r.status == "VALID" for k, r in by_purpose(checked).items() if k != "mx")
