@@ -600,3 +600,29 @@ def test_a_null_mx_is_a_record_with_another_value(env: DomainEnv) -> None:
     mx = by_purpose(checked)["mx"]
     assert (mx.status, mx.reason) == ("INVALID", "value_mismatch")
     assert all(r.status == "VALID" for k, r in by_purpose(checked).items() if k != "mx")
+
+
+def test_a_name_too_long_for_its_dkim_record_is_refused(env: DomainEnv) -> None:
+    """<selector>._domainkey.<domain> must fit in DNS's 253 characters; a longer domain was accepted, then
+    its zone file did not parse and verify answered 500."""
+    client = env.client()
+    label = secrets.token_hex(3)
+
+    def name_of(length: int) -> str:
+        name = f"{label}.test"
+        while len(name) < length:
+            name = "a" * min(62, length - len(name) - 1) + "." + name
+        return name
+
+    longest = name_of(230)
+    assert len(longest) == 230
+    made = client.domains.create(domain=longest, allow_conflicting_provider=True)
+    dns.zone.from_text(env.zone(made.domain_id), check_origin=False)
+    client.domains.verify(made.domain_id)
+    assert client.domains.get(made.domain_id).status == "PENDING"
+    client.domains.delete(made.domain_id)
+    too_long = name_of(231)
+    assert len(too_long) == 231
+    with pytest.raises(ApiError) as refused:
+        client.domains.create(domain=too_long, request_options=NO_RETRY)
+    assert refused.value.status_code == 400 and "230" in str(refused.value.body)

@@ -58,7 +58,7 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -
         answer = await resolver.resolve(name + ".", rdtype, search=False, raise_on_no_answer=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
-    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration, OSError):
+    except (dns.exception.DNSException, OSError):  # timeout, SERVFAIL, a name DNS cannot hold…
         return None
     if answer.rrset is None:
         return []

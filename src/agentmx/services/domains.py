@@ -18,6 +18,7 @@ from agentmx.db.models import Domain, Inbox
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.domains import dns_check, keys, wire
+from agentmx.domains.records import MAX_NAME, dkim_name
 from agentmx.domains.records import zone_file as render_zone
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
 from agentmx.ids import new_id
@@ -32,6 +33,9 @@ from agentmx.services.validation import check_client_id, check_domain_name, fail
 UNSET: Any = object()
 CHECK_JOB = "check_domain"
 FLAGS = ("feedback_enabled", "inbound_enabled", "subdomains_enabled", "tracking_enabled")
+# Longer names leave no room for the DKIM record's name (<selector>._domainkey.<domain>) in DNS:
+# such a domain could never publish it, nor verify.
+MAX_DOMAIN_LENGTH = MAX_NAME - len(dkim_name(keys.new_selector(), ""))
 # Providers whose MX on a domain means another mailbox service already receives its mail.
 CONFLICTING_MX = {"google.com": "Google Workspace", "googlemail.com": "Google Workspace"}
 
@@ -130,6 +134,8 @@ async def create_domain(
         # and this is a 404 (not a foreign key error).
         await get_pod(session, caller, pod_id, lock="pin")
     domain_name = check_domain_name(name)
+    if len(domain_name) > MAX_DOMAIN_LENGTH:
+        raise fail("domain", f"'{domain_name}' is too long: at most {MAX_DOMAIN_LENGTH} characters")
     default = rt.settings.domain
     if domain_name == default or domain_name.endswith("." + default):
         raise Unprocessable(
