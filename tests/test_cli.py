@@ -71,3 +71,15 @@ def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     local = {"AGENTMX_SMTP_RELAY": "127.0.0.1:25", "AGENTMX_SMTP_RELAY_USERNAME": "u"}  # loopback: no network
     assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["", "x" * 257])
+def test_keys_create_refuses_a_name_the_api_would(tmp_path: Path, name: str) -> None:
+    """Key names are 1-256 characters, as through the API: an empty one was stored, a longer one was
+    stored on SQLite and a traceback on PostgreSQL."""
+    out = run_agentmx("keys", "create", "--name", name, "--data-dir", str(tmp_path / "d"), env={})
+    assert out.returncode == 2
+    assert "--name" in out.stderr and "1-256 characters" in out.stderr
+    assert "am_" not in out.stdout
+    longest = run_agentmx("keys", "create", "--name", "x" * 256, "--data-dir", str(tmp_path / "d"), env={})
+    assert longest.returncode == 0 and longest.stdout.strip().startswith("am_")
