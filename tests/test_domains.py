@@ -15,6 +15,7 @@ import dkim
 import dns.rdatatype
 import dns.resolver
 import dns.zone
+import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
@@ -626,3 +627,24 @@ def test_a_name_too_long_for_its_dkim_record_is_refused(env: DomainEnv) -> None:
     with pytest.raises(ApiError) as refused:
         client.domains.create(domain=too_long, request_options=NO_RETRY)
     assert refused.value.status_code == 400 and "230" in str(refused.value.body)
+
+
+def test_a_client_id_never_hands_over_another_pods_domain(env: DomainEnv) -> None:
+    """A pod key naming another pod's client_id was handed that pod's domain; now refused (403)."""
+    client = env.client()
+    pod_a = client.pods.create(name="cid-a").pod_id
+    pod_b = client.pods.create(name="cid-b").pod_id
+    cid = "dom-" + secrets.token_hex(4)
+    with httpx.Client(base_url=env.server.base_url, timeout=30) as http:
+
+        def create(key: str, path: str) -> httpx.Response:
+            body = {"domain": new_domain(), "client_id": cid}
+            return http.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+        theirs = create(env.api_key, f"/v0/pods/{pod_a}/domains").json()
+        pod_key = client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key
+        for path in ("/v0/domains", f"/v0/pods/{pod_b}/domains"):
+            refused = create(pod_key, path)
+            assert refused.status_code == 403 and refused.json()["code"] == "resource_taken"
+            assert theirs["domain_id"] not in refused.text and theirs["domain"] not in refused.text
+        assert create(env.api_key, "/v0/domains").json()["domain_id"] == theirs["domain_id"]

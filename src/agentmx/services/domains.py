@@ -125,7 +125,7 @@ async def create_domain(
     """``conflicting`` = result of ``conflicting_provider`` (DNS is queried outside the transaction)."""
     _scope(caller)
     check_client_id(client_id)
-    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+    if client_id and (existing := await _by_client_id(session, caller, client_id)):
         return existing
     if pod_id is None:
         pod_id = caller.pod_id
@@ -172,17 +172,22 @@ async def create_domain(
     )
     if not await flush_unless_taken(session, row):
         # A request with the same client_id got there first (a retry), or the name was taken.
-        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        existing = await _by_client_id(session, caller, client_id) if client_id else None
         if existing is None:
             raise AlreadyTaken(f"Domain '{domain_name}' is already registered")
         return existing
     return row
 
 
-async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Domain | None:
-    return await session.scalar(
-        select(Domain).where(Domain.organization_id == organization_id, Domain.client_id == client_id)
+async def _by_client_id(session: AsyncSession, caller: Caller, client_id: str) -> Domain | None:
+    """The domain an earlier create with this client_id made. One outside the caller's scope is refused,
+    not returned: a pod key naming another pod's client_id was handed that pod's domain."""
+    row = await session.scalar(
+        select(Domain).where(Domain.organization_id == caller.organization_id, Domain.client_id == client_id)
     )
+    if row is not None and caller.pod_id and row.pod_id not in (None, caller.pod_id):
+        raise AlreadyTaken(f"client_id '{client_id}' is already in use", fix="Use another client_id.")
+    return row
 
 
 async def list_domains(
