@@ -648,3 +648,24 @@ def test_a_client_id_never_hands_over_another_pods_domain(env: DomainEnv) -> Non
             assert refused.status_code == 403 and refused.json()["code"] == "resource_taken"
             assert theirs["domain_id"] not in refused.text and theirs["domain"] not in refused.text
         assert create(env.api_key, "/v0/domains").json()["domain_id"] == theirs["domain_id"]
+
+
+def test_a_domain_registered_again_sends_once_verified_again(env: DomainEnv) -> None:
+    """Deleting a domain stops its inboxes sending; registering it again gave them back sending at once,
+    unsigned (the new DKIM key unpublished, unverified), until it is verified again."""
+    client = env.client()
+    name = new_domain()
+    first = client.domains.create(domain=name)
+    verify_with_zone(env, client, first.domain_id, env.zone(first.domain_id))
+    inbox = client.inboxes.create(request={"username": "again", "domain": name})
+    client.domains.delete(first.domain_id)
+    again = client.domains.create(domain=name)
+    with pytest.raises(ApiError) as rejected:
+        client.inboxes.messages.send(inbox.inbox_id, to="x@remote.test", text="x", request_options=NO_RETRY)
+    assert rejected.value.status_code == 403 and again.domain_id in str(rejected.value.body)
+
+    verify_with_zone(env, client, again.domain_id, env.zone(again.domain_id))
+    rcpt = f"r{secrets.token_hex(4)}@remote.test"
+    client.inboxes.messages.send(inbox.inbox_id, to=rcpt, subject="again", text="signed again")
+    selector = by_purpose(again)["dkim"].name.split(".", 1)[0]
+    assert f"s={selector};".encode() in env.relay.wait_for(rcpt).replace(b" ", b"").replace(b"\r\n\t", b"")

@@ -438,11 +438,20 @@ async def recipient_check(session: AsyncSession, rt: Runtime, inbox: Inbox) -> N
 
 
 async def send_check(session: AsyncSession, rt: Runtime, inbox: Inbox, recipients: list[str]) -> None:
-    """hooks.send_checks: inboxes on a deleted domain cannot send."""
-    if inbox.domain != rt.settings.domain and await _inbox_domain(session, inbox) is None:
+    """hooks.send_checks: inboxes on a deleted domain cannot send, nor on one registered again until
+    that registration is verified (its new DKIM key is not published yet: the mail went unsigned)."""
+    if inbox.domain == rt.settings.domain:
+        return
+    row = await _inbox_domain(session, inbox)
+    if row is None:
         raise MessageRejected(
             f"The domain of {inbox.id} is no longer registered",
             fix="Re-add and verify the domain, or send from another inbox.",
+        )
+    if row.verified_at is None:
+        raise MessageRejected(
+            f"The domain of {inbox.id} is not verified",
+            fix=f"Publish the records of '{row.name}' and call POST /v0/domains/{row.id}/verify.",
         )
 
 
