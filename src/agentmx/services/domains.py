@@ -332,7 +332,9 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
 async def verify_domain(rt: Runtime, caller: Caller, domain_id: str, pod_id: str | None = None) -> None:
     """POST …/verify: check right away (so the answer is visible at once) and keep re-checking."""
     async with rt.db.read() as s:
-        row = await get_domain(s, caller, domain_id, pod_id)
+        # A check changes the domain (status, records, its check job, domain.verified): a pod key may
+        # read a shared domain but not verify it, as it may not update or delete it.
+        row = await _writable(s, caller, domain_id, pod_id)
         real_id = row.id
     await check_now(rt, real_id)
     async with rt.db.transaction() as s:
