@@ -670,3 +670,30 @@ def test_a_domain_registered_again_sends_once_verified_again(env: DomainEnv) -> 
     client.inboxes.messages.send(inbox.inbox_id, to=rcpt, subject="again", text="signed again")
     selector = by_purpose(again)["dkim"].name.split(".", 1)[0]
     assert f"s={selector};".encode() in env.relay.wait_for(rcpt).replace(b" ", b"").replace(b"\r\n\t", b"")
+
+
+def test_another_pods_subdomain_of_a_shared_domain_is_not_open_to_inboxes(env: DomainEnv) -> None:
+    """A pod's team.<shared> governs its addresses even though the shared parent allows subdomains: another
+    pod's key took them (its inboxes could never receive, and the pod was refused its own)."""
+    client = env.client()
+    pod_a = client.pods.create(name="owner").pod_id
+    pod_b = client.pods.create(name="other").pod_id
+    parent = new_domain()
+    shared = client.domains.create(domain=parent, subdomains_enabled=True)
+    team = client.pods.domains.create(pod_a, domain=f"team.{parent}")
+    env.dns.set_zone(env.zone(shared.domain_id) + env.zone(team.domain_id))
+    client.domains.verify(shared.domain_id)
+    other = env.client(client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key)
+    for verified in (False, True):
+        with pytest.raises(UnprocessableError):
+            other.pods.inboxes.create(
+                pod_b, username="ceo", domain=f"team.{parent}", request_options=NO_RETRY
+            )
+        if not verified:
+            client.pods.domains.verify(pod_a, team.domain_id)
+    assert (
+        other.pods.inboxes.create(pod_b, username="ceo", domain=f"ops.{parent}").inbox_id
+        == f"ceo@ops.{parent}"
+    )
+    own = client.pods.inboxes.create(pod_a, username="ceo", domain=f"team.{parent}")
+    assert own.inbox_id == f"ceo@team.{parent}"

@@ -389,37 +389,37 @@ async def check_inbox_domain(
     """inboxes.custom_domain_check: a new inbox's domain must be verified and usable by its pod."""
     name = domain.lower().rstrip(".")
     rows = (await session.scalars(select(Domain).where(Domain.name.in_([name, *_parents(name)])))).all()
-    mine = {r.name: r for r in rows if _usable_by(r, caller.organization_id, pod_id)}
-    exact = mine.get(name)
-    if exact is not None:
-        if exact.verified_at is None:
+    registered = {r.name: r for r in rows}
+    # The nearest registered name governs the address, as it governs its mail (governing_domain): one
+    # this pod may not use is refused even when a farther one could be (another pod's subdomain of a
+    # shared domain was open to inboxes that took its addresses and could never receive).
+    nearest = next((n for n in (name, *_parents(name)) if n in registered), None)
+    row = registered[nearest] if nearest else None
+    if row is None or not _usable_by(row, caller.organization_id, pod_id):
+        raise Unprocessable(
+            f"Domain '{name}' is not a verified domain of this organization",
+            code="domain_not_verified",
+            fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
+        )
+    if nearest == name:
+        if row.verified_at is None:
             raise Unprocessable(
                 f"Domain '{name}' is not verified yet",
                 code="domain_not_verified",
                 fix="Publish the domain's DNS records and call POST /v0/domains/{domain_id}/verify.",
             )
         return
-    for parent in _parents(name):
-        row = mine.get(parent)
-        if row is None:
-            continue
-        if not row.subdomains_enabled:
-            raise Unprocessable(
-                f"'{name}' is a subdomain of '{parent}', which does not have subdomains_enabled",
-                fix=f"Enable subdomains_enabled on '{parent}' (and publish its wildcard MX record).",
-            )
-        if row.status != "VERIFIED":
-            raise Unprocessable(
-                f"Domain '{parent}' is not verified (status {row.status})",
-                code="domain_not_verified",
-                fix="Publish the domain's DNS records (including the wildcard MX) and verify it.",
-            )
-        return
-    raise Unprocessable(
-        f"Domain '{name}' is not a verified domain of this organization",
-        code="domain_not_verified",
-        fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
-    )
+    if not row.subdomains_enabled:
+        raise Unprocessable(
+            f"'{name}' is a subdomain of '{nearest}', which does not have subdomains_enabled",
+            fix=f"Enable subdomains_enabled on '{nearest}' (and publish its wildcard MX record).",
+        )
+    if row.status != "VERIFIED":
+        raise Unprocessable(
+            f"Domain '{nearest}' is not verified (status {row.status})",
+            code="domain_not_verified",
+            fix="Publish the domain's DNS records (including the wildcard MX) and verify it.",
+        )
 
 
 async def _inbox_domain(session: AsyncSession, inbox: Inbox) -> Domain | None:
