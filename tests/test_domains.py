@@ -697,3 +697,32 @@ def test_another_pods_subdomain_of_a_shared_domain_is_not_open_to_inboxes(env: D
     )
     own = client.pods.inboxes.create(pod_a, username="ceo", domain=f"team.{parent}")
     assert own.inbox_id == f"ceo@team.{parent}"
+
+
+def test_a_pod_cannot_register_a_name_that_governs_another_pods_addresses(env: DomainEnv) -> None:
+    """Registering sales.<another pod's domain> took over the addresses there: that pod's inboxes on it
+    stopped receiving (550) and sending (403)."""
+    client = env.client()
+    pod_a = client.pods.create(name="owner").pod_id
+    pod_b = client.pods.create(name="other").pod_id
+    parent = new_domain()
+    owned = client.pods.domains.create(pod_a, domain=parent, subdomains_enabled=True)
+    verify_with_zone(env, client, owned.domain_id, env.zone(owned.domain_id))
+    inbox = client.pods.inboxes.create(pod_a, username="boss", domain=f"sales.{parent}")
+    other = env.client(client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key)
+    for name in (f"sales.{parent}", f"new.{parent}"):
+        with pytest.raises(ApiError) as refused:
+            other.domains.create(domain=name, request_options=NO_RETRY)
+        assert refused.value.status_code == 403
+    assert rcpt_code(env, inbox.inbox_id) == 250
+    client.inboxes.messages.send(inbox.inbox_id, to=f"r{secrets.token_hex(4)}@remote.test", text="still mine")
+
+    # A shared domain's subdomain may be a pod's own, unless another pod's inboxes live there.
+    shared = client.domains.create(domain=new_domain(), subdomains_enabled=True)
+    verify_with_zone(env, client, shared.domain_id, env.zone(shared.domain_id))
+    client.pods.inboxes.create(pod_a, username="ops", domain=f"ops.{shared.domain}")
+    with pytest.raises(ApiError) as taken:
+        other.domains.create(domain=f"ops.{shared.domain}", request_options=NO_RETRY)
+    assert taken.value.status_code == 403
+    assert other.domains.create(domain=f"team.{shared.domain}").pod_id == pod_b
+    assert client.pods.domains.create(pod_a, domain=f"ops.{shared.domain}").pod_id == pod_a

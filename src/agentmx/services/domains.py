@@ -149,6 +149,7 @@ async def create_domain(
         )
     if await session.scalar(select(Domain.id).where(Domain.name == domain_name)) is not None:
         raise AlreadyTaken(f"Domain '{domain_name}' is already registered", fix="Use another domain.")
+    await _check_no_foreign_claim(session, caller.organization_id, pod_id, domain_name)
     key = keys.generate()
     now = utcnow()
     row = Domain(
@@ -177,6 +178,22 @@ async def create_domain(
             raise AlreadyTaken(f"Domain '{domain_name}' is already registered")
         return existing
     return row
+
+
+async def _check_no_foreign_claim(
+    session: AsyncSession, organization_id: str, pod_id: str | None, name: str
+) -> None:
+    """A domain governs the addresses at and under its name (governing_domain): refuse one inside a
+    domain of another pod, or over inboxes a pod could not keep. A pod key registering
+    sales.<another pod's domain> cut that pod's inboxes there off from sending and receiving."""
+    for parent in await session.scalars(select(Domain).where(Domain.name.in_(_parents(name)))):
+        if parent.organization_id != organization_id or (pod_id and parent.pod_id not in (None, pod_id)):
+            raise AlreadyTaken(f"'{name}' is inside '{parent.name}', registered by another pod")
+    under = or_(Inbox.domain == name, Inbox.domain.like("%." + name))  # names hold no % or _
+    inboxes = select(Inbox.organization_id, Inbox.pod_id).where(under)
+    for owner, inbox_pod in await session.execute(inboxes):
+        if owner != organization_id or (pod_id and inbox_pod != pod_id):
+            raise AlreadyTaken(f"Inboxes of another pod have addresses at '{name}'")
 
 
 async def _by_client_id(session: AsyncSession, caller: Caller, client_id: str) -> Domain | None:
