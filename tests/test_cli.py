@@ -116,3 +116,15 @@ def _organizations(url: str) -> int:
             await engine.dispose()
 
     return asyncio.run(count())
+
+
+@pytest.mark.parametrize("name", ["", "x" * 257])
+def test_keys_create_refuses_a_name_the_api_would(tmp_path: Path, name: str) -> None:
+    """Key names are 1-256 characters, as through the API: an empty one was stored, a longer one was
+    stored on SQLite and a traceback on PostgreSQL."""
+    out = run_agentmx("keys", "create", "--name", name, "--data-dir", str(tmp_path / "d"), env={})
+    assert out.returncode == 2
+    assert "--name" in out.stderr and "1-256 characters" in out.stderr
+    assert "am_" not in out.stdout
+    longest = run_agentmx("keys", "create", "--name", "x" * 256, "--data-dir", str(tmp_path / "d"), env={})
+    assert longest.returncode == 0 and longest.stdout.strip().startswith("am_")

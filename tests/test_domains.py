@@ -15,6 +15,7 @@ import dkim
 import dns.rdatatype
 import dns.resolver
 import dns.zone
+import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
@@ -340,9 +341,10 @@ def test_update_delete_and_errors(env: DomainEnv) -> None:
     pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "pod key"}).api_key
     shared = client.domains.create(domain=new_domain())
     assert env.client(pod_key).domains.get(shared.domain_id).domain == shared.domain
-    with pytest.raises(ApiError) as refused:
-        env.client(pod_key).domains.delete(shared.domain_id, request_options=NO_RETRY)
-    assert refused.value.status_code == 403
+    for change in (env.client(pod_key).domains.delete, env.client(pod_key).domains.verify):
+        with pytest.raises(ApiError) as refused:
+            change(shared.domain_id, request_options=NO_RETRY)  # verify was answered 204
+        assert refused.value.status_code == 403
 
 
 def test_client_id_makes_create_idempotent(env: DomainEnv) -> None:
@@ -584,3 +586,143 @@ def test_google_workspace_mx_needs_allow_conflicting_provider(env: DomainEnv) ->
     client.domains.delete(send_only.domain_id)
     allowed = client.domains.create(domain=name, allow_conflicting_provider=True)
     assert allowed.domain == name
+
+
+def test_a_null_mx_is_a_record_with_another_value(env: DomainEnv) -> None:
+    """A domain that says it takes no mail (RFC 7505 null MX, "0 .") is refused nothing and breaks nothing:
+    create succeeds and verify reports the MX as wrong (both were 500s)."""
+    client = env.client()
+    name = new_domain()
+    env.dns.set_zone(f"{name}. 300 IN MX 0 .\n")
+    created = client.domains.create(domain=name, request_options=NO_RETRY)
+    zone = env.zone(created.domain_id)
+    with_null_mx = "\n".join(line for line in zone.splitlines() if f"{name}.\t3600\tIN\tMX" not in line)
+    checked = verify_with_zone(env, client, created.domain_id, with_null_mx + f"\n{name}. 300 IN MX 0 .\n")
+    assert checked.status == "INVALID"
+    mx = by_purpose(checked)["mx"]
+    assert (mx.status, mx.reason) == ("INVALID", "value_mismatch")
+    assert all(r.status == "VALID" for k, r in by_purpose(checked).items() if k != "mx")
+
+
+def test_a_name_too_long_for_its_dkim_record_is_refused(env: DomainEnv) -> None:
+    """<selector>._domainkey.<domain> must fit in DNS's 253 characters; a longer domain was accepted, then
+    its zone file did not parse and verify answered 500."""
+    client = env.client()
+    label = secrets.token_hex(3)
+
+    def name_of(length: int) -> str:
+        name = f"{label}.test"
+        while len(name) < length:
+            name = "a" * min(62, length - len(name) - 1) + "." + name
+        return name
+
+    longest = name_of(230)
+    assert len(longest) == 230
+    made = client.domains.create(domain=longest, allow_conflicting_provider=True)
+    dns.zone.from_text(env.zone(made.domain_id), check_origin=False)
+    client.domains.verify(made.domain_id)
+    assert client.domains.get(made.domain_id).status == "PENDING"
+    client.domains.delete(made.domain_id)
+    too_long = name_of(231)
+    assert len(too_long) == 231
+    with pytest.raises(ApiError) as refused:
+        client.domains.create(domain=too_long, request_options=NO_RETRY)
+    assert refused.value.status_code == 400 and "230" in str(refused.value.body)
+
+
+def test_a_client_id_never_hands_over_another_pods_domain(env: DomainEnv) -> None:
+    """A pod key naming another pod's client_id was handed that pod's domain; now refused (403)."""
+    client = env.client()
+    pod_a = client.pods.create(name="cid-a").pod_id
+    pod_b = client.pods.create(name="cid-b").pod_id
+    cid = "dom-" + secrets.token_hex(4)
+    with httpx.Client(base_url=env.server.base_url, timeout=30) as http:
+
+        def create(key: str, path: str) -> httpx.Response:
+            body = {"domain": new_domain(), "client_id": cid}
+            return http.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+        theirs = create(env.api_key, f"/v0/pods/{pod_a}/domains").json()
+        pod_key = client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key
+        for path in ("/v0/domains", f"/v0/pods/{pod_b}/domains"):
+            refused = create(pod_key, path)
+            assert refused.status_code == 403 and refused.json()["code"] == "resource_taken"
+            assert theirs["domain_id"] not in refused.text and theirs["domain"] not in refused.text
+        assert create(env.api_key, "/v0/domains").json()["domain_id"] == theirs["domain_id"]
+
+
+def test_a_domain_registered_again_sends_once_verified_again(env: DomainEnv) -> None:
+    """Deleting a domain stops its inboxes sending; registering it again gave them back sending at once,
+    unsigned (the new DKIM key unpublished, unverified), until it is verified again."""
+    client = env.client()
+    name = new_domain()
+    first = client.domains.create(domain=name)
+    verify_with_zone(env, client, first.domain_id, env.zone(first.domain_id))
+    inbox = client.inboxes.create(request={"username": "again", "domain": name})
+    client.domains.delete(first.domain_id)
+    again = client.domains.create(domain=name)
+    with pytest.raises(ApiError) as rejected:
+        client.inboxes.messages.send(inbox.inbox_id, to="x@remote.test", text="x", request_options=NO_RETRY)
+    assert rejected.value.status_code == 403 and again.domain_id in str(rejected.value.body)
+
+    verify_with_zone(env, client, again.domain_id, env.zone(again.domain_id))
+    rcpt = f"r{secrets.token_hex(4)}@remote.test"
+    client.inboxes.messages.send(inbox.inbox_id, to=rcpt, subject="again", text="signed again")
+    selector = by_purpose(again)["dkim"].name.split(".", 1)[0]
+    assert f"s={selector};".encode() in env.relay.wait_for(rcpt).replace(b" ", b"").replace(b"\r\n\t", b"")
+
+
+def test_another_pods_subdomain_of_a_shared_domain_is_not_open_to_inboxes(env: DomainEnv) -> None:
+    """A pod's team.<shared> governs its addresses even though the shared parent allows subdomains: another
+    pod's key took them (its inboxes could never receive, and the pod was refused its own)."""
+    client = env.client()
+    pod_a = client.pods.create(name="owner").pod_id
+    pod_b = client.pods.create(name="other").pod_id
+    parent = new_domain()
+    shared = client.domains.create(domain=parent, subdomains_enabled=True)
+    team = client.pods.domains.create(pod_a, domain=f"team.{parent}")
+    env.dns.set_zone(env.zone(shared.domain_id) + env.zone(team.domain_id))
+    client.domains.verify(shared.domain_id)
+    other = env.client(client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key)
+    for verified in (False, True):
+        with pytest.raises(UnprocessableError):
+            other.pods.inboxes.create(
+                pod_b, username="ceo", domain=f"team.{parent}", request_options=NO_RETRY
+            )
+        if not verified:
+            client.pods.domains.verify(pod_a, team.domain_id)
+    assert (
+        other.pods.inboxes.create(pod_b, username="ceo", domain=f"ops.{parent}").inbox_id
+        == f"ceo@ops.{parent}"
+    )
+    own = client.pods.inboxes.create(pod_a, username="ceo", domain=f"team.{parent}")
+    assert own.inbox_id == f"ceo@team.{parent}"
+
+
+def test_a_pod_cannot_register_a_name_that_governs_another_pods_addresses(env: DomainEnv) -> None:
+    """Registering sales.<another pod's domain> took over the addresses there: that pod's inboxes on it
+    stopped receiving (550) and sending (403)."""
+    client = env.client()
+    pod_a = client.pods.create(name="owner").pod_id
+    pod_b = client.pods.create(name="other").pod_id
+    parent = new_domain()
+    owned = client.pods.domains.create(pod_a, domain=parent, subdomains_enabled=True)
+    verify_with_zone(env, client, owned.domain_id, env.zone(owned.domain_id))
+    inbox = client.pods.inboxes.create(pod_a, username="boss", domain=f"sales.{parent}")
+    other = env.client(client.pods.api_keys.create(pod_b, request={"name": "b"}).api_key)
+    for name in (f"sales.{parent}", f"new.{parent}"):
+        with pytest.raises(ApiError) as refused:
+            other.domains.create(domain=name, request_options=NO_RETRY)
+        assert refused.value.status_code == 403
+    assert rcpt_code(env, inbox.inbox_id) == 250
+    client.inboxes.messages.send(inbox.inbox_id, to=f"r{secrets.token_hex(4)}@remote.test", text="still mine")
+
+    # A shared domain's subdomain may be a pod's own, unless another pod's inboxes live there.
+    shared = client.domains.create(domain=new_domain(), subdomains_enabled=True)
+    verify_with_zone(env, client, shared.domain_id, env.zone(shared.domain_id))
+    client.pods.inboxes.create(pod_a, username="ops", domain=f"ops.{shared.domain}")
+    with pytest.raises(ApiError) as taken:
+        other.domains.create(domain=f"ops.{shared.domain}", request_options=NO_RETRY)
+    assert taken.value.status_code == 403
+    assert other.domains.create(domain=f"team.{shared.domain}").pod_id == pod_b
+    assert client.pods.domains.create(pod_a, domain=f"ops.{shared.domain}").pod_id == pod_a

@@ -216,3 +216,27 @@ def test_label_read_permissions_gate_subscriptions(harness: Harness) -> None:
         headers={"Authorization": f"Bearer {wide}"},
     )
     assert allowed.status_code == 200, allowed.text
+
+
+def test_a_client_id_never_hands_over_another_pods_inbox(harness: Harness) -> None:
+    """A create with a client_id answers the inbox an earlier create made, only inside the key's scope:
+    a pod key naming another pod's client_id was handed that inbox (metadata and all)."""
+    admin = harness.client()
+    pod_a = admin.pods.create(name="cid-a-" + harness.new_username()).pod_id
+    pod_b = admin.pods.create(name="cid-b-" + harness.new_username()).pod_id
+    cid = "cid-" + harness.new_username()
+    theirs = admin.pods.inboxes.create(pod_a, client_id=cid, metadata={"token": "of-a"})
+    pod_key = admin.pods.api_keys.create(pod_b, request={"name": "b"}).api_key
+    outsider = harness.client(api_key=pod_key)
+    for create in (
+        lambda: outsider.inboxes.create(request={"client_id": cid}, request_options=NO_RETRY),
+        lambda: outsider.pods.inboxes.create(pod_b, client_id=cid, request_options=NO_RETRY),
+    ):
+        with pytest.raises(ApiError) as refused:
+            create()
+        assert _status(refused) == (403, "resource_taken")
+        assert theirs.inbox_id not in json.dumps(refused.value.body)
+    # Inside the scope it is still the idempotent answer.
+    assert admin.inboxes.create(request={"client_id": cid}).inbox_id == theirs.inbox_id
+    own = admin.pods.api_keys.create(pod_a, request={"name": "a"}).api_key
+    assert harness.client(api_key=own).inboxes.create(request={"client_id": cid}).inbox_id == theirs.inbox_id

@@ -24,6 +24,13 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="database URL (default SQLite in the data folder)")
 
 
+def _key_name(value: str) -> str:
+    # The API's rule for key names; a longer one broke the insert on PostgreSQL (a traceback).
+    if not 1 <= len(value) <= 256:
+        raise argparse.ArgumentTypeError("a key name must be 1-256 characters")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents.")
     parser.add_argument("--version", action="version", version=f"agentmx {__version__}")
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print its secret")
-    create.add_argument("--name", default="cli", help="a name for the key")
+    create.add_argument("--name", type=_key_name, default="cli", help="a name for the key (1-256 characters)")
     create.add_argument("--pod", help="scope the key to this pod id")
     create.add_argument("--inbox", help="scope the key to this inbox id (its address)")
     _storage_args(create)

@@ -58,7 +58,7 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -
         answer = await resolver.resolve(name + ".", rdtype, search=False, raise_on_no_answer=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
-    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration, OSError):
+    except (dns.exception.DNSException, OSError):  # timeout, SERVFAIL, a name DNS cannot hold…
         return None
     if answer.rrset is None:
         return []
@@ -67,7 +67,8 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -
         if rdata.rdtype == dns.rdatatype.TXT:
             out.append(b"".join(rdata.strings).decode(errors="replace"))
         elif rdata.rdtype == dns.rdatatype.MX:
-            out.append(f"{rdata.preference} {_host(rdata.exchange.to_text())}")
+            # A null MX (RFC 7505: "0 .") names no host: kept as ".", so every answer has two fields.
+            out.append(f"{rdata.preference} {_host(rdata.exchange.to_text()) or '.'}")
         elif rdata.rdtype == dns.rdatatype.CNAME:
             out.append(_host(rdata.target.to_text()))
     return out

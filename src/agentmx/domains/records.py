@@ -11,6 +11,7 @@ from dataclasses import dataclass
 ZONE_TTL = 3600
 MX_PRIORITY = 10
 TXT_CHUNK = 255  # a single DNS character-string holds at most 255 bytes
+MAX_NAME = 253  # the longest name DNS can hold, in text without the final dot (RFC 1035 2.3.4)
 
 
 @dataclass(frozen=True)

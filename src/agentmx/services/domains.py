@@ -18,6 +18,7 @@ from agentmx.db.models import Domain, Inbox
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.domains import dns_check, keys, wire
+from agentmx.domains.records import MAX_NAME, dkim_name
 from agentmx.domains.records import zone_file as render_zone
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
 from agentmx.ids import new_id
@@ -32,6 +33,9 @@ from agentmx.services.validation import check_client_id, check_domain_name, fail
 UNSET: Any = object()
 CHECK_JOB = "check_domain"
 FLAGS = ("feedback_enabled", "inbound_enabled", "subdomains_enabled", "tracking_enabled")
+# Longer names leave no room for the DKIM record's name (<selector>._domainkey.<domain>) in DNS:
+# such a domain could never publish it, nor verify.
+MAX_DOMAIN_LENGTH = MAX_NAME - len(dkim_name(keys.new_selector(), ""))
 # Providers whose MX on a domain means another mailbox service already receives its mail.
 CONFLICTING_MX = {"google.com": "Google Workspace", "googlemail.com": "Google Workspace"}
 
@@ -121,7 +125,7 @@ async def create_domain(
     """``conflicting`` = result of ``conflicting_provider`` (DNS is queried outside the transaction)."""
     _scope(caller)
     check_client_id(client_id)
-    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+    if client_id and (existing := await _by_client_id(session, caller, client_id)):
         return existing
     if pod_id is None:
         pod_id = caller.pod_id
@@ -130,6 +134,8 @@ async def create_domain(
         # and this is a 404 (not a foreign key error).
         await get_pod(session, caller, pod_id, lock="pin")
     domain_name = check_domain_name(name)
+    if len(domain_name) > MAX_DOMAIN_LENGTH:
+        raise fail("domain", f"'{domain_name}' is too long: at most {MAX_DOMAIN_LENGTH} characters")
     default = rt.settings.domain
     if domain_name == default or domain_name.endswith("." + default):
         raise Unprocessable(
@@ -143,6 +149,7 @@ async def create_domain(
         )
     if await session.scalar(select(Domain.id).where(Domain.name == domain_name)) is not None:
         raise AlreadyTaken(f"Domain '{domain_name}' is already registered", fix="Use another domain.")
+    await _check_no_foreign_claim(session, caller.organization_id, pod_id, domain_name)
     key = keys.generate()
     now = utcnow()
     row = Domain(
@@ -166,17 +173,38 @@ async def create_domain(
     )
     if not await flush_unless_taken(session, row):
         # A request with the same client_id got there first (a retry), or the name was taken.
-        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        existing = await _by_client_id(session, caller, client_id) if client_id else None
         if existing is None:
             raise AlreadyTaken(f"Domain '{domain_name}' is already registered")
         return existing
     return row
 
 
-async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Domain | None:
-    return await session.scalar(
-        select(Domain).where(Domain.organization_id == organization_id, Domain.client_id == client_id)
+async def _check_no_foreign_claim(
+    session: AsyncSession, organization_id: str, pod_id: str | None, name: str
+) -> None:
+    """A domain governs the addresses at and under its name (governing_domain): refuse one inside a
+    domain of another pod, or over inboxes a pod could not keep. A pod key registering
+    sales.<another pod's domain> cut that pod's inboxes there off from sending and receiving."""
+    for parent in await session.scalars(select(Domain).where(Domain.name.in_(_parents(name)))):
+        if parent.organization_id != organization_id or (pod_id and parent.pod_id not in (None, pod_id)):
+            raise AlreadyTaken(f"'{name}' is inside '{parent.name}', registered by another pod")
+    under = or_(Inbox.domain == name, Inbox.domain.like("%." + name))  # names hold no % or _
+    inboxes = select(Inbox.organization_id, Inbox.pod_id).where(under)
+    for owner, inbox_pod in await session.execute(inboxes):
+        if owner != organization_id or (pod_id and inbox_pod != pod_id):
+            raise AlreadyTaken(f"Inboxes of another pod have addresses at '{name}'")
+
+
+async def _by_client_id(session: AsyncSession, caller: Caller, client_id: str) -> Domain | None:
+    """The domain an earlier create with this client_id made. One outside the caller's scope is refused,
+    not returned: a pod key naming another pod's client_id was handed that pod's domain."""
+    row = await session.scalar(
+        select(Domain).where(Domain.organization_id == caller.organization_id, Domain.client_id == client_id)
     )
+    if row is not None and caller.pod_id and row.pod_id not in (None, caller.pod_id):
+        raise AlreadyTaken(f"client_id '{client_id}' is already in use", fix="Use another client_id.")
+    return row
 
 
 async def list_domains(
@@ -321,7 +349,9 @@ async def check_now(rt: Runtime, domain_id: str) -> Domain | None:
 async def verify_domain(rt: Runtime, caller: Caller, domain_id: str, pod_id: str | None = None) -> None:
     """POST …/verify: check right away (so the answer is visible at once) and keep re-checking."""
     async with rt.db.read() as s:
-        row = await get_domain(s, caller, domain_id, pod_id)
+        # A check changes the domain (status, records, its check job, domain.verified): a pod key may
+        # read a shared domain but not verify it, as it may not update or delete it.
+        row = await _writable(s, caller, domain_id, pod_id)
         real_id = row.id
     await check_now(rt, real_id)
     async with rt.db.transaction() as s:
@@ -376,37 +406,37 @@ async def check_inbox_domain(
     """inboxes.custom_domain_check: a new inbox's domain must be verified and usable by its pod."""
     name = domain.lower().rstrip(".")
     rows = (await session.scalars(select(Domain).where(Domain.name.in_([name, *_parents(name)])))).all()
-    mine = {r.name: r for r in rows if _usable_by(r, caller.organization_id, pod_id)}
-    exact = mine.get(name)
-    if exact is not None:
-        if exact.verified_at is None:
+    registered = {r.name: r for r in rows}
+    # The nearest registered name governs the address, as it governs its mail (governing_domain): one
+    # this pod may not use is refused even when a farther one could be (another pod's subdomain of a
+    # shared domain was open to inboxes that took its addresses and could never receive).
+    nearest = next((n for n in (name, *_parents(name)) if n in registered), None)
+    row = registered[nearest] if nearest else None
+    if row is None or not _usable_by(row, caller.organization_id, pod_id):
+        raise Unprocessable(
+            f"Domain '{name}' is not a verified domain of this organization",
+            code="domain_not_verified",
+            fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
+        )
+    if nearest == name:
+        if row.verified_at is None:
             raise Unprocessable(
                 f"Domain '{name}' is not verified yet",
                 code="domain_not_verified",
                 fix="Publish the domain's DNS records and call POST /v0/domains/{domain_id}/verify.",
             )
         return
-    for parent in _parents(name):
-        row = mine.get(parent)
-        if row is None:
-            continue
-        if not row.subdomains_enabled:
-            raise Unprocessable(
-                f"'{name}' is a subdomain of '{parent}', which does not have subdomains_enabled",
-                fix=f"Enable subdomains_enabled on '{parent}' (and publish its wildcard MX record).",
-            )
-        if row.status != "VERIFIED":
-            raise Unprocessable(
-                f"Domain '{parent}' is not verified (status {row.status})",
-                code="domain_not_verified",
-                fix="Publish the domain's DNS records (including the wildcard MX) and verify it.",
-            )
-        return
-    raise Unprocessable(
-        f"Domain '{name}' is not a verified domain of this organization",
-        code="domain_not_verified",
-        fix=f"Use the default domain '{rt.settings.domain}' or add and verify the domain first.",
-    )
+    if not row.subdomains_enabled:
+        raise Unprocessable(
+            f"'{name}' is a subdomain of '{nearest}', which does not have subdomains_enabled",
+            fix=f"Enable subdomains_enabled on '{nearest}' (and publish its wildcard MX record).",
+        )
+    if row.status != "VERIFIED":
+        raise Unprocessable(
+            f"Domain '{nearest}' is not verified (status {row.status})",
+            code="domain_not_verified",
+            fix="Publish the domain's DNS records (including the wildcard MX) and verify it.",
+        )
 
 
 async def _inbox_domain(session: AsyncSession, inbox: Inbox) -> Domain | None:
@@ -427,11 +457,20 @@ async def recipient_check(session: AsyncSession, rt: Runtime, inbox: Inbox) -> N
 
 
 async def send_check(session: AsyncSession, rt: Runtime, inbox: Inbox, recipients: list[str]) -> None:
-    """hooks.send_checks: inboxes on a deleted domain cannot send."""
-    if inbox.domain != rt.settings.domain and await _inbox_domain(session, inbox) is None:
+    """hooks.send_checks: inboxes on a deleted domain cannot send, nor on one registered again until
+    that registration is verified (its new DKIM key is not published yet: the mail went unsigned)."""
+    if inbox.domain == rt.settings.domain:
+        return
+    row = await _inbox_domain(session, inbox)
+    if row is None:
         raise MessageRejected(
             f"The domain of {inbox.id} is no longer registered",
             fix="Re-add and verify the domain, or send from another inbox.",
+        )
+    if row.verified_at is None:
+        raise MessageRejected(
+            f"The domain of {inbox.id} is not verified",
+            fix=f"Publish the records of '{row.name}' and call POST /v0/domains/{row.id}/verify.",
         )
 
 

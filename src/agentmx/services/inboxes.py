@@ -107,7 +107,7 @@ async def create_inbox(
     metadata: Any,
 ) -> Inbox:
     check_client_id(client_id)
-    if client_id and (existing := await _by_client_id(session, caller.organization_id, client_id)):
+    if client_id and (existing := await _by_client_id(session, caller, client_id)):
         return existing
     # The pod is pinned so a concurrent delete_pod waits and then counts this inbox (409), or went
     # first and this is a 404 (not a foreign key error).
@@ -153,17 +153,22 @@ async def create_inbox(
     )
     if not await flush_unless_taken(session, inbox):
         # A request with the same client_id got there first (a retry), or the address was taken.
-        existing = await _by_client_id(session, caller.organization_id, client_id) if client_id else None
+        existing = await _by_client_id(session, caller, client_id) if client_id else None
         if existing is None:
             raise AlreadyTaken(f"Inbox '{address}' already exists")
         return existing
     return inbox
 
 
-async def _by_client_id(session: AsyncSession, organization_id: str, client_id: str) -> Inbox | None:
-    return await session.scalar(
-        select(Inbox).where(Inbox.organization_id == organization_id, Inbox.client_id == client_id)
+async def _by_client_id(session: AsyncSession, caller: Caller, client_id: str) -> Inbox | None:
+    """The inbox an earlier create with this client_id made. One outside the caller's scope is refused,
+    not returned: a pod key naming another pod's client_id was handed that pod's inbox."""
+    row = await session.scalar(
+        select(Inbox).where(Inbox.organization_id == caller.organization_id, Inbox.client_id == client_id)
     )
+    if row is not None and not caller.sees_inbox(row.id, row.pod_id):
+        raise AlreadyTaken(f"client_id '{client_id}' is already in use", fix="Use another client_id.")
+    return row
 
 
 async def list_inboxes(
