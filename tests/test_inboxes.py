@@ -248,3 +248,12 @@ def test_display_name_with_a_line_break_is_refused(harness: Harness) -> None:
         client.inboxes.update(inbox.inbox_id, display_name="Agent\nTwo")
     assert updated.value.status_code == 400
     assert client.inboxes.get(inbox.inbox_id).display_name == "Agent"
+
+
+def test_return_path_usernames_are_reserved(harness: Harness) -> None:
+    """Mail to bounces+…@ is taken for a delivery report: such an inbox got a 250 for mail it never stored."""
+    client = harness.client()
+    with pytest.raises(ValidationError):
+        client.inboxes.create(
+            request=CreateInboxRequest(username="bounces+" + harness.new_username()), request_options=NO_RETRY
+        )

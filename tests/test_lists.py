@@ -120,3 +120,19 @@ def test_a_deleted_inbox_takes_its_lists_along(harness: Harness) -> None:
     assert admin.inboxes.lists.list(again.inbox_id, "receive", "block").count == 0
     entry = admin.inboxes.lists.create(again.inbox_id, "receive", "block", entry="x@old.example")
     assert entry.pod_id == pod.pod_id and entry.reason is None
+
+
+@pytest.mark.parametrize(
+    "entry", ["a" * 250 + "@example.com", "a" * 5000 + "@example.com", "a@b@example.com"]
+)
+def test_impossible_addresses_are_400(harness: Harness, entry: str) -> None:
+    """No address is longer than 254 characters (RFC 5321); on PostgreSQL a long one was a 500."""
+    client = harness.client()
+    inbox = client.inboxes.create(request={"username": harness.new_username()}).inbox_id
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.lists.create(inbox, "receive", "block", entry=entry, request_options=NO_RETRY)
+    assert refused.value.status_code == 400
+    if entry.count("@") == 1:
+        with pytest.raises(ApiError) as send:
+            client.inboxes.messages.send(inbox, to=entry, subject="hi", text="hi", request_options=NO_RETRY)
+        assert send.value.status_code == 400

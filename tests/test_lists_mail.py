@@ -207,3 +207,41 @@ def test_list_changes_apply_to_the_next_message(harness: Harness) -> None:
     assert "blocked" in _labels(client, inbox, _deliver(harness, inbox, sender))
     client.inboxes.lists.delete(inbox, "receive", "block", sender)
     assert "blocked" not in _labels(client, inbox, _deliver(harness, inbox, sender))
+
+
+def test_header_from_with_a_display_name_meets_the_lists(harness: Harness) -> None:
+    """Mail from a mailing service: the envelope sender is the service's, the From field names the
+    person with a display name. Both block and allow entries must see the address in it."""
+    client = harness.client()
+    inbox = _inbox(client, harness)
+    domain = f"people{secrets.token_hex(4)}.example"
+    client.inboxes.lists.create(inbox, "receive", "block", entry=f"pest@{domain}")
+    client.inboxes.lists.create(inbox, "receive", "allow", entry=f"friend@{domain}")
+
+    def deliver(sender: str) -> str:
+        msg = make_message(inbox, sender=sender)
+        smtp_send(
+            harness.server, [inbox], msg.as_bytes(), mail_from=f"bounce-{secrets.token_hex(3)}@esp.example"
+        )
+        return str(msg["Message-ID"])
+
+    assert "blocked" in _labels(client, inbox, deliver(f'"A Pest" <Pest@{domain}>'))
+    assert "blocked" not in _labels(client, inbox, deliver(f"Good Friend <friend@{domain}>"))
+
+
+def test_internationalized_domains_are_one_entry_in_either_form(harness: Harness) -> None:
+    client = harness.client()
+    inbox = _inbox(client, harness)
+    label = secrets.token_hex(3)
+    unicode_domain, ascii_domain = f"bücher{label}.example", f"bücher{label}.example".encode("idna").decode()
+    entry = client.inboxes.lists.create(inbox, "send", "block", entry=unicode_domain)
+    assert entry.entry == ascii_domain and entry.entry_type == "domain"
+    for recipient in (f"anna@{unicode_domain}", f"anna@{ascii_domain}"):
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(
+                inbox, to=recipient, subject="hi", text="hi", request_options=NO_RETRY
+            )
+        assert refused.value.status_code == 403 and _code(refused.value) == "message_rejected"
+    assert client.inboxes.lists.get(inbox, "send", "block", unicode_domain).entry == ascii_domain
+    client.inboxes.lists.delete(inbox, "send", "block", unicode_domain)
+    assert client.inboxes.lists.list(inbox, "send", "block").count == 0

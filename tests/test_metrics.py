@@ -113,3 +113,16 @@ def test_legacy_form(harness: Harness) -> None:
     }
     missing = httpx.get(f"{harness.server.base_url}/v0/metrics", headers=headers)
     assert missing.status_code == 400
+
+
+def test_an_end_before_the_retention_is_400_and_usage_without_period_is_one_point(harness: Harness) -> None:
+    client = harness.client()
+    ancient = datetime(1, 1, 1, tzinfo=UTC)  # its default start (a day earlier) does not exist: was a 500
+    for query in (client.metrics.query_events, client.metrics.query_usage, client.metrics.query_rates):
+        with pytest.raises(ApiError) as old:
+            query(end=ancient, request_options=NO_RETRY)
+        assert old.value.status_code == 400
+    # A range with a fraction of a second still gives the one point at its end.
+    start = datetime.now(UTC) - timedelta(seconds=90.5)
+    usage = client.metrics.query_usage(usage_types=["pod_count"], start=start)
+    assert len(usage["pod_count"]) == 1

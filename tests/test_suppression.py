@@ -50,6 +50,10 @@ def test_bounce_adds_read_only_send_block_entry(
         assert lifted.returncode == 0, lifted.stderr
         assert all(e.entry != dead for e in client.lists.list("send", "block").entries)
         assert run_agentmx("suppressions", "remove", dead, *storage, env={}).returncode == 1
+        # Lifted means lifted: the earlier bounce in the message history no longer refuses it.
+        assert client.inboxes.messages.send(
+            inbox, to=dead, subject="again", text="hi", request_options=NO_RETRY
+        )
 
         start = datetime.now(UTC) - timedelta(minutes=10)
         rates = client.metrics.query_rates(period=60, window=600, start=start)

@@ -342,3 +342,28 @@ def test_retention_prunes_old_events(fresh_server: Callable[..., ServerProcess])
         socket.send_subscribe(Subscribe(inbox_ids=[inbox], **resume))
         error = next_frame(socket)
         assert isinstance(error, Error) and error.name == "NotFoundError"
+
+
+def test_a_recreated_address_does_not_inherit_the_old_inboxs_events(harness: Harness) -> None:
+    """The inbox id is its address: the deleted inbox's events must not read as the new one's (its
+    metrics, and a resumed stream of a key scoped to it, which replayed the old mail)."""
+    client = harness.client()
+    name = harness.new_username()
+    inbox = client.inboxes.create(request={"username": name}).inbox_id
+    bystander = client.inboxes.create(request={"username": harness.new_username()}).inbox_id
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[bystander, inbox], event_types=["message.received"])
+        send_mail(harness.server, bystander, subject="before")
+        before = next_frame(socket).event_id
+        send_mail(harness.server, inbox, subject="old secret")
+        assert next_frame(socket).message.subject == "old secret"
+    client.inboxes.delete(inbox)
+    assert client.inboxes.create(request={"username": name}).inbox_id == inbox
+
+    counts = client.inboxes.metrics.query_events(inbox, event_types=["message.received"])
+    assert counts["message.received"] == []
+    scoped = harness.client(api_key=client.inboxes.api_keys.create(inbox, request={}).api_key)
+    with scoped.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox], event_types=["message.received"], after_event_id=before)
+        send_mail(harness.server, inbox, subject="new")
+        assert next_frame(socket).message.subject == "new"

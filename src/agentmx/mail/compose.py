@@ -287,6 +287,9 @@ def address_domain(address: str) -> str:
     return address.rsplit("@", 1)[-1].lower() if "@" in address else ""
 
 
+MAX_ADDRESS = 254
+
+
 def valid_address(address: str) -> bool:
     """A usable addr-spec (local@domain): an ASCII local part (the parser refuses others) and a domain
     whose ASCII form (IDNA) is a valid host name, as it goes into DNS and SMTP commands."""
@@ -298,7 +301,9 @@ def valid_address(address: str) -> bool:
         return False
     if not parsed.username or not parsed.domain or " " in address:
         return False
-    return ascii_domain(parsed.domain) is not None
+    wire = ascii_domain(parsed.domain)
+    # RFC 5321 4.5.3.1.3: a path is at most 256 octets, angle brackets included.
+    return wire is not None and len(parsed.username.encode()) + 1 + len(wire) <= MAX_ADDRESS
 
 
 def ascii_domain(domain: str) -> str | None:

@@ -15,6 +15,7 @@ from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
 from agentmx.ids import random_username
+from agentmx.services import hooks
 from agentmx.services import metadata as md
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import Page, decode_token, encode_token, paginate
@@ -125,6 +126,9 @@ async def create_inbox(
         username = username.strip().lower()
         if not USERNAME.match(username):
             raise fail("username", "username must be 1-64 characters of a-z 0-9 . _ + - (not at either end)")
+        if hooks.return_path_handler(f"{username}@{domain_name}") is not None:
+            # Mail to it would be taken for a delivery report (bounces+…) and never reach the inbox.
+            raise fail("username", f"username '{username}' is reserved for delivery reports")
     if status not in (None, "active", "paused"):
         raise fail("status", "status must be 'active' or 'paused'")
     if display_name is not None:

@@ -17,6 +17,7 @@ from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, ValidationFailed
 from agentmx.ids import new_id
+from agentmx.mail.compose import MAX_ADDRESS, ascii_domain, bare_address
 from agentmx.services import hooks
 from agentmx.services.inboxes import inbox_cleanup
 from agentmx.services.ingest_cache import MISSING
@@ -50,12 +51,23 @@ def check_list(direction: str, list_type: str) -> None:
         raise fail("type", "type must be allow or block")
 
 
+def _key(value: str) -> str:
+    """An address or domain as entries are stored and compared: lower case, its domain in the ASCII
+    (IDNA) form mail carries on the wire, so ``bücher.example`` and ``xn--bcher-kva.example`` are one."""
+    local, at, domain = value.strip().lower().rstrip(".").rpartition("@")
+    if not domain.isascii():
+        domain = ascii_domain(domain) or domain
+    return f"{local}{at}{domain}"
+
+
 def normalize_entry(raw: str) -> tuple[str, str]:
     """(entry, entry_type): an address contains @, anything else must be a domain name."""
-    entry = raw.strip().lower().rstrip(".")
+    entry = _key(raw)
     local, at, domain = entry.rpartition("@")
+    if len(entry) > MAX_ADDRESS:  # no address is longer (RFC 5321), and PostgreSQL's index refuses far longer
+        raise fail("entry", f"an entry is at most {MAX_ADDRESS} characters")
     if at:
-        if not local or not DOMAIN.match(domain) or any(ch.isspace() for ch in local):
+        if not local or not DOMAIN.match(domain) or any(ch.isspace() or ch in "@<>" for ch in local):
             raise fail("entry", f"'{raw}' is not an email address or domain")
         return entry, "email"
     if not DOMAIN.match(entry):
@@ -64,8 +76,9 @@ def normalize_entry(raw: str) -> tuple[str, str]:
 
 
 def candidates(address: str) -> list[str]:
-    """Entries that match an address: itself, its domain, and each parent domain."""
-    address = address.strip().lower()
+    """Entries that match an address (bare, or with a display name): itself, its domain, and each
+    parent domain."""
+    address = _key(bare_address(address) or address)
     _, _, domain = address.rpartition("@")
     out = [address] if "@" in address else []
     labels = domain.split(".")
@@ -114,7 +127,7 @@ async def _find(
 async def get_entry(
     session: AsyncSession, scope: ListScope, direction: str, list_type: str, raw: str
 ) -> ListEntry:
-    entry = await _find(session, scope, direction, list_type, raw.strip().lower().rstrip("."))
+    entry = await _find(session, scope, direction, list_type, _key(raw))
     if entry is None:
         raise NotFound("List entry not found")
     return entry
@@ -134,7 +147,10 @@ async def add_entry(
     entry, entry_type = normalize_entry(raw)
     existing = await _find(session, scope, direction, list_type, entry)
     if existing is not None:
-        if reason is not None and not existing.read_only:
+        if read_only and not existing.read_only:  # a bounce or complaint on an address blocked by hand
+            existing.read_only = True
+            existing.reason = reason
+        elif reason is not None and not existing.read_only:
             existing.reason = reason
         return existing
     row = ListEntry(
@@ -227,6 +243,23 @@ async def refuses(
         .limit(1)
     )
     return active_allow is not None
+
+
+async def suppressed(session: AsyncSession, organization_id: str, addresses: list[str]) -> list[str]:
+    """Those of ``addresses`` that bounced or complained before, anywhere in the organization: the
+    read-only entries of its send block list, which ``agentmx suppressions remove`` deletes."""
+    keys = {_key(a): a for a in addresses if a}
+    rows = await session.scalars(
+        select(ListEntry.entry).where(
+            ListEntry.scope_id == organization_id,
+            ListEntry.organization_id == organization_id,
+            ListEntry.direction == "send",
+            ListEntry.list_type == "block",
+            ListEntry.read_only.is_(True),
+            ListEntry.entry.in_(list(keys)),
+        )
+    )
+    return [keys[entry] for entry in rows.all()]
 
 
 # Hooks called by the mail services.

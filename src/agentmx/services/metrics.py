@@ -102,6 +102,8 @@ def check_range(
     """Defaults (last 24 h), clamping (future end → now) and the 90-day / 1000-bucket limits."""
     now = utcnow()
     end = min(end or now, now)
+    if end <= now - RETENTION:  # before start's default below: end - 24 h may not exist (year 1)
+        raise fail("end", "end must be within the last 90 days")
     start = start or end - DEFAULT_RANGE
     if start < now - RETENTION:
         raise fail("start", "start must be within the last 90 days")
@@ -239,9 +241,11 @@ async def query_usage(
     """Running totals at the end of each period (one point at ``end`` without a period)."""
     wanted = _check_types(usage_types, USAGE_TYPES, "usage_types")
     applicable = [t for t in wanted if t in USAGE_BY_SCOPE[scope.kind]]
-    period = rng.period or int((rng.end - rng.start).total_seconds()) or 1
-    steps = max(1, math.ceil((rng.end - rng.start).total_seconds() / period))
-    grid = [min(rng.start + timedelta(seconds=period * (i + 1)), rng.end) for i in range(steps)]
+    if rng.period:
+        steps = math.ceil((rng.end - rng.start).total_seconds() / rng.period)
+        grid = [min(rng.start + timedelta(seconds=rng.period * (i + 1)), rng.end) for i in range(steps)]
+    else:  # one point at end (a whole-second period made two when the range had a fraction of one)
+        grid = [rng.end]
     out: dict[str, list[dict[str, Any]]] = {}
     for usage_type in applicable:
         base, rows = await USAGE_SOURCES[usage_type](session, scope, rng.start, rng.end)

@@ -39,7 +39,7 @@ from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import blob_bytes, hooks, jobs, mailstore
+from agentmx.services import blob_bytes, hooks, jobs, lists, mailstore
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -160,21 +160,6 @@ async def _original_attachments(rt: Runtime, session: AsyncSession, message: Mes
             )
         )
     return out
-
-
-async def _suppressed(session: AsyncSession, organization_id: str, addresses: list[str]) -> list[str]:
-    """Recipients that bounced or complained before, anywhere in the organization."""
-    rows = await session.scalars(
-        select(OutboundRecipient.address)
-        .join(Message, Message.id == OutboundRecipient.message_pk)
-        .where(
-            Message.organization_id == organization_id,
-            OutboundRecipient.address.in_(addresses),
-            OutboundRecipient.status.in_(("bounced", "complained")),
-        )
-        .distinct()
-    )
-    return list(rows.all())
 
 
 async def _composition(
@@ -300,7 +285,7 @@ async def prepare_send(
 async def _check_recipients(session: AsyncSession, rt: Runtime, inbox: Inbox, bare: list[str]) -> None:
     """Send lists, then the organization's bounced and complained addresses (403 either way)."""
     await hooks.run_all(hooks.send_checks, session, rt, inbox, bare)
-    suppressed = await _suppressed(session, inbox.organization_id, bare)
+    suppressed = await lists.suppressed(session, inbox.organization_id, bare)
     if suppressed:
         raise MessageRejected(
             f"Recipient previously bounced or complained: {', '.join(sorted(suppressed))}",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Inbox, InboxEvent, Pod, Webhook
@@ -409,11 +409,20 @@ async def delete_webhook(session: AsyncSession, caller: Caller, route: Route, we
 
 
 async def forget_inbox(session: AsyncSession, inbox: Inbox) -> None:
-    """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks."""
+    """Inbox deletion: drop its own webhooks and label log, and unlist it from other webhooks.
+
+    Its events stay in the log (the pod's and organization's history) but no longer name it: an
+    inbox made later with the same address (its id) would otherwise take them for its own, in its
+    metrics and in a resumed stream or polling read of a key scoped to it (old mail reappearing)."""
     for hook in await lock_organization_rows(session, Webhook, inbox.organization_id):
         _disable_if_following_nothing(hook, unlisted(hook, inbox_id=inbox.id))
     await session.execute(delete(Webhook).where(Webhook.inbox_id == inbox.id))
     await session.execute(delete(InboxEvent).where(InboxEvent.inbox_id == inbox.id))
+    await session.execute(
+        update(Event)
+        .where(Event.organization_id == inbox.organization_id, Event.inbox_id == inbox.id)
+        .values(inbox_id=None)
+    )
 
 
 async def forget_pod(session: AsyncSession, pod: Pod) -> None:
