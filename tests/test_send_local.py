@@ -12,6 +12,8 @@ import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
+from agentmail.events.types.message_received_event import MessageReceivedEvent
+from agentmail.websockets.types import Subscribe, Subscribed
 
 from conftest import NO_RETRY, Harness
 from send_support import new_inbox, wait_for
@@ -57,6 +59,25 @@ def test_send_to_local_inbox_arrives(harness: Harness) -> None:
     assert theirs.text is not None and "Plain body" in theirs.text
     assert theirs.html is not None and "<p>Plain body</p>" in theirs.html
     wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+
+def test_mail_an_inbox_sends_itself_is_received_too(harness: Harness) -> None:
+    """An agent mailing itself (a reminder, a first test) gets it as received mail: one message in the
+    inbox, labelled sent and received, with its message.received event (it was dropped as a duplicate)."""
+    client = harness.client()
+    a = new_inbox(client)
+    with client.websockets.connect() as socket:
+        socket.send_subscribe(Subscribe(inbox_ids=[a], event_types=["message.received"]))
+        assert isinstance(socket.recv(), Subscribed)
+        sent = client.inboxes.messages.send(a, to=a, subject="Note to self", text="Remember the milk")
+        event = socket.recv()
+    assert isinstance(event, MessageReceivedEvent), event
+    assert event.message.message_id == sent.message_id and "received" in event.message.labels
+    items = client.inboxes.messages.list(a).messages
+    assert [m.message_id for m in items] == [sent.message_id]
+    assert {"sent", "received", "unread"} <= set(items[0].labels)
+    thread = client.inboxes.threads.get(a, sent.thread_id)
+    assert thread.message_count == 1 and {"sent", "received"} <= set(thread.labels)
 
 
 def test_bcc_is_delivered_but_not_in_headers(harness: Harness) -> None:

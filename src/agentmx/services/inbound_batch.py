@@ -89,7 +89,21 @@ async def store_inbound(
                 out.append((fresh[key][0], False))
                 continue
             if key in known:
-                out.append((existing[known[key][0]], False))
+                message = existing[known[key][0]]
+                received = _own_mail_back(message, copy.labels)
+                if received:
+                    own_thread = threads[message.thread_id]
+                    own_thread.received_timestamp = now
+                    labels[own_thread.id] |= set(message.label_names)
+                    await mailstore.record_received(
+                        session,
+                        rt,
+                        message,
+                        own_thread,
+                        set(labels[own_thread.id]),
+                        list(attachments[own_thread.id]),
+                    )
+                out.append((message, received))
                 continue
             thread = _referenced_thread(copy.inbox, refs[1:], fresh, known, threads)
             if thread is None:
@@ -144,6 +158,16 @@ _INSERT_THREAD = insert(table_of(Thread))
 _INSERT_MESSAGE = insert(table_of(Message))
 _INSERT_LABEL = insert(table_of(MessageLabel))
 _INSERT_ATTACHMENT = insert(table_of(Attachment))
+
+
+def _own_mail_back(message: Message, labels: set[str]) -> bool:
+    """Mail the inbox sent coming back to it (to itself, or through a list): it is received too, as
+    the one message it already is (same Message-ID), now also labelled received. Adds the labels."""
+    if message.direction != "outbound" or "received" in message.label_names:
+        return False
+    for label in sorted(labels - set(message.label_names)):
+        message.labels.append(MessageLabel(label=label))
+    return True
 
 
 def _referenced_thread(
