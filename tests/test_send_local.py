@@ -80,6 +80,20 @@ def test_mail_an_inbox_sends_itself_is_received_too(harness: Harness) -> None:
     assert thread.message_count == 1 and {"sent", "received"} <= set(thread.labels)
 
 
+def test_mail_an_inbox_sends_itself_that_its_lists_refuse_stays_visible(harness: Harness) -> None:
+    """A copy of its own mail that the inbox's receive lists refuse is not received: taking its
+    ``blocked`` label hid the sent message itself from every list (allow lists refuse all others)."""
+    client = harness.client()
+    a = new_inbox(client)
+    client.inboxes.lists.create(a, "receive", "allow", entry="partner.example")
+    sent = client.inboxes.messages.send(a, to=a, subject="Note to self", text="Remember the milk")
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    labels = _labels(client, a, sent.message_id)
+    assert "blocked" not in labels and "sent" in labels, labels
+    assert [m.message_id for m in client.inboxes.messages.list(a).messages] == [sent.message_id]
+    assert [t.thread_id for t in client.inboxes.threads.list(a).threads] == [sent.thread_id]
+
+
 def test_bcc_is_delivered_but_not_in_headers(harness: Harness) -> None:
     client = harness.client()
     a, b, hidden = new_inbox(client), new_inbox(client), new_inbox(client)

@@ -162,8 +162,9 @@ _INSERT_ATTACHMENT = insert(table_of(Attachment))
 
 def _own_mail_back(message: Message, labels: set[str]) -> bool:
     """Mail the inbox sent coming back to it (to itself, or through a list): it is received too, as
-    the one message it already is (same Message-ID), now also labelled received. Adds the labels."""
-    if message.direction != "outbound" or "received" in message.label_names:
+    the one message it already is (same Message-ID), now also labelled received. Adds the labels.
+    A copy its receive lists refuse is not: its ``blocked`` label would hide the sent message itself."""
+    if message.direction != "outbound" or "received" in message.label_names or "blocked" in labels:
         return False
     for label in sorted(labels - set(message.label_names)):
         message.labels.append(MessageLabel(label=label))
