@@ -9,6 +9,7 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +21,7 @@ from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
 from agentmx.mail.parse import ParsedMessage
 from agentmx.services import blob_bytes, events, mailstore
-from agentmx.services.mailstore import StoredBlobs
+from agentmx.services.mailstore import HIDDEN_LABELS, StoredBlobs
 from agentmx.services.runtime import Runtime
 
 # A Core SELECT (no ORM compile step for plain columns), built once (its cache key computed once).
@@ -90,10 +91,10 @@ async def store_inbound(
                 continue
             if key in known:
                 message = existing[known[key][0]]
-                received = _own_mail_back(message, copy.labels)
+                received = _own_mail_back(message, copy.labels, now)
                 if received:
                     own_thread = threads[message.thread_id]
-                    own_thread.received_timestamp = now
+                    own_thread.received_timestamp = own_thread.updated_at = now
                     labels[own_thread.id] |= set(message.label_names)
                     await mailstore.record_received(
                         session,
@@ -160,14 +161,20 @@ _INSERT_LABEL = insert(table_of(MessageLabel))
 _INSERT_ATTACHMENT = insert(table_of(Attachment))
 
 
-def _own_mail_back(message: Message, labels: set[str]) -> bool:
+def _own_mail_back(message: Message, labels: set[str], now: datetime) -> bool:
     """Mail the inbox sent coming back to it (to itself, or through a list): it is received too, as
     the one message it already is (same Message-ID), now also labelled received. Adds the labels.
-    A copy its receive lists refuse is not: its ``blocked`` label would hide the sent message itself."""
-    if message.direction != "outbound" or "received" in message.label_names or "blocked" in labels:
+    A copy with a hiding label is not (its receive lists refused it, or it came back marked spam or
+    unauthenticated through a list): the label would hide the sent message itself."""
+    if (
+        message.direction != "outbound"
+        or "received" in message.label_names
+        or labels.intersection(HIDDEN_LABELS)
+    ):
         return False
     for label in sorted(labels - set(message.label_names)):
         message.labels.append(MessageLabel(label=label))
+    message.updated_at = now
     return True
 
 
