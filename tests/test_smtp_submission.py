@@ -220,6 +220,22 @@ def test_recipients_are_capped_and_refusals_are_the_send_apis(served: Served) ->
     assert info.value.smtp_code == 550 and bounced.encode() in info.value.smtp_error  # the reason
 
 
+def test_a_recipient_that_cannot_be_sent_to_is_refused_at_rcpt(served: Served) -> None:
+    """Accepted with 250, such a recipient was dropped at DATA: the client believed it sent."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    with served.session((inbox, served.key)) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(inbox)[0] == 250
+        for bad in ("nodomain", "a b@remote.test", "user@-bad-.test"):
+            assert smtp.rcpt(bad)[0] == 553, bad
+        assert smtp.rcpt(to)[0] == 250
+        assert smtp.data(message(inbox, to, "Good one").as_bytes())[0] == 250
+    sent = client.inboxes.messages.list(inbox).messages
+    assert [(m.to, m.bcc) for m in sent] == [([to], None)]
+
+
 def test_a_retried_submission_is_sent_once(served: Served) -> None:
     client = served.client
     inbox = client.inboxes.create().inbox_id
