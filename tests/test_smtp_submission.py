@@ -251,6 +251,25 @@ def test_a_retried_submission_is_sent_once(served: Served) -> None:
     assert client.inboxes.messages.list(inbox).count == 1
 
 
+def test_a_retry_with_an_unreadable_message_id_is_sent_once(served: Served) -> None:
+    """Such a message is stored under an id derived from its content; the retry looked for the one
+    it gave, and was queued again (sent twice) or refused with 451."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    raw = (
+        f"From: {inbox}\r\nTo: {to}\r\nSubject: Unreadable id\r\nMessage-ID: <not an id@client.example>\r\n"
+        "Date: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\nSent twice?\r\n"
+    ).encode()
+    for _ in range(2):
+        with served.session((inbox, served.key)) as smtp:
+            assert smtp.sendmail(inbox, [to], raw) == {}
+    wait_for(lambda: served.sink.handler.for_rcpt(to))
+    time.sleep(1.0)  # room for a second delivery, if one had been queued
+    assert len(served.sink.handler.for_rcpt(to)) == 1
+    assert client.inboxes.messages.list(inbox).count == 1
+
+
 def test_submission_needs_a_certificate(tmp_path: Path) -> None:
     env = {"AGENTMX_SUBMISSION_PORT": str(free_port())}
     out = run_agentmx("db", "upgrade", "--data-dir", str(tmp_path), env=env)
