@@ -418,6 +418,38 @@ def test_feedback_report_records_a_complaint(relay: Relay) -> None:
     assert refused.value.status_code == 403
 
 
+def test_reports_that_are_no_complaint_and_transient_failures_suppress_nobody(relay: Relay) -> None:
+    """not-spam and auth-failure feedback is no complaint; a DSN's failed 4.x.x (a host gave up on a
+    full mailbox, an unreachable server) bounces as our own expiry does, without suppressing."""
+    client = relay.client()
+    a = new_inbox(client)
+    not_spam, auth_failure, gave_up = ext("fine-"), ext("auth-"), ext("full-")
+    sent = {
+        to: client.inboxes.messages.send(a, to=to, text="report me")
+        for to in (not_spam, auth_failure, gave_up)
+    }
+    paths = {to: wait_for(lambda to=to: relay.sink.handler.for_rcpt(to))[0].mail_from for to in sent}
+    for m in sent.values():
+        wait_for(lambda m=m: "delivered" in _labels(client, a, m.message_id))
+
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        for to, kind in ((not_spam, b"not-spam"), (auth_failure, b"auth-failure")):
+            report = _arf(paths[to], to, sent[to].message_id).replace(
+                b"Feedback-Type: abuse", b"Feedback-Type: " + kind
+            )
+            smtp.sendmail("", [paths[to]], report)
+        expired = _dsn(paths[gave_up], gave_up, sent[gave_up].message_id).replace(b"5.1.1", b"4.2.2")
+        smtp.sendmail("", [paths[gave_up]], expired)
+    wait_for(lambda: "bounced" in _labels(client, a, sent[gave_up].message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent[gave_up].message_id)
+    assert bounce[0]["bounce"]["recipients"] == [{"address": gave_up, "status": "bounced"}]
+    for to in (not_spam, auth_failure):
+        assert "complained" not in _labels(client, a, sent[to].message_id)
+        assert not events_for(relay.server, "message.complained", "complaint", sent[to].message_id)
+    for to in sent:  # none of them suppressed
+        client.inboxes.messages.send(a, to=to, text="still reachable", request_options=NO_RETRY)
+
+
 def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)

@@ -2,8 +2,10 @@
 
 - Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure of the
   recipient the return path was made for is recorded as its bounce (label, ``message.bounced``
-  event, suppression); failures of other addresses, ``delayed`` and ``delivered`` change nothing.
-- Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression).
+  event, suppression, unless its status is 4.x.x); failures of other addresses, ``delayed`` and
+  ``delivered`` change nothing.
+- Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression),
+  unless its type is not one (``not-spam``, ``auth-failure``).
 
 A report speaks only for the recipient its return path was made for: anybody may write one, and a
 recipient who saw a message could otherwise block its co-recipients. A report that cannot be matched
@@ -126,7 +128,16 @@ def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
     )
     if failure is None:
         return None
-    return Outcome("bounced", None, f"{failure.status} {failure.diagnostic}".strip(), attempted=False)
+    # A 4.x.x failure (RFC 3463: a persistent transient one) is a host giving up on a temporary
+    # condition, a full mailbox or an unreachable server: bounced, not suppressed, as our own expiry.
+    transient = failure.status.startswith("4")
+    text = f"{failure.status} {failure.diagnostic}".strip()
+    return Outcome("bounced", None, text, attempted=False, suppress=not transient)
+
+
+# Feedback types (RFC 5965, 6591, 6650) that say the recipient objects to the mail. not-spam says the
+# opposite, auth-failure is about the sender's SPF/DKIM: neither is a complaint.
+COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 
 
 def _complaint(feedback: Feedback) -> Outcome:
@@ -148,6 +159,9 @@ async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
         if found is None:
             return
         message, address = found
+        if feedback is not None and feedback.feedback_type not in COMPLAINT_TYPES:
+            log.info("ignored a %s feedback report to %s", feedback.feedback_type, rcpt)
+            return
         outcome = _complaint(feedback) if feedback is not None else _bounce(statuses, address)
         if outcome is None:
             log.info("ignored a report to %s (%d statuses, no failure)", rcpt, len(statuses))
