@@ -450,6 +450,35 @@ def test_reports_that_are_no_complaint_and_transient_failures_suppress_nobody(re
         client.inboxes.messages.send(a, to=to, text="still reachable", request_options=NO_RETRY)
 
 
+def test_a_global_or_encoded_delivery_status_is_read(relay: Relay) -> None:
+    """RFC 6533's message/global-delivery-status (mail sent with SMTPUTF8), which may be base64: such
+    reports were read as no report, and the bounce was never recorded."""
+    client = relay.client()
+    a = new_inbox(client)
+    plain, encoded = ext("global-"), ext("encoded-")
+    sent = {to: client.inboxes.messages.send(a, to=to, text="bounce me") for to in (plain, encoded)}
+    paths = {to: wait_for(lambda to=to: relay.sink.handler.for_rcpt(to))[0].mail_from for to in sent}
+    for to, m in sent.items():
+        report = _dsn(paths[to], to, m.message_id)
+        report = report.replace(b"message/delivery-status", b"message/global-delivery-status")
+        if to == encoded:
+            head, _, rest = report.partition(b"message/global-delivery-status\r\n\r\n")
+            status, _, tail = rest.partition(b"\r\n--B1\r\n")
+            report = (
+                head
+                + b"message/global-delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                + base64.encodebytes(status).replace(b"\n", b"\r\n")
+                + b"\r\n--B1\r\n"
+                + tail
+            )
+        with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+            smtp.sendmail("", [paths[to]], report)
+    for to, m in sent.items():
+        wait_for(lambda m=m: "bounced" in _labels(client, a, m.message_id))
+        bounce = events_for(relay.server, "message.bounced", "bounce", m.message_id)
+        assert bounce[0]["bounce"]["recipients"] == [{"address": to, "status": "bounced"}]
+
+
 def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)

@@ -1,6 +1,6 @@
 """Reports that come back to our return paths (``bounces+<message pk>-<tag>@domain``, see ``return_path``).
 
-- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure of the
+- Delivery status notifications (RFC 3464, or RFC 6533's global form, in RFC 6522 multipart/report): a failure of the
   recipient the return path was made for is recorded as its bounce (label, ``message.bounced``
   event, suppression, unless its status is 4.x.x); failures of other addresses, ``delayed`` and
   ``delivered`` change nothing.
@@ -14,7 +14,10 @@ is dropped (logged): it must not be stored in an inbox nor bounced back.
 
 from __future__ import annotations
 
+import binascii
 import logging
+import quopri
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import Message as EmailPart
@@ -44,14 +47,34 @@ def _field_address(value: str) -> str:
     return (address or value).strip().strip("<>").lower()
 
 
+# RFC 3464's report, and RFC 6533's for mail sent with SMTPUTF8 (Postfix's, for one).
+STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+
+
 def _status_blocks(part: EmailPart) -> list[EmailPart]:
     payload = part.get_payload()
-    if isinstance(payload, list):
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if isinstance(payload, list) and part.get_content_type() == STATUS_TYPES[0] and encoding not in _DECODERS:
         return [p for p in payload if isinstance(p, EmailPart)]
-    # Some parsers leave the body as text: split the header blocks ourselves.
-    text = payload if isinstance(payload, str) else ""
+    # Some parsers leave the body as text, the global form's blocks are read as one message, and it
+    # may be encoded (RFC 6533 3): split the decoded header blocks ourselves.
+    text = (
+        payload if isinstance(payload, str) else part.as_string().replace("\r\n", "\n").partition("\n\n")[2]
+    )
+    if encoding in _DECODERS:
+        text = _DECODERS[encoding](text.encode("ascii", "replace")).decode("utf-8", "replace")
     blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
     return [message_from_bytes(b.encode("utf-8", "replace") + b"\n\n") for b in blocks]
+
+
+def _base64(body: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(body)
+    except binascii.Error:  # a malformed report: no blocks
+        return b""
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {"base64": _base64, "quoted-printable": quopri.decodestring}
 
 
 def parse_report(raw: bytes) -> list[RecipientStatus]:
@@ -59,7 +82,7 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
     msg = message_from_bytes(raw, policy=policy.compat32)
     out: list[RecipientStatus] = []
     for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
+        if part.get_content_type() not in STATUS_TYPES:
             continue
         for block in _status_blocks(part)[1:]:  # the first block is per-message
             recipient = block.get("Final-Recipient") or block.get("Original-Recipient")
