@@ -479,6 +479,15 @@ def test_a_global_or_encoded_delivery_status_is_read(relay: Relay) -> None:
         assert bounce[0]["bounce"]["recipients"] == [{"address": to, "status": "bounced"}]
 
 
+def test_a_report_that_cannot_be_read_is_dropped(relay: Relay) -> None:
+    """Parts nested past the parser's recursion limit were a 451: the sender retried it for days."""
+    path = "bounces+msg_0123456789abcdef-0123456789abcdef@agentmx.localhost"
+    nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n' for i in range(3000))
+    report = f"From: MAILER-DAEMON@remote.test\r\nTo: {path}\r\nMIME-Version: 1.0\r\n{nested}\r\nx\r\n"
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        assert smtp.sendmail("", [path], report.encode()) == {}
+
+
 def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)

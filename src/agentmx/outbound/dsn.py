@@ -14,6 +14,7 @@ is dropped (logged): it must not be stored in an inbox nor bounced back.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import quopri
@@ -26,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Message, OutboundRecipient
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES
 from agentmx.outbound import return_path
 from agentmx.outbound.outcomes import Outcome, record
 from agentmx.services.runtime import Runtime
@@ -173,10 +175,21 @@ def _complaint(feedback: Feedback) -> Outcome:
     )
 
 
+def _read(raw: bytes) -> tuple[Feedback | None, list[RecipientStatus]]:
+    """The feedback report in ``raw``, else its delivery statuses; neither when it cannot be read."""
+    try:
+        feedback = parse_feedback(raw)
+        return feedback, parse_report(raw) if feedback is None else []
+    except Exception:  # noqa: BLE001 (hostile MIME, e.g. parts nested past the recursion limit)
+        log.info("a report that could not be read was dropped")
+        return None, []
+
+
 async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
     """Record the bounce or complaint a report to the return path ``rcpt`` makes for its recipient."""
-    feedback = parse_feedback(raw)
-    statuses = parse_report(raw) if feedback is None else []
+    # A large report is read in a thread, as inbound mail is (mail.parse): the event loop keeps serving.
+    large = len(raw) > PARSE_IN_THREAD_BYTES
+    feedback, statuses = await asyncio.to_thread(_read, raw) if large else _read(raw)
     async with rt.db.transaction() as session:
         found = await _reported_recipient(session, rt, rcpt)
         if found is None:
