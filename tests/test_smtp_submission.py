@@ -200,6 +200,20 @@ def test_the_sender_must_be_the_inbox(served: Served) -> None:
         )
         with pytest.raises(smtplib.SMTPDataError):
             smtp.sendmail(inbox, [ext()], both)
+        # Comments nested past the address parser's recursion limit (folded lines): it was a 451,
+        # retried by the client for ever.
+        nested = "\r\n ".join(["(" * 400] * 8 + [")" * 400] * 8).encode()
+        own_from = f"From: Agent <{inbox}>\r\n".encode()
+        for field in (b"From: ", b"Sender: "):
+            smtp.rset()
+            hostile = field + inbox.encode() + b" " + nested + b"\r\n"
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                smtp.sendmail(
+                    inbox,
+                    [ext()],
+                    plain.replace(own_from, hostile if field == b"From: " else own_from + hostile),
+                )
+            assert info.value.smtp_code == 550, field
     assert client.inboxes.messages.list(inbox).count == 0
 
 

@@ -43,4 +43,8 @@ ORIGINATOR_FIELDS = ("from", "sender", "resent-from", "resent-sender")
 def originators(raw: bytes) -> tuple[int, list[str]]:
     """(how many From fields, every address of every originator field), read as the stored copy is."""
     fields = header_fields.parse(raw)
-    return len(fields.get_all("from") or []), header_fields.addresses(fields, *ORIGINATOR_FIELDS)
+    try:
+        addresses = header_fields.addresses(fields, *ORIGINATOR_FIELDS)
+    except RecursionError:  # comments nested past the limit: an unreadable originator ("") is refused
+        addresses = [""]
+    return len(fields.get_all("from") or []), addresses
