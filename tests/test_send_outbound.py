@@ -665,6 +665,23 @@ def test_an_idn_domain_is_sent_as_its_ascii_form_and_each_recipient_once(relay: 
     assert sorted(r for e in delivered for r in e["delivery"]["recipients"]) == sorted([good, idn])
 
 
+def test_a_dsn_for_an_idn_recipient_names_it_as_the_remote_host_saw_it(relay: Relay) -> None:
+    """The report's Final-Recipient is the ASCII form we sent; it was compared with the stored
+    Unicode form, so the bounce was never recorded nor the address suppressed."""
+    client = relay.client()
+    a = new_inbox(client)
+    idn = f"idn-{secrets.token_hex(3)}@bücher.test"
+    wire = idn.replace("bücher.test", "xn--bcher-kva.test")
+    sent = client.inboxes.messages.send(a, to=idn, text="bounce me")
+    path = wait_for(lambda: relay.sink.handler.for_rcpt(wire))[0].mail_from
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [path], _dsn(path, wire, sent.message_id))
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=idn, text="suppressed", request_options=NO_RETRY)
+    assert refused.value.status_code == 403
+
+
 def test_addresses_that_cannot_be_sent_are_refused_at_once(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)

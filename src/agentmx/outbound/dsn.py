@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Message, OutboundRecipient
+from agentmx.mail import compose
 from agentmx.mail.parse import PARSE_IN_THREAD_BYTES
 from agentmx.outbound import return_path
 from agentmx.outbound.outcomes import Outcome, record
@@ -147,8 +148,15 @@ async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> 
 def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
     """The bounce a DSN reports for ``address``, if it reports one. A failure of another address (an
     alias's member, a forward) does not make the address itself undeliverable."""
+    # Compared in the form the remote host saw: an IDN domain as its ASCII form (``xn--…``).
+    wire = compose.wire_address(address).lower()
     failure = next(
-        (s for s in statuses if s.address == address and (s.action == "failed" or s.status.startswith("5"))),
+        (
+            s
+            for s in statuses
+            if compose.wire_address(s.address).lower() == wire
+            and (s.action == "failed" or s.status.startswith("5"))
+        ),
         None,
     )
     if failure is None:
