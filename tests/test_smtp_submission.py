@@ -109,6 +109,9 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     remote, hidden = ext("to-"), ext("bcc-")
     msg = message(inbox, remote, "Quarterly figures", cc=local)
     msg["Bcc"] = hidden  # a client may leave it in: it must not travel
+    # Fields a later hop writes: they would be read as this server's verdict and return path.
+    msg["Return-Path"] = "<someone@else.example>"
+    msg["Authentication-Results"] = "agentmx.localhost; dkim=pass; spf=pass; dmarc=pass"
     with served.session((inbox, served.key)) as smtp:
         refused = smtp.sendmail(inbox, [remote, local, hidden], msg.as_bytes())
     assert refused == {}
@@ -118,6 +121,7 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     delivered = got.message
     assert delivered["Subject"] == "Quarterly figures" and delivered["Message-ID"] and delivered["Date"]
     assert delivered["Bcc"] is None and hidden not in got.raw.decode()
+    assert delivered["Return-Path"] is None and delivered["Authentication-Results"] is None
     assert got.mail_from.startswith("bounces+")  # the return path the API's sends use
     received = got.raw[: got.raw.index(b"\r\nMessage-ID: ")].decode()  # on top, then what was added
     assert received.startswith("Received: from agent.example\r\n\t(using TLSv1.3 with cipher ")
@@ -131,6 +135,8 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     assert stored.message_id == delivered["Message-ID"]
     received = wait_for(lambda: client.inboxes.messages.list(local).messages)
     assert received[0].message_id == stored.message_id
+    headers = client.inboxes.messages.get(local, received[0].message_id).headers or {}
+    assert "Authentication-Results" not in headers and "Return-Path" not in headers
 
 
 def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
