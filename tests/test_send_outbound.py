@@ -418,6 +418,76 @@ def test_feedback_report_records_a_complaint(relay: Relay) -> None:
     assert refused.value.status_code == 403
 
 
+def test_reports_that_are_no_complaint_and_transient_failures_suppress_nobody(relay: Relay) -> None:
+    """not-spam and auth-failure feedback is no complaint; a DSN's failed 4.x.x (a host gave up on a
+    full mailbox, an unreachable server) bounces as our own expiry does, without suppressing."""
+    client = relay.client()
+    a = new_inbox(client)
+    not_spam, auth_failure, gave_up = ext("fine-"), ext("auth-"), ext("full-")
+    sent = {
+        to: client.inboxes.messages.send(a, to=to, text="report me")
+        for to in (not_spam, auth_failure, gave_up)
+    }
+    paths = {to: wait_for(lambda to=to: relay.sink.handler.for_rcpt(to))[0].mail_from for to in sent}
+    for m in sent.values():
+        wait_for(lambda m=m: "delivered" in _labels(client, a, m.message_id))
+
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        for to, kind in ((not_spam, b"not-spam"), (auth_failure, b"auth-failure")):
+            report = _arf(paths[to], to, sent[to].message_id).replace(
+                b"Feedback-Type: abuse", b"Feedback-Type: " + kind
+            )
+            smtp.sendmail("", [paths[to]], report)
+        expired = _dsn(paths[gave_up], gave_up, sent[gave_up].message_id).replace(b"5.1.1", b"4.2.2")
+        smtp.sendmail("", [paths[gave_up]], expired)
+    wait_for(lambda: "bounced" in _labels(client, a, sent[gave_up].message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent[gave_up].message_id)
+    assert bounce[0]["bounce"]["recipients"] == [{"address": gave_up, "status": "bounced"}]
+    for to in (not_spam, auth_failure):
+        assert "complained" not in _labels(client, a, sent[to].message_id)
+        assert not events_for(relay.server, "message.complained", "complaint", sent[to].message_id)
+    for to in sent:  # none of them suppressed
+        client.inboxes.messages.send(a, to=to, text="still reachable", request_options=NO_RETRY)
+
+
+def test_a_global_or_encoded_delivery_status_is_read(relay: Relay) -> None:
+    """RFC 6533's message/global-delivery-status (mail sent with SMTPUTF8), which may be base64: such
+    reports were read as no report, and the bounce was never recorded."""
+    client = relay.client()
+    a = new_inbox(client)
+    plain, encoded = ext("global-"), ext("encoded-")
+    sent = {to: client.inboxes.messages.send(a, to=to, text="bounce me") for to in (plain, encoded)}
+    paths = {to: wait_for(lambda to=to: relay.sink.handler.for_rcpt(to))[0].mail_from for to in sent}
+    for to, m in sent.items():
+        report = _dsn(paths[to], to, m.message_id)
+        report = report.replace(b"message/delivery-status", b"message/global-delivery-status")
+        if to == encoded:
+            head, _, rest = report.partition(b"message/global-delivery-status\r\n\r\n")
+            status, _, tail = rest.partition(b"\r\n--B1\r\n")
+            report = (
+                head
+                + b"message/global-delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                + base64.encodebytes(status).replace(b"\n", b"\r\n")
+                + b"\r\n--B1\r\n"
+                + tail
+            )
+        with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+            smtp.sendmail("", [paths[to]], report)
+    for to, m in sent.items():
+        wait_for(lambda m=m: "bounced" in _labels(client, a, m.message_id))
+        bounce = events_for(relay.server, "message.bounced", "bounce", m.message_id)
+        assert bounce[0]["bounce"]["recipients"] == [{"address": to, "status": "bounced"}]
+
+
+def test_a_report_that_cannot_be_read_is_dropped(relay: Relay) -> None:
+    """Parts nested past the parser's recursion limit were a 451: the sender retried it for days."""
+    path = "bounces+msg_0123456789abcdef-0123456789abcdef@agentmx.localhost"
+    nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n' for i in range(3000))
+    report = f"From: MAILER-DAEMON@remote.test\r\nTo: {path}\r\nMIME-Version: 1.0\r\n{nested}\r\nx\r\n"
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        assert smtp.sendmail("", [path], report.encode()) == {}
+
+
 def test_inline_image_and_reply_to_own_sent_message(relay: Relay) -> None:
     client = relay.client()
     a = new_inbox(client)
@@ -593,6 +663,23 @@ def test_an_idn_domain_is_sent_as_its_ascii_form_and_each_recipient_once(relay: 
     assert len(relay.sink.handler.for_rcpt(good)) == 1
     delivered = events_for(relay.server, "message.delivered", "delivery", sent.message_id)
     assert sorted(r for e in delivered for r in e["delivery"]["recipients"]) == sorted([good, idn])
+
+
+def test_a_dsn_for_an_idn_recipient_names_it_as_the_remote_host_saw_it(relay: Relay) -> None:
+    """The report's Final-Recipient is the ASCII form we sent; it was compared with the stored
+    Unicode form, so the bounce was never recorded nor the address suppressed."""
+    client = relay.client()
+    a = new_inbox(client)
+    idn = f"idn-{secrets.token_hex(3)}@bücher.test"
+    wire = idn.replace("bücher.test", "xn--bcher-kva.test")
+    sent = client.inboxes.messages.send(a, to=idn, text="bounce me")
+    path = wait_for(lambda: relay.sink.handler.for_rcpt(wire))[0].mail_from
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [path], _dsn(path, wire, sent.message_id))
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    with pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(a, to=idn, text="suppressed", request_options=NO_RETRY)
+    assert refused.value.status_code == 403
 
 
 def test_addresses_that_cannot_be_sent_are_refused_at_once(relay: Relay) -> None:

@@ -109,6 +109,9 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     remote, hidden = ext("to-"), ext("bcc-")
     msg = message(inbox, remote, "Quarterly figures", cc=local)
     msg["Bcc"] = hidden  # a client may leave it in: it must not travel
+    # Fields a later hop writes: they would be read as this server's verdict and return path.
+    msg["Return-Path"] = "<someone@else.example>"
+    msg["Authentication-Results"] = "agentmx.localhost; dkim=pass; spf=pass; dmarc=pass"
     with served.session((inbox, served.key)) as smtp:
         refused = smtp.sendmail(inbox, [remote, local, hidden], msg.as_bytes())
     assert refused == {}
@@ -118,6 +121,7 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     delivered = got.message
     assert delivered["Subject"] == "Quarterly figures" and delivered["Message-ID"] and delivered["Date"]
     assert delivered["Bcc"] is None and hidden not in got.raw.decode()
+    assert delivered["Return-Path"] is None and delivered["Authentication-Results"] is None
     assert got.mail_from.startswith("bounces+")  # the return path the API's sends use
     received = got.raw[: got.raw.index(b"\r\nMessage-ID: ")].decode()  # on top, then what was added
     assert received.startswith("Received: from agent.example\r\n\t(using TLSv1.3 with cipher ")
@@ -131,6 +135,8 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     assert stored.message_id == delivered["Message-ID"]
     received = wait_for(lambda: client.inboxes.messages.list(local).messages)
     assert received[0].message_id == stored.message_id
+    headers = client.inboxes.messages.get(local, received[0].message_id).headers or {}
+    assert "Authentication-Results" not in headers and "Return-Path" not in headers
 
 
 def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
@@ -200,6 +206,20 @@ def test_the_sender_must_be_the_inbox(served: Served) -> None:
         )
         with pytest.raises(smtplib.SMTPDataError):
             smtp.sendmail(inbox, [ext()], both)
+        # Comments nested past the address parser's recursion limit (folded lines): it was a 451,
+        # retried by the client for ever.
+        nested = "\r\n ".join(["(" * 400] * 8 + [")" * 400] * 8).encode()
+        own_from = f"From: Agent <{inbox}>\r\n".encode()
+        for field in (b"From: ", b"Sender: "):
+            smtp.rset()
+            hostile = field + inbox.encode() + b" " + nested + b"\r\n"
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                smtp.sendmail(
+                    inbox,
+                    [ext()],
+                    plain.replace(own_from, hostile if field == b"From: " else own_from + hostile),
+                )
+            assert info.value.smtp_code == 550, field
     assert client.inboxes.messages.list(inbox).count == 0
 
 
@@ -220,6 +240,22 @@ def test_recipients_are_capped_and_refusals_are_the_send_apis(served: Served) ->
     assert info.value.smtp_code == 550 and bounced.encode() in info.value.smtp_error  # the reason
 
 
+def test_a_recipient_that_cannot_be_sent_to_is_refused_at_rcpt(served: Served) -> None:
+    """Accepted with 250, such a recipient was dropped at DATA: the client believed it sent."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    with served.session((inbox, served.key)) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(inbox)[0] == 250
+        for bad in ("nodomain", "a b@remote.test", "user@-bad-.test"):
+            assert smtp.rcpt(bad)[0] == 553, bad
+        assert smtp.rcpt(to)[0] == 250
+        assert smtp.data(message(inbox, to, "Good one").as_bytes())[0] == 250
+    sent = client.inboxes.messages.list(inbox).messages
+    assert [(m.to, m.bcc) for m in sent] == [([to], None)]
+
+
 def test_a_retried_submission_is_sent_once(served: Served) -> None:
     client = served.client
     inbox = client.inboxes.create().inbox_id
@@ -229,6 +265,25 @@ def test_a_retried_submission_is_sent_once(served: Served) -> None:
     for _ in range(2):  # as a client does when the first 250 was lost
         with served.session((inbox, served.key)) as smtp:
             smtp.sendmail(inbox, [to], msg.as_bytes())
+    wait_for(lambda: served.sink.handler.for_rcpt(to))
+    time.sleep(1.0)  # room for a second delivery, if one had been queued
+    assert len(served.sink.handler.for_rcpt(to)) == 1
+    assert client.inboxes.messages.list(inbox).count == 1
+
+
+def test_a_retry_with_an_unreadable_message_id_is_sent_once(served: Served) -> None:
+    """Such a message is stored under an id derived from its content; the retry looked for the one
+    it gave, and was queued again (sent twice) or refused with 451."""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    to = ext()
+    raw = (
+        f"From: {inbox}\r\nTo: {to}\r\nSubject: Unreadable id\r\nMessage-ID: <not an id@client.example>\r\n"
+        "Date: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\nSent twice?\r\n"
+    ).encode()
+    for _ in range(2):
+        with served.session((inbox, served.key)) as smtp:
+            assert smtp.sendmail(inbox, [to], raw) == {}
     wait_for(lambda: served.sink.handler.for_rcpt(to))
     time.sleep(1.0)  # room for a second delivery, if one had been queued
     assert len(served.sink.handler.for_rcpt(to)) == 1

@@ -1,7 +1,9 @@
 """A message as a submission client sent it, made ready to send (RFC 6409 section 8).
 
 Bcc fields are removed (the envelope carries those recipients; the stored copy keeps them apart),
-and a missing Message-ID or Date is added, as a message submission agent does.
+and a missing Message-ID or Date is added, as a message submission agent does. So are the fields a
+later hop writes, as the send API drops them: Return-Path (RFC 5321 4.4: the final delivery's) and
+Authentication-Results (RFC 8601 5: a receiver's verdict, which recipients would read as ours).
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.MULTILINE)  # a line that does not continue a field
 
 
+_REMOVED = (b"bcc", b"return-path", b"authentication-results")
+
+
 def complete(raw: bytes, message_id: str, date: datetime) -> bytes:
-    """``raw`` without Bcc fields, with Message-ID and Date fields when it had none."""
+    """``raw`` without Bcc, Return-Path and Authentication-Results fields, with Message-ID and Date
+    fields when it had none."""
     end = _HEADER_END.search(raw)
     if end is None:  # header fields only
         head, rest = (raw if raw.endswith(b"\n") else raw + b"\r\n"), b""
@@ -32,7 +38,7 @@ def complete(raw: bytes, message_id: str, date: datetime) -> bytes:
         added += b"Message-ID: " + message_id.encode() + b"\r\n"
     if b"date" not in names:
         added += b"Date: " + format_datetime(date).encode() + b"\r\n"
-    kept = b"".join(field for field in fields if field.split(b":", 1)[0].strip().lower() != b"bcc")
+    kept = b"".join(field for field in fields if field.split(b":", 1)[0].strip().lower() not in _REMOVED)
     return added + kept + rest
 
 
@@ -43,4 +49,8 @@ ORIGINATOR_FIELDS = ("from", "sender", "resent-from", "resent-sender")
 def originators(raw: bytes) -> tuple[int, list[str]]:
     """(how many From fields, every address of every originator field), read as the stored copy is."""
     fields = header_fields.parse(raw)
-    return len(fields.get_all("from") or []), header_fields.addresses(fields, *ORIGINATOR_FIELDS)
+    try:
+        addresses = header_fields.addresses(fields, *ORIGINATOR_FIELDS)
+    except RecursionError:  # comments nested past the limit: an unreadable originator ("") is refused
+        addresses = [""]
+    return len(fields.get_all("from") or []), addresses

@@ -1,9 +1,11 @@
 """Reports that come back to our return paths (``bounces+<message pk>-<tag>@domain``, see ``return_path``).
 
-- Delivery status notifications (RFC 3464 inside RFC 6522 multipart/report): a failure of the
+- Delivery status notifications (RFC 3464, or RFC 6533's global form, in RFC 6522 multipart/report): a failure of the
   recipient the return path was made for is recorded as its bounce (label, ``message.bounced``
-  event, suppression); failures of other addresses, ``delayed`` and ``delivered`` change nothing.
-- Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression).
+  event, suppression, unless its status is 4.x.x); failures of other addresses, ``delayed`` and
+  ``delivered`` change nothing.
+- Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression),
+  unless its type is not one (``not-spam``, ``auth-failure``).
 
 A report speaks only for the recipient its return path was made for: anybody may write one, and a
 recipient who saw a message could otherwise block its co-recipients. A report that cannot be matched
@@ -12,7 +14,11 @@ is dropped (logged): it must not be stored in an inbox nor bounced back.
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 import logging
+import quopri
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import Message as EmailPart
@@ -21,6 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Message, OutboundRecipient
+from agentmx.mail import compose
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES
 from agentmx.outbound import return_path
 from agentmx.outbound.outcomes import Outcome, record
 from agentmx.services.runtime import Runtime
@@ -42,14 +50,34 @@ def _field_address(value: str) -> str:
     return (address or value).strip().strip("<>").lower()
 
 
+# RFC 3464's report, and RFC 6533's for mail sent with SMTPUTF8 (Postfix's, for one).
+STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+
+
 def _status_blocks(part: EmailPart) -> list[EmailPart]:
     payload = part.get_payload()
-    if isinstance(payload, list):
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if isinstance(payload, list) and part.get_content_type() == STATUS_TYPES[0] and encoding not in _DECODERS:
         return [p for p in payload if isinstance(p, EmailPart)]
-    # Some parsers leave the body as text: split the header blocks ourselves.
-    text = payload if isinstance(payload, str) else ""
+    # Some parsers leave the body as text, the global form's blocks are read as one message, and it
+    # may be encoded (RFC 6533 3): split the decoded header blocks ourselves.
+    text = (
+        payload if isinstance(payload, str) else part.as_string().replace("\r\n", "\n").partition("\n\n")[2]
+    )
+    if encoding in _DECODERS:
+        text = _DECODERS[encoding](text.encode("ascii", "replace")).decode("utf-8", "replace")
     blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
     return [message_from_bytes(b.encode("utf-8", "replace") + b"\n\n") for b in blocks]
+
+
+def _base64(body: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(body)
+    except binascii.Error:  # a malformed report: no blocks
+        return b""
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {"base64": _base64, "quoted-printable": quopri.decodestring}
 
 
 def parse_report(raw: bytes) -> list[RecipientStatus]:
@@ -57,7 +85,7 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
     msg = message_from_bytes(raw, policy=policy.compat32)
     out: list[RecipientStatus] = []
     for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
+        if part.get_content_type() not in STATUS_TYPES:
             continue
         for block in _status_blocks(part)[1:]:  # the first block is per-message
             recipient = block.get("Final-Recipient") or block.get("Original-Recipient")
@@ -120,13 +148,29 @@ async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> 
 def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
     """The bounce a DSN reports for ``address``, if it reports one. A failure of another address (an
     alias's member, a forward) does not make the address itself undeliverable."""
+    # Compared in the form the remote host saw: an IDN domain as its ASCII form (``xn--…``).
+    wire = compose.wire_address(address).lower()
     failure = next(
-        (s for s in statuses if s.address == address and (s.action == "failed" or s.status.startswith("5"))),
+        (
+            s
+            for s in statuses
+            if compose.wire_address(s.address).lower() == wire
+            and (s.action == "failed" or s.status.startswith("5"))
+        ),
         None,
     )
     if failure is None:
         return None
-    return Outcome("bounced", None, f"{failure.status} {failure.diagnostic}".strip(), attempted=False)
+    # A 4.x.x failure (RFC 3463: a persistent transient one) is a host giving up on a temporary
+    # condition, a full mailbox or an unreachable server: bounced, not suppressed, as our own expiry.
+    transient = failure.status.startswith("4")
+    text = f"{failure.status} {failure.diagnostic}".strip()
+    return Outcome("bounced", None, text, attempted=False, suppress=not transient)
+
+
+# Feedback types (RFC 5965, 6591, 6650) that say the recipient objects to the mail. not-spam says the
+# opposite, auth-failure is about the sender's SPF/DKIM: neither is a complaint.
+COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 
 
 def _complaint(feedback: Feedback) -> Outcome:
@@ -139,15 +183,29 @@ def _complaint(feedback: Feedback) -> Outcome:
     )
 
 
+def _read(raw: bytes) -> tuple[Feedback | None, list[RecipientStatus]]:
+    """The feedback report in ``raw``, else its delivery statuses; neither when it cannot be read."""
+    try:
+        feedback = parse_feedback(raw)
+        return feedback, parse_report(raw) if feedback is None else []
+    except Exception:  # noqa: BLE001 (hostile MIME, e.g. parts nested past the recursion limit)
+        log.info("a report that could not be read was dropped")
+        return None, []
+
+
 async def handle_dsn(rt: Runtime, raw: bytes, rcpt: str) -> None:
     """Record the bounce or complaint a report to the return path ``rcpt`` makes for its recipient."""
-    feedback = parse_feedback(raw)
-    statuses = parse_report(raw) if feedback is None else []
+    # A large report is read in a thread, as inbound mail is (mail.parse): the event loop keeps serving.
+    large = len(raw) > PARSE_IN_THREAD_BYTES
+    feedback, statuses = await asyncio.to_thread(_read, raw) if large else _read(raw)
     async with rt.db.transaction() as session:
         found = await _reported_recipient(session, rt, rcpt)
         if found is None:
             return
         message, address = found
+        if feedback is not None and feedback.feedback_type not in COMPLAINT_TYPES:
+            log.info("ignored a %s feedback report to %s", feedback.feedback_type, rcpt)
+            return
         outcome = _complaint(feedback) if feedback is not None else _bounce(statuses, address)
         if outcome is None:
             log.info("ignored a report to %s (%d statuses, no failure)", rcpt, len(statuses))

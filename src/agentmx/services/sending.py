@@ -388,8 +388,11 @@ async def commit_submitted(
 ) -> Message:
     """``commit_send`` for ``prepare_submitted``; a client's retry of a message it sent (same
     Message-ID, its reply lost) returns the first, sent once."""
+    # The id it is stored under: a Message-ID the parser cannot read gives one derived from the
+    # content, which the lookup must find too (else the retry was queued again and sent twice).
+    message_id = mailstore.message_id_for(prepared.parsed, prepared.raw, inbox)
     found = await session.scalar(
-        select(Message).where(Message.inbox_id == inbox.id, Message.message_id == prepared.parsed.message_id)
+        select(Message).where(Message.inbox_id == inbox.id, Message.message_id == message_id)
     )
     if found is not None and found.direction == "outbound":
         return found

@@ -47,6 +47,7 @@ SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
     e.StorageFull: "452 4.3.1",
 }
 S553_NOT_YOUR_ADDRESS = "553 5.7.1 Sender address is not the authenticated inbox"
+S553_BAD_RECIPIENT = "553 5.1.3 Recipient address cannot be sent to"
 
 
 def submission_reply_for(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox
 from agentmx.errors import AgentMXError
+from agentmx.mail import compose
 from agentmx.services import sending
 from agentmx.services.authenticate import caller_for_secret
 from agentmx.services.caller import Caller
@@ -112,6 +113,9 @@ class SubmissionHandler(HookNames):
     ) -> str:
         if len(envelope.rcpt_tos) >= sending.MAX_RECIPIENTS:
             return replies.S452_TOO_MANY_RECIPIENTS
+        if not compose.valid_address(address.strip()):
+            # Refused here, as the send API refuses it (400): accepted, it could only be dropped.
+            return replies.S553_BAD_RECIPIENT
         envelope.rcpt_tos.append(address)
         return replies.S250_OK
 
