@@ -322,6 +322,7 @@ def test_retries_end_in_a_bounce(fresh_server: Callable[..., ServerProcess]) -> 
         assert sink.handler.attempts[stuck] >= 2
         bounce = events_for(server, "message.bounced", "bounce", sent.message_id)
         assert bounce[0]["bounce"]["recipients"] == [{"address": stuck, "status": "bounced"}]
+        assert bounce[0]["bounce"]["type"] == "Transient"
         # No host refused it (only 4xx): the address is not suppressed, a new message to it is taken.
         client.inboxes.messages.send(a, to=stuck, text="again", request_options=NO_RETRY)
     finally:
@@ -443,6 +444,7 @@ def test_reports_that_are_no_complaint_and_transient_failures_suppress_nobody(re
     wait_for(lambda: "bounced" in _labels(client, a, sent[gave_up].message_id))
     bounce = events_for(relay.server, "message.bounced", "bounce", sent[gave_up].message_id)
     assert bounce[0]["bounce"]["recipients"] == [{"address": gave_up, "status": "bounced"}]
+    assert bounce[0]["bounce"]["type"] == "Transient"  # as SES says of a bounce that suppresses nobody
     for to in (not_spam, auth_failure):
         assert "complained" not in _labels(client, a, sent[to].message_id)
         assert not events_for(relay.server, "message.complained", "complaint", sent[to].message_id)

@@ -120,20 +120,26 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
         )
     if bounced:
         await add_label(session, message, "bounced")
-        await record_event(
-            session,
-            rt,
-            event_type="message.bounced",
-            payload={
-                "bounce": {
-                    **_ids(message, now),
-                    "type": "Permanent",
-                    "sub_type": "General",
-                    "recipients": [{"address": a, "status": "bounced"} for a in bounced],
-                }
-            },
-            **scope,
-        )
+        # As SES types them: a Permanent bounce suppresses its addresses, a Transient one (the
+        # message's lifetime ran out on 4xx answers, a host gave up with a 4.x.x status) does not.
+        for bounce_type in ("Permanent", "Transient"):
+            these = [a for a in bounced if outcomes[a].suppress == (bounce_type == "Permanent")]
+            if not these:
+                continue
+            await record_event(
+                session,
+                rt,
+                event_type="message.bounced",
+                payload={
+                    "bounce": {
+                        **_ids(message, now),
+                        "type": bounce_type,
+                        "sub_type": "General",
+                        "recipients": [{"address": a, "status": "bounced"} for a in these],
+                    }
+                },
+                **scope,
+            )
         for address in (a for a in bounced if outcomes[a].suppress):  # list entries (services/lists)
             await hooks.run_all(
                 hooks.suppression_recorders,
