@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from agentmx.errors import ValidationFailed
-from agentmx.http.nul_guard import check_json
+from agentmx.http.nul_guard import loads
 from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -49,12 +48,7 @@ def query_list(request: Request, name: str) -> list[str] | None:
     out: list[str] = []
     for value in values:
         if value.startswith("["):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValidationFailed(
-                    f"{name} is not a valid JSON array", [{"path": [name], "message": "bad JSON"}]
-                ) from exc
+            parsed = loads(value, name, [name])
             if not isinstance(parsed, list):
                 raise ValidationFailed(f"{name} must be a list", [{"path": [name], "message": "not a list"}])
             out.extend(str(item) for item in parsed)
@@ -109,12 +103,7 @@ async def json_body(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         return None
-    try:
-        parsed = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("Request body is not valid JSON", [{"path": [], "message": str(exc)}]) from exc
-    check_json(raw, parsed)
-    return parsed
+    return loads(raw, "Request body", [])
 
 
 def body_object(body: Any) -> dict[str, Any]:
