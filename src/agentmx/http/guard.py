@@ -21,6 +21,7 @@ answers with (bench/http_slowloris.py).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,9 +29,16 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agentmx.client_address import address_group
+from agentmx.http.errors import error_body
 from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.http")
+
+BAD_REQUEST_BODY = json.dumps(
+    error_body(
+        "ValidationError", "validation_error", "Invalid HTTP request", "Send a well-formed HTTP/1.1 request."
+    )
+).encode()
 
 
 def _ip(conn: HttpToolsProtocol) -> str:
@@ -172,5 +180,22 @@ class HttpGuard:
             def connection_lost(self, exc: Exception | None) -> None:
                 guard.done(self)
                 super().connection_lost(exc)
+
+            def send_400_response(self, msg: str) -> None:
+                # What the parser refuses (an unknown method, raw bytes outside ASCII in the target,
+                # a control character in a header, broken chunking) in the API's error shape too.
+                content = [b"HTTP/1.1 400 Bad Request\r\n"]
+                for name, value in self.server_state.default_headers:
+                    content.extend([name, b": ", value, b"\r\n"])
+                content.extend(
+                    [
+                        b"content-type: application/json\r\n",
+                        b"content-length: " + str(len(BAD_REQUEST_BODY)).encode() + b"\r\n",
+                        b"connection: close\r\n\r\n",
+                        BAD_REQUEST_BODY,
+                    ]
+                )
+                self.transport.write(b"".join(content))
+                self.transport.close()
 
         return GuardedHttpProtocol
