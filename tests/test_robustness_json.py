@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,3 +115,29 @@ def test_a_websocket_frame_of_unusable_json_gets_an_error_frame(harness: Harness
         assert reply["type"] == "error" and reply["name"] == "ValidationError", reply
         ws.send('{"type": "subscribe"}')  # the stream carries on
         assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+
+
+def test_a_body_declared_over_6_mb_is_refused_before_it_is_read(harness: Harness, inbox: str) -> None:
+    # Every route buffered whatever body came (a 400 MB PATCH took the server past 1.3 GB).
+    head = (
+        f"PATCH /v0/inboxes/{inbox} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {harness.api_key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", harness.server.http_port), timeout=5) as sock:
+        sock.sendall(head.encode() + b'{"display_name": "')
+        answer = b""
+        while b"exceeds" not in answer and (chunk := sock.recv(65536)):  # at once, not after a timeout
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"exceeds 6 MB" in answer
+
+
+def test_a_streamed_body_over_6_mb_is_refused(http: httpx.Client, inbox: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"display_name": "'
+        for _ in range(7):
+            yield b"a" * 1024 * 1024
+
+    resp = http.patch(f"/v0/inboxes/{inbox}", content=chunks(), headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["message"] == "Request body exceeds 6 MB"

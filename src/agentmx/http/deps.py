@@ -98,9 +98,32 @@ def query_datetime(request: Request, name: str) -> datetime | None:
     return parsed
 
 
-async def json_body(request: Request) -> Any:
-    """The raw JSON body, or None when there is none (the SDK sends no body on some creates)."""
-    raw = await request.body()
+MAX_BODY_BYTES = 6 * 1024 * 1024  # AgentMail's limit on a whole JSON request
+
+
+async def _bounded_body(request: Request, fix: str | None) -> bytes:
+    """The body, refused (400) once it passes MAX_BODY_BYTES: the rest is never buffered."""
+    too_large = ValidationFailed("Request body exceeds 6 MB", [{"path": [], "message": "too large"}], fix=fix)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # the cached body, when a caller has read it already
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, *, fix: str | None = None) -> Any:
+    """The raw JSON body, or None when there is none (the SDK sends no body on some creates).
+
+    A body over 6 MB is a 400 (``fix`` says what to do instead) before the rest of it is read:
+    no request needs more, and buffering whatever a key's holder sends could exhaust memory.
+    """
+    raw = await _bounded_body(request, fix)
     if not raw.strip():
         return None
     return loads(raw, "Request body", [])
