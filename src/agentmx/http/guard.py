@@ -34,11 +34,18 @@ from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.http")
 
-BAD_REQUEST_BODY = json.dumps(
+MAX_HEAD_BYTES = 64 * 1024  # request line and header fields; nginx's default is 32 KB
+
+BAD_REQUEST = (
+    b"400 Bad Request",
     error_body(
         "ValidationError", "validation_error", "Invalid HTTP request", "Send a well-formed HTTP/1.1 request."
-    )
-).encode()
+    ),
+)
+HEAD_TOO_LARGE = (
+    b"431 Request Header Fields Too Large",
+    error_body("ValidationError", "validation_error", "Request line and header fields exceed 64 KB"),
+)
 
 
 def _ip(conn: HttpToolsProtocol) -> str:
@@ -150,12 +157,16 @@ class HttpGuard:
         guard = self
 
         class GuardedHttpProtocol(HttpToolsProtocol):
+            reading_head = True  # from the connection's start or a response until a head is complete
+            head_bytes = 0
+
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
                 if not guard.admit(self, len(self.connections), self.loop.time()):
                     transport.close()
 
             def on_headers_complete(self) -> None:
+                self.reading_head, self.head_bytes = False, 0
                 guard.done(self)
                 super().on_headers_complete()
                 if _announces_body(self.headers) and not self.parser.should_upgrade():
@@ -171,6 +182,7 @@ class HttpGuard:
                 if self in guard.body_bytes:
                     guard.done(self)
                 super().on_message_complete()
+                self.reading_head = True  # what comes next is the next request's head
 
             def on_response_complete(self) -> None:
                 super().on_response_complete()
@@ -181,18 +193,32 @@ class HttpGuard:
                 guard.done(self)
                 super().connection_lost(exc)
 
+            def data_received(self, data: bytes) -> None:
+                # httptools buffers a request head whole, however long: past MAX_HEAD_BYTES still
+                # inside one, the connection is refused instead (the count starts again per request).
+                if self.reading_head:
+                    self.head_bytes += len(data)
+                super().data_received(data)
+                if self.reading_head and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self.refuse(HEAD_TOO_LARGE)
+
             def send_400_response(self, msg: str) -> None:
                 # What the parser refuses (an unknown method, raw bytes outside ASCII in the target,
                 # a control character in a header, broken chunking) in the API's error shape too.
-                content = [b"HTTP/1.1 400 Bad Request\r\n"]
+                self.refuse(BAD_REQUEST)
+
+            def refuse(self, answer: tuple[bytes, dict[str, Any]]) -> None:
+                status, error = answer
+                body = json.dumps(error).encode()
+                content = [b"HTTP/1.1 " + status + b"\r\n"]
                 for name, value in self.server_state.default_headers:
                     content.extend([name, b": ", value, b"\r\n"])
                 content.extend(
                     [
                         b"content-type: application/json\r\n",
-                        b"content-length: " + str(len(BAD_REQUEST_BODY)).encode() + b"\r\n",
+                        b"content-length: " + str(len(body)).encode() + b"\r\n",
                         b"connection: close\r\n\r\n",
-                        BAD_REQUEST_BODY,
+                        body,
                     ]
                 )
                 self.transport.write(b"".join(content))
