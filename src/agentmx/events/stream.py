@@ -22,6 +22,7 @@ from agentmx.errors import AgentMXError, NotFound
 from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED
 from agentmx.events.hub import BATCH, Hub, Item, Subscriber
 from agentmx.events.ws_frame import FrameWriter
+from agentmx.http.nul_guard import contains_nul, contains_surrogate
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -103,7 +104,7 @@ class Stream:
         """A client frame: queued so it is handled in order with the events."""
         try:
             frame = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, a number over 4300 digits, deep nesting
             frame = None
         self.sub.queue.put_nowait(Subscribe(frame if isinstance(frame, dict) else {}))
 
@@ -131,6 +132,8 @@ class Stream:
     async def _subscribe(self, frame: dict[str, Any]) -> None:
         if frame.get("type") != "subscribe":
             raise StreamError("ValidationError", 'expected a {"type": "subscribe"} frame')
+        if contains_nul(frame) or contains_surrogate(frame):  # no database takes them: ids never hold them
+            raise StreamError("ValidationError", "frame contains a NUL character or a lone surrogate")
         requested = _str_list(frame, "event_types")
         inbox_ids = _str_list(frame, "inbox_ids")
         pod_ids = _str_list(frame, "pod_ids")

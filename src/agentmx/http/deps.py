@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from agentmx.errors import ValidationFailed
-from agentmx.http.nul_guard import check_json
+from agentmx.http.nul_guard import loads
 from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -49,12 +48,7 @@ def query_list(request: Request, name: str) -> list[str] | None:
     out: list[str] = []
     for value in values:
         if value.startswith("["):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValidationFailed(
-                    f"{name} is not a valid JSON array", [{"path": [name], "message": "bad JSON"}]
-                ) from exc
+            parsed = loads(value, name, [name])
             if not isinstance(parsed, list):
                 raise ValidationFailed(f"{name} must be a list", [{"path": [name], "message": "not a list"}])
             out.extend(str(item) for item in parsed)
@@ -104,17 +98,35 @@ def query_datetime(request: Request, name: str) -> datetime | None:
     return parsed
 
 
-async def json_body(request: Request) -> Any:
-    """The raw JSON body, or None when there is none (the SDK sends no body on some creates)."""
-    raw = await request.body()
+MAX_BODY_BYTES = 6 * 1024 * 1024  # AgentMail's limit on a whole JSON request
+
+
+async def _bounded_body(request: Request, fix: str | None) -> bytes:
+    """The body, refused (400) once it passes MAX_BODY_BYTES: the rest is never buffered."""
+    too_large = ValidationFailed("Request body exceeds 6 MB", [{"path": [], "message": "too large"}], fix=fix)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # the cached body, when a caller has read it already
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, *, fix: str | None = None) -> Any:
+    """The raw JSON body, or None when there is none (the SDK sends no body on some creates).
+
+    A body over 6 MB is a 400 (``fix`` says what to do instead) before the rest of it is read:
+    no request needs more, and buffering whatever a key's holder sends could exhaust memory.
+    """
+    raw = await _bounded_body(request, fix)
     if not raw.strip():
         return None
-    try:
-        parsed = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("Request body is not valid JSON", [{"path": [], "message": str(exc)}]) from exc
-    check_json(raw, parsed)
-    return parsed
+    return loads(raw, "Request body", [])
 
 
 def body_object(body: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ answers with (bench/http_slowloris.py).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,9 +29,23 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agentmx.client_address import address_group
+from agentmx.http.errors import error_body
 from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.http")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and header fields; nginx's default is 32 KB
+
+BAD_REQUEST = (
+    b"400 Bad Request",
+    error_body(
+        "ValidationError", "validation_error", "Invalid HTTP request", "Send a well-formed HTTP/1.1 request."
+    ),
+)
+HEAD_TOO_LARGE = (
+    b"431 Request Header Fields Too Large",
+    error_body("ValidationError", "validation_error", "Request line and header fields exceed 64 KB"),
+)
 
 
 def _ip(conn: HttpToolsProtocol) -> str:
@@ -142,12 +157,16 @@ class HttpGuard:
         guard = self
 
         class GuardedHttpProtocol(HttpToolsProtocol):
+            reading_head = True  # from the connection's start or a response until a head is complete
+            head_bytes = 0
+
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
                 if not guard.admit(self, len(self.connections), self.loop.time()):
                     transport.close()
 
             def on_headers_complete(self) -> None:
+                self.reading_head, self.head_bytes = False, 0
                 guard.done(self)
                 super().on_headers_complete()
                 if _announces_body(self.headers) and not self.parser.should_upgrade():
@@ -163,6 +182,7 @@ class HttpGuard:
                 if self in guard.body_bytes:
                     guard.done(self)
                 super().on_message_complete()
+                self.reading_head = True  # what comes next is the next request's head
 
             def on_response_complete(self) -> None:
                 super().on_response_complete()
@@ -172,5 +192,36 @@ class HttpGuard:
             def connection_lost(self, exc: Exception | None) -> None:
                 guard.done(self)
                 super().connection_lost(exc)
+
+            def data_received(self, data: bytes) -> None:
+                # httptools buffers a request head whole, however long: past MAX_HEAD_BYTES still
+                # inside one, the connection is refused instead (the count starts again per request).
+                if self.reading_head:
+                    self.head_bytes += len(data)
+                super().data_received(data)
+                if self.reading_head and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self.refuse(HEAD_TOO_LARGE)
+
+            def send_400_response(self, msg: str) -> None:
+                # What the parser refuses (an unknown method, raw bytes outside ASCII in the target,
+                # a control character in a header, broken chunking) in the API's error shape too.
+                self.refuse(BAD_REQUEST)
+
+            def refuse(self, answer: tuple[bytes, dict[str, Any]]) -> None:
+                status, error = answer
+                body = json.dumps(error).encode()
+                content = [b"HTTP/1.1 " + status + b"\r\n"]
+                for name, value in self.server_state.default_headers:
+                    content.extend([name, b": ", value, b"\r\n"])
+                content.extend(
+                    [
+                        b"content-type: application/json\r\n",
+                        b"content-length: " + str(len(body)).encode() + b"\r\n",
+                        b"connection: close\r\n\r\n",
+                        body,
+                    ]
+                )
+                self.transport.write(b"".join(content))
+                self.transport.close()
 
         return GuardedHttpProtocol

@@ -1,11 +1,15 @@
-"""Refuse NUL characters in request paths, query strings and JSON bodies with a 400.
+"""Refuse NUL characters and lone surrogates in request paths, query strings and JSON with a 400.
 
 PostgreSQL text cannot hold U+0000: an id like ``a%00b`` failed inside the driver (a 500 on
-PostgreSQL, a plain 404 on SQLite). Refusing it at the edge gives one answer on both backends.
+PostgreSQL, a plain 404 on SQLite). A lone UTF-16 surrogate (``"\\ud800"`` in JSON) is no character
+at all: neither database nor any encoder takes it, and it was a 500 on both. Refusing them at the
+edge gives one answer on both backends.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,23 +18,55 @@ from agentmx.errors import ValidationFailed
 from agentmx.http.errors import response_for
 
 NUL_MESSAGE = "Request contains a NUL character"
+SURROGATE_MESSAGE = "Request contains a lone surrogate, which is not valid Unicode"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# One in JSON text: escaped, or as the raw character (json.loads reads bytes with surrogatepass).
+_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a parsed JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 def contains_nul(value: Any) -> bool:
     """Whether a parsed JSON value holds U+0000 in any string (keys included)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(contains_nul(item) for item in value)
-    return False
+    return any("\x00" in s for s in _strings(value))
 
 
-def check_json(raw: bytes, parsed: Any) -> None:
-    """400 if a JSON body holds NUL; the byte scan keeps the walk off the common path."""
-    if b"\\u0000" in raw and contains_nul(parsed):
+def contains_surrogate(value: Any) -> bool:
+    """Whether a parsed JSON value holds a lone surrogate (json.loads joins the valid pairs)."""
+    return any(_SURROGATE.search(s) for s in _strings(value))
+
+
+def check_json(text: str, parsed: Any) -> None:
+    """400 if JSON text holds NUL or a lone surrogate; the text scans keep the walks off the common path."""
+    if "\\u0000" in text and contains_nul(parsed):
         raise ValidationFailed(NUL_MESSAGE, [{"path": [], "message": "NUL character in a string"}])
+    if _SURROGATE_HINT.search(text) and contains_surrogate(parsed):
+        raise ValidationFailed(SURROGATE_MESSAGE, [{"path": [], "message": "lone surrogate in a string"}])
+
+
+def loads(raw: bytes | str, what: str, path: list[str]) -> Any:
+    """Parsed JSON from a client (a body, a query parameter, a page token), or a 400 naming ``what``.
+
+    Every way json refuses input is a 400: syntax, numbers over 4300 digits (ValueError), nesting
+    deeper than the interpreter's recursion limit (RecursionError).
+    """
+    try:
+        # As json.loads reads bytes (UTF-8, -16 or -32), so that check_json sees what it parsed.
+        text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
+        parsed = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValidationFailed(f"{what} is not valid JSON", [{"path": path, "message": str(exc)}]) from exc
+    check_json(text, parsed)
+    return parsed
 
 
 class NulGuard:

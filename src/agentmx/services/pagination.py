@@ -57,10 +57,13 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
             raise bad
         out: list[Any] = []
         for value, typ in zip(data["v"], types, strict=True):
+            if isinstance(value, str) and ("\x00" in value or not value.encode("utf-8")):
+                raise bad  # NUL or a lone surrogate (encode raises): no column holds one
             out.append(datetime.fromisoformat(value) if typ is datetime else typ(value))
         return out
     except (
         ValueError,
+        RecursionError,
         KeyError,
         TypeError,
         OverflowError,

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentmx.errors import NotFound, ValidationFailed
+from agentmx.errors import NotFound
 from agentmx.http import wire, wire_drafts
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import (
@@ -26,7 +26,6 @@ from agentmx.services.runtime import Runtime
 
 router = APIRouter()
 
-MAX_BODY_BYTES = 6 * 1024 * 1024
 
 Addresses = str | list[str] | None
 
@@ -79,13 +78,7 @@ class SendDraft(Body):
 
 async def _read_body(request: Request) -> Any:
     """Draft bodies carry base64 attachments: the 6 MB request cap of sends applies."""
-    if len(await request.body()) > MAX_BODY_BYTES:
-        raise ValidationFailed(
-            "Request body exceeds 6 MB",
-            [{"path": [], "message": "too large"}],
-            fix="Use url attachments for large files.",
-        )
-    return await json_body(request)
+    return await json_body(request, fix="Use url attachments for large files.")
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:

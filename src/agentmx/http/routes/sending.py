@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
-from agentmx.errors import ValidationFailed
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body
 from agentmx.services import idempotency, messages, send_attachments
@@ -21,7 +20,6 @@ from agentmx.services.sending import OutgoingMessage, commit_send, prepare_send
 
 router = APIRouter()
 
-MAX_BODY_BYTES = 6 * 1024 * 1024
 Addresses = str | list[str] | None
 
 
@@ -69,14 +67,7 @@ def _list(value: str | list[str] | None) -> list[str]:
 
 
 async def _read_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationFailed(
-            "Request body exceeds 6 MB",
-            [{"path": [], "message": "too large"}],
-            fix="Use url attachments for large files.",
-        )
-    return await json_body(request)
+    return await json_body(request, fix="Use url attachments for large files.")
 
 
 async def _send(
