@@ -57,8 +57,10 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
             raise bad
         out: list[Any] = []
         for value, typ in zip(data["v"], types, strict=True):
-            if isinstance(value, str) and ("\x00" in value or not value.encode("utf-8")):
-                raise bad  # NUL or a lone surrogate (encode raises): no column holds one
+            if isinstance(value, str):
+                value.encode("utf-8")  # a lone surrogate raises (a ValueError): no column holds one
+                if "\x00" in value:
+                    raise bad
             out.append(datetime.fromisoformat(value) if typ is datetime else typ(value))
         return out
     except (
