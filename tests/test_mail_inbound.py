@@ -475,3 +475,58 @@ def test_hidden_characters_are_labelled(harness: Harness) -> None:
         "a character reference": True,
         "plain": False,
     }
+
+
+def _raw_with_parts(to: str, *parts: bytes) -> bytes:
+    head = (
+        f"From: sender@example.com\r\nTo: {to}\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="bb"\r\n\r\n--bb\r\nContent-Type: text/plain\r\n\r\nhi\r\n'
+    ).encode()
+    return head + b"".join(b"--bb\r\n" + p + b"\r\n" for p in parts) + b"--bb--\r\n"
+
+
+def test_a_content_id_without_disposition_is_inline(harness: Harness) -> None:
+    # As many clients send an image in multipart/related, and as sending reads content_id alone.
+    client = harness.client()
+    inbox = client.inboxes.create()
+    image = b"Content-Type: image/gif\r\nContent-ID: <g1@x>\r\n\r\nGIF89a"
+    pdf = b'Content-Type: application/pdf; name="x.pdf"\r\n\r\n%PDF'
+    smtp_send(harness.server, [inbox.inbox_id], _raw_with_parts(inbox.inbox_id, image, pdf))
+    attachments = client.inboxes.messages.list(inbox.inbox_id).messages[0].attachments or []
+    by_type = {a.content_type: a for a in attachments}
+    assert by_type["image/gif"].content_disposition == "inline"
+    assert by_type["image/gif"].content_id == "g1@x"
+    assert by_type["application/pdf"].content_disposition == "attachment"
+
+
+def test_downloads_serve_any_stored_type_and_name_as_headers_can(harness: Harness) -> None:
+    client = harness.client()
+    inbox = client.inboxes.create()
+    parts = [
+        # A CR from an encoded word dropped the connection; U+20AC was a 500.
+        b'Content-Type: =?utf-8?q?text/a=0Db?=\r\nContent-Disposition: attachment; filename="cr.bin"\r\n\r\nx',
+        b'Content-Type: =?utf-8?b?dGV4dC9w4oKsaW4=?=\r\nContent-Disposition: attachment; filename="eu.bin"\r\n\r\nx',
+        # Latin-1 text was served as "charset=utf-8".
+        b'Content-Type: text/plain; charset=iso-8859-1\r\nContent-Disposition: attachment; filename="l.txt"\r\n'
+        b"Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xe9",
+        b"Content-Type: text/plain\r\nContent-Disposition: attachment; filename*=utf-8''..%2F..%2Fetc%2Fpasswd\r\n\r\nx",
+    ]
+    smtp_send(harness.server, [inbox.inbox_id], _raw_with_parts(inbox.inbox_id, *parts))
+    item = client.inboxes.messages.list(inbox.inbox_id).messages[0]
+    served = {}
+    for a in item.attachments or []:
+        link = client.inboxes.messages.get_attachment(inbox.inbox_id, item.message_id, a.attachment_id)
+        served[a.filename] = (a.content_type, download(link.download_url), link.download_url)
+    for name in ("cr.bin", "eu.bin"):
+        content_type, response, _ = served[name]
+        assert content_type == "application/octet-stream"
+        assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+    _, latin, url = served["l.txt"]
+    assert latin.content == b"caf\xe9" and latin.headers["content-type"] == "text/plain"
+    # HEAD answers as GET would, without the bytes.
+    head = httpx.head(url, timeout=30)
+    assert head.status_code == 200 and head.headers["content-length"] == "4" and head.content == b""
+    assert head.headers["content-disposition"] == "attachment; filename*=UTF-8''l.txt"
+    # "/" is not one of RFC 5987's characters: encoded, so no reader takes the name for a path.
+    disposition = served["../../etc/passwd"][1].headers["content-disposition"]
+    assert disposition == "attachment; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd"

@@ -440,6 +440,22 @@ def test_attachment_urls_on_private_addresses_are_refused(harness: Harness) -> N
     assert _code(refused.value) == "message_rejected"
 
 
+def test_an_attachment_type_that_is_no_mime_type_is_refused(harness: Harness) -> None:
+    # It was stored, and its download_url then answered 500 (no HTTP header can carry it).
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    for content_type in ("text/pl\u20acin", "text/plain; x=\x7f"):
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(
+                a,
+                to=b,
+                text="x",
+                attachments=[{"filename": "a.txt", "content_type": content_type, "content": "aGk="}],
+                request_options=NO_RETRY,
+            )
+        assert refused.value.status_code == 400 and _code(refused.value) == "validation_error"
+
+
 def test_bad_extra_header_names_are_refused(harness: Harness) -> None:
     client = harness.client()
     a, b = new_inbox(client), new_inbox(client)

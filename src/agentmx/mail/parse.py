@@ -26,6 +26,9 @@ CONTENT_TYPE_CHARS = 256
 CONTENT_ID_CHARS = 998
 MESSAGE_ID_CHARS = 998  # messages.message_id and in_reply_to, threads.last_message_id
 MSGID = re.compile(r"<[^<>\s]+>")
+# A type/subtype of RFC 2045 tokens. The parser keeps anything else between the slashes (a CR from an
+# encoded word, U+FFFD from 8-bit bytes), which the download link cannot send as a Content-Type.
+MIME_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+/[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 # Writes a parsed message back as it came: header lines as received (not folded again) and CRLF
 # line ends, as mail travels. The default policy's LF and refolding changed an attached message's
 # bytes (and broke its DKIM signature).
@@ -319,15 +322,25 @@ def _walk(msg: Message, parsed: ParsedMessage, texts: list[str], htmls: list[str
     if ctype.startswith("message/") and filename is None:
         filename = "message.eml" if ctype == "message/rfc822" else None
     content_id = _field_text(_raw_headers(msg).get("content-id"))
+    content_id = content_id.strip().strip("<>")[:CONTENT_ID_CHARS] if content_id else None
+    # A part with a Content-ID and no Content-Disposition is an inline image (how many clients send a
+    # multipart/related part); sending reads content_id without content_disposition the same way.
+    inline = disposition == "inline" or (disposition is None and bool(content_id))
     parsed.attachments.append(
         ParsedAttachment(
             filename=filename,
-            content_type=_clean(ctype)[:CONTENT_TYPE_CHARS],  # an encoded word can decode to NUL
-            disposition="inline" if disposition == "inline" else "attachment",
-            content_id=content_id.strip().strip("<>")[:CONTENT_ID_CHARS] if content_id else None,
+            content_type=valid_mime_type(ctype)[:CONTENT_TYPE_CHARS],
+            disposition="inline" if inline else "attachment",
+            content_id=content_id or None,
             data=_payload_bytes(msg),
         )
     )
+
+
+def valid_mime_type(ctype: str) -> str:
+    """``ctype`` when it is a well-formed type/subtype, else application/octet-stream (RFC 2046 4.5.1:
+    what cannot be read as anything else is a stream of bytes)."""
+    return ctype if MIME_TYPE.fullmatch(ctype) else "application/octet-stream"
 
 
 def _headers(msg: Message) -> dict[str, str]:

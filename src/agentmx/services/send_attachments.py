@@ -105,6 +105,9 @@ async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -
         ):
             if value is not None and ("\r" in value or "\n" in value):
                 raise _bad(index, f"{name} contains a line break")
+        content_type = spec.content_type or ""
+        if not (content_type.isascii() and content_type.isprintable()):  # a MIME type is RFC 2045 tokens
+            raise _bad(index, "content_type must be printable ASCII (a MIME type)")
         fetched_type: str | None = None
         if spec.content is not None:
             try:

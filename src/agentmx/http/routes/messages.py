@@ -237,7 +237,15 @@ async def delete_message(inbox_id: str, message_id: str, rt: RuntimeDep, caller:
     return Response(status_code=204)
 
 
-@router.get(downloads.PATH + "{token}")
+def _header_safe(content_type: str) -> str:
+    """A stored type that cannot be an HTTP header (a CR dropped the connection, "€" was a 500: rows
+    stored before mail/parse checked types, a draft's given type) is served as bytes."""
+    printable = content_type.isascii() and content_type.isprintable()
+    return content_type if printable else "application/octet-stream"
+
+
+# HEAD too: HTTP requires it wherever GET is served (a client checking a link's size and type).
+@router.api_route(downloads.PATH + "{token}", methods=["GET", "HEAD"])
 async def download(token: str, rt: RuntimeDep) -> Response:
     """Follows a signed download_url: no API key, the signature and expiry are the authorisation."""
     found = downloads.resolve(rt.secret, token)
@@ -245,10 +253,15 @@ async def download(token: str, rt: RuntimeDep) -> Response:
     if data is None:
         raise NotFound("Download not found")
     # Bytes a stranger sent, on the API's own origin: saved, never rendered or sniffed by a browser.
-    disposition = f"attachment; filename*=UTF-8''{quote(found.filename)}" if found.filename else "attachment"
+    # safe="": RFC 5987 leaves "/" out of a filename*'s characters (quote keeps it by default).
+    name = quote(found.filename, safe="") if found.filename else None
+    disposition = f"attachment; filename*=UTF-8''{name}" if name else "attachment"
     headers = {
+        # As stored, never with media_type: Starlette adds "charset=utf-8" to text/*, which is false for
+        # a Latin-1 or Shift JIS text attachment (the part's charset is not kept).
+        "Content-Type": _header_safe(found.content_type),
         "Content-Disposition": disposition,
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }
-    return Response(content=data, media_type=found.content_type, headers=headers)
+    return Response(content=data, headers=headers)
