@@ -456,6 +456,23 @@ def test_an_attachment_type_that_is_no_mime_type_is_refused(harness: Harness) ->
         assert refused.value.status_code == 400 and _code(refused.value) == "validation_error"
 
 
+def test_an_attachment_with_a_huge_filename_still_downloads(harness: Harness) -> None:
+    # The link carried the whole name: 100,000 characters made a URL no server reads (reset).
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    name = "n" * 100_000 + ".txt"
+    sent = client.inboxes.messages.send(
+        a, to=b, text="x", attachments=[{"filename": name, "content": "aGk="}], request_options=NO_RETRY
+    )
+    attachment = (client.inboxes.messages.get(a, sent.message_id).attachments or [])[0]
+    assert attachment.filename == name
+    link = client.inboxes.messages.get_attachment(a, sent.message_id, attachment.attachment_id)
+    assert len(link.download_url) < 8192
+    served = httpx.get(link.download_url, timeout=30)
+    assert served.status_code == 200 and served.content == b"hi"
+    assert served.headers["content-disposition"] == "attachment; filename*=UTF-8''" + "n" * 251 + ".txt"
+
+
 def test_bad_extra_header_names_are_refused(harness: Harness) -> None:
     client = harness.client()
     a, b = new_inbox(client), new_inbox(client)

@@ -14,6 +14,11 @@ from agentmx.errors import Forbidden, NotFound
 from agentmx.services.secrets import sign, verify
 
 PATH = "/v0/downloads/"
+# Characters of a filename the link carries (for its Content-Disposition): a name of any length came
+# back in the link, and one of 100,000 characters made it longer than any server reads (the
+# connection was reset; nginx refuses a request line over 8 KB). File systems keep 255 at most.
+FILENAME_CHARS = 255
+KEPT_SUFFIX_CHARS = 16  # ".tar.gz", ".docx": the part after the last dot stays, when it is short
 
 
 @dataclass
@@ -33,10 +38,21 @@ def make_url(
     ttl: int,
 ) -> tuple[str, datetime]:
     expires = math.ceil(time.time()) + ttl  # whole seconds, rounded up: a link lives at least ttl
-    payload = json.dumps([blob_key, expires, content_type or "application/octet-stream", filename or ""])
+    payload = json.dumps(
+        [blob_key, expires, content_type or "application/octet-stream", _short(filename or "")]
+    )
     encoded = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     token = f"{encoded}.{sign(secret, 'download:' + encoded)}"
     return base_url.rstrip("/") + PATH + token, datetime.fromtimestamp(expires, UTC)
+
+
+def _short(filename: str) -> str:
+    if len(filename) <= FILENAME_CHARS:
+        return filename
+    stem, dot, suffix = filename.rpartition(".")
+    if not dot or len(suffix) >= KEPT_SUFFIX_CHARS:
+        return filename[:FILENAME_CHARS]
+    return stem[: FILENAME_CHARS - len(suffix) - 1] + "." + suffix
 
 
 def resolve(secret: bytes, token: str) -> Download:
