@@ -456,6 +456,19 @@ def test_an_attachment_type_that_is_no_mime_type_is_refused(harness: Harness) ->
         assert refused.value.status_code == 400 and _code(refused.value) == "validation_error"
 
 
+def test_draft_attachment_fields_wider_than_their_columns_are_refused(harness: Harness) -> None:
+    # PostgreSQL refused the row: a 500 there, where SQLite stored it.
+    client = harness.client()
+    a = new_inbox(client)
+    for field, value in (("content_type", "text/" + "x" * 300), ("content_id", "c" * 1200)):
+        attachment = {"filename": "a.txt", "content": "aGk=", field: value}
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.drafts.create(
+                a, to=["bob@example.org"], attachments=[attachment], request_options=NO_RETRY
+            )
+        assert refused.value.status_code == 400 and _code(refused.value) == "validation_error", field
+
+
 def test_an_attachment_with_a_huge_filename_still_downloads(harness: Harness) -> None:
     # The link carried the whole name: 100,000 characters made a URL no server reads (reset).
     client = harness.client()

@@ -18,6 +18,7 @@ import httpx
 from agentmx.errors import MessageRejected, ValidationFailed
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.mail.compose import OutAttachment
+from agentmx.mail.parse import CONTENT_ID_CHARS, CONTENT_TYPE_CHARS, MIME_TYPE
 
 MAX_URL_BYTES = 30 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -44,8 +45,9 @@ def _bad(index: int, message: str) -> ValidationFailed:
 def _content_type(spec: AttachmentSpec, fetched: str | None = None) -> str:
     if spec.content_type:
         return spec.content_type
-    if fetched:
-        return fetched.split(";", 1)[0].strip() or "application/octet-stream"
+    fetched = (fetched or "").split(";", 1)[0].strip()
+    if MIME_TYPE.fullmatch(fetched) and len(fetched) <= CONTENT_TYPE_CHARS:  # a server's header: any text
+        return fetched
     guessed = mimetypes.guess_type(spec.filename or "")[0]
     return guessed or "application/octet-stream"
 
@@ -108,6 +110,12 @@ async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -
         content_type = spec.content_type or ""
         if not (content_type.isascii() and content_type.isprintable()):  # a MIME type is RFC 2045 tokens
             raise _bad(index, "content_type must be printable ASCII (a MIME type)")
+        # The widths of the attachment columns: PostgreSQL refused a draft's longer ones (a 500).
+        if len(content_type) > CONTENT_TYPE_CHARS or len(spec.content_id or "") > CONTENT_ID_CHARS:
+            raise _bad(
+                index,
+                f"content_type is at most {CONTENT_TYPE_CHARS}, content_id {CONTENT_ID_CHARS} characters",
+            )
         fetched_type: str | None = None
         if spec.content is not None:
             try:
