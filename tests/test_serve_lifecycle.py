@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -69,6 +71,15 @@ def test_a_database_a_newer_agentmx_migrated_stops_serve_with_one_line(tmp_path:
         conn.execute("UPDATE alembic_version SET version_num = '0999'")
     line = _serve(tmp_path, "--http-port", str(free_port()))
     assert "newer than this agentmx" in line and "0999" in line
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 class _Proxy:
@@ -141,3 +152,14 @@ def test_postgresql_down_while_serving_is_503_and_back_without_a_restart(tmp_pat
         server.stop()
         proxy.loop.call_soon_threadsafe(proxy.loop.stop)
         postgres.drop_database(url)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_sighup_stops_the_server_as_sigterm_does(tmp_path: Path, workers: str) -> None:
+    """A closed terminal's SIGHUP (to the whole process group) is a graceful stop: it killed the
+    server at once, its job claims kept for AGENTMX_JOB_LEASE."""
+    server = ServerProcess(tmp_path, env={"AGENTMX_SMTP_WORKERS": workers}).start()
+    assert server.proc is not None
+    for pid in [server.proc.pid, *_children(server.proc.pid)]:  # as a terminal signals its group
+        os.kill(pid, signal.SIGHUP)
+    assert server.proc.wait(timeout=20) == 0

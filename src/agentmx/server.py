@@ -135,7 +135,9 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         rt.stopping.set()
         server.should_exit = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (a closed terminal) too: its default ended the process at once, claims kept for
+    # AGENTMX_JOB_LEASE (a scheduled send up to 5 minutes late). There is nothing to reload.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, begin_stopping)
     try:
