@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,11 @@ class BlobStore:
         self._pending: list[tuple[list[bytes], asyncio.Future[list[str]]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._lock_path = os.path.join(self.root, ".gc-lock")
+
+    def check_writable(self) -> None:
+        """Raise OSError unless a file can be made in the folder."""
+        with tempfile.TemporaryFile(dir=self.root):
+            pass
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentmx import __version__, log_setup
-from agentmx.settings import ConfigError, Settings
+from agentmx.settings import ConfigError, Settings, cannot_open_database
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +101,19 @@ async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str
         await db.dispose()
 
 
+def _prepare(settings: Settings) -> None:
+    """Create the data folder and migrate; a server down or unknown, a folder we may not write are
+    the operator's to fix: one line (ConfigError), not a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from agentmx.db.migrate import prepare
+
+    try:
+        prepare(settings)
+    except (DBAPIError, OSError) as exc:  # OSError: refused or unresolvable (asyncpg), mkdir denied
+        raise cannot_open_database(exc) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -120,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     log_setup.configure(settings.log_level)
-    from agentmx.db.migrate import prepare
-
-    prepare(settings)
+    _prepare(settings)
     if args.command == "serve":
         from agentmx import server
 

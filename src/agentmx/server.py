@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from agentmx import event_loops, features
 from agentmx.blobs import BlobStore
@@ -23,7 +27,7 @@ from agentmx.jobs.runner import JobRunner
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
 from agentmx.services.secrets import load_secret
-from agentmx.settings import Settings
+from agentmx.settings import ConfigError, Settings, cannot_listen, cannot_open_database
 
 log = logging.getLogger("agentmx")
 
@@ -50,21 +54,61 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     return event_loops.factory(settings.event_loop)
 
 
+async def listen(host: str, port: int, what: str) -> list[socket.socket]:
+    """Bind ``host:port`` (every address a name resolves to), or stop the command with why not."""
+    loop = asyncio.get_running_loop()
+    try:
+        bound = await loop.create_server(
+            asyncio.Protocol, host=host, port=port, backlog=HTTP_LISTEN_BACKLOG, start_serving=False
+        )
+    except OSError as exc:
+        raise cannot_listen(what, host, port, exc) from None
+    sockets = [socket.socket(fileno=os.dup(sock.fileno())) for sock in bound.sockets]
+    bound.close()
+    return sockets
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob folder, which must take files: found out at start, not as 500s on the first large mail."""
+    try:
+        blobs = BlobStore(settings.effective_blob_dir)
+        blobs.check_writable()
+    except OSError as exc:
+        raise ConfigError(f"cannot use the blob folder: {exc}") from None
+    return blobs
+
+
 async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> None:
     features.load()
+    # Bound first: a port in use stops the server before it claims any job or starts any listener.
+    http_sockets = await listen(settings.host, settings.http_port, "HTTP")
     rt = Runtime(
         settings=settings,
         db=Database(settings.effective_database_url),
-        blobs=BlobStore(settings.effective_blob_dir),
+        blobs=open_blob_store(settings),
     )
-    rt.secret = await load_secret(rt.db, settings.secret_key)
+    try:  # the first statements of the server's own connections (a read-only SQLite file fails here)
+        rt.secret = await load_secret(rt.db, settings.secret_key)
+        async with rt.db.transaction() as s:
+            await s.execute(text("SELECT 1"))
+    except (DBAPIError, OSError) as exc:
+        await rt.db.dispose()
+        raise cannot_open_database(exc) from None
     if settings.rate_limit_per_minute > 0:
         rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []
-    for start in BACKGROUND:
-        stops.append(await start(rt))
+    try:
+        for start in BACKGROUND:
+            stops.append(await start(rt))
+    except BaseException:  # a listener that could not start: give back what was started
+        for stop in reversed(stops):
+            with contextlib.suppress(Exception):
+                await stop()
+        await runner.stop()
+        await rt.db.dispose()
+        raise
     app = create_app(rt)
     _, http_cap = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     guard = HttpGuard(http_cap, settings.http_header_timeout, settings.http_body_min_rate)
@@ -91,11 +135,13 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         rt.stopping.set()
         server.should_exit = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (a closed terminal) too: its default ended the process at once, claims kept for
+    # AGENTMX_JOB_LEASE (a scheduled send up to 5 minutes late). There is nothing to reload.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, begin_stopping)
     try:
-        serve_task = asyncio.create_task(server.serve())
+        serve_task = asyncio.create_task(server.serve(sockets=http_sockets))
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.02)
         if server.started:

@@ -23,6 +23,19 @@ class ConfigError(ValueError):
     """A setting that cannot be used (a file that does not load, ...): the CLI prints it and exits."""
 
 
+def cannot_listen(what: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """A listener that could not bind (a port in use or privileged, an address this host lacks)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's repeats the address
+    return ConfigError(f"cannot listen for {what} on {host}:{port}: {reason[:1].lower()}{reason[1:]}")
+
+
+def cannot_open_database(exc: Exception) -> ConfigError:
+    """A database that is down, unknown, refuses us or may not be written: the operator's to fix."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's wrapper: the driver's words, not the statement
+    reason = str(orig if orig is not None else exc).strip() or type(exc).__name__
+    return ConfigError(f"cannot open the database: {reason.splitlines()[0]}")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore")
 
@@ -276,6 +289,22 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Any other scheme, or a URL SQLAlchemy cannot parse, stopped every command with a traceback.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        url = normalize_database_url(value)
+        try:
+            parsed = url.startswith(SUPPORTED_DATABASES) and make_url(url) is not None
+        except (ArgumentError, ValueError):
+            parsed = False
+        if value and not parsed:
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DATABASE")
+        return value
+
     @field_validator("smtp_trusted_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -371,6 +400,9 @@ def _cgroup_cpu_quota() -> float | None:
         return int(quota) / int(period)
     except (OSError, ValueError):  # no cgroup files here, or not in the format expected
         return None
+
+
+SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 
 
 def normalize_database_url(url: str) -> str:

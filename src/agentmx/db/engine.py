@@ -70,6 +70,7 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
         url, pool_size=40, max_overflow=0, json_serializer=json_dumps, json_deserializer=json_loads
     )
     _ping_when_idle(engine)
+    _unreachable_is_a_lost_connection(engine)
     return engine
 
 
@@ -94,6 +95,25 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             dbapi_conn.ping()
         except Exception as exc:
             raise DisconnectionError("connection failed its ping after being idle") from exc
+
+
+def _unreachable_is_a_lost_connection(engine: AsyncEngine) -> None:
+    """A server that refuses or drops new connections (down, restarting) fails like a lost one.
+
+    asyncpg raises the socket's OSError, which SQLAlchemy passed on as it was: requests were
+    answered 500 while PostgreSQL was down, where a connection it closed gets 503 and Retry-After.
+    Raised as the driver's error with SQLSTATE 08001 (unable to connect), it is wrapped and
+    retryable as those are.
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except OSError as exc:
+            error = dialect.loaded_dbapi.OperationalError(str(exc), exc)
+            error.pgcode = error.sqlstate = "08001"
+            raise error from exc
 
 
 class Database:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 
-from agentmx.settings import Settings, normalize_database_url
+from agentmx.settings import ConfigError, Settings, normalize_database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -21,7 +22,15 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> None:
     """Bring the schema to head. Must run outside an event loop (Alembic's env runs its own)."""
-    command.upgrade(alembic_config(url), "head")
+    try:
+        command.upgrade(alembic_config(url), "head")
+    except CommandError as exc:
+        if "Can't locate revision" not in str(exc):
+            raise
+        # A revision we do not know: a newer agentmx migrated the database (a downgrade of the code).
+        raise ConfigError(
+            f"the database's schema is newer than this agentmx ({exc}): run the version that upgraded it"
+        ) from None
 
 
 def prepare(settings: Settings) -> None:

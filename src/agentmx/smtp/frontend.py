@@ -235,8 +235,10 @@ def main(argv: list[str]) -> None:
     parent_pid, link_fd, loop, *listen_fds = argv
     if loop not in event_loops.CHOICES:
         raise SystemExit(f"event loop {loop!r} is not one of {event_loops.CHOICES}")
-    # Ctrl-C reaches the whole process group: the server stops its front ends itself (SIGTERM).
+    # Ctrl-C and a closed terminal's SIGHUP reach the whole process group: the server stops its
+    # front ends itself (SIGTERM), once the sessions storing a message have their reply.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent(int(parent_pid))
     with asyncio.Runner(loop_factory=event_loops.factory(cast(event_loops.Choice, loop))) as runner:
         runner.run(serve(int(link_fd), [int(fd) for fd in listen_fds]))

@@ -15,7 +15,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from agentmx.fd_budget import connection_caps
-from agentmx.settings import Settings
+from agentmx.settings import Settings, cannot_listen
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.replies import S421_SHUTTING_DOWN
 from agentmx.smtp.stress import StressReaper
@@ -77,9 +77,11 @@ async def listen(
         if implicit_tls and tls:
             # Sessions (and the connection caps) begin after the handshake: keep it short.
             ssl_options = {"ssl": tls.current(), "ssl_handshake_timeout": settings.smtp_stress_timeout}
-        servers = [
-            await loop.create_server(factory, host=settings.effective_smtp_host, port=port, **ssl_options)
-        ]
+        host = settings.effective_smtp_host
+        try:
+            servers = [await loop.create_server(factory, host=host, port=port, **ssl_options)]
+        except OSError as exc:
+            raise cannot_listen("SMTP", host, port, exc) from None
         log.info("smtp listening on %s:%s", settings.effective_smtp_host, port)
     else:
         servers = [await loop.create_server(factory, sock=sock) for sock in sockets]

@@ -23,6 +23,7 @@ from typing import Any
 
 from agentmx import event_loops
 from agentmx.services.runtime import Runtime
+from agentmx.settings import cannot_listen
 from agentmx.smtp import link
 from agentmx.smtp.handler import accept_data, check_rcpt
 from agentmx.smtp.link import LinkClosed, RcptReply
@@ -242,9 +243,11 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
         raise RuntimeError("AGENTMX_SMTP_FRONTEND_LOOP=uvloop, but uvloop cannot be imported") from exc
     loop = asyncio.get_running_loop()
     # Bound, never served here: the front ends accept. Kept open so a restarted front end gets them.
-    bound = await loop.create_server(
-        asyncio.Protocol, host=settings.effective_smtp_host, port=settings.smtp_port, start_serving=False
-    )
+    host, port = settings.effective_smtp_host, settings.smtp_port
+    try:
+        bound = await loop.create_server(asyncio.Protocol, host=host, port=port, start_serving=False)
+    except OSError as exc:
+        raise cannot_listen("SMTP", host, port, exc) from None
     sockets = [socket.socket(fileno=os.dup(s.fileno())) for s in bound.sockets]
     front_ends = [FrontEnd(rt, sockets, count, i) for i in range(count)]
     try:
