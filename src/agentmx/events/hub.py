@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from agentmx.db.models import Event
 from agentmx.events.bodies import encode_body
 from agentmx.events.ws_frame import FrameWriter, text_frame
+from agentmx.failure_log import FailureLog
 from agentmx.services.events import NOTIFY_CHANNEL, PROCESS_TOKEN, committed_listeners
 from agentmx.services.runtime import Runtime
 
@@ -115,14 +116,16 @@ class Hub:
 
     async def _tail(self) -> None:
         interval = self.rt.settings.event_poll_interval
+        reads = FailureLog(log, "event hub read")
         while True:
             # Start waiting before reading, so a commit that lands mid-read still wakes the next round.
             waiter = asyncio.create_task(self.rt.events_signal.wait(interval))
             await asyncio.sleep(0)
             try:
                 await self.pump()
-            except Exception:
-                log.exception("event hub read failed")
+                reads.succeeded()
+            except Exception as exc:
+                reads.failed(exc)
             await waiter
 
     async def pump(self) -> None:

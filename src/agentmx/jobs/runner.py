@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Job
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
+from agentmx.failure_log import FailureLog
 from agentmx.jobs.registry import FAILURES, HANDLERS, Inserts, RetryAt, failures
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
@@ -137,11 +138,13 @@ class JobRunner:
 
     async def _loop(self) -> None:
         interval = self.rt.settings.job_poll_interval
+        claims = FailureLog(log, "job claim")
         while not self._stopping:
             try:
                 claimed = await self.run_due()
-            except Exception:
-                log.exception("job claim failed")
+                claims.succeeded()
+            except Exception as exc:
+                claims.failed(exc)
                 claimed = 0
             if claimed < BATCH:
                 await self.rt.jobs_signal.wait(interval)
