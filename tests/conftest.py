@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
@@ -141,3 +142,17 @@ def fresh_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 NO_RETRY: Any = {"max_retries": 0}
+
+
+@pytest.fixture
+def http(harness: Harness) -> Iterator[httpx.Client]:
+    """Raw HTTP with the harness's key, for requests the SDK would not make."""
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def inbox(http: httpx.Client, harness: Harness) -> str:
+    """A new inbox's id."""
+    return str(http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"])

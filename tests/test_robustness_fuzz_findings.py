@@ -7,19 +7,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from conftest import Harness
-
-
-@pytest.fixture
-def http(harness: Harness) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {harness.api_key}"}
-    with httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30) as client:
-        yield client
 
 
 @pytest.mark.parametrize("path", ["/v0/metrics/rates", "/v0/pods/{pod}/metrics/rates"])

@@ -26,18 +26,6 @@ HUGE_NUMBER = "1" + "0" * 5000
 LONE = '"\\ud800"'
 
 
-@pytest.fixture
-def http(harness: Harness) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {harness.api_key}"}
-    with httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def inbox(http: httpx.Client, harness: Harness) -> str:
-    return str(http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"])
-
-
 def obj(key: str, raw_value: str) -> str:
     """A JSON object text with one member whose value is given as raw JSON text."""
     return "{" + json.dumps(key) + ": " + raw_value + "}"

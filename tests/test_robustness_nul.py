@@ -6,25 +6,10 @@ Found by bench/api_fuzz.py: PostgreSQL text cannot hold U+0000, so ``GET /v0/inb
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-
-from conftest import Harness
-
-
-@pytest.fixture
-def http(harness: Harness) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {harness.api_key}"}
-    with httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def inbox(http: httpx.Client, harness: Harness) -> str:
-    return str(http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"])
 
 
 def _assert_nul_refused(resp: httpx.Response) -> None:

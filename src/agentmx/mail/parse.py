@@ -122,12 +122,18 @@ def _text_of(chunk: bytes | str, charset: str | None) -> str:
     if charset is None:  # text outside the words: decode_header wrote each raw byte as \\udcXX
         chunk = ESCAPED_BYTE_TEXT.sub(lambda m: bytes.fromhex(m[1].decode()), chunk)
         charset = "ascii"
-    for candidate in (charset, "utf-8"):
+    return _decoded(chunk, (charset, "utf-8"))
+
+
+def _decoded(data: bytes, charsets: tuple[str, ...]) -> str:
+    """``data`` in the first of ``charsets`` that reads it (an unknown name is skipped), else in
+    Latin-1, which reads any bytes."""
+    for charset in charsets:
         try:
-            return chunk.decode(candidate)
+            return data.decode(charset)
         except (LookupError, UnicodeDecodeError):
             continue
-    return chunk.decode("latin-1")
+    return data.decode("latin-1")
 
 
 def _has_raw_bytes(value: str) -> bool:
@@ -230,7 +236,7 @@ def _payload_text(part: Message) -> str:
     if part.get_content_charset() in UNDECLARED_CHARSETS:
         data = _payload_bytes(part)
         if not data.isascii():
-            return _guessed_text(data)
+            return _decoded(data, ("utf-8", "cp1252"))
     try:
         if isinstance(part, EmailMessage):
             content = part.get_content()
@@ -238,23 +244,7 @@ def _payload_text(part: Message) -> str:
                 return content
     except Exception:  # noqa: BLE001 (unknown charset, bad transfer encoding)
         pass
-    data = _payload_bytes(part)
-    charset = part.get_content_charset() or "utf-8"
-    for candidate in (charset, "utf-8"):
-        try:
-            return data.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return data.decode("latin-1")
-
-
-def _guessed_text(data: bytes) -> str:
-    for charset in ("utf-8", "cp1252"):
-        try:
-            return data.decode(charset)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
+    return _decoded(_payload_bytes(part), (part.get_content_charset() or "utf-8", "utf-8"))
 
 
 def _payload_bytes(part: Message) -> bytes:
