@@ -43,6 +43,14 @@ def test_a_port_in_use_stops_serve_with_one_line(tmp_path: Path) -> None:
         assert line == f"agentmx: cannot listen for SMTP on 127.0.0.1:{port}: address already in use"
 
 
+def test_a_host_name_that_does_not_resolve_stops_serve_with_the_resolvers_reason(tmp_path: Path) -> None:
+    port = free_port()
+    line = _serve(tmp_path, "--http-port", str(port), env={"AGENTMX_HOST": "no-such-host.invalid"})
+    # The resolver's words (its errors have negative numbers, which os.strerror calls "unknown error").
+    assert line.startswith(f"agentmx: cannot listen for HTTP on no-such-host.invalid:{port}: ")
+    assert "unknown error" not in line, line
+
+
 @pytest.mark.parametrize(
     "url", ["mysql://u@db.example/mail", "postgresql://u@127.0.0.1:notaport/x", "nonsense"]
 )
