@@ -24,7 +24,8 @@ from conftest import _postgres_or_skip, run_agentmx
 def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run `agentmx serve`, which must stop at start with one line; return it."""
     out = run_agentmx(
-        "serve", "--data-dir", str(tmp_path / "d"), "--smtp-port", "0", *args,
+        # A free HTTP port unless args name one (the last wins): 8080 may be another server's.
+        "serve", "--data-dir", str(tmp_path / "d"), "--smtp-port", "0", "--http-port", str(free_port()), *args,
         env={"AGENTMX_SMTP_WORKERS": "0", **(env or {})},
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
