@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -172,3 +173,22 @@ def test_sighup_stops_the_server_as_sigterm_does(tmp_path: Path, workers: str) -
     for pid in [server.proc.pid, *_children(server.proc.pid)]:  # as a terminal signals its group
         os.kill(pid, signal.SIGHUP)
     assert server.proc.wait(timeout=20) == 0
+
+
+def test_sighup_leaves_a_server_started_under_nohup_running(tmp_path: Path) -> None:
+    """nohup (SIGHUP ignored) asks the server to outlive its terminal: a hang-up stopped it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the server, as nohup does
+    try:
+        server = ServerProcess(tmp_path, env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert server.proc is not None
+    try:
+        for pid in [server.proc.pid, *_children(server.proc.pid)]:
+            os.kill(pid, signal.SIGHUP)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.proc.wait(timeout=2)
+        assert server.proc.poll() is None
+        assert httpx.get(server.base_url + "/health").status_code == 200
+    finally:
+        server.stop()
