@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +25,8 @@ from conftest import _postgres_or_skip, run_agentmx
 def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run `agentmx serve`, which must stop at start with one line; return it."""
     out = run_agentmx(
-        "serve", "--data-dir", str(tmp_path / "d"), "--smtp-port", "0", *args,
+        # A free HTTP port unless args name one (the last wins): 8080 may be another server's.
+        "serve", "--data-dir", str(tmp_path / "d"), "--smtp-port", "0", "--http-port", str(free_port()), *args,
         env={"AGENTMX_SMTP_WORKERS": "0", **(env or {})},
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
@@ -41,6 +43,14 @@ def test_a_port_in_use_stops_serve_with_one_line(tmp_path: Path) -> None:
         assert line == f"agentmx: cannot listen for HTTP on 127.0.0.1:{port}: address already in use"
         line = _serve(tmp_path, "--http-port", str(free_port()), "--smtp-port", str(port))
         assert line == f"agentmx: cannot listen for SMTP on 127.0.0.1:{port}: address already in use"
+
+
+def test_a_host_name_that_does_not_resolve_stops_serve_with_the_resolvers_reason(tmp_path: Path) -> None:
+    port = free_port()
+    line = _serve(tmp_path, "--http-port", str(port), env={"AGENTMX_HOST": "no-such-host.invalid"})
+    # The resolver's words (its errors have negative numbers, which os.strerror calls "unknown error").
+    assert line.startswith(f"agentmx: cannot listen for HTTP on no-such-host.invalid:{port}: ")
+    assert "unknown error" not in line, line
 
 
 @pytest.mark.parametrize(
@@ -163,3 +173,22 @@ def test_sighup_stops_the_server_as_sigterm_does(tmp_path: Path, workers: str) -
     for pid in [server.proc.pid, *_children(server.proc.pid)]:  # as a terminal signals its group
         os.kill(pid, signal.SIGHUP)
     assert server.proc.wait(timeout=20) == 0
+
+
+def test_sighup_leaves_a_server_started_under_nohup_running(tmp_path: Path) -> None:
+    """nohup (SIGHUP ignored) asks the server to outlive its terminal: a hang-up stopped it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the server, as nohup does
+    try:
+        server = ServerProcess(tmp_path, env={"AGENTMX_SMTP_WORKERS": "1"}).start()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert server.proc is not None
+    try:
+        for pid in [server.proc.pid, *_children(server.proc.pid)]:
+            os.kill(pid, signal.SIGHUP)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.proc.wait(timeout=2)
+        assert server.proc.poll() is None
+        assert httpx.get(server.base_url + "/health").status_code == 200
+    finally:
+        server.stop()

@@ -137,7 +137,11 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
 
     # SIGHUP (a closed terminal) too: its default ended the process at once, claims kept for
     # AGENTMX_JOB_LEASE (a scheduled send up to 5 minutes late). There is nothing to reload.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    # Unless it is ignored: nohup asks the server to outlive its terminal.
+    stop_signals = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stop_signals.append(signal.SIGHUP)
+    for sig in stop_signals:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, begin_stopping)
     try:

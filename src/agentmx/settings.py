@@ -25,7 +25,9 @@ class ConfigError(ValueError):
 
 def cannot_listen(what: str, host: str, port: int, exc: OSError) -> ConfigError:
     """A listener that could not bind (a port in use or privileged, an address this host lacks)."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's repeats the address
+    # asyncio's own words repeat the address; a resolver's error (gaierror) has a negative number,
+    # which os.strerror cannot name ("unknown error -2"): its strerror says why.
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
     return ConfigError(f"cannot listen for {what} on {host}:{port}: {reason[:1].lower()}{reason[1:]}")
 
 

@@ -159,14 +159,32 @@ class HttpGuard:
         class GuardedHttpProtocol(HttpToolsProtocol):
             reading_head = True  # from the connection's start or a response until a head is complete
             head_bytes = 0
+            parsed_head_bytes = 0  # of the request line and header fields the parser has handed over
+            head_too_large = False
 
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
                 if not guard.admit(self, len(self.connections), self.loop.time()):
                     transport.close()
 
+            def on_url(self, url: bytes) -> None:
+                self.count_head(len(url))
+                super().on_url(url)
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self.count_head(len(name) + len(value) + 4)  # ": " and CRLF
+                super().on_header(name, value)
+
+            def count_head(self, size: int) -> None:
+                # A head that arrives in one read is parsed before data_received can count it.
+                # Raised here, the parser stops and refuses the request (send_400_response).
+                self.parsed_head_bytes += size
+                if self.parsed_head_bytes > MAX_HEAD_BYTES:
+                    self.head_too_large = True
+                    raise ValueError("request head over MAX_HEAD_BYTES")
+
             def on_headers_complete(self) -> None:
-                self.reading_head, self.head_bytes = False, 0
+                self.reading_head, self.head_bytes, self.parsed_head_bytes = False, 0, 0
                 guard.done(self)
                 super().on_headers_complete()
                 if _announces_body(self.headers) and not self.parser.should_upgrade():
@@ -205,7 +223,7 @@ class HttpGuard:
             def send_400_response(self, msg: str) -> None:
                 # What the parser refuses (an unknown method, raw bytes outside ASCII in the target,
                 # a control character in a header, broken chunking) in the API's error shape too.
-                self.refuse(BAD_REQUEST)
+                self.refuse(HEAD_TOO_LARGE if self.head_too_large else BAD_REQUEST)
 
             def refuse(self, answer: tuple[bytes, dict[str, Any]]) -> None:
                 status, error = answer
