@@ -21,7 +21,7 @@ NUL_MESSAGE = "Request contains a NUL character"
 SURROGATE_MESSAGE = "Request contains a lone surrogate, which is not valid Unicode"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # One in JSON text: escaped, or as the raw character (json.loads reads bytes with surrogatepass).
-_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _strings(value: Any) -> list[str]:
@@ -49,8 +49,15 @@ def check_json(text: str, parsed: Any) -> None:
     """400 if JSON text holds NUL or a lone surrogate; the text scans keep the walks off the common path."""
     if "\\u0000" in text and contains_nul(parsed):
         raise ValidationFailed(NUL_MESSAGE, [{"path": [], "message": "NUL character in a string"}])
-    if _SURROGATE_HINT.search(text) and contains_surrogate(parsed):
+    if _may_hold_surrogate(text) and contains_surrogate(parsed):
         raise ValidationFailed(SURROGATE_MESSAGE, [{"path": [], "message": "lone surrogate in a string"}])
+
+
+def _may_hold_surrogate(text: str) -> bool:
+    """Cheap on the common body: one regex over 6 MB of base64 attachments held the loop for 35 ms;
+    ``in`` and ``isascii`` skip most of the text (6 ms at most, with an escape in it)."""
+    escaped = "\\u" in text and _ESCAPED_SURROGATE.search(text) is not None
+    return escaped or (not text.isascii() and _SURROGATE.search(text) is not None)
 
 
 def loads(raw: bytes | str, what: str, path: list[str]) -> Any:
