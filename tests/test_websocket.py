@@ -193,6 +193,18 @@ def test_bad_key_is_refused_with_401(harness: Harness) -> None:
         subscribe(socket)
 
 
+def test_a_key_in_the_url_stays_out_of_the_log(fresh_server: Callable[..., ServerProcess]) -> None:
+    """uvicorn logs each accepted WebSocket's path and query at INFO: ?api_key= put the secret there."""
+    server = fresh_server("sqlite", env={"AGENTMX_LOG_LEVEL": "info"}).start()
+    harness = Harness(server, "sqlite")
+    with harness.client().websockets.connect(
+        api_key=harness.api_key, request_options={"additional_headers": {"Authorization": ""}}
+    ) as socket:
+        subscribe(socket)
+    log = server.log_path.read_text(errors="replace")
+    assert '"WebSocket /v0?api_key=[redacted]" [accepted]' in log and harness.api_key not in log
+
+
 def test_a_deleted_key_loses_its_open_stream(harness: Harness) -> None:
     """Deleting a key (or its expiry) ends the streams it opened within seconds, not at their next reconnect."""
     admin = harness.client()

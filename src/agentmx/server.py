@@ -16,7 +16,7 @@ import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from agentmx import event_loops, features
+from agentmx import event_loops, features, log_setup
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
@@ -128,6 +128,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         # after it, within systemd's default 90 s and the 30 s the README suggests.
         timeout_graceful_shutdown=GRACEFUL_STOP,
     )
+    # After the Config: it sets up uvicorn's loggers.
+    logging.getLogger("uvicorn.error").addFilter(log_setup.RedactKeys())
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 
