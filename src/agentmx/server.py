@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from agentmx import event_loops, features, log_setup
+from agentmx.bind import bound_sockets
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
@@ -27,7 +26,7 @@ from agentmx.jobs.runner import JobRunner
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
 from agentmx.services.secrets import load_secret
-from agentmx.settings import ConfigError, Settings, cannot_listen, cannot_open_database
+from agentmx.settings import ConfigError, Settings, cannot_open_database
 
 log = logging.getLogger("agentmx")
 
@@ -54,20 +53,6 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     return event_loops.factory(settings.event_loop)
 
 
-async def listen(host: str, port: int, what: str) -> list[socket.socket]:
-    """Bind ``host:port`` (every address a name resolves to), or stop the command with why not."""
-    loop = asyncio.get_running_loop()
-    try:
-        bound = await loop.create_server(
-            asyncio.Protocol, host=host, port=port, backlog=HTTP_LISTEN_BACKLOG, start_serving=False
-        )
-    except OSError as exc:
-        raise cannot_listen(what, host, port, exc) from None
-    sockets = [socket.socket(fileno=os.dup(sock.fileno())) for sock in bound.sockets]
-    bound.close()
-    return sockets
-
-
 def open_blob_store(settings: Settings) -> BlobStore:
     """The blob folder, which must take files: found out at start, not as 500s on the first large mail."""
     try:
@@ -81,7 +66,7 @@ def open_blob_store(settings: Settings) -> BlobStore:
 async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> None:
     features.load()
     # Bound first: a port in use stops the server before it claims any job or starts any listener.
-    http_sockets = await listen(settings.host, settings.http_port, "HTTP")
+    http_sockets = await bound_sockets(settings.host, settings.http_port, "HTTP", HTTP_LISTEN_BACKLOG)
     rt = Runtime(
         settings=settings,
         db=Database(settings.effective_database_url),

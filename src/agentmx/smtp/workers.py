@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agentmx import event_loops
+from agentmx.bind import bound_sockets
 from agentmx.services.runtime import Runtime
-from agentmx.settings import cannot_listen
 from agentmx.smtp import link
 from agentmx.smtp.handler import accept_data, check_rcpt
 from agentmx.smtp.link import LinkClosed, RcptReply
@@ -241,21 +241,14 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
         event_loops.factory(settings.smtp_frontend_loop)
     except ImportError as exc:
         raise RuntimeError("AGENTMX_SMTP_FRONTEND_LOOP=uvloop, but uvloop cannot be imported") from exc
-    loop = asyncio.get_running_loop()
     # Bound, never served here: the front ends accept. Kept open so a restarted front end gets them.
-    host, port = settings.effective_smtp_host, settings.smtp_port
-    try:
-        bound = await loop.create_server(asyncio.Protocol, host=host, port=port, start_serving=False)
-    except OSError as exc:
-        raise cannot_listen("SMTP", host, port, exc) from None
-    sockets = [socket.socket(fileno=os.dup(s.fileno())) for s in bound.sockets]
+    sockets = await bound_sockets(settings.effective_smtp_host, settings.smtp_port, "SMTP")
     front_ends = [FrontEnd(rt, sockets, count, i) for i in range(count)]
     try:
         for front_end in front_ends:
             await front_end.start()
     except BaseException:
         await asyncio.gather(*(f.stop() for f in front_ends), return_exceptions=True)
-        bound.close()
         for sock in sockets:
             sock.close()
         raise
@@ -270,7 +263,6 @@ async def start(rt: Runtime, count: int) -> Callable[[], Awaitable[None]]:
 
     async def stop() -> None:
         await asyncio.gather(*(f.stop() for f in front_ends), return_exceptions=True)
-        bound.close()
         for sock in sockets:
             sock.close()
 
