@@ -246,6 +246,12 @@ def test_key_scopes_narrow_the_lists(harness: Harness, mailbox: Mailbox) -> None
         )
         for path in (f"/v0/inboxes/{mailbox.b}/messages", f"/v0/inboxes/{mailbox.b}/threads"):
             assert http.get(path).status_code == 404
+            assert http.get(path, params={"page_token": "garbage"}).status_code == 404
+        # Pod routes are refused to an inbox key, though its own inbox's threads are in the pod.
+        assert http.get(f"/v0/pods/{mailbox.pod}/threads").status_code == 403
+        assert (
+            http.get(f"/v0/inboxes/{mailbox.a}/threads", params={"page_token": "garbage"}).status_code == 400
+        )
     with _http(harness, pod_key) as http:
         assert _walk(http, "/v0/threads", "threads", 2, **tagged) == _expected_threads(
             mailbox, {mailbox.a, mailbox.b}, False, **tagged
@@ -255,6 +261,12 @@ def test_key_scopes_narrow_the_lists(harness: Harness, mailbox: Mailbox) -> None
         )
         assert http.get(f"/v0/inboxes/{mailbox.c}/messages").json()["name"] == "NotFoundError"
         assert http.get(f"/v0/inboxes/{mailbox.c}/threads").status_code == 404
+        assert http.get("/v0/pods/pod_missing/threads").status_code == 404
+        # A visible inbox with nothing in it is an empty page, not a 404.
+        empty = http.post(f"/v0/pods/{mailbox.pod}/inboxes", json={"username": harness.new_username()}).json()
+        for kind in ("messages", "threads"):
+            page = http.get(f"/v0/inboxes/{empty['inbox_id']}/{kind}").json()
+            assert page["count"] == 0 and page[kind] == []
 
 
 def test_page_tokens_keep_their_format_and_are_bound_to_their_list(

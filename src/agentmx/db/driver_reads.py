@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import Insert, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
@@ -33,7 +33,7 @@ Processor = Callable[[Any], Any] | None
 class DriverStatement:
     """One statement compiled for one dialect: its SQL, parameter order and row shaping."""
 
-    def __init__(self, stmt: TextualSelect | TextClause | Insert, dialect: Dialect) -> None:
+    def __init__(self, stmt: Select[Any] | TextualSelect | TextClause | Insert, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         if compiled.post_compile_params:  # rendered per execution by SQLAlchemy, not here
             raise ValueError("driver_reads runs no expanding (IN-list) or literal_execute parameters")
@@ -41,15 +41,23 @@ class DriverStatement:
         self.names: Sequence[str] = compiled.positiontup or ()
         binds = {name: compiled.binds[name].type._cached_bind_processor(dialect) for name in self.names}
         self.bind_processors = [(name, binds[name]) for name in self.names]
+        # Values written into the statement (a text filter's pattern), for the names params lack.
+        self.defaults = {
+            name: compiled.binds[name].effective_value
+            for name in self.names
+            if compiled.binds[name].value is not None
+        }
         # A plain text() has no declared columns: its row type is named from the first result.
-        columns = list(stmt.selected_columns) if isinstance(stmt, TextualSelect) else []
+        columns = list(stmt.selected_columns) if isinstance(stmt, Select | TextualSelect) else []
         self.row_type: Callable[..., Any] | None = None
         self.result_processors: list[Processor] = []
         if columns:
-            self.row_type = _row_type([c.key for c in columns])
+            self.row_type = _row_type([str(c.key) for c in columns])
             self.result_processors = [c.type._cached_result_processor(dialect, None) for c in columns]
 
     def args(self, params: Mapping[str, Any] | None) -> list[Any]:
+        if self.defaults:
+            params = {**self.defaults, **(params or {})}
         if not params:
             return []
         return [params[name] if proc is None else proc(params[name]) for name, proc in self.bind_processors]
@@ -104,7 +112,10 @@ class DriverConnection:
     async def execute(
         self, stmt: TextualSelect | TextClause, params: Mapping[str, Any] | None = None
     ) -> DriverResult:
-        compiled = self._statement(stmt)
+        return await self.run(self._statement(stmt), params)
+
+    async def run(self, compiled: DriverStatement, params: Mapping[str, Any] | None = None) -> DriverResult:
+        """A statement compiled by its user (who keeps it as long as it is used)."""
         args = compiled.args(params)
         if self.dialect.name == "sqlite":
             cursor = self._driver.execute(compiled.sql, args)

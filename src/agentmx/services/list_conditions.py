@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import BindParameter, String, literal
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,6 +30,12 @@ def label_param(index: int) -> str:
     return f"filter_label_{index}"
 
 
+def one_bind_each(values: list[str] | list[BindParameter[str]]) -> list[BindParameter[str]]:
+    """An IN list as one bound value an item, not SQLAlchemy's expanding list, which is rendered
+    per execution and so cannot run on the driver's own connection (db/driver_reads)."""
+    return [v if isinstance(v, BindParameter) else literal(v, String) for v in values]
+
+
 def filter_params(labels: list[str], before: datetime | None, after: datetime | None) -> dict[str, Any]:
     """The values of a list's label and time filters, under the names its conditions bind."""
     params: dict[str, Any] = {label_param(i): label for i, label in enumerate(labels)}
@@ -38,14 +46,14 @@ def filter_params(labels: list[str], before: datetime | None, after: datetime | 
     return params
 
 
-class StatementCache:
+class StatementCache(Generic[T]):
     """Statements by shape; at most ``size`` of them (shapes grow with the count of label filters)."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self.statements: dict[tuple[Any, ...], Select[Any]] = {}
+        self.statements: dict[tuple[Any, ...], T] = {}
 
-    def get(self, shape: tuple[Any, ...] | None, build: Callable[[], Select[Any]]) -> Select[Any]:
+    def get(self, shape: tuple[Any, ...] | None, build: Callable[[], T]) -> T:
         if shape is None:
             return build()
         found = self.statements.get(shape)

@@ -246,6 +246,9 @@ async def get_message(conn: ReadConnection, caller: Caller, inbox_id: str, messa
     return record
 
 
+NOTHING = " AND 1 = 0"  # a scope that holds no thread
+
+
 async def thread_scope_filter(
     conn: ReadConnection, caller: Caller, scope: Scope
 ) -> tuple[str, dict[str, Any]]:
@@ -262,10 +265,24 @@ async def thread_scope_filter(
         pod = (await conn.execute(stmts.pod, {"pod_id": scope.pod_id})).first()
         if pod is None or not pod_is_visible(caller, pod.organization_id, scope.pod_id):
             raise NotFound("Pod not found")
+    return _narrowest(caller, inbox_id, scope.pod_id)
+
+
+def thread_scope_sql(caller: Caller, scope: Scope) -> tuple[str, dict[str, Any]]:
+    """thread_scope_filter's filter without its checks, the organization in it: every thread it
+    finds is one the caller may see, but finding none may be thread_scope_filter's 404 or 403."""
+    inbox_id = inbox_key(scope.inbox_id) if scope.inbox_id is not None else None
+    sql, params = _narrowest(caller, inbox_id, scope.pod_id)
+    if sql == NOTHING or "scope_org" in params:
+        return sql, params
+    return sql + " AND t.organization_id = :scope_org", {**params, "scope_org": caller.organization_id}
+
+
+def _narrowest(caller: Caller, inbox_id: str | None, pod_id: str | None) -> tuple[str, dict[str, Any]]:
     inbox_ids = {i for i in (caller.inbox_id, inbox_id) if i}
-    pod_ids = {p for p in (caller.pod_id, scope.pod_id) if p}
+    pod_ids = {p for p in (caller.pod_id, pod_id) if p}
     if len(inbox_ids) > 1 or len(pod_ids) > 1:
-        return " AND 1 = 0", {}
+        return NOTHING, {}
     if inbox_ids:
         params: dict[str, Any] = {"scope_inbox": inbox_ids.pop()}
         if pod_ids:

@@ -14,7 +14,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions, filter_params, label_param
+from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
 from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
 from agentmx.services.messages import (
     apply_labels,
@@ -91,7 +91,9 @@ def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
 
 def _thread_has(labels: list[str] | list[BindParameter[str]], thread_id: Any = Thread.id) -> Any:
     return exists().where(
-        Message.thread_id == thread_id, MessageLabel.message_pk == Message.id, MessageLabel.label.in_(labels)
+        Message.thread_id == thread_id,
+        MessageLabel.message_pk == Message.id,
+        MessageLabel.label.in_(one_bind_each(labels)),
     )
 
 

@@ -85,12 +85,11 @@ async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller:
     limit = check_limit(
         query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
     )
-    async with rt.db.read_connection() as conn:
-        inbox = await mail_lists.visible_inbox(conn, caller, inbox_id)
+    async with rt.db.read_driver() as conn:
         page = await mail_lists.list_messages(
             conn,
             caller,
-            inbox,
+            inbox_id,
             filters,
             limit=limit,
             page_token=request.query_params.get("page_token"),
