@@ -296,6 +296,32 @@ def test_page_tokens_keep_their_format_and_are_bound_to_their_list(
             assert resp.status_code == 404, path
 
 
+def test_times_with_no_utc_equivalent_are_400s(harness: Harness, mailbox: Mailbox) -> None:
+    """Year 9999 at -05:00 and year 1 at +05:00 have no UTC datetime: a 400 naming the parameter
+    (before and after) or the token (a forged one), not a 500 where the statement binds them."""
+    edges = ("9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+05:00")
+    lists = (
+        (f"/v0/inboxes/{mailbox.a}/messages", f"messages:{mailbox.a}"),
+        (f"/v0/pods/{mailbox.pod}/threads", f"threads::{mailbox.pod}"),
+        ("/v0/threads", "threads::"),
+    )
+    with _http(harness, harness.api_key) as http:
+        for path, kind in lists:
+            for edge in edges:
+                forged = json.dumps({"k": kind, "v": [edge, "msg_x"]}).encode()
+                for param, value in (
+                    ("before", edge),
+                    ("after", edge),
+                    ("page_token", base64.urlsafe_b64encode(forged).decode().rstrip("=")),
+                ):
+                    resp = http.get(path, params={param: value})
+                    assert resp.status_code == 400, (path, param, value, resp.text)
+                    assert resp.json()["errors"][0]["path"] == [param]
+        # The times next to them that do exist in UTC are ordinary filters.
+        resp = http.get(f"/v0/inboxes/{mailbox.a}/messages", params={"before": "9999-12-31T23:00:00+05:00"})
+        assert resp.status_code == 200 and resp.json()["count"] > 0
+
+
 def test_list_routes_refuse_head(harness: Harness, mailbox: Mailbox) -> None:
     paths = [f"/v0/inboxes/{mailbox.a}/messages", "/v0/threads", f"/v0/pods/{mailbox.pod}/threads"]
     with _http(harness, harness.api_key) as http:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -82,20 +82,19 @@ def query_int(request: Request, name: str) -> int | None:
 
 
 def query_datetime(request: Request, name: str) -> datetime | None:
+    """An ISO-8601 time in UTC (a time without an offset is UTC), or 400."""
     value = request.query_params.get(name)
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError as exc:
+        # In UTC here: 9999-12-31T23:00-05:00 has no UTC datetime, and its conversion where the
+        # statement binds it was a 500.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise ValidationFailed(
             f"{name} must be an ISO-8601 datetime", [{"path": [name], "message": "bad datetime"}]
         ) from exc
-    if parsed.tzinfo is None:
-        from datetime import UTC
-
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
 
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # AgentMail's limit on a whole JSON request

@@ -22,7 +22,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import defer, load_only
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.text_match import lowered
@@ -31,7 +31,13 @@ from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events
 from agentmx.services.caller import Caller
 from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
-from agentmx.services.mailstore import HIDDEN_LABELS, SYSTEM_LABELS, THREAD_LOCK, normalize_labels
+from agentmx.services.mailstore import (
+    HIDDEN_LABELS,
+    SYSTEM_LABELS,
+    THREAD_LOCK,
+    join_thread,
+    normalize_labels,
+)
 from agentmx.services.pagination import Page, paginate
 
 BATCH_GET_MAX = 500
@@ -43,6 +49,20 @@ SEARCH_DEFERRED = [
     defer(Message.headers, raiseload=True),
 ]
 BATCH_UPDATE_MAX = 50
+# What mailstore.join_thread reads of a message.
+THREAD_MEMBER_FIELDS = (
+    Message.direction,
+    Message.timestamp,
+    Message.size,
+    Message.message_id,
+    Message.preview,
+    Message.subject,
+    Message.from_,
+    Message.to,
+    Message.cc,
+    Message.bcc,
+    Message.updated_at,
+)
 
 
 @dataclass
@@ -364,48 +384,28 @@ async def delete_message(session: AsyncSession, caller: Caller, inbox: Inbox, me
 
 
 async def refresh_thread(session: AsyncSession, thread_id: str) -> None:
-    """Recompute a thread's aggregates from its remaining messages; delete it when none remain."""
+    """Recompute a thread's aggregates from its remaining messages; delete it when none remain.
+
+    The remaining messages join the emptied thread again, oldest first, by the rule that built it
+    (mailstore.join_thread): a rule of its own here dropped the Bcc of sent mail from recipients.
+    """
     thread = await session.get(Thread, thread_id, with_for_update=THREAD_LOCK, populate_existing=True)
     if thread is None:
         return
-    rows = list(
-        (
-            await session.execute(
-                select(
-                    Message.direction,
-                    Message.timestamp,
-                    Message.size,
-                    Message.message_id,
-                    Message.preview,
-                    Message.from_,
-                    Message.to,
-                    Message.cc,
-                )
-                .where(Message.thread_id == thread_id)
-                .order_by(Message.timestamp, Message.id)
-            )
-        ).all()
-    )
-    if not rows:
+    remaining = (
+        await session.scalars(
+            select(Message)
+            .options(load_only(*THREAD_MEMBER_FIELDS))
+            .where(Message.thread_id == thread_id)
+            .order_by(Message.timestamp, Message.id)
+        )
+    ).all()
+    if not remaining:
         await session.delete(thread)
         return
-    senders: list[str] = []
-    recipients: list[str] = []
-    for row in rows:
-        if row.from_ and row.from_ not in senders:
-            senders.append(row.from_)
-        for address in [*(row.to or []), *(row.cc or [])]:
-            if address not in recipients:
-                recipients.append(address)
-    last = rows[-1]
-    thread.senders, thread.recipients = senders, recipients
-    thread.message_count = len(rows)
-    thread.size = sum(r.size for r in rows)
-    thread.timestamp = last.timestamp
-    thread.last_message_id = last.message_id
-    thread.preview = last.preview
-    received = [r.timestamp for r in rows if r.direction == "inbound"]
-    sent = [r.timestamp for r in rows if r.direction == "outbound"]
-    thread.received_timestamp = received[-1] if received else None
-    thread.sent_timestamp = sent[-1] if sent else None
+    thread.senders, thread.recipients = [], []
+    thread.message_count, thread.size = 0, 0
+    thread.received_timestamp = thread.sent_timestamp = None
+    for message in remaining:
+        join_thread(thread, message, message.direction)
     thread.updated_at = utcnow()

@@ -7,7 +7,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Integer, Select, bindparam, tuple_
@@ -61,7 +61,7 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
                 value.encode("utf-8")  # a lone surrogate raises (a ValueError): no column holds one
                 if "\x00" in value:
                     raise bad
-            out.append(datetime.fromisoformat(value) if typ is datetime else typ(value))
+            out.append(_utc(datetime.fromisoformat(value)) if typ is datetime else typ(value))
         return out
     except (
         ValueError,
@@ -74,6 +74,12 @@ def decode_token(kind: str, token: str, types: Sequence[type], param: str = "pag
         AttributeError,
     ) as exc:
         raise bad from exc
+
+
+def _utc(value: datetime) -> datetime:
+    """A token's time in UTC, where the columns keep theirs: one that has none (year 9999 at -05:00,
+    in a forged token) raises OverflowError here, a 400, rather than where the statement binds it."""
+    return value if value.tzinfo is None else value.astimezone(UTC)
 
 
 def keyset_select(
