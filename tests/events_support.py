@@ -4,9 +4,11 @@ writing an event straight into a server's database (for the time the server is d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +82,46 @@ class Receiver:
         wait_for(lambda: len(self.deliveries) >= count, timeout)
         with self.lock:
             return list(self.deliveries)
+
+
+class ScriptedReceiver:
+    """A raw TCP receiver for answers no HTTP server library gives: it reads each request and hands the
+    socket to ``answer`` (which writes whatever it likes, then the connection is closed)."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, float]] = []  # (request target, when)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            request_line = stream.readline().decode("latin-1")
+            length = 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            stream.read(length)
+            self.requests.append((request_line.split(" ")[1], time.monotonic()))
+            with contextlib.suppress(OSError):
+                self.answer(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
 
 
 def verify(secret: str, delivery: Delivery) -> Any:

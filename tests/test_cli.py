@@ -66,6 +66,15 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> N
             "AGENTMX_SMTP_RELAY_USERNAME needs AGENTMX_SMTP_RELAY_STARTTLS=true",
         ),
         ({"AGENTMX_SMTP_TRUSTED_NETWORKS": "10.0.0.0/8,bogus"}, "'bogus' is not a network"),
+        # Read only when mail arrived or was sent: each message was refused (451) instead.
+        (
+            {"AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,5,abc"},
+            "AGENTMX_WEBHOOK_RETRY_SCHEDULE: must be comma-separated seconds",
+        ),
+        (
+            {"AGENTMX_OUTBOUND_RETRY_SCHEDULE": "60,inf"},
+            "AGENTMX_OUTBOUND_RETRY_SCHEDULE: must be comma-separated seconds",
+        ),
     ],
 )
 def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(

@@ -3,6 +3,7 @@ auto-disable, SSRF refusal, delivery after a restart, and one delivery per event
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,15 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
-from events_support import Receiver, emit_event, new_inbox, send_mail, verify, wait_for
+from events_support import (
+    Receiver,
+    ScriptedReceiver,
+    emit_event,
+    new_inbox,
+    send_mail,
+    verify,
+    wait_for,
+)
 from mail_support import smtp_send
 
 BACKENDS = ["sqlite", "postgres"]
@@ -292,6 +301,81 @@ def test_auto_disable_after_schedule_exhausted(
         send_mail(server, inbox, subject="while disabled")
         time.sleep(1.0)
         assert len(receiver.deliveries) == 3  # a disabled webhook receives nothing
+    finally:
+        receiver.close()
+
+
+def _drip_after_ok(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+    for _ in range(20):
+        conn.sendall(b"x")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attempts_are_judged_by_their_status_line(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """A 2xx whose body never ends is a success (it was a timeout: retried, then disabled). An answer
+    that is no HTTP status (20 digits, a status line over 64 KB) is a failed attempt, recorded and
+    retried on the schedule (its job crashed: stuck for the lease, or retried on the crash back-off)."""
+    env = {"AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,0.3", "AGENTMX_WEBHOOK_TIMEOUT": "1"}
+    server = fresh_server(backend, env=env).start()
+    harness = Harness(server, backend)
+    client = harness.client()
+    receivers = {
+        "drip": ScriptedReceiver(_drip_after_ok),
+        "huge status": ScriptedReceiver(lambda c: c.sendall(b"HTTP/1.1 99999999999999999999 Big\r\n\r\n")),
+        "long line": ScriptedReceiver(lambda c: c.sendall(b"HTTP/1.1 200 " + b"a" * 100_000 + b"\r\n\r\n")),
+    }
+    try:
+        inbox = new_inbox(client)
+        hooks = {
+            name: client.inboxes.webhooks.create(inbox, url=r.url(), event_types=["message.received"])
+            for name, r in receivers.items()
+        }
+        send_mail(server, inbox)
+        for name in ("huge status", "long line"):
+            hook_id = hooks[name].webhook_id
+            wait_for(lambda h=hook_id: not client.inboxes.webhooks.get(inbox, h).enabled, timeout=10)
+            assert len(receivers[name].requests) == 2, name
+            sql = "SELECT count(*) FROM webhook_attempts WHERE webhook_id = :w AND error IS NOT NULL"
+            assert harness.count_rows(sql, w=hook_id) == 2, name
+        drip_id = hooks["drip"].webhook_id
+        sql = "SELECT count(*) FROM webhook_attempts WHERE webhook_id = :w AND status_code = 200 AND error IS NULL"
+        wait_for(lambda: harness.count_rows(sql, w=drip_id) == 1, timeout=10)
+        time.sleep(1.0)  # a retry would have come by now
+        assert len(receivers["drip"].requests) == 1
+        assert client.inboxes.webhooks.get(inbox, drip_id).enabled
+        assert harness.count_rows("SELECT count(*) FROM jobs") == 0
+    finally:
+        for r in receivers.values():
+            r.close()
+
+
+def test_urls_and_header_values_a_request_could_not_carry(harness: Harness) -> None:
+    """Non-ASCII in a URL's path or query is sent percent-encoded (it failed every attempt: a request
+    line is ASCII). Control characters in a URL and header values that are not ASCII are refused (400)."""
+    receiver = ScriptedReceiver(lambda c: c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    try:
+        client = harness.client()
+        inbox = new_inbox(client)
+        url = receiver.url("/h\u00e9?q=\u00fc")
+        client.inboxes.webhooks.create(inbox, url=url, event_types=["message.received"])
+        send_mail(harness.server, inbox)
+        wait_for(lambda: receiver.requests)
+        assert receiver.requests[0][0] == "/h%C3%A9?q=%C3%BC"
+        for kwargs in ({"url": receiver.url("/a\x01b")}, {"url": url, "headers": {"X-Name": "Jos\u00e9"}}):
+            with pytest.raises(ApiError) as err:
+                client.webhooks.create(event_types=["message.sent"], request_options=NO_RETRY, **kwargs)
+            assert err.value.status_code == 400, kwargs
+        hook = client.webhooks.create(url=url, event_types=["message.sent"])
+        with pytest.raises(ApiError) as err:
+            client.webhooks.update_headers(
+                hook.webhook_id, headers={"X-Name": "Jos\u00e9"}, request_options=NO_RETRY
+            )
+        assert err.value.status_code == 400
+        client.webhooks.delete(hook.webhook_id)
     finally:
         receiver.close()
 

@@ -307,6 +307,18 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DATABASE")
         return value
 
+    @field_validator("webhook_retry_schedule", "outbound_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        # Read when mail arrives or is sent: a bad one refused every message (451) instead of the start.
+        try:
+            delays = parse_schedule(value)
+        except ValueError:
+            delays = [-1.0]
+        if not all(0 <= delay <= MAX_RETRY_DELAY for delay in delays):
+            raise ValueError(f"must be comma-separated seconds from 0 to {MAX_RETRY_DELAY:.0f}")
+        return value
+
     @field_validator("smtp_trusted_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -403,6 +415,8 @@ def _cgroup_cpu_quota() -> float | None:
     except (OSError, ValueError):  # no cgroup files here, or not in the format expected
         return None
 
+
+MAX_RETRY_DELAY = 366 * 24 * 3600.0  # seconds; a year: longer is a typo (and past timedelta's range)
 
 SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 

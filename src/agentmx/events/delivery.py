@@ -19,6 +19,7 @@ from sqlalchemy import Row, update
 
 from agentmx.db.models import Webhook, WebhookAttempt
 from agentmx.db.types import utcnow
+from agentmx.errors import ValidationFailed
 from agentmx.events import http1, targets
 from agentmx.events.bodies import encode_body
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
@@ -75,7 +76,7 @@ async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tupl
         server_name = extensions["sni_hostname"]
         # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
         status = await http1.post(url, body, headers, rt.settings.webhook_timeout, server_name)
-    except BlockedAddress as exc:
+    except (BlockedAddress, ValidationFailed) as exc:  # ValidationFailed: a URL stored before a rule
         return None, str(exc)
     except OSError as exc:  # network failures, TLS errors, timeouts, bad HTTP
         return None, f"{type(exc).__name__}: {exc}"[:2000]

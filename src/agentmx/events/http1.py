@@ -2,7 +2,8 @@
 
 Why not httpx: its client, transport and pool layers cost over 2 ms of CPU per request (nearly half
 of a delivery's), and a webhook POST needs none of what they offer. This sends one request, reads the
-status, drains a small body so the connection can be reused, and never follows redirects.
+status, drains a small body so the connection can be reused (a body that is slow or large closes
+it instead: the status line is the answer), and never follows redirects.
 The caller picks the address: the URL's host is what is connected to (the SSRF-checked IP), while
 the Host header and the TLS server name may name the original host (see ``ssrf.pinned``).
 """
@@ -10,13 +11,15 @@ the Host header and the TLS server name may name the original host (see ``ssrf.p
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 MAX_HEAD = 64 * 1024  # status line plus headers
 MAX_DRAIN = 64 * 1024  # larger response bodies are not read: the connection is closed instead
 MAX_IDLE = 16  # idle connections kept per destination
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 IDLE_EXPIRY = 5.0  # seconds; as httpx: a peer or middlebox may drop idle connections without a FIN
 
 Key = tuple[str, str, int, str]  # scheme, connect host, port, TLS server name
@@ -48,17 +51,18 @@ async def post(
     port = parts.port or (443 if scheme == "https" else 80)
     key: Key = (scheme, host, port, server_name or host)
     head = _request_head(parts.path or "/", parts.query, parts.netloc, headers, len(body))
-    async with asyncio.timeout(timeout):
-        while (conn := _take_idle(key)) is not None:
-            try:
-                return await _exchange(key, conn, head, body)
-            except _Stale:
-                continue  # the receiver closed an idle connection: try the next or a new one
-        conn = await _connect(key)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (conn := _take_idle(key)) is not None:
         try:
-            return await _exchange(key, conn, head, body)
-        except _Stale as exc:
-            raise ProtocolError("connection closed before a response") from exc
+            return await _exchange(key, conn, head, body, deadline)
+        except _Stale:
+            continue  # the receiver closed an idle connection: try the next or a new one
+    async with asyncio.timeout_at(deadline):
+        conn = await _connect(key)
+    try:
+        return await _exchange(key, conn, head, body, deadline)
+    except _Stale as exc:
+        raise ProtocolError("connection closed before a response") from exc
 
 
 class _Stale(Exception):
@@ -66,7 +70,8 @@ class _Stale(Exception):
 
 
 def _request_head(path: str, query: str, netloc: str, headers: dict[str, str], length: int) -> bytes:
-    target = f"{path}?{query}" if query else path
+    # Non-ASCII in the URL's path or query is sent percent-encoded (UTF-8), as browsers and httpx do.
+    target = _NOT_ASCII.sub(lambda m: quote(m.group()), f"{path}?{query}" if query else path)
     lines = [f"POST {target} HTTP/1.1"]
     if not any(name.lower() == "host" for name in headers):
         lines.append(f"host: {netloc.rpartition('@')[2]}")
@@ -101,23 +106,33 @@ async def _connect(key: Key) -> Conn:
     return await asyncio.open_connection(host, port)
 
 
-async def _exchange(key: Key, conn: Conn, head: bytes, body: bytes) -> int:
+async def _exchange(key: Key, conn: Conn, head: bytes, body: bytes, deadline: float) -> int:
     reader, writer = conn
     keep = False
     try:
+        async with asyncio.timeout_at(deadline):
+            try:
+                writer.write(head)
+                writer.write(body)
+                await writer.drain()
+                status_line = await reader.readline()
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                raise _Stale() from exc
+            except ValueError as exc:  # a status line over the reader's limit
+                raise ProtocolError("status line too long") from exc
+            if not status_line:
+                raise _Stale()
+            try:
+                status, fields, persistent = await _read_head(reader, status_line)
+            except (asyncio.IncompleteReadError, ValueError) as exc:  # cut short, or a line over the limit
+                raise ProtocolError(f"bad response: {exc}") from exc
+        # The status line is the answer. The body is read only to reuse the connection: one that
+        # never ends (or ends badly) closes it, and does not turn a 2xx into a failed attempt.
         try:
-            writer.write(head)
-            writer.write(body)
-            await writer.drain()
-            status_line = await reader.readline()
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise _Stale() from exc
-        if not status_line:
-            raise _Stale()
-        try:
-            status, keep = await _read_response(reader, status_line)
-        except (asyncio.IncompleteReadError, ValueError) as exc:  # cut short, or a line over the limit
-            raise ProtocolError(f"bad response: {exc}") from exc
+            async with asyncio.timeout_at(deadline):
+                keep = persistent and await _drain_body(reader, status, fields)
+        except (OSError, asyncio.IncompleteReadError, ValueError):  # OSError: timeouts, resets, bad chunks
+            keep = False
         return status
     finally:
         if keep and len(_idle.setdefault(key, [])) < MAX_IDLE:
@@ -126,8 +141,8 @@ async def _exchange(key: Key, conn: Conn, head: bytes, body: bytes) -> int:
             writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, bool]:
-    """Reads one response (skipping 1xx); returns (status, whether the connection may be reused)."""
+async def _read_head(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, dict[str, str], bool]:
+    """Reads one response's head (skipping 1xx): (status, fields, whether the connection may persist)."""
     while True:
         version, status = _parse_status(status_line)
         fields = await _read_fields(reader)
@@ -135,27 +150,34 @@ async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tu
             break
         status_line = await reader.readline()
     connection = fields.get("connection", "").lower()
-    keep = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+    persistent = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+    return status, fields, persistent
+
+
+async def _drain_body(reader: asyncio.StreamReader, status: int, fields: dict[str, str]) -> bool:
+    """Reads a small body; returns whether the connection may be reused (False: not read)."""
     if status in (204, 304):
-        return status, keep
+        return True
     if "chunked" in fields.get("transfer-encoding", "").lower():
-        return status, keep and await _drain_chunked(reader)
+        return await _drain_chunked(reader)
     length = fields.get("content-length")
     if length is None:
-        return status, False  # body runs to EOF: not worth reading
+        return False  # body runs to EOF: not worth reading
     try:
         size = int(length)
-    except ValueError as exc:
-        raise ProtocolError("bad content-length") from exc
+    except ValueError:
+        return False
     if size > MAX_DRAIN:
-        return status, False
+        return False
     await reader.readexactly(size)
-    return status, keep
+    return True
 
 
 def _parse_status(line: bytes) -> tuple[str, int]:
     parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+    # RFC 9112: three digits (a longer number is no HTTP status, and no database column holds it).
+    three_digits = len(parts) >= 2 and parts[1].isdigit() and len(parts[1]) == 3
+    if not three_digits or not parts[0].startswith(b"HTTP/1."):
         raise ProtocolError(f"bad status line {line[:100]!r}")
     return parts[0].decode(), int(parts[1])
 

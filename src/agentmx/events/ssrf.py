@@ -22,7 +22,8 @@ def _fail(message: str) -> ValidationFailed:
 
 def parse_url(url: str) -> tuple[str, int]:
     """Syntax check; returns (host, port). Only absolute http(s) URLs without credentials."""
-    if not isinstance(url, str) or len(url) > 2048 or any(c.isspace() for c in url):
+    # Control characters would go into the request line as they are (non-ASCII is percent-encoded there).
+    if not isinstance(url, str) or len(url) > 2048 or any(c.isspace() or not c.isprintable() for c in url):
         raise _fail("must be an absolute http or https URL")
     try:
         parts = urlsplit(url)

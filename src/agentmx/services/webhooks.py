@@ -30,6 +30,8 @@ T = TypeVar("T")
 MAX_CHANNELS = 10
 MAX_HEADERS = 20
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+# Visible ASCII, spaces and tabs: deliveries send headers as ASCII, so anything else could never be sent.
+HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 # Headers the delivery sets itself; a custom header must not replace them.
 RESERVED_HEADERS = ("content-type", "content-length", "host", "transfer-encoding", "connection")
 RESERVED_PREFIXES = ("svix-", "webhook-")
@@ -101,7 +103,7 @@ def check_headers(headers: dict[str, Any], path: str = "headers") -> dict[str, s
             raise fail(path, f"{name!r} is not a valid header name")
         if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES):
             raise fail(path, f"header {name!r} is set by the delivery and cannot be configured")
-        if not isinstance(value, str) or len(value) > 4096 or any(c in value for c in "\r\n\0"):
+        if not isinstance(value, str) or len(value) > 4096 or not HEADER_VALUE.fullmatch(value):
             raise fail(path, f"header {name!r} has an invalid value")
         out[name] = value
     return out
