@@ -168,12 +168,14 @@ def test_validation_errors(harness: Harness) -> None:
         client.inboxes.drafts.create(inbox, in_reply_to="<nope@example.com>", request_options=NO_RETRY)
     with pytest.raises(NotFoundError):
         client.inboxes.drafts.create("nobody@agentmx.localhost", subject="x", request_options=NO_RETRY)
-    r = httpx.post(
-        f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts",
-        json={"send_at": "tomorrow"},
-        headers={"Authorization": f"Bearer {harness.api_key}"},
-    )
-    assert r.status_code == 400 and r.json()["code"] == "validation_error"
+    # Not a time, and times with no UTC equivalent (their conversion where stored was a 500).
+    for send_at in ("tomorrow", "9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+05:00"):
+        r = httpx.post(
+            f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts",
+            json={"send_at": send_at},
+            headers={"Authorization": f"Bearer {harness.api_key}"},
+        )
+        assert r.status_code == 400 and r.json()["code"] == "validation_error", send_at
 
 
 def test_client_id_returns_the_same_draft(harness: Harness) -> None:

@@ -182,6 +182,13 @@ def test_expiry(harness: Harness) -> None:
             request={"expires_at": datetime.now(UTC) - timedelta(hours=1)}, request_options=NO_RETRY
         )
     assert past.value.status_code == 400
+    # A time with no UTC equivalent: 400 (its conversion where stored was a 500).
+    beyond = httpx.post(
+        f"{harness.server.base_url}/v0/api-keys",
+        json={"expires_at": "9999-12-31T23:00:00-05:00"},
+        headers={"Authorization": f"Bearer {harness.api_key}"},
+    )
+    assert beyond.status_code == 400 and beyond.json()["code"] == "validation_error"
 
     time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.2)
     with pytest.raises(ApiError) as expired:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -12,6 +12,7 @@ from agentmx.http.nul_guard import loads
 from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
+from agentmx.services.validation import utc_time
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -87,11 +88,8 @@ def query_datetime(request: Request, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-        # In UTC here: 9999-12-31T23:00-05:00 has no UTC datetime, and its conversion where the
-        # statement binds it was a 500.
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
+        return utc_time(value.replace(" ", "+"))  # a "+" unencoded in a query string reads as a space
+    except ValueError as exc:
         raise ValidationFailed(
             f"{name} must be an ISO-8601 datetime", [{"path": [name], "message": "bad datetime"}]
         ) from exc

@@ -14,7 +14,7 @@ draft never disagree. A ``send_at`` in the past is accepted and the draft is sen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import getaddresses
 from typing import Any
 
@@ -35,7 +35,7 @@ from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import reply_recipients
-from agentmx.services.validation import check_client_id, fail
+from agentmx.services.validation import check_client_id, fail, utc_time
 
 JOB_KIND = "send_draft"
 SCHEDULED = "scheduled"
@@ -138,10 +138,9 @@ def parse_send_at(value: str | None, path: str = "send_at") -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return utc_time(value)
     except ValueError as exc:
         raise fail(path, "send_at must be an ISO-8601 datetime") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def preview_of(text: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from agentmx.errors import ValidationFailed
 
@@ -13,6 +14,17 @@ DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[
 
 def fail(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, [{"path": [path], "message": message}])
+
+
+def utc_time(value: str) -> datetime:
+    """An ISO-8601 time ("Z" allowed) in UTC; one without an offset is UTC. ValueError if it is
+    none, or has no UTC equivalent (9999-12-31T23:00-05:00): converted where a statement binds it,
+    that was a 500."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value!r} has no UTC equivalent") from exc
 
 
 def check_client_id(value: str | None, path: str = "client_id") -> str | None:

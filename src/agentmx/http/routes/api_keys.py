@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,7 +20,7 @@ from agentmx.services.inboxes import get_inbox, pin_owner
 from agentmx.services.pagination import check_limit
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
-from agentmx.services.validation import fail
+from agentmx.services.validation import fail, utc_time
 
 router = APIRouter()
 
@@ -59,10 +59,9 @@ def _parse_expiry(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return utc_time(value)
     except ValueError as exc:
         raise fail("expires_at", "expires_at must be an ISO-8601 datetime") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def _scope(rt: Runtime, caller: Caller, pod_id: str | None, inbox_id: str | None) -> Scope | None:
