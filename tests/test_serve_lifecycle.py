@@ -83,6 +83,19 @@ def test_a_database_a_newer_agentmx_migrated_stops_serve_with_one_line(tmp_path:
     assert "newer than this agentmx" in line and "0999" in line
 
 
+def test_a_second_serve_on_one_sqlite_database_stops_with_one_line(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path / "d", smtp_port=0).start()
+    try:
+        line = _serve(tmp_path, "--http-port", str(free_port()))
+        assert line.startswith(f"agentmx: another agentmx serve (pid {first.proc.pid}) uses ")  # type: ignore[union-attr]
+        assert first.create_key()  # and the first one serves on, its database untouched
+        assert httpx.get(f"{first.base_url}/health").status_code == 200
+        first.kill()  # however it ends, the lock ends with it
+        first.start()
+    finally:
+        first.stop()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

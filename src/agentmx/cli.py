@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     log_setup.configure(settings.log_level)
+    if args.command == "serve":
+        from agentmx import serve_lock
+
+        # Before the migrations: an upgrade must not change the schema under a running server.
+        serve_lock.hold(settings.effective_database_url)
     _prepare(settings)
     if args.command == "serve":
         from agentmx import server
