@@ -3,11 +3,19 @@ is unusable."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import aiosmtplib
 
 TIMEOUT = 60.0
+_LINE_BREAK = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib finds them when it sends DATA
+
+
+def wire_form(raw: bytes) -> bytes:
+    """``raw`` as the SMTP client puts it on the wire: every line break CRLF. A DKIM signature must be
+    made over these bytes: made over a bare CR (a submission client's), it failed at the receiver."""
+    return _LINE_BREAK.sub(b"\r\n", raw)
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,11 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
         code = 553 if envelope.mail_from.isascii() else 451
         return Reply(code, f"{code // 100}.6.7 non-ASCII address; the server does not support SMTPUTF8")
     encoding = "utf-8" if utf8 else "ascii"
+    options = ["SMTPUTF8"] if utf8 else []
+    if not raw.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")  # 8-bit data only so declared (RFC 6152 3), as submitted
     try:
-        await client.mail(envelope.mail_from, options=["SMTPUTF8"] if utf8 else [], encoding=encoding)
+        await client.mail(envelope.mail_from, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as exc:
         # A refused sender (a relay wanting a login, a sender or relaying policy) says nothing about
         # the recipient: a bounce would suppress it. Retried until the message's lifetime.
