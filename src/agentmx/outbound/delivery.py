@@ -116,7 +116,7 @@ def _outcome(reply: smtp_client.Reply) -> Outcome:
     if reply.ok:
         return Outcome("delivered", reply.code, text)
     if reply.permanent:
-        return Outcome("bounced", reply.code, text)
+        return Outcome("bounced", reply.code, text, suppress=reply.about_address)
     return Outcome("deferred", reply.code, text, attempted=reply.tried)
 
 

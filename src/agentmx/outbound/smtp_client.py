@@ -23,6 +23,9 @@ class Reply:
     code: int
     text: str
     tried: bool = True  # False: never sent (the connection was lost before its turn)
+    # False: a refusal of the message, not of the address (which RCPT accepted): too large, its
+    # content or a policy. Such a bounce must not suppress the address for every later message.
+    about_address: bool = True
 
     @property
     def ok(self) -> bool:
@@ -121,7 +124,8 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
-        return Reply(exc.code, exc.message)
+        # Only an addressing status (X.1.Y, RFC 3463) blames the recipient this late.
+        return Reply(exc.code, exc.message, about_address=exc.message.lstrip()[1:4] == ".1.")
     return Reply(response.code, response.message)
 
 
