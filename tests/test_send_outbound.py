@@ -291,6 +291,8 @@ def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path
         "mail.mx-target.test. 60 IN A 127.0.0.1\n"
         "bare-a.test. 60 IN A 127.0.0.1\n"
         "nullmx.test. 60 IN MX 0 .\n"
+        'no-address.test. 60 IN TXT "no MX, no A"\n'
+        "dangling-mx.test. 60 IN MX 10 gone.dangling-mx.test.\n"
     )
     with LoopbackDNS(zone) as dns:
         server = fresh_server(
@@ -306,7 +308,8 @@ def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path
             wait_for(lambda: sink.handler.for_rcpt(via_a))
             wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
 
-            for dead in ("x@nullmx.test", "y@no-such-domain.test"):
+            # No mail host with an address is no mail destination either (RFC 5321 5.1): a bounce now.
+            for dead in ("x@nullmx.test", "y@no-such-domain.test", "z@no-address.test", "w@dangling-mx.test"):
                 gone = client.inboxes.messages.send(a, to=dead, text="nowhere")
                 wait_for(lambda gone=gone: "bounced" in _labels(client, a, gone.message_id))
         finally:
