@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -36,6 +37,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    mail_options: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -100,7 +102,12 @@ class SinkHandler:
                 await asyncio.sleep(float(local[4 : local.index("-")]))
         with self.lock:
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    list(envelope.mail_options),
+                )
             )
         return "250 2.0.0 Queued"
 

@@ -28,6 +28,7 @@ from agentmx.db.engine import Database
 from agentmx.db.models import Event
 from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
+from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.dns import LoopbackDNS
 from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS, NO_RETRY, make_server
@@ -112,6 +113,7 @@ def env(
     relay: RelaySink,
 ) -> Iterator[DomainEnv]:
     tmp: Path = tmp_path_factory.mktemp(f"domains-{request.param}")
+    write_self_signed(tmp)  # for SMTP submission
     server, url = make_server(
         tmp,
         request.param,
@@ -120,6 +122,9 @@ def env(
             "AGENTMX_PUBLIC_HOST": MAIL_HOST,
             "AGENTMX_DNS_TIMEOUT": "2",
             "AGENTMX_SMTP_RELAY": f"127.0.0.1:{relay.port}",
+            "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
+            "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
+            "AGENTMX_SUBMISSION_PORT": str(free_port()),
         },
     )
     server.start()
@@ -501,13 +506,7 @@ def test_send_only_domain_receives_nothing(env: DomainEnv) -> None:
     assert rcpt_code(env, inbox.inbox_id) == 250
 
 
-def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> None:
-    client = env.client()
-    name = new_domain()
-    created = client.domains.create(domain=name, subdomains_enabled=True)
-    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
-    selector = by_purpose(created)["dkim"].name.split(".", 1)[0]
-
+def _published(env: DomainEnv) -> Any:
     def published(qname: bytes, timeout: float = 5) -> bytes:
         """dkimpy's DNS hook, answered by the loopback DNS server that serves the zone."""
         resolver = dns.resolver.Resolver(configure=False)
@@ -515,6 +514,17 @@ def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> Non
         resolver.port = env.dns.port
         answer = resolver.resolve(qname.decode().rstrip("."), "TXT")
         return b"".join(b"".join(r.strings) for r in answer)
+
+    return published
+
+
+def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> None:
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name, subdomains_enabled=True)
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    selector = by_purpose(created)["dkim"].name.split(".", 1)[0]
+    published = _published(env)
 
     for domain in (name, f"team.{name}"):  # subdomain inboxes sign with the parent's key
         inbox = client.inboxes.create(request={"username": "signer", "domain": domain})
@@ -527,6 +537,25 @@ def test_outbound_mail_is_dkim_signed_with_the_domain_key(env: DomainEnv) -> Non
         assert f"s={selector};".encode() in raw.replace(b" ", b"").replace(b"\r\n\t", b"")
         assert dkim.verify(raw, dnsfunc=published)
         assert not dkim.verify(raw.replace(b"Hello from", b"Jello from"), dnsfunc=published)
+
+
+def test_a_submitted_message_is_signed_as_it_goes_on_the_wire(env: DomainEnv) -> None:
+    """Line breaks a submission client wrote as bare CR or LF go out as CRLF: the signature covers
+    those bytes (made over a bare CR, it failed at every receiver)."""
+    client = env.client()
+    name = new_domain()
+    created = client.domains.create(domain=name)
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    inbox = client.inboxes.create(request={"username": "submitter", "domain": name}).inbox_id
+    rcpt = f"r{secrets.token_hex(4)}@remote.test"
+    raw = f"From: {inbox}\r\nTo: {rcpt}\r\nSubject: breaks\r\n\r\ncr\ronly\nlf only\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", int(env.server.extra_env["AGENTMX_SUBMISSION_PORT"]), timeout=30) as smtp:
+        smtp.starttls(context=unverified_client_context())
+        smtp.login(inbox, env.api_key)
+        smtp.sendmail(inbox, [rcpt], raw)
+    got = env.relay.wait_for(rcpt)
+    assert got.endswith(b"\r\n\r\ncr\r\nonly\r\nlf only\r\n")
+    assert dkim.verify(got, dnsfunc=_published(env))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -125,11 +125,19 @@ def test_permanent_failure_bounces_and_suppresses(relay: Relay) -> None:
     assert refused.value.status_code == 403
 
 
-def test_data_refusal_bounces(relay: Relay) -> None:
+def test_data_refusal_bounces_without_suppressing(relay: Relay) -> None:
+    """A 5xx to the message (its size, its content: "554 5.6.0" here) after RCPT took the address
+    bounces that message, Transient: it said nothing of the address, which later mail may reach."""
     client = relay.client()
     a = new_inbox(client)
-    sent = client.inboxes.messages.send(a, to=ext("dataperm-"), text="x")
+    refused = ext("dataperm-")
+    sent = client.inboxes.messages.send(a, to=refused, text="x")
     wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)[0]["bounce"]
+    assert bounce["type"] == "Transient" and bounce["recipients"] == [
+        {"address": refused, "status": "bounced"}
+    ]
+    client.inboxes.messages.send(a, to=refused, text="another message", request_options=NO_RETRY)
 
 
 @pytest.mark.parametrize(
@@ -162,8 +170,11 @@ def test_mixed_recipients(relay: Relay) -> None:
     wait_for(
         lambda: [m for m in client.inboxes.messages.list(local).messages if m.message_id == sent.message_id]
     )
-    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
-    assert sorted(r["address"] for r in bounce[0]["bounce"]["recipients"]) == sorted([dead, refused])
+    bounces = {
+        e["bounce"]["type"]: [r["address"] for r in e["bounce"]["recipients"]]
+        for e in events_for(relay.server, "message.bounced", "bounce", sent.message_id)
+    }
+    assert bounces == {"Permanent": [dead], "Transient": [refused]}  # the message refused, not the address
     delivered = events_for(relay.server, "message.delivered", "delivery", sent.message_id)
     assert sorted(delivered[0]["delivery"]["recipients"]) == sorted([good, local])
     assert "delayed" in _labels(client, a, sent.message_id)  # the held one: retried
@@ -280,6 +291,8 @@ def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path
         "mail.mx-target.test. 60 IN A 127.0.0.1\n"
         "bare-a.test. 60 IN A 127.0.0.1\n"
         "nullmx.test. 60 IN MX 0 .\n"
+        'no-address.test. 60 IN TXT "no MX, no A"\n'
+        "dangling-mx.test. 60 IN MX 10 gone.dangling-mx.test.\n"
     )
     with LoopbackDNS(zone) as dns:
         server = fresh_server(
@@ -295,7 +308,8 @@ def test_mx_lookup_delivery(fresh_server: Callable[..., ServerProcess], tmp_path
             wait_for(lambda: sink.handler.for_rcpt(via_a))
             wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
 
-            for dead in ("x@nullmx.test", "y@no-such-domain.test"):
+            # No mail host with an address is no mail destination either (RFC 5321 5.1): a bounce now.
+            for dead in ("x@nullmx.test", "y@no-such-domain.test", "z@no-address.test", "w@dangling-mx.test"):
                 gone = client.inboxes.messages.send(a, to=dead, text="nowhere")
                 wait_for(lambda gone=gone: "bounced" in _labels(client, a, gone.message_id))
         finally:

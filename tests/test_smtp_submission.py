@@ -139,6 +139,20 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     assert "Authentication-Results" not in headers and "Return-Path" not in headers
 
 
+def test_a_submitted_8bit_message_is_sent_as_8bit(served: Served) -> None:
+    """8-bit data goes out declared (BODY=8BITMIME, RFC 6152), as the client declared it to us."""
+    inbox = served.client.inboxes.create().inbox_id
+    plain, accented = ext("plain-"), ext("accented-")
+    with served.session((inbox, served.key)) as smtp:
+        smtp.sendmail(inbox, [plain], message(inbox, plain, "ascii").as_bytes())
+        body = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nh\xc3\xa9llo\r\n"
+        raw = f"From: {inbox}\r\nTo: {accented}\r\nSubject: 8bit\r\n".encode() + body
+        smtp.sendmail(inbox, [accented], raw, mail_options=["BODY=8BITMIME"])
+    got = wait_for(lambda: served.sink.handler.for_rcpt(accented))[0]
+    assert got.raw.endswith(b"h\xc3\xa9llo\r\n") and got.mail_options == ["BODY=8BITMIME"]
+    assert wait_for(lambda: served.sink.handler.for_rcpt(plain))[0].mail_options == []
+
+
 def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
     client = served.client
     inbox = client.inboxes.create().inbox_id

@@ -116,7 +116,7 @@ def _outcome(reply: smtp_client.Reply) -> Outcome:
     if reply.ok:
         return Outcome("delivered", reply.code, text)
     if reply.permanent:
-        return Outcome("bounced", reply.code, text)
+        return Outcome("bounced", reply.code, text, suppress=reply.about_address)
     return Outcome("deferred", reply.code, text, attempted=reply.tried)
 
 
@@ -193,7 +193,7 @@ async def _deliver_group_safely(
 async def deliver_remote(rt: Runtime, work: Work) -> dict[str, Outcome]:
     if not work.remote:
         return {}
-    raw = await dkim.sign_for_domain(rt, work.inbox_domain, work.raw)
+    raw = await dkim.sign_for_domain(rt, work.inbox_domain, smtp_client.wire_form(work.raw))
     groups: dict[str | None, list[str]] = defaultdict(list)
     for address in work.remote:
         groups[None if rt.settings.smtp_relay else address_domain(address)].append(address)

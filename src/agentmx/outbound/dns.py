@@ -19,7 +19,7 @@ LIFETIME = 10.0
 
 
 class DnsPermanent(Exception):
-    """The domain cannot receive mail (NXDOMAIN, null MX): bounce."""
+    """The domain cannot receive mail (NXDOMAIN, null MX, no address for its hosts): bounce."""
 
 
 class DnsTemporary(Exception):
@@ -105,5 +105,8 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
     except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
         raise DnsTemporary(f"DNS lookup for {domain} failed: {exc}") from exc
     if not out:
-        raise DnsTemporary(f"no address for the mail hosts of {domain}")
+        # Every answer was definite (a failed lookup raised above): no host has an address, so the
+        # domain is no mail destination (RFC 5321 5.1: "MUST be reported as an error"), not one to
+        # retry for days.
+        raise DnsPermanent(f"no address for the mail hosts of {domain}")
     return out

@@ -3,11 +3,19 @@ is unusable."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import aiosmtplib
 
 TIMEOUT = 60.0
+_LINE_BREAK = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib finds them when it sends DATA
+
+
+def wire_form(raw: bytes) -> bytes:
+    """``raw`` as the SMTP client puts it on the wire: every line break CRLF. A DKIM signature must be
+    made over these bytes: made over a bare CR (a submission client's), it failed at the receiver."""
+    return _LINE_BREAK.sub(b"\r\n", raw)
 
 
 @dataclass(frozen=True)
@@ -15,6 +23,9 @@ class Reply:
     code: int
     text: str
     tried: bool = True  # False: never sent (the connection was lost before its turn)
+    # False: a refusal of the message, not of the address (which RCPT accepted): too large, its
+    # content or a policy. Such a bounce must not suppress the address for every later message.
+    about_address: bool = True
 
     @property
     def ok(self) -> bool:
@@ -96,8 +107,11 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
         code = 553 if envelope.mail_from.isascii() else 451
         return Reply(code, f"{code // 100}.6.7 non-ASCII address; the server does not support SMTPUTF8")
     encoding = "utf-8" if utf8 else "ascii"
+    options = ["SMTPUTF8"] if utf8 else []
+    if not raw.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")  # 8-bit data only so declared (RFC 6152 3), as submitted
     try:
-        await client.mail(envelope.mail_from, options=["SMTPUTF8"] if utf8 else [], encoding=encoding)
+        await client.mail(envelope.mail_from, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as exc:
         # A refused sender (a relay wanting a login, a sender or relaying policy) says nothing about
         # the recipient: a bounce would suppress it. Retried until the message's lifetime.
@@ -110,7 +124,8 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
-        return Reply(exc.code, exc.message)
+        # Only an addressing status (X.1.Y, RFC 3463) blames the recipient this late.
+        return Reply(exc.code, exc.message, about_address=exc.message.lstrip()[1:4] == ".1.")
     return Reply(response.code, response.message)
 
 
