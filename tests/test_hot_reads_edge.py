@@ -173,3 +173,43 @@ def test_postgres_connections_lost_under_the_hot_reads(fresh_server: Callable[..
             except httpx.TransportError as exc:  # the server closes a connection after a 500
                 outcomes.append(type(exc).__name__)
     assert outcomes.count(500) <= 1 and outcomes[-20:] == [404] * 20, outcomes
+
+
+def test_postgres_out_of_connections_is_503_on_every_read(fresh_server: Callable[..., ServerProcess]) -> None:
+    """A PostgreSQL that refuses new connections (too many clients, SQLSTATE 53300) is a 503 to
+    retry, on the hot reads (the driver's own connection) as on the rest: it was a 500."""
+    if not postgres.available():
+        pytest.skip("PostgreSQL unavailable")
+    url = postgres.create_database()
+    name, role = url.rsplit("/", 1)[1], "agentmx_few_" + url.rsplit("_", 1)[1]
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncpg.connect(postgres.ADMIN_URL)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    # Connection limits bind roles that are not superusers: the server runs as one that owns its
+    # database, with room for what it holds idle (4) and `keys create`, not for 30 reads at once.
+    asyncio.run(
+        admin(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 6', f'ALTER DATABASE "{name}" OWNER TO "{role}"')
+    )
+    try:
+        server = fresh_server("postgres", database_url=url.replace("//postgres@", f"//{role}@")).start()
+        key = server.create_key()
+
+        async def fan_out() -> set[int]:
+            async with httpx.AsyncClient(
+                base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+            ) as c:
+                paths = ["/v0/threads/thd_unknown", "/v0/threads", "/v0/inboxes"] * 10
+                return {r.status_code for r in await asyncio.gather(*(c.get(p) for p in paths))}
+
+        statuses = asyncio.run(fan_out())
+        assert 503 in statuses and statuses <= {200, 404, 503}, statuses
+        server.stop()
+    finally:
+        postgres.drop_database(url)
+        asyncio.run(admin(f'DROP ROLE IF EXISTS "{role}"'))

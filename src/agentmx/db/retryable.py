@@ -24,11 +24,13 @@ SQLITE_RETRYABLE = ("database is locked", "database table is locked", "database 
 def retryable(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeout):
         return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
+    # Not wrapped: the driver's own error, as the hot reads' raw connections raise it
+    # (db/driver_reads): a PostgreSQL with too many clients was a 500 there, a 503 elsewhere.
+    orig: BaseException | None = exc
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
     state = getattr(orig, "sqlstate", None)
     if isinstance(state, str) and (state in RETRYABLE_SQLSTATES or state.startswith(RETRYABLE_CLASSES)):
         return True
