@@ -43,6 +43,10 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             continue
         if line == b".\r\n":
             break
+        if line.startswith(b"."):  # RFC 5321 4.5.2 transparency
+            line = line[1:]
+        # The message's size (RFC 1870) leaves out the doubled dots: a message of exactly the
+        # size a client declared with MAIL FROM SIZE= must not get a 552 here.
         size += len(line)
         if too_long or (size_limit and size > size_limit):
             lines.clear()
@@ -51,7 +55,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             too_long = True
             lines.clear()
             continue
-        lines.append(line[1:] if line.startswith(b".") else line)  # RFC 5321 4.5.2 transparency
+        lines.append(line)
     if size_limit and size > size_limit:
         return DataBody(b"", S552_TOO_MUCH_DATA)
     if too_long:
