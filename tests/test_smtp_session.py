@@ -8,9 +8,13 @@ from collections.abc import Callable
 
 import pytest
 from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
+from agentmail.inboxes.types import CreateInboxRequest
 
 from agentmx.testing.server import ServerProcess
+from conftest import Harness
+from mail_support import make_message, smtp_send
 
 SIZE_LIMIT = 100_000
 
@@ -49,3 +53,21 @@ def test_a_message_of_exactly_the_size_limit_is_taken_with_dot_lines(
         code, _ = smtp.data(_message_of(SIZE_LIMIT + 1, b"." + b"d" * 76 + b"\r\n"))
         assert code == 552
     assert client.inboxes.messages.list(inbox).count == 1
+
+
+def test_postmaster_without_a_domain_reaches_the_default_domains_postmaster(harness: Harness) -> None:
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> (no domain) must be taken: it is postmaster@ the default domain,
+    delivered to that inbox once however many ways it is named."""
+    client = harness.client()
+    try:
+        client.inboxes.create(request=CreateInboxRequest(username="postmaster"))
+    except ApiError as exc:  # made by an earlier test on this shared server
+        assert exc.status_code == 409
+    postmaster = "postmaster@agentmx.localhost"
+    msg = make_message(postmaster)
+    rcpts = ["Postmaster", "postmaster", "POSTMASTER@agentmx.localhost"]
+    assert smtp_send(harness.server, rcpts, msg.as_bytes()) == {}
+    stored = client.inboxes.messages.get(postmaster, msg["Message-ID"])
+    assert stored.message_id == msg["Message-ID"]
+    listed = client.inboxes.messages.list(postmaster, limit=100)
+    assert sum(m.message_id == msg["Message-ID"] for m in listed.messages) == 1
