@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import smtplib
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -71,3 +72,14 @@ def test_postmaster_without_a_domain_reaches_the_default_domains_postmaster(harn
     assert stored.message_id == msg["Message-ID"]
     listed = client.inboxes.messages.list(postmaster, limit=100)
     assert sum(m.message_id == msg["Message-ID"] for m in listed.messages) == 1
+
+
+def test_help_lists_every_command(harness: Harness) -> None:
+    with socket.create_connection(("127.0.0.1", harness.server.smtp_port), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"HELO client.example\r\nHELP\r\nHELP data\r\nHELP rset\r\n")
+        replies = [f.readline() for _ in range(4)][1:]
+    listed = replies[0].split(b":", 1)[1].split()
+    assert {b"DATA", b"HELO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET", b"VRFY"} <= set(listed)
+    assert replies[1:] == [b"250 Syntax: DATA\r\n", b"250 Syntax: RSET\r\n"]
