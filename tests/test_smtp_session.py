@@ -83,3 +83,19 @@ def test_help_lists_every_command(harness: Harness) -> None:
     listed = replies[0].split(b":", 1)[1].split()
     assert {b"DATA", b"HELO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET", b"VRFY"} <= set(listed)
     assert replies[1:] == [b"250 Syntax: DATA\r\n", b"250 Syntax: RSET\r\n"]
+
+
+def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
+    """As Postfix: a 500 after DATA would bounce mail from senders that never wrap their lines."""
+    client = harness.client()
+    inbox = client.inboxes.create().inbox_id
+    long_line = "x" * 5000 + ". and " + "y" * 200_000
+    dotted = "." + "z" * 3000  # doubled on the wire, stored once
+    head = f"From: a@example.com\r\nTo: {inbox}\r\nSubject: long\r\nMessage-ID: <{secrets.token_hex(8)}@example.com>\r\n"
+    raw = f"{head}\r\n{long_line}\r\n{dotted}\r\nend\r\n".encode()
+    assert smtp_send(harness.server, [inbox], raw) == {}
+    listed = client.inboxes.messages.list(inbox)
+    assert listed.count == 1
+    stored = client.inboxes.messages.get(inbox, listed.messages[0].message_id)
+    assert stored.text is not None
+    assert stored.text.split("\n")[:3] == [long_line, dotted, "end"]

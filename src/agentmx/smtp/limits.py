@@ -102,6 +102,8 @@ _SIMPLE_PATH = re.compile(
 class LimitedSMTP(SMTP):
     """aiosmtpd's protocol, answering 421 and closing when the listener or the client IP is at its cap."""
 
+    data_line_limit: int | None = None  # DATA lines of any length (smtp/data.py), as Postfix takes them
+
     def __dir__(self) -> list[str]:
         return names_for_aiosmtpd(self, ("smtp_", "auth_"))
 
@@ -226,7 +228,7 @@ class LimitedSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        body = await read_data(self._reader, self.data_size_limit, self.data_line_limit)
         if body.error:
             self._set_post_data_state()
             await self.push(body.error)
