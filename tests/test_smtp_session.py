@@ -99,3 +99,18 @@ def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
     stored = client.inboxes.messages.get(inbox, listed.messages[0].message_id)
     assert stored.text is not None
     assert stored.text.split("\n")[:3] == [long_line, dotted, "end"]
+
+
+def test_a_domain_written_in_unicode_names_its_a_label_inbox(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """RFC 6531 3.2: an SMTPUTF8 client may write the recipient's domain in U-labels."""
+    server = fresh_server("sqlite", env={"AGENTMX_DOMAIN": "xn--bcher-kva.example"}).start()
+    client = _client(server)
+    inbox = client.inboxes.create(request=CreateInboxRequest(username="agent")).inbox_id
+    assert inbox == "agent@xn--bcher-kva.example"
+    msg = make_message("agent@bücher.example")
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        refused = smtp.sendmail("jörg@example.com", ["Agent@Bücher.example"], msg.as_bytes(), ["SMTPUTF8"])
+    assert refused == {}
+    assert client.inboxes.messages.get(inbox, msg["Message-ID"]).message_id == msg["Message-ID"]

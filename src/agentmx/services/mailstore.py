@@ -412,11 +412,20 @@ async def record_received(
 
 
 def envelope_recipient(rt: Runtime, address: str) -> str:
-    """An envelope recipient as the inbox address it names: lower case; ``Postmaster`` alone,
-    which RFC 5321 4.5.1 says must be taken, is postmaster at the default domain (an inbox the
-    operator makes: without one it is refused, as no 250 is given for mail nobody stores)."""
+    """An envelope recipient as the inbox address it names: lower case, the domain in A-labels
+    (an SMTPUTF8 client may write it in Unicode, RFC 6531 3.2); ``Postmaster`` alone, which
+    RFC 5321 4.5.1 says must be taken, is postmaster at the default domain (an inbox the operator
+    makes: without one it is refused, as no 250 is given for mail nobody stores)."""
     address = address.strip().lower()
-    return f"postmaster@{rt.settings.domain}" if address == "postmaster" else address
+    if address == "postmaster":
+        return f"postmaster@{rt.settings.domain}"
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            return f"{local}@{domain.encode('idna').decode('ascii')}"
+        except UnicodeError:  # not a domain name: no inbox has it
+            pass
+    return address
 
 
 async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> Inbox:
