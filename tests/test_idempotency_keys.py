@@ -137,3 +137,29 @@ def test_a_send_that_outlives_its_claim_is_not_sent_twice(
     assert [m["message_id"] for m in sent] == [retry.json()["message_id"]]
     # The key keeps the retry's result.
     assert _post(server, key, path, body, idem).json() == retry.json()
+
+
+def test_a_final_newline_is_no_client_id_or_header_name(
+    harness: Harness, http: httpx.Client, inbox: str
+) -> None:
+    """The checks used re.match with "$", which also matches before a final newline: "abc\\n" was
+    stored as a client_id (another one than "abc"), and a webhook header name ending in one was kept."""
+    creates = [
+        ("/v0/inboxes", {}),
+        ("/v0/pods", {}),
+        (f"/v0/inboxes/{inbox}/drafts", {}),
+        ("/v0/webhooks", {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}),
+        ("/v0/webhooks/polling", {"event_types": ["message.received"]}),
+        ("/v0/domains", {"domain": f"d{secrets.token_hex(4)}.example.com"}),
+    ]
+    for path, body in creates:
+        refused = http.post(path, json={**body, "client_id": "cid-" + secrets.token_hex(4) + "\n"})
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["code"] == "validation_error"
+    hook = {
+        "url": "http://127.0.0.1:9/hook",
+        "event_types": ["message.received"],
+        "headers": {"X-Token\n": "v"},
+    }
+    refused = http.post("/v0/webhooks", json=hook)
+    assert refused.status_code == 400, refused.text
