@@ -58,6 +58,13 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> N
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_log_level_is_read_in_any_case(tmp_path: Path) -> None:
+    out = run_agentmx(
+        "db", "upgrade", "--data-dir", str(tmp_path / "d"), env={"AGENTMX_LOG_LEVEL": "WARNING"}
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -75,6 +82,12 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> N
             {"AGENTMX_OUTBOUND_RETRY_SCHEDULE": "60,inf"},
             "AGENTMX_OUTBOUND_RETRY_SCHEDULE: must be comma-separated seconds",
         ),
+        # These three ended serve (or every command) with a traceback and exit status 1.
+        ({"AGENTMX_LOG_LEVEL": "verbose"}, "AGENTMX_LOG_LEVEL: Input should be 'debug'"),
+        ({"AGENTMX_HTTP_PORT": "70000"}, "AGENTMX_HTTP_PORT: Input should be less than or equal to 65535"),
+        ({"AGENTMX_SMTP_PORT": "-1"}, "AGENTMX_SMTP_PORT: Input should be greater than or equal to 0"),
+        # A union: each member's error named a variable of its own (AGENTMX_SMTP_WORKERS_CONSTRAINED-INT).
+        ({"AGENTMX_SMTP_WORKERS": "-1"}, "AGENTMX_SMTP_WORKERS: Input should be greater than or equal to 0"),
     ],
 )
 def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
@@ -82,6 +95,7 @@ def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
 ) -> None:
     out = run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=env)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
     local = {"AGENTMX_SMTP_RELAY": "127.0.0.1:25", "AGENTMX_SMTP_RELAY_USERNAME": "u"}  # loopback: no network
     assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
 

@@ -228,6 +228,28 @@ def test_reply_draft_derives_recipients_subject_and_threading(harness: Harness) 
     assert custom.to == ["zed@example.com"] and custom.subject == "Re: Project kickoff"
 
 
+def test_reply_and_forward_drafts_need_the_label_permission_of_their_source(harness: Harness) -> None:
+    """A reply draft copies its source's subject and senders, a forward its body: blocked mail is as
+    unreadable through them as through GET for a key without label_blocked_read."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    client.inboxes.lists.create(inbox, "receive", "block", entry="mallory@example.com")
+    mid = inject(harness.server, inbox, subject="Blocked secret", sender="mallory@example.com")
+    perms = {"message_read": True, "draft_create": True, "draft_read": True}
+    key = client.inboxes.api_keys.create(inbox, request={"permissions": perms}).api_key
+    scoped = harness.client(key)
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.messages.get(inbox, mid)
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.drafts.create(inbox, in_reply_to=mid, text="hi")
+    with pytest.raises(NotFoundError):
+        scoped.inboxes.drafts.create(inbox, forward_of=mid, to=["me@example.net"])
+
+    allowed = {**perms, "label_blocked_read": True}
+    reader = harness.client(client.inboxes.api_keys.create(inbox, request={"permissions": allowed}).api_key)
+    assert reader.inboxes.drafts.create(inbox, in_reply_to=mid, text="hi").subject == "Re: Blocked secret"
+
+
 def test_a_reply_draft_is_sent_as_it_shows(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)

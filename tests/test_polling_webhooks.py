@@ -218,9 +218,9 @@ def test_validation_and_limits(harness: Harness) -> None:
 def test_permissions(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)
-    limited = client.api_keys.create(
-        request={"name": "no-spam", "permissions": {"webhook_create": True, "webhook_read": True}}
-    ).api_key
+    # message_read: a subscription hands its events over (test_scoped_keys); label_spam_read lacks.
+    perms = {"webhook_create": True, "webhook_read": True, "message_read": True}
+    limited = client.api_keys.create(request={"name": "no-spam", "permissions": perms}).api_key
     limited_client = harness.client(api_key=limited)
     with pytest.raises(ApiError) as err:
         limited_client.webhooks.polling.create(

@@ -225,6 +225,47 @@ def test_label_read_permissions_gate_subscriptions(harness: Harness) -> None:
     assert allowed.status_code == 200, allowed.text
 
 
+def test_subscriptions_need_the_read_permission_of_their_events(harness: Harness) -> None:
+    """A webhook hands its events (message bodies included) to whoever made it: a key without
+    message_read may not subscribe to message events, as on the WebSocket."""
+    admin, _, mine, _ = _two_inboxes(harness)
+    hooks_only = admin.inboxes.api_keys.create(
+        mine, request={"permissions": {"webhook_create": True, "webhook_read": True}}
+    ).api_key
+    limited = harness.client(api_key=hooks_only)
+    hook_url = "http://127.0.0.1:9/hook"
+    for create in (
+        lambda: limited.inboxes.webhooks.polling.create(
+            mine, client_id="p", event_types=["message.received"], request_options=NO_RETRY
+        ),
+        lambda: limited.inboxes.webhooks.create(
+            mine, url=hook_url, event_types=["message.received"], request_options=NO_RETRY
+        ),
+    ):
+        with pytest.raises(ApiError) as refused:
+            create()
+        assert _status(refused) == (403, "missing_permission")
+
+    # Without event_types (the default set; the SDK always sends them): refused, or narrowed to
+    # what the key may read.
+    def create_default(key: str) -> httpx.Response:
+        return httpx.post(
+            f"{harness.server.base_url}/v0/inboxes/{mine}/webhooks",
+            json={"url": hook_url},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    refused_default = create_default(hooks_only)
+    assert refused_default.status_code == 403, refused_default.text
+    reader = admin.inboxes.api_keys.create(
+        mine, request={"permissions": {"webhook_create": True, "message_read": True}}
+    ).api_key
+    narrowed = create_default(reader)
+    assert narrowed.status_code == 200, narrowed.text
+    assert "message.received" in narrowed.json()["event_types"]
+    assert "domain.verified" not in narrowed.json()["event_types"]
+
+
 def test_a_client_id_never_hands_over_another_pods_inbox(harness: Harness) -> None:
     """A create with a client_id answers the inbox an earlier create made, only inside the key's scope:
     a pod key naming another pod's client_id was handed that inbox (metadata and all)."""

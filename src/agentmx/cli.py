@@ -1,6 +1,7 @@
 """The command line. This interface is relied on by users and scripts: keep it stable.
 
 agentmx serve [--host H] [--http-port P] [--smtp-port S] [--data-dir D] [--database-url URL] [--domain D]
+              [--smtp-relay HOST:PORT]
 agentmx keys create [--name N] [--pod POD_ID] [--inbox INBOX_ID] [--data-dir D | --database-url URL]
 agentmx db upgrade [--data-dir D | --database-url URL]
 agentmx suppressions remove ADDRESS [--data-dir D | --database-url URL]
@@ -119,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except ValidationError as exc:
+        named: set[str] = set()
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"])
+            # A union (AGENTMX_SMTP_WORKERS: a number or auto) reports each member as loc[1]: one line per setting.
+            name = str(error["loc"][0]) if error["loc"] else ""
+            if name in named:
+                continue
+            named.add(name)
             where = f"AGENTMX_{name.upper()}: " if name else ""
             message = error["msg"].removeprefix("Value error, ")  # a validator's own words
             print(f"agentmx: invalid setting {where}{message}", file=sys.stderr)

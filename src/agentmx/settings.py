@@ -38,6 +38,10 @@ def cannot_open_database(exc: Exception) -> ConfigError:
     return ConfigError(f"cannot open the database: {reason.splitlines()[0]}")
 
 
+# 0 picks a free port (tests) or, for the optional listeners, disables them; past 65535 bind() raised a traceback.
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore")
 
@@ -45,8 +49,8 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address the HTTP API binds to, and the SMTP listeners unless AGENTMX_SMTP_HOST.",
     )
-    http_port: int = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
-    smtp_port: int = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
+    http_port: Port = Field(8080, description="HTTP API port (REST under /v0, WebSocket at /v0).")
+    smtp_port: Port = Field(2525, description="Inbound SMTP port. 0 disables the SMTP listener.")
     smtp_host: str = Field(
         "",
         description="Address the SMTP listeners (inbound and submission) bind to, when not AGENTMX_HOST: "
@@ -106,10 +110,13 @@ class Settings(BaseSettings):
         ),
     )
     public_host: str = Field(
-        "", description="Public host name of this server: MX target in domain records, HELO name, URL host."
+        "",
+        description="Public host name of this server: MX target in domain records, HELO name, authserv-id.",
     )
     public_url: str = Field(
-        "", description="Base URL clients use to reach the API (for download links). Empty: http://host:port."
+        "",
+        description="Base URL clients use to reach the API (for download links). Empty: the scheme and Host of "
+        "each request.",
     )
     smtp_max_message_size: int = Field(
         10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
@@ -166,13 +173,13 @@ class Settings(BaseSettings):
         "renewals need no restart).",
     )
     smtp_tls_key: str = Field("", description="PEM private key file of AGENTMX_SMTP_TLS_CERT.")
-    submission_port: int = Field(
+    submission_port: Port = Field(
         0,
         description="SMTP submission port (RFC 6409, as AgentMail's 587) for agents sending with any SMTP client: "
         "STARTTLS (AGENTMX_SMTP_TLS_CERT, required) then AUTH PLAIN or LOGIN with the inbox address and an API key "
         "that may send from it. 0 disables it.",
     )
-    submissions_port: int = Field(
+    submissions_port: Port = Field(
         0,
         description="SMTP submission over implicit TLS (RFC 8314, as AgentMail's 465): the same sessions as "
         "AGENTMX_SUBMISSION_PORT, TLS from the first byte. 0 disables it.",
@@ -192,7 +199,7 @@ class Settings(BaseSettings):
         "", description="PEM file of certificates to trust for the relay besides the system's (a private CA)."
     )
     outbound_port: int = Field(
-        25, description="Port used when delivering to MX hosts (tests point it at a sink)."
+        25, ge=1, le=65535, description="Port used when delivering to MX hosts (tests point it at a sink)."
     )
     outbound_capture: bool = Field(
         False,
@@ -280,11 +287,18 @@ class Settings(BaseSettings):
         "",
         description="Key for signing download URLs and encrypting DKIM keys; if empty, one is generated once and kept in the database (shared by every process).",
     )
-    log_level: str = Field(
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info",
-        description="Log level: debug, info, warning, error. SMTP session transcripts (every command line, "
+        description="Log level: debug, info, warning, error, critical. SMTP session transcripts (every command line, "
         "envelope addresses included: aiosmtpd's mail.log) are logged at debug only.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        return (
+            value.lower() if isinstance(value, str) else value
+        )  # INFO worked before the choices were checked
 
     @field_validator("data_dir")
     @classmethod

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from agentmx.db.models import Event
 from agentmx.errors import AgentMXError, NotFound
-from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED
+from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED, read_permission
 from agentmx.events.hub import BATCH, Hub, Item, Subscriber
 from agentmx.events.ws_frame import FrameWriter
 from agentmx.http.nul_guard import contains_nul, contains_surrogate
@@ -40,10 +40,6 @@ class StreamError(Exception):
         super().__init__(message)
         self.name = name
         self.message = message
-
-
-def read_permission(event_type: str) -> str:
-    return "domain_read" if event_type.startswith("domain.") else "message_read"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
 from agentmx.services import blob_bytes, drafts, idempotency, jobs
 from agentmx.services.caller import Caller
+from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import OutgoingMessage, send_message
 
@@ -115,6 +116,11 @@ async def send_now(
     fp = idempotency.fingerprint(
         "draft_send", inbox_id.strip().lower(), draft_id, sorted(add_labels), sorted(remove_labels)
     )
+    if key is not None:
+        # Keys are per organization and a replay's draft is gone: the inbox must be visible first,
+        # so a key of another pod never gets this send's result (or a 409) for it.
+        async with rt.db.read() as s:
+            await get_inbox(s, caller, inbox_id)
     async with idempotency.idempotent(rt, caller, key, fp) as slot:
         if slot.replay is not None:
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}

@@ -31,6 +31,7 @@ from agentmx.services import jobs, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, inbox_cleanup
 from agentmx.services.mailstore import SYSTEM_LABELS
+from agentmx.services.messages import unreadable_labels
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
@@ -228,12 +229,16 @@ async def list_drafts(
     )
 
 
-async def source_message(session: AsyncSession, inbox: Inbox, message_id: str, path: str) -> Message:
-    """The replied-to or forwarded message, in the draft's inbox."""
+async def source_message(
+    session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, path: str
+) -> Message:
+    """The replied-to or forwarded message, in the draft's inbox and readable by the caller: a reply
+    draft copies its subject and senders, a forward its body, so spam, blocked, unauthenticated or
+    trashed mail needs its label_*_read permission here as on GET (messages.get_message)."""
     message = await session.scalar(
         select(Message).where(Message.inbox_id == inbox.id, Message.message_id == message_id.strip())
     )
-    if message is None:
+    if message is None or set(message.label_names) & unreadable_labels(caller):
         raise NotFound(f"Message {message_id} ({path}) not found in inbox {inbox.id}")
     return message
 
@@ -347,7 +352,7 @@ async def create_draft(
     if new.in_reply_to or new.forward_of:
         caller.require("message_read")
     if new.in_reply_to:
-        source = await source_message(session, inbox, new.in_reply_to, "in_reply_to")
+        source = await source_message(session, caller, inbox, new.in_reply_to, "in_reply_to")
         draft.in_reply_to = source.message_id
         draft.thread_id = source.thread_id
         draft.references = thread_references(source.message_id, list(source.references or []))
@@ -356,7 +361,7 @@ async def create_draft(
         if new.subject is None:
             draft.subject = reply_subject(source.subject)
     elif new.forward_of:
-        source = await source_message(session, inbox, new.forward_of, "forward_of")
+        source = await source_message(session, caller, inbox, new.forward_of, "forward_of")
         draft.forward_of = source.message_id
         draft.thread_id = source.thread_id
         if new.subject is None:

@@ -15,7 +15,8 @@ Rules: the key is claimed (state ``in_flight``) in its own short transaction bef
 concurrent retry gets 409 and at most one send happens. ``complete`` marks it ``done`` with the
 response in the send's transaction and sets the expiry to 24 h later. If the body raises, the claim
 is released so the client may retry. A claim left behind by a crashed process lapses after
-``IN_FLIGHT_LEASE``. Keys are per organization.
+``IN_FLIGHT_LEASE``; a send that outlives its claim is rolled back (409) rather than sent twice.
+Keys are per organization.
 """
 
 from __future__ import annotations
@@ -75,14 +76,25 @@ class Slot:
 
     record_id: int | None = None
     replay: dict[str, Any] | None = None
+    # With record_id, names this claim: SQLite gives a deleted row's id to the next insert.
+    claimed_at: datetime | None = None
+
+    def _mine(self) -> Any:
+        return (
+            (IdempotencyRecord.id == self.record_id)
+            & (IdempotencyRecord.created_at == self.claimed_at)
+            & (IdempotencyRecord.state == "in_flight")
+        )
 
     async def complete(self, session: AsyncSession, response: dict[str, Any]) -> None:
         """Record the result in the caller's (send) transaction."""
         if self.record_id is None:
             return
-        row = await session.get(IdempotencyRecord, self.record_id)
-        if row is None:  # lease lapsed and someone else took the key: nothing to record
-            return
+        row = await session.scalar(select(IdempotencyRecord).where(self._mine()).with_for_update())
+        if row is None:
+            # The claim lapsed (IN_FLIGHT_LEASE) and was pruned or taken by a retry, which may have
+            # sent already: raising rolls this send back, so the key still sends once.
+            raise _conflict("The first request with this Idempotency-Key outlived its claim; retry it")
         row.state = "done"
         row.response = response
         row.expires_at = utcnow() + RETENTION
@@ -99,10 +111,12 @@ async def _claim(rt: Runtime, organization_id: str, key: str, fp: str) -> Slot:
     now = utcnow()
     try:
         async with rt.db.transaction() as s:
+            # FOR UPDATE: a send completing this key holds its row; wait for it rather than take
+            # over a lapsed claim that has just become "done".
             row = await s.scalar(
-                select(IdempotencyRecord).where(
-                    IdempotencyRecord.organization_id == organization_id, IdempotencyRecord.key == key
-                )
+                select(IdempotencyRecord)
+                .where(IdempotencyRecord.organization_id == organization_id, IdempotencyRecord.key == key)
+                .with_for_update()
             )
             if row is not None and row.expires_at <= now:
                 await s.delete(row)
@@ -125,7 +139,7 @@ async def _claim(rt: Runtime, organization_id: str, key: str, fp: str) -> Slot:
             )
             s.add(row)
             await s.flush()
-            return Slot(record_id=row.id)
+            return Slot(record_id=row.id, claimed_at=now)
     except IntegrityError as exc:  # a concurrent first attempt won the insert
         raise _conflict("A request with this Idempotency-Key is still in progress") from exc
 
@@ -139,16 +153,17 @@ async def _prune(session: AsyncSession, organization_id: str, now: datetime) -> 
     )
     ids = list((await session.scalars(stale)).all())
     if ids:
-        await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(ids)))
-
-
-async def _release(rt: Runtime, record_id: int) -> None:
-    async with rt.db.transaction() as s:
-        await s.execute(
+        # expires_at again: on PostgreSQL a send completing one of them meanwhile moved it 24 h on.
+        await session.execute(
             delete(IdempotencyRecord).where(
-                IdempotencyRecord.id == record_id, IdempotencyRecord.state == "in_flight"
+                IdempotencyRecord.id.in_(ids), IdempotencyRecord.expires_at <= now
             )
         )
+
+
+async def _release(rt: Runtime, slot: Slot) -> None:
+    async with rt.db.transaction() as s:
+        await s.execute(delete(IdempotencyRecord).where(slot._mine()))
 
 
 @asynccontextmanager
@@ -164,6 +179,5 @@ async def idempotent(rt: Runtime, caller: Caller, key: str | None, fp: str) -> A
     try:
         yield slot
     except BaseException:
-        assert slot.record_id is not None
-        await _release(rt, slot.record_id)
+        await _release(rt, slot)
         raise

@@ -411,9 +411,26 @@ async def record_received(
     )
 
 
+def envelope_recipient(rt: Runtime, address: str) -> str:
+    """An envelope recipient as the inbox address it names: lower case, the domain in A-labels
+    (an SMTPUTF8 client may write it in Unicode, RFC 6531 3.2); ``Postmaster`` alone, which
+    RFC 5321 4.5.1 says must be taken, is postmaster at the default domain (an inbox the operator
+    makes: without one it is refused, as no 250 is given for mail nobody stores)."""
+    address = address.strip().lower()
+    if address == "postmaster":
+        return f"postmaster@{rt.settings.domain}"
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            return f"{local}@{domain.encode('idna').decode('ascii')}"
+        except UnicodeError:  # not a domain name: no inbox has it
+            pass
+    return address
+
+
 async def check_recipient(session: AsyncSession, rt: Runtime, address: str) -> Inbox:
     """The active local inbox for an envelope recipient, or NotFound (SMTP 550 5.1.1)."""
-    inbox = await session.get(Inbox, address.strip().lower())
+    inbox = await session.get(Inbox, envelope_recipient(rt, address))
     if inbox is None or inbox.status != "active":
         raise NotFound(f"No such inbox: {address}")
     await hooks.run_all(hooks.recipient_checks, session, rt, inbox)
@@ -427,7 +444,7 @@ async def recipient_inbox(rt: Runtime, address: str) -> Inbox:
     Only found inboxes are cached: an inbox created by another process sharing the database must
     not get a permanent 550 for the cache's lifetime.
     """
-    key = ("rcpt", address.strip().lower())
+    key = ("rcpt", envelope_recipient(rt, address))
     cached = rt.ingest_cache.get(key)
     if isinstance(cached, Inbox):
         return cached
@@ -492,7 +509,7 @@ async def receive(
     content_labels = _content_labels(parsed)
     async with rt.db.read() as session:
         for rcpt in rcpt_tos:
-            address = rcpt.strip().lower()
+            address = envelope_recipient(rt, rcpt)
             if address in results or any(a == address for a, _, _ in accepted):
                 continue
             try:

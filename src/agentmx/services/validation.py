@@ -28,7 +28,7 @@ def utc_time(value: str) -> datetime:
 
 
 def check_client_id(value: str | None, path: str = "client_id") -> str | None:
-    if value is not None and not CLIENT_ID.match(value):
+    if value is not None and not CLIENT_ID.fullmatch(value):  # match() let a final "\n" through
         raise fail(path, "client_id must be 1-256 characters of A-Z a-z 0-9 - . _ ~")
     return value
 

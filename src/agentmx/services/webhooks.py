@@ -99,7 +99,7 @@ def check_headers(headers: dict[str, Any], path: str = "headers") -> dict[str, s
     out: dict[str, str] = {}
     for name, value in headers.items():
         lowered = name.lower()
-        if not HEADER_NAME.match(name):
+        if not HEADER_NAME.fullmatch(name):  # match() let a final "\n" through
             raise fail(path, f"{name!r} is not a valid header name")
         if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES):
             raise fail(path, f"header {name!r} is set by the delivery and cannot be configured")

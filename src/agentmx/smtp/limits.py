@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
 from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
@@ -102,6 +102,8 @@ _SIMPLE_PATH = re.compile(
 class LimitedSMTP(SMTP):
     """aiosmtpd's protocol, answering 421 and closing when the listener or the client IP is at its cap."""
 
+    data_line_limit: int | None = None  # DATA lines of any length (smtp/data.py), as Postfix takes them
+
     def __dir__(self) -> list[str]:
         return names_for_aiosmtpd(self, ("smtp_", "auth_"))
 
@@ -163,18 +165,22 @@ class LimitedSMTP(SMTP):
         self.close_with(S421_TOO_MANY_JUNK_COMMANDS)
         return True
 
+    @syntax("NOOP [ignored]")  # HELP lists only commands that say their syntax
     async def smtp_NOOP(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
         if not self._junk_exhausted():
             await super().smtp_NOOP(arg)
 
+    @syntax("RSET")
     async def smtp_RSET(self, arg: str) -> None:  # noqa: N802
         if not self._junk_exhausted():
             await super().smtp_RSET(arg)
 
+    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802
         if not self._junk_exhausted():
             await super().smtp_VRFY(arg)
 
+    @syntax("HELP [command]")
     async def smtp_HELP(self, arg: str) -> None:  # noqa: N802
         if not self._junk_exhausted():
             await super().smtp_HELP(arg)
@@ -209,6 +215,7 @@ class LimitedSMTP(SMTP):
             transport.write(reply.encode() + b"\r\n")
             transport.close()
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
         """aiosmtpd's DATA, reading the body with bounded memory (smtp/data.py)."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -221,7 +228,7 @@ class LimitedSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        body = await read_data(self._reader, self.data_size_limit, self.data_line_limit)
         if body.error:
             self._set_post_data_state()
             await self.push(body.error)

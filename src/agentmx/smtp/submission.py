@@ -49,6 +49,10 @@ class Submitter:
 class SubmissionSMTP(LimitedSMTP):
     """aiosmtpd's AUTH PLAIN and LOGIN parse the credentials; they are checked here, asynchronously."""
 
+    # The message goes on to other MTAs as written: a line over RFC 5321's 1000 octets is refused
+    # here (500), where the agent sees why, not bounced later by a receiver that refuses it.
+    data_line_limit = LimitedSMTP.line_length_limit
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")

@@ -82,11 +82,13 @@ async def _send(
 ) -> dict[str, str]:
     key = idempotency.parse_key(request.headers.get("idempotency-key"))
     fp = idempotency.fingerprint(endpoint, inbox_id.strip().lower(), message_id, raw_body)
+    # 404 before any attachment is fetched, and before a replay: keys are per organization, so
+    # another pod's key repeating a send must not get its result (or a 409) for an inbox it cannot see.
+    async with rt.db.read() as s:
+        await get_inbox(s, caller, inbox_id)
     async with idempotency.idempotent(rt, caller, key, fp) as slot:
         if slot.replay is not None:
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
-        async with rt.db.read() as s:  # 404 before any attachment is fetched
-            await get_inbox(s, caller, inbox_id)
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
         attachments = await send_attachments.resolve(
             specs, allow_private=rt.settings.attachment_url_allow_private

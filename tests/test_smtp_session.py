@@ -1,0 +1,116 @@
+"""The inbound SMTP session against RFC 5321 and its extensions: sizes, dots, special recipients."""
+
+from __future__ import annotations
+
+import secrets
+import smtplib
+import socket
+from collections.abc import Callable
+
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.environment import AgentMailEnvironment
+from agentmail.inboxes.types import CreateInboxRequest
+
+from agentmx.testing.server import ServerProcess
+from conftest import Harness
+from mail_support import make_message, smtp_send
+
+SIZE_LIMIT = 100_000
+
+
+def _client(server: ServerProcess) -> AgentMail:
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    return AgentMail(api_key=server.create_key(), environment=env)
+
+
+def _message_of(size: int, line: bytes) -> bytes:
+    """A message of exactly ``size`` bytes (RFC 1870's count: CRLFs in, no doubled dots) of ``line``s."""
+    head = (
+        f"From: a@example.com\r\nSubject: {size}\r\nMessage-ID: <{secrets.token_hex(8)}@example.com>\r\n\r\n"
+    )
+    raw = head.encode()
+    body = line * ((size - len(raw)) // len(line))
+    body += b"z" * (size - len(raw) - len(body) - 2) + b"\r\n"
+    return raw + body
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_message_of_exactly_the_size_limit_is_taken_with_dot_lines(
+    workers: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """Lines starting with a dot travel doubled; the size limit counts them once (RFC 1870)."""
+    env = {"AGENTMX_SMTP_MAX_MESSAGE_SIZE": str(SIZE_LIMIT), "AGENTMX_SMTP_WORKERS": workers}
+    server = fresh_server("sqlite", env=env).start()
+    client = _client(server)
+    inbox = client.inboxes.create().inbox_id
+    dotted = _message_of(SIZE_LIMIT, b"." + b"d" * 76 + b"\r\n")
+    assert len(dotted) == SIZE_LIMIT
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        assert smtp.sendmail("a@example.com", [inbox], dotted) == {}  # smtplib declares SIZE=100000
+        smtp.mail("a@example.com")  # no SIZE declared: the body itself is measured
+        assert smtp.rcpt(inbox)[0] == 250
+        code, _ = smtp.data(_message_of(SIZE_LIMIT + 1, b"." + b"d" * 76 + b"\r\n"))
+        assert code == 552
+    assert client.inboxes.messages.list(inbox).count == 1
+
+
+def test_postmaster_without_a_domain_reaches_the_default_domains_postmaster(harness: Harness) -> None:
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> (no domain) must be taken: it is postmaster@ the default domain,
+    delivered to that inbox once however many ways it is named."""
+    client = harness.client()
+    try:
+        client.inboxes.create(request=CreateInboxRequest(username="postmaster"))
+    except ApiError as exc:  # made by an earlier test on this shared server
+        assert exc.status_code == 409
+    postmaster = "postmaster@agentmx.localhost"
+    msg = make_message(postmaster)
+    rcpts = ["Postmaster", "postmaster", "POSTMASTER@agentmx.localhost"]
+    assert smtp_send(harness.server, rcpts, msg.as_bytes()) == {}
+    stored = client.inboxes.messages.get(postmaster, msg["Message-ID"])
+    assert stored.message_id == msg["Message-ID"]
+    listed = client.inboxes.messages.list(postmaster, limit=100)
+    assert sum(m.message_id == msg["Message-ID"] for m in listed.messages) == 1
+
+
+def test_help_lists_every_command(harness: Harness) -> None:
+    with socket.create_connection(("127.0.0.1", harness.server.smtp_port), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"HELO client.example\r\nHELP\r\nHELP data\r\nHELP rset\r\n")
+        replies = [f.readline() for _ in range(4)][1:]
+    listed = replies[0].split(b":", 1)[1].split()
+    assert {b"DATA", b"HELO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET", b"VRFY"} <= set(listed)
+    assert replies[1:] == [b"250 Syntax: DATA\r\n", b"250 Syntax: RSET\r\n"]
+
+
+def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
+    """As Postfix: a 500 after DATA would bounce mail from senders that never wrap their lines."""
+    client = harness.client()
+    inbox = client.inboxes.create().inbox_id
+    long_line = "x" * 5000 + ". and " + "y" * 200_000
+    dotted = "." + "z" * 3000  # doubled on the wire, stored once
+    head = f"From: a@example.com\r\nTo: {inbox}\r\nSubject: long\r\nMessage-ID: <{secrets.token_hex(8)}@example.com>\r\n"
+    raw = f"{head}\r\n{long_line}\r\n{dotted}\r\nend\r\n".encode()
+    assert smtp_send(harness.server, [inbox], raw) == {}
+    listed = client.inboxes.messages.list(inbox)
+    assert listed.count == 1
+    stored = client.inboxes.messages.get(inbox, listed.messages[0].message_id)
+    assert stored.text is not None
+    assert stored.text.split("\n")[:3] == [long_line, dotted, "end"]
+
+
+def test_a_domain_written_in_unicode_names_its_a_label_inbox(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """RFC 6531 3.2: an SMTPUTF8 client may write the recipient's domain in U-labels."""
+    server = fresh_server("sqlite", env={"AGENTMX_DOMAIN": "xn--bcher-kva.example"}).start()
+    client = _client(server)
+    inbox = client.inboxes.create(request=CreateInboxRequest(username="agent")).inbox_id
+    assert inbox == "agent@xn--bcher-kva.example"
+    msg = make_message("agent@bücher.example")
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        refused = smtp.sendmail("jörg@example.com", ["Agent@Bücher.example"], msg.as_bytes(), ["SMTPUTF8"])
+    assert refused == {}
+    assert client.inboxes.messages.get(inbox, msg["Message-ID"]).message_id == msg["Message-ID"]
