@@ -254,6 +254,38 @@ def test_dsn_to_return_path_records_a_bounce(relay: Relay) -> None:
     )
 
 
+def test_a_recipients_local_part_keeps_its_case_and_matching_ignores_it(relay: Relay) -> None:
+    """RFC 5321 2.4: a local part may be case-sensitive, and a sender must keep it. Recipients were
+    lower-cased when the send was prepared: ``RCPT TO:<bob.smith@…>`` for ``Bob.Smith@…``."""
+    client = relay.client()
+    a, b = new_inbox(client), new_inbox(client)
+    local = f"Bob.Smith-{secrets.token_hex(3)}"
+    written, wire = f"{local}@Remote.TEST", f"{local}@remote.test"  # the domain's case is nobody's
+    # The same address twice (any case) is one recipient; an inbox of this server in upper case is it.
+    sent = client.inboxes.messages.send(a, to=[written, b.upper()], cc=[wire.lower()], text="hi")
+    got = wait_for(lambda: relay.sink.handler.for_rcpt(wire))
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    assert [c.rcpt_tos for c in got] == [[wire]]
+    assert not relay.sink.handler.for_rcpt(wire.lower())
+    assert [m.message_id for m in wait_for(lambda: client.inboxes.messages.list(b).messages)] == [
+        sent.message_id
+    ]
+    name, _, domain = b.partition("@")
+    recipients = events_for(relay.server, "message.sent", "send", sent.message_id)[0]["send"]["recipients"]
+    assert recipients == [wire, f"{name.upper()}@{domain}"]  # as given, the domain lower-cased
+
+    # A report naming the recipient in another case is its bounce, and suppresses it in any case.
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [got[0].mail_from], _dsn(got[0].mail_from, wire.upper(), sent.message_id))
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)
+    assert bounce[0]["bounce"]["recipients"] == [{"address": wire, "status": "bounced"}]
+    for again in (wire.lower(), wire.upper(), written):
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(a, to=again, text="suppressed", request_options=NO_RETRY)
+        assert refused.value.status_code == 403, again
+
+
 def test_a_recipient_cannot_report_a_co_recipient(relay: Relay) -> None:
     """Every recipient sees its own return path; a report speaks for the recipient it was made for."""
     client = relay.client()

@@ -254,6 +254,31 @@ def test_recipients_are_capped_and_refusals_are_the_send_apis(served: Served) ->
     assert info.value.smtp_code == 550 and bounced.encode() in info.value.smtp_error  # the reason
 
 
+def test_a_submitted_recipients_local_part_keeps_its_case(served: Served) -> None:
+    """RFC 5321 2.4: the envelope's local parts go on as the client wrote them; a recipient is still
+    one address in any case (To, Bcc, this server's inboxes, suppression)."""
+    client = served.client
+    inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    name = f"Carol.Jones-{secrets.token_hex(3)}"
+    rcpt, wire = f"{name}@Remote.Test", f"{name}@remote.test"
+    dead = f"Bounce-{name}@remote.test"  # the relay refuses it
+    msg = message(inbox, wire.lower(), "Case kept", cc=local)
+    with served.session((inbox, served.key)) as smtp:
+        assert smtp.sendmail(inbox, [rcpt, wire.upper(), local.upper(), dead], msg.as_bytes()) == {}
+    got = wait_for(lambda: served.sink.handler.for_rcpt(wire))
+    assert [c.rcpt_tos for c in got] == [[wire]]
+    sent = wait_for(lambda: client.inboxes.messages.list(inbox).messages)[0]
+    wait_for(lambda: "bounced" in client.inboxes.messages.get(inbox, sent.message_id).labels)
+    stored = client.inboxes.messages.get(inbox, sent.message_id)
+    assert stored.bcc == [dead]  # the To field named the other one, in another case
+    assert [m.message_id for m in wait_for(lambda: client.inboxes.messages.list(local).messages)] == [
+        sent.message_id
+    ]
+    with served.session((inbox, served.key)) as smtp, pytest.raises(smtplib.SMTPDataError) as info:
+        smtp.sendmail(inbox, [dead.lower()], message(inbox, dead.lower(), "Again").as_bytes())
+    assert info.value.smtp_code == 550
+
+
 def test_a_recipient_that_cannot_be_sent_to_is_refused_at_rcpt(served: Served) -> None:
     """Accepted with 250, such a recipient was dropped at DATA: the client believed it sent."""
     client = served.client

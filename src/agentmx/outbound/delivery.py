@@ -55,7 +55,7 @@ class Work:
 
 async def _is_local(session: AsyncSession, rt: Runtime, address: str) -> bool:
     """Addresses this server answers for: existing inboxes, and any address on a domain it serves."""
-    if await session.get(Inbox, address) is not None:
+    if await session.get(Inbox, mailstore.envelope_recipient(rt, address)) is not None:
         return True
     domain = address_domain(address)
     if domain == rt.settings.domain.lower():
@@ -102,7 +102,8 @@ async def deliver_local(rt: Runtime, work: Work) -> dict[str, Outcome]:
         return {a: Outcome("deferred", 451, f"local delivery failed: {exc}") for a in work.local}
     out: dict[str, Outcome] = {}
     for address in work.local:
-        result = results.get(address)
+        # Results are keyed by the inbox address (lower case); recipients keep the case they were given.
+        result = results.get(mailstore.envelope_recipient(rt, address))
         if result is not None and result.status in ("stored", "duplicate"):
             out[address] = Outcome("local", 250, "delivered to a local inbox")
         else:

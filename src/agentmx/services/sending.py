@@ -96,7 +96,15 @@ def _addresses(values: list[str], path: str) -> list[str]:
 
 
 def _key(address: str) -> str:
+    """An address as addresses are compared (duplicates, the inbox itself): lower case."""
     return compose.bare_address(address).lower()
+
+
+def _envelope(address: str) -> str:
+    """The bare address as it goes on the wire: a local part's case is its host's to interpret (RFC 5321
+    2.4: a sender must keep it), only the domain is lower-cased."""
+    local, _, domain = compose.bare_address(address).rpartition("@")
+    return f"{local}@{domain.lower()}"
 
 
 def _without(addresses: list[str], excluded: set[str]) -> list[str]:
@@ -233,7 +241,7 @@ class PreparedSend:
     raw: bytes
     parsed: ParsedMessage
     blobs: mailstore.StoredBlobs
-    recipients: list[str]  # bare, lower-cased envelope recipients
+    recipients: list[str]  # bare envelope recipients, local parts as written (``_envelope``)
     bcc: list[str]
     labels: set[str]
     thread_id: str | None
@@ -262,7 +270,7 @@ async def prepare_send(
         )
     labels = _labels(req.labels) | {"sent"}
     _check_headers(req.headers)
-    bare = [_key(a) for a in recipients]
+    bare = [_envelope(a) for a in recipients]
     await _check_recipients(session, rt, inbox, bare)
     comp = await _composition(rt, session, inbox, req, to, cc, reply_to)
     try:
@@ -303,7 +311,7 @@ async def prepare_submitted(
     ``trace`` (the Received field) goes on top.
     """
     _check_active(inbox)
-    bare = [_key(a) for a in _without(envelope_to, set())]
+    bare = [_envelope(a) for a in _without(envelope_to, set())]
     if len(bare) > MAX_RECIPIENTS:
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients")
     if not bare:
@@ -325,7 +333,7 @@ async def prepare_submitted(
         parsed=parsed,
         blobs=await mailstore.put_blobs(rt, raw, parsed),
         recipients=bare,
-        bcc=[a for a in bare if a not in shown],
+        bcc=[a for a in bare if _key(a) not in shown],
         labels={"sent"},
         thread_id=None,  # In-Reply-To / References thread it, as inbound mail
     )
