@@ -204,6 +204,17 @@ def test_search(harness: Harness) -> None:
         client.inboxes.search(q="x", request_options=NO_RETRY)
 
 
+@pytest.mark.parametrize("scheme", ["bearer ", "BEARER ", "Bearer  "])
+def test_the_authorization_scheme_is_case_insensitive_and_spaces_may_repeat(
+    harness: Harness, scheme: str
+) -> None:
+    """RFC 9110 11.1 and 11.4: a case-insensitive scheme, then 1*SP (curl scripts and some HTTP
+    libraries send "bearer"). They were 401 missing_authorization."""
+    headers = {"Authorization": scheme + harness.api_key}
+    r = httpx.get(f"{harness.server.base_url}/v0/inboxes", headers=headers)
+    assert r.status_code == 200, r.text
+
+
 def test_unknown_ids_bad_tokens_and_malformed_json(harness: Harness) -> None:
     base = harness.server.base_url
     auth = {"Authorization": f"Bearer {harness.api_key}"}

@@ -12,10 +12,13 @@ import sqlite3
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
 
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess, free_port
@@ -205,3 +208,23 @@ def test_sighup_leaves_a_server_started_under_nohup_running(tmp_path: Path) -> N
         assert httpx.get(server.base_url + "/health").status_code == 200
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_secret_key_the_dkim_keys_were_not_encrypted_with_stops_serve_with_one_line(
+    tmp_path: Path, fresh_server: Any, backend: str
+) -> None:
+    """It started, took sends with 200 and failed every delivery from a custom domain (InvalidToken)."""
+    server = fresh_server(backend, env={"AGENTMX_SECRET_KEY": "the-first-secret"}).start()
+    key = server.create_key()
+    env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+    AgentMail(api_key=key, environment=env).domains.create(domain=f"d{free_port()}.example.test")
+    server.stop()
+    storage = ["--database-url", server.database_url] if server.database_url else []
+    # Another secret, and none (the one made and kept in the database).
+    for changed in ({"AGENTMX_SECRET_KEY": "another-secret"}, {}):
+        line = _serve(tmp_path, "--data-dir", str(server.data_dir), *storage, env=changed)
+        assert line.startswith("agentmx: AGENTMX_SECRET_KEY is not the secret this database's DKIM keys")
+    server.start()  # the secret it was set up with
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(server.base_url + "/v0/domains", headers=headers).status_code == 200

@@ -13,6 +13,7 @@ from email import policy
 from email.message import EmailMessage
 from typing import Any
 
+import httpx
 import pytest
 from agentmail import AsyncAgentMail
 from agentmail.core.api_error import ApiError
@@ -203,6 +204,31 @@ def test_a_key_in_the_url_stays_out_of_the_log(fresh_server: Callable[..., Serve
         subscribe(socket)
     log = server.log_path.read_text(errors="replace")
     assert '"WebSocket /v0?api_key=[redacted]" [accepted]' in log and harness.api_key not in log
+
+
+def test_keys_and_download_tokens_stay_out_of_the_debug_access_log(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """At debug, uvicorn's access log wrote each request's path: a download link's token (anyone with
+    the log could fetch the file) and a ?api_key= sent to a REST route (refused, but a real key)."""
+    server = fresh_server("sqlite", env={"AGENTMX_LOG_LEVEL": "debug"}).start()
+    harness = Harness(server, "sqlite")
+    client = harness.client()
+    inbox_id = new_inbox(client)
+    smtp_send(server, [inbox_id], f"From: a@example.com\r\nTo: {inbox_id}\r\nSubject: s\r\n\r\nbody\r\n")
+    deadline = time.monotonic() + 20
+    while not (listed := client.inboxes.messages.list(inbox_id).messages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    url = client.inboxes.messages.get_raw(inbox_id, listed[0].message_id).download_url
+    token = url.rsplit("/", 1)[1]
+    with httpx.Client(base_url=server.base_url) as http:
+        assert http.get(url).status_code == 200
+        assert http.get("/v0/inboxes", params={"api_key": harness.api_key}).status_code == 401
+    time.sleep(0.5)  # the access log line is written after the response
+    log = server.log_path.read_text(errors="replace")
+    assert '"GET /v0/downloads/[redacted] HTTP/1.1" 200' in log
+    assert '"GET /v0/inboxes?api_key=[redacted] HTTP/1.1" 401' in log
+    assert token.split(".")[1] not in log and harness.api_key not in log
 
 
 def test_a_deleted_key_loses_its_open_stream(harness: Harness) -> None:

@@ -18,17 +18,22 @@ def configure(level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"]+")
+# A key in a query string, and a download link's token (it is the authorisation: anyone reading
+# the log could fetch the file until it expires).
+_SECRET_IN_PATH = re.compile(r"(api_key=|/v0/downloads/)[^&\s\"?]+")
 
 
 class RedactKeys(logging.Filter):
-    """uvicorn logs an accepted WebSocket's path with its query string at INFO: a ``?api_key=``
-    (README: the key may come in the URL) would put the secret in every log line of a connect."""
+    """uvicorn logs an accepted WebSocket's path with its query string at INFO, and every request's
+    at debug (its access log): a ``?api_key=`` (README: the key may come in the URL) or a download
+    token would put the secret in the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and isinstance(record.args, tuple):
             record.args = tuple(
-                _KEY_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) and "api_key=" in a else a
+                _SECRET_IN_PATH.sub(r"\1[redacted]", a)
+                if isinstance(a, str) and ("api_key=" in a or "/v0/downloads/" in a)
+                else a
                 for a in record.args
             )
         return True

@@ -114,7 +114,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         timeout_graceful_shutdown=GRACEFUL_STOP,
     )
     # After the Config: it sets up uvicorn's loggers.
-    logging.getLogger("uvicorn.error").addFilter(log_setup.RedactKeys())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(log_setup.RedactKeys())
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 

@@ -92,9 +92,11 @@ def _missing(
 
 def parse_bearer(header: str | None, fix: str = API_KEY_FIX) -> str:
     """The secret of ``Authorization: Bearer <secret>``; ``fix`` tells a caller without one what to send."""
-    if not header or not header.startswith("Bearer "):
+    # RFC 9110 11.1 and 11.4: the scheme is case-insensitive ("bearer" from curl scripts), then 1*SP.
+    scheme, space, secret = (header or "").partition(" ")
+    if not space or scheme.lower() != "bearer":
         raise _missing(fix=fix)
-    secret = header[len("Bearer ") :]
+    secret = secret.lstrip(" ")
     if secret.split() != [secret]:  # empty, or contains whitespace (one C call, not a loop)
         raise _missing(fix=fix)
     return secret
