@@ -4,8 +4,11 @@ or a restart, latency of SMTP-in to message.received, and fan-out across two pro
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import smtplib
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from websockets.exceptions import InvalidStatus
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
-from events_support import Receiver, emit_event, new_inbox, send_mail, verify
+from events_support import Receiver, emit_event, new_inbox, send_mail, verify, wait_for
 from mail_support import smtp_send
 
 BACKENDS = ["sqlite", "postgres"]
@@ -405,3 +408,68 @@ def test_a_recreated_address_does_not_inherit_the_old_inboxs_events(harness: Har
         subscribe(socket, inbox_ids=[inbox], event_types=["message.received"], after_event_id=before)
         send_mail(harness.server, inbox, subject="new")
         assert next_frame(socket).message.subject == "new"
+
+
+def _silent_subscriber(server: ServerProcess, api_key: str, inbox_id: str, after: str) -> socket.socket:
+    """A raw WebSocket client that subscribes and then never reads (nor answers pings)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.http_port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v0?api_key={api_key} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = json.dumps({"type": "subscribe", "inbox_ids": [inbox_id], "after_event_id": after}).encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
+    return sock
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]  # tcpi_state
+
+
+TCP_ESTABLISHED = 1
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="reads the client socket's TCP state")
+def test_a_client_that_stops_reading_is_disconnected(fresh_server: Callable[..., ServerProcess]) -> None:
+    """Its keepalive ping goes unanswered. The close used to wait for the full write buffer to drain,
+    which never happened: the socket, its stream and up to 5,000 queued events were kept for ever."""
+    server = fresh_server("sqlite", env={"AGENTMX_WS_PING_INTERVAL": "1"}).start()
+    harness = Harness(server, "sqlite")
+    inbox_id = new_inbox(harness.client())
+    with harness.client().websockets.connect() as healthy:
+        subscribe(healthy, inbox_ids=[inbox_id])
+        send_mail(server, inbox_id)
+        first = next_frame(healthy).event_id
+        # About 8 MB of event frames, more than the kernel's socket buffers take, replayed at once
+        # to the silent client: its write buffer is full when its ping goes unanswered.
+        big = "lorem ipsum dolor sit amet\n" * 30_000
+        for n in range(10):
+            smtp_send(server, [inbox_id], _long_mail(inbox_id, n, big))
+        for _ in range(10):
+            assert isinstance(next_frame(healthy), MessageReceivedEvent)
+        silent = _silent_subscriber(server, harness.api_key, inbox_id, after=first)
+        try:
+            # Reset by the server, the unsent bytes dropped (a FIN would wait behind them)
+            wait_for(lambda: _tcp_state(silent) != TCP_ESTABLISHED or None, timeout=10)
+        finally:
+            silent.close()
+        send_mail(server, inbox_id)  # the healthy stream was never affected
+        assert isinstance(next_frame(healthy), MessageReceivedEvent)
+
+
+def _long_mail(inbox_id: str, n: int, body: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "alice@example.com"
+    msg["To"] = inbox_id
+    msg["Subject"] = f"long {n}"
+    msg.set_content(body)
+    return msg.as_bytes()

@@ -14,7 +14,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from agentmx.db.models import Event
-from agentmx.events.hub import Hub, Item, Subscriber
+from agentmx.events.hub import MAX_QUEUED_BYTES, Hub, Item, Subscriber
 from agentmx.events.ws_frame import text_frame
 
 
@@ -115,5 +115,32 @@ def test_events_already_replayed_are_not_written_again() -> None:
         for seq in (1, 2, 3):
             hub.offer(_event(seq))
         assert written == [3] and sub.queue.empty()
+
+    asyncio.run(main())
+
+
+def _big_event(seq: int, size: int) -> Event:
+    event = _event(seq)
+    event.body = {"pad": "x" * size, "seq": seq}
+    return event
+
+
+def test_a_stream_behind_by_megabytes_keeps_only_a_wake_up_event() -> None:
+    """A stream stuck sending (its client stopped reading) held every later event, up to 5,000 of up
+    to 1 MB each: GBs. Past MAX_QUEUED_BYTES it catches up from the log instead, holding one event."""
+
+    async def main() -> None:
+        hub = Hub(cast(Any, None))
+        sub, written = _subscriber(hub, [])
+        sub.idle = False
+        subscribe = object()
+        sub.queue.put_nowait(subscribe)  # a client frame waiting its turn is kept
+        for seq in range(1, 40):
+            hub.offer(_big_event(seq, 500_000))
+        assert sub.lagging and written == []
+        assert sub.queued_bytes <= MAX_QUEUED_BYTES
+        held = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+        assert held[0] is subscribe
+        assert sum(len(cast(Item, item).text) for item in held[1:]) <= MAX_QUEUED_BYTES
 
     asyncio.run(main())

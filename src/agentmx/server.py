@@ -107,7 +107,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         http=guard.protocol(),
         backlog=HTTP_LISTEN_BACKLOG,
         ws=FramedWebSocketProtocol,
-        ws_ping_interval=20,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_interval,
         lifespan="off",
         # A stop waits this long at most for requests in flight: the job claims are handed back
         # after it, within systemd's default 90 s and the 30 s the README suggests.

@@ -234,6 +234,13 @@ class Settings(BaseSettings):
         0.5,
         description="Seconds between event log polls for live WebSocket streams (commits also wake them).",
     )
+    ws_ping_interval: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds between keepalive pings on an idle WebSocket stream; a client that has not "
+        "answered one within as long again is disconnected, also when it stopped reading (its unsent events "
+        "are dropped).",
+    )
     event_retention_days: float = Field(
         0,
         description="Days the event log and webhook attempt records are kept (WebSocket resume, polling "

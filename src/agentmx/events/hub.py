@@ -29,6 +29,9 @@ log = logging.getLogger("agentmx.events")
 
 BATCH = 500
 MAX_QUEUED = 5000  # a stream further behind than this catches up from the log instead
+# The same in bytes of frame text: events are up to 1 MB each, and a client that stops reading holds
+# its queue until it is disconnected (the keepalive ping, http/ws_frames.py), so 5,000 of them were GBs.
+MAX_QUEUED_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,19 @@ class Subscriber:
     write: FrameWriter | None = None
     # The stream's task waits on an empty queue: nothing of its own is in flight.
     idle: bool = False
+    # Length of the frame text of the events in the queue (the stream subtracts what it takes).
+    queued_bytes: int = 0
+
+    def drop_events(self) -> None:
+        """Empty the queue of events, keeping client frames in order: the stream re-reads the log."""
+        kept = []
+        while not self.queue.empty():
+            queued = self.queue.get_nowait()
+            if not isinstance(queued, Item):
+                kept.append(queued)
+        for frame in kept:
+            self.queue.put_nowait(frame)
+        self.queued_bytes = 0
 
 
 class Hub:
@@ -172,8 +188,11 @@ class Hub:
                 if written:
                     sub.cursor = item.seq
                     continue
-            if sub.queue.qsize() >= MAX_QUEUED:
+            if sub.queue.qsize() >= MAX_QUEUED or sub.queued_bytes + len(item.text) > MAX_QUEUED_BYTES:
+                # Behind: what it would send is in the log. This event stays only to wake the stream.
                 sub.lagging = True
+                sub.drop_events()
+            sub.queued_bytes += len(item.text)
             sub.queue.put_nowait(item)
 
     async def _listen(self) -> None:

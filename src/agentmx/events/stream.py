@@ -110,6 +110,8 @@ class Stream:
             sub.idle = True  # while parked, the hub may write live events itself
             item = await sub.queue.get()
             sub.idle = False
+            if isinstance(item, Item):
+                sub.queued_bytes -= len(item.text)
             if sub.lagging:
                 await self._recover()
             if isinstance(item, Subscribe):
@@ -218,13 +220,7 @@ class Stream:
     async def _recover(self) -> None:
         """The hub dropped events for this slow stream: keep client frames, re-read events from the log."""
         self.sub.lagging = False
-        kept = []
-        while not self.sub.queue.empty():
-            queued = self.sub.queue.get_nowait()
-            if isinstance(queued, Subscribe):
-                kept.append(queued)
-        for frame in kept:
-            self.sub.queue.put_nowait(frame)
+        self.sub.drop_events()
         if self.filter is not None:
             await self._replay(self.sub.cursor)
 

@@ -7,6 +7,9 @@ through ASGI as before.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -40,6 +43,18 @@ class FramedWebSocketProtocol(WebSocketsSansIOProtocol):
 
         self.app = app_then_settle
         await super().run_asgi()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        # uvicorn closes the transport, and asyncio's close waits for the write buffer to drain: a
+        # client that stopped reading (which is why its pong never came) kept its socket, stream and
+        # queued events for ever. Nothing more will reach it: drop them now.
+        if not self.disconnected and self.transport.get_write_buffer_size():
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a reset, or the kernel would keep the unsent bytes for minutes
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
     def write_framed(self, frame: bytes) -> bool:
         # Open, accepted, not closing, and the transport below its high-water mark (uvicorn's
