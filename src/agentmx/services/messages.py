@@ -49,6 +49,9 @@ SEARCH_DEFERRED = [
     defer(Message.headers, raiseload=True),
 ]
 BATCH_UPDATE_MAX = 50
+# A message's bodies and headers, left out where only its envelope is read (a raw or attachment link):
+# loaded whole, 50 link requests at once for a 9 MB mail took 500 MB.
+BODIES_DEFERRED = [*SEARCH_DEFERRED, defer(Message.text, raiseload=True)]
 # What mailstore.join_thread reads of a message.
 THREAD_MEMBER_FIELDS = (
     Message.direction,
@@ -258,11 +261,20 @@ async def lock_for_deletion(session: AsyncSession, *where: ColumnElement[bool]) 
 
 
 async def get_message(
-    session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, *, lock: bool = False
+    session: AsyncSession,
+    caller: Caller,
+    inbox: Inbox,
+    message_id: str,
+    *,
+    lock: bool = False,
+    bodies: bool = True,
 ) -> Message:
+    """``bodies=False``: text, html and headers not loaded (raise if read)."""
     stmt = select(Message).where(
         Message.inbox_id == inbox.id, Message.message_id.in_(message_id_candidates(message_id))
     )
+    if not bodies:
+        stmt = stmt.options(*BODIES_DEFERRED)
     message = await session.scalar(locked(stmt) if lock else stmt)
     if message is None or set(message.label_names) & unreadable_labels(caller):
         raise NotFound("Message not found")

@@ -158,10 +158,11 @@ async def batch_update(inbox_id: str, request: Request, rt: RuntimeDep, caller: 
     return {"limit": len(body.message_ids), "count": len(updates), "updates": updates}
 
 
-async def _load(rt: Runtime, caller: Caller, inbox_id: str, message_id: str) -> Message:
+async def _envelope(rt: Runtime, caller: Caller, inbox_id: str, message_id: str) -> Message:
+    """A visible message without its bodies: what its raw and attachment links need."""
     async with rt.db.read() as s:
         inbox = await inboxes.get_inbox(s, caller, inbox_id)
-        return await messages.get_message(s, caller, inbox, message_id)
+        return await messages.get_message(s, caller, inbox, message_id, bodies=False)
 
 
 def _attachment_response(request: Request, rt: Runtime, attachment: Attachment) -> dict[str, Any]:
@@ -183,7 +184,7 @@ async def get_message(
 ) -> Response:
     caller.require("message_read")
     if rest.endswith("/raw"):
-        message = await _load(rt, caller, inbox_id, rest[: -len("/raw")])
+        message = await _envelope(rt, caller, inbox_id, rest[: -len("/raw")])
         if message.blob_key is None:
             raise NotFound("Raw message not found")
         url, expires = downloads.make_url(
@@ -203,7 +204,7 @@ async def get_message(
             }
         )
     if match := ATTACHMENT_SUFFIX.match(rest):
-        message = await _load(rt, caller, inbox_id, match["mid"])
+        message = await _envelope(rt, caller, inbox_id, match["mid"])
         async with rt.db.read() as s:
             attachment = await messages.get_attachment(s, message, match["aid"])
         return wire.json_response(_attachment_response(request, rt, attachment))
