@@ -120,6 +120,7 @@ class ServerProcess:
             *self._storage_args(),
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
+        started_at = log.tell()  # a restart appends: an earlier run's lines say nothing of this one
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -127,13 +128,24 @@ class ServerProcess:
                 if self._may_move and "address already in use" in self.log():
                     raise _PortTaken
                 raise RuntimeError(f"agentmx exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            # Ready by its own line first: the port, free when picked, may have been taken since by
+            # another test's server, whose /health answered while this one was failing to bind.
+            if self._logged_since(started_at, "agentmx ready"):
+                try:
+                    if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
             time.sleep(0.05)
         raise RuntimeError(f"agentmx did not start within {timeout}s:\n{self.log()}")
+
+    def _logged_since(self, offset: int, text: str) -> bool:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return text.encode() in log.read()
+        except OSError:
+            return False
 
     def log(self) -> str:
         try:
