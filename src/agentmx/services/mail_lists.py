@@ -6,9 +6,9 @@ jsonable_encoder walk: 4.5-6 ms of server CPU a request, against well under 1 ms
 row of the page carries its labels and attachments aggregated as JSON, as in mail_reads, under the
 ORM attribute names so http/wire_mail shapes them. The caller's scope is part of the WHERE; an
 inbox or pod route checks that its scope is there to be seen only when its page is empty. Pages run
-on the driver's own connection (db/driver_reads), compiled once per shape. The filter rules are messages.message_conditions and
-threads.thread_conditions, the thread scope is mail_reads'; keyset order and page tokens are
-pagination's, so a token from the ORM lists still works.
+on the driver's own connection (db/driver_reads), compiled once per shape. The filter rules are
+messages.message_conditions and threads.thread_conditions, the thread scope is mail_reads'; keyset
+order and page tokens are pagination's, so a token from the ORM lists still works.
 """
 
 from __future__ import annotations
