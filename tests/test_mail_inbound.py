@@ -530,32 +530,3 @@ def test_downloads_serve_any_stored_type_and_name_as_headers_can(harness: Harnes
     # "/" is not one of RFC 5987's characters: encoded, so no reader takes the name for a path.
     disposition = served["../../etc/passwd"][1].headers["content-disposition"]
     assert disposition == "attachment; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd"
-
-
-def test_a_large_download_is_streamed_from_its_file(harness: Harness) -> None:
-    """Bytes over the database's inline limit are kept as files and served in chunks as the client
-    reads (they were read whole per request). Ranges work, HEAD tells the size, and the headers are
-    the same as for bytes kept in the database."""
-    client = harness.client()
-    inbox = client.inboxes.create()
-    text = bytes(range(32, 127)) * 3000  # 285 KB, printable: a text/* type keeps no false charset
-    msg = make_message(inbox.inbox_id, subject="Big", attachments=[("big.txt", "text/plain", text)])
-    smtp_send(harness.server, [inbox.inbox_id], msg.as_bytes())
-    item = client.inboxes.messages.list(inbox.inbox_id).messages[0]
-    (attachment,) = item.attachments or []
-    url = client.inboxes.messages.get_attachment(
-        inbox.inbox_id, item.message_id, attachment.attachment_id
-    ).download_url
-    whole = download(url)
-    assert whole.content == text and whole.headers["content-length"] == str(len(text))
-    assert whole.headers["content-type"] == "text/plain"
-    assert whole.headers["content-disposition"] == "attachment; filename*=UTF-8''big.txt"
-    assert whole.headers["x-content-type-options"] == "nosniff"
-    part = httpx.get(url, headers={"Range": "bytes=100-199"}, timeout=30)
-    assert part.status_code == 206 and part.content == text[100:200]
-    head = httpx.head(url, timeout=30)
-    assert (
-        head.status_code == 200 and head.headers["content-length"] == str(len(text)) and head.content == b""
-    )
-    raw = download(client.inboxes.messages.get_raw(inbox.inbox_id, item.message_id).download_url)
-    assert raw.status_code == 200 and len(raw.content) > len(text)

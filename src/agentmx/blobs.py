@@ -213,10 +213,6 @@ class BlobStore:
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get_sync, key)
 
-    def path(self, key: str) -> Path:
-        """Where the blob ``key`` is (or would be) kept: for a response that streams it."""
-        return self._path(key)
-
 
 def _fsync_dirs(folders: set[str]) -> None:
     # Deepest first: a new folder's own entries before the entry that names it.

@@ -10,12 +10,9 @@ Bigger blobs are written and fsynced as files before that transaction opens.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
-import os
 import time
-from pathlib import Path
 
 from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -81,21 +78,6 @@ async def read(rt: Runtime, key: str, session: AsyncSession | None = None) -> by
         return bytes(data)
     try:
         return await rt.blobs.get(key)
-    except FileNotFoundError:
-        return None
-
-
-async def for_download(rt: Runtime, key: str) -> bytes | tuple[Path, os.stat_result] | None:
-    """A download's content: the bytes of a blob kept in the database, or the file (and its stat) of
-    one in the file store, served in chunks rather than read whole. None when neither has it."""
-    t = table_of(InlineBlob).c
-    async with rt.db.read_connection() as conn:
-        data = (await conn.execute(select(t.data).where(t.key == key))).scalar_one_or_none()
-    if data is not None:
-        return bytes(data)
-    path = rt.blobs.path(key)
-    try:
-        return path, await asyncio.to_thread(os.stat, path)
     except FileNotFoundError:
         return None
 

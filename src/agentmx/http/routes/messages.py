@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from starlette.responses import FileResponse
 
 from agentmx.db.models import Attachment, Message
 from agentmx.errors import NotFound
@@ -250,8 +249,8 @@ def _header_safe(content_type: str) -> str:
 async def download(token: str, rt: RuntimeDep) -> Response:
     """Follows a signed download_url: no API key, the signature and expiry are the authorisation."""
     found = downloads.resolve(rt.secret, token)
-    content = await blob_bytes.for_download(rt, found.blob_key)
-    if content is None:
+    data = await blob_bytes.read(rt, found.blob_key)
+    if data is None:
         raise NotFound("Download not found")
     # Bytes a stranger sent, on the API's own origin: saved, never rendered or sniffed by a browser.
     # safe="": RFC 5987 leaves "/" out of a filename*'s characters (quote keeps it by default).
@@ -265,8 +264,4 @@ async def download(token: str, rt: RuntimeDep) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }
-    if isinstance(content, bytes):
-        return Response(content=content, headers=headers)
-    # Streamed in chunks as the client reads (and ranges, HEAD): the headers above win over its own.
-    path, stat = content
-    return FileResponse(path, headers=headers, stat_result=stat)
+    return Response(content=data, headers=headers)
