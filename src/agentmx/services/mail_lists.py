@@ -26,13 +26,14 @@ from agentmx.db.models import Message, Thread
 from agentmx.db.types import driver_time
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services.caller import Caller
-from agentmx.services.inboxes import inbox_is_visible, inbox_key
+from agentmx.services.inboxes import inbox_key
 from agentmx.services.list_conditions import StatementCache
 from agentmx.services.mail_reads import (
     ATTACHMENT_FIELDS,
     THREAD_ATTRS,
     AttachmentRecord,
     message_aggregates,
+    require_visible_inbox,
     thread_scope_filter,
     thread_scope_sql,
 )
@@ -66,7 +67,6 @@ KEYS = ("timestamp", "id")  # keyset order, newest first unless ascending
 m = Message.__table__.alias("m")  # mail_reads' aggregates name the message "m"
 t = Thread.__table__.alias("t")  # and its scope filters name the thread "t"
 _statements: StatementCache[DriverStatement] = StatementCache()  # a page's SELECT by shape (list_conditions)
-INBOX = text("SELECT organization_id, pod_id FROM inboxes WHERE id = :inbox_id")
 
 
 @dataclass(slots=True)
@@ -147,15 +147,6 @@ def _selects_for(dialect: str) -> _Selects:
     return _Selects(dialect)
 
 
-async def visible_inbox(conn: DriverConnection, caller: Caller, inbox_id: str) -> str:
-    """inboxes.get_inbox on a connection: the inbox's key, or 404."""
-    key = inbox_key(inbox_id)
-    found = (await conn.execute(INBOX, {"inbox_id": key})).first()
-    if found is None or not inbox_is_visible(caller, found.organization_id, key, found.pod_id):
-        raise NotFound("Inbox not found")
-    return key
-
-
 async def list_messages(
     conn: DriverConnection,
     caller: Caller,
@@ -180,7 +171,7 @@ async def list_messages(
     found = message_conditions(m, caller, filters)
     in_pod = caller.pod_id is not None
     scope = {"list_inbox": inbox, "list_org": caller.organization_id, "list_pod": caller.pod_id}
-    check = functools.partial(visible_inbox, conn, caller, inbox_id)
+    check = functools.partial(require_visible_inbox, conn, caller, inbox_id)
     params = {**scope, **found.params, **await _paging(check, kind, page_token, m, limit)}
 
     def build() -> Select[Any]:

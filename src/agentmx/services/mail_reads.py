@@ -246,6 +246,15 @@ async def get_message(conn: ReadConnection, caller: Caller, inbox_id: str, messa
     return record
 
 
+async def require_visible_inbox(conn: ReadConnection, caller: Caller, inbox_id: str) -> str:
+    """inboxes.get_inbox on a connection: the inbox's key, or 404."""
+    key = inbox_key(inbox_id)
+    found = (await conn.execute(_for(conn).inbox, {"inbox_id": key})).first()
+    if found is None or not inbox_is_visible(caller, found.organization_id, key, found.pod_id):
+        raise NotFound("Inbox not found")
+    return key
+
+
 NOTHING = " AND 1 = 0"  # a scope that holds no thread
 
 
@@ -256,10 +265,7 @@ async def thread_scope_filter(
     stmts = _for(conn)
     inbox_id = scope.inbox_id
     if inbox_id is not None:
-        inbox_id = inbox_key(inbox_id)
-        found = (await conn.execute(stmts.inbox, {"inbox_id": inbox_id})).first()
-        if found is None or not inbox_is_visible(caller, found.organization_id, inbox_id, found.pod_id):
-            raise NotFound("Inbox not found")
+        inbox_id = await require_visible_inbox(conn, caller, inbox_id)
     if scope.pod_id is not None:
         caller.require_pod_access(scope.pod_id)
         pod = (await conn.execute(stmts.pod, {"pod_id": scope.pod_id})).first()
