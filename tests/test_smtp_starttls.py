@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentmail import AgentMail
@@ -112,6 +113,44 @@ def test_a_message_the_server_traces_itself_names_the_tls_too(served: Served) ->
     ).encode() + line * ((SMALL_LIMIT - 1024) // len(line))
     tls_send(served.server, inbox, raw)
     assert b"with ESMTPS" in served.stored_raw(inbox, "<big-tls@example.com>")
+
+
+def _replies(stream: Any, count: int) -> list[str]:
+    """The next ``count`` replies, each as its last line's code and text."""
+    found = []
+    for _ in range(count):
+        while (line := stream.readline().decode())[3:4] == "-":
+            pass
+        found.append(line.strip())
+    return found
+
+
+def test_pipelined_commands_get_their_replies_in_order(served: Served) -> None:
+    """RFC 2920, offered before and after STARTTLS; AUTH is not offered on the MX port (nobody logs in)."""
+    with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo("sender.example")
+        assert smtp.has_extn("pipelining") and not smtp.has_extn("auth")
+        smtp.starttls(context=unverified_client_context())
+        smtp.ehlo("sender.example")
+        assert smtp.has_extn("pipelining") and not smtp.has_extn("auth")
+    inbox = served.client.inboxes.create().inbox_id
+    first, second = make_message(inbox, subject="Piped one"), make_message(inbox, subject="Piped two")
+    with socket.create_connection(("127.0.0.1", served.server.smtp_port), timeout=30) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(b"EHLO sender.example\r\n")
+        assert _replies(stream, 2)[1].startswith("250 ")
+        envelope = f"MAIL FROM:<a@example.com>\r\nRCPT TO:<nobody@agentmx.localhost>\r\nRCPT TO:<{inbox}>\r\nDATA\r\n"
+        sock.sendall(envelope.encode())
+        assert [r[:3] for r in _replies(stream, 4)] == ["250", "550", "250", "354"]
+        # The end of one message, the next envelope and QUIT, in one write each.
+        sock.sendall(
+            first.as_bytes() + b"\r\n.\r\n" + envelope.encode().replace(b"RCPT TO:<nobody", b"NOOP <x")
+        )
+        assert [r[:3] for r in _replies(stream, 5)] == ["250", "250", "250", "250", "354"]
+        sock.sendall(second.as_bytes() + b"\r\n.\r\nQUIT\r\n")
+        assert [r[:3] for r in _replies(stream, 2)] == ["250", "221"]
+    for msg in (first, second):
+        assert served.client.inboxes.messages.get(inbox, msg["Message-ID"]).subject == msg["Subject"]
 
 
 def test_a_failed_handshake_ends_only_its_own_session(served: Served) -> None:

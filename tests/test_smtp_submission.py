@@ -177,7 +177,7 @@ def test_implicit_tls_from_the_first_byte(served: Served) -> None:
     tls = unverified_client_context()
     with smtplib.SMTP_SSL("127.0.0.1", served.implicit_port, timeout=30, context=tls) as smtp:
         smtp.ehlo()
-        assert smtp.has_extn("auth") and not smtp.has_extn("starttls")
+        assert smtp.has_extn("auth") and smtp.has_extn("pipelining") and not smtp.has_extn("starttls")
         smtp.login(inbox, served.key)
         smtp.sendmail(inbox, [to], message(inbox, to, "Over 465").as_bytes())
     assert wait_for(lambda: served.sink.handler.for_rcpt(to))[0].message["Subject"] == "Over 465"

@@ -82,6 +82,8 @@ class SubmissionSMTP(LimitedSMTP):
 
 
 class SubmissionHandler(HookNames):
+    offers_auth = True
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
