@@ -395,12 +395,6 @@ class Settings(BaseSettings):
         return 1 if usable_cpus() >= 2 else 0
 
     @property
-    def base_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
     def hostname(self) -> str:
         return self.public_host or self.domain
 
