@@ -82,6 +82,9 @@ def test_a_log_level_is_read_in_any_case(tmp_path: Path) -> None:
             {"AGENTMX_OUTBOUND_RETRY_SCHEDULE": "60,inf"},
             "AGENTMX_OUTBOUND_RETRY_SCHEDULE: must be comma-separated seconds",
         ),
+        # Read at the first delivery or lookup: every message failed there instead.
+        ({"AGENTMX_SMTP_RELAY": "relay.example:smtp"}, "AGENTMX_SMTP_RELAY: port 'smtp' is not 1-65535"),
+        ({"AGENTMX_DNS_RESOLVER": "[::1"}, "AGENTMX_DNS_RESOLVER: must be host, host:port"),
         # These three ended serve (or every command) with a traceback and exit status 1.
         ({"AGENTMX_LOG_LEVEL": "verbose"}, "AGENTMX_LOG_LEVEL: Input should be 'debug'"),
         ({"AGENTMX_HTTP_PORT": "70000"}, "AGENTMX_HTTP_PORT: Input should be less than or equal to 65535"),
@@ -96,8 +99,9 @@ def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
     out = run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=env)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
-    local = {"AGENTMX_SMTP_RELAY": "127.0.0.1:25", "AGENTMX_SMTP_RELAY_USERNAME": "u"}  # loopback: no network
-    assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
+    for relay in ("127.0.0.1:25", "[::1]:2525", "::1"):  # loopback: no network
+        local = {"AGENTMX_SMTP_RELAY": relay, "AGENTMX_SMTP_RELAY_USERNAME": "u"}
+        assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
 
 
 def test_keys_created_at_once_on_a_new_database_share_one_organization(empty_database: str) -> None:

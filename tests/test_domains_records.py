@@ -9,7 +9,8 @@ import dns.zone
 import pytest
 
 from agentmx.domains import dns_check, keys, records
-from agentmx.domains.dns_check import INVALID, MISSING, VALID, judge, split_host_port
+from agentmx.domains.dns_check import INVALID, MISSING, VALID, judge
+from agentmx.host_port import split_host_port
 from agentmx.testing.dns import LoopbackDNS
 
 HOST = "mx.agentmx.test"
@@ -85,11 +86,25 @@ def test_domain_status_from_records() -> None:
     assert dns_check.domain_status(invalid) == ("INVALID", "dns_records_invalid")
 
 
-def test_resolver_addresses() -> None:
-    assert split_host_port("127.0.0.1") == ("127.0.0.1", 53)
-    assert split_host_port("127.0.0.1:5353") == ("127.0.0.1", 5353)
-    assert split_host_port("[::1]:5353") == ("::1", 5353)
-    assert split_host_port("::1") == ("::1", 53)
+def test_resolver_and_relay_addresses() -> None:
+    assert split_host_port("127.0.0.1", 53) == ("127.0.0.1", 53)
+    assert split_host_port("127.0.0.1:5353", 53) == ("127.0.0.1", 5353)
+    assert split_host_port("[::1]:5353", 53) == ("::1", 5353)
+    assert split_host_port("[::1]", 25) == ("::1", 25)
+    assert split_host_port("::1", 25) == ("::1", 25)
+    assert split_host_port(" relay.example:2525 ", 25) == ("relay.example", 2525)
+    for bad in (
+        "relay.example:",
+        "relay.example:smtp",
+        "[::1]:0",
+        "[::1]x",
+        "[::1",
+        ":25",
+        "a b:25",
+        "h:99999",
+    ):
+        with pytest.raises(ValueError, match="host, host:port"):
+            split_host_port(bad, 25)
 
 
 def test_loopback_dns_wildcards_and_empty_non_terminals() -> None:

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentmx.event_loops import Choice as LoopChoice
+from agentmx.host_port import split_host_port
 
 
 class ConfigError(ValueError):
@@ -185,7 +186,8 @@ class Settings(BaseSettings):
         "AGENTMX_SUBMISSION_PORT, TLS from the first byte. 0 disables it.",
     )
     smtp_relay: str = Field(
-        "", description="host:port of a relay for all outbound mail; empty means MX lookup."
+        "",
+        description="host[:port] (port 25 if none; [IPv6]:port) of a relay for all outbound mail; empty means MX lookup.",
     )
     smtp_relay_username: str = Field("", description="Relay AUTH user name (optional).")
     smtp_relay_password: str = Field("", description="Relay AUTH password (optional).")
@@ -216,7 +218,10 @@ class Settings(BaseSettings):
         "60,300,900,1800,3600,7200",
         description="Comma-separated seconds between outbound delivery retries (the last repeats).",
     )
-    dns_resolver: str = Field("", description="host[:port] of the DNS server used for MX and domain checks.")
+    dns_resolver: str = Field(
+        "",
+        description="host[:port] (port 53 if none; [IPv6]:port) of the DNS server used for MX and domain checks.",
+    )
     dns_timeout: float = Field(5.0, description="Seconds a DNS lookup for domain verification may take.")
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,36000",
@@ -340,6 +345,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be comma-separated seconds from 0 to {MAX_RETRY_DELAY:.0f}")
         return value
 
+    @field_validator("smtp_relay", "dns_resolver")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        # Read at the first delivery or lookup: a bad one failed every message there instead of the start.
+        if value.strip():
+            split_host_port(value, 1)
+        return value
+
     @field_validator("smtp_trusted_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -359,7 +372,7 @@ class Settings(BaseSettings):
     def _tls_settings(self) -> Settings:
         if bool(self.smtp_tls_cert) != bool(self.smtp_tls_key):
             raise ValueError("AGENTMX_SMTP_TLS_CERT and AGENTMX_SMTP_TLS_KEY must be set together")
-        relay_host = self.smtp_relay.rpartition(":")[0] if ":" in self.smtp_relay else self.smtp_relay
+        relay_host = split_host_port(self.smtp_relay, 25)[0] if self.smtp_relay else ""
         if self.smtp_relay_username and not self.smtp_relay_starttls and not _loopback(relay_host):
             raise ValueError(
                 "AGENTMX_SMTP_RELAY_USERNAME needs AGENTMX_SMTP_RELAY_STARTTLS=true: "

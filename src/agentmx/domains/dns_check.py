@@ -15,6 +15,7 @@ import dns.rdatatype
 import dns.resolver
 
 from agentmx.domains.records import Record
+from agentmx.host_port import split_host_port
 
 MISSING, INVALID, VALID = "MISSING", "INVALID", "VALID"
 
@@ -30,7 +31,7 @@ class RecordCheck:
 
 def make_resolver(configured: str, timeout: float) -> dns.asyncresolver.Resolver:
     if configured:
-        host, port = split_host_port(configured.strip())
+        host, port = split_host_port(configured, 53)
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [host]
         resolver.port = port
@@ -39,17 +40,6 @@ def make_resolver(configured: str, timeout: float) -> dns.asyncresolver.Resolver
     resolver.lifetime = timeout
     resolver.timeout = min(timeout, 2.0)
     return resolver
-
-
-def split_host_port(text: str, default: int = 53) -> tuple[str, int]:
-    """ "1.2.3.4", "1.2.3.4:5353", "[::1]:5353" or a bare IPv6 address."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port)
-    return text, default
 
 
 async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str] | None:

@@ -17,7 +17,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from agentmx.outbound.dns import split_host_port
+from agentmx.host_port import split_host_port
 
 LIFETIME = 4.0  # per query; the checks as a whole have their own deadline
 CACHE_ENTRIES = 20_000
@@ -88,7 +88,7 @@ def for_resolver(address: str) -> AuthDns:
     """One cached resolver per configured address ("" = the system's /etc/resolv.conf)."""
     if address:
         resolver = dns.asyncresolver.Resolver(configure=False)
-        host, port = split_host_port(address)
+        host, port = split_host_port(address, 53)
         resolver.nameservers = [host]
         resolver.port = port
     else:

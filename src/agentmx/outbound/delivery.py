@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox, Message, OutboundRecipient
 from agentmx.db.types import utcnow
+from agentmx.host_port import split_host_port
 from agentmx.jobs.registry import RetryAt, handler
 from agentmx.mail.compose import address_domain, wire_address
 from agentmx.mail.sender_auth import Verdict
@@ -133,13 +134,11 @@ def _connections(rt: Runtime, targets: list[dns.Target]) -> list[smtp_client.Con
 
 def _relay(rt: Runtime) -> list[smtp_client.Connection]:
     settings = rt.settings
-    host, _, port = settings.smtp_relay.rpartition(":")
-    if not host:
-        host, port = settings.smtp_relay, "25"
+    host, port = split_host_port(settings.smtp_relay, 25)
     return [
         smtp_client.Connection(
             address=host,
-            port=int(port),
+            port=port,
             server_name=host,
             helo=settings.hostname,
             starttls="required" if settings.smtp_relay_starttls else "never",

@@ -13,6 +13,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
+from agentmx.host_port import split_host_port
 from agentmx.settings import Settings
 
 LIFETIME = 10.0
@@ -32,21 +33,10 @@ class Target:
     address: str  # IP to connect to
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    value = value.strip()
-    if value.startswith("["):  # [::1]:53
-        host, _, rest = value[1:].partition("]")
-        return host, int(rest.lstrip(":") or 53)
-    if value.count(":") == 1:
-        host, port = value.split(":")
-        return host, int(port)
-    return value, 53
-
-
 def resolver(settings: Settings) -> dns.asyncresolver.Resolver:
     if settings.dns_resolver:
         res = dns.asyncresolver.Resolver(configure=False)
-        host, port = split_host_port(settings.dns_resolver)
+        host, port = split_host_port(settings.dns_resolver, 53)
         res.nameservers = [host]
         res.port = port
     else:
