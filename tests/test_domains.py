@@ -755,3 +755,57 @@ def test_a_pod_cannot_register_a_name_that_governs_another_pods_addresses(env: D
     assert taken.value.status_code == 403
     assert other.domains.create(domain=f"team.{shared.domain}").pod_id == pod_b
     assert client.pods.domains.create(pod_a, domain=f"ops.{shared.domain}").pod_id == pod_a
+
+
+def test_a_unicode_name_is_registered_as_its_a_label(env: DomainEnv) -> None:
+    """IDN names were refused; they are kept in the form DNS holds (the A-label) and found by either."""
+    client = env.client()
+    label = f"bücher{secrets.token_hex(3)}"
+    a_label = label.encode("idna").decode()  # IDNA 2003 and 2008 agree on this name
+    created = client.domains.create(domain=f"{label.upper()}.Example.TEST.")
+    assert created.domain == f"{a_label}.example.test"
+    assert all(r.name.endswith(f"{a_label}.example.test") for r in created.records)
+    assert client.domains.get(f"{label}.example.test").domain_id == created.domain_id
+    with pytest.raises(ApiError) as again:
+        client.domains.create(domain=f"{a_label}.example.test", request_options=NO_RETRY)
+    assert again.value.status_code == 403
+
+    verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
+    inbox = client.inboxes.create(request={"username": "leser", "domain": f"{label}.example.test"})
+    assert inbox.inbox_id == f"leser@{a_label}.example.test"
+
+    for bad in ("xn--zz.example.test", "☃.example.test", "a\u200db.example.test"):
+        with pytest.raises(ApiError) as refused:
+            client.domains.create(domain=bad, request_options=NO_RETRY)
+        assert refused.value.status_code == 400, bad
+
+
+def test_a_public_suffix_is_refused(env: DomainEnv) -> None:
+    """Registered, co.uk blocked every name under it for every other organization."""
+    client = env.client()
+    for suffix in ("co.uk", "github.io", "Com.AU."):
+        with pytest.raises(ApiError) as refused:
+            client.domains.create(domain=suffix, request_options=NO_RETRY)
+        assert refused.value.status_code == 400 and "public suffix" in str(refused.value.body)
+    name = f"d{secrets.token_hex(4)}.github.io"
+    assert client.domains.create(domain=name).domain == name
+
+
+def test_spf_is_judged_by_what_receivers_evaluate(env: DomainEnv) -> None:
+    """An equal mechanism in another spelling ("+", a final dot, upper case) was value_mismatch; ours
+    placed after "all" (never evaluated: the mail would fail SPF) was VALID."""
+    client = env.client()
+    created = client.domains.create(domain=new_domain())
+    good = env.zone(created.domain_id)
+    spf_line = next(line for line in good.splitlines() if "v=spf1" in line)
+    owner = spf_line.split("\t")[0]
+    verdicts = {}
+    for value in (
+        f"v=spf1 +a:{MAIL_HOST.upper()}. ~all",
+        f"v=spf1 include:_spf.example.net a:{MAIL_HOST}. -all",
+        f"v=spf1 -all a:{MAIL_HOST}",
+        f"v=spf1 -a:{MAIL_HOST} ~all",
+    ):
+        zone = good.replace(spf_line, f'{owner}\t3600\tIN\tTXT\t"{value}"')
+        verdicts[value] = by_purpose(verify_with_zone(env, client, created.domain_id, zone))["spf"].status
+    assert list(verdicts.values()) == ["VALID", "VALID", "INVALID", "INVALID"], verdicts

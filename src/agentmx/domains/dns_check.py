@@ -106,8 +106,8 @@ def _judge_txt(record: Record, answers: list[str]) -> RecordCheck:
             return RecordCheck(record, MISSING)
         if len(relevant) > 1:  # RFC 7208: several SPF records are a permanent error
             return RecordCheck(record, INVALID, "duplicate_records")
-        mechanism = record.value.split()[1].lower()
-        ok = mechanism in relevant[0].lower().split() or _norm(relevant[0]) == _norm(record.value)
+        mechanism = _spf_term(record.value.split()[1])
+        ok = mechanism in _spf_mechanisms(relevant[0])
         return RecordCheck(record, VALID if ok else INVALID, None if ok else "value_mismatch")
     if record.purpose == "dkim":
         want = _tags(record.value).get("p")
@@ -128,6 +128,24 @@ def _judge_txt(record: Record, answers: list[str]) -> RecordCheck:
         return RecordCheck(record, VALID if ok else INVALID, None if ok else "value_mismatch")
     ok = any(_norm(a) == _norm(record.value) for a in answers)
     return RecordCheck(record, VALID if ok else INVALID, None if ok else "value_mismatch")
+
+
+def _spf_term(term: str) -> str:
+    """An SPF term in one spelling: "+" is the default qualifier and a domain may end in a dot
+    (RFC 7208 4.6.1, 7.1), so "+a:MX.example." is "a:mx.example"."""
+    term = term.lower().removeprefix("+")
+    return term.rstrip(".") if ":" in term else term
+
+
+def _spf_mechanisms(value: str) -> list[str]:
+    """The record's terms that take part, in one spelling: none after "all" is ever evaluated."""
+    out = []
+    for term in value.split()[1:]:
+        term = _spf_term(term)
+        if term.lstrip("-~?") == "all":
+            break
+        out.append(term)
+    return out
 
 
 def _norm(value: str) -> str:

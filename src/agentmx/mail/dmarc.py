@@ -42,6 +42,11 @@ def organizational_domain(domain: str) -> str:
     return _suffixes().privatesuffix(domain) or domain
 
 
+def is_public_suffix(domain: str) -> bool:
+    """``co.uk``, ``github.io``: a name under which unrelated parties register theirs."""
+    return _suffixes().privatesuffix(domain.lower().rstrip(".")) is None
+
+
 def aligned(identifier: str, from_domain: str, strict: bool) -> bool:
     identifier, from_domain = identifier.lower().rstrip("."), from_domain.lower().rstrip(".")
     if strict:

@@ -22,13 +22,14 @@ from agentmx.domains.records import MAX_NAME, dkim_name
 from agentmx.domains.records import zone_file as render_zone
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, Unprocessable
 from agentmx.ids import new_id
+from agentmx.mail import dmarc
 from agentmx.services import jobs
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
-from agentmx.services.validation import check_client_id, check_domain_name, fail
+from agentmx.services.validation import check_client_id, check_domain_name, fail, to_ascii_domain
 
 UNSET: Any = object()
 CHECK_JOB = "check_domain"
@@ -66,7 +67,8 @@ async def get_domain(
     key = domain_id.strip()
     row = await session.get(Domain, key)
     if row is None:
-        row = await session.scalar(select(Domain).where(Domain.name == key.lower().rstrip(".")))
+        name = to_ascii_domain(key) or key.lower().rstrip(".")  # "bücher.example" finds its A-label
+        row = await session.scalar(select(Domain).where(Domain.name == name))
     if (
         row is None
         or row.organization_id != caller.organization_id
@@ -108,6 +110,11 @@ async def conflicting_provider(rt: Runtime, name: str) -> str | None:
     return None
 
 
+async def load_name_rules() -> None:
+    """Before create_domain's transaction: the Public Suffix List takes half a second to load, once."""
+    await dmarc.ready()
+
+
 async def create_domain(
     session: AsyncSession,
     rt: Runtime,
@@ -136,6 +143,9 @@ async def create_domain(
     domain_name = check_domain_name(name)
     if len(domain_name) > MAX_DOMAIN_LENGTH:
         raise fail("domain", f"'{domain_name}' is too long: at most {MAX_DOMAIN_LENGTH} characters")
+    if dmarc.is_public_suffix(domain_name):
+        # No one owns co.uk or github.io: registered, it would block every name under it for others.
+        raise fail("domain", f"'{domain_name}' is a public suffix: register a domain under it")
     default = rt.settings.domain
     if domain_name == default or domain_name.endswith("." + default):
         raise Unprocessable(

@@ -64,6 +64,7 @@ async def _create(request: Request, rt: Runtime, caller: Caller, pod_id: str | N
     _pod_scope(caller, pod_id)
     body = parse(CreateDomain, await json_body(request))
     name = check_domain_name(body.domain)
+    await domains.load_name_rules()
     conflicting = None
     if body.inbound_enabled is not False and not body.allow_conflicting_provider:
         conflicting = await domains.conflicting_provider(rt, name)
