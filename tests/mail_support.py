@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import secrets
 import smtplib
+import socket
+import time
 from email import policy
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -62,3 +65,39 @@ def make_message(
 
 def download(url: str) -> httpx.Response:
     return httpx.get(url, timeout=30)
+
+
+class SlowGet:
+    """A GET over a plain socket with a small receive buffer: reads the head, then the body only
+    when told (a client that stops reading, or reads slowly)."""
+
+    def __init__(self, url: str, receive_buffer: int = 128 * 1024) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(30)
+        self.sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+        request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+        self.sock.sendall(request.encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = self.sock.recv(4096)
+            assert chunk, f"connection closed before the response head: {got!r}"
+            got += chunk
+        head, _, rest = got.partition(b"\r\n\r\n")
+        status_line, *fields = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = {k.strip().lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}
+        self.body = bytearray(rest)
+
+    def read_rest(self, pause: float = 0.0) -> bytes:
+        """The rest of the body, until the server closes (pausing between reads: a slow reader)."""
+        while chunk := self.sock.recv(64 * 1024):
+            self.body += chunk
+            if pause:
+                time.sleep(pause)
+        self.sock.close()
+        return bytes(self.body)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -23,7 +23,7 @@ from agentmail.environment import AgentMailEnvironment
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import make_server
-from mail_support import download, make_message, smtp_send
+from mail_support import SlowGet, download, make_message, smtp_send
 
 DELAY = 1.0  # AGENTMX_BLOB_GC_DELAY: passes every 0.5 s
 ATTACHMENT = b"quarterly figures " * 64
@@ -200,3 +200,24 @@ def test_files_nothing_names_are_found_and_deleted(served: Served) -> None:
     assert named_files <= served.blob_files()  # still named by messages
     for url in served.urls(inbox, message_id):
         assert download(url).status_code == 200
+
+
+def test_a_download_under_way_outlives_the_collection_of_its_bytes(served: Served) -> None:
+    """A file the collector removes while a client reads it is still sent whole; a new request is 404.
+    (Served in chunks, a file opened only once its headers were sent was cut short of them.)"""
+    client = served.client
+    inbox = client.inboxes.create().inbox_id
+    data = os.urandom(3 * 1024 * 1024)
+    draft = client.inboxes.drafts.create(
+        inbox, attachments=[{"filename": "d.bin", "content": base64.b64encode(data).decode()}]
+    )
+    (att,) = draft.attachments or []
+    url = client.inboxes.drafts.get_attachment(inbox, draft.draft_id, att.attachment_id).download_url
+    reader = SlowGet(url, receive_buffer=16 * 1024)
+    try:
+        assert reader.status == 200 and reader.headers["content-length"] == str(len(data))
+        client.inboxes.drafts.delete(inbox, draft.draft_id)
+        assert eventually(gone([url]))
+        assert reader.read_rest() == data
+    finally:
+        reader.close()

@@ -20,6 +20,7 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from agentmx.errors import StorageFull
 
@@ -212,6 +213,19 @@ class BlobStore:
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get_sync, key)
+
+    def open_sync(self, key: str) -> tuple[BinaryIO, int]:
+        """The blob's file, open for reading, and its size. The collector may unlink it from now on:
+        the open file still reads whole (FileNotFoundError if it is gone already)."""
+        file = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+        try:
+            return file, os.fstat(file.fileno()).st_size
+        except BaseException:
+            file.close()
+            raise
+
+    async def open(self, key: str) -> tuple[BinaryIO, int]:
+        return await asyncio.to_thread(self.open_sync, key)
 
 
 def _fsync_dirs(folders: set[str]) -> None:

@@ -25,6 +25,7 @@ from agentmx.http.deps import (
     query_int,
     query_list,
 )
+from agentmx.http.open_file_response import OpenFileResponse
 from agentmx.services import blob_bytes, downloads, inboxes, mail_lists, mail_reads, messages
 from agentmx.services.caller import Caller
 from agentmx.services.messages import MessageFilters
@@ -249,8 +250,8 @@ def _header_safe(content_type: str) -> str:
 async def download(token: str, rt: RuntimeDep) -> Response:
     """Follows a signed download_url: no API key, the signature and expiry are the authorisation."""
     found = downloads.resolve(rt.secret, token)
-    data = await blob_bytes.read(rt, found.blob_key)
-    if data is None:
+    content = await blob_bytes.open_for_reading(rt, found.blob_key)
+    if content is None:
         raise NotFound("Download not found")
     # Bytes a stranger sent, on the API's own origin: saved, never rendered or sniffed by a browser.
     # safe="": RFC 5987 leaves "/" out of a filename*'s characters (quote keeps it by default).
@@ -264,4 +265,7 @@ async def download(token: str, rt: RuntimeDep) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }
-    return Response(content=data, headers=headers)
+    if isinstance(content, bytes):
+        return Response(content=content, headers=headers)
+    # A file, open already (the collector may remove its name now): sent a chunk at a time.
+    return OpenFileResponse(content.file, content.size, headers)
