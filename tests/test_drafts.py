@@ -387,6 +387,34 @@ def test_draft_permissions(harness: Harness) -> None:
     assert getattr(info.value, "status_code", None) == 403
 
 
+def test_scheduling_a_send_needs_the_draft_send_permission(harness: Harness) -> None:
+    """send_at now or past sends at once: a key that may not send drafts must not send them that way."""
+    client = harness.client()
+    inbox, target = new_inbox(client), new_inbox(client)
+    grants = {"draft_read": True, "draft_create": True, "draft_update": True}
+    writer = harness.client(
+        api_key=client.api_keys.create(request={"name": "writer", "permissions": grants}).api_key
+    )
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    with pytest.raises(Exception) as info:
+        writer.inboxes.drafts.create(
+            inbox, to=[target], subject="sneak", send_at=past, request_options=NO_RETRY
+        )
+    assert getattr(info.value, "status_code", None) == 403
+    draft = writer.inboxes.drafts.create(inbox, to=[target], subject="sneak")
+    with pytest.raises(Exception) as info:
+        writer.inboxes.drafts.update(inbox, draft.draft_id, send_at=past, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 403
+    # Un-scheduling only stops a send: draft_update is enough.
+    scheduled = client.inboxes.drafts.update(
+        inbox, draft.draft_id, send_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    assert scheduled.send_status == "scheduled"
+    assert writer.inboxes.drafts.update(inbox, draft.draft_id, send_at=None).send_status is None
+    assert not messages(client, target, "received")
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).send_status is None
+
+
 def test_edit_while_sending_is_a_conflict(harness: Harness) -> None:
     """A draft in send_status "sending" (set directly: the window is milliseconds) refuses edits."""
     client = harness.client()

@@ -253,6 +253,13 @@ def _set_labels(draft: Draft, labels: list[str]) -> None:
     draft.labels = [current.get(name) or DraftLabel(label=name) for name in wanted]
 
 
+def _require_send_permission(caller: Caller, send_at: datetime | None) -> None:
+    """Scheduling a send is sending: without this a key lacking draft_send could send by giving
+    send_at (now or past). Clearing send_at only stops a send, so draft_update covers it."""
+    if send_at is not None:
+        caller.require("draft_send")
+
+
 def _schedule(draft: Draft, send_at: datetime | None) -> None:
     """Set ``send_at`` with its label and status; ``_sync_job`` then makes the job row match."""
     draft.send_at = send_at
@@ -312,6 +319,7 @@ async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
     inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
+    _require_send_permission(caller, new.send_at)
     check_client_id(new.client_id)
     if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
         return existing
@@ -417,6 +425,8 @@ async def update_draft(
 ) -> Draft:
     draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id, for_update=True)
     refuse_while_sending(draft)
+    if changes.send_at is not UNSET:
+        _require_send_permission(caller, changes.send_at)
     for name in ("reply_to", "to", "cc", "bcc"):
         value = getattr(changes, name)
         if value is not UNSET:
