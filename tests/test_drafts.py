@@ -178,6 +178,26 @@ def test_validation_errors(harness: Harness) -> None:
         assert r.status_code == 400 and r.json()["code"] == "validation_error", send_at
 
 
+def test_a_draft_holds_no_more_recipients_than_a_send_takes(harness: Harness) -> None:
+    """Past 50 the send is refused: a draft (a scheduled one above all) with more would never go."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    fifty = [f"r{i}@example.com" for i in range(50)]
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(
+            inbox, to=fifty, cc=["one.more@example.com"], send_at=datetime.now(UTC), request_options=NO_RETRY
+        )
+    assert client.inboxes.drafts.list(inbox).count == 0
+    # Repeats count once, as in a send.
+    draft = client.inboxes.drafts.create(inbox, to=fifty, bcc=[fifty[0].upper()])
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(
+            inbox, draft.draft_id, bcc=["one.more@example.com"], request_options=NO_RETRY
+        )
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).bcc == [fifty[0].upper()]
+    assert client.inboxes.drafts.update(inbox, draft.draft_id, to=fifty[1:], bcc=["x@example.com"]).bcc
+
+
 def test_client_id_returns_the_same_draft(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)

@@ -35,7 +35,7 @@ from agentmx.services.messages import unreadable_labels
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import reply_recipients
+from agentmx.services.sending import check_recipient_count, reply_recipients
 from agentmx.services.validation import check_client_id, fail, utc_time
 
 JOB_KIND = "send_draft"
@@ -374,6 +374,7 @@ async def create_draft(
         draft.thread_id = source.thread_id
         if new.subject is None:
             draft.subject = forward_subject(source.subject)
+    check_recipient_count(draft.to, draft.cc, draft.bcc)
     _set_labels(draft, _labels(new.labels, "labels"))
     _set_attachments(draft, new.attachments or [])
     _schedule(draft, new.send_at)
@@ -431,6 +432,7 @@ async def update_draft(
         value = getattr(changes, name)
         if value is not UNSET:
             setattr(draft, name, _addresses(value, name))
+    check_recipient_count(draft.to, draft.cc, draft.bcc)
     if changes.subject is not UNSET:
         draft.subject = _subject(changes.subject)
     if changes.html is not UNSET:
