@@ -178,6 +178,26 @@ def test_validation_errors(harness: Harness) -> None:
         assert r.status_code == 400 and r.json()["code"] == "validation_error", send_at
 
 
+def test_a_draft_holds_no_more_recipients_than_a_send_takes(harness: Harness) -> None:
+    """Past 50 the send is refused: a draft (a scheduled one above all) with more would never go."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    fifty = [f"r{i}@example.com" for i in range(50)]
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.create(
+            inbox, to=fifty, cc=["one.more@example.com"], send_at=datetime.now(UTC), request_options=NO_RETRY
+        )
+    assert client.inboxes.drafts.list(inbox).count == 0
+    # Repeats count once, as in a send.
+    draft = client.inboxes.drafts.create(inbox, to=fifty, bcc=[fifty[0].upper()])
+    with pytest.raises(ValidationError):
+        client.inboxes.drafts.update(
+            inbox, draft.draft_id, bcc=["one.more@example.com"], request_options=NO_RETRY
+        )
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).bcc == [fifty[0].upper()]
+    assert client.inboxes.drafts.update(inbox, draft.draft_id, to=fifty[1:], bcc=["x@example.com"]).bcc
+
+
 def test_client_id_returns_the_same_draft(harness: Harness) -> None:
     client = harness.client()
     inbox = new_inbox(client)
@@ -385,6 +405,34 @@ def test_draft_permissions(harness: Harness) -> None:
     with pytest.raises(Exception) as info:
         reader.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
     assert getattr(info.value, "status_code", None) == 403
+
+
+def test_scheduling_a_send_needs_the_draft_send_permission(harness: Harness) -> None:
+    """send_at now or past sends at once: a key that may not send drafts must not send them that way."""
+    client = harness.client()
+    inbox, target = new_inbox(client), new_inbox(client)
+    grants = {"draft_read": True, "draft_create": True, "draft_update": True}
+    writer = harness.client(
+        api_key=client.api_keys.create(request={"name": "writer", "permissions": grants}).api_key
+    )
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    with pytest.raises(Exception) as info:
+        writer.inboxes.drafts.create(
+            inbox, to=[target], subject="sneak", send_at=past, request_options=NO_RETRY
+        )
+    assert getattr(info.value, "status_code", None) == 403
+    draft = writer.inboxes.drafts.create(inbox, to=[target], subject="sneak")
+    with pytest.raises(Exception) as info:
+        writer.inboxes.drafts.update(inbox, draft.draft_id, send_at=past, request_options=NO_RETRY)
+    assert getattr(info.value, "status_code", None) == 403
+    # Un-scheduling only stops a send: draft_update is enough.
+    scheduled = client.inboxes.drafts.update(
+        inbox, draft.draft_id, send_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    assert scheduled.send_status == "scheduled"
+    assert writer.inboxes.drafts.update(inbox, draft.draft_id, send_at=None).send_status is None
+    assert not messages(client, target, "received")
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).send_status is None
 
 
 def test_edit_while_sending_is_a_conflict(harness: Harness) -> None:

@@ -4,15 +4,19 @@ that fits still flows. The folder is a small tmpfs (skipped where mounting is no
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import smtplib
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from agentmail.core.api_error import ApiError
+from agentmail.errors import NotFoundError
 
 from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
@@ -81,3 +85,42 @@ def test_smtp_mail_more_than_fits_gets_452_and_the_next_fits(small_disk: Harness
         assert b"4.3.1" in info.value.smtp_error
         smtp.send_message(mail(3000))
     assert _count(small_disk, rcpt) == 1
+
+
+@contextlib.contextmanager
+def _fill(folder: Path) -> Iterator[None]:
+    """Fill ``folder``'s file system up while the context lasts."""
+    filler = folder / f"filler-{secrets.token_hex(4)}"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass  # full
+        try:
+            yield
+        finally:
+            out.close()
+            filler.unlink()
+
+
+def test_a_scheduled_send_that_meets_a_full_disk_is_retried_not_failed(small_disk: Harness) -> None:
+    client = small_disk.client()
+    a, b = new_inbox(client), new_inbox(client)
+    attachment = {"filename": "doc.bin", "content": base64.b64encode(os.urandom(40_000)).decode()}
+    draft = client.inboxes.drafts.create(
+        a,
+        to=[b],
+        subject="scheduled into a full disk",
+        attachments=[attachment],
+        send_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
+    blobs = Path(small_disk.server.extra_env["AGENTMX_BLOB_DIR"])
+    log_start = len(small_disk.server.log())
+    with _fill(blobs):
+        wait_for(lambda: "storage is full" in small_disk.server.log()[log_start:])
+        # The full disk is the server's trouble, not the draft's: it stays queued ("sending").
+        assert client.inboxes.drafts.get(a, draft.draft_id).send_status == "sending"
+    wait_for(lambda: _count(small_disk, b) == 1, timeout=30)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get(a, draft.draft_id, request_options=NO_RETRY)

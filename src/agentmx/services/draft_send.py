@@ -7,7 +7,8 @@ job racing in another process commits first sends; the others find no draft and 
 
 The scheduled path first marks the draft ``sending`` in its own short transaction (edits then get
 409), so the send itself may take as long as it needs. A failure the client must fix (rejected
-recipient, no recipients) leaves the draft with ``send_status="failed"``.
+recipient, no recipients) leaves the draft with ``send_status="failed"``; a failure of the server's
+own (full storage, the database) is retried first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Draft, Inbox, Message
 from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.types import utcnow
-from agentmx.errors import AgentMXError, Conflict
+from agentmx.errors import AgentMXError, Conflict, TemporaryFailure
 from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
 from agentmx.services import blob_bytes, drafts, idempotency, jobs
@@ -32,7 +33,7 @@ from agentmx.services.sending import OutgoingMessage, send_message
 
 log = logging.getLogger("agentmx.drafts")
 
-# Unexpected errors (database, blob store) are retried by the job runner this many times before
+# Unexpected errors and temporary failures (database, full blob store) are retried by the job runner this many times before
 # the draft is marked failed, so a draft is never left "sending" for good.
 MAX_SEND_ATTEMPTS = 4
 
@@ -166,10 +167,17 @@ async def send_scheduled(rt: Runtime, payload: dict[str, Any], attempts: int) ->
             if draft is None or draft.send_status != "sending":
                 return
             await _send_locked(s, rt, caller, draft, [], [])
-    except AgentMXError as exc:
+    except TemporaryFailure as exc:  # storage full, a dependency down: another attempt may succeed
+        await _retry_or_fail(rt, payload, draft_id, exc)
+    except AgentMXError as exc:  # the draft itself is at fault: the client must change it
         await _mark_failed(rt, draft_id, exc.message)
     except Exception as exc:
-        if failures(payload) + 1 >= MAX_SEND_ATTEMPTS:  # failures, not the send_at reschedules
-            await _mark_failed(rt, draft_id, repr(exc))
-            return
-        raise
+        await _retry_or_fail(rt, payload, draft_id, exc)
+
+
+async def _retry_or_fail(rt: Runtime, payload: dict[str, Any], draft_id: str, exc: Exception) -> None:
+    """Re-raise for the job runner's retry, or mark the draft failed once the attempts are used up."""
+    if failures(payload) + 1 >= MAX_SEND_ATTEMPTS:  # failures, not the send_at reschedules
+        await _mark_failed(rt, draft_id, repr(exc))
+        return
+    raise exc

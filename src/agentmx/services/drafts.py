@@ -35,7 +35,7 @@ from agentmx.services.messages import unreadable_labels
 from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import reply_recipients
+from agentmx.services.sending import check_recipient_count, reply_recipients
 from agentmx.services.validation import check_client_id, fail, utc_time
 
 JOB_KIND = "send_draft"
@@ -253,6 +253,13 @@ def _set_labels(draft: Draft, labels: list[str]) -> None:
     draft.labels = [current.get(name) or DraftLabel(label=name) for name in wanted]
 
 
+def _require_send_permission(caller: Caller, send_at: datetime | None) -> None:
+    """Scheduling a send is sending: without this a key lacking draft_send could send by giving
+    send_at (now or past). Clearing send_at only stops a send, so draft_update covers it."""
+    if send_at is not None:
+        caller.require("draft_send")
+
+
 def _schedule(draft: Draft, send_at: datetime | None) -> None:
     """Set ``send_at`` with its label and status; ``_sync_job`` then makes the job row match."""
     draft.send_at = send_at
@@ -312,6 +319,7 @@ async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
     inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
+    _require_send_permission(caller, new.send_at)
     check_client_id(new.client_id)
     if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
         return existing
@@ -366,6 +374,7 @@ async def create_draft(
         draft.thread_id = source.thread_id
         if new.subject is None:
             draft.subject = forward_subject(source.subject)
+    check_recipient_count(draft.to, draft.cc, draft.bcc)
     _set_labels(draft, _labels(new.labels, "labels"))
     _set_attachments(draft, new.attachments or [])
     _schedule(draft, new.send_at)
@@ -417,10 +426,13 @@ async def update_draft(
 ) -> Draft:
     draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id, for_update=True)
     refuse_while_sending(draft)
+    if changes.send_at is not UNSET:
+        _require_send_permission(caller, changes.send_at)
     for name in ("reply_to", "to", "cc", "bcc"):
         value = getattr(changes, name)
         if value is not UNSET:
             setattr(draft, name, _addresses(value, name))
+    check_recipient_count(draft.to, draft.cc, draft.bcc)
     if changes.subject is not UNSET:
         draft.subject = _subject(changes.subject)
     if changes.html is not UNSET:

@@ -119,6 +119,19 @@ def _without(addresses: list[str], excluded: set[str]) -> list[str]:
     return out
 
 
+def _distinct_recipients(addresses: list[str]) -> list[str]:
+    recipients = _without(addresses, set())
+    if len(recipients) > MAX_RECIPIENTS:
+        raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
+    return recipients
+
+
+def check_recipient_count(to: list[str], cc: list[str], bcc: list[str]) -> None:
+    """400 past MAX_RECIPIENTS distinct addresses: for drafts, which would never send (a scheduled
+    one would only fail at send_at)."""
+    _distinct_recipients(compose.split_addresses(to + cc + bcc))
+
+
 def reply_recipients(inbox: Inbox, original: Message, reply_all: bool) -> tuple[list[str], list[str]]:
     """(to, cc) of a reply that names none: the sender, or everyone for reply-all, never the inbox itself."""
     me = {inbox.id.lower()}
@@ -261,9 +274,7 @@ async def prepare_send(
         # A reply's to and cc, when given, override the derived ones field by field.
         derived_to, derived_cc = reply_recipients(inbox, original, req.reply_all)
         to, cc = (to if req.to else derived_to), (cc if req.cc else derived_cc)
-    recipients = _without(to + cc + bcc, set())
-    if len(recipients) > MAX_RECIPIENTS:
-        raise _bad("to", f"at most {MAX_RECIPIENTS} recipients across to, cc and bcc")
+    recipients = _distinct_recipients(to + cc + bcc)
     if not recipients:
         raise Unprocessable(
             "The message has no recipients", fix="Give at least one address in to, cc or bcc."
