@@ -430,7 +430,13 @@ def test_scheduling_a_send_needs_the_draft_send_permission(harness: Harness) -> 
         inbox, draft.draft_id, send_at=datetime.now(UTC) + timedelta(hours=1)
     )
     assert scheduled.send_status == "scheduled"
+    with pytest.raises(Exception) as info:  # re-addressing a scheduled draft would send to the new address
+        writer.inboxes.drafts.update(
+            inbox, draft.draft_id, to=["elsewhere@example.com"], request_options=NO_RETRY
+        )
+    assert getattr(info.value, "status_code", None) == 403
     assert writer.inboxes.drafts.update(inbox, draft.draft_id, send_at=None).send_status is None
+    assert writer.inboxes.drafts.update(inbox, draft.draft_id, subject="edited").subject == "edited"
     assert not messages(client, target, "received")
     assert client.inboxes.drafts.get(inbox, draft.draft_id).send_status is None
 

@@ -254,8 +254,9 @@ def _set_labels(draft: Draft, labels: list[str]) -> None:
 
 
 def _require_send_permission(caller: Caller, send_at: datetime | None) -> None:
-    """Scheduling a send is sending: without this a key lacking draft_send could send by giving
-    send_at (now or past). Clearing send_at only stops a send, so draft_update covers it."""
+    """Scheduling a send, or editing a scheduled draft, is sending: without this a key lacking
+    draft_send could send by giving send_at (now or past), or re-address a draft another key
+    scheduled. Clearing send_at only stops a send, so draft_update covers it."""
     if send_at is not None:
         caller.require("draft_send")
 
@@ -426,8 +427,8 @@ async def update_draft(
 ) -> Draft:
     draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id, for_update=True)
     refuse_while_sending(draft)
-    if changes.send_at is not UNSET:
-        _require_send_permission(caller, changes.send_at)
+    # An edit to a draft that stays scheduled is sent as edited (new recipients, say): sending too.
+    _require_send_permission(caller, draft.send_at if changes.send_at is UNSET else changes.send_at)
     for name in ("reply_to", "to", "cc", "bcc"):
         value = getattr(changes, name)
         if value is not UNSET:
