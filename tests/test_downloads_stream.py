@@ -7,6 +7,7 @@ Each download was read whole and handed to the transport as one body: 50 clients
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -95,3 +96,16 @@ def test_a_slow_reader_gets_every_byte_and_head_the_size(fresh_server: Callable[
     assert raw.status_code == 200 and raw.content.endswith(msg.as_bytes())
     assert raw.headers["content-length"] == str(len(raw.content))
     assert raw.headers["content-type"] == "message/rfc822"
+
+
+def test_a_blob_that_cannot_be_opened_is_a_503_not_a_500(fresh_server: Callable[..., ServerProcess]) -> None:
+    """Out of descriptors or a failing disk (here: a folder where the file was): retry later, no traceback."""
+    server = fresh_server().start()
+    _, _, url = _big_attachment_link(server)
+    key = hashlib.sha256(BIG).hexdigest()
+    path = server.data_dir / "blobs" / key[:2] / key[2:4] / key
+    path.unlink()
+    path.mkdir()
+    found = httpx.get(url, timeout=30)
+    assert found.status_code == 503 and found.json()["name"] == "ServiceUnavailableError"
+    assert "Traceback" not in server.log()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -23,7 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.bulk import insert_many
 from agentmx.db.models import InlineBlob
 from agentmx.db.transient import table_of
+from agentmx.errors import TemporaryFailure
 from agentmx.services.runtime import Runtime
+
+log = logging.getLogger("agentmx.blobs")
 
 Inline = dict[str, bytes]  # key -> bytes, still to be inserted with the rows that name them
 
@@ -109,6 +113,9 @@ async def open_for_reading(rt: Runtime, key: str) -> bytes | OpenBlob | None:
         file, size = await rt.blobs.open(key)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # out of descriptors (each download holds its file open), a failing disk
+        log.warning("blob %s cannot be opened: %s", key, exc)
+        raise TemporaryFailure("The download cannot be read right now; retry shortly") from exc
     return OpenBlob(file, size)
 
 
