@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentmx.settings import normalize_database_url
-from conftest import run_agentmx
+from conftest import Harness, run_agentmx
 
 # Runs a command in-process and prints which of the server's modules it loaded.
 _PROBE = """
@@ -155,3 +155,43 @@ def test_keys_create_refuses_a_name_the_api_would(tmp_path: Path, name: str) -> 
     assert "am_" not in out.stdout
     longest = run_agentmx("keys", "create", "--name", "x" * 256, "--data-dir", str(tmp_path / "d"), env={})
     assert longest.returncode == 0 and longest.stdout.strip().startswith("am_")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["keys", "create", "--pod", ""], "--pod"),  # was an organization key: more than asked for
+        (["keys", "create", "--inbox", " "], "--inbox"),
+        (["keys", "create", "--name", "bad\udcffname"], "--name"),  # not UTF-8: a traceback on PostgreSQL
+        (["keys", "create", "--pod", "\udcff"], "--pod"),
+        (["keys", "create", "--bogus"], "--bogus"),
+        (["keys"], "COMMAND"),
+        (["serve", "--http-port", "abc"], "--http-port"),
+        (["suppressions", "remove", "\udcff"], "address"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_exit_2(empty_database: str, args: list[str], named: str) -> None:
+    out = run_agentmx(*args, env={"AGENTMX_DATABASE_URL": empty_database})
+    assert out.returncode == 2, out.stderr
+    assert named in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stdout == ""
+
+
+def test_keys_create_with_pod_and_inbox_needs_the_inbox_in_that_pod(harness: Harness) -> None:
+    """--inbox won and --pod was ignored: naming a pod the inbox is not in gave a key anyway."""
+    admin = harness.client()
+    pod = admin.pods.create(name="cli-" + harness.new_username()).pod_id
+    inbox = admin.pods.inboxes.create(pod, username=harness.new_username()).inbox_id
+    elsewhere = admin.pods.create(name="cli-" + harness.new_username()).pod_id
+    server = harness.server
+    env = {"AGENTMX_DATA_DIR": str(server.data_dir)}
+    if server.database_url:
+        env["AGENTMX_DATABASE_URL"] = server.database_url
+    refused = run_agentmx("keys", "create", "--pod", elsewhere, "--inbox", inbox, env=env)
+    assert refused.returncode == 1 and refused.stderr.strip() == "agentmx: Inbox not found", refused.stderr
+    assert "am_" not in refused.stdout
+    made = run_agentmx("keys", "create", "--pod", pod, "--inbox", inbox, env=env)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert [i.inbox_id for i in harness.client(api_key=key).inboxes.list().inboxes] == [inbox]

@@ -353,21 +353,23 @@ def test_websocket_refuses_foreign_scope(harness: Harness) -> None:
 
 
 def test_webhook_subscription_refuses_foreign_scope(harness: Harness) -> None:
-    """A pod key of B cannot point a webhook at A's pod or inbox."""
+    """A pod key of B cannot point a webhook (push or polling) at A's pod or inbox: refused as not found
+    (a foreign pod in pod_ids was silently dropped), while naming its own pod or inbox is fine."""
     admin = harness.client()
     a = _build_tenant(harness, None, "ha", mail=False)
     b = _build_tenant(harness, None, "hb", mail=False)
     key = admin.pods.api_keys.create(b.pod_id, request={}).api_key
     hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
+    poll = {"event_types": ["message.received"], "client_id": "own-" + harness.new_username()}
     with httpx.Client(base_url=harness.server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
-        for body in ({**hook, "pod_ids": [a.pod_id]}, {**hook, "inbox_ids": [a.inbox_id]}):
-            response = http.post("/v0/webhooks", json=body)
-            # Refused, or (pod keys) created as B's own pod webhook with the foreign channel dropped.
-            if response.status_code == 200:
-                assert response.json()["pod_id"] == b.pod_id
-                assert a.pod_id not in response.text and a.inbox_id not in response.text
-            else:
-                assert response.status_code in (400, 403, 404), response.text  # 400: "not found" in the body
+        for path, base in (("/v0/webhooks", hook), ("/v0/webhooks/polling", poll)):
+            for body in ({**base, "pod_ids": [a.pod_id]}, {**base, "inbox_ids": [a.inbox_id]}):
+                response = http.post(path, json=body)
+                assert response.status_code == 400, response.text
+                assert "not found" in response.json()["message"]
+            own = http.post(path, json={**base, "pod_ids": [b.pod_id], "inbox_ids": [b.inbox_id]})
+            assert own.status_code == 200, own.text
+            assert own.json()["pod_id"] == b.pod_id and own.json().get("inbox_ids") == [b.inbox_id]
         mine = http.post("/v0/webhooks", json=hook)
         assert mine.status_code == 200, mine.text
         update = http.patch(f"/v0/webhooks/{mine.json()['webhook_id']}", json={"add_inbox_ids": [a.inbox_id]})
@@ -467,3 +469,66 @@ def test_read_routes_need_only_their_read_permission(harness: Harness) -> None:
         finally:
             admin.lists.delete("receive", "block", a.org_entry)
         assert not failures, "\n".join(failures)
+
+
+def test_an_inbox_keys_webhook_names_no_other_inbox_or_pod(harness: Harness) -> None:
+    """An inbox key's webhook (created on /v0/webhooks) is its inbox's: listing a neighbour inbox of
+    the same pod, or a pod, is refused (400) rather than silently dropped."""
+    admin = harness.client()
+    a = _build_tenant(harness, None, "ia", mail=False)
+    neighbour = admin.pods.inboxes.create(a.pod_id, username="n" + harness.new_username()).inbox_id
+    key = admin.inboxes.api_keys.create(a.inbox_id, request={}).api_key
+    hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.received"]}
+    with httpx.Client(base_url=harness.server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for body in ({**hook, "inbox_ids": [neighbour]}, {**hook, "pod_ids": [a.pod_id]}):
+            response = http.post("/v0/webhooks", json=body)
+            assert response.status_code == 400, (body, response.text)
+        own = http.post("/v0/webhooks", json={**hook, "inbox_ids": [a.inbox_id]})
+        assert own.status_code == 200, own.text
+        assert own.json()["inbox_id"] == a.inbox_id
+
+
+def _event_of(harness: Harness, tenant: Tenant) -> str:
+    """The id of a message.received event in ``tenant``'s inbox, read by the organization key."""
+    with connect(f"{harness.server.ws_url}/v0?api_key={harness.api_key}", open_timeout=10) as socket:
+        socket.send(json.dumps({"type": "subscribe", "inbox_ids": [tenant.inbox_id]}))
+        assert json.loads(socket.recv(timeout=10))["type"] == "subscribed"
+        smtp_send(harness.server, [tenant.inbox_id], make_message(tenant.inbox_id).as_bytes())
+        frame = json.loads(socket.recv(timeout=15))
+        assert frame["type"] == "event", frame
+        return str(frame["event_id"])
+
+
+def test_resuming_after_another_pods_event_is_not_found(harness: Harness) -> None:
+    """A WebSocket resume (after_event_id) or polling read (after) naming another pod's event answers as
+    for an id that never existed: it told a pod key which of A's event ids exist, and where in the log."""
+    admin = harness.client()
+    a = _build_tenant(harness, None, "ra", mail=False)
+    b = _build_tenant(harness, None, "rb", mail=False)
+    foreign, own = _event_of(harness, a), _event_of(harness, b)
+    for key in (
+        admin.pods.api_keys.create(b.pod_id, request={}).api_key,
+        admin.inboxes.api_keys.create(b.inbox_id, request={}).api_key,
+    ):
+        answers = {}
+        for event_id in (foreign, "evt_never_existed", own):
+            with connect(f"{harness.server.ws_url}/v0?api_key={key}", open_timeout=10) as socket:
+                socket.send(json.dumps({"type": "subscribe", "after_event_id": event_id}))
+                frame = json.loads(socket.recv(timeout=10))
+                answers[event_id] = (frame["type"], frame.get("name"))
+        assert answers[foreign] == answers["evt_never_existed"] == ("error", "NotFoundError"), answers
+        assert answers[own][0] == "subscribed"
+
+    headers = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=headers) as http:
+        body = {"client_id": "resume-" + harness.new_username(), "event_types": ["message.received"]}
+        made = http.post(f"/v0/pods/{b.pod_id}/webhooks/polling", json=body)
+        assert made.status_code == 200, made.text
+        token = made.json()["token"]
+    for event_id, status in ((foreign, 400), ("evt_never_existed", 400), (own, 200)):
+        read = httpx.get(
+            f"{harness.server.base_url}/v0/webhooks/polling/events",
+            params={"after": event_id},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert read.status_code == status, (event_id, read.text)

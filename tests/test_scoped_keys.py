@@ -12,6 +12,7 @@ import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.errors import NotFoundError
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import NO_RETRY, Harness
@@ -288,3 +289,74 @@ def test_a_client_id_never_hands_over_another_pods_inbox(harness: Harness) -> No
     assert admin.inboxes.create(request={"client_id": cid}).inbox_id == theirs.inbox_id
     own = admin.pods.api_keys.create(pod_a, request={"name": "a"}).api_key
     assert harness.client(api_key=own).inboxes.create(request={"client_id": cid}).inbox_id == theirs.inbox_id
+
+
+def test_a_key_cannot_change_or_delete_a_stronger_key(harness: Harness) -> None:
+    """A key holding api_key_update/delete acts only on keys with no more power than itself: a narrow
+    key renamed, demoted or deleted the unrestricted key above it (organization and pod scope alike)."""
+    admin, pod_id, mine, _ = _two_inboxes(harness)
+    managers = {"api_key_read": True, "api_key_update": True, "api_key_delete": True}
+
+    def as_key(key: str) -> httpx.Client:
+        return httpx.Client(base_url=harness.server.base_url, headers={"Authorization": f"Bearer {key}"})
+
+    with as_key(harness.api_key) as root:
+        for prefix in ("/v0/api-keys", f"/v0/pods/{pod_id}/api-keys"):
+
+            def make(body: dict[str, Any], prefix: str = prefix) -> dict[str, Any]:
+                made = root.post(prefix, json=body)
+                assert made.status_code == 200, made.text
+                return dict(made.json())
+
+            strong = make({"name": "strong"})
+            wider = make({"name": "wider", "permissions": {**managers, "inbox_delete": True}})
+            manager = make({"name": "manager", "permissions": managers})
+            weaker = admin.inboxes.api_keys.create(mine, request={"permissions": {"api_key_read": True}})
+            with as_key(manager["api_key"]) as weak:
+                for target in (strong, wider):
+                    url = f"{prefix}/{target['api_key_id']}"
+                    for response in (
+                        weak.patch(url, json={"name": "pwned"}),
+                        weak.patch(url, json={"permissions": {}}),
+                        weak.delete(url),
+                    ):
+                        assert response.status_code == 403, response.text
+                        assert response.json()["code"] == "permission_escalation"
+                    assert root.get(f"/v0/api-keys/{target['api_key_id']}").json()["name"] == target["name"]
+                # Keys with no more power than itself, itself included, it may manage.
+                mine_url = f"{prefix}/{manager['api_key_id']}"
+                assert weak.patch(mine_url, json={"name": "me"}).status_code == 200
+                assert weak.delete(f"{prefix}/{weaker.api_key_id}").status_code == 204
+            # A key that expires cannot remove one that does not.
+            soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            brief = make({"permissions": managers, "expires_at": soon})
+            with as_key(brief["api_key"]) as short_lived:
+                outlives = short_lived.delete(mine_url)
+                assert outlives.status_code == 403 and outlives.json()["code"] == "permission_escalation"
+            with as_key(manager["api_key"]) as weak:
+                assert weak.delete(mine_url).status_code == 204  # itself
+
+
+def test_two_authorization_headers_are_refused(harness: Harness) -> None:
+    """Two Authorization headers are ambiguous credentials: 401, whichever comes first (the first won)."""
+    base, good = harness.server.base_url, f"Bearer {harness.api_key}"
+    other = f"Bearer {harness.client().api_keys.create(request={'name': 'second'}).api_key}"
+    inbox = harness.client().inboxes.create().inbox_id
+    for path in ("/v0/inboxes", f"/v0/inboxes/{inbox}/messages", "/v0/webhooks/polling/events"):
+        for pair in ((good, "Bearer am_unknown"), (good, good), (good, other)):
+            response = httpx.get(
+                base + path, headers=[("Authorization", pair[0]), ("Authorization", pair[1])]
+            )
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["name"] == "UnauthorizedError"
+            assert response.json()["code"] == "ambiguous_authorization"
+    ws = f"{harness.server.ws_url}/v0"
+    for kwargs in (
+        {"additional_headers": [("Authorization", good), ("Authorization", good)]},
+        {"uri": f"{ws}?api_key={harness.api_key}&api_key={harness.api_key}"},
+    ):
+        with pytest.raises(InvalidStatus) as denied:
+            connect(kwargs.pop("uri", ws), open_timeout=10, **kwargs).close()
+        assert denied.value.response.status_code == 401
+        assert json.loads(denied.value.response.body)["code"] == "ambiguous_authorization"
+    assert httpx.get(base + "/v0/inboxes", headers={"Authorization": good}).status_code == 200

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -25,17 +25,40 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="database URL (default SQLite in the data folder)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line on stderr and exit status 2 (the usage is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _text(value: str) -> str:
+    # Bytes that are not UTF-8 arrive as lone surrogates, which no database stores (a traceback).
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("must be UTF-8 text") from None
+    return value
+
+
 def _key_name(value: str) -> str:
     # The API's rule for key names; a longer one broke the insert on PostgreSQL (a traceback).
     if not 1 <= len(value) <= 256:
         raise argparse.ArgumentTypeError("a key name must be 1-256 characters")
-    return value
+    return _text(value)
+
+
+def _scope_id(value: str) -> str:
+    # An empty id (``--pod "$POD"`` with POD unset) made an organization key: more than was asked for.
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return _text(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentmx", description="Self-hosted email for AI agents.")
+    parser = _Parser(prog="agentmx", description="Self-hosted email for AI agents.")
     parser.add_argument("--version", action="version", version=f"agentmx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP API, SMTP listener and job runner")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -46,23 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_args(serve)
 
     keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     create = keys_sub.add_parser("create", help="create an API key and print its secret")
     create.add_argument("--name", type=_key_name, default="cli", help="a name for the key (1-256 characters)")
-    create.add_argument("--pod", help="scope the key to this pod id")
-    create.add_argument("--inbox", help="scope the key to this inbox id (its address)")
+    create.add_argument("--pod", type=_scope_id, help="scope the key to this pod id")
+    create.add_argument(
+        "--inbox", type=_scope_id, help="scope the key to this inbox id (its address; in --pod if given)"
+    )
     _storage_args(create)
 
     db = sub.add_parser("db", help="database maintenance")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     _storage_args(db_sub.add_parser("upgrade", help="apply migrations"))
 
     suppressions = sub.add_parser("suppressions", help="addresses blocked after a bounce or complaint")
-    suppressions_sub = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    suppressions_sub = suppressions.add_subparsers(
+        dest="suppressions_command", required=True, metavar="COMMAND"
+    )
     remove = suppressions_sub.add_parser(
         "remove", help="lift the block of an address (the API may not: its entries are read-only)"
     )
-    remove.add_argument("address", help="the blocked address or domain")
+    remove.add_argument("address", type=_text, help="the blocked address or domain")
     _storage_args(remove)
     return parser
 
@@ -90,7 +117,7 @@ async def _create_key(settings: Settings, name: str, pod: str | None, inbox: str
             org = await keys.ensure_organization(s)
             root = Caller(organization_id=org.id)
             if inbox:  # pinned: the key must not outlive an inbox or pod being deleted now
-                row = await get_inbox(s, root, inbox, lock="pin")
+                row = await get_inbox(s, root, inbox, pod_id=pod, lock="pin")
                 inbox, pod = row.id, row.pod_id
             elif pod:
                 await get_pod(s, root, pod, lock="pin")

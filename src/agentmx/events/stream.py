@@ -23,7 +23,7 @@ from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED, read_
 from agentmx.events.hub import BATCH, Hub, Item, Subscriber
 from agentmx.events.ws_frame import FrameWriter
 from agentmx.http.nul_guard import contains_nul, contains_surrogate
-from agentmx.services import inboxes, pods
+from agentmx.services import event_position, inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
 
@@ -185,15 +185,18 @@ class Stream:
     async def _seq_of(self, event_id: Any) -> int:
         if not isinstance(event_id, str):
             raise StreamError("ValidationError", "after_event_id must be a string")
+        caller = self.caller
         async with self.rt.db.read() as s:
-            seq = await s.scalar(
-                select(Event.seq).where(
-                    Event.event_id == event_id, Event.organization_id == self.caller.organization_id
-                )
+            seq = await event_position.seq_of(
+                s,
+                event_id,
+                organization_id=caller.organization_id,
+                pod_id=caller.pod_id,
+                inbox_id=caller.inbox_id,
             )
         if seq is None:
             raise StreamError("NotFoundError", f"Event {event_id} not found")
-        return int(seq)
+        return seq
 
     async def _replay(self, after_seq: int) -> None:
         """Send matching events after ``after_seq`` from the log; live items up to there are skipped."""

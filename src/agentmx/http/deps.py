@@ -27,7 +27,8 @@ async def resolve_caller(
 
 
 async def get_caller(request: Request) -> Caller:
-    caller = await resolve_caller(get_runtime(request), request.headers.get("authorization"))
+    authorization = keys.one_credential(request.headers.getlist("authorization"))
+    caller = await resolve_caller(get_runtime(request), authorization)
     request.state.caller = caller
     return caller
 

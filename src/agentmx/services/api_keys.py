@@ -124,6 +124,24 @@ def _check_grant(caller: Caller, permissions: dict[str, bool] | None) -> None:
         )
 
 
+def _check_power_over(caller: Caller, key: ApiKey, own_expiry: datetime | None) -> None:
+    """A key may change or delete only keys with no more power than itself: every right the target
+    holds, the caller holds, and the target expires no later (its scope is within the caller's already,
+    or it would not be found). Otherwise a narrow key could demote or remove the admin key above it."""
+    stronger = [name for name, flag in (key.permissions or {}).items() if flag and not caller.can(name)]
+    if key.permissions is None and not caller.unrestricted:
+        stronger = ["unrestricted"]
+    outlives = own_expiry is not None and (key.expires_at is None or key.expires_at > own_expiry)
+    if stronger or outlives:
+        held = ", ".join(sorted(stronger)) if stronger else "a later expiry"
+        raise Forbidden(
+            "Forbidden",
+            code="permission_escalation",
+            fix=f"An API key cannot change or delete a key with more power than itself ({held}). "
+            "Use a key that holds at least as much.",
+        )
+
+
 def visible(stmt: Any, caller: Caller) -> Any:
     stmt = stmt.where(ApiKey.organization_id == caller.organization_id)
     if caller.pod_id:
@@ -232,6 +250,7 @@ async def update_key(
     permissions: Any = UNSET,
 ) -> ApiKey:
     key = await get_key(session, caller, key_id, scope)
+    _check_power_over(caller, key, await _caller_expiry(session, caller))
     if name is not UNSET:
         if name is None or not (1 <= len(name) <= 256):
             raise fail("name", "name must be 1-256 characters")
@@ -247,5 +266,6 @@ async def update_key(
 
 async def delete_key(session: AsyncSession, caller: Caller, key_id: str, scope: Scope | None) -> None:
     key = await get_key(session, caller, key_id, scope)
+    _check_power_over(caller, key, await _caller_expiry(session, caller))
     await session.delete(key)
     await session.flush()

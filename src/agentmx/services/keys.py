@@ -90,6 +90,18 @@ def _missing(
     return Unauthorized(message, code="missing_authorization", fix=fix)
 
 
+def one_credential(values: list[str]) -> str | None:
+    """The one Authorization header (or api_key parameter) sent, None if none; two are refused (401):
+    which one a proxy, a framework or this server would honour differs, so neither is guessed."""
+    if len(values) > 1:
+        raise Unauthorized(
+            "Ambiguous credentials: more than one Authorization header or api_key parameter",
+            code="ambiguous_authorization",
+            fix="Send exactly one 'Authorization: Bearer <api key>' header.",
+        )
+    return values[0] if values else None
+
+
 def parse_bearer(header: str | None, fix: str = API_KEY_FIX) -> str:
     """The secret of ``Authorization: Bearer <secret>``; ``fix`` tells a caller without one what to send."""
     # RFC 9110 11.1 and 11.4: the scheme is case-insensitive ("bearer" from curl scripts), then 1*SP.

@@ -21,6 +21,7 @@ from agentmx.db.models import Event, PollingWebhook
 from agentmx.events import hub as event_hub
 from agentmx.events.bodies import encode_body
 from agentmx.events.catalogue import effective_types
+from agentmx.services import event_position
 from agentmx.services.pagination import decode_token, encode_token
 from agentmx.services.polling_webhooks import by_token
 from agentmx.services.runtime import Runtime
@@ -67,12 +68,12 @@ async def start_position(
             )
         position = max(position, seq)
     elif after:
-        seq = await session.scalar(
-            select(Event.seq).where(Event.event_id == after, Event.organization_id == sub.organization_id)
+        seq = await event_position.seq_of(
+            session, after, organization_id=sub.organization_id, pod_id=sub.pod_id, inbox_id=sub.inbox_id
         )
         if seq is None:
             raise fail("after", f"event {after!r} is not in the event log; read on with a cursor instead")
-        position = max(position, int(seq))
+        position = max(position, seq)
     return position
 
 

@@ -199,10 +199,17 @@ async def resolve_channels(
     """The pods and inboxes a new subscription of ``owner`` listens to, each checked to exist in scope.
 
     An inbox subscription is fixed to its inbox, a pod subscription lists only inboxes of its pod.
+    Naming anything else is refused (400), not ignored: a pod key's caller naming another pod must
+    learn that it will never hear from it (and a pod outside its scope is "not found", as an inbox is).
     """
     if owner.inbox_id is not None:
+        own = await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids", pod_id=owner.pod_id)
+        if pod_ids or any(inbox_id != owner.inbox_id for inbox_id in own):
+            raise fail("inbox_ids", "an inbox webhook is fixed to its inbox")
         return [], []
     if owner.pod_id is not None:
+        if any(pod_id != owner.pod_id for pod_id in await _resolve_pods(session, caller, pod_ids, "pod_ids")):
+            raise fail("pod_ids", "a pod webhook is fixed to its pod")
         return [], await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids", pod_id=owner.pod_id)
     pod_list = await _resolve_pods(session, caller, pod_ids, "pod_ids")
     return pod_list, await _resolve_inboxes(session, caller, inbox_ids, "inbox_ids")

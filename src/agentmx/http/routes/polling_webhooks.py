@@ -108,7 +108,7 @@ async def _delete(rt: Runtime, caller: Caller, route: Route, webhook_id: str) ->
 @router.get("/v0/webhooks/polling/events")
 async def read_events(request: Request, rt: RuntimeDep) -> Response:
     token = keys.parse_bearer(
-        request.headers.get("authorization"),
+        keys.one_credential(request.headers.getlist("authorization")),
         fix="Send 'Authorization: Bearer <token>' with the polling webhook's token (amp_…), returned at its creation.",
     )
     limit = check_limit(

@@ -12,6 +12,7 @@ from agentmx.events import hub as event_hub
 from agentmx.events.stream import serve
 from agentmx.http.deps import resolve_caller
 from agentmx.http.ws_frames import frame_writer
+from agentmx.services import keys
 from agentmx.services.runtime import Runtime
 
 router = APIRouter()
@@ -20,8 +21,9 @@ router = APIRouter()
 @router.websocket("/v0")
 async def event_socket(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.rt
-    authorization, api_key = websocket.headers.get("authorization"), websocket.query_params.get("api_key")
     try:
+        authorization = keys.one_credential(websocket.headers.getlist("authorization"))
+        api_key = keys.one_credential(websocket.query_params.getlist("api_key"))
         caller = await resolve_caller(rt, authorization, api_key)
     except AgentMXError as exc:
         status = 429 if isinstance(exc, RateLimited) else 401
