@@ -115,3 +115,31 @@ def test_a_retry_that_cannot_be_recorded_counts_as_a_failure(
         assert len(receiver.deliveries) == 1
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_job_whose_payload_is_not_an_object_is_dropped(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """Was: it failed the whole claim at every lease, and jobs claimed with it waited behind it."""
+    server = fresh_server(backend, env={"AGENTMX_JOB_LEASE": str(LEASE)}).start()
+    client = Harness(server, backend).client()
+    receiver = Receiver()
+    try:
+        inbox = new_inbox(client)
+        client.webhooks.create(url=receiver.url, event_types=["message.received"])
+        cast = "" if backend == "sqlite" else "::json"
+        for payload in ("[1]", '"x"', "null"):  # claimed first: due long ago
+            run_sql(
+                server,
+                "INSERT INTO jobs (kind, payload, run_at, attempts, created_at) VALUES "
+                f"('deliver_webhook', '{payload}'{cast}, '2020-01-01 00:00:00', 0, '2020-01-01 00:00:00')",
+            )
+        send_mail(server, inbox)
+        receiver.wait(1)
+        wait_for(lambda: not _jobs(server))
+        log = server.log_path.read_text()
+        assert log.count("is not a JSON object") == 3
+        assert "job claim failed" not in log
+    finally:
+        receiver.close()

@@ -194,7 +194,7 @@ class JobRunner:
                 # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
                 # stepped ahead of the renewal's), so the claim above only renewed it.
                 continue
-            task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
+            task = asyncio.create_task(self._run(job_id, kind, payload, attempts))
             self.tasks.add(task)
             self.claimed.add(job_id)
             task.add_done_callback(self.tasks.discard)
@@ -211,7 +211,16 @@ class JobRunner:
         finally:
             self.claimed.discard(job_id)
 
-    async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
+    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int) -> None:
+        if not isinstance(payload, dict):
+            # No handler can run it (written by hand, or by a broken version): it failed the whole
+            # claim, for ever, and the jobs claimed with it waited behind it.
+            log.error(
+                "job %s (%s): its payload is not a JSON object (%.200r): dropped", job_id, kind, payload
+            )
+            await self._record(job_id, kind, {}, functools.partial(self._finish, job_id), done=True)
+            self.claimed.discard(job_id)
+            return
         async with self.slots:
             done = False
             try:
