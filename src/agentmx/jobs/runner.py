@@ -6,7 +6,8 @@ A claim lasts ``job_lease`` and is renewed while the job waits or runs: a slow j
 slow host, one recipient after another) is not claimed again while its process keeps renewing it.
 A process stopped for longer than the lease (suspended, its clock stepped) loses its claims; the job
 may then run twice, which handlers tolerate (at least once). A process that stops cleanly hands its
-unfinished claims back at once.
+unfinished claims back at once. A job whose outcome the database refuses is finished (its work done)
+or counted as an unexpected failure (``_record``), never left claimed to run again at every lease.
 """
 
 from __future__ import annotations
