@@ -10,6 +10,8 @@ import base64
 import contextlib
 import secrets
 import smtplib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ from agentmx.testing.dns import LoopbackDNS
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, NO_RETRY
 from send_support import Sink, events_for, ext, new_inbox, relaying_server, wait_for
+
+URL_TIMEOUT = 5.0  # seconds all of a message's URL attachments may take
 
 
 class Relay:
@@ -40,7 +44,10 @@ class Relay:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    env = {"AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true"}  # the test URLs are on loopback
+    env = {
+        "AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true",  # the test URLs are on loopback
+        "AGENTMX_ATTACHMENT_URL_TIMEOUT": str(URL_TIMEOUT),
+    }
     with relaying_server(tmp_path_factory.mktemp(f"relay-{request.param}"), request.param, env) as (
         server,
         sink,
@@ -192,6 +199,69 @@ def test_unfetchable_attachment_url_is_rejected(relay: Relay) -> None:
             request_options=NO_RETRY,
         )
     assert refused.value.status_code == 403
+
+
+@contextlib.contextmanager
+def answering(head: bytes, trickle: bool) -> Iterator[str]:
+    """A loopback HTTP server that answers every GET with ``head``, then (if ``trickle``) one byte
+    every 0.2 s for ever; yields its URL."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(head)
+            while trickle and not stop.wait(0.2):
+                conn.sendall(b"x")
+            stop.wait()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=serve, args=(sock.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/report.pdf"
+    finally:
+        stop.set()
+        sock.close()
+
+
+def test_a_url_that_trickles_for_ever_is_refused_in_time(relay: Relay) -> None:
+    """Every read gets a byte within its timeout, so only a deadline on the whole download ends it
+    (was: the send hung as long as the server kept sending)."""
+    client = relay.client()
+    a = new_inbox(client)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/pdf\r\n\r\n"
+    with answering(head, trickle=True) as url:
+        for send in (
+            lambda: client.inboxes.messages.send(
+                a, to=ext(), text="x", attachments=[{"url": url}], request_options=NO_RETRY
+            ),
+            lambda: client.inboxes.drafts.create(
+                a, to=[ext()], text="x", attachments=[{"url": url}], request_options=NO_RETRY
+            ),
+        ):
+            started = time.monotonic()
+            with pytest.raises(ApiError) as refused:
+                send()
+            assert refused.value.status_code == 403
+            assert f"not downloaded within {URL_TIMEOUT:g} s" in str(refused.value.body)
+            assert time.monotonic() - started < URL_TIMEOUT + 20
+
+
+def test_a_url_that_declares_too_many_bytes_is_refused_before_reading(relay: Relay) -> None:
+    client = relay.client()
+    a = new_inbox(client)
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 40000000\r\n\r\n"  # and then nothing
+    with answering(head, trickle=False) as url, pytest.raises(ApiError) as refused:
+        client.inboxes.messages.send(
+            a, to=ext(), text="x", attachments=[{"url": url}], request_options=NO_RETRY
+        )
+    assert refused.value.status_code == 403
+    assert "exceed 30 MB" in str(refused.value.body)
 
 
 def test_url_attachment_is_fetched(relay: Relay) -> None:

@@ -231,6 +231,12 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses."
     )
+    attachment_url_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the URL attachments of one message may take to download, all of them together "
+        "(lookups, connections, redirects and bytes): a server that sends slowly or never ends is refused.",
+    )
     attachment_url_allow_private: bool = Field(
         False,
         description="Allow send attachment URLs that resolve to loopback, private or link-local addresses.",

@@ -6,6 +6,7 @@ Every attempt is signed afresh (new svix-timestamp) under the same svix-id and r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -68,14 +69,22 @@ def delivery_headers(secret: str, custom: dict[str, str], msg_id: str, body: byt
 
 
 async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tuple[int | None, str | None]:
+    # One deadline for the whole attempt: a slow resolver held a job slot past webhook_timeout.
+    timeout = rt.settings.webhook_timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
         headers = delivery_headers(target.secret, target.headers, msg_id, body)
-        ip = await check_destination(target.url, rt.settings.webhook_allow_private)
+        try:
+            async with asyncio.timeout_at(deadline):
+                ip = await check_destination(target.url, rt.settings.webhook_allow_private)
+        except TimeoutError:
+            return None, f"TimeoutError: the receiver's address was not found within {timeout:g} s"
         url, host, extensions = pinned(target.url, ip)
         headers.update(host)
         server_name = extensions["sni_hostname"]
         # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
-        status = await http1.post(url, body, headers, rt.settings.webhook_timeout, server_name)
+        status = await http1.post(url, body, headers, deadline - loop.time(), server_name)
     except (BlockedAddress, ValidationFailed) as exc:  # ValidationFailed: a URL stored before a rule
         return None, str(exc)
     except OSError as exc:  # network failures, TLS errors, timeouts, bad HTTP

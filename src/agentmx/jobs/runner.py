@@ -6,7 +6,8 @@ A claim lasts ``job_lease`` and is renewed while the job waits or runs: a slow j
 slow host, one recipient after another) is not claimed again while its process keeps renewing it.
 A process stopped for longer than the lease (suspended, its clock stepped) loses its claims; the job
 may then run twice, which handlers tolerate (at least once). A process that stops cleanly hands its
-unfinished claims back at once.
+unfinished claims back at once. A job whose outcome the database refuses is finished (its work done)
+or counted as an unexpected failure (``_record``), never left claimed to run again at every lease.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import functools
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ from sqlalchemy import Integer, Update, bindparam, delete, insert, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
+from agentmx.db.retryable import retryable
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.failure_log import FailureLog
@@ -192,7 +195,7 @@ class JobRunner:
                 # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
                 # stepped ahead of the renewal's), so the claim above only renewed it.
                 continue
-            task = asyncio.create_task(self._run(job_id, kind, dict(payload), attempts))
+            task = asyncio.create_task(self._run(job_id, kind, payload, attempts))
             self.tasks.add(task)
             self.claimed.add(job_id)
             task.add_done_callback(self.tasks.discard)
@@ -209,8 +212,18 @@ class JobRunner:
         finally:
             self.claimed.discard(job_id)
 
-    async def _run(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> None:
+    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int) -> None:
+        if not isinstance(payload, dict):
+            # No handler can run it (written by hand, or by a broken version): it failed the whole
+            # claim, for ever, and the jobs claimed with it waited behind it.
+            log.error(
+                "job %s (%s): its payload is not a JSON object (%.200r): dropped", job_id, kind, payload
+            )
+            await self._record(job_id, kind, {}, functools.partial(self._finish, job_id), done=True)
+            self.claimed.discard(job_id)
+            return
         async with self.slots:
+            done = False
             try:
                 inserts = await self._call(job_id, kind, dict(payload), attempts)  # ours stays as claimed
             except RetryAt as retry:
@@ -218,8 +231,14 @@ class JobRunner:
                 if FAILURES in (next_payload if next_payload is not None else payload):
                     # A planned retry ends a run of unexpected failures.
                     next_payload = {k: v for k, v in (next_payload or payload).items() if k != FAILURES}
-                await self._reschedule(
-                    job_id, retry.when, retry.reason, next_payload, count=True, inserts=retry.inserts
+                record = functools.partial(
+                    self._reschedule,
+                    job_id,
+                    retry.when,
+                    retry.reason,
+                    next_payload,
+                    count=True,
+                    inserts=retry.inserts,
                 )
             except asyncio.CancelledError:
                 raise
@@ -227,11 +246,12 @@ class JobRunner:
                 failed = failures(payload) + 1
                 if failed >= MAX_UNEXPECTED_FAILURES:
                     log.exception("job %s (%s) failed %d times in a row: given up", job_id, kind, failed)
-                    await self._finish(job_id)
+                    record = functools.partial(self._finish, job_id)
                 else:
                     log.exception("job %s (%s) failed", job_id, kind)
                     delay = FAILURE_BACKOFF[min(failed - 1, len(FAILURE_BACKOFF) - 1)]
-                    await self._reschedule(
+                    record = functools.partial(
+                        self._reschedule,
                         job_id,
                         utcnow() + timedelta(seconds=delay),
                         repr(exc),
@@ -239,7 +259,58 @@ class JobRunner:
                         count=True,
                     )
             else:
-                await self._finish(job_id, inserts or [])
+                done = True
+                record = functools.partial(self._finish, job_id, inserts or [])
+            await self._record(job_id, kind, payload, record, done=done)
+
+    async def _record(
+        self,
+        job_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        record: Callable[[], Awaitable[None]],
+        *,
+        done: bool,
+    ) -> None:
+        """Write the job's outcome. If that fails (a value a column cannot hold, a constraint, a
+        serialization failure twice), the job is not left claimed: its lease would lapse and it would
+        run again, and fail to record again, for ever, repeating its work (a webhook POSTed every
+        lease). Instead a done job is finished without the rows it asked for, and any other counts
+        one unexpected failure, so a job that can never record its outcome is given up after
+        MAX_UNEXPECTED_FAILURES."""
+        try:
+            try:
+                await record()
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                await record()  # a lost serialization check or deadlock: the same write once more
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s (%s): recording its outcome failed", job_id, kind)
+        try:
+            if done:
+                await self._finish(job_id)  # its work is done: running it again would repeat it
+                return
+            failed = failures(payload) + 1
+            if failed >= MAX_UNEXPECTED_FAILURES:
+                log.error("job %s (%s) could not record its outcome %d times: given up", job_id, kind, failed)
+                await self._finish(job_id)
+                return
+            delay = FAILURE_BACKOFF[min(failed - 1, len(FAILURE_BACKOFF) - 1)]
+            await self._reschedule(
+                job_id,
+                utcnow() + timedelta(seconds=delay),
+                "its outcome could not be recorded",
+                {**payload, FAILURES: failed},
+                count=True,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database is down: the job runs again once its lease lapses
+            log.exception("job %s (%s): recording its failure failed too", job_id, kind)
 
     async def _finish(self, job_id: int, inserts: Inserts | None = None) -> None:
         # Jobs finishing together share one delete and one commit; until it commits, a crash
@@ -260,7 +331,7 @@ class JobRunner:
             "run_at": when,
             "locked_by": None,
             "locked_until": None,
-            "last_error": reason[:2000],
+            "last_error": reason.replace("\x00", "")[:2000],  # PostgreSQL text holds no NUL
         }
         if payload is not None:
             values["payload"] = payload

@@ -83,7 +83,11 @@ async def store_attachments(rt: Runtime, inputs: list[AttachmentInput]) -> list[
     """
     specs = [send_attachments.AttachmentSpec(**vars(att)) for att in inputs]
     out: list[StoredAttachment] = []
-    resolved = await send_attachments.resolve(specs, allow_private=rt.settings.attachment_url_allow_private)
+    resolved = await send_attachments.resolve(
+        specs,
+        allow_private=rt.settings.attachment_url_allow_private,
+        timeout=rt.settings.attachment_url_timeout,
+    )
     for att in resolved:
         out.append(
             StoredAttachment(

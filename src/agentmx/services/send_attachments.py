@@ -1,13 +1,16 @@
 """Turning SendAttachment requests (base64 ``content`` or a ``url``) into attachment bytes.
 
 Reusable by drafts. A URL must answer 2xx (redirects followed); anything else refuses the send
-with 403 ``message_rejected`` as AgentMail does. URL bytes are capped at ``MAX_URL_BYTES`` per message.
+with 403 ``message_rejected`` as AgentMail does. URL bytes are capped at ``MAX_URL_BYTES`` per message,
+and all of a message's downloads together at ``timeout`` seconds: a server trickling bytes for ever
+stays under every per-read timeout, and held the send (and its client) with it.
 Every hop must resolve to a public address unless ``allow_private`` (the server would otherwise
 fetch internal services and mail their answers out: SSRF).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import mimetypes
@@ -22,7 +25,7 @@ from agentmx.mail.parse import CONTENT_ID_CHARS, CONTENT_TYPE_CHARS, MIME_TYPE
 
 MAX_URL_BYTES = 30 * 1024 * 1024
 MAX_REDIRECTS = 5
-FETCH_TIMEOUT = 30.0
+FETCH_TIMEOUT = 30.0  # per read or connect; the whole download is bounded by resolve's ``timeout``
 DISPOSITIONS = ("inline", "attachment")
 
 
@@ -52,10 +55,15 @@ def _content_type(spec: AttachmentSpec, fetched: str | None = None) -> str:
     return guessed or "application/octet-stream"
 
 
-def _unfetchable(url: str, why: str) -> MessageRejected:
+def _unfetchable(
+    url: str, why: str, fix: str = "Use a public URL that can be downloaded without authentication."
+) -> MessageRejected:
+    return MessageRejected(f"Attachment URL could not be fetched ({why}): {url}", fix=fix)
+
+
+def _too_large() -> MessageRejected:
     return MessageRejected(
-        f"Attachment URL could not be fetched ({why}): {url}",
-        fix="Use a public URL that can be downloaded without authentication.",
+        "URL attachments exceed 30 MB per message", fix="Send fewer or smaller attachments."
     )
 
 
@@ -74,15 +82,17 @@ async def _fetch(
                     continue
                 if not 200 <= response.status_code < 300:
                     raise _unfetchable(url, f"HTTP {response.status_code}")
+                # Refused before reading when it says so (a compressed body's length is not its size).
+                declared = response.headers.get("content-length", "")
+                encoded = response.headers.get("content-encoding", "identity") != "identity"
+                if declared.isascii() and declared.isdigit() and int(declared) > budget and not encoded:
+                    raise _too_large()
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > budget:
-                        raise MessageRejected(
-                            "URL attachments exceed 30 MB per message",
-                            fix="Send fewer or smaller attachments.",
-                        )
+                        raise _too_large()
                     chunks.append(chunk)
                 return b"".join(chunks), response.headers.get("content-type")
         raise _unfetchable(url, "too many redirects")
@@ -92,9 +102,12 @@ async def _fetch(
         raise _unfetchable(url, type(exc).__name__) from exc
 
 
-async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -> list[OutAttachment]:
+async def resolve(
+    specs: list[AttachmentSpec], *, allow_private: bool = False, timeout: float = 60.0
+) -> list[OutAttachment]:
     out: list[OutAttachment] = []
     budget = MAX_URL_BYTES
+    deadline = asyncio.get_running_loop().time() + timeout
     for index, spec in enumerate(specs):
         if (spec.content is None) == (spec.url is None):
             raise _bad(index, "give exactly one of content or url")
@@ -125,10 +138,18 @@ async def resolve(specs: list[AttachmentSpec], *, allow_private: bool = False) -
         else:
             assert spec.url is not None
             # trust_env=False: a proxy from the environment would make its own DNS lookup.
-            async with httpx.AsyncClient(
-                follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False
-            ) as client:
-                data, fetched_type = await _fetch(client, spec.url, budget, allow_private)
+            try:
+                async with (
+                    asyncio.timeout_at(deadline),
+                    httpx.AsyncClient(
+                        follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False
+                    ) as client,
+                ):
+                    data, fetched_type = await _fetch(client, spec.url, budget, allow_private)
+            except TimeoutError as exc:
+                slow = f"not downloaded within {timeout:g} s"
+                fix = "Use a URL that serves the file at once, or send its bytes as content."
+                raise _unfetchable(spec.url, slow, fix) from exc
             budget -= len(data)
         out.append(
             OutAttachment(

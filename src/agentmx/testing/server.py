@@ -34,8 +34,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         http_port: int | None = None,
         smtp_port: int | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Words before the Python command (a test runs the server inside a namespace of its own).
+        self.launcher = launcher or []
         self.database_url = database_url
         self.http_port = http_port or free_port()
         self.smtp_port = smtp_port if smtp_port is not None else free_port()
@@ -109,6 +112,7 @@ class ServerProcess:
     def _start(self, timeout: float) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
+            *self.launcher,
             sys.executable,
             "-m",
             "agentmx",

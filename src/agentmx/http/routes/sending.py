@@ -91,7 +91,9 @@ async def _send(
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
         attachments = await send_attachments.resolve(
-            specs, allow_private=rt.settings.attachment_url_allow_private
+            specs,
+            allow_private=rt.settings.attachment_url_allow_private,
+            timeout=rt.settings.attachment_url_timeout,
         )
         # Rules, rendering and blob fsyncs in a read transaction; only the rows take the write lock.
         async with rt.db.read() as s:
