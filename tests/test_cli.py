@@ -151,3 +151,24 @@ def test_keys_create_refuses_a_name_the_api_would(tmp_path: Path, name: str) -> 
     assert "am_" not in out.stdout
     longest = run_agentmx("keys", "create", "--name", "x" * 256, "--data-dir", str(tmp_path / "d"), env={})
     assert longest.returncode == 0 and longest.stdout.strip().startswith("am_")
+
+
+def test_serve_refuses_counts_and_timeouts_that_make_no_sense(tmp_path: Path) -> None:
+    # Each started a server: no HTTP connection admitted at 0, slowloris and SMTP deadlines that fired at once.
+    bad = {
+        "AGENTMX_HTTP_MAX_CONNECTIONS": "0",
+        "AGENTMX_HTTP_HEADER_TIMEOUT": "-1",
+        "AGENTMX_SMTP_MAX_CONNECTIONS": "-5",
+        "AGENTMX_SMTP_TIMEOUT": "0",
+        "AGENTMX_WEBHOOK_TIMEOUT": "-2",
+        "AGENTMX_DNS_TIMEOUT": "nan",
+        "AGENTMX_JOB_POLL_INTERVAL": "0",
+    }
+    out = run_agentmx(
+        "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0", "--smtp-port", "0", env=bad
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == len(bad)
+    for name in bad:
+        assert sum(line.startswith(f"agentmx: invalid setting {name}: ") for line in lines) == 1
