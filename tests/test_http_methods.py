@@ -36,3 +36,18 @@ def test_a_405_names_every_method_of_the_path(http: httpx.Client, inbox: str) ->
         assert set(refused.headers["allow"].split(", ")) == allowed, path
     head = http.head(f"/v0/inboxes/{inbox}/drafts/dft_x/send")  # no GET, so no HEAD
     assert head.status_code == 405 and head.headers["allow"] == "POST"
+
+
+def test_a_trailing_slash_or_a_slash_id_is_a_404_not_a_redirect(http: httpx.Client, inbox: str) -> None:
+    """Each was a 307 with an empty body to the path without the slash: an inbox id of "/" (%2F) led a
+    GET to the inbox list, and a DELETE to a 405 there."""
+    for method, path in [
+        ("GET", "/v0/inboxes/"),
+        ("POST", "/v0/inboxes/"),
+        ("GET", "/v0/inboxes/%2F"),
+        ("DELETE", "/v0/inboxes/%2F"),
+        ("GET", f"/v0/inboxes/{inbox}/messages/"),
+    ]:
+        resp = http.request(method, path, json={} if method == "POST" else None)
+        assert resp.status_code == 404, (method, path, resp.status_code)
+        assert resp.json()["code"] == "not_found" and "location" not in resp.headers

@@ -62,7 +62,11 @@ class AgentmxApp(FastAPI):
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    app = AgentmxApp(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
+    # No trailing-slash redirects: /v0/inboxes/%2F (an id of "/") was a 307 to the inbox list, and
+    # every redirect was an empty body built from the client's Host; a 404 in the error shape instead.
+    app = AgentmxApp(
+        title="agentmx", version=__version__, docs_url="/docs", redoc_url=None, redirect_slashes=False
+    )
     app.state.rt = rt
     errors.install(app)
     for router in ROUTERS:
