@@ -8,10 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from agentmx import errors as e
@@ -101,6 +102,13 @@ def install(app: FastAPI) -> None:
         else:
             body = error_body("Error", "error", str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    # A client gone while its body was read (or whose chunked body the parser refused midway):
+    # nobody is left to answer, and it is no server fault, so no traceback (it logged two).
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        log.info("client disconnected before its request body was read")
+        return Response(status_code=400)
 
     # Registered by class (not only under Exception, whose handler Starlette re-raises after it
     # answers): a retryable database failure is logged as one line, not a traceback.
