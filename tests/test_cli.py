@@ -195,3 +195,24 @@ def test_keys_create_with_pod_and_inbox_needs_the_inbox_in_that_pod(harness: Har
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
     assert [i.inbox_id for i in harness.client(api_key=key).inboxes.list().inboxes] == [inbox]
+
+
+def test_serve_refuses_counts_and_timeouts_that_make_no_sense(tmp_path: Path) -> None:
+    # Each started a server: no HTTP connection admitted at 0, slowloris and SMTP deadlines that fired at once.
+    bad = {
+        "AGENTMX_HTTP_MAX_CONNECTIONS": "0",
+        "AGENTMX_HTTP_HEADER_TIMEOUT": "-1",
+        "AGENTMX_SMTP_MAX_CONNECTIONS": "-5",
+        "AGENTMX_SMTP_TIMEOUT": "0",
+        "AGENTMX_WEBHOOK_TIMEOUT": "-2",
+        "AGENTMX_DNS_TIMEOUT": "nan",
+        "AGENTMX_JOB_POLL_INTERVAL": "0",
+    }
+    out = run_agentmx(
+        "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0", "--smtp-port", "0", env=bad
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == len(bad)
+    for name in bad:
+        assert sum(line.startswith(f"agentmx: invalid setting {name}: ") for line in lines) == 1

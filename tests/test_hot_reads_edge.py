@@ -1,5 +1,5 @@
 """GET message and GET thread are answered ahead of FastAPI's stack (http/hot_routes.py): what the
-stack used to provide at their edge stays the same: error bodies, 405 on HEAD, the routes around
+stack used to provide at their edge stays the same: error bodies, HEAD, the routes around
 them, headers, and the exact JSON bytes (http/wire.json_response)."""
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ def test_auth_errors_and_head_as_on_every_other_route(harness: Harness) -> None:
         for path in paths:
             _error(limited.get(path), 403, "missing_permission")
     with _http(harness, harness.api_key) as http:
-        for path in paths:  # a 405 as FastAPI answers it (the body is not sent for HEAD)
-            head = http.head(path)
-            assert head.status_code == 405 and head.headers["content-type"] == "application/json"
+        for path in paths:  # HEAD as GET, without the body (it was a 405 here as on every route)
+            head, got = http.head(path), http.get(path)
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+            assert head.headers["content-length"] == got.headers["content-length"]
         unknown = [
             (f"/v0/inboxes/nobody@{inbox.split('@')[1]}/messages/%3Cx%40y%3E", "Inbox not found"),
             (f"/v0/inboxes/{inbox}/messages/%3Cnone%40example.com%3E", "Message not found"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -78,3 +79,24 @@ def test_request_heads_under_64_kb_are_served_on_one_connection(harness: Harness
             while not answer.endswith(b"}"):
                 answer += sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_a_client_gone_midway_through_its_body_logs_no_traceback(harness: Harness) -> None:
+    """Each such request logged two tracebacks (ClientDisconnect as an unhandled error, then uvicorn's
+    "Exception in ASGI application"): one for every aborted upload, or chunked body refused midway."""
+    auth = f"Authorization: Bearer {harness.api_key}\r\n".encode()
+    cut_short = b"POST /v0/inboxes HTTP/1.1\r\nHost: x\r\n" + auth + b'Content-Length: 1000\r\n\r\n{"a": '
+    with socket.create_connection(("127.0.0.1", harness.server.http_port), timeout=10) as sock:
+        sock.sendall(cut_short)
+    bad_chunk = (
+        b"POST /v0/inboxes HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n\r\n"
+    )
+    head, _ = _exchange(harness, bad_chunk)
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    time.sleep(0.5)  # the server notices the first connection's end
+    assert _exchange(harness, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0].startswith(
+        b"HTTP/1.1 200"
+    )
+    assert "ClientDisconnect" not in harness.server.log()

@@ -163,3 +163,25 @@ def test_a_final_newline_is_no_client_id_or_header_name(
     }
     refused = http.post("/v0/webhooks", json=hook)
     assert refused.status_code == 400, refused.text
+
+
+def test_two_idempotency_keys_on_one_request_are_a_400_and_nothing_is_sent(
+    harness: Harness, http: httpx.Client, inbox: str
+) -> None:
+    """The first of two headers won: a retry carrying them in the other order was sent twice."""
+    to = http.post("/v0/inboxes", json={}).json()["inbox_id"]
+    draft = http.post(f"/v0/inboxes/{inbox}/drafts", json={"to": [to], "subject": "d"}).json()["draft_id"]
+    twice = [
+        ("Idempotency-Key", "k-" + secrets.token_hex(4)),
+        ("Idempotency-Key", "k-" + secrets.token_hex(4)),
+    ]
+    for path, body in [
+        (f"/v0/inboxes/{inbox}/messages/send", {"to": [to], "subject": "s", "text": "t"}),
+        (f"/v0/inboxes/{inbox}/drafts/{draft}/send", {}),
+    ]:
+        refused = http.post(path, json=body, headers=twice)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["code"] == "validation_error"
+        assert refused.json()["errors"][0]["path"] == ["Idempotency-Key"]
+    assert http.get(f"/v0/inboxes/{inbox}/messages").json()["count"] == 0
+    assert http.get(f"/v0/inboxes/{inbox}/drafts/{draft}").status_code == 200

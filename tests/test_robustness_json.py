@@ -129,3 +129,17 @@ def test_a_streamed_body_over_6_mb_is_refused(http: httpx.Client, inbox: str) ->
     resp = http.patch(f"/v0/inboxes/{inbox}", content=chunks(), headers={"Content-Type": "application/json"})
     assert resp.status_code == 400, resp.text
     assert resp.json()["message"] == "Request body exceeds 6 MB"
+
+
+def test_a_key_twice_in_one_object_is_a_400(http: httpx.Client, inbox: str) -> None:
+    """The last of two keys won (json's rule): a proxy or log reading the first saw another request."""
+    for body, key in [
+        (b'{"display_name": "a", "display_name": "b"}', "display_name"),
+        (b'{"metadata": {"k": 1, "k": 2}}', "k"),
+    ]:
+        resp = http.patch(f"/v0/inboxes/{inbox}", content=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["code"] == "validation_error" and repr(key) in resp.json()["message"]
+    listed = http.get("/v0/threads", params={"labels": '[{"a": 1, "a": 2}]'})
+    assert listed.status_code == 400, listed.text
+    assert http.get(f"/v0/inboxes/{inbox}").json().get("display_name") != "b"

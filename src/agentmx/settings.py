@@ -44,7 +44,8 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore")
+    # No NaN or infinity: no timeout, interval or count means either.
+    model_config = SettingsConfigDict(env_prefix="AGENTMX_", frozen=True, extra="ignore", allow_inf_nan=False)
 
     host: str = Field(
         "127.0.0.1",
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     )
     http_max_connections: int = Field(
         10000,
+        ge=1,
         description="Simultaneous HTTP and WebSocket connections. At the cap, a newcomer from an address with fewer "
         "connections waiting for their request headers or body than the most crowded address closes that address's "
         "longest-waiting one; otherwise the newcomer is closed. Fitted to the open-file limit with "
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
     )
     http_header_timeout: float = Field(
         20.0,
+        ge=0,
         description="Seconds a client has, from connecting or from the previous response, to send a request's "
         "headers; slower (slowloris) connections are closed. 0 disables the limit.",
     )
@@ -120,7 +123,7 @@ class Settings(BaseSettings):
         "each request.",
     )
     smtp_max_message_size: int = Field(
-        10 * 1024 * 1024, description="Largest inbound message in bytes (552)."
+        10 * 1024 * 1024, ge=1, description="Largest inbound message in bytes (552)."
     )
     smtp_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         "auto",
@@ -138,32 +141,38 @@ class Settings(BaseSettings):
     )
     smtp_max_connections: int = Field(
         2000,
+        ge=1,
         description="Simultaneous inbound SMTP connections (more get 421). At start the server raises its "
         "soft open-file limit as far as this needs (up to the hard limit) and lowers the cap if it still does not fit.",
     )
     smtp_max_connections_per_ip: int = Field(
         50,
+        ge=1,
         description="Simultaneous inbound SMTP connections from one client IP, an IPv6 /64 counting as one "
         "(more get 421).",
     )
     smtp_timeout: float = Field(
         300.0,
+        gt=0,
         description="Seconds a client may take for each SMTP command (the whole DATA body counts as one) "
         "before the connection is closed.",
     )
     smtp_stress_timeout: float = Field(
         10.0,
+        gt=0,
         description="The same limit while more than half of AGENTMX_SMTP_MAX_CONNECTIONS are open (Postfix's "
         "stress mode): idle and byte-dribbling clients are closed with 421 so they cannot hold the listener.",
     )
     smtp_error_limit: int = Field(
         20,
+        ge=0,
         description="Permanent error replies (5xx) an SMTP session may get without delivering a message before it "
         "is closed with 421, as Postfix's smtpd_hard_error_limit: bad commands, unknown recipients (address "
         "harvesting), refused mail. 0 disables the limit.",
     )
     smtp_junk_command_limit: int = Field(
         100,
+        ge=0,
         description="NOOP, RSET, VRFY and HELP commands (together) an SMTP session may send without delivering a "
         "message before it is closed with 421, as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
     )
@@ -212,6 +221,7 @@ class Settings(BaseSettings):
     )
     outbound_max_lifetime: float = Field(
         4 * 24 * 3600.0,
+        ge=0,
         description="Seconds a temporarily failing outbound message is retried before it bounces.",
     )
     outbound_retry_schedule: str = Field(
@@ -222,12 +232,14 @@ class Settings(BaseSettings):
         "",
         description="host[:port] (port 53 if none; [IPv6]:port) of the DNS server used for MX and domain checks.",
     )
-    dns_timeout: float = Field(5.0, description="Seconds a DNS lookup for domain verification may take.")
+    dns_timeout: float = Field(
+        5.0, gt=0, description="Seconds a DNS lookup for domain verification may take."
+    )
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,36000",
         description="Comma-separated seconds before each webhook attempt (Svix schedule).",
     )
-    webhook_timeout: float = Field(15.0, description="Seconds a webhook receiver has to answer.")
+    webhook_timeout: float = Field(15.0, gt=0, description="Seconds a webhook receiver has to answer.")
     webhook_allow_private: bool = Field(
         False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses."
     )
@@ -243,6 +255,7 @@ class Settings(BaseSettings):
     )
     event_poll_interval: float = Field(
         0.5,
+        gt=0,
         description="Seconds between event log polls for live WebSocket streams (commits also wake them).",
     )
     ws_ping_interval: float = Field(
@@ -254,12 +267,15 @@ class Settings(BaseSettings):
     )
     event_retention_days: float = Field(
         0,
+        ge=0,
         description="Days the event log and webhook attempt records are kept (WebSocket resume, polling "
         "reads and metrics read them); 0 keeps them forever. The newest event always stays, so the log's "
         "positions never start again below a saved cursor.",
     )
-    domain_check_interval: float = Field(600.0, description="Seconds between automatic DNS re-checks.")
-    job_poll_interval: float = Field(0.5, description="Seconds between job runner polls of the database.")
+    domain_check_interval: float = Field(600.0, gt=0, description="Seconds between automatic DNS re-checks.")
+    job_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between job runner polls of the database."
+    )
     job_lease: float = Field(
         300.0,
         gt=0,
@@ -268,9 +284,9 @@ class Settings(BaseSettings):
         "jobs of a process that died (or stopped for longer than this) are run again elsewhere; one stopped with "
         "SIGTERM hands its unfinished jobs back at once.",
     )
-    rate_limit_per_minute: int = Field(0, description="Requests per API key per minute; 0 disables.")
+    rate_limit_per_minute: int = Field(0, ge=0, description="Requests per API key per minute; 0 disables.")
     download_url_ttl: int = Field(
-        3600, description="Seconds a signed attachment or raw-message download_url stays valid."
+        3600, gt=0, description="Seconds a signed attachment or raw-message download_url stays valid."
     )
     inbound_sender_checks: bool = Field(
         True,

@@ -7,6 +7,7 @@ from starlette.types import ASGIApp
 
 from agentmx import __version__
 from agentmx.http import errors, hot_routes
+from agentmx.http.head import HeadAsGet
 from agentmx.http.nul_guard import NulGuard
 from agentmx.http.routes import (
     api_keys,
@@ -57,11 +58,15 @@ class AgentmxApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # The hot reads are answered ahead of the whole stack (http/hot_routes.py).
         # NulGuard is outermost: the hot reads refuse a NUL as every other route does.
-        return NulGuard(hot_routes.HotReads(super().build_middleware_stack()))
+        return NulGuard(HeadAsGet(hot_routes.HotReads(super().build_middleware_stack())))
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    app = AgentmxApp(title="agentmx", version=__version__, docs_url="/docs", redoc_url=None)
+    # No trailing-slash redirects: /v0/inboxes/%2F (an id of "/") was a 307 to the inbox list, and
+    # every redirect was an empty body built from the client's Host; a 404 in the error shape instead.
+    app = AgentmxApp(
+        title="agentmx", version=__version__, docs_url="/docs", redoc_url=None, redirect_slashes=False
+    )
     app.state.rt = rt
     errors.install(app)
     for router in ROUTERS:

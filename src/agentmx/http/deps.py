@@ -59,6 +59,19 @@ def query_list(request: Request, name: str) -> list[str] | None:
     return out
 
 
+def single_header(request: Request, name: str) -> str | None:
+    """A header that must appear at most once (Idempotency-Key): a second copy is a 400, not first-wins,
+    since a proxy or client that doubled it may mean either value."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise ValidationFailed(
+            f"{name} must be sent once; this request has {len(values)}",
+            [{"path": [name], "message": "repeated header"}],
+            fix=f"Send one {name} header.",
+        )
+    return values[0] if values else None
+
+
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
     value = request.query_params.get(name)
     if value is None:

@@ -8,10 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from agentmx import errors as e
 from agentmx.db.retryable import retryable
@@ -90,14 +92,23 @@ def install(app: FastAPI) -> None:
         return response_for(e.ValidationFailed("Request body is not valid JSON"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             body = error_body("NotFoundError", "not_found", "Route not found")
         elif exc.status_code == 405:
             body = error_body("MethodNotAllowedError", "method_not_allowed", "Method not allowed")
+            headers["Allow"] = allowed_methods(request)
         else:
             body = error_body("Error", "error", str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    # A client gone while its body was read (or whose chunked body the parser refused midway):
+    # nobody is left to answer, and it is no server fault, so no traceback (it logged two).
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        log.info("client disconnected before its request body was read")
+        return Response(status_code=400)
 
     # Registered by class (not only under Exception, whose handler Starlette re-raises after it
     # answers): a retryable database failure is logged as one line, not a traceback.
@@ -106,6 +117,28 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return unexpected_response(exc)
+
+
+METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The Allow header of a 405 (RFC 9110 15.5.6): the methods some route takes on this path.
+
+    Starlette's own names only the first route whose path matched, and each method of a path
+    (GET, PATCH, DELETE /v0/inboxes/{id}) is a route of its own here. Asked of the routes
+    themselves (``matches``), as the router would for a request with each method."""
+    allowed = {
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")  # http/head.py
+    return ", ".join(sorted(allowed))
 
 
 def unexpected_response(exc: Exception) -> JSONResponse:

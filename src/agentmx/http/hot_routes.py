@@ -5,8 +5,8 @@ the route walk, request_response) took about a third of a GET message's CPU, wra
 call and every ``send``; agentmx adds no middleware of its own to it. ``HotReads`` matches these
 paths first and runs the very handlers the FastAPI routes run, with the same caller resolution
 (auth, scopes, rate limit) and the same error table (errors.response_for; anything else is the
-app's 500, logged and re-raised as ServerErrorMiddleware does). Other requests, and other methods
-on these paths (HEAD gets FastAPI's 405), go to the FastAPI app unchanged. The FastAPI
+app's 500, logged and re-raised as ServerErrorMiddleware does). HEAD arrives here as GET
+(http/head.py); other requests, and other methods on these paths, go to the FastAPI app unchanged. The FastAPI
 declarations stay: they document the routes in OpenAPI.
 """
 

@@ -60,16 +60,36 @@ def _may_hold_surrogate(text: str) -> bool:
     return escaped or (not text.isascii() and _SURROGATE.search(text) is not None)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique (RFC 7493 2.3): json takes the last of two, a proxy or
+    another parser in front of agentmx may take the first, so the two would read different requests."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def loads(raw: bytes | str, what: str, path: list[str]) -> Any:
     """Parsed JSON from a client (a body, a query parameter, a page token), or a 400 naming ``what``.
 
     Every way json refuses input is a 400: syntax, numbers over 4300 digits (ValueError), nesting
-    deeper than the interpreter's recursion limit (RecursionError).
+    deeper than the interpreter's recursion limit (RecursionError); so is a key twice in one object.
     """
     try:
         # As json.loads reads bytes (UTF-8, -16 or -32), so that check_json sees what it parsed.
         text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
-        parsed = json.loads(text)
+        parsed = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        message = f"an object has the key {exc.args[0]!r} twice"
+        raise ValidationFailed(f"{what}: {message}", [{"path": path, "message": message}]) from exc
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValidationFailed(f"{what} is not valid JSON", [{"path": path, "message": str(exc)}]) from exc
     check_json(text, parsed)

@@ -25,7 +25,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, Conflict, TemporaryFailure
 from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
-from agentmx.services import blob_bytes, drafts, idempotency, jobs
+from agentmx.services import blob_bytes, drafts, idempotency, jobs, limits
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
@@ -113,6 +113,8 @@ async def send_now(
     idempotency_key: str | None,
 ) -> dict[str, str]:
     """POST …/drafts/{draft_id}/send: works for any draft that is not being sent right now."""
+    limits.check_count(add_labels, limits.MAX_LABELS, "add_labels", "labels")
+    limits.check_count(remove_labels, limits.MAX_LABELS, "remove_labels", "labels")
     key = idempotency.parse_key(idempotency_key)
     fp = idempotency.fingerprint(
         "draft_send", inbox_id.strip().lower(), draft_id, sorted(add_labels), sorted(remove_labels)

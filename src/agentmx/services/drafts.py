@@ -27,7 +27,7 @@ from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import Conflict, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.mail.compose import forward_subject, reply_subject, thread_references, valid_address
-from agentmx.services import jobs, send_attachments
+from agentmx.services import jobs, limits, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, inbox_cleanup
 from agentmx.services.mailstore import SYSTEM_LABELS
@@ -124,6 +124,7 @@ def _subject(value: str | None) -> str | None:
 
 
 def _labels(values: list[str] | None, path: str) -> list[str]:
+    limits.check_count(values, limits.MAX_LABELS, path, "labels")
     out: list[str] = []
     for value in values or []:
         label = value.strip().lower()
@@ -285,6 +286,14 @@ async def _sync_job(session: AsyncSession, rt: Runtime, draft: Draft) -> None:
         )
 
 
+def _check_counts(draft: Draft, attachments_path: str) -> None:
+    """The send's caps on the draft as it now stands: a draft past them could never be sent."""
+    check_recipient_count(draft.to, draft.cc, draft.bcc)  # distinct addresses, as a send counts them
+    limits.check_count(draft.attachments, limits.MAX_ATTACHMENTS, attachments_path, "attachments")
+    labels = [name for name in draft.label_names if name != SCHEDULED]  # send_at's, not the caller's
+    limits.check_count(labels, limits.MAX_LABELS, "labels", "labels")
+
+
 def _set_attachments(draft: Draft, stored: list[StoredAttachment]) -> None:
     start = max((att.position for att in draft.attachments), default=-1) + 1
     for offset, att in enumerate(stored):
@@ -379,9 +388,9 @@ async def create_draft(
         draft.thread_id = source.thread_id
         if new.subject is None:
             draft.subject = forward_subject(source.subject)
-    check_recipient_count(draft.to, draft.cc, draft.bcc)
     _set_labels(draft, _labels(new.labels, "labels"))
     _set_attachments(draft, new.attachments or [])
+    _check_counts(draft, "attachments")
     _schedule(draft, new.send_at)
     if not await flush_unless_taken(session, draft):
         # A concurrent create with the same client_id (a retry racing its original) committed first.
@@ -437,7 +446,6 @@ async def update_draft(
         value = getattr(changes, name)
         if value is not UNSET:
             setattr(draft, name, _addresses(value, name))
-    check_recipient_count(draft.to, draft.cc, draft.bcc)
     if changes.subject is not UNSET:
         draft.subject = _subject(changes.subject)
     if changes.html is not UNSET:
@@ -454,6 +462,7 @@ async def update_draft(
         add = _labels(changes.add_labels, "add_labels")
         labels = [name for name in draft.label_names + add if name not in remove]
         _set_labels(draft, labels)
+    _check_counts(draft, "add_attachments")
     if changes.send_at is not UNSET:
         _schedule(draft, changes.send_at)
         await _sync_job(session, rt, draft)

@@ -28,7 +28,7 @@ from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
-from agentmx.services import inbox_events
+from agentmx.services import inbox_events, limits
 from agentmx.services.caller import Caller
 from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
 from agentmx.services.mailstore import (
@@ -289,6 +289,8 @@ async def get_attachment(session: AsyncSession, message: Message, attachment_id:
 
 
 def check_label_changes(add: list[str], remove: list[str]) -> tuple[set[str], set[str]]:
+    limits.check_count(add, limits.MAX_LABELS, "add_labels", "labels")
+    limits.check_count(remove, limits.MAX_LABELS, "remove_labels", "labels")
     add_set, remove_set = normalize_labels(add), normalize_labels(remove)
     system = sorted((add_set | remove_set) & SYSTEM_LABELS)
     if system:

@@ -22,6 +22,7 @@ from agentmx.errors import MessageRejected, ValidationFailed
 from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import CONTENT_ID_CHARS, CONTENT_TYPE_CHARS, MIME_TYPE
+from agentmx.services import limits
 
 MAX_URL_BYTES = 30 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -105,6 +106,7 @@ async def _fetch(
 async def resolve(
     specs: list[AttachmentSpec], *, allow_private: bool = False, timeout: float = 60.0
 ) -> list[OutAttachment]:
+    limits.check_count(specs, limits.MAX_ATTACHMENTS, "attachments", "attachments")  # before any fetch
     out: list[OutAttachment] = []
     budget = MAX_URL_BYTES
     deadline = asyncio.get_running_loop().time() + timeout

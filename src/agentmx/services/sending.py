@@ -39,12 +39,12 @@ from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import blob_bytes, hooks, jobs, lists, mailstore
+from agentmx.services import blob_bytes, hooks, jobs, limits, lists, mailstore
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
-MAX_RECIPIENTS = 50
+MAX_RECIPIENTS = limits.MAX_RECIPIENTS
 HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext: printable ASCII except ":"
 DELIVER_JOB = "deliver_outbound"
 
@@ -151,12 +151,14 @@ def reply_recipients(inbox: Inbox, original: Message, reply_all: bool) -> tuple[
 
 
 def _check_headers(headers: dict[str, str]) -> None:
+    limits.check_count(headers, limits.MAX_HEADERS, "headers", "custom headers")
     for name in headers:
         if not HEADER_NAME.fullmatch(name):
             raise _bad("headers", f"'{name}' is not a valid header name")
 
 
 def _labels(labels: list[str]) -> set[str]:
+    limits.check_count(labels, limits.MAX_LABELS, "labels", "labels")
     out: set[str] = set()
     for label in labels:
         name = label.strip().lower()

@@ -17,6 +17,7 @@ from agentmx.http.deps import (
     query_datetime,
     query_int,
     query_list,
+    single_header,
 )
 from agentmx.http.routes.messages import base_url
 from agentmx.services import downloads, draft_send, drafts, inboxes
@@ -245,7 +246,7 @@ async def send_draft(
         draft_id,
         add_labels=_as_list(body.add_labels) or [],
         remove_labels=_as_list(body.remove_labels) or [],
-        idempotency_key=request.headers.get("idempotency-key"),
+        idempotency_key=single_header(request, "Idempotency-Key"),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 
 from agentmx.http.bodies import Body, parse
-from agentmx.http.deps import CallerDep, RuntimeDep, json_body
+from agentmx.http.deps import CallerDep, RuntimeDep, json_body, single_header
 from agentmx.services import idempotency, messages, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
@@ -80,7 +80,7 @@ async def _send(
     raw_body: Any,
     message_id: str | None = None,
 ) -> dict[str, str]:
-    key = idempotency.parse_key(request.headers.get("idempotency-key"))
+    key = idempotency.parse_key(single_header(request, "Idempotency-Key"))
     fp = idempotency.fingerprint(endpoint, inbox_id.strip().lower(), message_id, raw_body)
     # 404 before any attachment is fetched, and before a replay: keys are per organization, so
     # another pod's key repeating a send must not get its result (or a 409) for an inbox it cannot see.
