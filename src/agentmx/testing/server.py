@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -91,11 +93,25 @@ class ServerProcess:
         return out.stdout
 
     def create_key(self, *extra: str) -> str:
-        return (
-            self.cli("keys", "create", "--name", f"test-{secrets.token_hex(3)}", *extra)
-            .strip()
-            .splitlines()[-1]
+        """A new key, as ``agentmx keys create [extra]`` would print it (``--pod P``, ``--inbox I``).
+
+        The CLI's own parsing and key code, run in this process: a new interpreter per key cost over a
+        second of CPU, and the suite makes one for almost every server it starts. ``cli()`` still runs the
+        real command (tests/test_cli.py covers it); the schema is the running server's, already migrated.
+        """
+        from agentmx import cli  # noqa: PLC0415 (the database stack, only for those who make keys)
+
+        name = f"test-{secrets.token_hex(3)}"
+        args = cli.build_parser().parse_args(
+            ["keys", "create", "--name", name, *extra, *self._storage_args()]
         )
+        # Named outright: an AGENTMX_DATABASE_URL in this process's environment is not the server's.
+        url = self.database_url or f"sqlite:///{self.data_dir / 'agentmx.db'}"
+        settings = cli.settings_from(args).model_copy(update={"database_url": url})
+        # A thread of its own: the caller may be inside a running event loop.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            run = pool.submit(asyncio.run, cli._create_key(settings, args.name, args.pod, args.inbox))
+            return run.result()
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         for _ in range(3 if self._may_move else 1):
