@@ -30,7 +30,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.services import inbox_events, limits
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
+from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
 from agentmx.services.mailstore import (
     HIDDEN_LABELS,
     SYSTEM_LABELS,
@@ -117,9 +117,7 @@ def has_label(label: str | BindParameter[str], message_pk: Any = Message.id) -> 
 
 
 def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
-    return ~exists().where(
-        MessageLabel.message_pk == message_pk, MessageLabel.label.in_(one_bind_each(labels))
-    )
+    return ~exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label.in_(written_in(labels)))
 
 
 def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Conditions:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, FromClause, String, bindparam, delete, exists, false, or_, select
+from sqlalchemy import ColumnElement, FromClause, String, bindparam, delete, exists, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
@@ -14,7 +15,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
+from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
 from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
 from agentmx.services.messages import (
     apply_labels,
@@ -89,11 +90,12 @@ def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
     return stmt.where(Thread.organization_id == caller.organization_id)
 
 
-def _thread_has(labels: list[str] | list[BindParameter[str]], thread_id: Any = Thread.id) -> Any:
+def _thread_has(labels: Sequence[ColumnElement[str]], thread_id: Any = Thread.id) -> Any:
+    """A message of the thread has one of ``labels`` (bound values, or written_in's literals)."""
     return exists().where(
         Message.thread_id == thread_id,
         MessageLabel.message_pk == Message.id,
-        MessageLabel.label.in_(one_bind_each(labels)),
+        MessageLabel.label.in_(labels),
     )
 
 
@@ -106,7 +108,7 @@ def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> Condit
     def where() -> list[Any]:
         out = [_thread_has([bindparam(label_param(i), type_=String)], t.c.id) for i in range(len(labels))]
         if hidden:
-            out.append(~_thread_has(hidden, t.c.id))
+            out.append(~_thread_has(written_in(hidden), t.c.id))
         if f.before is not None:
             out.append(t.c.timestamp < bindparam("filter_before"))
         if f.after is not None:
@@ -153,7 +155,9 @@ async def search_threads(
                 contains(Message.text, word),
             )
         )
-    stmt = _scoped(select(Thread), caller, scope).where(match.exists(), ~_thread_has(list(HIDDEN_LABELS)))
+    stmt = _scoped(select(Thread), caller, scope).where(
+        match.exists(), ~_thread_has(written_in(list(HIDDEN_LABELS)))
+    )
     if before is not None:
         stmt = stmt.where(Thread.timestamp < before)
     if after is not None:
