@@ -136,3 +136,15 @@ def test_the_last_mx_temporary_refusal_defers_and_a_permanent_one_bounces_at_onc
     gone = client.inboxes.messages.send(a, to="gone@two-mx.test", text="nobody")
     wait_for(lambda: "bounced" in _labels(client, a, gone.message_id))
     assert mx.backup.handler.attempts.get("gone@two-mx.test", 0) == backup_tries
+
+
+def test_an_idn_domain_is_looked_up_and_addressed_by_the_same_a_label(mx: MxEnv) -> None:
+    """IDNA 2008 (what DNS, registries and browsers use, and agentmx for its own domains): "straße" is
+    xn--strae-oqa. The MX was looked up so, but RCPT TO named IDNA 2003's "strasse", another domain."""
+    mx.dns.set_zone(ZONE + "xn--strae-oqa.test. 60 IN MX 10 mx.v4-only.test.\n")
+    client = mx.client()
+    a = new_inbox(client)
+    sent = client.inboxes.messages.send(a, to="jorg@straße.test", text="gruß")
+    wait_for(lambda: mx.primary.handler.received)
+    assert [r.rcpt_tos for r in mx.primary.handler.received] == [["jorg@xn--strae-oqa.test"]]
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))

@@ -25,7 +25,7 @@ from agentmx.db.models import Inbox, Message, OutboundRecipient
 from agentmx.db.types import utcnow
 from agentmx.host_port import split_host_port
 from agentmx.jobs.registry import RetryAt, handler
-from agentmx.mail.compose import address_domain, wire_address
+from agentmx.mail.compose import address_domain, ascii_domain, wire_address
 from agentmx.mail.sender_auth import Verdict
 from agentmx.outbound import capture, dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
@@ -157,7 +157,8 @@ async def _deliver_group(
         connections = _relay(rt)
     else:
         try:
-            connections = _connections(rt, await dns.targets(rt.settings, domain))
+            # Looked up under the A-label RCPT TO names (wire_address), not dnspython's own IDNA.
+            connections = _connections(rt, await dns.targets(rt.settings, ascii_domain(domain) or domain))
         except dns.DnsPermanent as exc:
             return {a: Outcome("bounced", 550, f"5.1.2 {exc}") for a in rcpts}
         except dns.DnsTemporary as exc:
