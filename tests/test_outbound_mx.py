@@ -148,3 +148,35 @@ def test_an_idn_domain_is_looked_up_and_addressed_by_the_same_a_label(mx: MxEnv)
     wait_for(lambda: mx.primary.handler.received)
     assert [r.rcpt_tos for r in mx.primary.handler.received] == [["jorg@xn--strae-oqa.test"]]
     wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+
+def test_one_message_to_several_domains_with_mixed_outcomes(mx: MxEnv) -> None:
+    """Each recipient gets its own outcome and is announced once, in payloads the SDK's models read."""
+    from agentmail.events.types import MessageBouncedEvent, MessageDeliveredEvent  # noqa: PLC0415
+
+    mx.dns.set_zone(ZONE + "nullmx.test. 60 IN MX 0 .\n")
+    mx.dns.fail("mx.both-fail.test", "A")
+    mx.dns.fail("mx.both-fail.test", "AAAA")
+    client = mx.client()
+    a = new_inbox(client)
+    ok, later, other = "ok@v4-only.test", "soft2-x@v4-only.test", "y@two-mx.test"
+    unknown, nowhere, stuck = "bounce-z@v4-only.test", "w@nullmx.test", "s@both-fail.test"
+    rcpts = [ok, later, other, unknown, nowhere, stuck]
+    sent = client.inboxes.messages.send(a, to=rcpts, text="to many")
+
+    def delivered() -> list[str]:
+        bodies = events_for(mx.server, "message.delivered", "delivery", sent.message_id)
+        return sorted(r for b in bodies for r in MessageDeliveredEvent.model_validate(b).delivery.recipients)
+
+    wait_for(lambda: delivered() == sorted([ok, later, other]))
+    bounces = [
+        MessageBouncedEvent.model_validate(b).bounce
+        for b in events_for(mx.server, "message.bounced", "bounce", sent.message_id)
+    ]
+    assert sorted(r.address for b in bounces for r in b.recipients) == sorted([unknown, nowhere])
+    assert {b.type for b in bounces} == {"Permanent"}
+    assert {"delivered", "bounced", "delayed"} <= _labels(client, a, sent.message_id)
+    # The unreachable domain's recipient is still being retried; the others are done, once each.
+    assert [len(mx.primary.handler.for_rcpt(r)) for r in (ok, later, other)] == [1, 1, 1]
+    mx.dns.resolver.failures.clear()
+    wait_for(lambda: delivered() == sorted([ok, later, other, stuck]))
