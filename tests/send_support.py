@@ -55,6 +55,7 @@ class SinkHandler:
         self.received: list[Received] = []
         self.attempts: dict[str, int] = {}
         self.refuse_mail: str | None = None
+        self.refuse_rcpt: str | None = None  # while set, the reply to every RCPT TO
         self.mail_commands = 0
         self.broken_starttls = ""  # "454": refused; "garbage": 220, then no TLS handshake
 
@@ -76,6 +77,8 @@ class SinkHandler:
         with self.lock:
             self.attempts[address] = self.attempts.get(address, 0) + 1
             count = self.attempts[address]
+        if self.refuse_rcpt:
+            return self.refuse_rcpt
         if local.startswith("bounce-"):
             return "550 5.1.1 No such user here"
         if local.startswith("soft"):
@@ -147,14 +150,21 @@ class SinkController(Controller):
 
 class Sink:
     """``tls_auth=(user, password)`` makes it a relay that requires STARTTLS and AUTH; ``broken_starttls``
-    (see SinkHandler) an MX host that offers STARTTLS and fails it; ``smtputf8`` offers SMTPUTF8."""
+    (see SinkHandler) an MX host that offers STARTTLS and fails it; ``smtputf8`` offers SMTPUTF8; ``host`` and
+    ``port`` place it (several MX hosts share the one outbound port, each on its own loopback address)."""
 
     def __init__(
-        self, tls_auth: tuple[str, str] | None = None, broken_starttls: str = "", smtputf8: bool = False
+        self,
+        tls_auth: tuple[str, str] | None = None,
+        broken_starttls: str = "",
+        smtputf8: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.handler = SinkHandler()
         self.handler.broken_starttls = broken_starttls
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
         self.logins: list[str] = []
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if broken_starttls:
@@ -173,7 +183,7 @@ class Sink:
                 "auth_require_tls": True,
                 "authenticator": self._authenticator(*tls_auth),
             }
-        self.controller = SinkController(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = SinkController(self.handler, hostname=host, port=self.port, **kwargs)
 
     def _authenticator(self, user: str, password: str) -> Callable[..., AuthResult]:
         def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
@@ -198,7 +208,7 @@ class Sink:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import socket
 from urllib.parse import urlsplit
 
 from agentmx.errors import ValidationFailed
+from agentmx.mail.idn import to_ascii_domain
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -34,7 +35,17 @@ def parse_url(url: str) -> tuple[str, int]:
         raise _fail("must be an absolute http or https URL")
     if parts.username or parts.password:
         raise _fail("must not carry credentials")
-    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+    host = dns_host(parts.hostname)
+    if host is None:
+        raise _fail("must be an absolute http or https URL")
+    return host, port or (443 if parts.scheme == "https" else 80)
+
+
+def dns_host(host: str) -> str | None:
+    """``host`` as DNS, TLS (SNI) and the Host header name it: Unicode labels as their IDNA 2008
+    A-labels (the system resolver and ssl would apply IDNA 2003: "straße" is another domain there,
+    and a Host header is ASCII). None if it has no such form."""
+    return host if host.isascii() else to_ascii_domain(host)
 
 
 def is_public(ip: IPAddress) -> bool:
@@ -73,10 +84,12 @@ async def check_destination(url: str, allow_private: bool) -> IPAddress:
 def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
     """The URL rewritten to connect to ``ip``, plus the Host header and TLS server name to keep."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = dns_host(parts.hostname or "") or ""
     literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
     netloc = literal if parts.port is None else f"{literal}:{parts.port}"
     userinfo, at, host_header = parts.netloc.rpartition("@")
+    if not host_header.isascii():
+        host_header = host if parts.port is None else f"{host}:{parts.port}"
     netloc = userinfo + at + netloc  # credentials in the URL still go
     return parts._replace(netloc=netloc).geturl(), {"host": host_header}, {"sni_hostname": host}
 

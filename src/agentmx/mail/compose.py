@@ -15,6 +15,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 
+from agentmx.mail.idn import to_ascii_domain
+
 # Headers the composer owns; extra request headers may not override them.
 RESERVED_HEADERS = frozenset(
     {
@@ -310,9 +312,8 @@ def ascii_domain(domain: str) -> str | None:
     """The domain as it goes into DNS and SMTP commands (IDNA A-labels), or None if it cannot be one."""
     if domain.startswith("[") and domain.endswith("]"):
         return domain  # an address literal
-    try:
-        wire = domain.encode("idna").decode("ascii")
-    except UnicodeError:
+    wire = domain if domain.isascii() else to_ascii_domain(domain)
+    if wire is None:
         return None
     labels = wire.rstrip(".").split(".")
     if len(wire) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):

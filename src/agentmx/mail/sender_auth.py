@@ -21,6 +21,7 @@ from typing import Any
 from agentmx.mail import dkim_verify, dmarc, dnsbl, header_fields, spf
 from agentmx.mail.auth_dns import AuthDns, DnsTempError, for_resolver
 from agentmx.mail.dkim_verify import DkimResult
+from agentmx.mail.idn import to_ascii_domain
 from agentmx.settings import Settings
 
 log = logging.getLogger("agentmx.mail")
@@ -252,10 +253,7 @@ def _from_domains(raw: bytes) -> tuple[list[str], bool]:
 def _a_label(domain: str) -> str | None:
     """The domain as DNS asks for it (münchen.de -> xn--mnchen-3ya.de), lower case; None if it has no such form."""
     domain = domain.strip().lower().rstrip(".")
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
+    return domain if domain.isascii() else to_ascii_domain(domain)
 
 
 def rename_claims(raw: bytes, authserv_id: str) -> bytes:

@@ -25,7 +25,7 @@ from agentmx.db.models import Inbox, Message, OutboundRecipient
 from agentmx.db.types import utcnow
 from agentmx.host_port import split_host_port
 from agentmx.jobs.registry import RetryAt, handler
-from agentmx.mail.compose import address_domain, wire_address
+from agentmx.mail.compose import address_domain, ascii_domain, wire_address
 from agentmx.mail.sender_auth import Verdict
 from agentmx.outbound import capture, dkim, dns, return_path, smtp_client
 from agentmx.outbound.outcomes import Outcome, record
@@ -157,25 +157,38 @@ async def _deliver_group(
         connections = _relay(rt)
     else:
         try:
-            connections = _connections(rt, await dns.targets(rt.settings, domain))
+            # Looked up under the A-label RCPT TO names (wire_address), not dnspython's own IDNA.
+            connections = _connections(rt, await dns.targets(rt.settings, ascii_domain(domain) or domain))
         except dns.DnsPermanent as exc:
             return {a: Outcome("bounced", 550, f"5.1.2 {exc}") for a in rcpts}
         except dns.DnsTemporary as exc:
             return {a: Outcome("deferred", 451, f"4.4.3 {exc}") for a in rcpts}
     last_error = "no mail host"
     wire = {rcpt: wire_address(rcpt) for rcpt in rcpts}  # an IDN domain goes as its A-labels
+    outcomes: dict[str, Outcome] = {}
+    pending = list(rcpts)
     for conn in connections:
         try:
-            envelopes = [smtp_client.Envelope(work.return_path(rcpt), wire[rcpt]) for rcpt in rcpts]
+            envelopes = [smtp_client.Envelope(work.return_path(rcpt), wire[rcpt]) for rcpt in pending]
             replies = await smtp_client.send(conn, envelopes, raw)
         except smtp_client.HostUnusable as exc:
             last_error = str(exc)
             continue
-        return {a: _outcome(replies.get(wire[a], smtp_client.Reply(451, "no reply"))) for a in rcpts}
-    # No host took the connection: a relay that is down or whose certificate does not hold is the
-    # operator's to fix, so say why (MTAs log every deferral).
-    log.warning("delivery to %s deferred: %s", "the relay" if domain is None else domain, last_error)
-    return {a: Outcome("deferred", None, f"4.4.1 {last_error}") for a in rcpts}
+        for a in pending:
+            outcomes[a] = _outcome(replies.get(wire[a], smtp_client.Reply(451, "no reply")))
+        # A host's temporary answer (at MAIL, RCPT or DATA, or a lost connection) leaves the recipient
+        # to the next host, as Postfix does (smtp_trouble.c): a greylisting or overloaded primary MX
+        # while the backup takes mail. The last host that answered has the say.
+        pending = [a for a in pending if outcomes[a].status == "deferred"]
+        if not pending:
+            break
+    unanswered = [a for a in rcpts if a not in outcomes]
+    if unanswered:
+        # No host took the connection: a relay that is down or whose certificate does not hold is
+        # the operator's to fix, so say why (MTAs log every deferral).
+        log.warning("delivery to %s deferred: %s", "the relay" if domain is None else domain, last_error)
+        outcomes.update({a: Outcome("deferred", None, f"4.4.1 {last_error}") for a in unanswered})
+    return outcomes
 
 
 async def _deliver_group_safely(

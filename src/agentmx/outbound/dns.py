@@ -5,6 +5,7 @@ Uses ``settings.dns_resolver`` (host[:port]) when set, so tests can answer from 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from agentmx.host_port import split_host_port
 from agentmx.settings import Settings
 
 LIFETIME = 10.0
+# Lookups that may answer later (SERVFAIL is NoNameservers: every server failed).
+TEMPORARY = (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN)
 
 
 class DnsPermanent(Exception):
@@ -55,14 +58,24 @@ def _ip_literal(value: str) -> str | None:
         return None
 
 
+async def _family(res: dns.asyncresolver.Resolver, host: str, rdtype: str) -> list[str]:
+    try:
+        answer = await res.resolve(host, rdtype)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    return [str(r) for r in answer]
+
+
 async def _addresses(res: dns.asyncresolver.Resolver, host: str) -> list[str]:
-    out: list[str] = []
-    for rdtype in ("A", "AAAA"):
-        try:
-            answer = await res.resolve(host, rdtype)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            continue
-        out.extend(str(r) for r in answer)
+    """The host's IPv4 and IPv6 addresses. A lookup that fails (SERVFAIL, timeout) while the other family
+    answered counts as no address of that family, as Postfix and Exim take it: a broken AAAA server is
+    common and must not hold back mail that IPv4 can carry. Only when no address is known does the
+    failure stand (raised: retry later)."""
+    results = await asyncio.gather(*(_family(res, host, t) for t in ("A", "AAAA")), return_exceptions=True)
+    out = [address for result in results if isinstance(result, list) for address in result]
+    for failure in (r for r in results if isinstance(r, BaseException)):
+        if not out or not isinstance(failure, dns.exception.DNSException):
+            raise failure
     return out
 
 
@@ -82,17 +95,26 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
         except dns.resolver.NoAnswer:
             hosts = [domain]  # implicit MX: the domain itself
         out: list[Target] = []
+        unresolved: Exception | None = None
         for host in hosts:
             if not host:
                 continue
             literal = _ip_literal(host)
-            addresses = [literal] if literal else await _addresses(res, host)
+            try:
+                addresses = [literal] if literal else await _addresses(res, host)
+            except TEMPORARY as exc:
+                # One host whose lookup failed leaves the others (Postfix skips it): retry only
+                # when no host has an address.
+                unresolved = exc
+                continue
             out.extend(Target(host, address) for address in addresses)
+        if not out and unresolved is not None:
+            raise unresolved
     except dns.resolver.NXDOMAIN as exc:
         raise DnsPermanent(f"{domain} does not exist") from exc
     except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.IDNAException) as exc:
         raise DnsPermanent(f"{domain} is not a valid domain name: {exc}") from exc
-    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
+    except TEMPORARY as exc:
         raise DnsTemporary(f"DNS lookup for {domain} failed: {exc}") from exc
     if not out:
         # Every answer was definite (a failed lookup raised above): no host has an address, so the

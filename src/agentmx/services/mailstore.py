@@ -27,6 +27,7 @@ from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
 from agentmx.ids import new_id
 from agentmx.mail import hidden_chars, stored_extracts
+from agentmx.mail.idn import to_ascii_domain
 from agentmx.mail.parse import ParsedMessage, parse_off_loop
 from agentmx.mail.sender_auth import Verdict
 from agentmx.services import blob_bytes, group_commit, hooks
@@ -421,10 +422,9 @@ def envelope_recipient(rt: Runtime, address: str) -> str:
         return f"postmaster@{rt.settings.domain}"
     local, at, domain = address.rpartition("@")
     if at and not domain.isascii():
-        try:
-            return f"{local}@{domain.encode('idna').decode('ascii')}"
-        except UnicodeError:  # not a domain name: no inbox has it
-            pass
+        wire = to_ascii_domain(domain)
+        if wire is not None:  # else not a domain name: no inbox has it
+            return f"{local}@{wire}"
     return address
 
 

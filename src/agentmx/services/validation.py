@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-import idna
-
 from agentmx.errors import ValidationFailed
+from agentmx.mail.idn import to_ascii_domain
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,256}$")
 USERNAME = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
@@ -42,28 +41,6 @@ def check_domain_name(value: str, path: str = "domain") -> str:
     if name is None or not DOMAIN.match(name):
         raise fail(path, f"'{value}' is not a valid domain name")
     return name
-
-
-def to_ascii_domain(value: str) -> str | None:
-    """``value`` in its DNS form, or None when it has a label IDNA refuses (a Unicode label it cannot
-    encode, or an "xn--" label that decodes to nothing valid)."""
-    text = value.strip()
-    try:
-        if not text.isascii():
-            # UTS 46 maps what users type (upper case, full-width dots) to IDNA 2008 form.
-            text = idna.uts46_remap(text, std3_rules=True, transitional=False)
-        labels = []
-        for label in text.rstrip(".").split("."):
-            if label.isascii():
-                label = label.lower()
-                if label.startswith("xn--"):
-                    idna.decode(label)  # raises unless it is a well-formed A-label
-            else:
-                label = idna.alabel(label).decode("ascii")
-            labels.append(label)
-    except (idna.IDNAError, UnicodeError):
-        return None
-    return ".".join(labels)
 
 
 def split_address(address: str) -> tuple[str, str]:

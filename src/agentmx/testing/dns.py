@@ -26,6 +26,7 @@ class ZoneResolver(BaseResolver):
         self.holding = False
         self.held = 0
         self.release = threading.Event()
+        self.failures: dict[tuple[tuple[bytes, ...], str], str] = {}  # (name, type) -> rcode name
 
     def set_zone(self, text: str) -> None:
         records = list(RR.fromZone(text)) if text.strip() else []
@@ -40,8 +41,12 @@ class ZoneResolver(BaseResolver):
             records = list(self.records)
             hold = self.holding
             self.held += hold
+            failure = self.failures.get((_key(qname), qtype))
         if hold:
             self.release.wait(timeout=10)
+        if failure is not None:
+            reply.header.rcode = getattr(RCODE, failure)
+            return reply
         found = _lookup(qname, records)
         if found is None:
             reply.header.rcode = RCODE.NXDOMAIN
@@ -99,6 +104,11 @@ class LoopbackDNS:
 
     def set_zone(self, text: str) -> None:
         self.resolver.set_zone(text)
+
+    def fail(self, name: str, qtype: str, rcode: str = "SERVFAIL") -> None:
+        """Answer queries for ``name``/``qtype`` with ``rcode`` alone (a broken authoritative server)."""
+        with self.resolver.lock:
+            self.resolver.failures[(_key(DNSLabel(name)), qtype)] = rcode
 
     def hold(self) -> None:
         """Hold the answers to queries arriving from now on (each with the zone of its arrival)."""
