@@ -15,7 +15,13 @@ from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.list_conditions import Conditions, filter_params, label_param, one_bind_each
-from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
+from agentmx.services.mailstore import (
+    HIDDEN_LABELS,
+    THREAD_LOCK,
+    normalize_labels,
+    thread_attachments,
+    thread_labels,
+)
 from agentmx.services.messages import (
     apply_labels,
     check_label_changes,
@@ -210,6 +216,8 @@ async def update_thread(
 ) -> ThreadView:
     add_set, remove_set = check_label_changes(add, remove)
     view = await get_thread(session, caller, scope, thread_id)
+    # The thread before its messages, the lock order (messages.lock_threads_of).
+    await session.execute(select(Thread.id).where(Thread.id == view.thread.id).with_for_update(**THREAD_LOCK))
     if view.thread.message_count >= THREAD_UPDATE_MAX_MESSAGES:
         raise Unprocessable(
             f"Threads with {THREAD_UPDATE_MAX_MESSAGES} or more messages cannot be updated at once",
