@@ -4,11 +4,14 @@ labels are its messages' union, so a label change on one of its messages changes
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from agentmail import AgentMail
 from agentmail.inboxes.types import CreateInboxRequest
 
 from conftest import Harness
+from mail_support import make_message, smtp_send
 
 
 def _new_thread(client: AgentMail, harness: Harness) -> tuple[str, str, str]:
@@ -38,3 +41,27 @@ def test_a_message_label_change_updates_its_thread(client: AgentMail, harness: H
     client.inboxes.messages.update(inbox, message_id, add_labels=["filed"])
     client.inboxes.messages.batch_update(inbox, message_ids=[message_id], remove_labels=["absent"])
     assert client.inboxes.threads.get(inbox, thread_id).updated_at == after_batch.updated_at
+
+
+def test_messages_stored_together_keep_their_order(harness: Harness, http: httpx.Client) -> None:
+    """Mail arriving at once is stored in one batch; each message still gets its own time, so a
+    thread lists its messages in the order they joined and its last message is the last listed."""
+    inbox = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+    mail = []
+    for i in range(20):
+        original = make_message(inbox, subject=f"Batch {i}", text=f"original {i}")
+        reply = make_message(
+            inbox, subject=f"Re: Batch {i}", text=f"reply {i}", in_reply_to=original["Message-ID"]
+        )
+        mail += [original, reply]
+    with ThreadPoolExecutor(len(mail)) as pool:
+        list(pool.map(lambda m: smtp_send(harness.server, [inbox], m.as_bytes()), mail))
+
+    listed = http.get(f"/v0/inboxes/{inbox}/messages", params={"limit": 100}).json()["messages"]
+    assert len(listed) == len(mail)
+    times = [m["timestamp"] for m in listed]
+    assert len(set(times)) == len(times), "messages stored together share a timestamp"
+    for item in http.get(f"/v0/inboxes/{inbox}/threads", params={"limit": 100}).json()["threads"]:
+        thread = http.get(f"/v0/inboxes/{inbox}/threads/{item['thread_id']}").json()
+        assert thread["last_message_id"] == thread["messages"][-1]["message_id"]
+        assert thread["preview"] == thread["messages"][-1]["preview"]
