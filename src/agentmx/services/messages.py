@@ -444,7 +444,7 @@ async def refresh_thread(session: AsyncSession, thread_id: str) -> None:
     if not remaining:
         await session.delete(thread)
         return
-    thread.senders, thread.recipients = [], []
+    thread.senders, thread.recipients, thread.subject = [], [], None  # the first message left sets it
     thread.message_count, thread.size = 0, 0
     thread.received_timestamp = thread.sent_timestamp = None
     for message in remaining:
