@@ -54,3 +54,20 @@ def test_deleting_a_reply_gives_back_the_totals_before_it(harness: Harness, http
 
     assert http.delete(f"/v0/inboxes/{inbox}/messages/{reply['Message-ID']}").status_code == 204
     assert _totals(http, inbox, sent["thread_id"]) == before
+
+
+def test_deleting_the_first_message_gives_the_thread_the_subject_of_the_one_now_first(
+    harness: Harness, http: httpx.Client
+) -> None:
+    inbox = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+    first = make_message(inbox, subject="Invoice", text="first")
+    smtp_send(harness.server, [inbox], first.as_bytes())
+    reply = make_message(inbox, subject="Changed topic", text="second", in_reply_to=first["Message-ID"])
+    smtp_send(harness.server, [inbox], reply.as_bytes())
+    thread_id = http.get(f"/v0/inboxes/{inbox}/messages/{first['Message-ID']}").json()["thread_id"]
+    assert _totals(http, inbox, thread_id)["subject"] == "Invoice"
+
+    assert http.delete(f"/v0/inboxes/{inbox}/messages/{first['Message-ID']}").status_code == 204
+    assert _totals(http, inbox, thread_id)["subject"] == "Changed topic"
+    listed = http.get(f"/v0/inboxes/{inbox}/threads").json()["threads"]
+    assert [t["subject"] for t in listed if t["thread_id"] == thread_id] == ["Changed topic"]

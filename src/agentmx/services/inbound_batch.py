@@ -9,7 +9,7 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,7 @@ from agentmx.services import blob_bytes, events, mailstore
 from agentmx.services.mailstore import HIDDEN_LABELS, StoredBlobs
 from agentmx.services.runtime import Runtime
 
+ONE_MICROSECOND = timedelta(microseconds=1)  # the columns' resolution on both databases
 # A Core SELECT (no ORM compile step for plain columns), built once (its cache key computed once).
 _m = table_of(Message).c
 _KNOWN_IDS = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
@@ -85,6 +86,10 @@ async def store_inbound(
     inline: blob_bytes.Inline = {}
     with session.no_autoflush:
         for copy, mid, refs in zip(copies, ids, lookups, strict=True):
+            # Each copy its own time, later than the one before: sharing the batch's, a thread's
+            # messages tied and listed in id order (random within a millisecond), a reply before the
+            # message it answers and not where the thread's last_message_id and preview said.
+            now = max(utcnow(), now + ONE_MICROSECOND)
             key = (copy.inbox.id, mid)
             if key in fresh:
                 out.append((fresh[key][0], False))

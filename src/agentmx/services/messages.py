@@ -20,6 +20,7 @@ from sqlalchemy import (
     exists,
     or_,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, load_only
@@ -331,10 +332,36 @@ async def update_message(
     session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str, add: list[str], remove: list[str]
 ) -> Message:
     add_set, remove_set = check_label_changes(add, remove)
+    await lock_threads_of(session, _named(inbox, message_id_candidates(message_id)))
     message = await get_message(session, caller, inbox, message_id, lock=True)
     if await apply_labels(session, message, add_set, remove_set):
-        await session.flush()
+        await touch_threads(session, [message.thread_id])
     return message
+
+
+def _named(inbox: Inbox, message_ids: Any) -> ColumnElement[bool]:
+    return (Message.inbox_id == inbox.id) & Message.message_id.in_(message_ids)
+
+
+async def lock_threads_of(session: AsyncSession, *where: ColumnElement[bool]) -> None:
+    """Lock the threads of the messages ``where`` finds, in id order, before a label change locks
+    the messages: the lock order is a thread, then its messages (db/row_locks), as a reply or an
+    own copy coming back takes them; the other way round two such transactions could deadlock."""
+    threads = select(Message.thread_id).where(*where)
+    await session.execute(
+        select(Thread.id).where(Thread.id.in_(threads)).order_by(Thread.id).with_for_update(**THREAD_LOCK)
+    )
+
+
+async def touch_threads(session: AsyncSession, thread_ids: list[str]) -> None:
+    """A thread's labels are its messages' union, so a message's label change updates its thread
+    too (``updated_at``, as a thread PATCH sets it). Their rows are locked (lock_threads_of)."""
+    await session.execute(
+        update(Thread)
+        .where(Thread.id.in_(sorted(set(thread_ids))))
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def check_ids(ids: list[str], maximum: int) -> None:
@@ -380,9 +407,11 @@ async def batch_update(
             "Provide add_labels or remove_labels", [{"path": ["add_labels"], "message": "nothing to change"}]
         )
     add_set, remove_set = check_label_changes(add, remove)
+    await lock_threads_of(session, _named(inbox, {c for mid in ids for c in message_id_candidates(mid)}))
     messages = await batch_get(session, caller, inbox, ids, lock=True)
-    for message in messages:
-        await apply_labels(session, message, add_set, remove_set)
+    changed = [m.thread_id for m in messages if await apply_labels(session, m, add_set, remove_set)]
+    if changed:
+        await touch_threads(session, changed)
     await session.flush()
     return messages
 
@@ -415,7 +444,7 @@ async def refresh_thread(session: AsyncSession, thread_id: str) -> None:
     if not remaining:
         await session.delete(thread)
         return
-    thread.senders, thread.recipients = [], []
+    thread.senders, thread.recipients, thread.subject = [], [], None  # the first message left sets it
     thread.message_count, thread.size = 0, 0
     thread.received_timestamp = thread.sent_timestamp = None
     for message in remaining:

@@ -16,12 +16,19 @@ from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
-from agentmx.services.mailstore import HIDDEN_LABELS, normalize_labels, thread_attachments, thread_labels
+from agentmx.services.mailstore import (
+    HIDDEN_LABELS,
+    THREAD_LOCK,
+    normalize_labels,
+    thread_attachments,
+    thread_labels,
+)
 from agentmx.services.messages import (
     apply_labels,
     check_label_changes,
     check_query,
     contains,
+    field_highlights,
     hidden_labels,
     json_contains,
     lock_for_deletion,
@@ -144,17 +151,7 @@ async def search_threads(
     """Threads with a visible message matching every word of ``q``; newest first."""
     words = check_query(q)
     await resolve_scope(session, caller, scope)
-    match = select(Message.thread_id).where(Message.thread_id == Thread.id)
-    for word in words:
-        match = match.where(
-            or_(
-                contains(Message.from_, word),
-                json_contains(Message.to, word),
-                json_contains(Message.cc, word),
-                contains(Message.subject, word),
-                contains(Message.text, word),
-            )
-        )
+    match = select(Message.thread_id).where(Message.thread_id == Thread.id, *_matching(words))
     stmt = _scoped(select(Thread), caller, scope).where(
         match.exists(), ~_thread_has(written_in(list(HIDDEN_LABELS)))
     )
@@ -170,6 +167,49 @@ async def search_threads(
         limit=limit,
         page_token=page_token,
     )
+
+
+def _matching(words: list[str]) -> list[Any]:
+    """A message matching every word, each in its sender, To, Cc, subject or body."""
+    return [
+        or_(
+            contains(Message.from_, word),
+            json_contains(Message.to, word),
+            json_contains(Message.cc, word),
+            contains(Message.subject, word),
+            contains(Message.text, word),
+        )
+        for word in words
+    ]
+
+
+async def search_highlights(
+    session: AsyncSession, thread_ids: list[str], q: str
+) -> dict[str, dict[str, Any]]:
+    """Per thread, the fragments of its messages that matched ``q``, oldest message first.
+
+    From the messages, not the thread's own fields: a hit in an older message's body has no
+    fragment in the thread's preview, and the spec's keys say which fields produced the hit.
+    """
+    out: dict[str, dict[str, list[str]]] = {tid: {} for tid in thread_ids}
+    if not thread_ids:
+        return out
+    rows = await session.execute(
+        select(Message.thread_id, Message.from_, Message.to, Message.cc, Message.subject, Message.text)
+        .where(Message.thread_id.in_(thread_ids), *_matching(check_query(q)))
+        .order_by(Message.timestamp, Message.id)
+    )
+    for thread_id, sender, to, cc, subject, text in rows.all():
+        fields = {
+            "from": [sender or ""],
+            "recipients": [*to, *cc],
+            "subject": [subject or ""],
+            "text": [text or ""],
+        }
+        found = out[thread_id]
+        for name, fragments in field_highlights(fields, q).items():
+            found[name] = list(dict.fromkeys([*found.get(name, []), *fragments]))
+    return out
 
 
 async def get_thread(session: AsyncSession, caller: Caller, scope: Scope, thread_id: str) -> ThreadView:
@@ -214,6 +254,8 @@ async def update_thread(
 ) -> ThreadView:
     add_set, remove_set = check_label_changes(add, remove)
     view = await get_thread(session, caller, scope, thread_id)
+    # The thread before its messages, the lock order (messages.lock_threads_of).
+    await session.execute(select(Thread.id).where(Thread.id == view.thread.id).with_for_update(**THREAD_LOCK))
     if view.thread.message_count >= THREAD_UPDATE_MAX_MESSAGES:
         raise Unprocessable(
             f"Threads with {THREAD_UPDATE_MAX_MESSAGES} or more messages cannot be updated at once",

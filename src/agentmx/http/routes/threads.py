@@ -22,7 +22,6 @@ from agentmx.http.routes.messages import base_url, include_flags
 from agentmx.services import downloads, mail_lists, mail_reads
 from agentmx.services import threads as svc
 from agentmx.services.caller import Caller
-from agentmx.services.messages import field_highlights
 from agentmx.services.pagination import MAX_LIMIT, check_limit
 from agentmx.services.runtime import Runtime
 from agentmx.services.threads import Scope, ThreadFilters
@@ -81,20 +80,13 @@ async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -
             after=query_datetime(request, "after"),
         )
         views = await svc.views(s, page.items)
+        highlights = await svc.search_highlights(
+            s, [t.id for t in page.items], request.query_params.get("q", "")
+        )
     items = []
     for v in views:
         item = wire_mail.thread_item(v.thread, v.labels, v.attachments)
-        # Highlights from the thread's own fields (senders, recipients, subject, preview).
-        found = field_highlights(
-            {
-                "from": list(v.thread.senders or []),
-                "recipients": list(v.thread.recipients or []),
-                "subject": [v.thread.subject or ""],
-                "text": [v.thread.preview or ""],
-            },
-            request.query_params.get("q", ""),
-        )
-        if found:
+        if found := highlights[v.thread.id]:
             item["highlights"] = found
         items.append(item)
     return wire.page("threads", items, page.limit, page.next_page_token)

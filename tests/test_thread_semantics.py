@@ -1,0 +1,108 @@
+"""Threads as the spec describes them: ``updated_at`` is when the thread last changed, and its
+labels are its messages' union, so a label change on one of its messages changes it."""
+
+from __future__ import annotations
+
+import secrets
+import smtplib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+
+import httpx
+from agentmail import AgentMail
+from agentmail.inboxes.types import CreateInboxRequest
+
+from conftest import Harness
+from mail_support import make_message, smtp_send
+
+
+def _new_thread(client: AgentMail, harness: Harness) -> tuple[str, str, str]:
+    inbox = client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
+    to = client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
+    sent = client.inboxes.messages.send(inbox, to=[to], subject="Updated", text="first")
+    return inbox, sent.thread_id, sent.message_id
+
+
+def test_a_message_label_change_updates_its_thread(client: AgentMail, harness: Harness) -> None:
+    inbox, thread_id, message_id = _new_thread(client, harness)
+    before = client.inboxes.threads.get(inbox, thread_id).updated_at
+    time.sleep(0.01)
+
+    client.inboxes.messages.update(inbox, message_id, add_labels=["reviewed"])
+    after_one = client.inboxes.threads.get(inbox, thread_id)
+    assert "reviewed" in after_one.labels
+    assert after_one.updated_at > before
+    time.sleep(0.01)
+
+    client.inboxes.messages.batch_update(inbox, message_ids=[message_id], add_labels=["filed"])
+    after_batch = client.inboxes.threads.get(inbox, thread_id)
+    assert after_batch.updated_at > after_one.updated_at
+    time.sleep(0.01)
+
+    # Nothing changed, so the thread is as it was.
+    client.inboxes.messages.update(inbox, message_id, add_labels=["filed"])
+    client.inboxes.messages.batch_update(inbox, message_ids=[message_id], remove_labels=["absent"])
+    assert client.inboxes.threads.get(inbox, thread_id).updated_at == after_batch.updated_at
+
+
+def _deliver(harness: Harness, inbox: str, message: EmailMessage) -> None:
+    """As an MTA does: a 4xx (a shared PostgreSQL out of connections under the suite's load) is tried again."""
+    for attempt in range(5):
+        try:
+            smtp_send(harness.server, [inbox], message.as_bytes())
+            return
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code // 100 != 4 or attempt == 4:
+                raise
+            time.sleep(0.5)
+
+
+def test_messages_stored_together_keep_their_order(harness: Harness, http: httpx.Client) -> None:
+    """Mail arriving at once is stored in one batch; each message still gets its own time, so a
+    thread lists its messages in the order they joined and its last message is the last listed."""
+    inbox = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+    mail = []
+    for i in range(20):
+        original = make_message(inbox, subject=f"Batch {i}", text=f"original {i}")
+        reply = make_message(
+            inbox, subject=f"Re: Batch {i}", text=f"reply {i}", in_reply_to=original["Message-ID"]
+        )
+        mail += [original, reply]
+    with ThreadPoolExecutor(len(mail)) as pool:
+        list(pool.map(lambda m: _deliver(harness, inbox, m), mail))
+
+    listed = http.get(f"/v0/inboxes/{inbox}/messages", params={"limit": 100}).json()["messages"]
+    assert len(listed) == len(mail)
+    times = [m["timestamp"] for m in listed]
+    assert len(set(times)) == len(times), "messages stored together share a timestamp"
+    for item in http.get(f"/v0/inboxes/{inbox}/threads", params={"limit": 100}).json()["threads"]:
+        thread = http.get(f"/v0/inboxes/{inbox}/threads/{item['thread_id']}").json()
+        assert thread["last_message_id"] == thread["messages"][-1]["message_id"]
+        assert thread["preview"] == thread["messages"][-1]["preview"]
+
+
+def test_thread_search_highlights_the_message_that_matched(client: AgentMail, harness: Harness) -> None:
+    """A hit in an older message's body is highlighted as text, though the preview is the reply's."""
+    inbox = client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
+    bob = f"bob.{secrets.token_hex(4)}@example.com"
+    first = make_message(inbox, subject="Terms", text="see the kumquat clause")
+    smtp_send(harness.server, [inbox], first.as_bytes())
+    reply = make_message(
+        inbox,
+        subject="Re: Terms",
+        text="agreed",
+        sender=f"Bob <{bob}>",
+        in_reply_to=first["Message-ID"],
+    )
+    smtp_send(harness.server, [inbox], reply.as_bytes())
+
+    found = client.inboxes.threads.search(inbox, q="kumquat").threads
+    assert len(found) == 1 and found[0].preview == "agreed"
+    assert found[0].highlights is not None
+    assert found[0].highlights.text == ["see the **kumquat** clause"]
+    assert found[0].highlights.from_ is None and found[0].highlights.subject is None
+
+    by_sender = client.threads.search(q=bob).threads
+    assert [t.thread_id for t in by_sender] == [found[0].thread_id]
+    assert by_sender[0].highlights is not None and by_sender[0].highlights.from_ == [f"Bob <**{bob}**>"]
