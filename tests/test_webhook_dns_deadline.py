@@ -8,10 +8,14 @@ namespace of its own whose resolv.conf names a loopback DNS server on port 53. T
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import smtplib
 import subprocess
+import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -79,4 +83,40 @@ def test_a_slow_lookup_counts_against_the_webhook_timeout(
         receiver.wait(1, timeout=30)  # a retry once the resolver answers
     finally:
         receiver.close()
+        server.stop()
+
+
+def test_lookups_held_by_a_hung_resolver_do_not_stop_mail_being_stored(
+    tmp_path: Path, slow_dns: tuple[ZoneResolver, list[str]]
+) -> None:
+    """getaddrinfo keeps its thread until the resolver answers, past any deadline: in the loop's
+    default pool (a few threads) a dozen stuck lookups held the blob writes of incoming mail."""
+    resolver, launcher = slow_dns
+    hooks = 12
+    resolver.set_zone("\n".join(f"hook{i}.test. 60 IN A 127.0.0.1" for i in range(hooks)))
+    env = {"AGENTMX_WEBHOOK_TIMEOUT": str(TIMEOUT), "AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,60"}
+    server = ServerProcess(tmp_path / "srv", env=env, launcher=launcher).start()
+    harness = Harness(server, "sqlite")
+    try:
+        client = harness.client()
+        inbox = new_inbox(client)
+        for i in range(hooks):
+            client.webhooks.create(url=f"http://hook{i}.test:9/hook", event_types=["message.received"])
+        with resolver.lock:  # answers wait (10 s at most) from now on
+            resolver.release.clear()
+            resolver.holding = True
+        send_mail(server, inbox)
+        wait_for(lambda: resolver.held >= hooks - 4, timeout=30)  # the lookups are stuck in their threads
+        big = EmailMessage()
+        big["From"], big["To"], big["Subject"] = "alice@example.com", inbox, "Stored while lookups hang"
+        big.set_content("see attached")
+        big.add_attachment(os.urandom(300_000), maintype="application", subtype="octet-stream")
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+            smtp.send_message(big)  # its bytes go to a file (over the 64 KiB kept in the database)
+        assert time.monotonic() - started < 5  # was about 10 s: until the resolver answered
+    finally:
+        with resolver.lock:
+            resolver.holding = False
+        resolver.release.set()
         server.stop()

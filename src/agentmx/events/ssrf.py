@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from agentmx.errors import ValidationFailed
 from agentmx.mail.idn import to_ascii_domain
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOOKUP_THREADS = 8  # webhook and attachment URL lookups at once; more wait for a thread
+
+
+# getaddrinfo holds its thread until the system resolver answers or gives up (its own timeouts, maybe
+# 30 s), even after the caller's deadline abandoned it. In the loop's default pool (a few threads)
+# lookups stuck on a hung resolver queued blob writes and parses behind them: mail stopped being stored.
+_lookups = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="agentmx-lookup")
 
 
 class BlockedAddress(Exception):
@@ -60,7 +69,8 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
         pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(_lookups, lookup)
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
