@@ -13,14 +13,15 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
 from agentmx.db.models import Event
 from agentmx.errors import AgentMXError, NotFound
+from agentmx.events.bodies import encode_body
 from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED, read_permission
-from agentmx.events.hub import BATCH, Hub, Item, Subscriber
+from agentmx.events.hub import Hub, Item, Subscriber
 from agentmx.events.ws_frame import FrameWriter
 from agentmx.http.nul_guard import contains_nul, contains_surrogate
 from agentmx.services import event_position, inboxes, pods
@@ -31,6 +32,18 @@ Send = Callable[[str], Awaitable[None]]
 
 
 KEY_RECHECK = 5.0  # seconds between checks that an open stream's key still stands (deleted keys: 401s)
+# A catch-up reads the log's routing columns this many rows at a time, and the bodies of the events it
+# sends a few at a time: bodies are up to 1 MB, and 500 of them per reconnecting client were GBs.
+REPLAY_SCAN = 500
+REPLAY_BODIES = 8
+# Distinct ids a subscribe may list in inbox_ids, and in pod_ids. Each is looked up while the stream's
+# task runs, and a cached row is found without yielding: 200,000 copies of one id held the whole
+# process (every request and stream) for minutes. Webhooks take 10; a pod covers any number of inboxes.
+MAX_CHANNELS = 100
+# Client frames parsed and waiting for the stream's task. The socket is not read beyond them: a client
+# that sent frames without reading the answers (its socket full, the task waiting on it) made the
+# server parse and keep every frame it sent until the keepalive timeout, at the speed it sent them.
+MAX_PENDING_FRAMES = 4
 
 
 class StreamError(Exception):
@@ -42,13 +55,26 @@ class StreamError(Exception):
         self.message = message
 
 
+class Routed(Protocol):
+    """What a filter looks at: a live ``Item`` or a log row's routing columns."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def organization_id(self) -> str: ...
+    @property
+    def pod_id(self) -> str | None: ...
+    @property
+    def inbox_id(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Filter:
     event_types: frozenset[str]
     inbox_ids: frozenset[str]
     pod_ids: frozenset[str]
 
-    def matches(self, caller: Caller, item: Item) -> bool:
+    def matches(self, caller: Caller, item: Routed) -> bool:
         if item.organization_id != caller.organization_id or item.event_type not in self.event_types:
             return False
         if caller.pod_id and item.pod_id != caller.pod_id:
@@ -71,7 +97,10 @@ def _str_list(frame: dict[str, Any], name: str) -> list[str] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise StreamError("ValidationError", f"{name} must be a list of strings")
-    return value
+    distinct = list(dict.fromkeys(value))
+    if len(distinct) > MAX_CHANNELS:
+        raise StreamError("ValidationError", f"{name} may list at most {MAX_CHANNELS} ids")
+    return distinct
 
 
 class Stream:
@@ -92,6 +121,9 @@ class Stream:
         self.filter: Filter | None = None
         self.sub: Subscriber = hub.register(caller.organization_id)
         self.sub.write = write
+        self.frame_room = asyncio.Semaphore(
+            MAX_PENDING_FRAMES
+        )  # taken per frame read, given back when handled
 
     def close(self) -> None:
         self.hub.unregister(self.sub)
@@ -119,6 +151,8 @@ class Stream:
                     await self._subscribe(item.frame)
                 except StreamError as exc:
                     await self._send_json({"type": "error", "name": exc.name, "message": exc.message})
+                finally:
+                    self.frame_room.release()
             elif item.seq > sub.cursor:
                 sub.cursor = item.seq
                 if self.filter is not None and self.filter.matches(self.caller, item):
@@ -157,7 +191,7 @@ class Stream:
         out: list[str] = []
         for name in requested:
             if name not in EVENT_TYPES:
-                raise StreamError("ValidationError", f"unknown event type {name!r}")
+                raise StreamError("ValidationError", f"unknown event type {name[:100]!r}")
             for permission in (FILTERED.get(name), read_permission(name)):
                 if permission and not self.caller.can(permission):
                     raise StreamError("ForbiddenError", f"{permission} is forbidden")
@@ -199,26 +233,43 @@ class Stream:
         return seq
 
     async def _replay(self, after_seq: int) -> None:
-        """Send matching events after ``after_seq`` from the log; live items up to there are skipped."""
+        """Send matching events after ``after_seq`` from the log; live items up to there are skipped.
+
+        Routing columns first, then the bodies of the events sent, ``REPLAY_BODIES`` per read, with no
+        read open while sending (a slow client must not hold a connection or SQLite's WAL).
+        """
         seq = after_seq
         while True:
             async with self.rt.db.read() as s:
-                rows = (
-                    await s.scalars(
-                        select(Event)
+                routes = (
+                    await s.execute(
+                        select(
+                            Event.seq, Event.event_type, Event.organization_id, Event.pod_id, Event.inbox_id
+                        )
                         .where(Event.organization_id == self.caller.organization_id, Event.seq > seq)
                         .order_by(Event.seq)
-                        .limit(BATCH)
+                        .limit(REPLAY_SCAN)
                     )
                 ).all()
-            for row in rows:
-                seq = row.seq
-                item = Item.of(row)
-                if self.filter is not None and self.filter.matches(self.caller, item):
-                    await self.send(item.text)
-            self.sub.cursor = max(self.sub.cursor, seq)
-            if len(rows) < BATCH:
+            active = self.filter
+            wanted = [r.seq for r in routes if active is not None and active.matches(self.caller, r)]
+            for start in range(0, len(wanted), REPLAY_BODIES):
+                await self._send_logged(wanted[start : start + REPLAY_BODIES])
+            if routes:
+                seq = routes[-1].seq
+                self.sub.cursor = max(self.sub.cursor, seq)
+            if len(routes) < REPLAY_SCAN:
                 return
+
+    async def _send_logged(self, seqs: list[int]) -> None:
+        async with self.rt.db.read() as s:
+            rows = await s.execute(select(Event.seq, Event.body).where(Event.seq.in_(seqs)))
+            bodies: dict[int, dict[str, Any]] = {seq: body for seq, body in rows}
+        for seq in seqs:
+            body = bodies.pop(seq, None)
+            if body is not None:  # None: pruned by retention since its routing row was read
+                await self.send(encode_body(body).decode())
+            self.sub.cursor = max(self.sub.cursor, seq)
 
     async def _recover(self) -> None:
         """The hub dropped events for this slow stream: keep client frames, re-read events from the log."""
@@ -250,7 +301,13 @@ async def serve(
     revoked = False
     try:
         while not writer.done():
-            receiving = asyncio.ensure_future(receive())
+            room: asyncio.Future[Any] = asyncio.ensure_future(stream.frame_room.acquire())
+            done, _ = await asyncio.wait({room, writer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if room not in done:
+                revoked = watchdog in done
+                room.cancel()
+                break
+            receiving: asyncio.Future[Any] = asyncio.ensure_future(receive())
             done, _ = await asyncio.wait({receiving, writer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done or watchdog in done:
                 revoked = watchdog in done
