@@ -37,11 +37,30 @@ def test_a_subscribe_listing_too_many_ids_is_refused_and_copies_count_once(harne
         assert isinstance(error, Error) and error.name == "ValidationError", error
         assert "at most 100" in error.message
         start = time.monotonic()
-        ack = subscribe(socket, inbox_ids=[inbox] * 50_000)
+        ack = subscribe(socket, inbox_ids=[inbox] * 20_000)
         assert ack.inbox_ids == [inbox]
         assert time.monotonic() - start < 5
         send_mail(harness.server, inbox, subject="still subscribed")
         assert next_frame(socket).message.subject == "still subscribed"
+
+
+def test_a_client_frame_over_a_mebibyte_closes_the_socket(harness: Harness) -> None:
+    """uvicorn took frames of 16 MiB, each parsed on the event loop every client shares."""
+    client = harness.client()
+    inbox = new_inbox(client)
+
+    async def oversized() -> int | None:
+        url = harness.server.ws_url + "/v0?api_key=" + harness.api_key
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "inbox_ids": [inbox] * 60_000}))  # ~2 MB
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), timeout=30)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(oversized()) == 1009
+    assert httpx.get(harness.server.base_url + "/health", timeout=30).status_code == 200
 
 
 def _send_large_mail(server: ServerProcess, inbox: str, count: int, tag: str) -> None:

@@ -21,7 +21,7 @@ from agentmx.db.engine import Database
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
-from agentmx.http.ws_frames import FramedWebSocketProtocol
+from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
@@ -107,6 +107,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         http=guard.protocol(),
         backlog=HTTP_LISTEN_BACKLOG,
         ws=FramedWebSocketProtocol,
+        ws_max_size=MAX_CLIENT_FRAME,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_interval,
         lifespan="off",

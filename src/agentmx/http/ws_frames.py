@@ -19,6 +19,9 @@ from websockets.protocol import State
 from agentmx.events.ws_frame import FrameWriter
 
 FRAME_WRITER = "agentmx.frame_writer"
+# A client frame larger is refused (close 1009). uvicorn's default is 16 MiB, each parsed on the event
+# loop (0.1-0.3 s at that size, for every client); a subscribe at its 100-id caps is under 70 KB.
+MAX_CLIENT_FRAME = 1024 * 1024
 
 
 def frame_writer(scope: Mapping[str, Any]) -> FrameWriter | None:
