@@ -147,6 +147,21 @@ def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Cond
     return Conditions(where, params, None if f.has_text_filters else shape)
 
 
+def matching(words: list[str]) -> list[Any]:
+    """A message matching every word, each in its sender, To, Cc, subject or body (searches of
+    messages and of threads)."""
+    return [
+        or_(
+            contains(Message.from_, word),
+            json_contains(Message.to, word),
+            json_contains(Message.cc, word),
+            contains(Message.subject, word),
+            contains(Message.text, word),
+        )
+        for word in words
+    ]
+
+
 async def search_messages(
     session: AsyncSession,
     caller: Caller,
@@ -169,16 +184,7 @@ async def search_messages(
         stmt = stmt.where(Message.timestamp < before)
     if after is not None:
         stmt = stmt.where(Message.timestamp >= after)
-    for word in words:
-        stmt = stmt.where(
-            or_(
-                contains(Message.from_, word),
-                json_contains(Message.to, word),
-                json_contains(Message.cc, word),
-                contains(Message.subject, word),
-                contains(Message.text, word),
-            )
-        )
+    stmt = stmt.where(*matching(words))
     return await paginate(
         session,
         stmt,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, String, bindparam, delete, exists, false, or_, select
+from sqlalchemy import ColumnElement, FromClause, String, bindparam, delete, exists, false, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Message, MessageLabel, Thread
@@ -33,6 +33,7 @@ from agentmx.services.messages import (
     json_contains,
     lock_for_deletion,
     locked,
+    matching,
     unreadable_labels,
 )
 from agentmx.services.pagination import Page, paginate
@@ -151,7 +152,7 @@ async def search_threads(
     """Threads with a visible message matching every word of ``q``; newest first."""
     words = check_query(q)
     await resolve_scope(session, caller, scope)
-    match = select(Message.thread_id).where(Message.thread_id == Thread.id, *_matching(words))
+    match = select(Message.thread_id).where(Message.thread_id == Thread.id, *matching(words))
     stmt = _scoped(select(Thread), caller, scope).where(
         match.exists(), ~_thread_has(written_in(list(HIDDEN_LABELS)))
     )
@@ -169,20 +170,6 @@ async def search_threads(
     )
 
 
-def _matching(words: list[str]) -> list[Any]:
-    """A message matching every word, each in its sender, To, Cc, subject or body."""
-    return [
-        or_(
-            contains(Message.from_, word),
-            json_contains(Message.to, word),
-            json_contains(Message.cc, word),
-            contains(Message.subject, word),
-            contains(Message.text, word),
-        )
-        for word in words
-    ]
-
-
 async def search_highlights(
     session: AsyncSession, thread_ids: list[str], q: str
 ) -> dict[str, dict[str, Any]]:
@@ -196,7 +183,7 @@ async def search_highlights(
         return out
     rows = await session.execute(
         select(Message.thread_id, Message.from_, Message.to, Message.cc, Message.subject, Message.text)
-        .where(Message.thread_id.in_(thread_ids), *_matching(check_query(q)))
+        .where(Message.thread_id.in_(thread_ids), *matching(check_query(q)))
         .order_by(Message.timestamp, Message.id)
     )
     for thread_id, sender, to, cc, subject, text in rows.all():
