@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -231,3 +232,89 @@ def test_a_reply_while_its_inbox_is_deleted_does_not_deadlock(tmp_path: Path) ->
     finally:
         server.stop()
         postgres.drop_database(url)
+
+
+# (what deletes, what changes labels, which of the thread's two messages the third connection holds)
+LABELS_VS_DELETES = {
+    "thread_patch_vs_message_delete": ("DELETE message 2", "PATCH thread", 0),
+    "thread_patch_vs_thread_delete": ("DELETE thread", "PATCH thread", 1),
+    "message_patch_vs_thread_delete": ("DELETE thread", "PATCH message 1", 1),
+    "message_patch_vs_inbox_delete": ("DELETE inbox", "PATCH message 1", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(LABELS_VS_DELETES))
+def test_a_label_change_while_its_thread_loses_messages_does_not_deadlock(
+    case: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """A label change locks the thread, then its messages; a deletion took the messages, then the
+    thread: each waited for the other and PostgreSQL ended one (a 503). A third connection holds one
+    message so that each request stops between its two locks. Either may go first: the deletion is a
+    204, the change a 200, or a 404 once its thread or message is gone (not a 200 for a deleted thread)."""
+    server = fresh_server("postgres").start()
+    url = server.database_url
+    assert url is not None
+    http = httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {server.create_key()}"}, timeout=60
+    )
+    a = http.post("/v0/inboxes", json={"username": "labels"}).json()["inbox_id"]
+    b = http.post("/v0/inboxes", json={"username": "peer"}).json()["inbox_id"]
+    first = http.post(f"/v0/inboxes/{a}/messages/send", json={"to": [b], "subject": "x", "text": "t"}).json()
+    thread = first["thread_id"]
+    received = _wait(lambda: http.get(f"/v0/inboxes/{b}/messages").json()["messages"])
+    http.post(
+        f"/v0/inboxes/{b}/messages/{received[0]['message_id']}/reply", json={"text": "r"}
+    ).raise_for_status()
+    _wait(lambda: http.get(f"/v0/inboxes/{a}/threads/{thread}").json()["message_count"] == 2)
+
+    async def rows() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetch(
+                "SELECT id, message_id FROM messages WHERE thread_id = $1 ORDER BY id", thread
+            )
+        finally:
+            await conn.close()
+
+    messages = asyncio.run(rows())
+    deleting, labelling, held = LABELS_VS_DELETES[case]
+    paths = {
+        "DELETE message 2": f"/v0/inboxes/{a}/messages/{messages[1]['message_id']}",
+        "DELETE thread": f"/v0/inboxes/{a}/threads/{thread}",
+        "DELETE inbox": f"/v0/inboxes/{a}",
+        "PATCH thread": f"/v0/inboxes/{a}/threads/{thread}",
+        "PATCH message 1": f"/v0/inboxes/{a}/messages/{messages[0]['message_id']}",
+    }
+    calls = {
+        deleting: partial(http.delete, paths[deleting]),
+        labelling: partial(http.patch, paths[labelling], json={"add_labels": ["seen-by-agent"]}),
+    }
+    # The request that takes the held message's lock second goes second.
+    order = [labelling, deleting] if held == 0 else [deleting, labelling]
+
+    async def holding(message_pk: str) -> list[httpx.Response]:
+        holder = await asyncpg.connect(url)
+        try:
+            async with holder.transaction():
+                await holder.fetch("SELECT id FROM messages WHERE id = $1 FOR UPDATE", message_pk)
+                pending = []
+                for name in order:
+                    pending.append(asyncio.get_running_loop().run_in_executor(None, calls[name]))
+                    await asyncio.sleep(0.5)  # waiting for the held message (or the thread) by now
+            return list(await asyncio.gather(*pending))
+        finally:
+            await holder.close()
+
+    responses = dict(zip(order, asyncio.run(holding(messages[held]["id"])), strict=True))
+    assert responses[deleting].status_code == 204, responses[deleting].text
+    # The first to take the thread goes first: the label change finds no thread or message left.
+    assert responses[labelling].status_code == (200 if held == 0 else 404), responses[labelling].text
+
+
+def _wait(check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out")

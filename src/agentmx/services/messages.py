@@ -425,6 +425,9 @@ async def batch_update(
 async def delete_message(session: AsyncSession, caller: Caller, inbox: Inbox, message_id: str) -> None:
     message = await get_message(session, caller, inbox, message_id)
     thread_id = message.thread_id
+    # The thread before the message (lock_threads_of): a label change holding the thread and
+    # waiting for this message, while this waited for the thread, was a deadlock (a 503).
+    await lock_threads_of(session, Message.id == message.id)
     await session.execute(delete(Message).where(Message.id == message.id))
     session.expunge(message)
     await refresh_thread(session, thread_id)

@@ -242,7 +242,9 @@ async def update_thread(
     add_set, remove_set = check_label_changes(add, remove)
     view = await get_thread(session, caller, scope, thread_id)
     # The thread before its messages, the lock order (messages.lock_threads_of).
-    await session.execute(select(Thread.id).where(Thread.id == view.thread.id).with_for_update(**THREAD_LOCK))
+    lock = select(Thread.id).where(Thread.id == view.thread.id).with_for_update(**THREAD_LOCK)
+    if await session.scalar(lock) is None:  # deleted while this waited for it: not a 200 with no labels
+        raise NotFound("Thread not found")
     if view.thread.message_count >= THREAD_UPDATE_MAX_MESSAGES:
         raise Unprocessable(
             f"Threads with {THREAD_UPDATE_MAX_MESSAGES} or more messages cannot be updated at once",
@@ -263,6 +265,9 @@ async def update_thread(
 
 async def delete_thread(session: AsyncSession, caller: Caller, scope: Scope, thread_id: str) -> None:
     view = await get_thread(session, caller, scope, thread_id)
+    # The thread before its messages, the lock order (messages.lock_threads_of); FOR UPDATE, as the
+    # DELETE below takes it. Messages first, a label change holding the thread deadlocked with this.
+    await session.execute(select(Thread.id).where(Thread.id == view.thread.id).with_for_update())
     await lock_for_deletion(session, Message.thread_id == view.thread.id)
     await session.execute(delete(Message).where(Message.thread_id == view.thread.id))
     await session.execute(delete(Thread).where(Thread.id == view.thread.id))
