@@ -85,6 +85,11 @@ def test_a_log_level_is_read_in_any_case(tmp_path: Path) -> None:
         # Read at the first delivery or lookup: every message failed there instead.
         ({"AGENTMX_SMTP_RELAY": "relay.example:smtp"}, "AGENTMX_SMTP_RELAY: port 'smtp' is not 1-65535"),
         ({"AGENTMX_DNS_RESOLVER": "[::1"}, "AGENTMX_DNS_RESOLVER: must be host, host:port"),
+        # Two colons without brackets is an IPv6 address or nothing: a doubled port was taken as a host name.
+        ({"AGENTMX_SMTP_RELAY": "127.0.0.1:25:25"}, "AGENTMX_SMTP_RELAY: must be host, host:port"),
+        ({"AGENTMX_DNS_RESOLVER": "dns.example:53:53"}, "AGENTMX_DNS_RESOLVER: must be host, host:port"),
+        # A name, not an address: serve started, then POST /v0/domains was a 500 and every delivery a traceback.
+        ({"AGENTMX_DNS_RESOLVER": "localhost:53"}, "AGENTMX_DNS_RESOLVER: 'localhost' is not an IP address"),
         # These three ended serve (or every command) with a traceback and exit status 1.
         ({"AGENTMX_LOG_LEVEL": "verbose"}, "AGENTMX_LOG_LEVEL: Input should be 'debug'"),
         ({"AGENTMX_HTTP_PORT": "70000"}, "AGENTMX_HTTP_PORT: Input should be less than or equal to 65535"),

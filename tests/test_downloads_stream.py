@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,3 +110,24 @@ def test_a_blob_that_cannot_be_opened_is_a_503_not_a_500(fresh_server: Callable[
     found = httpx.get(url, timeout=30)
     assert found.status_code == 503 and found.json()["name"] == "ServiceUnavailableError"
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's I/O counters from /proc")
+def test_head_of_a_download_does_not_read_the_file(fresh_server: Callable[..., ServerProcess]) -> None:
+    """HEAD reaches the app as GET (http/head.py): the download read its whole file for a body that
+    uvicorn then dropped, as long as the client kept the connection open (most clients do)."""
+    server = fresh_server().start()
+    _, _, url = _big_attachment_link(server)
+    assert server.proc is not None
+    io = Path(f"/proc/{server.proc.pid}/io")
+
+    def bytes_read() -> int:
+        return next(int(line.split()[1]) for line in io.read_text().splitlines() if line.startswith("rchar"))
+
+    with httpx.Client(timeout=30) as http:  # keep-alive: the server sees no disconnect
+        before = bytes_read()
+        head = http.head(url)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(BIG))
+        time.sleep(1.0)  # time to read the file, if it does
+        read = bytes_read() - before
+    assert read < len(BIG) // 4, f"HEAD read {read} bytes of a {len(BIG)}-byte file"

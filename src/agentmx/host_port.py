@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 FORMS = "host, host:port, [IPv6] or [IPv6]:port"
 
 
@@ -22,6 +24,9 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
         host, _, port_text = value.partition(":")
     else:
         host = value
+        # Two colons or more, no brackets: an IPv6 address or nothing ("relay:25:25" is no host name).
+        if ":" in host and not _ipv6(host):
+            raise ValueError(f"must be {FORMS}")
     if not host or any(ch.isspace() for ch in host):
         raise ValueError(f"must be {FORMS}")
     if port_text is None:
@@ -29,3 +34,11 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
         raise ValueError(f"port {port_text!r} is not 1-65535 ({FORMS})")
     return host, int(port_text)
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentmx.event_loops import Choice as LoopChoice
@@ -230,7 +230,7 @@ class Settings(BaseSettings):
     )
     dns_resolver: str = Field(
         "",
-        description="host[:port] (port 53 if none; [IPv6]:port) of the DNS server used for MX and domain checks.",
+        description="IP[:port] (port 53 if none; [IPv6]:port) of the DNS server used for MX and domain checks.",
     )
     dns_timeout: float = Field(
         5.0, gt=0, description="Seconds a DNS lookup for domain verification may take."
@@ -369,10 +369,13 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_relay", "dns_resolver")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str, info: ValidationInfo) -> str:
         # Read at the first delivery or lookup: a bad one failed every message there instead of the start.
         if value.strip():
-            split_host_port(value, 1)
+            host, _ = split_host_port(value, 1)
+            if info.field_name == "dns_resolver" and not _ip_address(host):
+                # dnspython takes a nameserver's address only: a name raised at every lookup (a 500).
+                raise ValueError(f"{host!r} is not an IP address (as in 127.0.0.1:53 or [::1]:53)")
         return value
 
     @field_validator("smtp_trusted_networks")
@@ -432,6 +435,14 @@ class Settings(BaseSettings):
     @property
     def hostname(self) -> str:
         return self.public_host or self.domain
+
+
+def _ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _loopback(host: str) -> bool:

@@ -17,6 +17,8 @@ from typing import BinaryIO
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from agentmx.http.head import is_head
+
 CHUNK_BYTES = 64 * 1024
 
 
@@ -35,7 +37,7 @@ class OpenFileResponse(Response):
             await send(
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
-            if scope.get("method") == "HEAD" or not self.size:
+            if is_head(scope) or not self.size:
                 await send({"type": "http.response.body", "body": b""})
                 return
             await self._send_chunks(receive, send)
