@@ -773,6 +773,8 @@ def test_a_unicode_name_is_registered_as_its_a_label(env: DomainEnv) -> None:
     verify_with_zone(env, client, created.domain_id, env.zone(created.domain_id))
     inbox = client.inboxes.create(request={"username": "leser", "domain": f"{label}.example.test"})
     assert inbox.inbox_id == f"leser@{a_label}.example.test"
+    # The address as people write it finds the inbox too (was a 404: only lower-cased).
+    assert client.inboxes.get(f"Leser@{label}.Example.test").inbox_id == inbox.inbox_id
 
     for bad in ("xn--zz.example.test", "☃.example.test", "a\u200db.example.test"):
         with pytest.raises(ApiError) as refused:

@@ -59,6 +59,7 @@ async def _is_local(session: AsyncSession, rt: Runtime, address: str) -> bool:
     if await session.get(Inbox, mailstore.envelope_recipient(rt, address)) is not None:
         return True
     domain = address_domain(address)
+    domain = ascii_domain(domain) or domain  # inboxes on an IDN domain hold its A-labels
     if domain == rt.settings.domain.lower():
         return True
     return await session.scalar(select(Inbox.id).where(Inbox.domain == domain).limit(1)) is not None

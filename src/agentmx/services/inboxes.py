@@ -15,6 +15,7 @@ from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
 from agentmx.ids import random_username
+from agentmx.mail.idn import to_ascii_domain
 from agentmx.services import hooks
 from agentmx.services import metadata as md
 from agentmx.services.caller import Caller
@@ -56,8 +57,14 @@ def visible(stmt: Any, caller: Caller) -> Any:
 
 
 def inbox_key(inbox_id: str) -> str:
-    """Inbox ids are addresses: matched trimmed and lower-cased."""
-    return inbox_id.strip().lower()
+    """Inbox ids are addresses: matched trimmed and lower-cased, a Unicode domain as its A-labels
+    (the form inboxes on an IDN domain are stored under, mail/idn.py)."""
+    key = inbox_id.strip().lower()
+    if key.isascii():
+        return key
+    local, at, domain = key.rpartition("@")
+    wire = to_ascii_domain(domain) if at else None
+    return f"{local}@{wire}" if wire is not None else key
 
 
 def inbox_is_visible(caller: Caller, organization_id: str, inbox_id: str, pod_id: str) -> bool:
