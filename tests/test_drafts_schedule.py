@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from agentmail.errors import NotFoundError
 
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
-from conftest import BACKENDS, NO_RETRY, _postgres_or_skip
+from conftest import BACKENDS, NO_RETRY, _postgres_or_skip, make_server
 from drafts_support import messages, new_inbox, wait_for
 
 LATE_TOLERANCE = 1.5  # seconds after send_at (or after the server is back) a send may take
@@ -32,6 +33,22 @@ def _received(client: AgentMail, inbox: str, subject: str) -> list[Any]:
 
 def _sent(client: AgentMail, inbox: str, subject: str) -> list[Any]:
     return [m for m in messages(client, inbox, "sent") if m.subject == subject]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def scheduler(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server of this file's own for the tests that neither restart it nor look past their own inbox:
+    not the session's, whose other tests' jobs could hold up a send past its tolerance."""
+    server, url = make_server(tmp_path_factory.mktemp(f"scheduler-{request.param}"), request.param)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        if url:
+            postgres.drop_database(url)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -60,9 +77,8 @@ def test_scheduled_send_survives_restart_on_time_exactly_once(fresh_server: Any,
         client.inboxes.drafts.get(sender, draft.draft_id, request_options=NO_RETRY)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_reschedule_unschedule_and_delete(fresh_server: Any, backend: str) -> None:
-    server = fresh_server(backend).start()
+def test_reschedule_unschedule_and_delete(scheduler: ServerProcess) -> None:
+    server = scheduler
     client = _client(server, server.create_key())
     sender, recipient = new_inbox(client), new_inbox(client)
     now = datetime.now(UTC)
@@ -97,9 +113,8 @@ def test_reschedule_unschedule_and_delete(fresh_server: Any, backend: str) -> No
     assert client.inboxes.drafts.get(sender, unscheduled).send_status is None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_failed_scheduled_send_keeps_the_draft(fresh_server: Any, backend: str) -> None:
-    server = fresh_server(backend).start()
+def test_failed_scheduled_send_keeps_the_draft(scheduler: ServerProcess) -> None:
+    server = scheduler
     client = _client(server, server.create_key())
     sender = new_inbox(client)
     # No recipients: the send is refused (422) when the job runs, and the draft says "failed".

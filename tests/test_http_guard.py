@@ -10,14 +10,39 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from agentmx.http.guard import HttpGuard
 from agentmx.testing.server import ServerProcess
+
+HEAD_DEADLINE = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}
+BODY_RATE = HEAD_DEADLINE | {"AGENTMX_HTTP_BODY_MIN_RATE": "1000"}
+
+
+def _shared_server(tmp: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp, env=env).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# One server per setting for the tests of this file that only use their own connections (none counts
+# the server's connections or reads its log): a start each is most of what they cost.
+@pytest.fixture(scope="module")
+def head_deadline_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _shared_server(tmp_path_factory.mktemp("head-deadline"), HEAD_DEADLINE)
+
+
+@pytest.fixture(scope="module")
+def body_rate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _shared_server(tmp_path_factory.mktemp("body-rate"), BODY_RATE)
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
@@ -47,8 +72,8 @@ def _connect(server: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.http_port), timeout=10, source_address=(source, 0))
 
 
-def test_headers_dribbled_past_the_deadline_are_cut_off(fresh_server: Callable[..., ServerProcess]) -> None:
-    server = fresh_server(env={"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}).start()
+def test_headers_dribbled_past_the_deadline_are_cut_off(head_deadline_server: ServerProcess) -> None:
+    server = head_deadline_server
     silent = _connect(server)
     dribbler = _connect(server)
     dribbler.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
@@ -113,9 +138,8 @@ def _post_head(path: str, length: int, key: str = "") -> bytes:
     ).encode()
 
 
-def test_a_body_dribbled_below_the_min_rate_is_cut_off(fresh_server: Callable[..., ServerProcess]) -> None:
-    env = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5", "AGENTMX_HTTP_BODY_MIN_RATE": "1000"}
-    server = fresh_server(env=env).start()
+def test_a_body_dribbled_below_the_min_rate_is_cut_off(body_rate_server: ServerProcess) -> None:
+    server = body_rate_server
     key = server.create_key()
     dribbler = _connect(server)
     dribbler.sendall(_post_head("/v0/inboxes", 100_000, key))
@@ -125,9 +149,8 @@ def test_a_body_dribbled_below_the_min_rate_is_cut_off(fresh_server: Callable[..
     assert _closed_within(silent, 3)
 
 
-def test_a_slow_body_at_the_min_rate_is_served(fresh_server: Callable[..., ServerProcess]) -> None:
-    env = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5", "AGENTMX_HTTP_BODY_MIN_RATE": "1000"}
-    server = fresh_server(env=env).start()
+def test_a_slow_body_at_the_min_rate_is_served(body_rate_server: ServerProcess) -> None:
+    server = body_rate_server
     key = server.create_key()
     body = b'{"username": "slowbody"' + b" " * 11_976 + b"}"
     sock = _connect(server)
@@ -143,9 +166,9 @@ def test_a_slow_body_at_the_min_rate_is_served(fresh_server: Callable[..., Serve
 
 
 def test_the_rest_of_an_unread_body_does_not_lift_the_head_deadline(
-    fresh_server: Callable[..., ServerProcess],
+    head_deadline_server: ServerProcess,
 ) -> None:
-    server = fresh_server(env={"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}).start()
+    server = head_deadline_server
     sock = _connect(server)
     sock.sendall(_post_head("/v0/inboxes", 5) + b"{}")  # no key: answered before the body is read
     f = sock.makefile("rb")
