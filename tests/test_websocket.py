@@ -412,24 +412,40 @@ def test_a_recreated_address_does_not_inherit_the_old_inboxs_events(harness: Har
         assert next_frame(socket).message.subject == "new"
 
 
-def _silent_subscriber(server: ServerProcess, api_key: str, inbox_id: str, after: str) -> socket.socket:
-    """A raw WebSocket client that subscribes and then never reads (nor answers pings)."""
+def raw_stream(server: ServerProcess, api_key: str) -> socket.socket:
+    """A WebSocket client on a bare socket with a tiny receive buffer, so it can stop reading."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.http_port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
-        f"GET /v0?api_key={api_key} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"GET /v0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A client text frame, masked with the all-zero key (valid, and no need to mask by hand)."""
+    n = len(payload)
+    if n < 126:
+        size = bytes([0x80 | n])
+    elif n < 1 << 16:
+        size = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:  # RFC 6455 5.2: the length in the fewest bytes that hold it
+        size = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return bytes([0x81]) + size + b"\0\0\0\0" + payload
+
+
+def _silent_subscriber(server: ServerProcess, api_key: str, inbox_id: str, after: str) -> socket.socket:
+    """A raw WebSocket client that subscribes and then never reads (nor answers pings)."""
+    sock = raw_stream(server, api_key)
     payload = json.dumps({"type": "subscribe", "inbox_ids": [inbox_id], "after_event_id": after}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
+    sock.sendall(text_frame(payload))
     return sock
 
 

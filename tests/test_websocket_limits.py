@@ -4,11 +4,8 @@ the answers, and many clients resuming over large events at once."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import smtplib
-import socket
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -20,7 +17,7 @@ from agentmail.websockets.types import Error, Subscribe
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
 from events_support import new_inbox, send_mail
-from test_websocket import next_frame, subscribe
+from test_websocket import next_frame, raw_stream, subscribe, text_frame
 from test_websocket_slow import rss_mb
 
 BODY = 100_000  # characters of text per large message
@@ -80,28 +77,6 @@ def _first_event(harness: Harness, inbox: str) -> str:
         return str(next_frame(socket).event_id)
 
 
-def _raw_stream(server: ServerProcess, api_key: str) -> socket.socket:
-    """A WebSocket client on a bare socket with a tiny receive buffer, so it can stop reading."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.http_port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /v0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """A client text frame, masked with the all-zero key (valid, and no need to mask by hand)."""
-    return bytes([0x81, 0x80 | 127]) + len(payload).to_bytes(8, "big") + b"\0\0\0\0" + payload
-
-
 def test_frames_sent_without_reading_the_answers_are_not_kept(
     fresh_server: Callable[..., ServerProcess],
 ) -> None:
@@ -112,10 +87,10 @@ def test_frames_sent_without_reading_the_answers_are_not_kept(
     inbox = new_inbox(harness.client())
     after = _first_event(harness, inbox)
     _send_large_mail(server, inbox, 30, "stall")
-    sock = _raw_stream(server, harness.api_key)
+    sock = raw_stream(server, harness.api_key)
     try:
         resume = {"type": "subscribe", "inbox_ids": [inbox], "after_event_id": after}
-        sock.sendall(_text_frame(json.dumps(resume).encode()))
+        sock.sendall(text_frame(json.dumps(resume).encode()))
         time.sleep(1)  # the replay fills the socket and waits for a reader that never comes
         before = rss_mb(server)
         # About 1 MB of JSON each, some 7 MB once parsed.
@@ -124,7 +99,7 @@ def test_frames_sent_without_reading_the_answers_are_not_kept(
         sent = 0
         try:
             for _ in range(100):
-                sock.sendall(_text_frame(padded))
+                sock.sendall(text_frame(padded))
                 sent += 1
         except TimeoutError:
             pass  # the server stopped reading: that is the point

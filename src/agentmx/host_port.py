@@ -25,7 +25,7 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
     else:
         host = value
         # Two colons or more, no brackets: an IPv6 address or nothing ("relay:25:25" is no host name).
-        if ":" in host and not _ipv6(host):
+        if ":" in host and not is_ip_address(host):
             raise ValueError(f"must be {FORMS}")
     if not host or any(ch.isspace() for ch in host):
         raise ValueError(f"must be {FORMS}")
@@ -36,9 +36,10 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _ipv6(text: str) -> bool:
+def is_ip_address(text: str) -> bool:
+    """An IPv4 or IPv6 address (no brackets)."""
     try:
-        ipaddress.IPv6Address(text)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
     return True

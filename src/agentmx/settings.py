@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentmx.event_loops import Choice as LoopChoice
-from agentmx.host_port import split_host_port
+from agentmx.host_port import is_ip_address, split_host_port
 
 
 class ConfigError(ValueError):
@@ -373,7 +373,7 @@ class Settings(BaseSettings):
         # Read at the first delivery or lookup: a bad one failed every message there instead of the start.
         if value.strip():
             host, _ = split_host_port(value, 1)
-            if info.field_name == "dns_resolver" and not _ip_address(host):
+            if info.field_name == "dns_resolver" and not is_ip_address(host):
                 # dnspython takes a nameserver's address only: a name raised at every lookup (a 500).
                 raise ValueError(f"{host!r} is not an IP address (as in 127.0.0.1:53 or [::1]:53)")
         return value
@@ -435,14 +435,6 @@ class Settings(BaseSettings):
     @property
     def hostname(self) -> str:
         return self.public_host or self.domain
-
-
-def _ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _loopback(host: str) -> bool:
