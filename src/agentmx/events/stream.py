@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 
@@ -27,6 +27,7 @@ from agentmx.http.nul_guard import contains_nul, contains_surrogate
 from agentmx.services import event_position, inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
+from agentmx.services.webhooks import RoutedEvent
 
 Send = Callable[[str], Awaitable[None]]
 
@@ -55,26 +56,13 @@ class StreamError(Exception):
         self.message = message
 
 
-class Routed(Protocol):
-    """What a filter looks at: a live ``Item`` or a log row's routing columns."""
-
-    @property
-    def event_type(self) -> str: ...
-    @property
-    def organization_id(self) -> str: ...
-    @property
-    def pod_id(self) -> str | None: ...
-    @property
-    def inbox_id(self) -> str | None: ...
-
-
 @dataclass(frozen=True)
 class Filter:
     event_types: frozenset[str]
     inbox_ids: frozenset[str]
     pod_ids: frozenset[str]
 
-    def matches(self, caller: Caller, item: Routed) -> bool:
+    def matches(self, caller: Caller, item: RoutedEvent) -> bool:
         if item.organization_id != caller.organization_id or item.event_type not in self.event_types:
             return False
         if caller.pod_id and item.pod_id != caller.pod_id:
