@@ -322,7 +322,10 @@ def agentmx_server(
     url = postgres.create_database("agentmx_bench") if backend == "postgres" else None
     passed = {k: v for k, v in os.environ.items() if k.startswith("AGENTMX_") and k != "AGENTMX_TEST_PG_URL"}
     server = ServerProcess(
-        tmp, database_url=url, env={"AGENTMX_LOG_LEVEL": "warning", **passed, **(env or {})}
+        tmp,
+        database_url=url,
+        # The production pool, not the test harness's smaller one.
+        env={"AGENTMX_LOG_LEVEL": "warning", "AGENTMX_DATABASE_POOL_SIZE": "40", **passed, **(env or {})},
     )
     app: Agentmx | None = None
     try:

@@ -212,6 +212,7 @@ def test_serve_refuses_counts_and_timeouts_that_make_no_sense(tmp_path: Path) ->
         "AGENTMX_WEBHOOK_TIMEOUT": "-2",
         "AGENTMX_DNS_TIMEOUT": "nan",
         "AGENTMX_JOB_POLL_INTERVAL": "0",
+        "AGENTMX_DATABASE_POOL_SIZE": "0",
     }
     out = run_agentmx(
         "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0", "--smtp-port", "0", env=bad

@@ -69,7 +69,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
     http_sockets = await bound_sockets(settings.host, settings.http_port, "HTTP", HTTP_LISTEN_BACKLOG)
     rt = Runtime(
         settings=settings,
-        db=Database(settings.effective_database_url),
+        db=Database(settings.effective_database_url, settings.database_pool_size),
         blobs=open_blob_store(settings),
     )
     try:  # the first statements of the server's own connections (a read-only SQLite file fails here)

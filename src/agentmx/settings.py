@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Empty means SQLite at <data_dir>/agentmx.db. "
         "postgresql://… is accepted and run on asyncpg.",
     )
+    database_pool_size: int = Field(
+        40,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections this process keeps open at most (requests beyond it wait for one), "
+        "plus one for LISTEN. Processes sharing one database need all of theirs below its max_connections "
+        "(100 by default). SQLite: ignored.",
+    )
     domain: str = Field("agentmx.localhost", description="Default domain for new inboxes.")
     event_loop: LoopChoice = Field(
         "asyncio",

@@ -29,7 +29,7 @@ WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process write
 IDLE_PING_AFTER = 5.0  # seconds idle after which a pooled PostgreSQL connection is pinged on checkout
 
 
-def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
+def make_engine(url: str, *, writer: bool = True, pool_size: int = 40) -> AsyncEngine:
     if url.startswith("sqlite"):
         # sqlite3 calls run on the loop thread (see sqlite_inline). AsyncSession returns its
         # connection from a separate task, so under load many are checked out at once; connections
@@ -65,9 +65,9 @@ def make_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     # Overflow connections are closed on return; a pool smaller than the request concurrency
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%). Even
     # 30 + 10 overflow kept reconnecting once the hot reads got faster (py-spy: asyncpg connect in
-    # 4% of GET thread's samples): the same 40 connections at most, none of them overflow.
+    # 4% of GET thread's samples): a fixed number of connections (40 by default), none of them overflow.
     engine = create_async_engine(
-        url, pool_size=40, max_overflow=0, json_serializer=json_dumps, json_deserializer=json_loads
+        url, pool_size=pool_size, max_overflow=0, json_serializer=json_dumps, json_deserializer=json_loads
     )
     _ping_when_idle(engine)
     _unreachable_is_a_lost_connection(engine)
@@ -117,10 +117,10 @@ def _unreachable_is_a_lost_connection(engine: AsyncEngine) -> None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 40) -> None:
         url = normalize_database_url(url)
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite gets a second engine whose transactions never take the write lock.
         self.reader = make_engine(url, writer=False) if url.startswith("sqlite") else self.engine

@@ -75,6 +75,9 @@ class ServerProcess:
                 # SMTP in the server process unless a test asks for front ends (the default, auto,
                 # starts one with 2 or more CPUs): a front end's start would add to every server's.
                 "AGENTMX_SMTP_WORKERS": "0",
+                # Test runs start many PostgreSQL servers at once (four workers, some with two
+                # processes each); at the default 40 a few busy ones used up PostgreSQL's 100.
+                "AGENTMX_DATABASE_POOL_SIZE": "10",
             }
         )
         env.update(self.extra_env)
