@@ -323,7 +323,9 @@ def check_label_changes(add: list[str], remove: list[str]) -> tuple[set[str], se
 async def apply_labels(session: AsyncSession, message: Message, add: set[str], remove: set[str]) -> bool:
     """Change one message's labels and log each change; True when anything changed."""
     current = {label.label: label for label in message.labels}
-    if add - current.keys():  # only growth is refused: a message past the cap may still shed labels
+    # Only own labels' growth is refused: a message past the cap (from before it) may still shed
+    # them, and still take the server's (a delivery outcome).
+    if add - current.keys() - STATE_LABELS:
         own = (current.keys() - remove | add) - STATE_LABELS
         limits.check_count(own, limits.MAX_LABELS, "add_labels", "labels of its own on a message")
     changed = False
