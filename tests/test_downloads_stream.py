@@ -131,3 +131,35 @@ def test_head_of_a_download_does_not_read_the_file(fresh_server: Callable[..., S
         time.sleep(1.0)  # time to read the file, if it does
         read = bytes_read() - before
     assert read < len(BIG) // 4, f"HEAD read {read} bytes of a {len(BIG)}-byte file"
+
+
+def test_a_reader_that_stops_reading_is_reset_after_the_send_timeout(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """Writes paused (the client's window closed) for AGENTMX_HTTP_SEND_TIMEOUT reset the connection:
+    without it the connection, its chunk and its open file stayed until the client went away."""
+    server = fresh_server(env={"AGENTMX_HTTP_SEND_TIMEOUT": "2"}).start()
+    client, inbox, _ = _big_attachment_link(server)
+    # More than the kernel's buffers on both sides take (a few MB on loopback): the server's writes pause.
+    raw = make_message(
+        inbox, attachments=[("big.bin", "application/octet-stream", os.urandom(7 * 1024 * 1024))]
+    ).as_bytes()
+    smtp_send(server, [inbox], raw)
+    message_id = client.inboxes.messages.list(inbox).messages[0].message_id
+    url = client.inboxes.messages.get_raw(inbox, message_id).download_url
+    stalled = SlowGet(url)
+    size = int(stalled.headers["content-length"])
+    time.sleep(4.5)  # the timeout, the sweep's second, and room
+    received = len(stalled.body)
+    try:
+        while chunk := stalled.sock.recv(64 * 1024):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    finally:
+        stalled.close()
+    assert received < size, "the server was still sending to a reader that had stopped for 4.5 s"
+    # Others are served as before, a slow reader included (its writes resume before the timeout).
+    assert httpx.get(url, timeout=30).content.endswith(raw)
+    slow = SlowGet(url, receive_buffer=32 * 1024)
+    assert slow.read_rest(pause=0.001).endswith(raw)

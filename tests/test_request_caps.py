@@ -78,3 +78,30 @@ def test_drafts_past_the_caps_are_400s(http: httpx.Client, inbox: str) -> None:
     _refused(http.post(f"{path}/send", json={"add_labels": _labels(limits.MAX_LABELS + 1)}), "add_labels")
     kept = http.get(path).json()
     assert len(kept["to"]) == 30 and len(kept["attachments"]) == 30 and not kept.get("cc")
+
+
+def test_a_message_holds_at_most_the_cap_of_its_own_labels(http: httpx.Client, inbox: str) -> None:
+    """Each update within the cap, a message's own labels past it in all: 200 updates of 100 made a
+    message of 20,000 labels (a row each, and each in every read of it and of its thread)."""
+    to = http.post("/v0/inboxes", json={}).json()["inbox_id"]
+    send = f"/v0/inboxes/{inbox}/messages/send"
+    first = http.post(send, json={"to": [to], "subject": "s", "text": "t", "labels": _labels(60)}).json()
+    second = http.post(send, json={"to": [to], "subject": "s2", "text": "t"}).json()
+    message = f"/v0/inboxes/{inbox}/messages/{first['message_id']}"
+    more = [f"m{i}" for i in range(limits.MAX_LABELS)]
+    _refused(http.patch(message, json={"add_labels": more[:41]}), "add_labels")
+    batch = {"message_ids": [second["message_id"], first["message_id"]], "add_labels": more[:41]}
+    _refused(http.post(f"/v0/inboxes/{inbox}/messages/batch-update", json=batch), "add_labels")
+    thread = f"/v0/inboxes/{inbox}/threads/{first['thread_id']}"
+    _refused(http.patch(thread, json={"add_labels": more[:41]}), "add_labels")
+    # Refused whole: the other message of the batch did not change either.
+    labels = http.get(f"/v0/inboxes/{inbox}/messages/{second['message_id']}").json()["labels"]
+    assert not set(labels) & set(more)
+    # Up to the cap is fine, and labels removed in the same request make room; the server's own
+    # labels (sent, delivered, unread...) do not count.
+    assert http.patch(message, json={"add_labels": more[:40]}).status_code == 200
+    swapped = http.patch(message, json={"add_labels": more[40:50], "remove_labels": _labels(10)})
+    assert swapped.status_code == 200, swapped.text
+    own = [name for name in http.get(message).json()["labels"] if name not in ("sent", "delivered")]
+    assert len(own) == limits.MAX_LABELS
+    _refused(http.patch(message, json={"add_labels": ["one-more"]}), "add_labels")

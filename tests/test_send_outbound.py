@@ -852,3 +852,17 @@ def test_a_host_dropping_one_recipient_does_not_starve_the_others(relay: Relay) 
     assert relay.sink.handler.attempts.get(dropped, 0) <= 2  # it went second the next time
     wait_for(lambda: relay.sink.handler.for_rcpt(dropped))
     wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+
+
+def test_a_delivery_outcome_moves_its_threads_updated_at(relay: Relay) -> None:
+    """A thread's labels are its messages' union: the outcome label a delivery adds changes the thread
+    as a PATCH would (messages.touch_threads). Before, a client syncing threads by updated_at missed it."""
+    client = relay.client()
+    a = new_inbox(client)
+    sent = client.inboxes.messages.send(a, to=ext("slow1-"), text="x")  # the sink answers after 1 s
+    before = client.inboxes.threads.get(a, sent.thread_id)
+    assert "delivered" not in before.labels
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    after = client.inboxes.threads.get(a, sent.thread_id)
+    assert "delivered" in after.labels
+    assert after.updated_at > before.updated_at

@@ -96,7 +96,9 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         raise
     app = create_app(rt)
     _, http_cap = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
-    guard = HttpGuard(http_cap, settings.http_header_timeout, settings.http_body_min_rate)
+    guard = HttpGuard(
+        http_cap, settings.http_header_timeout, settings.http_body_min_rate, settings.http_send_timeout
+    )
     stops.append(guard.start())
     config = uvicorn.Config(
         app,

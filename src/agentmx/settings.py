@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         "window must bring this many times the timeout in bytes (or the rest of the body), or the connection "
         "is closed. The clock stops while the server is not reading. 0 disables the limit.",
     )
+    http_send_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a response may wait for a client that stopped reading (writes paused, its receive "
+        "window closed) before the connection is reset: a download nobody reads no longer holds its connection, "
+        "buffer and file. Reading again starts the wait afresh. 0 disables the limit.",
+    )
     data_dir: Path = Field(Path("./data"), description="Folder for the SQLite database and the blob folder.")
     blob_dir: Path | None = Field(
         None,

@@ -17,6 +17,12 @@ or body than the most crowded address takes the place of that address's longest-
 (the likeliest slowloris); a newcomer from the most crowded address is closed. Displacing within
 the crowd would only trade one of its connections for another, and double the reconnects it
 answers with (bench/http_slowloris.py).
+
+A client that asks for a download and stops reading holds its connection, a chunk and the open file
+for as long as it likes: uvicorn waits for writes to resume without a deadline. As nginx's
+send_timeout, writes that stay paused (the transport's buffer full because the client's window is
+closed) for AGENTMX_HTTP_SEND_TIMEOUT reset the connection. Each resume starts the clock again, so
+a slow reader that keeps reading is not cut off.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agentmx.client_address import address_group
 from agentmx.http.errors import error_body
+from agentmx.http.reset import reset
 from agentmx.periodic import run_every
 
 log = logging.getLogger("agentmx.http")
@@ -66,9 +73,14 @@ def _server_not_reading(conn: HttpToolsProtocol) -> bool:
 
 
 class HttpGuard:
-    def __init__(self, max_connections: int, header_timeout: float, body_min_rate: int = 0) -> None:
+    def __init__(
+        self, max_connections: int, header_timeout: float, body_min_rate: int = 0, send_timeout: float = 0
+    ) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
+        # Connections whose writes are paused, by when they paused (oldest first).
+        self.stalled: dict[HttpToolsProtocol, float] = {}
         # Connections waiting for a request head or body, by when their window started. Insertion
         # order is waiting order, so the oldest is first; the same again per client address.
         self.waiting: dict[HttpToolsProtocol, float] = {}
@@ -123,6 +135,25 @@ class HttpGuard:
         if not peers:
             del self.waiting_by_ip[ip]
 
+    def writes_paused(self, conn: HttpToolsProtocol, now: float) -> None:
+        if self.send_timeout > 0:
+            self.stalled.setdefault(conn, now)
+
+    def writes_resumed(self, conn: HttpToolsProtocol) -> None:
+        self.stalled.pop(conn, None)
+
+    def sweep_stalled(self, now: float) -> int:
+        """Reset the connections whose writes stayed paused past the send timeout; returns how many."""
+        overdue = []
+        for conn, since in self.stalled.items():
+            if now - since < self.send_timeout:
+                break
+            overdue.append(conn)
+        for conn in overdue:
+            self.writes_resumed(conn)
+            reset(conn.transport)
+        return len(overdue)
+
     def sweep(self, now: float) -> int:
         """Close the connections whose head or body window is overdue; returns how many."""
         if self.header_timeout <= 0:
@@ -149,6 +180,8 @@ class HttpGuard:
         def tick(now: float) -> None:
             if closed := self.sweep(now):
                 log.info("closed %d HTTP connections slow to send their request", closed)
+            if stalled := self.sweep_stalled(now):
+                log.info("reset %d HTTP connections that stopped reading their response", stalled)
 
         return run_every(interval, tick)
 
@@ -207,8 +240,17 @@ class HttpGuard:
                 if self.timeout_keep_alive_task is not None:  # idle until the next request
                     guard.wait(self, self.loop.time())
 
+            def pause_writing(self) -> None:
+                super().pause_writing()
+                guard.writes_paused(self, self.loop.time())
+
+            def resume_writing(self) -> None:
+                super().resume_writing()
+                guard.writes_resumed(self)
+
             def connection_lost(self, exc: Exception | None) -> None:
                 guard.done(self)
+                guard.writes_resumed(self)
                 super().connection_lost(exc)
 
             def data_received(self, data: bytes) -> None:

@@ -7,9 +7,6 @@ through ASGI as before.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -17,6 +14,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from agentmx.events.ws_frame import FrameWriter
+from agentmx.http.reset import reset
 
 FRAME_WRITER = "agentmx.frame_writer"
 # A client frame larger is refused (close 1009). uvicorn's default is 16 MiB, each parsed on the event
@@ -53,11 +51,7 @@ class FramedWebSocketProtocol(WebSocketsSansIOProtocol):
         # client that stopped reading (which is why its pong never came) kept its socket, stream and
         # queued events for ever. Nothing more will reach it: drop them now.
         if not self.disconnected and self.transport.get_write_buffer_size():
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:  # a reset, or the kernel would keep the unsent bytes for minutes
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.transport.abort()
+            reset(self.transport)
 
     def write_framed(self, frame: bytes) -> bool:
         # Open, accepted, not closing, and the transport below its high-water mark (uvicorn's

@@ -42,8 +42,9 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-async def add_label(session: AsyncSession, message: Message, label: str) -> None:
-    await messages.apply_labels(session, message, {label}, set())
+async def add_label(session: AsyncSession, message: Message, label: str) -> bool:
+    """True when the message did not have it yet."""
+    return await messages.apply_labels(session, message, {label}, set())
 
 
 def _ids(message: Message, now: datetime) -> dict[str, str]:
@@ -62,6 +63,9 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
     """
     # The message is locked before its recipients, the order a deletion takes them in (the message,
     # then the cascade), and re-read: a report recorded meanwhile may have added the labels this adds.
+    # Its thread before it (messages.lock_threads_of): an outcome label changes the thread's labels,
+    # so it moves the thread's updated_at as any label change does; the other order could deadlock.
+    await messages.lock_threads_of(session, Message.id == message.id)
     if await session.scalar(messages.locked(select(Message).where(Message.id == message.id))) is None:
         return  # deleted meanwhile
     rows = {
@@ -107,10 +111,11 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
         "pod_id": message.pod_id,
         "inbox_id": message.inbox_id,
     }
+    labelled = False
     if delayed:  # a temporary failure: the label stays as a record that delivery was slow
-        await add_label(session, message, "delayed")
+        labelled |= await add_label(session, message, "delayed")
     if delivered:
-        await add_label(session, message, "delivered")
+        labelled |= await add_label(session, message, "delivered")
         await record_event(
             session,
             rt,
@@ -119,7 +124,7 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
             **scope,
         )
     if bounced:
-        await add_label(session, message, "bounced")
+        labelled |= await add_label(session, message, "bounced")
         # As SES types them: a Permanent bounce suppresses its addresses, a Transient one (the
         # message's lifetime ran out on 4xx answers, a host gave up with a 4.x.x status) does not.
         for bounce_type in ("Permanent", "Transient"):
@@ -153,7 +158,7 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
             )
     if complained:
         feedback = next(o.feedback_type for a, o in outcomes.items() if a in complained)
-        await add_label(session, message, "complained")
+        labelled |= await add_label(session, message, "complained")
         await record_event(
             session,
             rt,
@@ -179,3 +184,5 @@ async def record(session: AsyncSession, rt: Runtime, message: Message, outcomes:
                 address,
                 "complained",
             )
+    if labelled:
+        await messages.touch_threads(session, [message.thread_id])

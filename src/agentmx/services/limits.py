@@ -9,7 +9,7 @@ from collections.abc import Sized
 from agentmx.errors import ValidationFailed
 
 MAX_RECIPIENTS = 50  # to, cc and bcc of a message or draft together (AgentMail's)
-MAX_LABELS = 100  # labels of a send or draft; add_labels and remove_labels of an update, each
+MAX_LABELS = 100  # labels of a send, a draft or a message; add_labels and remove_labels of an update, each
 MAX_HEADERS = 50  # custom header fields of a send
 MAX_ATTACHMENTS = 50  # attachments of a send; of a draft, in all
 

@@ -29,6 +29,7 @@ from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
+from agentmx.mail import hidden_chars
 from agentmx.services import inbox_events, limits
 from agentmx.services.caller import Caller
 from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
@@ -42,6 +43,9 @@ from agentmx.services.mailstore import (
 from agentmx.services.pagination import Page, paginate
 
 BATCH_GET_MAX = 500
+# Labels the server sets or acts on (received, sent, unread, delivery outcomes, spam, trash...): not
+# counted in limits.MAX_LABELS, which caps the labels clients give a message for their own use.
+STATE_LABELS = SYSTEM_LABELS | {"unread", hidden_chars.LABEL, *HIDDEN_LABELS}
 # Search rows (MessageItem) carry no bodies or headers: do not read them (the highlights read text).
 SEARCH_DEFERRED = [
     defer(Message.html, raiseload=True),
@@ -319,6 +323,11 @@ def check_label_changes(add: list[str], remove: list[str]) -> tuple[set[str], se
 async def apply_labels(session: AsyncSession, message: Message, add: set[str], remove: set[str]) -> bool:
     """Change one message's labels and log each change; True when anything changed."""
     current = {label.label: label for label in message.labels}
+    # Only own labels' growth is refused: a message past the cap (from before it) may still shed
+    # them, and still take the server's (a delivery outcome).
+    if add - current.keys() - STATE_LABELS:
+        own = (current.keys() - remove | add) - STATE_LABELS
+        limits.check_count(own, limits.MAX_LABELS, "add_labels", "labels of its own on a message")
     changed = False
     for label in sorted(add - current.keys()):
         message.labels.append(MessageLabel(label=label))
