@@ -97,7 +97,11 @@ def test_refused_sends_fetch_nothing(setup: Setup) -> None:
         ("/v0/inboxes/nobody@nowhere.test/messages/send", {"to": ext(), "attachments": [url]}, 404),
         (f"/v0/inboxes/{inbox}/messages/send", {"to": "not an address", "attachments": [url]}, 400),
         (f"/v0/inboxes/{inbox}/messages/send", {"text": "no recipients", "attachments": [url]}, 422),
-        (f"/v0/inboxes/{inbox}/messages/send", {"to": ext(), "labels": ["received"], "attachments": [url]}, 400),
+        (
+            f"/v0/inboxes/{inbox}/messages/send",
+            {"to": ext(), "labels": ["received"], "attachments": [url]},
+            400,
+        ),
         (
             f"/v0/inboxes/{inbox}/messages/send",
             {"to": ext(), "headers": {"a:b": "x"}, "attachments": [url]},

@@ -1,7 +1,7 @@
 """Turning SendAttachment requests (base64 ``content`` or a ``url``) into attachment bytes.
 
 Reusable by drafts. A URL must answer 2xx (redirects followed); anything else refuses the send
-with 403 ``message_rejected`` as AgentMail does. URL bytes are capped at ``MAX_URL_BYTES`` per message,
+with 403 ``message_rejected`` as AgentMail does. URL bytes (decoded: ``bounded_decode``) are capped at ``MAX_URL_BYTES`` per message,
 and all of a message's downloads together at ``timeout`` seconds: a server trickling bytes for ever
 stays under every per-read timeout, and held the send (and its client) with it.
 Every hop must resolve to a public address unless ``allow_private`` (the server would otherwise
@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import mimetypes
+import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -23,6 +24,12 @@ from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import CONTENT_ID_CHARS, CONTENT_TYPE_CHARS, MIME_TYPE
 from agentmx.services import limits
+from agentmx.services.bounded_decode import (
+    ACCEPT_ENCODING,
+    BoundedDecoder,
+    DecodedTooLarge,
+    UnsupportedEncoding,
+)
 
 MAX_URL_BYTES = 30 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -68,6 +75,22 @@ def _too_large() -> MessageRejected:
     )
 
 
+async def _read(response: httpx.Response, url: str, budget: int) -> bytes:
+    """The decoded body, refused as soon as it passes ``budget`` decoded bytes: httpx's own
+    decoding inflates each received chunk whole, so a small gzip body could fill memory first."""
+    try:
+        decoder = BoundedDecoder(response.headers.get("content-encoding", ""), budget)
+        chunks = [decoder.feed(chunk) async for chunk in response.aiter_raw()]
+        chunks.append(decoder.flush())
+    except DecodedTooLarge as exc:
+        raise _too_large() from exc
+    except UnsupportedEncoding as exc:
+        raise _unfetchable(url, f"unsupported Content-Encoding {exc}") from exc
+    except zlib.error as exc:
+        raise _unfetchable(url, "bad compressed body") from exc
+    return b"".join(chunks)
+
+
 async def _fetch(
     client: httpx.AsyncClient, url: str, budget: int, allow_private: bool
 ) -> tuple[bytes, str | None]:
@@ -77,7 +100,8 @@ async def _fetch(
         for _ in range(MAX_REDIRECTS + 1):
             ip = await check_destination(url, allow_private)
             address, host, extensions = pinned(url, ip)
-            async with client.stream("GET", address, headers=host, extensions=extensions) as response:
+            headers = {**host, "Accept-Encoding": ACCEPT_ENCODING}  # what BoundedDecoder reads
+            async with client.stream("GET", address, headers=headers, extensions=extensions) as response:
                 if response.is_redirect and response.headers.get("location"):
                     url = str(httpx.URL(url).join(response.headers["location"]))
                     continue
@@ -88,14 +112,7 @@ async def _fetch(
                 encoded = response.headers.get("content-encoding", "identity") != "identity"
                 if declared.isascii() and declared.isdigit() and int(declared) > budget and not encoded:
                     raise _too_large()
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > budget:
-                        raise _too_large()
-                    chunks.append(chunk)
-                return b"".join(chunks), response.headers.get("content-type")
+                return await _read(response, url, budget), response.headers.get("content-type")
         raise _unfetchable(url, "too many redirects")
     except BlockedAddress as exc:
         raise _unfetchable(url, str(exc)) from exc
