@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentmx.settings import normalize_database_url
+from agentmx.testing.server import ServerProcess
 from conftest import Harness, run_agentmx
 
 # Runs a command in-process and prints which of the server's modules it loaded.
@@ -107,6 +111,17 @@ def test_settings_that_would_be_unsafe_or_unreadable_stop_the_command(
     for relay in ("127.0.0.1:25", "[::1]:2525", "::1"):  # loopback: no network
         local = {"AGENTMX_SMTP_RELAY": relay, "AGENTMX_SMTP_RELAY_USERNAME": "u"}
         assert run_agentmx("keys", "create", "--data-dir", str(tmp_path / "d"), env=local).returncode == 0
+
+
+def test_blank_relay_and_resolver_mean_unset(fresh_server: Callable[..., ServerProcess]) -> None:
+    # "  " read as set: a blank relay stopped serve naming no variable, a blank resolver made every
+    # lookup fail (POST /v0/domains was a 500). Blank is empty: MX lookup and the system's resolver.
+    blank = {"AGENTMX_SMTP_RELAY": "  ", "AGENTMX_DNS_RESOLVER": " ", "AGENTMX_DNS_TIMEOUT": "1"}
+    server = fresh_server(env=blank).start()
+    headers = {"Authorization": f"Bearer {server.create_key()}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        created = http.post("/v0/domains", json={"domain": f"blank-{secrets.token_hex(4)}.example.com"})
+    assert created.status_code == 200, created.text
 
 
 def test_keys_created_at_once_on_a_new_database_share_one_organization(empty_database: str) -> None:

@@ -120,3 +120,33 @@ def test_lookups_held_by_a_hung_resolver_do_not_stop_mail_being_stored(
             resolver.holding = False
         resolver.release.set()
         server.stop()
+
+
+def test_a_hung_lookup_does_not_hold_the_exit(
+    tmp_path: Path, slow_dns: tuple[ZoneResolver, list[str]]
+) -> None:
+    """The lookup threads are daemons: a getaddrinfo stuck on the resolver no longer kept the
+    process alive after SIGTERM until it answered (~10 s here, the resolver's own timeouts elsewhere)."""
+    resolver, launcher = slow_dns
+    resolver.set_zone("exit.test. 60 IN A 127.0.0.1")
+    env = {"AGENTMX_WEBHOOK_TIMEOUT": str(TIMEOUT), "AGENTMX_WEBHOOK_RETRY_SCHEDULE": "0,60"}
+    server = ServerProcess(tmp_path / "srv", env=env, launcher=launcher).start()
+    try:
+        client = Harness(server, "sqlite").client()
+        inbox = new_inbox(client)
+        client.webhooks.create(url="http://exit.test:9/hook", event_types=["message.received"])
+        with resolver.lock:  # answers wait (10 s at most) from now on
+            resolver.release.clear()
+            resolver.holding = True
+        send_mail(server, inbox)
+        wait_for(lambda: resolver.held >= 1, timeout=30)  # the lookup is stuck in its thread
+        started = time.monotonic()
+        server.stop()
+        elapsed = time.monotonic() - started
+        assert server.proc.returncode is not None
+        assert elapsed < 5  # was about 10 s: until the resolver answered
+    finally:
+        with resolver.lock:
+            resolver.holding = False
+        resolver.release.set()
+        server.stop()

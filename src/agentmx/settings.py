@@ -386,7 +386,10 @@ class Settings(BaseSettings):
     @classmethod
     def _host_port(cls, value: str, info: ValidationInfo) -> str:
         # Read at the first delivery or lookup: a bad one failed every message there instead of the start.
-        if value.strip():
+        # Blank is empty, unset (MX lookup, the system's resolver): kept as "  ", it read as set, and
+        # then every lookup failed (a 500) or the start stopped naming no variable.
+        value = value.strip()
+        if value:
             host, _ = split_host_port(value, 1)
             if info.field_name == "dns_resolver" and not is_ip_address(host):
                 # dnspython takes a nameserver's address only: a name raised at every lookup (a 500).

@@ -6,9 +6,9 @@ import asyncio
 import functools
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from agentmx.daemon_pool import DaemonPool
 from agentmx.errors import ValidationFailed
 from agentmx.mail.idn import to_ascii_domain
 
@@ -19,7 +19,8 @@ LOOKUP_THREADS = 8  # webhook and attachment URL lookups at once; more wait for 
 # getaddrinfo holds its thread until the system resolver answers or gives up (its own timeouts, maybe
 # 30 s), even after the caller's deadline abandoned it. In the loop's default pool (a few threads)
 # lookups stuck on a hung resolver queued blob writes and parses behind them: mail stopped being stored.
-_lookups = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="agentmx-lookup")
+# Daemon threads: a stuck lookup held the process's exit after SIGTERM until the resolver gave up.
+_lookups = DaemonPool(max_workers=LOOKUP_THREADS, thread_name_prefix="agentmx-lookup")
 
 
 class BlockedAddress(Exception):

@@ -288,9 +288,15 @@ async def _sync_job(session: AsyncSession, rt: Runtime, draft: Draft) -> None:
 
 def _check_counts(draft: Draft, attachments_path: str) -> None:
     """The send's caps on the draft as it now stands: a draft past them could never be sent."""
-    check_recipient_count(draft.to, draft.cc, draft.bcc)  # distinct addresses, as a send counts them
-    limits.check_count(draft.attachments, limits.MAX_ATTACHMENTS, attachments_path, "attachments")
-    labels = [name for name in draft.label_names if name != SCHEDULED]  # send_at's, not the caller's
+    _check_caps(draft.to, draft.cc, draft.bcc, list(draft.attachments), draft.label_names, attachments_path)
+
+
+def _check_caps(
+    to: list[str], cc: list[str], bcc: list[str], attachments: list[Any], labels: list[str], path: str
+) -> None:
+    check_recipient_count(to, cc, bcc)  # distinct addresses, as a send counts them
+    limits.check_count(attachments, limits.MAX_ATTACHMENTS, path, "attachments")
+    labels = [name for name in labels if name != SCHEDULED]  # send_at's, not the caller's
     limits.check_count(labels, limits.MAX_LABELS, "labels", "labels")
 
 
@@ -329,6 +335,18 @@ class NewDraft:
     client_id: str | None = None
 
 
+async def check_create(session: AsyncSession, caller: Caller, inbox_id: str, new: NewDraft) -> Draft | None:
+    """Every refusal of ``create_draft`` that needs no attachment bytes, run before any URL is
+    fetched; or the draft a retry (same ``client_id``) gets back, with nothing fetched."""
+    inbox = await get_inbox(session, caller, inbox_id)
+    _require_send_permission(caller, new.send_at)
+    check_client_id(new.client_id)
+    if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
+        return existing
+    await _unsaved_draft(session, caller, inbox, new)  # not added to the session: only its checks count
+    return None
+
+
 async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
@@ -337,6 +355,22 @@ async def create_draft(
     check_client_id(new.client_id)
     if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
         return existing
+    draft = await _unsaved_draft(session, caller, inbox, new)
+    _set_attachments(draft, new.attachments or [])
+    _check_counts(draft, "attachments")
+    _schedule(draft, new.send_at)
+    if not await flush_unless_taken(session, draft):
+        # A concurrent create with the same client_id (a retry racing its original) committed first.
+        existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
+        if existing is None:
+            raise Conflict("A draft with this client_id is being created")
+        return existing
+    await _sync_job(session, rt, draft)
+    return draft
+
+
+async def _unsaved_draft(session: AsyncSession, caller: Caller, inbox: Inbox, new: NewDraft) -> Draft:
+    """The new draft without its attachments, every rule checked; not yet in ``session``."""
     if new.in_reply_to and new.forward_of:
         raise ValidationFailed(
             "in_reply_to and forward_of are mutually exclusive",
@@ -389,16 +423,7 @@ async def create_draft(
         if new.subject is None:
             draft.subject = forward_subject(source.subject)
     _set_labels(draft, _labels(new.labels, "labels"))
-    _set_attachments(draft, new.attachments or [])
-    _check_counts(draft, "attachments")
-    _schedule(draft, new.send_at)
-    if not await flush_unless_taken(session, draft):
-        # A concurrent create with the same client_id (a retry racing its original) committed first.
-        existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
-        if existing is None:
-            raise Conflict("A draft with this client_id is being created")
-        return existing
-    await _sync_job(session, rt, draft)
+    check_recipient_count(draft.to, draft.cc, draft.bcc)
     return draft
 
 
@@ -433,6 +458,32 @@ def refuse_while_sending(draft: Draft) -> None:
             "The draft is being sent and cannot be changed",
             fix="Wait until the send finishes (the draft then disappears) or fails.",
         )
+
+
+async def check_update(
+    session: AsyncSession, caller: Caller, inbox_id: str, draft_id: str, changes: DraftChanges, adding: int
+) -> None:
+    """Every refusal of ``update_draft`` that needs no attachment bytes (``adding`` attachments are
+    to come), run before any URL is fetched; changes nothing (``session`` may be read-only)."""
+    draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id)
+    refuse_while_sending(draft)
+    _require_send_permission(caller, draft.send_at if changes.send_at is UNSET else changes.send_at)
+    addresses = {name: getattr(draft, name) for name in ("to", "cc", "bcc")}
+    for name in ("reply_to", "to", "cc", "bcc"):
+        value = getattr(changes, name)
+        if value is not UNSET:
+            addresses[name] = _addresses(value, name)
+    if changes.subject is not UNSET:
+        _subject(changes.subject)
+    remove = set(_labels(changes.remove_labels, "remove_labels"))
+    labels = [
+        name for name in draft.label_names + _labels(changes.add_labels, "add_labels") if name not in remove
+    ]
+    gone = set(changes.remove_attachments or [])
+    kept: list[Any] = [att for att in draft.attachments if att.id not in gone]
+    _check_caps(
+        addresses["to"], addresses["cc"], addresses["bcc"], kept + [None] * adding, labels, "add_attachments"
+    )
 
 
 async def update_draft(

@@ -26,7 +26,7 @@ SMTP submission (``smtp/submission.py``) sends a whole message the same way:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -262,10 +262,23 @@ class PreparedSend:
     thread_id: str | None
 
 
-async def prepare_send(
+@dataclass
+class CheckedSend:
+    """A send request's addresses and labels once every rule has passed."""
+
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    reply_to: list[str]
+    recipients: list[str]  # bare envelope recipients, local parts as written (``_envelope``)
+    labels: set[str]
+
+
+async def check_send(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
-) -> PreparedSend:
-    """Every rule and all the slow work (rendering, blob fsyncs); ``session`` may be read-only."""
+) -> CheckedSend:
+    """Every rule of a send that needs no attachment bytes: the routes run it before fetching a
+    URL attachment, so a refused send causes no outbound HTTP. ``session`` may be read-only."""
     _check_active(inbox)
     to = _addresses(req.to, "to")
     cc = _addresses(req.cc, "cc")
@@ -285,20 +298,37 @@ async def prepare_send(
     _check_headers(req.headers)
     bare = [_envelope(a) for a in recipients]
     await _check_recipients(session, rt, inbox, bare)
-    comp = await _composition(rt, session, inbox, req, to, cc, reply_to)
+    # The header fields as rendered (a value with a line break is refused here), without bodies or
+    # attachments: rendering them is the slow part, and they are checked on their own.
+    bare_req = replace(req, text=None, html=None, attachments=[], forward_of=None)
+    if req.forward_of is not None and not req.as_given and req.subject is None:
+        bare_req.subject = compose.forward_subject(req.forward_of.subject)
+    _render(await _composition(rt, session, inbox, bare_req, to, cc, reply_to))
+    return CheckedSend(to=to, cc=cc, bcc=bcc, reply_to=reply_to, recipients=bare, labels=labels)
+
+
+def _render(comp: compose.Composition) -> bytes:
     try:
-        raw = compose.to_bytes(compose.build(comp))
+        return compose.to_bytes(compose.build(comp))
     except (ValueError, TypeError) as exc:
         raise _bad("headers", str(exc)) from exc
+
+
+async def prepare_send(
+    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+) -> PreparedSend:
+    """Every rule and all the slow work (rendering, blob fsyncs); ``session`` may be read-only."""
+    checked = await check_send(session, rt, caller, inbox, req)
+    raw = _render(await _composition(rt, session, inbox, req, checked.to, checked.cc, checked.reply_to))
     parsed = await mailstore.parse(raw)
     source = req.reply_to_message or req.forward_of
     return PreparedSend(
         raw=raw,
         parsed=parsed,
         blobs=await mailstore.put_blobs(rt, raw, parsed),
-        recipients=bare,
-        bcc=bcc,
-        labels=labels,
+        recipients=checked.recipients,
+        bcc=checked.bcc,
+        labels=checked.labels,
         thread_id=source.thread_id if source is not None else None,  # replies and forwards join it
     )
 

@@ -20,7 +20,7 @@ from agentmx.http.deps import (
     single_header,
 )
 from agentmx.http.routes.messages import base_url
-from agentmx.services import downloads, draft_send, drafts, inboxes
+from agentmx.services import downloads, draft_send, drafts
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import check_limit
 from agentmx.services.runtime import Runtime
@@ -166,10 +166,6 @@ async def list_inbox_drafts(
 async def create_draft(inbox_id: str, request: Request, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     caller.require("draft_create")
     body = parse(CreateDraft, await _read_body(request))
-    async with rt.db.read() as s:  # 404 before any attachment is fetched
-        await inboxes.get_inbox(s, caller, inbox_id)
-    send_at = drafts.parse_send_at(body.send_at)
-    stored = await drafts.store_attachments(rt, _attachment_inputs(body.attachments))
     new = drafts.NewDraft(
         labels=body.labels,
         reply_to=_as_list(body.reply_to),
@@ -179,13 +175,18 @@ async def create_draft(inbox_id: str, request: Request, rt: RuntimeDep, caller: 
         subject=body.subject,
         text=body.text,
         html=body.html,
-        attachments=stored,
         in_reply_to=body.in_reply_to,
         forward_of=body.forward_of,
         reply_all=body.reply_all,
-        send_at=send_at,
+        send_at=drafts.parse_send_at(body.send_at),
         client_id=body.client_id,
     )
+    # Every refusal, and a retry's existing draft, before any attachment is fetched.
+    async with rt.db.read() as s:
+        existing = await drafts.check_create(s, caller, inbox_id, new)
+        if existing is not None:
+            return wire_drafts.draft(existing)
+    new.attachments = await drafts.store_attachments(rt, _attachment_inputs(body.attachments))
     async with rt.db.transaction() as s:
         draft = await drafts.create_draft(s, rt, caller, inbox_id, new)
         out = wire_drafts.draft(draft)
@@ -216,9 +217,10 @@ async def update_draft(
             setattr(changes, name, getattr(body, name))
     if given(body, "send_at"):
         changes.send_at = drafts.parse_send_at(body.send_at)
-    async with rt.db.read() as s:  # 404 before any attachment is fetched
-        await drafts.get_draft(s, caller, draft_id, inbox_id=inbox_id)
-    changes.add_attachments = await drafts.store_attachments(rt, _attachment_inputs(body.add_attachments))
+    adding = _attachment_inputs(body.add_attachments)
+    async with rt.db.read() as s:  # every refusal before any attachment is fetched
+        await drafts.check_update(s, caller, inbox_id, draft_id, changes, len(adding))
+    changes.add_attachments = await drafts.store_attachments(rt, adding)
     async with rt.db.transaction() as s:
         draft = await drafts.update_draft(s, rt, caller, inbox_id, draft_id, changes)
         out = wire_drafts.draft(draft)

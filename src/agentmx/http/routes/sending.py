@@ -9,14 +9,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db.models import Inbox
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, single_header
 from agentmx.services import idempotency, messages, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import OutgoingMessage, commit_send, prepare_send
+from agentmx.services.sending import OutgoingMessage, check_send, commit_send, prepare_send
 
 router = APIRouter()
 
@@ -90,33 +92,24 @@ async def _send(
         if slot.replay is not None:
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
+        # Every refusal that needs no attachment bytes comes before the first URL is fetched.
+        send_attachments.check(specs)
+        async with rt.db.read() as s:
+            inbox = await get_inbox(s, caller, inbox_id)
+            await check_send(
+                s, rt, caller, inbox, await _request(s, caller, inbox, endpoint, body, message_id)
+            )
         attachments = await send_attachments.resolve(
             specs,
             allow_private=rt.settings.attachment_url_allow_private,
             timeout=rt.settings.attachment_url_timeout,
         )
-        # Rules, rendering and blob fsyncs in a read transaction; only the rows take the write lock.
+        # Rules (again: the downloads took time), rendering and blob fsyncs in a read transaction;
+        # only the rows take the write lock.
         async with rt.db.read() as s:
             inbox = await get_inbox(s, caller, inbox_id)
-            req = OutgoingMessage(
-                to=_list(getattr(body, "to", None)),
-                cc=_list(getattr(body, "cc", None)),
-                bcc=_list(getattr(body, "bcc", None)),
-                reply_to=_list(body.reply_to),
-                subject=getattr(body, "subject", None),
-                text=body.text,
-                html=body.html,
-                attachments=attachments,
-                headers=dict(body.headers or {}),
-                labels=_list(body.labels),
-            )
-            if endpoint in ("reply", "reply-all"):
-                assert message_id is not None
-                req.reply_to_message = await messages.get_message(s, caller, inbox, message_id)
-                req.reply_all = endpoint == "reply-all" or bool(getattr(body, "reply_all", False))
-            elif endpoint == "forward":
-                assert message_id is not None
-                req.forward_of = await messages.get_message(s, caller, inbox, message_id)
+            req = await _request(s, caller, inbox, endpoint, body, message_id)
+            req.attachments = attachments
             prepared = await prepare_send(s, rt, caller, inbox, req)
         async with rt.db.transaction() as s:
             inbox = await get_inbox(s, caller, inbox_id)
@@ -124,6 +117,31 @@ async def _send(
             result = {"message_id": message.message_id, "thread_id": message.thread_id}
             await slot.complete(s, result)
         return result
+
+
+async def _request(
+    s: AsyncSession, caller: Caller, inbox: Inbox, endpoint: str, body: _Common, message_id: str | None
+) -> OutgoingMessage:
+    """The send as the services take it, without attachments; 404 for an unknown replied-to message."""
+    req = OutgoingMessage(
+        to=_list(getattr(body, "to", None)),
+        cc=_list(getattr(body, "cc", None)),
+        bcc=_list(getattr(body, "bcc", None)),
+        reply_to=_list(body.reply_to),
+        subject=getattr(body, "subject", None),
+        text=body.text,
+        html=body.html,
+        headers=dict(body.headers or {}),
+        labels=_list(body.labels),
+    )
+    if endpoint in ("reply", "reply-all"):
+        assert message_id is not None
+        req.reply_to_message = await messages.get_message(s, caller, inbox, message_id)
+        req.reply_all = endpoint == "reply-all" or bool(getattr(body, "reply_all", False))
+    elif endpoint == "forward":
+        assert message_id is not None
+        req.forward_of = await messages.get_message(s, caller, inbox, message_id)
+    return req
 
 
 @router.post("/v0/inboxes/{inbox_id}/messages/send")
