@@ -7,17 +7,15 @@ from __future__ import annotations
 import gzip
 import io
 import secrets
-import threading
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from agentmx.testing.server import ServerProcess
+from file_server import FileServer
 from send_support import ext
 
 MB = 1024 * 1024
@@ -48,28 +46,18 @@ BODIES: dict[str, tuple[str, bytes]] = {  # path -> (Content-Encoding, body)
 }
 
 
-class EncodedFiles:
+class EncodedFiles(FileServer):
     def __init__(self) -> None:
-        self.accept_encodings: list[str | None] = []
-        files = self
+        super().__init__(
+            {
+                path: ({"Content-Type": "application/octet-stream", "Content-Encoding": coding}, body)
+                for path, (coding, body) in BODIES.items()
+            }
+        )
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                files.accept_encodings.append(self.headers.get("Accept-Encoding"))
-                encoding, body = BODIES[self.path]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Encoding", encoding)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    @property
+    def accept_encodings(self) -> list[str | None]:
+        return [headers.get("Accept-Encoding") for _, headers in self.requests]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +73,7 @@ def served(
             yield server, files, http
     finally:
         server.stop()
-        files.httpd.shutdown()
-        files.httpd.server_close()
+        files.stop()
 
 
 def _draft(http: httpx.Client, url: str) -> httpx.Response:

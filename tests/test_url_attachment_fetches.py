@@ -4,9 +4,7 @@ the downloaded bytes comes first, so a bad request causes no outbound HTTP at al
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +13,20 @@ import pytest
 
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, make_server
+from file_server import FileServer
 from send_support import ext
 
 
-class CountingFiles:
-    """A local HTTP server that answers every GET with a small file and counts the requests."""
+class CountingFiles(FileServer):
+    """Answers every GET of its one file with a few bytes, and counts the requests."""
 
     def __init__(self) -> None:
-        self.count = 0
-        counter = self
+        super().__init__({"/file.txt": ({"Content-Type": "text/plain"}, b"attachment bytes")})
+        self.url = self.base + "/file.txt"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                counter.count += 1
-                body = b"attachment bytes"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/file.txt"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @property
+    def count(self) -> int:
+        return len(self.requests)
 
 
 class Setup:
