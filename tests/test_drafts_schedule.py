@@ -13,11 +13,13 @@ import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
+from agentmail.events.types.message_rejected_event import MessageRejectedEvent
 
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import BACKENDS, NO_RETRY, _postgres_or_skip, make_server
 from drafts_support import messages, new_inbox, wait_for
+from test_websocket import next_frame, subscribe
 
 LATE_TOLERANCE = 1.5  # seconds after send_at (or after the server is back) a send may take
 
@@ -168,3 +170,35 @@ def test_two_processes_on_one_postgres_send_each_draft_once(tmp_path: Path) -> N
         first.kill()
         second.kill()
         postgres.drop_database(url)
+
+
+def test_refused_scheduled_send_emits_message_rejected(scheduler: ServerProcess) -> None:
+    """A scheduled send refused when its time comes (a paused inbox, a blocked recipient) is reported as
+    ``message.rejected``: an agent waiting on events learns it failed. The draft's id stands in for the
+    message id (no message exists), and the draft stays, ``failed``."""
+    server = scheduler
+    client = _client(server, server.create_key())
+    paused, sender = new_inbox(client), new_inbox(client)
+    blocked = f"blocked-{secrets.token_hex(3)}@example.org"
+    client.lists.create("send", "block", entry=blocked)
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[paused, sender], event_types=["message.rejected"])
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        on_paused = client.inboxes.drafts.create(paused, to=["x@example.org"], subject="p", send_at=soon)
+        to_blocked = client.inboxes.drafts.create(sender, to=[blocked], subject="b", send_at=soon)
+        client.inboxes.update(paused, status="paused")
+
+        events = {}
+        for _ in range(2):
+            event = next_frame(socket, timeout=15)
+            assert isinstance(event, MessageRejectedEvent), event
+            events[event.reject.message_id] = event.reject
+    assert set(events) == {on_paused.draft_id, to_blocked.draft_id}
+    paused_reject, blocked_reject = events[on_paused.draft_id], events[to_blocked.draft_id]
+    assert paused_reject.inbox_id == paused and "paused" in paused_reject.reason
+    assert blocked_reject.inbox_id == sender and blocked in blocked_reject.reason
+    # A draft that starts no thread has none: its id stands in there too.
+    assert blocked_reject.thread_id == to_blocked.draft_id
+    assert blocked_reject.timestamp is not None
+    failed = client.inboxes.drafts.get(sender, to_blocked.draft_id)
+    assert failed.send_status == "failed" and "scheduled" not in failed.labels

@@ -285,8 +285,9 @@ def test_url_attachment_is_fetched(relay: Relay) -> None:
     assert [att.filename for att in draft.attachments or []] == ["health.json", "health.json"]
 
 
-def _dsn(return_path: str, recipient: str, original_id: str) -> bytes:
-    """An RFC 3464 report as Postfix writes it."""
+def _dsn(return_path: str, recipient: str, original_id: str, original: str | None = None) -> bytes:
+    """An RFC 3464 report as Postfix writes it; ``original`` is the address ``recipient`` expanded
+    from (an alias's, a forward's), when it is another."""
     return (
         "From: MAILER-DAEMON@remote.test\r\n"
         f"To: {return_path}\r\n"
@@ -296,7 +297,7 @@ def _dsn(return_path: str, recipient: str, original_id: str) -> bytes:
         "\r\n--B1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
         "\r\n--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
         "Reporting-MTA: dns; mx.remote.test\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nOriginal-Recipient: rfc822;{recipient}\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nOriginal-Recipient: rfc822;{original or recipient}\r\n"
         "Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n"
         "\r\n--B1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
         f"Message-ID: {original_id}\r\n"
@@ -322,6 +323,28 @@ def test_dsn_to_return_path_records_a_bounce(relay: Relay) -> None:
     assert all(
         m.subject != "Undelivered Mail Returned to Sender" for m in client.inboxes.messages.list(a).messages
     )
+
+
+def test_a_dsn_for_an_address_the_recipient_expanded_to_bounces_it_without_suppressing(relay: Relay) -> None:
+    """The remote host accepted mail for an alias (or a forward) and then failed to deliver it to the
+    alias's member: the report, to the alias's own return path, names the member (Final-Recipient) and
+    the alias (Original-Recipient). The agent learns its mail did not arrive; the alias, which may well
+    deliver to its other members, is not suppressed."""
+    client = relay.client()
+    a = new_inbox(client)
+    alias, member = ext("team-"), ext("member-")
+    sent = client.inboxes.messages.send(a, to=alias, text="to the team")
+    path = wait_for(lambda: relay.sink.handler.for_rcpt(alias))[0].mail_from
+    wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
+    with smtplib.SMTP("127.0.0.1", relay.server.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("", [path], _dsn(path, member, sent.message_id, original=alias))
+
+    wait_for(lambda: "bounced" in _labels(client, a, sent.message_id))
+    bounce = events_for(relay.server, "message.bounced", "bounce", sent.message_id)[0]["bounce"]
+    assert bounce["recipients"] == [{"address": alias, "status": "bounced"}]
+    assert bounce["type"] == "Transient"
+    again = client.inboxes.messages.send(a, to=alias, text="still reachable", request_options=NO_RETRY)
+    wait_for(lambda: "delivered" in _labels(client, a, again.message_id))
 
 
 def test_a_recipients_local_part_keeps_its_case_and_matching_ignores_it(relay: Relay) -> None:

@@ -189,15 +189,23 @@ def test_dsn_parsing() -> None:
     assert dsn.parse_report(b"Subject: not a report\r\n\r\nhi\r\n") == []
 
 
-def test_a_dsn_speaks_for_the_address_it_names() -> None:
-    """To an alias's return path: a member's failure is not the alias's."""
+def test_a_dsn_suppresses_only_the_address_it_names() -> None:
+    """To an alias's return path: a member's failure bounces the alias's mail, but only the member is
+    known undeliverable, so the alias is not suppressed."""
     member_failed = [
-        dsn.RecipientStatus("member@example.org", "failed", "5.1.1", "smtp; 550 no such user"),
+        dsn.RecipientStatus(
+            "member@example.org", "failed", "5.1.1", "smtp; 550 no such user", "team@example.org"
+        ),
         dsn.RecipientStatus("other@example.org", "delivered", "2.0.0"),
     ]
-    assert dsn._bounce(member_failed, "team@example.org") is None
+    for_alias = dsn._bounce(member_failed, "team@example.org")
+    assert for_alias is not None and for_alias.status == "bounced" and not for_alias.suppress
+    assert for_alias.text == "5.1.1 member@example.org: smtp; 550 no such user"
     outcome = dsn._bounce(member_failed, "member@example.org")
     assert outcome is not None and outcome.status == "bounced" and outcome.text.startswith("5.1.1")
+    assert outcome.suppress
+    # A member's failure said to be of another original recipient is not this one's.
+    assert dsn._bounce(member_failed, "else@example.org") is None
     delayed = [dsn.RecipientStatus("member@example.org", "delayed", "4.4.7")]
     assert dsn._bounce(delayed, "member@example.org") is None
 

@@ -106,3 +106,27 @@ def test_thread_search_highlights_the_message_that_matched(client: AgentMail, ha
     by_sender = client.threads.search(q=bob).threads
     assert [t.thread_id for t in by_sender] == [found[0].thread_id]
     assert by_sender[0].highlights is not None and by_sender[0].highlights.from_ == [f"Bob <**{bob}**>"]
+
+
+def test_search_matches_the_bcc_of_sent_mail(client: AgentMail, harness: Harness) -> None:
+    """The sender knows its own Bcc recipients, and the list filters (`to`, `recipients`) match them:
+    message and thread search find a sent message by its Bcc address too."""
+    inbox, to, hidden = (
+        client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
+        for _ in range(3)
+    )
+    sent = client.inboxes.messages.send(inbox, to=[to], bcc=[hidden], subject="Quarterly", text="numbers")
+
+    messages = client.inboxes.messages.search(inbox, q=hidden).messages
+    assert [m.message_id for m in messages] == [sent.message_id]
+    assert messages[0].highlights is not None and messages[0].highlights.recipients == [f"**{hidden}**"]
+    for threads in (client.inboxes.threads.search(inbox, q=hidden), client.threads.search(q=hidden)):
+        assert [t.thread_id for t in threads.threads] == [sent.thread_id]
+        highlights = threads.threads[0].highlights
+        assert highlights is not None and highlights.recipients == [f"**{hidden}**"]
+    # The list filters agree.
+    assert [m.message_id for m in client.inboxes.messages.list(inbox, to=[hidden]).messages] == [
+        sent.message_id
+    ]
+    # Whoever got the copy sees no Bcc, so finds nothing by it (it was not addressed there).
+    assert client.inboxes.messages.search(to, q=hidden).messages == []

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from agentmx.errors import ValidationFailed
 from agentmx.http.nul_guard import loads
+from agentmx.http.repeated_query import LIST_PARAMETERS
 from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -44,6 +45,8 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 def query_list(request: Request, name: str) -> list[str] | None:
     """A list query parameter in any of its forms: JSON array, repeated key, or one bare value."""
+    # Any other key given twice is refused before routing (repeated_query): a list must be named there.
+    assert name in LIST_PARAMETERS, name
     values = request.query_params.getlist(name)
     if not values:
         return None

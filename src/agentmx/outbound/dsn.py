@@ -2,8 +2,10 @@
 
 - Delivery status notifications (RFC 3464, or RFC 6533's global form, in RFC 6522 multipart/report): a failure of the
   recipient the return path was made for is recorded as its bounce (label, ``message.bounced``
-  event, suppression, unless its status is 4.x.x); failures of other addresses, ``delayed`` and
-  ``delivered`` change nothing.
+  event, suppression, unless its status is 4.x.x). A failure of an address it expanded to (an alias's
+  member, a forward: Original-Recipient names the recipient, or is absent) bounces it without
+  suppressing it: its mail did not arrive, but the address itself was accepted and may deliver to
+  its other members. ``delayed`` and ``delivered`` change nothing.
 - Feedback reports (ARF, RFC 5965): a complaint of that recipient (``message.complained``, suppression),
   unless its type is not one (``not-spam``, ``auth-failure``).
 
@@ -38,10 +40,11 @@ log = logging.getLogger("agentmx.outbound")
 
 @dataclass(frozen=True)
 class RecipientStatus:
-    address: str
+    address: str  # Final-Recipient (else Original-Recipient)
     action: str  # failed | delayed | delivered | relayed | expanded
     status: str  # X.Y.Z
     diagnostic: str = ""
+    original: str = ""  # Original-Recipient: the address as we gave it, before an alias expanded it
 
 
 def _field_address(value: str) -> str:
@@ -88,7 +91,8 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
         if part.get_content_type() not in STATUS_TYPES:
             continue
         for block in _status_blocks(part)[1:]:  # the first block is per-message
-            recipient = block.get("Final-Recipient") or block.get("Original-Recipient")
+            original = block.get("Original-Recipient")
+            recipient = block.get("Final-Recipient") or original
             if not recipient:
                 continue
             out.append(
@@ -97,6 +101,7 @@ def parse_report(raw: bytes) -> list[RecipientStatus]:
                     action=str(block.get("Action", "")).strip().lower(),
                     status=str(block.get("Status", "")).strip(),
                     diagnostic=" ".join(str(block.get("Diagnostic-Code", "")).split()),
+                    original=_field_address(str(original)) if original else "",
                 )
             )
     return out
@@ -145,27 +150,33 @@ async def _reported_recipient(session: AsyncSession, rt: Runtime, rcpt: str) -> 
     return message, address
 
 
+def _wire(address: str) -> str:
+    """An address in the form the remote host saw: an IDN domain as its ASCII form (``xn--…``)."""
+    return compose.wire_address(address).lower() if address else ""
+
+
+def _failed(status: RecipientStatus) -> bool:
+    return status.action == "failed" or status.status.startswith("5")
+
+
 def _bounce(statuses: list[RecipientStatus], address: str) -> Outcome | None:
-    """The bounce a DSN reports for ``address``, if it reports one. A failure of another address (an
-    alias's member, a forward) does not make the address itself undeliverable."""
-    # Compared in the form the remote host saw: an IDN domain as its ASCII form (``xn--…``).
-    wire = compose.wire_address(address).lower()
-    failure = next(
-        (
-            s
-            for s in statuses
-            if compose.wire_address(s.address).lower() == wire
-            and (s.action == "failed" or s.status.startswith("5"))
-        ),
-        None,
-    )
-    if failure is None:
+    """The bounce a DSN reports for ``address``, if it reports one: its own failure, else the failure
+    of an address it expanded to. The report reached its return path, so it is about mail to it."""
+    wire = _wire(address)
+    failures = [s for s in statuses if _failed(s)]
+    own = next((s for s in failures if _wire(s.address) == wire), None)
+    if own is not None:
+        # A 4.x.x failure (RFC 3463: a persistent transient one) is a host giving up on a temporary
+        # condition, a full mailbox or an unreachable server: bounced, not suppressed, as our own expiry.
+        text = f"{own.status} {own.diagnostic}".strip()
+        return Outcome("bounced", None, text, attempted=False, suppress=not own.status.startswith("4"))
+    member = next((s for s in failures if _wire(s.original) in ("", wire)), None)
+    if member is None:
         return None
-    # A 4.x.x failure (RFC 3463: a persistent transient one) is a host giving up on a temporary
-    # condition, a full mailbox or an unreachable server: bounced, not suppressed, as our own expiry.
-    transient = failure.status.startswith("4")
-    text = f"{failure.status} {failure.diagnostic}".strip()
-    return Outcome("bounced", None, text, attempted=False, suppress=not transient)
+    # Only the member is known undeliverable: suppressing the alias would refuse mail its other
+    # members still take (and a member cannot be suppressed on the word of the alias's host).
+    text = f"{member.status} {member.address}: {member.diagnostic}".strip(": ")
+    return Outcome("bounced", None, text, attempted=False, suppress=False)
 
 
 # Feedback types (RFC 5965, 6591, 6650) that say the recipient objects to the mail. not-spam says the

@@ -7,8 +7,9 @@ job racing in another process commits first sends; the others find no draft and 
 
 The scheduled path first marks the draft ``sending`` in its own short transaction (edits then get
 409), so the send itself may take as long as it needs. A failure the client must fix (rejected
-recipient, no recipients) leaves the draft with ``send_status="failed"``; a failure of the server's
-own (full storage, the database) is retried first.
+recipient, no recipients) leaves the draft with ``send_status="failed"`` and is reported as
+``message.rejected`` (``draft_rejection``); a failure of the server's own (full storage, the database)
+is retried first, and reported the same way once the attempts are used up.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
 from agentmx.services import blob_bytes, drafts, idempotency, jobs, limits
 from agentmx.services.caller import Caller
+from agentmx.services.draft_rejection import record_rejected_draft
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import OutgoingMessage, send_message
@@ -36,6 +38,8 @@ log = logging.getLogger("agentmx.drafts")
 # Unexpected errors and temporary failures (database, full blob store) are retried by the job runner this many times before
 # the draft is marked failed, so a draft is never left "sending" for good.
 MAX_SEND_ATTEMPTS = 4
+# The reason given for a failure of the server's own: its details are for the log, not for the client.
+SERVER_FAILURE = "The server could not send the draft; set a new send_at to try again"
 
 
 async def _source(session: AsyncSession, inbox_id: str, message_id: str | None) -> Message | None:
@@ -137,8 +141,8 @@ async def send_now(
         return result
 
 
-async def _mark_failed(rt: Runtime, draft_id: str, reason: str) -> None:
-    log.warning("scheduled send of draft %s failed: %s", draft_id, reason)
+async def _mark_failed(rt: Runtime, draft_id: str, reason: str, detail: str | None = None) -> None:
+    log.warning("scheduled send of draft %s failed: %s", draft_id, detail or reason)
     async with rt.db.transaction() as s:
         draft = await _lock(s, draft_id)
         if draft is None or draft.send_status != "sending":
@@ -146,6 +150,7 @@ async def _mark_failed(rt: Runtime, draft_id: str, reason: str) -> None:
         draft.send_status = "failed"
         draft.labels = [label for label in draft.labels if label.label != drafts.SCHEDULED]
         draft.updated_at = utcnow()
+        await record_rejected_draft(s, rt, draft, reason)
 
 
 @handler(drafts.JOB_KIND)
@@ -180,6 +185,7 @@ async def send_scheduled(rt: Runtime, payload: dict[str, Any], attempts: int) ->
 async def _retry_or_fail(rt: Runtime, payload: dict[str, Any], draft_id: str, exc: Exception) -> None:
     """Re-raise for the job runner's retry, or mark the draft failed once the attempts are used up."""
     if failures(payload) + 1 >= MAX_SEND_ATTEMPTS:  # failures, not the send_at reschedules
-        await _mark_failed(rt, draft_id, repr(exc))
+        reason = exc.message if isinstance(exc, TemporaryFailure) else SERVER_FAILURE
+        await _mark_failed(rt, draft_id, reason, repr(exc))
         return
     raise exc

@@ -152,13 +152,15 @@ def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Cond
 
 
 def matching(words: list[str]) -> list[Any]:
-    """A message matching every word, each in its sender, To, Cc, subject or body (searches of
-    messages and of threads)."""
+    """A message matching every word, each in its sender, To, Cc, Bcc, subject or body (searches of
+    messages and of threads). Bcc is stored only on the sender's own copy, which shows it: the
+    inbox searched knows those addresses, and the `to` / `recipients` list filters match them too."""
     return [
         or_(
             contains(Message.from_, word),
             json_contains(Message.to, word),
             json_contains(Message.cc, word),
+            json_contains(Message.bcc, word),
             contains(Message.subject, word),
             contains(Message.text, word),
         )
@@ -213,7 +215,7 @@ def highlights(message: Message, q: str) -> dict[str, list[str]]:
     return field_highlights(
         {
             "from": [message.from_ or ""],
-            "recipients": [*message.to, *message.cc],
+            "recipients": [*message.to, *message.cc, *message.bcc],
             "subject": [message.subject or ""],
             "text": [message.text or ""],
         },

@@ -182,14 +182,22 @@ async def search_highlights(
     if not thread_ids:
         return out
     rows = await session.execute(
-        select(Message.thread_id, Message.from_, Message.to, Message.cc, Message.subject, Message.text)
+        select(
+            Message.thread_id,
+            Message.from_,
+            Message.to,
+            Message.cc,
+            Message.bcc,
+            Message.subject,
+            Message.text,
+        )
         .where(Message.thread_id.in_(thread_ids), *matching(check_query(q)))
         .order_by(Message.timestamp, Message.id)
     )
-    for thread_id, sender, to, cc, subject, text in rows.all():
+    for thread_id, sender, to, cc, bcc, subject, text in rows.all():
         fields = {
             "from": [sender or ""],
-            "recipients": [*to, *cc],
+            "recipients": [*to, *cc, *bcc],
             "subject": [subject or ""],
             "text": [text or ""],
         }
