@@ -134,7 +134,7 @@ def _prepare(settings: Settings) -> None:
     the operator's to fix: one line (ConfigError), not a traceback."""
     from sqlalchemy.exc import DBAPIError
 
-    from agentmx.db.migrate import prepare
+    from agentmx.db.prepare import prepare
 
     try:
         prepare(settings)

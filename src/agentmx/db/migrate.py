@@ -1,4 +1,4 @@
-"""Apply Alembic migrations (at start-up and by ``agentmx db upgrade``)."""
+"""Apply Alembic migrations (at start-up and by ``agentmx db upgrade``, through db/prepare.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 
-from agentmx.settings import ConfigError, Settings, normalize_database_url
+from agentmx.settings import ConfigError, normalize_database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -31,13 +31,3 @@ def upgrade(url: str) -> None:
         raise ConfigError(
             f"the database's schema is newer than this agentmx ({exc}): run the version that upgraded it"
         ) from None
-
-
-def prepare(settings: Settings) -> None:
-    """Create the data folder and bring the schema up to date (outside any event loop).
-
-    Every command runs this first; it lives here, not in ``server``, so that ``keys create`` and
-    ``db upgrade`` do not import the HTTP app (a second of a CLI call's two).
-    """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
