@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from agentmx.domains.records import Record
 from agentmx.host_port import split_host_port
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 MISSING, INVALID, VALID = "MISSING", "INVALID", "VALID"
 
@@ -30,6 +29,9 @@ class RecordCheck:
 
 
 def make_resolver(configured: str, timeout: float) -> dns.asyncresolver.Resolver:
+    # dnspython is imported at the first lookup: 25-60 ms of every start, for a few requests and jobs.
+    import dns.asyncresolver
+
     if configured:
         host, port = split_host_port(configured, 53)
         resolver = dns.asyncresolver.Resolver(configure=False)
@@ -44,6 +46,10 @@ def make_resolver(configured: str, timeout: float) -> dns.asyncresolver.Resolver
 
 async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str] | None:
     """Answer strings for (name, type); [] when the name has none; None when DNS could not answer."""
+    import dns.exception
+    import dns.rdatatype
+    import dns.resolver
+
     try:
         answer = await resolver.resolve(name + ".", rdtype, search=False, raise_on_no_answer=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

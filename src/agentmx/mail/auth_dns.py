@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
+from typing import TYPE_CHECKING, Any
 
 from agentmx.host_port import split_host_port
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 LIFETIME = 4.0  # per query; the checks as a whole have their own deadline
 CACHE_ENTRIES = 20_000
@@ -63,6 +61,10 @@ class AuthDns:
 
     async def _resolve(self, name: str, rdtype: str) -> tuple[float, list[Any]]:
         """(seconds to keep the answer, its records)."""
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
         try:
             # Labels taken as they are: a name from a sender's record or mail is not zone-file text,
             # so a backslash in it is not an escape (RFC 7208 4.8).
@@ -86,6 +88,10 @@ class AuthDns:
 @functools.lru_cache(maxsize=8)
 def for_resolver(address: str) -> AuthDns:
     """One cached resolver per configured address ("" = the system's /etc/resolv.conf)."""
+    # dnspython is imported at the first lookup: 25-60 ms of every start, for a few requests and jobs.
+    import dns.asyncresolver
+    import dns.resolver
+
     if address:
         resolver = dns.asyncresolver.Resolver(configure=False)
         host, port = split_host_port(address, 53)

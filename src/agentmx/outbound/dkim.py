@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import dkim
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.services import hooks
@@ -32,6 +31,8 @@ SIGNED_HEADERS = [
 
 def sign(raw: bytes, *, domain: str, selector: str, private_key: bytes) -> bytes:
     """``raw`` with a DKIM-Signature header prepended (rsa-sha256, relaxed/relaxed)."""
+    import dkim  # dkimpy (and the dnspython it loads) at the first signature, not at every start
+
     signature = dkim.sign(
         raw,
         selector.encode(),
@@ -70,6 +71,8 @@ async def sign_for_domain(rt: Runtime, domain: str, raw: bytes) -> bytes:
     if found is None:
         return raw
     selector, private_key = found
+    import dkim  # dkimpy (and the dnspython it loads) at the first signature, not at every start
+
     try:
         # RSA signing is CPU work: keep it off the event loop.
         return await asyncio.to_thread(

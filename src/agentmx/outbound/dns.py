@@ -8,18 +8,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from agentmx.host_port import split_host_port
 from agentmx.settings import Settings
 
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
 LIFETIME = 10.0
-# Lookups that may answer later (SERVFAIL is NoNameservers: every server failed).
-TEMPORARY = (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN)
+
+
+def _temporary() -> tuple[type[Exception], ...]:
+    """Lookups that may answer later (SERVFAIL is NoNameservers: every server failed)."""
+    import dns.exception
+    import dns.resolver
+
+    return (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN)
 
 
 class DnsPermanent(Exception):
@@ -37,6 +42,10 @@ class Target:
 
 
 def resolver(settings: Settings) -> dns.asyncresolver.Resolver:
+    # dnspython is imported at the first lookup: 25-60 ms of every start, for a few requests and jobs.
+    import dns.asyncresolver
+    import dns.resolver
+
     if settings.dns_resolver:
         res = dns.asyncresolver.Resolver(configure=False)
         host, port = split_host_port(settings.dns_resolver, 53)
@@ -59,6 +68,8 @@ def _ip_literal(value: str) -> str | None:
 
 
 async def _family(res: dns.asyncresolver.Resolver, host: str, rdtype: str) -> list[str]:
+    import dns.resolver
+
     try:
         answer = await res.resolve(host, rdtype)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -71,6 +82,8 @@ async def _addresses(res: dns.asyncresolver.Resolver, host: str) -> list[str]:
     answered counts as no address of that family, as Postfix and Exim take it: a broken AAAA server is
     common and must not hold back mail that IPv4 can carry. Only when no address is known does the
     failure stand (raised: retry later)."""
+    import dns.exception
+
     results = await asyncio.gather(*(_family(res, host, t) for t in ("A", "AAAA")), return_exceptions=True)
     out = [address for result in results if isinstance(result, list) for address in result]
     for failure in (r for r in results if isinstance(r, BaseException)):
@@ -85,6 +98,10 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
     if literal:
         return [Target(domain, literal)]
     res = resolver(settings)
+    import dns.name
+    import dns.resolver
+
+    temporary = _temporary()
     try:
         try:
             answer = await res.resolve(domain, "MX")
@@ -102,7 +119,7 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
             literal = _ip_literal(host)
             try:
                 addresses = [literal] if literal else await _addresses(res, host)
-            except TEMPORARY as exc:
+            except temporary as exc:
                 # One host whose lookup failed leaves the others (Postfix skips it): retry only
                 # when no host has an address.
                 unresolved = exc
@@ -114,7 +131,7 @@ async def targets(settings: Settings, domain: str) -> list[Target]:
         raise DnsPermanent(f"{domain} does not exist") from exc
     except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.IDNAException) as exc:
         raise DnsPermanent(f"{domain} is not a valid domain name: {exc}") from exc
-    except TEMPORARY as exc:
+    except temporary as exc:
         raise DnsTemporary(f"DNS lookup for {domain} failed: {exc}") from exc
     if not out:
         # Every answer was definite (a failed lookup raised above): no host has an address, so the
