@@ -38,6 +38,8 @@ BACKGROUND: list[Starter] = []
 # A full collection runs after this many middle-generation ones (Python's default is 10).
 FULL_COLLECTION_EVERY = 100
 GRACEFUL_STOP = 10  # seconds requests in flight may take to finish once a stop begins
+# uvicorn says it is serving by a flag only: read this often (the ready line was up to 20 ms late).
+READY_POLL = 0.005
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -139,7 +141,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
     try:
         serve_task = asyncio.create_task(server.serve(sockets=http_sockets))
         while not server.started and not serve_task.done():
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(READY_POLL)
         if server.started:
             # The start-up heap (modules, routes, SQLAlchemy and pydantic caches) lives as long as
             # the process: out of the collector's sight, full collections stop walking it on every
