@@ -15,6 +15,10 @@ from pathlib import Path
 
 import httpx
 
+# Seconds between looks for a starting server's ready line: every test starts servers, and each
+# start waited half this on average (it was 0.05).
+READY_POLL = 0.01
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -159,7 +163,7 @@ class ServerProcess:
                         return self
                 except httpx.HTTPError:
                     pass
-            time.sleep(0.05)
+            time.sleep(READY_POLL)
         raise RuntimeError(f"agentmx did not start within {timeout}s:\n{self.log()}")
 
     def _logged_since(self, offset: int, text: str) -> bool:
