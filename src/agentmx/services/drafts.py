@@ -22,6 +22,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Draft, DraftAttachment, DraftLabel, Inbox, Job, Message
+from agentmx.db.row_locks import RowLock
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import Conflict, NotFound, ValidationFailed
@@ -335,25 +336,32 @@ class NewDraft:
     client_id: str | None = None
 
 
+async def _inbox_and_retry(
+    session: AsyncSession, caller: Caller, inbox_id: str, new: NewDraft, lock: RowLock | None = None
+) -> tuple[Inbox, Draft | None]:
+    """The inbox the caller may create ``new`` in, and the draft a retry (same ``client_id``) gets back."""
+    inbox = await get_inbox(session, caller, inbox_id, lock=lock)
+    _require_send_permission(caller, new.send_at)
+    check_client_id(new.client_id)
+    existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
+    return inbox, existing
+
+
 async def check_create(session: AsyncSession, caller: Caller, inbox_id: str, new: NewDraft) -> Draft | None:
     """Every refusal of ``create_draft`` that needs no attachment bytes, run before any URL is
     fetched; or the draft a retry (same ``client_id``) gets back, with nothing fetched."""
-    inbox = await get_inbox(session, caller, inbox_id)
-    _require_send_permission(caller, new.send_at)
-    check_client_id(new.client_id)
-    if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
-        return existing
-    await _unsaved_draft(session, caller, inbox, new)  # not added to the session: only its checks count
-    return None
+    inbox, existing = await _inbox_and_retry(session, caller, inbox_id, new)
+    if existing is None:
+        await _unsaved_draft(session, caller, inbox, new)  # not added to the session: only its checks count
+    return existing
 
 
 async def create_draft(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox_id: str, new: NewDraft
 ) -> Draft:
-    inbox = await get_inbox(session, caller, inbox_id, lock="pin")  # not deleted under the new draft
-    _require_send_permission(caller, new.send_at)
-    check_client_id(new.client_id)
-    if new.client_id and (existing := await _by_client_id(session, inbox, new.client_id)):
+    # The inbox pinned: not deleted under the new draft.
+    inbox, existing = await _inbox_and_retry(session, caller, inbox_id, new, lock="pin")
+    if existing is not None:
         return existing
     draft = await _unsaved_draft(session, caller, inbox, new)
     _set_attachments(draft, new.attachments or [])
