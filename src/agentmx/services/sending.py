@@ -277,8 +277,7 @@ class CheckedSend:
 async def check_send(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
 ) -> CheckedSend:
-    """Every rule of a send that needs no attachment bytes: the routes run it before fetching a
-    URL attachment, so a refused send causes no outbound HTTP. ``session`` may be read-only."""
+    """Every rule of a send but the rendering of its header fields. ``session`` may be read-only."""
     _check_active(inbox)
     to = _addresses(req.to, "to")
     cc = _addresses(req.cc, "cc")
@@ -298,13 +297,21 @@ async def check_send(
     _check_headers(req.headers)
     bare = [_envelope(a) for a in recipients]
     await _check_recipients(session, rt, inbox, bare)
+    return CheckedSend(to=to, cc=cc, bcc=bcc, reply_to=reply_to, recipients=bare, labels=labels)
+
+
+async def check_before_fetch(
+    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+) -> None:
+    """Every rule of a send that needs no attachment bytes: the routes run it before fetching a
+    URL attachment, so a refused send causes no outbound HTTP. ``session`` may be read-only."""
+    checked = await check_send(session, rt, caller, inbox, req)
     # The header fields as rendered (a value with a line break is refused here), without bodies or
     # attachments: rendering them is the slow part, and they are checked on their own.
     bare_req = replace(req, text=None, html=None, attachments=[], forward_of=None)
     if req.forward_of is not None and not req.as_given and req.subject is None:
         bare_req.subject = compose.forward_subject(req.forward_of.subject)
-    _render(await _composition(rt, session, inbox, bare_req, to, cc, reply_to))
-    return CheckedSend(to=to, cc=cc, bcc=bcc, reply_to=reply_to, recipients=bare, labels=labels)
+    _render(await _composition(rt, session, inbox, bare_req, checked.to, checked.cc, checked.reply_to))
 
 
 def _render(comp: compose.Composition) -> bytes:

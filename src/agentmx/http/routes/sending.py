@@ -18,7 +18,7 @@ from agentmx.services import idempotency, messages, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import OutgoingMessage, check_send, commit_send, prepare_send
+from agentmx.services.sending import OutgoingMessage, check_before_fetch, commit_send, prepare_send
 
 router = APIRouter()
 
@@ -92,13 +92,13 @@ async def _send(
         if slot.replay is not None:
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
-        # Every refusal that needs no attachment bytes comes before the first URL is fetched.
-        send_attachments.check(specs)
-        async with rt.db.read() as s:
-            inbox = await get_inbox(s, caller, inbox_id)
-            await check_send(
-                s, rt, caller, inbox, await _request(s, caller, inbox, endpoint, body, message_id)
-            )
+        if any(spec.url is not None for spec in specs):
+            # Every refusal that needs no attachment bytes comes before the first URL is fetched.
+            send_attachments.check(specs)
+            async with rt.db.read() as s:
+                inbox = await get_inbox(s, caller, inbox_id)
+                req = await _request(s, caller, inbox, endpoint, body, message_id)
+                await check_before_fetch(s, rt, caller, inbox, req)
         attachments = await send_attachments.resolve(
             specs,
             allow_private=rt.settings.attachment_url_allow_private,
