@@ -172,8 +172,16 @@ class Hub:
         if not subs:
             return
         item = Item.of(row)
+        # Each test's answer, asked once: streams subscribed alike share one test (events/routes.py).
+        verdicts: dict[Callable[[Item], bool], bool] = {}
         for sub in subs:
-            if sub.lagging or sub.accepts is None or not sub.accepts(item):
+            accepts = sub.accepts
+            if sub.lagging or accepts is None:
+                continue
+            verdict = verdicts.get(accepts)
+            if verdict is None:
+                verdict = verdicts[accepts] = accepts(item)
+            if not verdict:
                 continue
             if sub.idle and sub.write is not None and sub.queue.empty():
                 # Written here, in order, without waking the stream's task: a thousand streams

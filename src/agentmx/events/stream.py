@@ -22,6 +22,7 @@ from agentmx.errors import AgentMXError, NotFound
 from agentmx.events.bodies import encode_body
 from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED, read_permission
 from agentmx.events.hub import Hub, Item, Subscriber
+from agentmx.events.routes import route_of
 from agentmx.events.ws_frame import FrameWriter
 from agentmx.http.nul_guard import contains_nul, contains_surrogate
 from agentmx.services import event_position, inboxes, pods
@@ -163,7 +164,7 @@ class Stream:
         self.pending_after = None
         after_seq = await self._seq_of(after) if after else None
         self.filter = active = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
-        self.sub.accepts = lambda item: active.matches(self.caller, item)
+        self.sub.accepts = route_of(active, self.caller)
         ack: dict[str, Any] = {"type": "subscribed", "event_types": types}
         if inbox_ids is not None:
             ack["inbox_ids"] = inbox_ids

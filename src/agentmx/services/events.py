@@ -53,18 +53,23 @@ def _append_at_commit(session: Session) -> None:
     label_changes: list[Any] | None = session.info.pop(PENDING_LABEL_CHANGES, None)
     if not rows and not label_changes:
         return
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres:
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
+    if session.get_bind().dialect.name == "postgresql":
+        if rows:
+            # One round trip for both: a NOTIFY is delivered by PostgreSQL only if and when this
+            # transaction commits, so queueing it before the INSERT changes nothing for listeners.
+            # The payload names this process: its own hub has the rows already (committed_listeners).
+            session.execute(_LOCK_AND_NOTIFY, {"k": EVENT_LOCK_KEY, "c": NOTIFY_CHANNEL, "p": PROCESS_TOKEN})
+        else:
+            session.execute(_LOCK, {"k": EVENT_LOCK_KEY})
     if label_changes:
         session.add_all(label_changes)  # flushed by the commit, after this hook, under the lock
-    if not rows:
-        return
-    _insert(session, rows)
-    if postgres:
-        # Delivered to listeners by PostgreSQL only if and when this transaction commits.
-        # The payload names this process: its own hub has the rows already (committed_listeners).
-        session.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": PROCESS_TOKEN})
+    if rows:
+        _insert(session, rows)
+
+
+# Each statement a round trip on the commit path of every inbound batch, before its events reach streams.
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_LOCK_AND_NOTIFY = text("SELECT pg_advisory_xact_lock(:k), pg_notify(:c, :p)")
 
 
 def _insert(session: Session, rows: list[Event]) -> None:
