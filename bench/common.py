@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from agentmx.settings import Settings
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess, free_port
 
@@ -309,6 +310,13 @@ def backends(requested: str) -> list[str]:
     return wanted
 
 
+# The test harness tunes these for tests (a job poll every 0.1 s, a pool of 10); benches measure the defaults.
+PRODUCTION_DEFAULTS = {
+    f"AGENTMX_{name.upper()}": str(Settings.model_fields[name].default)
+    for name in ("job_poll_interval", "database_pool_size")
+}
+
+
 @contextlib.contextmanager
 def agentmx_server(
     backend: str, env: dict[str, str] | None = None, keep_dir: bool = False
@@ -324,8 +332,7 @@ def agentmx_server(
     server = ServerProcess(
         tmp,
         database_url=url,
-        # The production pool, not the test harness's smaller one.
-        env={"AGENTMX_LOG_LEVEL": "warning", "AGENTMX_DATABASE_POOL_SIZE": "40", **passed, **(env or {})},
+        env={**PRODUCTION_DEFAULTS, "AGENTMX_LOG_LEVEL": "warning", **passed, **(env or {})},
     )
     app: Agentmx | None = None
     try:
