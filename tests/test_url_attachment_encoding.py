@@ -43,6 +43,7 @@ BODIES: dict[str, tuple[str, bytes]] = {  # path -> (Content-Encoding, body)
     "/raw-deflate": ("deflate", _raw_deflate(PAYLOAD)),
     "/brotli": ("br", b"not really brotli"),
     "/broken": ("gzip", b"\x1f\x8b this is not gzip"),
+    "/truncated": ("gzip", gzip.compress(PAYLOAD)[:50_000]),
 }
 
 
@@ -109,7 +110,7 @@ def test_gzip_bomb_is_refused_early(served: tuple[ServerProcess, EncodedFiles, h
     assert _peak_rss(server) - before < 80 * MB
 
 
-@pytest.mark.parametrize("path", ["/brotli", "/broken"])
+@pytest.mark.parametrize("path", ["/brotli", "/broken", "/truncated"])
 def test_undecodable_body_is_refused(
     served: tuple[ServerProcess, EncodedFiles, httpx.Client], path: str
 ) -> None:

@@ -55,7 +55,10 @@ class BoundedDecoder:
     def flush(self) -> bytes:
         if self._inflate is None:
             return b""
-        return self._count(self._inflate.flush())
+        rest = self._count(self._inflate.flush())
+        if not self._inflate.eof:  # the compressed stream was cut short: its bytes are not the file
+            raise zlib.error("compressed body ends before its stream does")
+        return rest
 
     def _decode(self, data: bytes) -> bytes:
         assert self._inflate is not None
