@@ -24,6 +24,7 @@ from svix.webhooks import Webhook as SvixWebhook
 
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
+from agentmx.db.models import Event
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 from agentmx.settings import Settings
@@ -196,3 +197,16 @@ def emit_event(
             await db.dispose()
 
     return asyncio.run(run())
+
+
+def event_row(seq: int, inbox_id: str = "a@example.com") -> Event:
+    """A message.received row of organization "org", as the hub is offered one at commit."""
+    return Event(
+        seq=seq,
+        event_id=f"evt_{seq}",
+        event_type="message.received",
+        organization_id="org",
+        pod_id=None,
+        inbox_id=inbox_id,
+        body={"seq": seq},
+    )

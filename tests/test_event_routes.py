@@ -5,25 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from agentmx.db.models import Event
 from agentmx.events.hub import Hub, Item
 from agentmx.events.routes import route_of
 from agentmx.events.stream import Filter
 from agentmx.services.caller import Caller
+from events_support import event_row
 
 RECEIVED = frozenset({"message.received"})
-
-
-def _event(seq: int, inbox_id: str) -> Event:
-    return Event(
-        seq=seq,
-        event_id=f"evt_{seq}",
-        event_type="message.received",
-        organization_id="org",
-        pod_id=None,
-        inbox_id=inbox_id,
-        body={"seq": seq},
-    )
 
 
 def test_alike_subscriptions_share_one_route_and_others_do_not() -> None:
@@ -49,8 +37,8 @@ def test_the_hub_asks_a_shared_test_once_per_event_and_each_stream_gets_its_answ
         subs = [hub.register("org") for _ in range(3)]
         for sub in subs:
             sub.accepts = takes_inbox_a
-        hub.offer(_event(1, "a@example.com"))
-        hub.offer(_event(2, "b@example.com"))
+        hub.offer(event_row(1, "a@example.com"))
+        hub.offer(event_row(2, "b@example.com"))
         assert asked == [1, 2]
         for sub in subs:
             assert cast(Item, sub.queue.get_nowait()).seq == 1

@@ -16,6 +16,7 @@ from websockets.streams import StreamReader
 from agentmx.db.models import Event
 from agentmx.events.hub import MAX_QUEUED_BYTES, Hub, Item, Subscriber
 from agentmx.events.ws_frame import text_frame
+from events_support import event_row
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 200_000])
@@ -32,18 +33,6 @@ def test_text_frame_parses_as_one_final_text_frame(size: int) -> None:
     assert frame.fin and frame.opcode is Opcode.TEXT and not frame.rsv1
     assert frame.data.decode() == text
     assert reader.at_eof()
-
-
-def _event(seq: int) -> Event:
-    return Event(
-        seq=seq,
-        event_id=f"evt_{seq}",
-        event_type="message.received",
-        organization_id="org",
-        pod_id=None,
-        inbox_id="a@example.com",
-        body={"seq": seq},
-    )
 
 
 def _subscriber(hub: Hub, accept_writes: list[bool]) -> tuple[Subscriber, list[int]]:
@@ -75,7 +64,7 @@ def test_idle_stream_gets_live_events_written_directly() -> None:
         hub = Hub(cast(Any, None))
         sub, written = _subscriber(hub, [True, True, True])
         for seq in (1, 2, 3):
-            assert hub.offer(_event(seq))
+            assert hub.offer(event_row(seq))
         assert written == [1, 2, 3]
         assert sub.cursor == 3 and sub.queue.empty()
 
@@ -89,7 +78,7 @@ def test_a_refused_write_queues_that_event_and_every_later_one() -> None:
         hub = Hub(cast(Any, None))
         sub, written = _subscriber(hub, [True, False, True, True])
         for seq in (1, 2, 3, 4):
-            hub.offer(_event(seq))
+            hub.offer(event_row(seq))
         assert written == [1]
         assert _queued(sub) == [2, 3, 4]
 
@@ -101,7 +90,7 @@ def test_busy_stream_gets_events_through_its_queue() -> None:
         hub = Hub(cast(Any, None))
         sub, written = _subscriber(hub, [True])
         sub.idle = False  # the stream's task is sending (a subscribe ack, a replay)
-        hub.offer(_event(1))
+        hub.offer(event_row(1))
         assert written == [] and _queued(sub) == [1]
 
     asyncio.run(main())
@@ -113,14 +102,14 @@ def test_events_already_replayed_are_not_written_again() -> None:
         sub, written = _subscriber(hub, [True, True])
         sub.cursor = 2  # a replay from the log sent events up to seq 2
         for seq in (1, 2, 3):
-            hub.offer(_event(seq))
+            hub.offer(event_row(seq))
         assert written == [3] and sub.queue.empty()
 
     asyncio.run(main())
 
 
 def _big_event(seq: int, size: int) -> Event:
-    event = _event(seq)
+    event = event_row(seq)
     event.body = {"pad": "x" * size, "seq": seq}
     return event
 
