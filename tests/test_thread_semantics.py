@@ -15,12 +15,16 @@ from agentmail.inboxes.types import CreateInboxRequest
 
 from conftest import Harness
 from mail_support import make_message, smtp_send
+from send_support import wait_for
 
 
 def _new_thread(client: AgentMail, harness: Harness) -> tuple[str, str, str]:
     inbox = client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
     to = client.inboxes.create(request=CreateInboxRequest(username=harness.new_username())).inbox_id
     sent = client.inboxes.messages.send(inbox, to=[to], subject="Updated", text="first")
+    # Local delivery labels the sent message 'delivered', which touches its thread; wait for it
+    # so the test's own changes are the only ones left.
+    wait_for(lambda: "delivered" in client.inboxes.messages.get(inbox, sent.message_id).labels or None)
     return inbox, sent.thread_id, sent.message_id
 
 
