@@ -178,6 +178,20 @@ def test_validation_errors(harness: Harness) -> None:
         assert r.status_code == 400 and r.json()["code"] == "validation_error", send_at
 
 
+def test_an_unknown_inbox_or_draft_is_404_before_a_bad_send_at(harness: Harness) -> None:
+    """send_at was parsed before the lookup: 400 for an inbox or draft that does not exist."""
+    inbox = new_inbox(harness.client())
+    draft = harness.client().inboxes.drafts.create(inbox, subject="x").draft_id
+    auth = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=auth) as http:
+        bad = {"send_at": "tomorrow"}
+        assert http.post("/v0/inboxes/nobody@agentmx.localhost/drafts", json=bad).status_code == 404
+        assert http.patch(f"/v0/inboxes/nobody@agentmx.localhost/drafts/{draft}", json=bad).status_code == 404
+        assert http.patch(f"/v0/inboxes/{inbox}/drafts/drf_unknown", json=bad).status_code == 404
+        refused = http.patch(f"/v0/inboxes/{inbox}/drafts/{draft}", json=bad)
+        assert refused.status_code == 400 and refused.json()["errors"][0]["path"] == ["send_at"]
+
+
 def test_a_draft_holds_no_more_recipients_than_a_send_takes(harness: Harness) -> None:
     """Past 50 the send is refused: a draft (a scheduled one above all) with more would never go."""
     client = harness.client()
