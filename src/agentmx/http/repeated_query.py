@@ -5,7 +5,8 @@ was read as 500, while a proxy or cache in front may act on the first, so the tw
 requests (as with a header or a JSON key given twice, which are refused too). The SDK never repeats a
 key: it sends each argument once and a list as one JSON array (API.md 1.3). Lists may still come as
 repeated keys (curl, other clients), so ``LIST_PARAMETERS`` are let through; ``deps.query_list``
-reads only those. The WebSocket route is not guarded here: two ``api_key`` are its 401.
+reads only those. The WebSocket route is not guarded here: two ``api_key`` are its 401, and a repeated
+resume point (``after_event_id``) its error frame at the first subscribe (``routes/websocket.py``).
 """
 
 from __future__ import annotations
