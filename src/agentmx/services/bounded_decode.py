@@ -70,9 +70,10 @@ class BoundedDecoder:
         out: list[bytes] = []
         while True:
             if self._inflate.eof:
-                # Bytes after a gzip member start the next one (not a member: zlib.error, refused);
-                # after a deflate stream they are ignored.
-                if not (data and self._members):
+                # Bytes after a gzip member start the next one (not a member: zlib.error, refused),
+                # but NUL padding is ignored as gzip(1) and Python's gzip do; after a deflate stream
+                # anything is ignored.
+                if not (data and self._members) or not data.strip(b"\0"):
                     break
                 self._inflate = zlib.decompressobj(GZIP_WBITS)
             # At most one byte past what is allowed (enough to tell the cap was passed), in pieces
