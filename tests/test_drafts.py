@@ -178,6 +178,34 @@ def test_validation_errors(harness: Harness) -> None:
         assert r.status_code == 400 and r.json()["code"] == "validation_error", send_at
 
 
+def test_an_unknown_inbox_or_draft_is_404_before_a_bad_send_at(harness: Harness) -> None:
+    """send_at was parsed before the lookup: 400 for an inbox or draft that does not exist."""
+    inbox = new_inbox(harness.client())
+    draft = harness.client().inboxes.drafts.create(inbox, subject="x").draft_id
+    auth = {"Authorization": f"Bearer {harness.api_key}"}
+    with httpx.Client(base_url=harness.server.base_url, headers=auth) as http:
+        bad = {"send_at": "tomorrow"}
+        assert http.post("/v0/inboxes/nobody@agentmx.localhost/drafts", json=bad).status_code == 404
+        assert http.patch(f"/v0/inboxes/nobody@agentmx.localhost/drafts/{draft}", json=bad).status_code == 404
+        assert http.patch(f"/v0/inboxes/{inbox}/drafts/drf_unknown", json=bad).status_code == 404
+        refused = http.patch(f"/v0/inboxes/{inbox}/drafts/{draft}", json=bad)
+        assert refused.status_code == 400 and refused.json()["errors"][0]["path"] == ["send_at"]
+
+
+def test_a_refused_label_of_a_draft_send_names_add_labels(harness: Harness) -> None:
+    """The send's labels are the draft's and ``add_labels``: a refusal names the field the client sent."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    draft = client.inboxes.drafts.create(inbox, to=["x@example.com"], labels=[f"l{i}" for i in range(100)])
+    url = f"{harness.server.base_url}/v0/inboxes/{inbox}/drafts/{draft.draft_id}/send"
+    auth = {"Authorization": f"Bearer {harness.api_key}"}
+    for add_labels in (["bounced"], [" "], ["one-too-many"]):
+        refused = httpx.post(url, json={"add_labels": add_labels}, headers=auth)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["path"] == ["add_labels"], add_labels
+    assert client.inboxes.drafts.get(inbox, draft.draft_id).draft_id == draft.draft_id  # kept
+
+
 def test_a_draft_holds_no_more_recipients_than_a_send_takes(harness: Harness) -> None:
     """Past 50 the send is refused: a draft (a scheduled one above all) with more would never go."""
     client = harness.client()

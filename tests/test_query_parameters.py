@@ -51,3 +51,27 @@ def test_the_sdk_never_repeats_a_parameter(client: AgentMail, harness: Harness, 
     assert threads.count == 1
     events = client.metrics.query_events(event_types=["message.sent", "message.received"])
     assert events is not None
+
+
+def test_an_unauthenticated_caller_gets_the_401_first(
+    harness: Harness, http: httpx.Client, inbox: str
+) -> None:
+    """The repeat was refused before authentication: a caller without a key learnt the parameter rules."""
+    sent = http.post(f"/v0/inboxes/{inbox}/messages/send", json={"to": inbox, "text": "hi"}).json()
+    paths = [
+        "/v0/inboxes?limit=1&limit=2",
+        f"/v0/inboxes/{inbox}/messages?limit=1&limit=2",  # the hot reads authenticate on their own
+        f"/v0/inboxes/{inbox}/threads/{sent['thread_id']}?limit=1&limit=2",
+    ]
+    for headers in ({}, {"Authorization": "Basic eDp5"}, {"Authorization": "Bearer am_not_a_key"}):
+        for path in paths:
+            answer = httpx.get(harness.server.base_url + path, headers=headers)
+            assert answer.status_code == 401, (path, headers, answer.text)
+    _refused(http.get(paths[0]), "limit")  # an authenticated caller still gets the 400
+    # The polling read (by its token, not an API key): 401 without one, 400 with one.
+    polling = harness.server.base_url + "/v0/webhooks/polling/events?limit=1&limit=2"
+    assert httpx.get(polling).status_code == 401
+    body = {"client_id": "repeat-" + harness.new_username(), "event_types": ["message.received"]}
+    made = http.post("/v0/webhooks/polling", json=body)
+    assert made.status_code == 200, made.text
+    _refused(httpx.get(polling, headers={"Authorization": f"Bearer {made.json()['token']}"}), "limit")

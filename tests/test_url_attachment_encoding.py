@@ -36,14 +36,24 @@ def _raw_deflate(data: bytes) -> bytes:
 
 
 PAYLOAD = secrets.token_bytes(200_000)
-BODIES: dict[str, tuple[str, bytes]] = {  # path -> (Content-Encoding, body)
+# Several gzip members one after another: one file to gzip(1) and browsers.
+MEMBERS = b"".join(gzip.compress(PAYLOAD[start : start + 50_000]) for start in range(0, len(PAYLOAD), 50_000))
+BODIES: dict[str, tuple[str, bytes | list[bytes]]] = {  # path -> (Content-Encoding, body or its pieces)
     "/bomb": ("gzip", _gzip_of_zeros(BOMB_MB)),
+    "/members-over-cap": ("gzip", _gzip_of_zeros(20) * 2),  # each member under 30 MB, together over
     "/gzip": ("gzip", gzip.compress(PAYLOAD)),
+    "/gzip-members": ("gzip", MEMBERS),
+    "/gzip-members-split": ("gzip", [MEMBERS[:1], MEMBERS[1:70_000], MEMBERS[70_000:]]),
+    "/gzip-nul-padded": ("gzip", [gzip.compress(PAYLOAD) + bytes(10), bytes(512)]),  # as tape/block writers pad
     "/zlib": ("deflate", zlib.compress(PAYLOAD)),
     "/raw-deflate": ("deflate", _raw_deflate(PAYLOAD)),
+    "/raw-deflate-first-byte": ("deflate", [_raw_deflate(PAYLOAD)[:1], _raw_deflate(PAYLOAD)[1:]]),
+    "/zlib-first-byte": ("deflate", [zlib.compress(PAYLOAD)[:1], zlib.compress(PAYLOAD)[1:]]),
     "/brotli": ("br", b"not really brotli"),
     "/broken": ("gzip", b"\x1f\x8b this is not gzip"),
     "/truncated": ("gzip", gzip.compress(PAYLOAD)[:50_000]),
+    "/truncated-member": ("gzip", MEMBERS[:-10]),
+    "/member-then-garbage": ("gzip", gzip.compress(PAYLOAD) + b"not a gzip member"),
 }
 
 
@@ -89,7 +99,19 @@ def _peak_rss(server: ServerProcess) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.parametrize("path", ["/gzip", "/zlib", "/raw-deflate"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/gzip",
+        "/gzip-members",
+        "/gzip-members-split",
+        "/gzip-nul-padded",
+        "/zlib",
+        "/raw-deflate",
+        "/raw-deflate-first-byte",
+        "/zlib-first-byte",
+    ],
+)
 def test_encoded_attachment_is_decoded(
     served: tuple[ServerProcess, EncodedFiles, httpx.Client], path: str
 ) -> None:
@@ -110,7 +132,16 @@ def test_gzip_bomb_is_refused_early(served: tuple[ServerProcess, EncodedFiles, h
     assert _peak_rss(server) - before < 80 * MB
 
 
-@pytest.mark.parametrize("path", ["/brotli", "/broken", "/truncated"])
+def test_cap_counts_every_gzip_member(served: tuple[ServerProcess, EncodedFiles, httpx.Client]) -> None:
+    _, files, http = served
+    refused = _draft(http, files.base + "/members-over-cap")
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["message"] == "URL attachments exceed 30 MB per message"
+
+
+@pytest.mark.parametrize(
+    "path", ["/brotli", "/broken", "/truncated", "/truncated-member", "/member-then-garbage"]
+)
 def test_undecodable_body_is_refused(
     served: tuple[ServerProcess, EncodedFiles, httpx.Client], path: str
 ) -> None:

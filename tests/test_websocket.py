@@ -27,6 +27,7 @@ from agentmail.events.types.message_sent_event import MessageSentEvent
 from agentmail.websockets.socket_client import WebsocketsSocketClientResponse
 from agentmail.websockets.types import Error, Subscribe, Subscribed
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
@@ -283,6 +284,29 @@ def test_resume_after_disconnect(harness: Harness) -> None:
     with client.websockets.connect(request_options=options) as socket:
         subscribe(socket, inbox_ids=[inbox])
         assert [next_frame(socket).message.subject for _ in range(3)] == ["second", "third", "fourth"]
+
+
+def test_a_resume_point_given_twice_in_the_url_is_refused(harness: Harness) -> None:
+    """The last ?after_event_id= was taken; HTTP routes refuse a repeated parameter, and the stream refuses
+    a bad resume point with an error frame at the first subscribe, staying open."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    with client.websockets.connect() as socket:
+        subscribe(socket, inbox_ids=[inbox])
+        send_mail(harness.server, inbox, subject="first")
+        first = next_frame(socket).event_id
+    for name in ("after_event_id", "last_event_id"):
+        url = f"{harness.server.ws_url}/v0?api_key={harness.api_key}&{name}={first}&{name}={first}"
+        with connect(url, open_timeout=10) as raw:
+            raw.send(json.dumps({"type": "subscribe", "inbox_ids": [inbox]}))
+            refused = json.loads(raw.recv(timeout=10))
+            assert refused == {
+                "type": "error",
+                "name": "ValidationError",
+                "message": f"{name} must be given once",
+            }
+            raw.send(json.dumps({"type": "subscribe", "inbox_ids": [inbox]}))
+            assert json.loads(raw.recv(timeout=10))["type"] == "subscribed"
 
 
 def test_received_latency(harness: Harness) -> None:

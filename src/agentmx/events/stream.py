@@ -99,7 +99,7 @@ class Stream:
         hub: Hub,
         caller: Caller,
         send: Send,
-        after_event_id: str | None,
+        after_event_id: str | StreamError | None,
         write: FrameWriter | None = None,
     ) -> None:
         self.rt = rt
@@ -160,8 +160,10 @@ class Stream:
         pod_ids = _str_list(frame, "pod_ids")
         types = self._event_types(requested)
         inbox_set, pod_set = await self._channels(inbox_ids or [], pod_ids or [])
-        after = frame.get("after_event_id") or frame.get("last_event_id") or self.pending_after
-        self.pending_after = None
+        url_after, self.pending_after = self.pending_after, None
+        if isinstance(url_after, StreamError):  # the URL's, refused when the stream opened
+            raise url_after
+        after = frame.get("after_event_id") or frame.get("last_event_id") or url_after
         after_seq = await self._seq_of(after) if after else None
         self.filter = active = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
         self.sub.accepts = route_of(active, self.caller)
@@ -274,11 +276,13 @@ async def serve(
     caller: Caller,
     send: Send,
     receive: Callable[[], Awaitable[str | None]],
-    after_event_id: str | None = None,
+    after_event_id: str | StreamError | None = None,
     write: FrameWriter | None = None,
     still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> bool:
     """Run one stream until the client goes away. ``receive`` returns None when the socket closed.
+
+    ``after_event_id`` is the URL's resume point, or its refusal: either is answered at the first subscribe.
 
     ``write``, when the edge has one, sends pre-framed live events without the ASGI round.
     ``still_allowed`` is asked every ``KEY_RECHECK`` seconds whether the caller's key still stands

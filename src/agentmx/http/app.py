@@ -9,7 +9,6 @@ from agentmx import __version__
 from agentmx.http import errors, hot_routes
 from agentmx.http.head import HeadAsGet
 from agentmx.http.nul_guard import NulGuard
-from agentmx.http.repeated_query import RepeatedQueryGuard
 from agentmx.http.routes import (
     api_keys,
     attachments,
@@ -58,9 +57,9 @@ ROUTERS = [
 class AgentmxApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # The hot reads are answered ahead of the whole stack (http/hot_routes.py).
-        # NulGuard and RepeatedQueryGuard are outermost: the hot reads refuse what every other route does.
+        # NulGuard is outermost: the hot reads refuse what every other route does.
         stack = HeadAsGet(hot_routes.HotReads(super().build_middleware_stack()))
-        return NulGuard(RepeatedQueryGuard(stack))
+        return NulGuard(stack)
 
 
 def create_app(rt: Runtime) -> FastAPI:

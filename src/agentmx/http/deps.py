@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from agentmx.errors import ValidationFailed
 from agentmx.http.nul_guard import loads
-from agentmx.http.repeated_query import LIST_PARAMETERS
+from agentmx.http.repeated_query import LIST_PARAMETERS, refuse_repeated_parameter
 from agentmx.services import authenticate, keys
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -30,6 +30,7 @@ async def resolve_caller(
 async def get_caller(request: Request) -> Caller:
     authorization = keys.one_credential(request.headers.getlist("authorization"))
     caller = await resolve_caller(get_runtime(request), authorization)
+    refuse_repeated_parameter(request)  # after the 401: parameter rules are for authenticated callers
     request.state.caller = caller
     return caller
 
@@ -45,7 +46,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 def query_list(request: Request, name: str) -> list[str] | None:
     """A list query parameter in any of its forms: JSON array, repeated key, or one bare value."""
-    # Any other key given twice is refused before routing (repeated_query): a list must be named there.
+    # Any other key given twice is refused with the caller (repeated_query): a list must be named there.
     assert name in LIST_PARAMETERS, name
     values = request.query_params.getlist(name)
     if not values:

@@ -1,11 +1,15 @@
-"""Refuse a query parameter given twice unless it is a list (400 naming it), for every HTTP route.
+"""Refuse a query parameter given twice unless it is a list (400 naming it), once the caller is authenticated.
 
 Routes read single values with ``query_params.get``, which takes the last copy: ``?limit=1&limit=500``
 was read as 500, while a proxy or cache in front may act on the first, so the two would read different
 requests (as with a header or a JSON key given twice, which are refused too). The SDK never repeats a
 key: it sends each argument once and a list as one JSON array (API.md 1.3). Lists may still come as
 repeated keys (curl, other clients), so ``LIST_PARAMETERS`` are let through; ``deps.query_list``
-reads only those. The WebSocket route is not guarded here: two ``api_key`` are its 401.
+reads only those. Checked where a route authenticates (``deps.get_caller``; the polling read, by its
+token), not before routing: an unauthenticated caller gets the 401 first, as for every other 4xx, not a
+lesson in parameter rules. Routes that read no query parameter (downloads, health) need no check.
+The WebSocket route has its own: two ``api_key`` are its 401, and a repeated resume point
+(``after_event_id``) its error frame at the first subscribe (``routes/websocket.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request
 
 from agentmx.errors import ValidationFailed
-from agentmx.http.errors import response_for
 
 LIST_PARAMETERS = frozenset(
     {
@@ -49,14 +52,7 @@ def _refusal(name: str) -> ValidationFailed:
     )
 
 
-class RepeatedQueryGuard:
-    """Pure ASGI middleware, outside the hot reads so that they refuse the same requests."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (name := repeated_parameter(scope["query_string"])) is not None:
-            await response_for(_refusal(name))(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+def refuse_repeated_parameter(request: Request) -> None:
+    """400 naming the first single-value parameter ``request`` repeats; call after authenticating it."""
+    if (name := repeated_parameter(request.scope["query_string"])) is not None:
+        raise _refusal(name)

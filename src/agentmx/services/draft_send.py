@@ -91,6 +91,7 @@ async def _send_locked(
         html=draft.html,
         attachments=await _attachments(rt, session, draft),
         labels=list(dict.fromkeys(labels)),
+        labels_field="add_labels",  # the draft's own labels passed its rules: a refusal is of these
         reply_to_message=await _source(session, inbox.id, draft.in_reply_to),
         reply_all=draft.reply_all,
         forward_of=await _source(session, inbox.id, draft.forward_of),

@@ -332,7 +332,7 @@ class NewDraft:
     in_reply_to: str | None = None
     forward_of: str | None = None
     reply_all: bool | None = None
-    send_at: datetime | None = None
+    send_at: str | None = None  # as sent: parsed once the inbox is found (its 404 comes first)
     client_id: str | None = None
 
 
@@ -341,7 +341,7 @@ async def _inbox_and_retry(
 ) -> tuple[Inbox, Draft | None]:
     """The inbox the caller may create ``new`` in, and the draft a retry (same ``client_id``) gets back."""
     inbox = await get_inbox(session, caller, inbox_id, lock=lock)
-    _require_send_permission(caller, new.send_at)
+    _require_send_permission(caller, parse_send_at(new.send_at))
     check_client_id(new.client_id)
     existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
     return inbox, existing
@@ -366,7 +366,7 @@ async def create_draft(
     draft = await _unsaved_draft(session, caller, inbox, new)
     _set_attachments(draft, new.attachments or [])
     _check_counts(draft, "attachments")
-    _schedule(draft, new.send_at)
+    _schedule(draft, parse_send_at(new.send_at))
     if not await flush_unless_taken(session, draft):
         # A concurrent create with the same client_id (a retry racing its original) committed first.
         existing = await _by_client_id(session, inbox, new.client_id) if new.client_id else None
@@ -457,7 +457,12 @@ class DraftChanges:
     remove_attachments: list[str] | None = None
     add_labels: list[str] | None = None
     remove_labels: list[str] | None = None
-    send_at: Any = UNSET
+    send_at: Any = UNSET  # as sent (str or None): parsed once the draft is found (its 404 comes first)
+
+
+def _new_send_at(draft: Draft, changes: DraftChanges) -> datetime | None:
+    """The draft's ``send_at`` once ``changes`` apply; 400 for one that is not a datetime."""
+    return draft.send_at if changes.send_at is UNSET else parse_send_at(changes.send_at)
 
 
 def refuse_while_sending(draft: Draft) -> None:
@@ -475,7 +480,7 @@ async def check_update(
     to come), run before any URL is fetched; changes nothing (``session`` may be read-only)."""
     draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id)
     refuse_while_sending(draft)
-    _require_send_permission(caller, draft.send_at if changes.send_at is UNSET else changes.send_at)
+    _require_send_permission(caller, _new_send_at(draft, changes))
     addresses = {name: getattr(draft, name) for name in ("to", "cc", "bcc")}
     for name in ("reply_to", "to", "cc", "bcc"):
         value = getattr(changes, name)
@@ -500,7 +505,8 @@ async def update_draft(
     draft = await get_draft(session, caller, draft_id, inbox_id=inbox_id, for_update=True)
     refuse_while_sending(draft)
     # An edit to a draft that stays scheduled is sent as edited (new recipients, say): sending too.
-    _require_send_permission(caller, draft.send_at if changes.send_at is UNSET else changes.send_at)
+    send_at = _new_send_at(draft, changes)
+    _require_send_permission(caller, send_at)
     for name in ("reply_to", "to", "cc", "bcc"):
         value = getattr(changes, name)
         if value is not UNSET:
@@ -523,7 +529,7 @@ async def update_draft(
         _set_labels(draft, labels)
     _check_counts(draft, "add_attachments")
     if changes.send_at is not UNSET:
-        _schedule(draft, changes.send_at)
+        _schedule(draft, send_at)
         await _sync_job(session, rt, draft)
     draft.updated_at = utcnow()
     await session.flush()

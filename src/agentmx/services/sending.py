@@ -63,6 +63,8 @@ class OutgoingMessage:
     attachments: list[OutAttachment] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    # The wire field ``labels`` came from, as errors name it: a draft send's are its ``add_labels``.
+    labels_field: str = "labels"
     reply_to_message: Message | None = None
     reply_all: bool = False
     forward_of: Message | None = None
@@ -157,15 +159,15 @@ def _check_headers(headers: dict[str, str]) -> None:
             raise _bad("headers", f"'{name}' is not a valid header name")
 
 
-def _labels(labels: list[str]) -> set[str]:
-    limits.check_count(labels, limits.MAX_LABELS, "labels", "labels")
+def _labels(labels: list[str], path: str) -> set[str]:
+    limits.check_count(labels, limits.MAX_LABELS, path, "labels")
     out: set[str] = set()
     for label in labels:
         name = label.strip().lower()
         if not name or len(name) > 256:
-            raise _bad("labels", "labels must be 1-256 characters")
+            raise _bad(path, "labels must be 1-256 characters")
         if name in mailstore.SYSTEM_LABELS and name != "sent":
-            raise _bad("labels", f"'{name}' is a system label")
+            raise _bad(path, f"'{name}' is a system label")
         out.add(name)
     return out
 
@@ -293,7 +295,7 @@ async def check_send(
         raise Unprocessable(
             "The message has no recipients", fix="Give at least one address in to, cc or bcc."
         )
-    labels = _labels(req.labels) | {"sent"}
+    labels = _labels(req.labels, req.labels_field) | {"sent"}
     _check_headers(req.headers)
     bare = [_envelope(a) for a in recipients]
     await _check_recipients(session, rt, inbox, bare)

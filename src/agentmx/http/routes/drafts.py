@@ -178,7 +178,7 @@ async def create_draft(inbox_id: str, request: Request, rt: RuntimeDep, caller: 
         in_reply_to=body.in_reply_to,
         forward_of=body.forward_of,
         reply_all=body.reply_all,
-        send_at=drafts.parse_send_at(body.send_at),
+        send_at=body.send_at,
         client_id=body.client_id,
     )
     # Every refusal, and a retry's existing draft, before any attachment is fetched.
@@ -216,7 +216,7 @@ async def update_draft(
         if given(body, name):
             setattr(changes, name, getattr(body, name))
     if given(body, "send_at"):
-        changes.send_at = drafts.parse_send_at(body.send_at)
+        changes.send_at = body.send_at
     adding = _attachment_inputs(body.add_attachments)
     async with rt.db.read() as s:  # every refusal before any attachment is fetched
         await drafts.check_update(s, caller, inbox_id, draft_id, changes, len(adding))

@@ -15,6 +15,7 @@ from agentmx.db.models import PollingWebhook
 from agentmx.http import wire
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
+from agentmx.http.repeated_query import refuse_repeated_parameter
 from agentmx.services import keys, polling_events, polling_webhooks
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import check_limit
@@ -111,6 +112,7 @@ async def read_events(request: Request, rt: RuntimeDep) -> Response:
         keys.one_credential(request.headers.getlist("authorization")),
         fix="Send 'Authorization: Bearer <token>' with the polling webhook's token (amp_…), returned at its creation.",
     )
+    refuse_repeated_parameter(request)
     limit = check_limit(
         query_int(request, "limit"), maximum=polling_events.MAX_LIMIT, default=polling_events.DEFAULT_LIMIT
     )

@@ -6,10 +6,11 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from starlette.datastructures import QueryParams
 
 from agentmx.errors import AgentMXError, RateLimited
 from agentmx.events import hub as event_hub
-from agentmx.events.stream import serve
+from agentmx.events.stream import StreamError, serve
 from agentmx.http.deps import resolve_caller
 from agentmx.http.ws_frames import frame_writer
 from agentmx.services import keys
@@ -39,7 +40,7 @@ async def event_socket(websocket: WebSocket) -> None:
         )
         return
     await websocket.accept()
-    after = websocket.query_params.get("after_event_id") or websocket.query_params.get("last_event_id")
+    after = url_after_event_id(websocket.query_params)
 
     async def receive() -> str | None:
         try:
@@ -66,3 +67,13 @@ async def event_socket(websocket: WebSocket) -> None:
     if await serve(rt, hub, caller, websocket.send_text, receive, after, write, still_allowed):
         with contextlib.suppress(Exception):  # the client may be gone already
             await websocket.close(code=1008, reason="API key deleted, expired or changed")
+
+
+def url_after_event_id(query: QueryParams) -> str | StreamError | None:
+    """``?after_event_id=`` (or ``last_event_id``). Given twice, it is refused as every HTTP route refuses
+    a repeated single-value parameter (``repeated_query``), here as the stream refuses a bad resume
+    point: an error frame at the first subscribe. The last copy was taken, while a proxy may read the first."""
+    for name in ("after_event_id", "last_event_id"):
+        if len(query.getlist(name)) > 1:
+            return StreamError("ValidationError", f"{name} must be given once")
+    return query.get("after_event_id") or query.get("last_event_id")
