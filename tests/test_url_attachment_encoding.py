@@ -44,7 +44,10 @@ BODIES: dict[str, tuple[str, bytes | list[bytes]]] = {  # path -> (Content-Encod
     "/gzip": ("gzip", gzip.compress(PAYLOAD)),
     "/gzip-members": ("gzip", MEMBERS),
     "/gzip-members-split": ("gzip", [MEMBERS[:1], MEMBERS[1:70_000], MEMBERS[70_000:]]),
-    "/gzip-nul-padded": ("gzip", [gzip.compress(PAYLOAD) + bytes(10), bytes(512)]),  # as tape/block writers pad
+    "/gzip-nul-padded": (
+        "gzip",
+        [gzip.compress(PAYLOAD) + bytes(10), bytes(512)],
+    ),  # as tape/block writers pad
     "/zlib": ("deflate", zlib.compress(PAYLOAD)),
     "/raw-deflate": ("deflate", _raw_deflate(PAYLOAD)),
     "/raw-deflate-first-byte": ("deflate", [_raw_deflate(PAYLOAD)[:1], _raw_deflate(PAYLOAD)[1:]]),
