@@ -63,6 +63,20 @@ class Harness:
 
         return asyncio.run(run())
 
+    def execute(self, sql: str, **params: object) -> None:
+        """A write to the server's own database, for rows as an older build stored them."""
+        url = self.server.database_url or f"sqlite:///{self.server.data_dir / 'agentmx.db'}"
+
+        async def run() -> None:
+            engine = create_async_engine(normalize_database_url(url))
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text(sql), params)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(run())
+
 
 def make_server(
     tmp: Path, backend: str, env: dict[str, str] | None = None

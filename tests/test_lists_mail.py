@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import idna
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
@@ -245,3 +246,62 @@ def test_internationalized_domains_are_one_entry_in_either_form(harness: Harness
     assert client.inboxes.lists.get(inbox, "send", "block", unicode_domain).entry == ascii_domain
     client.inboxes.lists.delete(inbox, "send", "block", unicode_domain)
     assert client.inboxes.lists.list(inbox, "send", "block").count == 0
+
+
+def test_block_entries_stored_under_idna_2003_still_block_their_domain(harness: Harness) -> None:
+    """Builds between the lists' IDNA keys and the IDNA 2008 codec stored "faß" as IDNA 2003's "fass": such a
+    block entry let mail from faß through (and stops fass). The spelling is lossy, so the row is not
+    rewritten; a block entry matches a domain's IDNA 2003 spelling too. Allow entries do not (fail closed)."""
+    client = harness.client()
+    inbox, allowing = _inbox(client, harness), _inbox(client, harness)
+    label = secrets.token_hex(3)
+    unicode_domain = f"faß{label}.example"
+    old_form, new_form = unicode_domain.encode("idna").decode(), idna.encode(unicode_domain).decode()
+    assert old_form == f"fass{label}.example"
+
+    def store_as_before(inbox_id: str, direction: str, list_type: str, entry: str) -> None:
+        made = client.inboxes.lists.create(
+            inbox_id, direction, list_type, entry=entry.replace(old_form, new_form)
+        )
+        assert made.entry == entry.replace(old_form, new_form)
+        harness.execute(
+            "UPDATE list_entries SET entry = :old WHERE scope_id = :scope AND entry = :new",
+            old=entry,
+            scope=inbox_id,
+            new=made.entry,
+        )
+
+    store_as_before(inbox, "receive", "block", old_form)
+    store_as_before(inbox, "send", "block", f"anna@{old_form}")
+    for sender in (f"x@{new_form}", f"x@sub.{new_form}", f"x@{old_form}"):
+        assert "blocked" in _labels(client, inbox, _deliver(harness, inbox, sender)), sender
+    for recipient in (f"anna@{unicode_domain}", f"anna@{new_form}"):
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(
+                inbox, to=recipient, subject="hi", text="hi", request_options=NO_RETRY
+            )
+        assert refused.value.status_code == 403 and _code(refused.value) == "message_rejected"
+
+    # A suppression is left as it was recorded: those builds sent RCPT TO the "fass" address.
+    suppressed = f"bob@{old_form}"
+    client.lists.create("send", "block", entry=suppressed.replace(old_form, new_form))
+    harness.execute(
+        "UPDATE list_entries SET entry = :old, read_only = :yes WHERE entry = :new",
+        old=suppressed,
+        yes=True,
+        new=suppressed.replace(old_form, new_form),
+    )
+    try:
+        sent = client.inboxes.messages.send(inbox, to=f"bob@{unicode_domain}", subject="hi", text="hi")
+        assert sent.message_id
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(
+                inbox, to=suppressed, subject="hi", text="hi", request_options=NO_RETRY
+            )
+        assert refused.value.status_code == 403
+    finally:
+        harness.execute("DELETE FROM list_entries WHERE entry = :old", old=suppressed)
+
+    store_as_before(allowing, "receive", "allow", old_form)
+    assert "blocked" not in _labels(client, allowing, _deliver(harness, allowing, f"x@{old_form}"))
+    assert "blocked" in _labels(client, allowing, _deliver(harness, allowing, f"x@{new_form}"))

@@ -427,6 +427,17 @@ def test_read_errors(harness: Harness) -> None:
     assert answer.status_code == 401 and answer.json()["name"] == "UnauthorizedError"
 
 
+def test_a_bad_token_gets_its_401_before_any_parameter_check(harness: Harness) -> None:
+    """The token was checked after limit, wait and repeated parameters: a caller without a valid one
+    got a 400 teaching it the parameter rules, where every route answers 401 first."""
+    url = harness.server.base_url + EVENTS
+    for token in ("amp_not-a-token", harness.api_key):
+        for query in ("limit=0", "limit=many", "wait=31", "wait=-1", "limit=1&limit=2", "cursor=a&after=b"):
+            answer = httpx.get(f"{url}?{query}", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 401, (token, query, answer.text)
+            assert answer.json()["name"] == "UnauthorizedError"
+
+
 def _token(data: dict[str, Any]) -> str:
     raw = json.dumps(data).replace("1e+400", "1e400").encode()  # json cannot write an overflowing float
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

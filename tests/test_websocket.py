@@ -309,6 +309,31 @@ def test_a_resume_point_given_twice_in_the_url_is_refused(harness: Harness) -> N
             assert json.loads(raw.recv(timeout=10))["type"] == "subscribed"
 
 
+def test_a_subscribe_frame_with_a_key_twice_is_refused(harness: Harness) -> None:
+    """The last copy was taken (HTTP bodies refuse a key twice, as a proxy may read the first): an error
+    frame naming it, and the stream stays open with its previous subscription."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    other = new_inbox(client)
+    url = f"{harness.server.ws_url}/v0?api_key={harness.api_key}"
+    with connect(url, open_timeout=10) as raw:
+        raw.send(json.dumps({"type": "subscribe", "inbox_ids": [inbox]}))
+        assert json.loads(raw.recv(timeout=10))["type"] == "subscribed"
+        for frame in (
+            f'{{"type": "subscribe", "inbox_ids": ["{inbox}"], "inbox_ids": ["{other}"]}}',
+            f'{{"type": "subscribe", "type": "subscribe", "inbox_ids": ["{other}"]}}',
+            f'[{{"type": "subscribe", "inbox_ids": ["{other}"], "inbox_ids": []}}]',
+        ):
+            raw.send(frame)
+            refused = json.loads(raw.recv(timeout=10))
+            assert refused["type"] == "error" and refused["name"] == "ValidationError", refused
+            assert "twice" in refused["message"], refused
+        send_mail(harness.server, other, subject="not followed")
+        send_mail(harness.server, inbox, subject="followed")
+        received = json.loads(raw.recv(timeout=10))
+        assert received["message"]["subject"] == "followed", received
+
+
 def test_received_latency(harness: Harness) -> None:
     """SMTP DATA start to message.received frame: p50 under 100 ms on SQLite. On PostgreSQL the store
     itself takes longer on this shared machine, so the event path's share (after the 250) is bounded."""

@@ -24,7 +24,7 @@ from agentmx.events.catalogue import DEFAULT_TYPES, EVENT_TYPES, FILTERED, read_
 from agentmx.events.hub import Hub, Item, Subscriber
 from agentmx.events.routes import route_of
 from agentmx.events.ws_frame import FrameWriter
-from agentmx.http.nul_guard import contains_nul, contains_surrogate
+from agentmx.http.nul_guard import DuplicateKey, contains_nul, contains_surrogate, unique_keys
 from agentmx.services import event_position, inboxes, pods
 from agentmx.services.caller import Caller
 from agentmx.services.runtime import Runtime
@@ -78,6 +78,7 @@ class Filter:
 @dataclass(frozen=True)
 class Subscribe:
     frame: dict[str, Any]
+    refused: StreamError | None = None  # why the frame cannot be read, answered in its turn
 
 
 def _str_list(frame: dict[str, Any], name: str) -> list[str] | None:
@@ -120,7 +121,11 @@ class Stream:
     def received(self, text: str) -> None:
         """A client frame: queued so it is handled in order with the events."""
         try:
-            frame = json.loads(text)
+            # A key twice is refused as in HTTP bodies: json takes the last, a proxy may read the first.
+            frame = json.loads(text, object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
+            self.sub.queue.put_nowait(Subscribe({}, StreamError("ValidationError", f"frame: {exc.message}")))
+            return
         except (ValueError, RecursionError):  # bad JSON, a number over 4300 digits, deep nesting
             frame = None
         self.sub.queue.put_nowait(Subscribe(frame if isinstance(frame, dict) else {}))
@@ -137,6 +142,8 @@ class Stream:
                 await self._recover()
             if isinstance(item, Subscribe):
                 try:
+                    if item.refused is not None:
+                        raise item.refused
                     await self._subscribe(item.frame)
                 except StreamError as exc:
                     await self._send_json({"type": "error", "name": exc.name, "message": exc.message})

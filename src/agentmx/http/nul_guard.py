@@ -60,11 +60,15 @@ def _may_hold_surrogate(text: str) -> bool:
     return escaped or (not text.isascii() and _SURROGATE.search(text) is not None)
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKey(ValueError):
+    """A JSON object gave one key twice (``args[0]``): refused by ``loads`` and by the WebSocket's frames."""
+
+    @property
+    def message(self) -> str:
+        return f"an object has the key {self.args[0]!r} twice"
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object whose keys are unique (RFC 7493 2.3): json takes the last of two, a proxy or
     another parser in front of agentmx may take the first, so the two would read different requests."""
     obj = dict(pairs)
@@ -72,7 +76,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKey(key)
+                raise DuplicateKey(key)
             seen.add(key)
     return obj
 
@@ -86,10 +90,9 @@ def loads(raw: bytes | str, what: str, path: list[str]) -> Any:
     try:
         # As json.loads reads bytes (UTF-8, -16 or -32), so that check_json sees what it parsed.
         text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
-        parsed = json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as exc:
-        message = f"an object has the key {exc.args[0]!r} twice"
-        raise ValidationFailed(f"{what}: {message}", [{"path": path, "message": message}]) from exc
+        parsed = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise ValidationFailed(f"{what}: {exc.message}", [{"path": path, "message": exc.message}]) from exc
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValidationFailed(f"{what} is not valid JSON", [{"path": path, "message": str(exc)}]) from exc
     check_json(text, parsed)

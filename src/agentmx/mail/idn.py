@@ -27,3 +27,15 @@ def to_ascii_domain(value: str) -> str | None:
     except (idna.IDNAError, UnicodeError):
         return None
     return ".".join(labels)
+
+
+def idna2003_spelling(domain: str) -> str | None:
+    """The A-label form IDNA 2003 gave the DNS name ``domain``, when it differs (ß became "ss", ς "σ",
+    joiners were dropped): list entries typed in Unicode were stored that way before this codec."""
+    if "xn--" not in domain:
+        return None
+    try:
+        old = idna.decode(domain).encode("idna").decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+    return old if old != domain else None

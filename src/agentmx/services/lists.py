@@ -18,6 +18,7 @@ from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, Forbidden, MessageRejected, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.mail.compose import MAX_ADDRESS, ascii_domain, bare_address
+from agentmx.mail.idn import idna2003_spelling
 from agentmx.services import hooks
 from agentmx.services.inboxes import inbox_cleanup
 from agentmx.services.ingest_cache import MISSING
@@ -84,6 +85,22 @@ def candidates(address: str) -> list[str]:
     labels = domain.split(".")
     out.extend(".".join(labels[i:]) for i in range(len(labels) - 1))
     return out
+
+
+def legacy_candidates(address: str) -> list[str]:
+    """``candidates`` under the IDNA 2003 spelling of the address's domain, if it has another: builds
+    before the IDNA 2008 codec stored an entry typed as ``faß.de`` as ``fass.de``. That spelling is lossy
+    (``fass.de`` is a domain too), so such rows cannot be rewritten; block entries match it instead."""
+    local, at, domain = _key(bare_address(address) or address).rpartition("@")
+    old = idna2003_spelling(domain)
+    return candidates(f"{local}{at}{old}") if old else []
+
+
+def _blocks_old_spelling(row: ListEntry) -> bool:
+    """Whether ``row`` applies to mail whose domain only its IDNA 2003 spelling matches: block entries
+    typed by people. Not allow entries (one must not admit a lookalike: they fail closed), nor
+    suppressions (those builds sent to ``fass.de`` in RCPT TO: the bounce was of that address)."""
+    return row.list_type == "block" and not row.read_only
 
 
 async def list_entries(
@@ -224,17 +241,20 @@ async def refuses(
     ):
         return False
     wanted = {c for a in addresses if a for c in candidates(a)}
+    legacy = {c for a in addresses if a for c in legacy_candidates(a)} - wanted
     scoped = ListEntry.organization_id == inbox.organization_id, ListEntry.scope_id.in_(order)
     if wanted:
         rows = (
             await session.scalars(
                 select(ListEntry).where(
-                    *scoped, ListEntry.direction == direction, ListEntry.entry.in_(wanted)
+                    *scoped, ListEntry.direction == direction, ListEntry.entry.in_(wanted | legacy)
                 )
             )
         ).all()
         for scope_id in order:
-            hits = [r for r in rows if r.scope_id == scope_id]
+            hits = [
+                r for r in rows if r.scope_id == scope_id and (r.entry in wanted or _blocks_old_spelling(r))
+            ]
             if hits:
                 return any(r.list_type == "block" for r in hits)
     active_allow = await session.scalar(

@@ -167,12 +167,25 @@ def _watching(rt: Runtime, sub: PollingWebhook) -> Iterator[Callable[[float], Aw
         hub.unregister(watcher)
 
 
-async def poll(
-    rt: Runtime, token: str, *, limit: int, cursor: str | None, after: str | None, wait: int
-) -> EventsPage:
-    """One read with a polling token; with ``wait``, an empty read waits up to that many seconds."""
+async def subscription(rt: Runtime, token: str) -> PollingWebhook:
+    """The polling webhook ``token`` reads, or 401: checked before any parameter, as an API key is."""
     async with rt.db.read() as s:
-        sub = await by_token(s, token)
+        return await by_token(s, token)
+
+
+async def poll(
+    rt: Runtime,
+    sub: PollingWebhook,
+    token: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    after: str | None,
+    wait: int,
+) -> EventsPage:
+    """One read of ``sub`` (found by ``token``, from ``subscription``); with ``wait``, an empty read
+    waits up to that many seconds."""
+    async with rt.db.read() as s:
         position = await start_position(s, sub, cursor=cursor, after=after)
     if rt.rate_limiter is not None:
         rt.rate_limiter.take(f"polling:{sub.id}", "This polling webhook token")

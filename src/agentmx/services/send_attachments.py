@@ -181,10 +181,17 @@ async def _download(
 
 
 async def resolve(
-    specs: list[AttachmentSpec], *, allow_private: bool = False, timeout: float = 60.0
+    specs: list[AttachmentSpec],
+    *,
+    checked: list[bytes | None] | None = None,
+    allow_private: bool = False,
+    timeout: float = 60.0,
 ) -> list[OutAttachment]:
-    """The attachments' bytes: ``check``'s rules for all of them first, then the URL downloads."""
-    decoded = check(specs)
+    """The attachments' bytes: ``check``'s rules for all of them first, then the URL downloads.
+
+    ``checked`` is what ``check(specs)`` returned, when the caller ran it already (before its own
+    checks): the ``content`` is not decoded a second time."""
+    decoded = check(specs) if checked is None else checked
     out: list[OutAttachment] = []
     budget = MAX_URL_BYTES
     deadline = asyncio.get_running_loop().time() + timeout

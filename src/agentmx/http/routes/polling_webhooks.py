@@ -112,6 +112,7 @@ async def read_events(request: Request, rt: RuntimeDep) -> Response:
         keys.one_credential(request.headers.getlist("authorization")),
         fix="Send 'Authorization: Bearer <token>' with the polling webhook's token (amp_…), returned at its creation.",
     )
+    sub = await polling_events.subscription(rt, token)  # the 401 before any parameter's 400
     refuse_repeated_parameter(request)
     limit = check_limit(
         query_int(request, "limit"), maximum=polling_events.MAX_LIMIT, default=polling_events.DEFAULT_LIMIT
@@ -121,6 +122,7 @@ async def read_events(request: Request, rt: RuntimeDep) -> Response:
         raise fail("wait", f"wait must be between 0 and {polling_events.MAX_WAIT} seconds")
     page = await polling_events.poll(
         rt,
+        sub,
         token,
         limit=limit,
         cursor=request.query_params.get("cursor"),

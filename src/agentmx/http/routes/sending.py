@@ -92,15 +92,17 @@ async def _send(
         if slot.replay is not None:
             return {"message_id": slot.replay["message_id"], "thread_id": slot.replay["thread_id"]}
         specs = [send_attachments.AttachmentSpec(**a.model_dump()) for a in body.attachments or []]
+        checked = None
         if any(spec.url is not None for spec in specs):
             # Every refusal that needs no attachment bytes comes before the first URL is fetched.
-            send_attachments.check(specs)
+            checked = send_attachments.check(specs)
             async with rt.db.read() as s:
                 inbox = await get_inbox(s, caller, inbox_id)
                 req = await _request(s, caller, inbox, endpoint, body, message_id)
                 await check_before_fetch(s, rt, caller, inbox, req)
         attachments = await send_attachments.resolve(
             specs,
+            checked=checked,
             allow_private=rt.settings.attachment_url_allow_private,
             timeout=rt.settings.attachment_url_timeout,
         )
