@@ -143,3 +143,26 @@ def test_a_job_whose_payload_is_not_an_object_is_dropped(
         assert "job claim failed" not in log
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_backlog_is_claimed_as_slots_free_not_at_each_poll(
+    backend: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """Was: after a full claim (32 jobs) the runner waited for the next poll or commit, so a backlog
+    (a receiver back after an outage, a restart) drained at 32 jobs per poll interval."""
+    poll = 3.0
+    server = fresh_server(backend, env={"AGENTMX_JOB_POLL_INTERVAL": str(poll)}).start()
+    client = Harness(server, backend).client()
+    receiver = Receiver()
+    try:
+        inbox = new_inbox(client)
+        hooks = 80  # one message, one commit: 80 deliveries due at once (2.5 claims' worth)
+        for _ in range(hooks):
+            client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.received"])
+        send_mail(server, inbox)
+        deliveries = receiver.wait(hooks, timeout=4 * poll)
+        span = deliveries[-1].at - deliveries[0].at
+        assert span < poll / 2, f"{hooks} deliveries took {span:.2f} s"  # was >= 2 polls
+    finally:
+        receiver.close()

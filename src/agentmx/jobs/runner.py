@@ -37,6 +37,7 @@ log = logging.getLogger("agentmx.jobs")
 
 JOBS = table_of(Job)  # Core statements: the ORM DML path costs more than the SQL
 BATCH = 32  # jobs claimed at most per claim (running plus waiting for a slot)
+ROOM = BATCH // 2  # after a full claim, claim again once this many of its jobs are done
 GATHER = 0.01  # seconds
 FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
 MAX_UNEXPECTED_FAILURES = 10
@@ -98,6 +99,7 @@ class JobRunner:
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._room = asyncio.Event()  # set when ROOM claimed jobs are done since the last full claim
 
     async def start(self) -> None:
         if self.rt.db.is_sqlite:
@@ -143,17 +145,34 @@ class JobRunner:
         interval = self.rt.settings.job_poll_interval
         claims = FailureLog(log, "job claim")
         while not self._stopping:
+            free = BATCH - len(self.tasks)
             try:
-                claimed = await self.run_due()
+                claimed = await self.run_due(free) if free > 0 else 0
                 claims.succeeded()
             except Exception as exc:
                 claims.failed(exc)
-                claimed = 0
-            if claimed < BATCH:
+                claimed = -1
+            if claimed == free:
+                # All it could take: more may be due (a backlog). Claim again once there is room,
+                # not at the next poll or commit (a backlog drained at BATCH jobs per poll interval).
+                await self._wait_for_room(interval)
+            else:
                 await self.rt.jobs_signal.wait(interval)
                 # Let jobs committed in the next few ms join this claim: one claim transaction for
                 # several jobs (each costs a commit) at the price of GATHER of latency.
                 await asyncio.sleep(GATHER)
+
+    async def _wait_for_room(self, interval: float) -> None:
+        """Until ROOM of the claimed jobs are done, or ``interval`` (the poll) passes."""
+        self._room.clear()
+        if len(self.tasks) > BATCH - ROOM:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), interval)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) <= BATCH - ROOM:
+            self._room.set()
 
     async def _renew(self) -> None:
         """Every third of the lease, extend the claims this runner holds."""
@@ -179,12 +198,8 @@ class JobRunner:
             if lost > 0:  # finished meanwhile, or taken over after a pause longer than the lease
                 log.info("%d of %d held job claims were not renewed", lost, len(held))
 
-    async def run_due(self) -> int:
-        """Claim up to BATCH due jobs and start them; returns how many were claimed."""
-        free = BATCH - len(self.tasks)
-        if free <= 0:
-            await asyncio.sleep(0.05)
-            return 0
+    async def run_due(self, free: int) -> int:
+        """Claim up to ``free`` due jobs and start them; returns how many were claimed."""
         now = utcnow()
         claim = _claim_statement(postgres=not self.rt.db.is_sqlite)
         params = {"now": now, "until": now + self.lease, "worker": self.worker_id, "free": free}
@@ -198,7 +213,7 @@ class JobRunner:
             task = asyncio.create_task(self._run(job_id, kind, payload, attempts))
             self.tasks.add(task)
             self.claimed.add(job_id)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._job_done)
         return len(jobs)
 
     async def _call(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> Inserts | None:
