@@ -130,6 +130,48 @@ def test_at_the_cap_a_newcomer_displaces_the_crowded_address(
         sock.close()
 
 
+def _reset_within(sock: socket.socket, seconds: float) -> bool:
+    """The server ended the connection with a reset (not a FIN) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        sock.recv(1)
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def test_a_newcomer_turned_away_at_the_cap_is_reset(fresh_server: Callable[..., ServerProcess]) -> None:
+    # A reset frees the server's socket at once: a close would leave it in TIME_WAIT for a minute,
+    # thousands a second under an attack that reconnects after every close.
+    env = {"AGENTMX_HTTP_MAX_CONNECTIONS": "3", "AGENTMX_HTTP_HEADER_TIMEOUT": "300"}
+    server = fresh_server(env=env).start()
+    crowd = [_connect(server, source="127.0.0.2") for _ in range(3)]
+    time.sleep(0.2)
+    assert _reset_within(_connect(server, source="127.0.0.2"), 3)  # from the crowded address
+    assert _reset_within(_connect(server, source="127.0.0.2"), 3)
+    with httpx.Client(base_url=server.base_url) as client:  # a newcomer from elsewhere displaces one
+        assert client.get("/health").status_code == 200
+    assert [_reset_within(sock, 0.3) for sock in crowd] == [True, False, False]
+    for sock in crowd:
+        sock.close()
+
+
+def test_past_the_head_deadline_an_unanswered_connection_is_reset_an_answered_one_closed(
+    head_deadline_server: ServerProcess,
+) -> None:
+    server = head_deadline_server
+    silent = _connect(server)
+    answered = _connect(server)
+    with answered.makefile("rb") as f:
+        assert _get_health(answered, f) == 200
+        assert _reset_within(silent, 4)
+        # After a response, a normal close: a reset could drop the response's last bytes in flight.
+        answered.settimeout(4)
+        assert answered.recv(1) == b""
+
+
 def _post_head(path: str, length: int, key: str = "") -> bytes:
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
     return (
@@ -182,7 +224,7 @@ class _StubConnection:
 
     def __init__(self, name: str, aborted: list[str]) -> None:
         self.client = ("10.0.0.1", 1)
-        self.transport = SimpleNamespace(abort=lambda: aborted.append(name))
+        self.transport = SimpleNamespace(abort=lambda: aborted.append(name), get_extra_info=lambda name: None)
         self.flow = SimpleNamespace(read_paused=False)
         self.cycle = None
 

@@ -66,6 +66,21 @@ def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def give_up(conn: HttpToolsProtocol) -> None:
+    """Close a connection the guard will not wait for any longer.
+
+    Never answered, it is reset: nothing of ours is in flight, and the kernel frees the socket at once
+    instead of keeping it in TIME_WAIT for a minute, which an attack that reconnects after every close
+    would fill with tens of thousands. After a response, an abort (its bytes may still be in the
+    kernel's buffer, which a reset would drop); abort, not close: close() would wait for a client
+    that does not read to drain asyncio's buffer.
+    """
+    if getattr(conn, "answered", False):
+        conn.transport.abort()
+    else:
+        reset(conn.transport)
+
+
 def _server_not_reading(conn: HttpToolsProtocol) -> bool:
     """The body is late because of us: reading is paused, or the client waits for 100 Continue."""
     cycle = conn.cycle
@@ -98,8 +113,7 @@ class HttpGuard:
                 return False
             oldest = next(iter(crowded))
             self.done(oldest)
-            # abort, not close: close() would wait for a client that does not read to drain the buffer.
-            oldest.transport.abort()
+            give_up(oldest)
         self.wait(conn, now)
         return True
 
@@ -171,7 +185,7 @@ class HttpGuard:
             self.body_bytes[conn] = 0
         for conn in overdue:
             self.done(conn)
-            conn.transport.abort()
+            give_up(conn)
         return len(overdue)
 
     def start(self, interval: float = 1.0) -> Callable[[], Awaitable[None]]:
@@ -194,11 +208,12 @@ class HttpGuard:
             head_bytes = 0
             parsed_head_bytes = 0  # of the request line and header fields the parser has handed over
             head_too_large = False
+            answered = False  # a response has been sent (give_up)
 
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
                 if not guard.admit(self, len(self.connections), self.loop.time()):
-                    transport.close()
+                    reset(transport)  # a newcomer from the crowded address: see give_up
 
             def on_url(self, url: bytes) -> None:
                 self.count_head(len(url))
@@ -236,6 +251,7 @@ class HttpGuard:
                 self.reading_head = True  # what comes next is the next request's head
 
             def on_response_complete(self) -> None:
+                self.answered = True
                 super().on_response_complete()
                 if self.timeout_keep_alive_task is not None:  # idle until the next request
                     guard.wait(self, self.loop.time())
