@@ -48,7 +48,8 @@ class SinkHandler:
     """Local parts decide the reply: ``bounce-*`` -> 550 at RCPT, ``soft<N>-*`` -> 451 for the first
     N attempts, then 250; ``full<N>-*`` -> 552 (too many recipients) likewise; ``datacmd-*`` -> 451 to
     the DATA command (``SinkSMTP``); ``dataperm-*`` -> 554 at end of DATA; ``slow<N>-*`` -> 250 after N
-    seconds; anything else 250. ``refuse_mail``, while set, is the reply to every MAIL FROM."""
+    seconds; anything else 250. ``refuse_mail``, while set, is the reply to every MAIL FROM. ``hold(address)``
+    keeps the end of DATA for that recipient unanswered until the event it returns is set."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -58,6 +59,12 @@ class SinkHandler:
         self.refuse_rcpt: str | None = None  # while set, the reply to every RCPT TO
         self.mail_commands = 0
         self.broken_starttls = ""  # "454": refused; "garbage": 220, then no TLS handshake
+        self.holds: dict[str, threading.Event] = {}
+
+    def hold(self, address: str) -> threading.Event:
+        """Answer the DATA of mail to ``address`` only once the returned event is set."""
+        gate = self.holds[address] = threading.Event()
+        return gate
 
     async def handle_MAIL(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -103,6 +110,10 @@ class SinkHandler:
         for local in locals_:
             if local.startswith("slow"):
                 await asyncio.sleep(float(local[4 : local.index("-")]))
+        for rcpt in envelope.rcpt_tos:
+            gate = self.holds.get(rcpt)
+            while gate is not None and not gate.is_set():
+                await asyncio.sleep(0.05)
         with self.lock:
             self.received.append(
                 Received(

@@ -203,6 +203,13 @@ def test_a_reply_while_its_inbox_is_deleted_does_not_deadlock(tmp_path: Path) ->
         first = http.post(
             f"/v0/inboxes/{a}/messages/send", json={"to": [b], "subject": "x", "text": "t"}
         ).json()
+        # Its local delivery labels it 'delivered' later, locking its thread and itself: wait for it,
+        # so the deletion and the reply are the only requests that take those locks.
+        _wait(
+            lambda: (
+                "delivered" in http.get(f"/v0/inboxes/{a}/messages/{first['message_id']}").json()["labels"]
+            )
+        )
 
         async def hold_messages_while(requests: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
             holder = await asyncpg.connect(url)
@@ -266,6 +273,9 @@ def test_a_label_change_while_its_thread_loses_messages_does_not_deadlock(
         f"/v0/inboxes/{b}/messages/{received[0]['message_id']}/reply", json={"text": "r"}
     ).raise_for_status()
     _wait(lambda: http.get(f"/v0/inboxes/{a}/threads/{thread}").json()["message_count"] == 2)
+    # The first message's 'delivered' label comes from its delivery job, which locks the thread and the
+    # message as a label change does: wait for it, so only the two requests below take those locks.
+    _wait(lambda: "delivered" in http.get(f"/v0/inboxes/{a}/messages/{first['message_id']}").json()["labels"])
 
     async def rows() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(url)

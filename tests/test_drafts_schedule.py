@@ -88,21 +88,23 @@ def test_reschedule_unschedule_and_delete(scheduler: ServerProcess) -> None:
         f"{kind}-{secrets.token_hex(3)}" for kind in ("moved", "unscheduled", "deleted")
     )
 
-    def schedule(subject: str, seconds: float) -> str:
-        return client.inboxes.drafts.create(
-            sender, to=[recipient], subject=subject, send_at=now + timedelta(seconds=seconds)
-        ).draft_id
+    def schedule(subject: str, when: datetime) -> str:
+        return client.inboxes.drafts.create(sender, to=[recipient], subject=subject, send_at=when).draft_id
 
-    moved = schedule(moved_subject, 1.5)
-    unscheduled = schedule(unscheduled_subject, 1.5)
-    deleted = schedule(deleted_subject, 1.5)
-    new_time = now + timedelta(seconds=4)
+    # Margins of seconds: the six requests below must all land before the old send_at, and the check
+    # that the moved draft was not sent then must run before its new one (1.5 s and 1 s were little
+    # on a loaded machine: the drafts went at the old time, or the moved one was sent and gone).
+    old_time, new_time = now + timedelta(seconds=3), now + timedelta(seconds=7)
+    moved = schedule(moved_subject, old_time)
+    unscheduled = schedule(unscheduled_subject, old_time)
+    deleted = schedule(deleted_subject, old_time)
     assert client.inboxes.drafts.update(sender, moved, send_at=new_time).send_status == "scheduled"
     plain = client.inboxes.drafts.update(sender, unscheduled, send_at=None)
     assert plain.send_status is None and "scheduled" not in plain.labels
     client.inboxes.drafts.delete(sender, deleted)
 
-    time.sleep(max(0.0, (now + timedelta(seconds=3) - datetime.now(UTC)).total_seconds()))
+    # Past the old send_at by the tolerance a send may take.
+    time.sleep(max(0.0, (old_time + timedelta(seconds=LATE_TOLERANCE) - datetime.now(UTC)).total_seconds()))
     assert not _sent(client, sender, moved_subject), "sent at the old send_at"
     assert client.inboxes.drafts.get(sender, moved).send_status == "scheduled"
 

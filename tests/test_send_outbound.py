@@ -882,8 +882,14 @@ def test_a_delivery_outcome_moves_its_threads_updated_at(relay: Relay) -> None:
     as a PATCH would (messages.touch_threads). Before, a client syncing threads by updated_at missed it."""
     client = relay.client()
     a = new_inbox(client)
-    sent = client.inboxes.messages.send(a, to=ext("slow1-"), text="x")  # the sink answers after 1 s
-    before = client.inboxes.threads.get(a, sent.thread_id)
+    to = ext("held-")
+    # The sink answers only once the thread has been read: a fixed delay (1 s) could pass before.
+    gate = relay.sink.handler.hold(to)
+    try:
+        sent = client.inboxes.messages.send(a, to=to, text="x")
+        before = client.inboxes.threads.get(a, sent.thread_id)
+    finally:
+        gate.set()
     assert "delivered" not in before.labels
     wait_for(lambda: "delivered" in _labels(client, a, sent.message_id))
     after = client.inboxes.threads.get(a, sent.thread_id)

@@ -120,6 +120,10 @@ def test_search_matches_the_bcc_of_sent_mail(client: AgentMail, harness: Harness
         for _ in range(3)
     )
     sent = client.inboxes.messages.send(inbox, to=[to], bcc=[hidden], subject="Quarterly", text="numbers")
+    # The copies reach `to` and `hidden` by local delivery, later (the 'delivered' label comes after
+    # both): wait for them, so the searches below see every copy there will be, and the last assertion
+    # looks at a copy that has arrived.
+    wait_for(lambda: "delivered" in client.inboxes.messages.get(inbox, sent.message_id).labels or None)
 
     messages = client.inboxes.messages.search(inbox, q=hidden).messages
     assert [m.message_id for m in messages] == [sent.message_id]

@@ -394,7 +394,10 @@ def test_a_change_during_a_failing_attempt_keeps_the_webhook_enabled(harness: Ha
         receiver.wait(1)  # the attempt waits for its answer
         client.inboxes.webhooks.update(inbox, hook.webhook_id, event_types=["message.received"])
         gate.set()
-        time.sleep(1.0)  # the 410 has been handled
+        # The 410 has been handled once its attempt is recorded (in the commit that finishes the job,
+        # after the disable decision): a fixed sleep could end before, and then proved nothing.
+        sql = "SELECT count(*) FROM webhook_attempts WHERE webhook_id = :w AND status_code = 410"
+        wait_for(lambda: harness.count_rows(sql, w=hook.webhook_id) == 1)
         assert client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled is True
         send_mail(harness.server, inbox, subject="gone again")
         wait_for(lambda: not client.inboxes.webhooks.get(inbox, hook.webhook_id).enabled, timeout=10)

@@ -228,10 +228,18 @@ def test_keys_and_download_tokens_stay_out_of_the_debug_access_log(
     with httpx.Client(base_url=server.base_url) as http:
         assert http.get(url).status_code == 200
         assert http.get("/v0/inboxes", params={"api_key": harness.api_key}).status_code == 401
-    time.sleep(0.5)  # the access log line is written after the response
-    log = server.log_path.read_text(errors="replace")
-    assert '"GET /v0/downloads/[redacted] HTTP/1.1" 200' in log
-    assert '"GET /v0/inboxes?api_key=[redacted] HTTP/1.1" 401' in log
+    lines = (
+        '"GET /v0/downloads/[redacted] HTTP/1.1" 200',
+        '"GET /v0/inboxes?api_key=[redacted] HTTP/1.1" 401',
+    )
+
+    def logged() -> str | None:
+        log = server.log_path.read_text(errors="replace")
+        return log if all(line in log for line in lines) else None
+
+    # The access log line is written after the response: wait for both (a fixed 0.5 s could be short
+    # on a loaded machine), then look for the secrets in all of it.
+    log = wait_for(logged)
     assert token.split(".")[1] not in log and harness.api_key not in log
 
 
