@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import String, any_, bindparam, insert, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -125,6 +126,10 @@ _LOCKED_INSERTS: dict[Dialect, ArrayInsert] = {}
 _ENABLED_WEBHOOKS = select(Webhook).where(
     Webhook.organization_id == bindparam("organization_id"), Webhook.enabled.is_(True)
 )
+# PostgreSQL only (an array parameter: one SQL text for any number of organizations).
+_ENABLED_WEBHOOKS_OF = select(Webhook).where(
+    Webhook.organization_id == any_(bindparam("orgs", type_=ARRAY(String))), Webhook.enabled.is_(True)
+)
 
 
 def share_webhook_lookups(session: AsyncSession) -> None:
@@ -133,6 +138,26 @@ def share_webhook_lookups(session: AsyncSession) -> None:
     For callers recording many events that change no webhook (an inbound batch).
     """
     session.info.setdefault(WEBHOOKS_SEEN, {})
+
+
+async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organization_ids: set[str]) -> None:
+    """``share_webhook_lookups``, with these organizations' webhooks read now on another connection.
+
+    On PostgreSQL an inbound batch runs this beside its first statement: the lookup is then not a
+    round trip of its own on the group commit's path. Under READ COMMITTED the transaction's own
+    read would also see what was committed when it ran, no more. SQLite has no round trips to
+    save: there the transaction reads them when it records its first event, as before.
+    """
+    share_webhook_lookups(session)
+    if rt.db.is_sqlite or not organization_ids:
+        return
+    # Autocommit: one round trip.
+    async with rt.db.read_connection() as conn, AsyncSession(bind=conn) as reader:
+        found = (await reader.scalars(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})).all()
+    seen: dict[str, list[Webhook]] = {org: [] for org in organization_ids}
+    for hook in found:
+        seen[hook.organization_id].append(hook)
+    session.info[WEBHOOKS_SEEN].update(seen)
 
 
 async def _enabled_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:

@@ -8,6 +8,7 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,17 +54,23 @@ async def store_inbound(
 ) -> list[tuple[Message, bool]]:
     """Store each copy (or find its earlier copy); returns (message, is_new) in order."""
     now = utcnow()
-    events.share_webhook_lookups(session)  # one webhook query per organization, not per message
     ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
     lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
+    # One webhook query per organization, not per message; beside the next statement.
+    webhooks = events.look_up_webhooks_aside(session, rt, {c.inbox.organization_id for c in copies})
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
         known_ids = _KNOWN_IDS_ARRAYS if session.get_bind().dialect.name == "postgresql" else _KNOWN_IDS
-        rows = await session.execute(
-            known_ids, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
+        rows, _ = await asyncio.gather(
+            session.execute(
+                known_ids, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
+            ),
+            webhooks,
         )
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
+    else:
+        await webhooks
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
