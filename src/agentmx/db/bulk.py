@@ -4,8 +4,13 @@
 machinery (a dict of bind values per row, then a processor call per value): about a tenth of the
 server's CPU per inbound message (py-spy). Here the INSERT is compiled once per dialect as the hot
 reads' statements are (``driver_reads.DriverStatement``): each row becomes its values run through
-the column types' own bind processors, so the stored values are the same, and the driver gets them
-all in one ``executemany`` (``exec_driver_sql``, inside the session's transaction).
+the column types' own bind processors, so the stored values are the same, and the driver gets
+them all in one ``executemany`` (``exec_driver_sql``, inside the session's transaction).
+
+On PostgreSQL each statement is a round trip on the group commit's path (a batch waits for each
+before the next), and a text that changes with the row count is parsed again on every pooled
+connection. ``ArrayInsert`` writes any number of rows with one text (``unnest`` of one array per
+column), and ``insert_all`` sends several such INSERTs as one statement.
 """
 
 from __future__ import annotations
@@ -19,11 +24,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.driver_reads import DriverStatement
 
+Rows = Sequence[Mapping[str, Any]]
 # By dialect object, not name: a bind processor carries its dialect's settings (the JSON serializer).
 _compiled: dict[tuple[Insert, Dialect], DriverStatement] = {}
+_combined: dict[tuple[tuple[Insert, ...], Dialect], tuple[str, list[ArrayInsert]]] = {}
 
 
-async def insert_many(session: AsyncSession, statement: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
+def _driver_statement(statement: Insert, dialect: Dialect) -> DriverStatement:
+    compiled = _compiled.get((statement, dialect))
+    if compiled is None:
+        compiled = _compiled[(statement, dialect)] = DriverStatement(statement, dialect)
+    return compiled
+
+
+def _tuples(compiled: DriverStatement, statement: Insert, rows: Rows) -> list[tuple[Any, ...]]:
+    try:
+        return [tuple(compiled.args(row)) for row in rows]
+    except KeyError as exc:
+        raise ValueError(f"insert_many into {statement.table}: a row has no {exc}") from exc
+
+
+async def insert_many(session: AsyncSession, statement: Insert, rows: Rows) -> None:
     """Execute ``statement`` (an INSERT with no values of its own) once per row.
 
     Each row holds every column of the table (as ``transient.column_values`` gives them): nothing
@@ -32,11 +53,82 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Sequence[M
     if not rows:
         return
     conn = await session.connection()
-    compiled = _compiled.get((statement, conn.dialect))
-    if compiled is None:
-        compiled = _compiled[(statement, conn.dialect)] = DriverStatement(statement, conn.dialect)
-    try:
-        params = [tuple(compiled.args(row)) for row in rows]
-    except KeyError as exc:
-        raise ValueError(f"insert_many into {statement.table}: a row has no {exc}") from exc
-    await conn.exec_driver_sql(compiled.sql, params)
+    compiled = _driver_statement(statement, conn.dialect)
+    await conn.exec_driver_sql(compiled.sql, _tuples(compiled, statement, rows))
+
+
+# JSON travels as text and is cast per row: asyncpg's array of JSONB would go through its own codec.
+_TEXT_SOURCED = ("JSON", "JSONB")
+
+
+class ArrayInsert:
+    """``statement`` for PostgreSQL as ``INSERT ... SELECT ... FROM unnest($n::type[], ...)``.
+
+    One parameter per column (an array of every row's value, bind-processed as ``insert_many``
+    does), numbered from ``first``; ``source`` is put in the FROM list before ``unnest``
+    (``"some_cte, "``). What follows the VALUES clause (ON CONFLICT, RETURNING) is kept.
+    """
+
+    def __init__(self, statement: Insert, dialect: Dialect, *, first: int = 1, source: str = "") -> None:
+        self.statement = statement
+        self.compiled = DriverStatement(statement, dialect)
+        head, found, rest = self.compiled.sql.partition(" VALUES (")
+        values, closed, tail = rest.partition(")")
+        placeholders = values.split(", ")
+        if (
+            not found
+            or not closed
+            or not all(p.startswith(f"${i + 1}::") for i, p in enumerate(placeholders))
+        ):
+            raise ValueError(f"not a one-row INSERT with typed placeholders: {self.compiled.sql}")
+        types = [p.split("::", 1)[1] for p in placeholders]
+        self.width = len(types)
+        arrays = ", ".join(
+            f"${first + i}::{'TEXT' if t in _TEXT_SOURCED else t}[]" for i, t in enumerate(types)
+        )
+        picked = ", ".join(f"u.c{i}::{t}" if t in _TEXT_SOURCED else f"u.c{i}" for i, t in enumerate(types))
+        aliases = ", ".join(f"c{i}" for i in range(self.width))
+        self.sql = f"{head} SELECT {picked} FROM {source}unnest({arrays}) AS u({aliases}){tail}"
+
+    def arrays(self, rows: Rows) -> list[list[Any]]:
+        """The statement's parameters for ``rows``: one list per column."""
+        if not rows:
+            return [[] for _ in range(self.width)]
+        return [list(column) for column in zip(*_tuples(self.compiled, self.statement, rows), strict=True)]
+
+
+async def insert_all(session: AsyncSession, parts: Sequence[tuple[Insert, Rows]]) -> None:
+    """``insert_many`` of each part, in order; on PostgreSQL all of them in one statement.
+
+    The parts of one call site should always be the same statements (empty rows included): the
+    SQL text is then one, parsed once per pooled connection. Foreign keys are checked at the end of
+    a statement, so a part may reference rows of another.
+    """
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
+        for statement, rows in parts:
+            await insert_many(session, statement, rows)
+        return
+    if not any(rows for _, rows in parts):
+        return
+    key = (tuple(statement for statement, _ in parts), conn.dialect)
+    combined = _combined.get(key)
+    if combined is None:
+        combined = _combined[key] = _combine(key[0], conn.dialect)
+    sql, inserts = combined
+    params = [array for part, (_, rows) in zip(inserts, parts, strict=True) for array in part.arrays(rows)]
+    await conn.exec_driver_sql(sql, tuple(params))
+
+
+def _combine(statements: tuple[Insert, ...], dialect: Dialect) -> tuple[str, list[ArrayInsert]]:
+    """One statement: every INSERT but the last in a WITH (each runs once, to completion), the last after it."""
+    inserts: list[ArrayInsert] = []
+    first = 1
+    for statement in statements:
+        inserts.append(ArrayInsert(statement, dialect, first=first))
+        first += inserts[-1].width
+    *before, last = inserts
+    sql = last.sql
+    if before:
+        sql = "WITH " + ", ".join(f"i{n} AS ({part.sql})" for n, part in enumerate(before)) + " " + sql
+    return sql, inserts

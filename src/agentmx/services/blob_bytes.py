@@ -53,12 +53,16 @@ async def put_many(rt: Runtime, items: list[bytes]) -> tuple[list[str], Inline]:
 async def insert(session: AsyncSession, inline: Inline) -> None:
     """Store small blobs in the caller's transaction; bytes stored before (same key) are kept,
     and marked as just used, so the blob collector leaves them to this transaction (services/blob_gc)."""
-    if not inline:
-        return
+    if inline:
+        await insert_many(session, *insert_part(session, inline))
+
+
+def insert_part(session: AsyncSession, inline: Inline) -> tuple[Insert, list[dict[str, object]]]:
+    """``insert``'s statement and rows, for ``bulk.insert_all`` beside other rows."""
     now = int(time.time())
     # In key order: two transactions sharing blobs must not take their row locks in opposite orders.
     rows = [{"key": key, "data": inline[key], "touched_at": now} for key in sorted(inline)]
-    await insert_many(session, _insert_new(session.get_bind().dialect.name), rows)
+    return _insert_new(session.get_bind().dialect.name), rows
 
 
 @functools.cache

@@ -12,11 +12,14 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import String, any_, bindparam, insert, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from agentmx.db.bulk import ArrayInsert
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
 from agentmx.db.transient import table_of, transient
@@ -53,48 +56,79 @@ def _append_at_commit(session: Session) -> None:
     label_changes: list[Any] | None = session.info.pop(PENDING_LABEL_CHANGES, None)
     if not rows and not label_changes:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        if rows:
-            # One round trip for both: a NOTIFY is delivered by PostgreSQL only if and when this
-            # transaction commits, so queueing it before the INSERT changes nothing for listeners.
-            # The payload names this process: its own hub has the rows already (committed_listeners).
-            session.execute(_LOCK_AND_NOTIFY, {"k": EVENT_LOCK_KEY, "c": NOTIFY_CHANNEL, "p": PROCESS_TOKEN})
-        else:
-            session.execute(_LOCK, {"k": EVENT_LOCK_KEY})
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if rows and postgres:
+        _insert_locked(session, rows)
+    elif rows:
+        _insert(session, rows)
+    elif postgres:
+        session.execute(_LOCK, {"k": EVENT_LOCK_KEY})
     if label_changes:
         session.add_all(label_changes)  # flushed by the commit, after this hook, under the lock
-    if rows:
-        _insert(session, rows)
 
 
 # Each statement a round trip on the commit path of every inbound batch, before its events reach streams.
 _LOCK = text("SELECT pg_advisory_xact_lock(:k)")
-_LOCK_AND_NOTIFY = text("SELECT pg_advisory_xact_lock(:k), pg_notify(:c, :p)")
+
+
+def _event_values(rows: list[Event]) -> list[dict[str, Any]]:
+    """The rows' columns; their bodies stay whole, the stored ones are compacted (``stored_extracts``)."""
+    return [{c: getattr(row, c) for c in _EVENT_COLUMNS} | {"body": compact_event(row.body)} for row in rows]
+
+
+def _set_seqs(rows: list[Event], returned: Sequence[Any]) -> None:
+    seqs: dict[str, int] = {event_id: seq for event_id, seq in returned}
+    for row in rows:
+        row.seq = seqs[row.event_id]
 
 
 def _insert(session: Session, rows: list[Event]) -> None:
     """One multi-row INSERT (a flush would be one per row, to learn each seq); sets ``row.seq``.
 
     The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
-    Their bodies stay whole; the stored ones are compacted (``stored_extracts.compact_event``).
     """
-    result = session.execute(
-        _INSERT_RETURNING_SEQ,
-        [{c: getattr(row, c) for c in _EVENT_COLUMNS} | {"body": compact_event(row.body)} for row in rows],
-    )
-    seqs: dict[str, int] = {event_id: seq for event_id, seq in result.all()}
-    for row in rows:
-        row.seq = seqs[row.event_id]
+    _set_seqs(rows, session.execute(_INSERT_RETURNING_SEQ, _event_values(rows)).all())
+
+
+def _insert_locked(session: Session, rows: list[Event]) -> None:
+    """PostgreSQL: the event lock, the NOTIFY and ``_insert`` in one statement (one round trip).
+
+    The lock is a CTE the INSERT reads from, so it is held before any row takes its seq. A NOTIFY
+    is delivered by PostgreSQL only if and when this transaction commits, so queueing it with the
+    INSERT changes nothing for listeners. The payload names this process: its own hub has the rows
+    already (committed_listeners).
+    """
+    conn = session.connection()
+    statement = _LOCKED_INSERTS.get(conn.dialect)
+    if statement is None:
+        statement = _LOCKED_INSERTS[conn.dialect] = ArrayInsert(
+            _INSERT_COLUMNS_RETURNING_SEQ, conn.dialect, first=4, source="event_lock, "
+        )
+    sql = "WITH event_lock AS (SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)) " + statement.sql
+    params = (EVENT_LOCK_KEY, NOTIFY_CHANNEL, PROCESS_TOKEN, *statement.arrays(_event_values(rows)))
+    _set_seqs(rows, conn.exec_driver_sql(sql, params).all())
 
 
 # Built once: its cache key is then computed once, not per transaction.
 # RETURNING event_id too: rows come back in no promised order, event_id is unique.
-_INSERT_RETURNING_SEQ = insert(table_of(Event)).returning(table_of(Event).c.event_id, table_of(Event).c.seq)
+_EVENTS = table_of(Event)
+_INSERT_RETURNING_SEQ = insert(_EVENTS).returning(_EVENTS.c.event_id, _EVENTS.c.seq)
 _EVENT_COLUMNS = ("event_id", "event_type", "organization_id", "pod_id", "inbox_id", "body", "created_at")
+# The same with its columns named (seq left to its sequence), for ArrayInsert.
+_INSERT_COLUMNS_RETURNING_SEQ = (
+    insert(_EVENTS)
+    .values({c: bindparam(c, type_=_EVENTS.c[c].type) for c in _EVENT_COLUMNS})
+    .returning(_EVENTS.c.event_id, _EVENTS.c.seq)
+)
+_LOCKED_INSERTS: dict[Dialect, ArrayInsert] = {}
 
 
 _ENABLED_WEBHOOKS = select(Webhook).where(
     Webhook.organization_id == bindparam("organization_id"), Webhook.enabled.is_(True)
+)
+# PostgreSQL only (an array parameter: one SQL text for any number of organizations).
+_ENABLED_WEBHOOKS_OF = select(Webhook).where(
+    Webhook.organization_id == any_(bindparam("orgs", type_=ARRAY(String))), Webhook.enabled.is_(True)
 )
 
 
@@ -104,6 +138,26 @@ def share_webhook_lookups(session: AsyncSession) -> None:
     For callers recording many events that change no webhook (an inbound batch).
     """
     session.info.setdefault(WEBHOOKS_SEEN, {})
+
+
+async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organization_ids: set[str]) -> None:
+    """``share_webhook_lookups``, with these organizations' webhooks read now on another connection.
+
+    On PostgreSQL an inbound batch runs this beside its first statement: the lookup is then not a
+    round trip of its own on the group commit's path. Under READ COMMITTED the transaction's own
+    read would also see what was committed when it ran, no more. SQLite has no round trips to
+    save: there the transaction reads them when it records its first event, as before.
+    """
+    share_webhook_lookups(session)
+    if rt.db.is_sqlite or not organization_ids:
+        return
+    # Autocommit: one round trip.
+    async with rt.db.read_connection() as conn, AsyncSession(bind=conn) as reader:
+        found = (await reader.scalars(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})).all()
+    seen: dict[str, list[Webhook]] = {org: [] for org in organization_ids}
+    for hook in found:
+        seen[hook.organization_id].append(hook)
+    session.info[WEBHOOKS_SEEN].update(seen)
 
 
 async def _enabled_webhooks(session: AsyncSession, organization_id: str) -> Sequence[Webhook]:

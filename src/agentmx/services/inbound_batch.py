@@ -8,13 +8,15 @@ thread aggregates, ``message.received*`` events); copies in the same batch see e
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import String, any_, bindparam, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.bulk import insert_many
+from agentmx.db.bulk import insert_all
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.transient import column_values, table_of
@@ -29,6 +31,12 @@ ONE_MICROSECOND = timedelta(microseconds=1)  # the columns' resolution on both d
 _m = table_of(Message).c
 _KNOWN_IDS = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
     _m.inbox_id.in_(bindparam("inboxes", expanding=True)), _m.message_id.in_(bindparam("ids", expanding=True))
+)
+# On PostgreSQL with array parameters: an IN list's text changes with its length, and each new text
+# is parsed again (a round trip) on each of the pool's connections; most batches paid one.
+_KNOWN_IDS_ARRAYS = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
+    _m.inbox_id == any_(bindparam("inboxes", type_=ARRAY(String))),
+    _m.message_id == any_(bindparam("ids", type_=ARRAY(String))),
 )
 
 
@@ -46,16 +54,23 @@ async def store_inbound(
 ) -> list[tuple[Message, bool]]:
     """Store each copy (or find its earlier copy); returns (message, is_new) in order."""
     now = utcnow()
-    events.share_webhook_lookups(session)  # one webhook query per organization, not per message
     ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
     lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
+    # One webhook query per organization, not per message; beside the next statement.
+    webhooks = events.look_up_webhooks_aside(session, rt, {c.inbox.organization_id for c in copies})
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
-        rows = await session.execute(
-            _KNOWN_IDS, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
+        known_ids = _KNOWN_IDS_ARRAYS if session.get_bind().dialect.name == "postgresql" else _KNOWN_IDS
+        rows, _ = await asyncio.gather(
+            session.execute(
+                known_ids, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
+            ),
+            webhooks,
         )
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
+    else:
+        await webhooks
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
@@ -138,26 +153,34 @@ async def store_inbound(
             fresh[key] = (message, thread)
             inline |= copy.blobs.inline
             out.append((message, True))
-    await insert_rows(session, new_threads, [m for m, _ in fresh.values()])
-    await blob_bytes.insert(session, inline)
+    await insert_rows(session, new_threads, [m for m, _ in fresh.values()], inline)
     await session.flush()  # aggregates of threads stored earlier, events
     return out
 
 
-async def insert_rows(session: AsyncSession, threads: list[Thread], messages: list[Message]) -> None:
-    """New threads and messages (with labels and attachments) as multi-row INSERTs.
+async def insert_rows(
+    session: AsyncSession, threads: list[Thread], messages: list[Message], inline: blob_bytes.Inline
+) -> None:
+    """New threads and messages (with labels and attachments) and their small blobs, as multi-row
+    INSERTs (on PostgreSQL one statement: ``bulk.insert_all``).
 
     The unit of work's per-object bookkeeping was most of a batch's cost; these objects are only
     read afterwards (events, callers), so they stay transient. Every column is written from the
     object, as the flush would: the builders (``mailstore.new_thread``/``build_message``) set
     every column that has a default.
     """
-    await insert_many(session, _INSERT_THREAD, [column_values(t) for t in threads])
-    await insert_many(session, _INSERT_MESSAGE, [column_values(m) for m in messages])
     labels = [{"message_pk": m.id, "label": label.label} for m in messages for label in m.labels]
-    await insert_many(session, _INSERT_LABEL, labels)
     files = [column_values(a) | {"message_pk": m.id} for m in messages for a in m.attachments]
-    await insert_many(session, _INSERT_ATTACHMENT, files)
+    await insert_all(
+        session,
+        [
+            (_INSERT_THREAD, [column_values(t) for t in threads]),
+            (_INSERT_MESSAGE, [column_values(m) for m in messages]),
+            (_INSERT_LABEL, labels),
+            (_INSERT_ATTACHMENT, files),
+            blob_bytes.insert_part(session, inline),
+        ],
+    )
 
 
 _INSERT_THREAD = insert(table_of(Thread))
