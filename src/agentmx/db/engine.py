@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import QueuePool
 
 from agentmx.db import driver_reads, sqlite_inline
 from agentmx.db.driver_reads import DriverConnection
@@ -162,6 +163,13 @@ class Database:
             result = hook()
             if result is not None:
                 await result
+
+    def has_spare_connection(self) -> bool:
+        """Whether the pool can lend a connection now, without waiting for one to come back: for a
+        shortcut that is worth no wait (a pool of one, or one taken up by requests)."""
+        pool = self.reader.pool
+        # PostgreSQL's pool has no overflow (make_engine): its size is all it lends.
+        return not isinstance(pool, QueuePool) or pool.checkedout() < pool.size()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -199,12 +199,14 @@ class JobRunner:
                 log.info("%d of %d held job claims were not renewed", lost, len(held))
 
     async def run_due(self, free: int) -> int:
-        """Claim up to ``free`` due jobs and start them; returns how many were claimed."""
+        """Claim up to ``free`` due jobs and start them; returns how many were started (a job of
+        ours claimed again is not: counted, a claim loop seeing it "full" could spin)."""
         now = utcnow()
         claim = _claim_statement(postgres=not self.rt.db.is_sqlite)
         params = {"now": now, "until": now + self.lease, "worker": self.worker_id, "free": free}
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
             jobs = (await s.execute(claim, params)).all()
+        started = 0
         for job_id, kind, payload, attempts in jobs:
             if job_id in self.claimed:
                 # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
@@ -214,7 +216,8 @@ class JobRunner:
             self.tasks.add(task)
             self.claimed.add(job_id)
             task.add_done_callback(self._job_done)
-        return len(jobs)
+            started += 1
+        return started
 
     async def _call(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> Inserts | None:
         """The job's handler. Once it returns or raises, the claim is no longer this runner's to renew

@@ -7,6 +7,7 @@ commit (``rt.events_signal`` in this process, ``NOTIFY agentmx_events`` for the 
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -24,6 +25,7 @@ from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
 from agentmx.db.transient import table_of, transient
 from agentmx.db.types import utcnow
+from agentmx.failure_log import FailureLog
 from agentmx.ids import new_id
 from agentmx.mail.stored_extracts import compact_event
 from agentmx.services.jobs import enqueue_at_commit
@@ -140,6 +142,9 @@ def share_webhook_lookups(session: AsyncSession) -> None:
     session.info.setdefault(WEBHOOKS_SEEN, {})
 
 
+_lookups_aside = FailureLog(logging.getLogger("agentmx.events"), "webhook lookup beside an inbound batch")
+
+
 async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organization_ids: set[str]) -> None:
     """``share_webhook_lookups``, with these organizations' webhooks read now on another connection.
 
@@ -149,11 +154,18 @@ async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organizatio
     save: there the transaction reads them when it records its first event, as before.
     """
     share_webhook_lookups(session)
-    if rt.db.is_sqlite or not organization_ids:
+    if rt.db.is_sqlite or not organization_ids or not rt.db.has_spare_connection():
         return
-    # Autocommit: one round trip.
-    async with rt.db.read_connection() as conn, AsyncSession(bind=conn) as reader:
-        found = (await reader.scalars(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})).all()
+    try:
+        # Autocommit: one round trip.
+        async with rt.db.read_connection() as conn, AsyncSession(bind=conn) as reader:
+            found = (await reader.scalars(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})).all()
+    except Exception as exc:  # noqa: BLE001 (a shortcut only: the batch must not fail for it)
+        # No second connection (PostgreSQL's connection limit, say): the transaction reads them
+        # itself when it records its first event, as without this lookup.
+        _lookups_aside.failed(exc)
+        return
+    _lookups_aside.succeeded()
     seen: dict[str, list[Webhook]] = {org: [] for org in organization_ids}
     for hook in found:
         seen[hook.organization_id].append(hook)

@@ -62,12 +62,17 @@ async def store_inbound(
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted:
         known_ids = _KNOWN_IDS_ARRAYS if session.get_bind().dialect.name == "postgresql" else _KNOWN_IDS
+        # Both finish before either's error is raised: the transaction's rollback must not meet a
+        # statement still running on its connection (asyncpg would then pool it mid-transaction).
         rows, _ = await asyncio.gather(
             session.execute(
                 known_ids, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
             ),
             webhooks,
+            return_exceptions=True,
         )
+        if isinstance(rows, BaseException):
+            raise rows
         known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
     else:
         await webhooks
