@@ -1,4 +1,5 @@
-"""db.bulk.insert_many and insert_all store what session.execute(insert(...)) stores, on SQLite and PostgreSQL."""
+"""db.bulk.insert_many and insert_all store what session.execute(insert(...)) stores, on SQLite and PostgreSQL;
+insert_returning (SQLite) stores and returns what an INSERT ... RETURNING through the session does."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from agentmx.db.bulk import insert_all, insert_many
+from agentmx.db.bulk import ValuesInsert, insert_all, insert_many, insert_returning
 from agentmx.db.engine import Database
 from agentmx.db.types import JSONType, UTCDateTime
 
@@ -33,6 +45,14 @@ CHILDREN = Table(
     Column("parent", ForeignKey("bulk_rows.id"), nullable=False),
 )
 TOUCHED = Table("bulk_touched", METADATA, Column("key", String(32), primary_key=True), Column("n", Integer))
+SEQUENCED = Table(
+    "bulk_sequenced",
+    METADATA,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(32), unique=True),
+    Column("at", UTCDateTime),
+    Column("doc", JSONType),
+)
 DEFAULTED = Table(
     "bulk_defaulted", METADATA, Column("id", String(32), primary_key=True), Column("n", Integer, default=7)
 )
@@ -143,3 +163,58 @@ def test_insert_all_refuses_a_missing_parent(empty_database: str) -> None:
 
     with pytest.raises(Exception, match="(?i)foreign key"):
         asyncio.run(with_tables(empty_database, run))
+
+
+# As services/events.py names its columns: every one but the sequence, which RETURNING reports.
+_SEQUENCED_NAMED = (
+    insert(SEQUENCED)
+    .values({c: bindparam(c, type_=SEQUENCED.c[c].type) for c in ("name", "at", "doc")})
+    .returning(SEQUENCED.c.name, SEQUENCED.c.seq)
+)
+
+
+def _sequenced_rows(prefix: str, count: int) -> list[dict[str, Any]]:
+    base = rows(prefix)
+    return [{"name": f"{prefix}{i}", "at": base[i % 4]["at"], "doc": DOCS[i % 4]} for i in range(count)]
+
+
+def test_insert_returning_stores_and_returns_what_the_session_does(tmp_path: Any) -> None:
+    """250 rows: three statements of at most 100 rows (SQLite's oldest limit is 999 parameters)."""
+
+    async def run(db: Database) -> tuple[list[Any], list[Any], list[Any]]:
+        async with db.transaction() as session:
+            fast = await session.run_sync(
+                lambda s: insert_returning(s.connection(), _SEQUENCED_NAMED, _sequenced_rows("fast", 250))
+            )
+            plain = insert(SEQUENCED).returning(SEQUENCED.c.name, SEQUENCED.c.seq)
+            orm = (await session.execute(plain, _sequenced_rows("orm", 250))).all()
+            assert (
+                await session.run_sync(lambda s: insert_returning(s.connection(), _SEQUENCED_NAMED, [])) == []
+            )
+        async with db.read() as session:
+            stored = list((await session.execute(select(SEQUENCED).order_by(SEQUENCED.c.seq))).all())
+        return [tuple(r) for r in fast], [tuple(r) for r in orm], stored
+
+    fast, orm, stored = asyncio.run(with_tables(f"sqlite:///{tmp_path / 'seq.db'}", run))
+    by_name = {r.name: r for r in stored}
+    assert len(fast) == 250 and sorted(fast) == sorted((r.name, r.seq) for r in stored[:250])
+    assert {name for name, _ in orm} == {r.name for r in stored[250:]}
+    for i in range(250):
+        mine, theirs = by_name[f"fast{i}"], by_name[f"orm{i}"]
+        assert (mine.at, mine.doc) == (theirs.at, theirs.doc)
+
+
+def test_insert_returning_refuses_rows_leaving_out_a_named_column(tmp_path: Any) -> None:
+    async def run(db: Database) -> None:
+        async with db.transaction() as session:
+            await session.run_sync(
+                lambda s: insert_returning(s.connection(), _SEQUENCED_NAMED, [{"name": "x"}])
+            )
+
+    with pytest.raises(ValueError, match="'at'"):
+        asyncio.run(with_tables(f"sqlite:///{tmp_path / 'seq.db'}", run))
+
+
+def test_values_insert_is_for_qmark_dialects_only() -> None:
+    with pytest.raises(ValueError, match="qmark"):
+        ValuesInsert(_SEQUENCED_NAMED, postgresql.asyncpg.dialect())

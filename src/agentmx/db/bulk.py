@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import Connection, Insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -132,3 +132,52 @@ def _combine(statements: tuple[Insert, ...], dialect: Dialect) -> tuple[str, lis
     if before:
         sql = "WITH " + ", ".join(f"i{n} AS ({part.sql})" for n, part in enumerate(before)) + " " + sql
     return sql, inserts
+
+
+class ValuesInsert:
+    """``statement`` (an INSERT naming each column once, as ``VALUES (?, ...)``, perhaps with RETURNING)
+    for qmark dialects (SQLite) as one multi-row VALUES; its text is built once per row count."""
+
+    # 100 rows of a few columns stays under SQLite's oldest limit of 999 parameters a statement.
+    CHUNK = 100
+
+    def __init__(self, statement: Insert, dialect: Dialect) -> None:
+        self.statement = statement
+        self.compiled = DriverStatement(statement, dialect)
+        head, found, rest = self.compiled.sql.partition(" VALUES (")
+        values, closed, self._tail = rest.partition(")")
+        if not found or not closed or values != ", ".join("?" * len(self.compiled.names)):
+            raise ValueError(f"not a one-row INSERT with qmark placeholders: {self.compiled.sql}")
+        self._head, self._row = head + " VALUES ", f"({values})"
+        self._texts: dict[int, str] = {}
+
+    def sql(self, count: int) -> str:
+        text = self._texts.get(count)
+        if text is None:
+            text = self._texts[count] = self._head + ", ".join([self._row] * count) + self._tail
+        return text
+
+    def run(self, conn: Connection, rows: Rows) -> list[Any]:
+        """Insert ``rows``; returns what RETURNING names, for all chunks (in no promised order)."""
+        out: list[Any] = []
+        for start in range(0, len(rows), self.CHUNK):
+            chunk = _tuples(self.compiled, self.statement, rows[start : start + self.CHUNK])
+            params = tuple(value for row in chunk for value in row)
+            out.extend(conn.exec_driver_sql(self.sql(len(chunk)), params).all())
+        return out
+
+
+_values_inserts: dict[tuple[Insert, Dialect], ValuesInsert] = {}
+
+
+def insert_returning(conn: Connection, statement: Insert, rows: Rows) -> list[Any]:
+    """``ValuesInsert(statement).run`` on a synchronous connection (a session's, in a commit hook),
+    compiled once per statement and dialect. Each row holds every column the statement names (a
+    row without one raises ValueError naming it, as in ``insert_many``)."""
+    if not rows:
+        return []
+    key = (statement, conn.dialect)
+    found = _values_inserts.get(key)
+    if found is None:
+        found = _values_inserts[key] = ValuesInsert(statement, conn.dialect)
+    return found.run(conn, rows)

@@ -174,9 +174,15 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only unit of work: never blocks writers, never writes."""
-        # Closing (not rolling back) ends the transaction and keeps loaded rows readable.
-        async with self.read_sessions() as session:
+        session = self.read_sessions()
+        try:
             yield session
+        finally:
+            # Closing (not rolling back) ends the transaction and keeps loaded rows readable. A
+            # session that never began one holds no connection and no rows: its close (a task of
+            # its own, ~30 us) is skipped, as for most inbound messages (answered from caches).
+            if session.in_transaction() or session.identity_map:
+                await session.__aexit__(None, None, None)
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from agentmx.db.bulk import ArrayInsert
+from agentmx.db.bulk import ArrayInsert, insert_returning
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
 from agentmx.db.transient import table_of, transient
@@ -88,8 +88,10 @@ def _insert(session: Session, rows: list[Event]) -> None:
     """One multi-row INSERT (a flush would be one per row, to learn each seq); sets ``row.seq``.
 
     The rows stay transient: after commit they are only read (live streams; webhook jobs load them by id).
+    On the driver's path (``bulk.insert_returning``): the same bind processors, less machinery.
     """
-    _set_seqs(rows, session.execute(_INSERT_RETURNING_SEQ, _event_values(rows)).all())
+    conn = session.connection()
+    _set_seqs(rows, insert_returning(conn, _INSERT_COLUMNS_RETURNING_SEQ, _event_values(rows)))
 
 
 def _insert_locked(session: Session, rows: list[Event]) -> None:
@@ -111,12 +113,10 @@ def _insert_locked(session: Session, rows: list[Event]) -> None:
     _set_seqs(rows, conn.exec_driver_sql(sql, params).all())
 
 
-# Built once: its cache key is then computed once, not per transaction.
-# RETURNING event_id too: rows come back in no promised order, event_id is unique.
+# Built once: compiled once per dialect. RETURNING event_id too: rows come back in no promised
+# order, event_id is unique. The columns are named (seq left to its sequence).
 _EVENTS = table_of(Event)
-_INSERT_RETURNING_SEQ = insert(_EVENTS).returning(_EVENTS.c.event_id, _EVENTS.c.seq)
 _EVENT_COLUMNS = ("event_id", "event_type", "organization_id", "pod_id", "inbox_id", "body", "created_at")
-# The same with its columns named (seq left to its sequence), for ArrayInsert.
 _INSERT_COLUMNS_RETURNING_SEQ = (
     insert(_EVENTS)
     .values({c: bindparam(c, type_=_EVENTS.c[c].type) for c in _EVENT_COLUMNS})
@@ -213,17 +213,18 @@ async def record_event(
     )
     session.info.setdefault(PENDING, []).append(row)  # inserted at commit, see _append_at_commit
     hooks = await _enabled_webhooks(session, organization_id)
-    first = utcnow() + timedelta(seconds=retry_schedule(rt)[0])
-    for hook in hooks:
-        if matches(hook, row):
-            enqueue_at_commit(
-                session,
-                rt,
-                "deliver_webhook",
-                {"webhook_id": hook.id, "event_id": event_id},
-                run_at=first,
-                key=f"webhook:{hook.id}:{event_id}",
-            )
+    if hooks:  # the schedule is parsed from the settings: not for the many organizations without any
+        first = utcnow() + timedelta(seconds=retry_schedule(rt)[0])
+        for hook in hooks:
+            if matches(hook, row):
+                enqueue_at_commit(
+                    session,
+                    rt,
+                    "deliver_webhook",
+                    {"webhook_id": hook.id, "event_id": event_id},
+                    run_at=first,
+                    key=f"webhook:{hook.id}:{event_id}",
+                )
     after_commit(session, lambda: _committed(rt, row))
     return row
 
