@@ -8,7 +8,6 @@ the driver's own connection (``db/driver_reads``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from typing import Any
 
@@ -41,13 +40,18 @@ def _ids_in(column: Any, postgres: bool) -> Any:
     return column.in_(select(listed.c.value))
 
 
-@functools.cache
+_compiled: dict[str, tuple[DriverStatement, DriverStatement]] = {}
+
+
 def _statements(dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
-    """The webhook and event lookups compiled once per dialect."""
-    postgres = dialect.name == "postgresql"
-    hooks = select(*_HOOK_COLUMNS).where(_ids_in(Webhook.id, postgres))
-    bodies: Select[Any] = select(Event.event_id, Event.body).where(_ids_in(Event.event_id, postgres))
-    return DriverStatement(hooks, dialect), DriverStatement(bodies, dialect)
+    """The webhook and event lookups, compiled once per dialect."""
+    found = _compiled.get(dialect.name)
+    if found is None:
+        postgres = dialect.name == "postgresql"
+        hooks = select(*_HOOK_COLUMNS).where(_ids_in(Webhook.id, postgres))
+        bodies: Select[Any] = select(Event.event_id, Event.body).where(_ids_in(Event.event_id, postgres))
+        found = _compiled[dialect.name] = (DriverStatement(hooks, dialect), DriverStatement(bodies, dialect))
+    return found
 
 
 def _ids(values: set[str], dialect: Dialect) -> Any:
