@@ -114,6 +114,28 @@ def test_chunked_redirect_and_errors() -> None:
     _run(test)
 
 
+def test_headers_that_would_break_the_head_are_refused_before_sending() -> None:
+    """CR, LF or NUL in a header's name or value (a header smuggled into the request) is a
+    ProtocolError naming that header, and nothing reaches the receiver."""
+
+    async def test() -> None:
+        server, heads, _ = await _serve(lambda head: OK)
+        for headers in (
+            {"x-ok": "1", "x-bad": "a\r\nx-injected: 1"},
+            {"x-ok": "1", "x-bad": "a\nb"},
+            {"x-bad\r\nx-injected": "1"},
+            {"x-ok": "1", "x-bad": "a\0b"},
+        ):
+            with pytest.raises(http1.ProtocolError, match="x-bad"):
+                await http1.post(_url(server), b"{}", headers, 5)
+        assert heads == []
+        assert await http1.post(_url(server), b"{}", {"x-ok": "a: b; c"}, 5) == 200
+        assert b"\r\nx-ok: a: b; c\r\n" in heads[0]
+        server.close()
+
+    _run(test)
+
+
 def test_timeout_and_refused() -> None:
     async def test() -> None:
         server, _, _ = await _serve(lambda head: None)

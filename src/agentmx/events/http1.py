@@ -20,6 +20,7 @@ MAX_HEAD = 64 * 1024  # status line plus headers
 MAX_DRAIN = 64 * 1024  # larger response bodies are not read: the connection is closed instead
 MAX_IDLE = 16  # idle connections kept per destination
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+_BREAKS = re.compile("[\r\n\0]")  # would end a header line or the head early
 IDLE_EXPIRY = 5.0  # seconds; as httpx: a peer or middlebox may drop idle connections without a FIN
 
 Key = tuple[str, str, int, str]  # scheme, connect host, port, TLS server name
@@ -75,13 +76,16 @@ def _request_head(path: str, query: str, netloc: str, headers: dict[str, str], l
     lines = [f"POST {target} HTTP/1.1"]
     if not any(name.lower() == "host" for name in headers):
         lines.append(f"host: {netloc.rpartition('@')[2]}")
-    for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0"):
-            raise ProtocolError(f"header {name!r} cannot be sent")
-        lines.append(f"{name}: {value}")
+    fields = [f"{name}: {value}" for name, value in headers.items()]
+    # One scan of all fields ("": ": " holds none of CR, LF, NUL), not a check per character and header.
+    if _BREAKS.search("".join(fields)):
+        bad = next(name for name, value in headers.items() if _BREAKS.search(name + value))
+        raise ProtocolError(f"header {bad!r} cannot be sent")
+    lines.extend(fields)
     lines.append(f"content-length: {length}")
+    text = "\r\n".join(lines)
     try:
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        return (text + "\r\n\r\n").encode("ascii")
     except UnicodeEncodeError as exc:
         raise ProtocolError("request headers must be ASCII") from exc
 
