@@ -7,20 +7,22 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
+
+T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgres"]
@@ -51,31 +53,32 @@ class Harness:
 
     def count_rows(self, sql: str, **params: str) -> int:
         """A count from the server's own database, for rows that no route shows any more."""
+
+        async def count(conn: AsyncConnection) -> int:
+            return int((await conn.execute(text(sql), params)).scalar_one())
+
+        return self._on_database(count, write=False)
+
+    def execute(self, sql: str, **params: object) -> None:
+        """A write to the server's own database, for rows as an older build stored them."""
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(text(sql), params)
+
+        self._on_database(write, write=True)
+
+    def _on_database(self, use: Callable[[AsyncConnection], Awaitable[T]], *, write: bool) -> T:
         url = self.server.database_url or f"sqlite:///{self.server.data_dir / 'agentmx.db'}"
 
-        async def run() -> int:
+        async def run() -> T:
             engine = create_async_engine(normalize_database_url(url))
             try:
-                async with engine.connect() as conn:
-                    return int((await conn.execute(text(sql), params)).scalar_one())
+                async with engine.begin() if write else engine.connect() as conn:
+                    return await use(conn)
             finally:
                 await engine.dispose()
 
         return asyncio.run(run())
-
-    def execute(self, sql: str, **params: object) -> None:
-        """A write to the server's own database, for rows as an older build stored them."""
-        url = self.server.database_url or f"sqlite:///{self.server.data_dir / 'agentmx.db'}"
-
-        async def run() -> None:
-            engine = create_async_engine(normalize_database_url(url))
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(text(sql), params)
-            finally:
-                await engine.dispose()
-
-        asyncio.run(run())
 
 
 def make_server(
