@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,7 +13,7 @@ import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from agentmx import event_loops, features, log_setup
+from agentmx import event_loops, features, log_setup, long_lived_heap
 from agentmx.bind import bound_sockets
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
@@ -35,8 +34,6 @@ log = logging.getLogger("agentmx")
 Starter = Callable[[Runtime], Awaitable[Callable[[], Awaitable[None]]]]
 BACKGROUND: list[Starter] = []
 
-# A full collection runs after this many middle-generation ones (Python's default is 10).
-FULL_COLLECTION_EVERY = 100
 GRACEFUL_STOP = 10  # seconds requests in flight may take to finish once a stop begins
 # uvicorn says it is serving by a flag only: read this often (the ready line was up to 20 ms late).
 READY_POLL = 0.005
@@ -143,15 +140,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         while not server.started and not serve_task.done():
             await asyncio.sleep(READY_POLL)
         if server.started:
-            # The start-up heap (modules, routes, SQLAlchemy and pydantic caches) lives as long as
-            # the process: out of the collector's sight, full collections stop walking it on every
-            # run (tens of ms each, paid by whichever requests are in flight: the p99).
-            gc.freeze()
-            # What is allocated later (open connections, caches) is walked by every full
-            # collection: with 1,000 WebSocket streams that pause put the fan-out p99 at 69-73 ms
-            # against 48-55 ms with full collections ten times rarer (third threshold 10 -> 100).
-            young, middle, _ = gc.get_threshold()
-            gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+            long_lived_heap.settle()
             log.info(
                 "agentmx listening: http://%s:%s smtp %s:%s",
                 settings.host,

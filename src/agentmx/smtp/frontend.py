@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from agentmx import event_loops, log_setup
+from agentmx import event_loops, log_setup, long_lived_heap
 from agentmx.mail import sender_auth
 from agentmx.mail.parse import parse_off_loop
 from agentmx.settings import Settings
@@ -221,6 +221,7 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     stop = await listen(ForwardingHandler(client, cache, settings), settings, sockets, share)
     writer.write(link.encode(("ready",)))
+    long_lived_heap.settle()  # a full collection walked the start-up heap every second or two (~25 ms)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
