@@ -119,7 +119,7 @@ def test_at_the_cap_a_newcomer_displaces_the_crowded_address(
         crowd.append(_connect(server, source="127.0.0.2"))
         time.sleep(0.05)  # a known waiting order
     # From the crowded address, a newcomer is turned away and the crowd stays as it was.
-    assert _closed_within(_connect(server, source="127.0.0.2"), 3)
+    assert _newcomer_reset(server, "127.0.0.2", 3)
     # From another address, newcomers take the places of the crowd's longest-waiting connections.
     with httpx.Client(base_url=server.base_url) as first, httpx.Client(base_url=server.base_url) as second:
         assert first.get("/health").status_code == 200
@@ -142,6 +142,17 @@ def _reset_within(sock: socket.socket, seconds: float) -> bool:
     return False
 
 
+def _newcomer_reset(server: ServerProcess, source: str, seconds: float) -> bool:
+    """A new connection from ``source`` that the server resets within ``seconds``. On a loaded machine
+    the reset can arrive before ``connect()`` has returned, which then raises it."""
+    try:
+        sock = _connect(server, source)
+    except ConnectionResetError:
+        return True
+    with sock:
+        return _reset_within(sock, seconds)
+
+
 def test_a_newcomer_turned_away_at_the_cap_is_reset(fresh_server: Callable[..., ServerProcess]) -> None:
     # A reset frees the server's socket at once: a close would leave it in TIME_WAIT for a minute,
     # thousands a second under an attack that reconnects after every close.
@@ -149,8 +160,8 @@ def test_a_newcomer_turned_away_at_the_cap_is_reset(fresh_server: Callable[..., 
     server = fresh_server(env=env).start()
     crowd = [_connect(server, source="127.0.0.2") for _ in range(3)]
     time.sleep(0.2)
-    assert _reset_within(_connect(server, source="127.0.0.2"), 3)  # from the crowded address
-    assert _reset_within(_connect(server, source="127.0.0.2"), 3)
+    assert _newcomer_reset(server, "127.0.0.2", 3)  # from the crowded address
+    assert _newcomer_reset(server, "127.0.0.2", 3)
     with httpx.Client(base_url=server.base_url) as client:  # a newcomer from elsewhere displaces one
         assert client.get("/health").status_code == 200
     assert [_reset_within(sock, 0.3) for sock in crowd] == [True, False, False]
