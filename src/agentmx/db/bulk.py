@@ -57,6 +57,16 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Rows) -> N
     await conn.exec_driver_sql(compiled.sql, _tuples(compiled, statement, rows))
 
 
+def _one_row(sql: str) -> tuple[str, list[str], str]:
+    """A compiled one-row ``INSERT ... VALUES (...) ...`` as what comes before VALUES, the row's
+    placeholders and what follows the row (ON CONFLICT, RETURNING); ValueError for anything else."""
+    head, found, rest = sql.partition(" VALUES (")
+    values, closed, tail = rest.partition(")")
+    if not found or not closed:
+        raise ValueError(f"not a one-row INSERT: {sql}")
+    return head, values.split(", "), tail
+
+
 # JSON travels as text and is cast per row: asyncpg's array of JSONB would go through its own codec.
 _TEXT_SOURCED = ("JSON", "JSONB")
 
@@ -72,14 +82,8 @@ class ArrayInsert:
     def __init__(self, statement: Insert, dialect: Dialect, *, first: int = 1, source: str = "") -> None:
         self.statement = statement
         self.compiled = DriverStatement(statement, dialect)
-        head, found, rest = self.compiled.sql.partition(" VALUES (")
-        values, closed, tail = rest.partition(")")
-        placeholders = values.split(", ")
-        if (
-            not found
-            or not closed
-            or not all(p.startswith(f"${i + 1}::") for i, p in enumerate(placeholders))
-        ):
+        head, placeholders, tail = _one_row(self.compiled.sql)
+        if not all(p.startswith(f"${i + 1}::") for i, p in enumerate(placeholders)):
             raise ValueError(f"not a one-row INSERT with typed placeholders: {self.compiled.sql}")
         types = [p.split("::", 1)[1] for p in placeholders]
         self.width = len(types)
@@ -144,11 +148,10 @@ class ValuesInsert:
     def __init__(self, statement: Insert, dialect: Dialect) -> None:
         self.statement = statement
         self.compiled = DriverStatement(statement, dialect)
-        head, found, rest = self.compiled.sql.partition(" VALUES (")
-        values, closed, self._tail = rest.partition(")")
-        if not found or not closed or values != ", ".join("?" * len(self.compiled.names)):
+        head, placeholders, self._tail = _one_row(self.compiled.sql)
+        if placeholders != ["?"] * len(self.compiled.names):
             raise ValueError(f"not a one-row INSERT with qmark placeholders: {self.compiled.sql}")
-        self._head, self._row = head + " VALUES ", f"({values})"
+        self._head, self._row = head + " VALUES ", f"({', '.join(placeholders)})"
         self._texts: dict[int, str] = {}
 
     def sql(self, count: int) -> str:
