@@ -22,6 +22,8 @@ from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
 from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
+from agentmx.services.ingest_cache import IngestCache
+from agentmx.services.key_cache import KeyCache
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
 from agentmx.services.secrets import load_secret
@@ -70,6 +72,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         settings=settings,
         db=Database(settings.effective_database_url, settings.database_pool_size),
         blobs=open_blob_store(settings),
+        key_cache=KeyCache(settings.cache_ttl),
+        ingest_cache=IngestCache(settings.cache_ttl),
     )
     try:  # the first statements of the server's own connections (a read-only SQLite file fails here)
         rt.secret = await load_secret(rt.db, settings.secret_key)
