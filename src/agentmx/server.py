@@ -17,6 +17,7 @@ from agentmx import event_loops, features, log_setup, long_lived_heap
 from agentmx.bind import bound_sockets
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
+from agentmx.db.listen import Listener
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
@@ -84,12 +85,16 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         raise cannot_open_database(exc) from None
     if settings.rate_limit_per_minute > 0:
         rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    if not rt.db.is_sqlite:
+        rt.listener = Listener(rt.db.url)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         for start in BACKGROUND:
             stops.append(await start(rt))
+        if rt.listener is not None:  # once every service has named its channels
+            stops.append(await rt.listener.start())
     except BaseException:  # a listener that could not start: give back what was started
         for stop in reversed(stops):
             with contextlib.suppress(Exception):
