@@ -23,6 +23,7 @@ from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
 from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
+from agentmx.services import cache_notify
 from agentmx.services.ingest_cache import IngestCache
 from agentmx.services.key_cache import KeyCache
 from agentmx.services.ratelimit import RateLimiter
@@ -87,6 +88,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     if not rt.db.is_sqlite:
         rt.listener = Listener(rt.db.url)
+        cache_notify.listen(rt)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []

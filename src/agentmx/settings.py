@@ -303,8 +303,9 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         description="Seconds a process may answer from its in-memory caches of API keys, recipient inboxes and "
-        "allow/block list lookups. A change applies at once in the process that made it; other processes "
-        "sharing a PostgreSQL database see it within this.",
+        "allow/block list lookups. A change applies at once in the process that made it and, on PostgreSQL, in "
+        "the others too (NOTIFY); this bounds how long another process may miss it while its LISTEN connection "
+        "is down.",
     )
     rate_limit_per_minute: int = Field(0, ge=0, description="Requests per API key per minute; 0 disables.")
     download_url_ttl: int = Field(

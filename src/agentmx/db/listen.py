@@ -1,8 +1,8 @@
 """One PostgreSQL ``LISTEN`` connection per process, shared by every channel it listens on.
 
-Processes sharing one database tell each other of commits with ``NOTIFY`` (new events:
-``events/hub.py``). One connection for every channel, so each process costs the database one
-connection beyond its pool.
+Processes sharing one database tell each other of commits with ``NOTIFY``: new events
+(``events/hub.py``) and changes to what they cache (``services/cache_notify.py``). One connection
+for all of them, so each process costs the database one connection beyond its pool.
 """
 
 from __future__ import annotations
