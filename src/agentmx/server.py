@@ -17,11 +17,15 @@ from agentmx import event_loops, features, log_setup, long_lived_heap
 from agentmx.bind import bound_sockets
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
+from agentmx.db.listen import Listener
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
 from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
+from agentmx.services import cache_notify
+from agentmx.services.ingest_cache import IngestCache
+from agentmx.services.key_cache import KeyCache
 from agentmx.services.ratelimit import RateLimiter
 from agentmx.services.runtime import Runtime
 from agentmx.services.secrets import load_secret
@@ -70,6 +74,8 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         settings=settings,
         db=Database(settings.effective_database_url, settings.database_pool_size),
         blobs=open_blob_store(settings),
+        key_cache=KeyCache(settings.cache_ttl),
+        ingest_cache=IngestCache(settings.cache_ttl),
     )
     try:  # the first statements of the server's own connections (a read-only SQLite file fails here)
         rt.secret = await load_secret(rt.db, settings.secret_key)
@@ -80,12 +86,17 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         raise cannot_open_database(exc) from None
     if settings.rate_limit_per_minute > 0:
         rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    if not rt.db.is_sqlite:
+        rt.listener = Listener(rt.db.url)
+        cache_notify.listen(rt)
     runner = JobRunner(rt)
     await runner.start()
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         for start in BACKGROUND:
             stops.append(await start(rt))
+        if rt.listener is not None:  # once every service has named its channels
+            stops.append(await rt.listener.start())
     except BaseException:  # a listener that could not start: give back what was started
         for stop in reversed(stops):
             with contextlib.suppress(Exception):

@@ -299,6 +299,14 @@ class Settings(BaseSettings):
         "jobs of a process that died (or stopped for longer than this) are run again elsewhere; one stopped with "
         "SIGTERM hands its unfinished jobs back at once.",
     )
+    cache_ttl: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds a process may answer from its in-memory caches of API keys, recipient inboxes and "
+        "allow/block list lookups. A change applies at once in the process that made it and, on PostgreSQL, in "
+        "the others too (NOTIFY); this bounds how long another process may miss it while its LISTEN connection "
+        "is down.",
+    )
     rate_limit_per_minute: int = Field(0, ge=0, description="Requests per API key per minute; 0 disables.")
     download_url_ttl: int = Field(
         3600, gt=0, description="Seconds a signed attachment or raw-message download_url stays valid."

@@ -16,7 +16,6 @@ from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from agentmx.db.models import Event
 from agentmx.events.bodies import encode_body
@@ -118,8 +117,10 @@ class Hub:
             self.last_seq = int(await s.scalar(select(func.max(Event.seq))) or 0)
         committed_listeners.append(self.offer)
         self._tasks.append(asyncio.create_task(self._tail(), name="event-hub"))
-        if not self.rt.db.is_sqlite:
-            self._tasks.append(asyncio.create_task(self._listen(), name="event-listen"))
+        if self.rt.listener is not None:  # PostgreSQL: commits in other processes wake the hub
+            wake = self.rt.events_signal.notify
+            # On (re)connect: catch up on anything committed while not listening.
+            self.rt.listener.add(NOTIFY_CHANNEL, _other_process(wake), on_connect=wake)
 
     async def stop(self) -> None:
         if self.offer in committed_listeners:
@@ -203,39 +204,15 @@ class Hub:
             sub.queued_bytes += len(item.text)
             sub.queue.put_nowait(item)
 
-    async def _listen(self) -> None:
-        """PostgreSQL LISTEN on a dedicated connection: commits in other processes wake the hub."""
-        import asyncpg
 
-        dsn = make_url(self.rt.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        signal = self.rt.events_signal
-        while True:
-            try:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    await conn.add_listener(NOTIFY_CHANNEL, _other_process(signal.notify))
-                    signal.notify()  # catch up on anything committed while not listening
-                    while not conn.is_closed():
-                        await asyncio.sleep(15)
-                        await conn.execute("SELECT 1")
-                finally:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("event listener lost its connection (%s); reconnecting", exc)
-                await asyncio.sleep(1)
-
-
-def _other_process(wake: Callable[[], None]) -> Callable[..., None]:
-    """A NOTIFY listener that ignores this process's own commits.
+def _other_process(wake: Callable[[], None]) -> Callable[[str], None]:
+    """A NOTIFY handler that ignores this process's own commits.
 
     Those reach the hub at commit (``offer``, or ``events_signal`` when it cannot take a row);
     a log read per own commit would only find rows already pushed.
     """
 
-    def listener(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def listener(payload: str) -> None:
         if payload != PROCESS_TOKEN:
             wake()
 

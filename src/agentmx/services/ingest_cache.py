@@ -2,8 +2,9 @@
 
 Every RCPT and every DATA would otherwise read the inbox, its domain and the allow/block lists.
 A transaction in this process that changes an inbox, pod, organization, domain or list entry
-clears every cache when it flushes and again when it commits; changes made by another process
-sharing the database are seen within ``ttl`` seconds.
+clears every cache when it flushes and again when it commits; on PostgreSQL it also tells the
+other processes sharing the database to clear theirs (``cache_notify``), and ``ttl`` bounds how
+long they could miss that.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from agentmx.db.models import Domain, Inbox, ListEntry, Organization, Pod
+from agentmx.services.cache_notify import notify_at_commit
 
 DEFAULT_TTL = 2.0
 MAX_ENTRIES = 10_000
@@ -68,6 +70,7 @@ def _schedule_clear(session: Session) -> None:
     hooks = session.info.setdefault("after_commit", [])
     if clear_all not in hooks:
         hooks.append(clear_all)
+    notify_at_commit(session)  # ...and the other processes' at commit
 
 
 @sa_event.listens_for(Session, "after_flush")

@@ -1,7 +1,8 @@
 """A short-lived, in-process cache of authenticated keys: most requests skip the key lookup.
 
-Changes made through this process (key update or delete, inbox delete) clear it at once; changes
-made by another process sharing the database are seen within ``ttl`` seconds. Concurrent misses
+Changes made through this process (key update or delete, inbox delete) clear it at once; those
+made by another process sharing the database clear it when their NOTIFY arrives (``cache_notify``),
+or are seen within ``ttl`` seconds if it never does. Concurrent misses
 for one key share a single lookup: when an entry expired under 64 busy connections, each of them
 ran its own lookup (PostgreSQL: a p99 of 100-200 ms in the first seconds of bench/rest_read.py).
 """

@@ -8,6 +8,8 @@ from typing import Any
 
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
+from agentmx.db.listen import Listener
+from agentmx.services import ingest_cache
 from agentmx.services.ingest_cache import IngestCache
 from agentmx.services.key_cache import KeyCache
 from agentmx.settings import Settings
@@ -43,6 +45,13 @@ class Runtime:
     ingest_cache: IngestCache = field(default_factory=IngestCache)
     # Per-key request limiter (services.ratelimit.RateLimiter) when rate_limit_per_minute > 0.
     rate_limiter: Any = None
+    # PostgreSQL: the process's one LISTEN connection (db/listen.py); None on SQLite.
+    listener: Listener | None = None
     # Set when the process begins to stop (SIGTERM, SIGINT): long waits inside requests end early,
     # so the server's graceful stop is not held up by them.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def clear_caches(self) -> None:
+        """Forget every cached key and ingest lookup (another process changed what they hold)."""
+        self.key_cache.clear()
+        ingest_cache.clear_all()

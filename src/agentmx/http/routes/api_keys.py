@@ -7,13 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentmx.db.engine import after_commit
 from agentmx.db.models import ApiKey
 from agentmx.errors import Unprocessable
 from agentmx.http import wire
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
-from agentmx.services import api_keys
+from agentmx.services import api_keys, cache_notify
 from agentmx.services.api_keys import UNSET, Scope
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, pin_owner
@@ -159,7 +158,7 @@ async def _update(
     scope = await _scope(rt, caller, pod_id, inbox_id)
     body = parse(UpdateKey, await json_body(request))
     async with rt.db.transaction() as s:
-        after_commit(s, rt.key_cache.clear)  # new permissions apply to the next request
+        await cache_notify.keys_changed(s, rt)  # new permissions apply to the next request, in every process
         row = await api_keys.update_key(
             s,
             caller,
@@ -177,7 +176,7 @@ async def _delete(
     caller.require("api_key_delete")
     scope = await _scope(rt, caller, pod_id, inbox_id)
     async with rt.db.transaction() as s:
-        after_commit(s, rt.key_cache.clear)  # a deleted key stops working at once
+        await cache_notify.keys_changed(s, rt)  # a deleted key stops working at once, in every process
         await api_keys.delete_key(s, caller, key_id, scope)
     return Response(status_code=204)
 

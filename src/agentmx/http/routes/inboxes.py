@@ -6,11 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentmx.db.engine import after_commit
 from agentmx.http import wire
 from agentmx.http.bodies import Body, given, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
-from agentmx.services import inboxes
+from agentmx.services import cache_notify, inboxes
 from agentmx.services.caller import Caller
 from agentmx.services.pagination import check_limit
 from agentmx.services.runtime import Runtime
@@ -124,7 +123,7 @@ async def _delete(rt: Runtime, caller: Caller, inbox_id: str, pod_id: str | None
     caller.require("inbox_delete")
     _pod_scope(caller, pod_id)
     async with rt.db.transaction() as s:
-        after_commit(s, rt.key_cache.clear)  # the inbox's keys are deleted with it
+        await cache_notify.keys_changed(s, rt)  # the inbox's keys are deleted with it
         await inboxes.delete_inbox(s, caller, inbox_id, pod_id)
     return Response(status_code=204)
 

@@ -4,11 +4,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentmx.db.engine import after_commit
 from agentmx.http import wire
 from agentmx.http.bodies import Body, parse
 from agentmx.http.deps import CallerDep, RuntimeDep, json_body, query_bool, query_int
-from agentmx.services import pods
+from agentmx.services import cache_notify, pods
 from agentmx.services.pagination import check_limit
 
 router = APIRouter(prefix="/v0/pods")
@@ -60,6 +59,6 @@ async def delete_pod(pod_id: str, rt: RuntimeDep, caller: CallerDep) -> Response
     caller.require_org()
     caller.require("pod_delete")
     async with rt.db.transaction() as s:
-        after_commit(s, rt.key_cache.clear)  # the pod's keys are deleted with it
+        await cache_notify.keys_changed(s, rt)  # the pod's keys are deleted with it
         await pods.delete_pod(s, caller, pod_id)
     return Response(status_code=204)
