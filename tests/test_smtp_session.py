@@ -82,7 +82,7 @@ def test_help_lists_every_command(harness: Harness) -> None:
         replies = [f.readline() for _ in range(4)][1:]
     listed = replies[0].split(b":", 1)[1].split()
     assert {b"DATA", b"HELO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET", b"VRFY"} <= set(listed)
-    assert replies[1:] == [b"250 Syntax: DATA\r\n", b"250 Syntax: RSET\r\n"]
+    assert replies[1:] == [b"250 2.0.0 Syntax: DATA\r\n", b"250 2.0.0 Syntax: RSET\r\n"]
 
 
 def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
