@@ -119,3 +119,14 @@ def test_a_domain_written_in_unicode_names_its_a_label_inbox(
         refused = smtp.sendmail("jörg@example.com", [f"Agent@{written}"], msg.as_bytes(), ["SMTPUTF8"])
     assert refused == {}
     assert client.inboxes.messages.get(inbox, msg["Message-ID"]).message_id == msg["Message-ID"]
+
+
+@pytest.mark.parametrize("path", ["<", "<a@", '<"', "a@"])
+def test_a_truncated_address_is_refused_as_malformed(harness: Harness, path: str) -> None:
+    """Python's address parser raised IndexError on these: aiosmtpd answered 500 with the exception's
+    name and logged a traceback for each."""
+    with smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.docmd("MAIL", f"FROM:{path}") == (553, b"5.1.3 Error: malformed address")
+        assert smtp.mail("sender@example.com")[0] == 250
+        assert smtp.docmd("RCPT", f"TO:{path}") == (553, b"5.1.3 Error: malformed address")

@@ -129,7 +129,12 @@ class LimitedSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         found = _SIMPLE_PATH.match(arg)
         if found is None or (self.local_part_limit and found.group(1).index("@") > self.local_part_limit):
-            return super()._getaddr(arg)  # the general parser (and its error handling)
+            try:
+                return super()._getaddr(arg)  # the general parser (and its error handling)
+            except IndexError:
+                # Python's parser on a path cut short ("<a@", "<"): malformed, as when it raises
+                # HeaderParseError; aiosmtpd answered 500 with the exception and logged a traceback.
+                return None, None
         return found.group(1), arg[found.end() :]
 
     def __init__(
