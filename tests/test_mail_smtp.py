@@ -276,6 +276,7 @@ def test_ehlo_answer_is_whole_and_in_order(harness: Harness) -> None:
         b"250-8BITMIME\r\n",
         b"250-SMTPUTF8\r\n",
         b"250-PIPELINING\r\n",
+        b"250-ENHANCEDSTATUSCODES\r\n",
         b"250 HELP\r\n",
     ]
 

@@ -82,7 +82,7 @@ def test_help_lists_every_command(harness: Harness) -> None:
         replies = [f.readline() for _ in range(4)][1:]
     listed = replies[0].split(b":", 1)[1].split()
     assert {b"DATA", b"HELO", b"HELP", b"MAIL", b"NOOP", b"QUIT", b"RCPT", b"RSET", b"VRFY"} <= set(listed)
-    assert replies[1:] == [b"250 Syntax: DATA\r\n", b"250 Syntax: RSET\r\n"]
+    assert replies[1:] == [b"250 2.0.0 Syntax: DATA\r\n", b"250 2.0.0 Syntax: RSET\r\n"]
 
 
 def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
@@ -119,3 +119,14 @@ def test_a_domain_written_in_unicode_names_its_a_label_inbox(
         refused = smtp.sendmail("jörg@example.com", [f"Agent@{written}"], msg.as_bytes(), ["SMTPUTF8"])
     assert refused == {}
     assert client.inboxes.messages.get(inbox, msg["Message-ID"]).message_id == msg["Message-ID"]
+
+
+@pytest.mark.parametrize("path", ["<", "<a@", '<"', "a@"])
+def test_a_truncated_address_is_refused_as_malformed(harness: Harness, path: str) -> None:
+    """Python's address parser raised IndexError on these: aiosmtpd answered 500 with the exception's
+    name and logged a traceback for each."""
+    with smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.docmd("MAIL", f"FROM:{path}") == (553, b"5.1.3 Error: malformed address")
+        assert smtp.mail("sender@example.com")[0] == 250
+        assert smtp.docmd("RCPT", f"TO:{path}") == (553, b"5.1.3 Error: malformed address")

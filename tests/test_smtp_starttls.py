@@ -126,13 +126,19 @@ def _replies(stream: Any, count: int) -> list[str]:
 
 
 def test_pipelined_commands_get_their_replies_in_order(served: Served) -> None:
-    """RFC 2920, offered before and after STARTTLS; AUTH is not offered on the MX port (nobody logs in)."""
+    """RFC 2920 and RFC 2034, offered before and after STARTTLS; AUTH is not offered on the MX port
+    (nobody logs in)."""
     with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:
         smtp.ehlo("sender.example")
-        assert smtp.has_extn("pipelining") and not smtp.has_extn("auth")
-        smtp.starttls(context=unverified_client_context())
+        assert (
+            smtp.has_extn("pipelining") and smtp.has_extn("enhancedstatuscodes") and not smtp.has_extn("auth")
+        )
+        assert smtp.starttls(context=unverified_client_context()) == (220, b"2.0.0 Ready to start TLS")
         smtp.ehlo("sender.example")
-        assert smtp.has_extn("pipelining") and not smtp.has_extn("auth")
+        assert (
+            smtp.has_extn("pipelining") and smtp.has_extn("enhancedstatuscodes") and not smtp.has_extn("auth")
+        )
+        assert smtp.mail("sender@example.com") == (250, b"2.1.0 OK")
     inbox = served.client.inboxes.create().inbox_id
     first, second = make_message(inbox, subject="Piped one"), make_message(inbox, subject="Piped two")
     with socket.create_connection(("127.0.0.1", served.server.smtp_port), timeout=30) as sock:

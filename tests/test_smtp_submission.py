@@ -103,6 +103,45 @@ def test_auth_needs_starttls_and_a_key_that_may_send_from_the_inbox(served: Serv
         smtp.login(inbox, served.key)  # an organization key works for any inbox
 
 
+def test_submission_offers_enhanced_status_codes(served: Served) -> None:
+    """RFC 2034 on 587 and 465, before and after STARTTLS; every reply after EHLO carries a code."""
+    inbox = served.client.inboxes.create().inbox_id
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("enhancedstatuscodes")
+        assert smtp.docmd("AUTH", "PLAIN AGluYm94AGtleQ==")[1].startswith(b"5.7.11 ")
+        assert smtp.docmd("MAIL", f"FROM:<{inbox}>") == (530, b"5.7.0 Authentication required")
+        assert smtp.starttls(context=unverified_client_context()) == (220, b"2.0.0 Ready to start TLS")
+        smtp.ehlo()
+        assert smtp.has_extn("enhancedstatuscodes") and smtp.has_extn("auth")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+            smtp.login(inbox, "am_wrong")
+        assert info.value.smtp_error == b"5.7.8 Authentication credentials invalid"
+    context = unverified_client_context()
+    with smtplib.SMTP_SSL("127.0.0.1", served.implicit_port, timeout=30, context=context) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("enhancedstatuscodes")
+        assert smtp.login(inbox, served.key) == (235, b"2.7.0 Authentication successful")
+        to = ext()
+        replies = [
+            smtp.mail("someone@else.example"),
+            smtp.mail(inbox),
+            smtp.rcpt("nodomain"),
+            smtp.rcpt(to),
+            smtp.data(message(inbox, to, "Coded").as_bytes()),
+            smtp.quit(),
+        ]
+    firsts = [(code, text.split()[0]) for code, text in replies]
+    assert firsts == [
+        (553, b"5.7.1"),
+        (250, b"2.1.0"),
+        (553, b"5.1.3"),
+        (250, b"2.1.5"),
+        (250, b"2.0.0"),
+        (221, b"2.0.0"),
+    ]
+
+
 def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     client = served.client
     inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id

@@ -13,11 +13,13 @@ from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
 from agentmx.smtp.replies import (
+    GREETING,
     S421_TIMEOUT,
     S421_TLS_FAILED,
     S421_TOO_MANY_CONNECTIONS,
     S421_TOO_MANY_ERRORS,
     S421_TOO_MANY_JUNK_COMMANDS,
+    with_enhanced_code,
 )
 
 log = logging.getLogger("agentmx.smtp")
@@ -95,7 +97,8 @@ class HookNames:
     async def handle_EHLO(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        """aiosmtpd's answer with PIPELINING (RFC 2920) and, where nobody can log in, without AUTH.
+        """aiosmtpd's answer with PIPELINING (RFC 2920), ENHANCEDSTATUSCODES (RFC 2034: LimitedSMTP.push)
+        and, where nobody can log in, without AUTH.
 
         aiosmtpd reads each command off the stream in turn, so pipelined commands get their
         replies in order; senders such as Postfix then send MAIL, RCPT and DATA in one round trip.
@@ -104,7 +107,7 @@ class HookNames:
         """
         session.host_name = hostname  # this hook's job once it exists (aiosmtpd's "new" EHLO hook)
         kept = [line for line in responses if self.offers_auth or not line.startswith("250-AUTH")]
-        return [*kept[:-1], "250-PIPELINING", kept[-1]]
+        return [*kept[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", kept[-1]]
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -126,7 +129,12 @@ class LimitedSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         found = _SIMPLE_PATH.match(arg)
         if found is None or (self.local_part_limit and found.group(1).index("@") > self.local_part_limit):
-            return super()._getaddr(arg)  # the general parser (and its error handling)
+            try:
+                return super()._getaddr(arg)  # the general parser (and its error handling)
+            except IndexError:
+                # Python's parser on a path cut short ("<a@", "<"): malformed, as when it raises
+                # HeaderParseError; aiosmtpd answered 500 with the exception and logged a traceback.
+                return None, None
         return found.group(1), arg[found.end() :]
 
     def __init__(
@@ -144,18 +152,31 @@ class LimitedSMTP(SMTP):
         self._errors_left = self._error_limit
         self._junk_left = self._junk_limit
         self._held: list[bytes] = []  # a multi-line reply's continuation lines, not sent yet
+        self._answering: str | None = GREETING  # the command whose reply is next (its enhanced code)
+
+    def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        """aiosmtpd asks the handler before each reply that depends on it ("250 OK" to MAIL or RCPT):
+        the command noted, for the reply's enhanced code. Returns aiosmtpd's coroutine, not one more."""
+        self._answering = command
+        return super()._call_handler_hook(command, *args)
 
     async def push(self, status: Any) -> None:
-        """Every reply line; permanent errors count against the session's error budget.
+        """Every reply line, with its enhanced code (RFC 2034); permanent errors count against the
+        session's error budget.
 
         Temporary ones do not: a 452 for recipients past the limit is how a pipelining client learns
         to send them in another transaction, and a 451 is our failure, not the client's.
         A multi-line reply's continuation lines ("250-SIZE …") go out with its last line, in one
         socket write: an EHLO answer was five writes, each a system call (with the peer's wake-up).
+        Replies come as str but AUTH's 334 challenges (bytes), which take no code.
         """
+        if isinstance(status, str):
+            status = with_enhanced_code(status, self._answering)
         if status[3:4] in ("-", b"-"):
             self._held.append(self._encode(status))
-        elif self._held:
+            return
+        self._answering = None  # its last line: the next reply answers a command not noted yet
+        if self._held:
             lines, self._held = [*self._held, self._encode(status)], []
             await super().push(b"\r\n".join(lines))
         else:

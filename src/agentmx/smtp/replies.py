@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentmx import errors as e
 
-S250_OK = "250 2.0.0 OK"
+S250_OK = "250 OK"  # to MAIL and RCPT: the enhanced code says which (ENHANCED_CODES)
 S250_QUEUED = "250 2.0.0 OK: message stored"
 S421_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 S421_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
@@ -48,6 +48,49 @@ SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
 }
 S553_NOT_YOUR_ADDRESS = "553 5.7.1 Sender address is not the authenticated inbox"
 S553_BAD_RECIPIENT = "553 5.1.3 Recipient address cannot be sent to"
+
+
+# RFC 3463 enhanced status codes (RFC 2034's ENHANCEDSTATUSCODES) for the replies written without
+# one: aiosmtpd's own ("250 OK", "503 Error: need MAIL command", "221 Bye", ...) and S250_OK, as
+# Postfix codes them. Looked up by the command answered, then by the reply code alone; a reply
+# code not listed gets its class's x.0.0. Replies that carry a code keep it.
+ENHANCED_CODES: dict[tuple[str | None, str], str] = {
+    ("MAIL", "250"): "2.1.0",
+    ("RCPT", "250"): "2.1.5",
+    (None, "220"): "2.0.0",  # Ready to start TLS (the greeting takes none)
+    (None, "221"): "2.0.0",
+    (None, "235"): "2.7.0",
+    (None, "250"): "2.0.0",
+    (None, "252"): "2.0.0",  # VRFY
+    (None, "454"): "4.7.0",  # TLS not available
+    (None, "500"): "5.5.2",  # command not recognized, bad syntax, line too long
+    (None, "501"): "5.5.4",  # syntax of the arguments
+    (None, "502"): "5.5.1",  # not implemented (EXPN, VRFY of an unparsable address)
+    (None, "503"): "5.5.1",  # bad sequence of commands
+    (None, "530"): "5.7.0",
+    (None, "535"): "5.7.8",
+    (None, "552"): "5.3.4",  # MAIL FROM SIZE= over the limit
+    (None, "554"): "5.7.0",  # aiosmtpd's only one: commands after a failed TLS handshake
+    (None, "555"): "5.5.4",  # MAIL or RCPT parameters not recognized
+}
+# RFC 2034 section 3: not the greeting, nor the reply to EHLO or HELO. A client that said HELO
+# still gets codes on the rest, as from Postfix (our own replies always carried them).
+GREETING = "greeting"  # what a session answers before its first command
+UNCODED = frozenset({GREETING, "EHLO", "HELO"})
+_CODED = frozenset({"2.", "4.", "5."})
+
+
+def with_enhanced_code(reply: str, command: str | None) -> str:
+    """One line of a reply, with an enhanced code after its reply code if it should have one.
+
+    ``command``: the command it answers, if known. Only 2xx, 4xx and 5xx replies take a code.
+    """
+    if command in UNCODED or reply[4:6] in _CODED or reply[:1] not in ("2", "4", "5"):
+        return reply
+    code = reply[:3]
+    enhanced = ENHANCED_CODES.get((command, code)) or ENHANCED_CODES.get((None, code)) or f"{code[0]}.0.0"
+    separator, text = reply[3:4] or " ", reply[4:]
+    return f"{code}{separator}{enhanced} {text}" if text else f"{code}{separator}{enhanced}"
 
 
 def submission_reply_for(exc: BaseException) -> str:
