@@ -137,3 +137,37 @@ def test_event_bodies_store_an_extract_equal_to_its_body_once() -> None:
     over_budget = {"message": {"extracted_text": "Hi"}}  # text and html dropped (EVENT_BODY_BUDGET)
     assert stored_extracts.full_event(stored_extracts.compact_event(over_budget)) == over_budget
     assert stored_extracts.compact_event({"domain": {}}) == {"domain": {}}
+
+
+def _attached(content_type: str, disposition: str, body: bytes = b"hello") -> bytes:
+    return (
+        b'From: a@example.com\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\xe9\r\n"
+        b"--b\r\nContent-Type: " + content_type.encode() + b"\r\n"
+        b"Content-Disposition: " + disposition.encode() + b"\r\n\r\n" + body + b"\r\n--b--\r\n"
+    )
+
+
+def test_header_parameters_are_each_fields_own_when_read_again() -> None:
+    """The parameters of a header text are split once and kept (mail/policy.MemoMessage): each
+    message, part and field still reads its own, in the order they come."""
+    messages = [
+        _attached('application/pdf; name="a.pdf"', "attachment"),
+        _attached('application/pdf; name="b.pdf"', "attachment"),
+        _attached("application/pdf", "attachment; filename*=utf-8''%E2%82%AC.pdf"),
+        _attached('application/pdf; name="a.pdf"', 'attachment; filename="c.pdf"'),
+        # The same text as a Content-Disposition and as a Content-Type: filename and name differ.
+        _attached('application/octet-stream; filename="d.bin"', 'attachment; filename="d.bin"'),
+        _attached('application/pdf; name="a.pdf"', "attachment"),
+    ]
+    for _ in range(2):
+        parsed = [parse_message(raw) for raw in messages]
+        assert [p.attachments[0].filename for p in parsed] == [
+            "a.pdf",
+            "b.pdf",
+            "€.pdf",
+            "c.pdf",
+            "d.bin",
+            "a.pdf",
+        ]
+        assert {p.text for p in parsed} == {"café"}  # charset=iso-8859-1, read each time

@@ -51,6 +51,7 @@ async def listen(
     max_connections = max(1, -(-max_connections // share))
     limits = ConnectionLimits(max_connections, settings.smtp_max_connections_per_ip)
     tls = ReloadingContext(settings.smtp_tls_cert, settings.smtp_tls_key) if settings.smtp_tls else None
+    loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
         context = tls.current() if tls else None  # the certificate, renewed if its files changed
@@ -68,10 +69,10 @@ async def listen(
             timeout=settings.smtp_timeout,
             # STARTTLS offered (required only before AUTH); with implicit TLS the socket has it.
             tls_context=None if implicit_tls else context,
+            loop=loop,  # else aiosmtpd looks it up per connection, inside a warnings.catch_warnings()
             **options,
         )
 
-    loop = asyncio.get_running_loop()
     if sockets is None:
         ssl_options: dict[str, Any] = {}
         if implicit_tls and tls:
