@@ -16,10 +16,11 @@ import resource
 log = logging.getLogger("agentmx")
 
 RESERVE = 512  # the database pool, blob files, DNS, outbound SMTP and webhook sockets
-# asyncio accepts every queued connection in one go and closes the ones over a cap, and the ones
-# they displace, only on the next loop turn: a busy loop can hold twice a listen queue of extra
-# descriptors at once. uvicorn's default queue of 2,048 took a body-dribbling attack past the
-# reserve (2,530 descriptors at a cap of 1,000; 1,552 with 256). SMTP's is asyncio's 100.
+# asyncio accepts every queued connection in one go, and the ones that newcomers displace are closed
+# only on the next loop turn (newcomers simply turned away are reset at accept, http/listener.py): a
+# busy loop can hold twice a listen queue of extra descriptors at once. uvicorn's default queue of
+# 2,048 took a body-dribbling attack past the reserve (2,530 descriptors at a cap of 1,000; 1,552
+# with 256). SMTP's is asyncio's 100.
 HTTP_LISTEN_BACKLOG = RESERVE // 4
 
 

@@ -21,6 +21,7 @@ from agentmx.db.listen import Listener
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
 from agentmx.http.app import create_app
 from agentmx.http.guard import HttpGuard
+from agentmx.http.listener import GuardedListener
 from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
 from agentmx.services import cache_notify
@@ -110,6 +111,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         http_cap, settings.http_header_timeout, settings.http_body_min_rate, settings.http_send_timeout
     )
     stops.append(guard.start())
+    http_sockets = [GuardedListener.wrap(sock, guard) for sock in http_sockets]
     config = uvicorn.Config(
         app,
         host=settings.host,

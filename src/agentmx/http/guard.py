@@ -103,13 +103,27 @@ class HttpGuard:
         # Of those, the ones reading a body: bytes received in the current window.
         self.body_bytes: dict[HttpToolsProtocol, int] = {}
         self.window_bytes = int(body_min_rate * header_timeout) if body_min_rate > 0 else 0
+        # uvicorn's set of open connections, once the first is made: the count turns_away() reads.
+        self.connections: set[Any] | None = None
+
+    def _crowd_to_displace(self, group: str) -> dict[HttpToolsProtocol, float] | None:
+        """At the cap: the most crowded address's waiting connections, if a newcomer from ``group``
+        may take the place of one; None when the newcomer is turned away."""
+        mine = len(self.waiting_by_ip.get(group, ()))
+        crowded = max(self.waiting_by_ip.values(), key=len, default={})
+        return crowded if len(crowded) > mine else None
+
+    def turns_away(self, ip: str) -> bool:
+        """Whether a newcomer from ``ip`` would be closed now (http/listener.py asks at accept())."""
+        if self.connections is None or len(self.connections) < self.max_connections:
+            return False
+        return self._crowd_to_displace(address_group(ip)) is None
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""
         if live > self.max_connections:
-            mine = len(self.waiting_by_ip.get(_ip(conn), ()))
-            crowded = max(self.waiting_by_ip.values(), key=len, default={})
-            if len(crowded) <= mine:
+            crowded = self._crowd_to_displace(_ip(conn))
+            if crowded is None:
                 return False
             oldest = next(iter(crowded))
             self.done(oldest)
@@ -212,6 +226,7 @@ class HttpGuard:
 
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
+                guard.connections = self.connections
                 if not guard.admit(self, len(self.connections), self.loop.time()):
                     reset(transport)  # a newcomer from the crowded address: see give_up
 
