@@ -119,7 +119,9 @@ def _next_try(delay: float) -> datetime:
     return utcnow() + timedelta(seconds=delay * random.uniform(0.9, 1.1))
 
 
-@handler("deliver_webhook")
+# One lane per webhook (endpoint), as Svix isolates endpoints: a receiver that hangs holds at most half
+# the job slots of a process (jobs/lanes.py); the guard above limits it further once it is seen slow.
+@handler("deliver_webhook", lane="webhook_id")
 async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> Inserts | None:
     # The attempt number lives in the payload: deferrals for a slow receiver do not count as attempts.
     attempt = int(payload.get("attempt", 0))

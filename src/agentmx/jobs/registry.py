@@ -44,11 +44,15 @@ class RetryAt(Exception):  # noqa: N818 (a signal, not an error)
 # handler(rt, payload, attempts) -> Inserts | None. Returning means done: the job row is deleted.
 Handler = Callable[[Runtime, dict[str, Any], int], Awaitable[Inserts | None]]
 HANDLERS: dict[str, Handler] = {}
+# kind -> the payload key naming a job's lane (jobs/lanes.py): one receiver's jobs, capped together.
+LANE_KEYS: dict[str, str] = {}
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
+def handler(kind: str, *, lane: str | None = None) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        if lane is not None:
+            LANE_KEYS[kind] = lane
         return fn
 
     return register

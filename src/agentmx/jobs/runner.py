@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Update, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Job
@@ -29,7 +29,8 @@ from agentmx.db.retryable import retryable
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.failure_log import FailureLog
-from agentmx.jobs.registry import FAILURES, HANDLERS, Inserts, RetryAt, failures
+from agentmx.jobs.lanes import Lanes, lane_of
+from agentmx.jobs.registry import FAILURES, HANDLERS, LANE_KEYS, Inserts, RetryAt, failures
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
 
@@ -65,9 +66,14 @@ async def _delete_finished(
     return [None] * len(done)
 
 
+def _claim_statement(postgres: bool, lanes: bool) -> Update:
+    """Claim up to :free due jobs for :worker; with ``lanes``, none of the :full lanes (jobs/lanes.py)."""
+    return _built_claim(postgres, tuple(sorted(LANE_KEYS.items())) if lanes else ())
+
+
 @functools.cache
-def _claim_statement(postgres: bool) -> Update:
-    """Claim up to :free due jobs for :worker. Built once: statement building cost more than running it."""
+def _built_claim(postgres: bool, lane_keys: tuple[tuple[str, str], ...]) -> Update:
+    """Built once: statement building cost more than running it."""
     c = JOBS.c
     now = bindparam("now", type_=c.run_at.type)
     due = (
@@ -76,6 +82,10 @@ def _claim_statement(postgres: bool) -> Update:
         .order_by(c.run_at)
         .limit(bindparam("free", type_=Integer))
     )
+    for kind, key in lane_keys:
+        # coalesce: a payload without the key is in no lane (NULL IN (...) would leave it unclaimed).
+        lane = func.coalesce(c.payload[key].as_string(), "")
+        due = due.where(~((c.kind == kind) & lane.in_(bindparam("full", expanding=True))))
     if postgres:
         due = due.with_for_update(skip_locked=True)
     return (
@@ -87,12 +97,14 @@ def _claim_statement(postgres: bool) -> Update:
 
 
 class JobRunner:
-    # 16 slots: webhook deliveries started together share one lookup (events/targets.py); a slow
-    # receiver holds at most delivery.SLOW_LIMIT of them.
-    def __init__(self, rt: Runtime, concurrency: int = 16) -> None:
+    # 32 slots, of which one receiver (a lane, jobs/lanes.py) may hold half: the 16 one receiver
+    # had before (16 slots and no lanes) and 16 for everyone else while it hangs. A receiver seen
+    # slow gets fewer (delivery.SLOW_LIMIT). Deliveries started together share one lookup (events/targets.py).
+    def __init__(self, rt: Runtime, concurrency: int = 32) -> None:
         self.rt = rt
         self.worker_id = secrets.token_hex(8)
         self.slots = asyncio.Semaphore(concurrency)
+        self.lanes = Lanes(share=max(1, concurrency // 2), claims=BATCH, on_room=self._lane_room)
         self.tasks: set[asyncio.Task[None]] = set()
         self.claimed: set[int] = set()  # job ids this runner holds (waiting for a slot or running)
         self.lease = timedelta(seconds=rt.settings.job_lease)
@@ -100,6 +112,7 @@ class JobRunner:
         self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._room = asyncio.Event()  # set when ROOM claimed jobs are done since the last full claim
+        self._lane_opened = False  # a full lane went under its limit since the last claim began
 
     async def start(self) -> None:
         if self.rt.db.is_sqlite:
@@ -145,7 +158,8 @@ class JobRunner:
         interval = self.rt.settings.job_poll_interval
         claims = FailureLog(log, "job claim")
         while not self._stopping:
-            free = BATCH - len(self.tasks)
+            free = BATCH - self.active
+            self._lane_opened = False
             try:
                 claimed = await self.run_due(free) if free > 0 else 0
                 claims.succeeded()
@@ -156,6 +170,9 @@ class JobRunner:
                 # All it could take: more may be due (a backlog). Claim again once there is room,
                 # not at the next poll or commit (a backlog drained at BATCH jobs per poll interval).
                 await self._wait_for_room(interval)
+            elif self._lane_opened:
+                # During the claim, which left that lane's jobs alone: its backlog waits for no poll.
+                await asyncio.sleep(GATHER)
             else:
                 await self.rt.jobs_signal.wait(interval)
                 # Let jobs committed in the next few ms join this claim: one claim transaction for
@@ -165,14 +182,26 @@ class JobRunner:
     async def _wait_for_room(self, interval: float) -> None:
         """Until ROOM of the claimed jobs are done, or ``interval`` (the poll) passes."""
         self._room.clear()
-        if len(self.tasks) > BATCH - ROOM:
+        if self.active > BATCH - ROOM:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), interval)
 
+    @property
+    def active(self) -> int:
+        """Claimed jobs running or waiting for a slot: those waiting for their lane do not count, or a
+        hanging receiver's backlog, claimed, would stop the claims for every other job."""
+        return len(self.tasks) - self.lanes.parked
+
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if len(self.tasks) <= BATCH - ROOM:
+        if self.active <= BATCH - ROOM:
             self._room.set()
+
+    def _lane_room(self) -> None:
+        """A full lane's claims went under the limit: claim again now, not at the next poll."""
+        self._lane_opened = True
+        self._room.set()
+        self.rt.jobs_signal.notify()
 
     async def _renew(self) -> None:
         """Every third of the lease, extend the claims this runner holds."""
@@ -202,8 +231,16 @@ class JobRunner:
         """Claim up to ``free`` due jobs and start them; returns how many were started (a job of
         ours claimed again is not: counted, a claim loop seeing it "full" could spin)."""
         now = utcnow()
-        claim = _claim_statement(postgres=not self.rt.db.is_sqlite)
-        params = {"now": now, "until": now + self.lease, "worker": self.worker_id, "free": free}
+        full = self.lanes.full()
+        claim = _claim_statement(postgres=not self.rt.db.is_sqlite, lanes=bool(full))
+        params: dict[str, Any] = {
+            "now": now,
+            "until": now + self.lease,
+            "worker": self.worker_id,
+            "free": free,
+        }
+        if full:
+            params["full"] = full
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
             jobs = (await s.execute(claim, params)).all()
         started = 0
@@ -212,14 +249,18 @@ class JobRunner:
                 # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
                 # stepped ahead of the renewal's), so the claim above only renewed it.
                 continue
-            task = asyncio.create_task(self._run(job_id, kind, payload, attempts))
+            lane = lane_of(kind, payload)
+            task = asyncio.create_task(self._run(job_id, kind, payload, attempts, lane))
             self.tasks.add(task)
             self.claimed.add(job_id)
+            self.lanes.claim(lane)
             task.add_done_callback(self._job_done)
             started += 1
         return started
 
-    async def _call(self, job_id: int, kind: str, payload: dict[str, Any], attempts: int) -> Inserts | None:
+    async def _call(
+        self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, lane: str | None
+    ) -> Inserts | None:
         """The job's handler. Once it returns or raises, the claim is no longer this runner's to renew
         or to guard: the outcome's commit releases it, and the job may be claimed again at once."""
         try:
@@ -229,8 +270,9 @@ class JobRunner:
             return await fn(self.rt, payload, attempts)
         finally:
             self.claimed.discard(job_id)
+            self.lanes.unclaim(lane)
 
-    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int) -> None:
+    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int, lane: str | None) -> None:
         if not isinstance(payload, dict):
             # No handler can run it (written by hand, or by a broken version): it failed the whole
             # claim, for ever, and the jobs claimed with it waited behind it.
@@ -240,10 +282,11 @@ class JobRunner:
             await self._record(job_id, kind, {}, functools.partial(self._finish, job_id), done=True)
             self.claimed.discard(job_id)
             return
-        async with self.slots:
+        async with self.lanes.slot(lane), self.slots:
             done = False
             try:
-                inserts = await self._call(job_id, kind, dict(payload), attempts)  # ours stays as claimed
+                # dict(): ours stays as claimed
+                inserts = await self._call(job_id, kind, dict(payload), attempts, lane)
             except RetryAt as retry:
                 next_payload = retry.payload
                 if FAILURES in (next_payload if next_payload is not None else payload):

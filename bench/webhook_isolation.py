@@ -1,0 +1,130 @@
+"""Webhook isolation: how long a healthy receiver's deliveries take while another receiver hangs.
+
+One inbox, two webhooks for message.received: a fast receiver and, in the second phase, one that
+accepts the connection, reads the request and never answers (it holds each delivery for the whole
+webhook timeout, 15 s by default). ``--messages`` inbound messages arrive over SMTP in a burst.
+Reported for the fast receiver in each phase: p50/p99 from the SMTP 250 to its delivery, and how
+many requests the hanging receiver got meanwhile.
+
+    python bench/webhook_isolation.py --messages 40 --backend both
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+
+from common import (
+    Agentmx,
+    Report,
+    add_common_args,
+    agentmx_server,
+    backends,
+    header,
+    latency_summary,
+    run_script,
+)
+from receiver import Receiver
+from smtp_load import LoadResult, send_one
+
+BENCH = "webhook_isolation"
+SUBJECT = re.compile(rb"bench message (\d+)")
+
+
+class Hanging:
+    """Accepts connections and reads requests, never answers (until stopped)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0, backlog=512)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.requests += 1
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
+            pass
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+
+async def phase(app: Agentmx, args: argparse.Namespace, report: Report, hanging: bool) -> None:
+    fast = Receiver()
+    fast_port = await fast.start()
+    hang = Hanging()
+    urls = [f"http://127.0.0.1:{fast_port}/hook"]
+    if hanging:
+        urls.append(f"http://127.0.0.1:{await hang.start()}/hook")
+    inbox = app.create_inbox(f"iso{int(hanging)}")
+    hooks = []
+    for url in urls:
+        resp = app.http.post("/v0/webhooks", json={"url": url, "event_types": ["message.received"]})
+        resp.raise_for_status()
+        hooks.append(resp.json()["webhook_id"])
+    acked: dict[int, float] = {}
+    sent = LoadResult()
+    queue = iter(range(args.messages))
+
+    async def sender() -> None:
+        for n in queue:
+            if await send_one(app.server.smtp_port, inbox, n, 512, sent):
+                acked[n] = time.perf_counter()
+
+    await asyncio.gather(*(sender() for _ in range(args.sessions)))
+    deadline = time.perf_counter() + args.wait
+    while len(fast.deliveries) < len(acked) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    latencies = [
+        d.at - acked[int(m.group(1))]
+        for d in fast.deliveries
+        if (m := SUBJECT.search(d.body)) and int(m.group(1)) in acked
+    ]
+    lat = latency_summary(latencies)
+    target = f"{app.label} {'with' if hanging else 'without'} a hanging receiver"
+    report.add(BENCH, target, "fast 250->delivery p50", lat["p50_ms"], "ms")
+    report.add(BENCH, target, "fast 250->delivery p99", lat["p99_ms"], "ms",
+               f"{len(latencies)}/{len(acked)} delivered; the hanging one got {hang.requests} requests")  # fmt: skip
+    for hook in hooks:  # so the next phase's events go to its own receivers only
+        app.http.delete(f"/v0/webhooks/{hook}").raise_for_status()
+    await fast.stop()
+    await hang.stop()
+
+
+def run(args: argparse.Namespace, report: Report) -> None:
+    header(f"webhook isolation: {args.messages} inbound messages, a fast and a hanging receiver")
+    for backend in backends(args.backend):
+        for hanging in (False, True):
+            with agentmx_server(backend) as app:
+                asyncio.run(phase(app, args, report, hanging))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=40)
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--wait", type=float, default=40.0, help="seconds to wait for the fast receiver")
+    add_common_args(p)
+    return p
+
+
+if __name__ == "__main__":
+    run_script(parser, run)
+    sys.exit(0)

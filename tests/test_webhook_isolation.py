@@ -1,0 +1,68 @@
+"""One webhook receiver that hangs holds at most its share of the job slots: deliveries to other
+receivers go on, and its own deliveries wait, none lost (jobs/lanes.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from agentmx.testing.server import ServerProcess
+from conftest import Harness
+from events_support import Receiver, new_inbox
+from mail_support import make_message, smtp_send
+
+BACKENDS = ["sqlite", "postgres"]
+BURST = 20  # events per receiver: more than its share of the job slots (16, half of 32)
+
+
+def burst(server: ServerProcess, inboxes: list[str], subject: str) -> None:
+    """One message to every inbox, in one SMTP transaction: one message.received event each, all
+    committed together (so the jobs are due at once, before the slow-receiver guard could act)."""
+    msg = make_message(inboxes[0], subject=subject)
+    smtp_send(server, inboxes, msg.as_bytes())
+
+
+def svix_ids(receiver: Receiver) -> set[str]:
+    with receiver.lock:
+        return {d.headers["svix-id"] for d in receiver.deliveries}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hanging_receiver_does_not_starve_the_others(
+    fresh_server: Callable[..., ServerProcess], backend: str
+) -> None:
+    # The server would wait 300 s for an answer: the hanging receiver holds its requests until the
+    # test lets it go, so nothing here depends on the machine's speed.
+    server = fresh_server(backend, env={"AGENTMX_WEBHOOK_TIMEOUT": "300"}).start()
+    client = Harness(server, backend).client()
+    let_go = threading.Event()
+
+    def hang(n: int) -> int:
+        let_go.wait(120)
+        return 200
+
+    hanging, fast = Receiver(status=hang), Receiver()
+    try:
+        inboxes = [new_inbox(client) for _ in range(BURST)]
+        # Organization-wide webhooks: every inbox's events go to them.
+        client.webhooks.create(url=hanging.url, event_types=["message.received"])
+        burst(server, inboxes, "for the hanging one")
+        hanging.wait(1)
+        client.webhooks.create(url=fast.url, event_types=["message.received"])
+        burst(server, inboxes, "for both")
+        # Without the cap the hanging receiver's backlog took every slot (16) for the 300 s timeout.
+        fast.wait(BURST, timeout=30)
+        assert not let_go.is_set()
+        assert len(hanging.deliveries) <= 16  # its share; the rest wait, claimed or not
+    finally:
+        let_go.set()
+    try:
+        # Every delivery to the hanging receiver is still made once it answers: none was lost.
+        hanging.wait(2 * BURST, timeout=60)
+        assert len(svix_ids(hanging)) == 2 * BURST
+        assert len(svix_ids(fast)) == BURST
+    finally:
+        hanging.close()
+        fast.close()
