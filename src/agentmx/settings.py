@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         description="NOOP, RSET, VRFY and HELP commands (together) an SMTP session may send without delivering a "
         "message before it is closed with 421, as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
     )
+    smtp_hop_limit: int = Field(
+        50,
+        ge=0,
+        description="Received fields a message's header may have, the one this server adds included, as "
+        "Postfix's hopcount_limit: more is a mail loop (RFC 5321 6.3), refused after DATA with 554 5.4.6 and not "
+        "stored. Inbound SMTP and submission. 0 disables the limit.",
+    )
     smtp_tls_cert: str = Field(
         "",
         description="PEM certificate chain file (with AGENTMX_SMTP_TLS_KEY) for inbound STARTTLS and for submission. "

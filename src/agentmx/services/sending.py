@@ -39,7 +39,7 @@ from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import blob_bytes, hooks, jobs, limits, lists, mailstore
+from agentmx.services import blob_bytes, hooks, hop_limit, jobs, limits, lists, mailstore
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -370,6 +370,7 @@ async def prepare_submitted(
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
     raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
     parsed = await mailstore.parse(raw)
+    hop_limit.check(rt.settings, parsed)
     from_fields, addresses = submitted.originators(raw)
     if from_fields != 1 or not addresses or any(_key(a) != inbox.id.lower() for a in addresses):
         # One From field naming the inbox alone, and no Sender or Resent-* naming anybody else: a
