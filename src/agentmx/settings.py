@@ -315,6 +315,14 @@ class Settings(BaseSettings):
         "is down.",
     )
     rate_limit_per_minute: int = Field(0, ge=0, description="Requests per API key per minute; 0 disables.")
+    inbox_send_limit_per_hour: int = Field(
+        0,
+        ge=0,
+        description="Messages an inbox may send in a rolling hour (API send, reply, forward, drafts, scheduled "
+        "drafts, SMTP submission), counted from the database: a runaway agent loop stops there. Over it the API "
+        "answers 429 rate_limit_exceeded with Retry-After, submission 451 4.7.1, and a scheduled draft waits for "
+        "room. 0 disables.",
+    )
     download_url_ttl: int = Field(
         3600, gt=0, description="Seconds a signed attachment or raw-message download_url stays valid."
     )
