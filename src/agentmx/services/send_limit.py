@@ -3,7 +3,7 @@ many messages an hour instead of sending thousands and ruining its domain's repu
 
 Counted from the database, so it holds across restarts and across processes sharing PostgreSQL:
 the inbox's outbound messages of the last hour (every way of sending stores one, ``commit_send``),
-read through ix_messages_inbox_ts, newest first and at most ``limit`` rows. A message deleted
+read through ix_messages_inbox_ts, newest first, up to the limit-th (the one row read back). A message deleted
 since no longer counts.
 """
 
@@ -34,22 +34,21 @@ async def check(session: AsyncSession, settings: Settings, inbox_id: str) -> Non
     # one's message (SQLite's writers are one at a time already).
     await get_row(session, Inbox, inbox_id, lock="change")
     now = utcnow()
-    recent = list(
-        await session.scalars(
-            select(Message.timestamp)
-            .where(
-                Message.inbox_id == inbox_id,
-                Message.timestamp > now - WINDOW,
-                Message.direction == "outbound",
-            )
-            .order_by(Message.timestamp.desc())
-            .limit(limit)
+    # The limit-th newest send of the hour, if there is one: the next send may go once it is an hour old.
+    nth = await session.scalar(
+        select(Message.timestamp)
+        .where(
+            Message.inbox_id == inbox_id,
+            Message.timestamp > now - WINDOW,
+            Message.direction == "outbound",
         )
+        .order_by(Message.timestamp.desc())
+        .offset(limit - 1)
+        .limit(1)
     )
-    if len(recent) < limit:
+    if nth is None:
         return
-    # The next send may go once the limit-th newest of them is an hour old.
-    wait = math.ceil((recent[-1] + WINDOW - now).total_seconds())
+    wait = math.ceil((nth + WINDOW - now).total_seconds())
     raise RateLimited(
         f"Inbox {inbox_id} has sent {limit} messages in the last hour, its limit",
         retry_after=max(wait, 1),
