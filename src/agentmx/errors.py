@@ -58,6 +58,12 @@ class MessageRejected(AgentMXError):
     code = "message_rejected"
 
 
+class TooManyHops(MessageRejected):
+    """More Received fields than AGENTMX_SMTP_HOP_LIMIT: the message is in a mail loop (SMTP 554 5.4.6)."""
+
+    code = "too_many_hops"
+
+
 class RateLimited(AgentMXError):
     code = "rate_limit_exceeded"
 

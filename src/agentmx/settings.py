@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         description="NOOP, RSET, VRFY and HELP commands (together) an SMTP session may send without delivering a "
         "message before it is closed with 421, as Postfix's smtpd_junk_command_limit. 0 disables the limit.",
     )
+    smtp_hop_limit: int = Field(
+        50,
+        ge=0,
+        description="Received fields a message's header may have, the one this server adds included, as "
+        "Postfix's hopcount_limit: more is a mail loop (RFC 5321 6.3), refused after DATA with 554 5.4.6 and not "
+        "stored. Inbound SMTP and submission. 0 disables the limit.",
+    )
     smtp_tls_cert: str = Field(
         "",
         description="PEM certificate chain file (with AGENTMX_SMTP_TLS_KEY) for inbound STARTTLS and for submission. "
@@ -308,6 +315,14 @@ class Settings(BaseSettings):
         "is down.",
     )
     rate_limit_per_minute: int = Field(0, ge=0, description="Requests per API key per minute; 0 disables.")
+    inbox_send_limit_per_hour: int = Field(
+        0,
+        ge=0,
+        description="Messages an inbox may send in a rolling hour (API send, reply, forward, drafts, scheduled "
+        "drafts, SMTP submission), counted from the database: a runaway agent loop stops there. Over it the API "
+        "answers 429 rate_limit_exceeded with Retry-After, submission 451 4.7.1, and a scheduled draft waits for "
+        "room. 0 disables.",
+    )
     download_url_ttl: int = Field(
         3600, gt=0, description="Seconds a signed attachment or raw-message download_url stays valid."
     )

@@ -15,6 +15,7 @@ is retried first, and reported the same way once the attempts are used up.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db.models import Draft, Inbox, Message
 from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.types import utcnow
-from agentmx.errors import AgentMXError, Conflict, TemporaryFailure
+from agentmx.errors import AgentMXError, Conflict, RateLimited, TemporaryFailure
 from agentmx.jobs.registry import RetryAt, failures, handler
 from agentmx.mail.compose import OutAttachment
 from agentmx.services import blob_bytes, drafts, idempotency, jobs, limits
@@ -175,12 +176,24 @@ async def send_scheduled(rt: Runtime, payload: dict[str, Any], attempts: int) ->
             if draft is None or draft.send_status != "sending":
                 return
             await _send_locked(s, rt, caller, draft, [], [])
+    except RateLimited as exc:  # the inbox's send limit: not the draft's fault, it goes when there is room
+        await _wait_for_room(rt, draft_id, exc)
     except TemporaryFailure as exc:  # storage full, a dependency down: another attempt may succeed
         await _retry_or_fail(rt, payload, draft_id, exc)
     except AgentMXError as exc:  # the draft itself is at fault: the client must change it
         await _mark_failed(rt, draft_id, exc.message)
     except Exception as exc:
         await _retry_or_fail(rt, payload, draft_id, exc)
+
+
+async def _wait_for_room(rt: Runtime, draft_id: str, exc: RateLimited) -> None:
+    """Back to scheduled (editable, as before it was due), and this job again in Retry-After seconds."""
+    async with rt.db.transaction() as s:
+        draft = await _lock(s, draft_id)
+        if draft is None or draft.send_status != "sending":
+            return
+        draft.send_status = "scheduled"
+    raise RetryAt(utcnow() + timedelta(seconds=exc.retry_after), exc.message)
 
 
 async def _retry_or_fail(rt: Runtime, payload: dict[str, Any], draft_id: str, exc: Exception) -> None:

@@ -19,7 +19,8 @@ SMTP submission (``smtp/submission.py``) sends a whole message the same way:
 ``caller`` must already hold ``message_send``; ``inbox`` is the sending inbox (already scope-checked).
 ``reply_to_message`` / ``forward_of`` must be messages of that inbox. Errors:
 400 ValidationFailed (bad address, > 50 recipients, bad header), 422 Unprocessable (no recipients),
-403 MessageRejected (paused inbox, send-list or suppression hit). A paused inbox refuses with 403
+403 MessageRejected (paused inbox, send-list or suppression hit), 429 RateLimited (the inbox's
+send limit, ``send_limit``). A paused inbox refuses with 403
 ``message_rejected`` (the same class of refusal as a suspended account).
 """
 
@@ -39,7 +40,7 @@ from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import blob_bytes, hooks, jobs, limits, lists, mailstore
+from agentmx.services import blob_bytes, hooks, hop_limit, jobs, limits, lists, mailstore, send_limit
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
@@ -370,6 +371,7 @@ async def prepare_submitted(
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
     raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
     parsed = await mailstore.parse(raw)
+    hop_limit.check(rt.settings, parsed)
     from_fields, addresses = submitted.originators(raw)
     if from_fields != 1 or not addresses or any(_key(a) != inbox.id.lower() for a in addresses):
         # One From field naming the inbox alone, and no Sender or Resent-* naming anybody else: a
@@ -399,6 +401,7 @@ def _check_active(inbox: Inbox) -> None:
 async def commit_send(session: AsyncSession, rt: Runtime, inbox: Inbox, prepared: PreparedSend) -> Message:
     """Write the message, its recipients, the delivery job and ``message.sent`` in ``session``."""
     _check_active(inbox)  # re-checked: prepare may have run in an earlier transaction
+    await send_limit.check(session, rt.settings, inbox.id)
     thread_id = prepared.thread_id
     if thread_id is not None and await session.get(Thread, thread_id) is None:
         raise NotFound("Message not found", fix="The message was deleted while this send was prepared.")

@@ -12,7 +12,7 @@ from typing import Any
 
 from agentmx.errors import AgentMXError
 from agentmx.mail import sender_auth
-from agentmx.services import hooks, mailstore
+from agentmx.services import hooks, hop_limit, mailstore
 from agentmx.services.runtime import Runtime
 from agentmx.smtp import replies
 from agentmx.smtp.data import body_of
@@ -64,8 +64,10 @@ async def accept_data(
             checked = await sender_auth.check(rt.settings, raw, mail_from, helo, peer)
             if checked.refused:
                 return replies.S550_DMARC
-            raw, verdict, parsed = checked.raw, checked.verdict, None
+            raw, verdict = checked.raw, checked.verdict
             trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls) + checked.field
+            parsed = await mailstore.parse(trace + raw)
+        hop_limit.check(rt.settings, parsed)  # a mail loop: refused, not stored
         results = await mailstore.receive(rt, trace + raw, mail_from, rcpt_tos, parsed=parsed, sender=verdict)
     except AgentMXError as exc:
         log.warning("inbound message refused: %s", exc)

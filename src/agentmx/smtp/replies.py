@@ -20,12 +20,14 @@ S550_NO_SUCH_INBOX = "550 5.1.1 Recipient address rejected: no such inbox"
 S550_REJECTED = "550 5.7.1 Message rejected"
 S550_DMARC = "550 5.7.1 Unauthenticated mail refused: the From domain's DMARC policy asks for it"
 S552_TOO_BIG = "552 5.3.4 Error: message too big"
+S554_TOO_MANY_HOPS = "554 5.4.6 Error: too many hops"  # Postfix's words for its hopcount_limit
 
 # The most specific class wins (looked up along the exception's MRO).
 ERROR_REPLIES: dict[type[e.AgentMXError], str] = {
     e.NotFound: S550_NO_SUCH_INBOX,
     e.Forbidden: S550_REJECTED,
     e.MessageRejected: S550_REJECTED,
+    e.TooManyHops: S554_TOO_MANY_HOPS,
     e.RateLimited: S451_RATE_LIMITED,
     e.LimitExceeded: S552_TOO_BIG,
     e.TemporaryFailure: S451_TEMP_FAILURE,
@@ -41,6 +43,7 @@ SUBMISSION_REPLIES: dict[type[e.AgentMXError], str] = {
     e.NotFound: "550 5.1.0",
     e.Forbidden: "550 5.7.1",
     e.MessageRejected: "550 5.7.1",
+    e.TooManyHops: "554 5.4.6",
     e.RateLimited: "451 4.7.1",
     e.LimitExceeded: "552 5.3.4",
     e.TemporaryFailure: "451 4.3.0",

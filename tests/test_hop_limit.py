@@ -1,0 +1,108 @@
+"""The hop limit (AGENTMX_SMTP_HOP_LIMIT, RFC 5321 6.3): mail with more Received fields than the limit,
+this server's own included, is in a loop; it is refused after DATA with 554 5.4.6 and not stored.
+
+Inbound SMTP in the server process and through a front end, and SMTP submission. Local delivery
+between inboxes adds no trace field: a submitted message reaches the other inbox with the Received
+fields it was submitted with.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+
+from agentmx.testing.certs import unverified_client_context, write_self_signed
+from agentmx.testing.server import ServerProcess, free_port
+from conftest import BACKENDS
+from mail_support import download, make_message, smtp_send
+from send_support import relaying_server, wait_for
+
+LIMIT = 50  # the default
+
+
+class Served:
+    def __init__(self, server: ServerProcess, submission_port: int) -> None:
+        self.server = server
+        self.submission_port = submission_port
+        self.key = server.create_key()
+        env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
+        self.client = AgentMail(api_key=self.key, environment=env)
+
+    def submit(self, inbox: str, rcpts: list[str], raw: bytes) -> None:
+        with smtplib.SMTP(
+            "127.0.0.1", self.submission_port, timeout=30, local_hostname="agent.example"
+        ) as smtp:
+            smtp.starttls(context=unverified_client_context())
+            smtp.login(inbox, self.key)
+            smtp.sendmail(inbox, rcpts, raw)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(backend, workers) for backend in BACKENDS for workers in ("0", "1")],
+    ids=lambda p: f"{p[0]}-workers{p[1]}",
+)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    backend, workers = request.param
+    tmp = tmp_path_factory.mktemp(f"hops-{backend}-{workers}")
+    write_self_signed(tmp)
+    port = free_port()
+    env = {
+        "AGENTMX_SMTP_WORKERS": workers,
+        "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
+        "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
+        "AGENTMX_SUBMISSION_PORT": str(port),
+    }
+    with relaying_server(tmp / "data", backend, env) as (server, _):
+        yield Served(server, port)
+
+
+def with_hops(count: int, raw: bytes) -> bytes:
+    """``raw`` with ``count`` Received fields on top (folded, as relays write them)."""
+    fields = b"".join(
+        b"Received: from relay%d.example ([192.0.2.%d])\r\n\tby relay%d.example with ESMTP;\r\n"
+        b"\tMon, 1 Dec 2025 10:00:00 +0000\r\n" % (i, i % 250 + 1, i + 1)
+        for i in range(count)
+    )
+    return fields + raw
+
+
+def subjects(client: AgentMail, inbox: str) -> list[str | None]:
+    return [m.subject for m in client.inboxes.messages.list(inbox).messages]
+
+
+def test_inbound_mail_past_the_hop_limit_is_refused_and_not_stored(served: Served) -> None:
+    inbox = served.client.inboxes.create().inbox_id
+    # With the Received this server adds, LIMIT - 1 from the client is exactly the limit.
+    taken = with_hops(LIMIT - 1, make_message(inbox, subject="within the limit").as_bytes())
+    assert smtp_send(served.server, [inbox], taken) == {}
+    looping = with_hops(LIMIT, make_message(inbox, subject="in a loop").as_bytes())
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp_send(served.server, [inbox], looping)
+    assert refused.value.smtp_code == 554
+    assert refused.value.smtp_error.startswith(b"5.4.6 ")
+    # A 250 comes only after the commit, so the list is final.
+    assert subjects(served.client, inbox) == ["within the limit"]
+
+
+def test_a_submitted_message_past_the_hop_limit_is_refused(served: Served) -> None:
+    client = served.client
+    sender, other = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    looping = make_message(other, subject="resubmitted in a loop", sender=sender).as_bytes()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        served.submit(sender, [other], with_hops(LIMIT, looping))
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 ")
+    assert subjects(client, sender) == []  # no sent copy
+
+    # At the limit it is sent, and local delivery adds no trace field of its own.
+    taken = make_message(other, subject="within the limit", sender=sender).as_bytes()
+    served.submit(sender, [other], with_hops(LIMIT - 1, taken))
+    arrived = wait_for(lambda: client.inboxes.messages.list(other).messages)
+    assert [m.subject for m in arrived] == ["within the limit"]
+    raw = download(client.inboxes.messages.get_raw(other, arrived[0].message_id).download_url).content
+    head = raw[: raw.index(b"\r\n\r\n")]
+    assert head.count(b"\r\nReceived: ") + head.startswith(b"Received: ") == LIMIT
