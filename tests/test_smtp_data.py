@@ -13,7 +13,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentmx.smtp.data import S500_LINE_TOO_LONG, S552_TOO_MUCH_DATA, DataBody, read_data
+from agentmx.smtp.data import S500_LINE_TOO_LONG, S552_TOO_MUCH_DATA, DataBody, _Body, read_data
 
 
 async def oracle_read_data(
@@ -137,3 +137,11 @@ def test_examples() -> None:
     assert _fixed(b"x" * 100 + b"\r\n.\r\n", size_limit=50, line_limit=20)[0].error == S552_TOO_MUCH_DATA
     assert _fixed(b"abc", limit=16) == ("EOF before the terminator", b"")
 
+
+def test_an_overlong_line_is_dropped_before_it_ends() -> None:
+    """Bounded memory with a line limit and no size limit: an endless line is not held."""
+    body = _Body(size_limit=None, line_limit=100)
+    body.add(b"a\r\n" + b"x" * 99)
+    assert not body.too_long
+    body.add(b"x")
+    assert body.too_long and not body.pieces
