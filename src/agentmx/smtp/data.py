@@ -2,19 +2,23 @@
 
 aiosmtpd 1.4.6 keeps every fragment of a line longer than its line limit until that line ends,
 so a body sent as one endless line (no CRLF) was held in RAM whole: 100 MB pushed once grew the
-server by about 100 MB, and the reply was 500 "line too long" instead of 552. Here a line over
-the limit is read in fragments, and everything past the size limit is counted and dropped as it
-arrives.
+server by about 100 MB, and the reply was 500 "line too long" instead of 552. Here the body is
+read in bulk up to its terminator (what the reader holds, a line longer than its limit in pieces),
+and everything past the size limit is counted and dropped as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 S500_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 S552_TOO_MUCH_DATA = "552 5.3.4 Error: too much mail data"
+
+# The end of the body: a line that is only "." (RFC 5321 4.1.1.4). Only CRLF ends a line, so
+# "\n.\n" does not end it (SMTP smuggling). The body starts as if right after a CRLF.
+END = b"\r\n.\r\n"
 
 
 @dataclass
@@ -29,39 +33,123 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     ``line_limit``: a longer line (CRLF included) refuses the body with 500; None takes lines of
     any length within the size limit, as Postfix and other MXs do (RFC 5321 4.5.3.1.6 sets 1000
     octets, but a 500 after DATA bounces mail from senders that never wrap their HTML).
+    Bytes after the terminator (a pipelining client's next command) stay in the reader.
     """
-    lines: list[bytes] = []
-    size = 0
-    too_long = False
-    line_start = True  # False between fragments of a line longer than the reader's limit
+    body = _Body(size_limit, line_limit)
+    if await _read_start(reader, body):
+        return body.outcome()
     while True:
         try:
-            line = await reader.readuntil(b"\r\n")
-            ended = True
+            piece = await reader.readuntil(END)
         except asyncio.LimitOverrunError as exc:
-            # No CRLF within the limit: take this fragment (a CR at its end stays for the next read).
-            line = await reader.read(exc.consumed)
-            ended = False
-        if line_start:  # a "." inside a long line neither ends the body nor is unstuffed
-            if line == b".\r\n":
-                break
-            if line.startswith(b"."):  # RFC 5321 4.5.2 transparency
-                line = line[1:]
-        line_start = ended
-        # The message's size (RFC 1870) leaves out the doubled dots: a message of exactly the
-        # size a client declared with MAIL FROM SIZE= must not get a 552 here.
-        size += len(line)
-        if line_limit is not None and (not ended or len(line) > line_limit):
-            too_long = True
-        if too_long or (size_limit and size > size_limit):
-            lines.clear()  # counted and dropped as it arrives
+            # No END within the limit: take what cannot be part of one (readuntil keeps the rest).
+            body.add(await reader.read(exc.consumed))
             continue
-        lines.append(line)
-    if size_limit and size > size_limit:
-        return DataBody(b"", S552_TOO_MUCH_DATA)
-    if too_long:
-        return DataBody(b"", S500_LINE_TOO_LONG)
-    return DataBody(b"".join(lines))
+        body.add(piece[:-3])  # the CRLF before the "." is the last line's end
+        return body.outcome()
+
+
+async def _read_start(reader: asyncio.StreamReader, body: _Body) -> bool:
+    """Read the body's first bytes, as few at a time as could complete END; True if they did.
+
+    readuntil(END) cannot see an END that begins before what it reads: the virtual CRLF before
+    the body, or bytes read here. So until the bytes read end with no part of END, read exactly
+    what would complete it; reading more could take the pipelined command after an empty body.
+    """
+    seen = b"\r\n"  # the stream's last bytes, the virtual CRLF first
+    held = b""  # a "." or ".\r" after a CRLF: the terminator's, if the next bytes complete it
+    while matched := _partial_end(seen):
+        piece = await reader.readexactly(len(END) - matched)
+        seen = (seen + piece)[-len(END) :]
+        pending = held + piece
+        if seen == END:
+            body.add(pending[:-3])
+            return True
+        keep = max(0, _partial_end(seen) - 2)
+        body.add(pending[: len(pending) - keep])
+        held = pending[len(pending) - keep :]
+    return False
+
+
+def _partial_end(tail: bytes) -> int:
+    """The length of the longest end of ``tail`` that begins END (0 to 4)."""
+    for length in (4, 3, 2, 1):
+        if tail.endswith(END[:length]):
+            return length
+    return 0
+
+
+@dataclass
+class _Body:
+    """The body's pieces as read: dot-unstuffed, counted, line lengths checked, dropped past a limit."""
+
+    size_limit: int | None
+    line_limit: int | None
+    pieces: list[bytes] = field(default_factory=list)
+    size: int = 0  # RFC 1870: without the doubled dots
+    too_long: bool = False
+    before: bytes = b"\r\n"  # the two raw bytes before the next piece: does a "." begin a line?
+    last: bytes = b""  # the last unstuffed byte: a CR that a LF at the next piece's start ends
+    line_len: int = 0  # unstuffed bytes of the line not yet ended
+
+    def add(self, raw: bytes) -> None:
+        if not raw:
+            return
+        piece = self._unstuffed(raw)
+        self.before = (self.before + raw[-2:])[-2:]
+        if not piece:
+            return
+        # The message's size leaves out the doubled dots: a message of exactly the size a client
+        # declared with MAIL FROM SIZE= must not get a 552 here.
+        self.size += len(piece)
+        if self.line_limit is not None and not self.too_long:
+            self._check_lines(piece, self.line_limit)
+        if self.too_long or (self.size_limit and self.size > self.size_limit):
+            self.pieces.clear()  # counted and dropped as it arrives
+            return
+        self.pieces.append(piece)
+
+    def _unstuffed(self, raw: bytes) -> bytes:
+        """RFC 5321 4.5.2 transparency: the "." that begins a line is dropped, no other.
+
+        A "." after a bare LF or CR, or inside a line, stays. A line may begin at the piece's
+        first or second byte, after a CRLF that ends the previous piece or straddles both.
+        """
+        if raw[:1] == b"." and self.before == b"\r\n":
+            return raw[1:].replace(b"\r\n.", b"\r\n")
+        if raw[:2] == b"\n." and self.before[-1:] == b"\r":
+            return b"\n" + raw[2:].replace(b"\r\n.", b"\r\n")
+        return raw.replace(b"\r\n.", b"\r\n")
+
+    def _check_lines(self, piece: bytes, line_limit: int) -> None:
+        """Whether a line (CRLF included, unstuffed) is longer than line_limit, a window at a time."""
+        start, prefix = 0, self.line_len  # the line at start began with prefix bytes in earlier pieces
+        if self.last == b"\r" and piece[:1] == b"\n":  # a CRLF across pieces ends that line
+            if prefix + 1 > line_limit:
+                self.too_long = True
+                return
+            start, prefix = 1, 0
+        self.last = piece[-1:]
+        while True:
+            window_end = start + line_limit - prefix
+            # The last CRLF ending within the window: every line up to it fits.
+            crlf = piece.rfind(b"\r\n", start, window_end)
+            if crlf < 0:
+                if window_end <= len(piece):
+                    self.too_long = True
+                    return
+                self.line_len = prefix + len(piece) - start
+                break
+            start, prefix = crlf + 2, 0
+        # The open line will be at least one byte longer: refuse it now rather than hold it whole.
+        self.too_long = self.line_len >= line_limit
+
+    def outcome(self) -> DataBody:
+        if self.size_limit and self.size > self.size_limit:
+            return DataBody(b"", S552_TOO_MUCH_DATA)
+        if self.too_long:
+            return DataBody(b"", S500_LINE_TOO_LONG)
+        return DataBody(b"".join(self.pieces))
 
 
 def body_of(envelope: Any) -> bytes:
