@@ -24,6 +24,7 @@ import smtp_abuse
 import smtp_ingest
 import smtp_mime_fuzz
 import store_path
+import webhook_isolation
 import webhooks
 import ws_latency
 from common import Report, finish
@@ -37,6 +38,7 @@ BENCHES = {
     "rest_read": (rest_read, [], ["--seconds", "15"]),
     "list_latency": (list_latency, [], ["--messages", "1000000", "--inboxes", "10000"]),
     "webhooks": (webhooks, [], ["--messages", "2000"]),
+    "webhook_isolation": (webhook_isolation, [], ["--messages", "200"]),
     "smtp_abuse": (
         smtp_abuse,
         ["--messages", "1000", "--rounds", "1"],
