@@ -112,3 +112,11 @@ def test_codes_on_both_databases_and_not_on_the_greeting_or_helo(harness: Harnes
         smtp.close()
     assert _codes(replies) == [(250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0"), (221, "2.0.0")]
     assert harness.client().inboxes.messages.list(inbox).count == 1
+
+
+def test_no_code_on_an_ehlo_or_helo_refused(harness: Harness) -> None:
+    """RFC 2034 3: any response to EHLO or HELO goes without a code, a 501 for a missing name too."""
+    with smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30) as smtp:
+        assert smtp.docmd("EHLO") == (501, b"Syntax: EHLO hostname")
+        assert smtp.docmd("HELO") == (501, b"Syntax: HELO hostname")
+        assert smtp.docmd("FROB") == (500, b'5.5.2 Error: command "FROB" not recognized')

@@ -208,6 +208,16 @@ class LimitedSMTP(SMTP):
         self.close_with(S421_TOO_MANY_JUNK_COMMANDS)
         return True
 
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd command name)
+        self._answering = "EHLO"  # RFC 2034 3: no enhanced code on any answer to it, "501 Syntax" too
+        await super().smtp_EHLO(hostname)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:  # noqa: N802
+        self._answering = "HELO"
+        await super().smtp_HELO(hostname)
+
     @syntax("NOOP [ignored]")  # HELP lists only commands that say their syntax
     async def smtp_NOOP(self, arg: str) -> None:  # noqa: N802 (aiosmtpd command name)
         if not self._junk_exhausted():
