@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 
+import httpx
 import pytest
 from agentmail.core.api_error import ApiError
 from sqlalchemy import update
@@ -19,6 +20,7 @@ from agentmx.db.models import Job, Message
 from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.server import free_port
 from conftest import BACKENDS, NO_RETRY, Harness
+from file_server import FileServer
 from send_support import ext, relaying_server, wait_for
 
 LIMIT = 2
@@ -64,6 +66,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "AGENTMX_SMTP_TLS_CERT": str(tmp / "cert.pem"),
         "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
         "AGENTMX_SUBMISSION_PORT": str(port),
+        "AGENTMX_ATTACHMENT_URL_ALLOW_PRIVATE": "true",  # the file server is on loopback
     }
     with relaying_server(tmp / "data", request.param, env) as (server, _):
         served = Served(server, request.param)
@@ -137,3 +140,24 @@ def test_a_scheduled_draft_due_over_the_limit_waits_for_room(served: Served) -> 
     with pytest.raises(ApiError) as gone:
         client.inboxes.drafts.get(inbox, draft.draft_id, request_options=NO_RETRY)
     assert gone.value.status_code == 404
+
+
+def test_a_send_over_the_limit_fetches_no_url_attachment(served: Served) -> None:
+    """Refused before the slow work: a runaway agent's sends past the limit fetch, render and write nothing."""
+    files = FileServer({"/file.txt": ({"Content-Type": "text/plain"}, b"attachment bytes")})
+    try:
+        client = served.client()
+        inbox = client.inboxes.create().inbox_id
+        for n in range(LIMIT):
+            client.inboxes.messages.send(inbox, to=ext(), subject=f"s{n}", text="t")
+        attachment = {"filename": "file.txt", "url": files.base + "/file.txt"}
+        headers = {"Authorization": f"Bearer {served.api_key}"}
+        with httpx.Client(base_url=served.server.base_url, headers=headers, timeout=30) as http:
+            response = http.post(
+                f"/v0/inboxes/{inbox}/messages/send",
+                json={"to": ext(), "text": "t", "attachments": [attachment]},
+            )
+        assert response.status_code == 429, response.text
+        assert files.requests == [], "a send over the limit fetched its URL attachment"
+    finally:
+        files.stop()

@@ -68,11 +68,12 @@ class Listener:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(closed.wait(), KEEPALIVE)
                         if not conn.is_closed():
-                            await conn.execute("SELECT 1")
+                            # Bounded: on a half-open connection (a peer gone without a FIN) the ping
+                            # would wait for the kernel's TCP timeout, minutes without NOTIFYs.
+                            await conn.execute("SELECT 1", timeout=KEEPALIVE)
                     raise ConnectionError("closed")
                 finally:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+                    conn.terminate()  # not close(): its goodbye could wait on that same dead connection
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

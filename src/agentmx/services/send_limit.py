@@ -24,15 +24,17 @@ from agentmx.settings import Settings
 WINDOW = timedelta(hours=1)
 
 
-async def check(session: AsyncSession, settings: Settings, inbox_id: str) -> None:
+async def check(session: AsyncSession, settings: Settings, inbox_id: str, *, lock: bool = True) -> None:
     """RateLimited (retry_after: seconds until a send leaves the window) when the inbox has sent its
-    limit in the last hour. Call it in the transaction that stores the send."""
+    limit in the last hour. Call it in the transaction that stores the send; ``lock=False`` before
+    that, in a read, so that a send refused anyway composes, writes and fetches nothing."""
     limit = settings.inbox_send_limit_per_hour
     if not limit:
         return
-    # PostgreSQL: concurrent sends of one inbox count one after the other, each seeing the last
-    # one's message (SQLite's writers are one at a time already).
-    await get_row(session, Inbox, inbox_id, lock="change")
+    if lock:
+        # PostgreSQL: concurrent sends of one inbox count one after the other, each seeing the last
+        # one's message (SQLite's writers are one at a time already).
+        await get_row(session, Inbox, inbox_id, lock="change")
     now = utcnow()
     # The limit-th newest send of the hour, if there is one: the next send may go once it is an hour old.
     nth = await session.scalar(

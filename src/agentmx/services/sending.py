@@ -282,6 +282,9 @@ async def check_send(
 ) -> CheckedSend:
     """Every rule of a send but the rendering of its header fields. ``session`` may be read-only."""
     _check_active(inbox)
+    # Early (commit_send counts again, locked): a runaway agent's refused sends cost a read, not a
+    # rendering, blob writes and URL attachment fetches each.
+    await send_limit.check(session, rt.settings, inbox.id, lock=False)
     to = _addresses(req.to, "to")
     cc = _addresses(req.cc, "cc")
     bcc = _addresses(req.bcc, "bcc")
