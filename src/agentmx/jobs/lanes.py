@@ -49,12 +49,7 @@ class Lanes:
     def unclaim(self, lane: str | None) -> None:
         if lane is None:
             return
-        n = self.claimed[lane] - 1
-        if n:
-            self.claimed[lane] = n
-        else:
-            del self.claimed[lane]
-        if n == self.claims - 1:
+        if _decrement(self.claimed, lane) == self.claims - 1:
             self.on_room()
 
     @contextlib.asynccontextmanager
@@ -94,11 +89,7 @@ class Lanes:
             if not turn.done():
                 turn.set_result(None)  # the running count stays: the slot changes hands
                 return
-        n = self.running[lane] - 1
-        if n:
-            self.running[lane] = n
-        else:
-            del self.running[lane]
+        _decrement(self.running, lane)
 
     def _forget(self, lane: str, turn: asyncio.Future[None]) -> None:
         queue = self.waiting.get(lane)
@@ -107,3 +98,13 @@ class Lanes:
                 queue.remove(turn)
             if not queue:
                 del self.waiting[lane]
+
+
+def _decrement(counts: dict[str, int], lane: str) -> int:
+    """One fewer of ``lane`` in ``counts`` (a lane at none is dropped: the dicts hold busy lanes only)."""
+    n = counts[lane] - 1
+    if n:
+        counts[lane] = n
+    else:
+        del counts[lane]
+    return n
