@@ -6,6 +6,14 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+# How a receiver's connection ends: the sender closed or reset it, sent junk, or the bench stopped.
+CONNECTION_ENDED = (
+    asyncio.IncompleteReadError,
+    ConnectionError,
+    asyncio.LimitOverrunError,
+    asyncio.CancelledError,
+)
+
 
 @dataclass
 class Delivery:
@@ -44,12 +52,7 @@ class Receiver:
                 self.deliveries.append(Delivery(time.perf_counter(), headers, body))
                 writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            asyncio.LimitOverrunError,
-            asyncio.CancelledError,
-        ):
+        except CONNECTION_ENDED:
             pass
         finally:
             writer.close()

@@ -27,7 +27,7 @@ from common import (
     latency_summary,
     run_script,
 )
-from receiver import Receiver
+from receiver import CONNECTION_ENDED, Receiver
 from smtp_load import LoadResult, send_one
 
 BENCH = "webhook_isolation"
@@ -51,12 +51,7 @@ class Hanging:
         try:
             while await reader.readuntil(b"\r\n\r\n"):
                 self.requests += 1
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            asyncio.LimitOverrunError,
-            asyncio.CancelledError,
-        ):
+        except CONNECTION_ENDED:
             pass
 
     async def stop(self) -> None:
