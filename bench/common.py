@@ -185,6 +185,27 @@ def tree_cpu_seconds(pid: int | None) -> float:
     return cpu_seconds(pid) + sum(cpu_seconds(kid) for kid in kids)
 
 
+def database_cpu_seconds(database_url: str | None) -> float:
+    """``cpu_seconds`` of the live PostgreSQL backends connected to ``database_url``'s database (their
+    titles name it: "postgres: 15/main: user database 127.0.0.1(port) idle"). Backends that exited
+    since the last reading are missed; the server's pool keeps its connections."""
+    if not database_url:
+        return math.nan
+    name = f" {database_url.rsplit('/', 1)[1]} "
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and name in title:
+            cpu = cpu_seconds(int(entry.name))
+            total += cpu if cpu == cpu else 0.0  # nan: it exited in between
+    return total
+
+
 def header(title: str) -> None:
     info = machine_info()
     print(f"\n== {title}  (cpus={info['cpus']}, load1={info['loadavg_1m']}, {info['time_utc']})", flush=True)

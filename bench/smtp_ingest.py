@@ -38,6 +38,7 @@ from common import (
     backends,
     baseline_cmd,
     cpu_seconds,
+    database_cpu_seconds,
     free_port,
     header,
     latency_summary,
@@ -59,7 +60,13 @@ def label(backend: str, smtp_workers: int, tls: bool = False) -> str:
 
 
 def record(
-    report: Report, target: str, gen: str, res: LoadResult | None, cpu: float, own_cpu: float = math.nan
+    report: Report,
+    target: str,
+    gen: str,
+    res: LoadResult | None,
+    cpu: float,
+    own_cpu: float = math.nan,
+    db_cpu: float = math.nan,
 ) -> None:
     if res is None:
         return
@@ -81,22 +88,42 @@ def record(
         # With front ends: the server process alone (one thread runs every batch, so it bounds the rate).
         own = own_cpu * 1000 / len(res.acked)
         report.add(BENCH, target, f"server process CPU/msg [{gen}]", own, "ms", "without its SMTP front ends")
+    if res.acked and db_cpu == db_cpu:
+        per_msg = db_cpu * 1000 / len(res.acked)
+        report.add(BENCH, target, f"PostgreSQL backends CPU/msg [{gen}]", per_msg, "ms", "its database's")
 
 
 def drive(
-    port: int, rcpt: str, args: argparse.Namespace, target: str, report: Report, pid: int | None
+    port: int,
+    rcpt: str,
+    args: argparse.Namespace,
+    target: str,
+    report: Report,
+    pid: int | None,
+    database_url: str | None = None,
 ) -> None:
-    """Warm up, then run both load generators against one listening server."""
+    """Warm up, then run both load generators against one listening server (and its database's
+    PostgreSQL backends' CPU with ``database_url``)."""
     tls = unverified_client_context() if args.starttls else None
     asyncio.run(aiosmtplib_load(port, rcpt, min(100, args.messages), args.sessions, args.size, tls=tls))
     if "aiosmtplib" in args.generators:
-        cpu0, own0 = tree_cpu_seconds(pid), cpu_seconds(pid)
+        cpu0, own0, db0 = tree_cpu_seconds(pid), cpu_seconds(pid), database_cpu_seconds(database_url)
         res = asyncio.run(aiosmtplib_load(port, rcpt, args.messages, args.sessions, args.size, tls=tls))
-        record(report, target, "aiosmtplib", res, tree_cpu_seconds(pid) - cpu0, cpu_seconds(pid) - own0)
+        cpu, own, db = (
+            tree_cpu_seconds(pid) - cpu0,
+            cpu_seconds(pid) - own0,
+            database_cpu_seconds(database_url) - db0,
+        )
+        record(report, target, "aiosmtplib", res, cpu, own, db)
     if "smtp-source" in args.generators:
-        cpu0, own0 = tree_cpu_seconds(pid), cpu_seconds(pid)
+        cpu0, own0, db0 = tree_cpu_seconds(pid), cpu_seconds(pid), database_cpu_seconds(database_url)
         res2 = smtp_source_load(port, rcpt, args.messages, args.sessions, args.size)
-        record(report, target, "smtp-source", res2, tree_cpu_seconds(pid) - cpu0, cpu_seconds(pid) - own0)
+        cpu, own, db = (
+            tree_cpu_seconds(pid) - cpu0,
+            cpu_seconds(pid) - own0,
+            database_cpu_seconds(database_url) - db0,
+        )
+        record(report, target, "smtp-source", res2, cpu, own, db)
 
 
 @contextlib.contextmanager
@@ -194,6 +221,7 @@ def measure(args: argparse.Namespace, report: Report, certs: Path | None) -> Non
                     target,
                     report,
                     app.server.proc.pid if app.server.proc else None,
+                    app.database_url,
                 )
                 expected = args.messages * len(args.generators) + min(100, args.messages)
                 stored = wait_stored(app, inbox, expected)
