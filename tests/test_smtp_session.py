@@ -15,7 +15,7 @@ from agentmail.inboxes.types import CreateInboxRequest
 
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
-from mail_support import make_message, smtp_send
+from mail_support import download, make_message, smtp_send
 
 SIZE_LIMIT = 100_000
 
@@ -54,6 +54,34 @@ def test_a_message_of_exactly_the_size_limit_is_taken_with_dot_lines(
         code, _ = smtp.data(_message_of(SIZE_LIMIT + 1, b"." + b"d" * 76 + b"\r\n"))
         assert code == 552
     assert client.inboxes.messages.list(inbox).count == 1
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_body_of_empty_lines_is_stored_whole_and_a_pipelined_command_follows(
+    workers: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """A body that begins with 200,000 empty lines keeps the end of what was read a partial
+    <CRLF>.<CRLF>: read in bulk all the same (smtp/data.py, it went 3 or 4 bytes a read), stored
+    whole, and the command sent in the same packet as the terminator is still answered."""
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": workers}).start()
+    client = _client(server)
+    inbox = client.inboxes.create().inbox_id
+    raw = b"\r\n" * 200_000 + b"text after the empty lines\r\n"  # no header: all of it is the body
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=60) as smtp:
+        smtp.ehlo()
+        smtp.mail("a@example.com")
+        assert smtp.rcpt(inbox)[0] == 250
+        assert smtp.docmd("DATA")[0] == 354
+        smtp.send(raw + b".\r\nNOOP\r\n")  # no line begins with a dot: nothing to stuff
+        assert smtp.getreply()[0] == 250
+        assert smtp.getreply()[0] == 250  # the NOOP, left in the reader for the session
+        assert smtp.sendmail("a@example.com", [inbox], make_message(inbox).as_bytes()) == {}
+    listed = client.inboxes.messages.list(inbox).messages
+    assert len(listed) == 2
+    stored = [
+        download(client.inboxes.messages.get_raw(inbox, m.message_id).download_url).content for m in listed
+    ]
+    assert sum(s.endswith(raw) for s in stored) == 1
 
 
 def test_postmaster_without_a_domain_reaches_the_default_domains_postmaster(harness: Harness) -> None:
