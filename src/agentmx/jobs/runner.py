@@ -207,8 +207,8 @@ class JobRunner:
 
     @property
     def active(self) -> int:
-        """Claimed jobs running or waiting for a slot: those waiting for their lane do not count, or a
-        hanging receiver's backlog, claimed, would stop the claims for every other job."""
+        """Claimed jobs running or waiting for a slot: those parked by their lane's caps (jobs/lanes.py) do
+        not count, or hanging receivers' backlogs, claimed, would stop the claims for every other job."""
         return len(self.tasks) - self.lanes.parked
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
