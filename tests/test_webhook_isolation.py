@@ -1,5 +1,6 @@
 """One webhook receiver that hangs holds at most its share of the job slots: deliveries to other
-receivers go on, and its own deliveries wait, none lost (jobs/lanes.py)."""
+receivers go on, and its own deliveries wait, none lost; receivers that hang together hold at most
+their pool, so outbound mail goes on too (jobs/lanes.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from agentmx.testing.server import ServerProcess
 from conftest import Harness
 from events_support import Receiver, new_inbox
 from mail_support import make_message, smtp_send
+from send_support import Sink, ext, wait_for
 
 BACKENDS = ["sqlite", "postgres"]
 BURST = 20  # events per receiver: more than its share of the job slots (16, half of 32)
@@ -66,3 +68,38 @@ def test_a_hanging_receiver_does_not_starve_the_others(
     finally:
         hanging.close()
         fast.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_receivers_hanging_together_leave_slots_for_outbound_mail(
+    fresh_server: Callable[..., ServerProcess], backend: str
+) -> None:
+    sink = Sink().start()
+    env = {"AGENTMX_WEBHOOK_TIMEOUT": "300", "AGENTMX_SMTP_RELAY": sink.address}
+    server = fresh_server(backend, env=env).start()
+    client = Harness(server, backend).client()
+    let_go = threading.Event()
+
+    def hang(n: int) -> int:
+        let_go.wait(120)
+        return 200
+
+    receivers = [Receiver(status=hang), Receiver(status=hang)]
+    try:
+        inboxes = [new_inbox(client) for _ in range(BURST)]
+        for n, receiver in enumerate(receivers):
+            client.webhooks.create(url=receiver.url, event_types=["message.received"])
+            burst(server, inboxes, f"for the hanging ones, {n + 1}")
+            receiver.wait(1)
+        # Without a pool for all receivers, their backlogs took every slot (16 each) for the 300 s
+        # timeout: the send's delivery job was not even claimed.
+        to = ext("out-")
+        client.inboxes.messages.send(inboxes[0], to=to, subject="while two receivers hang", text="Hi.")
+        wait_for(lambda: sink.handler.for_rcpt(to), timeout=60)
+        assert not let_go.is_set()
+        assert sum(len(r.deliveries) for r in receivers) <= 24  # the pool; the rest wait
+    finally:
+        let_go.set()
+        for receiver in receivers:
+            receiver.close()
+        sink.stop()

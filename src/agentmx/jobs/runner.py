@@ -29,7 +29,7 @@ from agentmx.db.retryable import retryable
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.failure_log import FailureLog
-from agentmx.jobs.lanes import Lanes, lane_of
+from agentmx.jobs.lanes import ClaimPlan, Lanes, lane_of
 from agentmx.jobs.registry import FAILURES, HANDLERS, LANE_KEYS, Inserts, RetryAt, failures
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
@@ -66,13 +66,17 @@ async def _delete_finished(
     return [None] * len(done)
 
 
-def _claim_statement(postgres: bool, lanes: bool) -> Update:
-    """Claim up to :free due jobs for :worker; with ``lanes``, none of the :full lanes (jobs/lanes.py)."""
-    return _built_claim(postgres, tuple(sorted(LANE_KEYS.items())) if lanes else ())
+def _claim_statement(postgres: bool, plan: ClaimPlan) -> Update:
+    """Claim up to :free due jobs for :worker, leaving alone the :full lanes, or every lane (jobs/lanes.py)."""
+    if plan.all_full:
+        return _built_claim(postgres, (), tuple(sorted(LANE_KEYS)))
+    return _built_claim(postgres, tuple(sorted(LANE_KEYS.items())) if plan.full else (), ())
 
 
 @functools.cache
-def _built_claim(postgres: bool, lane_keys: tuple[tuple[str, str], ...]) -> Update:
+def _built_claim(
+    postgres: bool, lane_keys: tuple[tuple[str, str], ...], lane_kinds: tuple[str, ...]
+) -> Update:
     """Built once: statement building cost more than running it."""
     c = JOBS.c
     now = bindparam("now", type_=c.run_at.type)
@@ -86,6 +90,8 @@ def _built_claim(postgres: bool, lane_keys: tuple[tuple[str, str], ...]) -> Upda
         # coalesce: a payload without the key is in no lane (NULL IN (...) would leave it unclaimed).
         lane = func.coalesce(c.payload[key].as_string(), "")
         due = due.where(~((c.kind == kind) & lane.in_(bindparam("full", expanding=True))))
+    if lane_kinds:
+        due = due.where(c.kind.not_in(lane_kinds))
     if postgres:
         due = due.with_for_update(skip_locked=True)
     return (
@@ -97,14 +103,22 @@ def _built_claim(postgres: bool, lane_keys: tuple[tuple[str, str], ...]) -> Upda
 
 
 class JobRunner:
-    # 32 slots, of which one receiver (a lane, jobs/lanes.py) may hold half: the 16 one receiver
-    # had before (16 slots and no lanes) and 16 for everyone else while it hangs. A receiver seen
-    # slow gets fewer (delivery.SLOW_LIMIT). Deliveries started together share one lookup (events/targets.py).
+    # 32 slots. One receiver (a lane, jobs/lanes.py) may hold half: the 16 one receiver had before
+    # (16 slots and no lanes). All receivers together may hold three quarters: a quarter (8) is kept for
+    # outbound mail, local delivery and other jobs however many receivers hang. A receiver seen slow
+    # gets fewer (delivery.SLOW_LIMIT). Deliveries started together share one lookup (events/targets.py).
     def __init__(self, rt: Runtime, concurrency: int = 32) -> None:
         self.rt = rt
         self.worker_id = secrets.token_hex(8)
         self.slots = asyncio.Semaphore(concurrency)
-        self.lanes = Lanes(share=max(1, concurrency // 2), claims=BATCH, on_room=self._lane_room)
+        self.lanes = Lanes(
+            share=max(1, concurrency // 2),
+            pool=max(1, concurrency - concurrency // 4),
+            claims=BATCH,
+            pool_claims=2 * BATCH,
+            least=ROOM,
+            on_room=self._lane_room,
+        )
         self.tasks: set[asyncio.Task[None]] = set()
         self.claimed: set[int] = set()  # job ids this runner holds (waiting for a slot or running)
         self.lease = timedelta(seconds=rt.settings.job_lease)
@@ -112,7 +126,7 @@ class JobRunner:
         self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._room = asyncio.Event()  # set when ROOM claimed jobs are done since the last full claim
-        self._lane_opened = False  # a full lane went under its limit since the last claim began
+        self._lane_opened = False  # a lane left alone got room since the last claim began
 
     async def start(self) -> None:
         if self.rt.db.is_sqlite:
@@ -160,13 +174,18 @@ class JobRunner:
         while not self._stopping:
             free = BATCH - self.active
             self._lane_opened = False
+            asked = 0
             try:
-                claimed = await self.run_due(free) if free > 0 else 0
+                claimed, asked = await self.run_due(free) if free > 0 else (0, 0)
                 claims.succeeded()
             except Exception as exc:
                 claims.failed(exc)
                 claimed = -1
-            if claimed == free:
+            if claimed == asked < free:
+                # Fewer asked for than there was room, so that a lane stays within its claims: more may
+                # be due now (that lane's claims are full, or others' jobs came with it).
+                continue
+            if claimed == asked:
                 # All it could take: more may be due (a backlog). Claim again once there is room,
                 # not at the next poll or commit (a backlog drained at BATCH jobs per poll interval).
                 await self._wait_for_room(interval)
@@ -188,8 +207,8 @@ class JobRunner:
 
     @property
     def active(self) -> int:
-        """Claimed jobs running or waiting for a slot: those waiting for their lane do not count, or a
-        hanging receiver's backlog, claimed, would stop the claims for every other job."""
+        """Claimed jobs running or waiting for a slot: those parked by their lane's caps (jobs/lanes.py) do
+        not count, or hanging receivers' backlogs, claimed, would stop the claims for every other job."""
         return len(self.tasks) - self.lanes.parked
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
@@ -198,7 +217,7 @@ class JobRunner:
             self._room.set()
 
     def _lane_room(self) -> None:
-        """A full lane's claims went under the limit: claim again now, not at the next poll."""
+        """A lane (or all lanes) left alone by the claims has room again: claim now, not at the next poll."""
         self._lane_opened = True
         self._room.set()
         self.rt.jobs_signal.notify()
@@ -227,20 +246,21 @@ class JobRunner:
             if lost > 0:  # finished meanwhile, or taken over after a pause longer than the lease
                 log.info("%d of %d held job claims were not renewed", lost, len(held))
 
-    async def run_due(self, free: int) -> int:
-        """Claim up to ``free`` due jobs and start them; returns how many were started (a job of
-        ours claimed again is not: counted, a claim loop seeing it "full" could spin)."""
+    async def run_due(self, free: int) -> tuple[int, int]:
+        """Claim up to ``free`` due jobs (fewer when a lane has less room, jobs/lanes.py) and start them;
+        returns how many were started (a job of ours claimed again is not: counted, a claim loop seeing
+        it "full" could spin) and how many were asked for."""
         now = utcnow()
-        full = self.lanes.full()
-        claim = _claim_statement(postgres=not self.rt.db.is_sqlite, lanes=bool(full))
+        plan = self.lanes.plan(free)
+        claim = _claim_statement(not self.rt.db.is_sqlite, plan)
         params: dict[str, Any] = {
             "now": now,
             "until": now + self.lease,
             "worker": self.worker_id,
-            "free": free,
+            "free": plan.size,
         }
-        if full:
-            params["full"] = full
+        if plan.full and not plan.all_full:
+            params["full"] = plan.full
         async with self.rt.db.transaction() as s:  # one statement: claim and read back
             jobs = (await s.execute(claim, params)).all()
         started = 0
@@ -256,7 +276,7 @@ class JobRunner:
             self.lanes.claim(lane)
             task.add_done_callback(self._job_done)
             started += 1
-        return started
+        return started, plan.size
 
     async def _call(
         self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, lane: str | None

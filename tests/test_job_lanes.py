@@ -1,0 +1,154 @@
+"""The job runner's lanes (jobs/lanes.py) in one process, on a real database: the runner claims as its
+loop would, and the jobs' handlers wait until the test lets each one go, so every count is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from agentmx.blobs import BlobStore
+from agentmx.db.engine import Database
+from agentmx.db.models import Job
+from agentmx.db.prepare import prepare
+from agentmx.db.types import utcnow
+from agentmx.jobs.registry import handler
+from agentmx.jobs.runner import BATCH, JobRunner
+from agentmx.services.runtime import Runtime
+from agentmx.settings import Settings
+from agentmx.testing import postgres
+from conftest import BACKENDS, make_server
+
+LANE_JOB = "test_lanes_receiver_job"  # in a lane, like deliver_webhook
+PLAIN_JOB = "test_lanes_plain_job"  # in no lane, like outbound delivery
+
+gates: dict[int, asyncio.Event] = {}  # job number -> set to let its handler return
+started: list[int] = []  # job numbers whose handler began, in order
+
+
+async def wait_for_gate(rt: Runtime, payload: dict[str, Any], attempts: int) -> None:
+    started.append(payload["n"])
+    await gates[payload["n"]].wait()
+
+
+handler(LANE_JOB, lane="receiver")(wait_for_gate)
+handler(PLAIN_JOB)(wait_for_gate)
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    _, url = make_server(tmp_path, request.param)  # skips PostgreSQL when it is not reachable
+    found = Settings.model_validate({"data_dir": tmp_path / "data", "database_url": url or ""})
+    prepare(found)
+    gates.clear()
+    started.clear()
+    try:
+        yield found
+    finally:
+        if url:
+            postgres.drop_database(url)
+
+
+def run_with_runner(settings: Settings, scenario: Callable[[JobRunner], Awaitable[None]]) -> None:
+    async def run() -> None:
+        rt = Runtime(
+            settings=settings,
+            db=Database(settings.effective_database_url),
+            blobs=BlobStore(settings.effective_blob_dir),
+        )
+        runner = JobRunner(rt)  # not started: the test claims, as the runner's loop would
+        try:
+            await scenario(runner)
+        finally:
+            for gate in gates.values():
+                gate.set()
+            await runner.stop()
+            await rt.db.dispose()
+
+    asyncio.run(run())
+
+
+async def add_jobs(runner: JobRunner, kind: str, numbers: range, receiver: str = "") -> None:
+    """Due jobs, all with one ``run_at``, later than the previous call's (the claim takes the oldest first)."""
+    run_at = utcnow()
+    await asyncio.sleep(0.01)  # the next call's jobs are due later
+    rows = [{"kind": kind, "payload": {"n": n, "receiver": receiver}, "run_at": run_at} for n in numbers]
+    for n in numbers:
+        gates[n] = asyncio.Event()
+    async with runner.rt.db.transaction() as s:
+        await s.execute(insert(Job), rows)
+
+
+async def settle() -> None:
+    """Let every new job's task run to where it waits (its gate, a slot or its lane)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def claim_all(runner: JobRunner) -> None:
+    """Claim as the runner's loop does (as many as it has room for) until a claim adds no job."""
+    while (free := BATCH - runner.active) > 0:
+        before = len(runner.tasks)
+        await runner.run_due(free)
+        await settle()
+        if len(runner.tasks) == before:
+            return
+
+
+async def locked(runner: JobRunner) -> int:
+    async with runner.rt.db.transaction() as s:
+        return int(
+            (await s.execute(select(func.count()).where(Job.locked_by == runner.worker_id))).scalar_one()
+        )
+
+
+async def finish(runner: JobRunner, n: int) -> None:
+    """Let job ``n`` return and wait until the runner has recorded it."""
+    count = len(runner.tasks)
+    gates[n].set()
+    deadline = time.monotonic() + 30
+    while len(runner.tasks) >= count:
+        assert time.monotonic() < deadline, f"job {n} did not finish"
+        await asyncio.sleep(0.01)
+    await settle()
+
+
+def test_a_lane_never_holds_more_claims_than_its_cap(settings: Settings) -> None:
+    """Was: a lane just under its cap of claims (BATCH) could claim another whole batch: 47 held
+    here, claimed with a lease, of which 31 waited without a slot."""
+
+    async def scenario(runner: JobRunner) -> None:
+        await add_jobs(runner, LANE_JOB, range(60), receiver="slow")
+        await claim_all(runner)
+        held = [await locked(runner)]
+        for _ in range(60):  # one job at a time ends; after each the runner claims what it may
+            await finish(runner, next(n for n in started if not gates[n].is_set()))
+            await claim_all(runner)
+            held.append(await locked(runner))
+        assert max(held) <= BATCH, held
+        assert sorted(started) == list(range(60))  # and the lane's jobs all ran
+
+    run_with_runner(settings, scenario)
+
+
+def test_receivers_that_hang_leave_slots_for_jobs_in_no_lane(settings: Settings) -> None:
+    """Was: two receivers (lanes) of 16 jobs each took all 32 slots, and a job in no lane (outbound
+    mail) was not even claimed until one of their jobs ended."""
+
+    async def scenario(runner: JobRunner) -> None:
+        await add_jobs(runner, LANE_JOB, range(0, 20), receiver="hangs-1")
+        await add_jobs(runner, LANE_JOB, range(20, 40), receiver="hangs-2")
+        await add_jobs(runner, LANE_JOB, range(40, 60), receiver="hangs-3")
+        await add_jobs(runner, PLAIN_JOB, range(100, 101))
+        await claim_all(runner)
+        assert 100 in started
+        # Receivers together hold at most three quarters of the slots and two batches of claims.
+        assert len([n for n in started if n < 100]) <= 24
+        assert await locked(runner) <= 2 * BATCH + 1
+
+    run_with_runner(settings, scenario)
