@@ -19,14 +19,15 @@ from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS
 from mail_support import download, make_message, smtp_send
-from send_support import relaying_server, wait_for
+from send_support import Sink, ext, relaying_server, wait_for
 
 LIMIT = 50  # the default
 
 
 class Served:
-    def __init__(self, server: ServerProcess, submission_port: int) -> None:
+    def __init__(self, server: ServerProcess, sink: Sink, submission_port: int) -> None:
         self.server = server
+        self.sink = sink
         self.submission_port = submission_port
         self.key = server.create_key()
         env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
@@ -57,8 +58,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "AGENTMX_SMTP_TLS_KEY": str(tmp / "key.pem"),
         "AGENTMX_SUBMISSION_PORT": str(port),
     }
-    with relaying_server(tmp / "data", backend, env) as (server, _):
-        yield Served(server, port)
+    with relaying_server(tmp / "data", backend, env) as (server, sink):
+        yield Served(server, sink, port)
 
 
 def with_hops(count: int, raw: bytes) -> bytes:
@@ -106,3 +107,46 @@ def test_a_submitted_message_past_the_hop_limit_is_refused(served: Served) -> No
     raw = download(client.inboxes.messages.get_raw(other, arrived[0].message_id).download_url).content
     head = raw[: raw.index(b"\r\n\r\n")]
     assert head.count(b"\r\nReceived: ") + head.startswith(b"Received: ") == LIMIT
+
+
+def _bounce(return_path: str, recipient: str, message_id: str) -> bytes:
+    """A delivery report (RFC 3464) for ``recipient`` of the message, to its return path."""
+    return (
+        f"From: MAILER-DAEMON@relay.example\r\nTo: {return_path}\r\nSubject: Undelivered\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n'
+        "\r\n--B1\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        "\r\n--B1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "\r\n--B1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {message_id}\r\n\r\n--B1--\r\n"
+    ).encode()
+
+
+def test_a_looping_bounce_to_a_return_path_is_refused_as_a_loop(served: Served) -> None:
+    """A bounce going round a loop is refused as any looping mail is, and records no bounce."""
+    client = served.client
+    inbox, to = client.inboxes.create().inbox_id, ext("loop-")
+    sent = client.inboxes.messages.send(inbox, to=to, text="accepted, then bounced in a loop")
+    return_path = wait_for(lambda: served.sink.handler.for_rcpt(to))[0].mail_from
+    wait_for(lambda: "delivered" in client.inboxes.messages.get(inbox, sent.message_id).labels)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp_send(
+            served.server, [return_path], with_hops(LIMIT, _bounce(return_path, to, sent.message_id)), ""
+        )
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 "), refused.value
+    # The report is read before the reply: refused, it recorded nothing.
+    assert "bounced" not in client.inboxes.messages.get(inbox, sent.message_id).labels
+    assert all(e.entry != to for e in client.lists.list("send", "block").entries)
+
+
+def test_a_looping_submission_is_refused_as_a_loop_before_other_refusals(served: Served) -> None:
+    client = served.client
+    sender, other = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    client.inboxes.update(sender, status="paused")  # refused anyway (550), but the loop is what to stop
+    looping = with_hops(LIMIT, make_message(other, subject="paused and looping", sender=sender).as_bytes())
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        served.submit(sender, [other], looping)
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 "), refused.value
+    with pytest.raises(smtplib.SMTPDataError) as paused:
+        served.submit(sender, [other], make_message(other, subject="paused", sender=sender).as_bytes())
+    assert paused.value.smtp_code == 550

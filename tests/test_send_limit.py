@@ -4,6 +4,7 @@ meanwhile waits for room (scheduled, not failed) and is sent once there is room.
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,9 +30,9 @@ LIMIT = 2
 class Served(Harness):
     submission_port = 0
 
-    def submit(self, inbox: str, to: str, subject: str) -> None:
+    def submit(self, inbox: str, to: str, subject: str, sender: str | None = None) -> None:
         msg = EmailMessage(policy=policy.SMTP)
-        msg["From"], msg["To"], msg["Subject"] = inbox, to, subject
+        msg["From"], msg["To"], msg["Subject"] = sender or inbox, to, subject
         msg.set_content(subject)
         with smtplib.SMTP(
             "127.0.0.1", self.submission_port, timeout=30, local_hostname="agent.example"
@@ -101,6 +102,14 @@ def test_submission_counts_and_is_refused_with_451(served: Served) -> None:
     with pytest.raises(smtplib.SMTPDataError) as refused:
         served.submit(inbox, ext(), "submitted three")
     assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.7.1 ")
+    # The reply says when there is room again (the API's Retry-After), for the agent behind the client.
+    retry = re.search(rb"try again in (\d+) seconds", refused.value.smtp_error)
+    assert retry is not None, refused.value.smtp_error
+    assert 3500 <= int(retry.group(1)) <= 3600
+    # A message that could never go is refused for what it is, over the limit too.
+    with pytest.raises(smtplib.SMTPDataError) as not_from_the_inbox:
+        served.submit(inbox, ext(), "forged", sender=ext())
+    assert not_from_the_inbox.value.smtp_code == 550
     with pytest.raises(ApiError) as limited:
         client.inboxes.messages.send(inbox, to=ext(), text="api", request_options=NO_RETRY)
     assert limited.value.status_code == 429
@@ -161,3 +170,62 @@ def test_a_send_over_the_limit_fetches_no_url_attachment(served: Served) -> None
         assert files.requests == [], "a send over the limit fetched its URL attachment"
     finally:
         files.stop()
+
+
+def test_a_malformed_send_over_the_limit_is_refused_as_malformed(served: Served) -> None:
+    """429 means "well-formed, try again later": a request that could never be sent learns so first."""
+    client = served.client()
+    inbox = client.inboxes.create().inbox_id
+    for n in range(LIMIT):
+        first = client.inboxes.messages.send(inbox, to=ext(), subject=f"s{n}", text="t")
+    headers = {"Authorization": f"Bearer {served.api_key}"}
+    send = f"/v0/inboxes/{inbox}/messages/send"
+    malformed = [
+        (send, {"to": "not an address", "text": "t"}, 400),
+        (send, {"to": ext(), "cc": ["a@b.example", "nope"], "text": "t"}, 400),
+        (send, {"text": "no recipients"}, 422),
+        (send, {"to": ext(), "subject": "a\r\nBcc: victim@example.org", "text": "t"}, 400),
+        (send, {"to": ext(), "subject": "a\u2028b", "text": "t"}, 400),
+        (send, {"to": ext(), "headers": {"X-A": "v\r\nBcc: victim@example.org"}, "text": "t"}, 400),
+        (send, {"to": ext(), "headers": {"Bad Name": "v"}, "text": "t"}, 400),
+        (send, {"to": ext(), "labels": ["bounced"], "text": "t"}, 400),
+        (f"/v0/inboxes/{inbox}/messages/{first.message_id}/reply", {"cc": "nope", "text": "t"}, 400),
+        (f"/v0/inboxes/{inbox}/messages/{first.message_id}/forward", {"to": "nope"}, 400),
+    ]
+    with httpx.Client(base_url=served.server.base_url, headers=headers, timeout=30) as http:
+        for path, body, status in malformed:
+            response = http.post(path, json=body)
+            assert response.status_code == status, (body, response.text)
+            assert "retry-after" not in response.headers
+        # Well-formed, it is the limit that refuses it.
+        assert http.post(send, json={"to": ext(), "text": "t"}).status_code == 429
+
+
+def test_an_api_draft_sent_over_the_limit_gets_429_and_is_kept(served: Served) -> None:
+    client = served.client()
+    inbox = client.inboxes.create().inbox_id
+    draft = client.inboxes.drafts.create(inbox, to=[ext()], subject="a draft", text="later", labels=["mine"])
+    empty = client.inboxes.drafts.create(inbox, subject="nobody to send to")
+    for n in range(LIMIT):
+        client.inboxes.messages.send(inbox, to=ext(), subject=f"s{n}", text="t")
+
+    with pytest.raises(ApiError) as limited:
+        client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    assert limited.value.status_code == 429
+    assert isinstance(limited.value.body, dict) and limited.value.body["code"] == "rate_limit_exceeded"
+    assert limited.value.headers is not None
+    assert 3500 <= int(limited.value.headers["retry-after"]) <= 3600
+    kept = client.inboxes.drafts.get(inbox, draft.draft_id)
+    assert kept.model_dump() == client.inboxes.drafts.get(inbox, draft.draft_id).model_dump()
+    assert (kept.subject, kept.to, kept.text, kept.send_status) == ("a draft", draft.to, "later", None)
+    assert kept.updated_at == draft.updated_at and "mine" in kept.labels
+    assert "a draft" not in [m.subject for m in client.inboxes.messages.list(inbox).messages]
+    # A draft that could never be sent is refused for that first.
+    with pytest.raises(ApiError) as unsendable:
+        client.inboxes.drafts.send(inbox, empty.draft_id, request_options=NO_RETRY)
+    assert unsendable.value.status_code == 422
+
+    served.age_sent_mail(inbox)  # the hour has passed: the kept draft sends as it was
+    sent = client.inboxes.drafts.send(inbox, draft.draft_id, request_options=NO_RETRY)
+    got = client.inboxes.messages.get(inbox, sent.message_id)
+    assert got.subject == "a draft" and "mine" in got.labels

@@ -297,6 +297,19 @@ def test_dmarc_reject_policy_refuses_spoofed_mail(
     assert [m.subject for m in client.inboxes.messages.list(inbox, include_spam=True).messages] == ["Hello"]
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_looping_message_failing_dmarc_is_refused_as_a_loop(
+    dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess], workers: str
+) -> None:
+    """The loop is the more fundamental refusal (and needs no DNS): 554 5.4.6, not DMARC's 550."""
+    server, _, inbox = _checking_server(fresh_server, dns, workers, inbound_dmarc_policy="reject")
+    received = b"Received: from relay.example ([192.0.2.1]) by mx.example; Mon, 1 Dec 2025 10:00:00 +0000\r\n"
+    spoofed = make_message(inbox, subject="looping", sender="CEO <ceo@bank.test>").as_bytes()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp_send(server, [inbox], received * 50 + spoofed, mail_from="ceo@bank.test")
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 "), refused.value
+
+
 def test_trusted_networks_are_not_checked(
     dns: LoopbackDNS, fresh_server: Callable[..., ServerProcess]
 ) -> None:

@@ -69,7 +69,6 @@ class ParsedMessage:
     preview: str | None = None
     attachments: list[ParsedAttachment] = field(default_factory=list)
     size: int = 0
-    hops: int = 0  # Received fields in the message's own header (RFC 5321 6.3: a loop has many)
 
 
 def _decode_raw_header(value: Any) -> str:
@@ -144,22 +143,13 @@ def _has_raw_bytes(value: str) -> bool:
 def _raw_headers(msg: Message) -> dict[str, Any]:
     """Each field's first source text (8-bit bytes kept as surrogates) by lower-case name, whatever
     the parsing policy; empty when the header cannot be read."""
-    return _fields_and_hops(msg)[0]
-
-
-def _fields_and_hops(msg: Message) -> tuple[dict[str, Any], int]:
-    """``_raw_headers``, and how many Received fields there are, counted in the same pass."""
     out: dict[str, Any] = {}
-    hops = 0
     try:
         for key, raw in msg.raw_items() if isinstance(msg, EmailMessage) else msg.items():
-            name = key.lower()
-            if name == "received":
-                hops += 1
-            out.setdefault(name, raw)
+            out.setdefault(key.lower(), raw)
     except Exception:  # noqa: BLE001
         pass
-    return out, hops
+    return out
 
 
 def _field_text(raw: Any) -> str | None:
@@ -399,7 +389,7 @@ async def parse_off_loop(raw: bytes) -> ParsedMessage:
 
 def _parse(msg: Message, raw: bytes) -> ParsedMessage:
     parsed = ParsedMessage(size=len(raw))
-    fields, parsed.hops = _fields_and_hops(msg)
+    fields = _raw_headers(msg)
     from_list = _addresses(msg, fields, "From")
     parsed.from_ = from_list[0] if from_list else (_field_text(fields.get("from")) or "")
     parsed.to = _addresses(msg, fields, "To")

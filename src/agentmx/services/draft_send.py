@@ -32,7 +32,7 @@ from agentmx.services.caller import Caller
 from agentmx.services.draft_rejection import record_rejected_draft
 from agentmx.services.inboxes import get_inbox
 from agentmx.services.runtime import Runtime
-from agentmx.services.sending import OutgoingMessage, send_message
+from agentmx.services.sending import OutgoingMessage, check_send, send_message
 
 log = logging.getLogger("agentmx.drafts")
 
@@ -90,7 +90,6 @@ async def _send_locked(
         subject=draft.subject,
         text=draft.text,
         html=draft.html,
-        attachments=await _attachments(rt, session, draft),
         labels=list(dict.fromkeys(labels)),
         labels_field="add_labels",  # the draft's own labels passed its rules: a refusal is of these
         reply_to_message=await _source(session, inbox.id, draft.in_reply_to),
@@ -98,7 +97,10 @@ async def _send_locked(
         forward_of=await _source(session, inbox.id, draft.forward_of),
         as_given=True,
     )
-    message = await send_message(session, rt, caller, inbox, req)
+    # Every rule (the send limit too) before the attachments are read back: a refusal reads none.
+    checked = await check_send(session, rt, caller, inbox, req)
+    req.attachments = await _attachments(rt, session, draft)
+    message = await send_message(session, rt, caller, inbox, req, checked)
     await jobs.cancel(session, drafts.job_key(draft.id))
     await session.delete(draft)
     return message

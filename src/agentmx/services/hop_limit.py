@@ -2,25 +2,49 @@
 going round a loop, between MTAs or between agents that answer each other's mail.
 
 Counted on the message as it would be stored, this server's own Received included (as Postfix
-counts for its hopcount_limit), from the parse (``ParsedMessage.hops``): no second read of the
-header. Checked where a hop adds a trace field: inbound SMTP (``smtp/handler``) and submission
-(``services/sending``). Local delivery between this server's inboxes adds none (API mail is
-composed afresh; submitted mail got its Received, and its check, at submission), so it has no
-count of its own to check.
+counts for its hopcount_limit). Checked first where a hop adds a trace field, before any other rule
+decides (a loop is the most fundamental reason to refuse, and needs no DNS nor database): inbound
+SMTP (``smtp/handler``, and a front end leaves it to the server) and submission
+(``services/sending``). Local delivery between this server's inboxes adds none (API mail is composed
+afresh; submitted mail got its Received, and its check, at submission), so it has no count of its own
+to check.
+
+Counted on the raw header, not the parse: inbound mail is checked before the sender checks and the
+parse, which come later (and not at all for a bounce to a return path).
 """
 
 from __future__ import annotations
 
+import re
+
 from agentmx.errors import TooManyHops
-from agentmx.mail.parse import ParsedMessage
 from agentmx.settings import Settings
 
+# A field name at the start of a header line (continuation lines start with white space).
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\n\r?\n")
 
-def check(settings: Settings, parsed: ParsedMessage) -> None:
-    """TooManyHops when ``parsed`` has more Received fields than ``smtp_hop_limit`` (0: no limit)."""
+
+def hops(raw: bytes) -> int:
+    """The Received fields in the header of ``raw`` (up to its first empty line)."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return 0  # no header at all
+    end = _HEADER_END.search(raw)
+    return len(_RECEIVED.findall(raw, 0, end.start() + 1 if end else len(raw)))
+
+
+def exceeded(settings: Settings, raw: bytes, *, added: int = 0) -> bool:
+    """Whether ``raw`` has more Received fields than ``smtp_hop_limit`` (0: no limit) once the
+    ``added`` ones this server is about to put on top are counted."""
     limit = settings.smtp_hop_limit
-    if limit and parsed.hops > limit:
+    return bool(limit) and hops(raw) + added > limit
+
+
+def check(settings: Settings, raw: bytes, *, added: int = 0) -> None:
+    """TooManyHops when ``exceeded``."""
+    limit, count = settings.smtp_hop_limit, hops(raw) + added
+    if limit and count > limit:
         raise TooManyHops(
-            f"Too many hops: {parsed.hops} Received fields, more than {limit} (a mail loop)",
+            f"Too many hops: {count} Received fields, more than {limit} (a mail loop)",
             fix="Stop the loop: a message that travelled this far is not delivered again.",
         )

@@ -84,10 +84,16 @@ def _bad(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{path}: {message}", [{"path": [path], "message": message}])
 
 
+def _one_line(value: str) -> bool:
+    """Whether ``value`` can be a header field's value: the email package refuses every line
+    break ``str.splitlines`` knows (U+2028 too) when the message is rendered."""
+    return len(value.splitlines()) <= 1
+
+
 def _addresses(values: list[str], path: str) -> list[str]:
     """Formatted single addresses; 400 when one is not a usable addr-spec."""
     for value in values:
-        if "\r" in value or "\n" in value:
+        if not _one_line(value):
             raise _bad(path, "address contains a line break")
     out = compose.split_addresses(values)
     for value in out:
@@ -153,11 +159,16 @@ def reply_recipients(inbox: Inbox, original: Message, reply_all: bool) -> tuple[
     return to, cc
 
 
-def _check_headers(headers: dict[str, str]) -> None:
+def _check_headers(subject: str | None, headers: dict[str, str]) -> None:
+    """The header fields given: the rendering would refuse a line break too, but later (``_render``)."""
+    if subject is not None and not _one_line(subject):
+        raise _bad("subject", "subject contains a line break")
     limits.check_count(headers, limits.MAX_HEADERS, "headers", "custom headers")
-    for name in headers:
+    for name, value in headers.items():
         if not HEADER_NAME.fullmatch(name):
             raise _bad("headers", f"'{name}' is not a valid header name")
+        if not _one_line(value):
+            raise _bad("headers", f"the value of '{name}' contains a line break")
 
 
 def _labels(labels: list[str], path: str) -> set[str]:
@@ -280,11 +291,12 @@ class CheckedSend:
 async def check_send(
     session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
 ) -> CheckedSend:
-    """Every rule of a send but the rendering of its header fields. ``session`` may be read-only."""
+    """Every rule of a send but the rendering of its header fields. ``session`` may be read-only.
+
+    The send limit last: 429 says "well-formed, send it again later", so a request that could never
+    be sent learns why first (400, 422, 403).
+    """
     _check_active(inbox)
-    # Early (commit_send counts again, locked): a runaway agent's refused sends cost a read, not a
-    # rendering, blob writes and URL attachment fetches each.
-    await send_limit.check(session, rt.settings, inbox.id, lock=False)
     to = _addresses(req.to, "to")
     cc = _addresses(req.cc, "cc")
     bcc = _addresses(req.bcc, "bcc")
@@ -300,9 +312,12 @@ async def check_send(
             "The message has no recipients", fix="Give at least one address in to, cc or bcc."
         )
     labels = _labels(req.labels, req.labels_field) | {"sent"}
-    _check_headers(req.headers)
+    _check_headers(req.subject, req.headers)
     bare = [_envelope(a) for a in recipients]
     await _check_recipients(session, rt, inbox, bare)
+    # Before the slow work (commit_send counts again, locked): a runaway agent's refused sends cost a
+    # read, not a rendering, blob writes and URL attachment fetches each.
+    await send_limit.check(session, rt.settings, inbox.id, lock=False)
     return CheckedSend(to=to, cc=cc, bcc=bcc, reply_to=reply_to, recipients=bare, labels=labels)
 
 
@@ -328,10 +343,18 @@ def _render(comp: compose.Composition) -> bytes:
 
 
 async def prepare_send(
-    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    inbox: Inbox,
+    req: OutgoingMessage,
+    checked: CheckedSend | None = None,
 ) -> PreparedSend:
-    """Every rule and all the slow work (rendering, blob fsyncs); ``session`` may be read-only."""
-    checked = await check_send(session, rt, caller, inbox, req)
+    """Every rule and all the slow work (rendering, blob fsyncs); ``session`` may be read-only.
+
+    ``checked``: ``check_send``'s result for ``req`` in this transaction, when the caller ran it
+    (before reading attachments); the rules do not depend on attachments."""
+    checked = checked or await check_send(session, rt, caller, inbox, req)
     raw = _render(await _composition(rt, session, inbox, req, checked.to, checked.cc, checked.reply_to))
     parsed = await mailstore.parse(raw)
     source = req.reply_to_message or req.forward_of
@@ -366,15 +389,15 @@ async def prepare_submitted(
     be the inbox. A Bcc field is removed and a missing Message-ID or Date added (``mail.submitted``);
     ``trace`` (the Received field) goes on top.
     """
+    raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
+    hop_limit.check(rt.settings, raw)  # a mail loop before any other refusal, as inbound
     _check_active(inbox)
     bare = [_envelope(a) for a in _without(envelope_to, set())]
     if len(bare) > MAX_RECIPIENTS:
         raise _bad("to", f"at most {MAX_RECIPIENTS} recipients")
     if not bare:
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
-    raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
     parsed = await mailstore.parse(raw)
-    hop_limit.check(rt.settings, parsed)
     from_fields, addresses = submitted.originators(raw)
     if from_fields != 1 or not addresses or any(_key(a) != inbox.id.lower() for a in addresses):
         # One From field naming the inbox alone, and no Sender or Resent-* naming anybody else: a
@@ -384,6 +407,7 @@ async def prepare_submitted(
             fix=f"Send as {inbox.id}, the user name the session authenticated with, in one From field.",
         )
     await _check_recipients(session, rt, inbox, bare)
+    await send_limit.check(session, rt.settings, inbox.id, lock=False)  # before the blob writes
     shown = {_key(a) for a in parsed.to + parsed.cc}
     return PreparedSend(
         raw=raw,
@@ -468,7 +492,13 @@ async def commit_submitted(
 
 
 async def send_message(
-    session: AsyncSession, rt: Runtime, caller: Caller, inbox: Inbox, req: OutgoingMessage
+    session: AsyncSession,
+    rt: Runtime,
+    caller: Caller,
+    inbox: Inbox,
+    req: OutgoingMessage,
+    checked: CheckedSend | None = None,
 ) -> Message:
     """Validate, store and queue one outbound message in ``session``; returns the stored Message row."""
-    return await commit_send(session, rt, inbox, await prepare_send(session, rt, caller, inbox, req))
+    prepared = await prepare_send(session, rt, caller, inbox, req, checked)
+    return await commit_send(session, rt, inbox, prepared)

@@ -28,6 +28,7 @@ from typing import Any, cast
 from agentmx import event_loops, log_setup, long_lived_heap
 from agentmx.mail import sender_auth
 from agentmx.mail.parse import parse_off_loop
+from agentmx.services import hop_limit
 from agentmx.settings import Settings
 from agentmx.smtp import link
 from agentmx.smtp.data import body_of
@@ -175,7 +176,9 @@ class ForwardingHandler(HookNames):
         local = [rcpt for rcpt in rcpt_tos if rcpt not in return_paths]
         prepared = None
         tls = describe(session)
-        if local:  # what the server would do first, done here: the sender checks, the trace fields, the parse
+        # What the server would do first, done here: the sender checks, the trace fields, the parse. A
+        # message in a mail loop goes without: the server refuses it before any of that (hop_limit).
+        if local and not hop_limit.exceeded(self.settings, raw, added=1):
             checked = await sender_auth.check(self.settings, raw, mail_from, session.host_name, session.peer)
             if checked.refused:
                 return S550_DMARC

@@ -55,6 +55,8 @@ async def accept_data(
     ``tls``: the session's TLS (``smtp.tls.describe``), None for plain text.
     """
     try:
+        # A mail loop first: refused, not stored, nor read as a bounce, nor worth the sender checks.
+        hop_limit.check(rt.settings, raw, added=1)  # with the Received this server adds
         rcpt_tos = await _return_paths(rt, raw, rcpt_tos)
         if not rcpt_tos:
             return replies.S250_QUEUED
@@ -67,7 +69,6 @@ async def accept_data(
             raw, verdict = checked.raw, checked.verdict
             trace = trace_headers(mail_from, helo, peer, rt.settings.hostname, rcpt_tos, tls) + checked.field
             parsed = await mailstore.parse(trace + raw)
-        hop_limit.check(rt.settings, parsed)  # a mail loop: refused, not stored
         results = await mailstore.receive(rt, trace + raw, mail_from, rcpt_tos, parsed=parsed, sender=verdict)
     except AgentMXError as exc:
         log.warning("inbound message refused: %s", exc)

@@ -102,6 +102,8 @@ def submission_reply_for(exc: BaseException) -> str:
     if code is None:
         return S451_TEMP_FAILURE
     words = " ".join(str(getattr(exc, "message", exc)).split())[:400]
+    if isinstance(exc, e.RateLimited):  # the API's Retry-After, for the agent reading the reply
+        words += f"; try again in {exc.retry_after} seconds"
     return f"{code} {words}"
 
 
