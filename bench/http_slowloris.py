@@ -10,7 +10,10 @@ bench/http_attacker.py holds --connections connections dribbling header bytes (a
 bodies instead (AGENTMX_HTTP_BODY_MIN_RATE, guarded, at its default). The server's RLIMIT_NOFILE is lowered to --server-fd-limit once it runs,
 below the attack: the resource a slowloris exhausts, after which SMTP, HTTP and the database all
 fail to open sockets and files. Reported: the legitimate req/s ratio, the server's open file
-descriptors at their peak, and how many attack connections the server closed.
+descriptors at their peak, the server's CPU per legitimate request with and without the attack, the
+attacker's CPU (it shares the machine's cores with the server and wrk), and how many attack
+connections a second the server ended: reset as it accepted them (the guard turning newcomers away;
+the attacker sees it as a reset during connect), or closed after connecting.
 
 Goals (as for SMTP, PERFORMANCE-RELIABILITY.md section 4): legitimate req/s under attack >= 0.8 x
 without; guarded, the server's descriptors stay under its connection cap plus the 512 reserve.
@@ -26,6 +29,7 @@ import resource
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from common import (
     BENCH_DIR,
@@ -38,7 +42,7 @@ from common import (
     header,
     run_script,
 )
-from http_load import load
+from http_load import HttpResult, load
 from rest_read import seed
 from smtp_abuse import Attacker, fd_limit, open_fds
 
@@ -80,7 +84,9 @@ def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) 
         path = seed(app, 20)["GET message"]
         url, auth = app.server.base_url + path, {"Authorization": f"Bearer {app.api_key}"}
         load(url, auth, args.load_connections, 1)  # warm-up
+        cpu0 = cpu_seconds(pid)
         quiet = load(url, auth, args.load_connections, args.seconds)
+        quiet_cpu = cpu_seconds(pid) - cpu0
         report.add(bench, target, "req/s, no attack", quiet.rate, "req/s", f"p99 {quiet.p99_ms:.1f} ms")
         cmd = [PY, str(BENCH_DIR / "http_attacker.py"), "--port", str(app.server.http_port)]
         cmd += ["--connections", str(args.connections), "--ramp", str(args.ramp)]
@@ -90,31 +96,61 @@ def run_mode(backend: str, mode: str, args: argparse.Namespace, report: Report) 
         try:
             with fd_peak(pid) as peak:
                 attacker.wait_for(lambda s: s["opened"] >= args.connections, args.ramp + 30)
+                before = dict(attacker.status)
                 cpu0, attack_cpu0 = cpu_seconds(pid), cpu_seconds(attacker.proc.pid)
                 attacked = load(url, auth, args.load_connections, args.seconds)
                 server_cpu, attack_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(attacker.proc.pid) - attack_cpu0
-                status = dict(attacker.status)
+                attacker.wait_for(
+                    lambda s: s["time"] > before["time"], 5
+                )  # a status line from after the load
+                after = dict(attacker.status)
         finally:
             attacker.stop()
         note = f"p99 {attacked.p99_ms:.1f} ms" + (f", {attacked.non_2xx} non-2xx" if attacked.non_2xx else "")
         report.add(bench, target, "req/s, under attack", attacked.rate, "req/s", note)
         ratio = attacked.rate / quiet.rate if quiet.rate else float("nan")
         report.add(bench, target, "under attack / no attack", ratio, "x")
+        per_request = "server CPU per legitimate request"
+        report.add(bench, target, f"{per_request}, no attack", per_ms(quiet_cpu, quiet), "ms")
+        report.add(bench, target, f"{per_request}, under attack", per_ms(server_cpu, attacked), "ms")
+        cores = f"{args.seconds:g} s x {os.cpu_count()} cores = {args.seconds * (os.cpu_count() or 1):g} s"
+        report.add(bench, target, "server CPU, attacked load", server_cpu, "s", f"of {cores}")
         report.add(
-            bench, target, "CPU during attacked load", server_cpu, "s",
-            f"server; the attacker process {attack_cpu:.1f} s, over {args.seconds:g} s on {os.cpu_count()} cores",
+            bench, target, "attacker CPU, attacked load", attack_cpu, "s",
+            f"bench/http_attacker.py, on the server's {os.cpu_count()} cores (wrk's not counted)",
         )  # fmt: skip
         report.add(bench, target, "server open fds, peak", peak[0], "fds", f"RLIMIT_NOFILE {fd_limit(pid)}")
         report.add(
-            bench, target, "attack conns held", status.get("held", 0), "conns",
-            f"peak {status.get('peak_held', 0)}, {status.get('closed_by_server', 0)} closed by the server",
+            bench, target, "attack conns open, end of load", after.get("held", 0), "conns",
+            f"peak {after.get('peak_held', 0)}; as the attacker counts: includes connects not yet accepted",
         )  # fmt: skip
+        closures(report, bench, target, before, after)
         if mode == "guarded":  # unguarded is the baseline: what the guard is measured against
             report.check(
                 bench, f"{target} req/s under {args.connections} slowloris >= 0.8x", ratio, ratio >= 0.8
             )
             bound = args.max_connections + RESERVE
             report.check(bench, f"{target} open fds <= cap + {RESERVE} ({bound})", peak[0], peak[0] <= bound)
+
+
+def per_ms(cpu: float, result: HttpResult) -> float:
+    return cpu / result.requests * 1000 if result.requests else float("nan")
+
+
+def closures(report: Report, bench: str, target: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """The attack connections the server ended, a second, between two of the attacker's status lines
+    around the attacked load."""
+    seconds = after.get("time", 0.0) - before.get("time", 0.0)
+
+    def rate(key: str) -> float:
+        return (after.get(key, 0) - before.get(key, 0)) / seconds if seconds > 0 else float("nan")
+
+    at_connect = rate("reset_at_connect")
+    report.add(
+        bench, target, "attack conns the server ended", rate("closed_by_server"), "conns/s",
+        f"{at_connect:.0f}/s reset at connect (turned away at accept), the rest after connecting; "
+        f"{rate('connect_errors'):.0f}/s other connect errors; over {seconds:.1f} s",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, report: Report) -> None:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from agentmx.http.guard import HttpGuard
+from agentmx.http.listener import GuardedListener
 from agentmx.testing.server import ServerProcess
 
 HEAD_DEADLINE = {"AGENTMX_HTTP_HEADER_TIMEOUT": "1.5"}
@@ -167,6 +168,45 @@ def test_a_newcomer_turned_away_at_the_cap_is_reset(fresh_server: Callable[..., 
     assert [_reset_within(sock, 0.3) for sock in crowd] == [True, False, False]
     for sock in crowd:
         sock.close()
+
+
+def test_a_newcomer_one_behind_the_crowd_does_not_displace_it(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    # Displacing here would put 127.0.0.3 ahead, and the crowd's next reconnect would displace one of
+    # it back: under an attack from several addresses, connections traded back and forth without end.
+    env = {"AGENTMX_HTTP_MAX_CONNECTIONS": "5", "AGENTMX_HTTP_HEADER_TIMEOUT": "300"}
+    server = fresh_server(env=env).start()
+    crowd = []
+    for source in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"):
+        crowd.append(_connect(server, source=source))
+        time.sleep(0.05)  # a known waiting order
+    assert _newcomer_reset(server, "127.0.0.3", 3)
+    assert not any(_reset_within(sock, 0.3) for sock in crowd)
+    # From an address with nothing waiting, a newcomer still displaces the crowd's oldest.
+    with httpx.Client(base_url=server.base_url) as client:
+        assert client.get("/health").status_code == 200
+    assert [_reset_within(sock, 0.3) for sock in crowd] == [True, False, False, False, False]
+    for sock in crowd:
+        sock.close()
+
+
+def test_one_accept_batch_lets_through_no_more_than_the_cap() -> None:
+    # asyncio accepts a batch before any connection_made runs: the ones let through count at once.
+    guard = HttpGuard(max_connections=3, header_timeout=300)
+    guard.connections = set()  # uvicorn's, before the batch's connections are made
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as sock:
+        listener = GuardedListener.wrap(sock, guard)
+        listener.setblocking(False)
+        clients = [socket.create_connection(listener.getsockname(), timeout=10) for _ in range(5)]
+        admitted = []
+        with pytest.raises(BlockingIOError):
+            while True:
+                admitted.append(listener.accept()[0])
+        assert len(admitted) == 3
+        assert [_reset_within(client, 3) for client in clients] == [False, False, False, True, True]
+        for conn in admitted + clients + [listener]:
+            conn.close()
 
 
 def test_past_the_head_deadline_an_unanswered_connection_is_reset_an_answered_one_closed(

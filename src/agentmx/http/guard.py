@@ -16,7 +16,10 @@ At AGENTMX_HTTP_MAX_CONNECTIONS, as at the SMTP cap (smtp/limits.py), a newcomer
 or body than the most crowded address takes the place of that address's longest-waiting connection
 (the likeliest slowloris); a newcomer from the most crowded address is closed. Displacing within
 the crowd would only trade one of its connections for another, and double the reconnects it
-answers with (bench/http_slowloris.py).
+answers with (bench/http_slowloris.py). So is a newcomer from an address just one behind: it would
+put its address ahead, and the next reconnect from the other would displace one of it back, over and
+over for as long as an attack from several addresses lasts (one whose count does not divide the
+cap). Only an address with nothing waiting displaces one just one ahead of it.
 
 A client that asks for a download and stops reading holds its connection, a chunk and the open file
 for as long as it likes: uvicorn waits for writes to resume without a deadline. As nginx's
@@ -105,19 +108,47 @@ class HttpGuard:
         self.window_bytes = int(body_min_rate * header_timeout) if body_min_rate > 0 else 0
         # uvicorn's set of open connections, once the first is made: the count turns_away() reads.
         self.connections: set[Any] | None = None
+        # Newcomers let through at accept() whose connection_made has not run yet, by address: an
+        # accept batch runs before any of them is counted in ``connections`` or ``waiting_by_ip``.
+        self.pending: dict[str, int] = {}
+        self.pending_total = 0
 
     def _crowd_to_displace(self, group: str) -> dict[HttpToolsProtocol, float] | None:
         """At the cap: the most crowded address's waiting connections, if a newcomer from ``group``
         may take the place of one; None when the newcomer is turned away."""
-        mine = len(self.waiting_by_ip.get(group, ()))
+        mine = len(self.waiting_by_ip.get(group, ())) + self.pending.get(group, 0)
         crowded = max(self.waiting_by_ip.values(), key=len, default={})
-        return crowded if len(crowded) > mine else None
+        # One behind, the newcomer's address would lead after it (see the module's docstring).
+        return crowded if len(crowded) > mine + 1 or (mine == 0 and crowded) else None
 
     def turns_away(self, ip: str) -> bool:
-        """Whether a newcomer from ``ip`` would be closed now (http/listener.py asks at accept())."""
-        if self.connections is None or len(self.connections) < self.max_connections:
+        """Whether a newcomer from ``ip`` is closed now (http/listener.py asks at accept()); one let
+        through counts as pending until its connection_made."""
+        if self.connections is None:
             return False
-        return self._crowd_to_displace(address_group(ip)) is None
+        group = address_group(ip)
+        at_cap = len(self.connections) + self.pending_total >= self.max_connections
+        if at_cap and self._crowd_to_displace(group) is None:
+            return True
+        self.pending[group] = self.pending.get(group, 0) + 1
+        self.pending_total += 1
+        return False
+
+    def made(self, conn: HttpToolsProtocol) -> None:
+        """``conn``'s connection_made: no longer pending."""
+        group = _ip(conn)
+        if count := self.pending.get(group):
+            if count == 1:
+                del self.pending[group]
+            else:
+                self.pending[group] = count - 1
+            self.pending_total -= 1
+
+    def forget_pending(self) -> None:
+        """Drop the pending counts: any left from before the last tick never reached connection_made
+        (asyncio closes a socket whose transport fails), and must not keep turning newcomers away."""
+        self.pending.clear()
+        self.pending_total = 0
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""
@@ -206,6 +237,7 @@ class HttpGuard:
         """Run sweep() every ``interval`` seconds; returns the coroutine function that stops it."""
 
         def tick(now: float) -> None:
+            self.forget_pending()
             if closed := self.sweep(now):
                 log.info("closed %d HTTP connections slow to send their request", closed)
             if stalled := self.sweep_stalled(now):
@@ -227,6 +259,7 @@ class HttpGuard:
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
                 guard.connections = self.connections
+                guard.made(self)
                 if not guard.admit(self, len(self.connections), self.loop.time()):
                     reset(transport)  # a newcomer from the crowded address: see give_up
 

@@ -4,8 +4,11 @@ Under a slowloris at the connection cap, newcomers are turned away by the thousa
 through, each cost asyncio a socket object, a task and a transport, and uvicorn its protocol (parser
 and state), before connection_made reset it: about 150 us of the loop's CPU each. Here the guard's
 rule is asked with the address accept() returns, and a newcomer it turns away is reset with no
-Python object made for it. connection_made asks the guard again (http/guard.py), with the state of
-that moment, and displaces the crowd's oldest for a newcomer from a less crowded address.
+Python object made for it. One let through counts in the guard as pending until its connection_made
+runs (a loop turn or two later), so that one accept batch, and the next, do not let through more than
+the cap has room for: each newcomer too many would cost the whole 150 us before being reset.
+connection_made asks the guard again (http/guard.py), with the state of that moment, and displaces
+the crowd's oldest for a newcomer from a less crowded address.
 
 asyncio's event loop accepts through this object's accept(). uvloop accepts in libuv, so there the
 reset happens in connection_made, as before.
