@@ -545,3 +545,22 @@ def test_forward_needs_read_permission_and_requests_cannot_claim_senders(harness
     both = {"message_send": True, "message_read": True}
     reader = harness.client(api_key=client.inboxes.api_keys.create(b, request={"permissions": both}).api_key)
     assert reader.inboxes.messages.forward(b, first.message_id, to=a).message_id
+
+
+def test_a_line_break_at_the_end_of_a_subject_or_header_value_is_refused(harness: Harness) -> None:
+    """A trailing line break is one line to ``str.splitlines``: it passed, and was rendered as is
+    ("Subject: Status\\n\\r\\n"). On the wire that bare LF becomes a CRLF, so the header ended there and
+    the fields after it (Date, Message-ID, MIME-Version) went out as body text."""
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    for fields in (
+        {"subject": "Status\n"},
+        {"subject": "Status\r"},
+        {"subject": "Status\u2028"},
+        {"headers": {"X-Ticket": "42\n"}},
+        {"headers": {"X-Ticket": "42\r\n"}},
+    ):
+        with pytest.raises(ApiError) as refused:
+            client.inboxes.messages.send(a, to=b, text="x", request_options=NO_RETRY, **fields)  # type: ignore[arg-type]
+        assert refused.value.status_code == 400 and _code(refused.value) == "validation_error", fields
+    assert not client.inboxes.messages.list(a).messages  # nothing was sent

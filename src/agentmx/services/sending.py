@@ -85,9 +85,10 @@ def _bad(path: str, message: str) -> ValidationFailed:
 
 
 def _one_line(value: str) -> bool:
-    """Whether ``value`` can be a header field's value: the email package refuses every line
-    break ``str.splitlines`` knows (U+2028 too) when the message is rendered."""
-    return len(value.splitlines()) <= 1
+    """Whether ``value`` holds none of the line breaks ``str.splitlines`` knows (U+2028 too). Not a
+    count of its lines: a trailing break is one line, which the email package renders as is, and a
+    bare LF or CR in the header becomes a CRLF on the wire that ends the header there."""
+    return "".join(value.splitlines()) == value
 
 
 def _addresses(values: list[str], path: str) -> list[str]:
