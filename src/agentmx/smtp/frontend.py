@@ -89,7 +89,8 @@ class LinkClient:
         self._on_clear = on_clear
         self._reader = reader
         self._writer = writer
-        self._write_lock = asyncio.Lock()  # one drain at a time
+        self._outbox = link.Outbox(writer)
+        self._loop = asyncio.get_running_loop()  # each lookup of the running loop is a getpid() call
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self.closed = asyncio.Event()
@@ -104,11 +105,10 @@ class LinkClient:
         frame = link.encode((kind, request_id, *args))
         if frame_limit and len(frame) > frame_limit:
             frame = link.encode((kind, request_id, *args[:-1], None))
-        reply = self._pending[request_id] = asyncio.get_running_loop().create_future()
+        reply = self._pending[request_id] = self._loop.create_future()
         try:
-            async with self._write_lock:
-                self._writer.write(frame)
-                await self._writer.drain()
+            self._outbox.send(frame)
+            await self._writer.drain()  # waits while earlier frames fill the socket's buffer
             return await reply
         except ConnectionError as exc:
             raise LinkClosed("SMTP link closed") from exc

@@ -311,12 +311,28 @@ class LimitedSMTP(SMTP):
             self._limits.remove(self, self._ip)
             self._ip = None
         super().connection_lost(error)
+        # Its task ends cancelled (QUIT cancels it too), and the CancelledError's frames hold this
+        # session: a cycle through the task that only the garbage collector freed (_drop_cycles).
+        self._handler_coroutine = None
 
     async def _handle_client(self) -> None:
         assert self._ip is not None
-        if not self._limits.admit(self._ip):
-            await self.push(S421_TOO_MANY_CONNECTIONS)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
+        try:
+            if not self._limits.admit(self._ip):
+                await self.push(S421_TOO_MANY_CONNECTIONS)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await super()._handle_client()
+        finally:
+            self._drop_cycles()
+
+    def _drop_cycles(self) -> None:
+        """Once its commands are over, what points back at the session: aiosmtpd's tables of bound
+        methods, its stream writer and asyncio's connect callback (used by connection_made, which a
+        session sees again only after STARTTLS, and then without it). Left to the collector, ~45
+        objects a session made a young collection every 16 messages or so, ~5 % of a front end's CPU.
+        """
+        self._smtp_methods, self._auth_methods, self._handle_hooks = {}, {}, {}
+        self._writer = None  # type: ignore[assignment]
+        self._client_connected_cb = None

@@ -139,6 +139,29 @@ async def read(reader: asyncio.StreamReader, max_frame: int) -> tuple[Any, ...]:
         raise LinkClosed(f"unreadable frame on the SMTP link: {exc}") from exc
 
 
+class Outbox:
+    """Frames for one end of the link; those sent in one turn of the event loop go out in one write.
+
+    A write is a system call and wakes the reader: the server answers a batch of stored messages at
+    once, and a busy front end sends several sessions' requests within a turn.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, frame: bytes) -> None:
+        if not self._frames:
+            self._loop.call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.writelines(frames)
+
+
 def max_frame(message_size_limit: int) -> int:
     """A DATA request holds the body, the trace and its parse (text, html and attachments decoded)."""
     return 4 * message_size_limit + (1 << 20)

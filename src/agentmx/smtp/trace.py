@@ -4,6 +4,7 @@ Received alone for a submitted message."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -43,5 +44,17 @@ def _received(source: str, hostname: str, protocol: str, tls: str | None, for_cl
     return (
         f"Received: from {source}\r\n"
         f"{using}\tby {_clean(hostname)} (agentmx) with {protocol}{for_clause};\r\n"
-        f"\t{format_datetime(datetime.now(UTC))}\r\n"
+        f"\t{_date_now()}\r\n"
     )
+
+
+_date: tuple[int, str] = (-1, "")  # (a second, its date as a field states it)
+
+
+def _date_now() -> str:
+    """The date of this second (RFC 5322 3.3), made once a second: every inbound message states it."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date[1]

@@ -52,7 +52,7 @@ class FrontEnd:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._max_frame = link.max_frame(rt.settings.smtp_max_message_size)
-        self._writer: asyncio.StreamWriter | None = None  # the live link's
+        self._outbox: link.Outbox | None = None  # the live link's frames, a turn's in one write
 
     async def start(self) -> None:
         """Spawn the process and wait until it listens; raises if it cannot."""
@@ -92,7 +92,7 @@ class FrontEnd:
             await self._reap()
             raise RuntimeError(f"SMTP front end {self.index} did not start: {exc}") from exc
         log.info("smtp front end %d (pid %d) listening", self.index, self.proc.pid)
-        self._writer = writer
+        self._outbox = link.Outbox(writer)
         return reader, writer
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -104,8 +104,8 @@ class FrontEnd:
 
     def _clear(self) -> None:
         """The front end keeps a copy of the ingest cache's RCPT answers: clear it too."""
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(CLEAR)
+        if self._outbox is not None:
+            self._outbox.send(CLEAR)
 
     async def _serve_and_restart(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         streak = 0
@@ -142,10 +142,12 @@ class FrontEnd:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer the front end's requests, each in its own task, until its link closes."""
+        outbox = self._outbox  # this link's (_spawn): a late answer must not go to the next one
+        assert outbox is not None
         try:
             while True:
                 request = await link.read(reader, self._max_frame)
-                task = asyncio.create_task(self._answer(writer, request))
+                task = asyncio.create_task(self._answer(outbox, request))
                 self._answers.add(task)
                 task.add_done_callback(self._answers.discard)
         except LinkClosed as exc:
@@ -154,7 +156,7 @@ class FrontEnd:
         finally:
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, request: tuple[Any, ...]) -> None:
+    async def _answer(self, outbox: link.Outbox, request: tuple[Any, ...]) -> None:
         kind, request_id = request[0], request[1] if len(request) > 1 else None
         reply: Any
         try:
@@ -167,8 +169,7 @@ class FrontEnd:
         except Exception:  # a front end out of step with this server: its session fails, not ours
             log.exception("smtp front end %d: request %r failed", self.index, kind)
             reply = RcptReply(S451_TEMP_FAILURE) if kind == "rcpt" else S451_TEMP_FAILURE
-        if not writer.is_closing():
-            writer.write(link.encode((request_id, reply)))
+        outbox.send(link.encode((request_id, reply)))  # dropped once the link is closing
 
     def _terminate(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
