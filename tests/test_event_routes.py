@@ -37,8 +37,8 @@ def test_the_hub_asks_a_shared_test_once_per_event_and_each_stream_gets_its_answ
         subs = [hub.register("org") for _ in range(3)]
         for sub in subs:
             sub.accepts = takes_inbox_a
-        hub.offer(event_row(1, "a@example.com"))
-        hub.offer(event_row(2, "b@example.com"))
+        hub.offer([event_row(1, "a@example.com")])
+        hub.offer([event_row(2, "b@example.com")])
         assert asked == [1, 2]
         for sub in subs:
             assert cast(Item, sub.queue.get_nowait()).seq == 1

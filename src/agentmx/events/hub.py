@@ -2,7 +2,8 @@
 
 The hub tails the ``events`` table by ``seq``. It wakes on a local commit (``rt.events_signal``), on
 ``NOTIFY agentmx_events`` from other processes (PostgreSQL), and on a slow poll as a safety net.
-Each row is serialised once and queued to every stream of its organization; streams filter.
+Each row is serialised once and queued to every stream of its organization; streams filter. Rows come
+in batches (a transaction's, a log read's): an idle stream gets all of its share in one socket write.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -31,6 +32,8 @@ MAX_QUEUED = 5000  # a stream further behind than this catches up from the log i
 # The same in bytes of frame text: events are up to 1 MB each, and a client that stops reading holds
 # its queue until it is disconnected (the keepalive ping, http/ws_frames.py), so 5,000 of them were GBs.
 MAX_QUEUED_BYTES = 4 << 20
+# Bytes of frames joined into one direct socket write (a bigger frame goes alone).
+WRITE_CHUNK = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -154,55 +157,112 @@ class Hub:
                         select(Event).where(Event.seq > self.last_seq).order_by(Event.seq).limit(BATCH)
                     )
                 ).all()
-            for row in rows:
-                if row.seq > self.last_seq:  # offer() may have pushed it while we were reading
-                    self._push(row)
+            # offer() may have pushed some while we were reading
+            self._push([row for row in rows if row.seq > self.last_seq])
             if len(rows) < BATCH:
                 return
 
-    def offer(self, row: Event) -> bool:
-        """A row this process just committed: push it at once if it is the next in the log."""
-        if row.seq != self.last_seq + 1:
-            return False  # a gap (another process, a rolled-back id): the next pump reads the log
-        self._push(row)
-        return True
+    def offer(self, rows: list[Event]) -> bool:
+        """A transaction this process just committed: push its rows at once if they are next in the log."""
+        fresh = sorted((row for row in rows if row.seq > self.last_seq), key=lambda row: row.seq)
+        # Without a gap from the log (another process, a rolled-back id) up to the first, and between.
+        following = 0
+        while following < len(fresh) and fresh[following].seq == self.last_seq + 1 + following:
+            following += 1
+        self._push(fresh[:following])
+        # Rows at or below last_seq were pushed already by a log read: nothing left to wake it for.
+        return following == len(fresh)
 
-    def _push(self, row: Event) -> None:
-        self.last_seq = row.seq
-        subs = self.subscribers.get(row.organization_id)
-        if not subs:
-            return
-        item = Item.of(row)
-        # Each test's answer, asked once: streams subscribed alike share one test (events/routes.py).
-        verdicts: dict[Callable[[Item], bool], bool] = {}
+    def _push(self, rows: list[Event]) -> None:
+        """Fan out rows in seq order, all after ``last_seq``: each stream gets its share in one write."""
+        by_org: dict[str, list[Item]] = {}
+        try:
+            for row in rows:
+                self.last_seq = row.seq
+                if row.organization_id in self.subscribers:
+                    by_org.setdefault(row.organization_id, []).append(Item.of(row))
+        finally:  # an event that cannot be encoded still leaves those before it sent
+            for organization_id, items in by_org.items():
+                self._fan_out(items, self.subscribers.get(organization_id, ()))
+
+    def _fan_out(self, items: list[Item], subs: Iterable[Subscriber]) -> None:
+        # Each test's answers, asked once: streams subscribed alike share one test (events/routes.py).
+        wanted_by: dict[Callable[[Item], bool], Batch] = {}
         for sub in subs:
             accepts = sub.accepts
             if sub.lagging or accepts is None:
                 continue
-            verdict = verdicts.get(accepts)
-            if verdict is None:
-                verdict = verdicts[accepts] = accepts(item)
-            if not verdict:
-                continue
-            if sub.idle and sub.write is not None and sub.queue.empty():
-                # Written here, in order, without waking the stream's task: a thousand streams
-                # then cost a thousand socket writes of one frame, not a thousand task switches.
-                if item.seq <= sub.cursor:
-                    continue
-                try:
-                    written = sub.write(item.frame)
-                except Exception:  # a socket's error must not stop the fan-out or reach the commit
-                    log.exception("direct WebSocket write failed; the event goes through the queue")
-                    written = False
-                if written:
-                    sub.cursor = item.seq
-                    continue
-            if sub.queue.qsize() >= MAX_QUEUED or sub.queued_bytes + len(item.text) > MAX_QUEUED_BYTES:
-                # Behind: what it would send is in the log. This event stays only to wake the stream.
-                sub.lagging = True
-                sub.drop_events()
-            sub.queued_bytes += len(item.text)
-            sub.queue.put_nowait(item)
+            wanted = wanted_by.get(accepts)
+            if wanted is None:
+                wanted = wanted_by[accepts] = Batch([item for item in items if accepts(item)])
+            if wanted.items:
+                _deliver(sub, wanted)
+
+
+class Batch:
+    """The events of a push that one test accepts, and their frames joined once for all its streams."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+
+    @cached_property
+    def writes(self) -> list[tuple[bytes, int]]:
+        return _joined(self.items)
+
+
+def _joined(items: list[Item]) -> list[tuple[bytes, int]]:
+    """Frames concatenated (each is self-delimiting on the wire), at most ``WRITE_CHUNK`` bytes a write
+    unless one frame is bigger, each with its count of frames. The writer checks the transport's high-water
+    mark before each write: a slow client's buffer grows by a chunk at most, the rest waits in its queue."""
+    writes: list[tuple[bytes, int]] = []
+    run: list[bytes] = []
+    size = 0
+    for item in items:
+        frame = item.frame
+        if run and size + len(frame) > WRITE_CHUNK:
+            writes.append((b"".join(run), len(run)))
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    if run:
+        writes.append((b"".join(run), len(run)))
+    return writes
+
+
+def _deliver(sub: Subscriber, wanted: Batch) -> None:
+    items = wanted.items
+    if sub.idle and sub.write is not None and sub.queue.empty():
+        # Written here, in order, without waking the stream's task: a thousand streams then cost a
+        # thousand socket writes per push (all its events in one), not a thousand task switches.
+        if items[0].seq <= sub.cursor:  # some were replayed from the log already
+            items = [item for item in items if item.seq > sub.cursor]
+            if not items:
+                return
+            writes = _joined(items)
+        else:
+            writes = wanted.writes
+        sent = 0  # events written
+        for chunk, frames in writes:
+            try:
+                written = sub.write(chunk)
+            except Exception:  # a socket's error must not stop the fan-out or reach the commit
+                log.exception("direct WebSocket write failed; the events go through the queue")
+                written = False
+            if not written:
+                break
+            sent += frames
+        if sent:
+            sub.cursor = items[sent - 1].seq
+        items = items[sent:]
+    for item in items:
+        if sub.queue.qsize() >= MAX_QUEUED or sub.queued_bytes + len(item.text) > MAX_QUEUED_BYTES:
+            # Behind: what it would send is in the log. This event stays only to wake the stream.
+            sub.lagging = True
+            sub.drop_events()
+        sub.queued_bytes += len(item.text)
+        sub.queue.put_nowait(item)
+        if sub.lagging:
+            return
 
 
 def _other_process(wake: Callable[[], None]) -> Callable[[str], None]:

@@ -2,8 +2,8 @@
 
 The hub asks every stream of an organization whether it takes an event (``Subscriber.accepts``).
 A thousand streams with the same subscription asked the same question a thousand times per event;
-interned here they share one test, and the hub asks it once per event (``hub._push`` keeps each
-test's answer while it fans that event out).
+interned here they share one test, and the hub asks it once per event (``Hub._fan_out`` keeps each
+test's answers while it fans a batch of events out).
 """
 
 from __future__ import annotations

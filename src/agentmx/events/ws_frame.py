@@ -11,8 +11,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-# Writes one pre-framed message to a socket; False when it cannot now (closing, or the client reads
-# slower than we write), and the stream then sends through ASGI, which waits for the buffer to drain.
+# Writes pre-framed messages (one, or several back to back) to a socket, all or none; False when it
+# cannot now (closing, or the client reads slower than we write), and the stream then sends through
+# ASGI, which waits for the buffer to drain.
 FrameWriter = Callable[[bytes], bool]
 
 

@@ -38,6 +38,7 @@ PROCESS_TOKEN = secrets.token_hex(8)  # NOTIFY payload: which process committed
 # a reader tailing "seq > last seen" never skips a row that commits late.
 EVENT_LOCK_KEY = 0x61676D78  # "agmx"
 PENDING = "agentmx_pending_events"
+COMMITTED = "agentmx_committed_events"  # the same rows, for the after-commit hook
 # The inbox label change log (services/inbox_events.py) is tailed by id the same way (clients sync from
 # the last id they saw), so its rows are added under the same lock.
 PENDING_LABEL_CHANGES = "agentmx_pending_label_changes"
@@ -225,16 +226,22 @@ async def record_event(
                     run_at=first,
                     key=f"webhook:{hook.id}:{event_id}",
                 )
-    after_commit(session, lambda: _committed(rt, row))
+    committed = session.info.get(COMMITTED)
+    if committed is None:
+        # One hook for all of the transaction's events, run with the list as it is at commit: a group
+        # commit's events reach the live hub together (one socket write per stream, not one per event).
+        committed = session.info[COMMITTED] = []
+        after_commit(session, lambda: _committed(rt, committed))
+    committed.append(row)
     return row
 
 
-# Called with each committed event, in commit order within a process (the live hub registers
-# here); a listener returns False when it could not take the row, and the log poll catches up.
-committed_listeners: list[Callable[[Event], bool]] = []
+# Called with each transaction's committed events, in commit order within a process (the live hub
+# registers here); a listener returns False when it could not take them, and the log poll catches up.
+committed_listeners: list[Callable[[list[Event]], bool]] = []
 
 
-def _committed(rt: Runtime, row: Event) -> None:
-    taken = bool(committed_listeners) and all([listener(row) for listener in committed_listeners])
+def _committed(rt: Runtime, rows: list[Event]) -> None:
+    taken = bool(committed_listeners) and all([listener(rows) for listener in committed_listeners])
     if not taken:
         rt.events_signal.notify()
