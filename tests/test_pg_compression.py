@@ -16,9 +16,8 @@ from mail_support import smtp_send
 BODY = "The quick brown fox jumps over the lazy dog, again and again.\r\n" * 80
 
 
+@pytest.mark.parametrize("harness", ["postgres"], indirect=True)  # a PostgreSQL storage detail
 def test_an_inbound_message_is_stored_with_lz4(harness: Harness) -> None:
-    if harness.backend != "postgres":
-        pytest.skip("a PostgreSQL storage detail")
     headers = {"Authorization": f"Bearer {harness.api_key}"}
     with httpx.Client(base_url=harness.server.base_url, headers=headers, timeout=30) as http:
         inbox = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
