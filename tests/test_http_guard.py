@@ -9,6 +9,7 @@ connection of the most crowded one. Requests, keep-alive and WebSocket streams a
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -207,6 +208,33 @@ def test_one_accept_batch_lets_through_no_more_than_the_cap() -> None:
         assert [_reset_within(client, 3) for client in clients] == [False, False, False, True, True]
         for conn in admitted + clients + [listener]:
             conn.close()
+
+
+def _connect_and_reset(server: ServerProcess, source: str) -> None:
+    """A connection the client resets at once: the server's connection_made finds no peer address."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.http_port))
+    sock.close()
+
+
+def test_connections_reset_by_their_clients_do_not_fill_the_cap(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    # Each counts as pending from accept() until its connection_made: counted by the address uvicorn
+    # reads there, which a reset connection has none of, they stayed until the guard's next tick, and
+    # an attacker holding no connection at all turned everyone away.
+    env = {"AGENTMX_HTTP_MAX_CONNECTIONS": "3", "AGENTMX_HTTP_HEADER_TIMEOUT": "300"}
+    server = fresh_server(env=env).start()
+    with httpx.Client(base_url=server.base_url) as client:
+        assert client.get("/health").status_code == 200
+    for _ in range(5):  # a round outlives the guard's tick now and then: five would not all
+        for _ in range(10):  # a reset that comes after connection_made (a quick server) leaks nothing
+            _connect_and_reset(server, "127.0.0.2")
+        time.sleep(0.05)  # the resets accepted before the newcomer (one batch would count them all)
+        with httpx.Client(base_url=server.base_url) as client:
+            assert client.get("/health").status_code == 200
 
 
 def test_past_the_head_deadline_an_unanswered_connection_is_reset_an_answered_one_closed(

@@ -108,47 +108,56 @@ class HttpGuard:
         self.window_bytes = int(body_min_rate * header_timeout) if body_min_rate > 0 else 0
         # uvicorn's set of open connections, once the first is made: the count turns_away() reads.
         self.connections: set[Any] | None = None
-        # Newcomers let through at accept() whose connection_made has not run yet, by address: an
-        # accept batch runs before any of them is counted in ``connections`` or ``waiting_by_ip``.
-        self.pending: dict[str, int] = {}
-        self.pending_total = 0
+        # Newcomers let through at accept() whose connection_made has not run yet: an accept batch
+        # runs before any of them is counted in ``connections`` or ``waiting_by_ip``. By socket
+        # descriptor, not by the address uvicorn reads in connection_made: a client that resets
+        # first has none there (getpeername fails), and its count would stay.
+        self.pending: dict[int, str] = {}  # descriptor: address group
+        self.pending_by_group: dict[str, int] = {}
 
     def _crowd_to_displace(self, group: str) -> dict[HttpToolsProtocol, float] | None:
         """At the cap: the most crowded address's waiting connections, if a newcomer from ``group``
         may take the place of one; None when the newcomer is turned away."""
-        mine = len(self.waiting_by_ip.get(group, ())) + self.pending.get(group, 0)
+        mine = len(self.waiting_by_ip.get(group, ())) + self.pending_by_group.get(group, 0)
         crowded = max(self.waiting_by_ip.values(), key=len, default={})
         # One behind, the newcomer's address would lead after it (see the module's docstring).
         return crowded if len(crowded) > mine + 1 or (mine == 0 and crowded) else None
 
-    def turns_away(self, ip: str) -> bool:
-        """Whether a newcomer from ``ip`` is closed now (http/listener.py asks at accept()); one let
-        through counts as pending until its connection_made."""
+    def turns_away(self, ip: str, fd: int) -> bool:
+        """Whether a newcomer from ``ip`` is closed now (http/listener.py asks at accept() with its
+        socket's descriptor); one let through counts as pending until its connection_made."""
         if self.connections is None:
             return False
+        self._drop_pending(fd)  # accept() hands out a descriptor again once its socket is closed
         group = address_group(ip)
-        at_cap = len(self.connections) + self.pending_total >= self.max_connections
+        at_cap = len(self.connections) + len(self.pending) >= self.max_connections
         if at_cap and self._crowd_to_displace(group) is None:
             return True
-        self.pending[group] = self.pending.get(group, 0) + 1
-        self.pending_total += 1
+        self.pending[fd] = group
+        self.pending_by_group[group] = self.pending_by_group.get(group, 0) + 1
         return False
 
     def made(self, conn: HttpToolsProtocol) -> None:
         """``conn``'s connection_made: no longer pending."""
-        group = _ip(conn)
-        if count := self.pending.get(group):
-            if count == 1:
-                del self.pending[group]
-            else:
-                self.pending[group] = count - 1
-            self.pending_total -= 1
+        if self.pending:  # never on uvloop, which accepts without asking turns_away()
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                self._drop_pending(sock.fileno())
+
+    def _drop_pending(self, fd: int) -> None:
+        group = self.pending.pop(fd, None)
+        if group is None:
+            return
+        if (count := self.pending_by_group[group]) == 1:
+            del self.pending_by_group[group]
+        else:
+            self.pending_by_group[group] = count - 1
 
     def forget_pending(self) -> None:
         """Drop the pending counts: any left from before the last tick never reached connection_made
         (asyncio closes a socket whose transport fails), and must not keep turning newcomers away."""
         self.pending.clear()
-        self.pending_total = 0
+        self.pending_by_group.clear()
 
     def admit(self, conn: HttpToolsProtocol, live: int, now: float) -> bool:
         """A new connection, ``live`` counting it; False when it must be closed."""

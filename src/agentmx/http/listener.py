@@ -46,7 +46,7 @@ class GuardedListener(socket.socket):
         try:
             while True:
                 fd, addr = self._accept()  # type: ignore[attr-defined]
-                if not self.guard.turns_away(addr[0]):
+                if not self.guard.turns_away(addr[0], fd):
                     return self.admitted(fd), addr
                 self.reset(fd)
                 self.turned_away += 1
