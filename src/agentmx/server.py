@@ -40,6 +40,10 @@ Starter = Callable[[Runtime], Awaitable[Callable[[], Awaitable[None]]]]
 BACKGROUND: list[Starter] = []
 
 GRACEFUL_STOP = 10  # seconds requests in flight may take to finish once a stop begins
+# Seconds an idle keep-alive connection is kept: longer than clients keep theirs (httpx, so the SDK: 5 s).
+# At uvicorn's 5 s both ends gave up together, and a request sent on the connection as the server closed
+# it found a reset (the close of a socket with unread bytes). Under the header deadline (20 s).
+HTTP_KEEP_ALIVE = 15
 # uvicorn says it is serving by a flag only: read this often (the ready line was up to 20 ms late).
 READY_POLL = 0.005
 
@@ -120,6 +124,7 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         access_log=settings.log_level == "debug",
         http=guard.protocol(),
         backlog=HTTP_LISTEN_BACKLOG,
+        timeout_keep_alive=HTTP_KEEP_ALIVE,
         ws=FramedWebSocketProtocol,
         ws_max_size=MAX_CLIENT_FRAME,
         ws_ping_interval=settings.ws_ping_interval,

@@ -1,6 +1,6 @@
 """Slow and excess HTTP connections: deadlines for request headers and bodies, and a connection cap.
 
-uvicorn closes a keep-alive connection 5 s after a response, but a connection that has not yet
+uvicorn closes a keep-alive connection 15 s after a response (server.HTTP_KEEP_ALIVE), but a connection that has not yet
 sent a complete request head has no deadline at all, and a byte every few seconds keeps it open:
 enough such connections (slowloris) use up the open-file limit, and then SMTP, HTTP and the
 database all fail to open sockets or files. So, as Apache's mod_reqtimeout and nginx's
