@@ -7,6 +7,7 @@ message after the SMTP client handed it over would lose it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -360,13 +361,13 @@ def preview_of(text: str | None) -> str | None:
 
 
 def _load(raw: bytes) -> Message:
+    with contextlib.suppress(Exception):  # the whole parse decides, once
+        if (single := _load_single_part(raw)) is not None:
+            return single
     try:
-        return _load_single_part(raw) or message_from_bytes(raw, policy=memo_default)
+        return message_from_bytes(raw, policy=memo_default)
     except Exception:  # noqa: BLE001
-        try:
-            return message_from_bytes(raw, policy=memo_default)
-        except Exception:  # noqa: BLE001
-            return message_from_bytes(raw, policy=policy.compat32)
+        return message_from_bytes(raw, policy=policy.compat32)
 
 
 def _load_single_part(raw: bytes) -> Message | None:

@@ -37,7 +37,7 @@ from agentmx.services.pagination import Page, paginate
 from agentmx.services.pods import get_pod
 from agentmx.services.runtime import Runtime
 from agentmx.services.sending import check_recipient_count, reply_recipients
-from agentmx.services.validation import check_client_id, fail, utc_time
+from agentmx.services.validation import check_client_id, fail, one_line, utc_time
 
 JOB_KIND = "send_draft"
 SCHEDULED = "scheduled"
@@ -119,7 +119,7 @@ def _addresses(values: list[str] | None, path: str) -> list[str]:
 
 def _subject(value: str | None) -> str | None:
     # A line break would end the header on the wire: the send, a scheduled one too, would fail.
-    if value is not None and "".join(value.splitlines()) != value:
+    if value is not None and not one_line(value):
         raise fail("subject", "subject contains a line break")
     return value
 

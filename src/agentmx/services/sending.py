@@ -44,6 +44,7 @@ from agentmx.services import blob_bytes, hooks, hop_limit, jobs, limits, lists, 
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
+from agentmx.services.validation import one_line
 
 MAX_RECIPIENTS = limits.MAX_RECIPIENTS
 HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext: printable ASCII except ":"
@@ -84,17 +85,10 @@ def _bad(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{path}: {message}", [{"path": [path], "message": message}])
 
 
-def _one_line(value: str) -> bool:
-    """Whether ``value`` holds none of the line breaks ``str.splitlines`` knows (U+2028 too). Not a
-    count of its lines: a trailing break is one line, which the email package renders as is, and a
-    bare LF or CR in the header becomes a CRLF on the wire that ends the header there."""
-    return "".join(value.splitlines()) == value
-
-
 def _addresses(values: list[str], path: str) -> list[str]:
     """Formatted single addresses; 400 when one is not a usable addr-spec."""
     for value in values:
-        if not _one_line(value):
+        if not one_line(value):
             raise _bad(path, "address contains a line break")
     out = compose.split_addresses(values)
     for value in out:
@@ -162,13 +156,13 @@ def reply_recipients(inbox: Inbox, original: Message, reply_all: bool) -> tuple[
 
 def _check_headers(subject: str | None, headers: dict[str, str]) -> None:
     """The header fields given: the rendering would refuse a line break too, but later (``_render``)."""
-    if subject is not None and not _one_line(subject):
+    if subject is not None and not one_line(subject):
         raise _bad("subject", "subject contains a line break")
     limits.check_count(headers, limits.MAX_HEADERS, "headers", "custom headers")
     for name, value in headers.items():
         if not HEADER_NAME.fullmatch(name):
             raise _bad("headers", f"'{name}' is not a valid header name")
-        if not _one_line(value):
+        if not one_line(value):
             raise _bad("headers", f"the value of '{name}' contains a line break")
 
 

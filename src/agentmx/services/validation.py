@@ -17,6 +17,13 @@ def fail(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, [{"path": [path], "message": message}])
 
 
+def one_line(value: str) -> bool:
+    """Whether ``value`` holds none of the line breaks ``str.splitlines`` knows (U+2028 too): a header
+    field's value. Not a count of its lines: a trailing break is one line, which the email package
+    renders as is, and a bare LF or CR in the header becomes a CRLF on the wire that ends the header."""
+    return "".join(value.splitlines()) == value
+
+
 def utc_time(value: str) -> datetime:
     """An ISO-8601 time ("Z" allowed) in UTC; one without an offset is UTC. ValueError if it is
     none, or has no UTC equivalent (9999-12-31T23:00-05:00): converted where a statement binds it,
