@@ -152,3 +152,34 @@ def test_receivers_that_hang_leave_slots_for_jobs_in_no_lane(settings: Settings)
         assert await locked(runner) <= 2 * BATCH + 1
 
     run_with_runner(settings, scenario)
+
+
+async def claim_until(runner: JobRunner, reached: Callable[[], bool]) -> None:
+    """Claim as the runner's loop does until ``reached`` (stalls take STALL of real time)."""
+    deadline = time.monotonic() + 30
+    while not reached():
+        assert time.monotonic() < deadline, "not reached in time"
+        await claim_all(runner)
+        await asyncio.sleep(0.05)
+
+
+def test_receivers_that_hang_leave_the_slots_and_claims_to_a_healthy_one(settings: Settings) -> None:
+    """Was: jobs that hang held their slots until they ended: two receivers' took all 24 slots of the
+    lanes, and their backlogs, parked, the lanes' 64 claims: another receiver's jobs waited, unclaimed."""
+
+    async def scenario(runner: JobRunner) -> None:
+        hanging = 5
+        for r in range(hanging):
+            await add_jobs(runner, LANE_JOB, range(r * 40, r * 40 + 40), receiver=f"hangs-{r}")
+        # Each runs its share once those running have stalled: more than the lanes' 24 slots in all.
+        await claim_until(runner, lambda: len(started) == hanging * 16)
+        await add_jobs(runner, LANE_JOB, range(1000, 1020), receiver="healthy")
+        for n in range(1000, 1020):
+            gates[n].set()  # it answers at once
+        await claim_until(runner, lambda: len([n for n in started if n >= 1000]) == 20)
+        for r in range(hanging):
+            assert len([n for n in started if r * 40 <= n < r * 40 + 40]) == 16  # its share
+        # The hanging receivers' parked jobs were handed back: they hold only their running ones.
+        assert await locked(runner) <= hanging * 16 + 20
+
+    run_with_runner(settings, scenario)

@@ -120,8 +120,8 @@ def _next_try(delay: float) -> datetime:
 
 
 # One lane per webhook (endpoint), as Svix isolates endpoints: a receiver that hangs holds at most half
-# the job slots of a process, all receivers three quarters (jobs/lanes.py); the guard above limits it
-# further once it is seen slow.
+# the job slots of a process, all receivers three quarters, and a request hanging past a second gives
+# its slot back (jobs/lanes.py); the guard above limits it further once it is seen slow.
 @handler("deliver_webhook", lane="webhook_id")
 async def deliver_webhook(rt: Runtime, payload: dict[str, Any], attempts: int) -> Inserts | None:
     # The attempt number lives in the payload: deferrals for a slow receiver do not count as attempts.

@@ -29,7 +29,7 @@ from agentmx.db.retryable import retryable
 from agentmx.db.transient import table_of
 from agentmx.db.types import utcnow
 from agentmx.failure_log import FailureLog
-from agentmx.jobs.lanes import ClaimPlan, Lanes, lane_of
+from agentmx.jobs.lanes import ClaimPlan, HandedBack, Lanes, Ticket, lane_of
 from agentmx.jobs.registry import FAILURES, HANDLERS, LANE_KEYS, Inserts, RetryAt, failures
 from agentmx.services.group_commit import committer
 from agentmx.services.runtime import Runtime
@@ -40,6 +40,7 @@ JOBS = table_of(Job)  # Core statements: the ORM DML path costs more than the SQ
 BATCH = 32  # jobs claimed at most per claim (running plus waiting for a slot)
 ROOM = BATCH // 2  # after a full claim, claim again once this many of its jobs are done
 GATHER = 0.01  # seconds
+STALL = 1.0  # seconds a job of a lane runs before it stops holding a slot (jobs/lanes.py)
 FAILURE_BACKOFF = (5, 30, 120, 600, 1800)  # seconds, for handlers that raise unexpectedly
 MAX_UNEXPECTED_FAILURES = 10
 
@@ -105,18 +106,23 @@ def _built_claim(
 class JobRunner:
     # 32 slots. One receiver (a lane, jobs/lanes.py) may hold half: the 16 one receiver had before
     # (16 slots and no lanes). All receivers together may hold three quarters: a quarter (8) is kept for
-    # outbound mail, local delivery and other jobs however many receivers hang. A receiver seen slow
-    # gets fewer (delivery.SLOW_LIMIT). Deliveries started together share one lookup (events/targets.py).
+    # outbound mail, local delivery and other jobs however many receivers hang. A request that hangs
+    # past STALL gives its slot back, so receivers that hang leave the slots to healthy ones; at most
+    # 4 * 32 such requests are open at once (sockets: fd_budget.RESERVE). A receiver seen slow gets
+    # fewer requests (delivery.SLOW_LIMIT).
+    # Deliveries started together share one lookup (events/targets.py).
     def __init__(self, rt: Runtime, concurrency: int = 32) -> None:
         self.rt = rt
         self.worker_id = secrets.token_hex(8)
-        self.slots = asyncio.Semaphore(concurrency)
         self.lanes = Lanes(
+            slots=concurrency,
             share=max(1, concurrency // 2),
             pool=max(1, concurrency - concurrency // 4),
             claims=BATCH,
             pool_claims=2 * BATCH,
             least=ROOM,
+            stall=STALL,
+            stalled_max=4 * concurrency,
             on_room=self._lane_room,
         )
         self.tasks: set[asyncio.Task[None]] = set()
@@ -207,9 +213,10 @@ class JobRunner:
 
     @property
     def active(self) -> int:
-        """Claimed jobs running or waiting for a slot: those parked by their lane's caps (jobs/lanes.py) do
-        not count, or hanging receivers' backlogs, claimed, would stop the claims for every other job."""
-        return len(self.tasks) - self.lanes.parked
+        """Claimed jobs running or waiting for a slot: those parked by their lane's caps (jobs/lanes.py) and
+        those stalled do not count, or hanging receivers' requests and backlogs, claimed, would stop the
+        claims for every other job."""
+        return len(self.tasks) - self.lanes.parked - self.lanes.stalled_total
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -269,17 +276,16 @@ class JobRunner:
                 # Ours, its handler waiting or running: its claim looked lapsed (the wall clock
                 # stepped ahead of the renewal's), so the claim above only renewed it.
                 continue
-            lane = lane_of(kind, payload)
-            task = asyncio.create_task(self._run(job_id, kind, payload, attempts, lane))
+            ticket = self.lanes.claim(lane_of(kind, payload))
+            task = asyncio.create_task(self._run(job_id, kind, payload, attempts, ticket))
             self.tasks.add(task)
             self.claimed.add(job_id)
-            self.lanes.claim(lane)
             task.add_done_callback(self._job_done)
             started += 1
         return started, plan.size
 
     async def _call(
-        self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, lane: str | None
+        self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, ticket: Ticket | None
     ) -> Inserts | None:
         """The job's handler. Once it returns or raises, the claim is no longer this runner's to renew
         or to guard: the outcome's commit releases it, and the job may be claimed again at once."""
@@ -290,9 +296,9 @@ class JobRunner:
             return await fn(self.rt, payload, attempts)
         finally:
             self.claimed.discard(job_id)
-            self.lanes.unclaim(lane)
+            self.lanes.unclaim(ticket)
 
-    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int, lane: str | None) -> None:
+    async def _run(self, job_id: int, kind: str, payload: Any, attempts: int, ticket: Ticket | None) -> None:
         if not isinstance(payload, dict):
             # No handler can run it (written by hand, or by a broken version): it failed the whole
             # claim, for ever, and the jobs claimed with it waited behind it.
@@ -302,11 +308,25 @@ class JobRunner:
             await self._record(job_id, kind, {}, functools.partial(self._finish, job_id), done=True)
             self.claimed.discard(job_id)
             return
-        async with self.lanes.slot(lane), self.slots:
+        try:
+            await self._run_in_slot(job_id, kind, payload, attempts, ticket)
+        except HandedBack:
+            # Its receiver holds its whole share hanging: back to the queue, due, unattempted; claims
+            # leave that lane alone until one of its requests ends (jobs/lanes.py).
+            try:
+                await self._release([job_id])
+            finally:
+                self.claimed.discard(job_id)
+                self.lanes.unclaim(ticket)
+
+    async def _run_in_slot(
+        self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, ticket: Ticket | None
+    ) -> None:
+        async with self.lanes.slot(ticket):
             done = False
             try:
                 # dict(): ours stays as claimed
-                inserts = await self._call(job_id, kind, dict(payload), attempts, lane)
+                inserts = await self._call(job_id, kind, dict(payload), attempts, ticket)
             except RetryAt as retry:
                 next_payload = retry.payload
                 if FAILURES in (next_payload if next_payload is not None else payload):
