@@ -23,7 +23,8 @@ from agentmx.db.types import utcnow
 from agentmx.errors import ValidationFailed
 from agentmx.events import http1, targets
 from agentmx.events.bodies import encode_body
-from agentmx.events.ssrf import BlockedAddress, check_destination, pinned
+from agentmx.events.destinations import destination
+from agentmx.events.ssrf import BlockedAddress
 from agentmx.jobs.registry import Inserts, RetryAt, handler
 from agentmx.services.events import retry_schedule
 from agentmx.services.runtime import Runtime
@@ -77,14 +78,12 @@ async def _post(rt: Runtime, target: Row[Any], msg_id: str, body: bytes) -> tupl
         headers = delivery_headers(target.secret, target.headers, msg_id, body)
         try:
             async with asyncio.timeout_at(deadline):
-                ip = await check_destination(target.url, rt.settings.webhook_allow_private)
+                to = await destination(target.url, rt.settings.webhook_allow_private)
         except TimeoutError:
             return None, f"TimeoutError: the receiver's address was not found within {timeout:g} s"
-        url, host, extensions = pinned(target.url, ip)
-        headers.update(host)
-        server_name = extensions["sni_hostname"]
+        headers.update(to.host)
         # Redirects are not followed: they are failures (Standard Webhooks) and would dodge the SSRF check.
-        status = await http1.post(url, body, headers, deadline - loop.time(), server_name)
+        status = await http1.post(to.url, body, headers, deadline - loop.time(), to.server_name)
     except (BlockedAddress, ValidationFailed) as exc:  # ValidationFailed: a URL stored before a rule
         return None, str(exc)
     except OSError as exc:  # network failures, TLS errors, timeouts, bad HTTP
