@@ -67,8 +67,17 @@ def make_engine(url: str, *, writer: bool = True, pool_size: int = 40) -> AsyncE
     # reconnects constantly (bench/rest_read.py at 64 connections: CPU per request -33%). Even
     # 30 + 10 overflow kept reconnecting once the hot reads got faster (py-spy: asyncpg connect in
     # 4% of GET thread's samples): a fixed number of connections (40 by default), none of them overflow.
+    # Last in, first out: a FIFO pool cycled through all 40, so each statement was prepared (a round
+    # trip) on each of them, and a checkout often found its connection idle past IDLE_PING_AFTER and
+    # pinged it (three round trips): ~130 pings a bench/ws_latency.py run, 23-47 with LIFO. The most
+    # recently used connection has its statements prepared and was alive a moment ago.
     engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=0, json_serializer=json_dumps, json_deserializer=json_loads
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_use_lifo=True,
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
     )
     _ping_when_idle(engine)
     _unreachable_is_a_lost_connection(engine)
