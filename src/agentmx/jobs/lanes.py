@@ -101,10 +101,13 @@ class Lanes:
         if pool_room < self.least:
             return ClaimPlan(free, [], all_full=True)
         size = min(free, pool_room)
-        full = []
+        # Blocked lanes from their stalled jobs: those may all have returned (unclaimed, writing outcomes).
+        full = [lane for lane in self.stalled if self._blocked(lane)]
         for lane, n in self.claimed.items():
             room = self.claims - n
-            if room < self.least or self._blocked(lane):
+            if self._blocked(lane):
+                continue
+            if room < self.least:
                 full.append(lane)
             else:
                 size = min(size, room)  # the claim might be all this lane's jobs
