@@ -317,7 +317,10 @@ class JobRunner:
                 await self._release([job_id])
             finally:
                 self.claimed.discard(job_id)
-                self.lanes.unclaim(ticket)
+        finally:
+            # Its handler gives its claim back as it returns; a job handed back, or cancelled (stop)
+            # while parked by its lane, never ran its handler.
+            self.lanes.unclaim(ticket)
 
     async def _run_in_slot(
         self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, ticket: Ticket | None
