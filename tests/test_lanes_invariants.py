@@ -11,6 +11,7 @@ The clock is virtual (the loop's ``time``), so a run of thousands of steps and s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -381,3 +382,52 @@ def test_a_blocked_lane_stays_left_alone_while_its_stalled_jobs_write_their_outc
 
     with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
         runner.run(main())
+
+
+@pytest.mark.parametrize(("hanging", "healthy_running"), [(8, 24), (9, 8), (10, 0)])
+def test_eight_receivers_hanging_with_their_whole_share_leave_the_slots_to_healthy_ones(
+    hanging: int, healthy_running: int
+) -> None:
+    """The README's figures, with the runner's caps: 8 receivers' 16 hanging requests each fill the 128
+    stalled ones; a ninth's keep 16 of the 24 slots of the lanes, a tenth's the rest."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualClockLoop)
+        caps = RUNNER
+        lanes = Lanes(
+            slots=caps.slots,
+            share=caps.share,
+            pool=caps.pool,
+            claims=caps.claims,
+            pool_claims=caps.pool_claims,
+            least=caps.least,
+            stall=STALL,
+            stalled_max=caps.stalled_max,
+            on_room=lambda: None,
+        )
+        never = asyncio.Event()
+        in_body: Counter[str] = Counter()
+
+        async def run(lane: str) -> None:
+            ticket = lanes.claim(lane)
+            with contextlib.suppress(HandedBack):
+                async with lanes.slot(ticket):
+                    in_body[lane] += 1
+                    await never.wait()
+
+        tasks = []
+        for r in range(hanging):  # one after another, each a backlog: its whole share runs, then hangs
+            tasks += [asyncio.create_task(run(f"hangs-{r}")) for _ in range(caps.share)]
+            await settle()
+            loop.now += STALL
+            await settle()
+        tasks += [asyncio.create_task(run(f"healthy-{h}")) for h in range(3) for _ in range(8)]
+        await settle()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return sum(n for lane, n in in_body.items() if lane.startswith("healthy"))
+
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        assert runner.run(main()) == healthy_running
