@@ -183,3 +183,18 @@ def test_receivers_that_hang_leave_the_slots_and_claims_to_a_healthy_one(setting
         assert await locked(runner) <= hanging * 16 + 20
 
     run_with_runner(settings, scenario)
+
+
+def test_a_stop_gives_back_the_claims_of_parked_jobs(settings: Settings) -> None:
+    """Was: a job parked by its lane's share, cancelled by the runner's stop, kept its claim in the lanes'
+    counts (its handler, which gives it back, never ran)."""
+
+    async def scenario(runner: JobRunner) -> None:
+        await add_jobs(runner, LANE_JOB, range(20), receiver="slow")
+        await claim_all(runner)
+        assert len(started) == 16 and runner.lanes.parked == 4  # its share runs, the rest waits
+        await runner.stop()
+        assert (runner.lanes.claimed, runner.lanes.pool_claimed, runner.lanes.running) == ({}, 0, {})
+        assert await locked(runner) == 0  # and the database's claims are handed back
+
+    run_with_runner(settings, scenario)

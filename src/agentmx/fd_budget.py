@@ -15,7 +15,8 @@ import resource
 
 log = logging.getLogger("agentmx")
 
-RESERVE = 512  # the database pool, blob files, DNS, outbound SMTP and webhook sockets
+RESERVE = 512  # the database pool, blob files, DNS, outbound SMTP and webhook sockets (up to 24 + 128
+# of them: jobs/runner.py's webhook slots, and the requests that hang past STALL without one)
 # asyncio accepts every queued connection in one go, and the ones that newcomers displace are closed
 # only on the next loop turn (newcomers simply turned away are reset at accept, http/listener.py): a
 # busy loop can hold twice a listen queue of extra descriptors at once. uvicorn's default queue of

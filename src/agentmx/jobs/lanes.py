@@ -10,9 +10,11 @@ The rules, per process (each process that shares a PostgreSQL database keeps its
 - Stalls: a lane's job still running after ``stall`` seconds (a receiver that hangs) gives its slot
   back to the process and the pool, and its claim to the pool's claims; it still counts against its
   lane's share and claims. So receivers that hang hold their requests open without taking the slots
-  of healthy ones, however many hang (up to ``stalled_max`` stalled jobs in all, a bound on open
-  requests). A lane whose whole share is stalled is blocked: its parked jobs are handed back
-  (``HandedBack``: released, due, unattempted) and claims leave it alone until one of them ends.
+  of healthy ones, up to ``stalled_max`` stalled jobs in all (a bound on open requests: the runner's
+  128 are 8 lanes' whole shares of 16). Past it, a job that runs past ``stall`` keeps its slot (it
+  tries again every ``stall``) until it ends or a stalled one does. A lane whose whole share is
+  stalled is blocked: its parked jobs are handed back (``HandedBack``: released, due, unattempted)
+  and claims leave it alone until one of them ends.
 - Claims: one lane holds at most ``claims`` claimed jobs, all lanes together ``pool_claims``. A claim
   takes no more jobs than the room left in any lane it may take from; a lane (or the pool) with less
   than ``least`` room is left alone (``plan``: excluded in the claim's SQL, so its jobs stay pending,
@@ -101,10 +103,13 @@ class Lanes:
         if pool_room < self.least:
             return ClaimPlan(free, [], all_full=True)
         size = min(free, pool_room)
-        full = []
+        # Blocked lanes from their stalled jobs: those may all have returned (unclaimed, writing outcomes).
+        full = [lane for lane in self.stalled if self._blocked(lane)]
         for lane, n in self.claimed.items():
             room = self.claims - n
-            if room < self.least or self._blocked(lane):
+            if self._blocked(lane):
+                continue
+            if room < self.least:
                 full.append(lane)
             else:
                 size = min(size, room)  # the claim might be all this lane's jobs

@@ -107,9 +107,10 @@ class JobRunner:
     # 32 slots. One receiver (a lane, jobs/lanes.py) may hold half: the 16 one receiver had before
     # (16 slots and no lanes). All receivers together may hold three quarters: a quarter (8) is kept for
     # outbound mail, local delivery and other jobs however many receivers hang. A request that hangs
-    # past STALL gives its slot back, so receivers that hang leave the slots to healthy ones; at most
-    # 4 * 32 such requests are open at once (sockets: fd_budget.RESERVE). A receiver seen slow gets
-    # fewer requests (delivery.SLOW_LIMIT).
+    # past STALL gives its slot back, up to 4 * 32 such requests (sockets: fd_budget.RESERVE), so 8
+    # receivers hanging with their whole share of 16 leave the slots to healthy ones; past that a
+    # hanging request keeps its slot until it times out. A receiver seen slow gets fewer requests
+    # (delivery.SLOW_LIMIT).
     # Deliveries started together share one lookup (events/targets.py).
     def __init__(self, rt: Runtime, concurrency: int = 32) -> None:
         self.rt = rt
@@ -317,7 +318,10 @@ class JobRunner:
                 await self._release([job_id])
             finally:
                 self.claimed.discard(job_id)
-                self.lanes.unclaim(ticket)
+        finally:
+            # Its handler gives its claim back as it returns; a job handed back, or cancelled (stop)
+            # while parked by its lane, never ran its handler.
+            self.lanes.unclaim(ticket)
 
     async def _run_in_slot(
         self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, ticket: Ticket | None
