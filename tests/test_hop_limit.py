@@ -8,13 +8,16 @@ fields it was submitted with.
 
 from __future__ import annotations
 
+import random
 import smtplib
 from collections.abc import Iterator
+from email import message_from_bytes, policy
 
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 
+from agentmx.services.hop_limit import hops
 from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS
@@ -62,14 +65,17 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield Served(server, sink, port)
 
 
-def with_hops(count: int, raw: bytes) -> bytes:
-    """``raw`` with ``count`` Received fields on top (folded, as relays write them)."""
-    fields = b"".join(
-        b"Received: from relay%d.example ([192.0.2.%d])\r\n\tby relay%d.example with ESMTP;\r\n"
-        b"\tMon, 1 Dec 2025 10:00:00 +0000\r\n" % (i, i % 250 + 1, i + 1)
-        for i in range(count)
-    )
-    return fields + raw
+def with_hops(count: int, raw: bytes, eols: tuple[bytes, ...] = (b"\r\n",)) -> bytes:
+    """``raw`` with ``count`` Received fields on top (folded, as relays write them), their lines
+    ended by ``eols`` in turn."""
+    lines: list[bytes] = []
+    for i in range(count):
+        lines += [
+            b"Received: from relay%d.example ([192.0.2.%d])" % (i, i % 250 + 1),
+            b"\tby mx.example with ESMTP;",
+            b"\tMon, 1 Dec 2025 10:00:00 +0000",
+        ]
+    return b"".join(line + eols[n % len(eols)] for n, line in enumerate(lines)) + raw
 
 
 def subjects(client: AgentMail, inbox: str) -> list[str | None]:
@@ -90,6 +96,27 @@ def test_inbound_mail_past_the_hop_limit_is_refused_and_not_stored(served: Serve
     assert subjects(served.client, inbox) == ["within the limit"]
 
 
+def test_received_fields_ended_by_a_bare_cr_count_as_the_parser_reads_them(served: Served) -> None:
+    """The stored message's parser ends a line at a bare CR too: a loop through relays that write
+    CR-only line ends does not slip past the limit."""
+    inbox = served.client.inboxes.create().inbox_id
+    looping = with_hops(LIMIT, make_message(inbox, subject="in a CR loop").as_bytes(), (b"\r",))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp_send(served.server, [inbox], looping)
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 ")
+    assert subjects(served.client, inbox) == []
+
+
+def test_received_lines_after_a_bare_cr_empty_line_are_body_and_not_counted(served: Served) -> None:
+    """The header ends at its first empty line, a bare CR as much as a CRLF: Received lines after
+    it are body text, whatever line ends follow."""
+    inbox = served.client.inboxes.create().inbox_id
+    head = f"From: sender@example.com\r\nTo: {inbox}\r\nSubject: quoted trace\r\n".encode()
+    body = b"Received: from relay.example by mx.example; Mon, 1 Dec 2025 10:00:00 +0000\r\n" * (LIMIT + 1)
+    assert smtp_send(served.server, [inbox], head + b"\r" + body) == {}
+    assert subjects(served.client, inbox) == ["quoted trace"]
+
+
 def test_a_submitted_message_past_the_hop_limit_is_refused(served: Served) -> None:
     client = served.client
     sender, other = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
@@ -107,6 +134,42 @@ def test_a_submitted_message_past_the_hop_limit_is_refused(served: Served) -> No
     raw = download(client.inboxes.messages.get_raw(other, arrived[0].message_id).download_url).content
     head = raw[: raw.index(b"\r\n\r\n")]
     assert head.count(b"\r\nReceived: ") + head.startswith(b"Received: ") == LIMIT
+
+
+def test_a_submitted_message_with_mixed_line_ends_past_the_limit_is_refused(served: Served) -> None:
+    """Half the fields begin after a bare CR; CRLF often enough for submission's line limit."""
+    client = served.client
+    sender, other = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    looping = make_message(other, subject="resubmitted in a CR loop", sender=sender).as_bytes()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        served.submit(sender, [other], with_hops(LIMIT, looping, (b"\r", b"\r\n")))
+    assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.4.6 ")
+
+
+# Header and body lines of every kind the parser tells apart, and every line end it knows (and
+# some it does not: \x0b, \x0c and \x1c end a line for str.splitlines, not for the parser).
+_LINES = [
+    b"Received: from a by b",
+    b"RECEIVED:x",
+    b"received :spaced name",
+    b" continued",
+    b"\tReceived: continued",
+    b"From someone",
+    b": no name",
+    b"X-Other: value",
+    b"a line that is no field",
+    b"",
+    b"Received: \xff8-bit",
+]
+_ENDS = [b"\r\n", b"\r", b"\n", b"\n\r", b"\x0b", b"\x0c", b"\x1c"]
+
+
+def test_the_count_is_the_parsers_count_whatever_the_line_ends() -> None:
+    rng = random.Random(20261203)
+    for _ in range(5000):
+        raw = b"".join(rng.choice(_LINES) + rng.choice(_ENDS) for _ in range(rng.randint(0, 12)))
+        parsed = message_from_bytes(raw, policy=policy.default)
+        assert hops(raw) == len(parsed.get_all("received") or []), raw
 
 
 def _bounce(return_path: str, recipient: str, message_id: str) -> bytes:

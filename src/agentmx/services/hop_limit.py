@@ -10,7 +10,10 @@ afresh; submitted mail got its Received, and its check, at submission), so it ha
 to check.
 
 Counted on the raw header, not the parse: inbound mail is checked before the sender checks and the
-parse, which come later (and not at all for a bounce to a return path).
+parse, which come later (and not at all for a bounce to a return path). But read by the parser's
+rules (lines end at a bare CR too, the header at its first line that is no field), so the count is
+the Received fields the stored message has: relays with odd line ends cannot hide a loop, and a
+body line that begins "Received:" never counts.
 """
 
 from __future__ import annotations
@@ -20,17 +23,20 @@ import re
 from agentmx.errors import TooManyHops
 from agentmx.settings import Settings
 
-# A field name at the start of a header line (continuation lines start with white space).
-_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_HEADER_END = re.compile(rb"\n\r?\n")
+# The header as the stdlib's parser (email.feedparser, which parses the stored message) reads it:
+# the lines from the start that begin a field (a name without spaces, then a colon), continue one
+# (white space) or are an mbox "From " line; the first other line, empty or not, ends it. A line
+# ends at CRLF, a bare CR or a bare LF: a header with CR-only line ends has as many fields there.
+_HEADER = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
 
 
 def hops(raw: bytes) -> int:
-    """The Received fields in the header of ``raw`` (up to its first empty line)."""
-    if raw.startswith((b"\r\n", b"\n")):
-        return 0  # no header at all
-    end = _HEADER_END.search(raw)
-    return len(_RECEIVED.findall(raw, 0, end.start() + 1 if end else len(raw)))
+    """The Received fields in the header of ``raw``, as the parser of the stored message counts them."""
+    header = _HEADER.match(raw)  # always matches, if only the empty string
+    head = raw[: header.end() if header else 0].lower()
+    # A field's name right at a line's start (continuations start with white space). Counted with
+    # bytes.count: a regex looking behind every byte for a line end took three times as long.
+    return head.startswith(b"received:") + head.count(b"\nreceived:") + head.count(b"\rreceived:")
 
 
 def exceeded(settings: Settings, raw: bytes, *, added: int = 0) -> bool:

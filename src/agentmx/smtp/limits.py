@@ -22,6 +22,7 @@ from agentmx.smtp.replies import (
     S421_TOO_MANY_JUNK_COMMANDS,
     with_enhanced_code,
 )
+from agentmx.smtp.tls import SHUTDOWN_TIMEOUT
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -304,6 +305,10 @@ class LimitedSMTP(SMTP):
             peer = transport.get_extra_info("peername")
             self._ip = address_group(str(peer[0])) if isinstance(peer, tuple) and peer else "unknown"
             self._limits.add(self, self._ip)
+        elif self._tls_protocol is not None:  # after STARTTLS's handshake
+            # aiosmtpd builds asyncio's SSLProtocol itself, with the default close_notify wait; the
+            # protocol reads its timeout when the session closes (tests/test_smtp_tls_close.py).
+            self._tls_protocol._ssl_shutdown_timeout = SHUTDOWN_TIMEOUT  # type: ignore[attr-defined]
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:

@@ -19,7 +19,7 @@ from agentmx.settings import Settings, cannot_listen
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.replies import S421_SHUTTING_DOWN
 from agentmx.smtp.stress import StressReaper
-from agentmx.smtp.tls import ReloadingContext
+from agentmx.smtp.tls import SHUTDOWN_TIMEOUT, ReloadingContext
 
 log = logging.getLogger("agentmx.smtp")
 
@@ -77,7 +77,11 @@ async def listen(
         ssl_options: dict[str, Any] = {}
         if implicit_tls and tls:
             # Sessions (and the connection caps) begin after the handshake: keep it short.
-            ssl_options = {"ssl": tls.current(), "ssl_handshake_timeout": settings.smtp_stress_timeout}
+            ssl_options = {
+                "ssl": tls.current(),
+                "ssl_handshake_timeout": settings.smtp_stress_timeout,
+                "ssl_shutdown_timeout": SHUTDOWN_TIMEOUT,
+            }
         host = settings.effective_smtp_host
         try:
             servers = [await loop.create_server(factory, host=host, port=port, **ssl_options)]

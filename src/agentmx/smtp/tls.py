@@ -20,6 +20,9 @@ from agentmx.settings import ConfigError
 log = logging.getLogger("agentmx.smtp")
 
 CHECK_EVERY = 1.0  # seconds between looks at the files' modification times
+# Seconds a closing session waits for the client's close_notify. A client that vanished never
+# sends one: asyncio's default of 30 s held its socket, and its place under the connection caps.
+SHUTDOWN_TIMEOUT = 1.0
 
 
 def load_context(cert: str, key: str) -> ssl.SSLContext:
