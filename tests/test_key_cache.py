@@ -182,3 +182,25 @@ def test_a_reload_begun_before_clear_does_not_fill_the_cache() -> None:
 
     asyncio.run(main())
     assert cache.get("h") is None
+
+
+def test_a_reload_cancelled_before_it_ran_does_not_hold_up_the_key() -> None:
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+
+    async def load() -> CachedKey:
+        return _entry()
+
+    async def answered_then_stopped() -> None:
+        assert await cache.get_or_load("h", load) is old
+        for task in asyncio.all_tasks():  # the process stops before the reload has run
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.sleep(0)
+
+    async def later() -> CachedKey:
+        old.fetched -= cache.ttl
+        return await asyncio.wait_for(cache.get_or_load("h", load), 1)
+
+    asyncio.run(answered_then_stopped())
+    assert asyncio.run(later()) is not old

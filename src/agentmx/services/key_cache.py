@@ -77,12 +77,18 @@ class KeyCache:
         begun = self._begin(secret_hash)
         task = asyncio.get_running_loop().create_task(self._load(secret_hash, load, begun))
         self._reloads.add(task)
-        task.add_done_callback(self._reload_done)
 
-    def _reload_done(self, task: asyncio.Task[CachedKey]) -> None:
-        self._reloads.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: its failure already dropped the entry
+        def done(task: asyncio.Task[CachedKey]) -> None:
+            self._reloads.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: its failure already dropped the entry
+            future = begun[0]
+            if not future.done():  # cancelled before it ran: no waiter may wait on it for ever
+                future.cancel()
+                if self._loading.get(secret_hash) is future:
+                    del self._loading[secret_hash]
+
+        task.add_done_callback(done)
 
     async def _load(
         self,
