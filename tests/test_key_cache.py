@@ -80,3 +80,127 @@ def test_an_expired_entry_is_looked_up_again() -> None:
 
     asyncio.run(main())
     assert calls == 2
+
+
+def _aged(cache: KeyCache, fraction: float) -> CachedKey:
+    """An entry put ``fraction`` of the ttl ago."""
+    entry = _entry()
+    entry.fetched -= cache.ttl * fraction
+    cache.put("h", entry)
+    return entry
+
+
+def test_an_entry_past_half_its_ttl_is_answered_while_one_reload_runs() -> None:
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+    calls = 0
+    release = asyncio.Event()
+
+    async def load() -> CachedKey:
+        nonlocal calls
+        calls += 1
+        await release.wait()  # the database is slow: nobody may wait on it
+        return _entry()
+
+    async def main() -> CachedKey | None:
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(cache.get_or_load("h", load) for _ in range(20))), 1
+        )
+        assert all(a is old for a in answers)
+        assert calls == 1  # one reload for the key, however many requests saw it ageing
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return cache.get("h")
+
+    fresh = asyncio.run(main())
+    assert calls == 1
+    assert fresh is not None and fresh is not old
+
+
+def test_a_reload_that_finds_the_key_gone_drops_the_entry() -> None:
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+
+    async def revoked() -> CachedKey:
+        raise NotFound("Key not found")
+
+    async def main() -> None:
+        assert await cache.get_or_load("h", revoked) is old  # answered; the reload runs behind it
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert cache.get("h") is None
+        try:
+            await cache.get_or_load("h", revoked)
+        except NotFound:
+            return
+        raise AssertionError("the next request was answered from the dropped entry")
+
+    asyncio.run(main())
+
+
+def test_a_request_past_the_ttl_joins_the_reload_in_flight() -> None:
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+    calls = 0
+    release = asyncio.Event()
+
+    async def load() -> CachedKey:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return _entry()
+
+    async def main() -> None:
+        assert await cache.get_or_load("h", load) is old
+        old.fetched -= cache.ttl  # now past its ttl: never answered again
+        late = asyncio.create_task(cache.get_or_load("h", load))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        release.set()
+        assert await late is not old
+
+    asyncio.run(main())
+    assert calls == 1
+
+
+def test_a_reload_begun_before_clear_does_not_fill_the_cache() -> None:
+    cache = KeyCache(ttl=10.0)
+    _aged(cache, 0.6)
+    release = asyncio.Event()
+
+    async def load() -> CachedKey:
+        await release.wait()
+        return _entry()
+
+    async def main() -> None:
+        await cache.get_or_load("h", load)
+        cache.clear()  # the key changed (NOTIFY) while its reload was in flight
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert cache.get("h") is None
+
+
+def test_a_reload_cancelled_before_it_ran_does_not_hold_up_the_key() -> None:
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+
+    async def load() -> CachedKey:
+        return _entry()
+
+    async def answered_then_stopped() -> None:
+        assert await cache.get_or_load("h", load) is old
+        for task in asyncio.all_tasks():  # the process stops before the reload has run
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.sleep(0)
+
+    async def later() -> CachedKey:
+        old.fetched -= cache.ttl
+        return await asyncio.wait_for(cache.get_or_load("h", load), 1)
+
+    asyncio.run(answered_then_stopped())
+    assert asyncio.run(later()) is not old

@@ -5,6 +5,10 @@ out of the collector's sight, full collections stop walking it on every run (ten
 whichever requests or SMTP sessions are in flight: the p99). What is allocated later (open connections,
 caches) is still walked by every full collection: with 1,000 WebSocket streams that pause put the fan-out
 p99 at 69-73 ms against 48-55 ms with full collections ten times rarer (third threshold 10 -> 100).
+
+The young threshold stays at Python's 700: a request frees about what it allocates, so bench/rest_read.py
+(SQLite, ~40,000 requests) ran about 40 young collections in all, under 0.001 ms of a 0.37 ms request;
+7,000 showed no CPU per request difference beyond noise in 14 alternated pairs.
 """
 
 from __future__ import annotations

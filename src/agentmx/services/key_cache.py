@@ -5,6 +5,11 @@ made by another process sharing the database clear it when their NOTIFY arrives 
 or are seen within ``ttl`` seconds if it never does. Concurrent misses
 for one key share a single lookup: when an entry expired under 64 busy connections, each of them
 ran its own lookup (PostgreSQL: a p99 of 100-200 ms in the first seconds of bench/rest_read.py).
+
+Refresh ahead: an entry past half its ``ttl`` is still answered, and one background reload per key
+replaces it, so a busy key's requests never wait on its lookup; a reload that fails (the key was
+deleted or expired) drops the entry, and the next request is refused. No entry older than ``ttl``
+is ever answered, so the bound above holds as before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class KeyCache:
         self.ttl = ttl
         self._entries: dict[str, CachedKey] = {}
         self._loading: dict[str, asyncio.Future[CachedKey]] = {}
+        self._reloads: set[asyncio.Task[CachedKey]] = set()  # held: the loop keeps only weak references
         self._generation = 0  # bumped by clear(): a lookup begun before it must not fill the cache
 
     def get(self, secret_hash: str) -> CachedKey | None:
@@ -49,18 +55,53 @@ class KeyCache:
 
     async def get_or_load(self, secret_hash: str, load: Callable[[], Awaitable[CachedKey]]) -> CachedKey:
         """The cached entry, or the result of ``load`` run once for all concurrent callers."""
-        entry = self.get(secret_hash)
+        entry = self._entries.get(secret_hash)
         if entry is not None:
-            return entry
+            age = time.monotonic() - entry.fetched
+            if age <= self.ttl:
+                if age > self.ttl / 2 and secret_hash not in self._loading:
+                    self._reload(secret_hash, load)
+                return entry
         pending = self._loading.get(secret_hash)
         if pending is not None:
             return await asyncio.shield(pending)  # one waiter going away must not cancel the others'
+        return await self._load(secret_hash, load, self._begin(secret_hash))
+
+    def _begin(self, secret_hash: str) -> tuple[asyncio.Future[CachedKey], int]:
+        """Registered before any await: the next request sees the load in flight and the clear() after it."""
         future: asyncio.Future[CachedKey] = asyncio.get_running_loop().create_future()
         self._loading[secret_hash] = future
-        generation = self._generation
+        return future, self._generation
+
+    def _reload(self, secret_hash: str, load: Callable[[], Awaitable[CachedKey]]) -> None:
+        begun = self._begin(secret_hash)
+        task = asyncio.get_running_loop().create_task(self._load(secret_hash, load, begun))
+        self._reloads.add(task)
+
+        def done(task: asyncio.Task[CachedKey]) -> None:
+            self._reloads.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: its failure already dropped the entry
+            future = begun[0]
+            if not future.done():  # cancelled before it ran: no waiter may wait on it for ever
+                future.cancel()
+                if self._loading.get(secret_hash) is future:
+                    del self._loading[secret_hash]
+
+        task.add_done_callback(done)
+
+    async def _load(
+        self,
+        secret_hash: str,
+        load: Callable[[], Awaitable[CachedKey]],
+        begun: tuple[asyncio.Future[CachedKey], int],
+    ) -> CachedKey:
+        future, generation = begun
         try:
             entry = await load()
         except BaseException as exc:
+            if generation == self._generation:
+                self._entries.pop(secret_hash, None)  # a key no longer found is no longer answered
             future.set_exception(exc)  # waiters get the same answer (a 401 for an unknown key)
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
