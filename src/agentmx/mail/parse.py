@@ -404,8 +404,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
 PARSE_IN_THREAD_BYTES = 256 * 1024
 # Large messages are parsed one at a time. A parse holds about 8 times the message at its peak, and
 # threads sharing the GIL parse no faster together: 20 clients sending 10 MB at once took a front
-# end to 1.2 GB in the default executor's 6 threads, which also finished together and so sent the
-# server their 20 frames in bursts.
+# end to 1.0-1.2 GB in the default executor's 6 threads (2 cores), 0.56-0.70 GB in this one.
 _LARGE_PARSES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmx-parse")
 
 
