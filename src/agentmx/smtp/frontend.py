@@ -185,7 +185,7 @@ class ForwardingHandler(HookNames):
             raw = checked.raw
             trace = trace_headers(mail_from, session.host_name, session.peer, self.hostname, local, tls)
             trace += checked.field
-            prepared = Prepared(local, trace, await parse_off_loop(trace + raw), checked.verdict)
+            prepared = Prepared(local, trace, await parse_off_loop(raw, head=trace), checked.verdict)
         try:
             # A big message whose parse would not fit a frame goes without it: the server parses.
             reply: str = await self.client.call(
