@@ -213,7 +213,13 @@ def test_a_bcc_after_odd_line_ends_does_not_travel(served: Served, variant: str)
     client = served.client
     inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
     remote, hidden = ext("to-"), ext("bcc-")
-    fields = {"inbox": inbox, "local": local, "remote": remote, "hidden": hidden, "token": secrets.token_hex(8)}
+    fields = {
+        "inbox": inbox,
+        "local": local,
+        "remote": remote,
+        "hidden": hidden,
+        "token": secrets.token_hex(8),
+    }
     raw = ODD_HEADERS[variant].format(**fields).encode()
     with served.session((inbox, served.key)) as smtp:
         assert smtp.sendmail(inbox, [remote, local, hidden], raw) == {}
