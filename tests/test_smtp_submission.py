@@ -7,13 +7,15 @@ the headers, and a retry of the same Message-ID is sent once.
 
 from __future__ import annotations
 
+import re
 import secrets
 import smtplib
 import ssl
 import time
 from collections.abc import Iterator
-from email import policy
+from email import message_from_bytes, policy
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from agentmail.environment import AgentMailEnvironment
 from agentmx.testing.certs import unverified_client_context, write_self_signed
 from agentmx.testing.server import ServerProcess, free_port
 from conftest import BACKENDS, run_agentmx
+from mail_support import download
 from send_support import Sink, ext, relaying_server, wait_for
 
 
@@ -176,6 +179,62 @@ def test_a_submitted_message_is_sent_as_the_api_sends(served: Served) -> None:
     assert received[0].message_id == stored.message_id
     headers = client.inboxes.messages.get(local, received[0].message_id).headers or {}
     assert "Authentication-Results" not in headers and "Return-Path" not in headers
+
+
+# Headers a client may send with odd line ends ({local}, {remote}, {hidden} filled in): a bare CR
+# ends a line for Python's parser (the stored copy's), which also ends the header at its first line
+# that is no field; a reader that ends it only at an empty line must not find the Bcc either.
+ODD_HEADERS = {
+    "bare CR": "From: {inbox}\r\nTo: {remote}\r\nCc: {local}\r\nSubject: bare CR\rBcc: {hidden}\r"
+    "Message-ID: <{token}@client.example>\r\n\r\nbody\r\n",
+    "bare LF": "From: {inbox}\nTo: {remote}\nCc: {local}\nBcc: {hidden}\nSubject: bare LF\n\nbody\n",
+    "no empty line": "From: {inbox}\r\nTo: {remote}\r\nCc: {local}\r\nSubject: no empty line\r\n"
+    "not a field\rBcc: {hidden}\r\nMessage-ID: <{token}@body.example>\r\n\r\nbody\r\n",
+}
+
+
+def _header_shows(raw: bytes, hidden: str) -> list[str]:
+    """Where ``raw``'s header names ``hidden`` or has a Bcc, to Python's parser (one Message-ID
+    expected) or to a reader whose header ends at the first empty line (CRLF, or any line end)."""
+    found = []
+    parsed = message_from_bytes(raw, policy=policy.default)
+    if parsed["Bcc"] is not None or any(hidden in str(value) for value in parsed.values()):
+        found.append("parser")
+    if len(parsed.get_all("Message-ID") or []) != 1:
+        found.append(f"Message-IDs: {parsed.get_all('Message-ID')}")
+    if hidden.encode() in raw.split(b"\r\n\r\n", 1)[0]:
+        found.append("CRLF reader")
+    if hidden.encode() in re.split(rb"(?:\r\n|\r|\n){2}", raw, maxsplit=1)[0]:
+        found.append("any line end reader")
+    return found
+
+
+@pytest.mark.parametrize("variant", ODD_HEADERS)
+def test_a_bcc_after_odd_line_ends_does_not_travel(served: Served, variant: str) -> None:
+    client = served.client
+    inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    remote, hidden = ext("to-"), ext("bcc-")
+    fields = {
+        "inbox": inbox,
+        "local": local,
+        "remote": remote,
+        "hidden": hidden,
+        "token": secrets.token_hex(8),
+    }
+    raw = ODD_HEADERS[variant].format(**fields).encode()
+    with served.session((inbox, served.key)) as smtp:
+        assert smtp.sendmail(inbox, [remote, local, hidden], raw) == {}
+
+    for address in (remote, hidden):
+        got = wait_for(partial(served.sink.handler.for_rcpt, address))[0]
+        assert _header_shows(got.raw, hidden) == [], (address, got.raw)
+    stored = wait_for(lambda: client.inboxes.messages.list(local).messages)[0]
+    copy = client.inboxes.messages.get(local, stored.message_id)
+    assert not copy.bcc and hidden not in str(copy.headers)
+    stored_raw = download(client.inboxes.messages.get_raw(local, stored.message_id).download_url).content
+    assert _header_shows(stored_raw, hidden) == [], stored_raw
+    sent = client.inboxes.messages.list(inbox).messages[0]
+    assert client.inboxes.messages.get(inbox, sent.message_id).bcc == [hidden]  # the sender's copy keeps it
 
 
 def test_a_submitted_8bit_message_is_sent_as_8bit(served: Served) -> None:

@@ -12,11 +12,24 @@ from email.utils import getaddresses
 
 _HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
 
+# The header as the stdlib's parser (email.feedparser, which parses the stored message) reads it:
+# the lines from the start that begin a field (a name without spaces, then a colon), continue one
+# (white space) or are an mbox "From " line; the first other line, empty or not, ends it. A line
+# ends at CRLF, a bare CR or a bare LF: a header with CR-only line ends has as many fields there.
+_PARSED_HEAD = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+
 
 def head(raw: bytes) -> bytes:
     """The header, up to and with the end of its last line (an empty line ends it, however lines end)."""
     blank = _HEAD_END.search(raw)
     return raw if blank is None else raw[: blank.start(2)]
+
+
+def parsed_head_end(raw: bytes) -> int:
+    """Where the parser ends the header of ``raw``: after its last field line's end, so at the empty
+    line or the first line that is no field (the body's first, to the parser), or at the end."""
+    match = _PARSED_HEAD.match(raw)  # always matches, if only the empty string
+    return match.end() if match else 0
 
 
 def parse(raw: bytes) -> Message:

@@ -18,22 +18,14 @@ body line that begins "Received:" never counts.
 
 from __future__ import annotations
 
-import re
-
 from agentmx.errors import TooManyHops
+from agentmx.mail import header_fields
 from agentmx.settings import Settings
-
-# The header as the stdlib's parser (email.feedparser, which parses the stored message) reads it:
-# the lines from the start that begin a field (a name without spaces, then a colon), continue one
-# (white space) or are an mbox "From " line; the first other line, empty or not, ends it. A line
-# ends at CRLF, a bare CR or a bare LF: a header with CR-only line ends has as many fields there.
-_HEADER = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
 
 
 def hops(raw: bytes) -> int:
     """The Received fields in the header of ``raw``, as the parser of the stored message counts them."""
-    header = _HEADER.match(raw)  # always matches, if only the empty string
-    head = raw[: header.end() if header else 0].lower()
+    head = raw[: header_fields.parsed_head_end(raw)].lower()
     # A field's name right at a line's start (continuations start with white space). Counted with
     # bytes.count: a regex looking behind every byte for a line end took three times as long.
     return head.startswith(b"received:") + head.count(b"\nreceived:") + head.count(b"\rreceived:")
