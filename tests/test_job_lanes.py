@@ -237,14 +237,13 @@ def release_paused(when: str, paused: asyncio.Event, resume: asyncio.Event) -> I
         event.remove(Session, "after_commit", on_commit)
 
 
+# PostgreSQL only: on SQLite one writer at a time keeps the claim, and job 0's outcome, out until the
+# release has returned.
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
 def test_a_job_handed_back_is_claimed_and_run_by_a_claim_during_its_release(settings: Settings) -> None:
     """Was (PostgreSQL): a claim run between the hand-back's release commit and the release's return took
     the job (claimable again) but skipped it, still in the runner's claimed set; the job then sat locked,
     run by nobody, until its lease (job_lease, 300 s) lapsed."""
-
-    if not settings.effective_database_url.startswith("postgresql"):
-        # One writer at a time: the claim, and job 0's outcome, wait until the release has returned.
-        pytest.skip("SQLite's write lock keeps claims out of the release, end included")
 
     async def scenario(runner: JobRunner) -> None:
         paused, resume = asyncio.Event(), asyncio.Event()
