@@ -4,13 +4,16 @@ loop would, and the jobs' handlers wait until the test lets each one go, so ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.util import await_only
 
 from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
@@ -54,14 +57,16 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
             postgres.drop_database(url)
 
 
-def run_with_runner(settings: Settings, scenario: Callable[[JobRunner], Awaitable[None]]) -> None:
+def run_with_runner(
+    settings: Settings, scenario: Callable[[JobRunner], Awaitable[None]], concurrency: int = 32
+) -> None:
     async def run() -> None:
         rt = Runtime(
             settings=settings,
             db=Database(settings.effective_database_url),
             blobs=BlobStore(settings.effective_blob_dir),
         )
-        runner = JobRunner(rt)  # not started: the test claims, as the runner's loop would
+        runner = JobRunner(rt, concurrency)  # not started: the test claims, as the runner's loop would
         try:
             await scenario(runner)
         finally:
@@ -198,3 +203,78 @@ def test_a_stop_gives_back_the_claims_of_parked_jobs(settings: Settings) -> None
         assert await locked(runner) == 0  # and the database's claims are handed back
 
     run_with_runner(settings, scenario)
+
+
+RELEASE = "UPDATE jobs SET locked_by=:locked_by, locked_until=:locked_until WHERE jobs.id IN"
+
+
+@contextlib.contextmanager
+def release_paused(when: str, paused: asyncio.Event, resume: asyncio.Event) -> Iterator[None]:
+    """The runner's first release of a claim (``UPDATE jobs SET locked_by=NULL, locked_until=NULL``) waits
+    until ``resume``: "before" it runs, or "after_commit" (the row claimable again: a slow answer to COMMIT)."""
+
+    def pause() -> None:
+        paused.set()
+        await_only(resume.wait())  # in the session's greenlet: suspends the release's coroutine
+
+    def on_execute(state: ORMExecuteState) -> None:
+        if not paused.is_set() and state.is_update and str(state.statement).startswith(RELEASE):
+            if when == "before":
+                pause()
+            else:
+                state.session.info["pause_after_commit"] = True
+
+    def on_commit(session: Session) -> None:
+        if session.info.pop("pause_after_commit", False):
+            pause()
+
+    event.listen(Session, "do_orm_execute", on_execute)
+    event.listen(Session, "after_commit", on_commit)
+    try:
+        yield
+    finally:
+        event.remove(Session, "do_orm_execute", on_execute)
+        event.remove(Session, "after_commit", on_commit)
+
+
+# PostgreSQL only: on SQLite one writer at a time keeps the claim, and job 0's outcome, out until the
+# release has returned.
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_a_job_handed_back_is_claimed_and_run_by_a_claim_during_its_release(settings: Settings) -> None:
+    """Was (PostgreSQL): a claim run between the hand-back's release commit and the release's return took
+    the job (claimable again) but skipped it, still in the runner's claimed set; the job then sat locked,
+    run by nobody, until its lease (job_lease, 300 s) lapsed."""
+
+    async def scenario(runner: JobRunner) -> None:
+        paused, resume = asyncio.Event(), asyncio.Event()
+        with release_paused("after_commit", paused, resume):
+            await add_jobs(runner, LANE_JOB, range(2), receiver="hangs")
+            await claim_all(runner)
+            assert started == [0] and runner.lanes.parked == 1  # a share of 1: job 1 waits
+            # Job 0 stalls (STALL): its lane is blocked and job 1 handed back; its release commits.
+            await asyncio.wait_for(paused.wait(), 30)
+            await finish(runner, 0)  # the receiver answers: its lane may be claimed from again
+            await claim_all(runner)  # while the release has committed but not returned
+            resume.set()
+            await settle()
+            await claim_all(runner)
+            assert started == [0, 1]  # job 1 runs now, not when its lease lapses
+            assert await locked(runner) == 1
+
+    run_with_runner(settings, scenario, concurrency=2)
+
+
+def test_a_stop_during_a_hand_back_gives_its_claim_back(settings: Settings) -> None:
+    """A job handed back leaves the runner's claimed set before its release commits: a stop that cancels
+    that release (before it ran) still hands the claim back, as it does the claimed set's."""
+
+    async def scenario(runner: JobRunner) -> None:
+        paused, resume = asyncio.Event(), asyncio.Event()
+        with release_paused("before", paused, resume):
+            await add_jobs(runner, LANE_JOB, range(2), receiver="hangs")
+            await claim_all(runner)
+            await asyncio.wait_for(paused.wait(), 30)  # job 0 stalled, job 1's release not yet run
+            await runner.stop()
+        assert await locked(runner) == 0
+
+    run_with_runner(settings, scenario, concurrency=2)

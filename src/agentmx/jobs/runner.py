@@ -128,6 +128,7 @@ class JobRunner:
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self.claimed: set[int] = set()  # job ids this runner holds (waiting for a slot or running)
+        self.handing_back: set[int] = set()  # job ids whose claim is being released (``HandedBack``)
         self.lease = timedelta(seconds=rt.settings.job_lease)
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
@@ -150,7 +151,7 @@ class JobRunner:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        held = list(self.claimed)
+        held = list(self.claimed | self.handing_back)  # a release cut short by the cancel is redone
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -313,11 +314,15 @@ class JobRunner:
             await self._run_in_slot(job_id, kind, payload, attempts, ticket)
         except HandedBack:
             # Its receiver holds its whole share hanging: back to the queue, due, unattempted; claims
-            # leave that lane alone until one of its requests ends (jobs/lanes.py).
+            # leave that lane alone until one of its requests ends (jobs/lanes.py). Out of ``claimed``
+            # before the release commits: a claim that takes it once committed (its lane unblocked) must
+            # start it, not skip it as ours and leave it locked, run by nobody, for its whole lease.
+            self.claimed.discard(job_id)
+            self.handing_back.add(job_id)
             try:
                 await self._release([job_id])
             finally:
-                self.claimed.discard(job_id)
+                self.handing_back.discard(job_id)
         finally:
             # Its handler gives its claim back as it returns; a job handed back, or cancelled (stop)
             # while parked by its lane, never ran its handler.
