@@ -204,3 +204,54 @@ def test_a_reload_cancelled_before_it_ran_does_not_hold_up_the_key() -> None:
 
     asyncio.run(answered_then_stopped())
     assert asyncio.run(later()) is not old
+
+
+def test_a_request_after_clear_does_not_join_a_reload_begun_before_it() -> None:
+    """A reload that read the key before it was deleted must not answer a request made after the
+    deletion cleared the cache: that request looks the key up afresh."""
+    cache = KeyCache(ttl=10.0)
+    _aged(cache, 0.6)
+    release = asyncio.Event()
+
+    async def read_before_the_delete() -> CachedKey:
+        await release.wait()
+        return _entry()
+
+    async def revoked() -> CachedKey:
+        raise NotFound("Key not found")
+
+    async def main() -> None:
+        await cache.get_or_load("h", read_before_the_delete)  # answered; its reload is in flight
+        cache.clear()  # the key was deleted (this process, or another one's NOTIFY)
+        late = asyncio.create_task(cache.get_or_load("h", revoked))
+        await asyncio.sleep(0)
+        release.set()
+        try:
+            await asyncio.wait_for(late, 1)
+        except NotFound:
+            return
+        raise AssertionError("a request after the deletion was answered by the reload begun before it")
+
+    asyncio.run(main())
+
+
+def test_a_request_cancelled_during_its_lookup_does_not_cancel_those_waiting_on_it() -> None:
+    """The first request for a key runs the lookup the others wait on. Its client going away (an
+    SMTP session dropped during AUTH, a timed-out request) must not fail theirs."""
+    cache = KeyCache()
+    looked_up = asyncio.Event()
+
+    async def load() -> CachedKey:
+        looked_up.set()
+        await asyncio.sleep(0.05)
+        return _entry()
+
+    async def main() -> CachedKey:
+        first = asyncio.create_task(cache.get_or_load("h", load))
+        await looked_up.wait()
+        waiting = asyncio.create_task(cache.get_or_load("h", load))
+        await asyncio.sleep(0)
+        first.cancel()
+        return await asyncio.wait_for(waiting, 1)
+
+    assert asyncio.run(main()) is not None

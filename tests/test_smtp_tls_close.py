@@ -85,7 +85,7 @@ def _greeting(port: int, implicit_tls: bool) -> bytes:
         return _read_reply(sock)
 
 
-def _let_go_after(port: int, implicit_tls: bool, vanish: Callable[[int], ssl.SSLSocket]) -> float:
+def _let_go_after(port: int, implicit_tls: bool, vanish: Callable[[int], socket.socket]) -> float:
     """Seconds from a client's vanishing mid-TLS until a newcomer from its address is greeted."""
     assert _greeting(port, implicit_tls).startswith(b"220 ")  # the address's one place is free
     vanished = vanish(port)  # silent from now on, its socket open: gone without a word
@@ -107,3 +107,20 @@ def test_a_client_gone_after_starttls_is_let_go_within_seconds(served: Served) -
 
 def test_a_client_gone_from_implicit_tls_is_let_go_within_seconds(served: Served) -> None:
     assert _let_go_after(served.implicit_port, True, _implicit_tls) >= COMMAND_TIMEOUT - 0.5
+
+
+def _starttls_then_silent(port: int) -> socket.socket:
+    """A session that asked for STARTTLS, got its 220 and never began the handshake."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert _read_reply(sock).startswith(b"220 ")
+    sock.sendall(b"EHLO client.example\r\n")
+    assert _read_reply(sock).startswith(b"250")
+    sock.sendall(b"STARTTLS\r\n")
+    assert _read_reply(sock).startswith(b"220 ")
+    return sock
+
+
+def test_a_client_gone_before_its_starttls_handshake_is_let_go_within_seconds(served: Served) -> None:
+    """Its command timeout cuts the handshake; asyncio's SSLProtocol then reports no lost connection
+    to a session it never connected, and the session held its place for good (past its FIN too)."""
+    assert _let_go_after(served.server.smtp_port, False, _starttls_then_silent) >= COMMAND_TIMEOUT - 0.5

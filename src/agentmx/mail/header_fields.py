@@ -16,7 +16,9 @@ _HEAD_END = re.compile(rb"(\r\n|\n|\r(?!\n))(\r\n|\n|\r(?!\n))")
 # the lines from the start that begin a field (a name without spaces, then a colon), continue one
 # (white space) or are an mbox "From " line; the first other line, empty or not, ends it. A line
 # ends at CRLF, a bare CR or a bare LF: a header with CR-only line ends has as many fields there.
-_PARSED_HEAD = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+# Possessive (*+): nothing follows a line to backtrack for, and a greedy * kept a record of every line
+# (10 MB of short fields took 1 GB and 1 s, on the event loop: the hop limit reads every inbound header).
+_PARSED_HEAD = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*+:|[ \t])[^\r\n]*+(?:\r\n|\r|\n|\Z))*+")
 
 
 def head(raw: bytes) -> bytes:

@@ -39,7 +39,7 @@ class KeyCache:
         self.ttl = ttl
         self._entries: dict[str, CachedKey] = {}
         self._loading: dict[str, asyncio.Future[CachedKey]] = {}
-        self._reloads: set[asyncio.Task[CachedKey]] = set()  # held: the loop keeps only weak references
+        self._lookups: set[asyncio.Task[CachedKey]] = set()  # held: the loop keeps only weak references
         self._generation = 0  # bumped by clear(): a lookup begun before it must not fill the cache
 
     def get(self, secret_hash: str) -> CachedKey | None:
@@ -60,12 +60,12 @@ class KeyCache:
             age = time.monotonic() - entry.fetched
             if age <= self.ttl:
                 if age > self.ttl / 2 and secret_hash not in self._loading:
-                    self._reload(secret_hash, load)
+                    self._start_lookup(secret_hash, load)
                 return entry
-        pending = self._loading.get(secret_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)  # one waiter going away must not cancel the others'
-        return await self._load(secret_hash, load, self._begin(secret_hash))
+        pending = self._loading.get(secret_hash) or self._start_lookup(secret_hash, load)
+        # A task of its own, shielded: the request that began it going away (a dropped SMTP session
+        # during AUTH) must not cancel the lookup the others wait on.
+        return await asyncio.shield(pending)
 
     def _begin(self, secret_hash: str) -> tuple[asyncio.Future[CachedKey], int]:
         """Registered before any await: the next request sees the load in flight and the clear() after it."""
@@ -73,13 +73,16 @@ class KeyCache:
         self._loading[secret_hash] = future
         return future, self._generation
 
-    def _reload(self, secret_hash: str, load: Callable[[], Awaitable[CachedKey]]) -> None:
+    def _start_lookup(
+        self, secret_hash: str, load: Callable[[], Awaitable[CachedKey]]
+    ) -> asyncio.Future[CachedKey]:
+        """The lookup of ``secret_hash`` begun in a task; the future its waiters await."""
         begun = self._begin(secret_hash)
         task = asyncio.get_running_loop().create_task(self._load(secret_hash, load, begun))
-        self._reloads.add(task)
+        self._lookups.add(task)
 
         def done(task: asyncio.Task[CachedKey]) -> None:
-            self._reloads.discard(task)
+            self._lookups.discard(task)
             if not task.cancelled():
                 task.exception()  # retrieved: its failure already dropped the entry
             future = begun[0]
@@ -89,6 +92,7 @@ class KeyCache:
                     del self._loading[secret_hash]
 
         task.add_done_callback(done)
+        return begun[0]
 
     async def _load(
         self,
@@ -106,7 +110,8 @@ class KeyCache:
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
         finally:
-            del self._loading[secret_hash]
+            if self._loading.get(secret_hash) is future:  # clear() may have let a newer one in
+                del self._loading[secret_hash]
         if generation == self._generation:
             self.put(secret_hash, entry)
         future.set_result(entry)
@@ -114,4 +119,7 @@ class KeyCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        # Lookups in flight may have read the key before the change: later requests start their own
+        # (those already waiting keep theirs, which the change did not precede).
+        self._loading.clear()
         self._generation += 1

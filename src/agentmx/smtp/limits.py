@@ -311,6 +311,16 @@ class LimitedSMTP(SMTP):
             self._tls_protocol._ssl_shutdown_timeout = SHUTDOWN_TIMEOUT  # type: ignore[attr-defined]
         super().connection_made(transport)
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 (aiosmtpd name)
+        await super().smtp_STARTTLS(arg)
+        if self._tls_protocol is not None and self.session is not None and self.session.ssl is None:
+            # No handshake, yet no error: the command timeout closed the session mid-handshake (a
+            # client silent after the 220). asyncio's SSLProtocol reports no lost connection to a
+            # session it never connected, which then waited for a command for good, in its place
+            # under the caps (tests/test_smtp_tls_close.py).
+            self.connection_lost(None)
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._ip is not None:
             self._limits.remove(self, self._ip)
