@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from agentmx.mail import stored_extracts
-from agentmx.mail.parse import parse_message
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES, PARSE_ONE_AT_A_TIME_BYTES, parse_message, parse_off_loop
 from agentmx.mail.quotes import extract_html, extract_text
 
 DATA = Path(__file__).parent / "data"
@@ -171,3 +172,27 @@ def test_header_parameters_are_each_fields_own_when_read_again() -> None:
             "a.pdf",
         ]
         assert {p.text for p in parsed} == {"café"}  # charset=iso-8859-1, read each time
+
+
+def test_a_megabyte_message_is_not_parsed_behind_a_slow_large_one() -> None:
+    """Was: every message over 256 KB waited its turn on one thread, so a 1 MB message sat behind a
+    hostile one that takes seconds to parse (two 10 MB ones: 25 s)."""
+    megabyte = 1024 * 1024
+    slow = b"From: a@example.com\r\nContent-Type: text/html\r\n\r\n" + b"<div>" * (2 * megabyte // 5 + 1)
+    legit = b"From: a@example.com\r\nSubject: legit\r\n\r\n" + (b"x" * 76 + b"\r\n") * (megabyte // 78)
+    assert len(slow) > PARSE_ONE_AT_A_TIME_BYTES > len(legit) > PARSE_IN_THREAD_BYTES
+
+    async def race() -> list[str]:
+        finished: list[str] = []
+
+        async def parse(name: str, raw: bytes) -> None:
+            await parse_off_loop(raw)
+            finished.append(name)
+
+        slow_parse = asyncio.create_task(parse("slow", slow))
+        await asyncio.sleep(0.05)  # the slow one is on its thread
+        await parse("legit", legit)
+        await slow_parse
+        return finished
+
+    assert asyncio.run(race()) == ["legit", "slow"]

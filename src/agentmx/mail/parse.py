@@ -402,17 +402,22 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 PARSE_IN_THREAD_BYTES = 256 * 1024
-# Large messages are parsed one at a time. A parse holds about 8 times the message at its peak, and
-# threads sharing the GIL parse no faster together: 20 clients sending 10 MB at once took a front
-# end to 1.0-1.2 GB in the default executor's 6 threads (2 cores), 0.56-0.70 GB in this one.
+# Messages over PARSE_ONE_AT_A_TIME_BYTES are parsed one at a time. A parse holds about 8 times the
+# message at its peak, and threads sharing the GIL parse no faster together: 20 clients sending 10 MB
+# at once took a front end to 1.0-1.2 GB in the default executor's 6 threads (2 cores), 0.56-0.70 GB
+# in this one. Smaller ones stay in the default executor (at most ~16 MB a parse): one at a time,
+# a 1 MB message waited 25 s behind two hostile 10 MB ones that take 10-13 s each to parse.
+PARSE_ONE_AT_A_TIME_BYTES = 2 * 1024 * 1024
 _LARGE_PARSES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmx-parse")
 
 
 async def parse_off_loop(raw: bytes, head: bytes = b"") -> ParsedMessage:
     """``parse_message(head + raw)``, in a thread when the message is large (the event loop keeps
     serving). The join is done there too: sessions waiting their turn hold no copy of the message."""
-    if len(head) + len(raw) > PARSE_IN_THREAD_BYTES:
-        return await asyncio.get_running_loop().run_in_executor(_LARGE_PARSES, _parse_joined, head, raw)
+    size = len(head) + len(raw)
+    if size > PARSE_IN_THREAD_BYTES:
+        executor = _LARGE_PARSES if size > PARSE_ONE_AT_A_TIME_BYTES else None
+        return await asyncio.get_running_loop().run_in_executor(executor, _parse_joined, head, raw)
     return parse_message(head + raw)
 
 
