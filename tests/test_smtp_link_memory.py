@@ -51,8 +51,8 @@ def test_large_messages_at_once_are_stored_whole_in_bounded_memory(tmp_path: Pat
     """SQLite only: the front end's memory does not depend on the database. asyncio's own loop
     copies into its transport's buffer whatever the link cannot take at once (uvloop keeps the
     frames): frames encoded ahead of the link piled up there."""
-    env = {"AGENTMX_SMTP_WORKERS": "1", "AGENTMX_SMTP_FRONTEND_LOOP": loop}
-    server = ServerProcess(tmp_path, env=env).start()
+    server_env = {"AGENTMX_SMTP_WORKERS": "1", "AGENTMX_SMTP_FRONTEND_LOOP": loop}
+    server = ServerProcess(tmp_path, env=server_env).start()
     try:
         env = AgentMailEnvironment(http=server.base_url, websockets=server.ws_url)
         client = AgentMail(api_key=server.create_key(), environment=env)
