@@ -96,19 +96,22 @@ class LinkClient:
         self.closed = asyncio.Event()
         self._task = asyncio.create_task(self._read_replies(), name="smtp-link")
 
-    async def call(self, kind: str, *args: Any, frame_limit: int = 0) -> Any:
+    async def call(self, kind: str, *args: Any, frame_limit: int = 0, large: bool = False) -> Any:
         """Send a request and wait for its reply. Past ``frame_limit`` bytes the last argument,
-        which must be optional for the server, goes as None."""
+        which must be optional for the server, goes as None. ``large``: a frame of a large message,
+        encoded once the link has sent the previous large one (``Outbox.send_large``)."""
         if self.closed.is_set():
             raise LinkClosed("SMTP link closed")
-        request_id = next(self._ids)
-        frame = link.encode((kind, request_id, *args))
-        if frame_limit and len(frame) > frame_limit:
-            frame = link.encode((kind, request_id, *args[:-1], None))
+        request = (kind, next(self._ids), *args)
+        request_id = request[1]
         reply = self._pending[request_id] = self._loop.create_future()
         try:
-            self._outbox.send(frame)
-            await self._writer.drain()  # waits while earlier frames fill the socket's buffer
+            if large:
+                await self._outbox.send_large(lambda: _body_within(request, frame_limit))
+            else:
+                body = _body_within(request, frame_limit)
+                self._outbox.send(link.HEADER.pack(len(body)) + body)
+                await self._writer.drain()  # waits while earlier frames fill the socket's buffer
             return await reply
         except ConnectionError as exc:
             raise LinkClosed("SMTP link closed") from exc
@@ -137,6 +140,13 @@ class LinkClient:
             for waiting in self._pending.values():
                 if not waiting.done():
                     waiting.set_exception(LinkClosed("SMTP link closed"))
+
+
+def _body_within(request: tuple[Any, ...], frame_limit: int) -> bytes:
+    body = link.encode_body(request)
+    if frame_limit and link.HEADER.size + len(body) > frame_limit:
+        body = link.encode_body((*request[:-1], None))
+    return body
 
 
 class ForwardingHandler(HookNames):
@@ -198,6 +208,7 @@ class ForwardingHandler(HookNames):
                 tls,
                 prepared,
                 frame_limit=self.frame_limit,
+                large=len(raw) > link.LARGE_MESSAGE_BYTES,
             )
         except LinkClosed:  # nothing is known to be stored: the client keeps custody
             return S451_TEMP_FAILURE

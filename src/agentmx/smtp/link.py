@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,8 @@ from agentmx.mail.parse import ParsedAttachment, ParsedMessage
 from agentmx.mail.sender_auth import Verdict
 
 HEADER = struct.Struct("!I")
+# A message above this goes in a large frame (Outbox.send_large); below, frames are joined per turn.
+LARGE_MESSAGE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -54,9 +57,14 @@ class LinkClosed(ConnectionError):
 
 
 def encode(value: tuple[Any, ...]) -> bytes:
-    # surrogatepass: parsed headers and bodies may hold lone surrogates (undecodable 8-bit bytes).
-    body = msgpack.packb([_to_plain(item) for item in value], unicode_errors="surrogatepass")
+    body = encode_body(value)
     return HEADER.pack(len(body)) + body
+
+
+def encode_body(value: tuple[Any, ...]) -> bytes:
+    """A frame without its length (``Outbox.send_large`` writes the two without joining them)."""
+    # surrogatepass: parsed headers and bodies may hold lone surrogates (undecodable 8-bit bytes).
+    return msgpack.packb([_to_plain(item) for item in value], unicode_errors="surrogatepass")
 
 
 def _decode(body: bytes) -> Any:
@@ -150,11 +158,25 @@ class Outbox:
         self._writer = writer
         self._frames: list[bytes] = []
         self._loop = asyncio.get_running_loop()
+        self._large_turn = asyncio.Lock()
 
     def send(self, frame: bytes) -> None:
         if not self._frames:
             self._loop.call_soon(self._flush)
         self._frames.append(frame)
+
+    async def send_large(self, encode_body: Callable[[], bytes]) -> None:
+        """A large frame, encoded only once the link has sent the previous one on to its reader.
+
+        20 sessions sending 10 MB each at once, their frames (16 MB: the message and its parse) all
+        encoded as soon as parsed, queued 4 of them behind a busy server. The length and the body
+        go as two buffers: joining them copied the frame once more.
+        """
+        async with self._large_turn:
+            body = encode_body()
+            if not self._writer.is_closing():
+                self._writer.writelines((HEADER.pack(len(body)), body))
+            await self._writer.drain()  # below the transport's low-water mark: the reader has it
 
     def _flush(self) -> None:
         frames, self._frames = self._frames, []
