@@ -41,7 +41,7 @@ from agentmx.errors import MessageRejected, NotFound, Unprocessable, ValidationF
 from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
-from agentmx.mail.parse import PARSE_IN_THREAD_BYTES, ParsedMessage
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES, ParsedMessage, executor_for
 from agentmx.services import blob_bytes, hooks, hop_limit, jobs, limits, lists, mailstore, send_limit
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
@@ -388,9 +388,13 @@ async def prepare_submitted(
     """
     read = functools.partial(_completed, raw, trace, new_message_id(inbox.domain), utcnow())
     # A 9 MB header of short fields took 9 s of CPU here: on the event loop, the API stalled that long.
-    raw, from_fields, addresses = (
-        await asyncio.to_thread(read) if len(raw) > PARSE_IN_THREAD_BYTES else read()
-    )
+    size = len(trace) + len(raw)
+    if size > PARSE_IN_THREAD_BYTES:
+        raw, from_fields, addresses = await asyncio.get_running_loop().run_in_executor(
+            executor_for(size), read
+        )
+    else:
+        raw, from_fields, addresses = read()
     hop_limit.check(rt.settings, raw)  # a mail loop before any other refusal, as inbound
     _check_active(inbox)
     bare = [_envelope(a) for a in _without(envelope_to, set())]
