@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,24 @@ def test_a_megabyte_message_is_not_parsed_behind_a_slow_large_one() -> None:
         return finished
 
     assert asyncio.run(race()) == ["legit", "slow"]
+
+
+def test_parses_leave_the_default_executor_to_short_work() -> None:
+    """Was: messages of 256 KB-2 MB were parsed in the default executor (6 threads on 2 cores), which
+    blob reads and writes, DKIM signing and verification and getaddrinfo share: 6 hostile ones of
+    2 MB (about 2 s of CPU each) held it for 10 s, and a no-op sent there waited all that time."""
+    hostile = (
+        b"From: a@example.com\r\n" + b"a:b\r\n" * ((PARSE_ONE_AT_A_TIME_BYTES - 100) // 5) + b"\r\nhi\r\n"
+    )
+    assert PARSE_IN_THREAD_BYTES < len(hostile) <= PARSE_ONE_AT_A_TIME_BYTES
+
+    async def wait_for_a_thread() -> float:
+        parses = [asyncio.create_task(parse_off_loop(hostile)) for _ in range(6)]
+        await asyncio.sleep(0.05)  # the parses have their threads
+        began = time.monotonic()
+        await asyncio.to_thread(lambda: None)
+        waited = time.monotonic() - began
+        await asyncio.gather(*parses)
+        return waited
+
+    assert asyncio.run(wait_for_a_thread()) < 1.0

@@ -59,3 +59,16 @@ def test_the_parser_finds_the_same_fields_less_the_removed_whatever_the_line_end
         # A reader that ends the header at its first empty line, however lines end.
         header = re.split(_ANY_END + _ANY_END, done, maxsplit=1)[0]
         assert not _EMPTY_LINE_READER.search(header), (raw, done)
+
+
+def test_an_mbox_from_line_on_top_is_dropped_not_shown_in_the_body() -> None:
+    # The parser reads a first line "From " as the mbox envelope's, no field; under the Received it
+    # was the header's last line, which the parser makes the body's first: recipients saw it as text.
+    date = datetime(2026, 12, 3, tzinfo=UTC)
+    for raw in (
+        b"From a@x.test Thu Dec  3 00:00:00 2026\r\n\r\nhello\r\n",
+        b"From a@x.test Thu\r\nhello\r\n",
+    ):
+        done = b"Received: by agentmx.example\r\n" + complete(raw, "<added@agentmx.example>", date)
+        assert message_from_bytes(done, policy=policy.compat32).get_payload() == "hello\r\n", done
+        assert b"From a@x.test" not in done

@@ -409,6 +409,14 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 # a 1 MB message waited 25 s behind two hostile 10 MB ones that take 10-13 s each to parse.
 PARSE_ONE_AT_A_TIME_BYTES = 2 * 1024 * 1024
 _LARGE_PARSES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmx-parse")
+# Not the default executor: blob reads and writes, DKIM and getaddrinfo wait there, and 6 hostile
+# 2 MB messages (2 s of CPU each) held its 6 threads (2 cores) for 10 s.
+_PARSES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmx-parse-mid")
+
+
+def executor_for(size: int) -> ThreadPoolExecutor:
+    """Where to parse (or read the header of) a message of ``size`` bytes over PARSE_IN_THREAD_BYTES."""
+    return _LARGE_PARSES if size > PARSE_ONE_AT_A_TIME_BYTES else _PARSES
 
 
 async def parse_off_loop(raw: bytes, head: bytes = b"") -> ParsedMessage:
@@ -416,8 +424,7 @@ async def parse_off_loop(raw: bytes, head: bytes = b"") -> ParsedMessage:
     serving). The join is done there too: sessions waiting their turn hold no copy of the message."""
     size = len(head) + len(raw)
     if size > PARSE_IN_THREAD_BYTES:
-        executor = _LARGE_PARSES if size > PARSE_ONE_AT_A_TIME_BYTES else None
-        return await asyncio.get_running_loop().run_in_executor(executor, _parse_joined, head, raw)
+        return await asyncio.get_running_loop().run_in_executor(executor_for(size), _parse_joined, head, raw)
     return parse_message(head + raw)
 
 

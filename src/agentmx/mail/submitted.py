@@ -36,6 +36,8 @@ def complete(raw: bytes, message_id: str, date: datetime) -> bytes:
     if head and not head.endswith((b"\r", b"\n")):  # header fields only, the last line unended
         head += b"\r\n"
     fields = _fields(head)
+    if fields and fields[0].startswith(b"From "):  # the mbox envelope line, no field: under the Received,
+        fields = fields[1:]  # the parser makes it the body's first line when no field follows it
     if fields and fields[0][:1] in (b" ", b"\t"):  # continues no field: the parser drops it, and on
         fields = fields[1:]  # top of another (an added field, the Received) it would continue that one
     names = {_name(field) for field in fields}

@@ -26,6 +26,8 @@ send limit, ``send_limit``). A paused inbox refuses with 403
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,7 +41,7 @@ from agentmx.errors import MessageRejected, NotFound, Unprocessable, ValidationF
 from agentmx.ids import new_message_id
 from agentmx.mail import compose, submitted
 from agentmx.mail.compose import OutAttachment
-from agentmx.mail.parse import ParsedMessage
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES, ParsedMessage, executor_for
 from agentmx.services import blob_bytes, hooks, hop_limit, jobs, limits, lists, mailstore, send_limit
 from agentmx.services.caller import Caller
 from agentmx.services.events import record_event
@@ -384,7 +386,15 @@ async def prepare_submitted(
     be the inbox. A Bcc field is removed and a missing Message-ID or Date added (``mail.submitted``);
     ``trace`` (the Received field) goes on top.
     """
-    raw = trace + submitted.complete(raw, new_message_id(inbox.domain), utcnow())
+    read = functools.partial(_completed, raw, trace, new_message_id(inbox.domain), utcnow())
+    # A 9 MB header of short fields took 9 s of CPU here: on the event loop, the API stalled that long.
+    size = len(trace) + len(raw)
+    if size > PARSE_IN_THREAD_BYTES:
+        raw, from_fields, addresses = await asyncio.get_running_loop().run_in_executor(
+            executor_for(size), read
+        )
+    else:
+        raw, from_fields, addresses = read()
     hop_limit.check(rt.settings, raw)  # a mail loop before any other refusal, as inbound
     _check_active(inbox)
     bare = [_envelope(a) for a in _without(envelope_to, set())]
@@ -393,7 +403,6 @@ async def prepare_submitted(
     if not bare:
         raise Unprocessable("The message has no recipients", fix="Give at least one RCPT TO.")
     parsed = await mailstore.parse(raw)
-    from_fields, addresses = submitted.originators(raw)
     if from_fields != 1 or not addresses or any(_key(a) != inbox.id.lower() for a in addresses):
         # One From field naming the inbox alone, and no Sender or Resent-* naming anybody else: a
         # second address would be shown to recipients as a sender too.
@@ -413,6 +422,12 @@ async def prepare_submitted(
         labels={"sent"},
         thread_id=None,  # In-Reply-To / References thread it, as inbound mail
     )
+
+
+def _completed(raw: bytes, trace: bytes, message_id: str, now: datetime) -> tuple[bytes, int, list[str]]:
+    """The message to send (``submitted.complete``, ``trace`` on top), its From fields and originators."""
+    raw = trace + submitted.complete(raw, message_id, now)
+    return (raw, *submitted.originators(raw))
 
 
 def _check_active(inbox: Inbox) -> None:
