@@ -21,6 +21,9 @@ MAX_DRAIN = 64 * 1024  # larger response bodies are not read: the connection is 
 MAX_IDLE = 16  # idle connections kept per destination
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _BREAKS = re.compile("[\r\n\0]")  # would end a header line or the head early
+# Seconds a closed TLS connection waits for the receiver's close_notify. One that vanished sends none:
+# asyncio's default of 30 s held the socket (not the caller: close is not awaited).
+TLS_SHUTDOWN_TIMEOUT = 1.0
 IDLE_EXPIRY = 5.0  # seconds; as httpx: a peer or middlebox may drop idle connections without a FIN
 
 Key = tuple[str, str, int, str]  # scheme, connect host, port, TLS server name
@@ -106,7 +109,13 @@ def _take_idle(key: Key) -> Conn | None:
 async def _connect(key: Key) -> Conn:
     scheme, host, port, server_name = key
     if scheme == "https":
-        return await asyncio.open_connection(host, port, ssl=_tls_context(), server_hostname=server_name)
+        return await asyncio.open_connection(
+            host,
+            port,
+            ssl=_tls_context(),
+            server_hostname=server_name,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+        )
     return await asyncio.open_connection(host, port)
 
 

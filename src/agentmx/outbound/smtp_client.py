@@ -3,12 +3,20 @@ is unusable."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
 
 TIMEOUT = 60.0
+# Seconds to wait for the reply to QUIT. Every reply that matters is in by then; a host that went
+# silent held the job's slot for the whole command timeout (Postfix skips the wait: smtp_skip_quit_response).
+QUIT_TIMEOUT = 2.0
+# Seconds a closed TLS session waits for the host's close_notify before its socket is cut. A host
+# that vanished sends none: asyncio's default wait of 30 s held the socket.
+TLS_SHUTDOWN_TIMEOUT = 1.0
 _LINE_BREAK = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib finds them when it sends DATA
 
 
@@ -65,30 +73,42 @@ async def _connect(conn: Connection) -> aiosmtplib.SMTP:
         validate_certs=False,
     )
     await client.connect()
-    await client.ehlo()
+    try:
+        await client.ehlo()
+    except BaseException:
+        _close(client)
+        raise
     return client
 
 
 async def _open(conn: Connection) -> aiosmtplib.SMTP:
     client = await _connect(conn)
-    if conn.starttls != "never" and client.supports_extension("starttls"):
-        try:
-            # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435). A relay we log in
-            # to is checked, or a man in the middle would read the password.
-            await client.starttls(
-                server_hostname=conn.server_name, validate_certs=conn.verify, cert_bundle=conn.ca_file or None
-            )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            if conn.starttls == "required":
-                raise
-            # Opportunistic TLS that fails falls back to plain text (RFC 7435, Postfix's "may"), on a
-            # new connection: after a failed handshake the old one is in no known state.
-            client.close()
-            client = await _connect(conn)
-    elif conn.starttls == "required":
-        raise HostUnusable("server does not offer STARTTLS")
-    if conn.username:
-        await client.login(conn.username, conn.password)
+    try:
+        if conn.starttls != "never" and client.supports_extension("starttls"):
+            try:
+                # MTA-to-MTA TLS is opportunistic: certificates are not checked (RFC 7435). A relay we log
+                # in to is checked, or a man in the middle would read the password.
+                await client.starttls(
+                    server_hostname=conn.server_name,
+                    validate_certs=conn.verify,
+                    cert_bundle=conn.ca_file or None,
+                )
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                if conn.starttls == "required":
+                    raise
+                # Opportunistic TLS that fails falls back to plain text (RFC 7435, Postfix's "may"), on a
+                # new connection: after a failed handshake the old one is in no known state.
+                _close(client)
+                client = await _connect(conn)
+        elif conn.starttls == "required":
+            raise HostUnusable("server does not offer STARTTLS")
+        if conn.username:
+            await client.login(conn.username, conn.password)
+    except BaseException:
+        # Refused (EHLO, no STARTTLS, a failed handshake, a refused login): closed, not left open
+        # until the host drops it.
+        _close(client)
+        raise
     return client
 
 
@@ -135,6 +155,7 @@ async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[
         client = await _open(conn)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise HostUnusable(f"{conn.server_name} ({conn.address}:{conn.port}): {exc}") from exc
+    transport = client.transport  # kept: aiosmtplib lets go of it when a command times out or fails
     replies: dict[str, Reply] = {}
     try:
         for envelope in envelopes:
@@ -156,6 +177,23 @@ async def send(conn: Connection, envelopes: list[Envelope], raw: bytes) -> dict[
         }
     finally:
         try:
-            await client.quit()
+            await client.quit(timeout=min(conn.timeout, QUIT_TIMEOUT))
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             client.close()
+        _cut_tls_later(transport)
+
+
+def _close(client: aiosmtplib.SMTP) -> None:
+    transport = client.transport
+    client.close()
+    _cut_tls_later(transport)
+
+
+def _cut_tls_later(transport: asyncio.BaseTransport | None) -> None:
+    """A closing TLS session waits for the host's close_notify: not for longer than TLS_SHUTDOWN_TIMEOUT.
+
+    aiosmtplib's STARTTLS takes no ssl_shutdown_timeout; aborting a transport already closed does nothing.
+    """
+    if transport is not None and transport.get_extra_info("sslcontext") is not None:
+        # A cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses.
+        asyncio.get_running_loop().call_later(TLS_SHUTDOWN_TIMEOUT, cast(asyncio.Transport, transport).abort)
