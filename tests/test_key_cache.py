@@ -14,6 +14,19 @@ def _entry() -> CachedKey:
     return CachedKey(caller=Caller.__new__(Caller), expires_at=None, used_at=None, fetched=time.monotonic())
 
 
+class _SlowLookup:
+    """A key lookup whose database answers once released; counts the lookups."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> CachedKey:
+        self.calls += 1
+        await self.release.wait()
+        return _entry()
+
+
 def test_concurrent_misses_share_one_lookup() -> None:
     cache = KeyCache()
     calls = 0
@@ -93,28 +106,21 @@ def _aged(cache: KeyCache, fraction: float) -> CachedKey:
 def test_an_entry_past_half_its_ttl_is_answered_while_one_reload_runs() -> None:
     cache = KeyCache(ttl=10.0)
     old = _aged(cache, 0.6)
-    calls = 0
-    release = asyncio.Event()
-
-    async def load() -> CachedKey:
-        nonlocal calls
-        calls += 1
-        await release.wait()  # the database is slow: nobody may wait on it
-        return _entry()
+    load = _SlowLookup()  # the database is slow: nobody may wait on it
 
     async def main() -> CachedKey | None:
         answers = await asyncio.wait_for(
             asyncio.gather(*(cache.get_or_load("h", load) for _ in range(20))), 1
         )
         assert all(a is old for a in answers)
-        assert calls == 1  # one reload for the key, however many requests saw it ageing
-        release.set()
+        assert load.calls == 1  # one reload for the key, however many requests saw it ageing
+        load.release.set()
         for _ in range(10):
             await asyncio.sleep(0)
         return cache.get("h")
 
     fresh = asyncio.run(main())
-    assert calls == 1
+    assert load.calls == 1
     assert fresh is not None and fresh is not old
 
 
@@ -142,14 +148,7 @@ def test_a_reload_that_finds_the_key_gone_drops_the_entry() -> None:
 def test_a_request_past_the_ttl_joins_the_reload_in_flight() -> None:
     cache = KeyCache(ttl=10.0)
     old = _aged(cache, 0.6)
-    calls = 0
-    release = asyncio.Event()
-
-    async def load() -> CachedKey:
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        return _entry()
+    load = _SlowLookup()
 
     async def main() -> None:
         assert await cache.get_or_load("h", load) is old
@@ -157,26 +156,22 @@ def test_a_request_past_the_ttl_joins_the_reload_in_flight() -> None:
         late = asyncio.create_task(cache.get_or_load("h", load))
         await asyncio.sleep(0.01)
         assert not late.done()
-        release.set()
+        load.release.set()
         assert await late is not old
 
     asyncio.run(main())
-    assert calls == 1
+    assert load.calls == 1
 
 
 def test_a_reload_begun_before_clear_does_not_fill_the_cache() -> None:
     cache = KeyCache(ttl=10.0)
     _aged(cache, 0.6)
-    release = asyncio.Event()
-
-    async def load() -> CachedKey:
-        await release.wait()
-        return _entry()
+    load = _SlowLookup()
 
     async def main() -> None:
         await cache.get_or_load("h", load)
         cache.clear()  # the key changed (NOTIFY) while its reload was in flight
-        release.set()
+        load.release.set()
         for _ in range(10):
             await asyncio.sleep(0)
 
@@ -211,11 +206,7 @@ def test_a_request_after_clear_does_not_join_a_reload_begun_before_it() -> None:
     deletion cleared the cache: that request looks the key up afresh."""
     cache = KeyCache(ttl=10.0)
     _aged(cache, 0.6)
-    release = asyncio.Event()
-
-    async def read_before_the_delete() -> CachedKey:
-        await release.wait()
-        return _entry()
+    read_before_the_delete = _SlowLookup()
 
     async def revoked() -> CachedKey:
         raise NotFound("Key not found")
@@ -225,7 +216,7 @@ def test_a_request_after_clear_does_not_join_a_reload_begun_before_it() -> None:
         cache.clear()  # the key was deleted (this process, or another one's NOTIFY)
         late = asyncio.create_task(cache.get_or_load("h", revoked))
         await asyncio.sleep(0)
-        release.set()
+        read_before_the_delete.release.set()
         try:
             await asyncio.wait_for(late, 1)
         except NotFound:

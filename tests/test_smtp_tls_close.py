@@ -58,15 +58,20 @@ def _read_reply(sock: socket.socket) -> bytes:
     return reply
 
 
-def _starttls(port: int) -> ssl.SSLSocket:
-    """A session on ``port`` that went through STARTTLS."""
+def _starttls_then_silent(port: int) -> socket.socket:
+    """A session that asked for STARTTLS, got its 220 and never began the handshake."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     assert _read_reply(sock).startswith(b"220 ")
     sock.sendall(b"EHLO client.example\r\n")
     assert _read_reply(sock).startswith(b"250")
     sock.sendall(b"STARTTLS\r\n")
     assert _read_reply(sock).startswith(b"220 ")
-    return unverified_client_context().wrap_socket(sock)
+    return sock
+
+
+def _starttls(port: int) -> ssl.SSLSocket:
+    """A session on ``port`` that went through STARTTLS."""
+    return unverified_client_context().wrap_socket(_starttls_then_silent(port))
 
 
 def _implicit_tls(port: int) -> ssl.SSLSocket:
@@ -107,17 +112,6 @@ def test_a_client_gone_after_starttls_is_let_go_within_seconds(served: Served) -
 
 def test_a_client_gone_from_implicit_tls_is_let_go_within_seconds(served: Served) -> None:
     assert _let_go_after(served.implicit_port, True, _implicit_tls) >= COMMAND_TIMEOUT - 0.5
-
-
-def _starttls_then_silent(port: int) -> socket.socket:
-    """A session that asked for STARTTLS, got its 220 and never began the handshake."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    assert _read_reply(sock).startswith(b"220 ")
-    sock.sendall(b"EHLO client.example\r\n")
-    assert _read_reply(sock).startswith(b"250")
-    sock.sendall(b"STARTTLS\r\n")
-    assert _read_reply(sock).startswith(b"220 ")
-    return sock
 
 
 def test_a_client_gone_before_its_starttls_handshake_is_let_go_within_seconds(served: Served) -> None:

@@ -405,8 +405,8 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 # Messages over PARSE_ONE_AT_A_TIME_BYTES are parsed one at a time. A parse holds about 8 times the
 # message at its peak, and threads sharing the GIL parse no faster together: 20 clients sending 10 MB
 # at once took a front end to 1.0-1.2 GB in the default executor's 6 threads (2 cores), 0.56-0.70 GB
-# in this one. Smaller ones stay in the default executor (at most ~16 MB a parse): one at a time,
-# a 1 MB message waited 25 s behind two hostile 10 MB ones that take 10-13 s each to parse.
+# in this one. Smaller ones share _PARSES (at most ~16 MB a parse): one at a time, a 1 MB message
+# waited 25 s behind two hostile 10 MB ones that take 10-13 s each to parse.
 PARSE_ONE_AT_A_TIME_BYTES = 2 * 1024 * 1024
 _LARGE_PARSES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmx-parse")
 # Not the default executor: blob reads and writes, DKIM and getaddrinfo wait there, and 6 hostile

@@ -109,8 +109,7 @@ class LinkClient:
             if large:
                 await self._outbox.send_large(lambda: _body_within(request, frame_limit))
             else:
-                body = _body_within(request, frame_limit)
-                self._outbox.send(link.HEADER.pack(len(body)) + body)
+                self._outbox.send(link.framed(_body_within(request, frame_limit)))
                 await self._writer.drain()  # waits while earlier frames fill the socket's buffer
             return await reply
         except ConnectionError as exc:

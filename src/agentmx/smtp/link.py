@@ -24,12 +24,13 @@ from typing import Any
 
 import msgpack
 
-from agentmx.mail.parse import ParsedAttachment, ParsedMessage
+from agentmx.mail.parse import PARSE_IN_THREAD_BYTES, ParsedAttachment, ParsedMessage
 from agentmx.mail.sender_auth import Verdict
 
 HEADER = struct.Struct("!I")
 # A message above this goes in a large frame (Outbox.send_large); below, frames are joined per turn.
-LARGE_MESSAGE_BYTES = 256 * 1024
+# The size above which it is parsed off the loop, one parse per thread: large in both senses.
+LARGE_MESSAGE_BYTES = PARSE_IN_THREAD_BYTES
 
 
 @dataclass
@@ -57,7 +58,11 @@ class LinkClosed(ConnectionError):
 
 
 def encode(value: tuple[Any, ...]) -> bytes:
-    body = encode_body(value)
+    return framed(encode_body(value))
+
+
+def framed(body: bytes) -> bytes:
+    """A frame: ``body`` after its length."""
     return HEADER.pack(len(body)) + body
 
 
