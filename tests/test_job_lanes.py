@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -276,5 +277,113 @@ def test_a_stop_during_a_hand_back_gives_its_claim_back(settings: Settings) -> N
             await asyncio.wait_for(paused.wait(), 30)  # job 0 stalled, job 1's release not yet run
             await runner.stop()
         assert await locked(runner) == 0
+
+    run_with_runner(settings, scenario, concurrency=2)
+
+
+@contextlib.contextmanager
+def releases_paused(pauses: dict[int, tuple[str, asyncio.Event, asyncio.Event]]) -> Iterator[None]:
+    """The runner's releases of a claim, counted from 1: release ``k`` in ``pauses`` waits until its resume
+    event, "before" its UPDATE runs or "after_commit"; ``paused`` is set as it starts to wait."""
+    seen = 0
+
+    def pause(k: int) -> None:
+        paused, resume = pauses[k][1:]
+        paused.set()
+        await_only(resume.wait())
+
+    def on_execute(state: ORMExecuteState) -> None:
+        nonlocal seen
+        if not (state.is_update and str(state.statement).startswith(RELEASE)):
+            return
+        seen += 1
+        if seen in pauses:
+            if pauses[seen][0] == "before":
+                pause(seen)
+            else:
+                state.session.info["pause_after_commit"] = seen
+
+    def on_commit(session: Session) -> None:
+        k = session.info.pop("pause_after_commit", None)
+        if k is not None:
+            pause(k)
+
+    event.listen(Session, "do_orm_execute", on_execute)
+    event.listen(Session, "after_commit", on_commit)
+    try:
+        yield
+    finally:
+        event.remove(Session, "do_orm_execute", on_execute)
+        event.remove(Session, "after_commit", on_commit)
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_a_stop_gives_back_a_job_handed_back_again_before_its_first_release_returned(
+    settings: Settings,
+) -> None:
+    """Was (PostgreSQL): a job handed back, claimed again once that release committed, and handed back again
+    left the runner's hand-backs when the first release returned; a stop that then cut the second release
+    short left the job locked, run by nobody, until its lease (job_lease, 300 s) lapsed."""
+
+    async def scenario(runner: JobRunner) -> None:
+        first_paused, first_resume = asyncio.Event(), asyncio.Event()
+        second_paused, second_resume = asyncio.Event(), asyncio.Event()
+        # Releases: job 1's, job 2's (committed, slow to return), job 2's again (not yet run).
+        pauses = {
+            2: ("after_commit", first_paused, first_resume),
+            3: ("before", second_paused, second_resume),
+        }
+        with releases_paused(pauses):
+            for n in range(3):  # one at a time: job 0 runs, jobs 1 and 2 wait in this order
+                await add_jobs(runner, LANE_JOB, range(n, n + 1), receiver="hangs")
+                await claim_all(runner)
+            assert started == [0] and runner.lanes.parked == 2  # a share of 1
+            # Job 0 stalls (STALL): its lane is blocked, jobs 1 and 2 handed back.
+            await asyncio.wait_for(first_paused.wait(), 30)
+            await finish(runner, 0)  # its lane may be claimed from again
+            for _ in range(2):  # the oldest first: job 1 runs, job 2 waits behind it
+                await runner.run_due(1)
+                await settle()
+            assert started == [0, 1] and runner.lanes.parked == 1
+            # Job 1 stalls: job 2 is handed back again while its first release has not returned.
+            await asyncio.wait_for(second_paused.wait(), 30)
+            first_resume.set()
+            await asyncio.sleep(0.2)  # the first release returns
+            await runner.stop()  # cancels the second release before it ran
+        assert await locked(runner) == 0
+
+    run_with_runner(settings, scenario, concurrency=2)
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_a_late_hand_back_leaves_alone_the_job_claimed_again_after_its_lease_lapsed(
+    settings: Settings,
+) -> None:
+    """Was (PostgreSQL): a hand-back whose release ran after the job's lease lapsed (a process paused, the
+    database stalled) and after this runner claimed it again and started it released that new claim too:
+    another process claimed the job and ran it a second time while the first run was going on."""
+
+    async def scenario(runner: JobRunner) -> None:
+        other = JobRunner(runner.rt, 2)  # another process on the same database
+        paused, resume = asyncio.Event(), asyncio.Event()
+        runner.lease = timedelta(seconds=0.5)  # the claims below lapse before the hand-back's release
+        try:
+            with releases_paused({1: ("before", paused, resume)}):
+                await add_jobs(runner, LANE_JOB, range(2), receiver="hangs")
+                await claim_all(runner)
+                assert started == [0] and runner.lanes.parked == 1
+                await asyncio.wait_for(paused.wait(), 30)  # job 0 stalled, job 1's release waits
+                runner.lease = timedelta(seconds=300)
+                await finish(runner, 0)
+                await claim_all(runner)  # job 1's claim had lapsed: claimed again, and started
+                assert started == [0, 1]
+                resume.set()
+                await asyncio.sleep(0.2)  # the late release runs
+            assert await locked(runner) == 1  # job 1 is still this runner's
+            await other.run_due(2)
+            await settle()
+            assert started == [0, 1]  # not run a second time elsewhere
+        finally:
+            await other.stop()
 
     run_with_runner(settings, scenario, concurrency=2)

@@ -17,12 +17,14 @@ import contextlib
 import functools
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from agentmx.db.models import Job
 from agentmx.db.retryable import retryable
@@ -128,7 +130,9 @@ class JobRunner:
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self.claimed: set[int] = set()  # job ids this runner holds (waiting for a slot or running)
-        self.handing_back: set[int] = set()  # job ids whose claim is being released (``HandedBack``)
+        # Job ids whose claim is being released (``HandedBack``), once per hand-back: a job claimed again once
+        # its release committed may be handed back again before that release returns.
+        self.handing_back: Counter[int] = Counter()
         self.lease = timedelta(seconds=rt.settings.job_lease)
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
@@ -151,26 +155,26 @@ class JobRunner:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        held = list(self.claimed | self.handing_back)  # a release cut short by the cancel is redone
+        held = list(self.claimed.union(self.handing_back))  # a release cut short by the cancel is redone
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         await self._release(held)
 
-    async def _release(self, held: list[int]) -> None:
+    async def _release(self, held: list[int], *, locked_until_at_most: datetime | None = None) -> None:
         """Hand back the claims of jobs stopped before they finished, so that another process (or
         this one restarted) runs them now rather than when their lease ends. A handler cut short may
-        have done part of its work; it runs again from the start either way (at least once)."""
+        have done part of its work; it runs again from the start either way (at least once).
+        ``locked_until_at_most``: only claims that end by then (``_hand_back``)."""
         if not held:
             return
+        mine: list[ColumnElement[bool]] = [JOBS.c.id.in_(held), JOBS.c.locked_by == self.worker_id]
+        if locked_until_at_most is not None:
+            mine.append(JOBS.c.locked_until <= locked_until_at_most)
         try:
             async with self.rt.db.transaction() as s:
-                await s.execute(
-                    update(JOBS)
-                    .where(JOBS.c.id.in_(held), JOBS.c.locked_by == self.worker_id)
-                    .values(locked_by=None, locked_until=None)
-                )
+                await s.execute(update(JOBS).where(*mine).values(locked_by=None, locked_until=None))
         except Exception:
             log.exception(
                 "releasing the claims of %d stopped jobs failed (they wait for their lease)", len(held)
@@ -318,15 +322,25 @@ class JobRunner:
             # before the release commits: a claim that takes it once committed (its lane unblocked) must
             # start it, not skip it as ours and leave it locked, run by nobody, for its whole lease.
             self.claimed.discard(job_id)
-            self.handing_back.add(job_id)
-            try:
-                await self._release([job_id])
-            finally:
-                self.handing_back.discard(job_id)
+            await self._hand_back(job_id)
         finally:
             # Its handler gives its claim back as it returns; a job handed back, or cancelled (stop)
             # while parked by its lane, never ran its handler.
             self.lanes.unclaim(ticket)
+
+    async def _hand_back(self, job_id: int) -> None:
+        """Release the claim of a job handed back, unrun. Only the claim it was handed back with: every
+        lease this runner wrote for it (claim, renewals) ends by now + lease. Should the release run after
+        that claim lapsed (this process paused, the database stalled) and after this runner claimed the job
+        again and started it, that new claim ends later and stays: released, another process would run the
+        job a second time alongside."""
+        self.handing_back[job_id] += 1
+        try:
+            await self._release([job_id], locked_until_at_most=utcnow() + self.lease)
+        finally:
+            self.handing_back[job_id] -= 1
+            if not self.handing_back[job_id]:
+                del self.handing_back[job_id]
 
     async def _run_in_slot(
         self, job_id: int, kind: str, payload: dict[str, Any], attempts: int, ticket: Ticket | None
