@@ -27,8 +27,6 @@ from sqlalchemy.util import greenlet_spawn
 
 from agentmx.db import sqlite_inline
 
-Processor = Callable[[Any], Any] | None
-
 
 class DriverStatement:
     """One statement compiled for one dialect: its SQL, parameter order and row shaping."""
@@ -50,10 +48,13 @@ class DriverStatement:
         # A plain text() has no declared columns: its row type is named from the first result.
         columns = list(stmt.selected_columns) if isinstance(stmt, Select | TextualSelect) else []
         self.row_type: Callable[..., Any] | None = None
-        self.result_processors: list[Processor] = []
+        # (position, processor) of the columns that have one (a message list row: 4 of 13): a pass
+        # over every value of every row took 0.25 ms of a 50-message page, this 0.18 ms.
+        self.result_processors: list[tuple[int, Callable[[Any], Any]]] = []
         if columns:
             self.row_type = _row_type([str(c.key) for c in columns])
-            self.result_processors = [c.type._cached_result_processor(dialect, None) for c in columns]
+            processors = [c.type._cached_result_processor(dialect, None) for c in columns]
+            self.result_processors = [(i, p) for i, p in enumerate(processors) if p is not None]
 
     def args(self, params: Mapping[str, Any] | None) -> list[Any]:
         if self.defaults:
@@ -72,7 +73,13 @@ class DriverStatement:
         procs = self.result_processors
         if not procs:
             return [make(*r) for r in raw]
-        return [make(*[v if p is None else p(v) for p, v in zip(procs, r, strict=True)]) for r in raw]
+        rows = []
+        for r in raw:
+            values = list(r)
+            for i, process in procs:
+                values[i] = process(values[i])
+            rows.append(make(*values))
+        return rows
 
 
 def _row_type(names: list[str]) -> Callable[..., Any]:
