@@ -209,33 +209,12 @@ def test_a_stop_gives_back_the_claims_of_parked_jobs(settings: Settings) -> None
 RELEASE = "UPDATE jobs SET locked_by=:locked_by, locked_until=:locked_until WHERE jobs.id IN"
 
 
-@contextlib.contextmanager
-def release_paused(when: str, paused: asyncio.Event, resume: asyncio.Event) -> Iterator[None]:
+def release_paused(
+    when: str, paused: asyncio.Event, resume: asyncio.Event
+) -> contextlib.AbstractContextManager[None]:
     """The runner's first release of a claim (``UPDATE jobs SET locked_by=NULL, locked_until=NULL``) waits
     until ``resume``: "before" it runs, or "after_commit" (the row claimable again: a slow answer to COMMIT)."""
-
-    def pause() -> None:
-        paused.set()
-        await_only(resume.wait())  # in the session's greenlet: suspends the release's coroutine
-
-    def on_execute(state: ORMExecuteState) -> None:
-        if not paused.is_set() and state.is_update and str(state.statement).startswith(RELEASE):
-            if when == "before":
-                pause()
-            else:
-                state.session.info["pause_after_commit"] = True
-
-    def on_commit(session: Session) -> None:
-        if session.info.pop("pause_after_commit", False):
-            pause()
-
-    event.listen(Session, "do_orm_execute", on_execute)
-    event.listen(Session, "after_commit", on_commit)
-    try:
-        yield
-    finally:
-        event.remove(Session, "do_orm_execute", on_execute)
-        event.remove(Session, "after_commit", on_commit)
+    return releases_paused({1: (when, paused, resume)})
 
 
 # PostgreSQL only: on SQLite one writer at a time keeps the claim, and job 0's outcome, out until the
