@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,7 @@ async def _until(condition: Callable[[], bool], timeout: float, what: str) -> No
 
 
 def test_a_half_open_listen_connection_is_replaced_within_the_ping_bound(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(listen, "PING_EVERY", PING_EVERY)
     monkeypatch.setattr(listen, "PING_TIMEOUT", PING_TIMEOUT)
@@ -140,7 +141,10 @@ def test_a_half_open_listen_connection_is_replaced_within_the_ping_bound(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop(), 10)
 
+    caplog.set_level(logging.WARNING, logger=listen.log.name)
     asyncio.run(scenario())
+    # The warning names what ended the link: a timed-out ping's TimeoutError has no message ("lost ()").
+    assert any("TimeoutError" in record.getMessage() for record in caplog.records), caplog.text
 
 
 def test_a_half_open_listen_connection_is_found_within_a_dozen_seconds() -> None:

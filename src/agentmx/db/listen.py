@@ -82,7 +82,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("the LISTEN connection was lost (%s); reconnecting", exc)
+                log.warning("the LISTEN connection was lost (%r); reconnecting", exc)
                 await asyncio.sleep(RECONNECT_DELAY)
 
 
