@@ -66,9 +66,11 @@ async def slowloris(n: int, args: argparse.Namespace, status: Status) -> None:
 async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: argparse.Namespace) -> None:
     """Dribble on a connected socket until the server closes it (returns) or resets it (OSError)."""
     if args.body_path:
+        # Under the API's 6 MB body limit (http/deps.py): a larger declared length is refused at once,
+        # and the connection would measure the head attack again rather than a dribbled body.
         writer.write(
             f"POST {args.body_path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {args.api_key}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n".encode()
+            "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n".encode()
         )
     elif not args.silent:
         writer.write(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
