@@ -145,6 +145,36 @@ def test_a_reload_that_finds_the_key_gone_drops_the_entry() -> None:
     asyncio.run(main())
 
 
+def test_a_reload_the_database_did_not_answer_keeps_the_entry_until_its_ttl() -> None:
+    """A database blip during a reload: the key was not found gone, so its entry is still answered
+    (no 503 for requests the cache could answer), and a later request reloads it again."""
+    cache = KeyCache(ttl=10.0)
+    old = _aged(cache, 0.6)
+    calls = 0
+
+    async def unreachable() -> CachedKey:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("the database restarted")
+
+    async def main() -> None:
+        assert await cache.get_or_load("h", unreachable) is old
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert await cache.get_or_load("h", unreachable) is old  # still within its ttl
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert calls == 2  # the reload was tried again, not given up on
+        old.fetched -= cache.ttl  # past its ttl: never answered, whatever the database does
+        try:
+            await cache.get_or_load("h", unreachable)
+        except ConnectionRefusedError:
+            return
+        raise AssertionError("an entry past its ttl was answered")
+
+    asyncio.run(main())
+
+
 def test_a_request_past_the_ttl_joins_the_reload_in_flight() -> None:
     cache = KeyCache(ttl=10.0)
     old = _aged(cache, 0.6)

@@ -7,9 +7,11 @@ for one key share a single lookup: when an entry expired under 64 busy connectio
 ran its own lookup (PostgreSQL: a p99 of 100-200 ms in the first seconds of bench/rest_read.py).
 
 Refresh ahead: an entry past half its ``ttl`` is still answered, and one background reload per key
-replaces it, so a busy key's requests never wait on its lookup; a reload that fails (the key was
-deleted or expired) drops the entry, and the next request is refused. No entry older than ``ttl``
-is ever answered, so the bound above holds as before.
+replaces it, so a busy key's requests never wait on its lookup; a reload that finds the key gone
+(deleted or expired) drops the entry, and the next request is refused. A reload the database did
+not answer (a restart, a dropped connection) keeps the entry until its ``ttl``: a blip costs the
+key's requests nothing it did not have to. No entry older than ``ttl`` is ever answered, so the
+bound above holds as before.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from agentmx.errors import AgentMXError, TemporaryFailure
 from agentmx.services.caller import Caller
 
 DEFAULT_TTL = 2.0
@@ -104,7 +107,7 @@ class KeyCache:
         try:
             entry = await load()
         except BaseException as exc:
-            if generation == self._generation:
+            if generation == self._generation and _refused(exc):
                 self._entries.pop(secret_hash, None)  # a key no longer found is no longer answered
             future.set_exception(exc)  # waiters get the same answer (a 401 for an unknown key)
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
@@ -123,3 +126,8 @@ class KeyCache:
         # (those already waiting keep theirs, which the change did not precede).
         self._loading.clear()
         self._generation += 1
+
+
+def _refused(exc: BaseException) -> bool:
+    """The lookup's answer was a refusal (an unknown or expired key), not a failure to answer."""
+    return isinstance(exc, AgentMXError) and not isinstance(exc, TemporaryFailure)
