@@ -19,7 +19,7 @@ async def _serve(
     answer: Answer, close_after: bool = False, tls: ssl.SSLContext | None = None
 ) -> tuple[asyncio.Server, list[bytes], list[int]]:
     heads: list[bytes] = []
-    connections = [0]
+    connections = [0, 0]  # opened, ended by the client
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections[0] += 1
@@ -42,7 +42,7 @@ async def _serve(
                 if close_after:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            connections[1] += 1
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
@@ -70,6 +70,26 @@ def test_keep_alive_reuses_one_connection() -> None:
         assert heads[0].startswith(b"POST /hook?a=1 HTTP/1.1\r\n")
         assert b"x-a: 1\r\n" in heads[0] and b"content-length: 2" in heads[0]
         server.close()
+
+    _run(test)
+
+
+def test_idle_connections_are_closed_once_expired_without_another_post(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination posted to once, then never again, must not hold its idle connections (and their
+    descriptors) for ever: across many webhook URLs they added up."""
+    monkeypatch.setattr(http1, "IDLE_EXPIRY", 0.2)
+
+    async def test() -> None:
+        servers = [(await _serve(lambda head: OK)) for _ in range(3)]
+        for server, _, _ in servers:
+            assert await http1.post(_url(server), b"{}", {}, 5) == 200
+        await asyncio.sleep(0.6)
+        assert [connections for _, _, connections in servers] == [[1, 1]] * 3
+        assert not http1._idle
+        for server, _, _ in servers:
+            server.close()
 
     _run(test)
 

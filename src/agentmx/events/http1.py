@@ -36,7 +36,9 @@ class ProtocolError(OSError):
 
 
 _tls: ssl.SSLContext | None = None
-_idle: dict[Key, list[Idle]] = {}
+_idle: dict[Key, list[Idle]] = {}  # oldest first
+# The sweep due for each destination with idle connections, and the loop it runs on.
+_sweeps: dict[Key, tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -148,10 +150,33 @@ async def _exchange(key: Key, conn: Conn, head: bytes, body: bytes, deadline: fl
             keep = False
         return status
     finally:
-        if keep and len(_idle.setdefault(key, [])) < MAX_IDLE:
-            _idle[key].append((reader, writer, time.monotonic()))
+        if keep and len(_idle.get(key, ())) < MAX_IDLE:
+            _park(key, reader, writer)
         else:
             writer.close()
+
+
+def _park(key: Key, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    _idle.setdefault(key, []).append((reader, writer, time.monotonic()))
+    loop = asyncio.get_running_loop()
+    due = _sweeps.get(key)
+    if due is None or due[0] is not loop:
+        _sweeps[key] = (loop, loop.call_later(IDLE_EXPIRY, _sweep, key))
+
+
+def _sweep(key: Key) -> None:
+    """Closes a destination's expired idle connections. Without it they, and their descriptors, were
+    held until its next delivery, which may never come: every webhook URL ever posted to kept some."""
+    del _sweeps[key]
+    now = time.monotonic()
+    pool = _idle.get(key, [])
+    while pool and now - pool[0][2] >= IDLE_EXPIRY:
+        pool.pop(0)[1].close()
+    if pool:
+        loop = asyncio.get_running_loop()
+        _sweeps[key] = (loop, loop.call_later(pool[0][2] + IDLE_EXPIRY - now, _sweep, key))
+    else:
+        _idle.pop(key, None)
 
 
 async def _read_head(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, dict[str, str], bool]:
