@@ -74,7 +74,7 @@ async def call_sync(fn: Callable[..., T], *args: Any) -> T:
         else:
             out = worker.switch(value)
     value, error = out.value, out.error
-    out.value = out.error = None
+    out.value = out.error = worker.gr_context = None  # an idle greenlet keeps no request's objects
     if len(idle) < MAX_IDLE:
         idle.append(worker)
     if error is not None:
