@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
+from agentmx.db.engine import IDLE_PING_AFTER
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import Harness
@@ -175,6 +177,47 @@ def test_postgres_connections_lost_under_the_hot_reads(fresh_server: Callable[..
             except httpx.TransportError as exc:  # the server closes a connection after a 500
                 outcomes.append(type(exc).__name__)
     assert outcomes.count(500) <= 1 and outcomes[-20:] == [404] * 20, outcomes
+
+
+def test_postgres_connections_lost_while_idle_are_replaced_by_the_checkout_ping(
+    fresh_server: Callable[..., ServerProcess],
+) -> None:
+    """A pooled connection idle past IDLE_PING_AFTER is pinged at checkout and replaced if dead: the
+    ping and the reconnect await inside the pool's checkout (db/sync_calls), several at once here,
+    and every read is answered."""
+    server = fresh_server("postgres").start()
+    key = server.create_key()
+    assert server.database_url is not None
+    database = server.database_url.rsplit("/", 1)[1]
+
+    async def fan_out() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as c:
+            return [
+                r.status_code for r in await asyncio.gather(*(c.get("/v0/threads/thd_x") for _ in range(20)))
+            ]
+
+    async def admin(sql: str) -> int:
+        conn = await asyncpg.connect(postgres.ADMIN_URL)
+        try:
+            return int(await conn.fetchval(sql, database))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(fan_out()) == [404] * 20
+    killed = asyncio.run(
+        admin(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name = ''"
+        )
+    )
+    assert killed > 1
+    time.sleep(IDLE_PING_AFTER + 0.5)
+    assert asyncio.run(fan_out()) == [404] * 20
+    assert asyncio.run(fan_out()) == [404] * 20
+    # The dead connections were closed, not kept: no more than the test pool (10) and the LISTEN one.
+    assert asyncio.run(admin("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")) <= 11
 
 
 def test_postgres_out_of_connections_is_503_on_every_read(fresh_server: Callable[..., ServerProcess]) -> None:
