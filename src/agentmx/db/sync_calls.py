@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from greenlet import getcurrent, greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 T = TypeVar("T")
 MAX_IDLE = 4  # calls that await are rare and short; more idle greenlets would only hold memory
@@ -34,6 +34,8 @@ class _Returned:
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> _Returned:
     try:
         return _Returned(fn(*args), None)
+    except GreenletExit:
+        raise  # the greenlet itself is being discarded (its thread ended mid-call): no caller to switch to
     except BaseException as exc:  # the caller raises it, as greenlet_spawn would
         return _Returned(None, exc)
 
