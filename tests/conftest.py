@@ -59,6 +59,14 @@ class Harness:
 
         return self._on_database(count, write=False)
 
+    def rows(self, sql: str, **params: str) -> list[Any]:
+        """Rows read from the server's own database, as its columns store them."""
+
+        async def read(conn: AsyncConnection) -> list[Any]:
+            return list((await conn.execute(text(sql), params)).all())
+
+        return self._on_database(read, write=False)
+
     def execute(self, sql: str, **params: object) -> None:
         """A write to the server's own database, for rows as an older build stored them."""
 

@@ -9,7 +9,7 @@ import base64
 import json
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -329,3 +329,159 @@ def test_list_routes_answer_head_as_get_without_a_body(harness: Harness, mailbox
             head, get = http.head(path), http.get(path)
             assert head.status_code == get.status_code == 200, path
             assert head.content == b"" and head.headers["content-length"] == str(len(get.content)), path
+
+
+# The wire's field order (as agentmx has written it), which GET and the lists share.
+MESSAGE_ORDER = [
+    "inbox_id",
+    "thread_id",
+    "message_id",
+    "labels",
+    "timestamp",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "preview",
+    "attachments",
+    "in_reply_to",
+    "references",
+    "size",
+    "updated_at",
+    "created_at",
+]
+THREAD_ORDER = [
+    "inbox_id",
+    "thread_id",
+    "labels",
+    "timestamp",
+    "received_timestamp",
+    "sent_timestamp",
+    "senders",
+    "recipients",
+    "subject",
+    "preview",
+    "attachments",
+    "last_message_id",
+    "message_count",
+    "size",
+    "updated_at",
+    "created_at",
+]
+
+
+def _page_bytes(key: str, items: list[Doc], limit: int, token: str | None) -> bytes:
+    """A list page as the server writes it (wire.page, compact JSON, UTF-8 as it is)."""
+    page: Doc = {"count": len(items), "limit": limit, **({"next_page_token": token} if token else {})}
+    page[key] = items
+    return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _utc(value: str) -> datetime:
+    found = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return found if found.tzinfo else found.replace(tzinfo=UTC)
+
+
+def _walk_bytes(
+    http: httpx.Client, path: str, key: str, limit: int, expected: list[Doc], **params: Any
+) -> None:
+    """Every page of a list is, byte for byte, the page of ``expected`` (documents as GET gives them,
+    the list's fields in GET's order), and its token points after its last item."""
+    token = None
+    for start in range(0, len(expected) + 1, limit):
+        query = {**params, "limit": limit, **({"page_token": token} if token else {})}
+        resp = http.get(path, params=query)
+        assert resp.status_code == 200, resp.text
+        items = expected[start : start + limit]
+        order = MESSAGE_ORDER if key == "messages" else THREAD_ORDER
+        assert all(list(item) == [k for k in order if k in item] for item in items)
+        token = resp.json().get("next_page_token")
+        assert resp.content == _page_bytes(key, items, limit, token), (path, params, limit, start)
+        if not token:
+            assert start + limit >= len(expected)
+            return
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        assert data["k"].startswith(key) and _utc(data["v"][0]) == _utc(items[-1]["timestamp"])
+    raise AssertionError(f"{path}: more pages than {len(expected)} items make")
+
+
+def _without(doc: Doc, keys: set[str]) -> Doc:
+    return {k: v for k, v in doc.items() if k not in keys}
+
+
+def test_list_pages_are_the_get_documents_byte_for_byte(harness: Harness, mailbox: Mailbox) -> None:
+    """Lists write their items as GET writes a message or thread (its list fields, in its order):
+    labels, hidden labels and include_*, attachments, cc and references, page tokens, in the inbox,
+    pod and organization scopes and under a pod key. Also for a row as an older build stored its
+    JSON lists (json.dumps: spaces, \\u escapes), which SQLite's list now joins as stored text."""
+    with _http(harness, harness.api_key) as http:
+        old = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+        for i in range(3):
+            msg = make_message(
+                old, subject=f"Älter {i}", sender="Zoë <zoe@example.net>", cc="Émile <e@x.example>"
+            )
+            assert smtp_send(harness.server, [old], msg.as_bytes()) == {}
+            mid = msg["Message-ID"]
+            resp = http.patch(
+                f"/v0/inboxes/{old}/messages/{quote(mid, safe='@')}", json={"add_labels": [mailbox.tag]}
+            )
+            assert resp.status_code == 200, resp.text
+        # The JSON lists as json.dumps wrote them before orjson: spaces, and "\u00c9" for "É".
+        for table, column in (("messages", "to"), ("messages", "cc"), ("threads", "senders")):
+            for row_id, stored in harness.rows(
+                f'SELECT id, CAST("{column}" AS TEXT) FROM {table} WHERE inbox_id = :i', i=old
+            ):
+                older = json.dumps(json.loads(stored))
+                harness.execute(f'UPDATE {table} SET "{column}" = :v WHERE id = :id', v=older, id=row_id)
+        stored = harness.rows("SELECT CAST(cc AS TEXT) FROM messages WHERE inbox_id = :i", i=old)
+        if harness.backend == "sqlite":  # PostgreSQL's jsonb keeps no text
+            assert all(r[0] == '["\\u00c9mile <e@x.example>"]' for r in stored), stored
+        old_messages = [
+            http.get(f"/v0/inboxes/{old}/messages/{quote(m['message_id'], safe='@')}").json()
+            for m in http.get(f"/v0/inboxes/{old}/messages").json()["messages"]
+        ]
+        old_threads = {
+            t["thread_id"]: http.get(f"/v0/inboxes/{old}/threads/{t['thread_id']}").json()
+            for t in http.get(f"/v0/inboxes/{old}/threads").json()["threads"]
+        }
+        assert any(m.get("cc") == ["Émile <e@x.example>"] for m in old_messages)
+
+        def messages(inbox: str, docs: list[Doc], include: set[str]) -> list[Doc]:
+            listed = [
+                _without(m, FULL_ONLY)
+                for m in docs
+                if m["inbox_id"] == inbox and _visible(set(m["labels"]), include)
+            ]
+            return sorted(listed, key=lambda m: m["timestamp"], reverse=True)
+
+        def threads(inboxes: set[str], docs: list[Doc], include: set[str]) -> list[Doc]:
+            listed = [
+                _without(t, THREAD_ONLY)
+                for t in docs
+                if t["inbox_id"] in inboxes and _visible(set(t["labels"]), include)
+            ]
+            return sorted(listed, key=lambda t: t["timestamp"], reverse=True)
+
+        all_messages = [*mailbox.messages.values(), *old_messages]
+        all_threads = [*mailbox.threads.values(), *old_threads.values()]
+        everything = {mailbox.a, mailbox.b, mailbox.c, old}
+        for include in (set(), {"trash"}, {"trash", "spam"}):
+            flags = {f"include_{name}": "true" for name in include}
+            for inbox in (mailbox.a, mailbox.b, old):
+                expected = messages(inbox, all_messages, include)
+                for limit in (3, 100):
+                    _walk_bytes(http, f"/v0/inboxes/{inbox}/messages", "messages", limit, expected, **flags)
+            for path, inboxes, extra in (
+                (f"/v0/inboxes/{mailbox.a}/threads", {mailbox.a}, {}),
+                (f"/v0/inboxes/{old}/threads", {old}, {}),
+                (f"/v0/pods/{mailbox.pod}/threads", {mailbox.a, mailbox.b}, {}),
+                ("/v0/threads", everything, {"labels": mailbox.tag}),
+            ):
+                expected = threads(inboxes, all_threads, include)
+                for limit in (2, 100):
+                    _walk_bytes(http, path, "threads", limit, expected, **flags, **extra)
+        pod_key = http.post(f"/v0/pods/{mailbox.pod}/api-keys", json={"name": "bytes"}).json()["api_key"]
+    with _http(harness, pod_key) as http:
+        expected = threads({mailbox.a, mailbox.b}, all_threads, set())
+        _walk_bytes(http, "/v0/threads", "threads", 4, expected, labels=mailbox.tag)

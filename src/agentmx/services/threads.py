@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,7 @@ from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, Unprocessable
 from agentmx.services import inboxes, pods
 from agentmx.services.caller import Caller
-from agentmx.services.list_conditions import Conditions, filter_params, label_param, written_in
+from agentmx.services.list_conditions import Conditions, filter_params, in_fixed_labels, label_param
 from agentmx.services.mailstore import (
     HIDDEN_LABELS,
     THREAD_LOCK,
@@ -98,13 +97,9 @@ def _scoped(stmt: Any, caller: Caller, scope: Scope) -> Any:
     return stmt.where(Thread.organization_id == caller.organization_id)
 
 
-def _thread_has(labels: Sequence[ColumnElement[str]], thread_id: Any = Thread.id) -> Any:
-    """A message of the thread has one of ``labels`` (bound values, or written_in's literals)."""
-    return exists().where(
-        Message.thread_id == thread_id,
-        MessageLabel.message_pk == Message.id,
-        MessageLabel.label.in_(labels),
-    )
+def _thread_has(label_test: ColumnElement[bool], thread_id: Any = Thread.id) -> Any:
+    """A message of the thread has a label passing ``label_test`` (on MessageLabel.label)."""
+    return exists().where(Message.thread_id == thread_id, MessageLabel.message_pk == Message.id, label_test)
 
 
 def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> Conditions:
@@ -114,9 +109,12 @@ def thread_conditions(t: FromClause, caller: Caller, f: ThreadFilters) -> Condit
     params = filter_params(labels, f.before, f.after)
 
     def where() -> list[Any]:
-        out = [_thread_has([bindparam(label_param(i), type_=String)], t.c.id) for i in range(len(labels))]
+        out = [
+            _thread_has(MessageLabel.label.in_([bindparam(label_param(i), type_=String)]), t.c.id)
+            for i in range(len(labels))
+        ]
         if hidden:
-            out.append(~_thread_has(written_in(hidden), t.c.id))
+            out.append(~_thread_has(in_fixed_labels(MessageLabel.label, hidden), t.c.id))
         if f.before is not None:
             out.append(t.c.timestamp < bindparam("filter_before"))
         if f.after is not None:
@@ -154,7 +152,7 @@ async def search_threads(
     await resolve_scope(session, caller, scope)
     match = select(Message.thread_id).where(Message.thread_id == Thread.id, *matching(words))
     stmt = _scoped(select(Thread), caller, scope).where(
-        match.exists(), ~_thread_has(written_in(list(HIDDEN_LABELS)))
+        match.exists(), ~_thread_has(in_fixed_labels(MessageLabel.label, list(HIDDEN_LABELS)))
     )
     if before is not None:
         stmt = stmt.where(Thread.timestamp < before)

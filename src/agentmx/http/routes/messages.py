@@ -96,9 +96,7 @@ async def list_messages(inbox_id: str, request: Request, rt: RuntimeDep, caller:
             page_token=request.query_params.get("page_token"),
             ascending=query_bool(request, "ascending"),
         )
-    items = [
-        wire_mail.message_document(m.row, m.labels, m.attachments, False, wire.as_is) for m in page.items
-    ]
+    items = [wire_mail.message_list_item(row) for row in page.items]
     return wire.json_response(wire.page("messages", items, page.limit, page.next_page_token))
 
 

@@ -61,7 +61,7 @@ async def read_threads(request: Request, rt: Runtime, caller: Caller, scope: Sco
             page_token=request.query_params.get("page_token"),
             ascending=query_bool(request, "ascending"),
         )
-    items = [wire_mail.thread_item(r.row, r.labels, r.attachments, wire.as_is) for r in page.items]
+    items = [wire_mail.thread_list_item(row) for row in page.items]
     return wire.json_response(wire.page("threads", items, page.limit, page.next_page_token))
 
 
