@@ -23,6 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.driver_reads import DriverStatement
+from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
 
 Rows = Sequence[Mapping[str, Any]]
 # By dialect object, not name: a bind processor carries its dialect's settings (the JSON serializer).
@@ -54,7 +55,12 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Rows) -> N
         return
     conn = await session.connection()
     compiled = _driver_statement(statement, conn.dialect)
-    await conn.exec_driver_sql(compiled.sql, _tuples(compiled, statement, rows))
+    tuples = _tuples(compiled, statement, rows)
+    driver = sqlite_driver(conn.sync_connection)
+    if driver is None:
+        await conn.exec_driver_sql(compiled.sql, tuples)
+    else:
+        on_sqlite(driver.executemany, compiled.sql, tuples)
 
 
 def _one_row(sql: str) -> tuple[str, list[str], str]:
@@ -163,10 +169,15 @@ class ValuesInsert:
     def run(self, conn: Connection, rows: Rows) -> list[Any]:
         """Insert ``rows``; returns what RETURNING names, for all chunks (in no promised order)."""
         out: list[Any] = []
+        driver = sqlite_driver(conn)
         for start in range(0, len(rows), self.CHUNK):
             chunk = _tuples(self.compiled, self.statement, rows[start : start + self.CHUNK])
             params = tuple(value for row in chunk for value in row)
-            out.extend(conn.exec_driver_sql(self.sql(len(chunk)), params).all())
+            sql = self.sql(len(chunk))
+            if driver is None:
+                out.extend(conn.exec_driver_sql(sql, params).all())
+            else:
+                out.extend(on_sqlite(driver.execute, sql, params).fetchall())
         return out
 
 
