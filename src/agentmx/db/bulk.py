@@ -15,6 +15,7 @@ column), and ``insert_all`` sends several such INSERTs as one statement.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,13 +55,17 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Rows) -> N
     if not rows:
         return
     conn = await session.connection()
-    compiled = _driver_statement(statement, conn.dialect)
-    tuples = _tuples(compiled, statement, rows)
     driver = sqlite_driver(conn.sync_connection)
-    if driver is None:
-        await conn.exec_driver_sql(compiled.sql, tuples)
-    else:
-        on_sqlite(driver.executemany, compiled.sql, tuples)
+    if driver is not None:
+        _executemany(driver, conn.dialect, statement, rows)
+        return
+    compiled = _driver_statement(statement, conn.dialect)
+    await conn.exec_driver_sql(compiled.sql, _tuples(compiled, statement, rows))
+
+
+def _executemany(driver: sqlite3.Connection, dialect: Dialect, statement: Insert, rows: Rows) -> None:
+    compiled = _driver_statement(statement, dialect)
+    on_sqlite(driver.executemany, compiled.sql, _tuples(compiled, statement, rows))
 
 
 def _one_row(sql: str) -> tuple[str, list[str], str]:
@@ -115,6 +120,12 @@ async def insert_all(session: AsyncSession, parts: Sequence[tuple[Insert, Rows]]
     a statement, so a part may reference rows of another.
     """
     conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
+    if driver is not None:  # the session's connection asked for once, not once a part
+        for statement, rows in parts:
+            if rows:
+                _executemany(driver, conn.dialect, statement, rows)
+        return
     if conn.dialect.name != "postgresql":
         for statement, rows in parts:
             await insert_many(session, statement, rows)
