@@ -21,7 +21,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy import Connection
@@ -125,7 +125,7 @@ def sqlite_driver(conn: Connection | None) -> sqlite3.Connection | None:
     """
     if conn is None or conn.dialect.name != "sqlite":
         return None
-    return sqlite3_connection(conn.connection.driver_connection)
+    return sqlite3_connection(cast(InlineConnection, conn.connection.driver_connection))
 
 
 def on_sqlite(call: Any, sql: str, params: Any) -> Any:

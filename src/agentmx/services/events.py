@@ -194,8 +194,8 @@ async def _note_organizations_without_webhooks(session: AsyncSession, organizati
     which costs a few microseconds where that query cost ~0.2 ms a batch; most organizations have
     no webhook, and the others load theirs as before, when they record their first event.
     """
-    conn = (await session.connection()).sync_connection
-    driver = sqlite_driver(conn)
+    conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
     if driver is None:
         return
     compiled = _HAS_WEBHOOK_COMPILED.get(conn.dialect)

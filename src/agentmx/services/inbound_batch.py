@@ -55,8 +55,8 @@ _KNOWN_IDS_COMPILED: dict[Any, DriverStatement] = {}
 
 
 async def _known_ids_on_sqlite(session: AsyncSession, inboxes: list[str], ids: list[str]) -> list[Any]:
-    conn = (await session.connection()).sync_connection
-    driver = sqlite_driver(conn)
+    conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
     assert driver is not None
     compiled = _KNOWN_IDS_COMPILED.get(conn.dialect)
     if compiled is None:
@@ -90,10 +90,8 @@ async def store_inbound(
     known: dict[tuple[str, str], tuple[str, str]] = {}
     if wanted and rt.db.is_sqlite:  # no round trips to overlap: one after the other, no tasks
         await webhooks
-        found = await _known_ids_on_sqlite(
-            session, list({i for i, _ in wanted}), list({m for _, m in wanted})
-        )
-        known = {(i, m): (pk, tid) for i, m, pk, tid in found if (i, m) in wanted}
+        ours = await _known_ids_on_sqlite(session, list({i for i, _ in wanted}), list({m for _, m in wanted}))
+        known = {(i, m): (pk, tid) for i, m, pk, tid in ours if (i, m) in wanted}
     elif wanted:
         known_ids = _KNOWN_IDS_ARRAYS
         # Both finish before either's error is raised: the transaction's rollback must not meet a
