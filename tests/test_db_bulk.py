@@ -22,6 +22,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from agentmx.db.bulk import ValuesInsert, insert_all, insert_many, insert_returning
 from agentmx.db.engine import Database
@@ -218,3 +219,32 @@ def test_insert_returning_refuses_rows_leaving_out_a_named_column(tmp_path: Any)
 def test_values_insert_is_for_qmark_dialects_only() -> None:
     with pytest.raises(ValueError, match="qmark"):
         ValuesInsert(_SEQUENCED_NAMED, postgresql.asyncpg.dialect())
+
+
+def test_a_refused_row_raises_what_the_session_raises(empty_database: str) -> None:
+    """On SQLite the rows go to the sqlite3 connection itself: its errors come out wrapped as
+    SQLAlchemy wraps them (an IntegrityError, which callers and db.retryable look for), and the
+    transaction stores none of its rows."""
+
+    async def run(db: Database) -> list[Any]:
+        async with db.transaction() as session:
+            await insert_many(session, insert(ROWS), rows("dup"))
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as session:
+                await insert_many(session, insert(ROWS), rows("new"))
+                await insert_many(session, insert(ROWS), rows("dup")[:1])
+        if db.is_sqlite:
+            with pytest.raises(IntegrityError):
+                async with db.transaction() as session:
+                    named = _sequenced_rows("seq", 2)
+                    await session.run_sync(
+                        lambda s: insert_returning(s.connection(), _SEQUENCED_NAMED, named)
+                    )
+                    await session.run_sync(
+                        lambda s: insert_returning(s.connection(), _SEQUENCED_NAMED, named)
+                    )
+        async with db.read() as session:
+            kept = list((await session.execute(select(ROWS.c.id).order_by(ROWS.c.id))).scalars())
+            return kept + list((await session.execute(select(SEQUENCED.c.name))).scalars())
+
+    assert asyncio.run(with_tables(empty_database, run)) == sorted(r["id"] for r in rows("dup"))

@@ -15,6 +15,7 @@ column), and ``insert_all`` sends several such INSERTs as one statement.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.driver_reads import DriverStatement
+from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
 
 Rows = Sequence[Mapping[str, Any]]
 # By dialect object, not name: a bind processor carries its dialect's settings (the JSON serializer).
@@ -53,8 +55,17 @@ async def insert_many(session: AsyncSession, statement: Insert, rows: Rows) -> N
     if not rows:
         return
     conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
+    if driver is not None:
+        _executemany(driver, conn.dialect, statement, rows)
+        return
     compiled = _driver_statement(statement, conn.dialect)
     await conn.exec_driver_sql(compiled.sql, _tuples(compiled, statement, rows))
+
+
+def _executemany(driver: sqlite3.Connection, dialect: Dialect, statement: Insert, rows: Rows) -> None:
+    compiled = _driver_statement(statement, dialect)
+    on_sqlite(driver.executemany, compiled.sql, _tuples(compiled, statement, rows))
 
 
 def _one_row(sql: str) -> tuple[str, list[str], str]:
@@ -109,6 +120,12 @@ async def insert_all(session: AsyncSession, parts: Sequence[tuple[Insert, Rows]]
     a statement, so a part may reference rows of another.
     """
     conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
+    if driver is not None:  # the session's connection asked for once, not once a part
+        for statement, rows in parts:
+            if rows:
+                _executemany(driver, conn.dialect, statement, rows)
+        return
     if conn.dialect.name != "postgresql":
         for statement, rows in parts:
             await insert_many(session, statement, rows)
@@ -163,10 +180,15 @@ class ValuesInsert:
     def run(self, conn: Connection, rows: Rows) -> list[Any]:
         """Insert ``rows``; returns what RETURNING names, for all chunks (in no promised order)."""
         out: list[Any] = []
+        driver = sqlite_driver(conn)
         for start in range(0, len(rows), self.CHUNK):
             chunk = _tuples(self.compiled, self.statement, rows[start : start + self.CHUNK])
             params = tuple(value for row in chunk for value in row)
-            out.extend(conn.exec_driver_sql(self.sql(len(chunk)), params).all())
+            sql = self.sql(len(chunk))
+            if driver is None:
+                out.extend(conn.exec_driver_sql(sql, params).all())
+            else:
+                out.extend(on_sqlite(driver.execute, sql, params).fetchall())
         return out
 
 

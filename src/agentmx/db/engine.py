@@ -56,7 +56,9 @@ def make_engine(url: str, *, writer: bool = True, pool_size: int = 40) -> AsyncE
             # Writers take the lock up front: a deferred read that later writes fails with
             # SQLITE_BUSY at once instead of waiting on busy_timeout. Readers never block (WAL).
             if writer:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Straight to sqlite3 as well (~50 us a write transaction); it can fail (another
+                # process holds the lock past busy_timeout): wrapped as SQLAlchemy would.
+                sqlite_inline.begin_immediate(conn.connection.driver_connection)
             else:
                 # A deferred BEGIN cannot fail: sent straight to sqlite3, not through a statement's
                 # whole execution path (~60 us, a tenth of a GET message).
