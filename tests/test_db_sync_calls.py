@@ -1,5 +1,5 @@
 """db.sync_calls.call_sync keeps greenlet_spawn's contract on a reused greenlet: the call may await
-(SQLAlchemy's await_), its errors and a cancellation reach the caller, calls that await overlap, and
+(SQLAlchemy's await_only), its errors and a cancellation reach the caller, calls that await overlap, and
 context variables are the caller's."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 import contextvars
 
 import pytest
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_only
 
 from agentmx.db.sync_calls import call_sync
 
@@ -16,12 +16,12 @@ VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset"
 
 
 def _sleeps(seconds: float) -> float:
-    await_(asyncio.sleep(seconds))
+    await_only(asyncio.sleep(seconds))
     return seconds
 
 
 def _fails_after_awaiting() -> None:
-    await_(asyncio.sleep(0))
+    await_only(asyncio.sleep(0))
     raise KeyError("from the call")
 
 
@@ -37,8 +37,8 @@ def test_results_errors_and_overlapping_awaits() -> None:
             await call_sync(_fails_after_awaiting)
         delays = [0.02 * i for i in range(8)]
         assert await asyncio.gather(*(call_sync(_sleeps, d) for d in reversed(delays))) == delays[::-1]
-        # A call inside a call (through await_) gets a greenlet of its own.
-        assert await call_sync(lambda: await_(call_sync(_sleeps, 0.01))) == 0.01
+        # A call inside a call (through await_only) gets a greenlet of its own.
+        assert await call_sync(lambda: await_only(call_sync(_sleeps, 0.01))) == 0.01
 
     asyncio.run(main())
 
