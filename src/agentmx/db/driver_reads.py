@@ -12,6 +12,7 @@ INSERTs with the same DriverStatement.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
-from agentmx.db import sqlite_inline
+from agentmx.db import sqlite_inline, sqlite_scans
 from agentmx.db.sync_calls import call_sync
 
 
@@ -104,9 +105,10 @@ class DriverResult:
 class DriverConnection:
     """What the hot reads need of an AsyncConnection: ``dialect`` and ``execute``."""
 
-    def __init__(self, driver: Any, dialect: Dialect) -> None:
+    def __init__(self, driver: Any, dialect: Dialect, *, scans: bool = False) -> None:
         self.dialect = dialect
         self._driver = driver
+        self._scans = scans  # SQLite: statements on a scan thread (db/sqlite_scans)
         self._statements = _compiled_for(dialect)
 
     def _statement(self, stmt: TextualSelect | TextClause) -> DriverStatement:
@@ -123,12 +125,22 @@ class DriverConnection:
     async def run(self, compiled: DriverStatement, params: Mapping[str, Any] | None = None) -> DriverResult:
         """A statement compiled by its user (who keeps it as long as it is used)."""
         args = compiled.args(params)
+        if self._scans:
+            raw, description = await sqlite_scans.run(
+                self._driver, functools.partial(_sqlite_fetch, self._driver, compiled.sql, args)
+            )
+            return DriverResult(compiled.rows(raw, lambda: [d[0] for d in description]))
         if self.dialect.name == "sqlite":
             cursor = self._driver.execute(compiled.sql, args)
             raw = cursor.fetchall()
             return DriverResult(compiled.rows(raw, lambda: [d[0] for d in cursor.description]))
         records = await self._driver.fetch(compiled.sql, *args)
         return DriverResult(compiled.rows(records, lambda: list(records[0].keys())))
+
+
+def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: list[Any]) -> tuple[list[Any], Any]:
+    cursor = conn.execute(sql, args)
+    return cursor.fetchall(), cursor.description
 
 
 # Per dialect: id(statement) -> (statement, compiled). The hot statements are built once and live
@@ -182,14 +194,16 @@ class SQLiteReaders:
     Checking a connection out of SQLAlchemy's pool and back (its reset on return through the
     async adapter and a greenlet) took more CPU than the read's statement. Nothing here awaits (the
     statements run inline, see sqlite_inline), so a read ends before another starts and one
-    connection is enough; a read that found none free would open another.
+    connection is enough; a read that found none free would open another. With ``scans`` the
+    statements run on a scan thread instead (db/sqlite_scans), and reads overlap.
     """
 
     MAX_IDLE = 4
 
-    def __init__(self, url: str, dialect: Dialect) -> None:
+    def __init__(self, url: str, dialect: Dialect, *, scans: bool = False) -> None:
         self._connect = sqlite_inline.connector(url)
         self._dialect = dialect
+        self._scans = scans
         self._idle: list[sqlite3.Connection] = []
 
     def read(self) -> _SQLiteRead:
@@ -236,7 +250,7 @@ class _SQLiteRead:
             conn.close()
             raise
         self._conn = conn
-        return DriverConnection(conn, self._readers._dialect)
+        return DriverConnection(conn, self._readers._dialect, scans=self._readers._scans)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._conn is not None:
