@@ -12,7 +12,6 @@ INSERTs with the same DriverStatement.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -105,10 +104,9 @@ class DriverResult:
 class DriverConnection:
     """What the hot reads need of an AsyncConnection: ``dialect`` and ``execute``."""
 
-    def __init__(self, driver: Any, dialect: Dialect, *, scans: bool = False) -> None:
+    def __init__(self, driver: Any, dialect: Dialect) -> None:
         self.dialect = dialect
         self._driver = driver
-        self._scans = scans  # SQLite: statements on a scan thread (db/sqlite_scans)
         self._statements = _compiled_for(dialect)
 
     def _statement(self, stmt: TextualSelect | TextClause) -> DriverStatement:
@@ -125,22 +123,15 @@ class DriverConnection:
     async def run(self, compiled: DriverStatement, params: Mapping[str, Any] | None = None) -> DriverResult:
         """A statement compiled by its user (who keeps it as long as it is used)."""
         args = compiled.args(params)
-        if self._scans:
-            raw, description = await sqlite_scans.run(
-                self._driver, functools.partial(_sqlite_fetch, self._driver, compiled.sql, args)
-            )
-            return DriverResult(compiled.rows(raw, lambda: [d[0] for d in description]))
         if self.dialect.name == "sqlite":
-            cursor = self._driver.execute(compiled.sql, args)
-            raw = cursor.fetchall()
+            # On the loop while quick; a statement that scans is moved to a thread (db/sqlite_scans).
+            found = sqlite_scans.fetch_inline(self._driver, compiled.sql, args)
+            if found is None:
+                found = await sqlite_scans.fetch_on_thread(self._driver, compiled.sql, args)
+            raw, cursor = found
             return DriverResult(compiled.rows(raw, lambda: [d[0] for d in cursor.description]))
         records = await self._driver.fetch(compiled.sql, *args)
         return DriverResult(compiled.rows(records, lambda: list(records[0].keys())))
-
-
-def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: list[Any]) -> tuple[list[Any], Any]:
-    cursor = conn.execute(sql, args)
-    return cursor.fetchall(), cursor.description
 
 
 # Per dialect: id(statement) -> (statement, compiled). The hot statements are built once and live
@@ -192,18 +183,16 @@ class SQLiteReaders:
     """SQLite: sqlite3 connections of the hot reads' own, each read inside a deferred BEGIN.
 
     Checking a connection out of SQLAlchemy's pool and back (its reset on return through the
-    async adapter and a greenlet) took more CPU than the read's statement. Nothing here awaits (the
-    statements run inline, see sqlite_inline), so a read ends before another starts and one
-    connection is enough; a read that found none free would open another. With ``scans`` the
-    statements run on a scan thread instead (db/sqlite_scans), and reads overlap.
+    async adapter and a greenlet) took more CPU than the read's statement. Statements run inline
+    (see sqlite_inline), so most reads end before another starts and one connection is enough; a
+    read whose statement went to a scan thread keeps its own, and one that found none free opens another.
     """
 
     MAX_IDLE = 4
 
-    def __init__(self, url: str, dialect: Dialect, *, scans: bool = False) -> None:
+    def __init__(self, url: str, dialect: Dialect) -> None:
         self._connect = sqlite_inline.connector(url)
         self._dialect = dialect
-        self._scans = scans
         self._idle: list[sqlite3.Connection] = []
 
     def read(self) -> _SQLiteRead:
@@ -250,7 +239,7 @@ class _SQLiteRead:
             conn.close()
             raise
         self._conn = conn
-        return DriverConnection(conn, self._readers._dialect, scans=self._readers._scans)
+        return DriverConnection(conn, self._readers._dialect)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._conn is not None:

@@ -146,11 +146,6 @@ class Database:
         self._sqlite_readers = (
             driver_reads.SQLiteReaders(url, self.reader.dialect) if url.startswith("sqlite") else None
         )
-        self._sqlite_scan_readers = (
-            driver_reads.SQLiteReaders(url, self.reader.dialect, scans=True)
-            if url.startswith("sqlite")
-            else None
-        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -221,12 +216,10 @@ class Database:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
-    def read_driver(self, *, may_scan: bool = False) -> AbstractAsyncContextManager[DriverConnection]:
-        """read_connection's snapshot rules on the driver's own connection (db/driver_reads);
-        ``may_scan`` as for read()."""
-        readers = self._sqlite_scan_readers if may_scan else self._sqlite_readers
-        if readers is not None:
-            return readers.read()
+    def read_driver(self) -> AbstractAsyncContextManager[DriverConnection]:
+        """read_connection's snapshot rules on the driver's own connection (db/driver_reads)."""
+        if self._sqlite_readers is not None:
+            return self._sqlite_readers.read()
         return driver_reads.connect(self.reader)
 
     async def ping(self) -> None:
@@ -234,9 +227,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        for readers in (self._sqlite_readers, self._sqlite_scan_readers):
-            if readers is not None:
-                readers.close()
+        if self._sqlite_readers is not None:
+            self._sqlite_readers.close()
         await self.engine.dispose()
         for engine in (self.reader, self.scanner):
             if engine is not self.engine:

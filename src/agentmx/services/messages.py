@@ -87,11 +87,6 @@ class MessageFilters:
     def has_text_filters(self) -> bool:
         return bool(self.from_ or self.to or self.subject)
 
-    @property
-    def may_scan(self) -> bool:
-        """Whether the page may have to read far into the list to fill (a rare label, a text filter)."""
-        return bool(self.labels) or self.has_text_filters
-
 
 def hidden_labels(caller: Caller, include: dict[str, bool] | None = None) -> list[str]:
     """Classification labels still hidden: not asked for, or asked for without the read permission."""

@@ -62,11 +62,6 @@ class ThreadFilters:
     def has_text_filters(self) -> bool:
         return bool(self.senders or self.recipients or self.subject)
 
-    @property
-    def may_scan(self) -> bool:
-        """Whether the page may have to read far into the list to fill (a rare label, a text filter)."""
-        return bool(self.labels) or self.has_text_filters
-
 
 @dataclass
 class ThreadView:

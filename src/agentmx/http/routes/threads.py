@@ -51,7 +51,7 @@ async def read_threads(request: Request, rt: Runtime, caller: Caller, scope: Sco
     limit = check_limit(
         query_int(request, "limit"), maximum=SEARCH_MAX if filters.has_text_filters else MAX_LIMIT
     )
-    async with rt.db.read_driver(may_scan=filters.may_scan) as conn:
+    async with rt.db.read_driver() as conn:
         page = await mail_lists.list_threads(
             conn,
             caller,
