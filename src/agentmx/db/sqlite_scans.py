@@ -37,7 +37,10 @@ Fetched = tuple[list[Any], sqlite3.Cursor]
 
 
 def fetch_inline(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Fetched | None:
-    """The statement's rows and cursor, or None if it ran past INLINE_BUDGET and was stopped."""
+    """The statement's rows and cursor, or None if it ran past INLINE_BUDGET and was stopped.
+
+    For reads only: an interrupted write rolls back its whole transaction.
+    """
     deadline = time.perf_counter() + INLINE_BUDGET
     over = False
 
