@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
-from agentmx.db import sqlite_inline
+from agentmx.db import sqlite_inline, sqlite_scans
 from agentmx.db.sync_calls import call_sync
 
 
@@ -124,8 +124,11 @@ class DriverConnection:
         """A statement compiled by its user (who keeps it as long as it is used)."""
         args = compiled.args(params)
         if self.dialect.name == "sqlite":
-            cursor = self._driver.execute(compiled.sql, args)
-            raw = cursor.fetchall()
+            # On the loop while quick; a statement that scans is moved to a thread (db/sqlite_scans).
+            found = sqlite_scans.fetch_inline(self._driver, compiled.sql, args)
+            if found is None:
+                found = await sqlite_scans.fetch_on_thread(self._driver, compiled.sql, args)
+            raw, cursor = found
             return DriverResult(compiled.rows(raw, lambda: [d[0] for d in cursor.description]))
         records = await self._driver.fetch(compiled.sql, *args)
         return DriverResult(compiled.rows(records, lambda: list(records[0].keys())))
@@ -180,9 +183,9 @@ class SQLiteReaders:
     """SQLite: sqlite3 connections of the hot reads' own, each read inside a deferred BEGIN.
 
     Checking a connection out of SQLAlchemy's pool and back (its reset on return through the
-    async adapter and a greenlet) took more CPU than the read's statement. Nothing here awaits (the
-    statements run inline, see sqlite_inline), so a read ends before another starts and one
-    connection is enough; a read that found none free would open another.
+    async adapter and a greenlet) took more CPU than the read's statement. Statements run inline
+    (see sqlite_inline), so most reads end before another starts and one connection is enough; a
+    read whose statement went to a scan thread keeps its own, and one that found none free opens another.
     """
 
     MAX_IDLE = 4

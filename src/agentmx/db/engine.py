@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import QueuePool
 
-from agentmx.db import driver_reads, sqlite_inline
+from agentmx.db import driver_reads, sqlite_inline, sqlite_scans
 from agentmx.db.driver_reads import DriverConnection
 from agentmx.db.types import json_dumps, json_loads
 from agentmx.settings import normalize_database_url
@@ -30,14 +30,16 @@ WRITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another in-process write
 IDLE_PING_AFTER = 5.0  # seconds idle after which a pooled PostgreSQL connection is pinged on checkout
 
 
-def make_engine(url: str, *, writer: bool = True, pool_size: int = 40) -> AsyncEngine:
+def make_engine(url: str, *, writer: bool = True, scans: bool = False, pool_size: int = 40) -> AsyncEngine:
     if url.startswith("sqlite"):
+        # scans: reads that may scan a table, run on worker threads instead (db/sqlite_scans).
+        creator = sqlite_scans.async_creator(url) if scans else sqlite_inline.async_creator(url)
         # sqlite3 calls run on the loop thread (see sqlite_inline). AsyncSession returns its
         # connection from a separate task, so under load many are checked out at once; connections
         # past pool_size are closed on return and reopened (schema parse, pragmas): keep it large.
         engine = create_async_engine(
             url,
-            async_creator=sqlite_inline.async_creator(url),
+            async_creator=creator,
             pool_size=64,
             max_overflow=64,
             json_serializer=json_dumps,
@@ -137,6 +139,9 @@ class Database:
         # SQLite gets a second engine whose transactions never take the write lock.
         self.reader = make_engine(url, writer=False) if url.startswith("sqlite") else self.engine
         self.read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+        # And a third for reads that may scan a large table (searches): off the loop thread.
+        self.scanner = make_engine(url, writer=False, scans=True) if url.startswith("sqlite") else self.engine
+        self.scan_sessions = async_sessionmaker(self.scanner, expire_on_commit=False)
         # SQLite has one writer at a time; queueing writers here (not in SQLite's busy handler)
         # is what lets sqlite_inline run statements on the loop thread without deadlocking.
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
@@ -183,9 +188,13 @@ class Database:
         return not isinstance(pool, QueuePool) or pool.checkedout() < pool.size()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only unit of work: never blocks writers, never writes."""
-        session = self.read_sessions()
+    async def read(self, *, may_scan: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read-only unit of work: never blocks writers, never writes.
+
+        ``may_scan``: its statements may read a large part of a table (a search); on SQLite they
+        then run on worker threads, not the loop's (db/sqlite_scans).
+        """
+        session = (self.scan_sessions if may_scan else self.read_sessions)()
         try:
             yield session
         finally:
@@ -223,8 +232,9 @@ class Database:
         if self._sqlite_readers is not None:
             self._sqlite_readers.close()
         await self.engine.dispose()
-        if self.reader is not self.engine:
-            await self.reader.dispose()
+        for engine in (self.reader, self.scanner):
+            if engine is not self.engine:
+                await engine.dispose()
 
 
 def after_commit(session: AsyncSession, hook: AfterCommit) -> None:

@@ -107,7 +107,7 @@ async def search_messages(
     caller.require("message_read")
     q = request.query_params.get("q", "")
     limit = check_limit(query_int(request, "limit"), maximum=SEARCH_MAX)
-    async with rt.db.read() as s:
+    async with rt.db.read(may_scan=True) as s:
         inbox = await inboxes.get_inbox(s, caller, inbox_id)
         page = await messages.search_messages(
             s,

@@ -68,7 +68,7 @@ async def read_threads(request: Request, rt: Runtime, caller: Caller, scope: Sco
 async def _search(request: Request, rt: Runtime, caller: Caller, scope: Scope) -> dict[str, Any]:
     caller.require("message_read")
     limit = check_limit(query_int(request, "limit"), maximum=SEARCH_MAX)
-    async with rt.db.read() as s:
+    async with rt.db.read(may_scan=True) as s:
         page = await svc.search_threads(
             s,
             caller,
