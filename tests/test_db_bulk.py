@@ -224,7 +224,7 @@ def test_values_insert_is_for_qmark_dialects_only() -> None:
 def test_a_refused_row_raises_what_the_session_raises(empty_database: str) -> None:
     """On SQLite the rows go to the sqlite3 connection itself: its errors come out wrapped as
     SQLAlchemy wraps them (an IntegrityError, which callers and db.retryable look for), and the
-    transaction stores none of its rows."""
+    transaction stores none of its rows; insert_all's likewise, on both databases."""
 
     async def run(db: Database) -> list[Any]:
         async with db.transaction() as session:
@@ -233,6 +233,10 @@ def test_a_refused_row_raises_what_the_session_raises(empty_database: str) -> No
             async with db.transaction() as session:
                 await insert_many(session, insert(ROWS), rows("new"))
                 await insert_many(session, insert(ROWS), rows("dup")[:1])
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as session:
+                await insert_all(session, [(insert(ROWS), rows("all")), (insert(CHILDREN), [])])
+                await insert_all(session, [(insert(ROWS), rows("dup")[:1]), (insert(CHILDREN), [])])
         if db.is_sqlite:
             with pytest.raises(IntegrityError):
                 async with db.transaction() as session:

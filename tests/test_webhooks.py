@@ -190,6 +190,49 @@ def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) 
     client.inboxes.webhooks.delete(inbox, hook.webhook_id)
 
 
+def test_received_mail_reaches_exactly_the_webhooks_whose_filters_take_it(
+    harness: Harness, receiver: Receiver
+) -> None:
+    """An inbound batch reads its organizations' webhooks beside its transaction (on PostgreSQL on
+    the driver's connection) and matches each: by scope, inbox and pod lists, event types, enabled.
+    One inbox's address is inside the other's, so lists read as text would match it too."""
+    client = harness.client()
+    pod, other_pod = (client.pods.create(name="filters-" + harness.new_username()) for _ in range(2))
+    inbox = new_inbox(client, pod.pod_id)
+    longer = client.pods.inboxes.create(pod.pod_id, username="x" + inbox.split("@")[0]).inbox_id
+    received = ["message.received"]
+    made: list[tuple[str, str]] = []
+
+    def hook(name: str, create: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        found = create(*args, url=receiver.url, headers={"X-Hook": name}, **kw)
+        made.append((name, found.webhook_id))
+
+    hook("inbox list", client.webhooks.create, event_types=received, inbox_ids=[inbox])
+    hook("pod list", client.webhooks.create, event_types=received, pod_ids=[pod.pod_id])
+    hook("pod scope", client.pods.webhooks.create, pod.pod_id, event_types=received)
+    hook("inbox scope", client.inboxes.webhooks.create, inbox, event_types=received)
+    hook("longer inbox list", client.webhooks.create, event_types=received, inbox_ids=[longer])
+    hook("longer inbox scope", client.inboxes.webhooks.create, longer, event_types=received)
+    hook("other pod list", client.webhooks.create, event_types=received, pod_ids=[other_pod.pod_id])
+    hook("other pod scope", client.pods.webhooks.create, other_pod.pod_id, event_types=received)
+    hook("sent only", client.webhooks.create, event_types=["message.sent"], inbox_ids=[inbox])
+    hook("disabled", client.webhooks.create, event_types=received, inbox_ids=[inbox])
+    client.webhooks.update(made[-1][1], enabled=False)
+    try:
+        send_mail(harness.server, inbox, subject="filtered")
+        receiver.wait(4)
+        time.sleep(1.0)  # any other delivery of the same event is due at the same time
+        assert sorted(d.headers["x-hook"] for d in receiver.deliveries) == [
+            "inbox list",
+            "inbox scope",
+            "pod list",
+            "pod scope",
+        ]
+    finally:
+        for _, webhook_id in made:
+            client.webhooks.delete(webhook_id)
+
+
 def test_bodies_over_1_mb_drop_the_message_texts(harness: Harness, receiver: Receiver) -> None:
     """API.md: text and html go first; extracts as long as the body (nothing quoted) go next."""
     client = harness.client()

@@ -131,10 +131,20 @@ _LOCKED_INSERTS: dict[Dialect, ArrayInsert] = {}
 _ENABLED_WEBHOOKS = select(Webhook).where(
     Webhook.organization_id == bindparam("organization_id"), Webhook.enabled.is_(True)
 )
-# PostgreSQL only (an array parameter: one SQL text for any number of organizations).
-_ENABLED_WEBHOOKS_OF = select(Webhook).where(
-    Webhook.organization_id == any_(bindparam("orgs", type_=ARRAY(String))), Webhook.enabled.is_(True)
+# PostgreSQL only (an array parameter: one SQL text for any number of organizations); every column,
+# named as the model's attributes are.
+_webhooks = table_of(Webhook).c
+_ENABLED_WEBHOOKS_OF = select(*_webhooks).where(
+    _webhooks.organization_id == any_(bindparam("orgs", type_=ARRAY(String))), _webhooks.enabled.is_(True)
 )
+_ENABLED_WEBHOOKS_OF_COMPILED: dict[Dialect, DriverStatement] = {}
+
+
+def _enabled_webhooks_of(dialect: Dialect) -> DriverStatement:
+    compiled = _ENABLED_WEBHOOKS_OF_COMPILED.get(dialect)
+    if compiled is None:
+        compiled = _ENABLED_WEBHOOKS_OF_COMPILED[dialect] = DriverStatement(_ENABLED_WEBHOOKS_OF, dialect)
+    return compiled
 
 
 def share_webhook_lookups(session: AsyncSession) -> None:
@@ -163,9 +173,10 @@ async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organizatio
     if rt.db.is_sqlite or not organization_ids or not rt.db.has_spare_connection():
         return
     try:
-        # Autocommit: one round trip.
-        async with rt.db.read_connection() as conn, AsyncSession(bind=conn) as reader:
-            found = (await reader.scalars(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})).all()
+        # Autocommit, on asyncpg's own connection (db/driver_reads): one round trip, ~0.35 ms of CPU
+        # less than an ORM query through a session of its own.
+        async with rt.db.read_driver() as conn:
+            found = await conn.run(_enabled_webhooks_of(conn.dialect), {"orgs": sorted(organization_ids)})
     except Exception as exc:  # noqa: BLE001 (a shortcut only: the batch must not fail for it)
         # No second connection (PostgreSQL's connection limit, say): the transaction reads them
         # itself when it records its first event, as without this lookup.
@@ -173,12 +184,11 @@ async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organizatio
         return
     _lookups_aside.succeeded()
     seen: dict[str, list[Webhook]] = {org: [] for org in organization_ids}
-    for hook in found:
-        seen[hook.organization_id].append(hook)
+    for row in found:  # only read (matched, their ids queued): transient objects, as ORM ones would be
+        seen[row.organization_id].append(transient(Webhook, **row._asdict()))
     session.info[WEBHOOKS_SEEN].update(seen)
 
 
-_webhooks = table_of(Webhook).c
 _HAS_WEBHOOK = (
     select(_webhooks.organization_id)
     .where(_webhooks.organization_id == bindparam("organization_id"), _webhooks.enabled.is_(True))
