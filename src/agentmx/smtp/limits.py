@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ class ConnectionLimits:
         return True
 
 
-def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...]) -> list[str]:
+def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...], leave_out: str = "") -> list[str]:
     """``dir(obj)`` as aiosmtpd needs it: only the names with these prefixes, listed once per class.
 
     On every connection aiosmtpd builds its command, hook and AUTH tables from dir() and
@@ -82,7 +81,7 @@ def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...]) -> list[str]:
     cls = type(obj)
     names: list[str] | None = cls.__dict__.get("_aiosmtpd_names")
     if names is None:
-        names = [n for n in object.__dir__(obj) if n.startswith(prefixes)]
+        names = [n for n in object.__dir__(obj) if n.startswith(prefixes) and n != leave_out]
         cls._aiosmtpd_names = names  # type: ignore[attr-defined]
     return names
 
@@ -94,7 +93,8 @@ class HookNames:
     offers_auth = False  # whether this listener logs anyone in (submission does; the MX port does not)
 
     def __dir__(self) -> list[str]:
-        return names_for_aiosmtpd(self, ("handle_", "auth_"))
+        # Not handle_EHLO: aiosmtpd would read its signature on every connection (LimitedSMTP adds it).
+        return names_for_aiosmtpd(self, ("handle_", "auth_"), leave_out="handle_EHLO")
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -111,10 +111,6 @@ class HookNames:
         kept = [line for line in responses if self.offers_auth or not line.startswith("250-AUTH")]
         return [*kept[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", kept[-1]]
 
-
-# aiosmtpd reads this hook's signature on every connection (to tell its deprecated 4-argument form):
-# given, inspect does not build it from the code again (with listener.py's loop=: 50 us a set-up, not 80).
-HookNames.handle_EHLO.__signature__ = inspect.signature(HookNames.handle_EHLO)  # type: ignore[attr-defined]
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -150,6 +146,10 @@ class LimitedSMTP(SMTP):
         self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         self.storing = False  # between the end of DATA and its reply
         super().__init__(handler, **kw)
+        if isinstance(handler, HookNames):
+            # Its 5-argument EHLO hook, known without the inspect.signature aiosmtpd's __init__ would
+            # build for it on every connection (5 us, a bound method's signature is made anew each time).
+            self._handle_hooks["EHLO"], self._ehlo_hook_ver = handler.handle_EHLO, "new"
         self._limits = limits
         self._ip: str | None = None
         # Postfix's smtpd_hard_error_limit and smtpd_junk_command_limit: counted since the session's
