@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
+from aiosmtpd.smtp import log as aiosmtpd_log
 
 from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
@@ -112,7 +113,6 @@ class HookNames:
         return [*kept[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", kept[-1]]
 
 
-
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
 # sends. aiosmtpd's full RFC 5322 parse of it costs more than the rest of MAIL or RCPT.
 _SIMPLE_PATH = re.compile(
@@ -159,6 +159,7 @@ class LimitedSMTP(SMTP):
         self._errors_left = self._error_limit
         self._junk_left = self._junk_limit
         self._held: list[bytes] = []  # a multi-line reply's continuation lines, not sent yet
+        self._unsent: list[bytes] = []  # whole replies (with their CRLF) to write in one go (_send)
         self._answering: str | None = GREETING  # the command whose reply is next (its enhanced code)
 
     def _call_handler_hook(self, command: str, *args: Any) -> Any:
@@ -185,15 +186,41 @@ class LimitedSMTP(SMTP):
         self._answering = None  # its last line: the next reply answers a command not noted yet
         if self._held:
             lines, self._held = [*self._held, self._encode(status)], []
-            await super().push(b"\r\n".join(lines))
+            await self._send(b"\r\n".join(lines))
         else:
-            await super().push(status)
+            await self._send(self._encode(status))
         if status[:1] not in ("5", b"5"):
             return
         self._errors_left -= 1
         if self._errors_left <= 0:
             # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
             self.close_with(S421_TOO_MANY_ERRORS)
+
+    async def _send(self, reply: bytes) -> None:
+        """aiosmtpd's push of an encoded reply, but a 250 answering a command while the next ones
+        are already in (a pipelining client: MAIL, RCPT, DATA sent at once) waits, within this
+        turn of the event loop, to go out in one write with the replies after it.
+
+        It never waits for input: it goes with the next reply written, or at the loop's next turn
+        (_send_unsent), whichever is first. Only a 250: after it aiosmtpd closes nothing nor starts
+        TLS without writing a reply first, and close_with sends it first.
+        """
+        aiosmtpd_log.debug("%r << %r", self.session.peer if self.session else None, reply)
+        if reply[:3] == b"250" and self._reader._buffer:  # type: ignore[attr-defined]
+            if not self._unsent:
+                self.loop.call_soon(self._send_unsent)
+            self._unsent.append(reply + b"\r\n")
+        elif self._unsent:
+            self._unsent.append(reply + b"\r\n")
+            self._send_unsent()
+        else:
+            self._writer.write(reply + b"\r\n")
+        await self._writer.drain()
+
+    def _send_unsent(self) -> None:
+        replies, self._unsent = self._unsent, []
+        if replies and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(replies))
 
     def _encode(self, status: str | bytes) -> bytes:
         """As aiosmtpd's push encodes a reply line."""
@@ -266,7 +293,8 @@ class LimitedSMTP(SMTP):
         # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():
-            transport.write(reply.encode() + b"\r\n")
+            replies, self._unsent = self._unsent, []
+            transport.write(b"".join([*replies, reply.encode() + b"\r\n"]))
             transport.close()
 
     @syntax("DATA")
