@@ -136,8 +136,8 @@ def _parsed_from_plain(values: tuple[Any, ...]) -> ParsedMessage:
     given["attachments"] = [ParsedAttachment(*a) for a in given["attachments"]]
     given["headers"] = dict(given["headers"])
     for extract, body in _EXTRACT_NAMES:
-        if given[extract] is _BODY_STRIPPED and isinstance(given[body], str):
-            given[extract] = given[body].strip()
+        if given[extract] is _BODY_STRIPPED:
+            given[extract] = given[body].strip() if isinstance(given[body], str) else None
     return ParsedMessage(**given)
 
 
