@@ -396,3 +396,16 @@ def test_the_link_carries_a_parse_whole() -> None:
     assert got[-1].parsed.to == ["b@example.com"] and got[-1].parsed.references == []
     reply = (7, link.RcptReply("250 OK", return_path=True))
     assert _read_frame(link.encode(reply)) == reply
+
+
+def test_an_extract_that_is_its_body_stripped_is_not_sent_twice() -> None:
+    body = "Hello there.\n" * 300 + "\n"
+    plain = ParsedMessage(text=body, extracted_text=body.strip(), html="<p>x</p>", extracted_html="<p>y</p>")
+    quoting = ParsedMessage(text=body, extracted_text="Hello there.")
+    empty = ParsedMessage(text=" \n", extracted_text="", extracted_html=None)
+    for parsed in (plain, quoting, empty):
+        frame = ("data", 1, b"raw", "a@example.com", ("b@example.com",), "helo", ("::1", 25, 0, 0))
+        frame += (link.Prepared(["b@example.com"], b"", parsed),)
+        encoded = link.encode(frame)
+        assert _read_frame(encoded) == frame
+    assert len(link.encode(("data", 1, link.Prepared([], b"", plain)))) < 1.1 * len(body)

@@ -84,6 +84,40 @@ def test_a_body_of_empty_lines_is_stored_whole_and_a_pipelined_command_follows(
     assert sum(s.endswith(raw) for s in stored) == 1
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_pipelined_commands_are_answered_in_order_without_waiting_for_more(
+    workers: str, fresh_server: Callable[..., ServerProcess]
+) -> None:
+    """RFC 2920: commands sent at once get their replies in order (those that wait for the next
+    ones to go out together never wait for input), the 250 after DATA once the message is stored."""
+    server = fresh_server("sqlite", env={"AGENTMX_SMTP_WORKERS": workers}).start()
+    client = _client(server)
+    inbox = client.inboxes.create().inbox_id
+    msg = make_message(inbox)
+    with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=30) as sock:
+        f = sock.makefile("rb")
+
+        def codes(count: int) -> list[bytes]:
+            lines = [f.readline() for _ in range(count)]
+            return [line[:4] for line in lines]
+
+        assert codes(1) == [b"220 "]
+        sock.sendall(
+            b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\n"
+            + f"RCPT TO:<{inbox}>\r\nRCPT TO:<nobody@agentmx.localhost>\r\nRCPT TO:<{inbox}>\r\n".encode()
+            + b"DATA\r\n"
+        )
+        while f.readline().startswith(b"250-"):  # EHLO's lines, then its last one
+            pass
+        assert codes(5) == [b"250 ", b"250 ", b"550 ", b"250 ", b"354 "]
+        sock.sendall(msg.as_bytes() + b".\r\nRSET\r\nNOOP\r\nNO")
+        assert codes(3) == [b"250 ", b"250 ", b"250 "]  # stored, RSET, NOOP: "NO" is not a command yet
+        assert client.inboxes.messages.get(inbox, msg["Message-ID"]).message_id == msg["Message-ID"]
+        sock.sendall(b"OP\r\nQUIT\r\n")
+        assert codes(2) == [b"250 ", b"221 "]
+        assert f.readline() == b""
+
+
 def test_postmaster_without_a_domain_reaches_the_default_domains_postmaster(harness: Harness) -> None:
     """RFC 5321 4.5.1: RCPT TO:<Postmaster> (no domain) must be taken: it is postmaster@ the default domain,
     delivered to that inbox once however many ways it is named."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
+from aiosmtpd.smtp import log as aiosmtpd_log
 
 from agentmx.client_address import address_group
 from agentmx.smtp.data import read_data
@@ -73,7 +73,7 @@ class ConnectionLimits:
         return True
 
 
-def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...]) -> list[str]:
+def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...], leave_out: str = "") -> list[str]:
     """``dir(obj)`` as aiosmtpd needs it: only the names with these prefixes, listed once per class.
 
     On every connection aiosmtpd builds its command, hook and AUTH tables from dir() and
@@ -82,7 +82,7 @@ def names_for_aiosmtpd(obj: object, prefixes: tuple[str, ...]) -> list[str]:
     cls = type(obj)
     names: list[str] | None = cls.__dict__.get("_aiosmtpd_names")
     if names is None:
-        names = [n for n in object.__dir__(obj) if n.startswith(prefixes)]
+        names = [n for n in object.__dir__(obj) if n.startswith(prefixes) and n != leave_out]
         cls._aiosmtpd_names = names  # type: ignore[attr-defined]
     return names
 
@@ -94,7 +94,8 @@ class HookNames:
     offers_auth = False  # whether this listener logs anyone in (submission does; the MX port does not)
 
     def __dir__(self) -> list[str]:
-        return names_for_aiosmtpd(self, ("handle_", "auth_"))
+        # Not handle_EHLO: aiosmtpd would read its signature on every connection (LimitedSMTP adds it).
+        return names_for_aiosmtpd(self, ("handle_", "auth_"), leave_out="handle_EHLO")
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -110,11 +111,6 @@ class HookNames:
         session.host_name = hostname  # this hook's job once it exists (aiosmtpd's "new" EHLO hook)
         kept = [line for line in responses if self.offers_auth or not line.startswith("250-AUTH")]
         return [*kept[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", kept[-1]]
-
-
-# aiosmtpd reads this hook's signature on every connection (to tell its deprecated 4-argument form):
-# given, inspect does not build it from the code again (with listener.py's loop=: 50 us a set-up, not 80).
-HookNames.handle_EHLO.__signature__ = inspect.signature(HookNames.handle_EHLO)  # type: ignore[attr-defined]
 
 
 # <dot-atom@dot-atom>, then nothing or whitespace and a parameter: the form nearly every client
@@ -150,6 +146,10 @@ class LimitedSMTP(SMTP):
         self.last_command_at = 0.0  # loop time of the last completed command (or of the connect)
         self.storing = False  # between the end of DATA and its reply
         super().__init__(handler, **kw)
+        if isinstance(handler, HookNames):
+            # Its 5-argument EHLO hook, known without the inspect.signature aiosmtpd's __init__ would
+            # build for it on every connection (5 us, a bound method's signature is made anew each time).
+            self._handle_hooks["EHLO"], self._ehlo_hook_ver = handler.handle_EHLO, "new"
         self._limits = limits
         self._ip: str | None = None
         # Postfix's smtpd_hard_error_limit and smtpd_junk_command_limit: counted since the session's
@@ -159,6 +159,7 @@ class LimitedSMTP(SMTP):
         self._errors_left = self._error_limit
         self._junk_left = self._junk_limit
         self._held: list[bytes] = []  # a multi-line reply's continuation lines, not sent yet
+        self._unsent: list[bytes] = []  # whole replies (with their CRLF) to write in one go (_send)
         self._answering: str | None = GREETING  # the command whose reply is next (its enhanced code)
 
     def _call_handler_hook(self, command: str, *args: Any) -> Any:
@@ -185,15 +186,41 @@ class LimitedSMTP(SMTP):
         self._answering = None  # its last line: the next reply answers a command not noted yet
         if self._held:
             lines, self._held = [*self._held, self._encode(status)], []
-            await super().push(b"\r\n".join(lines))
+            await self._send(b"\r\n".join(lines))
         else:
-            await super().push(status)
+            await self._send(self._encode(status))
         if status[:1] not in ("5", b"5"):
             return
         self._errors_left -= 1
         if self._errors_left <= 0:
             # Stops address harvesting through RCPT and clients stuck in a loop of refused commands.
             self.close_with(S421_TOO_MANY_ERRORS)
+
+    async def _send(self, reply: bytes) -> None:
+        """aiosmtpd's push of an encoded reply, but a 250 answering a command while the next ones
+        are already in (a pipelining client: MAIL, RCPT, DATA sent at once) waits, within this
+        turn of the event loop, to go out in one write with the replies after it.
+
+        It never waits for input: it goes with the next reply written, or at the loop's next turn
+        (_send_unsent), whichever is first. Only a 250: after it aiosmtpd closes nothing nor starts
+        TLS without writing a reply first, and close_with sends it first.
+        """
+        aiosmtpd_log.debug("%r << %r", self.session.peer if self.session else None, reply)
+        if reply[:3] == b"250" and self._reader._buffer:  # type: ignore[attr-defined]
+            if not self._unsent:
+                self.loop.call_soon(self._send_unsent)
+            self._unsent.append(reply + b"\r\n")
+        elif self._unsent:
+            self._unsent.append(reply + b"\r\n")
+            self._send_unsent()
+        else:
+            self._writer.write(reply + b"\r\n")
+        await self._writer.drain()
+
+    def _send_unsent(self) -> None:
+        replies, self._unsent = self._unsent, []
+        if replies and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(replies))
 
     def _encode(self, status: str | bytes) -> bytes:
         """As aiosmtpd's push encodes a reply line."""
@@ -266,7 +293,8 @@ class LimitedSMTP(SMTP):
         # A cast, not isinstance: uvloop's transports are not asyncio.WriteTransport subclasses.
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():
-            transport.write(reply.encode() + b"\r\n")
+            replies, self._unsent = self._unsent, []
+            transport.write(b"".join([*replies, reply.encode() + b"\r\n"]))
             transport.close()
 
     @syntax("DATA")

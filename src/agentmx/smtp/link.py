@@ -88,6 +88,9 @@ _PREPARED, _RCPT_REPLY = "\0agentmx.Prepared", "\0agentmx.RcptReply"
 _PARSED_FIELDS = tuple(f.name for f in fields(ParsedMessage))
 _ATTACHMENT_FIELDS = tuple(f.name for f in fields(ParsedAttachment))
 _LIST_FIELDS = ("to", "cc", "bcc", "reply_to", "references")
+_EXTRACT_NAMES = (("extracted_text", "text"), ("extracted_html", "html"))
+_BODY_STRIPPED = True  # in an extract's place: the body, stripped (quoted nothing)
+_EXTRACT_FIELDS = tuple((_PARSED_FIELDS.index(e), _PARSED_FIELDS.index(b)) for e, b in _EXTRACT_NAMES)
 
 
 def _to_plain(item: Any) -> Any:
@@ -114,6 +117,10 @@ def _from_plain(item: Any) -> Any:
 
 def _parsed_to_plain(parsed: ParsedMessage) -> tuple[Any, ...]:
     values = [getattr(parsed, name) for name in _PARSED_FIELDS]
+    # An extract that is its body stripped (most mail) goes as True, not as a second copy of the body.
+    for extract, body in _EXTRACT_FIELDS:
+        if values[body] is not None and values[extract] == values[body].strip():
+            values[extract] = _BODY_STRIPPED
     values[_PARSED_FIELDS.index("date")] = parsed.date.isoformat() if parsed.date else None
     values[_PARSED_FIELDS.index("attachments")] = [
         tuple(getattr(a, name) for name in _ATTACHMENT_FIELDS) for a in parsed.attachments
@@ -128,6 +135,9 @@ def _parsed_from_plain(values: tuple[Any, ...]) -> ParsedMessage:
     given["date"] = datetime.fromisoformat(given["date"]) if given["date"] else None
     given["attachments"] = [ParsedAttachment(*a) for a in given["attachments"]]
     given["headers"] = dict(given["headers"])
+    for extract, body in _EXTRACT_NAMES:
+        if given[extract] is _BODY_STRIPPED:
+            given[extract] = given[body].strip() if isinstance(given[body], str) else None
     return ParsedMessage(**given)
 
 
