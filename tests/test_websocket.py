@@ -15,6 +15,7 @@ from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -552,3 +553,40 @@ def _long_mail(inbox_id: str, n: int, body: str) -> bytes:
     msg["Subject"] = f"long {n}"
     msg.set_content(body)
     return msg.as_bytes()
+
+
+def test_a_received_events_documents_are_the_apis(harness: Harness) -> None:
+    """A message.received frame holds the message and thread as GET answers them, byte for byte (key
+    order and time format included; the header map's order aside): for a new thread, and for a reply
+    whose thread is older than it."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    auth = {"Authorization": f"Bearer {harness.api_key}"}
+    with (
+        httpx.Client(base_url=harness.server.base_url, headers=auth) as http,
+        client.websockets.connect() as socket,
+    ):
+        subscribe(socket, inbox_ids=[inbox])
+        first = send_mail(harness.server, inbox, subject="documents")
+        time.sleep(0.01)  # the reply's times differ from its thread's creation
+        msg = EmailMessage(policy=policy.SMTP)
+        msg["From"], msg["To"], msg["Subject"] = "Alice <alice@example.com>", inbox, "Re: documents"
+        msg["In-Reply-To"] = msg["References"] = first
+        msg["Message-ID"] = f"<reply-{time.time_ns()}@example.com>"
+        msg.set_content('  A reply, with "quotes", a tab\tand ünïcode.  \n\n> Body of documents\n')
+        for _ in range(2):
+            if _ == 1:
+                smtp_send(harness.server, [inbox], msg.as_bytes())
+            event = json.loads(socket._websocket.recv(timeout=10))
+            assert event["event_type"] == "message.received", event
+            path = f"/v0/inboxes/{inbox}/messages/{quote(event['message']['message_id'], safe='@')}"
+            got = http.get(path).json()
+            # PostgreSQL's JSONB keeps no key order: GET gives the header map in its own order.
+            assert event["message"].pop("headers") == got.pop("headers")
+            assert json.dumps(event["message"]) == json.dumps(got)
+            thread = http.get(f"/v0/inboxes/{inbox}/threads/{event['thread']['thread_id']}").json()
+            item = {
+                k: v for k, v in thread.items() if k not in ("messages", "count", "limit", "next_page_token")
+            }
+            assert json.dumps(event["thread"]) == json.dumps(item)
+        assert event["thread"]["created_at"] != event["thread"]["updated_at"]

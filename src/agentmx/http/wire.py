@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,23 @@ def iso(value: datetime | None) -> str | None:
     elif value.tzinfo is not UTC:  # rows come back in UTC already (db/types.UTCDateTime)
         value = value.astimezone(UTC)
     return value.isoformat().replace("+00:00", "Z")
+
+
+def iso_repeating() -> Callable[[datetime | None], str | None]:
+    """``iso`` for one document's times, which are mostly the same datetime (a new message's
+    timestamp, created_at and updated_at, its new thread's too): that one is formatted once."""
+    last: datetime | None = None
+    text: str | None = None
+
+    def time(value: datetime | None) -> str | None:
+        nonlocal last, text
+        if value is None:  # between equal times (a new thread's sent_timestamp)
+            return None
+        if value is not last:
+            last, text = value, iso(value)
+        return text
+
+    return time
 
 
 def as_is(value: datetime | None) -> datetime | None:

@@ -25,6 +25,7 @@ from agentmx.db.transient import transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
+from agentmx.http.wire import iso_repeating
 from agentmx.ids import new_id
 from agentmx.mail import hidden_chars, stored_extracts
 from agentmx.mail.idn import to_ascii_domain
@@ -396,8 +397,10 @@ async def record_received(
     attachments: list[Attachment],
 ) -> None:
     """``labels``/``attachments``: the thread's, with this message in it."""
-    suffix = next((s for label, s in RECEIVED_VARIANTS if label in message.label_names), "")
-    body = wire_mail.message(message, full=True)
+    names = message.label_names  # a new list on each read
+    suffix = next((s for label, s in RECEIVED_VARIANTS if label in names), "")
+    time = iso_repeating()
+    body = wire_mail.message_document(message, names, message.attachments, True, time)
     if len(body.get("text") or "") + len(body.get("html") or "") > EVENT_BODY_BUDGET:
         body.pop("text", None)
         body.pop("html", None)
@@ -408,7 +411,7 @@ async def record_received(
         organization_id=message.organization_id,
         pod_id=message.pod_id,
         inbox_id=message.inbox_id,
-        payload={"message": body, "thread": wire_mail.thread_item(thread, labels, attachments)},
+        payload={"message": body, "thread": wire_mail.thread_item(thread, labels, attachments, time)},
     )
 
 
