@@ -121,14 +121,10 @@ async def insert_all(session: AsyncSession, parts: Sequence[tuple[Insert, Rows]]
     """
     conn = await session.connection()
     driver = sqlite_driver(conn.sync_connection)
-    if driver is not None:  # the session's connection asked for once, not once a part
+    if driver is not None:  # SQLite: each part's executemany, on the connection asked for once
         for statement, rows in parts:
             if rows:
                 _executemany(driver, conn.dialect, statement, rows)
-        return
-    if conn.dialect.name != "postgresql":
-        for statement, rows in parts:
-            await insert_many(session, statement, rows)
         return
     if not any(rows for _, rows in parts):
         return
