@@ -26,11 +26,13 @@ from sqlalchemy.sql.selectable import TextualSelect
 from agentmx.db import sqlite_inline, sqlite_scans
 from agentmx.db.sync_calls import call_sync
 
+Statement = Select[Any] | TextualSelect | TextClause | Insert
+
 
 class DriverStatement:
     """One statement compiled for one dialect: its SQL, parameter order and row shaping."""
 
-    def __init__(self, stmt: Select[Any] | TextualSelect | TextClause | Insert, dialect: Dialect) -> None:
+    def __init__(self, stmt: Statement, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         if compiled.post_compile_params:  # rendered per execution by SQLAlchemy, not here
             raise ValueError("driver_reads runs no expanding (IN-list) or literal_execute parameters")
@@ -107,18 +109,9 @@ class DriverConnection:
     def __init__(self, driver: Any, dialect: Dialect) -> None:
         self.dialect = dialect
         self._driver = driver
-        self._statements = _compiled_for(dialect)
 
-    def _statement(self, stmt: TextualSelect | TextClause) -> DriverStatement:
-        found = self._statements.get(id(stmt))
-        if found is None or found[0] is not stmt:
-            found = self._statements[id(stmt)] = (stmt, DriverStatement(stmt, self.dialect))
-        return found[1]
-
-    async def execute(
-        self, stmt: TextualSelect | TextClause, params: Mapping[str, Any] | None = None
-    ) -> DriverResult:
-        return await self.run(self._statement(stmt), params)
+    async def execute(self, stmt: Statement, params: Mapping[str, Any] | None = None) -> DriverResult:
+        return await self.run(compiled(stmt, self.dialect), params)
 
     async def run(self, compiled: DriverStatement, params: Mapping[str, Any] | None = None) -> DriverResult:
         """A statement compiled by its user (who keeps it as long as it is used)."""
@@ -139,8 +132,13 @@ class DriverConnection:
 _compiled: dict[str, dict[int, tuple[Any, DriverStatement]]] = {}
 
 
-def _compiled_for(dialect: Dialect) -> dict[int, tuple[Any, DriverStatement]]:
-    return _compiled.setdefault(dialect.name, {})
+def compiled(stmt: Statement, dialect: Dialect) -> DriverStatement:
+    """``stmt`` compiled for ``dialect``, once for the process (a statement built once, at import)."""
+    statements = _compiled.setdefault(dialect.name, {})
+    found = statements.get(id(stmt))
+    if found is None or found[0] is not stmt:
+        found = statements[id(stmt)] = (stmt, DriverStatement(stmt, dialect))
+    return found[1]
 
 
 def connect(engine: AsyncEngine) -> _PostgresRead:

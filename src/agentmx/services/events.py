@@ -20,8 +20,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from agentmx.db import driver_reads
 from agentmx.db.bulk import ArrayInsert, insert_returning
-from agentmx.db.driver_reads import DriverStatement
 from agentmx.db.engine import after_commit
 from agentmx.db.models import Event, Webhook
 from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
@@ -137,14 +137,6 @@ _webhooks = table_of(Webhook).c
 _ENABLED_WEBHOOKS_OF = select(*_webhooks).where(
     _webhooks.organization_id == any_(bindparam("orgs", type_=ARRAY(String))), _webhooks.enabled.is_(True)
 )
-_ENABLED_WEBHOOKS_OF_COMPILED: dict[Dialect, DriverStatement] = {}
-
-
-def _enabled_webhooks_of(dialect: Dialect) -> DriverStatement:
-    compiled = _ENABLED_WEBHOOKS_OF_COMPILED.get(dialect)
-    if compiled is None:
-        compiled = _ENABLED_WEBHOOKS_OF_COMPILED[dialect] = DriverStatement(_ENABLED_WEBHOOKS_OF, dialect)
-    return compiled
 
 
 def share_webhook_lookups(session: AsyncSession) -> None:
@@ -179,7 +171,7 @@ async def look_up_webhooks_aside(session: AsyncSession, rt: Runtime, organizatio
         # Autocommit, on asyncpg's own connection (db/driver_reads): one round trip, ~0.35 ms of CPU
         # less than an ORM query through a session of its own.
         async with rt.db.read_driver() as conn:
-            found = await conn.run(_enabled_webhooks_of(conn.dialect), {"orgs": sorted(organization_ids)})
+            found = await conn.execute(_ENABLED_WEBHOOKS_OF, {"orgs": sorted(organization_ids)})
     except Exception as exc:  # noqa: BLE001 (a shortcut only: the batch must not fail for it)
         # No second connection (PostgreSQL's connection limit, say): the transaction reads them
         # itself when it records its first event, as without this lookup.
@@ -197,7 +189,6 @@ _HAS_WEBHOOK = (
     .where(_webhooks.organization_id == bindparam("organization_id"), _webhooks.enabled.is_(True))
     .limit(1)
 )
-_HAS_WEBHOOK_COMPILED: dict[Dialect, DriverStatement] = {}
 
 
 async def _note_organizations_without_webhooks(session: AsyncSession, organization_ids: set[str]) -> None:
@@ -211,9 +202,7 @@ async def _note_organizations_without_webhooks(session: AsyncSession, organizati
     driver = sqlite_driver(conn.sync_connection)
     if driver is None:
         return
-    compiled = _HAS_WEBHOOK_COMPILED.get(conn.dialect)
-    if compiled is None:
-        compiled = _HAS_WEBHOOK_COMPILED[conn.dialect] = DriverStatement(_HAS_WEBHOOK, conn.dialect)
+    compiled = driver_reads.compiled(_HAS_WEBHOOK, conn.dialect)
     seen = session.info[WEBHOOKS_SEEN]
     for organization_id in organization_ids:
         args = compiled.args({"organization_id": organization_id})

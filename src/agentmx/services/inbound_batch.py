@@ -18,8 +18,8 @@ from sqlalchemy import String, any_, bindparam, func, insert, literal_column, se
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db import driver_reads
 from agentmx.db.bulk import insert_all
-from agentmx.db.driver_reads import DriverStatement
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
@@ -51,16 +51,13 @@ def _json_values(name: str) -> Any:
 _KNOWN_IDS_JSON = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
     _m.inbox_id.in_(_json_values("inboxes")), _m.message_id.in_(_json_values("ids"))
 )
-_KNOWN_IDS_COMPILED: dict[Any, DriverStatement] = {}
 
 
 async def _known_ids_on_sqlite(session: AsyncSession, inboxes: list[str], ids: list[str]) -> list[Any]:
     conn = await session.connection()
     driver = sqlite_driver(conn.sync_connection)
     assert driver is not None
-    compiled = _KNOWN_IDS_COMPILED.get(conn.dialect)
-    if compiled is None:
-        compiled = _KNOWN_IDS_COMPILED[conn.dialect] = DriverStatement(_KNOWN_IDS_JSON, conn.dialect)
+    compiled = driver_reads.compiled(_KNOWN_IDS_JSON, conn.dialect)
     # The stdlib's JSON: text it cannot bind fails as the ids themselves would (orjson refuses more).
     values = {"inboxes": json.dumps(inboxes, ensure_ascii=False), "ids": json.dumps(ids, ensure_ascii=False)}
     args = compiled.args(values)
@@ -88,26 +85,25 @@ async def store_inbound(
     # One webhook query per organization, not per message; beside the next statement.
     webhooks = events.look_up_webhooks_aside(session, rt, {c.inbox.organization_id for c in copies})
     known: dict[tuple[str, str], tuple[str, str]] = {}
-    if wanted and rt.db.is_sqlite:  # no round trips to overlap: one after the other, no tasks
+    if not wanted:
         await webhooks
-        ours = await _known_ids_on_sqlite(session, list({i for i, _ in wanted}), list({m for _, m in wanted}))
-        known = {(i, m): (pk, tid) for i, m, pk, tid in ours if (i, m) in wanted}
-    elif wanted:
-        known_ids = _KNOWN_IDS_ARRAYS
-        # Both finish before either's error is raised: the transaction's rollback must not meet a
-        # statement still running on its connection (asyncpg would then pool it mid-transaction).
-        rows, _ = await asyncio.gather(  # PostgreSQL
-            session.execute(
-                known_ids, {"inboxes": list({i for i, _ in wanted}), "ids": list({m for _, m in wanted})}
-            ),
-            webhooks,
-            return_exceptions=True,
-        )
-        if isinstance(rows, BaseException):
-            raise rows
-        known = {(i, m): (pk, tid) for i, m, pk, tid in rows.all() if (i, m) in wanted}
     else:
-        await webhooks
+        inbox_pks, message_ids = list({i for i, _ in wanted}), list({m for _, m in wanted})
+        if rt.db.is_sqlite:  # no round trips to overlap: one after the other, no tasks
+            await webhooks
+            known_rows = await _known_ids_on_sqlite(session, inbox_pks, message_ids)
+        else:
+            # Both finish before either's error is raised: the transaction's rollback must not meet a
+            # statement still running on its connection (asyncpg would then pool it mid-transaction).
+            rows, _ = await asyncio.gather(
+                session.execute(_KNOWN_IDS_ARRAYS, {"inboxes": inbox_pks, "ids": message_ids}),
+                webhooks,
+                return_exceptions=True,
+            )
+            if isinstance(rows, BaseException):
+                raise rows
+            known_rows = list(rows.all())
+        known = {(i, m): (pk, tid) for i, m, pk, tid in known_rows if (i, m) in wanted}
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
