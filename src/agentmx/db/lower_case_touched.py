@@ -1,11 +1,12 @@
 """The characters lower-casing touches: the non-ASCII ones ``str.lower()`` changes, and what it makes of them.
 
-Text with none of them is found in a value the same way by SQLite's ASCII-only lower() (or LIKE) as by
-Python's lower(). Both lower a value character by character. An ASCII character, and a non-ASCII one
-lower() leaves alone, become the same single character under both. A non-ASCII character lower()
-changes stays itself under SQLite's and becomes one or more other characters under Python's ('İ'
-becomes 'i' and U+0307): all of them touched. So an untouched text can only occur, in either lower
-case, among characters that both lowered alike: it occurs in one exactly where it occurs in the other.
+Text with none of them is found in a value the same way by SQLite's ASCII-only lower() (or LIKE) as
+by Python's lower(). Both lower a value character by character, but for one rule that looks around
+('Σ' ends a word as 'ς'). An ASCII character, and a non-ASCII one lower() leaves alone, become the
+same single character under both. A non-ASCII character lower() changes stays itself under SQLite's
+and becomes one or more other characters under Python's ('İ' becomes 'i' and U+0307, 'Σ' 'σ' or
+'ς'): all of them touched. So an untouched text can only occur, in either lower case, among
+characters that both lowered alike: it occurs in one exactly where it occurs in the other.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def touched() -> frozenset[str]:
             continue
         for char in block:
             if (lower := char.lower()) != char:
-                out.add(char)
-                out.update(lower)
+                # After a letter too: 'Σ' ends a word as 'ς', lower()'s one rule that looks around.
+                out.update(char, lower, ("a" + char).lower()[1:])
     return frozenset(out)
 
 
