@@ -200,6 +200,10 @@ def test_search(harness: Harness) -> None:
     assert client.inboxes.search(q=inbox.inbox_id).inboxes[0].inbox_id == inbox.inbox_id
     zurich = client.inboxes.create(request=CreateInboxRequest(display_name="Büro ZÜRICH")).inbox_id
     assert zurich in [i.inbox_id for i in client.inboxes.search(q="büro zürich").inboxes]
+    room = client.inboxes.create(request=CreateInboxRequest(display_name=f"会议室 Ⅻ {name}")).inbox_id
+    assert room in [i.inbox_id for i in client.inboxes.search(q=f"会议 {name}").inboxes]
+    assert room in [i.inbox_id for i in client.inboxes.search(q=f"ⅻ {name}").inboxes]
+    assert room not in [i.inbox_id for i in client.inboxes.search(q=f"会議 {name}").inboxes]
     with pytest.raises(ValidationError):
         client.inboxes.search(q="x", request_options=NO_RETRY)
 

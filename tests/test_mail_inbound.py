@@ -303,6 +303,74 @@ def test_search_and_filters_fold_non_ascii_letters(harness: Harness) -> None:
     assert client.inboxes.messages.search(other, q="überweisung").count == 0
 
 
+# Subjects of one inbox, each a case of non-ASCII matching. Uncased scripts (CJK) are compared with
+# SQLite's own lower(), cased ones with Python's lower(): where a letter's lower case is another
+# character (Ⅻ, fullwidth Ａ, ẞ, the Kelvin sign K that lowers to an ASCII k) only the latter finds it.
+UNICODE_SUBJECTS = {
+    "meeting": "项目会议 Termin",
+    "street": "STRAẞE ΑΘΗΝΑ",
+    "kelvin": "\u212a会 Kelvin",
+    "symbols": "Ⅻ ＡＢＣ ISTANBUL",
+    "mixed": "MEETING会议 100%会",
+}
+# Query -> the subjects' keys it finds, the same on both databases.
+UNICODE_SEARCHES = {
+    "会议": {"meeting", "mixed"},
+    "会": {"meeting", "kelvin", "mixed"},
+    "会議": set(),  # Japanese spelling: no folding across scripts
+    "参加会议": {"meeting"},  # body
+    "王会": {"meeting"},  # sender's name
+    "会议室": {"meeting"},  # Cc's name
+    "termin 会议": {"meeting"},
+    "k会": {"kelvin"},
+    "K会": {"kelvin"},
+    "straße": {"street"},
+    "STRAẞE": {"street"},
+    "strasse": set(),  # lower(), not casefold()
+    "αθηνα": {"street"},
+    "привет": {"street"},  # body
+    "ⅻ": {"symbols"},
+    "ａｂｃ": {"symbols"},
+    "ＡＢＣ": {"symbols"},
+    "istanbul": {"symbols"},
+    "meeting会议": {"mixed"},
+    "ting会": {"mixed"},
+    "100%会": {"mixed"},
+    "0_会": set(),  # LIKE's wildcards are literal
+    "%会": {"mixed"},
+}
+
+
+def test_search_and_filters_match_uncased_and_cased_non_ascii_text(harness: Harness) -> None:
+    client = harness.client()
+    box = client.inboxes.create().inbox_id
+    senders = {"meeting": "王会议 <wang@example.com>"}
+    texts = {"meeting": "请参加会议", "street": "ПРИВЕТ"}
+    for key, subject in UNICODE_SUBJECTS.items():
+        message = make_message(
+            box,
+            subject=subject,
+            text=texts.get(key, "Hello"),
+            sender=senders.get(key, "Sender <s@example.com>"),
+            cc="会议室 <room@example.com>" if key == "meeting" else None,
+        )
+        smtp_send(harness.server, [box], message.as_bytes())
+    key_of = {subject: key for key, subject in UNICODE_SUBJECTS.items()}
+
+    def found(q: str) -> set[str]:
+        messages = client.inboxes.messages.search(box, q=q).messages
+        return {key_of[m.subject or ""] for m in messages}
+
+    assert {q: found(q) for q in UNICODE_SEARCHES} == UNICODE_SEARCHES
+    assert client.inboxes.threads.search(box, q="ⅻ").count == 1
+    assert client.inboxes.threads.search(box, q="k会").count == 1
+    assert client.inboxes.messages.list(box, subject=["会议"]).count == 2
+    assert client.inboxes.messages.list(box, subject=["ＡＢＣ"]).count == 1
+    assert client.inboxes.messages.list(box, from_=["王会"]).count == 1
+    assert client.inboxes.messages.list(box, to=["会议室"]).count == 1
+    assert client.inboxes.threads.list(box, senders=["王会议"]).count == 1
+
+
 def test_batch_get_update_and_delete(harness: Harness) -> None:
     client = harness.client()
     inbox = client.inboxes.create()

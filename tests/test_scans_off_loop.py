@@ -7,7 +7,6 @@ threads (db/sqlite_scans); a cheap request sent meanwhile is answered before the
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from agentmx.testing.server import ServerProcess
+from scan_support import seed_messages
 
 MESSAGES = 30_000
 # Each word but the last matches every message, so SQLite tests them all against every message: on
@@ -28,52 +28,12 @@ SLOW_SUBJECTS = ["subject"] * 100 + ["subject 2999"]
 SLOW_REQUESTS = {  # route, query, messages or threads found
     "message search": ("messages/search", {"q": SLOW_QUERY}, 0),
     "thread search": ("threads/search", {"q": SLOW_QUERY}, 0),
+    # "ü" has no letters SQLite's own LIKE could rule rows out with: a Python lower() per row, which
+    # takes the GIL the loop needs each time (db/text_match).
+    "non-ASCII search": ("messages/search", {"q": "text " * 24 + "ü"}, 0),
     "filtered list": ("messages", {"subject": SLOW_SUBJECTS}, 11),
 }
 HEAD_START = 0.3  # seconds for the search to reach the server before the cheap request is sent
-
-
-def _seed(server: ServerProcess, inbox_id: str) -> None:
-    """MESSAGES messages in one thread of ``inbox_id``, written straight into the database."""
-    conn = sqlite3.connect(server.data_dir / "agentmx.db", timeout=30)
-    try:
-        org, pod = conn.execute(
-            "SELECT organization_id, pod_id FROM inboxes WHERE id = ?", (inbox_id,)
-        ).fetchone()
-        when = "2026-01-01 00:00:00.000000"
-        with conn:
-            conn.execute(
-                "INSERT INTO threads (id, organization_id, pod_id, inbox_id, subject, preview, senders,"
-                " recipients, message_count, size, timestamp, created_at, updated_at)"
-                " VALUES ('thd_scan', ?, ?, ?, 'subject', 'preview', '[\"a@example.com\"]', ?, ?, 0, ?, ?, ?)",
-                (org, pod, inbox_id, f'["{inbox_id}"]', MESSAGES, when, when, when),
-            )
-            conn.execute(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-                " INSERT INTO messages (id, message_id, organization_id, pod_id, inbox_id, thread_id,"
-                ' direction, timestamp, from_addr, "to", cc, bcc, reply_to, subject, preview, text,'
-                ' "references", headers, size, created_at, updated_at)'
-                " SELECT 'msg_scan' || i, '<scan' || i || '@example.com>', ?, ?, ?, 'thd_scan', 'inbound',"
-                " ?, 'a@example.com', ?, '[]', '[]', '[]', ? || i, 'preview', ?, '[]', '{}',"
-                " 100, ?, ? FROM n",
-                (
-                    MESSAGES,
-                    org,
-                    pod,
-                    inbox_id,
-                    when,
-                    f'["{inbox_id}"]',
-                    "subject " * 40,
-                    "body text " * 40,
-                    when,
-                    when,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO message_labels SELECT id, 'received' FROM messages WHERE thread_id = 'thd_scan'"
-            )
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("slow", SLOW_REQUESTS)
@@ -86,7 +46,7 @@ def test_a_cheap_request_is_answered_while_a_scan_runs(
     route, params, found = SLOW_REQUESTS[slow]
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:
         inbox_id = http.post("/v0/inboxes", json={"username": "scanned"}).json()["inbox_id"]
-        _seed(server, inbox_id)
+        seed_messages(server, inbox_id, MESSAGES, "subject " * 40, "body text " * 40)
 
         scan: dict[str, Any] = {}
 

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentmx.db import text_match
 from agentmx.db.models import ApiKey, Inbox
 from agentmx.db.row_locks import RowLock, get_row
-from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import AlreadyTaken, NotFound, Unprocessable
@@ -290,9 +290,9 @@ async def search_inboxes(
         await get_pod(session, caller, pod_id)
         stmt = stmt.where(Inbox.pod_id == pod_id)
     for word in words:
-        pattern = f"%{word.replace('%', '').replace('_', '')}%"
+        text = word.replace("%", "").replace("_", "")
         stmt = stmt.where(
-            or_(lowered(Inbox.id, word).like(pattern), lowered(Inbox.display_name, word).like(pattern))
+            or_(text_match.contains(Inbox.id, text), text_match.contains(Inbox.display_name, text))
         )
     candidates = (await session.scalars(stmt.order_by(Inbox.created_at.desc()).limit(5000))).all()
     ranked = sorted(

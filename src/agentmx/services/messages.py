@@ -25,8 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, load_only
 
+from agentmx.db import text_match
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
-from agentmx.db.text_match import lowered
 from agentmx.db.types import utcnow
 from agentmx.errors import NotFound, ValidationFailed
 from agentmx.mail import hidden_chars
@@ -99,22 +99,18 @@ def unreadable_labels(caller: Caller) -> set[str]:
     return {x for x in HIDDEN_LABELS if not caller.can(f"label_{x}_read")}
 
 
-def _like(value: str) -> str:
-    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def contains(column: Any, value: str) -> Any:
-    return lowered(column, value).like(_like(value), escape="\\")
+    return text_match.contains(column, value.lower())
 
 
 def json_contains(column: Any, value: str) -> Any:
     """Substring of a JSON list column's text: raw UTF-8, or \\uXXXX escapes (rows written before orjson), so try both."""
-    text = lowered(cast(column, Text), value)
-    escaped = json.dumps(value.lower())[1:-1]
-    if escaped == value.lower():
-        return text.like(_like(value), escape="\\")
-    return or_(text.like(_like(value), escape="\\"), text.like(_like(escaped), escape="\\"))
+    text = cast(column, Text)
+    lowered = value.lower()
+    escaped = json.dumps(lowered)[1:-1]
+    if escaped == lowered:
+        return text_match.contains(text, lowered)
+    return or_(text_match.contains(text, lowered), text_match.contains(text, escaped, looked_for=lowered))
 
 
 def has_label(label: str | BindParameter[str], message_pk: Any = Message.id) -> Any:
