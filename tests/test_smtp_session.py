@@ -163,6 +163,25 @@ def test_lines_over_1000_octets_are_taken_whole(harness: Harness) -> None:
     assert stored.text.split("\n")[:3] == [long_line, dotted, "end"]
 
 
+def test_command_lines_over_their_limit_get_500_and_the_session_goes_on(harness: Harness) -> None:
+    """Past RFC 5321's 1000 octets and past the session reader's limit, a command line is read to its
+    end and refused; the next commands are answered as usual."""
+    inbox = harness.client().inboxes.create().inbox_id
+    with socket.create_connection(("127.0.0.1", harness.server.smtp_port), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"HELO client.example\r\n")
+        assert f.readline().startswith(b"250")
+        for size in (2_000, 70_000, 300_000):
+            sock.sendall(b"NOOP " + b"x" * size + b"\r\n")
+            assert f.readline() == b"500 5.5.2 Command line too long\r\n"
+        sock.sendall(f"MAIL FROM:<a@example.com>\r\nRCPT TO:<{inbox}>\r\nDATA\r\n".encode())
+        assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        sock.sendall(make_message(inbox, "after long commands").as_bytes() + b".\r\n")
+        assert f.readline().startswith(b"250 2.0.0")
+    assert harness.client().inboxes.messages.list(inbox).count == 1
+
+
 @pytest.mark.parametrize(
     ("a_label", "written"),
     # IDNA 2008 (as DNS and agentmx's domains have it): "straße" is not IDNA 2003's "strasse".

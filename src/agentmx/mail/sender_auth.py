@@ -12,6 +12,7 @@ check its own submissions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -89,8 +90,19 @@ def client_ip(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 def checked(settings: Settings, peer: Any) -> str | None:
     """The client IP to check mail from, or None (checks off, a trusted network, no IP)."""
-    address = client_ip(peer) if settings.inbound_sender_checks else None
-    if address is None or any(address in network for network in settings.trusted_networks):
+    if not settings.inbound_sender_checks or not isinstance(peer, (tuple, list)) or not peer:
+        return None
+    return _untrusted(str(peer[0]), settings.trusted_networks)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every message: parsing and matching cost more than the lookup
+def _untrusted(host: str, trusted: tuple[Network, ...]) -> str | None:
+    """``host`` as the IP to check, or None when it is in a trusted network or is no IP."""
+    address = client_ip((host,))
+    if address is None or any(address in network for network in trusted):
         return None
     return str(address)
 

@@ -125,6 +125,11 @@ class LimitedSMTP(SMTP):
     """aiosmtpd's protocol, answering 421 and closing when the listener or the client IP is at its cap."""
 
     data_line_limit: int | None = None  # DATA lines of any length (smtp/data.py), as Postfix takes them
+    # aiosmtpd makes it the session's StreamReader limit (its 1001 is RFC 5321's text line). The reader
+    # pauses the socket above twice that, and readuntil gives up past it: a 4 KB body paused and resumed
+    # the socket (two epoll_ctl calls) and took two reads and a LimitOverrunError. Commands keep their
+    # own limits (command_size_limits: 500 "Command line too long", as before), DATA lines ours.
+    line_length_limit = 64 * 1024
 
     def __dir__(self) -> list[str]:
         return names_for_aiosmtpd(self, ("smtp_", "auth_"))

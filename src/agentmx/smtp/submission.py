@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Inbox
@@ -51,7 +51,8 @@ class SubmissionSMTP(LimitedSMTP):
 
     # The message goes on to other MTAs as written: a line over RFC 5321's 1000 octets is refused
     # here (500), where the agent sees why, not bounced later by a receiver that refuses it.
-    data_line_limit = LimitedSMTP.line_length_limit
+    data_line_limit = SMTP.line_length_limit
+    line_length_limit = SMTP.line_length_limit  # aiosmtpd's: AUTH's answers too are read as lines
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
