@@ -17,6 +17,7 @@ from html import unescape
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
@@ -529,9 +530,34 @@ async def receive(
     blobs = await put_blobs(rt, raw, parsed)
     from agentmx.services import inbound_batch  # noqa: PLC0415 (it builds on this module)
 
-    copies = [inbound_batch.InboundCopy(inbox, raw, parsed, blobs, labels) for _, inbox, labels in accepted]
     committer = group_commit.committer(rt, inbound_batch.store_deliveries)
-    stored = await committer.submit(copies)
+    while True:
+        copies = [
+            inbound_batch.InboundCopy(inbox, raw, parsed, blobs, labels) for _, inbox, labels in accepted
+        ]
+        try:
+            stored = await committer.submit(copies)
+            break
+        except IntegrityError:
+            # An inbox deleted since its check (or whose deletion this process has not heard of yet):
+            # its copy's foreign key failed. That recipient is refused as at RCPT (550 5.1.1, not a 451
+            # the sender would retry for nothing); the others' copies are stored without it.
+            gone = await _deleted_inboxes(rt, {inbox.id for _, inbox, _ in accepted})
+            if not gone:
+                raise
+            for address, inbox, _ in accepted:
+                if inbox.id in gone:
+                    results[address] = ReceiveResult("rejected", error=NotFound(f"No such inbox: {address}"))
+            accepted = [a for a in accepted if a[1].id not in gone]
+            if not accepted:
+                return results
     for (address, _, _), (message, fresh) in zip(accepted, stored, strict=True):
         results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
     return results
+
+
+async def _deleted_inboxes(rt: Runtime, inbox_ids: set[str]) -> set[str]:
+    """Those of ``inbox_ids`` no longer in the database."""
+    async with rt.db.read() as session:
+        found = await session.scalars(select(Inbox.id).where(Inbox.id.in_(inbox_ids)))
+        return inbox_ids - set(found.all())
