@@ -17,7 +17,6 @@ from html import unescape
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
@@ -538,26 +537,17 @@ async def receive(
         try:
             stored = await committer.submit(copies)
             break
-        except IntegrityError:
-            # An inbox deleted since its check (or whose deletion this process has not heard of yet):
-            # its copy's foreign key failed. That recipient is refused as at RCPT (550 5.1.1, not a 451
-            # the sender would retry for nothing); the others' copies are stored without it.
-            gone = await _deleted_inboxes(rt, {inbox.id for _, inbox, _ in accepted})
-            if not gone:
-                raise
+        except inbound_batch.InboxesGone as exc:
+            # An inbox deleted since its check (or whose deletion this process has not heard of yet).
+            # That recipient is refused as at RCPT (550 5.1.1, not a 451 the sender would retry for
+            # nothing); the others' copies are stored without it. The next RCPT reads the inbox again.
+            rt.ingest_cache.clear()
             for address, inbox, _ in accepted:
-                if inbox.id in gone:
+                if inbox.id in exc.inbox_ids:
                     results[address] = ReceiveResult("rejected", error=NotFound(f"No such inbox: {address}"))
-            accepted = [a for a in accepted if a[1].id not in gone]
+            accepted = [a for a in accepted if a[1].id not in exc.inbox_ids]
             if not accepted:
                 return results
     for (address, _, _), (message, fresh) in zip(accepted, stored, strict=True):
         results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
     return results
-
-
-async def _deleted_inboxes(rt: Runtime, inbox_ids: set[str]) -> set[str]:
-    """Those of ``inbox_ids`` no longer in the database."""
-    async with rt.db.read() as session:
-        found = await session.scalars(select(Inbox.id).where(Inbox.id.in_(inbox_ids)))
-        return inbox_ids - set(found.all())
