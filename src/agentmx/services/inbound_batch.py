@@ -81,18 +81,40 @@ class InboxesGone(Exception):
         self.inbox_ids = inbox_ids
 
 
-async def _pin_checked_inboxes(session: AsyncSession, copies: list[InboundCopy]) -> None:
+_i = table_of(Inbox).c
+_CHECKED = (_i.id, _i.organization_id, _i.pod_id, _i.created_at)  # what tells one inbox from the next
+# PostgreSQL: pinned (FOR KEY SHARE, in id order: row_locks), one text for any number of inboxes.
+_PIN_INBOXES_ARRAYS = (
+    select(*_CHECKED)
+    .where(_i.id == any_(bindparam("inboxes", type_=ARRAY(String))))
+    .order_by(_i.id)
+    .with_for_update(read=True, key_share=True)
+)
+# SQLite: writers are serialised (BEGIN IMMEDIATE), so a read in the batch's transaction holds.
+_INBOXES_JSON = select(*_CHECKED).where(_i.id.in_(_json_values("inboxes")))
+
+
+async def _checked_inboxes_on_sqlite(session: AsyncSession, inbox_ids: list[str]) -> list[Any]:
+    conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
+    assert driver is not None
+    compiled = driver_reads.compiled(_INBOXES_JSON, conn.dialect)
+    args = compiled.args({"inboxes": json.dumps(inbox_ids, ensure_ascii=False)})
+    raw = on_sqlite(driver.execute, compiled.sql, args).fetchall()
+    return compiled.rows(raw, lambda: [c.key for c in _CHECKED])
+
+
+async def _pin_checked_inboxes(session: AsyncSession, rt: Runtime, copies: list[InboundCopy]) -> None:
     """Pin the copies' inboxes (row_locks: inbox before thread; a deletion now waits for this batch),
     or raise InboxesGone for those no longer the inbox that was checked. An address is an inbox's id:
     one made again there (in another pod, or organization) would otherwise take the old one's mail,
     stored under the old one's pod and organization."""
-    found = await session.execute(
-        select(Inbox.id, Inbox.organization_id, Inbox.pod_id, Inbox.created_at)
-        .where(Inbox.id.in_({c.inbox.id for c in copies}))
-        .order_by(Inbox.id)
-        .with_for_update(read=True, key_share=True)
-    )
-    current = {row.id: tuple(row[1:]) for row in found.all()}
+    ids = sorted({c.inbox.id for c in copies})
+    if rt.db.is_sqlite:
+        found = await _checked_inboxes_on_sqlite(session, ids)
+    else:
+        found = list((await session.execute(_PIN_INBOXES_ARRAYS, {"inboxes": ids})).all())
+    current = {row.id: (row.organization_id, row.pod_id, row.created_at) for row in found}
     gone = {
         c.inbox.id
         for c in copies
@@ -107,7 +129,7 @@ async def store_inbound(
 ) -> list[tuple[Message, bool]]:
     """Store each copy (or find its earlier copy); returns (message, is_new) in order. Raises
     InboxesGone, storing nothing, when an inbox is not the one its copy's recipient check found."""
-    await _pin_checked_inboxes(session, copies)
+    await _pin_checked_inboxes(session, rt, copies)
     now = utcnow()
     ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
     lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
