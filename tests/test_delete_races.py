@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import smtplib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,84 @@ def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
                 http.post(f"/v0/inboxes/{address}/webhooks", json={"url": HOOK_URL}).raise_for_status()
             deleted = _race([partial(http.delete, f"/v0/inboxes/{address}") for address in addresses])
             assert all(r.status_code == 204 for r in deleted), _codes(deleted)
+
+
+def _data_replies(
+    harness: Harness, address: str, sessions: int, meanwhile: Callable[[httpx.Client], None]
+) -> list[int]:
+    """SMTP sessions to ``address`` past RCPT; their DATA sent all at once while ``meanwhile`` runs
+    (deleting the inbox). Returns each DATA's reply code."""
+    clients = []
+    for i in range(sessions):
+        smtp = smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30)
+        smtp.ehlo()
+        smtp.mail("sender@example.test")
+        code, _ = smtp.rcpt(address)
+        assert code == 250
+        clients.append((i, smtp))
+
+    def data(item: tuple[int, smtplib.SMTP]) -> int:
+        i, smtp = item
+        time.sleep(random.uniform(0, 0.02))
+        body = f"From: sender@example.test\r\nTo: {address}\r\nSubject: m{i}\r\n\r\nhi\r\n"
+        code, _ = smtp.data(body.encode())
+        smtp.close()
+        return code
+
+    with _http(harness) as http, ThreadPoolExecutor(sessions + 1) as pool:
+        codes = pool.map(data, clients)
+        done = pool.submit(lambda: (time.sleep(0.01), meanwhile(http)))
+        done.result()
+        return list(codes)
+
+
+def _delete(address: str) -> Callable[[httpx.Client], None]:
+    def run(http: httpx.Client) -> None:
+        assert http.delete(f"/v0/inboxes/{address}").status_code == 204
+
+    return run
+
+
+def test_mail_for_an_inbox_deleted_before_its_store_is_refused_not_deferred(harness: Harness) -> None:
+    """Mail whose recipient passed RCPT and whose inbox is deleted before the message is stored: a 250
+    (stored, then deleted with the inbox) or a 550 5.1.1 (no such inbox), never a 451 that has the
+    sender retry mail nobody can receive (the insert failed on its foreign key, with a traceback)."""
+    codes: list[int] = []
+    for _ in range(3):
+        with _http(harness) as http:
+            address = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+        codes += _data_replies(harness, address, sessions=16, meanwhile=_delete(address))
+    assert set(codes) <= {250, 550}, sorted(codes)
+
+
+def test_mail_for_a_deleted_inbox_does_not_land_in_the_one_made_again_in_another_pod(
+    harness: Harness,
+) -> None:
+    """An inbox deleted and made again at its address, in another pod, while mail for the first one is
+    being stored: that mail was stored in the new inbox under the old pod (and organization), so the
+    old pod listed, and its keys read, the new inbox's threads, and the new pod did not."""
+    with _http(harness) as http:
+        old_pod, new_pod = (http.post("/v0/pods", json={"name": f"p{i}"}).json()["pod_id"] for i in range(2))
+        for _ in range(3):
+            username = harness.new_username()
+            address = http.post(f"/v0/pods/{old_pod}/inboxes", json={"username": username}).json()["inbox_id"]
+            again = partial(_made_again, address=address, username=username, pod=new_pod)
+            codes = _data_replies(harness, address, sessions=16, meanwhile=again)
+            assert set(codes) <= {250, 550}, sorted(codes)
+            in_inbox = http.get(f"/v0/inboxes/{address}/threads", params={"limit": 100}).json()["count"]
+            listed = [_threads_listed(http, pod, address) for pod in (old_pod, new_pod)]
+            assert listed == [0, in_inbox]
+
+
+def _made_again(http: httpx.Client, *, address: str, username: str, pod: str) -> None:
+    _delete(address)(http)
+    made = http.post(f"/v0/pods/{pod}/inboxes", json={"username": username})
+    assert made.status_code == 200, made.text
+
+
+def _threads_listed(http: httpx.Client, pod: str, address: str) -> int:
+    threads = http.get(f"/v0/pods/{pod}/threads", params={"limit": 100}).json()["threads"]
+    return sum(1 for t in threads if t["inbox_id"] == address)
 
 
 def test_a_reply_while_its_inbox_is_deleted_does_not_deadlock(tmp_path: Path) -> None:

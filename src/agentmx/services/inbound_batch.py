@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentmx.db import driver_reads
 from agentmx.db.bulk import insert_all
 from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
-from agentmx.db.row_locks import pin_inboxes
 from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
@@ -74,10 +73,63 @@ class InboundCopy:
     labels: set[str]
 
 
+class InboxesGone(Exception):
+    """Inboxes deleted (or deleted and made again) since the recipients of their copies were checked."""
+
+    def __init__(self, inbox_ids: set[str]) -> None:
+        super().__init__(f"inboxes gone: {sorted(inbox_ids)}")
+        self.inbox_ids = inbox_ids
+
+
+_i = table_of(Inbox).c
+_CHECKED = (_i.id, _i.organization_id, _i.pod_id, _i.created_at)  # what tells one inbox from the next
+# PostgreSQL: pinned (FOR KEY SHARE, in id order: row_locks), one text for any number of inboxes.
+_PIN_INBOXES_ARRAYS = (
+    select(*_CHECKED)
+    .where(_i.id == any_(bindparam("inboxes", type_=ARRAY(String))))
+    .order_by(_i.id)
+    .with_for_update(read=True, key_share=True)
+)
+# SQLite: writers are serialised (BEGIN IMMEDIATE), so a read in the batch's transaction holds.
+_INBOXES_JSON = select(*_CHECKED).where(_i.id.in_(_json_values("inboxes")))
+
+
+async def _checked_inboxes_on_sqlite(session: AsyncSession, inbox_ids: list[str]) -> list[Any]:
+    conn = await session.connection()
+    driver = sqlite_driver(conn.sync_connection)
+    assert driver is not None
+    compiled = driver_reads.compiled(_INBOXES_JSON, conn.dialect)
+    args = compiled.args({"inboxes": json.dumps(inbox_ids, ensure_ascii=False)})
+    raw = on_sqlite(driver.execute, compiled.sql, args).fetchall()
+    return compiled.rows(raw, lambda: [c.key for c in _CHECKED])
+
+
+async def _pin_checked_inboxes(session: AsyncSession, rt: Runtime, copies: list[InboundCopy]) -> None:
+    """Pin the copies' inboxes (row_locks: inbox before thread; a deletion now waits for this batch),
+    or raise InboxesGone for those no longer the inbox that was checked. An address is an inbox's id:
+    one made again there (in another pod, or organization) would otherwise take the old one's mail,
+    stored under the old one's pod and organization."""
+    ids = sorted({c.inbox.id for c in copies})
+    if rt.db.is_sqlite:
+        found = await _checked_inboxes_on_sqlite(session, ids)
+    else:
+        found = list((await session.execute(_PIN_INBOXES_ARRAYS, {"inboxes": ids})).all())
+    current = {row.id: (row.organization_id, row.pod_id, row.created_at) for row in found}
+    gone = {
+        c.inbox.id
+        for c in copies
+        if current.get(c.inbox.id) != (c.inbox.organization_id, c.inbox.pod_id, c.inbox.created_at)
+    }
+    if gone:
+        raise InboxesGone(gone)
+
+
 async def store_inbound(
     session: AsyncSession, rt: Runtime, copies: list[InboundCopy]
 ) -> list[tuple[Message, bool]]:
-    """Store each copy (or find its earlier copy); returns (message, is_new) in order."""
+    """Store each copy (or find its earlier copy); returns (message, is_new) in order. Raises
+    InboxesGone, storing nothing, when an inbox is not the one its copy's recipient check found."""
+    await _pin_checked_inboxes(session, rt, copies)
     now = utcnow()
     ids = [mailstore.message_id_for(c.parsed, c.raw, c.inbox) for c in copies]
     lookups = [mailstore.lookup_ids(mid, c.parsed) for mid, c in zip(ids, copies, strict=True)]
@@ -107,9 +159,8 @@ async def store_inbound(
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
-        # Inboxes pinned first (row_locks: inbox before thread); threads locked in id order, so that
-        # batches sharing threads cannot deadlock.
-        await pin_inboxes(session, [c.inbox.id for c in copies])
+        # Threads locked in id order (their inboxes are pinned already), so that batches sharing
+        # threads cannot deadlock.
         found = await session.scalars(
             select(Thread)
             .where(Thread.id.in_(thread_ids))

@@ -529,9 +529,25 @@ async def receive(
     blobs = await put_blobs(rt, raw, parsed)
     from agentmx.services import inbound_batch  # noqa: PLC0415 (it builds on this module)
 
-    copies = [inbound_batch.InboundCopy(inbox, raw, parsed, blobs, labels) for _, inbox, labels in accepted]
     committer = group_commit.committer(rt, inbound_batch.store_deliveries)
-    stored = await committer.submit(copies)
+    while True:
+        copies = [
+            inbound_batch.InboundCopy(inbox, raw, parsed, blobs, labels) for _, inbox, labels in accepted
+        ]
+        try:
+            stored = await committer.submit(copies)
+            break
+        except inbound_batch.InboxesGone as exc:
+            # An inbox deleted since its check (or whose deletion this process has not heard of yet).
+            # That recipient is refused as at RCPT (550 5.1.1, not a 451 the sender would retry for
+            # nothing); the others' copies are stored without it. The next RCPT reads the inbox again.
+            rt.ingest_cache.clear()
+            for address, inbox, _ in accepted:
+                if inbox.id in exc.inbox_ids:
+                    results[address] = ReceiveResult("rejected", error=NotFound(f"No such inbox: {address}"))
+            accepted = [a for a in accepted if a[1].id not in exc.inbox_ids]
+            if not accepted:
+                return results
     for (address, _, _), (message, fresh) in zip(accepted, stored, strict=True):
         results[address] = ReceiveResult("stored" if fresh else "duplicate", message=message)
     return results
