@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
+from agentmx.mail import plain_message
 from agentmx.mail.policy import memo_default
 from agentmx.mail.quotes import extract_html, extract_text
 
@@ -338,13 +340,16 @@ def valid_mime_type(ctype: str) -> str:
 def _headers(msg: Message) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
-        items = msg.raw_items() if isinstance(msg, EmailMessage) else msg.items()
-        for name, value in items:
-            if name not in out:
-                out[name] = _clean(" ".join(_decode_raw_header(value).split()))
+        _add_headers(out, msg.raw_items() if isinstance(msg, EmailMessage) else msg.items())
     except Exception:  # noqa: BLE001
         pass
     return out
+
+
+def _add_headers(out: dict[str, str], items: Iterable[tuple[str, Any]]) -> None:
+    for name, value in items:
+        if name not in out:
+            out[name] = _clean(" ".join(_decode_raw_header(value).split()))
 
 
 def preview_of(text: str | None) -> str | None:
@@ -392,6 +397,11 @@ def _load_single_part(raw: bytes) -> Message | None:
 
 def parse_message(raw: bytes) -> ParsedMessage:
     try:
+        if (plain := plain_message.read(raw)) is not None:
+            return _parse_plain(plain, raw)
+    except Exception:  # noqa: BLE001 (the whole parse decides)
+        pass
+    try:
         return _parse(_load(raw), raw)
     except Exception:  # noqa: BLE001 (last resort: compat32, then plain text)
         try:
@@ -435,12 +445,47 @@ def _parse_joined(head: bytes, raw: bytes) -> ParsedMessage:
 def _parse(msg: Message, raw: bytes) -> ParsedMessage:
     parsed = ParsedMessage(size=len(raw))
     fields = _raw_headers(msg)
-    from_list = _addresses(msg, fields, "From")
+    _read_fields(parsed, fields, lambda name: _addresses(msg, fields, name))
+    parsed.headers = _headers(msg)
+    texts: list[str] = []
+    htmls: list[str] = []
+    _walk(msg, parsed, texts, htmls)
+    _set_bodies(parsed, texts, htmls)
+    return parsed
+
+
+def _parse_plain(plain: plain_message.PlainMessage, raw: bytes) -> ParsedMessage:
+    """``_parse(_load(raw), raw)`` for a plain message (``mail/plain_message.py``), without the email package."""
+    parsed = ParsedMessage(size=len(raw))
+    _read_fields(parsed, plain.first, lambda name: _plain_addresses(plain, name))
+    _add_headers(parsed.headers, plain.fields)
+    _set_bodies(parsed, [_clean(_plain_text(plain.body, plain.charset))], [])
+    return parsed
+
+
+def _plain_addresses(plain: plain_message.PlainMessage, name: str) -> list[str]:
+    mailboxes = plain.mailboxes.get(name.lower(), ())
+    return [a for a in (_format_address(n, e) for n, e in mailboxes) if a]
+
+
+def _plain_text(body: bytes, charset: str | None) -> str:
+    """``_payload_text`` of a 7- or 8-bit text part: the content manager decodes with "replace"."""
+    if charset in UNDECLARED_CHARSETS and not body.isascii():
+        return _decoded(body, ("utf-8", "cp1252"))
+    return body.decode(charset or "ascii", "replace")
+
+
+def _read_fields(
+    parsed: ParsedMessage, fields: dict[str, Any], addresses: Callable[[str], list[str]]
+) -> None:
+    """The fields of ``parsed`` read from the header: ``fields`` (each first value by lower-case name)
+    and ``addresses`` (an address field's formatted mailboxes)."""
+    from_list = addresses("From")
     parsed.from_ = from_list[0] if from_list else (_field_text(fields.get("from")) or "")
-    parsed.to = _addresses(msg, fields, "To")
-    parsed.cc = _addresses(msg, fields, "Cc")
-    parsed.bcc = _addresses(msg, fields, "Bcc")
-    parsed.reply_to = _addresses(msg, fields, "Reply-To")
+    parsed.to = addresses("To")
+    parsed.cc = addresses("Cc")
+    parsed.bcc = addresses("Bcc")
+    parsed.reply_to = addresses("Reply-To")
     parsed.subject = _field_text(fields.get("subject"))
     parsed.message_id = _message_id(_field_text(fields.get("message-id")))
     parsed.in_reply_to = _message_id(_field_text(fields.get("in-reply-to")))
@@ -451,13 +496,11 @@ def _parse(msg: Message, raw: bytes) -> ParsedMessage:
             parsed.date = parsedate_to_datetime(date)
         except (TypeError, ValueError, IndexError):
             parsed.date = None
-    parsed.headers = _headers(msg)
-    texts: list[str] = []
-    htmls: list[str] = []
-    _walk(msg, parsed, texts, htmls)
+
+
+def _set_bodies(parsed: ParsedMessage, texts: list[str], htmls: list[str]) -> None:
     parsed.text = "\n".join(texts) if texts else None
     parsed.html = "\n".join(htmls) if htmls else None
     parsed.preview = preview_of(parsed.text)
     parsed.extracted_text = extract_text(parsed.text) if parsed.text is not None else None
     parsed.extracted_html = extract_html(parsed.html) if parsed.html is not None else None
-    return parsed
