@@ -229,7 +229,7 @@ BODY = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)  # 40,000 passed once; 1,000 keep the suite fast
 @given(
     fields=st.one_of(
         st.lists(field(), min_size=1, max_size=9),
