@@ -21,8 +21,9 @@ RecipientCheck = Callable[[AsyncSession, "Runtime", "Inbox"], Awaitable[None]]
 recipient_checks: list[RecipientCheck] = []
 
 # Inbound classification: extra labels for a received message (e.g. {"blocked"}, {"spam"}).
-# Called with (session, rt, inbox, envelope_from, header_from, in_reply_to) before the message is stored.
-InboundLabeler = Callable[[AsyncSession, "Runtime", "Inbox", str, str, str | None], Awaitable[set[str]]]
+# Called with (rt, inbox, envelope_from, header_from, in_reply_to) before the message is stored; a
+# labeler opens a read session only when it must query (most mail is answered from caches).
+InboundLabeler = Callable[["Runtime", "Inbox", str, str, str | None], Awaitable[set[str]]]
 inbound_labelers: list[InboundLabeler] = []
 
 # Outbound policy: raise errors.MessageRejected to refuse a send to these recipients.

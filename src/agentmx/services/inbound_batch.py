@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
 from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
+from agentmx.failure_log import FailureLog
 from agentmx.mail.parse import ParsedMessage
 from agentmx.services import blob_bytes, events, mailstore
 from agentmx.services.mailstore import HIDDEN_LABELS, StoredBlobs
@@ -62,6 +64,33 @@ async def _known_ids_on_sqlite(session: AsyncSession, inboxes: list[str], ids: l
     args = compiled.args(values)
     rows: list[Any] = on_sqlite(driver.execute, compiled.sql, args).fetchall()
     return rows
+
+
+_known_ids_aside = FailureLog(
+    logging.getLogger("agentmx.smtp"), "known Message-ID lookup beside an inbound batch"
+)
+
+
+async def _known_ids_on_postgres(
+    session: AsyncSession, rt: Runtime, params: dict[str, list[str]]
+) -> list[Any]:
+    """The stored copies' ids, read before the transaction begins, on the driver's connection.
+
+    Under READ COMMITTED the transaction's own first statement would see what was committed when it
+    ran, no more, as this autocommit read does (group commit runs one batch at a time, so earlier
+    batches are committed). Through the session it cost an ORM execute a batch (~0.15 ms of CPU).
+    Without a spare connection, or if the read fails, the transaction reads them itself.
+    """
+    if rt.db.has_spare_connection():
+        try:
+            async with rt.db.read_driver() as conn:
+                found = (await conn.execute(_KNOWN_IDS_ARRAYS, params)).all()
+        except Exception as exc:  # noqa: BLE001 (read again below, where an error fails the batch)
+            _known_ids_aside.failed(exc)
+        else:
+            _known_ids_aside.succeeded()
+            return found
+    return list((await session.execute(_KNOWN_IDS_ARRAYS, params)).all())
 
 
 @dataclass
@@ -148,13 +177,13 @@ async def store_inbound(
             # Both finish before either's error is raised: the transaction's rollback must not meet a
             # statement still running on its connection (asyncpg would then pool it mid-transaction).
             rows, _ = await asyncio.gather(
-                session.execute(_KNOWN_IDS_ARRAYS, {"inboxes": inbox_pks, "ids": message_ids}),
+                _known_ids_on_postgres(session, rt, {"inboxes": inbox_pks, "ids": message_ids}),
                 webhooks,
                 return_exceptions=True,
             )
             if isinstance(rows, BaseException):
                 raise rows
-            known_rows = list(rows.all())
+            known_rows = rows
         known = {(i, m): (pk, tid) for i, m, pk, tid in known_rows if (i, m) in wanted}
     thread_ids = {tid for _, tid in known.values()}
     threads: dict[str, Thread] = {}

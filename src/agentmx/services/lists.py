@@ -206,6 +206,16 @@ async def delete_entry(
     await session.flush()
 
 
+def _scopes_key(organization_id: str, direction: str) -> tuple[str, str, str]:
+    return ("list-scopes", organization_id, direction)
+
+
+def _known_without_entries(rt: Runtime, scopes: set[str], organization_id: str, direction: str) -> bool:
+    """Whether the ingest cache says none of ``scopes`` holds an entry for ``direction``."""
+    cached = rt.ingest_cache.get(_scopes_key(organization_id, direction))
+    return cached is not MISSING and not scopes & cached
+
+
 async def scopes_with_entries(
     session: AsyncSession, rt: Runtime, organization_id: str, direction: str
 ) -> set[str]:
@@ -213,7 +223,7 @@ async def scopes_with_entries(
 
     Most scopes have no list at all: then no mail needs an entry lookup.
     """
-    key = ("list-scopes", organization_id, direction)
+    key = _scopes_key(organization_id, direction)
     cached = rt.ingest_cache.get(key)
     if cached is not MISSING:
         return cast(set[str], cached)
@@ -309,15 +319,21 @@ async def _is_reply(session: AsyncSession, inbox: Inbox, in_reply_to: str | None
 
 
 async def inbound_labeler(
-    session: AsyncSession,
-    rt: Runtime,
-    inbox: Inbox,
-    envelope_from: str,
-    header_from: str,
-    in_reply_to: str | None,
+    rt: Runtime, inbox: Inbox, envelope_from: str, header_from: str, in_reply_to: str | None
 ) -> set[str]:
-    direction = "reply" if await _is_reply(session, inbox, in_reply_to) else "receive"
-    refused = await refuses(session, inbox, direction, [envelope_from, header_from], rt)
+    # A reply's direction is "reply" or "receive" (whether it answers our mail): both must be empty.
+    directions = ("receive", "reply") if in_reply_to else ("receive",)
+    scopes = {inbox.id, inbox.pod_id, inbox.organization_id}
+    if all(_known_without_entries(rt, scopes, inbox.organization_id, d) for d in directions):
+        return set()  # most mail: no list in the inbox's scopes, and no session (~30 us a message)
+    async with rt.db.read() as session:
+        for d in directions:  # (and cached for the next message)
+            if scopes & await scopes_with_entries(session, rt, inbox.organization_id, d):
+                break
+        else:
+            return set()
+        direction = "reply" if await _is_reply(session, inbox, in_reply_to) else "receive"
+        refused = await refuses(session, inbox, direction, [envelope_from, header_from], rt)
     return {"blocked"} if refused else set()
 
 

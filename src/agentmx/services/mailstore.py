@@ -510,20 +510,19 @@ async def receive(
     results: dict[str, ReceiveResult] = {}
     accepted: list[tuple[str, Inbox, set[str]]] = []
     content_labels = _content_labels(parsed)
-    async with rt.db.read() as session:
-        for rcpt in rcpt_tos:
-            address = envelope_recipient(rt, rcpt)
-            if address in results or any(a == address for a, _, _ in accepted):
-                continue
-            try:
-                inbox = await recipient_inbox(rt, address)
-            except AgentMXError as exc:
-                results[address] = ReceiveResult("rejected", error=exc)
-                continue
-            labels = {"received", "unread"} | _auth_labels(rt, parsed, sender) | content_labels
-            for labeler in hooks.inbound_labelers:
-                labels |= await labeler(session, rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
-            accepted.append((address, inbox, labels))
+    for rcpt in rcpt_tos:
+        address = envelope_recipient(rt, rcpt)
+        if address in results or any(a == address for a, _, _ in accepted):
+            continue
+        try:
+            inbox = await recipient_inbox(rt, address)
+        except AgentMXError as exc:
+            results[address] = ReceiveResult("rejected", error=exc)
+            continue
+        labels = {"received", "unread"} | _auth_labels(rt, parsed, sender) | content_labels
+        for labeler in hooks.inbound_labelers:
+            labels |= await labeler(rt, inbox, mail_from, parsed.from_, parsed.in_reply_to)
+        accepted.append((address, inbox, labels))
     if not accepted:
         return results
     blobs = await put_blobs(rt, raw, parsed)
