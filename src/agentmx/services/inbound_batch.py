@@ -74,11 +74,12 @@ _known_ids_aside = FailureLog(
 async def _known_ids_on_postgres(
     session: AsyncSession, rt: Runtime, params: dict[str, list[str]]
 ) -> list[Any]:
-    """The stored copies' ids, read before the transaction begins, on the driver's connection.
+    """The stored copies' ids, read outside the batch's transaction, on the driver's connection.
 
-    Under READ COMMITTED the transaction's own first statement would see what was committed when it
-    ran, no more, as this autocommit read does (group commit runs one batch at a time, so earlier
-    batches are committed). Through the session it cost an ORM execute a batch (~0.15 ms of CPU).
+    Under READ COMMITTED a statement of the transaction would see what was committed when it ran, no
+    more, as this autocommit read does: the transaction has written nothing yet (it pinned inboxes),
+    and group commit runs one batch at a time, so earlier batches are committed. Through the session
+    it cost an ORM execute a batch (~0.15 ms of CPU).
     Without a spare connection, or if the read fails, the transaction reads them itself.
     """
     if rt.db.has_spare_connection():
