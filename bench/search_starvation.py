@@ -14,9 +14,7 @@ search (utime+stime of the server process).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -24,19 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import cpu_seconds, percentile
 
+from agentmx.testing.mailbox_seed import seed_messages
 from agentmx.testing.server import ServerProcess
 
 QUERIES = ["überweisung", "transfer", "会议"]
-WHEN = "2026-01-01 00:00:00.000000"
 MATCH_EVERY = 33_333  # messages whose subject has every query's word: 3 in 100,000
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return (
-        ordered[min(len(ordered), max(1, round(pct / 100 * len(ordered)))) - 1] if ordered else float("nan")
-    )
 
 
 def seed(data_dir: Path, messages: int) -> tuple[str, str]:
@@ -49,39 +41,18 @@ def seed(data_dir: Path, messages: int) -> tuple[str, str]:
             inbox = http.post("/v0/inboxes", json={"username": "searched"}).json()["inbox_id"]
     finally:
         server.stop()
-    conn = sqlite3.connect(data_dir / "agentmx.db")
-    try:
-        org, pod = conn.execute(
-            "SELECT organization_id, pod_id FROM inboxes WHERE id = ?", (inbox,)
-        ).fetchone()
-        body = "Hallo Jürgen, anbei die Rechnung für März. " + "body text of an ordinary message " * 30
-        with conn:
-            conn.execute(
-                "INSERT INTO threads (id, organization_id, pod_id, inbox_id, subject, preview, senders,"
-                " recipients, message_count, size, timestamp, created_at, updated_at)"
-                " VALUES ('thd_scan', ?, ?, ?, 'subject', 'preview', '[\"a@example.com\"]', ?, ?, 0, ?, ?, ?)",
-                (org, pod, inbox, f'["{inbox}"]', messages, WHEN, WHEN, WHEN),
-            )
-            conn.execute(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-                " INSERT INTO messages (id, message_id, organization_id, pod_id, inbox_id, thread_id,"
-                ' direction, timestamp, from_addr, "to", cc, bcc, reply_to, subject, preview, text,'
-                ' "references", headers, size, created_at, updated_at)'
-                " SELECT 'msg_scan' || i, '<scan' || i || '@example.com>', ?, ?, ?, 'thd_scan', 'inbound',"
-                " ?, 'Jürgen Groß <a@example.com>', ?, '[]', '[]', '[]',"
-                " CASE WHEN i % ? = 7 THEN 'Überweisung Transfer 会议 ' ELSE 'Rechnung Nummer ' END || i,"
-                " 'preview', ?, '[]', '{}', 100, ?, ? FROM n",
-                (messages, org, pod, inbox, WHEN, f'["{inbox}"]', MATCH_EVERY, body, WHEN, WHEN),
-            )
-            conn.execute("INSERT INTO message_labels SELECT id, 'received' FROM messages")
-    finally:
-        conn.close()
+    body = "Hallo Jürgen, anbei die Rechnung für März. " + "body text of an ordinary message " * 30
+    seed_messages(
+        data_dir / "agentmx.db",
+        inbox,
+        messages,
+        "Rechnung Nummer ",
+        body,
+        sender="Jürgen Groß <a@example.com>",
+        marked_subject="Überweisung Transfer 会议 ",
+        mark_every=MATCH_EVERY,
+    )
     return inbox, key
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(

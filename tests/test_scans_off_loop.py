@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from agentmx.testing.mailbox_seed import seed_messages
 from agentmx.testing.server import ServerProcess
-from scan_support import seed_messages
 
 MESSAGES = 30_000
 # Each word but the last matches every message, so SQLite tests them all against every message: on
@@ -46,7 +46,7 @@ def test_a_cheap_request_is_answered_while_a_scan_runs(
     route, params, found = SLOW_REQUESTS[slow]
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:
         inbox_id = http.post("/v0/inboxes", json={"username": "scanned"}).json()["inbox_id"]
-        seed_messages(server, inbox_id, MESSAGES, "subject " * 40, "body text " * 40)
+        seed_messages(server.data_dir / "agentmx.db", inbox_id, MESSAGES, "subject " * 40, "body text " * 40)
 
         scan: dict[str, Any] = {}
 
