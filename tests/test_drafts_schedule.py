@@ -83,6 +83,35 @@ def test_scheduled_send_survives_restart_on_time_exactly_once(fresh_server: Any,
         client.inboxes.drafts.get(sender, draft.draft_id, request_options=NO_RETRY)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drafts_a_sigkill_leaves_sending_are_each_sent_once_after_restart(
+    fresh_server: Any, backend: str
+) -> None:
+    """SIGKILL while a burst of drafts is being sent: some are left ``sending`` (the first of the send's
+    two transactions committed). After a restart each is sent once and none is left; on PostgreSQL once
+    the killed process's claims lapse (a 2 s lease here)."""
+    server = fresh_server(backend, env={"AGENTMX_JOB_LEASE": "2"}).start()
+    client = _client(server, server.create_key())
+    sender, recipient = new_inbox(client), new_inbox(client)
+    send_at = datetime.now(UTC) + timedelta(seconds=1)
+    subjects = [f"burst-{i}-{secrets.token_hex(2)}" for i in range(40)]
+    for subject in subjects:
+        client.inboxes.drafts.create(sender, to=[recipient], subject=subject, send_at=send_at)
+
+    def sending() -> bool:
+        return any(d.send_status == "sending" for d in client.inboxes.drafts.list(sender).drafts)
+
+    wait_for(sending, timeout=20, interval=0.01)
+    server.kill()
+    server.start()
+
+    wait_for(lambda: client.inboxes.drafts.list(sender).count == 0, timeout=30)
+    wait_for(lambda: len(messages(client, recipient, "received")) >= len(subjects), timeout=20)
+    time.sleep(1)  # any duplicate has had time to appear
+    assert sorted(m.subject for m in messages(client, sender, "sent")) == sorted(subjects)
+    assert sorted(m.subject for m in messages(client, recipient, "received")) == sorted(subjects)
+
+
 def test_reschedule_unschedule_and_delete(scheduler: ServerProcess) -> None:
     server = scheduler
     client = _client(server, server.create_key())
