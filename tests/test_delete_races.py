@@ -186,17 +186,22 @@ def test_inboxes_with_webhooks_deleted_at_once(harness: Harness) -> None:
 
 
 def _data_replies(
-    harness: Harness, address: str, sessions: int, meanwhile: Callable[[httpx.Client], None]
+    harness: Harness,
+    address: str,
+    sessions: int,
+    meanwhile: Callable[[httpx.Client], None],
+    also: tuple[str, ...] = (),
 ) -> list[int]:
-    """SMTP sessions to ``address`` past RCPT; their DATA sent all at once while ``meanwhile`` runs
-    (deleting the inbox). Returns each DATA's reply code."""
+    """SMTP sessions to ``address`` (and ``also``) past RCPT; their DATA sent all at once while
+    ``meanwhile`` runs (deleting the inbox). Returns each DATA's reply code."""
     clients = []
     for i in range(sessions):
         smtp = smtplib.SMTP("127.0.0.1", harness.server.smtp_port, timeout=30)
         smtp.ehlo()
         smtp.mail("sender@example.test")
-        code, _ = smtp.rcpt(address)
-        assert code == 250
+        for rcpt in (address, *also):
+            code, _ = smtp.rcpt(rcpt)
+            assert code == 250
         clients.append((i, smtp))
 
     def data(item: tuple[int, smtplib.SMTP]) -> int:
@@ -231,6 +236,21 @@ def test_mail_for_an_inbox_deleted_before_its_store_is_refused_not_deferred(harn
             address = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
         codes += _data_replies(harness, address, sessions=16, meanwhile=_delete(address))
     assert set(codes) <= {250, 550}, sorted(codes)
+
+
+def test_the_other_recipients_of_mail_for_a_deleted_inbox_get_it_once(harness: Harness) -> None:
+    """Mail to two inboxes, one deleted before the message is stored: the DATA is a 250 (the other
+    inbox has it) and the other inbox has each message exactly once, whichever way its copy went
+    (refused inbox left out and the rest stored again, a batch re-run one by one, or stored first)."""
+    with _http(harness) as http:
+        kept = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+        for round_ in range(3):
+            address = http.post("/v0/inboxes", json={"username": harness.new_username()}).json()["inbox_id"]
+            codes = _data_replies(harness, address, sessions=16, meanwhile=_delete(address), also=(kept,))
+            assert set(codes) == {250}, sorted(codes)
+            messages = http.get(f"/v0/inboxes/{kept}/messages", params={"limit": 100}).json()["messages"]
+            subjects = sorted(m["subject"] for m in messages)
+            assert subjects == sorted([f"m{i}" for i in range(16)] * (round_ + 1)), subjects
 
 
 def test_mail_for_a_deleted_inbox_does_not_land_in_the_one_made_again_in_another_pod(

@@ -371,6 +371,18 @@ def test_search_and_filters_match_uncased_and_cased_non_ascii_text(harness: Harn
     assert client.inboxes.threads.list(box, senders=["王会议"]).count == 1
 
 
+def test_a_query_with_the_kelvin_sign_finds_what_its_lower_case_finds(harness: Harness) -> None:
+    """'\u212a' lowers to an ASCII 'k' (in Python and in PostgreSQL's C.UTF-8): a query holding it finds
+    a Kelvin sign in the text as it finds a 'K', though the lowered query is ASCII."""
+    client = harness.client()
+    box = client.inboxes.create().inbox_id
+    message = make_message(box, subject="\u212aelvin scale", cc="\u212aelvin Room <room@example.com>")
+    smtp_send(harness.server, [box], message.as_bytes())
+    assert client.inboxes.messages.search(box, q="\u212aELVIN").count == 1
+    assert client.inboxes.messages.list(box, subject=["\u212aelvin"]).count == 1
+    assert client.inboxes.messages.list(box, to=["\u212aelvin room"]).count == 1
+
+
 def test_batch_get_update_and_delete(harness: Harness) -> None:
     client = harness.client()
     inbox = client.inboxes.create()

@@ -90,6 +90,19 @@ def test_garbage_never_raises(raw: bytes) -> None:
     assert "\x00" not in (p.text or "")
 
 
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Tue, 24 Nov 2026 18:00:00 +99999999999999999999",  # an offset past a C int
+        "Tue, 24 Nov 99999999999 18:00:00 +0000",  # a year past a C int
+        "Tue, 24 Nov 2026 99999999999999999999:00:00 +0000",
+    ],
+)
+def test_a_date_out_of_every_range_is_no_date_and_the_rest_is_read(date: str) -> None:
+    p = parse_message(f"From: a@example.com\r\nSubject: hi\r\nDate: {date}\r\n\r\nbody".encode())
+    assert (p.from_, p.subject, p.date, p.text) == ("a@example.com", "hi", None, "body")
+
+
 def test_reply_with_quoted_history() -> None:
     p = parse_message(load("reply_quoted.eml"))
     assert p.in_reply_to == "<plain-1@example.com>"

@@ -494,7 +494,7 @@ def _read_fields(
     if date:
         try:
             parsed.date = parsedate_to_datetime(date)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # a number past a C int: no date
             parsed.date = None
 
 

@@ -100,7 +100,8 @@ def unreadable_labels(caller: Caller) -> set[str]:
 
 
 def contains(column: Any, value: str) -> Any:
-    return text_match.contains(column, value.lower())
+    # ``value``, not its lower case, decides: the Kelvin sign lowers to an ASCII 'k'.
+    return text_match.contains(column, value.lower(), looked_for=value)
 
 
 def json_contains(column: Any, value: str) -> Any:
@@ -109,8 +110,11 @@ def json_contains(column: Any, value: str) -> Any:
     lowered = value.lower()
     escaped = json.dumps(lowered)[1:-1]
     if escaped == lowered:
-        return text_match.contains(text, lowered)
-    return or_(text_match.contains(text, lowered), text_match.contains(text, escaped, looked_for=lowered))
+        return text_match.contains(text, lowered, looked_for=value)
+    return or_(
+        text_match.contains(text, lowered, looked_for=value),
+        text_match.contains(text, escaped, looked_for=value),
+    )
 
 
 def has_label(label: str | BindParameter[str], message_pk: Any = Message.id) -> Any:
