@@ -212,10 +212,13 @@ def _data_replies(
         smtp.close()
         return code
 
+    def after_the_data_began(http: httpx.Client) -> None:
+        time.sleep(0.01)
+        meanwhile(http)
+
     with _http(harness) as http, ThreadPoolExecutor(sessions + 1) as pool:
         codes = pool.map(data, clients)
-        done = pool.submit(lambda: (time.sleep(0.01), meanwhile(http)))
-        done.result()
+        pool.submit(after_the_data_began, http).result()
         return list(codes)
 
 
