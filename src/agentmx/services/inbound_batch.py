@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, func, insert, literal_column, select
+from sqlalchemy import Select, String, any_, bindparam, func, insert, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,16 +54,20 @@ _KNOWN_IDS_JSON = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
 )
 
 
-async def _known_ids_on_sqlite(session: AsyncSession, inboxes: list[str], ids: list[str]) -> list[Any]:
+async def _rows_on_sqlite(session: AsyncSession, stmt: Select[Any], values: dict[str, Any]) -> list[Any]:
+    """``stmt``'s rows, read on the batch transaction's own sqlite3 connection (its snapshot)."""
     conn = await session.connection()
     driver = sqlite_driver(conn.sync_connection)
     assert driver is not None
-    compiled = driver_reads.compiled(_KNOWN_IDS_JSON, conn.dialect)
+    compiled = driver_reads.compiled(stmt, conn.dialect)
+    raw = on_sqlite(driver.execute, compiled.sql, compiled.args(values)).fetchall()
+    return compiled.rows(raw, lambda: list(stmt.selected_columns.keys()))
+
+
+async def _known_ids_on_sqlite(session: AsyncSession, inboxes: list[str], ids: list[str]) -> list[Any]:
     # The stdlib's JSON: text it cannot bind fails as the ids themselves would (orjson refuses more).
     values = {"inboxes": json.dumps(inboxes, ensure_ascii=False), "ids": json.dumps(ids, ensure_ascii=False)}
-    args = compiled.args(values)
-    rows: list[Any] = on_sqlite(driver.execute, compiled.sql, args).fetchall()
-    return rows
+    return await _rows_on_sqlite(session, _KNOWN_IDS_JSON, values)
 
 
 _known_ids_aside = FailureLog(
@@ -124,16 +128,6 @@ _PIN_INBOXES_ARRAYS = (
 _INBOXES_JSON = select(*_CHECKED).where(_i.id.in_(_json_values("inboxes")))
 
 
-async def _checked_inboxes_on_sqlite(session: AsyncSession, inbox_ids: list[str]) -> list[Any]:
-    conn = await session.connection()
-    driver = sqlite_driver(conn.sync_connection)
-    assert driver is not None
-    compiled = driver_reads.compiled(_INBOXES_JSON, conn.dialect)
-    args = compiled.args({"inboxes": json.dumps(inbox_ids, ensure_ascii=False)})
-    raw = on_sqlite(driver.execute, compiled.sql, args).fetchall()
-    return compiled.rows(raw, lambda: [c.key for c in _CHECKED])
-
-
 async def _pin_checked_inboxes(session: AsyncSession, rt: Runtime, copies: list[InboundCopy]) -> None:
     """Pin the copies' inboxes (row_locks: inbox before thread; a deletion now waits for this batch),
     or raise InboxesGone for those no longer the inbox that was checked. An address is an inbox's id:
@@ -141,7 +135,9 @@ async def _pin_checked_inboxes(session: AsyncSession, rt: Runtime, copies: list[
     stored under the old one's pod and organization."""
     ids = sorted({c.inbox.id for c in copies})
     if rt.db.is_sqlite:
-        found = await _checked_inboxes_on_sqlite(session, ids)
+        found = await _rows_on_sqlite(
+            session, _INBOXES_JSON, {"inboxes": json.dumps(ids, ensure_ascii=False)}
+        )
     else:
         found = list((await session.execute(_PIN_INBOXES_ARRAYS, {"inboxes": ids})).all())
     current = {row.id: (row.organization_id, row.pod_id, row.created_at) for row in found}
