@@ -77,10 +77,17 @@ def _value(text: str) -> str:
 
 def client_ip(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The SMTP client's address from an aiosmtpd peer (a tuple, or a list after the front-end link)."""
-    if not isinstance(peer, (tuple, list)) or not peer:
-        return None
+    host = _peer_host(peer)
+    return None if host is None else _ip_of(host)
+
+
+def _peer_host(peer: Any) -> str | None:
+    return str(peer[0]) if isinstance(peer, (tuple, list)) and peer else None
+
+
+def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -90,9 +97,8 @@ def client_ip(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 def checked(settings: Settings, peer: Any) -> str | None:
     """The client IP to check mail from, or None (checks off, a trusted network, no IP)."""
-    if not settings.inbound_sender_checks or not isinstance(peer, (tuple, list)) or not peer:
-        return None
-    return _untrusted(str(peer[0]), settings.trusted_networks)
+    host = _peer_host(peer) if settings.inbound_sender_checks else None
+    return None if host is None else _untrusted(host, settings.trusted_networks)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,7 +107,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @functools.lru_cache(maxsize=4096)  # asked for every message: parsing and matching cost more than the lookup
 def _untrusted(host: str, trusted: tuple[Network, ...]) -> str | None:
     """``host`` as the IP to check, or None when it is in a trusted network or is no IP."""
-    address = client_ip((host,))
+    address = _ip_of(host)
     if address is None or any(address in network for network in trusted):
         return None
     return str(address)
