@@ -64,7 +64,8 @@ def read(raw: bytes) -> PlainMessage | None:
         if lower in _CONTENT_FIELDS and lower in first:
             return None  # read as the first; simpler to leave to the whole parse
         first.setdefault(lower, value)
-    if not _plain_part(first):
+    plain, charset = _plain_part(first)
+    if not plain:
         return None
     mailboxes: dict[str, list[tuple[str, str]]] = {}
     for name in ADDRESS_FIELDS:
@@ -73,7 +74,7 @@ def read(raw: bytes) -> PlainMessage | None:
             if found is None:
                 return None
             mailboxes[name] = found
-    return PlainMessage(fields, first, mailboxes, _charset(first), raw[end + 2 :])
+    return PlainMessage(fields, first, mailboxes, charset, raw[end + 2 :])
 
 
 def _fields(header: str) -> list[tuple[str, str]]:
@@ -91,28 +92,26 @@ def _fields(header: str) -> list[tuple[str, str]]:
     return fields
 
 
-def _plain_part(first: dict[str, str]) -> bool:
+def _plain_part(first: dict[str, str]) -> tuple[bool, str | None]:
     """Whether the content fields make the message one inline text/plain part, 7- or 8-bit, in a
-    charset of CHARSETS or none."""
+    charset of CHARSETS or none; and its declared charset (None if undeclared), as
+    ``get_content_charset()`` gives it."""
     disposition = first.get("content-disposition")
     if disposition is not None and not _INLINE.fullmatch(disposition):
-        return False
+        return False, None
     encoding = first.get("content-transfer-encoding")
     if encoding is not None and not _IDENTITY_ENCODING.fullmatch(encoding):
-        return False
+        return False, None
     content_type = first.get("content-type")
     if content_type is None:
-        return True
+        return True, None
     found = _TEXT_PLAIN.fullmatch(content_type)
-    charset = found and (found[1] or found[2])
-    return found is not None and (charset is None or charset.lower() in CHARSETS)
-
-
-def _charset(first: dict[str, str]) -> str | None:
-    """The declared charset of a ``_plain_part`` (None if undeclared), as ``get_content_charset()``."""
-    found = _TEXT_PLAIN.fullmatch(first.get("content-type", ""))
-    charset = found and (found[1] or found[2])
-    return charset.lower() if charset else None
+    if found is None:
+        return False, None
+    charset = found[1] or found[2]
+    if charset is None:
+        return True, None
+    return charset.lower() in CHARSETS, charset.lower()
 
 
 def _mailboxes(value: str) -> list[tuple[str, str]] | None:
