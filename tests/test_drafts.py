@@ -74,8 +74,8 @@ def test_plain_draft_crud_and_update_semantics(harness: Harness) -> None:
     assert updated.updated_at >= draft.updated_at
 
     cleared = client.inboxes.drafts.update(inbox, draft.draft_id, text=None, subject=None)
-    assert cleared.text is None and cleared.subject is None and cleared.preview is None
-    assert cleared.html == "<p>Hello Bob</p>"
+    assert cleared.text is None and cleared.subject is None
+    assert cleared.html == "<p>Hello Bob</p>" and cleared.preview == "Hello Bob"  # the HTML's words now
 
     client.inboxes.drafts.delete(inbox, draft.draft_id)
     with pytest.raises(NotFoundError):

@@ -44,7 +44,7 @@ def test_alternative_decodes_qp_and_html() -> None:
 def test_attachments_and_inline_cid_image() -> None:
     p = parse_message(load("attachments.eml"))
     assert p.html is not None and "cid:logo@x" in p.html
-    assert p.text is None and p.preview is None
+    assert p.text is None and p.preview == "See"  # no text part: the preview is the HTML's words
     inline, pdf = p.attachments
     assert (inline.content_type, inline.disposition, inline.content_id) == ("image/png", "inline", "logo@x")
     assert inline.data.startswith(b"\x89PNG")

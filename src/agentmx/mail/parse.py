@@ -20,6 +20,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from agentmx.mail import plain_message
+from agentmx.mail.html_text import visible_text
 from agentmx.mail.policy import memo_default
 from agentmx.mail.quotes import extract_html, extract_text
 
@@ -366,6 +367,11 @@ def preview_of(text: str | None) -> str | None:
     return collapsed[:PREVIEW_CHARS] or None
 
 
+def body_preview(text: str | None, html: str | None) -> str | None:
+    """The preview of a body: its text's, or when it has no text to show, its HTML's words."""
+    return preview_of(text) or (preview_of(visible_text(html, PREVIEW_CHARS)) if html else None)
+
+
 def _load(raw: bytes) -> Message:
     with contextlib.suppress(Exception):  # the whole parse decides, once
         if (single := _load_single_part(raw)) is not None:
@@ -501,6 +507,6 @@ def _read_fields(
 def _set_bodies(parsed: ParsedMessage, texts: list[str], htmls: list[str]) -> None:
     parsed.text = "\n".join(texts) if texts else None
     parsed.html = "\n".join(htmls) if htmls else None
-    parsed.preview = preview_of(parsed.text)
+    parsed.preview = body_preview(parsed.text, parsed.html)
     parsed.extracted_text = extract_text(parsed.text) if parsed.text is not None else None
     parsed.extracted_html = extract_html(parsed.html) if parsed.html is not None else None

@@ -28,6 +28,7 @@ from agentmx.db.unique import flush_unless_taken
 from agentmx.errors import Conflict, NotFound, ValidationFailed
 from agentmx.ids import new_id
 from agentmx.mail.compose import forward_subject, reply_subject, thread_references, valid_address
+from agentmx.mail.parse import body_preview
 from agentmx.services import jobs, limits, send_attachments
 from agentmx.services.caller import Caller
 from agentmx.services.inboxes import get_inbox, inbox_cleanup
@@ -41,7 +42,6 @@ from agentmx.services.validation import check_client_id, fail, one_line, utc_tim
 
 JOB_KIND = "send_draft"
 SCHEDULED = "scheduled"
-PREVIEW_CHARS = 200
 MAX_LABEL = 256
 
 
@@ -148,12 +148,6 @@ def parse_send_at(value: str | None, path: str = "send_at") -> datetime | None:
         return utc_time(value)
     except ValueError as exc:
         raise fail(path, "send_at must be an ISO-8601 datetime") from exc
-
-
-def preview_of(text: str | None) -> str | None:
-    if not text:
-        return None
-    return " ".join(text.split())[:PREVIEW_CHARS] or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +399,7 @@ async def _unsaved_draft(session: AsyncSession, caller: Caller, inbox: Inbox, ne
         subject=_subject(new.subject),
         text=new.text,
         html=new.html,
-        preview=preview_of(new.text),
+        preview=body_preview(new.text, new.html),
         reply_all=bool(new.reply_all),
         references=[],
         created_at=now,
@@ -517,7 +511,8 @@ async def update_draft(
         draft.html = changes.html
     if changes.text is not UNSET:
         draft.text = changes.text
-        draft.preview = preview_of(changes.text)
+    if changes.html is not UNSET or changes.text is not UNSET:
+        draft.preview = body_preview(draft.text, draft.html)
     if changes.remove_attachments:
         gone = set(changes.remove_attachments)
         draft.attachments = [att for att in draft.attachments if att.id not in gone]
