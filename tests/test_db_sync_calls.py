@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 
 import pytest
+from greenlet import greenlet
 from sqlalchemy.util import await_only
 
-from agentmx.db.sync_calls import call_sync
+from agentmx.db.sync_calls import MAX_IDLE, call_sync
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 
@@ -61,5 +63,25 @@ def test_context_variables_are_the_callers() -> None:
         assert await call_sync(VAR.get) == "the caller's"
         assert await call_sync(_sets_var) == "set in the call"
         assert VAR.get() == "set in the call"  # as with greenlet_spawn: the caller's own context
+
+    asyncio.run(main())
+
+
+def _live_greenlets() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and o and not o.dead)
+
+
+def test_calls_that_overlap_leave_no_greenlets_behind() -> None:
+    """Pool checkouts wait together when requests outnumber connections; each waits on a greenlet of
+    its own. Past the few kept idle, those greenlets must end: a suspended greenlet refers to itself
+    from its own frame, a cycle the collector cannot see, so one merely dropped lived for ever."""
+
+    async def main() -> None:
+        await call_sync(_sleeps, 0)
+        before = _live_greenlets()
+        for _ in range(5):
+            await asyncio.gather(*(call_sync(_sleeps, 0.001) for _ in range(30)))
+        assert _live_greenlets() - before <= MAX_IDLE
 
     asyncio.run(main())

@@ -59,6 +59,10 @@ def _writings(document: Any) -> list[str]:
 @example({"n": 2**64})
 @example({"n": -(2**63) - 1})
 @example({"x": 0.1 + 0.2, "s": "caf\u00e9 \U0001f600 \ud800"})
+# Long digit runs inside strings (Message-IDs), beside a big int or a float, or alone.
+@example({"Message-ID": "<bench-49-14552-1796323464326675719@bench.example>", "n": [2**64]})
+@example({"Message-ID": "<1796323464326675719.12@x>", "x": [0.5, {"y": 1e300}]})
+@example(["<17963234643266757190@x>", {"z": "12345678901234567890123"}])
 def test_json_loads_agrees_with_json_loads_on_stored_documents(document: Any) -> None:
     for text in _writings(document):
         assert _same(json_loads(text), json.loads(text)), text
@@ -75,3 +79,12 @@ def test_json_loads_agrees_with_json_loads_on_stored_documents(document: Any) ->
 def test_json_loads_agrees_with_json_loads_on_number_literals(literal: str) -> None:
     text = '{"v": [' + literal + "]}"
     assert _same(json_loads(text), json.loads(text)), text
+
+
+def test_json_loads_reads_a_deep_document_with_a_long_digit_run() -> None:
+    """Deeper than Python's recursion limit lets a recursive walk go, as deep as orjson reads."""
+    text = "[" * 900 + '"1796323464326675719", 36893488147419103232, 0.5' + "]" * 900
+    inner = json_loads(text)
+    for _ in range(899):
+        (inner,) = inner
+    assert _same(inner, ["1796323464326675719", 2**65, 0.5])

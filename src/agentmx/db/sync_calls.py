@@ -43,8 +43,8 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> _Returned:
 class _Worker(greenlet):
     __sqlalchemy_greenlet_provider__ = True  # what SQLAlchemy's await_ checks before switching out
 
-    def run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        while True:
+    def run(self, fn: Callable[..., Any] | None, args: tuple[Any, ...]) -> None:
+        while fn is not None:  # None: not kept idle, so end (see _retire)
             returned = _call(fn, args)
             del fn, args  # not kept alive while idle
             fn, args = self.parent.switch(returned)
@@ -79,6 +79,18 @@ async def call_sync(fn: Callable[..., T], *args: Any) -> T:
     out.value = out.error = worker.gr_context = None  # an idle greenlet keeps no request's objects
     if len(idle) < MAX_IDLE:
         idle.append(worker)
+    else:
+        _retire(worker)
     if error is not None:
         raise error
     return value
+
+
+def _retire(worker: _Worker) -> None:
+    """End a greenlet not kept idle (calls that awaited together each had one).
+
+    A suspended greenlet refers to itself from its own frame, a cycle the garbage collector cannot
+    see into: merely dropped, it lived for ever with its saved stack (460 after a minute of
+    bench/rest_read.py on PostgreSQL, 64 requests sharing 40 connections). Ending it is one switch.
+    """
+    worker.switch(None, ())

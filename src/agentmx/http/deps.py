@@ -63,6 +63,14 @@ def query_list(request: Request, name: str) -> list[str] | None:
     return out
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """``request.query_params.get(name)``, without parsing an empty query string: Starlette's
+    QueryParams took 4.5 of a GET thread's ~8 us of query reads when there was none (most GETs)."""
+    if not request.scope["query_string"]:
+        return None
+    return request.query_params.get(name)
+
+
 def single_header(request: Request, name: str) -> str | None:
     """A header that must appear at most once (Idempotency-Key): a second copy is a 400, not first-wins,
     since a proxy or client that doubled it may mean either value."""
@@ -77,7 +85,7 @@ def single_header(request: Request, name: str) -> str | None:
 
 
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
-    value = request.query_params.get(name)
+    value = query_value(request, name)
     if value is None:
         return default
     lowered = value.lower()
@@ -89,7 +97,7 @@ def query_bool(request: Request, name: str, default: bool = False) -> bool:
 
 
 def query_int(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
+    value = query_value(request, name)
     if value is None:
         return None
     try:
@@ -102,7 +110,7 @@ def query_int(request: Request, name: str) -> int | None:
 
 def query_datetime(request: Request, name: str) -> datetime | None:
     """An ISO-8601 time in UTC (a time without an offset is UTC), or 400."""
-    value = request.query_params.get(name)
+    value = query_value(request, name)
     if value is None:
         return None
     try:

@@ -17,6 +17,7 @@ from agentmx.http.deps import (
     query_datetime,
     query_int,
     query_list,
+    query_value,
 )
 from agentmx.http.routes.messages import base_url, include_flags
 from agentmx.services import downloads, mail_lists, mail_reads
@@ -99,7 +100,7 @@ async def read_thread(
     limit = check_limit(query_int(request, "limit"), maximum=THREAD_MESSAGES_MAX)
     async with rt.db.read_driver() as conn:
         found = await mail_reads.get_thread(
-            conn, caller, scope, thread_id, limit=limit, page_token=request.query_params.get("page_token")
+            conn, caller, scope, thread_id, limit=limit, page_token=query_value(request, "page_token")
         )
     page = found.messages
     messages = [
