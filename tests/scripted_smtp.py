@@ -38,7 +38,7 @@ class ScriptedHost:
     @property
     def address(self) -> str:
         assert self._server is not None
-        return "127.0.0.1:%d" % self._server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     def _run(self, host: str, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)

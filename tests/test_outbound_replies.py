@@ -100,7 +100,9 @@ def test_a_policy_refusal_at_rcpt_bounces_without_suppressing(setup: Setup) -> N
     bounces = events_for(setup.server, "message.bounced", "bounce", sent.message_id)
     assert [b["bounce"]["type"] for b in bounces] == ["Transient"]
     del setup.host.script["rcpt"]
-    again = setup.client.inboxes.messages.send(setup.inbox, to=to, text="relay fixed", request_options=NO_RETRY)
+    again = setup.client.inboxes.messages.send(
+        setup.inbox, to=to, text="relay fixed", request_options=NO_RETRY
+    )
     wait_for(lambda: "delivered" in setup.labels(again.message_id))
 
 
