@@ -37,11 +37,25 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.code < 300
+        return _positive(self.code)
 
     @property
     def permanent(self) -> bool:
-        return self.code >= 500
+        # Codes begin with 2 to 5 (RFC 5321 4.2.1): a 999 says nothing understood, so it is retried,
+        # never a bounce that suppresses the address.
+        return 500 <= self.code < 600
+
+
+def _positive(code: int) -> bool:
+    """A 2yz: positive completion, whichever (RFC 5321 4.2.1). aiosmtplib takes 250 alone at MAIL
+    and 250 / 251 at RCPT, and raises for the rest."""
+    return 200 <= code < 300
+
+
+def _status_class(text: str) -> str:
+    """The subject digit of the reply's enhanced status code (RFC 3463: "5.7.1" -> "7"), or ""."""
+    status = text.lstrip()
+    return status[2] if len(status) > 3 and status[1] == "." and status[3] == "." else ""
 
 
 class HostUnusable(Exception):
@@ -74,7 +88,14 @@ async def _connect(conn: Connection) -> aiosmtplib.SMTP:
     )
     await client.connect()
     try:
-        await client.ehlo()
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError as exc:
+            if not 500 <= exc.code < 600:
+                raise
+            # A server that does not know EHLO is sent HELO (RFC 5321 3.2), as Postfix does: no
+            # extensions, so neither STARTTLS nor 8BITMIME.
+            await client.helo()
     except BaseException:
         _close(client)
         raise
@@ -133,19 +154,28 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes) 
     try:
         await client.mail(envelope.mail_from, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as exc:
-        # A refused sender (a relay wanting a login, a sender or relaying policy) says nothing about
-        # the recipient: a bounce would suppress it. Retried until the message's lifetime.
-        return Reply(exc.code if exc.code < 500 else 451, f"MAIL FROM refused: {exc.code} {exc.message}")
+        if not _positive(exc.code):
+            # A refused sender (a relay wanting a login, a sender or relaying policy) says nothing about
+            # the recipient: a bounce would suppress it. Retried until the message's lifetime.
+            code = exc.code if 400 <= exc.code < 500 else 451
+            return Reply(code, f"MAIL FROM refused: {exc.code} {exc.message}")
     try:
         await client.rcpt(envelope.rcpt, encoding=encoding)
     except aiosmtplib.SMTPResponseException as exc:
-        # "Too many recipients" is temporary whatever its code (RFC 5321 4.5.3.1.10).
-        return Reply(452 if exc.code == 552 else exc.code, exc.message)
+        if not _positive(exc.code):
+            # "Too many recipients" is temporary whatever its code (RFC 5321 4.5.3.1.10). A policy
+            # status (X.7.Y: relaying denied, our address blocklisted) refuses the sender, not the address.
+            code = 452 if exc.code == 552 else exc.code
+            return Reply(code, exc.message, about_address=_status_class(exc.message) != "7")
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPResponseException as exc:
+        if _positive(exc.code):
+            # aiosmtplib raises a 2yz to the DATA command (where 354 must come: the message was never
+            # sent) and a 2yz but 250 after the message alike. Retried: a duplicate rather than a loss.
+            return Reply(451, f"4.5.0 unexpected reply to DATA: {exc.code} {exc.message}")
         # Only an addressing status (X.1.Y, RFC 3463) blames the recipient this late.
-        return Reply(exc.code, exc.message, about_address=exc.message.lstrip()[1:4] == ".1.")
+        return Reply(exc.code, exc.message, about_address=_status_class(exc.message) == "1")
     return Reply(response.code, response.message)
 
 
