@@ -42,11 +42,19 @@ def test_an_original_that_arrives_after_its_reply_joins_the_replys_thread(
     inbox = _inbox(client, harness)
     original_id = _mid()
     reply = make_message(
-        inbox, subject="Re: Plans", text="sounds good", sender="Bob <bob@example.com>", in_reply_to=original_id
+        inbox,
+        subject="Re: Plans",
+        text="sounds good",
+        sender="Bob <bob@example.com>",
+        in_reply_to=original_id,
     )
     smtp_send(harness.server, [inbox], reply.as_bytes())
     original = make_message(
-        inbox, subject="Plans", text="shall we meet", sender="Alice <alice@example.com>", message_id=original_id
+        inbox,
+        subject="Plans",
+        text="shall we meet",
+        sender="Alice <alice@example.com>",
+        message_id=original_id,
     )
     smtp_send(harness.server, [inbox], original.as_bytes())
 
@@ -104,9 +112,7 @@ def test_an_original_that_answers_another_thread_stays_with_what_it_answers(
     )
     smtp_send(harness.server, [inbox], original.as_bytes())
 
-    by_message = {
-        m.message_id: m.thread_id for m in client.inboxes.messages.list(inbox).messages
-    }
+    by_message = {m.message_id: m.thread_id for m in client.inboxes.messages.list(inbox).messages}
     assert by_message[original_id] == by_message[earlier["Message-ID"]]
     assert by_message[early_reply["Message-ID"]] != by_message[original_id]
     assert sorted(t.message_count for t in client.inboxes.threads.list(inbox).threads) == [1, 2]

@@ -296,6 +296,7 @@ def test_a_submitted_message_joins_the_replies_that_came_before_it(served: Serve
         thread = client.inboxes.threads.get(where, listed[0].thread_id)
         assert thread.message_count == 2 and thread.last_message_id == original_id
 
+
 def test_implicit_tls_from_the_first_byte(served: Served) -> None:
     """AGENTMX_SUBMISSIONS_PORT (465): AUTH at once, no STARTTLS; a renewed certificate is served too."""
     client = served.client
