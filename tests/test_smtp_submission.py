@@ -18,6 +18,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentmail import AgentMail
@@ -266,6 +267,34 @@ def test_a_submitted_reply_joins_the_thread(served: Served) -> None:
     listed = client.inboxes.messages.list(inbox).messages
     assert {m.subject for m in listed} == {"Question", "Re: Question"}
     assert len({m.thread_id for m in listed}) == 1
+
+
+def test_a_submitted_message_joins_the_replies_that_came_before_it(served: Served) -> None:
+    """Replies to a message, stored before it (sent elsewhere first, then submitted here): its sent
+    copy joins their thread in the sending inbox, and its local delivery joins theirs in the other."""
+    client = served.client
+    inbox, local = client.inboxes.create().inbox_id, client.inboxes.create().inbox_id
+    original_id = f"<{secrets.token_hex(8)}@example.org>"
+    reply = message("bob@example.org", f"{inbox}, {local}", "Re: Plans")
+    reply["Message-ID"] = f"<{secrets.token_hex(8)}@example.org>"
+    reply["In-Reply-To"] = original_id
+    with smtplib.SMTP("127.0.0.1", served.server.smtp_port, timeout=30) as smtp:  # inbound, to both
+        smtp.sendmail("bob@example.org", [inbox, local], reply.as_bytes())
+    original = message(inbox, local, "Plans")
+    original["Message-ID"] = original_id
+    with served.session((inbox, served.key)) as smtp:
+        smtp.sendmail(inbox, [local], original.as_bytes())
+
+    def both(where: str) -> list[Any] | None:
+        listed = client.inboxes.messages.list(where).messages
+        return listed if len(listed) == 2 else None
+
+    for where in (inbox, local):  # the local copy is delivered in the background
+        listed = wait_for(partial(both, where))
+        assert {m.subject for m in listed} == {"Plans", "Re: Plans"}
+        assert len({m.thread_id for m in listed}) == 1
+        thread = client.inboxes.threads.get(where, listed[0].thread_id)
+        assert thread.message_count == 2 and thread.last_message_id == original_id
 
 
 def test_implicit_tls_from_the_first_byte(served: Served) -> None:

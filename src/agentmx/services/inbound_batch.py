@@ -21,24 +21,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db import driver_reads
 from agentmx.db.bulk import insert_all
-from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread, UnmatchedReference
 from agentmx.db.sqlite_inline import on_sqlite, sqlite_driver
 from agentmx.db.transient import column_values, table_of
 from agentmx.db.types import utcnow
 from agentmx.failure_log import FailureLog
 from agentmx.mail.parse import ParsedMessage
-from agentmx.services import blob_bytes, events, mailstore
+from agentmx.services import blob_bytes, events, mailstore, waiting_threads
 from agentmx.services.mailstore import HIDDEN_LABELS, StoredBlobs
 from agentmx.services.runtime import Runtime
 
 ONE_MICROSECOND = timedelta(microseconds=1)  # the columns' resolution on both databases
 # A Core SELECT (no ORM compile step for plain columns), built once (its cache key computed once).
-_m = table_of(Message).c
 # On PostgreSQL with array parameters: an IN list's text changes with its length, and each new text
 # is parsed again (a round trip) on each of the pool's connections; most batches paid one.
-_KNOWN_IDS_ARRAYS = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
-    _m.inbox_id == any_(bindparam("inboxes", type_=ARRAY(String))),
-    _m.message_id == any_(bindparam("ids", type_=ARRAY(String))),
+# Threads waiting for one of the ids (waiting_threads) are read by the same statement.
+_KNOWN_IDS_ARRAYS = waiting_threads.known_or_waiting(
+    lambda column: column == any_(bindparam("inboxes", type_=ARRAY(String))),
+    lambda column: column == any_(bindparam("ids", type_=ARRAY(String))),
 )
 
 
@@ -49,8 +49,8 @@ def _json_values(name: str) -> Any:
 # On SQLite, on the transaction's own sqlite3 connection (bulk.sqlite_driver), not through the
 # session (~0.15 ms a batch): one text for any number of ids (JSON arrays), and the same plan, the
 # unique index on (inbox_id, message_id).
-_KNOWN_IDS_JSON = select(_m.inbox_id, _m.message_id, _m.id, _m.thread_id).where(
-    _m.inbox_id.in_(_json_values("inboxes")), _m.message_id.in_(_json_values("ids"))
+_KNOWN_IDS_JSON = waiting_threads.known_or_waiting(
+    lambda column: column.in_(_json_values("inboxes")), lambda column: column.in_(_json_values("ids"))
 )
 
 
@@ -162,7 +162,8 @@ async def store_inbound(
     wanted = {(c.inbox.id, m) for c, ls in zip(copies, lookups, strict=True) for m in ls}
     # One webhook query per organization, not per message; beside the next statement.
     webhooks = events.look_up_webhooks_aside(session, rt, {c.inbox.organization_id for c in copies})
-    known: dict[tuple[str, str], tuple[str, str]] = {}
+    known: waiting_threads.Found = {}
+    waiting: waiting_threads.Found = {}
     if not wanted:
         await webhooks
     else:
@@ -181,8 +182,8 @@ async def store_inbound(
             if isinstance(rows, BaseException):
                 raise rows
             known_rows = rows
-        known = {(i, m): (pk, tid) for i, m, pk, tid in known_rows if (i, m) in wanted}
-    thread_ids = {tid for _, tid in known.values()}
+        known, waiting = waiting_threads.split(known_rows, wanted)
+    thread_ids = {tid for _, tid in known.values()} | {tid for _, tid in waiting.values()}
     threads: dict[str, Thread] = {}
     if thread_ids:
         # Threads locked in id order (their inboxes are pinned already), so that batches sharing
@@ -208,6 +209,8 @@ async def store_inbound(
     out: list[tuple[Message, bool]] = []
     fresh: dict[tuple[str, str], tuple[Message, Thread]] = {}
     new_threads: list[Thread] = []
+    waited_in_batch: dict[tuple[str, str], Thread] = {}  # the first of this batch's waiting for each id
+    unmatched: list[dict[str, str]] = []
     inline: blob_bytes.Inline = {}
     with session.no_autoflush:
         for copy, mid, refs in zip(copies, ids, lookups, strict=True):
@@ -237,6 +240,9 @@ async def store_inbound(
                 out.append((message, received))
                 continue
             thread = _referenced_thread(copy.inbox, refs[1:], fresh, known, threads)
+            answers_nothing_here = thread is None
+            if thread is None:
+                thread = _waiting_thread(key, waiting, threads) or waited_in_batch.get(key)
             if thread is None:
                 thread = mailstore.new_thread(copy.inbox, copy.parsed.subject, now, detached=True)
                 new_threads.append(thread)
@@ -255,6 +261,10 @@ async def store_inbound(
                 detached=True,
             )
             mailstore.join_thread(thread, message, "inbound")
+            if answers_nothing_here:
+                unmatched += waiting_threads.unmatched_rows(message, refs[1:])
+                for ref in refs[1:]:
+                    waited_in_batch.setdefault((copy.inbox.id, ref), thread)
             labels[thread.id] |= set(message.label_names)
             attachments[thread.id] = attachments[thread.id] + list(message.attachments)
             await mailstore.record_received(
@@ -263,15 +273,20 @@ async def store_inbound(
             fresh[key] = (message, thread)
             inline |= copy.blobs.inline
             out.append((message, True))
-    await insert_rows(session, new_threads, [m for m, _ in fresh.values()], inline)
+    await insert_rows(session, new_threads, [m for m, _ in fresh.values()], unmatched, inline)
     await session.flush()  # aggregates of threads stored earlier, events
     return out
 
 
 async def insert_rows(
-    session: AsyncSession, threads: list[Thread], messages: list[Message], inline: blob_bytes.Inline
+    session: AsyncSession,
+    threads: list[Thread],
+    messages: list[Message],
+    unmatched: list[dict[str, str]],
+    inline: blob_bytes.Inline,
 ) -> None:
-    """New threads and messages (with labels and attachments) and their small blobs, as multi-row
+    """New threads and messages (with labels, attachments and the ids they wait for: waiting_threads)
+    and their small blobs, as multi-row
     INSERTs (on PostgreSQL one statement: ``bulk.insert_all``).
 
     The unit of work's per-object bookkeeping was most of a batch's cost; these objects are only
@@ -288,6 +303,7 @@ async def insert_rows(
             (_INSERT_MESSAGE, [column_values(m) for m in messages]),
             (_INSERT_LABEL, labels),
             (_INSERT_ATTACHMENT, files),
+            (_INSERT_UNMATCHED, unmatched),
             blob_bytes.insert_part(session, inline),
         ],
     )
@@ -297,6 +313,7 @@ _INSERT_THREAD = insert(table_of(Thread))
 _INSERT_MESSAGE = insert(table_of(Message))
 _INSERT_LABEL = insert(table_of(MessageLabel))
 _INSERT_ATTACHMENT = insert(table_of(Attachment))
+_INSERT_UNMATCHED = insert(table_of(UnmatchedReference))
 
 
 def _own_mail_back(message: Message, labels: set[str], now: datetime) -> bool:
@@ -333,6 +350,14 @@ def _referenced_thread(
             if thread is not None and thread.inbox_id == inbox.id:
                 return thread
     return None
+
+
+def _waiting_thread(
+    key: tuple[str, str], waiting: waiting_threads.Found, threads: dict[str, Thread]
+) -> Thread | None:
+    """The stored thread waiting for this Message-ID in this inbox (None if it was deleted since)."""
+    found = waiting.get(key)
+    return threads.get(found[1]) if found is not None else None
 
 
 async def store_deliveries(

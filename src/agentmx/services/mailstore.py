@@ -16,12 +16,13 @@ from datetime import datetime
 from html import unescape
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread
+from agentmx.db.bulk import insert_many
+from agentmx.db.models import Attachment, Inbox, Message, MessageLabel, Thread, UnmatchedReference
 from agentmx.db.row_locks import FOR_UPDATE, pin_inboxes
-from agentmx.db.transient import transient
+from agentmx.db.transient import table_of, transient
 from agentmx.db.types import utcnow
 from agentmx.errors import AgentMXError, NotFound
 from agentmx.http import wire_mail
@@ -31,7 +32,7 @@ from agentmx.mail import hidden_chars, stored_extracts
 from agentmx.mail.idn import to_ascii_domain
 from agentmx.mail.parse import ParsedMessage, parse_off_loop
 from agentmx.mail.sender_auth import Verdict
-from agentmx.services import blob_bytes, group_commit, hooks
+from agentmx.services import blob_bytes, group_commit, hooks, waiting_threads
 from agentmx.services.events import record_event
 from agentmx.services.runtime import Runtime
 
@@ -53,6 +54,7 @@ EVENT_BODY_BUDGET = 900_000
 # thread be inserted; SQLite serialises writers already and renders nothing.
 THREAD_LOCK: dict[str, Any] = dict(FOR_UPDATE["change"])
 T = TypeVar("T")
+_INSERT_UNMATCHED = insert(table_of(UnmatchedReference))
 
 
 @dataclass
@@ -135,16 +137,18 @@ async def store_message_ex(
         parsed = await parse(raw)
     message_id = message_id_for(parsed, raw, inbox)
     lookups = lookup_ids(message_id, parsed)
-    known = {
-        mid: (pk, tid)
-        for mid, pk, tid in (
+    wanted = {(inbox.id, mid) for mid in lookups}
+    found, waiting = waiting_threads.split(
+        list(
             await session.execute(
-                select(Message.message_id, Message.id, Message.thread_id).where(
-                    Message.inbox_id == inbox.id, Message.message_id.in_(set(lookups))
+                waiting_threads.known_or_waiting(
+                    lambda column: column == inbox.id, lambda column: column.in_(set(lookups))
                 )
             )
-        ).all()
-    }
+        ),
+        wanted,
+    )
+    known = {mid: ids for (_, mid), ids in found.items()}
     if message_id in known:
         existing = await session.get(Message, known[message_id][0])
         assert existing is not None
@@ -156,7 +160,9 @@ async def store_message_ex(
     # it has removed the inbox by now, and its mail with it.
     if inbox.id not in await pin_inboxes(session, [inbox.id]):
         raise NotFound("Inbox not found")
-    thread = await _thread_for(session, inbox, thread_id, [known[m][1] for m in lookups[1:] if m in known])
+    referenced = [known[m][1] for m in lookups[1:] if m in known]
+    waited = waiting.get((inbox.id, message_id))
+    thread = await _thread_for(session, inbox, thread_id, referenced, waited[1] if waited else None)
     is_new_thread = thread is None
     if thread is None:
         thread = new_thread(inbox, parsed.subject, now)
@@ -180,6 +186,8 @@ async def store_message_ex(
         await session.flush([thread])
     session.add(message)
     await session.flush()
+    if not referenced:  # waiting for the ids it answers (waiting_threads)
+        await insert_many(session, _INSERT_UNMATCHED, waiting_threads.unmatched_rows(message, lookups[1:]))
     await blob_bytes.insert(session, blobs.inline)
     if direction == "inbound":
         if is_new_thread:
@@ -309,12 +317,13 @@ def build_message(
 
 
 async def _thread_for(
-    session: AsyncSession, inbox: Inbox, thread_id: str | None, referenced: list[str]
+    session: AsyncSession, inbox: Inbox, thread_id: str | None, referenced: list[str], waiting: str | None
 ) -> Thread | None:
-    """An explicit thread id wins; else the thread of the nearest referenced message in this inbox.
+    """An explicit thread id wins; else the thread of the nearest referenced message in this inbox;
+    else the thread waiting for this message (``waiting_threads``).
 
     The thread is read locked (``THREAD_LOCK``): its aggregates are about to change."""
-    for candidate in ([thread_id] if thread_id else []) + referenced:
+    for candidate in ([thread_id] if thread_id else []) + referenced + ([waiting] if waiting else []):
         thread = await session.get(Thread, candidate, with_for_update=THREAD_LOCK, populate_existing=True)
         if thread is not None and thread.inbox_id == inbox.id:
             return thread

@@ -14,6 +14,7 @@ from agentmx.db.models.mail import (
     MessageLabel,
     OutboundRecipient,
     Thread,
+    UnmatchedReference,
 )
 from agentmx.db.models.runtime import Event, Job, ServerState
 
@@ -40,6 +41,7 @@ __all__ = [
     "PollingWebhook",
     "ServerState",
     "Thread",
+    "UnmatchedReference",
     "Webhook",
     "WebhookAttempt",
 ]

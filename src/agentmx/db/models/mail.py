@@ -102,6 +102,25 @@ class MessageLabel(Base):
     label: Mapped[str] = mapped_column(String(256), primary_key=True)
 
 
+class UnmatchedReference(Base):
+    """A Message-ID named by a message's In-Reply-To/References that its inbox did not have when the
+    message was stored (none of them was there): the original, arriving later, joins its thread.
+
+    Written only for messages that found none of the ids they reference (a reply that found one is in
+    that conversation already), so a reply to a known message writes no row.
+    """
+
+    __tablename__ = "unmatched_references"
+    # Deleting a message deletes its rows (the foreign key's cascade looks them up by message_pk).
+    __table_args__ = (Index("ix_unmatched_references_message", "message_pk"),)
+
+    inbox_id: Mapped[str] = mapped_column(String(320), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(998), primary_key=True)  # the referenced one
+    message_pk: Mapped[str] = mapped_column(  # the referencing message
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
 class Attachment(Base):
     __tablename__ = "attachments"
     __table_args__ = (Index("ix_attachments_blob_key", "blob_key"),)
