@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from agentmx.settings import normalize_database_url
 from agentmx.testing import postgres
+from agentmx.testing.migrated import MigratedTemplates
 from agentmx.testing.server import ServerProcess
 
 T = TypeVar("T")
@@ -89,13 +90,25 @@ class Harness:
         return asyncio.run(run())
 
 
+# Each worker migrates one database per backend; the servers below start on copies of it. Those
+# that test a start on a new database (ServerProcess on an empty one, empty_database) still migrate.
+MIGRATED = MigratedTemplates()
+
+
+def pytest_sessionfinish() -> None:
+    MIGRATED.close()
+
+
 def make_server(
     tmp: Path, backend: str, env: dict[str, str] | None = None
 ) -> tuple[ServerProcess, str | None]:
+    """A server (not started) on a new database already at the newest migration."""
     url = None
     if backend == "postgres":
         _postgres_or_skip()
-        url = postgres.create_database()
+        url = MIGRATED.postgres_database()
+    else:
+        MIGRATED.sqlite_into(tmp)
     return ServerProcess(tmp, database_url=url, env=env), url
 
 

@@ -31,10 +31,16 @@ def available() -> bool:
         return False
 
 
-def create_database(prefix: str = "agentmx_test") -> str:
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+def url_of(name: str) -> str:
     return _with_db(ADMIN_URL, name)
+
+
+def create_database(prefix: str = "agentmx_test", template: str | None = None) -> str:
+    """A new database, empty or a copy of ``template`` (a database no one is connected to)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"{copy}'))
+    return url_of(name)
 
 
 def drop_database(url: str) -> None:
