@@ -373,6 +373,13 @@ async def update_webhook(
     if remove_inbox_ids:
         removed = {i.strip().lower() for i in remove_inbox_ids}
         inbox_list = [i for i in inbox_list if i not in removed]
+    if (hook.pod_ids or hook.inbox_ids) and not pod_list and not inbox_list:
+        # Following nothing means every event of the organization (or pod): never widened by a removal.
+        raise fail(
+            "remove_inbox_ids" if hook.inbox_ids else "remove_pod_ids",
+            "a webhook must keep at least one of the pods or inboxes it lists; "
+            "delete it and create one without them to follow everything",
+        )
     if len(pod_list) > MAX_CHANNELS or len(inbox_list) > MAX_CHANNELS:
         raise fail("pod_ids", f"a webhook may list at most {MAX_CHANNELS} pods and {MAX_CHANNELS} inboxes")
     if event_types:
