@@ -18,6 +18,7 @@ from agentmail.events.types.message_received_event import MessageReceivedEvent
 from agentmail.websockets.types import Subscribe, Subscribed
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from agentmx.services.webhooks import MAX_WEBHOOKS
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
@@ -210,6 +211,40 @@ def test_an_update_cannot_widen_a_webhook_by_unlisting_all_it_follows(
     client.webhooks.delete(org_hook.webhook_id)
     client.webhooks.delete(pod_listing.webhook_id)
     client.pods.webhooks.delete(pod.pod_id, pod_hook.webhook_id)
+
+
+def test_webhooks_per_organization_pod_and_inbox_are_capped(harness: Harness, receiver: Receiver) -> None:
+    """Every event is posted to each webhook that takes it: uncapped, a pod key made 3,000 webhooks on its
+    pod, and three mails to it queued 9,000 deliveries ahead of another pod's (its webhook 28 s late).
+    At most MAX_WEBHOOKS enabled ones per organization, pod and inbox: 403 ``limit_exceeded`` (API.md)."""
+    client = harness.client()
+    pod = client.pods.create(name="cap-" + harness.new_username())
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "cap"}).api_key
+    pod_client = harness.client(api_key=pod_key)
+    made = [
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], client_id=f"c{i}")
+        for i in range(MAX_WEBHOOKS)
+    ]
+    assert {hook.pod_id for hook in made} == {pod.pod_id}
+    with pytest.raises(ApiError) as err:
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], request_options=NO_RETRY)
+    assert err.value.status_code == 403 and err.value.body["code"] == "limit_exceeded"
+    # A repeat of a client_id is the existing webhook, not a new one; another scope has its own count.
+    assert (
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], client_id="c0") == made[0]
+    )
+    inbox = new_inbox(client, pod.pod_id)
+    on_inbox = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.sent"])
+    # Only enabled webhooks are posted to and counted; enabling one again is checked as a create is.
+    pod_client.webhooks.update(made[0].webhook_id, enabled=False)
+    again = pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"])
+    with pytest.raises(ApiError) as err:
+        pod_client.webhooks.update(made[0].webhook_id, enabled=True, request_options=NO_RETRY)
+    assert err.value.status_code == 403 and err.value.body["code"] == "limit_exceeded"
+    assert pod_client.webhooks.get(made[0].webhook_id).enabled is False
+    client.inboxes.webhooks.delete(inbox, on_inbox.webhook_id)
+    for hook in [*made, again]:
+        client.pods.webhooks.delete(pod.pod_id, hook.webhook_id)
 
 
 def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) -> None:
