@@ -18,6 +18,7 @@ from agentmail.events.types.message_received_event import MessageReceivedEvent
 from agentmail.websockets.types import Subscribe, Subscribed
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from agentmx.services.webhooks import MAX_WEBHOOKS
 from agentmx.testing import postgres
 from agentmx.testing.server import ServerProcess
 from conftest import NO_RETRY, Harness
@@ -67,8 +68,11 @@ def test_crud_org_scope(harness: Harness, receiver: Receiver) -> None:
     assert client.webhooks.get_headers(hook.webhook_id).header_names == ["X-Other"]
     updated = client.webhooks.update(hook.webhook_id, event_types=["message.delivered"], enabled=False)
     assert updated.event_types == ["message.delivered"] and updated.enabled is False
-    updated = client.webhooks.update(hook.webhook_id, remove_inbox_ids=[inbox], enabled=True)
-    assert not updated.inbox_ids and updated.enabled is True
+    second = new_inbox(client)
+    updated = client.webhooks.update(
+        hook.webhook_id, add_inbox_ids=[second], remove_inbox_ids=[inbox], enabled=True
+    )
+    assert updated.inbox_ids == [second] and updated.enabled is True
     client.webhooks.delete(hook.webhook_id)
     with pytest.raises(ApiError) as err:
         client.webhooks.get(hook.webhook_id)
@@ -163,6 +167,84 @@ def test_validation_and_permissions(harness: Harness, receiver: Receiver) -> Non
         )
     assert err.value.status_code == 403
     assert err.value.body["message"] == "label_spam_read is forbidden"
+
+
+def test_an_update_cannot_widen_a_webhook_by_unlisting_all_it_follows(
+    harness: Harness, receiver: Receiver
+) -> None:
+    """A webhook listing inboxes or pods follows only those; with none listed it would follow its whole
+    organization (or pod). Removing the last one must not silently widen it to every event there: 400,
+    and the webhook keeps what it had (an inbox deletion disables such a webhook for the same reason)."""
+    client = harness.client()
+    mine, other = new_inbox(client), new_inbox(client)
+    pod = client.pods.create(name="narrow-" + harness.new_username())
+    in_pod = new_inbox(client, pod.pod_id)
+    org_hook = client.webhooks.create(url=receiver.url, event_types=["message.received"], inbox_ids=[mine])
+    pod_listing = client.webhooks.create(url=receiver.url, event_types=["message.sent"], pod_ids=[pod.pod_id])
+    pod_hook = client.pods.webhooks.create(
+        pod.pod_id, url=receiver.url, event_types=["message.sent"], inbox_ids=[in_pod]
+    )
+    for update in (
+        lambda: client.webhooks.update(
+            org_hook.webhook_id, remove_inbox_ids=[mine], request_options=NO_RETRY
+        ),
+        lambda: client.webhooks.update(
+            pod_listing.webhook_id, remove_pod_ids=[pod.pod_id], request_options=NO_RETRY
+        ),
+        lambda: client.pods.webhooks.update(
+            pod.pod_id, pod_hook.webhook_id, remove_inbox_ids=[in_pod], request_options=NO_RETRY
+        ),
+    ):
+        with pytest.raises(ApiError) as err:
+            update()
+        assert err.value.status_code == 400
+    assert client.webhooks.get(org_hook.webhook_id).inbox_ids == [mine]
+    assert client.webhooks.get(pod_listing.webhook_id).pod_ids == [pod.pod_id]
+    assert client.pods.webhooks.get(pod.pod_id, pod_hook.webhook_id).inbox_ids == [in_pod]
+    # Swapping the last one for another in one update is fine: it never follows nothing.
+    swapped = client.webhooks.update(org_hook.webhook_id, add_inbox_ids=[other], remove_inbox_ids=[mine])
+    assert swapped.inbox_ids == [other]
+    send_mail(harness.server, mine, "not followed any more")
+    send_mail(harness.server, other, "followed now")
+    delivered = verify(org_hook.secret, receiver.wait(1)[0])
+    assert delivered["message"]["inbox_id"] == other
+    client.webhooks.delete(org_hook.webhook_id)
+    client.webhooks.delete(pod_listing.webhook_id)
+    client.pods.webhooks.delete(pod.pod_id, pod_hook.webhook_id)
+
+
+def test_webhooks_per_organization_pod_and_inbox_are_capped(harness: Harness, receiver: Receiver) -> None:
+    """Every event is posted to each webhook that takes it: uncapped, a pod key made 3,000 webhooks on its
+    pod, and three mails to it queued 9,000 deliveries ahead of another pod's (its webhook 28 s late).
+    At most MAX_WEBHOOKS enabled ones per organization, pod and inbox: 403 ``limit_exceeded`` (API.md)."""
+    client = harness.client()
+    pod = client.pods.create(name="cap-" + harness.new_username())
+    pod_key = client.pods.api_keys.create(pod.pod_id, request={"name": "cap"}).api_key
+    pod_client = harness.client(api_key=pod_key)
+    made = [
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], client_id=f"c{i}")
+        for i in range(MAX_WEBHOOKS)
+    ]
+    assert {hook.pod_id for hook in made} == {pod.pod_id}
+    with pytest.raises(ApiError) as err:
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], request_options=NO_RETRY)
+    assert err.value.status_code == 403 and err.value.body["code"] == "limit_exceeded"
+    # A repeat of a client_id is the existing webhook, not a new one; another scope has its own count.
+    assert (
+        pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"], client_id="c0") == made[0]
+    )
+    inbox = new_inbox(client, pod.pod_id)
+    on_inbox = client.inboxes.webhooks.create(inbox, url=receiver.url, event_types=["message.sent"])
+    # Only enabled webhooks are posted to and counted; enabling one again is checked as a create is.
+    pod_client.webhooks.update(made[0].webhook_id, enabled=False)
+    again = pod_client.webhooks.create(url=receiver.url, event_types=["message.sent"])
+    with pytest.raises(ApiError) as err:
+        pod_client.webhooks.update(made[0].webhook_id, enabled=True, request_options=NO_RETRY)
+    assert err.value.status_code == 403 and err.value.body["code"] == "limit_exceeded"
+    assert pod_client.webhooks.get(made[0].webhook_id).enabled is False
+    client.inboxes.webhooks.delete(inbox, on_inbox.webhook_id)
+    for hook in [*made, again]:
+        client.pods.webhooks.delete(pod.pod_id, hook.webhook_id)
 
 
 def test_signed_delivery_of_received_mail(harness: Harness, receiver: Receiver) -> None:

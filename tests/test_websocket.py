@@ -129,6 +129,18 @@ def test_filters_by_inbox_and_event_type(harness: Harness) -> None:
         no_frame(sent_only, 0.5)
 
 
+def test_the_ack_names_inboxes_as_events_do(harness: Harness) -> None:
+    """An inbox may be named in another case, or twice; the ack echoes the filter in effect, so it names
+    the inbox once, by the id its events carry (as a webhook's inbox_ids do)."""
+    client = harness.client()
+    inbox = new_inbox(client)
+    with client.websockets.connect() as socket:
+        ack = subscribe(socket, inbox_ids=[inbox.upper(), inbox])
+        assert ack.inbox_ids == [inbox]
+        send_mail(harness.server, inbox, subject="named twice")
+        assert next_frame(socket).message.inbox_id == inbox
+
+
 def test_pod_filter_covers_its_inboxes(harness: Harness) -> None:
     client = harness.client()
     pod = client.pods.create(name="ws-" + harness.new_username())

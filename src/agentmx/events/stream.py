@@ -166,19 +166,20 @@ class Stream:
         inbox_ids = _str_list(frame, "inbox_ids")
         pod_ids = _str_list(frame, "pod_ids")
         types = self._event_types(requested)
-        inbox_set, pod_set = await self._channels(inbox_ids or [], pod_ids or [])
+        inbox_list, pod_list = await self._channels(inbox_ids or [], pod_ids or [])
         url_after, self.pending_after = self.pending_after, None
         if isinstance(url_after, StreamError):  # the URL's, refused when the stream opened
             raise url_after
         after = frame.get("after_event_id") or frame.get("last_event_id") or url_after
         after_seq = await self._seq_of(after) if after else None
-        self.filter = active = Filter(frozenset(types), frozenset(inbox_set), frozenset(pod_set))
+        self.filter = active = Filter(frozenset(types), frozenset(inbox_list), frozenset(pod_list))
         self.sub.accepts = route_of(active, self.caller)
         ack: dict[str, Any] = {"type": "subscribed", "event_types": types}
+        # The filter in effect: each id once, as events carry it (an inbox may be named in any case).
         if inbox_ids is not None:
-            ack["inbox_ids"] = inbox_ids
+            ack["inbox_ids"] = inbox_list
         if pod_ids is not None:
-            ack["pod_ids"] = pod_ids
+            ack["pod_ids"] = pod_list
         await self._send_json(ack)
         if after_seq is not None:
             await self._replay(after_seq)
@@ -197,22 +198,23 @@ class Stream:
                 out.append(name)
         return out
 
-    async def _channels(self, inbox_ids: list[str], pod_ids: list[str]) -> tuple[set[str], set[str]]:
-        """Listed inboxes and pods must exist in the key's scope (a foreign id is refused)."""
-        inbox_set: set[str] = set()
-        pod_set: set[str] = set()
+    async def _channels(self, inbox_ids: list[str], pod_ids: list[str]) -> tuple[list[str], list[str]]:
+        """Listed inboxes and pods must exist in the key's scope (a foreign id is refused); their ids,
+        in the order given, each once. Dicts keep insertion order."""
+        inbox_set: dict[str, None] = {}
+        pod_set: dict[str, None] = {}
         async with self.rt.db.read() as s:
             for inbox_id in inbox_ids:
                 try:
-                    inbox_set.add((await inboxes.get_inbox(s, self.caller, inbox_id)).id)
+                    inbox_set[(await inboxes.get_inbox(s, self.caller, inbox_id)).id] = None
                 except NotFound as exc:
                     raise StreamError("NotFoundError", f"Inbox {inbox_id} not found") from exc
             for pod_id in pod_ids:
                 try:
-                    pod_set.add((await pods.get_pod(s, self.caller, pod_id)).id)
+                    pod_set[(await pods.get_pod(s, self.caller, pod_id)).id] = None
                 except NotFound as exc:
                     raise StreamError("NotFoundError", f"Pod {pod_id} not found") from exc
-        return inbox_set, pod_set
+        return list(inbox_set), list(pod_set)
 
     async def _seq_of(self, event_id: Any) -> int:
         if not isinstance(event_id, str):

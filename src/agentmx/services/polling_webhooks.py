@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Inbox, Pod, PollingWebhook
@@ -30,6 +30,7 @@ from agentmx.services.webhooks import (
     owned_by,
     owner_of,
     resolve_channels,
+    serialise_creates,
     unlisted,
 )
 
@@ -44,15 +45,6 @@ CREATE_LOCK = 0x706F6C6C  # "poll"
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-async def _serialise_creates(session: AsyncSession, organization_id: str) -> None:
-    # Taken before any row lock, and only here: it can never close a cycle with row locks.
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:k, hashtext(:org))"),
-            {"k": CREATE_LOCK, "org": organization_id},
-        )
 
 
 async def _by_client_id(session: AsyncSession, owner_scope: str, client_id: str) -> PollingWebhook | None:
@@ -86,7 +78,7 @@ async def create_polling_webhook(
         raise fail(
             "inbox_ids", f"a polling webhook may list at most {MAX_CHANNELS} pods and inboxes together"
         )
-    await _serialise_creates(session, caller.organization_id)
+    await serialise_creates(session, CREATE_LOCK, caller.organization_id)
     owner = await owner_of(session, caller, route)
     owner_scope = owner.inbox_id or owner.pod_id or caller.organization_id
     token = new_token()

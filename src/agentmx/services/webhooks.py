@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentmx.db.models import Event, Inbox, InboxEvent, Pod, Webhook
 from agentmx.db.types import utcnow
 from agentmx.db.unique import flush_unless_taken
-from agentmx.errors import AlreadyTaken, NotFound
+from agentmx.errors import AlreadyTaken, LimitExceeded, NotFound
 from agentmx.events.catalogue import check_event_types, effective_types
 from agentmx.events.ssrf import check_url
 from agentmx.ids import new_id
@@ -28,6 +28,12 @@ from agentmx.services.validation import check_client_id, fail
 T = TypeVar("T")
 
 MAX_CHANNELS = 10
+# Per organization, pod and inbox: each event is posted to every webhook that takes it, so this bounds
+# the deliveries one event can queue ahead of other pods' (the job slots are shared).
+MAX_WEBHOOKS = 100
+# Advisory lock key (PostgreSQL) serialising webhook creates in an organization, so two at once cannot
+# both pass the limit. SQLite serialises writers anyway.
+CREATE_LOCK = 0x686F6F6B  # "hook"
 MAX_HEADERS = 20
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 # Visible ASCII, spaces and tabs: deliveries send headers as ASCII, so anything else could never be sent.
@@ -244,6 +250,7 @@ async def create_webhook(
     pod_list = check_channels(pod_ids, "pod_ids")
     inbox_list = check_channels(inbox_ids, "inbox_ids")
     custom = check_headers(headers) if headers is not None else {}
+    await serialise_creates(session, CREATE_LOCK, caller.organization_id)
     owner = await owner_of(session, caller, route)
     owner_scope = owner.inbox_id or owner.pod_id or caller.organization_id
     if client_id:
@@ -252,6 +259,7 @@ async def create_webhook(
         )
         if existing is not None:
             return existing
+    await check_room(session, owner_scope)
     pod_list, inbox_list = await resolve_channels(session, caller, owner, pod_list, inbox_list)
     now = utcnow()
     hook = Webhook(
@@ -279,6 +287,28 @@ async def create_webhook(
             raise AlreadyTaken("A webhook with this client_id already exists")
         return existing
     return hook
+
+
+async def check_room(session: AsyncSession, owner_scope: str) -> None:
+    """403 when the owner has MAX_WEBHOOKS enabled webhooks: only those are posted to (a disabled one
+    costs nothing until it is enabled again, which checks this too)."""
+    enabled = await session.scalar(
+        select(func.count()).where(Webhook.owner_scope == owner_scope, Webhook.enabled.is_(True))
+    )
+    if (enabled or 0) >= MAX_WEBHOOKS:
+        raise LimitExceeded(
+            f"At most {MAX_WEBHOOKS} enabled webhooks per organization, pod and inbox",
+            fix="Delete or disable a webhook you no longer use, or list more inboxes or pods on one you have.",
+        )
+
+
+async def serialise_creates(session: AsyncSession, lock: int, organization_id: str) -> None:
+    """Creates of one kind in an organization, one at a time on PostgreSQL (limits, client_ids).
+    Taken before any row lock, and only by creates: it can never close a cycle with row locks."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:k, hashtext(:org))"), {"k": lock, "org": organization_id}
+        )
 
 
 async def get_webhook(
@@ -373,6 +403,13 @@ async def update_webhook(
     if remove_inbox_ids:
         removed = {i.strip().lower() for i in remove_inbox_ids}
         inbox_list = [i for i in inbox_list if i not in removed]
+    if (hook.pod_ids or hook.inbox_ids) and not pod_list and not inbox_list:
+        # Following nothing means every event of the organization (or pod): never widened by a removal.
+        raise fail(
+            "remove_inbox_ids" if hook.inbox_ids else "remove_pod_ids",
+            "a webhook must keep at least one of the pods or inboxes it lists; "
+            "delete it and create one without them to follow everything",
+        )
     if len(pod_list) > MAX_CHANNELS or len(inbox_list) > MAX_CHANNELS:
         raise fail("pod_ids", f"a webhook may list at most {MAX_CHANNELS} pods and {MAX_CHANNELS} inboxes")
     if event_types:
@@ -380,6 +417,7 @@ async def update_webhook(
     if enabled is not None:
         if enabled and not hook.enabled:
             check_event_types(caller, hook.event_types)  # re-enabling needs the label permissions again
+            await check_room(session, hook.owner_scope)
         hook.enabled = enabled
     hook.pod_ids = pod_list
     hook.inbox_ids = inbox_list
