@@ -52,3 +52,13 @@ def test_an_html_only_send_and_draft_have_a_preview(harness: Harness) -> None:
     # A text body, when there is one, is still what the preview shows.
     both = client.inboxes.drafts.update(a, draft.draft_id, text="Plain words")
     assert both.preview == "Plain words"
+
+
+def test_a_preview_of_html_full_of_unclosed_inline_tags_is_made(harness: Harness) -> None:
+    # "<b " again and again with no ">": each inline-tag match scanned to the end of the body (a
+    # megabyte held a worker for minutes). The preview is made as for any cut-off tag: none of it.
+    client = harness.client()
+    a, b = new_inbox(client), new_inbox(client)
+    html = "<p>Hello</p>" + "<b " * 350_000
+    draft = client.inboxes.drafts.create(a, to=[b], subject="Tags", html=html)
+    assert draft.preview == "Hello"

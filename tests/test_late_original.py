@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import smtplib
 import time
+from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
@@ -168,3 +169,26 @@ def test_the_original_in_another_inbox_starts_its_own_thread(client: AgentMail, 
 
     assert [t.message_count for t in client.inboxes.threads.list(other).threads] == [1]
     assert [t.message_count for t in client.inboxes.threads.list(one).threads] == [1]
+
+
+def test_a_reply_referencing_ids_wider_than_a_message_id_is_stored_and_still_waits(harness: Harness) -> None:
+    # References are not cut to the Message-ID column as Message-ID and In-Reply-To are: encoded words
+    # over folded lines decode to an id of any length. Kept as waiting, PostgreSQL refused the row
+    # (too long, or past its index's 2,704 bytes): a 451 on every try for a message SQLite stored.
+    client = harness.client()
+    inbox = _inbox(client, harness)
+    long_words = "=?us-ascii?q?<" + "a" * 900 + "?=\r\n =?us-ascii?q?" + "b" * 900 + "@sender.example>?="
+    wide = "<" + "".join(chr(0x20000 + i * 7919 % 40000) for i in range(700)) + "@sender.example>"
+    wide_words = "\r\n ".join(
+        f"=?utf-8?b?{b64encode(wide[i : i + 50].encode()).decode()}?=" for i in range(0, 716, 50)
+    )
+    original_id = _mid()
+    raw = (
+        f"From: bob@example.com\r\nTo: {inbox}\r\nSubject: Re: Plans\r\nMessage-ID: {_mid()}\r\n"
+        f"References: {long_words}\r\n {wide_words}\r\n {original_id}\r\n\r\nsounds good\r\n"
+    )
+    assert smtp_send(harness.server, [inbox], raw) == {}
+    original = make_message(inbox, subject="Plans", text="shall we meet", message_id=original_id)
+    _deliver(harness, inbox, original)
+    threads = client.inboxes.threads.list(inbox).threads
+    assert len(threads) == 1 and threads[0].message_count == 2

@@ -17,11 +17,13 @@ _HIDDEN = re.compile(
 )
 # Inline markup: no word break there ("<b>or</b>der" is one word); every other tag is one. Names in
 # lower or upper case (a mixed-case one breaks a word, no worse): IGNORECASE made the pass 3-4 times slower.
+# One never closed runs to the end, as in _TAG: else each "<b" without a ">" scanned to the end and
+# failed (quadratic: a megabyte of "<b " took minutes).
 _INLINE_NAMES = (
     "a|abbr|b|bdi|bdo|cite|code|data|del|dfn|em|font|i|ins|kbd|mark|q|s|samp|small|span|strike|strong"
     "|sub|sup|time|tt|u|var"
 )
-_INLINE_TAG = re.compile(rf"</?(?:{_INLINE_NAMES}|{_INLINE_NAMES.upper()})\b[^>]*>")
+_INLINE_TAG = re.compile(rf"</?(?:{_INLINE_NAMES}|{_INLINE_NAMES.upper()})\b[^>]*(?:>|$)")
 # A tag, or the start of one the prefix read cuts off ("a < b" is text, as browsers read it).
 _TAG = re.compile(r"<[A-Za-z/!?][^>]*(?:>|$)")
 

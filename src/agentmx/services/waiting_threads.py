@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, literal_column, select, union_all
 
 from agentmx.db.models import Message, UnmatchedReference
 from agentmx.db.transient import table_of
+from agentmx.mail.parse import MESSAGE_ID_CHARS
 
 _m = table_of(Message).c
 _u = table_of(UnmatchedReference).c
@@ -64,9 +65,20 @@ def split(rows: list[Any], wanted: set[tuple[str, str]]) -> tuple[Found, Found]:
 
 
 def unmatched_rows(message: Message, references: list[str]) -> list[dict[str, str]]:
-    """The rows saying ``message`` waits for ``references`` (ids its inbox does not have), each once."""
+    """The rows saying ``message`` waits for ``references`` (ids its inbox does not have), each once.
+
+    Only ids a message could have: References are not cut to the column as Message-IDs are, and
+    PostgreSQL refused a wider one (or one past its index's 2,704 bytes), the whole batch with it."""
     return [
         {"inbox_id": message.inbox_id, "message_id": ref, "message_pk": message.id}
         for ref in dict.fromkeys(references)
-        if ref != message.message_id
+        if ref != message.message_id and _storable(ref)
     ]
+
+
+def _storable(message_id: str) -> bool:
+    """Fits messages.message_id: at most its width in UTF-8 bytes, and encodable (no lone surrogate)."""
+    try:
+        return len(message_id.encode("utf-8")) <= MESSAGE_ID_CHARS
+    except UnicodeEncodeError:
+        return False
