@@ -9,7 +9,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -19,10 +18,6 @@ from agentmx.blobs import BlobStore
 from agentmx.db.engine import Database
 from agentmx.db.listen import Listener
 from agentmx.fd_budget import HTTP_LISTEN_BACKLOG, connection_caps
-from agentmx.http.app import create_app
-from agentmx.http.guard import HttpGuard
-from agentmx.http.listener import GuardedListener
-from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
 from agentmx.jobs.runner import JobRunner
 from agentmx.services import cache_notify
 from agentmx.services.ingest_cache import IngestCache
@@ -109,6 +104,15 @@ async def run(settings: Settings, ready: Callable[[], Any] | None = None) -> Non
         await runner.stop()
         await rt.db.dispose()
         raise
+    # The HTTP app (FastAPI, its routes: a third of the start) only now: a database that cannot be
+    # opened or a secret its DKIM keys were not encrypted with stops the server without loading it.
+    import uvicorn
+
+    from agentmx.http.app import create_app
+    from agentmx.http.guard import HttpGuard
+    from agentmx.http.listener import GuardedListener
+    from agentmx.http.ws_frames import MAX_CLIENT_FRAME, FramedWebSocketProtocol
+
     app = create_app(rt)
     _, http_cap = connection_caps(settings.smtp_max_connections, settings.http_max_connections)
     guard = HttpGuard(

@@ -23,7 +23,7 @@ from agentmx.mail import dkim_verify, dmarc, dnsbl, header_fields, spf
 from agentmx.mail.auth_dns import AuthDns, DnsTempError, for_resolver
 from agentmx.mail.dkim_verify import DkimResult
 from agentmx.mail.idn import to_ascii_domain
-from agentmx.settings import Settings
+from agentmx.smtp.front_settings import SmtpSettings
 
 log = logging.getLogger("agentmx.mail")
 
@@ -95,7 +95,7 @@ def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-def checked(settings: Settings, peer: Any) -> str | None:
+def checked(settings: SmtpSettings, peer: Any) -> str | None:
     """The client IP to check mail from, or None (checks off, a trusted network, no IP)."""
     host = _peer_host(peer) if settings.inbound_sender_checks else None
     return None if host is None else _untrusted(host, settings.trusted_networks)
@@ -133,7 +133,7 @@ class Checked:
     refused: bool = False  # DMARC failed, the domain asks for reject, and AGENTMX_INBOUND_DMARC_POLICY=reject
 
 
-async def check(settings: Settings, raw: bytes, mail_from: str, helo: str | None, peer: Any) -> Checked:
+async def check(settings: SmtpSettings, raw: bytes, mail_from: str, helo: str | None, peer: Any) -> Checked:
     """The checks of a message from ``peer``; ``Checked(raw)`` when it is not checked (``checked``)."""
     ip = checked(settings, peer)
     if ip is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from agentmx.errors import TooManyHops
 from agentmx.mail import header_fields
-from agentmx.settings import Settings
+from agentmx.smtp.front_settings import SmtpSettings
 
 
 def hops(raw: bytes) -> int:
@@ -31,14 +31,14 @@ def hops(raw: bytes) -> int:
     return head.startswith(b"received:") + head.count(b"\nreceived:") + head.count(b"\rreceived:")
 
 
-def exceeded(settings: Settings, raw: bytes, *, added: int = 0) -> bool:
+def exceeded(settings: SmtpSettings, raw: bytes, *, added: int = 0) -> bool:
     """Whether ``raw`` has more Received fields than ``smtp_hop_limit`` (0: no limit) once the
     ``added`` ones this server is about to put on top are counted."""
     limit = settings.smtp_hop_limit
     return bool(limit) and hops(raw) + added > limit
 
 
-def check(settings: Settings, raw: bytes, *, added: int = 0) -> None:
+def check(settings: SmtpSettings, raw: bytes, *, added: int = 0) -> None:
     """TooManyHops when ``exceeded``."""
     limit, count = settings.smtp_hop_limit, hops(raw) + added
     if limit and count > limit:

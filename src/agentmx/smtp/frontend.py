@@ -29,9 +29,9 @@ from agentmx import event_loops, log_setup, long_lived_heap
 from agentmx.mail import sender_auth
 from agentmx.mail.parse import parse_off_loop
 from agentmx.services import hop_limit
-from agentmx.settings import Settings
 from agentmx.smtp import link
 from agentmx.smtp.data import body_of
+from agentmx.smtp.front_settings import FrontEndSettings, SmtpSettings
 from agentmx.smtp.limits import MAX_RECIPIENTS, HookNames
 from agentmx.smtp.link import LinkClosed, Prepared, RcptReply
 from agentmx.smtp.listener import listen
@@ -151,7 +151,7 @@ def _body_within(request: tuple[Any, ...], frame_limit: int) -> bytes:
 class ForwardingHandler(HookNames):
     """aiosmtpd handler: the rules run in the server process (``smtp/handler.py``)."""
 
-    def __init__(self, client: LinkClient, cache: RcptCache, settings: Settings) -> None:
+    def __init__(self, client: LinkClient, cache: RcptCache, settings: SmtpSettings) -> None:
         self.client = client
         self.cache = cache
         self.settings = settings
@@ -226,7 +226,7 @@ async def serve(link_fd: int, listen_fds: list[int]) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=link_fd))
     first = await link.read(reader, FRAME_LIMIT)
     _, values, share, cache_ttl = first
-    settings = Settings(**values)
+    settings = FrontEndSettings.of(values)
     log_setup.configure(settings.log_level)
     # Half the server's lifetime: an answer may come from a server entry that is nearly as old.
     cache = RcptCache(cache_ttl / 2)

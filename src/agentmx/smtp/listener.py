@@ -14,8 +14,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from agentmx.config_errors import cannot_listen
 from agentmx.fd_budget import connection_caps
-from agentmx.settings import Settings, cannot_listen
+from agentmx.smtp.front_settings import SmtpSettings
 from agentmx.smtp.limits import ConnectionLimits, LimitedSMTP
 from agentmx.smtp.replies import S421_SHUTTING_DOWN
 from agentmx.smtp.stress import StressReaper
@@ -29,7 +30,7 @@ STOP_GRACE = 10.0  # seconds sessions storing a message get to finish when the l
 
 async def listen(
     handler: Any,
-    settings: Settings,
+    settings: SmtpSettings,
     sockets: list[socket.socket] | None = None,
     share: int = 1,
     *,

@@ -15,7 +15,7 @@ import ssl
 import time
 from typing import Any
 
-from agentmx.settings import ConfigError
+from agentmx.config_errors import ConfigError
 
 log = logging.getLogger("agentmx.smtp")
 

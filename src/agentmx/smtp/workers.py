@@ -210,6 +210,7 @@ def _backoff(streak: int) -> float:
 
 # What a front end needs of the settings: its limits and names, not the database or any secret.
 _FRONT_END_SETTINGS = (
+    "host",
     "domain",
     "public_host",
     "log_level",
