@@ -4,17 +4,14 @@ original arrives it joins the reply's thread, so the conversation is one thread,
 from __future__ import annotations
 
 import secrets
-import smtplib
-import time
 from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
-from email.message import EmailMessage
 
 from agentmail import AgentMail
 from agentmail.inboxes.types import CreateInboxRequest
 
 from conftest import Harness
-from mail_support import make_message, smtp_send
+from mail_support import deliver, make_message, smtp_send
 
 
 def _inbox(client: AgentMail, harness: Harness) -> str:
@@ -23,18 +20,6 @@ def _inbox(client: AgentMail, harness: Harness) -> str:
 
 def _mid() -> str:
     return f"<{secrets.token_hex(8)}@example.com>"
-
-
-def _deliver(harness: Harness, inbox: str, message: EmailMessage) -> None:
-    """As an MTA does: a 4xx (a shared PostgreSQL out of connections under the suite's load) is tried again."""
-    for attempt in range(5):
-        try:
-            smtp_send(harness.server, [inbox], message.as_bytes())
-            return
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code // 100 != 4 or attempt == 4:
-                raise
-            time.sleep(0.5)
 
 
 def test_an_original_that_arrives_after_its_reply_joins_the_replys_thread(
@@ -149,7 +134,7 @@ def test_replies_and_originals_stored_together_are_one_thread_each(
         mail.append(make_message(inbox, subject=f"Re: Batch {i}", text=f"reply {i}", in_reply_to=original_id))
         mail.append(make_message(inbox, subject=f"Batch {i}", text=f"original {i}", message_id=original_id))
     with ThreadPoolExecutor(len(mail)) as pool:
-        list(pool.map(lambda m: _deliver(harness, inbox, m), mail))
+        list(pool.map(lambda m: deliver(harness.server, inbox, m), mail))
 
     threads = client.inboxes.threads.list(inbox, limit=100).threads
     assert sorted(t.message_count for t in threads) == [2] * 15
@@ -189,6 +174,6 @@ def test_a_reply_referencing_ids_wider_than_a_message_id_is_stored_and_still_wai
     )
     assert smtp_send(harness.server, [inbox], raw) == {}
     original = make_message(inbox, subject="Plans", text="shall we meet", message_id=original_id)
-    _deliver(harness, inbox, original)
+    deliver(harness.server, inbox, original)
     threads = client.inboxes.threads.list(inbox).threads
     assert len(threads) == 1 and threads[0].message_count == 2

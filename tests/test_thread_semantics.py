@@ -4,17 +4,15 @@ labels are its messages' union, so a label change on one of its messages changes
 from __future__ import annotations
 
 import secrets
-import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from email.message import EmailMessage
 
 import httpx
 from agentmail import AgentMail
 from agentmail.inboxes.types import CreateInboxRequest
 
 from conftest import Harness
-from mail_support import make_message, smtp_send
+from mail_support import deliver, make_message, smtp_send
 from send_support import wait_for
 
 
@@ -50,18 +48,6 @@ def test_a_message_label_change_updates_its_thread(client: AgentMail, harness: H
     assert client.inboxes.threads.get(inbox, thread_id).updated_at == after_batch.updated_at
 
 
-def _deliver(harness: Harness, inbox: str, message: EmailMessage) -> None:
-    """As an MTA does: a 4xx (a shared PostgreSQL out of connections under the suite's load) is tried again."""
-    for attempt in range(5):
-        try:
-            smtp_send(harness.server, [inbox], message.as_bytes())
-            return
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code // 100 != 4 or attempt == 4:
-                raise
-            time.sleep(0.5)
-
-
 def test_messages_stored_together_keep_their_order(harness: Harness, http: httpx.Client) -> None:
     """Mail arriving at once is stored in one batch; each message still gets its own time, so a
     thread lists its messages in the order they joined and its last message is the last listed."""
@@ -74,7 +60,7 @@ def test_messages_stored_together_keep_their_order(harness: Harness, http: httpx
         )
         mail += [original, reply]
     with ThreadPoolExecutor(len(mail)) as pool:
-        list(pool.map(lambda m: _deliver(harness, inbox, m), mail))
+        list(pool.map(lambda m: deliver(harness.server, inbox, m), mail))
 
     listed = http.get(f"/v0/inboxes/{inbox}/messages", params={"limit": 100}).json()["messages"]
     assert len(listed) == len(mail)

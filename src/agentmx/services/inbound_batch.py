@@ -286,8 +286,7 @@ async def insert_rows(
     inline: blob_bytes.Inline,
 ) -> None:
     """New threads and messages (with labels, attachments and the ids they wait for: waiting_threads)
-    and their small blobs, as multi-row
-    INSERTs (on PostgreSQL one statement: ``bulk.insert_all``).
+    and their small blobs, as multi-row INSERTs (on PostgreSQL one statement: ``bulk.insert_all``).
 
     The unit of work's per-object bookkeeping was most of a batch's cost; these objects are only
     read afterwards (events, callers), so they stay transient. Every column is written from the

@@ -1,9 +1,10 @@
 """New databases already at the newest migration, copied from one this process migrated.
 
 A server started on a new database spent a fifth of its start-up CPU in Alembic (0.4 of 2.2 s;
-on PostgreSQL more, and the server's own DDL work besides), and the test suite starts hundreds. The copy is made once per process, by a real ``agentmx db upgrade``; a server
-then finds its schema at head, as after any restart. Servers that must migrate a new database
-themselves are started on an empty one, as before.
+on PostgreSQL more, and the server's own DDL work besides), and the test suite starts hundreds.
+The copy is made once per process, by a real ``agentmx db upgrade``; a server then finds its
+schema at head, as after any restart. Servers that must migrate a new database themselves are
+started on an empty one, as before.
 """
 
 from __future__ import annotations
