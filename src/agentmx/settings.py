@@ -22,6 +22,7 @@ from agentmx.config_errors import cannot_listen as cannot_listen
 from agentmx.config_errors import cannot_open_database as cannot_open_database
 from agentmx.event_loops import Choice as LoopChoice
 from agentmx.host_port import is_ip_address, split_host_port
+from agentmx.smtp.front_settings import IPNetwork, networks_of
 
 # 0 picks a free port (tests) or, for the optional listeners, disables them; past 65535 bind() raised a traceback.
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -414,9 +415,8 @@ class Settings(BaseSettings):
         return value
 
     @functools.cached_property
-    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        parts = (part.strip() for part in self.smtp_trusted_networks.split(","))
-        return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        return networks_of(self.smtp_trusted_networks)
 
     @model_validator(mode="after")
     def _tls_settings(self) -> Settings:

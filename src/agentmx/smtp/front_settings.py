@@ -112,5 +112,10 @@ class FrontEndSettings:
 
     @functools.cached_property
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
-        parts = (part.strip() for part in self.smtp_trusted_networks.split(","))
-        return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+        return networks_of(self.smtp_trusted_networks)
+
+
+def networks_of(text: str) -> tuple[IPNetwork, ...]:
+    """The networks of a comma-separated list (AGENTMX_SMTP_TRUSTED_NETWORKS, checked by Settings)."""
+    parts = (part.strip() for part in text.split(","))
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
